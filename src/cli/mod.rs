@@ -1,0 +1,17 @@
+//! The command line: one thin function per subcommand over the library.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "mistralrs-dnd", version, about = "Drag-and-Drop LoRA plugin for mistral.rs")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {}
+}

@@ -1,0 +1,1 @@
+//! Evaluation: answering task test splits through the serving engine path and scoring them.

@@ -1,0 +1,2 @@
+//! The DnD generator: prompts -> frozen MiniLM encoder -> hyper-convolutional decoder ->
+//! checkpoint detokeniser -> [`crate::adapters::LoraAdapter`].

@@ -1,0 +1,20 @@
+//! mistralrs-dnd: a mistral.rs plugin that specialises a model per task with Drag-and-Drop
+//! (DnD) LoRA generation.
+//!
+//! Data flows one way:
+//! - serving: request -> [`server`] (tagging, admin, metrics) -> [`adapters`] (table, store)
+//!   -> [`engine`] (mistral.rs models);
+//! - specialisation: prompts -> [`generator`] (encoder, decoder, detokeniser) -> adapter
+//!   store -> engine.
+//!
+//! [`training`] builds the generator's training data and trains it, [`eval`] measures it,
+//! [`assets`] fetches the real models offline, [`cli`] is the command line over all of it.
+
+pub mod adapters;
+pub mod assets;
+pub mod cli;
+pub mod engine;
+pub mod eval;
+pub mod generator;
+pub mod server;
+pub mod training;

@@ -1,0 +1,1 @@
+//! The serving plugin: configuration, task tagging, admin API and the HTTP server.

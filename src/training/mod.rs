@@ -1,0 +1,1 @@
+//! Training: the task suite, LoRA training with checkpoint collection, and decoder training.
