@@ -17,4 +17,5 @@ pub mod engine;
 pub mod eval;
 pub mod generator;
 pub mod server;
+pub mod testing;
 pub mod training;

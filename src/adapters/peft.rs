@@ -192,7 +192,10 @@ impl LoraAdapter {
         let b = tensor_name(layer, module, true);
         match (self.tensors.get(&a), self.tensors.get(&b)) {
             (Some(a), Some(b)) => Ok((a, b)),
-            _ => bail!("adapter has no LoRA pair for layer {layer} {}", module.name()),
+            _ => bail!(
+                "adapter has no LoRA pair for layer {layer} {}",
+                module.name()
+            ),
         }
     }
 
@@ -205,7 +208,11 @@ impl LoraAdapter {
             "peft_type must be LORA, got {:?}",
             c.peft_type
         );
-        ensure!(c.r >= 1 && c.r <= 256, "rank r must be in 1..=256, got {}", c.r);
+        ensure!(
+            c.r >= 1 && c.r <= 256,
+            "rank r must be in 1..=256, got {}",
+            c.r
+        );
         ensure!(
             c.lora_alpha.is_finite() && c.lora_alpha > 0.0,
             "lora_alpha must be a positive number, got {}",
@@ -241,7 +248,11 @@ impl LoraAdapter {
                         t.dims(),
                         shape
                     );
-                    let sum_sq = t.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()?;
+                    let sum_sq = t
+                        .to_dtype(DType::F32)?
+                        .sqr()?
+                        .sum_all()?
+                        .to_scalar::<f32>()?;
                     ensure!(sum_sq.is_finite(), "tensor {name} has non-finite values");
                     expected += 1;
                 }
@@ -253,9 +264,9 @@ impl LoraAdapter {
                 .keys()
                 .find(|k| {
                     !(0..dims.num_hidden_layers).any(|l| {
-                        modules
-                            .iter()
-                            .any(|&m| **k == tensor_name(l, m, false) || **k == tensor_name(l, m, true))
+                        modules.iter().any(|&m| {
+                            **k == tensor_name(l, m, false) || **k == tensor_name(l, m, true)
+                        })
                     })
                 })
                 .cloned()
@@ -328,7 +339,10 @@ pub fn write_folder_atomically(dir: &Path, files: &[(&str, &[u8])]) -> Result<()
         .parent()
         .with_context(|| format!("{} has no parent folder", dir.display()))?;
     std::fs::create_dir_all(parent)?;
-    let name = dir.file_name().context("folder has no name")?.to_string_lossy();
+    let name = dir
+        .file_name()
+        .context("folder has no name")?
+        .to_string_lossy();
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;

@@ -2,16 +2,35 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod assets;
+pub mod bench;
+pub mod serve;
+
 #[derive(Debug, Parser)]
-#[command(name = "mistralrs-dnd", version, about = "Drag-and-Drop LoRA plugin for mistral.rs")]
+#[command(
+    name = "mistralrs-dnd",
+    version,
+    about = "Drag-and-Drop LoRA plugin for mistral.rs"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Fetch, check and convert the real models (SmolLM2-135M-Instruct, all-MiniLM-L6-v2).
+    Assets(assets::Args),
+    /// Run the OpenAI-compatible server with the plugin.
+    Serve(serve::Args),
+    /// Benchmarks that print their numbers and setup.
+    Bench(bench::Args),
+}
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {}
+    match cli.command {
+        Command::Assets(a) => assets::run(a),
+        Command::Serve(a) => serve::run(a),
+        Command::Bench(a) => bench::run(a),
+    }
 }

@@ -1,1 +1,239 @@
-//! The engine side: loading base and adapter pipelines into mistral.rs 0.8.1.
+//! The engine side: base and adapter models in mistral.rs 0.8.1, behind [`AdapterEngine`].
+//!
+//! 0.8.1 has no per-request LoRA: a LoRA is merged into the base weights when a pipeline is
+//! loaded, so an adapter is served by its own engine model (base + merged LoRA) registered
+//! in the one `MistralRs` instance and addressed by model id. A later mistral.rs with a
+//! dynamic LoRA table can implement [`AdapterEngine`] without the plugin changing.
+//!
+//! The traps of 0.8.1 (see `shared/docs/engine.md`) are handled here and only here:
+//! every pipeline loads on a fresh OS thread with the thread-local LoRA list cleared before
+//! and after (trap 1); `remove_model` runs on a blocking thread (trap 2) followed by
+//! `malloc_trim` so the memory goes back to the OS (trap 3); adapters are read from their
+//! own folders, never the base folder (trap 4).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use async_trait::async_trait;
+use candle_core::Device;
+use mistralrs_core::{
+    AdapterPaths, AddModelConfig, DefaultSchedulerMethod, DeviceMapMetadata, DeviceMapSetting,
+    EngineConfig, LocalModelPaths, LoraAdapterPaths, MistralRs, MistralRsBuilder, ModelDType,
+    ModelPaths, NormalLoaderBuilder, NormalLoaderType, NormalSpecificConfig, Pipeline,
+    SchedulerConfig,
+};
+
+use crate::adapters::peft;
+
+/// What the plugin needs from an inference engine.
+#[async_trait]
+pub trait AdapterEngine: Send + Sync {
+    /// Model id of the base model.
+    fn base_id(&self) -> &str;
+    /// Loads the base model with the PEFT adapter in `adapter_dir` and registers it as
+    /// `model_id`. Returns how long loading (read + merge) took.
+    async fn register(&self, model_id: &str, adapter_dir: &Path) -> Result<Duration>;
+    /// Removes a registered adapter model and frees its memory.
+    async fn unregister(&self, model_id: &str) -> Result<()>;
+}
+
+/// Numeric type the models are served in.
+pub fn parse_dtype(s: &str) -> Result<ModelDType> {
+    match s.to_ascii_lowercase().as_str() {
+        "f16" => Ok(ModelDType::F16),
+        "f32" => Ok(ModelDType::F32),
+        "bf16" => Ok(ModelDType::BF16),
+        "auto" => Ok(ModelDType::Auto),
+        other => Err(anyhow!(
+            "unknown dtype {other:?}: use f16, f32, bf16 or auto"
+        )),
+    }
+}
+
+/// mistral.rs 0.8.1 as an [`AdapterEngine`].
+pub struct MistralRsEngine {
+    mistralrs: Arc<MistralRs>,
+    base_dir: PathBuf,
+    dtype: ModelDType,
+    max_seqs: usize,
+    base_id: String,
+}
+
+impl MistralRsEngine {
+    /// Loads the base model from a Hugging Face llama folder and starts the engine.
+    pub async fn start(base_dir: &Path, dtype: ModelDType, max_seqs: usize) -> Result<Self> {
+        let base_dir = base_dir
+            .canonicalize()
+            .with_context(|| format!("base model folder {}", base_dir.display()))?;
+        let pipeline = load_pipeline_on_fresh_thread(base_dir.clone(), None, dtype).await?;
+        let base_id = "base".to_string();
+        let mistralrs = MistralRsBuilder::new(pipeline, scheduler(max_seqs), false, None)
+            .with_model_id(base_id.clone())
+            .build()
+            .await;
+        Ok(Self {
+            mistralrs,
+            base_dir,
+            dtype,
+            max_seqs,
+            base_id,
+        })
+    }
+
+    pub fn mistralrs(&self) -> Arc<MistralRs> {
+        self.mistralrs.clone()
+    }
+
+    pub fn base_dir(&self) -> &Path {
+        &self.base_dir
+    }
+}
+
+fn scheduler(max_seqs: usize) -> SchedulerConfig {
+    SchedulerConfig::DefaultScheduler {
+        method: DefaultSchedulerMethod::Fixed(max_seqs.max(1).try_into().expect("max_seqs >= 1")),
+    }
+}
+
+#[async_trait]
+impl AdapterEngine for MistralRsEngine {
+    fn base_id(&self) -> &str {
+        &self.base_id
+    }
+
+    async fn register(&self, model_id: &str, adapter_dir: &Path) -> Result<Duration> {
+        let t = Instant::now();
+        let pipeline = load_pipeline_on_fresh_thread(
+            self.base_dir.clone(),
+            Some(adapter_dir.to_path_buf()),
+            self.dtype,
+        )
+        .await?;
+        let load = t.elapsed();
+        let mut config = AddModelConfig::new(EngineConfig {
+            throughput_logging_enabled: false,
+            ..Default::default()
+        });
+        config.loader_config = None; // no stock reload for adapter models (trap 1)
+        self.mistralrs
+            .add_model(
+                model_id.to_string(),
+                pipeline,
+                scheduler(self.max_seqs),
+                config,
+            )
+            .await
+            .map_err(|e| anyhow!("registering {model_id}: {e}"))?;
+        Ok(load)
+    }
+
+    async fn unregister(&self, model_id: &str) -> Result<()> {
+        let mistralrs = self.mistralrs.clone();
+        let id = model_id.to_string();
+        // `remove_model` blocks on a channel send: never inside an async task (trap 2).
+        let result = tokio::task::spawn_blocking(move || {
+            let r = mistralrs.remove_model(&id);
+            trim_heap();
+            r
+        })
+        .await?;
+        result.map_err(|e| anyhow!("removing {model_id}: {e}"))
+    }
+}
+
+/// Returns freed heap pages to the OS (glibc keeps them otherwise, trap 3).
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+type SharedPipeline = Arc<tokio::sync::Mutex<dyn Pipeline + Send + Sync>>;
+
+/// Loads a pipeline (base, or base + one merged LoRA) on a new OS thread: mistral.rs keeps
+/// the list of LoRAs to merge in a thread-local that is never cleared, so any reused thread
+/// would merge earlier adapters in again.
+async fn load_pipeline_on_fresh_thread(
+    base_dir: PathBuf,
+    adapter_dir: Option<PathBuf>,
+    dtype: ModelDType,
+) -> Result<SharedPipeline> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("dnd-load".into())
+        .spawn(move || {
+            mistralrs_quant::clear_applied_loras();
+            let r = load_pipeline(&base_dir, adapter_dir.as_deref(), dtype);
+            mistralrs_quant::clear_applied_loras();
+            let _ = tx.send(r);
+        })
+        .context("spawning a loader thread")?;
+    rx.await.context("loader thread died")?
+}
+
+fn load_pipeline(
+    base_dir: &Path,
+    adapter_dir: Option<&Path>,
+    dtype: ModelDType,
+) -> Result<SharedPipeline> {
+    let adapter_paths = match adapter_dir {
+        None => AdapterPaths::None,
+        Some(dir) => {
+            let text = std::fs::read_to_string(dir.join(peft::CONFIG_FILE))?;
+            let lora_config: mistralrs_quant::LoraConfig = serde_json::from_str(&text)
+                .with_context(|| format!("parsing {}", dir.join(peft::CONFIG_FILE).display()))?;
+            AdapterPaths::Lora(vec![LoraAdapterPaths {
+                lora_config,
+                adapter_path: dir.join(peft::WEIGHTS_FILE),
+            }])
+        }
+    };
+    let opt = |name: &str| {
+        let p = base_dir.join(name);
+        p.exists().then_some(p)
+    };
+    let paths: Box<dyn ModelPaths> = Box::new(LocalModelPaths {
+        tokenizer_filename: base_dir.join("tokenizer.json"),
+        config_filename: base_dir.join("config.json"),
+        template_filename: opt("tokenizer_config.json"),
+        filenames: vec![base_dir.join("model.safetensors")],
+        adapter_paths,
+        gen_conf: opt("generation_config.json"),
+        preprocessor_config: None,
+        processor_config: None,
+        chat_template_json_filename: None,
+    });
+    let mut builder = NormalLoaderBuilder::new(
+        NormalSpecificConfig::default(),
+        None,
+        None,
+        Some(base_dir.to_string_lossy().to_string()),
+        false,
+        None,
+    );
+    if let Some(dir) = adapter_dir {
+        builder = builder.with_lora(vec![dir.to_string_lossy().to_string()]);
+    }
+    let loader = builder.build(Some(NormalLoaderType::Llama))?;
+    loader.load_model_from_path(
+        &paths,
+        &dtype,
+        &device(),
+        true,
+        DeviceMapSetting::Map(DeviceMapMetadata::dummy()),
+        None,
+        None,
+    )
+}
+
+/// CPU, or the first GPU with the `cuda` feature.
+pub fn device() -> Device {
+    #[cfg(feature = "cuda")]
+    if let Ok(d) = Device::new_cuda(0) {
+        return d;
+    }
+    Device::Cpu
+}

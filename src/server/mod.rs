@@ -1,1 +1,121 @@
-//! The serving plugin: configuration, task tagging, admin API and the HTTP server.
+//! The serving plugin: the server's [`config`], task [`tagging`] over the stock OpenAI
+//! routes, the [`admin`] API, and [`build`]/[`serve`] that embed mistral.rs.
+//!
+//! A request goes: HTTP -> [`tagging::tag_request`] (task id, route, `model` rewrite) ->
+//! mistral.rs server-core handler -> the engine model of the base or of the task's adapter.
+
+pub mod admin;
+pub mod config;
+pub mod error;
+pub mod tagging;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use axum::Router;
+use mistralrs_server_core::mistralrs_server_router_builder::MistralRsServerRouterBuilder;
+
+pub use config::Config;
+
+use crate::adapters::{AdapterTable, Limits, LlamaDims, Store};
+use crate::engine::{parse_dtype, MistralRsEngine};
+
+/// The plugin's shared state.
+pub struct Plugin {
+    pub config: Config,
+    pub admin_token: Option<String>,
+    pub table: Arc<AdapterTable>,
+}
+
+/// The base model folder the config names, fetching the default assets when needed.
+pub fn resolve_base(config: &Config) -> Result<PathBuf> {
+    match &config.model.base {
+        Some(p) => Ok(p.clone()),
+        None => {
+            let assets = crate::assets::Assets::new(&config.model.assets);
+            if !assets.is_complete() {
+                assets.ensure()?;
+            }
+            Ok(assets.smollm2())
+        }
+    }
+}
+
+/// Bytes a loaded copy of the model takes in `dtype`, from its safetensors header.
+pub fn model_bytes(base: &Path, dtype: &str) -> Result<u64> {
+    use std::io::Read;
+    let path = base.join("model.safetensors");
+    let mut f =
+        std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)?;
+    let mut header = vec![0u8; u64::from_le_bytes(len) as usize];
+    f.read_exact(&mut header)?;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)?;
+    let params: u64 = header
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .filter_map(|(_, v)| v.get("shape")?.as_array().cloned())
+        .map(|s| s.iter().map(|d| d.as_u64().unwrap_or(0)).product::<u64>())
+        .sum();
+    let width = if dtype.eq_ignore_ascii_case("f32") {
+        4
+    } else {
+        2
+    };
+    Ok(params * width)
+}
+
+/// Loads the engine and the adapter table and assembles the router.
+pub async fn build(config: Config) -> Result<(Router, Option<Arc<Plugin>>)> {
+    config.check()?;
+    let base = resolve_base(&config)?;
+    let dtype = parse_dtype(&config.model.dtype)?;
+    let engine = Arc::new(MistralRsEngine::start(&base, dtype, config.model.max_seqs).await?);
+    let stock = MistralRsServerRouterBuilder::new()
+        .with_mistralrs(engine.mistralrs())
+        .with_max_body_limit(config.server.max_body_bytes)
+        .build()
+        .await?;
+    if !config.plugin.enabled {
+        return Ok((stock, None));
+    }
+    let dims = LlamaDims::from_config_file(&base.join("config.json"))?;
+    let limits = Limits {
+        max_resident: config.plugin.max_resident,
+        max_resident_bytes: config.plugin.max_resident_mib << 20,
+        bytes_per_model: model_bytes(&base, &config.model.dtype)?,
+    };
+    let store = Store::open(&config.plugin.store)?;
+    let table = AdapterTable::new(engine, store, dims, limits)?;
+    table.load_pinned().await;
+    let admin_token = config.admin_token();
+    if admin_token.is_none() {
+        tracing::warn!("no admin token set: the admin API is open to local clients");
+    }
+    let plugin = Arc::new(Plugin {
+        config,
+        admin_token,
+        table,
+    });
+    let router = stock
+        .layer(axum::middleware::from_fn_with_state(
+            plugin.clone(),
+            tagging::tag_request,
+        ))
+        .merge(admin::router(plugin.clone()));
+    Ok((router, Some(plugin)))
+}
+
+/// Builds and serves until the process ends.
+pub async fn serve(config: Config) -> Result<()> {
+    let listen = config.server.listen;
+    let (router, _plugin) = build(config).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    tracing::info!(%listen, "mistralrs-dnd serving");
+    axum::serve(listener, router).await?;
+    Ok(())
+}

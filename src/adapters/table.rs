@@ -1,0 +1,509 @@
+//! The adapter table: per task, what serves it (nothing, an adapter loading, resident,
+//! stored but not resident, or failed) and the LRU of resident adapter models.
+//!
+//! Requests only take the table's short lock (no I/O, no await under it) to pick a route;
+//! loading, registering and removing engine models run in background tasks, one operation
+//! at a time per task. A request routed to an adapter holds an `Arc` of that version, so
+//! replacing or evicting it only retires the engine model once those requests are done.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Result};
+use dashmap::DashMap;
+use lru::LruCache;
+use serde::Serialize;
+
+use super::peft::{LlamaDims, LoraAdapter};
+use super::store::{now_secs, Source, Store, TaskRecord};
+use crate::engine::AdapterEngine;
+
+/// Limits on resident adapter models.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_resident: usize,
+    pub max_resident_bytes: u64,
+    /// Memory one resident adapter model takes (a full base copy with the LoRA merged).
+    pub bytes_per_model: u64,
+}
+
+/// State of a task's adapter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", content = "error", rename_all = "snake_case")]
+pub enum State {
+    None,
+    Loading,
+    Resident,
+    Stored,
+    Failed(String),
+}
+
+/// An adapter version registered in the engine. In-flight requests hold clones.
+#[derive(Debug)]
+pub struct ResidentModel {
+    pub task: String,
+    pub hash: String,
+    pub engine_id: String,
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone)]
+pub enum Route {
+    Base,
+    Adapter(Arc<ResidentModel>),
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    record: TaskRecord,
+    state: Option<State>,
+    resident: Option<Arc<ResidentModel>>,
+    hits: u64,
+    last_used: Option<u64>,
+}
+
+impl Entry {
+    fn state(&self) -> State {
+        self.state
+            .clone()
+            .unwrap_or(if self.record.current.is_some() {
+                State::Stored
+            } else {
+                State::None
+            })
+    }
+}
+
+/// What the admin API shows of a task.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskInfo {
+    pub task: String,
+    #[serde(flatten)]
+    pub state: State,
+    pub pinned: bool,
+    pub source: Option<Source>,
+    pub rank: Option<usize>,
+    pub target_modules: Vec<String>,
+    pub hash: Option<String>,
+    pub created: Option<u64>,
+    pub hits: u64,
+    pub last_used: Option<u64>,
+    /// Stored weight bytes of the current version.
+    pub bytes: u64,
+    /// Memory of its engine model when resident.
+    pub resident_bytes: u64,
+    pub versions: Vec<super::store::Version>,
+}
+
+struct Inner {
+    tasks: HashMap<String, Entry>,
+    /// Resident tasks, most recently used first.
+    lru: LruCache<String, ()>,
+}
+
+pub struct AdapterTable {
+    engine: Arc<dyn AdapterEngine>,
+    store: Store,
+    dims: LlamaDims,
+    limits: Limits,
+    inner: Mutex<Inner>,
+    /// Serialises load/replace/evict per task; requests never take it.
+    ops: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    serial: AtomicU64,
+}
+
+impl AdapterTable {
+    /// Builds the table from the store (every stored task is `Stored`).
+    pub fn new(
+        engine: Arc<dyn AdapterEngine>,
+        store: Store,
+        dims: LlamaDims,
+        limits: Limits,
+    ) -> Result<Arc<Self>> {
+        let mut tasks = HashMap::new();
+        for record in store.load_all()? {
+            tasks.insert(
+                record.task.clone(),
+                Entry {
+                    record,
+                    ..Default::default()
+                },
+            );
+        }
+        Ok(Arc::new(Self {
+            engine,
+            store,
+            dims,
+            limits,
+            inner: Mutex::new(Inner {
+                tasks,
+                lru: LruCache::unbounded(),
+            }),
+            ops: DashMap::new(),
+            serial: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn dims(&self) -> &LlamaDims {
+        &self.dims
+    }
+
+    pub fn engine(&self) -> &Arc<dyn AdapterEngine> {
+        &self.engine
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn op_lock(&self, task: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.ops.entry(task.to_string()).or_default().clone()
+    }
+
+    /// Loads every pinned adapter (at start).
+    pub async fn load_pinned(self: &Arc<Self>) {
+        let pinned: Vec<String> = {
+            let inner = self.lock();
+            inner
+                .tasks
+                .values()
+                .filter(|e| e.record.pinned && e.record.current.is_some())
+                .map(|e| e.record.task.clone())
+                .collect()
+        };
+        for task in pinned {
+            if let Err(e) = self.ensure_resident(&task).await {
+                tracing::warn!(task, error = %e, "pinned adapter failed to load");
+            }
+        }
+    }
+
+    /// Picks the route for a request of `task` and counts the hit. A stored adapter that is
+    /// not resident starts loading in the background; the request waits for it at most
+    /// `wait` and otherwise goes to the base model.
+    pub async fn route(self: &Arc<Self>, task: &str, wait: Duration) -> Route {
+        let deadline = Instant::now() + wait;
+        let mut started = false;
+        loop {
+            let needs_load = {
+                let mut inner = self.lock();
+                let Inner { tasks, lru } = &mut *inner;
+                let Some(entry) = tasks.get_mut(task) else {
+                    return Route::Base;
+                };
+                if let Some(r) = &entry.resident {
+                    entry.hits += 1;
+                    entry.last_used = Some(now_secs());
+                    lru.promote(task);
+                    return Route::Adapter(r.clone());
+                }
+                entry.state() == State::Stored
+            };
+            if needs_load && !started {
+                started = true;
+                let this = self.clone();
+                let task = task.to_string();
+                tokio::spawn(async move {
+                    if let Err(e) = this.ensure_resident(&task).await {
+                        tracing::warn!(task, error = %e, "loading adapter failed");
+                    }
+                });
+            }
+            if Instant::now() >= deadline || !(needs_load || started) {
+                return Route::Base;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Validates, stores and loads a new adapter version for `task`, then routes the task
+    /// to it. The old version keeps serving until the new one is registered.
+    pub async fn install(
+        self: &Arc<Self>,
+        task: &str,
+        adapter: &LoraAdapter,
+        source: Source,
+    ) -> Result<TaskInfo> {
+        adapter.validate(&self.dims)?;
+        let op = self.op_lock(task);
+        let _guard = op.lock().await;
+        let store = self.store.clone();
+        let (task_s, adapter_c) = (task.to_string(), adapter.clone());
+        let record =
+            tokio::task::spawn_blocking(move || store.put(&task_s, &adapter_c, source)).await??;
+        {
+            let mut inner = self.lock();
+            let entry = inner.tasks.entry(task.to_string()).or_default();
+            let pinned = entry.record.pinned;
+            entry.record = record;
+            entry.record.pinned = pinned;
+        }
+        self.load_current(task).await?;
+        self.info(task)
+            .ok_or_else(|| anyhow!("task {task} vanished"))
+    }
+
+    /// Makes the task's current version resident (no-op if it already is).
+    pub async fn ensure_resident(self: &Arc<Self>, task: &str) -> Result<()> {
+        let op = self.op_lock(task);
+        let _guard = op.lock().await;
+        self.load_current(task).await
+    }
+
+    /// Loads the current version if the resident one differs. Caller holds the op lock.
+    async fn load_current(self: &Arc<Self>, task: &str) -> Result<()> {
+        let hash = {
+            let mut inner = self.lock();
+            let entry = inner
+                .tasks
+                .get_mut(task)
+                .ok_or_else(|| anyhow!("no adapter stored for task {task}"))?;
+            let hash = entry
+                .record
+                .current
+                .clone()
+                .ok_or_else(|| anyhow!("no adapter stored for task {task}"))?;
+            if entry.resident.as_ref().is_some_and(|r| r.hash == hash) {
+                return Ok(());
+            }
+            entry.state = Some(State::Loading);
+            hash
+        };
+        if let Err(e) = self.check_capacity(task) {
+            self.set_state(task, Some(State::Stored));
+            return Err(e);
+        }
+        let engine_id = format!(
+            "dnd:{task}:{hash}:{}",
+            self.serial.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = self.store.version_dir(task, &hash);
+        let t = Instant::now();
+        match self.engine.register(&engine_id, &dir).await {
+            Ok(load) => {
+                tracing::info!(
+                    task,
+                    hash,
+                    engine_id,
+                    load_ms = load.as_millis() as u64,
+                    total_ms = t.elapsed().as_millis() as u64,
+                    "adapter resident"
+                );
+                let new = Arc::new(ResidentModel {
+                    task: task.to_string(),
+                    hash,
+                    engine_id,
+                });
+                let (old, evicted) = {
+                    let mut inner = self.lock();
+                    let Inner { tasks, lru } = &mut *inner;
+                    let entry = tasks.entry(task.to_string()).or_default();
+                    let old = entry.resident.replace(new);
+                    entry.state = None;
+                    lru.put(task.to_string(), ());
+                    let evicted = self.pick_evictions(&mut inner, task);
+                    (old, evicted)
+                };
+                if let Some(old) = old {
+                    self.retire(old);
+                }
+                for r in evicted {
+                    tracing::info!(task = r.task, hash = r.hash, "evicted (LRU)");
+                    self.retire(r);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                tracing::warn!(task, error = msg, "adapter failed to load");
+                self.set_state(task, Some(State::Failed(msg.clone())));
+                Err(anyhow!(msg))
+            }
+        }
+    }
+
+    fn set_state(&self, task: &str, state: Option<State>) {
+        if let Some(e) = self.lock().tasks.get_mut(task) {
+            e.state = state;
+        }
+    }
+
+    fn resident_bytes(&self, n: usize) -> u64 {
+        self.limits.bytes_per_model * n as u64
+    }
+
+    /// Fails when the new model cannot fit even after evicting every unpinned one.
+    fn check_capacity(&self, task: &str) -> Result<()> {
+        let inner = self.lock();
+        let pinned = inner
+            .tasks
+            .values()
+            .filter(|e| e.resident.is_some() && e.record.pinned && e.record.task != task)
+            .count();
+        let fits = pinned < self.limits.max_resident
+            && self.resident_bytes(pinned + 1) <= self.limits.max_resident_bytes;
+        if !fits {
+            bail!(
+                "no room for another resident adapter: limits are {} models / {} bytes and {pinned} pinned adapters are resident",
+                self.limits.max_resident,
+                self.limits.max_resident_bytes
+            );
+        }
+        Ok(())
+    }
+
+    /// Removes least recently used unpinned residents (never `keep`) until within limits.
+    fn pick_evictions(&self, inner: &mut Inner, keep: &str) -> Vec<Arc<ResidentModel>> {
+        let mut out = Vec::new();
+        loop {
+            let n = inner.lru.len();
+            if n <= self.limits.max_resident
+                && self.resident_bytes(n) <= self.limits.max_resident_bytes
+            {
+                break;
+            }
+            let victim = inner
+                .lru
+                .iter()
+                .rev()
+                .map(|(t, _)| t.clone())
+                .find(|t| t != keep && !inner.tasks.get(t).is_some_and(|e| e.record.pinned));
+            let Some(victim) = victim else { break };
+            inner.lru.pop(&victim);
+            if let Some(e) = inner.tasks.get_mut(&victim) {
+                if let Some(r) = e.resident.take() {
+                    out.push(r);
+                }
+                e.state = None;
+            }
+        }
+        out
+    }
+
+    /// Unregisters an engine model once no request holds it any more.
+    fn retire(self: &Arc<Self>, model: Arc<ResidentModel>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            while Arc::strong_count(&model) > 1 && start.elapsed() < Duration::from_secs(600) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if let Err(e) = this.engine.unregister(&model.engine_id).await {
+                tracing::warn!(engine_id = model.engine_id, error = %e, "removing engine model failed");
+            }
+        });
+    }
+
+    /// Evicts a task's resident model; with `forget` also deletes its stored files.
+    pub async fn evict(self: &Arc<Self>, task: &str, forget: bool) -> Result<bool> {
+        let op = self.op_lock(task);
+        let _guard = op.lock().await;
+        let resident = {
+            let mut inner = self.lock();
+            let Inner { tasks, lru } = &mut *inner;
+            let Some(entry) = tasks.get_mut(task) else {
+                return Ok(false);
+            };
+            if entry.record.pinned {
+                bail!("task {task} is pinned: unpin it first");
+            }
+            lru.pop(task);
+            let r = entry.resident.take();
+            entry.state = None;
+            if forget {
+                tasks.remove(task);
+            }
+            r
+        };
+        if let Some(r) = resident {
+            self.retire(r);
+        }
+        if forget {
+            let store = self.store.clone();
+            let task = task.to_string();
+            tokio::task::spawn_blocking(move || store.forget(&task)).await??;
+        }
+        Ok(true)
+    }
+
+    /// Pins (loads now and never evicts) or unpins a task's adapter.
+    pub async fn set_pinned(self: &Arc<Self>, task: &str, pinned: bool) -> Result<TaskInfo> {
+        {
+            let op = self.op_lock(task);
+            let _guard = op.lock().await;
+            let record = {
+                let mut inner = self.lock();
+                let entry = inner
+                    .tasks
+                    .get_mut(task)
+                    .filter(|e| e.record.current.is_some())
+                    .ok_or_else(|| anyhow!("no adapter stored for task {task}"))?;
+                entry.record.pinned = pinned;
+                entry.record.clone()
+            };
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.save(&record)).await??;
+        }
+        if pinned {
+            self.ensure_resident(task).await?;
+        }
+        self.info(task)
+            .ok_or_else(|| anyhow!("task {task} vanished"))
+    }
+
+    pub fn info(&self, task: &str) -> Option<TaskInfo> {
+        let inner = self.lock();
+        inner.tasks.get(task).map(|e| self.info_of(e))
+    }
+
+    pub fn list(&self) -> Vec<TaskInfo> {
+        let inner = self.lock();
+        let mut v: Vec<TaskInfo> = inner.tasks.values().map(|e| self.info_of(e)).collect();
+        v.sort_by(|a, b| a.task.cmp(&b.task));
+        v
+    }
+
+    fn info_of(&self, e: &Entry) -> TaskInfo {
+        let cur = e.record.current_version();
+        TaskInfo {
+            task: e.record.task.clone(),
+            state: if e.resident.is_some() && e.state.is_none() {
+                State::Resident
+            } else {
+                e.state()
+            },
+            pinned: e.record.pinned,
+            source: cur.map(|v| v.source),
+            rank: cur.map(|v| v.rank),
+            target_modules: cur.map(|v| v.target_modules.clone()).unwrap_or_default(),
+            hash: e.record.current.clone(),
+            created: cur.map(|v| v.created),
+            hits: e.hits,
+            last_used: e.last_used,
+            bytes: cur.map(|v| v.bytes).unwrap_or(0),
+            resident_bytes: if e.resident.is_some() {
+                self.limits.bytes_per_model
+            } else {
+                0
+            },
+            versions: e.record.versions.clone(),
+        }
+    }
+
+    /// Engine model ids currently registered for adapters.
+    pub fn resident_ids(&self) -> Vec<String> {
+        let inner = self.lock();
+        inner
+            .tasks
+            .values()
+            .filter_map(|e| e.resident.as_ref().map(|r| r.engine_id.clone()))
+            .collect()
+    }
+
+    pub fn store_root(&self) -> PathBuf {
+        self.store.root().to_path_buf()
+    }
+}

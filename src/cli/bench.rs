@@ -1,0 +1,232 @@
+//! `mistralrs-dnd bench ...`: benchmarks that print their numbers and the setup they ran on.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use futures::StreamExt;
+
+use crate::adapters::{LlamaDims, Module};
+use crate::assets::{default_root, Assets};
+use crate::server::{self, Config};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    pub bench: Bench,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Bench {
+    /// Hot-load latency (upload -> first token through the adapter) and RSS per resident
+    /// adapter, on the real SmolLM2 base model.
+    Hotload(HotloadArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HotloadArgs {
+    /// Adapters to hot-load, one after the other (all stay resident).
+    #[arg(long, default_value_t = 5)]
+    pub n: usize,
+    /// Serving dtype.
+    #[arg(long, default_value = "f16")]
+    pub dtype: String,
+    /// Asset folder (default: $DND_ASSETS or ./assets).
+    #[arg(long)]
+    pub assets: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    match args.bench {
+        Bench::Hotload(a) => tokio::runtime::Runtime::new()?.block_on(hotload(a)),
+    }
+}
+
+/// Resident set size of this process (bytes), from /proc.
+pub fn rss_bytes() -> u64 {
+    proc_status_kb("VmRSS:") * 1024
+}
+
+/// Peak resident set size of this process (bytes), from /proc.
+pub fn peak_rss_bytes() -> u64 {
+    proc_status_kb("VmHWM:") * 1024
+}
+
+fn proc_status_kb(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+pub fn print_machine() {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    println!(
+        "machine: {cores} cores, {cpu}; device: {:?}",
+        crate::engine::device()
+    );
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+async fn hotload(args: HotloadArgs) -> Result<()> {
+    ensure!(args.n >= 1, "--n must be at least 1");
+    let assets = Assets::new(args.assets.unwrap_or_else(default_root));
+    assets.ensure()?;
+    let store = tempfile::tempdir()?;
+    let mut config = Config::default();
+    config.model.base = Some(assets.smollm2());
+    config.model.dtype = args.dtype.clone();
+    config.plugin.store = store.path().join("store");
+    config.plugin.max_resident = args.n + 1;
+    config.plugin.max_resident_mib = 1 << 20;
+    print_machine();
+    println!(
+        "setup: SmolLM2-135M-Instruct {} on the engine, LoRA r=8 on q_proj+v_proj, {} adapters hot-loaded in turn over HTTP on loopback, all kept resident",
+        args.dtype, args.n
+    );
+    let t = Instant::now();
+    let (router, _plugin) = server::build(config).await?;
+    println!("base model load: {:.2} s", t.elapsed().as_secs_f64());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    let client = reqwest::Client::new();
+    let dims = LlamaDims::from_config_file(&assets.smollm2().join("config.json"))?;
+
+    // Warm the base path once so the first measurement does not pay for it.
+    first_token(&client, &url, None).await?;
+    let rss0 = rss_bytes();
+    let (mut totals, mut puts) = (Vec::new(), Vec::new());
+    println!(
+        "{:>3} {:>10} {:>14} {:>14} {:>10}",
+        "#", "upload+load", "first token", "upload->token", "RSS MB"
+    );
+    for i in 0..args.n {
+        let adapter = crate::testing::random_adapter(
+            &dims,
+            &[Module::Q, Module::V],
+            8,
+            i as u64,
+            0.02,
+            0.02,
+        )?;
+        let config_bytes = serde_json::to_vec(&adapter.config)?;
+        let weights = adapter.safetensors_bytes()?;
+        let task = format!("bench-{i}");
+        let form = reqwest::multipart::Form::new()
+            .part(
+                "adapter_config.json",
+                reqwest::multipart::Part::bytes(config_bytes).file_name("adapter_config.json"),
+            )
+            .part(
+                "adapter_model.safetensors",
+                reqwest::multipart::Part::bytes(weights).file_name("adapter_model.safetensors"),
+            );
+        let t = Instant::now();
+        let resp = client
+            .put(format!("{url}/admin/adapters/{task}"))
+            .multipart(form)
+            .send()
+            .await?;
+        ensure!(
+            resp.status().as_u16() == 201,
+            "upload failed: {}",
+            resp.text().await?
+        );
+        let put = t.elapsed();
+        let label = first_token(&client, &url, Some(&task)).await?;
+        let total = t.elapsed();
+        ensure!(
+            label.starts_with(&task),
+            "served by {label}, not the adapter"
+        );
+        println!(
+            "{:>3} {:>9.0}ms {:>12.0}ms {:>12.0}ms {:>10.0}",
+            i,
+            put.as_secs_f64() * 1e3,
+            (total - put).as_secs_f64() * 1e3,
+            total.as_secs_f64() * 1e3,
+            rss_bytes() as f64 / 1e6
+        );
+        puts.push(put);
+        totals.push(total);
+    }
+    let per_adapter = (rss_bytes().saturating_sub(rss0)) as f64 / args.n as f64 / 1e6;
+    println!(
+        "hot-load latency (upload -> first token through the adapter): median {:.0} ms, min {:.0} ms, max {:.0} ms",
+        median(&mut totals.clone()).as_secs_f64() * 1e3,
+        totals.iter().min().context("no runs")?.as_secs_f64() * 1e3,
+        totals.iter().max().context("no runs")?.as_secs_f64() * 1e3,
+    );
+    println!(
+        "upload + validate + store + load + merge + register: median {:.0} ms",
+        median(&mut puts).as_secs_f64() * 1e3
+    );
+    println!("RSS per resident adapter: {per_adapter:.0} MB");
+    server.abort();
+    Ok(())
+}
+
+/// Streams a one-token chat completion and returns the `x-dnd-adapter` label once the first
+/// content token arrives.
+async fn first_token(client: &reqwest::Client, url: &str, task: Option<&str>) -> Result<String> {
+    let mut req = client
+        .post(format!("{url}/v1/chat/completions"))
+        .json(&serde_json::json!({
+            "model": "default",
+            "messages": [{"role": "user", "content": "Name a colour."}],
+            "max_tokens": 4,
+            "temperature": 0.0,
+            "stream": true,
+        }));
+    if let Some(t) = task {
+        req = req.header("X-Task-Id", t);
+    }
+    let resp = req.send().await?;
+    ensure!(resp.status().is_success(), "chat failed: {}", resp.status());
+    let label = resp
+        .headers()
+        .get("x-dnd-adapter")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let mut stream = resp.bytes_stream();
+    let mut buf = String::new();
+    while let Some(chunk) = stream.next().await {
+        buf.push_str(&String::from_utf8_lossy(&chunk?));
+        for line in buf.lines() {
+            let Some(data) = line.strip_prefix("data: ") else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else {
+                continue;
+            };
+            if v["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty())
+            {
+                return Ok(label);
+            }
+        }
+    }
+    anyhow::bail!("stream ended without a content token")
+}

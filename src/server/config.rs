@@ -1,0 +1,144 @@
+//! The server's TOML configuration (`configs/*.toml`); every key has a default, documented
+//! in `plugin.toml`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub model: ModelConfig,
+    pub plugin: PluginConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes (adapter uploads included).
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".parse().expect("valid address"),
+            max_body_bytes: 256 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Asset root; the default base model and encoder are fetched there when missing.
+    pub assets: PathBuf,
+    /// Hugging Face llama folder of the base model; default: the converted SmolLM2 in `assets`.
+    pub base: Option<PathBuf>,
+    pub dtype: String,
+    /// Sequences the engine schedules at once, per model.
+    pub max_seqs: usize,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            assets: PathBuf::from("assets"),
+            base: None,
+            dtype: "f16".into(),
+            max_seqs: 16,
+        }
+    }
+}
+
+/// Where a request's task id may come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskSource {
+    /// The `task_header` request header (default `X-Task-Id`).
+    Header,
+    /// A top-level `task_id` field of the JSON body (OpenAI clients: `extra_body`).
+    Body,
+    /// The OpenAI `user` field (tenant mode).
+    User,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginConfig {
+    pub enabled: bool,
+    /// Adapter store; every accepted adapter version lives here.
+    pub store: PathBuf,
+    /// `PUT /admin/adapters/{task}` with `{"path": DIR}` only reads inside this folder.
+    pub import_root: Option<PathBuf>,
+    /// Bearer token of the admin API; `DND_ADMIN_TOKEN` overrides it.
+    pub admin_token: Option<String>,
+    /// Sources of the task id, first match wins.
+    pub task_id_sources: Vec<TaskSource>,
+    pub task_header: String,
+    /// Resident adapter models at most (each is a full model copy in 0.8.1).
+    pub max_resident: usize,
+    /// Resident adapter memory at most, in MiB.
+    pub max_resident_mib: u64,
+    /// How long a request for a stored, not resident adapter waits for it to load before
+    /// the base model answers it, in milliseconds.
+    pub load_wait_ms: u64,
+}
+
+impl Default for PluginConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            store: PathBuf::from("data/adapters"),
+            import_root: None,
+            admin_token: None,
+            task_id_sources: vec![TaskSource::Header, TaskSource::Body, TaskSource::User],
+            task_header: "x-task-id".into(),
+            max_resident: 4,
+            max_resident_mib: 2048,
+            load_wait_ms: 0,
+        }
+    }
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        let cfg: Config =
+            toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// The admin token in force (environment first).
+    pub fn admin_token(&self) -> Option<String> {
+        std::env::var("DND_ADMIN_TOKEN")
+            .ok()
+            .or_else(|| self.plugin.admin_token.clone())
+            .filter(|t| !t.is_empty())
+    }
+
+    pub fn check(&self) -> Result<()> {
+        if self.plugin.enabled {
+            if !self.server.listen.ip().is_loopback() && self.admin_token().is_none() {
+                bail!(
+                    "refusing to start: the plugin's admin API would listen on {} (not loopback) without a token; set plugin.admin_token or DND_ADMIN_TOKEN",
+                    self.server.listen
+                );
+            }
+            if self.plugin.task_id_sources.is_empty() {
+                bail!("plugin.task_id_sources is empty: name at least one of header, body, user");
+            }
+            if self.plugin.max_resident == 0 {
+                bail!("plugin.max_resident must be at least 1");
+            }
+        }
+        crate::engine::parse_dtype(&self.model.dtype)?;
+        Ok(())
+    }
+}

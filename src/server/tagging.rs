@@ -1,0 +1,179 @@
+//! Task tagging: a layer over the OpenAI routes that finds a request's task id, picks the
+//! model that serves it (base or the task's adapter), rewrites the body's `model` field to
+//! that engine model and names it in the `x-dnd-adapter` response header.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use super::config::TaskSource;
+use super::error::ApiError;
+use super::Plugin;
+use crate::adapters::Route;
+
+pub const ADAPTER_HEADER: &str = "x-dnd-adapter";
+const MAX_TASK_ID: usize = 128;
+
+/// Checks a task id: `[A-Za-z0-9._-]`, 1 to 128 characters.
+pub fn validate_task_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("task id is empty".into());
+    }
+    if id.len() > MAX_TASK_ID {
+        return Err(format!(
+            "task id is {} characters long; at most {MAX_TASK_ID} are allowed",
+            id.len()
+        ));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "task id contains {c:?}; only letters, digits, '.', '_' and '-' are allowed"
+        ));
+    }
+    if id == "." || id == ".." {
+        return Err("task id may not be '.' or '..'".into());
+    }
+    Ok(())
+}
+
+/// Finds the task id in the configured sources, in order. `Ok(None)`: untagged.
+pub fn find_task_id(
+    sources: &[TaskSource],
+    header: &str,
+    headers: &HeaderMap,
+    body: &serde_json::Map<String, Value>,
+) -> Result<Option<String>, String> {
+    for source in sources {
+        let found = match source {
+            TaskSource::Header => match headers.get(header) {
+                Some(v) => Some(
+                    v.to_str()
+                        .map_err(|_| format!("task id in header {header} is not ASCII text"))?
+                        .to_string(),
+                ),
+                None => None,
+            },
+            TaskSource::Body | TaskSource::User => {
+                let key = if *source == TaskSource::Body {
+                    "task_id"
+                } else {
+                    "user"
+                };
+                match body.get(key) {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(s)) => Some(s.clone()),
+                    Some(_) => return Err(format!("body field {key} must be a string")),
+                }
+            }
+        };
+        if let Some(id) = found {
+            validate_task_id(&id)?;
+            return Ok(Some(id));
+        }
+    }
+    Ok(None)
+}
+
+/// Routes that the stock server exposes but that could reach or corrupt adapter models
+/// (stock reload merges LoRAs twice, trap 1 of engine.md), or that leak internals.
+const HIDDEN: &[&str] = &[
+    "/v1/models/unload",
+    "/v1/models/reload",
+    "/v1/models/tune",
+    "/v1/models/status",
+    "/v1/system/doctor",
+    "/re_isq",
+];
+
+/// The layer: applied to the stock OpenAI router.
+pub async fn tag_request(State(plugin): State<Arc<Plugin>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    if HIDDEN.contains(&path.as_str()) {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("{path} is disabled by the mistralrs-dnd plugin"),
+        )
+        .into_response();
+    }
+    if !(path == "/v1/chat/completions" || path == "/v1/completions") {
+        return next.run(req).await;
+    }
+    match route_request(&plugin, req).await {
+        Ok((req, route)) => {
+            let label = match &route {
+                Route::Base => "base".to_string(),
+                Route::Adapter(r) => format!("{}@{}", r.task, r.hash),
+            };
+            let mut resp = next.run(req).await;
+            if let Ok(v) = HeaderValue::from_str(&label) {
+                resp.headers_mut().insert(ADAPTER_HEADER, v);
+            }
+            // Keep the adapter model alive until the (possibly streamed) body is done.
+            if let Route::Adapter(model) = route {
+                let (parts, body) = resp.into_parts();
+                let guarded = Body::from_stream(GuardedStream {
+                    inner: body.into_data_stream(),
+                    _guard: model,
+                });
+                resp = Response::from_parts(parts, guarded);
+            }
+            resp
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn route_request(plugin: &Arc<Plugin>, req: Request) -> Result<(Request, Route), ApiError> {
+    let (mut parts, body) = req.into_parts();
+    let bytes: Bytes = axum::body::to_bytes(body, plugin.config.server.max_body_bytes)
+        .await
+        .map_err(|e| ApiError::bad_request(format!("reading request body: {e}")))?;
+    let mut json: serde_json::Map<String, Value> = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("request body is not a JSON object: {e}")))?;
+    let pc = &plugin.config.plugin;
+    let task = find_task_id(&pc.task_id_sources, &pc.task_header, &parts.headers, &json)
+        .map_err(ApiError::bad_request)?;
+    json.remove("task_id");
+    let route = match &task {
+        None => Route::Base,
+        Some(t) => {
+            plugin
+                .table
+                .route(t, Duration::from_millis(pc.load_wait_ms))
+                .await
+        }
+    };
+    let model = match &route {
+        Route::Base => plugin.table.engine().base_id().to_string(),
+        Route::Adapter(r) => r.engine_id.clone(),
+    };
+    json.insert("model".into(), Value::String(model));
+    let body = serde_json::to_vec(&json).map_err(|e| ApiError::internal(e.to_string()))?;
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    Ok((Request::from_parts(parts, Body::from(body)), route))
+}
+
+/// A body stream that holds a value until the stream is dropped.
+struct GuardedStream<S, G> {
+    inner: S,
+    _guard: G,
+}
+
+impl<S: futures::Stream + Unpin, G: Unpin> futures::Stream for GuardedStream<S, G> {
+    type Item = S::Item;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::pin::Pin::new(&mut self.inner).poll_next(cx)
+    }
+}

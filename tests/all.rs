@@ -1,0 +1,5 @@
+//! The integration tests, in one binary so that CI links few executables.
+
+mod common;
+mod real_models;
+mod server;

