@@ -159,12 +159,16 @@ async fn hotload(args: HotloadArgs) -> Result<()> {
             label.starts_with(&task),
             "served by {label}, not the adapter"
         );
+        let t2 = Instant::now();
+        first_token(&client, &url, Some(&task)).await?;
+        let warm = t2.elapsed();
         println!(
-            "{:>3} {:>9.0}ms {:>12.0}ms {:>12.0}ms {:>10.0}",
+            "{:>3} {:>10.0}ms {:>10.0}ms {:>12.0}ms {:>10.0}ms {:>8.0}",
             i,
             put.as_secs_f64() * 1e3,
             (total - put).as_secs_f64() * 1e3,
             total.as_secs_f64() * 1e3,
+            warm.as_secs_f64() * 1e3,
             rss_bytes() as f64 / 1e6
         );
         puts.push(put);
