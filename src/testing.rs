@@ -107,13 +107,15 @@ pub fn write_tiny_llama(dir: &Path, seed: u64) -> Result<()> {
     )?;
     let mut rng = StdRng::seed_from_u64(seed);
     let mut t: HashMap<String, Tensor> = HashMap::new();
-    // Only printable ASCII bytes get non-zero embeddings. The others' (tied) logits are 0 and
-    // never win greedy decoding against ~95 random ones, so the model neither stops at once
-    // nor emits bytes that are not valid UTF-8 text on their own.
+    // Only letters and digits get non-zero embeddings. The others' (tied) logits are 0 and
+    // never win greedy decoding against 62 random ones, so the model neither stops at once
+    // nor emits text the server holds back or trims (spaces, invalid UTF-8, tool-call
+    // openers such as '{', '[' and '<').
     let keep: Vec<f32> = (0..vocab_size)
         .map(|i| {
             let byte = i as i64 - specials.len() as i64;
-            if (0x20..=0x7e).contains(&byte) {
+            let alnum = u8::try_from(byte).is_ok_and(|b| b.is_ascii_alphanumeric());
+            if alnum {
                 1.0
             } else {
                 0.0

@@ -3,3 +3,4 @@
 mod common;
 mod real_models;
 mod server;
+mod specialise;

@@ -42,7 +42,14 @@ pub fn tiny_config(dir: &Path) -> Config {
 }
 
 pub async fn start(config: Config) -> TestServer {
-    let (router, plugin) = server::build(config).await.unwrap();
+    start_with(config, None).await
+}
+
+pub async fn start_with(
+    config: Config,
+    generator: Option<Arc<dyn mistralrs_dnd::server::specialise::AdapterGenerator>>,
+) -> TestServer {
+    let (router, plugin) = server::build_with(config, generator).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let task = tokio::spawn(async move {

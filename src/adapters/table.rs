@@ -113,6 +113,10 @@ pub struct AdapterTable {
     /// Serialises load/replace/evict per task; requests never take it.
     ops: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
     serial: AtomicU64,
+    /// Resident models evicted by the LRU, for metrics.
+    pub evictions: AtomicU64,
+    /// Adapter loads that failed, for metrics.
+    pub load_failures: AtomicU64,
 }
 
 impl AdapterTable {
@@ -144,6 +148,8 @@ impl AdapterTable {
             }),
             ops: DashMap::new(),
             serial: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            load_failures: AtomicU64::new(0),
         }))
     }
 
@@ -311,6 +317,7 @@ impl AdapterTable {
                     self.retire(old);
                 }
                 for r in evicted {
+                    self.evictions.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(task = r.task, hash = r.hash, "evicted (LRU)");
                     self.retire(r);
                 }
@@ -319,6 +326,7 @@ impl AdapterTable {
             Err(e) => {
                 let msg = format!("{e:#}");
                 tracing::warn!(task, error = msg, "adapter failed to load");
+                self.load_failures.fetch_add(1, Ordering::Relaxed);
                 self.set_state(task, Some(State::Failed(msg.clone())));
                 Err(anyhow!(msg))
             }
@@ -452,6 +460,63 @@ impl AdapterTable {
         }
         self.info(task)
             .ok_or_else(|| anyhow!("task {task} vanished"))
+    }
+
+    /// Marks a task failed (e.g. its generation), unless an adapter is serving it: then that
+    /// adapter keeps serving and the failure shows in the generation state only.
+    pub fn mark_failed(&self, task: &str, error: String) {
+        let mut inner = self.lock();
+        let entry = inner
+            .tasks
+            .entry(task.to_string())
+            .or_insert_with(|| Entry {
+                record: TaskRecord {
+                    task: task.to_string(),
+                    ..Default::default()
+                },
+                ..Default::default()
+            });
+        if entry.resident.is_none() {
+            entry.state = Some(State::Failed(error));
+        }
+    }
+
+    /// Deletes the oldest stored versions of a task beyond `keep` (never the current one).
+    pub async fn prune_versions(&self, task: &str, keep: usize) -> Result<()> {
+        let op = self.op_lock(task);
+        let _guard = op.lock().await;
+        let (record, doomed) = {
+            let mut inner = self.lock();
+            let Some(entry) = inner.tasks.get_mut(task) else {
+                return Ok(());
+            };
+            let r = &mut entry.record;
+            let mut doomed = Vec::new();
+            while r.versions.len() > keep.max(1) {
+                let Some(i) = r
+                    .versions
+                    .iter()
+                    .position(|v| Some(&v.hash) != r.current.as_ref())
+                else {
+                    break;
+                };
+                doomed.push(r.versions.remove(i).hash);
+            }
+            (r.clone(), doomed)
+        };
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let task = task.to_string();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            store.save(&record)?;
+            for h in doomed {
+                let _ = std::fs::remove_dir_all(store.version_dir(&task, &h));
+            }
+            Ok(())
+        })
+        .await?
     }
 
     pub fn info(&self, task: &str) -> Option<TaskInfo> {

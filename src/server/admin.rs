@@ -29,6 +29,7 @@ pub fn router(plugin: Arc<Plugin>) -> Router {
         )
         .route("/admin/adapters/{task}/pin", post(pin))
         .route("/admin/adapters/{task}/unpin", post(unpin))
+        .route("/admin/adapters/{task}/regenerate", post(regenerate))
         .layer(axum::middleware::from_fn_with_state(
             plugin.clone(),
             require_token,
@@ -58,8 +59,34 @@ fn task_param(task: &str) -> Result<(), ApiError> {
     validate_task_id(task).map_err(ApiError::bad_request)
 }
 
+/// A task as the admin API shows it: its adapter entry plus, with automatic
+/// specialisation on, its prompt collection and generation state.
+fn task_json(p: &Plugin, task: &str) -> Option<serde_json::Value> {
+    let info = p.table.info(task);
+    let generation = p.specialiser.as_ref().and_then(|s| s.info(task));
+    if info.is_none() && generation.is_none() {
+        return None;
+    }
+    let mut v = match info {
+        Some(i) => serde_json::to_value(i).ok()?,
+        None => serde_json::json!({ "task": task, "state": "none" }),
+    };
+    v["generation"] = serde_json::to_value(generation).ok()?;
+    Some(v)
+}
+
 async fn list(State(p): State<Arc<Plugin>>) -> impl IntoResponse {
-    Json(serde_json::json!({ "adapters": p.table.list() }))
+    let mut tasks: Vec<String> = p.table.list().into_iter().map(|i| i.task).collect();
+    let mut dropped = Vec::new();
+    if let Some(s) = &p.specialiser {
+        let (collecting, d) = s.list();
+        tasks.extend(collecting.into_iter().map(|(t, _)| t));
+        dropped = d;
+    }
+    tasks.sort();
+    tasks.dedup();
+    let adapters: Vec<_> = tasks.iter().filter_map(|t| task_json(&p, t)).collect();
+    Json(serde_json::json!({ "adapters": adapters, "dropped_tasks": dropped }))
 }
 
 async fn show(
@@ -67,9 +94,41 @@ async fn show(
     Path(task): Path<String>,
 ) -> Result<Response, ApiError> {
     task_param(&task)?;
-    match p.table.info(&task) {
-        Some(info) => Ok(Json(info).into_response()),
+    match task_json(&p, &task) {
+        Some(v) => Ok(Json(v).into_response()),
         None => Err(ApiError::not_found(format!("no adapter for task {task}"))),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct RegenerateBody {
+    #[serde(default)]
+    prompts: Option<Vec<String>>,
+}
+
+/// `POST /admin/adapters/{task}/regenerate`, optionally with `{"prompts": [...]}`.
+async fn regenerate(
+    State(p): State<Arc<Plugin>>,
+    Path(task): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    task_param(&task)?;
+    let sp = p.specialiser.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "no generator configured (plugin.generator)",
+        )
+    })?;
+    let body: RegenerateBody = if body.is_empty() {
+        RegenerateBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(format!("body must be {{\"prompts\": [...]}}: {e}"))
+        })?
+    };
+    match sp.regenerate(&task, body.prompts) {
+        Ok(info) => Ok((StatusCode::ACCEPTED, Json(info)).into_response()),
+        Err(e) => Err(ApiError::new(StatusCode::CONFLICT, e)),
     }
 }
 
@@ -198,6 +257,11 @@ async fn evict(
     Query(q): Query<EvictQuery>,
 ) -> Result<Response, ApiError> {
     task_param(&task)?;
+    if q.forget {
+        if let Some(s) = &p.specialiser {
+            s.forget(&task);
+        }
+    }
     match p.table.evict(&task, q.forget).await {
         Ok(true) => Ok(Json(
             serde_json::json!({ "task": task, "evicted": true, "forgotten": q.forget }),

@@ -87,6 +87,29 @@ pub struct PluginConfig {
     /// How long a request for a stored, not resident adapter waits for it to load before
     /// the base model answers it, in milliseconds.
     pub load_wait_ms: u64,
+    /// Generator folder (DnD decoder); unset: no automatic specialisation.
+    pub generator: Option<PathBuf>,
+    /// Prompt encoder folder; default: MiniLM in the asset folder.
+    pub encoder: Option<PathBuf>,
+    /// Prompts of a task that trigger its generation; default: the generator's N.
+    pub prompts_k: Option<usize>,
+    /// Longer prompts are cut to this many bytes before they are kept.
+    pub max_prompt_bytes: usize,
+    /// Tasks whose prompts are kept at once; past it the oldest idle one is dropped.
+    pub max_tracked_tasks: usize,
+    /// Generations running at once.
+    pub generation_concurrency: usize,
+    /// Generation jobs waiting at most.
+    pub generation_queue: usize,
+    /// First retry of a failed generation after this many seconds, doubling each time.
+    pub retry_base_s: u64,
+    pub max_retries: u32,
+    /// Regenerate a task's adapter after this many more of its prompts (unset: never).
+    pub regenerate_after: Option<usize>,
+    /// Generations per task (tenant) and hour at most.
+    pub max_generations_per_hour: usize,
+    /// Stored adapter versions kept per task (tenant).
+    pub max_versions: usize,
 }
 
 impl Default for PluginConfig {
@@ -101,6 +124,18 @@ impl Default for PluginConfig {
             max_resident: 4,
             max_resident_mib: 2048,
             load_wait_ms: 0,
+            generator: None,
+            encoder: None,
+            prompts_k: None,
+            max_prompt_bytes: 4096,
+            max_tracked_tasks: 10_000,
+            generation_concurrency: 1,
+            generation_queue: 256,
+            retry_base_s: 30,
+            max_retries: 5,
+            regenerate_after: None,
+            max_generations_per_hour: 6,
+            max_versions: 5,
         }
     }
 }

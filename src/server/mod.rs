@@ -7,6 +7,8 @@
 pub mod admin;
 pub mod config;
 pub mod error;
+pub mod metrics;
+pub mod specialise;
 pub mod tagging;
 
 use std::path::{Path, PathBuf};
@@ -26,6 +28,9 @@ pub struct Plugin {
     pub config: Config,
     pub admin_token: Option<String>,
     pub table: Arc<AdapterTable>,
+    pub metrics: Arc<metrics::Metrics>,
+    /// Automatic specialisation, when a generator is configured.
+    pub specialiser: Option<Arc<specialise::Specialiser>>,
 }
 
 /// The base model folder the config names, fetching the default assets when needed.
@@ -67,8 +72,17 @@ pub fn model_bytes(base: &Path, dtype: &str) -> Result<u64> {
     Ok(params * width)
 }
 
-/// Loads the engine and the adapter table and assembles the router.
+/// Loads the engine, the adapter table and the generator the config names, and assembles
+/// the router.
 pub async fn build(config: Config) -> Result<(Router, Option<Arc<Plugin>>)> {
+    build_with(config, None).await
+}
+
+/// [`build`] with a given generator (instead of the config's) for automatic specialisation.
+pub async fn build_with(
+    config: Config,
+    generator: Option<Arc<dyn specialise::AdapterGenerator>>,
+) -> Result<(Router, Option<Arc<Plugin>>)> {
     config.check()?;
     let base = resolve_base(&config)?;
     let dtype = parse_dtype(&config.model.dtype)?;
@@ -87,9 +101,30 @@ pub async fn build(config: Config) -> Result<(Router, Option<Arc<Plugin>>)> {
         max_resident_bytes: config.plugin.max_resident_mib << 20,
         bytes_per_model: model_bytes(&base, &config.model.dtype)?,
     };
+    let generator = match generator {
+        Some(g) => Some(g),
+        None => load_generator(&config, &dims)?,
+    };
     let store = Store::open(&config.plugin.store)?;
     let table = AdapterTable::new(engine, store, dims, limits)?;
     table.load_pinned().await;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let specialiser = generator.map(|g| {
+        let pc = &config.plugin;
+        let settings = specialise::Settings {
+            k: pc.prompts_k.unwrap_or_else(|| g.batch_size()).max(1),
+            max_prompt_bytes: pc.max_prompt_bytes,
+            max_tracked_tasks: pc.max_tracked_tasks.max(1),
+            concurrency: pc.generation_concurrency,
+            queue: pc.generation_queue,
+            retry_base: std::time::Duration::from_secs(pc.retry_base_s),
+            max_retries: pc.max_retries,
+            regenerate_after: pc.regenerate_after,
+            max_generations_per_hour: pc.max_generations_per_hour,
+            max_versions: pc.max_versions,
+        };
+        specialise::Specialiser::start(g, table.clone(), metrics.clone(), settings)
+    });
     let admin_token = config.admin_token();
     if admin_token.is_none() {
         tracing::warn!("no admin token set: the admin API is open to local clients");
@@ -98,14 +133,35 @@ pub async fn build(config: Config) -> Result<(Router, Option<Arc<Plugin>>)> {
         config,
         admin_token,
         table,
+        metrics,
+        specialiser,
     });
     let router = stock
         .layer(axum::middleware::from_fn_with_state(
             plugin.clone(),
             tagging::tag_request,
         ))
-        .merge(admin::router(plugin.clone()));
+        .merge(admin::router(plugin.clone()))
+        .merge(
+            Router::new()
+                .route("/metrics", axum::routing::get(metrics::metrics))
+                .with_state(plugin.clone()),
+        );
     Ok((router, Some(plugin)))
+}
+
+/// The generator the config names, checked against the base model.
+fn load_generator(
+    config: &Config,
+    _dims: &LlamaDims,
+) -> Result<Option<Arc<dyn specialise::AdapterGenerator>>> {
+    match &config.plugin.generator {
+        None => Ok(None),
+        Some(dir) => anyhow::bail!(
+            "plugin.generator = {}: loading a DnD generator is not available in this build yet",
+            dir.display()
+        ),
+    }
 }
 
 /// Builds and serves until the process ends.

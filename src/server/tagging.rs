@@ -143,6 +143,9 @@ async fn route_request(plugin: &Arc<Plugin>, req: Request) -> Result<(Request, R
     let task = find_task_id(&pc.task_id_sources, &pc.task_header, &parts.headers, &json)
         .map_err(ApiError::bad_request)?;
     json.remove("task_id");
+    if let (Some(t), Some(sp)) = (&task, &plugin.specialiser) {
+        sp.observe(t, super::specialise::prompt_text(&json));
+    }
     let route = match &task {
         None => Route::Base,
         Some(t) => {
@@ -152,10 +155,15 @@ async fn route_request(plugin: &Arc<Plugin>, req: Request) -> Result<(Request, R
                 .await
         }
     };
-    let model = match &route {
-        Route::Base => plugin.table.engine().base_id().to_string(),
-        Route::Adapter(r) => r.engine_id.clone(),
+    let (model, served_by) = match &route {
+        Route::Base => (plugin.table.engine().base_id().to_string(), "base"),
+        Route::Adapter(r) => (r.engine_id.clone(), "adapter"),
     };
+    plugin
+        .metrics
+        .requests
+        .with_label_values(&[served_by])
+        .inc();
     json.insert("model".into(), Value::String(model));
     let body = serde_json::to_vec(&json).map_err(|e| ApiError::internal(e.to_string()))?;
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);

@@ -1,0 +1,155 @@
+//! `GET /metrics`: Prometheus text format. Counters and histograms are updated where things
+//! happen; the gauges (tasks by state, resident and stored adapters) are read from the table
+//! when scraped, so they cannot drift.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use super::Plugin;
+use crate::adapters::State as AdapterState;
+
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by what served them (`base` or `adapter`).
+    pub requests: IntCounterVec,
+    pub generation_seconds: Histogram,
+    pub registration_seconds: Histogram,
+    pub queue_depth: IntGauge,
+    pub evictions: IntCounter,
+    /// Failures by kind (`generation`, `load`).
+    pub failures: IntCounterVec,
+    pub dropped_tasks: IntCounter,
+    tasks: IntGaugeVec,
+    adapters: IntGaugeVec,
+    adapter_bytes: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("dnd".into()), None).expect("valid prefix");
+        let buckets = vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0];
+        let hist = |name: &str, help: &str| {
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.clone()))
+                .expect("valid histogram")
+        };
+        let m = Self {
+            requests: IntCounterVec::new(
+                Opts::new("requests_total", "Inference requests by what served them"),
+                &["served_by"],
+            )
+            .expect("valid metric"),
+            generation_seconds: hist("generation_seconds", "Time to generate an adapter"),
+            registration_seconds: hist(
+                "registration_seconds",
+                "Time to store, load, merge and register an adapter",
+            ),
+            queue_depth: IntGauge::new("generation_queue_depth", "Generation jobs waiting")
+                .expect("valid metric"),
+            evictions: IntCounter::new("evictions_total", "Resident adapters evicted")
+                .expect("valid metric"),
+            failures: IntCounterVec::new(
+                Opts::new("failures_total", "Failed generations and loads"),
+                &["kind"],
+            )
+            .expect("valid metric"),
+            dropped_tasks: IntCounter::new(
+                "dropped_tasks_total",
+                "Collecting tasks dropped past the tracked-task limit",
+            )
+            .expect("valid metric"),
+            tasks: IntGaugeVec::new(Opts::new("tasks", "Tasks by adapter state"), &["state"])
+                .expect("valid metric"),
+            adapters: IntGaugeVec::new(
+                Opts::new("adapters", "Adapters by where they are"),
+                &["where"],
+            )
+            .expect("valid metric"),
+            adapter_bytes: IntGaugeVec::new(
+                Opts::new("adapter_bytes", "Adapter bytes by where they are"),
+                &["where"],
+            )
+            .expect("valid metric"),
+            registry,
+        };
+        for c in [
+            Box::new(m.requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.generation_seconds.clone()),
+            Box::new(m.registration_seconds.clone()),
+            Box::new(m.queue_depth.clone()),
+            Box::new(m.evictions.clone()),
+            Box::new(m.failures.clone()),
+            Box::new(m.dropped_tasks.clone()),
+            Box::new(m.tasks.clone()),
+            Box::new(m.adapters.clone()),
+            Box::new(m.adapter_bytes.clone()),
+        ] {
+            m.registry.register(c).expect("unique metric");
+        }
+        m
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub async fn metrics(State(p): State<Arc<Plugin>>) -> impl IntoResponse {
+    let m = &p.metrics;
+    // The table counts without knowing about metrics; catch the counters up here.
+    let catch_up = |c: &IntCounter, total: u64| c.inc_by(total.saturating_sub(c.get()));
+    catch_up(&m.evictions, p.table.evictions.load(Ordering::Relaxed));
+    catch_up(
+        &m.failures.with_label_values(&["load"]),
+        p.table.load_failures.load(Ordering::Relaxed),
+    );
+    let list = p.table.list();
+    for s in ["none", "loading", "resident", "stored", "failed"] {
+        m.tasks.with_label_values(&[s]).set(0);
+    }
+    let (mut resident, mut resident_bytes, mut stored, mut stored_bytes) = (0, 0, 0, 0);
+    for t in &list {
+        let s = match &t.state {
+            AdapterState::None => "none",
+            AdapterState::Loading => "loading",
+            AdapterState::Resident => "resident",
+            AdapterState::Stored => "stored",
+            AdapterState::Failed(_) => "failed",
+        };
+        m.tasks.with_label_values(&[s]).inc();
+        if t.hash.is_some() {
+            stored += 1;
+            stored_bytes += t.bytes as i64;
+        }
+        if t.resident_bytes > 0 {
+            resident += 1;
+            resident_bytes += t.resident_bytes as i64;
+        }
+    }
+    m.adapters.with_label_values(&["resident"]).set(resident);
+    m.adapters.with_label_values(&["stored"]).set(stored);
+    m.adapter_bytes
+        .with_label_values(&["resident"])
+        .set(resident_bytes);
+    m.adapter_bytes
+        .with_label_values(&["stored"])
+        .set(stored_bytes);
+    let mut out = Vec::new();
+    let _ = TextEncoder::new().encode(&m.registry.gather(), &mut out);
+    (
+        [(
+            header::CONTENT_TYPE,
+            TextEncoder::new().format_type().to_string(),
+        )],
+        out,
+    )
+}

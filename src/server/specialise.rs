@@ -1,0 +1,544 @@
+//! Automatic specialisation: a task's prompts are kept while the base model answers it;
+//! once it has K of them a background job turns them into an adapter with the generator and
+//! installs it through the same path as a hot-loaded one.
+//!
+//! Requests only push a prompt and maybe enqueue a job (short lock, no I/O, no await on a
+//! generation). Prompt buffers are written to `STORE/{task}/prompts.jsonl` by a writer task,
+//! so a restart loses none of them and requeues tasks that were waiting or generating.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::metrics::Metrics;
+use crate::adapters::store::now_secs;
+use crate::adapters::{AdapterTable, LoraAdapter, Source};
+
+/// Turns a batch of a task's prompts into an adapter. The DnD generator implements it.
+pub trait AdapterGenerator: Send + Sync {
+    /// Prompts one generation wants (the decoder's N).
+    fn batch_size(&self) -> usize;
+    fn generate(&self, prompts: &[String]) -> Result<LoraAdapter>;
+}
+
+/// Limits and switches of automatic specialisation (the `[plugin]` keys).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Prompts that trigger a generation.
+    pub k: usize,
+    pub max_prompt_bytes: usize,
+    pub max_tracked_tasks: usize,
+    pub concurrency: usize,
+    pub queue: usize,
+    pub retry_base: Duration,
+    pub max_retries: u32,
+    /// Regenerate after this many more prompts of a task that has an adapter.
+    pub regenerate_after: Option<usize>,
+    pub max_generations_per_hour: usize,
+    /// Stored versions kept per task (older ones are deleted).
+    pub max_versions: usize,
+}
+
+/// Where a task's generation stands.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum GenState {
+    Collecting,
+    Queued,
+    Generating,
+    Done,
+    Failed {
+        error: String,
+        attempts: u32,
+        /// Unix seconds of the next automatic retry, if any is left.
+        retry_at: Option<u64>,
+    },
+}
+
+#[derive(Debug)]
+struct TaskBuf {
+    prompts: VecDeque<String>,
+    since_generation: usize,
+    last_seen: Instant,
+    state: GenState,
+    attempts: u32,
+    /// Unix seconds of recent generations (rate cap).
+    recent: VecDeque<u64>,
+}
+
+impl TaskBuf {
+    fn new() -> Self {
+        Self {
+            prompts: VecDeque::new(),
+            since_generation: 0,
+            last_seen: Instant::now(),
+            state: GenState::Collecting,
+            attempts: 0,
+            recent: VecDeque::new(),
+        }
+    }
+
+    fn busy(&self) -> bool {
+        matches!(self.state, GenState::Queued | GenState::Generating)
+    }
+}
+
+/// What the admin API shows of a task's collection and generation.
+#[derive(Debug, Clone, Serialize)]
+pub struct GenInfo {
+    #[serde(flatten)]
+    pub state: GenState,
+    pub prompts: usize,
+    pub prompts_needed: usize,
+    pub since_generation: usize,
+}
+
+enum Persist {
+    Write(String),
+    Remove(String),
+}
+
+pub struct Specialiser {
+    generator: Arc<dyn AdapterGenerator>,
+    table: Arc<AdapterTable>,
+    metrics: Arc<Metrics>,
+    settings: Settings,
+    tasks: Mutex<HashMap<String, TaskBuf>>,
+    dropped: Mutex<VecDeque<String>>,
+    jobs: mpsc::Sender<String>,
+    persist: mpsc::UnboundedSender<Persist>,
+}
+
+const PROMPTS_FILE: &str = "prompts.jsonl";
+const DROPPED_SHOWN: usize = 100;
+
+impl Specialiser {
+    /// Starts the workers and the prompt writer, restores the buffers from the store and
+    /// requeues the tasks that were due.
+    pub fn start(
+        generator: Arc<dyn AdapterGenerator>,
+        table: Arc<AdapterTable>,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+    ) -> Arc<Self> {
+        let (jobs, rx) = mpsc::channel(settings.queue.max(1));
+        let (persist, persist_rx) = mpsc::unbounded_channel();
+        let this = Arc::new(Self {
+            generator,
+            table,
+            metrics,
+            settings,
+            tasks: Mutex::new(HashMap::new()),
+            dropped: Mutex::new(VecDeque::new()),
+            jobs,
+            persist,
+        });
+        this.restore();
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..this.settings.concurrency.max(1) {
+            let (me, rx) = (Arc::downgrade(&this), rx.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Some(task) = rx.lock().await.recv().await else {
+                        return;
+                    };
+                    let Some(me) = me.upgrade() else { return };
+                    me.metrics.queue_depth.dec();
+                    me.run_job(&task).await;
+                }
+            });
+        }
+        tokio::spawn(write_prompts(Arc::downgrade(&this), persist_rx));
+        let due: Vec<String> = {
+            let tasks = this.lock();
+            tasks.keys().cloned().collect()
+        };
+        for task in due {
+            this.maybe_enqueue(&task);
+        }
+        this
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, TaskBuf>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn prompts_path(&self, task: &str) -> PathBuf {
+        self.table.store_root().join(task).join(PROMPTS_FILE)
+    }
+
+    fn restore(&self) {
+        let Ok(dir) = std::fs::read_dir(self.table.store_root()) else {
+            return;
+        };
+        let mut tasks = self.lock();
+        for entry in dir.flatten() {
+            let task = entry.file_name().to_string_lossy().to_string();
+            let Ok(text) = std::fs::read_to_string(entry.path().join(PROMPTS_FILE)) else {
+                continue;
+            };
+            let mut buf = TaskBuf::new();
+            for line in text.lines() {
+                if let Ok(Value::String(p)) = serde_json::from_str::<Value>(line) {
+                    buf.prompts.push_back(p);
+                }
+            }
+            while buf.prompts.len() > self.settings.k {
+                buf.prompts.pop_front();
+            }
+            tasks.insert(task, buf);
+        }
+    }
+
+    /// Records a request's prompt for `task` and starts a generation when one is due.
+    pub fn observe(&self, task: &str, prompt: Option<String>) {
+        let Some(mut prompt) = prompt.filter(|p| !p.trim().is_empty()) else {
+            return;
+        };
+        truncate_utf8(&mut prompt, self.settings.max_prompt_bytes);
+        {
+            let mut tasks = self.lock();
+            if !tasks.contains_key(task) && tasks.len() >= self.settings.max_tracked_tasks {
+                self.drop_oldest_idle(&mut tasks);
+            }
+            let buf = tasks.entry(task.to_string()).or_insert_with(TaskBuf::new);
+            buf.prompts.push_back(prompt);
+            while buf.prompts.len() > self.settings.k {
+                buf.prompts.pop_front();
+            }
+            buf.since_generation += 1;
+            buf.last_seen = Instant::now();
+        }
+        let _ = self.persist.send(Persist::Write(task.to_string()));
+        self.maybe_enqueue(task);
+    }
+
+    /// Drops the collecting task seen longest ago (never one that is queued or generating).
+    fn drop_oldest_idle(&self, tasks: &mut HashMap<String, TaskBuf>) {
+        let victim = tasks
+            .iter()
+            .filter(|(_, b)| !b.busy())
+            .min_by_key(|(_, b)| b.last_seen)
+            .map(|(t, _)| t.clone());
+        if let Some(v) = victim {
+            tasks.remove(&v);
+            tracing::info!(
+                task = v,
+                "dropped collecting task: tracked-task limit reached"
+            );
+            self.metrics.dropped_tasks.inc();
+            let _ = self.persist.send(Persist::Remove(v.clone()));
+            let mut d = self.dropped.lock().unwrap_or_else(|p| p.into_inner());
+            d.push_back(v);
+            while d.len() > DROPPED_SHOWN {
+                d.pop_front();
+            }
+        }
+    }
+
+    fn maybe_enqueue(&self, task: &str) {
+        let has_adapter = self.table.info(task).is_some_and(|i| i.hash.is_some());
+        {
+            let mut tasks = self.lock();
+            let Some(buf) = tasks.get_mut(task) else {
+                return;
+            };
+            if buf.busy() {
+                return;
+            }
+            if let GenState::Failed { retry_at, .. } = &buf.state {
+                if retry_at.is_none_or(|t| t > now_secs()) {
+                    return;
+                }
+            }
+            let due = if has_adapter {
+                self.settings
+                    .regenerate_after
+                    .is_some_and(|m| buf.since_generation >= m && !buf.prompts.is_empty())
+            } else {
+                buf.prompts.len() >= self.settings.k
+            };
+            if !due {
+                return;
+            }
+            let hour_ago = now_secs().saturating_sub(3600);
+            buf.recent.retain(|&t| t > hour_ago);
+            if buf.recent.len() >= self.settings.max_generations_per_hour {
+                tracing::debug!(task, "generation deferred: hourly cap reached");
+                return;
+            }
+            buf.state = GenState::Queued;
+        }
+        self.send_job(task);
+    }
+
+    fn send_job(&self, task: &str) {
+        match self.jobs.try_send(task.to_string()) {
+            Ok(()) => {
+                self.metrics.queue_depth.inc();
+                tracing::info!(task, "generation queued");
+            }
+            Err(_) => {
+                // Queue full: stay collecting; the task's next request tries again.
+                if let Some(b) = self.lock().get_mut(task) {
+                    b.state = GenState::Collecting;
+                }
+                tracing::warn!(task, "generation queue full");
+            }
+        }
+    }
+
+    /// Regenerates now, from `prompts` if given (they replace the buffer) or the buffer.
+    pub fn regenerate(&self, task: &str, prompts: Option<Vec<String>>) -> Result<GenInfo, String> {
+        {
+            let mut tasks = self.lock();
+            let buf = tasks.entry(task.to_string()).or_insert_with(TaskBuf::new);
+            if buf.busy() {
+                return Err(format!(
+                    "a generation for task {task} is already {}",
+                    state_name(&buf.state)
+                ));
+            }
+            if let Some(ps) = prompts {
+                buf.prompts = ps
+                    .into_iter()
+                    .filter(|p| !p.trim().is_empty())
+                    .map(|mut p| {
+                        truncate_utf8(&mut p, self.settings.max_prompt_bytes);
+                        p
+                    })
+                    .collect();
+                while buf.prompts.len() > self.settings.k {
+                    buf.prompts.pop_front();
+                }
+            }
+            if buf.prompts.is_empty() {
+                return Err(format!(
+                    "task {task} has no prompts: send some in the body as {{\"prompts\": [...]}}"
+                ));
+            }
+            buf.attempts = 0;
+            buf.state = GenState::Queued;
+        }
+        let _ = self.persist.send(Persist::Write(task.to_string()));
+        self.send_job(task);
+        self.info(task).ok_or_else(|| "task vanished".into())
+    }
+
+    async fn run_job(self: &Arc<Self>, task: &str) {
+        let prompts: Vec<String> = {
+            let mut tasks = self.lock();
+            let Some(buf) = tasks.get_mut(task) else {
+                return;
+            };
+            buf.state = GenState::Generating;
+            buf.prompts.iter().cloned().collect()
+        };
+        tracing::info!(task, prompts = prompts.len(), "generating adapter");
+        let t = Instant::now();
+        let generator = self.generator.clone();
+        let result = tokio::task::spawn_blocking(move || generator.generate(&prompts))
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r);
+        self.metrics
+            .generation_seconds
+            .observe(t.elapsed().as_secs_f64());
+        let result = match result {
+            Ok(adapter) => {
+                let t = Instant::now();
+                let r = self.table.install(task, &adapter, Source::Generated).await;
+                self.metrics
+                    .registration_seconds
+                    .observe(t.elapsed().as_secs_f64());
+                r.map(|_| ())
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                if let Some(b) = self.lock().get_mut(task) {
+                    b.state = GenState::Done;
+                    b.attempts = 0;
+                    b.since_generation = 0;
+                    b.recent.push_back(now_secs());
+                }
+                if let Err(e) = self
+                    .table
+                    .prune_versions(task, self.settings.max_versions)
+                    .await
+                {
+                    tracing::warn!(task, error = %e, "pruning old versions failed");
+                }
+                tracing::info!(
+                    task,
+                    secs = t.elapsed().as_secs_f64(),
+                    "adapter generated and routed"
+                );
+            }
+            Err(e) => self.failed(task, format!("{e:#}")),
+        }
+    }
+
+    fn failed(self: &Arc<Self>, task: &str, error: String) {
+        self.metrics
+            .failures
+            .with_label_values(&["generation"])
+            .inc();
+        tracing::warn!(
+            task,
+            error,
+            "generation failed; the base model keeps answering"
+        );
+        self.table
+            .mark_failed(task, format!("generation failed: {error}"));
+        let retry = {
+            let mut tasks = self.lock();
+            let Some(b) = tasks.get_mut(task) else { return };
+            b.attempts += 1;
+            let retry = (b.attempts <= self.settings.max_retries)
+                .then(|| self.settings.retry_base * 2u32.saturating_pow(b.attempts - 1));
+            b.state = GenState::Failed {
+                error,
+                attempts: b.attempts,
+                retry_at: retry.map(|d| now_secs() + d.as_secs()),
+            };
+            retry
+        };
+        if let Some(delay) = retry {
+            let me = Arc::downgrade(self);
+            let task = task.to_string();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                if let Some(me) = me.upgrade() {
+                    me.maybe_enqueue(&task);
+                }
+            });
+        }
+    }
+
+    /// Forgets a task's prompts (with `DELETE ...?forget=true`).
+    pub fn forget(&self, task: &str) {
+        self.lock().remove(task);
+        let _ = self.persist.send(Persist::Remove(task.to_string()));
+    }
+
+    pub fn info(&self, task: &str) -> Option<GenInfo> {
+        let tasks = self.lock();
+        tasks.get(task).map(|b| self.info_of(b))
+    }
+
+    fn info_of(&self, b: &TaskBuf) -> GenInfo {
+        GenInfo {
+            state: b.state.clone(),
+            prompts: b.prompts.len(),
+            prompts_needed: self.settings.k,
+            since_generation: b.since_generation,
+        }
+    }
+
+    /// Every tracked task, and the most recently dropped ones.
+    pub fn list(&self) -> (Vec<(String, GenInfo)>, Vec<String>) {
+        let tasks = self.lock();
+        let mut v: Vec<_> = tasks
+            .iter()
+            .map(|(t, b)| (t.clone(), self.info_of(b)))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        let dropped = self.dropped.lock().unwrap_or_else(|p| p.into_inner());
+        (v, dropped.iter().cloned().collect())
+    }
+}
+
+fn state_name(s: &GenState) -> &'static str {
+    match s {
+        GenState::Collecting => "collecting",
+        GenState::Queued => "queued",
+        GenState::Generating => "generating",
+        GenState::Done => "done",
+        GenState::Failed { .. } => "failed",
+    }
+}
+
+/// Writes prompt buffers (whole file, atomically) as they change.
+async fn write_prompts(me: std::sync::Weak<Specialiser>, mut rx: mpsc::UnboundedReceiver<Persist>) {
+    while let Some(op) = rx.recv().await {
+        let Some(me) = me.upgrade() else { return };
+        let (task, lines) = match op {
+            Persist::Remove(task) => (task, None),
+            Persist::Write(task) => {
+                let lines = me.lock().get(&task).map(|b| {
+                    b.prompts
+                        .iter()
+                        .map(|p| serde_json::to_string(p).unwrap_or_default() + "\n")
+                        .collect::<String>()
+                });
+                (task, lines)
+            }
+        };
+        let path = me.prompts_path(&task);
+        let r = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            match lines {
+                None => match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                },
+                Some(text) => {
+                    std::fs::create_dir_all(path.parent().expect("task folder"))?;
+                    let tmp = path.with_extension("jsonl.tmp");
+                    std::fs::write(&tmp, text)?;
+                    std::fs::rename(&tmp, &path)
+                }
+            }
+        })
+        .await;
+        if let Ok(Err(e)) | Err(e) = r.map_err(std::io::Error::other) {
+            tracing::warn!(task, error = %e, "writing prompt buffer failed");
+        }
+    }
+}
+
+/// The prompt text of an OpenAI request: the user turns of a chat, or the completion prompt.
+pub fn prompt_text(body: &serde_json::Map<String, Value>) -> Option<String> {
+    let text_of = |c: &Value| -> String {
+        match c {
+            Value::String(s) => s.clone(),
+            Value::Array(parts) => parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            _ => String::new(),
+        }
+    };
+    if let Some(Value::Array(msgs)) = body.get("messages") {
+        let users: Vec<String> = msgs
+            .iter()
+            .filter(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+            .filter_map(|m| m.get("content").map(text_of))
+            .filter(|s| !s.is_empty())
+            .collect();
+        return (!users.is_empty()).then(|| users.join("\n"));
+    }
+    match body.get("prompt") {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Array(a)) => a.first().and_then(Value::as_str).map(str::to_string),
+        _ => None,
+    }
+}
+
+fn truncate_utf8(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}

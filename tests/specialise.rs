@@ -1,0 +1,320 @@
+//! Automatic specialisation on the tiny model: K tagged requests make an adapter appear,
+//! single-flight generation, tenant mode, failures, restart, regeneration and metrics.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use mistralrs_dnd::adapters::{LoraAdapter, Module};
+use mistralrs_dnd::server::config::TaskSource;
+use mistralrs_dnd::server::specialise::AdapterGenerator;
+use mistralrs_dnd::testing::{random_adapter, tiny_dims};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+/// A stand-in generator for the plumbing: a random adapter seeded by the prompts, so
+/// different prompts give different adapters. It counts its calls, can be made to fail,
+/// and can be slowed down.
+#[derive(Default)]
+struct TestGenerator {
+    calls: AtomicUsize,
+    fail: AtomicBool,
+    delay_ms: u64,
+    /// While set, `generate` does not return (a generation cut short by a kill).
+    hold: AtomicBool,
+}
+
+impl AdapterGenerator for TestGenerator {
+    fn batch_size(&self) -> usize {
+        3
+    }
+    fn generate(&self, prompts: &[String]) -> Result<LoraAdapter> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(self.delay_ms));
+        while self.hold.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if self.fail.load(Ordering::SeqCst) {
+            bail!("generator folder unreadable (test)");
+        }
+        let seed = prompts
+            .iter()
+            .flat_map(|p| p.bytes())
+            .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+        random_adapter(&tiny_dims(), &[Module::Q, Module::V], 4, seed, 0.5, 0.5)
+    }
+}
+
+async fn task_json(s: &TestServer, task: &str) -> Value {
+    s.admin(Method::GET, &format!("/adapters/{task}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn metrics(s: &TestServer) -> String {
+    s.client
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k_requests_make_an_adapter_that_later_requests_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Arc::new(TestGenerator::default());
+    let s = start_with(tiny_config(dir.path()), Some(g.clone())).await;
+    let m0 = metrics(&s).await;
+    let base = s.chat("question 0", |rb, _| rb).await.content();
+    for i in 0..3 {
+        let r = s.chat_task(&format!("question {i}"), "qa").await;
+        assert_eq!(
+            r.adapter.as_deref(),
+            Some("base"),
+            "before K prompts the base answers"
+        );
+    }
+    s.wait_state("qa", "resident").await;
+    let r = s.chat_task("question 0", "qa").await;
+    assert!(
+        r.adapter.as_deref().unwrap().starts_with("qa@"),
+        "{:?}",
+        r.adapter
+    );
+    assert_ne!(
+        r.content(),
+        base,
+        "the generated adapter changes the output"
+    );
+    let v = task_json(&s, "qa").await;
+    assert_eq!(v["source"], "generated");
+    assert_eq!(v["generation"]["state"], "done");
+    assert_eq!(g.calls.load(Ordering::SeqCst), 1);
+
+    let m1 = metrics(&s).await;
+    let d = |name: &str| metric(&m1, name) - metric(&m0, name);
+    assert_eq!(d("dnd_requests_total{served_by=\"base\"}"), 4.0);
+    assert_eq!(d("dnd_requests_total{served_by=\"adapter\"}"), 1.0);
+    assert_eq!(d("dnd_generation_seconds_count"), 1.0);
+    assert_eq!(d("dnd_registration_seconds_count"), 1.0);
+    assert_eq!(metric(&m1, "dnd_adapters{where=\"resident\"}"), 1.0);
+    assert_eq!(metric(&m1, "dnd_tasks{state=\"resident\"}"), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_concurrent_first_requests_start_one_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Arc::new(TestGenerator {
+        delay_ms: 300,
+        ..Default::default()
+    });
+    let s = Arc::new(start_with(tiny_config(dir.path()), Some(g.clone())).await);
+    let jobs: Vec<_> = (0..20)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { s.chat_task(&format!("burst {i}"), "burst").await.status })
+        })
+        .collect();
+    for j in jobs {
+        assert_eq!(j.await.unwrap(), 200);
+    }
+    s.wait_state("burst", "resident").await;
+    assert_eq!(g.calls.load(Ordering::SeqCst), 1, "single flight per task");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_mode_gives_each_tenant_its_own_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = tiny_config(dir.path());
+    c.plugin.task_id_sources = vec![TaskSource::User];
+    let g = Arc::new(TestGenerator::default());
+    let s = start_with(c, Some(g)).await;
+    for tenant in ["alice", "bob"] {
+        for i in 0..3 {
+            let r = s
+                .chat(&format!("{tenant} asks {i}"), |rb, b| {
+                    b["user"] = json!(tenant);
+                    rb
+                })
+                .await;
+            assert_eq!(r.status, 200);
+        }
+    }
+    s.wait_state("alice", "resident").await;
+    s.wait_state("bob", "resident").await;
+    let (a, b) = (task_json(&s, "alice").await, task_json(&s, "bob").await);
+    assert_ne!(a["hash"], b["hash"]);
+    let r = s
+        .chat("hi", |rb, b| {
+            b["user"] = json!("alice");
+            rb
+        })
+        .await;
+    assert!(r.adapter.as_deref().unwrap().starts_with("alice@"));
+    // In tenant mode the header does not name a task.
+    let r = s.chat_task("hi", "alice").await;
+    assert_eq!(r.adapter.as_deref(), Some("base"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_generation_keeps_the_base_and_can_be_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = tiny_config(dir.path());
+    c.plugin.max_retries = 0;
+    let g = Arc::new(TestGenerator::default());
+    g.fail.store(true, Ordering::SeqCst);
+    let s = start_with(c, Some(g.clone())).await;
+    for i in 0..3 {
+        assert_eq!(s.chat_task(&format!("q{i}"), "flaky").await.status, 200);
+    }
+    s.wait_state("flaky", "failed").await;
+    let v = task_json(&s, "flaky").await;
+    assert!(v["error"].as_str().unwrap().contains("unreadable"), "{v}");
+    assert_eq!(v["generation"]["state"], "failed");
+    let r = s.chat_task("q", "flaky").await;
+    assert_eq!((r.status, r.adapter.as_deref()), (200, Some("base")));
+    assert!(
+        metric(
+            &metrics(&s).await,
+            "dnd_failures_total{kind=\"generation\"}"
+        ) >= 1.0
+    );
+
+    g.fail.store(false, Ordering::SeqCst);
+    let r = s
+        .admin(Method::POST, "/adapters/flaky/regenerate")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    s.wait_state("flaky", "resident").await;
+
+    // Regenerating from given prompts makes a new version.
+    let h1 = task_json(&s, "flaky").await["hash"].clone();
+    let r = s
+        .admin(Method::POST, "/adapters/flaky/regenerate")
+        .json(&json!({"prompts": ["other a", "other b", "other c"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    for _ in 0..250 {
+        if task_json(&s, "flaky").await["hash"] != h1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let v = task_json(&s, "flaky").await;
+    assert_ne!(v["hash"], h1);
+    assert_eq!(v["versions"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_regeneration_after_m_more_prompts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = tiny_config(dir.path());
+    c.plugin.regenerate_after = Some(2);
+    let g = Arc::new(TestGenerator::default());
+    let s = start_with(c, Some(g.clone())).await;
+    for i in 0..3 {
+        s.chat_task(&format!("p{i}"), "t").await;
+    }
+    s.wait_state("t", "resident").await;
+    let h1 = task_json(&s, "t").await["hash"].clone();
+    for i in 3..5 {
+        s.chat_task(&format!("p{i}"), "t").await;
+    }
+    for _ in 0..250 {
+        if task_json(&s, "t").await["versions"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 2
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let v = task_json(&s, "t").await;
+    assert_eq!(v["versions"].as_array().unwrap().len(), 2, "{v}");
+    assert_ne!(v["hash"], h1);
+    assert_eq!(g.calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracked_task_limit_drops_the_oldest_idle_task_visibly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = tiny_config(dir.path());
+    c.plugin.max_tracked_tasks = 2;
+    let s = start_with(c, Some(Arc::new(TestGenerator::default()))).await;
+    for t in ["first", "second", "third"] {
+        s.chat_task("one prompt", t).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let list = s.list().await;
+    assert_eq!(list["dropped_tasks"], json!(["first"]));
+    let tasks: Vec<&str> = list["adapters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["task"].as_str().unwrap())
+        .collect();
+    assert_eq!(tasks, ["second", "third"]);
+    assert_eq!(metric(&metrics(&s).await, "dnd_dropped_tasks_total"), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_mid_generation_keeps_the_prompts_and_requeues() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = tiny_config(dir.path());
+    // This server's generator does not finish while the test runs: it stands for a killed
+    // one (released at the end, failing, so that the runtime can shut down).
+    let hung = Arc::new(TestGenerator::default());
+    hung.hold.store(true, Ordering::SeqCst);
+    hung.fail.store(true, Ordering::SeqCst);
+    {
+        let s = start_with(c.clone(), Some(hung.clone())).await;
+        for i in 0..3 {
+            s.chat_task(&format!("kept {i}"), "survivor").await;
+        }
+        for _ in 0..250 {
+            if task_json(&s, "survivor").await["generation"]["state"] == "generating" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            task_json(&s, "survivor").await["generation"]["state"],
+            "generating"
+        );
+        assert!(dir.path().join("store/survivor/prompts.jsonl").exists());
+    }
+    let g = Arc::new(TestGenerator::default());
+    let s = start_with(c, Some(g.clone())).await;
+    s.wait_state("survivor", "resident").await;
+    assert_eq!(
+        g.calls.load(Ordering::SeqCst),
+        1,
+        "the restarted server requeued the job"
+    );
+    assert_eq!(task_json(&s, "survivor").await["generation"]["prompts"], 3);
+    hung.hold.store(false, Ordering::SeqCst);
+}
