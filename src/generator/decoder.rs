@@ -16,8 +16,10 @@
 //! 5. conv N -> N' over the (H', W') plane, with bias;
 //! 6. a residual add only when (N, H, W) = (N', H', W').
 //!
-//! The axis swaps are permutes around [`Tensor::conv2d`]; kernels keep PyTorch's
-//! (out, in, kh, kw) layout and the reference's plane orientation. Other initialisations
+//! The axis swaps are permutes around a k x k convolution ([`conv_same`]: equal to
+//! [`Tensor::conv2d`], computed as im2col + matmul because candle's CPU conv2d backward is
+//! too slow to train on); kernels keep PyTorch's (out, in, kh, kw) layout and the
+//! reference's plane orientation. Other initialisations
 //! follow PyTorch: LayerNorm 1 / 0, convolutions U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 //!
 //! A trained decoder is a folder with `decoder.json` ([`DecoderConfig`]: the shapes, k and
@@ -42,6 +44,7 @@ use candle_nn::{Init, VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use super::conv::conv_same;
 use super::tokenizer::{smollm2_135m_dims, TokenLayout};
 use crate::adapters::peft::{LlamaDims, Module};
 
@@ -418,52 +421,6 @@ impl HyperConvLayer {
     }
 }
 
-/// A k x k convolution with "same" zero padding, stride 1 and no bias, computed as im2col
-/// followed by one matmul: (B, C_in, P, Q) with kernel (C_out, C_in, k, k) ->
-/// (B, C_out, P, Q). It equals `x.conv2d(kernel, k / 2, 1, 1, 1)` (tested), but candle's
-/// CPU conv2d and its backward pass (a naive transposed convolution) run at a few GFLOP/s,
-/// while this form is pad + index_select + one gemm, all differentiable and several times
-/// faster forward and backward (measured by `mistralrs-dnd bench generator`).
-pub fn conv_same(x: &Tensor, kernel: &Tensor, padding: usize) -> Result<Tensor> {
-    let (b, c_in, p, q) = x.dims4()?;
-    let (c_out, kc_in, kh, kw) = kernel.dims4()?;
-    ensure!(
-        kc_in == c_in && kh == kw && kh == 2 * padding + 1,
-        "conv_same: input has {c_in} channels, kernel is ({c_out}, {kc_in}, {kh}, {kw}), padding {padding}"
-    );
-    let k = kh;
-    let cols = if k == 1 {
-        x.reshape((b, c_in, p * q))?
-    } else {
-        // Zero-pad, flatten the plane, and gather the k*k shifted windows in one
-        // index_select (its backward is one index_add).
-        let (pp, qp) = (p + 2 * padding, q + 2 * padding);
-        let xp = x
-            .pad_with_zeros(2, padding, padding)?
-            .pad_with_zeros(3, padding, padding)?
-            .reshape((b, c_in, pp * qp))?;
-        let mut idx = Vec::with_capacity(k * k * p * q);
-        for dy in 0..k {
-            for dx in 0..k {
-                for i in 0..p {
-                    for j in 0..q {
-                        idx.push(((i + dy) * qp + j + dx) as u32);
-                    }
-                }
-            }
-        }
-        let idx = Tensor::from_vec(idx, k * k * p * q, x.device())?;
-        // (B, C_in, k*k*P*Q) -> (B, C_in * k*k, P*Q): rows ordered like the kernel's
-        // (C_in, kh, kw).
-        xp.index_select(&idx, 2)?
-            .reshape((b, c_in * k * k, p * q))?
-    };
-    let y = kernel
-        .reshape((c_out, c_in * k * k))?
-        .broadcast_matmul(&cols)?;
-    Ok(y.reshape((b, c_out, p, q))?)
-}
-
 /// The stacked decoder.
 #[derive(Debug, Clone)]
 pub struct Decoder {
@@ -616,25 +573,6 @@ pub(crate) mod tests {
         assert!(dec
             .forward(&input(&cfg, 1, 1).narrow(1, 0, 3).unwrap())
             .is_err());
-    }
-
-    #[test]
-    fn conv_same_equals_candle_conv2d() {
-        let dev = Device::Cpu;
-        for (k, pad) in [(1, 0), (3, 1), (5, 2)] {
-            let x = Tensor::randn(0f32, 1.0, (2, 5, 7, 4), &dev).unwrap();
-            // A permuted (non-contiguous) input, as the decoder gives it.
-            let x = x.permute((0, 1, 3, 2)).unwrap();
-            let w = Tensor::randn(0f32, 1.0, (3, 5, k, k), &dev).unwrap();
-            let ours = conv_same(&x, &w, pad).unwrap();
-            let theirs = x.contiguous().unwrap().conv2d(&w, pad, 1, 1, 1).unwrap();
-            assert_eq!(ours.dims(), theirs.dims());
-            let diff = (ours - theirs).unwrap().abs().unwrap().max_all().unwrap();
-            assert!(diff.to_scalar::<f32>().unwrap() < 1e-4, "k = {k}");
-        }
-        let x = Tensor::zeros((1, 5, 4, 4), DType::F32, &dev).unwrap();
-        let w = Tensor::zeros((3, 4, 3, 3), DType::F32, &dev).unwrap();
-        assert!(conv_same(&x, &w, 1).is_err());
     }
 
     #[test]
@@ -809,34 +747,7 @@ mod timing {
             let t = std::time::Instant::now();
             let _o = conv_same(&xn, &layer.conv1w, 1).unwrap();
             let o = t.elapsed();
-            let (bb, ci, pp, qq) = xn.dims4().unwrap();
-            let t = std::time::Instant::now();
-            let xp = xn
-                .pad_with_zeros(2, 1, 1)
-                .unwrap()
-                .pad_with_zeros(3, 1, 1)
-                .unwrap();
-            let tp = t.elapsed();
-            let flat = xp.reshape((bb, ci, (pp + 2) * (qq + 2))).unwrap();
-            let idx: Vec<u32> = (0..9 * pp * qq).map(|v| (v % (pp * qq)) as u32).collect();
-            let idx = Tensor::from_vec(idx, 9 * pp * qq, &Device::Cpu).unwrap();
-            let t = std::time::Instant::now();
-            let cols = flat
-                .index_select(&idx, 2)
-                .unwrap()
-                .reshape((bb, ci * 9, pp * qq))
-                .unwrap();
-            let ti = t.elapsed();
-            let co = layer.conv1w.dim(0).unwrap();
-            let t = std::time::Instant::now();
-            let _m = layer
-                .conv1w
-                .reshape((co, ci * 9))
-                .unwrap()
-                .broadcast_matmul(&cols)
-                .unwrap();
-            let tm = t.elapsed();
-            eprintln!("layer {i}: forward {f:?} backward {b:?}; conv1w candle {c:?} ours {o:?} (pad {tp:?} index_select {ti:?} matmul {tm:?})");
+            eprintln!("layer {i}: forward {f:?} backward {b:?}; conv1w candle {c:?} ours {o:?}");
             x = y.detach();
         }
     }

@@ -19,6 +19,7 @@
 //! Runs on the CPU; with the crate's `cuda` feature [`default_device`] picks the first GPU
 //! when there is one.
 
+pub mod conv;
 pub mod decoder;
 pub mod encoder;
 pub mod prompts;
