@@ -107,8 +107,15 @@ fn init_random(args: &Args) -> Result<()> {
                         .with_context(|| format!("unknown target module {m:?}"))
                 })
                 .collect::<Result<Vec<_>>>()?;
+            // The model's folder names it (config.json sits in the model folder).
+            let name = match path.parent() {
+                Some(dir) if path.ends_with("config.json") && !dir.as_os_str().is_empty() => {
+                    dir.display().to_string()
+                }
+                _ => path.display().to_string(),
+            };
             DecoderConfig::for_model_default_shapes(
-                &path.display().to_string(),
+                &name,
                 &dims,
                 args.rank,
                 args.alpha,
@@ -129,4 +136,95 @@ fn init_random(args: &Args) -> Result<()> {
         cfg.shapes.last().map_or(0, |s| s[0])
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
+        Cli::try_parse_from(std::iter::once("generate").chain(argv.iter().copied())).map(|c| c.args)
+    }
+
+    #[test]
+    fn argument_rules() {
+        assert!(parse(&["--prompts", "p.txt"]).is_err());
+        assert!(parse(&["--init-random"]).is_err());
+        assert!(parse(&["--init-random", "--out-generator", "g", "--prompts", "p"]).is_err());
+        let a = parse(&["--generator", "g", "--prompts", "p", "--out", "o"]).unwrap();
+        assert_eq!(a.encoder, PathBuf::from("assets/minilm"));
+        let a = parse(&[
+            "--init-random",
+            "--out-generator",
+            "g",
+            "--modules",
+            "q_proj,k_proj",
+        ])
+        .unwrap();
+        assert_eq!(a.modules, vec!["q_proj", "k_proj"]);
+    }
+
+    #[test]
+    fn init_random_then_generate_for_a_tiny_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let model = d.join("tiny-llama");
+        std::fs::create_dir_all(&model).unwrap();
+        std::fs::write(
+            model.join("config.json"),
+            r#"{"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "num_hidden_layers": 2}"#,
+        )
+        .unwrap();
+        let cfg = model.join("config.json");
+        let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+        let argv = [
+            "--init-random",
+            "--out-generator",
+            &s(&d.join("gen")),
+            "--base-config",
+            &s(&cfg),
+            "--chunk",
+            "32",
+            "--n-prompts",
+            "4",
+            "--prompt-tokens",
+            "8",
+            "--seed",
+            "7",
+        ];
+        run(parse(&argv).unwrap()).unwrap();
+        let dc = DecoderConfig::load(&d.join("gen")).unwrap();
+        assert_eq!(dc.base_model, s(&model));
+        assert_eq!((dc.prompts, dc.prompt_tokens, dc.chunk), (4, 8, 32));
+        let enc = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/minilm");
+        if !enc.join("model.safetensors").is_file() {
+            eprintln!("SKIPPED generate half: {} is absent", enc.display());
+            return;
+        }
+        std::fs::write(d.join("p.txt"), "What is 2+2?\nName a colour.\n").unwrap();
+        let argv = [
+            "--generator",
+            &s(&d.join("gen")),
+            "--prompts",
+            &s(&d.join("p.txt")),
+            "--out",
+            &s(&d.join("adapter")),
+            "--encoder",
+            &s(&enc),
+            "--base-config",
+            &s(&cfg),
+        ];
+        run(parse(&argv).unwrap()).unwrap();
+        let a = crate::adapters::LoraAdapter::read_peft(&d.join("adapter")).unwrap();
+        a.validate(&LlamaDims::from_config_file(&cfg).unwrap())
+            .unwrap();
+    }
 }

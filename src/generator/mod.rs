@@ -17,7 +17,9 @@
 //! bits on the CPU). Callers that need one adapter per *set* of prompts should sort them.
 //!
 //! Runs on the CPU; with the crate's `cuda` feature [`default_device`] picks the first GPU
-//! when there is one.
+//! when there is one. [`Generator`] is `Send + Sync` and [`Generator::generate`] is a
+//! blocking, CPU-bound call (about half a second for the default config on 2 cores): an
+//! async server should run it with `spawn_blocking`.
 
 pub mod conv;
 pub mod decoder;
@@ -286,6 +288,13 @@ mod tests {
             .to_string();
         assert!(e.contains("generator was built for hidden 32"), "{e}");
         g.check_base(&tiny_dims()).unwrap();
+    }
+
+    #[test]
+    fn generator_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Generator>();
+        check::<Generated>();
     }
 
     #[test]
