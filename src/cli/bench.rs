@@ -40,7 +40,7 @@ pub struct GeneratorArgs {
 
 pub fn run(args: Args) -> Result<()> {
     match args.what {
-        What::Generator(a) => bench_generator(a),
+        What::Generator(a) => generator(a),
     }
 }
 
@@ -58,8 +58,8 @@ fn bench_prompts(n: usize) -> Vec<String> {
             format!(
                 "Question {i}: A farmer has {a} apples and buys {b} more baskets with {c} apples \
                  in each basket. He then gives away {d} apples to his neighbours and sells half \
-                 of what is left at the market on Saturday morning. How many apples does the \
-                 farmer have at the end of the day? Explain your reasoning step by step and give \
+                 of what is left at the market. How many apples does the \
+                 farmer have at the end of the day? Explain your reasoning and give \
                  the final number.",
                 a = 10 + i,
                 b = 2 + i % 5,
@@ -75,7 +75,9 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn bench_generator(a: GeneratorArgs) -> Result<()> {
+/// `bench generator`: prints the setup, per-stage median times, peak RSS and (for the random
+/// default config) the CPU cost of a training step.
+pub fn generator(a: GeneratorArgs) -> Result<()> {
     let device = generator::default_device()?;
     let random = a.generator.is_none();
     let (decoder, _) = match &a.generator {
