@@ -19,8 +19,8 @@
 //! The axis swaps are permutes around a k x k convolution ([`conv_same`]: equal to
 //! [`Tensor::conv2d`], computed as im2col + matmul because candle's CPU conv2d backward is
 //! too slow to train on); kernels keep PyTorch's (out, in, kh, kw) layout and the
-//! reference's plane orientation. Other initialisations
-//! follow PyTorch: LayerNorm 1 / 0, convolutions U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+//! reference's plane orientation. Other initialisations follow PyTorch: LayerNorm 1 / 0,
+//! convolutions U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 //!
 //! A trained decoder is a folder with `decoder.json` ([`DecoderConfig`]: the shapes, k and
 //! everything the decoder was built for: base model dims, rank, alpha, target modules, C,
@@ -35,6 +35,9 @@
 //! - 625,992 parameters and 0.78 GFLOP per adapter (forward, 780,369,408 FLOPs; see
 //!   [`DecoderConfig::param_count`] and [`DecoderConfig::flops`], printed by
 //!   `mistralrs-dnd bench generator`, which also prints the CPU cost of a training step).
+//!   Measured on the shared 2-core box (other builds running): decoder forward 45-60 ms per
+//!   adapter; forward + backward of a batch of 4 in 0.9-1.1 s, i.e. 13-16k training
+//!   samples an hour, so a few thousand steps fit in under an hour.
 
 use std::path::Path;
 
