@@ -15,6 +15,20 @@ use crate::adapters::peft::{tensor_name, LlamaDims, LoraAdapter, Module, PeftCon
 
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
+/// The real assets for tests: `$DND_ASSETS`, or `assets/` in the crate, fetched when missing
+/// (so that no real-model test skips itself on a clean checkout).
+pub fn real_assets() -> crate::assets::Assets {
+    let root = crate::assets::default_root();
+    let root = if root.is_relative() {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(root)
+    } else {
+        root
+    };
+    let assets = crate::assets::Assets::new(root);
+    assets.ensure().expect("fetching the real model assets");
+    assets
+}
+
 /// Shapes of the tiny test model (GQA: 4 heads, 2 KV heads).
 pub fn tiny_dims() -> LlamaDims {
     LlamaDims {

@@ -7,24 +7,14 @@ use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::{llama, quantized_llama};
 use mistralrs_dnd::adapters::{LlamaDims, Module};
-use mistralrs_dnd::assets::{default_root, Assets};
+use mistralrs_dnd::assets::Assets;
 use reqwest::Method;
 
 use crate::common::*;
 
 pub fn assets() -> &'static Assets {
     static A: OnceLock<Assets> = OnceLock::new();
-    A.get_or_init(|| {
-        let root = default_root();
-        let root = if root.is_relative() {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(root)
-        } else {
-            root
-        };
-        let a = Assets::new(root);
-        a.ensure().expect("fetching the real model assets");
-        a
-    })
+    A.get_or_init(mistralrs_dnd::testing::real_assets)
 }
 
 /// Real-model tests run one at a time: they are heavy, and one measures RSS.

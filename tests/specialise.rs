@@ -318,3 +318,58 @@ async fn restart_mid_generation_keeps_the_prompts_and_requeues() {
     assert_eq!(task_json(&s, "survivor").await["generation"]["prompts"], 3);
     hung.hold.store(false, Ordering::SeqCst);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dnd_generator_specialises_a_task_end_to_end() {
+    use mistralrs_dnd::generator::{write_random_generator, DecoderConfig};
+    let assets = mistralrs_dnd::testing::real_assets();
+    let dir = tempfile::tempdir().unwrap();
+    let gen = dir.path().join("gen");
+    let cfg = DecoderConfig::for_model_default_shapes(
+        "tiny-llama",
+        &tiny_dims(),
+        4,
+        8.0,
+        &[Module::Q, Module::V],
+        32,
+        4,
+        16,
+    )
+    .unwrap();
+    write_random_generator(&cfg, 1, &gen).unwrap();
+    let mut c = tiny_config(dir.path());
+    c.plugin.generator = Some(gen.clone());
+    c.plugin.encoder = Some(assets.minilm());
+    let s = start(c.clone()).await;
+    for i in 0..4 {
+        let r = s.chat_task(&format!("What is {i} plus {i}?"), "dnd").await;
+        assert_eq!(r.adapter.as_deref(), Some("base"));
+    }
+    s.wait_state("dnd", "resident").await;
+    let v = task_json(&s, "dnd").await;
+    assert_eq!(v["source"], "generated");
+    assert_eq!(v["target_modules"], json!(["q_proj", "v_proj"]));
+    let r = s.chat_task("What is 5 plus 5?", "dnd").await;
+    assert_eq!(
+        r.adapter,
+        Some(format!("dnd@{}", v["hash"].as_str().unwrap()))
+    );
+
+    // A generator built for another base model is refused at start, with both shapes named.
+    let mut other = tiny_dims();
+    other.hidden_size = 32;
+    let cfg =
+        DecoderConfig::for_model_default_shapes("other", &other, 4, 8.0, &[Module::Q], 32, 4, 16)
+            .unwrap();
+    write_random_generator(&cfg, 1, &dir.path().join("other")).unwrap();
+    let mut c2 = c;
+    c2.plugin.generator = Some(dir.path().join("other"));
+    let err = match mistralrs_dnd::server::build(c2).await {
+        Ok(_) => panic!("a generator for another base model must be refused"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("does not fit the base model") && err.contains("hidden"),
+        "{err}"
+    );
+}

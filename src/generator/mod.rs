@@ -1,2 +1,300 @@
-//! The DnD generator: prompts -> frozen MiniLM encoder -> hyper-convolutional decoder ->
-//! checkpoint detokeniser -> [`crate::adapters::LoraAdapter`].
+//! The DnD generator: prompts -> frozen MiniLM [`encoder`] -> hyper-convolutional
+//! [`decoder`] -> checkpoint detokeniser ([`tokenizer`]) -> [`LoraAdapter`].
+//!
+//! [`Generator::load`] reads a generator folder (`decoder.json`, `decoder.safetensors`) and
+//! the encoder folder; [`Generator::generate`] turns a batch of a task's unlabelled prompts
+//! into one adapter in a single forward pass, with notes and per-stage timings. The adapter's
+//! tensors are F32 on the CPU; write it with [`LoraAdapter::write_peft`].
+//!
+//! Prompt count and order: the decoder takes exactly N prompts (its `decoder.json`). Fewer
+//! are cycled in order, more are cut to the first N ([`prompts::fit_to_n`]); both are
+//! reported in [`Generated::notes`]. The method convolves along the prompt axis (k x k
+//! kernels with zero padding at the ends), so the decoder is *not* permutation invariant:
+//! the same prompts in another order give a different (for a trained generator, similar)
+//! adapter, and a prompt's influence depends on its position and neighbours. The reference
+//! trains on random draws of prompts, so a trained generator sees every order; this module
+//! keeps the caller's order and is deterministic for it (same prompts, same order, same
+//! bits on the CPU). Callers that need one adapter per *set* of prompts should sort them.
+//!
+//! Runs on the CPU; with the crate's `cuda` feature [`default_device`] picks the first GPU
+//! when there is one. [`Generator`] is `Send + Sync` and [`Generator::generate`] is a
+//! blocking, CPU-bound call (about half a second for the default config on 2 cores): an
+//! async server should run it with `spawn_blocking`.
+
+pub mod conv;
+pub mod decoder;
+pub mod encoder;
+pub mod prompts;
+pub mod tokenizer;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use candle_core::{DType, Device, Tensor};
+
+pub use decoder::{Decoder, DecoderConfig};
+pub use encoder::PromptEncoder;
+pub use tokenizer::TokenLayout;
+
+use crate::adapters::peft::{LlamaDims, LoraAdapter};
+
+/// The device the generator runs on: the CPU, or with the `cuda` feature the first GPU if
+/// there is one.
+pub fn default_device() -> Result<Device> {
+    #[cfg(feature = "cuda")]
+    {
+        Ok(Device::cuda_if_available(0)?)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Ok(Device::Cpu)
+    }
+}
+
+/// Wall-clock time of each stage of one generation.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    pub encode: Duration,
+    pub decode: Duration,
+    pub detokenise: Duration,
+}
+
+impl Timings {
+    pub fn total(&self) -> Duration {
+        self.encode + self.decode + self.detokenise
+    }
+}
+
+/// One generated adapter with what happened on the way.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    pub adapter: LoraAdapter,
+    /// Human-readable notes, e.g. "repeated 5 prompts in order to fill N=16".
+    pub notes: Vec<String>,
+    pub timings: Timings,
+}
+
+/// Encoder + decoder + detokeniser.
+#[derive(Debug)]
+pub struct Generator {
+    encoder: PromptEncoder,
+    decoder: Decoder,
+    layout: TokenLayout,
+}
+
+impl Generator {
+    /// Loads a generator folder and the prompt encoder folder onto `device`.
+    pub fn load(generator_dir: &Path, encoder_dir: &Path, device: &Device) -> Result<Self> {
+        let (decoder, _) = Decoder::load(generator_dir, device)
+            .with_context(|| format!("loading generator {}", generator_dir.display()))?;
+        let encoder = PromptEncoder::load(encoder_dir, device)?;
+        Self::new(encoder, decoder)
+    }
+
+    /// Puts together an encoder and a decoder built for it.
+    pub fn new(encoder: PromptEncoder, decoder: Decoder) -> Result<Self> {
+        let cfg = decoder.config();
+        ensure!(
+            encoder.hidden_size() == cfg.encoder_hidden,
+            "generator was built for an encoder of width {} ({}), the encoder has width {}",
+            cfg.encoder_hidden,
+            cfg.encoder,
+            encoder.hidden_size()
+        );
+        let layout = cfg.layout()?;
+        Ok(Self {
+            encoder,
+            decoder,
+            layout,
+        })
+    }
+
+    pub fn config(&self) -> &DecoderConfig {
+        self.decoder.config()
+    }
+
+    pub fn layout(&self) -> &TokenLayout {
+        &self.layout
+    }
+
+    pub fn encoder(&self) -> &PromptEncoder {
+        &self.encoder
+    }
+
+    /// Errors with both sets of dims when this generator's adapters do not fit `dims`.
+    pub fn check_base(&self, dims: &LlamaDims) -> Result<()> {
+        self.config().check_base(dims)
+    }
+
+    /// One adapter from a batch of prompts (fitted to N, see the module doc).
+    pub fn generate(&self, prompts: &[String]) -> Result<Generated> {
+        let cfg = self.config();
+        let (fitted, note) = prompts::fit_to_n(prompts, cfg.prompts)?;
+        let t0 = Instant::now();
+        let (cond, _mask) = self.encoder.encode(&fitted, cfg.prompt_tokens)?;
+        let encode = t0.elapsed();
+        let (adapter, decode, detokenise) = self.decode_timed(&cond)?;
+        Ok(Generated {
+            adapter,
+            notes: note.into_iter().collect(),
+            timings: Timings {
+                encode,
+                decode,
+                detokenise,
+            },
+        })
+    }
+
+    /// The adapter for an already encoded condition (N, L, 384), e.g. a cached encoding.
+    pub fn generate_from_condition(&self, cond: &Tensor) -> Result<LoraAdapter> {
+        Ok(self.decode_timed(cond)?.0)
+    }
+
+    fn decode_timed(&self, cond: &Tensor) -> Result<(LoraAdapter, Duration, Duration)> {
+        let t0 = Instant::now();
+        let tokens = self
+            .decoder
+            .forward(&cond.to_dtype(DType::F32)?)?
+            .to_device(&Device::Cpu)?;
+        let decode = t0.elapsed();
+        let t1 = Instant::now();
+        let cfg = self.config();
+        let adapter = self
+            .layout
+            .detokenize(&tokens, cfg.lora_alpha, &cfg.base_model)?;
+        Ok((adapter, decode, t1.elapsed()))
+    }
+}
+
+/// Writes a randomly initialised (seeded) generator folder for `cfg`: for tests, benches and
+/// as the starting point of training.
+pub fn write_random_generator(cfg: &DecoderConfig, seed: u64, dir: &Path) -> Result<()> {
+    let (decoder, varmap) = Decoder::seeded(cfg, seed, &Device::Cpu)?;
+    decoder.save(&varmap, dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decoder::tests::{tiny_config, tiny_dims};
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn minilm_dir() -> Option<std::path::PathBuf> {
+        Some(crate::testing::real_assets().minilm())
+    }
+
+    fn tiny_generator(seed: u64) -> Option<(Generator, tempfile::TempDir)> {
+        let enc = minilm_dir()?;
+        let dir = tempfile::tempdir().unwrap();
+        write_random_generator(&tiny_config(), seed, dir.path()).unwrap();
+        let g = Generator::load(dir.path(), &enc, &Device::Cpu).unwrap();
+        Some((g, dir))
+    }
+
+    fn flat(a: &LoraAdapter) -> Vec<f32> {
+        a.tensors
+            .values()
+            .flat_map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect()
+    }
+
+    fn prompts(n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| format!("Question {i}: what is {i} plus {}?", i * 3))
+            .collect()
+    }
+
+    #[test]
+    fn condition_to_adapter_without_encoder() {
+        // The decode + detokenise path on a synthetic condition, no asset needed.
+        let cfg = tiny_config();
+        let layout = cfg.layout().unwrap();
+        let (dec, _) = Decoder::seeded(&cfg, 3, &Device::Cpu).unwrap();
+        let [n, l, w] = cfg.shapes[0];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let v: Vec<f32> = (0..n * l * w)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        let cond = Tensor::from_vec(v, (n, l, w), &Device::Cpu).unwrap();
+        let run = |c: &Tensor| {
+            let tokens = dec.forward(c).unwrap();
+            layout.detokenize(&tokens, cfg.lora_alpha, "tiny").unwrap()
+        };
+        let a = run(&cond);
+        a.validate(&tiny_dims()).unwrap();
+        assert_eq!(a.config.r, 2);
+        assert_eq!(a.config.target_modules, vec!["q_proj", "v_proj"]);
+        // Deterministic: bit-identical on a second run.
+        assert_eq!(flat(&a), flat(&run(&cond)));
+        // Order matters: swapping two prompts' conditions changes the adapter.
+        let idx = Tensor::new(&[1u32, 0, 2, 3], &Device::Cpu).unwrap();
+        let swapped = cond.index_select(&idx, 0).unwrap();
+        assert_ne!(flat(&a), flat(&run(&swapped)));
+    }
+
+    #[test]
+    fn generate_end_to_end_with_minilm() {
+        let Some((g, dir)) = tiny_generator(11) else {
+            return;
+        };
+        let p = prompts(4);
+        let out = g.generate(&p).unwrap();
+        assert!(out.notes.is_empty());
+        out.adapter.validate(&tiny_dims()).unwrap();
+        assert!(out.timings.total() >= out.timings.decode);
+        // Deterministic on the CPU.
+        let again = g.generate(&p).unwrap();
+        assert_eq!(flat(&out.adapter), flat(&again.adapter));
+        // Written through the one PEFT writer, read back identical.
+        let peft = dir.path().join("adapter");
+        out.adapter.write_peft(&peft).unwrap();
+        let back = LoraAdapter::read_peft(&peft).unwrap();
+        assert_eq!(flat(&back), flat(&out.adapter));
+        assert_eq!(back.config.base_model_name_or_path, "tiny");
+        // Order of prompts matters (the decoder convolves over the prompt axis).
+        let mut rev = p.clone();
+        rev.reverse();
+        assert_ne!(flat(&g.generate(&rev).unwrap().adapter), flat(&out.adapter));
+        // Fewer prompts are cycled, more are cut, and both are said.
+        let few = g.generate(&p[..1]).unwrap();
+        assert_eq!(few.notes, vec!["repeated 1 prompt in order to fill N=4"]);
+        let cycled = g.generate(&[p[0].clone(), p[1].clone()]).unwrap();
+        let explicit = g
+            .generate(&[p[0].clone(), p[1].clone(), p[0].clone(), p[1].clone()])
+            .unwrap();
+        assert_eq!(flat(&cycled.adapter), flat(&explicit.adapter));
+        let many = g.generate(&prompts(6)).unwrap();
+        assert!(many.notes[0].contains("first 4 of 6"));
+        assert_eq!(flat(&many.adapter), flat(&out.adapter));
+        // Bad inputs.
+        assert!(g
+            .generate(&[])
+            .unwrap_err()
+            .to_string()
+            .contains("no prompts"));
+        let e = g
+            .check_base(&tokenizer::smollm2_135m_dims())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("generator was built for hidden 32"), "{e}");
+        g.check_base(&tiny_dims()).unwrap();
+    }
+
+    #[test]
+    fn generator_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Generator>();
+        check::<Generated>();
+    }
+
+    #[test]
+    fn load_errors_are_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Generator::load(dir.path(), dir.path(), &Device::Cpu).unwrap_err();
+        assert!(format!("{e:#}").contains("decoder.json"), "{e:#}");
+        write_random_generator(&tiny_config(), 0, dir.path()).unwrap();
+        let e = Generator::load(dir.path(), &dir.path().join("nope"), &Device::Cpu).unwrap_err();
+        assert!(format!("{e:#}").contains("does not exist"), "{e:#}");
+    }
+}

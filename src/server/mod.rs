@@ -153,15 +153,27 @@ pub async fn build_with(
 /// The generator the config names, checked against the base model.
 fn load_generator(
     config: &Config,
-    _dims: &LlamaDims,
+    dims: &LlamaDims,
 ) -> Result<Option<Arc<dyn specialise::AdapterGenerator>>> {
-    match &config.plugin.generator {
-        None => Ok(None),
-        Some(dir) => anyhow::bail!(
-            "plugin.generator = {}: loading a DnD generator is not available in this build yet",
-            dir.display()
-        ),
-    }
+    let Some(dir) = &config.plugin.generator else {
+        return Ok(None);
+    };
+    let encoder = match &config.plugin.encoder {
+        Some(e) => e.clone(),
+        None => {
+            let assets = crate::assets::Assets::new(&config.model.assets);
+            if !assets.is_complete() {
+                assets.ensure()?;
+            }
+            assets.minilm()
+        }
+    };
+    let device = crate::generator::default_device()?;
+    let g = crate::generator::Generator::load(dir, &encoder, &device)?;
+    g.check_base(dims)
+        .with_context(|| format!("generator {} does not fit the base model", dir.display()))?;
+    tracing::info!(generator = %dir.display(), prompts = g.config().prompts, "automatic specialisation on");
+    Ok(Some(Arc::new(g)))
 }
 
 /// Builds and serves until the process ends.

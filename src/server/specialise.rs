@@ -27,6 +27,25 @@ pub trait AdapterGenerator: Send + Sync {
     fn generate(&self, prompts: &[String]) -> Result<LoraAdapter>;
 }
 
+impl AdapterGenerator for crate::generator::Generator {
+    fn batch_size(&self) -> usize {
+        self.config().prompts
+    }
+
+    fn generate(&self, prompts: &[String]) -> Result<LoraAdapter> {
+        let g = crate::generator::Generator::generate(self, prompts)?;
+        let t = &g.timings;
+        tracing::info!(
+            notes = ?g.notes,
+            encode_ms = t.encode.as_millis() as u64,
+            decode_ms = t.decode.as_millis() as u64,
+            detokenise_ms = t.detokenise.as_millis() as u64,
+            "DnD adapter generated"
+        );
+        Ok(g.adapter)
+    }
+}
+
 /// Limits and switches of automatic specialisation (the `[plugin]` keys).
 #[derive(Debug, Clone)]
 pub struct Settings {

@@ -1,0 +1,757 @@
+//! Hyper-convolutional decoder: prompt embeddings (N, L, 384) -> weight tokens
+//! (T, r + 2, C + 2) (DnD method, section 3).
+//!
+//! Activations are (B, N, H, W): batch, then N (prompts at the input, weight tokens at the
+//! output), H (text positions, then token rows) and W (embedding width, then token
+//! columns). The decoder is a list of shapes s0 -> s1 -> ... -> sk, one [`HyperConvLayer`]
+//! per step, every convolution k x k with "same" padding (k odd). A layer from (N, H, W) to
+//! (N', H', W'):
+//! 1. LayerNorm over the (H, W) plane jointly, affine (H, W) weight and bias, eps 1e-5,
+//!    written with differentiable ops (candle's fused `layer_norm` drops gradients);
+//! 2. path a: conv W -> W' (W as channels) over the (H, N) plane, then H -> H' over the
+//!    (N, W') plane;
+//! 3. path b: conv H -> H' over the (N, W) plane, then W -> W' over the (H', N) plane, tanh;
+//! 4. y = (a + b + bias) / 3 with a learned (H', W') bias, init U(-1/(H'W'), 1/(H'W'));
+//!    the four convolutions above have no bias;
+//! 5. conv N -> N' over the (H', W') plane, with bias;
+//! 6. a residual add only when (N, H, W) = (N', H', W').
+//!
+//! The axis swaps are permutes around a k x k convolution ([`conv_same`]: equal to
+//! [`Tensor::conv2d`], computed as im2col + matmul because candle's CPU conv2d backward is
+//! too slow to train on); kernels keep PyTorch's (out, in, kh, kw) layout and the
+//! reference's plane orientation. Other initialisations follow PyTorch: LayerNorm 1 / 0,
+//! convolutions U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+//!
+//! A trained decoder is a folder with `decoder.json` ([`DecoderConfig`]: the shapes, k and
+//! everything the decoder was built for: base model dims, rank, alpha, target modules, C,
+//! N, L, encoder) and `decoder.safetensors` (the [`VarMap`]).
+//!
+//! [`DecoderConfig::smollm2_default`] is the project's default for SmolLM2-135M, sized to
+//! train on a 2-core CPU:
+//! - q_proj and v_proj, r = 8, alpha = 16, C = 192: 10 tokens per layer, T = 300 weight
+//!   tokens of (10, 194) carrying 460,800 LoRA weights;
+//! - N = 16 prompts of L = 32 tokens, k = 3;
+//! - shapes (16, 32, 384) -> (32, 16, 32) -> (32, 10, 64) -> (300, 10, 194);
+//! - 625,992 parameters and 0.78 GFLOP per adapter (forward, 780,369,408 FLOPs; see
+//!   [`DecoderConfig::param_count`] and [`DecoderConfig::flops`], printed by
+//!   `mistralrs-dnd bench generator`, which also prints the CPU cost of a training step).
+//!   Measured on the shared 2-core box (other builds running): decoder forward 45-60 ms per
+//!   adapter; forward + backward of a batch of 4 in 0.9-1.1 s, i.e. 13-16k training
+//!   samples an hour, so a few thousand steps fit in under an hour.
+
+use std::path::Path;
+
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{DType, Device, Tensor, Var, D};
+use candle_nn::{Init, VarBuilder, VarMap};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::conv::conv_same;
+use super::tokenizer::{smollm2_135m_dims, TokenLayout};
+use crate::adapters::peft::{LlamaDims, Module};
+
+pub const CONFIG_FILE: &str = "decoder.json";
+pub const WEIGHTS_FILE: &str = "decoder.safetensors";
+/// The prompt encoder every generator of this project is built for.
+pub const MINILM: &str = "sentence-transformers/all-MiniLM-L6-v2";
+/// Hidden width of MiniLM-L6: W at the decoder input.
+pub const MINILM_HIDDEN: usize = 384;
+const LN_EPS: f64 = 1e-5;
+
+/// `decoder.json`: the decoder's shapes and what it was built for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecoderConfig {
+    /// Name of the frozen prompt encoder.
+    pub encoder: String,
+    /// Hidden width of the encoder (W of the first shape).
+    pub encoder_hidden: usize,
+    /// Name of the base model, written into the adapters' `base_model_name_or_path`.
+    pub base_model: String,
+    /// Shape facts of the base model the adapters are for.
+    pub base: LlamaDims,
+    pub rank: usize,
+    pub lora_alpha: f64,
+    /// PEFT module names, e.g. `["q_proj", "v_proj"]`.
+    pub target_modules: Vec<String>,
+    /// Chunk width C of the checkpoint tokenizer.
+    pub chunk: usize,
+    /// N: prompts per adapter.
+    pub prompts: usize,
+    /// L: tokens per prompt (padded or truncated).
+    pub prompt_tokens: usize,
+    /// Activation shapes (N, H, W), input first, weight tokens last.
+    pub shapes: Vec<[usize; 3]>,
+    /// Kernel size k (odd).
+    pub kernel: usize,
+}
+
+impl DecoderConfig {
+    /// A decoder for any llama-family model: input (n, l, 384), then `hidden` shapes, then
+    /// the token stack of the layout given by (dims, rank, modules, chunk).
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_model(
+        base_model: &str,
+        dims: &LlamaDims,
+        rank: usize,
+        lora_alpha: f64,
+        modules: &[Module],
+        chunk: usize,
+        n: usize,
+        l: usize,
+        hidden: &[[usize; 3]],
+        kernel: usize,
+    ) -> Result<Self> {
+        let layout = TokenLayout::new(dims, rank, modules, chunk)?;
+        let (t, h, w) = layout.shape();
+        let mut shapes = vec![[n, l, MINILM_HIDDEN]];
+        shapes.extend_from_slice(hidden);
+        shapes.push([t, h, w]);
+        let cfg = Self {
+            encoder: MINILM.to_string(),
+            encoder_hidden: MINILM_HIDDEN,
+            base_model: base_model.to_string(),
+            base: dims.clone(),
+            rank,
+            lora_alpha,
+            target_modules: layout
+                .modules
+                .iter()
+                .map(|m| m.name().to_string())
+                .collect(),
+            chunk,
+            prompts: n,
+            prompt_tokens: l,
+            shapes,
+            kernel,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// [`DecoderConfig::for_model`] with the project's default hidden shapes and k = 3:
+    /// (N, L, 384) -> (2N, max(L/2, r+2), 32) -> (2N, r+2, 64) -> (T, r+2, C+2). The first
+    /// layer shrinks the wide encoder axis at once (its W -> W' convolutions dominate the
+    /// cost), the last one spreads 2N channels over the T weight tokens.
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_model_default_shapes(
+        base_model: &str,
+        dims: &LlamaDims,
+        rank: usize,
+        lora_alpha: f64,
+        modules: &[Module],
+        chunk: usize,
+        n: usize,
+        l: usize,
+    ) -> Result<Self> {
+        let h = rank + 2;
+        let hidden = [[2 * n, (l / 2).max(h), 32], [2 * n, h, 64]];
+        Self::for_model(
+            base_model, dims, rank, lora_alpha, modules, chunk, n, l, &hidden, 3,
+        )
+    }
+
+    /// The default generator for SmolLM2-135M-Instruct (see the module doc for its size).
+    pub fn smollm2_default() -> Self {
+        Self::for_model_default_shapes(
+            "HuggingFaceTB/SmolLM2-135M-Instruct",
+            &smollm2_135m_dims(),
+            8,
+            16.0,
+            &[Module::Q, Module::V],
+            192,
+            16,
+            32,
+        )
+        .expect("the default decoder config is valid")
+    }
+
+    /// Target modules as [`Module`]s in checkpoint order.
+    pub fn modules(&self) -> Result<Vec<Module>> {
+        let mut out = Vec::new();
+        for name in &self.target_modules {
+            match Module::from_name(name) {
+                Some(m) => out.push(m),
+                None => bail!("decoder config: unknown target module {name:?}"),
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// The checkpoint token layout the decoder's output follows.
+    pub fn layout(&self) -> Result<TokenLayout> {
+        TokenLayout::new(&self.base, self.rank, &self.modules()?, self.chunk)
+    }
+
+    /// Checks that the shapes chain from the encoder output to the token stack.
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            self.kernel % 2 == 1,
+            "decoder kernel size must be odd for \"same\" padding, got {}",
+            self.kernel
+        );
+        ensure!(self.shapes.len() >= 2, "decoder needs at least two shapes");
+        ensure!(
+            self.shapes.iter().all(|s| s.iter().all(|&d| d >= 1)),
+            "decoder shapes must be positive: {:?}",
+            self.shapes
+        );
+        ensure!(
+            self.prompts >= 1 && self.prompt_tokens >= 2 && self.prompt_tokens <= 512,
+            "N must be >= 1 and L in 2..=512 (MiniLM has 512 positions), got N={} L={}",
+            self.prompts,
+            self.prompt_tokens
+        );
+        let input = [self.prompts, self.prompt_tokens, self.encoder_hidden];
+        ensure!(
+            self.shapes[0] == input,
+            "first decoder shape {:?} must be (N, L, encoder hidden) = {:?}",
+            self.shapes[0],
+            input
+        );
+        let (t, h, w) = self.layout()?.shape();
+        let last = *self.shapes.last().unwrap();
+        ensure!(
+            last == [t, h, w],
+            "last decoder shape {last:?} must be the token stack (T, r + 2, C + 2) = {:?}",
+            [t, h, w]
+        );
+        ensure!(self.lora_alpha > 0.0, "lora_alpha must be positive");
+        Ok(())
+    }
+
+    /// Number of trainable parameters.
+    pub fn param_count(&self) -> usize {
+        self.shapes
+            .windows(2)
+            .flat_map(|p| layer_params(p[0], p[1], self.kernel))
+            .map(|p| p.shape.iter().product::<usize>())
+            .sum()
+    }
+
+    /// Multiply-add FLOPs (2 per MAC) of one forward pass for one adapter: the five
+    /// convolutions of each layer (norm, tanh and adds are negligible).
+    pub fn flops(&self) -> u64 {
+        let k2 = (self.kernel * self.kernel) as u64;
+        self.shapes
+            .windows(2)
+            .map(|p| {
+                let [n, h, w] = p[0].map(|v| v as u64);
+                let [n2, h2, w2] = p[1].map(|v| v as u64);
+                let conv1w = w * w2 * h * n;
+                let conv1h = h * h2 * n * w2;
+                let conv2h = h * h2 * n * w;
+                let conv2w = w * w2 * h2 * n;
+                let nconv = n * n2 * h2 * w2;
+                2 * k2 * (conv1w + conv1h + conv2h + conv2w + nconv)
+            })
+            .sum()
+    }
+
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading decoder config {}", path.display()))?;
+        let cfg: Self = serde_json::from_str(&text)
+            .with_context(|| format!("parsing decoder config {}", path.display()))?;
+        cfg.validate()
+            .with_context(|| format!("invalid decoder config {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Checks that adapters from this decoder fit a base model.
+    pub fn check_base(&self, dims: &LlamaDims) -> Result<()> {
+        let b = &self.base;
+        if b.hidden_size != dims.hidden_size
+            || b.intermediate_size != dims.intermediate_size
+            || b.num_attention_heads != dims.num_attention_heads
+            || b.num_key_value_heads != dims.num_key_value_heads
+            || b.num_hidden_layers != dims.num_hidden_layers
+            || b.head_dim() != dims.head_dim()
+        {
+            bail!(
+                "generator was built for {} but base model has {}",
+                describe(b),
+                describe(dims)
+            );
+        }
+        Ok(())
+    }
+}
+
+fn describe(d: &LlamaDims) -> String {
+    format!(
+        "hidden {}, intermediate {}, {} heads, {} KV heads, head_dim {}, {} layers",
+        d.hidden_size,
+        d.intermediate_size,
+        d.num_attention_heads,
+        d.num_key_value_heads,
+        d.head_dim(),
+        d.num_hidden_layers
+    )
+}
+
+/// One parameter of a layer: name (relative to the layer), shape and initialisation.
+#[derive(Debug, Clone)]
+pub struct ParamSpec {
+    pub name: &'static str,
+    pub shape: Vec<usize>,
+    pub init: Init,
+}
+
+/// The parameters of one layer from `i` to `o` with kernel k: the one place that names them,
+/// shapes them and says how they start.
+fn layer_params(i: [usize; 3], o: [usize; 3], k: usize) -> Vec<ParamSpec> {
+    let [n, h, w] = i;
+    let [n2, h2, w2] = o;
+    let conv = |name, c_out: usize, c_in: usize| {
+        let b = 1.0 / ((c_in * k * k) as f64).sqrt();
+        ParamSpec {
+            name,
+            shape: vec![c_out, c_in, k, k],
+            init: Init::Uniform { lo: -b, up: b },
+        }
+    };
+    let hb = 1.0 / (h2 * w2) as f64;
+    let nb = 1.0 / ((n * k * k) as f64).sqrt();
+    vec![
+        ParamSpec {
+            name: "norm.weight",
+            shape: vec![h, w],
+            init: Init::Const(1.0),
+        },
+        ParamSpec {
+            name: "norm.bias",
+            shape: vec![h, w],
+            init: Init::Const(0.0),
+        },
+        conv("conv1w.weight", w2, w),
+        conv("conv1h.weight", h2, h),
+        conv("conv2h.weight", h2, h),
+        conv("conv2w.weight", w2, w),
+        ParamSpec {
+            name: "bias",
+            shape: vec![h2, w2],
+            init: Init::Uniform { lo: -hb, up: hb },
+        },
+        conv("nconv.weight", n2, n),
+        ParamSpec {
+            name: "nconv.bias",
+            shape: vec![n2],
+            init: Init::Uniform { lo: -nb, up: nb },
+        },
+    ]
+}
+
+/// One step of the decoder, from (N, H, W) to (N', H', W').
+#[derive(Debug, Clone)]
+pub struct HyperConvLayer {
+    norm_weight: Tensor,
+    norm_bias: Tensor,
+    conv1w: Tensor,
+    conv1h: Tensor,
+    conv2h: Tensor,
+    conv2w: Tensor,
+    bias: Tensor,
+    nconv_weight: Tensor,
+    nconv_bias: Tensor,
+    padding: usize,
+    residual: bool,
+}
+
+impl HyperConvLayer {
+    pub fn new(vb: VarBuilder, i: [usize; 3], o: [usize; 3], kernel: usize) -> Result<Self> {
+        let specs = layer_params(i, o, kernel);
+        let get = |name: &str| -> Result<Tensor> {
+            let s = specs.iter().find(|s| s.name == name).expect("known name");
+            Ok(vb.get_with_hints(s.shape.clone(), name, s.init)?)
+        };
+        Ok(Self {
+            norm_weight: get("norm.weight")?,
+            norm_bias: get("norm.bias")?,
+            conv1w: get("conv1w.weight")?,
+            conv1h: get("conv1h.weight")?,
+            conv2h: get("conv2h.weight")?,
+            conv2w: get("conv2w.weight")?,
+            bias: get("bias")?,
+            nconv_weight: get("nconv.weight")?,
+            nconv_bias: get("nconv.bias")?,
+            padding: kernel / 2,
+            residual: i == o,
+        })
+    }
+
+    fn conv(&self, x: &Tensor, kernel: &Tensor) -> Result<Tensor> {
+        conv_same(x, kernel, self.padding)
+    }
+
+    /// LayerNorm over the last two axes jointly, from differentiable ops.
+    fn norm(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, n, h, w) = x.dims4()?;
+        let flat = x.reshape((b, n, h * w))?;
+        let mean = flat.mean_keepdim(D::Minus1)?;
+        let centred = flat.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centred.broadcast_div(&(var + LN_EPS)?.sqrt()?)?;
+        Ok(normed
+            .reshape((b, n, h, w))?
+            .broadcast_mul(&self.norm_weight)?
+            .broadcast_add(&self.norm_bias)?)
+    }
+
+    /// (B, N, H, W) -> (B, N', H', W').
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let xn = self.norm(x)?;
+        // Path a: W -> W' over (H, N), then H -> H' over (N, W').
+        let a = self.conv(&xn.permute((0, 3, 2, 1))?, &self.conv1w)?; // (B, W', H, N)
+        let a = self.conv(&a.permute((0, 2, 3, 1))?, &self.conv1h)?; // (B, H', N, W')
+        let a = a.permute((0, 2, 1, 3))?; // (B, N, H', W')
+                                          // Path b: H -> H' over (N, W), then W -> W' over (H', N), tanh.
+        let b = self.conv(&xn.permute((0, 2, 1, 3))?, &self.conv2h)?; // (B, H', N, W)
+        let b = self.conv(&b.permute((0, 3, 1, 2))?, &self.conv2w)?; // (B, W', H', N)
+        let b = b.permute((0, 3, 2, 1))?.tanh()?; // (B, N, H', W')
+        let y = ((a + b)?.broadcast_add(&self.bias)? / 3.0)?;
+        let y = self.conv(&y, &self.nconv_weight)?;
+        let n2 = self.nconv_bias.dim(0)?;
+        let y = y.broadcast_add(&self.nconv_bias.reshape((1, n2, 1, 1))?)?;
+        if self.residual {
+            Ok((x + y)?)
+        } else {
+            Ok(y)
+        }
+    }
+}
+
+/// The stacked decoder.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    layers: Vec<HyperConvLayer>,
+    cfg: DecoderConfig,
+}
+
+impl Decoder {
+    pub fn new(vb: VarBuilder, cfg: &DecoderConfig) -> Result<Self> {
+        cfg.validate()?;
+        let layers = cfg
+            .shapes
+            .windows(2)
+            .enumerate()
+            .map(|(i, p)| HyperConvLayer::new(vb.pp(format!("layers.{i}")), p[0], p[1], cfg.kernel))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            layers,
+            cfg: cfg.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &DecoderConfig {
+        &self.cfg
+    }
+
+    /// (B, N, L, 384) -> (B, T, r + 2, C + 2); a 3-D input is treated as one sample.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = if x.rank() == 3 {
+            x.unsqueeze(0)?
+        } else {
+            x.clone()
+        };
+        let [n, h, w] = self.cfg.shapes[0];
+        let (_, xn, xh, xw) = x.dims4()?;
+        ensure!(
+            (xn, xh, xw) == (n, h, w),
+            "decoder input has shape ({xn}, {xh}, {xw}), expected ({n}, {h}, {w})"
+        );
+        for layer in &self.layers {
+            x = layer.forward(&x)?;
+        }
+        Ok(x)
+    }
+
+    /// A new decoder whose parameters are drawn from `seed` (same distributions as
+    /// [`Decoder::new`] on an empty [`VarMap`]), and the [`VarMap`] that holds them.
+    pub fn seeded(cfg: &DecoderConfig, seed: u64, device: &Device) -> Result<(Self, VarMap)> {
+        cfg.validate()?;
+        let varmap = VarMap::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        {
+            let mut data = varmap.data().lock().unwrap();
+            for (i, p) in cfg.shapes.windows(2).enumerate() {
+                for spec in layer_params(p[0], p[1], cfg.kernel) {
+                    let n: usize = spec.shape.iter().product();
+                    let values: Vec<f32> = match spec.init {
+                        Init::Const(v) => vec![v as f32; n],
+                        Init::Uniform { lo, up } => (0..n)
+                            .map(|_| rng.random_range(lo as f32..up as f32))
+                            .collect(),
+                        other => bail!("unsupported init {other:?}"),
+                    };
+                    let t = Tensor::from_vec(values, spec.shape.clone(), device)?;
+                    data.insert(format!("layers.{i}.{}", spec.name), Var::from_tensor(&t)?);
+                }
+            }
+        }
+        let decoder = Self::new(VarBuilder::from_varmap(&varmap, DType::F32, device), cfg)?;
+        Ok((decoder, varmap))
+    }
+
+    /// Loads a decoder folder (`decoder.json` + `decoder.safetensors`) into a [`VarMap`]
+    /// (so that training can resume from it).
+    pub fn load(dir: &Path, device: &Device) -> Result<(Self, VarMap)> {
+        let cfg = DecoderConfig::load(dir)?;
+        let mut varmap = VarMap::new();
+        let decoder = Self::new(VarBuilder::from_varmap(&varmap, DType::F32, device), &cfg)?;
+        let weights = dir.join(WEIGHTS_FILE);
+        varmap
+            .load(&weights)
+            .with_context(|| format!("loading decoder weights {}", weights.display()))?;
+        Ok((decoder, varmap))
+    }
+
+    /// Writes `decoder.json` and `decoder.safetensors` into `dir` (created if needed).
+    pub fn save(&self, varmap: &VarMap, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(dir.join(CONFIG_FILE), serde_json::to_vec_pretty(&self.cfg)?)?;
+        varmap.save(dir.join(WEIGHTS_FILE))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn tiny_dims() -> LlamaDims {
+        LlamaDims {
+            hidden_size: 32,
+            intermediate_size: 64,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            num_hidden_layers: 2,
+            head_dim: None,
+        }
+    }
+
+    /// A tiny decoder config: N = 4 prompts of L = 8 tokens, r = 2, C = 16, q and v.
+    pub(crate) fn tiny_config() -> DecoderConfig {
+        // q: 32 -> 32, v: 32 -> 16; C = 16: 2 + 2 + 2 + 1 = 7 tokens a layer, 14 in all.
+        DecoderConfig::for_model(
+            "tiny",
+            &tiny_dims(),
+            2,
+            4.0,
+            &[Module::Q, Module::V],
+            16,
+            4,
+            8,
+            &[[6, 6, 24], [8, 4, 18], [8, 4, 18]],
+            3,
+        )
+        .unwrap()
+    }
+
+    fn input(cfg: &DecoderConfig, b: usize, seed: u64) -> Tensor {
+        let [n, l, w] = cfg.shapes[0];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let v: Vec<f32> = (0..b * n * l * w)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        Tensor::from_vec(v, (b, n, l, w), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn shapes_at_every_layer() {
+        let cfg = tiny_config();
+        assert_eq!(cfg.shapes.last().unwrap(), &[14, 4, 18]);
+        let (dec, _) = Decoder::seeded(&cfg, 0, &Device::Cpu).unwrap();
+        let mut x = input(&cfg, 2, 1);
+        for (layer, want) in dec.layers.iter().zip(&cfg.shapes[1..]) {
+            x = layer.forward(&x).unwrap();
+            assert_eq!(x.dims(), &[2, want[0], want[1], want[2]]);
+        }
+        assert!(dec.layers[2].residual && !dec.layers[1].residual);
+        let y = dec.forward(&input(&cfg, 1, 1).squeeze(0).unwrap()).unwrap();
+        assert_eq!(y.dims(), &[1, 14, 4, 18]);
+        assert!(dec
+            .forward(&input(&cfg, 1, 1).narrow(1, 0, 3).unwrap())
+            .is_err());
+    }
+
+    #[test]
+    fn every_parameter_gets_a_gradient() {
+        let cfg = tiny_config();
+        let varmap = VarMap::new();
+        let dec = Decoder::new(
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+            &cfg,
+        )
+        .unwrap();
+        let vars = varmap.data().lock().unwrap().clone();
+        assert_eq!(
+            vars.values().map(|v| v.elem_count()).sum::<usize>(),
+            cfg.param_count()
+        );
+        assert_eq!(vars.len(), 9 * (cfg.shapes.len() - 1));
+        let y = dec.forward(&input(&cfg, 2, 3)).unwrap();
+        let loss = (y - 0.5).unwrap().sqr().unwrap().mean_all().unwrap();
+        let grads = loss.backward().unwrap();
+        for (name, var) in &vars {
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {name}"));
+            let norm = g
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                norm > 0.0 && norm.is_finite(),
+                "{name}: gradient norm {norm}"
+            );
+        }
+    }
+
+    #[test]
+    fn norm_matches_reference_layer_norm() {
+        // The differentiable norm agrees with candle's (non-differentiable) fused one.
+        let cfg = tiny_config();
+        let (dec, _) = Decoder::seeded(&cfg, 5, &Device::Cpu).unwrap();
+        let x = input(&cfg, 2, 4);
+        let ours = dec.layers[0].norm(&x).unwrap();
+        let (b, n, h, w) = x.dims4().unwrap();
+        let fused = candle_nn::ops::layer_norm(
+            &x.reshape((b, n, h * w)).unwrap(),
+            &Tensor::ones(h * w, DType::F32, &Device::Cpu).unwrap(),
+            &Tensor::zeros(h * w, DType::F32, &Device::Cpu).unwrap(),
+            LN_EPS as f32,
+        )
+        .unwrap()
+        .reshape((b, n, h, w))
+        .unwrap();
+        let diff = (ours - fused).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-4);
+    }
+
+    #[test]
+    fn save_load_gives_identical_outputs() {
+        let cfg = tiny_config();
+        let (dec, vm) = Decoder::seeded(&cfg, 9, &Device::Cpu).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        dec.save(&vm, dir.path()).unwrap();
+        let (dec2, _) = Decoder::load(dir.path(), &Device::Cpu).unwrap();
+        assert_eq!(dec2.config(), &cfg);
+        let x = input(&cfg, 1, 2);
+        let a = dec
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let b = dec2
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(a, b);
+        // Same seed, same decoder; another seed, another decoder.
+        let (dec3, _) = Decoder::seeded(&cfg, 9, &Device::Cpu).unwrap();
+        let c = dec3
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(a, c);
+        let (dec4, _) = Decoder::seeded(&cfg, 10, &Device::Cpu).unwrap();
+        let d = dec4
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_ne!(a, d);
+    }
+
+    #[test]
+    fn config_validation_and_base_check() {
+        let mut cfg = tiny_config();
+        cfg.kernel = 2;
+        assert!(cfg.validate().unwrap_err().to_string().contains("odd"));
+        let mut cfg = tiny_config();
+        cfg.shapes.last_mut().unwrap()[0] = 15;
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("token stack"));
+        let cfg = tiny_config();
+        cfg.check_base(&tiny_dims()).unwrap();
+        let e = cfg
+            .check_base(&smollm2_135m_dims())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("generator was built for hidden 32")
+                && e.contains("base model has hidden 576"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn smollm2_default_numbers() {
+        let cfg = DecoderConfig::smollm2_default();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.layout().unwrap().shape(), (300, 10, 194));
+        assert_eq!(cfg.layout().unwrap().n_weights(), 460_800);
+        assert_eq!(cfg.param_count(), 625_992);
+        assert_eq!(cfg.flops(), 780_369_408);
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+
+    /// Per-layer forward / backward time of the default config (run with --ignored).
+    #[test]
+    #[ignore]
+    fn time_default_layers() {
+        let cfg = DecoderConfig::smollm2_default();
+        let (dec, _) = Decoder::seeded(&cfg, 0, &Device::Cpu).unwrap();
+        let [n, l, w] = cfg.shapes[0];
+        let mut x = Tensor::randn(0f32, 1.0, (4, n, l, w), &Device::Cpu).unwrap();
+        for (i, layer) in dec.layers.iter().enumerate() {
+            let xv = Var::from_tensor(&x).unwrap();
+            let t = std::time::Instant::now();
+            let y = layer.forward(xv.as_tensor()).unwrap();
+            let f = t.elapsed();
+            let t = std::time::Instant::now();
+            let _g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            let b = t.elapsed();
+            // Candle's own conv2d on the widest convolution of the layer, for comparison.
+            let xn = layer
+                .norm(&x)
+                .unwrap()
+                .permute((0, 3, 2, 1))
+                .unwrap()
+                .contiguous()
+                .unwrap();
+            let t = std::time::Instant::now();
+            let _c = xn.conv2d(&layer.conv1w, 1, 1, 1, 1).unwrap();
+            let c = t.elapsed();
+            let t = std::time::Instant::now();
+            let _o = conv_same(&xn, &layer.conv1w, 1).unwrap();
+            let o = t.elapsed();
+            eprintln!("layer {i}: forward {f:?} backward {b:?}; conv1w candle {c:?} ours {o:?}");
+            x = y.detach();
+        }
+    }
+}
