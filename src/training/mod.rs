@@ -2,10 +2,15 @@
 //!
 //! - [`tasks`]: the built-in procedural task suite and its scorers;
 //! - [`taskfile`]: tasks as JSONL files (read and write);
+//! - [`lora`]: a differentiable llama forward pass with LoRA, and its trainer;
 
+pub mod lora;
 pub mod rng;
 pub mod taskfile;
 pub mod tasks;
+
+#[cfg(test)]
+pub(crate) mod testutil;
 
 /// Writes a file so that readers see the old file or the whole new one: a synced temp file
 /// in the same folder, renamed into place.
