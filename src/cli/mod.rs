@@ -2,6 +2,8 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod collect;
+
 #[derive(Debug, Parser)]
 #[command(name = "mistralrs-dnd", version, about = "Drag-and-Drop LoRA plugin for mistral.rs")]
 pub struct Cli {
@@ -10,8 +12,13 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Train a LoRA per task and keep its late checkpoints.
+    Collect(collect::CollectArgs),
+}
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {}
+    match cli.command {
+        Command::Collect(a) => collect::run(a),
+    }
 }

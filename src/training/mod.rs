@@ -3,7 +3,9 @@
 //! - [`tasks`]: the built-in procedural task suite and its scorers;
 //! - [`taskfile`]: tasks as JSONL files (read and write);
 //! - [`lora`]: a differentiable llama forward pass with LoRA, and its trainer;
+//! - [`collect`]: one LoRA run per task, a checkpoint at every late step (DnD section 5).
 
+pub mod collect;
 pub mod lora;
 pub mod rng;
 pub mod taskfile;
