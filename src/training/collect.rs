@@ -490,4 +490,47 @@ mod tests {
         c.checkpoints = 50;
         assert_eq!(c.saved_steps(), 1..=10);
     }
+
+    /// Token lengths of the built-in suite with the real tokenizer (for the budget):
+    /// `cargo test --lib suite_token_lengths -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn suite_token_lengths() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/smollm2");
+        let tok = ChatTokenizer::load(&dir).unwrap();
+        let suite = crate::training::tasks::builtin_suite(&SuiteConfig::default()).unwrap();
+        let mut all = Vec::new();
+        for t in &suite {
+            let lens: Vec<usize> = t
+                .train
+                .iter()
+                .map(|e| tok.encode_example(&e.prompt, &e.answer).unwrap())
+                .map(|e| e.ids.len())
+                .collect();
+            let answer: Vec<usize> = t
+                .train
+                .iter()
+                .map(|e| tok.encode_example(&e.prompt, &e.answer).unwrap())
+                .map(|e| e.ids.len() - e.prompt_len)
+                .collect();
+            let mean = lens.iter().sum::<usize>() as f64 / lens.len() as f64;
+            let amean = answer.iter().sum::<usize>() as f64 / answer.len() as f64;
+            println!(
+                "{:<20} tokens mean {mean:.1} max {:>3}; answer tokens mean {amean:.1} max {}",
+                t.name,
+                lens.iter().max().unwrap(),
+                answer.iter().max().unwrap()
+            );
+            all.extend(lens);
+        }
+        let mean = all.iter().sum::<usize>() as f64 / all.len() as f64;
+        println!("suite: mean {mean:.1} max {}", all.iter().max().unwrap());
+        let ex = &suite[0].train[0];
+        let e = tok.encode_example(&ex.prompt, &ex.answer).unwrap();
+        println!(
+            "{:?} -> {:?}",
+            ex.prompt,
+            tok.tokenizer.decode(&e.ids, false).unwrap()
+        );
+    }
 }

@@ -3,15 +3,22 @@
 //! training data (DnD paper, section 5; LoRA: Hu et al. 2021).
 //!
 //! The forward pass is written out here because candle-transformers' llama uses fused
-//! kernels that have no backward pass (see `docs/candle-training.md`): RMSNorm is
-//! `rms_norm_slow`, rotary embedding is `rope_slow` (the Hugging Face half-split layout),
-//! attention is `matmul` + `softmax(.., D::Minus1)` with a causal mask, and grouped-query
+//! kernels that have no backward pass (see `docs/candle-training.md`). Grouped-query
 //! attention groups the query heads of one key/value head instead of copying keys and
 //! values. A test checks its logits against candle-transformers' inference model.
 //!
-//! Frozen linears go through [`frozen_linear`], a custom op whose backward pass only
-//! computes the gradient of the input: candle's `matmul` backward also computes the
-//! (unused) gradient of the frozen weight, a third of the whole step's work.
+//! Speed: a CPU step is what bounds how many checkpoints the project can collect, so the
+//! hot ops are custom ops with hand-written backward passes ([`CustomGrad`]):
+//! - [`frozen_linear`]: candle's `matmul` backward also computes the (unused) gradient of
+//!   the frozen weight, a third of the matmul work;
+//! - [`rms_norm`], [`rope`] (Hugging Face half-split layout), [`masked_softmax`]: candle's
+//!   fused kernels forward, the analytic gradient backward. Differentiating the slow
+//!   composite versions (`rms_norm_slow`, `rope_slow`, `softmax` over a dim) op by op also
+//!   computes gradients of every constant (norm weights, rotary tables, mask), which are
+//!   thrown away.
+//!
+//! With `BaseModel::fused = false` the slow differentiable versions are used; tests check
+//! that both give the same values and LoRA gradients.
 //!
 //! LoRA: for a target module with frozen weight `W` (out, in), `y = x W^T + s (x A^T) B^T`
 //! with `A` (r, in) drawn from U(-1/sqrt(in), 1/sqrt(in)) (PEFT's kaiming-uniform with
@@ -84,6 +91,105 @@ impl CustomOp1 for FrozenLinear {
     ) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(grad.matmul(&self.w)?))
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Fused ops with an explicit backward pass
+
+type FwdFn = dyn Fn(&Tensor) -> candle_core::Result<Tensor> + Send + Sync;
+type BwdFn = dyn Fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor> + Send + Sync;
+
+/// A unary op on the CPU whose forward pass is any graph-free computation (typically one
+/// of candle's fused kernels) and whose backward pass is given explicitly as
+/// `bwd(x, y, grad_y) -> grad_x`. candle's autograd otherwise differentiates the slow
+/// composite versions op by op, also computing gradients of constants (norm weights,
+/// rotary tables, masks) that are thrown away.
+struct CustomGrad {
+    name: &'static str,
+    fwd: Box<FwdFn>,
+    bwd: Box<BwdFn>,
+}
+
+impl CustomOp1 for CustomGrad {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let Some((start, end)) = l.contiguous_offsets() else {
+            candle_core::bail!("{}: input must be contiguous", self.name);
+        };
+        let x = Tensor::from_slice(&x.as_slice::<f32>()?[start..end], l.shape(), &Device::Cpu)?;
+        let y = (self.fwd)(&x)?;
+        let shape = y.shape().clone();
+        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
+    }
+
+    fn bwd(&self, x: &Tensor, y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some((self.bwd)(&x.detach(), &y.detach(), grad)?))
+    }
+}
+
+fn fused_ok(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// RMSNorm over the last dimension: fused forward, backward
+/// `g_x = r (g a - x r^2 mean(g a x))` with `r = 1 / sqrt(mean(x^2) + eps)`.
+pub fn rms_norm(x: &Tensor, alpha: &Tensor, eps: f32, fused: bool) -> Result<Tensor> {
+    if !fused || !fused_ok(x) {
+        return Ok(candle_nn::ops::rms_norm_slow(x, alpha, eps)?);
+    }
+    let (a1, a2) = (alpha.clone(), alpha.clone());
+    let op = CustomGrad {
+        name: "rms-norm-grad",
+        fwd: Box::new(move |x| candle_nn::ops::rms_norm(x, &a1, eps)),
+        bwd: Box::new(move |x, _y, g| {
+            let ga = g.broadcast_mul(&a2)?;
+            let r = (x.sqr()?.mean_keepdim(D::Minus1)? + f64::from(eps))?
+                .sqrt()?
+                .recip()?;
+            let dot = (&ga * x)?.mean_keepdim(D::Minus1)?;
+            let inner = (ga - x.broadcast_mul(&(dot * r.sqr()?)?)?)?;
+            inner.broadcast_mul(&r)
+        }),
+    };
+    Ok(x.contiguous()?.apply_op1(op)?)
+}
+
+/// Rotary embedding, Hugging Face half-split layout, on (b, h, t, d) with tables (t, d/2):
+/// fused forward; the backward pass is the inverse rotation (the same op with `-sin`).
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, fused: bool) -> Result<Tensor> {
+    if !fused || !fused_ok(x) {
+        return Ok(candle_nn::rotary_emb::rope_slow(x, cos, sin)?);
+    }
+    let (c1, s1) = (cos.contiguous()?, sin.contiguous()?);
+    let (c2, s2) = (c1.clone(), s1.neg()?);
+    let op = CustomGrad {
+        name: "rope-grad",
+        fwd: Box::new(move |x| candle_nn::rotary_emb::rope(x, &c1, &s1)),
+        bwd: Box::new(move |_x, _y, g| candle_nn::rotary_emb::rope(&g.contiguous()?, &c2, &s2)),
+    };
+    Ok(x.contiguous()?.apply_op1(op)?)
+}
+
+/// `softmax(x * scale + mask)` over the last dimension (mask broadcast from its shape):
+/// fused forward, backward `scale * y (g - sum(g y))`.
+pub fn masked_softmax(x: &Tensor, scale: f64, mask: &Tensor, fused: bool) -> Result<Tensor> {
+    if !fused || !fused_ok(x) {
+        let att = (x * scale)?.broadcast_add(mask)?;
+        return Ok(candle_nn::ops::softmax(&att, D::Minus1)?);
+    }
+    let m = mask.clone();
+    let op = CustomGrad {
+        name: "masked-softmax-grad",
+        fwd: Box::new(move |x| candle_nn::ops::softmax_last_dim(&(x * scale)?.broadcast_add(&m)?)),
+        bwd: Box::new(move |_x, y, g| {
+            let dot = (g * y)?.sum_keepdim(D::Minus1)?;
+            (y * g.broadcast_sub(&dot)?)? * scale
+        }),
+    };
+    Ok(x.contiguous()?.apply_op1(op)?)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -243,6 +349,9 @@ pub struct BaseModel {
     norm: Tensor,
     layers: Vec<BaseLayer>,
     device: Device,
+    /// Fused ops with explicit backward passes (default) or candle's slow composite ops;
+    /// both give the same values and gradients (tested).
+    pub fused: bool,
 }
 
 impl std::fmt::Debug for BaseModel {
@@ -293,7 +402,8 @@ impl BaseModel {
             "head_dim other than hidden_size / num_attention_heads is not supported"
         );
         ensure!(
-            dims.num_attention_heads.is_multiple_of(dims.num_key_value_heads),
+            dims.num_attention_heads
+                .is_multiple_of(dims.num_key_value_heads),
             "num_attention_heads must be a multiple of num_key_value_heads"
         );
         let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
@@ -341,6 +451,7 @@ impl BaseModel {
             norm,
             layers,
             device: device.clone(),
+            fused: true,
         })
     }
 
@@ -405,29 +516,28 @@ impl BaseModel {
         let scale = 1.0 / (hd as f64).sqrt();
         let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let h = candle_nn::ops::rms_norm_slow(&x, &layer.attn_norm, self.eps())?;
+            let h = rms_norm(&x, &layer.attn_norm, self.eps(), self.fused)?;
             let q = self.linear(&h, i, Module::Q, lora)?;
             let k = self.linear(&h, i, Module::K, lora)?;
             let v = self.linear(&h, i, Module::V, lora)?;
             let heads = |x: Tensor, n: usize| -> Result<Tensor> {
                 Ok(x.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
             };
-            let q = candle_nn::rotary_emb::rope_slow(&heads(q, nh)?, &cos, &sin)?;
-            let k = candle_nn::rotary_emb::rope_slow(&heads(k, nkv)?, &cos, &sin)?;
+            let q = rope(&heads(q, nh)?, &cos, &sin, self.fused)?;
+            let k = rope(&heads(k, nkv)?, &cos, &sin, self.fused)?;
             let v = heads(v, nkv)?;
             // Query heads h = kv * rep + r share key/value head kv.
             let q = q.reshape((b, nkv, rep * t, hd))?;
-            let att = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(&mask)?;
-            let att = candle_nn::ops::softmax(&att, D::Minus1)?;
+            let att = masked_softmax(&q.matmul(&k.t()?.contiguous()?)?, scale, &mask, self.fused)?;
             let y = att.matmul(&v)?.reshape((b, nh, t, hd))?;
             let y = y.transpose(1, 2)?.contiguous()?.reshape((b * t, nh * hd))?;
             x = (x + self.linear(&y, i, Module::O, lora)?)?;
-            let h = candle_nn::ops::rms_norm_slow(&x, &layer.mlp_norm, self.eps())?;
+            let h = rms_norm(&x, &layer.mlp_norm, self.eps(), self.fused)?;
             let g = self.linear(&h, i, Module::Gate, lora)?.silu()?;
             let u = self.linear(&h, i, Module::Up, lora)?;
             x = (x + self.linear(&(g * u)?, i, Module::Down, lora)?)?;
         }
-        Ok(candle_nn::ops::rms_norm_slow(&x, &self.norm, self.eps())?)
+        rms_norm(&x, &self.norm, self.eps(), self.fused)
     }
 
     /// Logits (rows, vocab) of selected rows of [`Self::hidden_states`].
@@ -1144,6 +1254,148 @@ mod tests {
         );
     }
 
+    fn rand_t(shape: &[usize], seed: u64) -> Tensor {
+        let mut r = Rng::new(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| 2.0 * r.unit_f32() - 1.0).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    /// Value and input gradient (of sum(y * w) for a fixed random w) of a unary op.
+    fn value_and_grad(x: &Tensor, f: &dyn Fn(&Tensor) -> Tensor) -> (Tensor, Tensor) {
+        let v = Var::from_tensor(x).unwrap();
+        let y = f(v.as_tensor());
+        let w = rand_t(y.dims(), 99);
+        let g = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        (y, g.get(v.as_tensor()).unwrap().clone())
+    }
+
+    #[test]
+    fn fused_ops_match_slow_ops_in_value_and_gradient() {
+        let x = rand_t(&[2, 3, 5, 8], 1);
+        let alpha = (rand_t(&[8], 2) + 1.0).unwrap();
+        let (cos, sin) = {
+            let f = rand_t(&[5, 4], 3);
+            (f.cos().unwrap(), f.sin().unwrap())
+        };
+        let mask = Tensor::from_vec(
+            (0..25)
+                .map(|i| {
+                    if i % 5 <= i / 5 {
+                        0f32
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+                .collect(),
+            (5, 5),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let xm = rand_t(&[2, 3, 5, 5], 4);
+        type Op<'a> = Box<dyn Fn(&Tensor, bool) -> Tensor + 'a>;
+        let cases: Vec<(&str, &Tensor, Op)> = vec![
+            (
+                "rms_norm",
+                &x,
+                Box::new(|x, f| rms_norm(x, &alpha, 1e-5, f).unwrap()),
+            ),
+            ("rope", &x, Box::new(|x, f| rope(x, &cos, &sin, f).unwrap())),
+            (
+                "masked_softmax",
+                &xm,
+                Box::new(|x, f| masked_softmax(x, 0.7, &mask, f).unwrap()),
+            ),
+        ];
+        for (name, input, op) in cases {
+            let (y1, g1) = value_and_grad(input, &|x| op(x, true));
+            let (y2, g2) = value_and_grad(input, &|x| op(x, false));
+            assert!(max_diff(&y1, &y2) < 1e-5, "{name}: values differ");
+            assert!(
+                max_diff(&g1, &g2) < 1e-4,
+                "{name}: gradients differ by {}",
+                max_diff(&g1, &g2)
+            );
+        }
+    }
+
+    #[test]
+    fn fused_and_slow_forward_give_the_same_lora_gradients() {
+        let dir = tiny_model_dir();
+        let (mut base, tok) = load_tiny(dir.path());
+        let cfg = LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            modules: Module::ALL.to_vec(),
+        };
+        let lora = LoraWeights::init(&cfg, &base.dims, &mut Rng::new(3), &Device::Cpu).unwrap();
+        let mut rng = Rng::new(5);
+        for (_, v) in lora.named_vars() {
+            let vals: Vec<f32> = (0..v.as_tensor().elem_count())
+                .map(|_| rng.unit_f32() - 0.5)
+                .collect();
+            v.set(&Tensor::from_vec(vals, v.as_tensor().shape(), &Device::Cpu).unwrap())
+                .unwrap();
+        }
+        let b = batch(&tok, &Device::Cpu);
+        let run = |base: &BaseModel| {
+            let loss = base.loss(&b, Some(&lora)).unwrap();
+            let grads = loss.backward().unwrap();
+            let g: Vec<Tensor> = lora
+                .vars()
+                .iter()
+                .map(|v| grads.get(v.as_tensor()).unwrap().clone())
+                .collect();
+            (loss.to_scalar::<f32>().unwrap(), g)
+        };
+        base.fused = true;
+        let (l1, g1) = run(&base);
+        base.fused = false;
+        let (l2, g2) = run(&base);
+        assert!((l1 - l2).abs() < 1e-4, "loss {l1} vs {l2}");
+        for (a, b) in g1.iter().zip(&g2) {
+            let scale = b
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                .max(1e-3);
+            assert!(
+                max_diff(a, b) / scale < 1e-3,
+                "gradients differ by {}",
+                max_diff(a, b)
+            );
+        }
+    }
+
+    /// The real SmolLM2 folder (when converted): our forward pass against
+    /// candle-transformers' llama on the real weights (F16 file, F32 compute).
+    #[test]
+    #[ignore]
+    fn real_model_matches_candle_transformers() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/smollm2");
+        let (base, tok) = load_tiny(&dir);
+        let ids = tok.encode_prompt("What is the capital of France?").unwrap();
+        let ours = last_logits(&base, &ids, None);
+        let weights =
+            candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+        let weights = weights
+            .into_iter()
+            .map(|(k, v)| (k, v.to_dtype(DType::F32).unwrap()))
+            .collect();
+        let theirs = reference_logits(&dir, weights, &ids);
+        let d = max_diff(&ours, &theirs);
+        let top = ours.argmax(0).unwrap().to_scalar::<u32>().unwrap();
+        println!(
+            "max logit difference {d}, next token {:?}",
+            tok.tokenizer.decode(&[top], false).unwrap()
+        );
+        assert!(d < 1e-2, "logits differ by {d}");
+        assert_eq!(top, theirs.argmax(0).unwrap().to_scalar::<u32>().unwrap());
+    }
+
     /// Cost of a training step at SmolLM2-135M's shapes (random weights unless the
     /// converted model is in `assets/smollm2`): `cargo test --lib bench_smollm2 -- --ignored
     /// --nocapture`. Timing does not depend on the weights' values.
@@ -1189,33 +1441,39 @@ mod tests {
         let seq: usize = std::env::var("DND_BENCH_SEQ")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(56);
-        let bs: usize = std::env::var("DND_BENCH_BATCH")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(8);
-        let mut rng = Rng::new(1);
-        let items: Vec<Encoded> = (0..bs)
-            .map(|_| Encoded {
-                ids: (0..seq).map(|_| rng.below(49152) as u32).collect(),
-                prompt_len: seq - 5,
-            })
-            .collect();
-        let refs: Vec<&Encoded> = items.iter().collect();
-        let b = Batch::new(&refs, 0, &dev).unwrap();
+            .unwrap_or(52);
+        let batches = std::env::var("DND_BENCH_BATCH").unwrap_or_else(|_| "4,8".into());
         let mut trainer = Trainer::new(&base, TrainConfig::default()).unwrap();
-        trainer.step(&b).unwrap();
-        let t0 = Instant::now();
-        let n = 3;
-        for _ in 0..n {
-            base.loss(&b, Some(&trainer.lora)).unwrap();
-        }
-        let fwd = t0.elapsed().as_secs_f64() / n as f64;
-        let t0 = Instant::now();
-        for _ in 0..n {
+        let mut rng = Rng::new(1);
+        let mut bs = 0;
+        for b_str in batches.split(',') {
+            bs = b_str.parse().unwrap();
+            let items: Vec<Encoded> = (0..bs)
+                .map(|_| Encoded {
+                    ids: (0..seq).map(|_| rng.below(49152) as u32).collect(),
+                    prompt_len: seq - 3,
+                })
+                .collect();
+            let refs: Vec<&Encoded> = items.iter().collect();
+            let b = Batch::new(&refs, 0, &dev).unwrap();
             trainer.step(&b).unwrap();
+            let n = 3;
+            let t0 = Instant::now();
+            for _ in 0..n {
+                base.loss(&b, Some(&trainer.lora)).unwrap();
+            }
+            let fwd = t0.elapsed().as_secs_f64() / n as f64;
+            let t0 = Instant::now();
+            for _ in 0..n {
+                trainer.step(&b).unwrap();
+            }
+            let step = t0.elapsed().as_secs_f64() / n as f64;
+            let gflop = 2.0 * 2.0 * 106.2e6 * (bs * seq) as f64 / 1e9;
+            println!(
+                "batch {bs} x {seq} tokens: forward {fwd:.2} s, step (forward+backward+AdamW) {step:.2} s = {:.0} GFLOP/s on the linears",
+                gflop / step
+            );
         }
-        let step = t0.elapsed().as_secs_f64() / n as f64;
         // One frozen linear's backward: custom op vs matmul (which also computes dW).
         let x = Var::from_tensor(&Tensor::randn(0f32, 1., (bs * seq, 576), &dev).unwrap()).unwrap();
         let w = Tensor::randn(0f32, 0.02, (1536, 576), &dev).unwrap();
@@ -1229,7 +1487,7 @@ mod tests {
         let ours = time(&|| frozen_linear(x.as_tensor(), &w).unwrap());
         let plain = time(&|| x.as_tensor().matmul(&w.t().unwrap()).unwrap());
         println!(
-            "batch {bs} x {seq} tokens: forward {fwd:.2} s, step (forward+backward+AdamW) {step:.2} s; up_proj fwd+bwd: frozen op {:.1} ms, matmul {:.1} ms",
+            "up_proj fwd+bwd at {bs} x {seq} tokens: frozen op {:.1} ms, matmul {:.1} ms",
             ours * 1e3,
             plain * 1e3
         );
