@@ -761,10 +761,10 @@ impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             lora: LoraConfig::default(),
-            steps: 100,
-            batch_size: 8,
+            steps: 60,
+            batch_size: 4,
             lr: 1e-3,
-            warmup_steps: 10,
+            warmup_steps: 5,
             min_lr_ratio: 0.1,
             weight_decay: 0.0,
             grad_clip: 1.0,
