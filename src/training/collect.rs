@@ -7,6 +7,8 @@
 //! ```text
 //! OUT/collect.json                 settings of the whole collection (checked on resume)
 //! OUT/TASK/done.json               the task's marker: written last, then the folder renamed
+//! OUT/TASK/task.jsonl              the task itself (taskfile format): the prompts the
+//!                                  generator is conditioned on, and the test split
 //! OUT/TASK/step-000051/            a PEFT folder (LoraAdapter::write_peft) + meta.json
 //! OUT/.partial-TASK/               a task being trained; never read, redone on resume
 //! ```
@@ -56,6 +58,7 @@ use super::write_file_atomically;
 pub const SETTINGS_FILE: &str = "collect.json";
 pub const DONE_FILE: &str = "done.json";
 pub const META_FILE: &str = "meta.json";
+pub const TASK_FILE: &str = "task.jsonl";
 
 /// Settings of a collection: the LoRA run of every task, and how many checkpoints it keeps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -254,6 +257,7 @@ fn train_task(
         }
     }
     std::fs::create_dir_all(&partial)?;
+    super::taskfile::write_task_file(task, &partial.join(TASK_FILE))?;
 
     let seed = task_seed(cfg.train.seed, &task.name);
     let train_cfg = TrainConfig {
@@ -475,6 +479,13 @@ mod tests {
         assert_eq!((meta.task.as_str(), meta.step), ("add", 5));
         assert_eq!(meta.seed, task_seed(11, "add"));
         assert_eq!(meta.loss, done.losses[4]);
+        let saved =
+            crate::training::taskfile::read_task_file(&full.path().join("add").join(TASK_FILE))
+                .unwrap();
+        assert_eq!(
+            (saved.train, saved.test),
+            (tasks[0].train.clone(), tasks[0].test.clone())
+        );
         // Trained: B is no longer zero.
         let b = adapter.pair(0, crate::adapters::Module::Q).unwrap().1;
         assert!(
