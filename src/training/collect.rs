@@ -22,24 +22,25 @@
 //!
 //! Budget: the whole built-in suite (20 tasks) must train in at most 90 minutes on this
 //! project's 2-core CPU. Measured on that machine (dev profile: dependencies at opt-level
-//! 3), SmolLM2-135M with LoRA r = 8 on q_proj and v_proj:
-//! - an example is 41-68 tokens once wrapped in the chat template (suite mean 48.5; the
-//!   default system prompt and ChatML markers alone are about 30), so a padded batch is
-//!   about 52 tokens long (`suite_token_lengths` test);
-//! - a step (forward, backward, AdamW) at batch 4 x 52 tokens took 3.2-3.5 s in the
-//!   quietest measurements (`bench_smollm2_step` test; the machine was shared with other
-//!   sessions' builds throughout, load 2-4) and 3.9-5.3 s per step in a 12-step `collect`
-//!   run of two tasks under load. The matmuls run at about 35-40 GFLOP/s here, not
-//!   the 120 GFLOP/s first assumed, and are 60 % of the time (perf); batch 8 costs
-//!   2.6-2.8x batch 4, so batch 4 is used.
+//! 3, shared with other sessions' builds throughout, load 1-4), SmolLM2-135M with LoRA
+//! r = 8 on q_proj and v_proj:
+//! - an example is 41-68 tokens once wrapped in the chat template (suite mean 48.5), of
+//!   which the first ~30 (system prompt, ChatML markers) are the same for every example
+//!   and computed once per batch (`suite_token_lengths` test);
+//! - a step (forward, backward, AdamW) at batch 4 costs 1.7-3.0 s depending on the task's
+//!   length (12-step `collect` runs: add 1.66 s, parity 2.32 s, sort_numbers 2.99 s, at
+//!   load ~2; `bench_smollm2_step`: 1.86-1.90 s at 4 x 52 tokens, 3.82 s without the
+//!   shared prefix). Batch 8 costs 1.9-2.2x batch 4 (3.5-4.1 s), so batch 4 is used. The matmuls are ~60 % of the time (perf) and reach
+//!   35-50 GFLOP/s on this machine, not 120; under heavy load (another build on both
+//!   cores) every step was about 1.6x slower.
 //!
-//! Defaults: 60 steps of batch 4 per task (lr 1e-3, 5 warm-up steps, cosine to 1e-4) with
-//! a checkpoint after each of the last 50 (steps 11-60): the first 10 steps play the part
+//! Defaults: 80 steps of batch 4 per task (lr 1e-3, 5 warm-up steps, cosine to 1e-4) with
+//! a checkpoint after each of the last 50 (steps 31-80): the first 30 steps play the part
 //! of the paper's "short first run", the 50 checkpoints its per-step trajectory. That is
-//! 20 x 60 x 3.5 s = 70 min at the best measured rate and 90 min at 4.5 s per step (not
-//! run in full yet: extrapolated from the measurements above). 60 steps see 240 examples, one
-//! epoch of a task's training split. Each checkpoint is 1.8 MB (F32), 90 MB per task,
-//! 1.8 GB for the suite.
+//! 20 x 80 x ~2.1 s = ~56 min at load ~2 and ~90 min at 1.6x that (not run in full yet:
+//! extrapolated from the measurements above). 80 steps see 320 examples, 1.3 epochs of a
+//! task's training split. Each checkpoint is 1.8 MB (F32), 90 MB per task, 1.8 GB for
+//! the suite.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
