@@ -22,6 +22,7 @@ pub struct CollectArgs {
     /// Hugging Face llama folder of the base model.
     #[arg(long, default_value = "assets/smollm2")]
     pub base: PathBuf,
+    /// Output folder: OUT/TASK/step-NNNNNN/ PEFT checkpoints; rerun to resume.
     #[arg(long)]
     pub out: PathBuf,
     /// Optimiser steps per task.
@@ -30,14 +31,19 @@ pub struct CollectArgs {
     /// Checkpoints kept per task: one after each of the last N steps.
     #[arg(long, default_value_t = CollectConfig::default().checkpoints)]
     pub checkpoints: usize,
+    /// Examples per step.
     #[arg(long, default_value_t = TrainConfig::default().batch_size)]
     pub batch: usize,
+    /// Peak learning rate (AdamW, cosine decay to a tenth).
     #[arg(long, default_value_t = TrainConfig::default().lr)]
     pub lr: f64,
+    /// Linear warm-up steps.
     #[arg(long, default_value_t = TrainConfig::default().warmup_steps)]
     pub warmup: usize,
+    /// LoRA rank r.
     #[arg(long, default_value_t = LoraConfig::default().rank)]
     pub rank: usize,
+    /// LoRA alpha (scale alpha / r).
     #[arg(long, default_value_t = LoraConfig::default().alpha)]
     pub alpha: f64,
     /// LoRA target modules (comma-separated, e.g. q_proj,v_proj).
@@ -46,11 +52,13 @@ pub struct CollectArgs {
     /// Seed of the LoRA runs (each task derives its own from it and its name).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Seed and sizes of the built-in suite.
+    /// Seed of the built-in suite's questions.
     #[arg(long, default_value_t = SuiteConfig::default().seed)]
     pub suite_seed: u64,
+    /// Training examples per built-in task.
     #[arg(long, default_value_t = SuiteConfig::default().train)]
     pub train_size: usize,
+    /// Test examples per built-in task.
     #[arg(long, default_value_t = SuiteConfig::default().test)]
     pub test_size: usize,
     /// Stop after this many steps in total, as if killed (for testing resumption).
