@@ -4,8 +4,10 @@ use clap::{Parser, Subcommand};
 
 pub mod assets;
 pub mod bench;
+pub mod collect;
 pub mod generate;
 pub mod serve;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "mistralrs-dnd",
@@ -27,6 +29,8 @@ pub enum Command {
     Generate(generate::Args),
     /// Benchmarks that print their numbers and setup (`bench hotload`, `bench generator`).
     Bench(bench::Args),
+    /// Train a LoRA per task and keep its late checkpoints.
+    Collect(collect::CollectArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -35,5 +39,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(a) => serve::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Collect(a) => collect::run(a),
     }
 }

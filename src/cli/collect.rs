@@ -1,0 +1,138 @@
+//! `mistralrs-dnd collect`: train a LoRA per task and keep the late checkpoints, the
+//! generator's training data ([`crate::training::collect`]).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+
+use crate::adapters::Module;
+use crate::training::collect::{collect, CollectConfig, CollectOptions};
+use crate::training::lora::{LoraConfig, TrainConfig};
+use crate::training::taskfile::read_task_file;
+use crate::training::tasks::{builtin_suite, SuiteConfig, Task};
+
+#[derive(Debug, clap::Args)]
+pub struct CollectArgs {
+    /// `builtin`, or task files (JSONL, one task each).
+    #[arg(long, num_args = 1.., default_value = "builtin")]
+    pub suite: Vec<String>,
+    /// Only these tasks of the suite (comma-separated names).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Hugging Face llama folder of the base model.
+    #[arg(long, default_value = "assets/smollm2")]
+    pub base: PathBuf,
+    /// Output folder: OUT/TASK/step-NNNNNN/ PEFT checkpoints; rerun to resume.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Optimiser steps per task.
+    #[arg(long, default_value_t = CollectConfig::default().train.steps)]
+    pub steps: usize,
+    /// Checkpoints kept per task: one after each of the last N steps.
+    #[arg(long, default_value_t = CollectConfig::default().checkpoints)]
+    pub checkpoints: usize,
+    /// Examples per step.
+    #[arg(long, default_value_t = TrainConfig::default().batch_size)]
+    pub batch: usize,
+    /// Peak learning rate (AdamW, cosine decay to a tenth).
+    #[arg(long, default_value_t = TrainConfig::default().lr)]
+    pub lr: f64,
+    /// Linear warm-up steps.
+    #[arg(long, default_value_t = TrainConfig::default().warmup_steps)]
+    pub warmup: usize,
+    /// LoRA rank r.
+    #[arg(long, default_value_t = LoraConfig::default().rank)]
+    pub rank: usize,
+    /// LoRA alpha (scale alpha / r).
+    #[arg(long, default_value_t = LoraConfig::default().alpha)]
+    pub alpha: f64,
+    /// LoRA target modules (comma-separated, e.g. q_proj,v_proj).
+    #[arg(long, value_delimiter = ',', default_value = "q_proj,v_proj")]
+    pub modules: Vec<String>,
+    /// Seed of the LoRA runs (each task derives its own from it and its name).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Seed of the built-in suite's questions.
+    #[arg(long, default_value_t = SuiteConfig::default().seed)]
+    pub suite_seed: u64,
+    /// Training examples per built-in task.
+    #[arg(long, default_value_t = SuiteConfig::default().train)]
+    pub train_size: usize,
+    /// Test examples per built-in task.
+    #[arg(long, default_value_t = SuiteConfig::default().test)]
+    pub test_size: usize,
+    /// Stop after this many steps in total, as if killed (for testing resumption).
+    #[arg(long, hide = true)]
+    pub stop_after_steps: Option<usize>,
+}
+
+/// The tasks named by `--suite` and `--only`.
+pub fn load_suite(args: &CollectArgs) -> Result<Vec<Task>> {
+    let mut tasks = if args.suite == ["builtin"] {
+        builtin_suite(&SuiteConfig {
+            seed: args.suite_seed,
+            train: args.train_size,
+            test: args.test_size,
+        })?
+    } else {
+        args.suite
+            .iter()
+            .map(|f| read_task_file(f.as_ref()))
+            .collect::<Result<Vec<_>>>()?
+    };
+    if !args.only.is_empty() {
+        for name in &args.only {
+            if !tasks.iter().any(|t| &t.name == name) {
+                bail!("--only: no task {name:?} in the suite");
+            }
+        }
+        tasks.retain(|t| args.only.contains(&t.name));
+    }
+    Ok(tasks)
+}
+
+pub fn run(args: CollectArgs) -> Result<()> {
+    let tasks = load_suite(&args)?;
+    let modules = args
+        .modules
+        .iter()
+        .map(|m| Module::from_name(m).ok_or_else(|| anyhow::anyhow!("unknown module {m:?}")))
+        .collect::<Result<Vec<_>>>()?;
+    let cfg = CollectConfig {
+        train: TrainConfig {
+            lora: LoraConfig {
+                rank: args.rank,
+                alpha: args.alpha,
+                modules,
+            },
+            steps: args.steps,
+            batch_size: args.batch,
+            lr: args.lr,
+            warmup_steps: args.warmup,
+            seed: args.seed,
+            ..TrainConfig::default()
+        },
+        checkpoints: args.checkpoints,
+    };
+    let started = std::time::Instant::now();
+    let report = collect(
+        &args.base,
+        &tasks,
+        &args.out,
+        &cfg,
+        &CollectOptions {
+            stop_after_steps: args.stop_after_steps,
+            quiet: false,
+        },
+    )?;
+    println!(
+        "collect: {} trained, {} already complete, {:.1} min",
+        report.trained.len(),
+        report.skipped.len(),
+        started.elapsed().as_secs_f64() / 60.0
+    );
+    if let Some(t) = report.interrupted {
+        println!("collect: stopped in task {t}; run again to resume");
+    }
+    Ok(())
+}

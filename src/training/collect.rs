@@ -1,0 +1,563 @@
+//! Checkpoint collection: one LoRA fine-tune per task, saving a checkpoint at every step of
+//! the last part of the run. These trajectories are the generator's training targets (DnD
+//! paper, section 5: "a checkpoint at every step", about 50 per dataset).
+//!
+//! Layout of the output folder:
+//!
+//! ```text
+//! OUT/collect.json                 settings of the whole collection (checked on resume)
+//! OUT/TASK/done.json               the task's marker: written last, then the folder renamed
+//! OUT/TASK/task.jsonl              the task itself (taskfile format): the prompts the
+//!                                  generator is conditioned on, and the test split
+//! OUT/TASK/step-000051/            a PEFT folder (LoraAdapter::write_peft) + meta.json
+//! OUT/.partial-TASK/               a task being trained; never read, redone on resume
+//! ```
+//!
+//! A task is trained into `.partial-TASK`, its `done.json` is written and synced, and only
+//! then is the folder renamed to `TASK`: a folder named after a task is always complete.
+//! A killed run leaves at most one partial folder; the next run deletes it and trains that
+//! task again from the start. Every task's randomness (LoRA init, example order) derives
+//! from `(seed, task name)` alone, so a resumed collection writes the same bytes as an
+//! uninterrupted one (a test checks this).
+//!
+//! Budget: the whole built-in suite (20 tasks) must train in at most 90 minutes on this
+//! project's 2-core CPU. Measured on that machine (dev profile: dependencies at opt-level
+//! 3, shared with other sessions' builds throughout, load 1-4), SmolLM2-135M with LoRA
+//! r = 8 on q_proj and v_proj:
+//! - an example is 41-68 tokens once wrapped in the chat template (suite mean 48.5), of
+//!   which the first ~30 (system prompt, ChatML markers) are the same for every example
+//!   and computed once per batch (`suite_token_lengths` test);
+//! - a step (forward, backward, AdamW) at batch 4 costs 1.7-3.0 s depending on the task's
+//!   length (12-step `collect` runs: add 1.66 s, parity 2.32 s, sort_numbers 2.99 s, at
+//!   load ~2; `bench_smollm2_step`: 1.86-1.90 s at 4 x 52 tokens, 3.82 s without the
+//!   shared prefix). Batch 8 costs 1.9-2.2x batch 4 (3.5-4.1 s), so batch 4 is used. The matmuls are ~60 % of the time (perf) and reach
+//!   35-50 GFLOP/s on this machine, not 120; under heavy load (another build on both
+//!   cores) every step was about 1.6x slower.
+//!
+//! Defaults: 80 steps of batch 4 per task (lr 1e-3, 5 warm-up steps, cosine to 1e-4) with
+//! a checkpoint after each of the last 50 (steps 31-80): the first 30 steps play the part
+//! of the paper's "short first run", the 50 checkpoints its per-step trajectory. That is
+//! 20 x 80 x ~2.1 s = ~56 min at load ~2 and ~90 min at 1.6x that (not run in full yet:
+//! extrapolated from the measurements above). 80 steps see 320 examples, 1.3 epochs of a
+//! task's training split. Each checkpoint is 1.8 MB (F32), 90 MB per task, 1.8 GB for
+//! the suite.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::Device;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::lora::{BaseModel, BatchStream, ChatTokenizer, TrainConfig, Trainer};
+use super::rng::Rng;
+use super::tasks::Task;
+use super::write_file_atomically;
+
+pub const SETTINGS_FILE: &str = "collect.json";
+pub const DONE_FILE: &str = "done.json";
+pub const META_FILE: &str = "meta.json";
+pub const TASK_FILE: &str = "task.jsonl";
+
+/// Settings of a collection: the LoRA run of every task, and how many checkpoints it keeps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CollectConfig {
+    /// The run of each task; its `seed` is the collection seed, each task derives its own.
+    pub train: TrainConfig,
+    /// A checkpoint is saved after each of the last `checkpoints` steps.
+    pub checkpoints: usize,
+}
+
+impl Default for CollectConfig {
+    fn default() -> Self {
+        Self {
+            train: TrainConfig::default(),
+            checkpoints: 50,
+        }
+    }
+}
+
+impl CollectConfig {
+    /// The steps (1-based, after the update) that are saved.
+    pub fn saved_steps(&self) -> std::ops::RangeInclusive<usize> {
+        let steps = self.train.steps;
+        (steps + 1 - self.checkpoints.min(steps)).max(1)..=steps
+    }
+}
+
+/// `meta.json` beside each checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    pub task: String,
+    /// Optimiser steps taken (1-based).
+    pub step: usize,
+    /// Training loss of this step's batch, before its update.
+    pub loss: f32,
+    pub grad_norm: f32,
+    pub lr: f64,
+    /// The task's seed (derived from the collection seed and the task name).
+    pub seed: u64,
+}
+
+/// `done.json`: written when every checkpoint of a task is on disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskDone {
+    pub task: String,
+    pub family: String,
+    /// sha256 of the task's training examples, to notice a changed task on resume.
+    pub train_hash: String,
+    pub seed: u64,
+    pub steps: usize,
+    pub checkpoints: Vec<String>,
+    /// Training loss of every step.
+    pub losses: Vec<f32>,
+    pub seconds: f64,
+}
+
+/// What a call to [`collect`] did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CollectReport {
+    /// Tasks found complete and skipped.
+    pub skipped: Vec<String>,
+    /// Tasks trained in this call.
+    pub trained: Vec<String>,
+    /// Set when the call stopped early (step limit) in the middle of this task.
+    pub interrupted: Option<String>,
+}
+
+/// Knobs that do not change the result.
+#[derive(Debug, Clone, Default)]
+pub struct CollectOptions {
+    /// Stop (as if killed) after this many optimiser steps in this call.
+    pub stop_after_steps: Option<usize>,
+    /// No progress bars or timing lines (tests).
+    pub quiet: bool,
+}
+
+/// The seed of one task's run.
+pub fn task_seed(seed: u64, task: &str) -> u64 {
+    Rng::derive(seed, task).next_u64()
+}
+
+fn train_hash(task: &Task) -> Result<String> {
+    let mut h = Sha256::new();
+    h.update(serde_json::to_vec(&task.train)?);
+    Ok(hex::encode(&h.finalize()[..8]))
+}
+
+/// The folder of a completed task, or `None` while it is not complete.
+pub fn completed_task_dir(out: &Path, task: &str) -> Option<PathBuf> {
+    let dir = out.join(task);
+    dir.join(DONE_FILE).is_file().then_some(dir)
+}
+
+/// Trains every task in order and writes its checkpoints under `out`, skipping tasks that
+/// are already complete there. See the module documentation for the layout.
+pub fn collect(
+    base_dir: &Path,
+    tasks: &[Task],
+    out: &Path,
+    cfg: &CollectConfig,
+    opts: &CollectOptions,
+) -> Result<CollectReport> {
+    ensure!(cfg.train.steps >= 1, "steps must be at least 1");
+    ensure!(cfg.checkpoints >= 1, "checkpoints must be at least 1");
+    let mut names = std::collections::BTreeSet::new();
+    for t in tasks {
+        t.validate()?;
+        ensure!(
+            !t.train.is_empty(),
+            "task {} has no training examples",
+            t.name
+        );
+        ensure!(names.insert(&t.name), "task {} is listed twice", t.name);
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    check_settings(out, cfg)?;
+
+    let device = Device::Cpu;
+    let base = BaseModel::load(base_dir, &device)?;
+    let tok = ChatTokenizer::load(base_dir)?;
+    let mut report = CollectReport::default();
+    let mut budget = opts.stop_after_steps;
+    for (i, task) in tasks.iter().enumerate() {
+        let hash = train_hash(task)?;
+        if let Some(dir) = completed_task_dir(out, &task.name) {
+            let done: TaskDone = read_json(&dir.join(DONE_FILE))?;
+            ensure!(
+                done.train_hash == hash,
+                "{} was collected from different training examples of task {}; use a new output folder",
+                dir.display(),
+                task.name
+            );
+            report.skipped.push(task.name.clone());
+            continue;
+        }
+        let label = format!("[{}/{}] {}", i + 1, tasks.len(), task.name);
+        match train_task(
+            &base,
+            &tok,
+            task,
+            &hash,
+            out,
+            cfg,
+            opts,
+            &label,
+            &mut budget,
+        )? {
+            true => report.trained.push(task.name.clone()),
+            false => {
+                report.interrupted = Some(task.name.clone());
+                return Ok(report);
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Writes `collect.json`, or checks that an existing one has the same settings.
+fn check_settings(out: &Path, cfg: &CollectConfig) -> Result<()> {
+    let path = out.join(SETTINGS_FILE);
+    if path.exists() {
+        let old: CollectConfig = read_json(&path)?;
+        if &old != cfg {
+            bail!(
+                "{} was started with other settings ({}); resume with the same settings or use a new output folder",
+                out.display(),
+                serde_json::to_string(&old)?
+            );
+        }
+        return Ok(());
+    }
+    write_file_atomically(&path, &serde_json::to_vec_pretty(cfg)?)
+}
+
+/// Trains one task into its partial folder and publishes it. Returns false when the step
+/// budget ran out first (the partial folder stays behind, as after a kill).
+#[allow(clippy::too_many_arguments)]
+fn train_task(
+    base: &BaseModel,
+    tok: &ChatTokenizer,
+    task: &Task,
+    hash: &str,
+    out: &Path,
+    cfg: &CollectConfig,
+    opts: &CollectOptions,
+    label: &str,
+    budget: &mut Option<usize>,
+) -> Result<bool> {
+    let started = Instant::now();
+    let final_dir = out.join(&task.name);
+    let partial = out.join(format!(".partial-{}", task.name));
+    for stale in [&partial, &final_dir] {
+        if stale.exists() {
+            std::fs::remove_dir_all(stale)
+                .with_context(|| format!("removing incomplete {}", stale.display()))?;
+        }
+    }
+    std::fs::create_dir_all(&partial)?;
+    super::taskfile::write_task_file(task, &partial.join(TASK_FILE))?;
+
+    let seed = task_seed(cfg.train.seed, &task.name);
+    let train_cfg = TrainConfig {
+        seed,
+        ..cfg.train.clone()
+    };
+    let examples = task
+        .train
+        .iter()
+        .map(|e| tok.encode_example(&e.prompt, &e.answer))
+        .collect::<Result<Vec<_>>>()?;
+    let mut stream = BatchStream::new(examples, train_cfg.batch_size, tok.end_of_turn, seed)?;
+    let mut trainer = Trainer::new(base, train_cfg)?;
+
+    let bar = if opts.quiet {
+        ProgressBar::with_draw_target(Some(cfg.train.steps as u64), ProgressDrawTarget::hidden())
+    } else {
+        ProgressBar::new(cfg.train.steps as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(label.to_string());
+
+    let saved = cfg.saved_steps();
+    let mut losses = Vec::with_capacity(cfg.train.steps);
+    let mut checkpoints = Vec::new();
+    for _ in 0..cfg.train.steps {
+        if let Some(b) = budget {
+            if *b == 0 {
+                bar.abandon_with_message("stopped (step limit)");
+                return Ok(false);
+            }
+            *b -= 1;
+        }
+        let batch = stream.next_batch(base.device())?;
+        let stats = trainer.step(&batch)?;
+        let step = trainer.steps_done();
+        losses.push(stats.loss);
+        if saved.contains(&step) {
+            let name = format!("step-{step:06}");
+            let dir = partial.join(&name);
+            trainer.lora.to_adapter(&base.name)?.write_peft(&dir)?;
+            let meta = CheckpointMeta {
+                task: task.name.clone(),
+                step,
+                loss: stats.loss,
+                grad_norm: stats.grad_norm,
+                lr: stats.lr,
+                seed,
+            };
+            write_file_atomically(&dir.join(META_FILE), &serde_json::to_vec_pretty(&meta)?)?;
+            checkpoints.push(name);
+        }
+        bar.set_message(format!("loss {:.3}", stats.loss));
+        bar.inc(1);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let done = TaskDone {
+        task: task.name.clone(),
+        family: task.family.clone(),
+        train_hash: hash.to_string(),
+        seed,
+        steps: cfg.train.steps,
+        checkpoints,
+        losses,
+        seconds,
+    };
+    write_file_atomically(&partial.join(DONE_FILE), &serde_json::to_vec_pretty(&done)?)?;
+    std::fs::rename(&partial, &final_dir)
+        .with_context(|| format!("publishing {}", final_dir.display()))?;
+    sync_dir(out);
+    let first = done.losses.first().copied().unwrap_or(f32::NAN);
+    let last = done.losses.last().copied().unwrap_or(f32::NAN);
+    bar.finish_and_clear();
+    if !opts.quiet {
+        println!(
+            "{label}: {} steps in {seconds:.1} s ({:.2} s/step), loss {first:.3} -> {last:.3}, {} checkpoints",
+            cfg.train.steps,
+            seconds / cfg.train.steps as f64,
+            done.checkpoints.len()
+        );
+    }
+    Ok(true)
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = f.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapters::LoraAdapter;
+    use crate::training::lora::LoraConfig;
+    use crate::training::tasks::{builtin_task, SuiteConfig};
+    use crate::training::testutil::tiny_model_dir;
+
+    fn small() -> (Vec<Task>, CollectConfig) {
+        let sc = SuiteConfig {
+            seed: 9,
+            train: 12,
+            test: 4,
+        };
+        let tasks = vec![
+            builtin_task("add", &sc).unwrap(),
+            builtin_task("parity", &sc).unwrap(),
+        ];
+        let cfg = CollectConfig {
+            train: TrainConfig {
+                lora: LoraConfig {
+                    rank: 2,
+                    alpha: 4.0,
+                    ..LoraConfig::default()
+                },
+                steps: 5,
+                batch_size: 3,
+                lr: 1e-2,
+                warmup_steps: 1,
+                seed: 11,
+                ..TrainConfig::default()
+            },
+            checkpoints: 3,
+        };
+        (tasks, cfg)
+    }
+
+    fn quiet(stop: Option<usize>) -> CollectOptions {
+        CollectOptions {
+            stop_after_steps: stop,
+            quiet: true,
+        }
+    }
+
+    /// Every file under `dir` except timings, as (relative path, bytes).
+    fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+                let mut bytes = std::fs::read(&p).unwrap();
+                if rel.ends_with(DONE_FILE) {
+                    let mut done: TaskDone = serde_json::from_slice(&bytes).unwrap();
+                    done.seconds = 0.0;
+                    bytes = serde_json::to_vec(&done).unwrap();
+                }
+                out.push((rel, bytes));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn resumed_collection_equals_uninterrupted_one() {
+        let model = tiny_model_dir();
+        let (tasks, cfg) = small();
+
+        let full = tempfile::tempdir().unwrap();
+        let r = collect(model.path(), &tasks, full.path(), &cfg, &quiet(None)).unwrap();
+        assert_eq!(r.trained, vec!["add", "parity"]);
+        assert!(r.interrupted.is_none());
+
+        // Killed three steps into the second task (one checkpoint written), then resumed.
+        let resumed = tempfile::tempdir().unwrap();
+        let r = collect(model.path(), &tasks, resumed.path(), &cfg, &quiet(Some(8))).unwrap();
+        assert_eq!(r.trained, vec!["add"]);
+        assert_eq!(r.interrupted.as_deref(), Some("parity"));
+        assert!(completed_task_dir(resumed.path(), "parity").is_none());
+        assert!(resumed.path().join(".partial-parity/step-000003").exists());
+        let r = collect(model.path(), &tasks, resumed.path(), &cfg, &quiet(None)).unwrap();
+        assert_eq!(r.skipped, vec!["add"]);
+        assert_eq!(r.trained, vec!["parity"]);
+        assert!(!resumed.path().join(".partial-parity").exists());
+
+        let a = snapshot(full.path());
+        let b = snapshot(resumed.path());
+        assert_eq!(
+            a.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
+            b.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>()
+        );
+        for ((p, x), (_, y)) in a.iter().zip(&b) {
+            assert!(
+                x == y,
+                "{p} differs between the resumed and the uninterrupted run"
+            );
+        }
+
+        // Layout: the last three steps of five, each a valid PEFT folder with its meta.
+        let done: TaskDone = read_json(&full.path().join("add").join(DONE_FILE)).unwrap();
+        assert_eq!(
+            done.checkpoints,
+            vec!["step-000003", "step-000004", "step-000005"]
+        );
+        assert_eq!(done.losses.len(), 5);
+        let ck = full.path().join("add/step-000005");
+        let adapter = LoraAdapter::read_peft(&ck).unwrap();
+        let base = BaseModel::load(model.path(), &Device::Cpu).unwrap();
+        adapter.validate(&base.dims).unwrap();
+        assert_eq!(adapter.config.r, 2);
+        let meta: CheckpointMeta = read_json(&ck.join(META_FILE)).unwrap();
+        assert_eq!((meta.task.as_str(), meta.step), ("add", 5));
+        assert_eq!(meta.seed, task_seed(11, "add"));
+        assert_eq!(meta.loss, done.losses[4]);
+        let saved =
+            crate::training::taskfile::read_task_file(&full.path().join("add").join(TASK_FILE))
+                .unwrap();
+        assert_eq!(
+            (saved.train, saved.test),
+            (tasks[0].train.clone(), tasks[0].test.clone())
+        );
+        // Trained: B is no longer zero.
+        let b = adapter.pair(0, crate::adapters::Module::Q).unwrap().1;
+        assert!(
+            b.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 0.0
+        );
+
+        // Other settings on the same folder are refused.
+        let other = CollectConfig {
+            checkpoints: 2,
+            ..cfg.clone()
+        };
+        let err = collect(model.path(), &tasks, full.path(), &other, &quiet(None)).unwrap_err();
+        assert!(format!("{err:#}").contains("other settings"), "{err:#}");
+    }
+
+    #[test]
+    fn saved_steps_are_the_last_ones() {
+        let mut c = CollectConfig::default();
+        c.train.steps = 10;
+        c.checkpoints = 4;
+        assert_eq!(c.saved_steps(), 7..=10);
+        c.checkpoints = 50;
+        assert_eq!(c.saved_steps(), 1..=10);
+    }
+
+    /// Token lengths of the built-in suite with the real tokenizer (for the budget):
+    /// `cargo test --lib suite_token_lengths -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn suite_token_lengths() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/smollm2");
+        let tok = ChatTokenizer::load(&dir).unwrap();
+        let suite = crate::training::tasks::builtin_suite(&SuiteConfig::default()).unwrap();
+        let mut all = Vec::new();
+        for t in &suite {
+            let lens: Vec<usize> = t
+                .train
+                .iter()
+                .map(|e| tok.encode_example(&e.prompt, &e.answer).unwrap())
+                .map(|e| e.ids.len())
+                .collect();
+            let answer: Vec<usize> = t
+                .train
+                .iter()
+                .map(|e| tok.encode_example(&e.prompt, &e.answer).unwrap())
+                .map(|e| e.ids.len() - e.prompt_len)
+                .collect();
+            let mean = lens.iter().sum::<usize>() as f64 / lens.len() as f64;
+            let amean = answer.iter().sum::<usize>() as f64 / answer.len() as f64;
+            println!(
+                "{:<20} tokens mean {mean:.1} max {:>3}; answer tokens mean {amean:.1} max {}",
+                t.name,
+                lens.iter().max().unwrap(),
+                answer.iter().max().unwrap()
+            );
+            all.extend(lens);
+        }
+        let mean = all.iter().sum::<usize>() as f64 / all.len() as f64;
+        println!("suite: mean {mean:.1} max {}", all.iter().max().unwrap());
+        let ex = &suite[0].train[0];
+        let e = tok.encode_example(&ex.prompt, &ex.answer).unwrap();
+        println!(
+            "{:?} -> {:?}",
+            ex.prompt,
+            tok.tokenizer.decode(&e.ids, false).unwrap()
+        );
+    }
+}
