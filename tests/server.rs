@@ -485,3 +485,41 @@ async fn restart_restores_the_table() {
     let list = s.list().await;
     assert_eq!(list["adapters"].as_array().unwrap().len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_finishes_on_the_version_it_started_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(tiny_config(dir.path())).await;
+    assert_eq!(s.upload("t", &adapter(1)).await.status, 201);
+    let h1 = hash_of(&s, "t").await;
+    // A long streamed answer is still running while version 2 is uploaded.
+    let resp = s
+        .client
+        .post(format!("{}/v1/chat/completions", s.url))
+        .header("X-Task-Id", "t")
+        .json(
+            &json!({"model": "x", "messages": [{"role": "user", "content": "go"}],
+            "max_tokens": 400, "temperature": 0.0, "stream": true}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-dnd-adapter"], format!("t@{h1}").as_str());
+    assert_eq!(s.upload("t", &adapter(2)).await.status, 201);
+    assert_eq!(
+        s.plugin.table.resident_ids().len(),
+        1,
+        "new requests go to version 2 only"
+    );
+    let body = resp.text().await.unwrap();
+    assert!(
+        body.contains("[DONE]"),
+        "the old version finished the stream: {body:.200}"
+    );
+    assert!(s
+        .chat_task("hi", "t")
+        .await
+        .adapter
+        .unwrap()
+        .ends_with(&hash_of(&s, "t").await));
+}

@@ -141,8 +141,8 @@ async fn hotload(args: HotloadArgs) -> Result<()> {
     let rss0 = rss_bytes();
     let (mut totals, mut puts) = (Vec::new(), Vec::new());
     println!(
-        "{:>3} {:>10} {:>14} {:>14} {:>10}",
-        "#", "upload+load", "first token", "upload->token", "RSS MB"
+        "{:>3} {:>12} {:>12} {:>14} {:>12} {:>8}",
+        "#", "upload+load", "first token", "upload->token", "warm request", "RSS MB"
     );
     for i in 0..args.n {
         let adapter = crate::testing::random_adapter(
@@ -222,7 +222,8 @@ async fn first_token(client: &reqwest::Client, url: &str, task: Option<&str>) ->
         .json(&serde_json::json!({
             "model": "default",
             "messages": [{"role": "user", "content": "Name a colour."}],
-            "max_tokens": 4,
+            // One token: the stream ends with it, so timed requests never overlap.
+            "max_tokens": 1,
             "temperature": 0.0,
             "stream": true,
         }));

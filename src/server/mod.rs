@@ -106,6 +106,10 @@ pub async fn build_with(
         None => load_generator(&config, &dims)?,
     };
     let store = Store::open(&config.plugin.store)?;
+    if let Some(root) = &config.plugin.import_root {
+        std::fs::create_dir_all(root)
+            .with_context(|| format!("creating import root {}", root.display()))?;
+    }
     let table = AdapterTable::new(engine, store, dims, limits)?;
     table.load_pinned().await;
     let metrics = Arc::new(metrics::Metrics::new());
