@@ -1172,21 +1172,7 @@ mod tests {
         let (l2, g2, n2) = run(false);
         assert!(n1 < n2, "sharing computes fewer positions ({n1} vs {n2})");
         assert!((l1 - l2).abs() < 1e-4, "loss {l1} vs {l2}");
-        for (x, y) in g1.iter().zip(&g2) {
-            let scale = y
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-                .max(1e-3);
-            assert!(
-                max_diff(x, y) / scale < 1e-3,
-                "gradients differ by {}",
-                max_diff(x, y)
-            );
-        }
+        assert_grads_close(&g1, &g2);
     }
 
     #[test]
@@ -1221,6 +1207,25 @@ mod tests {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap()
+    }
+
+    /// Asserts two gradient lists agree to 1e-3 of each gradient's largest magnitude.
+    fn assert_grads_close(a: &[Tensor], b: &[Tensor]) {
+        for (x, y) in a.iter().zip(b) {
+            let scale = y
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                .max(1e-3);
+            assert!(
+                max_diff(x, y) / scale < 1e-3,
+                "gradients differ by {}",
+                max_diff(x, y)
+            );
+        }
     }
 
     /// Logits of the last position of one sequence, through our forward pass.
@@ -1529,21 +1534,7 @@ mod tests {
         base.fused = false;
         let (l2, g2) = run(&base);
         assert!((l1 - l2).abs() < 1e-4, "loss {l1} vs {l2}");
-        for (a, b) in g1.iter().zip(&g2) {
-            let scale = b
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-                .max(1e-3);
-            assert!(
-                max_diff(a, b) / scale < 1e-3,
-                "gradients differ by {}",
-                max_diff(a, b)
-            );
-        }
+        assert_grads_close(&g1, &g2);
     }
 
     /// The real SmolLM2 folder (when converted): our forward pass against
