@@ -1,6 +1,7 @@
 //! The integration tests, in one binary so that CI links few executables.
 
 mod common;
+mod eval;
 mod real_models;
 mod server;
 mod specialise;

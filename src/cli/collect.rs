@@ -68,25 +68,34 @@ pub struct CollectArgs {
 
 /// The tasks named by `--suite` and `--only`.
 pub fn load_suite(args: &CollectArgs) -> Result<Vec<Task>> {
-    let mut tasks = if args.suite == ["builtin"] {
-        builtin_suite(&SuiteConfig {
+    suite(
+        &args.suite,
+        &args.only,
+        &SuiteConfig {
             seed: args.suite_seed,
             train: args.train_size,
             test: args.test_size,
-        })?
+        },
+    )
+}
+
+/// `builtin` (generated with `cfg`) or task files, restricted to `only` when it is not empty.
+pub fn suite(names: &[String], only: &[String], cfg: &SuiteConfig) -> Result<Vec<Task>> {
+    let mut tasks = if names == ["builtin"] {
+        builtin_suite(cfg)?
     } else {
-        args.suite
+        names
             .iter()
             .map(|f| read_task_file(f.as_ref()))
             .collect::<Result<Vec<_>>>()?
     };
-    if !args.only.is_empty() {
-        for name in &args.only {
+    if !only.is_empty() {
+        for name in only {
             if !tasks.iter().any(|t| &t.name == name) {
                 bail!("--only: no task {name:?} in the suite");
             }
         }
-        tasks.retain(|t| args.only.contains(&t.name));
+        tasks.retain(|t| only.contains(&t.name));
     }
     Ok(tasks)
 }

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 pub mod assets;
 pub mod bench;
 pub mod collect;
+pub mod eval;
 pub mod generate;
 pub mod serve;
 
@@ -31,6 +32,8 @@ pub enum Command {
     Bench(bench::Args),
     /// Train a LoRA per task and keep its late checkpoints.
     Collect(collect::CollectArgs),
+    /// Score the base model and adapters on tasks' test splits through the serving path.
+    Eval(eval::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -40,5 +43,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Collect(a) => collect::run(a),
+        Command::Eval(a) => eval::run(a),
     }
 }

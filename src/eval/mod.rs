@@ -1,1 +1,294 @@
-//! Evaluation: answering task test splits through the serving engine path and scoring them.
+//! Evaluation: answers tasks' test splits through the same engine path as serving (an
+//! in-process server with the plugin; each adapter is hot-loaded as a task and requests are
+//! tagged with it), greedy, and scores them strictly (the answer parsed from the start of
+//! the output, the method's protocol) and leniently (the right answer anywhere in the first
+//! sentence, no wrong one). Writes `eval.json` and `eval.md`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::adapters::peft::CONFIG_FILE;
+use crate::adapters::{LoraAdapter, Source};
+use crate::server::{self, Config};
+use crate::training::tasks::{score_lenient, score_strict, Task};
+
+/// A model to evaluate: the base, or the base with an adapter.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub label: String,
+    /// PEFT folder; `None` for the base model.
+    pub adapter: Option<PathBuf>,
+    /// Only these tasks (e.g. a task's own LoRA on its own task); empty: every task.
+    pub only_tasks: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Score {
+    pub model: String,
+    pub task: String,
+    pub n: usize,
+    pub strict: f64,
+    pub lenient: f64,
+    /// First few outputs, for reading.
+    pub samples: Vec<(String, String, String)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub base: String,
+    pub dtype: String,
+    pub limit: Option<usize>,
+    pub scores: Vec<Score>,
+}
+
+/// The adapters in `dir`: the folder itself when it is a PEFT folder, else its PEFT
+/// subfolders, labelled by folder name.
+pub fn adapters_in(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let label = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default()
+    };
+    if dir.join(CONFIG_FILE).is_file() {
+        return Ok(vec![(label(dir), dir.to_path_buf())]);
+    }
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let p = e?.path();
+        if p.join(CONFIG_FILE).is_file() {
+            out.push((label(&p), p));
+        }
+    }
+    out.sort();
+    if out.is_empty() {
+        bail!("{} holds no PEFT adapter (no {CONFIG_FILE})", dir.display());
+    }
+    Ok(out)
+}
+
+/// The last checkpoint a `collect` run kept for each task it completed.
+pub fn final_checkpoints(collect_dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir(collect_dir)
+        .with_context(|| format!("reading {}", collect_dir.display()))?
+    {
+        let task_dir = e?.path();
+        let name = task_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        if name.starts_with('.')
+            || crate::training::collect::completed_task_dir(collect_dir, &name).is_none()
+        {
+            continue;
+        }
+        let last = std::fs::read_dir(&task_dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join(CONFIG_FILE).is_file())
+            .max();
+        if let Some(last) = last {
+            out.insert(name, last);
+        }
+    }
+    Ok(out)
+}
+
+/// Evaluates every candidate on its tasks (test split, at most `limit` examples each).
+pub async fn evaluate(
+    mut config: Config,
+    tasks: &[Task],
+    candidates: &[Candidate],
+    limit: Option<usize>,
+) -> Result<Report> {
+    let store = tempfile::tempdir()?;
+    config.plugin.enabled = true;
+    config.plugin.store = store.path().join("store");
+    config.plugin.max_resident = 1;
+    config.plugin.generator = None;
+    let base = server::resolve_base(&config)?;
+    let dtype = config.model.dtype.clone();
+    let (router, plugin) = server::build(config).await?;
+    let plugin = plugin.context("plugin")?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let serving = tokio::spawn(async move { axum::serve(listener, router).await });
+    let client = reqwest::Client::new();
+    let mut scores = Vec::new();
+    for (i, c) in candidates.iter().enumerate() {
+        let task_id = format!("eval-{i}");
+        if let Some(dir) = &c.adapter {
+            let adapter = LoraAdapter::read_peft(dir)?;
+            plugin
+                .table
+                .install(&task_id, &adapter, Source::Path)
+                .await
+                .with_context(|| format!("loading {}", dir.display()))?;
+        }
+        for task in tasks {
+            if !c.only_tasks.is_empty() && !c.only_tasks.contains(&task.name) {
+                continue;
+            }
+            let tag = c.adapter.is_some().then_some(task_id.as_str());
+            let s = score_task(&client, &url, tag, task, limit, &c.label).await?;
+            eprintln!(
+                "{:<24} {:<20} strict {:5.1}%  lenient {:5.1}%  (n={})",
+                s.model,
+                s.task,
+                100.0 * s.strict,
+                100.0 * s.lenient,
+                s.n
+            );
+            scores.push(s);
+        }
+        if c.adapter.is_some() {
+            plugin.table.evict(&task_id, true).await?;
+        }
+    }
+    serving.abort();
+    drop(plugin);
+    Ok(Report {
+        base: base.display().to_string(),
+        dtype,
+        limit,
+        scores,
+    })
+}
+
+async fn score_task(
+    client: &reqwest::Client,
+    url: &str,
+    tag: Option<&str>,
+    task: &Task,
+    limit: Option<usize>,
+    label: &str,
+) -> Result<Score> {
+    let examples: Vec<_> = task.test.iter().take(limit.unwrap_or(usize::MAX)).collect();
+    // The engine batches concurrent requests; 8 in flight keeps it busy on 2 cores.
+    let outputs: Vec<Result<String>> = futures::stream::iter(
+        examples
+            .iter()
+            .map(|ex| answer(client, url, tag, &ex.prompt)),
+    )
+    .buffered(8)
+    .collect()
+    .await;
+    let (mut strict, mut lenient, mut samples) = (0usize, 0usize, Vec::new());
+    for (ex, out) in examples.iter().zip(outputs) {
+        let out = out?;
+        strict += score_strict(task.scoring, ex, &out) as usize;
+        lenient += score_lenient(task.scoring, ex, &out) as usize;
+        if samples.len() < 3 {
+            samples.push((ex.prompt.clone(), ex.answer.clone(), out));
+        }
+    }
+    let n = examples.len().max(1) as f64;
+    Ok(Score {
+        model: label.to_string(),
+        task: task.name.clone(),
+        n: examples.len(),
+        strict: strict as f64 / n,
+        lenient: lenient as f64 / n,
+        samples,
+    })
+}
+
+async fn answer(
+    client: &reqwest::Client,
+    url: &str,
+    tag: Option<&str>,
+    prompt: &str,
+) -> Result<String> {
+    let mut req = client
+        .post(format!("{url}/v1/chat/completions"))
+        .json(&serde_json::json!({
+            "model": "default",
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": 24,
+            "temperature": 0.0,
+        }));
+    if let Some(t) = tag {
+        req = req.header("X-Task-Id", t);
+    }
+    let resp = req.send().await?;
+    let status = resp.status();
+    let v: serde_json::Value = resp.json().await?;
+    if !status.is_success() {
+        bail!("request failed ({status}): {v}");
+    }
+    Ok(v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or("")
+        .to_string())
+}
+
+/// The report as a markdown table: one row per task, one column per model (strict %,
+/// lenient % in brackets), and the mean over tasks.
+pub fn markdown(report: &Report) -> String {
+    let mut models: Vec<&str> = Vec::new();
+    let mut tasks: Vec<&str> = Vec::new();
+    for s in &report.scores {
+        if !models.contains(&s.model.as_str()) {
+            models.push(&s.model);
+        }
+        if !tasks.contains(&s.task.as_str()) {
+            tasks.push(&s.task);
+        }
+    }
+    let cell = |m: &str, t: &str| {
+        report
+            .scores
+            .iter()
+            .find(|s| s.model == m && s.task == t)
+            .map(|s| format!("{:.1} ({:.1})", 100.0 * s.strict, 100.0 * s.lenient))
+            .unwrap_or_else(|| "-".into())
+    };
+    let mut out = format!(
+        "| task | {} |\n|---|{}\n",
+        models.join(" | "),
+        "---|".repeat(models.len())
+    );
+    for t in &tasks {
+        let row: Vec<String> = models.iter().map(|m| cell(m, t)).collect();
+        out += &format!("| {t} | {} |\n", row.join(" | "));
+    }
+    let mean = |m: &str, f: fn(&Score) -> f64| {
+        let v: Vec<f64> = report
+            .scores
+            .iter()
+            .filter(|s| s.model == m)
+            .map(f)
+            .collect();
+        100.0 * v.iter().sum::<f64>() / v.len().max(1) as f64
+    };
+    let row: Vec<String> = models
+        .iter()
+        .map(|m| {
+            format!(
+                "**{:.1}** ({:.1})",
+                mean(m, |s| s.strict),
+                mean(m, |s| s.lenient)
+            )
+        })
+        .collect();
+    out += &format!("| mean | {} |\n", row.join(" | "));
+    out
+}
+
+/// Writes `eval.json` and `eval.md` into `out`.
+pub fn write_report(report: &Report, out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("eval.json"), serde_json::to_vec_pretty(report)?)?;
+    let md = format!(
+        "Accuracy in % on each task's test split{}: strict (lenient). Base {} ({}), greedy, through the serving path.\n\n{}",
+        report.limit.map(|n| format!(" (first {n} examples)")).unwrap_or_default(),
+        report.base,
+        report.dtype,
+        markdown(report)
+    );
+    std::fs::write(out.join("eval.md"), md)?;
+    Ok(())
+}

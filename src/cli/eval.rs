@@ -1,0 +1,98 @@
+//! `mistralrs-dnd eval`: scores the base model and adapters on tasks' test splits through
+//! the serving path, and writes JSON and a markdown table.
+
+use std::path::PathBuf;
+
+use anyhow::{ensure, Result};
+
+use super::collect::suite;
+use crate::eval::{adapters_in, evaluate, final_checkpoints, write_report, Candidate};
+use crate::server::Config;
+use crate::training::tasks::SuiteConfig;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// `builtin`, or task files (JSONL, one task each).
+    #[arg(long, num_args = 1.., default_value = "builtin")]
+    pub tasks: Vec<String>,
+    /// Only these tasks (comma-separated names).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// An adapter (PEFT folder) or a folder of them, evaluated on every task; repeatable.
+    #[arg(long)]
+    pub adapter: Vec<PathBuf>,
+    /// A `collect` output: each task's last checkpoint is evaluated on its own task.
+    #[arg(long)]
+    pub checkpoints: Option<PathBuf>,
+    /// Test examples per task at most.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Where eval.json and eval.md go.
+    #[arg(long, default_value = "data/eval")]
+    pub out: PathBuf,
+    /// Base model folder (default: the converted SmolLM2 in assets/).
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+    /// Serving dtype.
+    #[arg(long, default_value = "f16")]
+    pub dtype: String,
+    /// Seed of the built-in suite's questions (as in `collect`).
+    #[arg(long, default_value_t = SuiteConfig::default().seed)]
+    pub suite_seed: u64,
+    /// Test examples per built-in task (as in `collect`).
+    #[arg(long, default_value_t = SuiteConfig::default().test)]
+    pub test_size: usize,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let tasks = suite(
+        &args.tasks,
+        &args.only,
+        &SuiteConfig {
+            seed: args.suite_seed,
+            test: args.test_size,
+            ..SuiteConfig::default()
+        },
+    )?;
+    ensure!(!tasks.is_empty(), "no tasks to evaluate");
+    let mut candidates = vec![Candidate {
+        label: "base".into(),
+        adapter: None,
+        only_tasks: vec![],
+    }];
+    for dir in &args.adapter {
+        for (label, path) in adapters_in(dir)? {
+            candidates.push(Candidate {
+                label,
+                adapter: Some(path),
+                only_tasks: vec![],
+            });
+        }
+    }
+    if let Some(dir) = &args.checkpoints {
+        let own = final_checkpoints(dir)?;
+        ensure!(!own.is_empty(), "{} has no completed task", dir.display());
+        for (task, path) in own {
+            if tasks.iter().any(|t| t.name == task) {
+                candidates.push(Candidate {
+                    label: format!("own LoRA ({task})"),
+                    adapter: Some(path),
+                    only_tasks: vec![task],
+                });
+            }
+        }
+    }
+    let mut config = Config::default();
+    config.model.base = args.base;
+    config.model.dtype = args.dtype;
+    let report = tokio::runtime::Runtime::new()?.block_on(evaluate(
+        config,
+        &tasks,
+        &candidates,
+        args.limit,
+    ))?;
+    write_report(&report, &args.out)?;
+    println!("{}", crate::eval::markdown(&report));
+    println!("wrote {}/eval.json and eval.md", args.out.display());
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! `eval` through the serving path on the tiny model: scores come from real engine outputs.
+
+use mistralrs_dnd::adapters::Module;
+use mistralrs_dnd::eval::{evaluate, markdown, Candidate};
+use mistralrs_dnd::testing::{random_adapter, tiny_dims};
+use mistralrs_dnd::training::tasks::{Example, Scoring, Task};
+
+use crate::common::*;
+
+fn task(name: &str, answers: &[(&str, &str)]) -> Task {
+    let ex = |(p, a): &(&str, &str)| Example {
+        prompt: p.to_string(),
+        answer: a.to_string(),
+        choices: vec![],
+    };
+    Task {
+        name: name.into(),
+        family: "external".into(),
+        scoring: Scoring::Exact,
+        train: vec![ex(&("unused", "x"))],
+        test: answers.iter().map(ex).collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eval_scores_engine_outputs_for_base_and_adapters() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path());
+    let adapter_dir = dir.path().join("lora");
+    random_adapter(&tiny_dims(), &[Module::Q, Module::V], 4, 9, 0.5, 0.5)
+        .unwrap()
+        .write_peft(&adapter_dir)
+        .unwrap();
+    let prompts = ["one", "two", "three"];
+    let wrong = task("wrong", &prompts.map(|p| (p, "nothing like this")));
+    let base_only = [Candidate {
+        label: "base".into(),
+        adapter: None,
+        only_tasks: vec![],
+    }];
+    let r = evaluate(
+        config.clone(),
+        std::slice::from_ref(&wrong),
+        &base_only,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (r.scores.len(), r.scores[0].n, r.scores[0].strict),
+        (1, 3, 0.0)
+    );
+
+    // A task whose answers are what the base model says: the base scores 100 %, the
+    // adapter (which changes the outputs) does not.
+    let said: Vec<String> = r.scores[0]
+        .samples
+        .iter()
+        .map(|(_, _, out)| out.clone())
+        .collect();
+    let pairs: Vec<(&str, &str)> = prompts
+        .iter()
+        .zip(&said)
+        .map(|(p, a)| (*p, a.as_str()))
+        .collect();
+    let echo = task("echo", &pairs);
+    let candidates = [
+        base_only[0].clone(),
+        Candidate {
+            label: "lora".into(),
+            adapter: Some(adapter_dir),
+            only_tasks: vec![],
+        },
+    ];
+    let r = evaluate(config, &[wrong, echo], &candidates, Some(3))
+        .await
+        .unwrap();
+    let get = |m: &str, t: &str| {
+        r.scores
+            .iter()
+            .find(|s| s.model == m && s.task == t)
+            .unwrap()
+            .strict
+    };
+    assert_eq!(r.scores.len(), 4, "every model on every task");
+    assert_eq!(get("base", "echo"), 1.0);
+    assert!(get("lora", "echo") < 1.0);
+    let md = markdown(&r);
+    for row in [
+        "| wrong |",
+        "| echo |",
+        "| mean |",
+        "| task | base | lora |",
+    ] {
+        assert!(md.contains(row), "{row} missing in\n{md}");
+    }
+}
