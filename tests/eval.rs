@@ -1,7 +1,7 @@
 //! `eval` through the serving path on the tiny model: scores come from real engine outputs.
 
 use mistralrs_dnd::adapters::Module;
-use mistralrs_dnd::eval::{evaluate, markdown, Candidate};
+use mistralrs_dnd::eval::{evaluate, markdown, write_report, Candidate};
 use mistralrs_dnd::testing::{random_adapter, tiny_dims};
 use mistralrs_dnd::training::tasks::{Example, Scoring, Task};
 
@@ -93,5 +93,15 @@ async fn eval_scores_engine_outputs_for_base_and_adapters() {
         "| task | base | lora |",
     ] {
         assert!(md.contains(row), "{row} missing in\n{md}");
+    }
+    let out = dir.path().join("report");
+    write_report(&r, &out).unwrap();
+    let png = std::fs::read(out.join("eval.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    assert!(std::fs::read_to_string(out.join("eval.json"))
+        .unwrap()
+        .contains("\"echo\""));
+    if let Ok(keep) = std::env::var("DND_KEEP_CHART") {
+        std::fs::copy(out.join("eval.png"), keep).unwrap();
     }
 }

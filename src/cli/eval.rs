@@ -75,7 +75,7 @@ pub fn run(args: Args) -> Result<()> {
         for (task, path) in own {
             if tasks.iter().any(|t| t.name == task) {
                 candidates.push(Candidate {
-                    label: format!("own LoRA ({task})"),
+                    label: "own LoRA".into(),
                     adapter: Some(path),
                     only_tasks: vec![task],
                 });

@@ -2,7 +2,7 @@
 //! in-process server with the plugin; each adapter is hot-loaded as a task and requests are
 //! tagged with it), greedy, and scores them strictly (the answer parsed from the start of
 //! the output, the method's protocol) and leniently (the right answer anywhere in the first
-//! sentence, no wrong one). Writes `eval.json` and `eval.md`.
+//! sentence, no wrong one). Writes `eval.json`, `eval.md` and `eval.png`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -228,16 +228,7 @@ async fn answer(
 /// The report as a markdown table: one row per task, one column per model (strict %,
 /// lenient % in brackets), and the mean over tasks.
 pub fn markdown(report: &Report) -> String {
-    let mut models: Vec<&str> = Vec::new();
-    let mut tasks: Vec<&str> = Vec::new();
-    for s in &report.scores {
-        if !models.contains(&s.model.as_str()) {
-            models.push(&s.model);
-        }
-        if !tasks.contains(&s.task.as_str()) {
-            tasks.push(&s.task);
-        }
-    }
+    let (models, tasks) = axes(report);
     let cell = |m: &str, t: &str| {
         report
             .scores
@@ -278,7 +269,116 @@ pub fn markdown(report: &Report) -> String {
     out
 }
 
-/// Writes `eval.json` and `eval.md` into `out`.
+/// Font for chart text: `DND_FONT`, or DejaVu Sans where Debian puts it.
+fn chart_font() -> Result<&'static [u8]> {
+    let path = std::env::var_os("DND_FONT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"));
+    let bytes = std::fs::read(&path).with_context(|| {
+        format!(
+            "the chart needs a TTF font: {} (set DND_FONT, or install fonts-dejavu-core)",
+            path.display()
+        )
+    })?;
+    Ok(Box::leak(bytes.into_boxed_slice()))
+}
+
+/// A horizontal grouped bar chart of strict accuracy: one row per task, one bar per model.
+pub fn chart(report: &Report, path: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    static FONT: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
+    FONT.get_or_init(|| {
+        let font = chart_font().map_err(|e| format!("{e:#}"))?;
+        plotters::style::register_font("sans-serif", FontStyle::Normal, font)
+            .map_err(|_| "the chart font is not a valid TTF file".to_string())
+    })
+    .clone()
+    .map_err(anyhow::Error::msg)?;
+    let (models, tasks) = axes(report);
+    let palette = [
+        RGBColor(90, 90, 90),
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+    ];
+    let (bar, gap, left, top, width) = (12i32, 10i32, 170i32, 60i32, 1000i32);
+    let row = bar * models.len() as i32 + gap;
+    let height = top + row * tasks.len() as i32 + 30;
+    let plot_w = width - left - 60;
+    let root = BitMapBackend::new(path, (width as u32, height as u32)).into_drawing_area();
+    let err = |e: DrawingAreaErrorKind<_>| anyhow::anyhow!("drawing {}: {e:?}", path.display());
+    root.fill(&WHITE).map_err(err)?;
+    let text = |s: &str, x: i32, y: i32, size: i32| {
+        Text::new(s.to_string(), (x, y), ("sans-serif", size).into_font())
+    };
+    root.draw(&text(
+        "Strict accuracy (%) on each task's test split",
+        left,
+        8,
+        18,
+    ))
+    .map_err(err)?;
+    for (m, name) in models.iter().enumerate() {
+        let x = left + 190 * m as i32;
+        root.draw(&Rectangle::new(
+            [(x, 36), (x + 12, 48)],
+            palette[m % palette.len()].filled(),
+        ))
+        .map_err(err)?;
+        root.draw(&text(name, x + 16, 35, 13)).map_err(err)?;
+    }
+    for pct in (0..=100).step_by(25) {
+        let x = left + plot_w * pct / 100;
+        root.draw(&PathElement::new(
+            vec![(x, top - 4), (x, height - 26)],
+            RGBColor(220, 220, 220),
+        ))
+        .map_err(err)?;
+        root.draw(&text(&pct.to_string(), x - 8, height - 22, 12))
+            .map_err(err)?;
+    }
+    for (t, task) in tasks.iter().enumerate() {
+        let y0 = top + row * t as i32;
+        root.draw(&text(task, 8, y0 + row / 2 - 10, 13))
+            .map_err(err)?;
+        for (m, model) in models.iter().enumerate() {
+            let Some(s) = report
+                .scores
+                .iter()
+                .find(|s| &s.model == model && &s.task == task)
+            else {
+                continue;
+            };
+            let y = y0 + bar * m as i32;
+            let x1 = left + (plot_w as f64 * s.strict) as i32;
+            root.draw(&Rectangle::new(
+                [(left, y), (x1.max(left + 1), y + bar - 2)],
+                palette[m % palette.len()].filled(),
+            ))
+            .map_err(err)?;
+        }
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// Models and tasks in the order they were evaluated.
+fn axes(report: &Report) -> (Vec<String>, Vec<String>) {
+    let (mut models, mut tasks) = (Vec::<String>::new(), Vec::<String>::new());
+    for s in &report.scores {
+        if !models.contains(&s.model) {
+            models.push(s.model.clone());
+        }
+        if !tasks.contains(&s.task) {
+            tasks.push(s.task.clone());
+        }
+    }
+    (models, tasks)
+}
+
+/// Writes `eval.json`, `eval.md` and `eval.png` into `out`.
 pub fn write_report(report: &Report, out: &Path) -> Result<()> {
     std::fs::create_dir_all(out)?;
     std::fs::write(out.join("eval.json"), serde_json::to_vec_pretty(report)?)?;
@@ -290,5 +390,5 @@ pub fn write_report(report: &Report, out: &Path) -> Result<()> {
         markdown(report)
     );
     std::fs::write(out.join("eval.md"), md)?;
-    Ok(())
+    chart(report, &out.join("eval.png"))
 }
