@@ -76,6 +76,25 @@ async fn routes_by_each_task_id_source() {
     let r = reply(r).await;
     assert_eq!(r.status, 200, "{}", r.json);
     assert_eq!(r.adapter.as_deref(), Some(want.as_str()));
+
+    // The model list does not reveal which tasks (tenants) have adapters.
+    let models: Value = s
+        .client
+        .get(format!("{}/v1/models", s.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"base"), "{ids:?}");
+    assert!(!ids.iter().any(|id| id.contains("t1")), "{ids:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

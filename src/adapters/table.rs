@@ -283,7 +283,8 @@ impl AdapterTable {
             return Err(e);
         }
         let engine_id = format!(
-            "dnd:{task}:{hash}:{}",
+            "{}{task}:{hash}:{}",
+            crate::server::tagging::ADAPTER_MODEL_PREFIX,
             self.serial.fetch_add(1, Ordering::Relaxed)
         );
         let dir = self.store.version_dir(task, &hash);

@@ -104,6 +104,9 @@ pub async fn tag_request(State(plugin): State<Arc<Plugin>>, req: Request, next: 
         )
         .into_response();
     }
+    if path == "/v1/models" {
+        return hide_adapter_models(next.run(req).await).await;
+    }
     if !(path == "/v1/chat/completions" || path == "/v1/completions") {
         return next.run(req).await;
     }
@@ -130,6 +133,35 @@ pub async fn tag_request(State(plugin): State<Arc<Plugin>>, req: Request, next: 
         }
         Err(e) => e.into_response(),
     }
+}
+
+/// Engine model ids of adapters start with this; see `AdapterTable`.
+pub const ADAPTER_MODEL_PREFIX: &str = "dnd:";
+
+/// Drops adapter engine models from the stock model list: their ids name tasks (tenants),
+/// which other clients must not see.
+async fn hide_adapter_models(resp: Response) -> Response {
+    let (parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 16 << 20).await else {
+        return ApiError::internal("reading the model list").into_response();
+    };
+    let mut v: Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(_) => return Response::from_parts(parts, Body::from(bytes)),
+    };
+    if let Some(list) = v.get_mut("data").and_then(Value::as_array_mut) {
+        list.retain(|m| {
+            !m.get("id")
+                .and_then(Value::as_str)
+                .is_some_and(|id| id.starts_with(ADAPTER_MODEL_PREFIX))
+        });
+    }
+    let mut parts = parts;
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    Response::from_parts(
+        parts,
+        Body::from(serde_json::to_vec(&v).unwrap_or_default()),
+    )
 }
 
 async fn route_request(plugin: &Arc<Plugin>, req: Request) -> Result<(Request, Route), ApiError> {
