@@ -249,11 +249,14 @@ async fn a_request_may_wait_for_a_reload() {
     assert_eq!(s.upload("a", &adapter(1)).await.status, 201);
     assert_eq!(s.upload("b", &adapter(2)).await.status, 201);
     assert_eq!(s.state("a").await, "stored");
-    let r = s.chat_task("hi", "a").await;
-    assert!(
-        r.adapter.as_deref().unwrap().starts_with("a@"),
-        "the request waited for the reload"
-    );
+    // Two requests at once: one starts the reload, both wait for it.
+    let (r1, r2) = tokio::join!(s.chat_task("hi", "a"), s.chat_task("ho", "a"));
+    for r in [r1, r2] {
+        assert!(
+            r.adapter.as_deref().unwrap().starts_with("a@"),
+            "the request waited for the reload"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

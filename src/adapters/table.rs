@@ -194,7 +194,7 @@ impl AdapterTable {
         let deadline = Instant::now() + wait;
         let mut started = false;
         loop {
-            let needs_load = {
+            let (needs_load, loading) = {
                 let mut inner = self.lock();
                 let Inner { tasks, lru } = &mut *inner;
                 let Some(entry) = tasks.get_mut(task) else {
@@ -206,7 +206,8 @@ impl AdapterTable {
                     lru.promote(task);
                     return Route::Adapter(r.clone());
                 }
-                entry.state() == State::Stored
+                let state = entry.state();
+                (state == State::Stored, state == State::Loading)
             };
             if needs_load && !started {
                 started = true;
@@ -218,7 +219,8 @@ impl AdapterTable {
                     }
                 });
             }
-            if Instant::now() >= deadline || !(needs_load || started) {
+            // Wait for a load in progress too (another request may have started it).
+            if Instant::now() >= deadline || !(needs_load || loading || started) {
                 return Route::Base;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
