@@ -257,6 +257,21 @@ async fn automatic_regeneration_after_m_more_prompts() {
     assert_eq!(v["versions"].as_array().unwrap().len(), 2, "{v}");
     assert_ne!(v["hash"], h1);
     assert_eq!(g.calls.load(Ordering::SeqCst), 2);
+
+    // An adapter an operator uploaded is never replaced automatically.
+    let up = s
+        .upload(
+            "manual",
+            &random_adapter(&tiny_dims(), &[Module::Q], 4, 5, 0.5, 0.5).unwrap(),
+        )
+        .await;
+    assert_eq!(up.status, 201);
+    for i in 0..6 {
+        s.chat_task(&format!("m{i}"), "manual").await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(g.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(task_json(&s, "manual").await["source"], "upload");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -262,7 +262,10 @@ impl Specialiser {
     }
 
     fn maybe_enqueue(&self, task: &str) {
-        let has_adapter = self.table.info(task).is_some_and(|i| i.hash.is_some());
+        let info = self.table.info(task);
+        let has_adapter = info.as_ref().is_some_and(|i| i.hash.is_some());
+        // Automatic refreshes replace generated adapters only, never one an operator loaded.
+        let generated = info.is_some_and(|i| i.source == Some(Source::Generated));
         {
             let mut tasks = self.lock();
             let Some(buf) = tasks.get_mut(task) else {
@@ -277,9 +280,11 @@ impl Specialiser {
                 }
             }
             let due = if has_adapter {
-                self.settings
-                    .regenerate_after
-                    .is_some_and(|m| buf.since_generation >= m && !buf.prompts.is_empty())
+                generated
+                    && self
+                        .settings
+                        .regenerate_after
+                        .is_some_and(|m| buf.since_generation >= m && !buf.prompts.is_empty())
             } else {
                 buf.prompts.len() >= self.settings.k
             };
