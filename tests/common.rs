@@ -197,3 +197,119 @@ impl Reply {
 }
 
 pub use mistralrs_dnd::cli::bench::rss_bytes;
+
+/// A collection of three small tasks on the tiny model (shared frozen A, as `collect`
+/// does by default) and a generator trained on two of them, `first_letter` held out: built
+/// once per test process by the real `collect` and `train` code, with the real MiniLM.
+pub struct TrainedGenerator {
+    _dir: tempfile::TempDir,
+    pub collection: PathBuf,
+    pub generator: PathBuf,
+    pub tasks: Vec<mistralrs_dnd::training::tasks::Task>,
+}
+
+pub const HELD_OUT: &str = "first_letter";
+
+pub fn trained_tiny_generator() -> &'static TrainedGenerator {
+    use mistralrs_dnd::adapters::Module;
+    use mistralrs_dnd::generator::PromptEncoder;
+    use mistralrs_dnd::training::collect::{collect, CollectConfig, CollectOptions};
+    use mistralrs_dnd::training::decoder::{
+        decoder_config_for, load_training_set, train_decoder, Holdout, TrainDecoderConfig,
+        TrainOptions,
+    };
+    use mistralrs_dnd::training::lora::{LoraConfig, TrainConfig};
+    use mistralrs_dnd::training::tasks::{builtin_task, SuiteConfig};
+    static FIXTURE: OnceLock<TrainedGenerator> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let sc = SuiteConfig {
+            seed: 5,
+            train: 16,
+            test: 6,
+        };
+        let tasks: Vec<_> = ["add", "uppercase", HELD_OUT]
+            .iter()
+            .map(|n| builtin_task(n, &sc).unwrap())
+            .collect();
+        let collection = dir.path().join("collection");
+        let cfg = CollectConfig {
+            train: TrainConfig {
+                lora: LoraConfig {
+                    rank: 4,
+                    alpha: 8.0,
+                    modules: vec![Module::Q, Module::V],
+                    frozen_a_seed: Some(0),
+                },
+                steps: 6,
+                batch_size: 2,
+                lr: 5e-2,
+                warmup_steps: 1,
+                ..TrainConfig::default()
+            },
+            checkpoints: 4,
+        };
+        let quiet = CollectOptions {
+            stop_after_steps: None,
+            quiet: true,
+        };
+        collect(&tiny_model(), &tasks, &collection, &cfg, &quiet).unwrap();
+        let decoder = decoder_config_for(
+            &collection,
+            "tiny-llama",
+            &mistralrs_dnd::testing::tiny_dims(),
+            32,
+            4,
+            16,
+        )
+        .unwrap();
+        let settings = TrainDecoderConfig {
+            steps: 30,
+            batch_size: 2,
+            lr: 1e-2,
+            warmup_steps: 2,
+            prompt_pool: 16,
+            save_every: 10,
+            holdout: Holdout::Tasks(vec![HELD_OUT.into()]),
+            ..TrainDecoderConfig::default()
+        };
+        let encoder = PromptEncoder::load(
+            &mistralrs_dnd::testing::real_assets().minilm(),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let generator = dir.path().join("generator");
+        let set = load_training_set(
+            &collection,
+            &decoder,
+            &encoder,
+            settings.prompt_pool,
+            &settings.holdout,
+            &generator.join("cache"),
+        )
+        .unwrap();
+        let outcome = train_decoder(
+            &set,
+            &decoder,
+            &settings,
+            &collection,
+            &generator,
+            &TrainOptions {
+                stop_after_steps: None,
+                quiet: true,
+            },
+        )
+        .unwrap();
+        let log = &outcome.record.log;
+        assert!(
+            log.last().unwrap().loss < log[0].loss,
+            "decoder training did not lower the loss: {log:?}"
+        );
+        TrainedGenerator {
+            _dir: dir,
+            collection,
+            generator,
+            tasks,
+        }
+    })
+}

@@ -105,3 +105,62 @@ async fn eval_scores_engine_outputs_for_base_and_adapters() {
         std::fs::copy(out.join("eval.png"), keep).unwrap();
     }
 }
+
+/// `eval --generator`: one summary row per held-out task with every comparison, the spread
+/// and overhead table, and a clear refusal for a generator without held-out tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heldout_eval_reports_every_row_for_every_heldout_task() {
+    use mistralrs_dnd::eval::heldout::{evaluate_heldout, write_heldout, HeldoutSetup};
+    let trained = trained_tiny_generator();
+    let dir = tempfile::tempdir().unwrap();
+    let setup = HeldoutSetup {
+        generator: trained.generator.clone(),
+        encoder: mistralrs_dnd::testing::real_assets().minilm(),
+        checkpoints: Some(trained.collection.clone()),
+        samples: 2,
+        seed: 0,
+        overhead_steps: vec![4],
+    };
+    let r = evaluate_heldout(tiny_config(dir.path()), &trained.tasks, &setup, Some(2))
+        .await
+        .unwrap();
+    assert_eq!(r.rows.len(), 1);
+    let row = &r.rows[0];
+    assert_eq!(row.task, HELD_OUT);
+    assert_eq!(r.train_tasks, ["add", "uppercase"]);
+    assert!(row.dnd_seconds > 0.0 && row.lora_seconds > 0.0);
+    assert_eq!(
+        row.own_curve.iter().map(|c| c.0).collect::<Vec<_>>(),
+        [4, 6]
+    );
+    // Base on the held-out task, 2 other LoRAs, the oracle, its step-4 checkpoint, 2 DnD.
+    assert_eq!(r.all.scores.len(), 7);
+    let models: Vec<&str> = r.summary.scores.iter().map(|s| s.model.as_str()).collect();
+    assert_eq!(
+        models,
+        [
+            "base",
+            "other LoRAs (mean)",
+            "other LoRAs (best)",
+            "own LoRA (oracle)",
+            "DnD (mean)"
+        ]
+    );
+    let out = dir.path().join("report");
+    write_heldout(&r, &out).unwrap();
+    let md = std::fs::read_to_string(out.join("eval.md")).unwrap();
+    assert!(
+        md.contains(&format!("| {HELD_OUT} |")) && md.contains("| mean |"),
+        "{md}"
+    );
+    let spread = std::fs::read_to_string(out.join("heldout.md")).unwrap();
+    assert!(spread.contains(&format!("| {HELD_OUT} |")), "{spread}");
+    assert_eq!(&std::fs::read(out.join("eval.png")).unwrap()[1..4], b"PNG");
+
+    // The same run with no held-out task asked for is refused with the reason.
+    let other = [trained.tasks[0].clone()];
+    let err = evaluate_heldout(tiny_config(dir.path()), &other, &setup, Some(2))
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("held-out tasks"), "{err:#}");
+}

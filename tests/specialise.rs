@@ -337,37 +337,36 @@ async fn restart_mid_generation_keeps_the_prompts_and_requeues() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dnd_generator_specialises_a_task_end_to_end() {
     use mistralrs_dnd::generator::{write_random_generator, DecoderConfig};
+    // A generator trained in this test process (collect + train on the tiny model); the
+    // task below is its held-out one.
+    let trained = trained_tiny_generator();
     let assets = mistralrs_dnd::testing::real_assets();
     let dir = tempfile::tempdir().unwrap();
-    let gen = dir.path().join("gen");
-    let cfg = DecoderConfig::for_model_default_shapes(
-        "tiny-llama",
-        &tiny_dims(),
-        4,
-        8.0,
-        &[Module::Q, Module::V],
-        32,
-        4,
-        16,
-    )
-    .unwrap();
-    write_random_generator(&cfg, 1, &gen).unwrap();
     let mut c = tiny_config(dir.path());
-    c.plugin.generator = Some(gen.clone());
+    c.plugin.generator = Some(trained.generator.clone());
     c.plugin.encoder = Some(assets.minilm());
     let s = start(c.clone()).await;
-    for i in 0..4 {
-        let r = s.chat_task(&format!("What is {i} plus {i}?"), "dnd").await;
+    let task = trained.tasks.iter().find(|t| t.name == HELD_OUT).unwrap();
+    let probe = &task.test[0].prompt;
+    let before = s.chat_task(probe, "dnd").await;
+    assert_eq!(before.adapter.as_deref(), Some("base"));
+    for ex in &task.test[1..4] {
+        let r = s.chat_task(&ex.prompt, "dnd").await;
         assert_eq!(r.adapter.as_deref(), Some("base"));
     }
     s.wait_state("dnd", "resident").await;
     let v = task_json(&s, "dnd").await;
     assert_eq!(v["source"], "generated");
     assert_eq!(v["target_modules"], json!(["q_proj", "v_proj"]));
-    let r = s.chat_task("What is 5 plus 5?", "dnd").await;
+    let after = s.chat_task(probe, "dnd").await;
     assert_eq!(
-        r.adapter,
+        after.adapter,
         Some(format!("dnd@{}", v["hash"].as_str().unwrap()))
+    );
+    assert_ne!(
+        after.content(),
+        before.content(),
+        "the generated adapter must change the model's answer"
     );
 
     // A generator built for another base model is refused at start, with both shapes named.

@@ -61,6 +61,13 @@ pub struct CollectArgs {
     /// Test examples per built-in task.
     #[arg(long, default_value_t = SuiteConfig::default().test)]
     pub test_size: usize,
+    /// Seed of the A matrices every task shares and keeps frozen (only B is trained).
+    #[arg(long, default_value_t = 0)]
+    pub a_seed: u64,
+    /// Train A too, from a random init per task (plain LoRA; the generator cannot learn
+    /// such checkpoints well, see `LoraConfig::frozen_a_seed`).
+    #[arg(long)]
+    pub train_a: bool,
     /// Stop after this many steps in total, as if killed (for testing resumption).
     #[arg(long, hide = true)]
     pub stop_after_steps: Option<usize>,
@@ -113,6 +120,7 @@ pub fn run(args: CollectArgs) -> Result<()> {
                 rank: args.rank,
                 alpha: args.alpha,
                 modules,
+                frozen_a_seed: (!args.train_a).then_some(args.a_seed),
             },
             steps: args.steps,
             batch_size: args.batch,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{ensure, Result};
 
 use super::collect::suite;
+use crate::eval::heldout::{evaluate_heldout, heldout_markdown, write_heldout, HeldoutSetup};
 use crate::eval::{adapters_in, evaluate, final_checkpoints, write_report, Candidate};
 use crate::server::Config;
 use crate::training::tasks::SuiteConfig;
@@ -24,6 +25,20 @@ pub struct Args {
     /// A `collect` output: each task's last checkpoint is evaluated on its own task.
     #[arg(long)]
     pub checkpoints: Option<PathBuf>,
+    /// A trained generator (`train --hold-out ...`): held-out evaluation of its held-out
+    /// tasks against the base, the other tasks' LoRAs, the own LoRA and 10 DnD adapters.
+    /// `--checkpoints` then names the collection (default: the one it was trained on).
+    #[arg(long, conflicts_with = "adapter")]
+    pub generator: Option<PathBuf>,
+    /// Prompt encoder folder for --generator.
+    #[arg(long, default_value = "assets/minilm")]
+    pub encoder: PathBuf,
+    /// DnD adapters per held-out task, each from its own random batch of test prompts.
+    #[arg(long, default_value_t = 10)]
+    pub samples: usize,
+    /// Steps of the own LoRA run also evaluated, for the overhead figure.
+    #[arg(long, value_delimiter = ',', default_value = "25,35,45,55")]
+    pub overhead_steps: Vec<usize>,
     /// Test examples per task at most.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -55,6 +70,31 @@ pub fn run(args: Args) -> Result<()> {
         },
     )?;
     ensure!(!tasks.is_empty(), "no tasks to evaluate");
+    let mut config = Config::default();
+    config.model.base = args.base.clone();
+    config.model.dtype = args.dtype.clone();
+    if let Some(generator) = &args.generator {
+        let setup = HeldoutSetup {
+            generator: generator.clone(),
+            encoder: args.encoder.clone(),
+            checkpoints: args.checkpoints.clone(),
+            samples: args.samples,
+            seed: 0,
+            overhead_steps: args.overhead_steps.clone(),
+        };
+        let started = std::time::Instant::now();
+        let report = tokio::runtime::Runtime::new()?
+            .block_on(evaluate_heldout(config, &tasks, &setup, args.limit))?;
+        write_heldout(&report, &args.out)?;
+        println!("{}", crate::eval::markdown(&report.summary));
+        println!("{}", heldout_markdown(&report));
+        println!(
+            "held-out eval in {:.1} min; wrote {}/eval.json, eval.md, eval.png, heldout.md",
+            started.elapsed().as_secs_f64() / 60.0,
+            args.out.display()
+        );
+        return Ok(());
+    }
     let mut candidates = vec![Candidate {
         label: "base".into(),
         adapter: None,
@@ -82,9 +122,6 @@ pub fn run(args: Args) -> Result<()> {
             }
         }
     }
-    let mut config = Config::default();
-    config.model.base = args.base;
-    config.model.dtype = args.dtype;
     let report = tokio::runtime::Runtime::new()?.block_on(evaluate(
         config,
         &tasks,

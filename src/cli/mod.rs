@@ -8,6 +8,7 @@ pub mod collect;
 pub mod eval;
 pub mod generate;
 pub mod serve;
+pub mod train;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,6 +33,8 @@ pub enum Command {
     Bench(bench::Args),
     /// Train a LoRA per task and keep its late checkpoints.
     Collect(collect::CollectArgs),
+    /// Train the generator's decoder on a collection's checkpoints.
+    Train(train::Args),
     /// Score the base model and adapters on tasks' test splits through the serving path.
     Eval(eval::Args),
 }
@@ -43,6 +46,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Collect(a) => collect::run(a),
+        Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
     }
 }

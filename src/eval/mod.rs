@@ -4,6 +4,8 @@
 //! the output, the method's protocol) and leniently (the right answer anywhere in the first
 //! sentence, no wrong one). Writes `eval.json`, `eval.md` and `eval.png`.
 
+pub mod heldout;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

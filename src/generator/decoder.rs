@@ -28,16 +28,15 @@
 //!
 //! [`DecoderConfig::smollm2_default`] is the project's default for SmolLM2-135M, sized to
 //! train on a 2-core CPU:
-//! - q_proj and v_proj, r = 8, alpha = 16, C = 192: 10 tokens per layer, T = 300 weight
-//!   tokens of (10, 194) carrying 460,800 LoRA weights;
+//! - q_proj and v_proj, r = 8, alpha = 16, C = 192, with the shared frozen A of seed 0
+//!   (LoRA-FA; see `training::lora::LoraConfig::frozen_a_seed`): the decoder outputs the B
+//!   matrices only, 4 tokens per layer, T = 120 weight tokens of (10, 194) carrying 184,320
+//!   LoRA weights;
 //! - N = 16 prompts of L = 32 tokens, k = 3;
-//! - shapes (16, 32, 384) -> (32, 16, 32) -> (32, 10, 64) -> (300, 10, 194);
-//! - 625,992 parameters and 0.78 GFLOP per adapter (forward, 780,369,408 FLOPs; see
+//! - shapes (16, 32, 384) -> (32, 16, 32) -> (32, 10, 64) -> (120, 10, 194);
+//! - 573,972 parameters and 0.58 GFLOP per adapter (forward, 579,230,208 FLOPs; see
 //!   [`DecoderConfig::param_count`] and [`DecoderConfig::flops`], printed by
-//!   `mistralrs-dnd bench generator`, which also prints the CPU cost of a training step).
-//!   Measured on the shared 2-core box (other builds running): decoder forward 45-60 ms per
-//!   adapter; forward + backward of a batch of 4 in 0.9-1.1 s, i.e. 13-16k training
-//!   samples an hour, so a few thousand steps fit in under an hour.
+//!   `mistralrs-dnd bench generator`).
 
 use std::path::Path;
 
@@ -84,6 +83,11 @@ pub struct DecoderConfig {
     pub shapes: Vec<[usize; 3]>,
     /// Kernel size k (odd).
     pub kernel: usize,
+    /// Set when the adapters' A matrices are the shared frozen ones of a LoRA-FA
+    /// collection (`training::lora::frozen_a`): the decoder outputs the B matrices only
+    /// and the generator adds this A.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen_a_seed: Option<u64>,
 }
 
 impl DecoderConfig {
@@ -124,9 +128,20 @@ impl DecoderConfig {
             prompt_tokens: l,
             shapes,
             kernel,
+            frozen_a_seed: None,
         };
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The same decoder for adapters whose A is frozen from `seed` (B tokens only), or for
+    /// full adapters (`None`): the output shape follows the layout.
+    pub fn with_frozen_a(mut self, seed: Option<u64>) -> Result<Self> {
+        self.frozen_a_seed = seed;
+        let (t, h, w) = self.layout()?.shape();
+        *self.shapes.last_mut().expect("validated") = [t, h, w];
+        self.validate()?;
+        Ok(self)
     }
 
     /// [`DecoderConfig::for_model`] with the project's default hidden shapes and k = 3:
@@ -163,6 +178,7 @@ impl DecoderConfig {
             16,
             32,
         )
+        .and_then(|c| c.with_frozen_a(Some(0)))
         .expect("the default decoder config is valid")
     }
 
@@ -182,7 +198,10 @@ impl DecoderConfig {
 
     /// The checkpoint token layout the decoder's output follows.
     pub fn layout(&self) -> Result<TokenLayout> {
-        TokenLayout::new(&self.base, self.rank, &self.modules()?, self.chunk)
+        match self.frozen_a_seed {
+            Some(_) => TokenLayout::b_only(&self.base, self.rank, &self.modules()?, self.chunk),
+            None => TokenLayout::new(&self.base, self.rank, &self.modules()?, self.chunk),
+        }
     }
 
     /// Checks that the shapes chain from the encoder output to the token stack.
@@ -709,10 +728,11 @@ pub(crate) mod tests {
     fn smollm2_default_numbers() {
         let cfg = DecoderConfig::smollm2_default();
         cfg.validate().unwrap();
-        assert_eq!(cfg.layout().unwrap().shape(), (300, 10, 194));
-        assert_eq!(cfg.layout().unwrap().n_weights(), 460_800);
-        assert_eq!(cfg.param_count(), 625_992);
-        assert_eq!(cfg.flops(), 780_369_408);
+        // B only (A is the shared frozen one): q 3 + v 1 tokens a layer.
+        assert_eq!(cfg.frozen_a_seed, Some(0));
+        assert_eq!(cfg.layout().unwrap().shape(), (120, 10, 194));
+        assert_eq!(cfg.layout().unwrap().n_weights(), 184_320);
+        assert_eq!((cfg.param_count(), cfg.flops()), (573_972, 579_230_208));
     }
 }
 

@@ -27,6 +27,7 @@ pub mod encoder;
 pub mod prompts;
 pub mod tokenizer;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -37,7 +38,7 @@ pub use decoder::{Decoder, DecoderConfig};
 pub use encoder::PromptEncoder;
 pub use tokenizer::TokenLayout;
 
-use crate::adapters::peft::{LlamaDims, LoraAdapter};
+use crate::adapters::peft::{tensor_name, LlamaDims, LoraAdapter};
 
 /// The device the generator runs on: the CPU, or with the `cuda` feature the first GPU if
 /// there is one.
@@ -81,6 +82,8 @@ pub struct Generator {
     encoder: PromptEncoder,
     decoder: Decoder,
     layout: TokenLayout,
+    /// PEFT name -> the frozen A matrix, for a decoder that outputs B only.
+    frozen_a: BTreeMap<String, Tensor>,
 }
 
 impl Generator {
@@ -103,10 +106,24 @@ impl Generator {
             encoder.hidden_size()
         );
         let layout = cfg.layout()?;
+        let mut frozen_a = BTreeMap::new();
+        if let Some(seed) = cfg.frozen_a_seed {
+            let a = crate::training::lora::frozen_a(
+                &cfg.base,
+                cfg.rank,
+                &cfg.modules()?,
+                seed,
+                &Device::Cpu,
+            )?;
+            for ((layer, m), t) in a {
+                frozen_a.insert(tensor_name(layer, m, false), t);
+            }
+        }
         Ok(Self {
             encoder,
             decoder,
             layout,
+            frozen_a,
         })
     }
 
@@ -160,9 +177,10 @@ impl Generator {
         let decode = t0.elapsed();
         let t1 = Instant::now();
         let cfg = self.config();
-        let adapter = self
+        let mut adapter = self
             .layout
             .detokenize(&tokens, cfg.lora_alpha, &cfg.base_model)?;
+        adapter.tensors.extend(self.frozen_a.clone());
         Ok((adapter, decode, t1.elapsed()))
     }
 }

@@ -70,10 +70,29 @@ pub struct TokenLayout {
     pub chunk: usize,
     pub slots: Vec<MatrixSlot>,
     pub n_tokens: usize,
+    /// Whether the A matrices are tokens too; false for a generator whose A is frozen and
+    /// shared (`DecoderConfig::frozen_a_seed`): its tokens are the B matrices only.
+    pub with_a: bool,
 }
 
 impl TokenLayout {
+    /// Every A and B matrix (the method's layout).
     pub fn new(dims: &LlamaDims, rank: usize, modules: &[Module], chunk: usize) -> Result<Self> {
+        Self::build(dims, rank, modules, chunk, true)
+    }
+
+    /// The B matrices only, in the same order.
+    pub fn b_only(dims: &LlamaDims, rank: usize, modules: &[Module], chunk: usize) -> Result<Self> {
+        Self::build(dims, rank, modules, chunk, false)
+    }
+
+    fn build(
+        dims: &LlamaDims,
+        rank: usize,
+        modules: &[Module],
+        chunk: usize,
+        with_a: bool,
+    ) -> Result<Self> {
         ensure!(rank >= 1, "LoRA rank must be at least 1");
         ensure!(
             chunk >= 2 && chunk.is_multiple_of(2),
@@ -91,6 +110,9 @@ impl TokenLayout {
                 let (inp, out) = module.dims(dims);
                 for (is_b, len) in [(false, inp), (true, out)] {
                     ensure!(len >= 1, "{} has a zero dimension", module.name());
+                    if !is_b && !with_a {
+                        continue;
+                    }
                     let n_tokens = len.div_ceil(chunk);
                     slots.push(MatrixSlot {
                         layer,
@@ -111,6 +133,7 @@ impl TokenLayout {
             chunk,
             slots,
             n_tokens: next,
+            with_a,
         })
     }
 
@@ -231,7 +254,8 @@ impl TokenLayout {
     }
 
     /// Turns a token stack (T, r + 2, C + 2), or (1, T, r + 2, C + 2), back into an adapter
-    /// with F32 CPU tensors and a PEFT config for this layout.
+    /// with F32 CPU tensors and a PEFT config for this layout (B matrices only when the
+    /// layout has no A: the caller adds the frozen A).
     pub fn detokenize(&self, tokens: &Tensor, lora_alpha: f64, base: &str) -> Result<LoraAdapter> {
         let tokens = match tokens.rank() {
             4 if tokens.dim(0)? == 1 => tokens.squeeze(0)?,

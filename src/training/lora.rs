@@ -493,7 +493,12 @@ impl BaseModel {
         let y = frozen_linear(x, &self.layers[layer].weights[m as usize])?;
         match lora.and_then(|l| l.pair(layer, m).map(|(a, b)| (a, b, l.config.scale()))) {
             Some((a, b, s)) => {
-                let delta = x.matmul(&a.as_tensor().t()?)?.matmul(&b.as_tensor().t()?)?;
+                // A frozen A is detached so that backward does not compute its gradient.
+                let a = match lora.is_some_and(|l| l.a_frozen()) {
+                    true => a.as_tensor().detach(),
+                    false => a.as_tensor().clone(),
+                };
+                let delta = x.matmul(&a.t()?)?.matmul(&b.as_tensor().t()?)?;
                 Ok((y + (delta * s)?)?)
             }
             None => Ok(y),
@@ -712,6 +717,12 @@ pub struct LoraConfig {
     pub rank: usize,
     pub alpha: f64,
     pub modules: Vec<Module>,
+    /// When set, every A matrix is drawn from this seed ([`frozen_a`]) and never trained;
+    /// only B learns (LoRA-FA). All runs of a collection then share one A, so their B
+    /// matrices live in one basis that a generator can learn and average over; with a
+    /// random A per run the A targets are noise no decoder can predict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen_a_seed: Option<u64>,
 }
 
 impl Default for LoraConfig {
@@ -721,6 +732,7 @@ impl Default for LoraConfig {
             rank: 8,
             alpha: 16.0,
             modules: vec![Module::Q, Module::V],
+            frozen_a_seed: None,
         }
     }
 }
@@ -731,6 +743,50 @@ impl LoraConfig {
     }
 }
 
+/// The A matrices a fresh LoRA starts from, U(-1/sqrt(in), 1/sqrt(in)) per layer and module
+/// in checkpoint order, drawn from `rng`. With [`LoraConfig::frozen_a_seed`] they are drawn
+/// from `Rng::derive(seed, "lora-a")` and the generator rebuilds the same ones.
+pub fn initial_a(
+    dims: &LlamaDims,
+    rank: usize,
+    modules: &[Module],
+    rng: &mut Rng,
+    device: &Device,
+) -> Result<BTreeMap<(usize, Module), Tensor>> {
+    let mut modules = modules.to_vec();
+    modules.sort();
+    modules.dedup();
+    let mut out = BTreeMap::new();
+    for layer in 0..dims.num_hidden_layers {
+        for &m in &modules {
+            let (inp, _) = m.dims(dims);
+            let bound = 1.0 / (inp as f32).sqrt();
+            let a: Vec<f32> = (0..rank * inp)
+                .map(|_| (2.0 * rng.unit_f32() - 1.0) * bound)
+                .collect();
+            out.insert((layer, m), Tensor::from_vec(a, (rank, inp), device)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The shared, frozen A matrices of a LoRA-FA collection seeded with `seed`.
+pub fn frozen_a(
+    dims: &LlamaDims,
+    rank: usize,
+    modules: &[Module],
+    seed: u64,
+    device: &Device,
+) -> Result<BTreeMap<(usize, Module), Tensor>> {
+    initial_a(
+        dims,
+        rank,
+        modules,
+        &mut Rng::derive(seed, "lora-a"),
+        device,
+    )
+}
+
 /// The trainable LoRA matrices of every layer and target module, as candle `Var`s.
 #[derive(Debug)]
 pub struct LoraWeights {
@@ -739,7 +795,8 @@ pub struct LoraWeights {
 }
 
 impl LoraWeights {
-    /// Fresh LoRA: A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0.
+    /// Fresh LoRA: A ~ U(-1/sqrt(in), 1/sqrt(in)) (from `rng`, or the shared frozen A of
+    /// `config.frozen_a_seed`), B = 0.
     pub fn init(
         config: &LoraConfig,
         dims: &LlamaDims,
@@ -754,18 +811,16 @@ impl LoraWeights {
         let mut modules = config.modules.clone();
         modules.sort();
         modules.dedup();
+        let a_init = match config.frozen_a_seed {
+            Some(seed) => frozen_a(dims, config.rank, &modules, seed, device)?,
+            None => initial_a(dims, config.rank, &modules, rng, device)?,
+        };
         let mut pairs = BTreeMap::new();
-        for layer in 0..dims.num_hidden_layers {
-            for &m in &modules {
-                let (inp, out) = m.dims(dims);
-                let bound = 1.0 / (inp as f32).sqrt();
-                let a: Vec<f32> = (0..config.rank * inp)
-                    .map(|_| (2.0 * rng.unit_f32() - 1.0) * bound)
-                    .collect();
-                let a = Var::from_tensor(&Tensor::from_vec(a, (config.rank, inp), device)?)?;
-                let b = Var::zeros((out, config.rank), DType::F32, device)?;
-                pairs.insert((layer, m), (a, b));
-            }
+        for ((layer, m), a) in a_init {
+            let (_, out) = m.dims(dims);
+            let a = Var::from_tensor(&a)?;
+            let b = Var::zeros((out, config.rank), DType::F32, device)?;
+            pairs.insert((layer, m), (a, b));
         }
         Ok(Self {
             config: LoraConfig {
@@ -798,6 +853,7 @@ impl LoraWeights {
                 rank: adapter.config.r,
                 alpha: adapter.config.lora_alpha,
                 modules,
+                frozen_a_seed: None,
             },
             pairs,
         })
@@ -807,12 +863,18 @@ impl LoraWeights {
         self.pairs.get(&(layer, m)).map(|(a, b)| (a, b))
     }
 
-    /// Every trainable variable: per layer and module, A then B.
+    /// Every trainable variable: per layer and module, A then B (only B when A is frozen).
     pub fn vars(&self) -> Vec<Var> {
+        let frozen = self.a_frozen();
         self.pairs
             .values()
-            .flat_map(|(a, b)| [a.clone(), b.clone()])
+            .flat_map(|(a, b)| [(!frozen).then(|| a.clone()), Some(b.clone())])
+            .flatten()
             .collect()
+    }
+
+    pub fn a_frozen(&self) -> bool {
+        self.config.frozen_a_seed.is_some()
     }
 
     /// `(PEFT tensor name, variable)` for every matrix.
@@ -1144,6 +1206,7 @@ mod tests {
             rank: 4,
             alpha: 8.0,
             modules: Module::ALL.to_vec(),
+            frozen_a_seed: None,
         };
         let lora = LoraWeights::init(&cfg, &base.dims, &mut Rng::new(3), &Device::Cpu).unwrap();
         let mut rng = Rng::new(6);
@@ -1283,6 +1346,7 @@ mod tests {
             rank: 4,
             alpha: 8.0,
             modules: vec![Module::Q, Module::V, Module::Up, Module::Down],
+            frozen_a_seed: None,
         };
         let lora = LoraWeights::init(&cfg, &base.dims, &mut Rng::new(3), &Device::Cpu).unwrap();
         let mut rng = Rng::new(4);
@@ -1319,6 +1383,7 @@ mod tests {
                 rank: 4,
                 alpha: 8.0,
                 modules: Module::ALL.to_vec(),
+                frozen_a_seed: None,
             },
             lr: 1e-2,
             warmup_steps: 0,
@@ -1508,6 +1573,7 @@ mod tests {
             rank: 4,
             alpha: 8.0,
             modules: Module::ALL.to_vec(),
+            frozen_a_seed: None,
         };
         let lora = LoraWeights::init(&cfg, &base.dims, &mut Rng::new(3), &Device::Cpu).unwrap();
         let mut rng = Rng::new(5);

@@ -3,9 +3,11 @@
 //! - [`tasks`]: the built-in procedural task suite and its scorers;
 //! - [`taskfile`]: tasks as JSONL files (read and write);
 //! - [`lora`]: a differentiable llama forward pass with LoRA, and its trainer;
-//! - [`collect`]: one LoRA run per task, a checkpoint at every late step (DnD section 5).
+//! - [`collect`]: one LoRA run per task, a checkpoint at every late step (DnD section 5);
+//! - [`decoder`]: the generator's decoder trained on those checkpoints (DnD section 4).
 
 pub mod collect;
+pub mod decoder;
 pub mod lora;
 pub mod rng;
 pub mod taskfile;

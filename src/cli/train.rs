@@ -1,0 +1,144 @@
+//! `mistralrs-dnd train`: a collection's checkpoints -> a trained generator folder.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+
+use crate::adapters::peft::LlamaDims;
+use crate::generator::PromptEncoder;
+use crate::training::decoder::{
+    decoder_config_for, load_training_set, train_decoder, Holdout, TrainDecoderConfig,
+    TrainOptions, CACHE_DIR,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A `collect` output folder.
+    #[arg(long)]
+    pub checkpoints: PathBuf,
+    /// Output generator folder (also holds the resume state; rerun to resume).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Prompt encoder folder (all-MiniLM-L6-v2).
+    #[arg(long, default_value = "assets/minilm")]
+    pub encoder: PathBuf,
+    /// Base model folder the checkpoints were trained on (its config.json gives the dims).
+    #[arg(long, default_value = "assets/smollm2")]
+    pub base: PathBuf,
+    /// Leave these tasks out of training (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub hold_out: Vec<String>,
+    /// Leave every task of this family out of training.
+    #[arg(long, conflicts_with = "hold_out")]
+    pub hold_out_family: Option<String>,
+    #[arg(long, default_value_t = TrainDecoderConfig::default().steps)]
+    pub steps: usize,
+    /// (prompt batch, checkpoint) pairs per step.
+    #[arg(long, default_value_t = TrainDecoderConfig::default().batch_size)]
+    pub batch: usize,
+    #[arg(long, default_value_t = TrainDecoderConfig::default().lr)]
+    pub lr: f64,
+    #[arg(long, default_value_t = TrainDecoderConfig::default().weight_decay)]
+    pub weight_decay: f64,
+    /// Training prompts per task encoded and drawn from.
+    #[arg(long, default_value_t = TrainDecoderConfig::default().prompt_pool)]
+    pub prompt_pool: usize,
+    #[arg(long, default_value_t = TrainDecoderConfig::default().seed)]
+    pub seed: u64,
+    /// Steps between saves and log lines.
+    #[arg(long, default_value_t = TrainDecoderConfig::default().save_every)]
+    pub save_every: usize,
+    /// Chunk width C of the checkpoint tokens (even).
+    #[arg(long, default_value_t = 192)]
+    pub chunk: usize,
+    /// N, prompts per adapter.
+    #[arg(long, default_value_t = 16)]
+    pub n_prompts: usize,
+    /// L, tokens per prompt.
+    #[arg(long, default_value_t = 32)]
+    pub prompt_tokens: usize,
+    /// Stop after this many steps, as if killed (for testing resumption).
+    #[arg(long, hide = true)]
+    pub stop_after_steps: Option<usize>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let dims = LlamaDims::from_config_file(&args.base.join("config.json"))?;
+    let base_name = match args.base.file_name() {
+        Some(n) => n.to_string_lossy().to_string(),
+        None => bail!("--base {} has no folder name", args.base.display()),
+    };
+    let decoder = decoder_config_for(
+        &args.checkpoints,
+        &base_name,
+        &dims,
+        args.chunk,
+        args.n_prompts,
+        args.prompt_tokens,
+    )?;
+    let holdout = match (&args.hold_out_family, args.hold_out.is_empty()) {
+        (Some(f), _) => Holdout::Family(f.clone()),
+        (None, false) => Holdout::Tasks(args.hold_out.clone()),
+        (None, true) => Holdout::None,
+    };
+    let cfg = TrainDecoderConfig {
+        steps: args.steps,
+        batch_size: args.batch,
+        lr: args.lr,
+        weight_decay: args.weight_decay,
+        prompt_pool: args.prompt_pool,
+        seed: args.seed,
+        holdout,
+        save_every: args.save_every,
+        ..TrainDecoderConfig::default()
+    };
+    let device = candle_core::Device::Cpu;
+    let encoder = PromptEncoder::load(&args.encoder, &device)?;
+    let t0 = std::time::Instant::now();
+    let set = load_training_set(
+        &args.checkpoints,
+        &decoder,
+        &encoder,
+        cfg.prompt_pool,
+        &cfg.holdout,
+        &args.out.join(CACHE_DIR),
+    )?;
+    println!(
+        "train: {} tasks ({}), held out {} ({}); {} parameters; data ready in {:.1} s",
+        set.train.len(),
+        names(&set.train),
+        set.heldout.len(),
+        names(&set.heldout),
+        decoder.param_count(),
+        t0.elapsed().as_secs_f64()
+    );
+    let outcome = train_decoder(
+        &set,
+        &decoder,
+        &cfg,
+        &args.checkpoints,
+        &args.out,
+        &TrainOptions {
+            stop_after_steps: args.stop_after_steps,
+            quiet: false,
+        },
+    )?;
+    let last = outcome.record.log.last();
+    println!(
+        "train: steps {}..{} in {:.1} min; last loss {}; generator in {}",
+        outcome.resumed_from,
+        outcome.record.step,
+        outcome.seconds / 60.0,
+        last.map(|l| format!("{:.4}", l.loss)).unwrap_or("-".into()),
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn names(tasks: &[crate::training::decoder::TaskData]) -> String {
+    tasks
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,865 @@
+//! Decoder training (DnD method, section 4): (prompt batch, checkpoint) pairs from a
+//! `collect` output -> a trained generator folder.
+//!
+//! - **Data.** Every completed task of the collection gives its checkpoints, tokenized with
+//!   the decoder's layout, and a pool of its *training* prompts (never answers) encoded once
+//!   by the frozen MiniLM (cached in `OUT/cache/`). A sample is one checkpoint of one task
+//!   and N prompts drawn at random, in random order, from that task's pool: fresh pairs at
+//!   every step.
+//! - **Loss.** Mean squared error over the non-NaN cells, each token weighted by how much it
+//!   varies across checkpoints: per task the elementwise std over its checkpoints divided by
+//!   that task's mean std, averaged inside the token, then averaged over tasks, normalised
+//!   to mean 1.
+//! - **Optimiser.** AdamW with decoupled weight decay, global-norm gradient clipping,
+//!   linear warm-up then cosine decay to 0, Gaussian noise on inputs and targets. AdamW is
+//!   written here (a few lines) rather than taken from candle-nn because its moments must
+//!   be saved for an exact resume and candle-nn keeps them private.
+//! - **Resume.** Every `save_every` steps the weights, the AdamW moments and the log are
+//!   written to `OUT/checkpoint/` in one atomic folder swap; a rerun with the same settings
+//!   continues from there. A step's randomness is derived from (seed, step), so a resumed
+//!   run is bit-for-bit the uninterrupted one.
+//! - **Held-out protocol.** Whole tasks (or a whole family) are left out of training; their
+//!   checkpoints give the held-out loss in the log, and `eval --generator` evaluates on them.
+//!
+//! The output folder is a generator (`decoder.json`, `decoder.safetensors`) plus
+//! `train.json` (settings, tasks used and held out, loss log), refreshed at every save.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::collect::{completed_task_dir, TaskDone, DONE_FILE, TASK_FILE};
+use super::lora::frozen_a;
+use super::rng::Rng;
+use super::taskfile::read_task_file;
+use crate::adapters::peft::{tensor_name, write_folder_atomically, LoraAdapter};
+use crate::generator::decoder::{Decoder, DecoderConfig};
+use crate::generator::PromptEncoder;
+
+pub const TRAIN_FILE: &str = "train.json";
+const STATE_DIR: &str = "checkpoint";
+/// Encoded prompt pools, under the output folder.
+pub const CACHE_DIR: &str = "cache";
+
+/// Which tasks are kept out of training.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Holdout {
+    /// Train on every task (the shipped generator).
+    #[default]
+    None,
+    /// Leave these tasks out.
+    Tasks(Vec<String>),
+    /// Leave every task of this family out.
+    Family(String),
+}
+
+impl Holdout {
+    fn holds_out(&self, task: &str, family: &str) -> bool {
+        match self {
+            Holdout::None => false,
+            Holdout::Tasks(t) => t.iter().any(|n| n == task),
+            Holdout::Family(f) => f == family,
+        }
+    }
+}
+
+/// Settings of one decoder training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainDecoderConfig {
+    pub steps: usize,
+    pub batch_size: usize,
+    /// Peak learning rate after `warmup_steps` of linear warm-up; cosine decay to 0.
+    pub lr: f64,
+    pub warmup_steps: usize,
+    pub weight_decay: f64,
+    /// Global gradient-norm clip (0 disables).
+    pub grad_clip: f64,
+    /// Std of the Gaussian noise added to the encoder outputs.
+    pub input_noise: f64,
+    /// Std of the Gaussian noise added to the target tokens.
+    pub target_noise: f64,
+    /// Training prompts per task that are encoded and drawn from.
+    pub prompt_pool: usize,
+    pub seed: u64,
+    pub holdout: Holdout,
+    /// Steps between saves (and log lines).
+    pub save_every: usize,
+}
+
+impl Default for TrainDecoderConfig {
+    fn default() -> Self {
+        Self {
+            steps: 1500,
+            batch_size: 4,
+            lr: 1e-3,
+            warmup_steps: 50,
+            weight_decay: 0.1,
+            grad_clip: 1.0,
+            input_noise: 1e-4,
+            target_noise: 1e-5,
+            prompt_pool: 128,
+            seed: 0,
+            holdout: Holdout::None,
+            save_every: 100,
+        }
+    }
+}
+
+impl TrainDecoderConfig {
+    pub fn lr_at(&self, step: usize) -> f64 {
+        if step < self.warmup_steps {
+            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        let span = self.steps.saturating_sub(self.warmup_steps).max(1);
+        let p = ((step - self.warmup_steps) as f64 / span as f64).min(1.0);
+        self.lr * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
+    }
+}
+
+/// One line of the loss log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub step: usize,
+    /// Mean training loss over the steps since the previous line.
+    pub loss: f32,
+    /// Loss on a fixed set of held-out (prompt batch, checkpoint) pairs, if any are held out.
+    pub heldout_loss: Option<f32>,
+    pub lr: f64,
+    pub grad_norm: f32,
+    pub seconds: f64,
+}
+
+/// `train.json`: what the generator was trained on and how it went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainRecord {
+    pub config: TrainDecoderConfig,
+    pub decoder: DecoderConfig,
+    /// The collection folder it was trained from.
+    pub checkpoints: PathBuf,
+    pub train_tasks: Vec<String>,
+    pub heldout_tasks: Vec<String>,
+    pub step: usize,
+    pub log: Vec<LogLine>,
+}
+
+impl TrainRecord {
+    pub fn load(generator_dir: &Path) -> Result<Self> {
+        let path = generator_dir.join(TRAIN_FILE);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+}
+
+/// One task's training material.
+#[derive(Debug)]
+pub struct TaskData {
+    pub name: String,
+    pub family: String,
+    /// Encoded prompt pool (P, L, 384).
+    pub pool: Tensor,
+    /// Checkpoint tokens (K, T, r + 2, C + 2), NaN cells set to 0.
+    pub tokens: Tensor,
+}
+
+/// The tasks of a collection, split by the held-out protocol.
+#[derive(Debug)]
+pub struct TrainingSet {
+    pub train: Vec<TaskData>,
+    pub heldout: Vec<TaskData>,
+}
+
+/// Reads the completed tasks of a collection for `cfg`'s layout, encoding prompt pools
+/// with `encoder` (cached under `cache_dir`).
+pub fn load_training_set(
+    collect_dir: &Path,
+    cfg: &DecoderConfig,
+    encoder: &PromptEncoder,
+    prompt_pool: usize,
+    holdout: &Holdout,
+    cache_dir: &Path,
+) -> Result<TrainingSet> {
+    let layout = cfg.layout()?;
+    let frozen = match cfg.frozen_a_seed {
+        Some(seed) => Some(frozen_a(
+            &cfg.base,
+            cfg.rank,
+            &cfg.modules()?,
+            seed,
+            &Device::Cpu,
+        )?),
+        None => None,
+    };
+    let mut names: Vec<String> = std::fs::read_dir(collect_dir)
+        .with_context(|| format!("reading {}", collect_dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| !n.starts_with('.') && completed_task_dir(collect_dir, n).is_some())
+        .collect();
+    names.sort();
+    ensure!(
+        !names.is_empty(),
+        "{} holds no completed task (run `collect` first)",
+        collect_dir.display()
+    );
+    let mut set = TrainingSet {
+        train: Vec::new(),
+        heldout: Vec::new(),
+    };
+    for name in names {
+        let dir = collect_dir.join(&name);
+        let done: TaskDone = serde_json::from_slice(&std::fs::read(dir.join(DONE_FILE))?)
+            .with_context(|| format!("parsing {}", dir.join(DONE_FILE).display()))?;
+        let task = read_task_file(&dir.join(TASK_FILE))?;
+        let mut tokens = Vec::new();
+        for ck in &done.checkpoints {
+            let adapter = LoraAdapter::read_peft(&dir.join(ck))?;
+            if let Some(frozen) = &frozen {
+                check_frozen_a(&adapter, frozen)
+                    .with_context(|| format!("checkpoint {}/{ck}", dir.display()))?;
+            }
+            tokens.push(layout.tokenize(&adapter).with_context(|| {
+                format!(
+                    "checkpoint {}/{ck} does not fit the generator's layout",
+                    dir.display()
+                )
+            })?);
+        }
+        ensure!(!tokens.is_empty(), "task {name} has no checkpoints");
+        let tokens = Tensor::stack(&tokens, 0)?;
+        // NaN cells carry no weight; 0 keeps them out of the arithmetic (the mask drops them).
+        let tokens = tokens
+            .ne(&tokens)?
+            .where_cond(&tokens.zeros_like()?, &tokens)?;
+        let prompts: Vec<String> = task
+            .train
+            .iter()
+            .take(prompt_pool)
+            .map(|e| e.prompt.clone())
+            .collect();
+        ensure!(!prompts.is_empty(), "task {name} has no training prompts");
+        let pool = encode_cached(encoder, &prompts, cfg.prompt_tokens, &name, cache_dir)?;
+        let data = TaskData {
+            name: name.clone(),
+            family: done.family.clone(),
+            pool,
+            tokens,
+        };
+        if holdout.holds_out(&name, &done.family) {
+            set.heldout.push(data);
+        } else {
+            set.train.push(data);
+        }
+    }
+    ensure!(
+        !set.train.is_empty(),
+        "the held-out protocol {holdout:?} leaves no task to train on"
+    );
+    if let Holdout::Tasks(t) = holdout {
+        for n in t {
+            ensure!(
+                set.heldout.iter().any(|d| &d.name == n),
+                "held-out task {n:?} is not a completed task of {}",
+                collect_dir.display()
+            );
+        }
+    }
+    Ok(set)
+}
+
+/// Errors unless the checkpoint's A matrices are the generator's frozen A.
+fn check_frozen_a(
+    adapter: &LoraAdapter,
+    frozen: &BTreeMap<(usize, crate::adapters::peft::Module), Tensor>,
+) -> Result<()> {
+    for (&(layer, m), a) in frozen {
+        let name = tensor_name(layer, m, false);
+        let t = adapter
+            .tensors
+            .get(&name)
+            .with_context(|| format!("no tensor {name}"))?;
+        let diff = (t - a)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        ensure!(
+            diff <= 1e-6,
+            "{name} differs from the generator's frozen A by {diff}: the checkpoints were \
+             collected with another A (collect's --a-seed, or --train-a)"
+        );
+    }
+    Ok(())
+}
+
+/// The encoder's outputs for `prompts`, from the cache when the same prompts and L were
+/// encoded before.
+fn encode_cached(
+    encoder: &PromptEncoder,
+    prompts: &[String],
+    l: usize,
+    task: &str,
+    cache_dir: &Path,
+) -> Result<Tensor> {
+    let mut h = Sha256::new();
+    h.update(serde_json::to_vec(&(prompts, l))?);
+    let key = hex::encode(&h.finalize()[..8]);
+    let path = cache_dir.join(format!("{task}-{key}.safetensors"));
+    if let Ok(mut t) = candle_core::safetensors::load(&path, &Device::Cpu) {
+        if let Some(pool) = t.remove("pool") {
+            return Ok(pool);
+        }
+    }
+    let mut parts = Vec::new();
+    for chunk in prompts.chunks(32) {
+        parts.push(encoder.encode(chunk, l)?.0.to_device(&Device::Cpu)?);
+    }
+    let pool = Tensor::cat(&parts, 0)?;
+    std::fs::create_dir_all(cache_dir)?;
+    let tmp = path.with_extension("tmp");
+    let file = std::collections::HashMap::from([("pool".to_string(), pool.clone())]);
+    candle_core::safetensors::save(&file, &tmp)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(pool)
+}
+
+/// Per-token loss weights (T,) from the checkpoints' variability (see the module doc).
+pub fn token_weights(tasks: &[TaskData], mask: &Tensor) -> Result<Tensor> {
+    let (t, h, w) = mask.dims3()?;
+    let cells = mask.sum_keepdim((1, 2))?.reshape(t)?;
+    let valid = mask.sum_all()?.to_scalar::<f32>()?;
+    let mut acc = Tensor::zeros(t, DType::F32, &Device::Cpu)?;
+    for d in tasks {
+        let k = d.tokens.dim(0)?;
+        let std = if k > 1 {
+            let mean = d.tokens.mean_keepdim(0)?;
+            (d.tokens.broadcast_sub(&mean)?.sqr()?.sum_keepdim(0)? / (k - 1) as f64)?
+                .sqrt()?
+                .reshape((t, h, w))?
+        } else {
+            Tensor::ones((t, h, w), DType::F32, &Device::Cpu)?
+        };
+        let std = (std * mask)?;
+        let global = std.sum_all()?.to_scalar::<f32>()? / valid;
+        let global = if global > 0.0 { global } else { 1.0 };
+        let per_token = (std.sum_keepdim((1, 2))?.reshape(t)? / &cells)?;
+        acc = (acc + (per_token / f64::from(global))?)?;
+    }
+    let acc = (acc / tasks.len() as f64)?;
+    let mean = acc.mean_all()?.to_scalar::<f32>()?;
+    if mean > 0.0 && mean.is_finite() {
+        Ok((acc / f64::from(mean))?)
+    } else {
+        Ok(Tensor::ones(t, DType::F32, &Device::Cpu)?)
+    }
+}
+
+/// Gaussian noise of std `std` from `rng` (Box-Muller), so that it is reproducible.
+fn noise(shape: &[usize], std: f64, rng: &mut Rng) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let mut v = Vec::with_capacity(n + 1);
+    while v.len() < n {
+        let u1 = (rng.unit_f32() as f64).max(1e-12);
+        let u2 = rng.unit_f32() as f64;
+        let r = (-2.0 * u1.ln()).sqrt() * std;
+        let th = 2.0 * std::f64::consts::PI * u2;
+        v.push((r * th.cos()) as f32);
+        v.push((r * th.sin()) as f32);
+    }
+    v.truncate(n);
+    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+}
+
+/// A batch: conditions (B, N, L, 384) and target tokens (B, T, h, w).
+fn sample_batch(
+    tasks: &[TaskData],
+    n: usize,
+    batch: usize,
+    rng: &mut Rng,
+) -> Result<(Tensor, Tensor)> {
+    let mut conds = Vec::with_capacity(batch);
+    let mut targets = Vec::with_capacity(batch);
+    for _ in 0..batch {
+        let d = &tasks[rng.below(tasks.len())];
+        let k = rng.below(d.tokens.dim(0)?);
+        let p = d.pool.dim(0)?;
+        let idx: Vec<u32> = if p >= n {
+            // The first n of a partial Fisher-Yates shuffle: n distinct prompts, random order.
+            let mut order: Vec<u32> = (0..p as u32).collect();
+            for i in 0..n {
+                let j = i + rng.below(p - i);
+                order.swap(i, j);
+            }
+            order.truncate(n);
+            order
+        } else {
+            (0..n).map(|_| rng.below(p) as u32).collect()
+        };
+        let idx = Tensor::new(idx.as_slice(), &Device::Cpu)?;
+        conds.push(d.pool.index_select(&idx, 0)?);
+        targets.push(d.tokens.get(k)?);
+    }
+    Ok((Tensor::stack(&conds, 0)?, Tensor::stack(&targets, 0)?))
+}
+
+/// Weighted masked MSE: `cell_w` is (T, h, w), the token weight on valid cells and 0 on NaN
+/// cells; the sum is divided by the number of valid cells in the batch.
+fn weighted_mse(pred: &Tensor, target: &Tensor, cell_w: &Tensor, valid: f64) -> Result<Tensor> {
+    let b = pred.dim(0)?;
+    let d = (pred - target)?.sqr()?.broadcast_mul(cell_w)?;
+    Ok((d.sum_all()? / (valid * b as f64))?)
+}
+
+/// AdamW moments of every variable, by name.
+struct AdamW {
+    m: BTreeMap<String, Tensor>,
+    v: BTreeMap<String, Tensor>,
+}
+
+impl AdamW {
+    const B1: f64 = 0.9;
+    const B2: f64 = 0.999;
+    const EPS: f64 = 1e-8;
+
+    fn new(vars: &[(String, Var)]) -> Result<Self> {
+        let mut m = BTreeMap::new();
+        let mut v = BTreeMap::new();
+        for (name, var) in vars {
+            m.insert(name.clone(), var.as_tensor().zeros_like()?);
+            v.insert(name.clone(), var.as_tensor().zeros_like()?);
+        }
+        Ok(Self { m, v })
+    }
+
+    /// One update with gradients already clipped; `t` is the 1-based step.
+    fn step(
+        &mut self,
+        vars: &[(String, Var)],
+        grads: &candle_core::backprop::GradStore,
+        lr: f64,
+        weight_decay: f64,
+        t: usize,
+    ) -> Result<()> {
+        let c1 = 1.0 - Self::B1.powi(t as i32);
+        let c2 = 1.0 - Self::B2.powi(t as i32);
+        for (name, var) in vars {
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let m = self.m.get_mut(name).expect("every var has moments");
+            *m = ((&*m * Self::B1)? + (g * (1.0 - Self::B1))?)?;
+            let v = self.v.get_mut(name).expect("every var has moments");
+            *v = ((&*v * Self::B2)? + (g.sqr()? * (1.0 - Self::B2))?)?;
+            let update = ((&*m / c1)? / ((&*v / c2)?.sqrt()? + Self::EPS)?)?;
+            let decayed = (var.as_tensor() * (1.0 - lr * weight_decay))?;
+            var.set(&(decayed - (update * lr)?)?)?;
+        }
+        Ok(())
+    }
+}
+
+fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut vars: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
+fn safetensors_bytes(tensors: &BTreeMap<String, Tensor>) -> Result<Vec<u8>> {
+    let views: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    Ok(safetensors::serialize(views, None)?)
+}
+
+/// Options that do not change the result.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Stop (as if killed) after this many steps in this call.
+    pub stop_after_steps: Option<usize>,
+    /// No progress bar or log lines.
+    pub quiet: bool,
+}
+
+/// What a call to [`train_decoder`] did.
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    /// The step it started from (0 for a fresh run).
+    pub resumed_from: usize,
+    pub record: TrainRecord,
+    pub seconds: f64,
+}
+
+/// Trains (or resumes training) a decoder for `decoder_cfg` on `set`, writing the generator
+/// and its state to `out`.
+pub fn train_decoder(
+    set: &TrainingSet,
+    decoder_cfg: &DecoderConfig,
+    cfg: &TrainDecoderConfig,
+    checkpoints: &Path,
+    out: &Path,
+    opts: &TrainOptions,
+) -> Result<TrainOutcome> {
+    ensure!(
+        cfg.steps >= 1 && cfg.batch_size >= 1,
+        "steps and batch size must be >= 1"
+    );
+    ensure!(cfg.save_every >= 1, "save_every must be >= 1");
+    let started = Instant::now();
+    let device = Device::Cpu;
+    let layout = decoder_cfg.layout()?;
+    let mask = layout.valid_mask()?;
+    let weights = token_weights(&set.train, &mask)?;
+    let (t, _, _) = layout.shape();
+    let cell_w = mask.broadcast_mul(&weights.reshape((t, 1, 1))?)?;
+    let valid = f64::from(mask.sum_all()?.to_scalar::<f32>()?);
+    let n = decoder_cfg.prompts;
+
+    let state_dir = out.join(STATE_DIR);
+    let mut record = TrainRecord {
+        config: cfg.clone(),
+        decoder: decoder_cfg.clone(),
+        checkpoints: checkpoints.to_path_buf(),
+        train_tasks: set.train.iter().map(|d| d.name.clone()).collect(),
+        heldout_tasks: set.heldout.iter().map(|d| d.name.clone()).collect(),
+        step: 0,
+        log: Vec::new(),
+    };
+    let (decoder, varmap) = Decoder::seeded(decoder_cfg, cfg.seed, &device)?;
+    let vars = sorted_vars(&varmap);
+    let mut adam = AdamW::new(&vars)?;
+    if state_dir.join(TRAIN_FILE).is_file() {
+        let saved = TrainRecord::load(&state_dir)?;
+        let same = TrainRecord {
+            step: saved.step,
+            log: saved.log.clone(),
+            ..record.clone()
+        };
+        if saved != same {
+            bail!(
+                "{} holds a run with other settings or data; use another --out or delete it",
+                out.display()
+            );
+        }
+        let mut state =
+            candle_core::safetensors::load(state_dir.join("state.safetensors"), &device)?;
+        for (name, var) in &vars {
+            let take = |state: &mut std::collections::HashMap<String, Tensor>, key: String| {
+                state
+                    .remove(&key)
+                    .with_context(|| format!("resume state has no {key}"))
+            };
+            var.set(&take(&mut state, format!("w.{name}"))?)?;
+            adam.m
+                .insert(name.clone(), take(&mut state, format!("m.{name}"))?);
+            adam.v
+                .insert(name.clone(), take(&mut state, format!("v.{name}"))?);
+        }
+        record = saved;
+    }
+    let resumed_from = record.step;
+
+    let heldout_batch = if set.heldout.is_empty() {
+        None
+    } else {
+        let mut rng = Rng::derive(cfg.seed, "heldout-batch");
+        Some(sample_batch(&set.heldout, n, 8, &mut rng)?)
+    };
+    let bar = if opts.quiet {
+        ProgressBar::with_draw_target(Some(cfg.steps as u64), ProgressDrawTarget::hidden())
+    } else {
+        ProgressBar::new(cfg.steps as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("train [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_position(record.step as u64);
+
+    let mut budget = opts.stop_after_steps;
+    let (mut loss_sum, mut loss_n) = (0f64, 0usize);
+    while record.step < cfg.steps {
+        if let Some(b) = &mut budget {
+            if *b == 0 {
+                break;
+            }
+            *b -= 1;
+        }
+        let step = record.step;
+        let mut rng = Rng::derive(cfg.seed, &format!("step-{step}"));
+        let (cond, target) = sample_batch(&set.train, n, cfg.batch_size, &mut rng)?;
+        let cond = (&cond + noise(cond.dims(), cfg.input_noise, &mut rng)?)?;
+        let target = (&target + noise(target.dims(), cfg.target_noise, &mut rng)?)?;
+        let pred = decoder.forward(&cond)?;
+        let loss = weighted_mse(&pred, &target, &cell_w, valid)?;
+        let loss_v = loss.to_scalar::<f32>()?;
+        ensure!(loss_v.is_finite(), "loss is not finite at step {step}");
+        let mut grads = loss.backward()?;
+        let plain: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
+        let grad_norm = super::lora::clip_grad_norm(&mut grads, &plain, cfg.grad_clip)?;
+        let lr = cfg.lr_at(step);
+        adam.step(&vars, &grads, lr, cfg.weight_decay, step + 1)?;
+        record.step += 1;
+        loss_sum += f64::from(loss_v);
+        loss_n += 1;
+        bar.set_message(format!("loss {loss_v:.4}"));
+        bar.inc(1);
+        if record.step.is_multiple_of(cfg.save_every) || record.step == cfg.steps {
+            let heldout_loss = match &heldout_batch {
+                Some((c, tg)) => Some(
+                    weighted_mse(&decoder.forward(c)?, tg, &cell_w, valid)?.to_scalar::<f32>()?,
+                ),
+                None => None,
+            };
+            let line = LogLine {
+                step: record.step,
+                loss: (loss_sum / loss_n as f64) as f32,
+                heldout_loss,
+                lr,
+                grad_norm,
+                seconds: started.elapsed().as_secs_f64(),
+            };
+            if !opts.quiet {
+                let text = format!(
+                    "step {:>6}  loss {:.4}{}  lr {:.2e}  |g| {:.3}",
+                    line.step,
+                    line.loss,
+                    line.heldout_loss
+                        .map(|h| format!("  held-out {h:.4}"))
+                        .unwrap_or_default(),
+                    line.lr,
+                    line.grad_norm
+                );
+                // A hidden bar (no terminal) drops println: print the log line directly.
+                match bar.is_hidden() {
+                    true => println!("{text}"),
+                    false => bar.println(text),
+                }
+            }
+            record.log.push(line);
+            (loss_sum, loss_n) = (0.0, 0);
+            save(&decoder, &varmap, &vars, &adam, &record, out)?;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(TrainOutcome {
+        resumed_from,
+        record,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Writes the resume state (one atomic folder) and then the generator folder.
+fn save(
+    decoder: &Decoder,
+    varmap: &VarMap,
+    vars: &[(String, Var)],
+    adam: &AdamW,
+    record: &TrainRecord,
+    out: &Path,
+) -> Result<()> {
+    let mut state = BTreeMap::new();
+    for (name, var) in vars {
+        state.insert(format!("w.{name}"), var.as_tensor().clone());
+        state.insert(format!("m.{name}"), adam.m[name].clone());
+        state.insert(format!("v.{name}"), adam.v[name].clone());
+    }
+    let record_json = serde_json::to_vec_pretty(record)?;
+    write_folder_atomically(
+        &out.join(STATE_DIR),
+        &[
+            ("state.safetensors", &safetensors_bytes(&state)?),
+            (TRAIN_FILE, &record_json),
+        ],
+    )?;
+    decoder.save(varmap, out)?;
+    super::write_file_atomically(&out.join(TRAIN_FILE), &record_json)?;
+    Ok(())
+}
+
+/// The decoder for a collection: its LoRA settings (rank, alpha, modules, frozen A) read
+/// from `collect.json`, the base model's dims, the project's default hidden shapes.
+pub fn decoder_config_for(
+    collect_dir: &Path,
+    base_name: &str,
+    dims: &crate::adapters::peft::LlamaDims,
+    chunk: usize,
+    n: usize,
+    l: usize,
+) -> Result<DecoderConfig> {
+    let path = collect_dir.join(super::collect::SETTINGS_FILE);
+    let collect: super::collect::CollectConfig = serde_json::from_slice(
+        &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", path.display()))?;
+    let lora = &collect.train.lora;
+    DecoderConfig::for_model_default_shapes(
+        base_name,
+        dims,
+        lora.rank,
+        lora.alpha,
+        &lora.modules,
+        chunk,
+        n,
+        l,
+    )?
+    .with_frozen_a(lora.frozen_a_seed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapters::peft::Module;
+    use crate::generator::decoder::tests::{tiny_config, tiny_dims};
+
+    /// Two tasks of three random checkpoints each, random prompt pools, one task held out.
+    fn synthetic_set(cfg: &DecoderConfig) -> TrainingSet {
+        let layout = cfg.layout().unwrap();
+        let [_, l, w] = cfg.shapes[0];
+        let task = |name: &str, seed: u64| {
+            let tokens: Vec<Tensor> = (0..3)
+                .map(|k| {
+                    let a = crate::testing::random_adapter(
+                        &tiny_dims(),
+                        &[Module::Q, Module::V],
+                        cfg.rank,
+                        seed * 10 + k,
+                        0.3,
+                        0.1,
+                    )
+                    .unwrap();
+                    let t = layout.tokenize(&a).unwrap();
+                    t.ne(&t)
+                        .unwrap()
+                        .where_cond(&t.zeros_like().unwrap(), &t)
+                        .unwrap()
+                })
+                .collect();
+            TaskData {
+                name: name.into(),
+                family: "f".into(),
+                pool: Tensor::randn(0f32, 1.0, (6, l, w), &Device::Cpu).unwrap(),
+                tokens: Tensor::stack(&tokens, 0).unwrap(),
+            }
+        };
+        TrainingSet {
+            train: vec![task("a", 1), task("b", 2)],
+            heldout: vec![task("c", 3)],
+        }
+    }
+
+    fn settings(steps: usize) -> TrainDecoderConfig {
+        TrainDecoderConfig {
+            steps,
+            batch_size: 2,
+            lr: 1e-2,
+            warmup_steps: 2,
+            save_every: 4,
+            holdout: Holdout::Tasks(vec!["c".into()]),
+            ..TrainDecoderConfig::default()
+        }
+    }
+
+    fn quiet(stop: Option<usize>) -> TrainOptions {
+        TrainOptions {
+            stop_after_steps: stop,
+            quiet: true,
+        }
+    }
+
+    #[test]
+    fn training_lowers_the_loss_and_writes_a_loadable_generator() {
+        let cfg = tiny_config();
+        let set = synthetic_set(&cfg);
+        let out = tempfile::tempdir().unwrap();
+        let o = train_decoder(
+            &set,
+            &cfg,
+            &settings(40),
+            Path::new("c"),
+            out.path(),
+            &quiet(None),
+        )
+        .unwrap();
+        let log = &o.record.log;
+        assert_eq!(log.len(), 10);
+        assert!(
+            log.last().unwrap().loss < 0.8 * log[0].loss,
+            "loss did not fall: {:?}",
+            log.iter().map(|l| l.loss).collect::<Vec<_>>()
+        );
+        assert!(log.iter().all(|l| l.heldout_loss.is_some()));
+        assert_eq!(o.record.train_tasks, ["a", "b"]);
+        assert_eq!(o.record.heldout_tasks, ["c"]);
+        let (dec, _) = Decoder::load(out.path(), &Device::Cpu).unwrap();
+        assert_eq!(dec.config(), &cfg);
+        assert_eq!(TrainRecord::load(out.path()).unwrap().step, 40);
+    }
+
+    #[test]
+    fn a_resumed_run_equals_an_uninterrupted_one() {
+        let cfg = tiny_config();
+        let set = synthetic_set(&cfg);
+        let whole = tempfile::tempdir().unwrap();
+        train_decoder(
+            &set,
+            &cfg,
+            &settings(8),
+            Path::new("c"),
+            whole.path(),
+            &quiet(None),
+        )
+        .unwrap();
+        let parts = tempfile::tempdir().unwrap();
+        let first = train_decoder(
+            &set,
+            &cfg,
+            &settings(8),
+            Path::new("c"),
+            parts.path(),
+            &quiet(Some(5)),
+        )
+        .unwrap();
+        assert_eq!(first.record.step, 5);
+        // Killed after step 5: the state on disk is the one saved at step 4.
+        let second = train_decoder(
+            &set,
+            &cfg,
+            &settings(8),
+            Path::new("c"),
+            parts.path(),
+            &quiet(None),
+        )
+        .unwrap();
+        assert_eq!(second.resumed_from, 4);
+        let bytes =
+            |d: &Path| std::fs::read(d.join(crate::generator::decoder::WEIGHTS_FILE)).unwrap();
+        assert!(
+            bytes(whole.path()) == bytes(parts.path()),
+            "weights differ after resume"
+        );
+        let losses = |d: &Path| {
+            TrainRecord::load(d)
+                .unwrap()
+                .log
+                .iter()
+                .map(|l| l.loss)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(losses(whole.path()), losses(parts.path()));
+
+        // Other settings on the same folder are refused rather than mixed.
+        let err = train_decoder(
+            &set,
+            &cfg,
+            &settings(9),
+            Path::new("c"),
+            parts.path(),
+            &quiet(None),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("other settings"), "{err:#}");
+    }
+}
