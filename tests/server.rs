@@ -545,3 +545,86 @@ async fn a_request_in_flight_finishes_on_the_version_it_started_on() {
         .unwrap()
         .ends_with(&hash_of(&s, "t").await));
 }
+
+/// The training forward pass (`training::lora::BaseModel`, the chat template as the trainer
+/// applies it) gives the logits mistral.rs serves for the same weights, for the base model
+/// and with a LoRA merged by the engine. With temperature 0, mistral.rs 0.8.1 reports as
+/// `logprob` the log10 of the raw *logit* (its argmax path skips the softmax), so the
+/// top-5 logits and their token ids are compared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn training_forward_matches_the_engines_logits() {
+    use candle_core::{Device, Tensor};
+    use mistralrs_dnd::training::lora::{BaseModel, ChatTokenizer, LoraWeights};
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(tiny_config(dir.path())).await;
+    let lora = adapter(21);
+    assert_eq!(s.upload("merged", &lora).await.status, 201);
+    let base = BaseModel::load(&tiny_model(), &Device::Cpu).unwrap();
+    let tok = ChatTokenizer::load(&tiny_model()).unwrap();
+    let weights = LoraWeights::from_adapter(&lora, &tiny_dims(), &Device::Cpu).unwrap();
+    let prompt = "Name three colours of the sea.";
+    let ids = tok.encode_prompt(prompt).unwrap();
+    let mut tops = Vec::new();
+    for (task, lora) in [(None, None), (Some("merged"), Some(&weights))] {
+        let t = Tensor::new(ids.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let hidden = base.hidden_states(&t, lora).unwrap();
+        let last = Tensor::new(&[ids.len() as u32 - 1], &Device::Cpu).unwrap();
+        let logits: Vec<f32> = base
+            .logits_at(&hidden, &last)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let mut ours: Vec<(u32, f32)> = (0u32..).zip(logits).collect();
+        ours.sort_by(|a, b| b.1.total_cmp(&a.1));
+        ours.truncate(5);
+        assert!(
+            ours[4].1 > 0.0,
+            "the comparison needs positive top logits: {ours:?}"
+        );
+        let mut body = json!({
+            "model": "default",
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": true,
+            "top_logprobs": 5,
+        });
+        if let Some(t) = task {
+            body["task_id"] = json!(t);
+        }
+        let r = reply(
+            s.client
+                .post(format!("{}/v1/chat/completions", s.url))
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.json);
+        let served: Vec<(u32, f32)> = r.json["choices"][0]["logprobs"]["content"][0]
+            ["top_logprobs"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no top_logprobs in {}", r.json))
+            .iter()
+            .map(|v| {
+                let logit = 10f64.powf(v["logprob"].as_f64().unwrap()) as f32;
+                (v["token"].as_u64().unwrap() as u32, logit)
+            })
+            .collect();
+        assert_eq!(served.len(), 5, "{}", r.json);
+        for (a, b) in served.iter().zip(&ours) {
+            assert!(
+                a.0 == b.0 && (a.1 - b.1).abs() < 1e-3 * b.1.abs().max(1.0),
+                "{task:?}: engine {served:?} vs training {ours:?}"
+            );
+        }
+        tops.push(ours);
+    }
+    assert_ne!(tops[0], tops[1], "the LoRA must change the logits");
+}

@@ -235,6 +235,19 @@ impl AdapterTable {
         adapter: &LoraAdapter,
         source: Source,
     ) -> Result<TaskInfo> {
+        Ok(self.install_timed(task, adapter, source).await?.0)
+    }
+
+    /// [`AdapterTable::install`], also returning the time of its stages: `write` (validate
+    /// and store), `load_merge` (the engine loads the base with the adapter merged) and
+    /// `register` (the rest: adding the model, routing).
+    pub async fn install_timed(
+        self: &Arc<Self>,
+        task: &str,
+        adapter: &LoraAdapter,
+        source: Source,
+    ) -> Result<(TaskInfo, Vec<(String, Duration)>)> {
+        let t = Instant::now();
         adapter.validate(&self.dims)?;
         let op = self.op_lock(task);
         let _guard = op.lock().await;
@@ -242,6 +255,7 @@ impl AdapterTable {
         let (task_s, adapter_c) = (task.to_string(), adapter.clone());
         let record =
             tokio::task::spawn_blocking(move || store.put(&task_s, &adapter_c, source)).await??;
+        let write = t.elapsed();
         {
             let mut inner = self.lock();
             let entry = inner.tasks.entry(task.to_string()).or_default();
@@ -249,20 +263,30 @@ impl AdapterTable {
             entry.record = record;
             entry.record.pinned = pinned;
         }
-        self.load_current(task).await?;
-        self.info(task)
-            .ok_or_else(|| anyhow!("task {task} vanished"))
+        let t = Instant::now();
+        let load = self.load_current(task).await?.unwrap_or_default();
+        let rest = t.elapsed().saturating_sub(load);
+        let info = self
+            .info(task)
+            .ok_or_else(|| anyhow!("task {task} vanished"))?;
+        let stages = vec![
+            ("write".to_string(), write),
+            ("load_merge".to_string(), load),
+            ("register".to_string(), rest),
+        ];
+        Ok((info, stages))
     }
 
     /// Makes the task's current version resident (no-op if it already is).
     pub async fn ensure_resident(self: &Arc<Self>, task: &str) -> Result<()> {
         let op = self.op_lock(task);
         let _guard = op.lock().await;
-        self.load_current(task).await
+        self.load_current(task).await.map(|_| ())
     }
 
-    /// Loads the current version if the resident one differs. Caller holds the op lock.
-    async fn load_current(self: &Arc<Self>, task: &str) -> Result<()> {
+    /// Loads the current version if the resident one differs, returning the engine's load
+    /// time (`None` when it was already resident). Caller holds the op lock.
+    async fn load_current(self: &Arc<Self>, task: &str) -> Result<Option<Duration>> {
         let hash = {
             let mut inner = self.lock();
             let entry = inner
@@ -275,7 +299,7 @@ impl AdapterTable {
                 .clone()
                 .ok_or_else(|| anyhow!("no adapter stored for task {task}"))?;
             if entry.resident.as_ref().is_some_and(|r| r.hash == hash) {
-                return Ok(());
+                return Ok(None);
             }
             entry.state = Some(State::Loading);
             hash
@@ -324,7 +348,7 @@ impl AdapterTable {
                     tracing::info!(task = r.task, hash = r.hash, "evicted (LRU)");
                     self.retire(r);
                 }
-                Ok(())
+                Ok(Some(load))
             }
             Err(e) => {
                 let msg = format!("{e:#}");

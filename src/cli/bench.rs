@@ -1,7 +1,8 @@
 //! `mistralrs-dnd bench ...`: benchmarks that print their numbers and the setup they ran on.
 //! `bench hotload` times hot-loading adapters into the server; `bench generator` times the
 //! generation of one SmolLM2-135M adapter from 32 prompts of about 64 tokens, stage by
-//! stage, with the peak resident memory (VmHWM).
+//! stage, with the peak resident memory (VmHWM); `bench time-to-adapter` times automatic
+//! specialisation end to end (K-th request -> first token through the generated adapter).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -28,6 +29,29 @@ pub enum Bench {
     Hotload(HotloadArgs),
     /// Time prompt encoding, decoding and detokenising of one adapter.
     Generator(GeneratorArgs),
+    /// Time-to-adapter of automatic specialisation on SmolLM2: from the K-th request of a
+    /// task to the first token through its generated adapter, with its parts.
+    TimeToAdapter(TimeToAdapterArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TimeToAdapterArgs {
+    /// Tasks to specialise, one after the other (built-in suite tasks, their test prompts).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "add,uppercase,count_items,weekday_after,parity"
+    )]
+    pub tasks: Vec<String>,
+    /// Generator folder (default: the shipped SmolLM2 generator).
+    #[arg(long, default_value = crate::generator::SHIPPED_SMOLLM2)]
+    pub generator: PathBuf,
+    /// Serving dtype.
+    #[arg(long, default_value = "f16")]
+    pub dtype: String,
+    /// Asset folder (default: $DND_ASSETS or ./assets).
+    #[arg(long)]
+    pub assets: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -63,6 +87,7 @@ pub fn run(args: Args) -> Result<()> {
     match args.bench {
         Bench::Hotload(a) => tokio::runtime::Runtime::new()?.block_on(hotload(a)),
         Bench::Generator(a) => generator(a),
+        Bench::TimeToAdapter(a) => tokio::runtime::Runtime::new()?.block_on(time_to_adapter(a)),
     }
 }
 
@@ -210,6 +235,161 @@ async fn hotload(args: HotloadArgs) -> Result<()> {
         median(&mut puts).as_secs_f64() * 1e3
     );
     println!("RSS per resident adapter: {per_adapter:.0} MB");
+    server.abort();
+    Ok(())
+}
+
+async fn time_to_adapter(args: TimeToAdapterArgs) -> Result<()> {
+    const TOKEN: &str = "bench";
+    let assets = Assets::new(args.assets.unwrap_or_else(default_root));
+    assets.ensure()?;
+    let store = tempfile::tempdir()?;
+    let mut config = Config::default();
+    config.model.base = Some(assets.smollm2());
+    config.model.dtype = args.dtype.clone();
+    config.plugin.store = store.path().join("store");
+    config.plugin.generator = Some(args.generator.clone());
+    config.plugin.encoder = Some(assets.minilm());
+    config.plugin.admin_token = Some(TOKEN.into());
+    config.plugin.max_resident = args.tasks.len() + 1;
+    config.plugin.max_resident_mib = 1 << 20;
+    let k = crate::generator::decoder::DecoderConfig::load(&args.generator)?.prompts;
+    print_machine();
+    println!(
+        "setup: SmolLM2-135M-Instruct {} on the engine, generator {} (K = N = {k} prompts), \
+         tasks {} in turn; each task gets K tagged requests (max_tokens 1), the clock starts \
+         when the K-th is sent and stops at the first streamed token through the adapter",
+        args.dtype,
+        args.generator.display(),
+        args.tasks.join(", ")
+    );
+    let (router, _plugin) = server::build(config).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    let client = reqwest::Client::new();
+    first_token(&client, &url, None).await?;
+    let suite = crate::training::tasks::builtin_suite(&Default::default())?;
+    let stages = [
+        "encode",
+        "decode",
+        "detokenise",
+        "write",
+        "load_merge",
+        "register",
+    ];
+    println!(
+        "{:<14} {} {:>12} {:>12}",
+        "task",
+        stages.map(|s| format!("{s:>11}")).join(""),
+        "first token",
+        "total"
+    );
+    let mut totals = Vec::new();
+    let mut parts: Vec<Vec<f64>> = vec![Vec::new(); stages.len()];
+    for name in &args.tasks {
+        let task = suite
+            .iter()
+            .find(|t| &t.name == name)
+            .with_context(|| format!("no built-in task {name}"))?;
+        let prompts: Vec<&str> = task
+            .test
+            .iter()
+            .map(|e| e.prompt.as_str())
+            .take(k)
+            .collect();
+        ensure!(
+            prompts.len() == k,
+            "task {name} has fewer than {k} test prompts"
+        );
+        let ask = |prompt: &str| {
+            client
+                .post(format!("{url}/v1/chat/completions"))
+                .header("X-Task-Id", name.as_str())
+                .json(&serde_json::json!({
+                    "model": "default",
+                    "messages": [{"role": "user", "content": prompt}],
+                    "max_tokens": 1,
+                    "temperature": 0.0,
+                }))
+                .send()
+        };
+        for p in &prompts[..k - 1] {
+            ensure!(ask(p).await?.status().is_success(), "request failed");
+        }
+        let t0 = Instant::now();
+        ensure!(
+            ask(prompts[k - 1]).await?.status().is_success(),
+            "request failed"
+        );
+        let info = loop {
+            let v: serde_json::Value = client
+                .get(format!("{url}/admin/adapters/{name}"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await?
+                .json()
+                .await?;
+            if v["state"] == "resident" {
+                break v;
+            }
+            if v["generation"]["state"] == "failed" {
+                anyhow::bail!("generation failed: {}", v["generation"]);
+            }
+            ensure!(
+                t0.elapsed() < Duration::from_secs(120),
+                "no adapter after 120 s: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let t1 = Instant::now();
+        let label = first_token(&client, &url, Some(name)).await?;
+        let total = t0.elapsed();
+        ensure!(
+            label.starts_with(name.as_str()),
+            "served by {label}, not the adapter"
+        );
+        let timings: std::collections::HashMap<String, f64> =
+            serde_json::from_value(info["generation"]["last_timings_ms"].clone())
+                .map(|v: Vec<(String, f64)>| v.into_iter().collect())
+                .context("no stage timings in the admin API")?;
+        let row: Vec<f64> = stages
+            .iter()
+            .map(|s| timings.get(*s).copied().unwrap_or(f64::NAN))
+            .collect();
+        println!(
+            "{:<14} {} {:>10.0}ms {:>10.0}ms",
+            name,
+            row.iter()
+                .map(|ms| format!("{ms:>9.0}ms"))
+                .collect::<String>(),
+            t1.elapsed().as_secs_f64() * 1e3,
+            total.as_secs_f64() * 1e3
+        );
+        for (p, v) in parts.iter_mut().zip(row) {
+            p.push(v);
+        }
+        totals.push(total);
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "time-to-adapter (K-th request sent -> first token through the adapter): median {:.0} ms, min {:.0} ms, max {:.0} ms",
+        median(&mut totals.clone()).as_secs_f64() * 1e3,
+        totals.iter().min().context("no tasks")?.as_secs_f64() * 1e3,
+        totals.iter().max().context("no tasks")?.as_secs_f64() * 1e3,
+    );
+    println!(
+        "median parts: {}",
+        stages
+            .iter()
+            .zip(parts.iter_mut())
+            .map(|(s, v)| format!("{s} {:.0} ms", med(v)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     server.abort();
     Ok(())
 }

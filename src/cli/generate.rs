@@ -11,9 +11,9 @@ use crate::generator::{self, decoder::DecoderConfig, prompts, Generator};
 #[derive(Debug, clap::Args)]
 #[command(about = "Generate a LoRA adapter from a task's prompts (or create a random generator)")]
 pub struct Args {
-    /// Generator folder (decoder.json + decoder.safetensors).
-    #[arg(long, required_unless_present = "init_random")]
-    pub generator: Option<PathBuf>,
+    /// Generator folder (decoder.json + decoder.safetensors); default: the shipped one.
+    #[arg(long, default_value = generator::SHIPPED_SMOLLM2)]
+    pub generator: PathBuf,
     /// Prompts: one per line, or JSONL objects with a "prompt" field.
     #[arg(long, required_unless_present = "init_random")]
     pub prompts: Option<PathBuf>,
@@ -61,7 +61,7 @@ pub fn run(args: Args) -> Result<()> {
         return init_random(&args);
     }
     let (gen_dir, prompts_path, out) = (
-        args.generator.as_ref().context("--generator is required")?,
+        &args.generator,
         args.prompts.as_ref().context("--prompts is required")?,
         args.out.as_ref().context("--out is required")?,
     );

@@ -40,6 +40,12 @@ pub use tokenizer::TokenLayout;
 
 use crate::adapters::peft::{tensor_name, LlamaDims, LoraAdapter};
 
+/// The trained generator for SmolLM2-135M-Instruct shipped with the project (decoder
+/// weights, config and `train.json`; reproduced by the command in its `train.json` and the
+/// README), relative to the repository root. The default of `generate`, the benches and
+/// `configs/default.toml`.
+pub const SHIPPED_SMOLLM2: &str = "src/generator/smollm2-135m";
+
 /// The device the generator runs on: the CPU, or with the `cuda` feature the first GPU if
 /// there is one.
 pub fn default_device() -> Result<Device> {

@@ -25,6 +25,12 @@ pub trait AdapterGenerator: Send + Sync {
     /// Prompts one generation wants (the decoder's N).
     fn batch_size(&self) -> usize;
     fn generate(&self, prompts: &[String]) -> Result<LoraAdapter>;
+
+    /// [`AdapterGenerator::generate`] with the time of each named stage, for the admin API
+    /// and `bench time-to-adapter`; none by default.
+    fn generate_timed(&self, prompts: &[String]) -> Result<(LoraAdapter, Vec<(String, Duration)>)> {
+        Ok((self.generate(prompts)?, Vec::new()))
+    }
 }
 
 impl AdapterGenerator for crate::generator::Generator {
@@ -33,6 +39,10 @@ impl AdapterGenerator for crate::generator::Generator {
     }
 
     fn generate(&self, prompts: &[String]) -> Result<LoraAdapter> {
+        Ok(self.generate_timed(prompts)?.0)
+    }
+
+    fn generate_timed(&self, prompts: &[String]) -> Result<(LoraAdapter, Vec<(String, Duration)>)> {
         let g = crate::generator::Generator::generate(self, prompts)?;
         let t = &g.timings;
         tracing::info!(
@@ -42,7 +52,12 @@ impl AdapterGenerator for crate::generator::Generator {
             detokenise_ms = t.detokenise.as_millis() as u64,
             "DnD adapter generated"
         );
-        Ok(g.adapter)
+        let stages = vec![
+            ("encode".to_string(), t.encode),
+            ("decode".to_string(), t.decode),
+            ("detokenise".to_string(), t.detokenise),
+        ];
+        Ok((g.adapter, stages))
     }
 }
 
@@ -89,6 +104,8 @@ struct TaskBuf {
     attempts: u32,
     /// Unix seconds of recent generations (rate cap).
     recent: VecDeque<u64>,
+    /// Stage timings of the last successful generation, in milliseconds.
+    last_timings: Vec<(String, f64)>,
 }
 
 impl TaskBuf {
@@ -100,6 +117,7 @@ impl TaskBuf {
             state: GenState::Collecting,
             attempts: 0,
             recent: VecDeque::new(),
+            last_timings: Vec::new(),
         }
     }
 
@@ -116,6 +134,10 @@ pub struct GenInfo {
     pub prompts: usize,
     pub prompts_needed: usize,
     pub since_generation: usize,
+    /// Milliseconds per stage of the last generation (generator stages, then write,
+    /// load_merge, register, and total); empty before the first one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub last_timings_ms: Vec<(String, f64)>,
 }
 
 enum Persist {
@@ -367,7 +389,7 @@ impl Specialiser {
         tracing::info!(task, prompts = prompts.len(), "generating adapter");
         let t = Instant::now();
         let generator = self.generator.clone();
-        let result = tokio::task::spawn_blocking(move || generator.generate(&prompts))
+        let result = tokio::task::spawn_blocking(move || generator.generate_timed(&prompts))
             .await
             .map_err(anyhow::Error::from)
             .and_then(|r| r);
@@ -375,19 +397,30 @@ impl Specialiser {
             .generation_seconds
             .observe(t.elapsed().as_secs_f64());
         let result = match result {
-            Ok(adapter) => {
-                let t = Instant::now();
-                let r = self.table.install(task, &adapter, Source::Generated).await;
+            Ok((adapter, mut stages)) => {
+                let t_install = Instant::now();
+                let r = self
+                    .table
+                    .install_timed(task, &adapter, Source::Generated)
+                    .await;
                 self.metrics
                     .registration_seconds
-                    .observe(t.elapsed().as_secs_f64());
-                r.map(|_| ())
+                    .observe(t_install.elapsed().as_secs_f64());
+                r.map(|(_, install)| {
+                    stages.extend(install);
+                    stages.push(("total".to_string(), t.elapsed()));
+                    stages
+                })
             }
             Err(e) => Err(e),
         };
         match result {
-            Ok(()) => {
+            Ok(stages) => {
                 if let Some(b) = self.lock().get_mut(task) {
+                    b.last_timings = stages
+                        .into_iter()
+                        .map(|(k, d)| (k, d.as_secs_f64() * 1e3))
+                        .collect();
                     b.state = GenState::Done;
                     b.attempts = 0;
                     b.since_generation = 0;
@@ -464,6 +497,7 @@ impl Specialiser {
             prompts: b.prompts.len(),
             prompts_needed: self.settings.k,
             since_generation: b.since_generation,
+            last_timings_ms: b.last_timings.clone(),
         }
     }
 
