@@ -9,6 +9,7 @@ use candle_transformers::models::{llama, quantized_llama};
 use mistralrs_dnd::adapters::{LlamaDims, Module};
 use mistralrs_dnd::assets::Assets;
 use reqwest::Method;
+use serde_json::json;
 
 use crate::common::*;
 
@@ -193,4 +194,85 @@ async fn chat_through_a_hot_loaded_adapter_on_smollm2() {
         mb(rss_before),
         mb(rss_after)
     );
+}
+
+/// The shipped generator fits the real SmolLM2, was trained on the built-in suite, and turns
+/// 16 prompts into an adapter that validates against the model and carries the frozen A.
+#[test]
+fn the_shipped_generator_generates_for_smollm2() {
+    use mistralrs_dnd::generator::{Generator, SHIPPED_SMOLLM2};
+    use mistralrs_dnd::training::decoder::TrainRecord;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(SHIPPED_SMOLLM2);
+    let g = Generator::load(&dir, &assets().minilm(), &Device::Cpu).unwrap();
+    let dims = LlamaDims::from_config_file(&assets().smollm2().join("config.json")).unwrap();
+    g.check_base(&dims).unwrap();
+    let record = TrainRecord::load(&dir).unwrap();
+    assert!(record.train_tasks.len() >= 16, "{:?}", record.train_tasks);
+    assert_eq!(record.step, record.config.steps, "training did not finish");
+    let prompts: Vec<String> = (0..16)
+        .map(|i| format!("What is {i} plus {}?", 2 * i))
+        .collect();
+    let a = g.generate(&prompts).unwrap().adapter;
+    a.validate(&dims).unwrap();
+    let b = a.tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"]
+        .abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(b > 0.0 && b.is_finite(), "B sum {b}");
+}
+
+/// Concurrent requests to one engine model get the answers they get alone. mistral.rs 0.8.1
+/// on the CPU mixes up the KV caches of concurrent sequences of one model (the answer to
+/// "What is 27 + 66?" continues another request's sum); the plugin gives each engine model
+/// `model.requests_per_model` (default 1) requests at a time. Set
+/// `DND_TEST_REQUESTS_PER_MODEL=8` to watch this test fail without the guard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_get_their_own_answers_on_smollm2() {
+    let _heavy = HEAVY.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = tiny_config(dir.path());
+    c.model.base = Some(assets().smollm2());
+    c.model.dtype = "f32".into();
+    if let Ok(n) = std::env::var("DND_TEST_REQUESTS_PER_MODEL") {
+        c.model.requests_per_model = n.parse().unwrap();
+    }
+    let s = start(c).await;
+    let prompts = [
+        "Calculate 38 plus 42.",
+        "Add 15 and 27.",
+        "What is 27 + 66?",
+        "Add 40 and 47.",
+        "What is 13 + 95?",
+        "Add 61 and 87.",
+    ];
+    let ask = |p: &'static str| {
+        let s = &s;
+        async move {
+            let body = json!({
+                "model": "default",
+                "messages": [{"role": "user", "content": p}],
+                "max_tokens": 16,
+                "temperature": 0.0,
+            });
+            let r = reply(
+                s.client
+                    .post(format!("{}/v1/chat/completions", s.url))
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            r.content()
+        }
+    };
+    let mut alone = Vec::new();
+    for p in prompts {
+        alone.push(ask(p).await);
+    }
+    let together = futures::future::join_all(prompts.map(ask)).await;
+    assert_eq!(together, alone);
 }

@@ -101,7 +101,7 @@ pub fn run(args: Args) -> Result<()> {
         &encoder,
         cfg.prompt_pool,
         &cfg.holdout,
-        &args.out.join(CACHE_DIR),
+        &args.checkpoints.join(CACHE_DIR),
     )?;
     println!(
         "train: {} tasks ({}), held out {} ({}); {} parameters; data ready in {:.1} s",

@@ -71,6 +71,7 @@ impl MistralRsEngine {
         let base_id = "base".to_string();
         let mistralrs = MistralRsBuilder::new(pipeline, scheduler(max_seqs), false, None)
             .with_model_id(base_id.clone())
+            .with_no_prefix_cache(true)
             .build()
             .await;
         Ok(Self {
@@ -114,6 +115,7 @@ impl AdapterEngine for MistralRsEngine {
         let load = t.elapsed();
         let mut config = AddModelConfig::new(EngineConfig {
             throughput_logging_enabled: false,
+            no_prefix_cache: true,
             ..Default::default()
         });
         config.loader_config = None; // no stock reload for adapter models (trap 1)

@@ -111,25 +111,24 @@ pub async fn tag_request(State(plugin): State<Arc<Plugin>>, req: Request, next: 
         return next.run(req).await;
     }
     match route_request(&plugin, req).await {
-        Ok((req, route)) => {
+        Ok((req, route, model)) => {
             let label = match &route {
                 Route::Base => "base".to_string(),
                 Route::Adapter(r) => format!("{}@{}", r.task, r.hash),
             };
+            let turn = plugin.engine_turn(&model).await;
             let mut resp = next.run(req).await;
             if let Ok(v) = HeaderValue::from_str(&label) {
                 resp.headers_mut().insert(ADAPTER_HEADER, v);
             }
-            // Keep the adapter model alive until the (possibly streamed) body is done.
-            if let Route::Adapter(model) = route {
-                let (parts, body) = resp.into_parts();
-                let guarded = Body::from_stream(GuardedStream {
-                    inner: body.into_data_stream(),
-                    _guard: model,
-                });
-                resp = Response::from_parts(parts, guarded);
-            }
-            resp
+            // Keep the turn, and the adapter model alive, until the (possibly streamed) body
+            // is done.
+            let (parts, body) = resp.into_parts();
+            let guarded = Body::from_stream(GuardedStream {
+                inner: body.into_data_stream(),
+                _guard: (turn, route),
+            });
+            Response::from_parts(parts, guarded)
         }
         Err(e) => e.into_response(),
     }
@@ -164,7 +163,11 @@ async fn hide_adapter_models(resp: Response) -> Response {
     )
 }
 
-async fn route_request(plugin: &Arc<Plugin>, req: Request) -> Result<(Request, Route), ApiError> {
+/// The request rewritten for its engine model, the route, and the engine model id.
+async fn route_request(
+    plugin: &Arc<Plugin>,
+    req: Request,
+) -> Result<(Request, Route, String), ApiError> {
     let (mut parts, body) = req.into_parts();
     let bytes: Bytes = axum::body::to_bytes(body, plugin.config.server.max_body_bytes)
         .await
@@ -196,10 +199,10 @@ async fn route_request(plugin: &Arc<Plugin>, req: Request) -> Result<(Request, R
         .requests
         .with_label_values(&[served_by])
         .inc();
-    json.insert("model".into(), Value::String(model));
+    json.insert("model".into(), Value::String(model.clone()));
     let body = serde_json::to_vec(&json).map_err(|e| ApiError::internal(e.to_string()))?;
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);
-    Ok((Request::from_parts(parts, Body::from(body)), route))
+    Ok((Request::from_parts(parts, Body::from(body)), route, model))
 }
 
 /// A body stream that holds a value until the stream is dropped.

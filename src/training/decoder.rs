@@ -3,7 +3,7 @@
 //!
 //! - **Data.** Every completed task of the collection gives its checkpoints, tokenized with
 //!   the decoder's layout, and a pool of its *training* prompts (never answers) encoded once
-//!   by the frozen MiniLM (cached in `OUT/cache/`). A sample is one checkpoint of one task
+//!   by the frozen MiniLM (cached in the collection's `.encoder-cache/`). A sample is one checkpoint of one task
 //!   and N prompts drawn at random, in random order, from that task's pool: fresh pairs at
 //!   every step.
 //! - **Loss.** Mean squared error over the non-NaN cells, each token weighted by how much it
@@ -22,7 +22,8 @@
 //!   checkpoints give the held-out loss in the log, and `eval --generator` evaluates on them.
 //!
 //! The output folder is a generator (`decoder.json`, `decoder.safetensors`) plus
-//! `train.json` (settings, tasks used and held out, loss log), refreshed at every save.
+//! `train.json` (settings, tasks used and held out, loss log), refreshed at every save, and
+//! the resume state in `checkpoint/` (weights and AdamW moments; not needed to generate).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -45,8 +46,8 @@ use crate::generator::PromptEncoder;
 
 pub const TRAIN_FILE: &str = "train.json";
 const STATE_DIR: &str = "checkpoint";
-/// Encoded prompt pools, under the output folder.
-pub const CACHE_DIR: &str = "cache";
+/// Encoded prompt pools, under the collection folder (hidden: not a task).
+pub const CACHE_DIR: &str = ".encoder-cache";
 
 /// Which tasks are kept out of training.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
