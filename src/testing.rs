@@ -15,6 +15,24 @@ use crate::adapters::peft::{tensor_name, LlamaDims, LoraAdapter, Module, PeftCon
 
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
+/// SmolLM2-135M-Instruct's chat template, verbatim from its GGUF metadata (it adds a
+/// default system prompt).
+pub const SMOLLM2_TEMPLATE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+/// A fresh temporary folder holding the tiny model ([`write_tiny_llama`], seed 7) with
+/// SmolLM2's chat template, for the trainer's tests.
+pub fn tiny_model_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_tiny_llama(dir.path(), 7).expect("writing the tiny model");
+    let path = dir.path().join("tokenizer_config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("tokenizer_config.json"))
+            .expect("valid JSON");
+    cfg["chat_template"] = json!(SMOLLM2_TEMPLATE);
+    std::fs::write(&path, cfg.to_string()).expect("writing tokenizer_config.json");
+    dir
+}
+
 /// The real assets for tests: `$DND_ASSETS`, or `assets/` in the crate, fetched when missing
 /// (so that no real-model test skips itself on a clean checkout).
 pub fn real_assets() -> crate::assets::Assets {

@@ -37,7 +37,7 @@ pub struct Args {
     #[arg(long, default_value_t = 10)]
     pub samples: usize,
     /// Steps of the own LoRA run also evaluated, for the overhead figure.
-    #[arg(long, value_delimiter = ',', default_value = "25,35,45,55")]
+    #[arg(long, value_delimiter = ',', default_value = "25,45")]
     pub overhead_steps: Vec<usize>,
     /// Test examples per task at most.
     #[arg(long)]

@@ -306,7 +306,7 @@ pub fn heldout_markdown(r: &HeldoutReport) -> String {
     );
     for row in &r.rows {
         out += &format!(
-            "| {} | {} | {} | {} ({}) | {} | {} ± {} ({}–{}) | {:.2} | {:.0}{} | {:.0}x |\n",
+            "| {} | {} | {} | {} ({}) | {} | {} ± {} ({}–{}) | {:.2} | {}{:.0}{} | {:.0}x |\n",
             row.task,
             pct(row.base.0),
             pct(row.others_mean.0),
@@ -318,6 +318,12 @@ pub fn heldout_markdown(r: &HeldoutReport) -> String {
             pct(row.dnd_min.0),
             pct(row.dnd_max.0),
             row.dnd_seconds,
+            // Reached at the first saved checkpoint: it may have been reached earlier.
+            if row.lora_reached && row.own_curve.first().map(|c| c.0) == Some(row.lora_steps) {
+                "≤ "
+            } else {
+                ""
+            },
             row.lora_seconds,
             if row.lora_reached {
                 format!(" ({} steps)", row.lora_steps)

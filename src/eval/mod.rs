@@ -2,7 +2,8 @@
 //! in-process server with the plugin; each adapter is hot-loaded as a task and requests are
 //! tagged with it), greedy, and scores them strictly (the answer parsed from the start of
 //! the output, the method's protocol) and leniently (the right answer anywhere in the first
-//! sentence, no wrong one). Writes `eval.json`, `eval.md` and `eval.png`.
+//! sentence, no wrong one), from at most 16 generated tokens (every answer of the suite
+//! fits, with room for a short lead-in). Writes `eval.json`, `eval.md` and `eval.png`.
 
 pub mod heldout;
 
@@ -169,7 +170,8 @@ async fn score_task(
     label: &str,
 ) -> Result<Score> {
     let examples: Vec<_> = task.test.iter().take(limit.unwrap_or(usize::MAX)).collect();
-    // The engine batches concurrent requests; 8 in flight keeps it busy on 2 cores.
+    // The plugin runs one request per engine model at a time (see
+    // `model.requests_per_model`); the rest queue, so 8 in flight only keeps the queue full.
     let outputs: Vec<Result<String>> = futures::stream::iter(
         examples
             .iter()
@@ -209,7 +211,7 @@ async fn answer(
         .json(&serde_json::json!({
             "model": "default",
             "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": 24,
+            "max_tokens": 16,
             "temperature": 0.0,
         }));
     if let Some(t) = tag {

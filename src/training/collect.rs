@@ -373,9 +373,9 @@ fn sync_dir(dir: &Path) {
 mod tests {
     use super::*;
     use crate::adapters::LoraAdapter;
+    use crate::testing::tiny_model_dir;
     use crate::training::lora::LoraConfig;
     use crate::training::tasks::{builtin_task, SuiteConfig};
-    use crate::training::testutil::tiny_model_dir;
 
     fn small() -> (Vec<Task>, CollectConfig) {
         let sc = SuiteConfig {

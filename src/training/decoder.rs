@@ -98,7 +98,7 @@ pub struct TrainDecoderConfig {
 impl Default for TrainDecoderConfig {
     fn default() -> Self {
         Self {
-            steps: 1500,
+            steps: 1200,
             batch_size: 4,
             lr: 1e-3,
             warmup_steps: 50,

@@ -1116,7 +1116,7 @@ impl BatchStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::training::testutil::{tiny_model_dir, SMOLLM2_TEMPLATE};
+    use crate::testing::{tiny_model_dir, SMOLLM2_TEMPLATE};
 
     fn load_tiny(dir: &Path) -> (BaseModel, ChatTokenizer) {
         let base = BaseModel::load(dir, &Device::Cpu).unwrap();
@@ -1187,7 +1187,8 @@ mod tests {
                 .collect();
             let rows = bt.rows.to_vec1::<u32>().unwrap();
             let targets = bt.targets.to_vec1::<u32>().unwrap();
-            assert_eq!(targets.len(), 4, "two answers of one word + end of turn");
+            let answers = (a.ids.len() - a.prompt_len) + (b.ids.len() - b.prompt_len);
+            assert_eq!(targets.len(), answers, "both answers and their end of turn");
             for (r, tg) in rows.iter().zip(&targets) {
                 let r = *r as usize - p;
                 let (seq, pos) = (r / s, r % s + p);

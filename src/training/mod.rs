@@ -13,9 +13,6 @@ pub mod rng;
 pub mod taskfile;
 pub mod tasks;
 
-#[cfg(test)]
-pub(crate) mod testutil;
-
 /// Writes a file so that readers see the old file or the whole new one: a synced temp file
 /// in the same folder, renamed into place.
 pub(crate) fn write_file_atomically(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
