@@ -96,6 +96,18 @@ impl TestServer {
         reply(resp).await
     }
 
+    /// Posts a chat completion body as it is.
+    pub async fn post_chat(&self, body: &Value) -> Reply {
+        let resp = self
+            .client
+            .post(format!("{}/v1/chat/completions", self.url))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        reply(resp).await
+    }
+
     pub async fn chat_task(&self, prompt: &str, task: &str) -> Reply {
         let task = task.to_string();
         self.chat(prompt, move |rb, _| rb.header("X-Task-Id", task))

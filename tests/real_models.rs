@@ -257,16 +257,7 @@ async fn concurrent_requests_get_their_own_answers_on_smollm2() {
                 "max_tokens": 16,
                 "temperature": 0.0,
             });
-            let r = reply(
-                s.client
-                    .post(format!("{}/v1/chat/completions", s.url))
-                    .json(&body)
-                    .send()
-                    .await
-                    .unwrap(),
-            )
-            .await;
-            r.content()
+            s.post_chat(&body).await.content()
         }
     };
     let mut alone = Vec::new();

@@ -597,15 +597,7 @@ async fn training_forward_matches_the_engines_logits() {
         if let Some(t) = task {
             body["task_id"] = json!(t);
         }
-        let r = reply(
-            s.client
-                .post(format!("{}/v1/chat/completions", s.url))
-                .json(&body)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let r = s.post_chat(&body).await;
         assert_eq!(r.status, 200, "{}", r.json);
         let served: Vec<(u32, f32)> = r.json["choices"][0]["logprobs"]["content"][0]
             ["top_logprobs"]

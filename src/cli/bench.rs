@@ -136,6 +136,17 @@ fn median(v: &mut [Duration]) -> Duration {
     v[v.len() / 2]
 }
 
+/// "median X ms, min Y ms, max Z ms".
+fn spread(v: &[Duration]) -> Result<String> {
+    let ms = |d: &Duration| d.as_secs_f64() * 1e3;
+    Ok(format!(
+        "median {:.0} ms, min {:.0} ms, max {:.0} ms",
+        ms(&median(&mut v.to_vec())),
+        ms(v.iter().min().context("no runs")?),
+        ms(v.iter().max().context("no runs")?)
+    ))
+}
+
 async fn hotload(args: HotloadArgs) -> Result<()> {
     ensure!(args.n >= 1, "--n must be at least 1");
     let assets = Assets::new(args.assets.unwrap_or_else(default_root));
@@ -225,10 +236,8 @@ async fn hotload(args: HotloadArgs) -> Result<()> {
     }
     let per_adapter = (rss_bytes().saturating_sub(rss0)) as f64 / args.n as f64 / 1e6;
     println!(
-        "hot-load latency (upload -> first token through the adapter): median {:.0} ms, min {:.0} ms, max {:.0} ms",
-        median(&mut totals.clone()).as_secs_f64() * 1e3,
-        totals.iter().min().context("no runs")?.as_secs_f64() * 1e3,
-        totals.iter().max().context("no runs")?.as_secs_f64() * 1e3,
+        "hot-load latency (upload -> first token through the adapter): {}",
+        spread(&totals)?
     );
     println!(
         "upload + validate + store + load + merge + register: median {:.0} ms",
@@ -376,10 +385,8 @@ async fn time_to_adapter(args: TimeToAdapterArgs) -> Result<()> {
         v[v.len() / 2]
     };
     println!(
-        "time-to-adapter (K-th request sent -> first token through the adapter): median {:.0} ms, min {:.0} ms, max {:.0} ms",
-        median(&mut totals.clone()).as_secs_f64() * 1e3,
-        totals.iter().min().context("no tasks")?.as_secs_f64() * 1e3,
-        totals.iter().max().context("no tasks")?.as_secs_f64() * 1e3,
+        "time-to-adapter (K-th request sent -> first token through the adapter): {}",
+        spread(&totals)?
     );
     println!(
         "median parts: {}",

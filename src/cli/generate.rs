@@ -45,13 +45,21 @@ pub struct Args {
     /// --init-random with --base-config: target modules.
     #[arg(long, value_delimiter = ',', default_value = "q_proj,v_proj")]
     pub modules: Vec<String>,
-    /// --init-random with --base-config: chunk width C (even).
+    /// --init-random with --base-config: the decoder's chunk width, N and L.
+    #[command(flatten)]
+    pub shape: DecoderShapeArgs,
+}
+
+/// Chunk width and prompt shape of a new decoder (`generate --init-random`, `train`).
+#[derive(Debug, clap::Args)]
+pub struct DecoderShapeArgs {
+    /// Chunk width C of the checkpoint tokens (even).
     #[arg(long, default_value_t = 192)]
     pub chunk: usize,
-    /// --init-random with --base-config: N, prompts per adapter.
+    /// N, prompts per adapter.
     #[arg(long, default_value_t = 16)]
     pub n_prompts: usize,
-    /// --init-random with --base-config: L, tokens per prompt.
+    /// L, tokens per prompt.
     #[arg(long, default_value_t = 32)]
     pub prompt_tokens: usize,
 }
@@ -120,9 +128,9 @@ fn init_random(args: &Args) -> Result<()> {
                 args.rank,
                 args.alpha,
                 &modules,
-                args.chunk,
-                args.n_prompts,
-                args.prompt_tokens,
+                args.shape.chunk,
+                args.shape.n_prompts,
+                args.shape.prompt_tokens,
             )?
         }
     };

@@ -48,15 +48,8 @@ pub struct Args {
     /// Steps between saves and log lines.
     #[arg(long, default_value_t = TrainDecoderConfig::default().save_every)]
     pub save_every: usize,
-    /// Chunk width C of the checkpoint tokens (even).
-    #[arg(long, default_value_t = 192)]
-    pub chunk: usize,
-    /// N, prompts per adapter.
-    #[arg(long, default_value_t = 16)]
-    pub n_prompts: usize,
-    /// L, tokens per prompt.
-    #[arg(long, default_value_t = 32)]
-    pub prompt_tokens: usize,
+    #[command(flatten)]
+    pub shape: super::generate::DecoderShapeArgs,
     /// Stop after this many steps, as if killed (for testing resumption).
     #[arg(long, hide = true)]
     pub stop_after_steps: Option<usize>,
@@ -72,9 +65,9 @@ pub fn run(args: Args) -> Result<()> {
         &args.checkpoints,
         &base_name,
         &dims,
-        args.chunk,
-        args.n_prompts,
-        args.prompt_tokens,
+        args.shape.chunk,
+        args.shape.n_prompts,
+        args.shape.prompt_tokens,
     )?;
     let holdout = match (&args.hold_out_family, args.hold_out.is_empty()) {
         (Some(f), _) => Holdout::Family(f.clone()),
