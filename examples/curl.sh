@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Walk-through with curl against a running server (cargo run -- serve --config configs/default.toml):
 # the three ways to tag a request, then a hot-loaded adapter taking over a task.
-# Needs: the server on $URL, and an adapter folder (PEFT) at $ADAPTER, for example one made by
-#   cargo run -- generate --init-random --out-generator /tmp/gen
-#   cargo run -- generate --generator /tmp/gen --prompts prompts.txt --out data/import/demo
+# Needs: the server on $URL, and an adapter folder (PEFT) at $ADAPTER, for example one made
+# by the shipped generator from a file of prompts:
+#   cargo run -- generate --prompts prompts.txt --out data/import/demo
+# (With configs/default.toml the plugin also generates a task's adapter by itself after its
+# first 16 prompts: examples/openai_client.py shows that switch.)
 set -euo pipefail
 URL=${URL:-http://127.0.0.1:8080}
 ADAPTER=${ADAPTER:-data/import/demo}

@@ -62,6 +62,14 @@ if len(sys.argv) > 1:
     print(f"hot-loading {sys.argv[1]} as task 'demo'")
     admin("PUT", "/adapters/demo", {"path": sys.argv[1]})
 else:
+    # The task's first K prompts (K = 16 for the shipped generator; 3 were sent above).
+    needed = (admin("GET", "/adapters/demo").get("generation") or {}).get("prompts_needed", 16)
+    print(f"sending the task's first {needed} prompts (the base model answers them)")
+    for i in range(needed - 3):
+        client.chat.completions.create(
+            model="default", max_tokens=1, user="demo",
+            messages=[{"role": "user", "content": f"What is {i} plus {2 * i + 1}?"}],
+        )
     print("waiting for the plugin to generate an adapter for 'demo' (needs plugin.generator)")
     for _ in range(60):
         if admin("GET", "/adapters/demo").get("state") == "resident":
