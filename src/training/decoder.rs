@@ -579,6 +579,7 @@ pub fn train_decoder(
     );
     bar.set_position(record.step as u64);
 
+    let plain: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
     let mut budget = opts.stop_after_steps;
     let (mut loss_sum, mut loss_n) = (0f64, 0usize);
     while record.step < cfg.steps {
@@ -598,7 +599,6 @@ pub fn train_decoder(
         let loss_v = loss.to_scalar::<f32>()?;
         ensure!(loss_v.is_finite(), "loss is not finite at step {step}");
         let mut grads = loss.backward()?;
-        let plain: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
         let grad_norm = super::lora::clip_grad_norm(&mut grads, &plain, cfg.grad_clip)?;
         let lr = cfg.lr_at(step);
         adam.step(&vars, &grads, lr, cfg.weight_decay, step + 1)?;
