@@ -48,6 +48,9 @@ pub struct Args {
     /// Steps between saves and log lines.
     #[arg(long, default_value_t = TrainDecoderConfig::default().save_every)]
     pub save_every: usize,
+    /// Plain masked MSE instead of weighting tokens by their variability (an ablation).
+    #[arg(long)]
+    pub no_token_weighting: bool,
     #[command(flatten)]
     pub shape: super::generate::DecoderShapeArgs,
     /// Stop after this many steps, as if killed (for testing resumption).
@@ -83,6 +86,7 @@ pub fn run(args: Args) -> Result<()> {
         seed: args.seed,
         holdout,
         save_every: args.save_every,
+        token_weighting: !args.no_token_weighting,
         ..TrainDecoderConfig::default()
     };
     let device = candle_core::Device::Cpu;

@@ -93,6 +93,14 @@ pub struct TrainDecoderConfig {
     pub holdout: Holdout,
     /// Steps between saves (and log lines).
     pub save_every: usize,
+    /// Weight tokens by their variability across checkpoints (the method); off: plain
+    /// masked MSE (an ablation).
+    #[serde(default = "yes")]
+    pub token_weighting: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for TrainDecoderConfig {
@@ -110,6 +118,7 @@ impl Default for TrainDecoderConfig {
             seed: 0,
             holdout: Holdout::None,
             save_every: 100,
+            token_weighting: true,
         }
     }
 }
@@ -512,8 +521,11 @@ pub fn train_decoder(
     let device = Device::Cpu;
     let layout = decoder_cfg.layout()?;
     let mask = layout.valid_mask()?;
-    let weights = token_weights(&set.train, &mask)?;
     let (t, _, _) = layout.shape();
+    let weights = match cfg.token_weighting {
+        true => token_weights(&set.train, &mask)?,
+        false => Tensor::ones(t, DType::F32, &Device::Cpu)?,
+    };
     let cell_w = mask.broadcast_mul(&weights.reshape((t, 1, 1))?)?;
     let valid = f64::from(mask.sum_all()?.to_scalar::<f32>()?);
     let n = decoder_cfg.prompts;
