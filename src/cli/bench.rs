@@ -147,17 +147,28 @@ fn spread(v: &[Duration]) -> Result<String> {
     ))
 }
 
-async fn hotload(args: HotloadArgs) -> Result<()> {
-    ensure!(args.n >= 1, "--n must be at least 1");
-    let assets = Assets::new(args.assets.unwrap_or_else(default_root));
+/// The real assets (fetched if missing) and a server config for SmolLM2 in `dtype` with a
+/// temporary store (kept alive by the returned guard) and room for `resident` adapters.
+fn smollm2_config(
+    root: Option<PathBuf>,
+    dtype: &str,
+    resident: usize,
+) -> Result<(Assets, tempfile::TempDir, Config)> {
+    let assets = Assets::new(root.unwrap_or_else(default_root));
     assets.ensure()?;
     let store = tempfile::tempdir()?;
     let mut config = Config::default();
     config.model.base = Some(assets.smollm2());
-    config.model.dtype = args.dtype.clone();
+    config.model.dtype = dtype.to_string();
     config.plugin.store = store.path().join("store");
-    config.plugin.max_resident = args.n + 1;
+    config.plugin.max_resident = resident;
     config.plugin.max_resident_mib = 1 << 20;
+    Ok((assets, store, config))
+}
+
+async fn hotload(args: HotloadArgs) -> Result<()> {
+    ensure!(args.n >= 1, "--n must be at least 1");
+    let (assets, _store, config) = smollm2_config(args.assets, &args.dtype, args.n + 1)?;
     print_machine();
     println!(
         "setup: SmolLM2-135M-Instruct {} on the engine, LoRA r=8 on q_proj+v_proj, {} adapters hot-loaded in turn over HTTP on loopback, all kept resident",
@@ -250,18 +261,11 @@ async fn hotload(args: HotloadArgs) -> Result<()> {
 
 async fn time_to_adapter(args: TimeToAdapterArgs) -> Result<()> {
     const TOKEN: &str = "bench";
-    let assets = Assets::new(args.assets.unwrap_or_else(default_root));
-    assets.ensure()?;
-    let store = tempfile::tempdir()?;
-    let mut config = Config::default();
-    config.model.base = Some(assets.smollm2());
-    config.model.dtype = args.dtype.clone();
-    config.plugin.store = store.path().join("store");
+    let (assets, _store, mut config) =
+        smollm2_config(args.assets, &args.dtype, args.tasks.len() + 1)?;
     config.plugin.generator = Some(args.generator.clone());
     config.plugin.encoder = Some(assets.minilm());
     config.plugin.admin_token = Some(TOKEN.into());
-    config.plugin.max_resident = args.tasks.len() + 1;
-    config.plugin.max_resident_mib = 1 << 20;
     let k = crate::generator::decoder::DecoderConfig::load(&args.generator)?.prompts;
     print_machine();
     println!(
