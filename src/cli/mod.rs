@@ -8,6 +8,7 @@ pub mod collect;
 pub mod eval;
 pub mod generate;
 pub mod serve;
+pub mod tasks;
 pub mod train;
 
 #[derive(Debug, Parser)]
@@ -31,6 +32,8 @@ pub enum Command {
     Generate(generate::Args),
     /// Benchmarks that print their numbers and setup (`bench hotload`, `bench generator`).
     Bench(bench::Args),
+    /// List the built-in task suite (markdown table) and export it as task files.
+    Tasks(tasks::Args),
     /// Train a LoRA per task and keep its late checkpoints.
     Collect(collect::CollectArgs),
     /// Train the generator's decoder on a collection's checkpoints.
@@ -45,6 +48,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(a) => serve::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Tasks(a) => tasks::run(a),
         Command::Collect(a) => collect::run(a),
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),

@@ -1,6 +1,7 @@
 //! Training: the task suite, LoRA training with checkpoint collection, and decoder training.
 //!
 //! - [`tasks`]: the built-in procedural task suite and its scorers;
+//! - [`wordnet`]: the WordNet word lists the `lexical` tasks draw from;
 //! - [`taskfile`]: tasks as JSONL files (read and write);
 //! - [`lora`]: a differentiable llama forward pass with LoRA, and its trainer;
 //! - [`collect`]: one LoRA run per task, a checkpoint at every late step (DnD section 5);
@@ -12,6 +13,7 @@ pub mod lora;
 pub mod rng;
 pub mod taskfile;
 pub mod tasks;
+pub mod wordnet;
 
 /// Writes a file so that readers see the old file or the whole new one: a synced temp file
 /// in the same folder, renamed into place.

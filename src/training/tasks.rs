@@ -1,12 +1,13 @@
 //! The task suite: small question-answering tasks whose LoRA fine-tunes are the generator's
 //! training data (DnD paper, section 5: one LoRA trajectory per dataset).
 //!
-//! Every built-in task is generated procedurally, so the suite exists offline and is the
-//! same for a given seed on every machine. A task is one distinctive kind of request a user
-//! would really send ("What is 37 + 48?", "Reverse the word 'garden'.") with several
-//! phrasings, and a short answer (a few tokens: the base model is SmolLM2-135M and training
-//! runs on a CPU). Tasks are grouped in families (arithmetic, text, lists, time and units,
-//! comparison) so that held-out evaluation can leave a task out of a family that the
+//! Every built-in task is generated from a seeded random stream, procedurally or by
+//! drawing from WordNet's word lists ([`super::wordnet`], the `lexical` family), so the
+//! suite exists offline and is the same for a given seed on every machine. A task is one
+//! distinctive kind of request a user would really send ("What is 37 + 48?", "What is the
+//! opposite of 'cheap'?") with several phrasings, and a short answer (a few tokens: the base model is SmolLM2-135M and training
+//! runs on a CPU). Tasks are grouped in families (arithmetic, text, lists, comparison,
+//! lexical) so that held-out evaluation can leave a task out of a family that the
 //! generator otherwise knows (section 4, held-out protocol).
 //!
 //! Splits: each example has a *key* (its content without the phrasing, e.g. `(37, 48)` for
@@ -24,6 +25,7 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use super::rng::Rng;
+use super::wordnet::{Lexicon, Pos};
 
 /// How a task's outputs are scored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -297,7 +299,13 @@ struct Sample {
     choices: Vec<String>,
 }
 
-type Generator = fn(&mut Rng) -> Sample;
+/// How a task draws a question: from the random stream alone, or from WordNet's word lists.
+#[derive(Clone, Copy)]
+enum Generator {
+    Plain(fn(&mut Rng) -> Sample),
+    Lexical(fn(&mut Rng, &Lexicon) -> Sample),
+}
+use Generator::{Lexical, Plain};
 
 struct Spec {
     name: &'static str,
@@ -307,66 +315,85 @@ struct Spec {
 }
 
 const SPECS: &[Spec] = &[
-    // arithmetic
-    spec("add", "arithmetic", Scoring::Exact, gen_add),
-    spec("subtract", "arithmetic", Scoring::Exact, gen_subtract),
-    spec("multiply", "arithmetic", Scoring::Exact, gen_multiply),
+    // arithmetic: numbers, units and months
+    spec("add", "arithmetic", Scoring::Exact, Plain(gen_add)),
     spec(
-        "word_problem",
+        "month_shift",
         "arithmetic",
         Scoring::Exact,
-        gen_word_problem,
+        Plain(gen_month_shift),
     ),
-    // text
-    spec("reverse_word", "text", Scoring::Exact, gen_reverse_word),
-    spec("uppercase", "text", Scoring::Exact, gen_uppercase),
-    spec("first_letter", "text", Scoring::Exact, gen_first_letter),
-    spec("count_letters", "text", Scoring::Exact, gen_count_letters),
-    // lists
-    spec("sort_numbers", "lists", Scoring::Exact, gen_sort_numbers),
-    spec("max_number", "lists", Scoring::Exact, gen_max_number),
-    spec("count_items", "lists", Scoring::Exact, gen_count_items),
-    spec("last_item", "lists", Scoring::Exact, gen_last_item),
-    // time and units
-    spec(
-        "weekday_after",
-        "time_units",
-        Scoring::Exact,
-        gen_weekday_after,
-    ),
-    spec("month_shift", "time_units", Scoring::Exact, gen_month_shift),
     spec(
         "metric_convert",
-        "time_units",
+        "arithmetic",
         Scoring::Exact,
-        gen_metric_convert,
+        Plain(gen_metric_convert),
+    ),
+    // text
+    spec("uppercase", "text", Scoring::Exact, Plain(gen_uppercase)),
+    spec(
+        "first_letter",
+        "text",
+        Scoring::Exact,
+        Plain(gen_first_letter),
     ),
     spec(
-        "time_convert",
-        "time_units",
+        "count_letters",
+        "text",
         Scoring::Exact,
-        gen_time_convert,
+        Plain(gen_count_letters),
     ),
+    // lists
+    spec(
+        "sort_numbers",
+        "lists",
+        Scoring::Exact,
+        Plain(gen_sort_numbers),
+    ),
+    spec("max_number", "lists", Scoring::Exact, Plain(gen_max_number)),
+    spec(
+        "count_items",
+        "lists",
+        Scoring::Exact,
+        Plain(gen_count_items),
+    ),
+    spec("last_item", "lists", Scoring::Exact, Plain(gen_last_item)),
     // comparison (multiple choice)
-    spec("parity", "comparison", Scoring::Choice, gen_parity),
+    spec("parity", "comparison", Scoring::Choice, Plain(gen_parity)),
     spec(
         "larger_number",
         "comparison",
         Scoring::Choice,
-        gen_larger_number,
+        Plain(gen_larger_number),
     ),
     spec(
         "longer_word",
         "comparison",
         Scoring::Choice,
-        gen_longer_word,
+        Plain(gen_longer_word),
     ),
     spec(
         "alphabetical_first",
         "comparison",
         Scoring::Choice,
-        gen_alphabetical_first,
+        Plain(gen_alphabetical_first),
     ),
+    // lexical: real text from WordNet 3.0
+    spec("antonym", "lexical", Scoring::Exact, Lexical(gen_antonym)),
+    spec(
+        "part_of_speech",
+        "lexical",
+        Scoring::Exact,
+        Lexical(gen_part_of_speech),
+    ),
+    spec("synonym", "lexical", Scoring::Choice, Lexical(gen_synonym)),
+    spec(
+        "definition",
+        "lexical",
+        Scoring::Choice,
+        Lexical(gen_definition),
+    ),
+    spec("kind_of", "lexical", Scoring::Choice, Lexical(gen_kind_of)),
 ];
 
 const fn spec(name: &'static str, family: &'static str, scoring: Scoring, gen: Generator) -> Spec {
@@ -402,6 +429,13 @@ pub fn builtin_task(name: &str, cfg: &SuiteConfig) -> Result<Task> {
 
 fn build(spec: &Spec, cfg: &SuiteConfig) -> Result<Task> {
     let mut rng = Rng::derive(cfg.seed, spec.name);
+    let draw: Box<dyn Fn(&mut Rng) -> Sample> = match spec.gen {
+        Plain(g) => Box::new(g),
+        Lexical(g) => {
+            let lexicon = super::wordnet::lexicon()?;
+            Box::new(move |r| g(r, lexicon))
+        }
+    };
     let want = cfg.train + cfg.test;
     let mut keys = BTreeSet::new();
     let mut samples = Vec::with_capacity(want);
@@ -418,7 +452,7 @@ fn build(spec: &Spec, cfg: &SuiteConfig) -> Result<Task> {
                 cfg.test
             );
         }
-        let s = (spec.gen)(&mut rng);
+        let s = draw(&mut rng);
         if keys.insert(s.key.clone()) {
             samples.push(s);
         }
@@ -500,85 +534,6 @@ fn gen_add(r: &mut Rng) -> Sample {
     sample(format!("{a}+{b}"), p, a + b)
 }
 
-fn gen_subtract(r: &mut Rng) -> Sample {
-    let a = r.range(20, 99);
-    let b = r.range(1, a - 1);
-    let p = match r.below(3) {
-        0 => format!("What is {a} - {b}?"),
-        1 => format!("Subtract {b} from {a}."),
-        _ => format!("What do you get when you take {b} away from {a}?"),
-    };
-    sample(format!("{a}-{b}"), p, a - b)
-}
-
-fn gen_multiply(r: &mut Rng) -> Sample {
-    let (a, b) = (r.range(2, 12), r.range(2, 99));
-    let p = match r.below(3) {
-        0 => format!("What is {a} times {b}?"),
-        1 => format!("Multiply {a} by {b}."),
-        _ => format!("What is the product of {a} and {b}?"),
-    };
-    sample(format!("{a}*{b}"), p, a * b)
-}
-
-const NAMES: &[(&str, &str)] = &[
-    ("Tom", "he"),
-    ("Anna", "she"),
-    ("Ben", "he"),
-    ("Maria", "she"),
-    ("Sam", "he"),
-    ("Lucy", "she"),
-    ("Omar", "he"),
-    ("Nina", "she"),
-    ("Jack", "he"),
-    ("Emma", "she"),
-    ("Leo", "he"),
-    ("Sara", "she"),
-    ("Max", "he"),
-    ("Julia", "she"),
-    ("Paul", "he"),
-    ("Mia", "she"),
-];
-
-const ITEMS: &[&str] = &[
-    "apples", "pencils", "cookies", "marbles", "stickers", "books", "balloons", "cards", "shells",
-    "coins", "stamps", "candies", "flowers", "toy cars", "eggs", "oranges",
-];
-
-fn gen_word_problem(r: &mut Rng) -> Sample {
-    let &(name, pron) = r.choose(NAMES);
-    let item = *r.choose(ITEMS);
-    let a = r.range(3, 30);
-    let (p, ans, op) = match r.below(2) {
-        0 => {
-            let b = r.range(2, 20);
-            let verb = *r.choose(&["buys", "finds", "gets"]);
-            (
-                format!("{name} has {a} {item} and {verb} {b} more. How many {item} does {pron} have now?"),
-                a + b,
-                format!("+{b}"),
-            )
-        }
-        _ => {
-            let b = r.range(1, a - 1);
-            let verb = *r.choose(&["gives away", "loses", "eats"]);
-            let verb = if verb == "eats"
-                && !matches!(item, "apples" | "cookies" | "candies" | "oranges")
-            {
-                "gives away"
-            } else {
-                verb
-            };
-            (
-                format!("{name} has {a} {item} and {verb} {b}. How many {item} are left?"),
-                a - b,
-                format!("-{b}"),
-            )
-        }
-    };
-    sample(format!("{name}{item}{a}{op}"), p, ans)
-}
-
 // --- text
 
 /// Common English words, 3 to 9 letters, for the text and comparison tasks.
@@ -620,16 +575,6 @@ fn pick_word(r: &mut Rng) -> &'static str {
         static WORDS_SORTED: Vec<&'static str> = words();
     }
     WORDS_SORTED.with(|w| *r.choose(w))
-}
-
-fn gen_reverse_word(r: &mut Rng) -> Sample {
-    let w = pick_word(r);
-    let p = match r.below(3) {
-        0 => format!("Reverse the word '{w}'."),
-        1 => format!("Spell '{w}' backwards."),
-        _ => format!("Write the letters of \"{w}\" in reverse order."),
-    };
-    sample(w.to_string(), p, w.chars().rev().collect::<String>())
 }
 
 fn gen_uppercase(r: &mut Rng) -> Sample {
@@ -751,16 +696,6 @@ fn gen_last_item(r: &mut Rng) -> Sample {
 
 // --- time and units
 
-const WEEKDAYS: [&str; 7] = [
-    "Monday",
-    "Tuesday",
-    "Wednesday",
-    "Thursday",
-    "Friday",
-    "Saturday",
-    "Sunday",
-];
-
 const MONTHS: [&str; 12] = [
     "January",
     "February",
@@ -775,18 +710,6 @@ const MONTHS: [&str; 12] = [
     "November",
     "December",
 ];
-
-fn gen_weekday_after(r: &mut Rng) -> Sample {
-    let d = r.below(7);
-    let n = r.range(1, 60) as usize;
-    let day = WEEKDAYS[d];
-    let p = match r.below(3) {
-        0 => format!("If today is {day}, what day of the week will it be in {n} days?"),
-        1 => format!("Today is {day}. Which weekday is it {n} days from now?"),
-        _ => format!("What day of the week is {n} days after a {day}?"),
-    };
-    sample(format!("{d}+{n}"), p, WEEKDAYS[(d + n) % 7])
-}
 
 fn gen_month_shift(r: &mut Rng) -> Sample {
     let m = r.below(12);
@@ -823,24 +746,6 @@ fn gen_metric_convert(r: &mut Rng) -> Sample {
         0 => format!("Convert {x} {from} to {to}."),
         1 => format!("How many {to} are in {x} {from}?"),
         _ => format!("{x} {from} is how many {to}?"),
-    };
-    sample(format!("{u}:{x}"), p, x * f)
-}
-
-fn gen_time_convert(r: &mut Rng) -> Sample {
-    const UNITS: [(&str, &str, i64); 4] = [
-        ("hours", "minutes", 60),
-        ("minutes", "seconds", 60),
-        ("days", "hours", 24),
-        ("weeks", "days", 7),
-    ];
-    let u = r.below(UNITS.len());
-    let (from, to, f) = UNITS[u];
-    let x = r.range(2, 150);
-    let p = match r.below(3) {
-        0 => format!("How many {to} are there in {x} {from}?"),
-        1 => format!("Turn {x} {from} into {to}."),
-        _ => format!("{x} {from} equals how many {to}?"),
     };
     sample(format!("{u}:{x}"), p, x * f)
 }
@@ -913,6 +818,95 @@ fn gen_alphabetical_first(r: &mut Rng) -> Sample {
     )
 }
 
+// --- lexical (WordNet)
+
+/// `a` or `an` before a word, by its first letter.
+fn article(w: &str) -> &'static str {
+    if w.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
+}
+
+/// A four-way choice: `right` and three distinct words from `pool` that `fair` accepts,
+/// in random order.
+fn four_choices(
+    r: &mut Rng,
+    right: &str,
+    pool: &[String],
+    fair: impl Fn(&str) -> bool,
+) -> (Vec<String>, usize) {
+    let mut choices = vec![right.to_string()];
+    while choices.len() < 4 {
+        let d = r.choose(pool);
+        if !choices.contains(d) && fair(d) {
+            choices.push(d.clone());
+        }
+    }
+    r.shuffle(&mut choices);
+    let at = choices.iter().position(|c| c == right).unwrap_or(0);
+    (choices, at)
+}
+
+fn gen_antonym(r: &mut Rng, lex: &Lexicon) -> Sample {
+    let (w, a) = r.choose(&lex.antonyms);
+    let p = match r.below(3) {
+        0 => format!("What is the opposite of '{w}'?"),
+        1 => format!("Give an antonym of the word \"{w}\"."),
+        _ => format!("Which word means the opposite of {w}?"),
+    };
+    sample(w.clone(), p, a)
+}
+
+fn gen_part_of_speech(r: &mut Rng, lex: &Lexicon) -> Sample {
+    let (w, pos) = r.choose(&lex.parts_of_speech);
+    let p = match r.below(3) {
+        0 => format!("What part of speech is the word '{w}'?"),
+        1 => format!("Is \"{w}\" a noun, a verb, an adjective or an adverb?"),
+        _ => format!("Name the word class of '{w}'."),
+    };
+    sample(w.clone(), p, pos.name())
+}
+
+fn gen_synonym(r: &mut Rng, lex: &Lexicon) -> Sample {
+    let (w, syn, pos) = r.choose(&lex.synonyms);
+    let pool = &lex.common[pos];
+    let (choices, right) = four_choices(r, syn, pool, |d| d != w && !lex.share_a_sense(w, d, *pos));
+    let q = match r.below(3) {
+        0 => format!("Which word means the same as '{w}'?"),
+        1 => format!("Pick the synonym of \"{w}\"."),
+        _ => format!("Which of these is closest in meaning to {w}?"),
+    };
+    choice_sample(w.clone(), &q, choices, right, r)
+}
+
+fn gen_definition(r: &mut Rng, lex: &Lexicon) -> Sample {
+    let (w, def) = r.choose(&lex.definitions);
+    let pool = &lex.common[&Pos::Noun];
+    let (choices, right) = four_choices(r, w, pool, |d| !lex.share_a_sense(w, d, Pos::Noun));
+    let q = match r.below(3) {
+        0 => format!("Which word matches this definition: \"{def}\"?"),
+        1 => format!("\"{def}\": which word is this?"),
+        _ => format!("Which word is defined as \"{def}\"?"),
+    };
+    choice_sample(w.clone(), &q, choices, right, r)
+}
+
+fn gen_kind_of(r: &mut Rng, lex: &Lexicon) -> Sample {
+    let (w, kind) = r.choose(&lex.kinds);
+    let (choices, right) = four_choices(r, kind, &lex.kind_words, |d| d != w && !lex.is_a(w, d));
+    let q = match r.below(3) {
+        0 => match article(w) {
+            "an" => format!("An {w} is a kind of what?"),
+            _ => format!("A {w} is a kind of what?"),
+        },
+        1 => format!("What is {} {w} a type of?", article(w)),
+        _ => format!("Which category does the word '{w}' belong to?"),
+    };
+    choice_sample(w.clone(), &q, choices, right, r)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -953,7 +947,8 @@ mod tests {
         let c = builtin_suite(&SuiteConfig { seed: 6, ..small() }).unwrap();
         assert_ne!(a[0].train, c[0].train);
         // A task is the same whether built alone or in the suite.
-        assert_eq!(builtin_task("parity", &small()).unwrap(), a[16]);
+        let parity = a.iter().find(|t| t.name == "parity").unwrap();
+        assert_eq!(&builtin_task("parity", &small()).unwrap(), parity);
     }
 
     #[test]
@@ -969,8 +964,18 @@ mod tests {
                 .collect();
             assert_eq!(ex.answer, (nums[0] + nums[1]).to_string(), "{}", ex.prompt);
         }
-        for ex in &get("weekday_after").test {
-            assert!(WEEKDAYS.contains(&ex.answer.as_str()));
+        for ex in &get("part_of_speech").test {
+            assert!(["noun", "verb", "adjective", "adverb"].contains(&ex.answer.as_str()));
+        }
+        for ex in &get("antonym").test {
+            assert!(!ex.prompt.contains(&format!("'{}'", ex.answer)), "{ex:?}");
+        }
+        for name in ["synonym", "definition", "kind_of"] {
+            for ex in &get(name).train {
+                assert_eq!(ex.choices.len(), 4, "{name}: {ex:?}");
+                let distinct: BTreeSet<&String> = ex.choices.iter().collect();
+                assert_eq!(distinct.len(), 4, "{name}: {ex:?}");
+            }
         }
         for t in &suite {
             for ex in t.train.iter().chain(&t.test) {
@@ -981,7 +986,7 @@ mod tests {
                     ex.answer
                 );
                 assert!(
-                    ex.prompt.len() <= 160,
+                    ex.prompt.len() <= 240,
                     "{}: long prompt {:?}",
                     t.name,
                     ex.prompt
