@@ -52,15 +52,8 @@ pub struct CollectArgs {
     /// Seed of the LoRA runs (each task derives its own from it and its name).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Seed of the built-in suite's questions.
-    #[arg(long, default_value_t = SuiteConfig::default().seed)]
-    pub suite_seed: u64,
-    /// Training examples per built-in task.
-    #[arg(long, default_value_t = SuiteConfig::default().train)]
-    pub train_size: usize,
-    /// Test examples per built-in task.
-    #[arg(long, default_value_t = SuiteConfig::default().test)]
-    pub test_size: usize,
+    #[command(flatten)]
+    pub suite_args: SuiteArgs,
     /// Seed of the A matrices every task shares and keeps frozen (only B is trained).
     #[arg(long, default_value_t = 0)]
     pub a_seed: u64,
@@ -73,17 +66,33 @@ pub struct CollectArgs {
     pub stop_after_steps: Option<usize>,
 }
 
+/// Seed and sizes of the built-in suite (the same flags wherever the suite is built).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SuiteArgs {
+    /// Seed of the built-in suite's questions.
+    #[arg(long, default_value_t = SuiteConfig::default().seed)]
+    pub suite_seed: u64,
+    /// Training examples per built-in task.
+    #[arg(long, default_value_t = SuiteConfig::default().train)]
+    pub train_size: usize,
+    /// Test examples per built-in task.
+    #[arg(long, default_value_t = SuiteConfig::default().test)]
+    pub test_size: usize,
+}
+
+impl SuiteArgs {
+    pub fn config(&self) -> SuiteConfig {
+        SuiteConfig {
+            seed: self.suite_seed,
+            train: self.train_size,
+            test: self.test_size,
+        }
+    }
+}
+
 /// The tasks named by `--suite` and `--only`.
 pub fn load_suite(args: &CollectArgs) -> Result<Vec<Task>> {
-    suite(
-        &args.suite,
-        &args.only,
-        &SuiteConfig {
-            seed: args.suite_seed,
-            train: args.train_size,
-            test: args.test_size,
-        },
-    )
+    suite(&args.suite, &args.only, &args.suite_args.config())
 }
 
 /// `builtin` (generated with `cfg`) or task files, restricted to `only` when it is not empty.

@@ -6,31 +6,21 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args as ClapArgs;
 
+use super::collect::SuiteArgs;
 use crate::training::taskfile::export_suite;
-use crate::training::tasks::{builtin_suite, SuiteConfig};
+use crate::training::tasks::builtin_suite;
 
 #[derive(Debug, ClapArgs)]
 pub struct Args {
     /// Write each task as DIR/NAME.jsonl.
     #[arg(long)]
     pub export: Option<PathBuf>,
-    /// Seed of the built-in suite's questions.
-    #[arg(long, default_value_t = SuiteConfig::default().seed)]
-    pub suite_seed: u64,
-    /// Training examples per task.
-    #[arg(long, default_value_t = SuiteConfig::default().train)]
-    pub train_size: usize,
-    /// Test examples per task.
-    #[arg(long, default_value_t = SuiteConfig::default().test)]
-    pub test_size: usize,
+    #[command(flatten)]
+    pub suite: SuiteArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let suite = builtin_suite(&SuiteConfig {
-        seed: args.suite_seed,
-        train: args.train_size,
-        test: args.test_size,
-    })?;
+    let suite = builtin_suite(&args.suite.config())?;
     println!("| family | task | source | scoring | train / test | example |");
     println!("|---|---|---|---|---|---|");
     for t in &suite {
