@@ -365,3 +365,40 @@ pub fn lexicon() -> Result<&'static Lexicon> {
     *slot = Some(lex);
     Ok(lex)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A line of WordNet 3.0's data.adj, shortened: "good", with an antonym pointer from
+    /// its word 1 to word 1 of synset 01125429, and a similar-to pointer.
+    const GOOD: &str = "01123148 00 a 01 good 0 002 ! 01125429 a 0101 & 01123879 a 0000 | having desirable or positive qualities";
+
+    #[test]
+    fn reads_a_data_line_with_its_pointers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.adj");
+        std::fs::write(&path, format!("  1 licence text\n{GOOD}\n")).unwrap();
+        let mut out = BTreeMap::new();
+        read_data(&path, Pos::Adjective, &mut out).unwrap();
+        let s = &out[&(Pos::Adjective, 1123148)];
+        assert_eq!(s.words, ["good"]);
+        assert_eq!(s.gloss, "having desirable or positive qualities");
+        let ant = &s.pointers[0];
+        assert_eq!(ant.symbol, "!");
+        assert_eq!(ant.target, (Pos::Adjective, 1125429));
+        assert_eq!((ant.source_word, ant.target_word), (1, 1));
+        assert_eq!(s.pointers[1].source_word, 0);
+    }
+
+    #[test]
+    fn a_malformed_line_is_an_error_naming_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.adj");
+        // The pointer count says 3 but only 2 pointers follow.
+        let bad = GOOD.replace(" 002 ", " 003 ");
+        std::fs::write(&path, format!("{GOOD}\n{bad}\n")).unwrap();
+        let err = read_data(&path, Pos::Adjective, &mut BTreeMap::new()).unwrap_err();
+        assert!(format!("{err:#}").contains("data.adj:2"), "{err:#}");
+    }
+}
