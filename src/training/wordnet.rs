@@ -121,11 +121,14 @@ impl Lexicon {
                 && (3..=12).contains(&w.len())
                 && w.bytes().all(|b| b.is_ascii_lowercase())
         };
-        // The first (most frequent) sense of each common word.
-        let firsts: Vec<(&String, Pos, &Synset)> = index
+        // Each common word with all its senses and its first (most frequent) one.
+        let firsts: Vec<(&String, Pos, &[u32], &Synset)> = index
             .iter()
             .filter(|((w, pos), _)| common(w, *pos))
-            .filter_map(|((w, pos), offs)| Some((w, *pos, synsets.get(&(*pos, *offs.first()?))?)))
+            .filter_map(|((w, pos), offs)| {
+                let first = synsets.get(&(*pos, *offs.first()?))?;
+                Some((w, *pos, offs.as_slice(), first))
+            })
             .collect();
         let mut lex = Lexicon {
             antonyms: Vec::new(),
@@ -141,11 +144,9 @@ impl Lexicon {
         // Words whose first sense is not a proper noun ("cleveland", "march" the month): a
         // proper noun makes a confusing question or a giveaway distractor.
         let mut plain = BTreeSet::new();
-        for &(w, pos, s) in &firsts {
-            lex.senses.insert(
-                (w.clone(), pos),
-                index[&(w.clone(), pos)].iter().copied().collect(),
-            );
+        for &(w, pos, offs, s) in &firsts {
+            lex.senses
+                .insert((w.clone(), pos), offs.iter().copied().collect());
             if s.words
                 .iter()
                 .any(|x| x.bytes().any(|b| b.is_ascii_uppercase()))
@@ -178,7 +179,7 @@ impl Lexicon {
                 if let Some(h) = hyper.and_then(|p| synsets.get(&p.target)?.words.first()) {
                     if h != w && common(h, Pos::Noun) {
                         lex.kinds.push((w.clone(), h.clone()));
-                        let ancestors = noun_ancestors(&index[&(w.clone(), pos)], &synsets);
+                        let ancestors = noun_ancestors(offs, &synsets);
                         lex.ancestors.insert(w.clone(), ancestors);
                     }
                 }
