@@ -12,7 +12,7 @@ use candle_core::Device;
 use futures::StreamExt;
 
 use crate::adapters::{LlamaDims, Module};
-use crate::assets::{default_root, Assets};
+use crate::assets::{default_root, given_or_default, Assets};
 use crate::generator::{self, decoder::DecoderConfig, Decoder, Generator, PromptEncoder};
 use crate::server::{self, Config};
 
@@ -72,9 +72,10 @@ pub struct GeneratorArgs {
     /// Generator folder; default: a randomly initialised SmolLM2-135M default generator.
     #[arg(long)]
     pub generator: Option<PathBuf>,
-    /// Prompt encoder folder (all-MiniLM-L6-v2).
-    #[arg(long, default_value = "assets/minilm")]
-    pub encoder: PathBuf,
+    /// Prompt encoder folder (default: all-MiniLM-L6-v2 in the asset root, fetched if
+    /// missing).
+    #[arg(long)]
+    pub encoder: Option<PathBuf>,
     /// Number of prompts given to the generator.
     #[arg(long, default_value_t = 32)]
     pub prompts: usize,
@@ -475,8 +476,9 @@ pub fn generator(a: GeneratorArgs) -> Result<()> {
         Some(dir) => Decoder::load(dir, &device)?,
         None => Decoder::seeded(&DecoderConfig::smollm2_default(), 0, &device)?,
     };
-    let encoder = PromptEncoder::load(&a.encoder, &device)
-        .with_context(|| format!("bench needs the prompt encoder at {}", a.encoder.display()))?;
+    let encoder = given_or_default(a.encoder.as_deref(), Assets::minilm)?;
+    let encoder = PromptEncoder::load(&encoder, &device)
+        .with_context(|| format!("bench needs the prompt encoder at {}", encoder.display()))?;
     let g = Generator::new(encoder, decoder)?;
     let cfg = g.config().clone();
     let layout = g.layout().clone();

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 
 use crate::adapters::Module;
+use crate::assets::{given_or_default, Assets};
 use crate::training::collect::{collect, CollectConfig, CollectOptions};
 use crate::training::lora::{LoraConfig, TrainConfig};
 use crate::training::taskfile::read_task_file;
@@ -19,9 +20,10 @@ pub struct CollectArgs {
     /// Only these tasks of the suite (comma-separated names).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
-    /// Hugging Face llama folder of the base model.
-    #[arg(long, default_value = "assets/smollm2")]
-    pub base: PathBuf,
+    /// Hugging Face llama folder of the base model (default: SmolLM2 in the asset root,
+    /// fetched if missing).
+    #[arg(long)]
+    pub base: Option<PathBuf>,
     /// Output folder: OUT/TASK/step-NNNNNN/ PEFT checkpoints; rerun to resume.
     #[arg(long)]
     pub out: PathBuf,
@@ -141,8 +143,9 @@ pub fn run(args: CollectArgs) -> Result<()> {
         checkpoints: args.checkpoints,
     };
     let started = std::time::Instant::now();
+    let base = given_or_default(args.base.as_deref(), Assets::smollm2)?;
     let report = collect(
-        &args.base,
+        &base,
         &tasks,
         &args.out,
         &cfg,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use crate::adapters::peft::{LlamaDims, Module};
+use crate::assets::{given_or_default, Assets};
 use crate::generator::{self, decoder::DecoderConfig, prompts, Generator};
 
 #[derive(Debug, clap::Args)]
@@ -20,9 +21,10 @@ pub struct Args {
     /// Output PEFT adapter folder.
     #[arg(long, required_unless_present = "init_random")]
     pub out: Option<PathBuf>,
-    /// Prompt encoder folder (all-MiniLM-L6-v2).
-    #[arg(long, default_value = "assets/minilm")]
-    pub encoder: PathBuf,
+    /// Prompt encoder folder (default: all-MiniLM-L6-v2 in the asset root, fetched if
+    /// missing).
+    #[arg(long)]
+    pub encoder: Option<PathBuf>,
     /// Base model config.json: the generator is checked against it (generate), or built
     /// for it (--init-random; default: the SmolLM2-135M default generator).
     #[arg(long)]
@@ -75,7 +77,8 @@ pub fn run(args: Args) -> Result<()> {
     );
     let prompts = prompts::read_prompts(prompts_path)?;
     let device = generator::default_device()?;
-    let g = Generator::load(gen_dir, &args.encoder, &device)?;
+    let encoder = given_or_default(args.encoder.as_deref(), Assets::minilm)?;
+    let g = Generator::load(gen_dir, &encoder, &device)?;
     if let Some(path) = &args.base_config {
         g.check_base(&LlamaDims::from_config_file(path)?)?;
     }
@@ -167,7 +170,7 @@ mod tests {
         assert!(parse(&["--init-random"]).is_err());
         assert!(parse(&["--init-random", "--out-generator", "g", "--prompts", "p"]).is_err());
         let a = parse(&["--generator", "g", "--prompts", "p", "--out", "o"]).unwrap();
-        assert_eq!(a.encoder, PathBuf::from("assets/minilm"));
+        assert_eq!(a.encoder, None);
         let a = parse(&[
             "--init-random",
             "--out-generator",
