@@ -295,8 +295,7 @@ pub fn trained_tiny_generator() -> &'static TrainedGenerator {
             &collection,
             &decoder,
             &encoder,
-            settings.prompt_pool,
-            &settings.holdout,
+            &settings,
             &generator.join("cache"),
         )
         .unwrap();

@@ -110,7 +110,9 @@ async fn eval_scores_engine_outputs_for_base_and_adapters() {
 /// and overhead table, and a clear refusal for a generator without held-out tasks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heldout_eval_reports_every_row_for_every_heldout_task() {
-    use mistralrs_dnd::eval::heldout::{evaluate_heldout, write_heldout, HeldoutSetup};
+    use mistralrs_dnd::eval::heldout::{
+        evaluate_heldout, weight_space, write_heldout, HeldoutSetup,
+    };
     let trained = trained_tiny_generator();
     let dir = tempfile::tempdir().unwrap();
     let setup = HeldoutSetup {
@@ -156,6 +158,23 @@ async fn heldout_eval_reports_every_row_for_every_heldout_task() {
     let spread = std::fs::read_to_string(out.join("heldout.md")).unwrap();
     assert!(spread.contains(&format!("| {HELD_OUT} |")), "{spread}");
     assert_eq!(&std::fs::read(out.join("eval.png")).unwrap()[1..4], b"PNG");
+
+    // The weight-space view: one row, every similarity a cosine, the nearest LoRA named.
+    let w = weight_space(&trained.tasks, &setup).unwrap();
+    assert_eq!(w.rows.len(), 1);
+    let wr = &w.rows[0];
+    assert_eq!(wr.task, HELD_OUT);
+    assert!(r.train_tasks.contains(&wr.nearest_other.0), "{w:?}");
+    for c in [
+        wr.dnd_to_own,
+        wr.others_mean_to_own,
+        wr.nearest_other.1,
+        wr.dnd_to_others_mean,
+        wr.dnd_within,
+    ] {
+        assert!((-1.0..=1.0 + 1e-9).contains(&c), "{w:?}");
+    }
+    assert!(wr.norm_ratio > 0.0, "{w:?}");
 
     // The same run with no held-out task asked for is refused with the reason.
     let other = [trained.tasks[0].clone()];

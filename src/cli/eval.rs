@@ -5,11 +5,13 @@ use std::path::PathBuf;
 
 use anyhow::{ensure, Result};
 
-use super::collect::suite;
-use crate::eval::heldout::{evaluate_heldout, heldout_markdown, write_heldout, HeldoutSetup};
+use super::collect::{suite, SuiteArgs};
+use crate::assets::{given_or_default, Assets};
+use crate::eval::heldout::{
+    evaluate_heldout, heldout_markdown, weight_markdown, weight_space, write_heldout, HeldoutSetup,
+};
 use crate::eval::{adapters_in, evaluate, final_checkpoints, write_report, Candidate};
 use crate::server::Config;
-use crate::training::tasks::SuiteConfig;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -30,12 +32,16 @@ pub struct Args {
     /// `--checkpoints` then names the collection (default: the one it was trained on).
     #[arg(long, conflicts_with = "adapter")]
     pub generator: Option<PathBuf>,
-    /// Prompt encoder folder for --generator.
-    #[arg(long, default_value = "assets/minilm")]
-    pub encoder: PathBuf,
+    /// Prompt encoder folder for --generator (default: all-MiniLM-L6-v2 in the asset root,
+    /// fetched if missing).
+    #[arg(long)]
+    pub encoder: Option<PathBuf>,
     /// DnD adapters per held-out task, each from its own random batch of test prompts.
     #[arg(long, default_value_t = 10)]
     pub samples: usize,
+    /// With --generator: only the weight-space comparison (seconds), no model run.
+    #[arg(long, requires = "generator")]
+    pub weights_only: bool,
     /// Steps of the own LoRA run also evaluated, for the overhead figure.
     #[arg(long, value_delimiter = ',', default_value = "25,45")]
     pub overhead_steps: Vec<usize>,
@@ -51,24 +57,14 @@ pub struct Args {
     /// Serving dtype.
     #[arg(long, default_value = "f16")]
     pub dtype: String,
-    /// Seed of the built-in suite's questions (as in `collect`).
-    #[arg(long, default_value_t = SuiteConfig::default().seed)]
-    pub suite_seed: u64,
-    /// Test examples per built-in task (as in `collect`).
-    #[arg(long, default_value_t = SuiteConfig::default().test)]
-    pub test_size: usize,
+    /// The built-in suite's seed and sizes: the same as in `collect`, since the test split
+    /// follows the training examples.
+    #[command(flatten)]
+    pub suite_args: SuiteArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let tasks = suite(
-        &args.tasks,
-        &args.only,
-        &SuiteConfig {
-            seed: args.suite_seed,
-            test: args.test_size,
-            ..SuiteConfig::default()
-        },
-    )?;
+    let tasks = suite(&args.tasks, &args.only, &args.suite_args.config())?;
     ensure!(!tasks.is_empty(), "no tasks to evaluate");
     let mut config = Config::default();
     config.model.base = args.base.clone();
@@ -76,12 +72,24 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(generator) = &args.generator {
         let setup = HeldoutSetup {
             generator: generator.clone(),
-            encoder: args.encoder.clone(),
+            encoder: given_or_default(args.encoder.as_deref(), Assets::minilm)?,
             checkpoints: args.checkpoints.clone(),
             samples: args.samples,
             seed: 0,
             overhead_steps: args.overhead_steps.clone(),
         };
+        let weights = weight_space(&tasks, &setup)?;
+        std::fs::create_dir_all(&args.out)?;
+        std::fs::write(
+            args.out.join("weights.json"),
+            serde_json::to_vec_pretty(&weights)?,
+        )?;
+        std::fs::write(args.out.join("weights.md"), weight_markdown(&weights))?;
+        println!("{}", weight_markdown(&weights));
+        if args.weights_only {
+            println!("wrote {}/weights.json and weights.md", args.out.display());
+            return Ok(());
+        }
         let started = std::time::Instant::now();
         let report = tokio::runtime::Runtime::new()?
             .block_on(evaluate_heldout(config, &tasks, &setup, args.limit))?;
@@ -89,7 +97,7 @@ pub fn run(args: Args) -> Result<()> {
         println!("{}", crate::eval::markdown(&report.summary));
         println!("{}", heldout_markdown(&report));
         println!(
-            "held-out eval in {:.1} min; wrote {}/eval.json, eval.md, eval.png, heldout.md",
+            "held-out eval in {:.1} min; wrote {}/eval.json, eval.md, eval.png, heldout.md, weights.md",
             started.elapsed().as_secs_f64() / 60.0,
             args.out.display()
         );

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 
 use crate::adapters::peft::LlamaDims;
+use crate::assets::{given_or_default, Assets};
 use crate::generator::PromptEncoder;
 use crate::training::decoder::{
     decoder_config_for, load_training_set, train_decoder, Holdout, TrainDecoderConfig,
@@ -19,12 +20,14 @@ pub struct Args {
     /// Output generator folder (also holds the resume state; rerun to resume).
     #[arg(long)]
     pub out: PathBuf,
-    /// Prompt encoder folder (all-MiniLM-L6-v2).
-    #[arg(long, default_value = "assets/minilm")]
-    pub encoder: PathBuf,
-    /// Base model folder the checkpoints were trained on (its config.json gives the dims).
-    #[arg(long, default_value = "assets/smollm2")]
-    pub base: PathBuf,
+    /// Prompt encoder folder (default: all-MiniLM-L6-v2 in the asset root, fetched if
+    /// missing).
+    #[arg(long)]
+    pub encoder: Option<PathBuf>,
+    /// Base model folder the checkpoints were trained on (its config.json gives the
+    /// dims; default: SmolLM2 in the asset root, fetched if missing).
+    #[arg(long)]
+    pub base: Option<PathBuf>,
     /// Leave these tasks out of training (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub hold_out: Vec<String>,
@@ -51,6 +54,10 @@ pub struct Args {
     /// Plain masked MSE instead of weighting tokens by their variability (an ablation).
     #[arg(long)]
     pub no_token_weighting: bool,
+    /// Train on this many checkpoints of each task, evenly spaced and ending with the last
+    /// (an ablation; default: every checkpoint kept).
+    #[arg(long)]
+    pub checkpoints_per_task: Option<usize>,
     #[command(flatten)]
     pub shape: super::generate::DecoderShapeArgs,
     /// Stop after this many steps, as if killed (for testing resumption).
@@ -59,10 +66,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let dims = LlamaDims::from_config_file(&args.base.join("config.json"))?;
-    let base_name = match args.base.file_name() {
+    let base = given_or_default(args.base.as_deref(), Assets::smollm2)?;
+    let dims = LlamaDims::from_config_file(&base.join("config.json"))?;
+    let base_name = match base.file_name() {
         Some(n) => n.to_string_lossy().to_string(),
-        None => bail!("--base {} has no folder name", args.base.display()),
+        None => bail!("--base {} has no folder name", base.display()),
     };
     let decoder = decoder_config_for(
         &args.checkpoints,
@@ -87,17 +95,18 @@ pub fn run(args: Args) -> Result<()> {
         holdout,
         save_every: args.save_every,
         token_weighting: !args.no_token_weighting,
+        checkpoints_per_task: args.checkpoints_per_task,
         ..TrainDecoderConfig::default()
     };
     let device = candle_core::Device::Cpu;
-    let encoder = PromptEncoder::load(&args.encoder, &device)?;
+    let encoder = given_or_default(args.encoder.as_deref(), Assets::minilm)?;
+    let encoder = PromptEncoder::load(&encoder, &device)?;
     let t0 = std::time::Instant::now();
     let set = load_training_set(
         &args.checkpoints,
         &decoder,
         &encoder,
-        cfg.prompt_pool,
-        &cfg.holdout,
+        &cfg,
         &args.checkpoints.join(CACHE_DIR),
     )?;
     println!(

@@ -21,7 +21,7 @@ use candle_core::Device;
 use serde::Serialize;
 
 use super::{evaluate, final_checkpoints, write_report, Candidate, Report, Score};
-use crate::adapters::peft::CONFIG_FILE;
+use crate::adapters::peft::{LoraAdapter, CONFIG_FILE};
 use crate::generator::Generator;
 use crate::server::Config;
 use crate::training::collect::{TaskDone, DONE_FILE};
@@ -124,22 +124,13 @@ pub async fn evaluate_heldout(
     }];
     let mut gen_seconds: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for task in &heldout {
-        let prompts: Vec<String> = task.test.iter().map(|e| e.prompt.clone()).collect();
         ensure!(
-            !prompts.is_empty(),
+            !task.test.is_empty(),
             "task {} has no test prompts",
             task.name
         );
         for i in 0..setup.samples {
-            let mut rng = Rng::derive(setup.seed, &format!("{}/{i}", task.name));
-            let mut idx: Vec<usize> = (0..prompts.len()).collect();
-            rng.shuffle(&mut idx);
-            let batch: Vec<String> = idx
-                .iter()
-                .cycle()
-                .take(n)
-                .map(|&j| prompts[j].clone())
-                .collect();
+            let batch = dnd_batch(task, n, setup.seed, i);
             let t0 = Instant::now();
             let generated = generator.generate(&batch)?;
             gen_seconds
@@ -282,6 +273,214 @@ pub async fn evaluate_heldout(
     })
 }
 
+/// The `i`-th random batch of `n` of a task's unlabelled test prompts (repeated when the
+/// split has fewer).
+fn dnd_batch(task: &Task, n: usize, seed: u64, i: usize) -> Vec<String> {
+    let mut rng = Rng::derive(seed, &format!("{}/{i}", task.name));
+    let mut idx: Vec<usize> = (0..task.test.len()).collect();
+    rng.shuffle(&mut idx);
+    idx.iter()
+        .cycle()
+        .take(n)
+        .map(|&j| task.test[j].prompt.clone())
+        .collect()
+}
+
+/// Where a generator's adapters land among the true LoRAs, for one held-out task. All
+/// figures are cosine similarities of the B matrices (every layer and module, flattened):
+/// the collection shares one frozen A, so B alone sets the weight update.
+#[derive(Debug, Clone, Serialize)]
+pub struct WeightRow {
+    pub task: String,
+    /// The mean DnD adapter against the task's own LoRA.
+    pub dnd_to_own: f64,
+    /// The mean of the training tasks' LoRAs against the own LoRA: what a generator that
+    /// ignored its prompts could reach.
+    pub others_mean_to_own: f64,
+    /// The training task whose LoRA is nearest the own LoRA, and how near.
+    pub nearest_other: (String, f64),
+    /// The mean DnD adapter against the mean of the training LoRAs.
+    pub dnd_to_others_mean: f64,
+    /// Mean similarity between this task's DnD adapters (1: the batch makes no difference).
+    pub dnd_within: f64,
+    /// Norm of the mean DnD adapter over the own LoRA's.
+    pub norm_ratio: f64,
+}
+
+/// The weight-space view of a held-out generator: per task, and across held-out tasks.
+#[derive(Debug, Clone, Serialize)]
+pub struct WeightReport {
+    pub rows: Vec<WeightRow>,
+    /// Mean similarity between different held-out tasks' mean DnD adapters...
+    pub dnd_across_tasks: f64,
+    /// ...and between their own LoRAs: how far apart the generator puts tasks, against
+    /// how far apart they really are.
+    pub own_across_tasks: f64,
+}
+
+/// Generates `setup.samples` adapters per held-out task and compares them with the
+/// collection's LoRAs in weight space. No model is run: seconds, not the minutes of
+/// [`evaluate_heldout`].
+pub fn weight_space(tasks: &[Task], setup: &HeldoutSetup) -> Result<WeightReport> {
+    let record = TrainRecord::load(&setup.generator)?;
+    let collection = setup
+        .checkpoints
+        .clone()
+        .unwrap_or_else(|| record.checkpoints.clone());
+    let finals = final_checkpoints(&collection)?;
+    let lora_b = |name: &str| -> Result<Vec<f32>> {
+        let path = finals
+            .get(name)
+            .with_context(|| format!("{} has no LoRA of {name}", collection.display()))?;
+        b_vector(&LoraAdapter::read_peft(path)?)
+    };
+    let others: Vec<(String, Vec<f32>)> = record
+        .train_tasks
+        .iter()
+        .map(|n| Ok((n.clone(), lora_b(n)?)))
+        .collect::<Result<_>>()?;
+    ensure!(!others.is_empty(), "the generator has no training tasks");
+    let others_mean = mean_vector(others.iter().map(|o| &o.1));
+    let generator = Generator::load(&setup.generator, &setup.encoder, &Device::Cpu)?;
+    let n = generator.config().prompts;
+    let mut rows = Vec::new();
+    let mut dnd_means = Vec::new();
+    let mut owns = Vec::new();
+    for task in tasks
+        .iter()
+        .filter(|t| record.heldout_tasks.contains(&t.name))
+    {
+        ensure!(
+            !task.test.is_empty(),
+            "task {} has no test prompts",
+            task.name
+        );
+        let samples: Vec<Vec<f32>> = (0..setup.samples.max(1))
+            .map(|i| {
+                b_vector(
+                    &generator
+                        .generate(&dnd_batch(task, n, setup.seed, i))?
+                        .adapter,
+                )
+            })
+            .collect::<Result<_>>()?;
+        let dnd = mean_vector(samples.iter());
+        let own = lora_b(&task.name)?;
+        let mut within = Vec::new();
+        for (i, a) in samples.iter().enumerate() {
+            for b in &samples[i + 1..] {
+                within.push(cosine(a, b));
+            }
+        }
+        let nearest = others
+            .iter()
+            .map(|(name, b)| (name.clone(), cosine(b, &own)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .expect("non-empty");
+        rows.push(WeightRow {
+            task: task.name.clone(),
+            dnd_to_own: cosine(&dnd, &own),
+            others_mean_to_own: cosine(&others_mean, &own),
+            nearest_other: nearest,
+            dnd_to_others_mean: cosine(&dnd, &others_mean),
+            dnd_within: mean_or_one(&within),
+            norm_ratio: norm(&dnd) / norm(&own).max(1e-12),
+        });
+        dnd_means.push(dnd);
+        owns.push(own);
+    }
+    ensure!(
+        !rows.is_empty(),
+        "none of the generator's held-out tasks ({}) is among the tasks given",
+        record.heldout_tasks.join(", ")
+    );
+    let across = |vs: &[Vec<f32>]| {
+        let mut c = Vec::new();
+        for (i, a) in vs.iter().enumerate() {
+            for b in &vs[i + 1..] {
+                c.push(cosine(a, b));
+            }
+        }
+        mean_or_one(&c)
+    };
+    Ok(WeightReport {
+        rows,
+        dnd_across_tasks: across(&dnd_means),
+        own_across_tasks: across(&owns),
+    })
+}
+
+/// The weight-space table in markdown.
+pub fn weight_markdown(r: &WeightReport) -> String {
+    let mut out = String::from(
+        "| task | DnD vs own | other LoRAs' mean vs own | nearest other LoRA vs own | DnD vs other LoRAs' mean | DnD batch vs batch | DnD norm / own norm |\n|---|---|---|---|---|---|---|\n",
+    );
+    for w in &r.rows {
+        out += &format!(
+            "| {} | {:.2} | {:.2} | {:.2} ({}) | {:.2} | {:.3} | {:.2} |\n",
+            w.task,
+            w.dnd_to_own,
+            w.others_mean_to_own,
+            w.nearest_other.1,
+            w.nearest_other.0,
+            w.dnd_to_others_mean,
+            w.dnd_within,
+            w.norm_ratio
+        );
+    }
+    out += &format!(
+        "\nAcross held-out tasks, mean cosine between tasks: DnD adapters {:.2}, own LoRAs {:.2}.\n",
+        r.dnd_across_tasks, r.own_across_tasks
+    );
+    out
+}
+
+/// Every B matrix of an adapter, flattened in tensor-name order.
+fn b_vector(adapter: &LoraAdapter) -> Result<Vec<f32>> {
+    let mut out = Vec::new();
+    for (name, t) in &adapter.tensors {
+        if name.contains("lora_B") {
+            out.extend(t.flatten_all()?.to_vec1::<f32>()?);
+        }
+    }
+    ensure!(!out.is_empty(), "adapter has no B matrices");
+    Ok(out)
+}
+
+fn mean_vector<'a>(vs: impl Iterator<Item = &'a Vec<f32>>) -> Vec<f32> {
+    let mut sum: Vec<f64> = Vec::new();
+    let mut n = 0usize;
+    for v in vs {
+        sum.resize(v.len(), 0.0);
+        for (s, x) in sum.iter_mut().zip(v) {
+            *s += f64::from(*x);
+        }
+        n += 1;
+    }
+    sum.iter().map(|s| (s / n.max(1) as f64) as f32).collect()
+}
+
+fn norm(v: &[f32]) -> f64 {
+    v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    dot / (norm(a) * norm(b)).max(1e-12)
+}
+
+fn mean_or_one(xs: &[f64]) -> f64 {
+    if xs.is_empty() {
+        1.0
+    } else {
+        xs.iter().sum::<f64>() / xs.len() as f64
+    }
+}
+
 /// Mean, population std, min and max of (strict, lenient) pairs.
 #[allow(clippy::type_complexity)]
 fn stats(v: &[(f64, f64)]) -> ((f64, f64), (f64, f64), (f64, f64), (f64, f64)) {
@@ -354,4 +553,22 @@ pub fn write_heldout(r: &HeldoutReport, out: &Path) -> Result<()> {
         ),
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cosine_and_mean_of_flattened_weights() {
+        let v = vec![1.0f32, -2.0, 0.5];
+        let twice: Vec<f32> = v.iter().map(|x| 2.0 * x).collect();
+        let neg: Vec<f32> = v.iter().map(|x| -x).collect();
+        assert!((cosine(&v, &twice) - 1.0).abs() < 1e-9);
+        assert!((cosine(&v, &neg) + 1.0).abs() < 1e-9);
+        assert!(cosine(&[1.0, 0.0], &[0.0, 3.0]).abs() < 1e-12);
+        assert_eq!(mean_vector([&v, &neg].into_iter()), [0.0, 0.0, 0.0]);
+        assert_eq!(mean_vector([&v, &twice].into_iter()), [1.5, -3.0, 0.75]);
+        assert_eq!(mean_or_one(&[]), 1.0);
+    }
 }

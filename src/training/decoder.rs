@@ -97,6 +97,10 @@ pub struct TrainDecoderConfig {
     /// masked MSE (an ablation).
     #[serde(default = "yes")]
     pub token_weighting: bool,
+    /// Train on this many of each task's checkpoints, evenly spaced and ending with the
+    /// last one (an ablation); `None`: all of them.
+    #[serde(default)]
+    pub checkpoints_per_task: Option<usize>,
 }
 
 fn yes() -> bool {
@@ -119,6 +123,7 @@ impl Default for TrainDecoderConfig {
             holdout: Holdout::None,
             save_every: 100,
             token_weighting: true,
+            checkpoints_per_task: None,
         }
     }
 }
@@ -180,6 +185,19 @@ pub struct TaskData {
     pub tokens: Tensor,
 }
 
+/// `n` items of `all`, evenly spaced and ending with the last (all of them for `None`).
+fn spaced<T>(all: &[T], n: Option<usize>) -> Vec<&T> {
+    let k = all.len();
+    match n {
+        Some(n) if n > 0 && n < k => {
+            let mut picked: Vec<&T> = (0..n).map(|j| &all[k - 1 - j * k / n]).collect();
+            picked.reverse();
+            picked
+        }
+        _ => all.iter().collect(),
+    }
+}
+
 /// The tasks of a collection, split by the held-out protocol.
 #[derive(Debug)]
 pub struct TrainingSet {
@@ -187,16 +205,17 @@ pub struct TrainingSet {
     pub heldout: Vec<TaskData>,
 }
 
-/// Reads the completed tasks of a collection for `cfg`'s layout, encoding prompt pools
-/// with `encoder` (cached under `cache_dir`).
+/// Reads the completed tasks of a collection for `cfg`'s layout, with the checkpoints,
+/// prompt pool and held-out protocol `train` asks for, encoding prompt pools with
+/// `encoder` (cached under `cache_dir`).
 pub fn load_training_set(
     collect_dir: &Path,
     cfg: &DecoderConfig,
     encoder: &PromptEncoder,
-    prompt_pool: usize,
-    holdout: &Holdout,
+    train: &TrainDecoderConfig,
     cache_dir: &Path,
 ) -> Result<TrainingSet> {
+    let (prompt_pool, holdout) = (train.prompt_pool, &train.holdout);
     let layout = cfg.layout()?;
     let frozen = match cfg.frozen_a_seed {
         Some(seed) => Some(frozen_a(
@@ -230,7 +249,7 @@ pub fn load_training_set(
             .with_context(|| format!("parsing {}", dir.join(DONE_FILE).display()))?;
         let task = read_task_file(&dir.join(TASK_FILE))?;
         let mut tokens = Vec::new();
-        for ck in &done.checkpoints {
+        for ck in spaced(&done.checkpoints, train.checkpoints_per_task) {
             let adapter = LoraAdapter::read_peft(&dir.join(ck))?;
             if let Some(frozen) = &frozen {
                 check_frozen_a(&adapter, frozen)
@@ -726,6 +745,16 @@ mod tests {
     use super::*;
     use crate::adapters::peft::Module;
     use crate::generator::decoder::tests::{tiny_config, tiny_dims};
+
+    #[test]
+    fn checkpoint_subsets_are_spaced_and_end_with_the_last() {
+        let all: Vec<usize> = (25..65).collect();
+        let ten = spaced(&all, Some(10));
+        assert_eq!(ten, [&28, &32, &36, &40, &44, &48, &52, &56, &60, &64]);
+        assert_eq!(spaced(&all, Some(1)), [&64]);
+        assert_eq!(spaced(&all, None).len(), 40);
+        assert_eq!(spaced(&all, Some(99)).len(), 40);
+    }
 
     /// Two tasks of three random checkpoints each, random prompt pools, one task held out.
     fn synthetic_set(cfg: &DecoderConfig) -> TrainingSet {
