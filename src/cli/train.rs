@@ -58,6 +58,10 @@ pub struct Args {
     /// (an ablation; default: every checkpoint kept).
     #[arg(long)]
     pub checkpoints_per_task: Option<usize>,
+    /// Share of training pairs whose prompt batch mixes two tasks, with the blended
+    /// checkpoint as target (not in the method; 0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub task_mixup: f64,
     #[command(flatten)]
     pub shape: super::generate::DecoderShapeArgs,
     /// Stop after this many steps, as if killed (for testing resumption).
@@ -96,6 +100,7 @@ pub fn run(args: Args) -> Result<()> {
         save_every: args.save_every,
         token_weighting: !args.no_token_weighting,
         checkpoints_per_task: args.checkpoints_per_task,
+        task_mixup: args.task_mixup,
         ..TrainDecoderConfig::default()
     };
     let device = candle_core::Device::Cpu;

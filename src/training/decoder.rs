@@ -101,6 +101,11 @@ pub struct TrainDecoderConfig {
     /// last one (an ablation); `None`: all of them.
     #[serde(default)]
     pub checkpoints_per_task: Option<usize>,
+    /// Share of training pairs whose prompt batch mixes two tasks, paired with the blend
+    /// of their checkpoints in the same proportion (not in the method: a way to make the
+    /// map from prompts to weights smooth between the few tasks there are). 0: off.
+    #[serde(default)]
+    pub task_mixup: f64,
 }
 
 fn yes() -> bool {
@@ -124,6 +129,7 @@ impl Default for TrainDecoderConfig {
             save_every: 100,
             token_weighting: true,
             checkpoints_per_task: None,
+            task_mixup: 0.0,
         }
     }
 }
@@ -408,31 +414,61 @@ fn sample_batch(
     tasks: &[TaskData],
     n: usize,
     batch: usize,
+    mixup: f64,
     rng: &mut Rng,
 ) -> Result<(Tensor, Tensor)> {
     let mut conds = Vec::with_capacity(batch);
     let mut targets = Vec::with_capacity(batch);
     for _ in 0..batch {
-        let d = &tasks[rng.below(tasks.len())];
+        let i = rng.below(tasks.len());
+        let d = &tasks[i];
         let k = rng.below(d.tokens.dim(0)?);
-        let p = d.pool.dim(0)?;
-        let idx: Vec<u32> = if p >= n {
-            // The first n of a partial Fisher-Yates shuffle: n distinct prompts, random order.
-            let mut order: Vec<u32> = (0..p as u32).collect();
-            for i in 0..n {
-                let j = i + rng.below(p - i);
-                order.swap(i, j);
-            }
-            order.truncate(n);
-            order
-        } else {
-            (0..n).map(|_| rng.below(p) as u32).collect()
-        };
-        let idx = Tensor::new(idx.as_slice(), &Device::Cpu)?;
-        conds.push(d.pool.index_select(&idx, 0)?);
-        targets.push(d.tokens.get(k)?);
+        let mut cond = d.pool.index_select(&prompt_indices(d, n, rng)?, 0)?;
+        let mut target = d.tokens.get(k)?;
+        // Only a mixing run draws the extra numbers: without it the stream is unchanged.
+        if mixup > 0.0 && tasks.len() > 1 && n > 1 && f64::from(rng.unit_f32()) < mixup {
+            // m of the n prompts come from another task, and the target is the blend of
+            // the two checkpoints in that proportion.
+            let e = &tasks[(i + 1 + rng.below(tasks.len() - 1)) % tasks.len()];
+            let ke = rng.below(e.tokens.dim(0)?);
+            let other = e.pool.index_select(&prompt_indices(e, n, rng)?, 0)?;
+            let m = 1 + rng.below(n - 1);
+            let mut positions: Vec<usize> = (0..n).collect();
+            rng.shuffle(&mut positions);
+            let from_other = &positions[..m];
+            let rows = (0..n)
+                .map(|p| match from_other.contains(&p) {
+                    true => other.get(p),
+                    false => cond.get(p),
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            cond = Tensor::stack(&rows, 0)?;
+            let lambda = m as f64 / n as f64;
+            target = ((target * (1.0 - lambda))? + (e.tokens.get(ke)? * lambda)?)?;
+        }
+        conds.push(cond);
+        targets.push(target);
     }
     Ok((Tensor::stack(&conds, 0)?, Tensor::stack(&targets, 0)?))
+}
+
+/// Indices of n prompts of a task's pool: n distinct ones in random order when the pool
+/// has that many, else drawn with replacement.
+fn prompt_indices(d: &TaskData, n: usize, rng: &mut Rng) -> Result<Tensor> {
+    let p = d.pool.dim(0)?;
+    let idx: Vec<u32> = if p >= n {
+        // The first n of a partial Fisher-Yates shuffle.
+        let mut order: Vec<u32> = (0..p as u32).collect();
+        for i in 0..n {
+            let j = i + rng.below(p - i);
+            order.swap(i, j);
+        }
+        order.truncate(n);
+        order
+    } else {
+        (0..n).map(|_| rng.below(p) as u32).collect()
+    };
+    Ok(Tensor::new(idx.as_slice(), &Device::Cpu)?)
 }
 
 /// Weighted masked MSE: `cell_w` is (T, h, w), the token weight on valid cells and 0 on NaN
@@ -597,7 +633,7 @@ pub fn train_decoder(
         None
     } else {
         let mut rng = Rng::derive(cfg.seed, "heldout-batch");
-        Some(sample_batch(&set.heldout, n, 8, &mut rng)?)
+        Some(sample_batch(&set.heldout, n, 8, 0.0, &mut rng)?)
     };
     let bar = if opts.quiet {
         ProgressBar::with_draw_target(Some(cfg.steps as u64), ProgressDrawTarget::hidden())
@@ -622,7 +658,7 @@ pub fn train_decoder(
         }
         let step = record.step;
         let mut rng = Rng::derive(cfg.seed, &format!("step-{step}"));
-        let (cond, target) = sample_batch(&set.train, n, cfg.batch_size, &mut rng)?;
+        let (cond, target) = sample_batch(&set.train, n, cfg.batch_size, cfg.task_mixup, &mut rng)?;
         let cond = (&cond + noise(cond.dims(), cfg.input_noise, &mut rng)?)?;
         let target = (&target + noise(target.dims(), cfg.target_noise, &mut rng)?)?;
         let pred = decoder.forward(&cond)?;
@@ -745,6 +781,52 @@ mod tests {
     use super::*;
     use crate::adapters::peft::Module;
     use crate::generator::decoder::tests::{tiny_config, tiny_dims};
+
+    #[test]
+    fn task_mixup_blends_targets_in_the_batch_proportion() {
+        let task = |name: &str, v: f64| {
+            let full = |shape: &[usize]| {
+                (Tensor::ones(shape, DType::F32, &Device::Cpu).unwrap() * v).unwrap()
+            };
+            TaskData {
+                name: name.into(),
+                family: "f".into(),
+                pool: full(&[6, 2, 3]),
+                tokens: full(&[2, 1, 2, 2]),
+            }
+        };
+        let tasks = [task("zeros", 0.0), task("ones", 1.0)];
+        let mut rng = Rng::new(3);
+        for (mixup, want_mixed) in [(1.0, 32), (0.0, 0)] {
+            let (cond, target) = sample_batch(&tasks, 4, 32, mixup, &mut rng).unwrap();
+            let mut mixed = 0;
+            for b in 0..32 {
+                // Each prompt is all zeros or all ones: its task.
+                let rows: Vec<f32> = cond
+                    .get(b)
+                    .unwrap()
+                    .mean((1, 2))
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                assert!(rows.iter().all(|r| *r == 0.0 || *r == 1.0), "{rows:?}");
+                let share = rows.iter().sum::<f32>() / 4.0;
+                let t: Vec<f32> = target
+                    .get(b)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                assert!(
+                    t.iter().all(|x| (x - share).abs() < 1e-6),
+                    "{t:?} vs {share}"
+                );
+                mixed += usize::from(share > 0.0 && share < 1.0);
+            }
+            assert_eq!(mixed, want_mixed, "mixup {mixup}");
+        }
+    }
 
     #[test]
     fn checkpoint_subsets_are_spaced_and_end_with_the_last() {
