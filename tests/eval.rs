@@ -135,8 +135,10 @@ async fn heldout_eval_reports_every_row_for_every_heldout_task() {
         row.own_curve.iter().map(|c| c.0).collect::<Vec<_>>(),
         [4, 6]
     );
-    // Base on the held-out task, 2 other LoRAs, the oracle, its step-4 checkpoint, 2 DnD.
-    assert_eq!(r.all.scores.len(), 7);
+    // Base on the held-out task, 2 other LoRAs and their average, the oracle, its step-4
+    // checkpoint, 2 DnD.
+    assert_eq!(r.all.scores.len(), 8);
+    assert!(row.others_averaged.is_some());
     let models: Vec<&str> = r.summary.scores.iter().map(|s| s.model.as_str()).collect();
     assert_eq!(
         models,
@@ -144,6 +146,7 @@ async fn heldout_eval_reports_every_row_for_every_heldout_task() {
             "base",
             "other LoRAs (mean)",
             "other LoRAs (best)",
+            "other LoRAs averaged",
             "own LoRA (oracle)",
             "DnD (mean)"
         ]

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use serde::Serialize;
 
 use super::{evaluate, final_checkpoints, write_report, Candidate, Report, Score};
@@ -51,6 +51,10 @@ pub struct HeldoutRow {
     pub others_mean: (f64, f64),
     pub others_best: (f64, f64),
     pub others_best_name: String,
+    /// One adapter whose matrices are the mean of the training LoRAs': what a generator
+    /// that ignored its prompts would give (only for a collection with a shared frozen A,
+    /// where averaging B averages the weight update).
+    pub others_averaged: Option<(f64, f64)>,
     pub own: (f64, f64),
     pub dnd_mean: (f64, f64),
     pub dnd_std: (f64, f64),
@@ -80,6 +84,7 @@ pub struct HeldoutReport {
 const BASE: &str = "base";
 const OTHERS_MEAN: &str = "other LoRAs (mean)";
 const OTHERS_BEST: &str = "other LoRAs (best)";
+const OTHERS_AVERAGED: &str = "other LoRAs averaged";
 const OWN: &str = "own LoRA (oracle)";
 const DND: &str = "DnD (mean)";
 
@@ -146,6 +151,7 @@ pub async fn evaluate_heldout(
             });
         }
     }
+    let mut train_loras = Vec::new();
     for name in &record.train_tasks {
         let path = finals.get(name).with_context(|| {
             format!("{} has no final checkpoint of {name}", collection.display())
@@ -153,6 +159,16 @@ pub async fn evaluate_heldout(
         candidates.push(Candidate {
             label: format!("LoRA {name}"),
             adapter: Some(path.clone()),
+            only_tasks: heldout_names.clone(),
+        });
+        train_loras.push(LoraAdapter::read_peft(path)?);
+    }
+    if record.decoder.frozen_a_seed.is_some() {
+        let dir = scratch.path().join("averaged");
+        average_adapters(&train_loras)?.write_peft(&dir)?;
+        candidates.push(Candidate {
+            label: OTHERS_AVERAGED.into(),
+            adapter: Some(dir),
             only_tasks: heldout_names.clone(),
         });
     }
@@ -211,6 +227,7 @@ pub async fn evaluate_heldout(
             .max_by(|a, b| a.1 .0.total_cmp(&b.1 .0).then(a.1 .1.total_cmp(&b.1 .1)))
             .expect("non-empty");
         let (dnd_mean, dnd_std, dnd_min, dnd_max) = stats(&dnd);
+        let others_averaged = score(OTHERS_AVERAGED, t).map(pair);
         let done = &run_info[t];
         let mut own_curve: Vec<(usize, f64)> = setup
             .overhead_steps
@@ -232,6 +249,7 @@ pub async fn evaluate_heldout(
             others_mean,
             others_best: best.1,
             others_best_name: best.0.to_string(),
+            others_averaged,
             own,
             dnd_mean,
             dnd_std,
@@ -244,13 +262,15 @@ pub async fn evaluate_heldout(
             lora_steps,
         });
         let n = score(BASE, t).map(|s| s.n).unwrap_or(0);
-        for (model, (strict, lenient)) in [
-            (BASE, base),
-            (OTHERS_MEAN, others_mean),
-            (OTHERS_BEST, best.1),
-            (OWN, own),
-            (DND, dnd_mean),
-        ] {
+        let rows = [
+            (BASE, Some(base)),
+            (OTHERS_MEAN, Some(others_mean)),
+            (OTHERS_BEST, Some(best.1)),
+            (OTHERS_AVERAGED, others_averaged),
+            (OWN, Some(own)),
+            (DND, Some(dnd_mean)),
+        ];
+        for (model, (strict, lenient)) in rows.into_iter().filter_map(|(m, s)| s.map(|s| (m, s))) {
             summary.push(Score {
                 model: model.to_string(),
                 task: t.to_string(),
@@ -433,6 +453,27 @@ pub fn weight_markdown(r: &WeightReport) -> String {
         r.dnd_across_tasks, r.own_across_tasks
     );
     out
+}
+
+/// The element-wise mean of adapters of one layout (the first one's config).
+fn average_adapters(adapters: &[LoraAdapter]) -> Result<LoraAdapter> {
+    let first = adapters.first().context("no adapters to average")?;
+    let mut tensors = std::collections::BTreeMap::new();
+    for name in first.tensors.keys() {
+        let parts = adapters
+            .iter()
+            .map(|a| {
+                a.tensors
+                    .get(name)
+                    .with_context(|| format!("an adapter lacks {name}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        tensors.insert(name.clone(), (Tensor::stack(&parts, 0)?.mean(0))?);
+    }
+    Ok(LoraAdapter {
+        config: first.config.clone(),
+        tensors,
+    })
 }
 
 /// Every B matrix of an adapter, flattened in tensor-name order.
