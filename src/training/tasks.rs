@@ -329,6 +329,13 @@ const SPECS: &[Spec] = &[
         Scoring::Exact,
         Plain(gen_metric_convert),
     ),
+    spec("double", "arithmetic", Scoring::Exact, Plain(gen_double)),
+    spec(
+        "next_number",
+        "arithmetic",
+        Scoring::Exact,
+        Plain(gen_next_number),
+    ),
     // text
     spec("uppercase", "text", Scoring::Exact, Plain(gen_uppercase)),
     spec(
@@ -344,6 +351,19 @@ const SPECS: &[Spec] = &[
         Plain(gen_count_letters),
     ),
     spec("join_words", "text", Scoring::Exact, Plain(gen_join_words)),
+    spec(
+        "spell_letters",
+        "text",
+        Scoring::Exact,
+        Plain(gen_spell_letters),
+    ),
+    spec(
+        "repeat_word",
+        "text",
+        Scoring::Exact,
+        Plain(gen_repeat_word),
+    ),
+    spec("swap_words", "text", Scoring::Exact, Plain(gen_swap_words)),
     // lists
     spec(
         "sort_numbers",
@@ -359,6 +379,12 @@ const SPECS: &[Spec] = &[
         Plain(gen_count_items),
     ),
     spec("last_item", "lists", Scoring::Exact, Plain(gen_last_item)),
+    spec(
+        "reverse_list",
+        "lists",
+        Scoring::Exact,
+        Plain(gen_reverse_list),
+    ),
     // comparison (multiple choice)
     spec("parity", "comparison", Scoring::Choice, Plain(gen_parity)),
     spec(
@@ -529,6 +555,26 @@ fn gen_add(r: &mut Rng) -> Sample {
     sample(format!("{a}+{b}"), p, a + b)
 }
 
+fn gen_double(r: &mut Rng) -> Sample {
+    let a = r.range(11, 499);
+    let p = match r.below(3) {
+        0 => format!("What is double {a}?"),
+        1 => format!("Multiply {a} by two."),
+        _ => format!("What do you get when you double {a}?"),
+    };
+    sample(a.to_string(), p, 2 * a)
+}
+
+fn gen_next_number(r: &mut Rng) -> Sample {
+    let a = r.range(100, 999);
+    let p = match r.below(3) {
+        0 => format!("Which number comes right after {a}?"),
+        1 => format!("Count on by one from {a}: what is next?"),
+        _ => format!("What is the successor of {a}?"),
+    };
+    sample(a.to_string(), p, a + 1)
+}
+
 // --- text
 
 /// Common English words, 3 to 9 letters, for the text and comparison tasks.
@@ -623,6 +669,48 @@ fn gen_join_words(r: &mut Rng) -> Sample {
     sample(format!("{a} {b} {c} {sep}"), p, ws.join(sep))
 }
 
+fn gen_spell_letters(r: &mut Rng) -> Sample {
+    let w = pick_word(r);
+    let p = match r.below(3) {
+        0 => format!("Spell '{w}' with a dash between the letters."),
+        1 => format!("Write the letters of \"{w}\" separated by hyphens."),
+        _ => format!("Spell out {w} letter by letter, joined by dashes."),
+    };
+    let spelt: Vec<String> = w.chars().map(String::from).collect();
+    sample(w.to_string(), p, spelt.join("-"))
+}
+
+fn gen_repeat_word(r: &mut Rng) -> Sample {
+    let (w, n) = loop {
+        let (w, n) = (pick_word(r), 2 + r.below(3));
+        if (w.len() + 1) * n <= 25 {
+            break (w, n);
+        }
+    };
+    let times = ["", "", "twice", "three times", "four times"][n];
+    let p = match r.below(3) {
+        0 => format!("Write the word '{w}' {times}, separated by spaces."),
+        1 => format!("Repeat \"{w}\" {times}."),
+        _ => format!("Say {w} {times} in a row."),
+    };
+    sample(format!("{w} {n}"), p, vec![w; n].join(" "))
+}
+
+fn gen_swap_words(r: &mut Rng) -> Sample {
+    let (a, b) = loop {
+        let (a, b) = (pick_word(r), pick_word(r));
+        if a != b {
+            break (a, b);
+        }
+    };
+    let p = match r.below(3) {
+        0 => format!("Swap the two words in '{a} {b}'."),
+        1 => format!("Put the words of \"{a} {b}\" in the opposite order."),
+        _ => format!("Switch the order of {a} and {b}: write them as a pair."),
+    };
+    sample(format!("{a} {b}"), p, format!("{b} {a}"))
+}
+
 // --- lists
 
 fn numbers(r: &mut Rng, n: usize, lo: i64, hi: i64) -> Vec<i64> {
@@ -708,6 +796,24 @@ fn gen_last_item(r: &mut Rng) -> Sample {
         _ => format!("Name the final entry of this list: {l}"),
     };
     sample(l, p, xs[n - 1])
+}
+
+fn gen_reverse_list(r: &mut Rng) -> Sample {
+    let xs = loop {
+        let xs = objects(r, 3);
+        if join(&xs).len() <= 24 {
+            break xs;
+        }
+    };
+    let l = join(&xs);
+    let p = match r.below(3) {
+        0 => format!("Reverse the order of this list: {l}"),
+        1 => format!("Write {l} backwards, last item first."),
+        _ => format!("List these from last to first: {l}"),
+    };
+    let mut rev = xs.clone();
+    rev.reverse();
+    sample(l, p, join(&rev))
 }
 
 // --- time and units
