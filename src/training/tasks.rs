@@ -352,12 +352,6 @@ const SPECS: &[Spec] = &[
     ),
     spec("join_words", "text", Scoring::Exact, Plain(gen_join_words)),
     spec(
-        "spell_letters",
-        "text",
-        Scoring::Exact,
-        Plain(gen_spell_letters),
-    ),
-    spec(
         "repeat_word",
         "text",
         Scoring::Exact,
@@ -667,17 +661,6 @@ fn gen_join_words(r: &mut Rng) -> Sample {
         _ => format!("Connect \"{a}\", \"{b}\" and \"{c}\" into one string using {name}."),
     };
     sample(format!("{a} {b} {c} {sep}"), p, ws.join(sep))
-}
-
-fn gen_spell_letters(r: &mut Rng) -> Sample {
-    let w = pick_word(r);
-    let p = match r.below(3) {
-        0 => format!("Spell '{w}' with a dash between the letters."),
-        1 => format!("Write the letters of \"{w}\" separated by hyphens."),
-        _ => format!("Spell out {w} letter by letter, joined by dashes."),
-    };
-    let spelt: Vec<String> = w.chars().map(String::from).collect();
-    sample(w.to_string(), p, spelt.join("-"))
 }
 
 fn gen_repeat_word(r: &mut Rng) -> Sample {
