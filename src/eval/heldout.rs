@@ -348,19 +348,24 @@ pub fn weight_space(tasks: &[Task], setup: &HeldoutSetup) -> Result<WeightReport
         .clone()
         .unwrap_or_else(|| record.checkpoints.clone());
     let finals = final_checkpoints(&collection)?;
-    let lora_b = |name: &str| -> Result<Vec<f32>> {
+    let read = |name: &str| -> Result<LoraAdapter> {
         let path = finals
             .get(name)
             .with_context(|| format!("{} has no LoRA of {name}", collection.display()))?;
-        b_vector(&LoraAdapter::read_peft(path)?)
+        LoraAdapter::read_peft(path)
     };
-    let others: Vec<(String, Vec<f32>)> = record
-        .train_tasks
-        .iter()
-        .map(|n| Ok((n.clone(), lora_b(n)?)))
+    ensure!(
+        !record.train_tasks.is_empty(),
+        "the generator has no training tasks"
+    );
+    let other_loras = (record.train_tasks.iter())
+        .map(|n| read(n))
+        .collect::<Result<Vec<_>>>()?;
+    let others_mean = b_vector(&average_adapters(&other_loras)?)?;
+    let others: Vec<(&String, Vec<f32>)> = (record.train_tasks.iter())
+        .zip(&other_loras)
+        .map(|(n, a)| Ok((n, b_vector(a)?)))
         .collect::<Result<_>>()?;
-    ensure!(!others.is_empty(), "the generator has no training tasks");
-    let others_mean = mean_vector(others.iter().map(|o| &o.1));
     let generator = Generator::load(&setup.generator, &setup.encoder, &Device::Cpu)?;
     let n = generator.config().prompts;
     let mut rows = Vec::new();
@@ -375,17 +380,16 @@ pub fn weight_space(tasks: &[Task], setup: &HeldoutSetup) -> Result<WeightReport
             "task {} has no test prompts",
             task.name
         );
-        let samples: Vec<Vec<f32>> = (0..setup.samples.max(1))
+        let generated = (0..setup.samples.max(1))
             .map(|i| {
-                b_vector(
-                    &generator
-                        .generate(&dnd_batch(task, n, setup.seed, i))?
-                        .adapter,
-                )
+                Ok(generator
+                    .generate(&dnd_batch(task, n, setup.seed, i))?
+                    .adapter)
             })
-            .collect::<Result<_>>()?;
-        let dnd = mean_vector(samples.iter());
-        let own = lora_b(&task.name)?;
+            .collect::<Result<Vec<_>>>()?;
+        let dnd = b_vector(&average_adapters(&generated)?)?;
+        let samples: Vec<Vec<f32>> = generated.iter().map(b_vector).collect::<Result<_>>()?;
+        let own = b_vector(&read(&task.name)?)?;
         let mut within = Vec::new();
         for (i, a) in samples.iter().enumerate() {
             for b in &samples[i + 1..] {
@@ -394,7 +398,7 @@ pub fn weight_space(tasks: &[Task], setup: &HeldoutSetup) -> Result<WeightReport
         }
         let nearest = others
             .iter()
-            .map(|(name, b)| (name.clone(), cosine(b, &own)))
+            .map(|(name, b)| (name.to_string(), cosine(b, &own)))
             .max_by(|a, b| a.1.total_cmp(&b.1))
             .expect("non-empty");
         rows.push(WeightRow {
@@ -486,19 +490,6 @@ fn b_vector(adapter: &LoraAdapter) -> Result<Vec<f32>> {
     }
     ensure!(!out.is_empty(), "adapter has no B matrices");
     Ok(out)
-}
-
-fn mean_vector<'a>(vs: impl Iterator<Item = &'a Vec<f32>>) -> Vec<f32> {
-    let mut sum: Vec<f64> = Vec::new();
-    let mut n = 0usize;
-    for v in vs {
-        sum.resize(v.len(), 0.0);
-        for (s, x) in sum.iter_mut().zip(v) {
-            *s += f64::from(*x);
-        }
-        n += 1;
-    }
-    sum.iter().map(|s| (s / n.max(1) as f64) as f32).collect()
 }
 
 fn norm(v: &[f32]) -> f64 {
@@ -601,15 +592,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cosine_and_mean_of_flattened_weights() {
+    fn cosine_of_flattened_weights() {
         let v = vec![1.0f32, -2.0, 0.5];
         let twice: Vec<f32> = v.iter().map(|x| 2.0 * x).collect();
         let neg: Vec<f32> = v.iter().map(|x| -x).collect();
         assert!((cosine(&v, &twice) - 1.0).abs() < 1e-9);
         assert!((cosine(&v, &neg) + 1.0).abs() < 1e-9);
         assert!(cosine(&[1.0, 0.0], &[0.0, 3.0]).abs() < 1e-12);
-        assert_eq!(mean_vector([&v, &neg].into_iter()), [0.0, 0.0, 0.0]);
-        assert_eq!(mean_vector([&v, &twice].into_iter()), [1.5, -3.0, 0.75]);
         assert_eq!(mean_or_one(&[]), 1.0);
     }
 }
