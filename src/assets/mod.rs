@@ -119,6 +119,17 @@ impl Assets {
             .all(|d| d.join(DONE).exists())
     }
 
+    /// `given` if set, else the folder `pick` names here, with missing assets fetched first.
+    pub fn given_or(&self, given: Option<&Path>, pick: fn(&Assets) -> PathBuf) -> Result<PathBuf> {
+        if let Some(p) = given {
+            return Ok(p.to_path_buf());
+        }
+        if !self.is_complete() {
+            self.ensure()?;
+        }
+        Ok(pick(self))
+    }
+
     /// Fetches, checks, unpacks and converts whatever is missing. Idempotent.
     pub fn ensure(&self) -> Result<()> {
         // Temp folders are named by process id: one fetch at a time within a process.
@@ -319,17 +330,10 @@ fn unzip_members(zip_bytes: &[u8], prefix: &str, dest: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A model folder given on the command line, or else the default one `pick` names in the
-/// default asset root, fetched first when the assets are not complete.
+/// A model folder given on the command line, or else the one `pick` names in the default
+/// asset root ([`Assets::given_or`]).
 pub fn given_or_default(given: Option<&Path>, pick: fn(&Assets) -> PathBuf) -> Result<PathBuf> {
-    if let Some(p) = given {
-        return Ok(p.to_path_buf());
-    }
-    let assets = Assets::new(default_root());
-    if !assets.is_complete() {
-        assets.ensure()?;
-    }
-    Ok(pick(&assets))
+    Assets::new(default_root()).given_or(given, pick)
 }
 
 /// The asset root: `DND_ASSETS` if set, else `assets/` under the working directory.

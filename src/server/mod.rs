@@ -52,16 +52,8 @@ impl Plugin {
 
 /// The base model folder the config names, fetching the default assets when needed.
 pub fn resolve_base(config: &Config) -> Result<PathBuf> {
-    match &config.model.base {
-        Some(p) => Ok(p.clone()),
-        None => {
-            let assets = crate::assets::Assets::new(&config.model.assets);
-            if !assets.is_complete() {
-                assets.ensure()?;
-            }
-            Ok(assets.smollm2())
-        }
-    }
+    crate::assets::Assets::new(&config.model.assets)
+        .given_or(config.model.base.as_deref(), crate::assets::Assets::smollm2)
 }
 
 /// Bytes a loaded copy of the model takes in `dtype`, from its safetensors header.
@@ -180,16 +172,10 @@ fn load_generator(
     let Some(dir) = &config.plugin.generator else {
         return Ok(None);
     };
-    let encoder = match &config.plugin.encoder {
-        Some(e) => e.clone(),
-        None => {
-            let assets = crate::assets::Assets::new(&config.model.assets);
-            if !assets.is_complete() {
-                assets.ensure()?;
-            }
-            assets.minilm()
-        }
-    };
+    let encoder = crate::assets::Assets::new(&config.model.assets).given_or(
+        config.plugin.encoder.as_deref(),
+        crate::assets::Assets::minilm,
+    )?;
     let device = crate::generator::default_device()?;
     let g = crate::generator::Generator::load(dir, &encoder, &device)?;
     g.check_base(dims)
