@@ -129,13 +129,8 @@ pub async fn evaluate_heldout(
     }];
     let mut gen_seconds: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for task in &heldout {
-        ensure!(
-            !task.test.is_empty(),
-            "task {} has no test prompts",
-            task.name
-        );
         for i in 0..setup.samples {
-            let batch = dnd_batch(task, n, setup.seed, i);
+            let batch = dnd_batch(task, n, setup.seed, i)?;
             let t0 = Instant::now();
             let generated = generator.generate(&batch)?;
             gen_seconds
@@ -295,15 +290,21 @@ pub async fn evaluate_heldout(
 
 /// The `i`-th random batch of `n` of a task's unlabelled test prompts (repeated when the
 /// split has fewer).
-fn dnd_batch(task: &Task, n: usize, seed: u64, i: usize) -> Vec<String> {
+fn dnd_batch(task: &Task, n: usize, seed: u64, i: usize) -> Result<Vec<String>> {
+    ensure!(
+        !task.test.is_empty(),
+        "task {} has no test prompts",
+        task.name
+    );
     let mut rng = Rng::derive(seed, &format!("{}/{i}", task.name));
     let mut idx: Vec<usize> = (0..task.test.len()).collect();
     rng.shuffle(&mut idx);
-    idx.iter()
+    Ok(idx
+        .iter()
         .cycle()
         .take(n)
         .map(|&j| task.test[j].prompt.clone())
-        .collect()
+        .collect())
 }
 
 /// Where a generator's adapters land among the true LoRAs, for one held-out task. All
@@ -375,27 +376,16 @@ pub fn weight_space(tasks: &[Task], setup: &HeldoutSetup) -> Result<WeightReport
         .iter()
         .filter(|t| record.heldout_tasks.contains(&t.name))
     {
-        ensure!(
-            !task.test.is_empty(),
-            "task {} has no test prompts",
-            task.name
-        );
         let generated = (0..setup.samples.max(1))
             .map(|i| {
                 Ok(generator
-                    .generate(&dnd_batch(task, n, setup.seed, i))?
+                    .generate(&dnd_batch(task, n, setup.seed, i)?)?
                     .adapter)
             })
             .collect::<Result<Vec<_>>>()?;
         let dnd = b_vector(&average_adapters(&generated)?)?;
         let samples: Vec<Vec<f32>> = generated.iter().map(b_vector).collect::<Result<_>>()?;
         let own = b_vector(&read(&task.name)?)?;
-        let mut within = Vec::new();
-        for (i, a) in samples.iter().enumerate() {
-            for b in &samples[i + 1..] {
-                within.push(cosine(a, b));
-            }
-        }
         let nearest = others
             .iter()
             .map(|(name, b)| (name.to_string(), cosine(b, &own)))
@@ -407,7 +397,7 @@ pub fn weight_space(tasks: &[Task], setup: &HeldoutSetup) -> Result<WeightReport
             others_mean_to_own: cosine(&others_mean, &own),
             nearest_other: nearest,
             dnd_to_others_mean: cosine(&dnd, &others_mean),
-            dnd_within: mean_or_one(&within),
+            dnd_within: mean_pairwise_cosine(&samples),
             norm_ratio: norm(&dnd) / norm(&own).max(1e-12),
         });
         dnd_means.push(dnd);
@@ -418,19 +408,10 @@ pub fn weight_space(tasks: &[Task], setup: &HeldoutSetup) -> Result<WeightReport
         "none of the generator's held-out tasks ({}) is among the tasks given",
         record.heldout_tasks.join(", ")
     );
-    let across = |vs: &[Vec<f32>]| {
-        let mut c = Vec::new();
-        for (i, a) in vs.iter().enumerate() {
-            for b in &vs[i + 1..] {
-                c.push(cosine(a, b));
-            }
-        }
-        mean_or_one(&c)
-    };
     Ok(WeightReport {
         rows,
-        dnd_across_tasks: across(&dnd_means),
-        own_across_tasks: across(&owns),
+        dnd_across_tasks: mean_pairwise_cosine(&dnd_means),
+        own_across_tasks: mean_pairwise_cosine(&owns),
     })
 }
 
@@ -505,11 +486,20 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (norm(a) * norm(b)).max(1e-12)
 }
 
-fn mean_or_one(xs: &[f64]) -> f64 {
-    if xs.is_empty() {
+/// Mean cosine over every pair of vectors (1 when there is no pair).
+fn mean_pairwise_cosine(vs: &[Vec<f32>]) -> f64 {
+    let mut sum = 0.0;
+    let mut pairs = 0usize;
+    for (i, a) in vs.iter().enumerate() {
+        for b in &vs[i + 1..] {
+            sum += cosine(a, b);
+            pairs += 1;
+        }
+    }
+    if pairs == 0 {
         1.0
     } else {
-        xs.iter().sum::<f64>() / xs.len() as f64
+        sum / pairs as f64
     }
 }
 
@@ -599,6 +589,7 @@ mod tests {
         assert!((cosine(&v, &twice) - 1.0).abs() < 1e-9);
         assert!((cosine(&v, &neg) + 1.0).abs() < 1e-9);
         assert!(cosine(&[1.0, 0.0], &[0.0, 3.0]).abs() < 1e-12);
-        assert_eq!(mean_or_one(&[]), 1.0);
+        assert_eq!(mean_pairwise_cosine(std::slice::from_ref(&v)), 1.0);
+        assert!((mean_pairwise_cosine(&[v, twice, neg]) - (-1.0 / 3.0)).abs() < 1e-9);
     }
 }
