@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-use crate::adapters::peft::{tensor_name, LlamaDims, LoraAdapter, Module, PeftConfig};
+use crate::format::peft::{tensor_name, LlamaDims, LoraAdapter, Module, PeftConfig};
 
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 

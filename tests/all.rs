@@ -2,6 +2,7 @@
 
 mod common;
 mod eval;
+mod layers;
 mod real_models;
 mod server;
 mod specialise;

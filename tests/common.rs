@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use mistralrs_dnd::adapters::LoraAdapter;
+use mistralrs_dnd::format::LoraAdapter;
 use mistralrs_dnd::server::{self, Config, Plugin};
 use serde_json::{json, Value};
 
@@ -217,21 +217,21 @@ pub struct TrainedGenerator {
     _dir: tempfile::TempDir,
     pub collection: PathBuf,
     pub generator: PathBuf,
-    pub tasks: Vec<mistralrs_dnd::training::tasks::Task>,
+    pub tasks: Vec<mistralrs_dnd::tasks::Task>,
 }
 
 pub const HELD_OUT: &str = "first_letter";
 
 pub fn trained_tiny_generator() -> &'static TrainedGenerator {
-    use mistralrs_dnd::adapters::Module;
+    use mistralrs_dnd::format::Module;
     use mistralrs_dnd::generator::PromptEncoder;
+    use mistralrs_dnd::tasks::{builtin_task, SuiteConfig};
     use mistralrs_dnd::training::collect::{collect, CollectConfig, CollectOptions};
     use mistralrs_dnd::training::decoder::{
         decoder_config_for, load_training_set, train_decoder, Holdout, TrainDecoderConfig,
         TrainOptions,
     };
     use mistralrs_dnd::training::lora::{LoraConfig, TrainConfig};
-    use mistralrs_dnd::training::tasks::{builtin_task, SuiteConfig};
     static FIXTURE: OnceLock<TrainedGenerator> = OnceLock::new();
     FIXTURE.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();

@@ -1,9 +1,9 @@
 //! `eval` through the serving path on the tiny model: scores come from real engine outputs.
 
-use mistralrs_dnd::adapters::Module;
 use mistralrs_dnd::eval::{evaluate, markdown, write_report, Candidate};
+use mistralrs_dnd::format::Module;
+use mistralrs_dnd::tasks::{Example, Scoring, Task};
 use mistralrs_dnd::testing::{random_adapter, tiny_dims};
-use mistralrs_dnd::training::tasks::{Example, Scoring, Task};
 
 use crate::common::*;
 

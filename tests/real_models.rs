@@ -6,8 +6,8 @@ use std::sync::OnceLock;
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::{llama, quantized_llama};
-use mistralrs_dnd::adapters::{LlamaDims, Module};
 use mistralrs_dnd::assets::Assets;
+use mistralrs_dnd::format::{LlamaDims, Module};
 use reqwest::Method;
 use serde_json::json;
 

@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use mistralrs_dnd::adapters::Module;
+use mistralrs_dnd::format::Module;
 use mistralrs_dnd::testing::{random_adapter, tiny_dims};
 use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::common::*;
 
-fn adapter(seed: u64) -> mistralrs_dnd::adapters::LoraAdapter {
+fn adapter(seed: u64) -> mistralrs_dnd::format::LoraAdapter {
     random_adapter(
         &tiny_dims(),
         &[Module::Q, Module::V, Module::Down],

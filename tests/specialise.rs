@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use mistralrs_dnd::adapters::{LoraAdapter, Module};
+use mistralrs_dnd::format::{LoraAdapter, Module};
 use mistralrs_dnd::server::config::TaskSource;
 use mistralrs_dnd::server::specialise::AdapterGenerator;
 use mistralrs_dnd::testing::{random_adapter, tiny_dims};

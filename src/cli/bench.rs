@@ -11,8 +11,8 @@ use anyhow::{ensure, Context, Result};
 use candle_core::Device;
 use futures::StreamExt;
 
-use crate::adapters::{LlamaDims, Module};
 use crate::assets::{default_root, given_or_default, Assets};
+use crate::format::{LlamaDims, Module};
 use crate::generator::{self, decoder::DecoderConfig, Decoder, Generator, PromptEncoder};
 use crate::server::{self, Config};
 
@@ -301,7 +301,7 @@ async fn time_to_adapter(args: TimeToAdapterArgs) -> Result<()> {
     let mut totals = Vec::new();
     let mut parts: Vec<Vec<f64>> = vec![Vec::new(); stages.len()];
     for name in &args.tasks {
-        let task = crate::training::tasks::builtin_task(name, &Default::default())?;
+        let task = crate::tasks::builtin_task(name, &Default::default())?;
         let prompts: Vec<&str> = task
             .test
             .iter()

@@ -3,14 +3,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
-use crate::adapters::Module;
 use crate::assets::{given_or_default, Assets};
+use crate::format::Module;
+use crate::tasks::{SuiteConfig, Task};
 use crate::training::collect::{collect, CollectConfig, CollectOptions};
 use crate::training::lora::{LoraConfig, TrainConfig};
-use crate::training::taskfile::read_task_file;
-use crate::training::tasks::{builtin_suite, SuiteConfig, Task};
 
 #[derive(Debug, clap::Args)]
 pub struct CollectArgs {
@@ -94,28 +93,7 @@ impl SuiteArgs {
 
 /// The tasks named by `--suite` and `--only`.
 pub fn load_suite(args: &CollectArgs) -> Result<Vec<Task>> {
-    suite(&args.suite, &args.only, &args.suite_args.config())
-}
-
-/// `builtin` (generated with `cfg`) or task files, restricted to `only` when it is not empty.
-pub fn suite(names: &[String], only: &[String], cfg: &SuiteConfig) -> Result<Vec<Task>> {
-    let mut tasks = if names == ["builtin"] {
-        builtin_suite(cfg)?
-    } else {
-        names
-            .iter()
-            .map(|f| read_task_file(f.as_ref()))
-            .collect::<Result<Vec<_>>>()?
-    };
-    if !only.is_empty() {
-        for name in only {
-            if !tasks.iter().any(|t| &t.name == name) {
-                bail!("--only: no task {name:?} in the suite");
-            }
-        }
-        tasks.retain(|t| only.contains(&t.name));
-    }
-    Ok(tasks)
+    crate::tasks::suite(&args.suite, &args.only, &args.suite_args.config())
 }
 
 pub fn run(args: CollectArgs) -> Result<()> {

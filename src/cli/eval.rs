@@ -5,13 +5,14 @@ use std::path::PathBuf;
 
 use anyhow::{ensure, Result};
 
-use super::collect::{suite, SuiteArgs};
+use super::collect::SuiteArgs;
 use crate::assets::{given_or_default, Assets};
 use crate::eval::heldout::{
     evaluate_heldout, heldout_markdown, weight_markdown, weight_space, write_heldout, HeldoutSetup,
 };
 use crate::eval::{adapters_in, evaluate, final_checkpoints, write_report, Candidate};
 use crate::server::Config;
+use crate::tasks::suite;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

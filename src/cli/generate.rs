@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use crate::adapters::peft::{LlamaDims, Module};
 use crate::assets::{given_or_default, Assets};
+use crate::format::peft::{LlamaDims, Module};
 use crate::generator::{self, decoder::DecoderConfig, prompts, Generator};
 
 #[derive(Debug, clap::Args)]
@@ -230,7 +230,7 @@ mod tests {
             &s(&cfg),
         ];
         run(parse(&argv).unwrap()).unwrap();
-        let a = crate::adapters::LoraAdapter::read_peft(&d.join("adapter")).unwrap();
+        let a = crate::format::LoraAdapter::read_peft(&d.join("adapter")).unwrap();
         a.validate(&LlamaDims::from_config_file(&cfg).unwrap())
             .unwrap();
     }

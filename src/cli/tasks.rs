@@ -7,8 +7,8 @@ use anyhow::Result;
 use clap::Args as ClapArgs;
 
 use super::collect::SuiteArgs;
-use crate::training::taskfile::export_suite;
-use crate::training::tasks::builtin_suite;
+use crate::tasks::builtin_suite;
+use crate::tasks::taskfile::export_suite;
 
 #[derive(Debug, ClapArgs)]
 pub struct Args {

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
-use crate::adapters::peft::LlamaDims;
 use crate::assets::{given_or_default, Assets};
+use crate::format::peft::LlamaDims;
 use crate::generator::PromptEncoder;
 use crate::training::decoder::{
     decoder_config_for, load_training_set, train_decoder, Holdout, TrainDecoderConfig,

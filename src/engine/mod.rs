@@ -5,7 +5,7 @@
 //! in the one `MistralRs` instance and addressed by model id. A later mistral.rs with a
 //! dynamic LoRA table can implement [`AdapterEngine`] without the plugin changing.
 //!
-//! The traps of 0.8.1 (see `shared/docs/engine.md`) are handled here and only here:
+//! The traps of 0.8.1 are handled here and only here:
 //! every pipeline loads on a fresh OS thread with the thread-local LoRA list cleared before
 //! and after (trap 1); `remove_model` runs on a blocking thread (trap 2) followed by
 //! `malloc_trim` so the memory goes back to the OS (trap 3); adapters are read from their
@@ -25,7 +25,7 @@ use mistralrs_core::{
     SchedulerConfig,
 };
 
-use crate::adapters::peft;
+use crate::format::peft;
 
 /// What the plugin needs from an inference engine.
 #[async_trait]

@@ -20,14 +20,14 @@ use anyhow::{bail, ensure, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
-use super::{evaluate, final_checkpoints, write_report, Candidate, Report, Score};
-use crate::adapters::peft::{LoraAdapter, CONFIG_FILE};
+use super::{evaluate, final_checkpoints, write_report, Accuracy, Candidate, Report, Score};
+use crate::format::peft::{LoraAdapter, CONFIG_FILE};
+use crate::format::rng::Rng;
 use crate::generator::Generator;
 use crate::server::Config;
+use crate::tasks::Task;
 use crate::training::collect::{TaskDone, DONE_FILE};
 use crate::training::decoder::TrainRecord;
-use crate::training::rng::Rng;
-use crate::training::tasks::Task;
 
 /// What to compare.
 #[derive(Debug, Clone)]
@@ -47,19 +47,19 @@ pub struct HeldoutSetup {
 #[derive(Debug, Clone, Serialize)]
 pub struct HeldoutRow {
     pub task: String,
-    pub base: (f64, f64),
-    pub others_mean: (f64, f64),
-    pub others_best: (f64, f64),
+    pub base: Accuracy,
+    pub others_mean: Accuracy,
+    pub others_best: Accuracy,
     pub others_best_name: String,
     /// One adapter whose matrices are the mean of the training LoRAs': what a generator
     /// that ignored its prompts would give (only for a collection with a shared frozen A,
     /// where averaging B averages the weight update).
-    pub others_averaged: Option<(f64, f64)>,
-    pub own: (f64, f64),
-    pub dnd_mean: (f64, f64),
-    pub dnd_std: (f64, f64),
-    pub dnd_min: (f64, f64),
-    pub dnd_max: (f64, f64),
+    pub others_averaged: Option<Accuracy>,
+    pub own: Accuracy,
+    pub dnd_mean: Accuracy,
+    pub dnd_std: Accuracy,
+    pub dnd_min: Accuracy,
+    pub dnd_max: Accuracy,
     /// Mean wall time of one generation (encode + decode + detokenise), seconds.
     pub dnd_seconds: f64,
     /// Steps of the own run and their strict accuracy, for the overhead figure.
@@ -202,16 +202,15 @@ pub async fn evaluate_heldout(
     let mut summary = Vec::new();
     for task in &heldout {
         let t = task.name.as_str();
-        let pair = |s: &Score| (s.strict, s.lenient);
-        let base = pair(score(BASE, t).context("base score")?);
-        let own = pair(score(OWN, t).context("own score")?);
-        let others: Vec<(&str, (f64, f64))> = record
+        let base = score(BASE, t).context("base score")?.accuracy();
+        let own = score(OWN, t).context("own score")?.accuracy();
+        let others: Vec<(&str, Accuracy)> = record
             .train_tasks
             .iter()
-            .filter_map(|n| score(&format!("LoRA {n}"), t).map(|s| (n.as_str(), pair(s))))
+            .filter_map(|n| score(&format!("LoRA {n}"), t).map(|s| (n.as_str(), s.accuracy())))
             .collect();
-        let dnd: Vec<(f64, f64)> = (0..setup.samples)
-            .filter_map(|i| score(&format!("DnD #{i}"), t).map(pair))
+        let dnd: Vec<Accuracy> = (0..setup.samples)
+            .filter_map(|i| score(&format!("DnD #{i}"), t).map(Score::accuracy))
             .collect();
         if others.is_empty() || dnd.is_empty() {
             bail!("missing scores for {t}");
@@ -219,20 +218,20 @@ pub async fn evaluate_heldout(
         let (others_mean, _, _, _) = stats(&others.iter().map(|o| o.1).collect::<Vec<_>>());
         let best = others
             .iter()
-            .max_by(|a, b| a.1 .0.total_cmp(&b.1 .0).then(a.1 .1.total_cmp(&b.1 .1)))
+            .max_by(|a, b| a.1.cmp_strict_first(&b.1))
             .expect("non-empty");
         let (dnd_mean, dnd_std, dnd_min, dnd_max) = stats(&dnd);
-        let others_averaged = score(OTHERS_AVERAGED, t).map(pair);
+        let others_averaged = score(OTHERS_AVERAGED, t).map(Score::accuracy);
         let done = &run_info[t];
         let mut own_curve: Vec<(usize, f64)> = setup
             .overhead_steps
             .iter()
             .filter_map(|&s| score(&format!("own @{s}"), t).map(|x| (s, x.strict)))
             .collect();
-        own_curve.push((done.steps, own.0));
+        own_curve.push((done.steps, own.strict));
         own_curve.sort_by_key(|c| c.0);
         let per_step = done.seconds / done.steps.max(1) as f64;
-        let reached = own_curve.iter().find(|c| c.1 >= dnd_mean.0);
+        let reached = own_curve.iter().find(|c| c.1 >= dnd_mean.strict);
         let (lora_steps, lora_reached) = match reached {
             Some(&(s, _)) => (s, true),
             None => (done.steps, false),
@@ -265,7 +264,9 @@ pub async fn evaluate_heldout(
             (OWN, Some(own)),
             (DND, Some(dnd_mean)),
         ];
-        for (model, (strict, lenient)) in rows.into_iter().filter_map(|(m, s)| s.map(|s| (m, s))) {
+        for (model, Accuracy { strict, lenient }) in
+            rows.into_iter().filter_map(|(m, s)| s.map(|s| (m, s)))
+        {
             summary.push(Score {
                 model: model.to_string(),
                 task: t.to_string(),
@@ -503,11 +504,10 @@ fn mean_pairwise_cosine(vs: &[Vec<f32>]) -> f64 {
     }
 }
 
-/// Mean, population std, min and max of (strict, lenient) pairs.
-#[allow(clippy::type_complexity)]
-fn stats(v: &[(f64, f64)]) -> ((f64, f64), (f64, f64), (f64, f64), (f64, f64)) {
+/// Mean, population std, min and max of accuracies, each scoring on its own.
+fn stats(v: &[Accuracy]) -> (Accuracy, Accuracy, Accuracy, Accuracy) {
     let n = v.len().max(1) as f64;
-    let one = |f: fn(&(f64, f64)) -> f64| {
+    let one = |f: fn(&Accuracy) -> f64| {
         let xs: Vec<f64> = v.iter().map(f).collect();
         let mean = xs.iter().sum::<f64>() / n;
         let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
@@ -515,8 +515,9 @@ fn stats(v: &[(f64, f64)]) -> ((f64, f64), (f64, f64), (f64, f64), (f64, f64)) {
         let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         (mean, var.sqrt(), min, max)
     };
-    let (a, b) = (one(|p| p.0), one(|p| p.1));
-    ((a.0, b.0), (a.1, b.1), (a.2, b.2), (a.3, b.3))
+    let (s, l) = (one(|a| a.strict), one(|a| a.lenient));
+    let acc = |strict, lenient| Accuracy { strict, lenient };
+    (acc(s.0, l.0), acc(s.1, l.1), acc(s.2, l.2), acc(s.3, l.3))
 }
 
 /// The spread and overhead table in markdown.
@@ -529,15 +530,15 @@ pub fn heldout_markdown(r: &HeldoutReport) -> String {
         out += &format!(
             "| {} | {} | {} | {} ({}) | {} | {} ± {} ({}–{}) | {:.2} | {}{:.0}{} | {:.0}x |\n",
             row.task,
-            pct(row.base.0),
-            pct(row.others_mean.0),
-            pct(row.others_best.0),
+            pct(row.base.strict),
+            pct(row.others_mean.strict),
+            pct(row.others_best.strict),
             row.others_best_name,
-            pct(row.own.0),
-            pct(row.dnd_mean.0),
-            pct(row.dnd_std.0),
-            pct(row.dnd_min.0),
-            pct(row.dnd_max.0),
+            pct(row.own.strict),
+            pct(row.dnd_mean.strict),
+            pct(row.dnd_std.strict),
+            pct(row.dnd_min.strict),
+            pct(row.dnd_max.strict),
             row.dnd_seconds,
             // Reached at the first saved checkpoint: it may have been reached earlier.
             if row.lora_reached && row.own_curve.first().map(|c| c.0) == Some(row.lora_steps) {

@@ -14,10 +14,11 @@ use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::adapters::peft::CONFIG_FILE;
-use crate::adapters::{LoraAdapter, Source};
+use crate::adapters::Source;
+use crate::format::peft::CONFIG_FILE;
+use crate::format::LoraAdapter;
 use crate::server::{self, Config};
-use crate::training::tasks::{score_lenient, score_strict, Task};
+use crate::tasks::{score_lenient, score_strict, Task};
 
 /// A model to evaluate: the base, or the base with an adapter.
 #[derive(Debug, Clone)]
@@ -38,6 +39,31 @@ pub struct Score {
     pub lenient: f64,
     /// First few outputs, for reading.
     pub samples: Vec<(String, String, String)>,
+}
+
+impl Score {
+    pub fn accuracy(&self) -> Accuracy {
+        Accuracy {
+            strict: self.strict,
+            lenient: self.lenient,
+        }
+    }
+}
+
+/// Accuracy on a task's test split under both scorings, each in [0, 1].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Accuracy {
+    pub strict: f64,
+    pub lenient: f64,
+}
+
+impl Accuracy {
+    /// Orders by strict accuracy, ties broken by lenient.
+    pub fn cmp_strict_first(&self, other: &Self) -> std::cmp::Ordering {
+        self.strict
+            .total_cmp(&other.strict)
+            .then(self.lenient.total_cmp(&other.lenient))
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

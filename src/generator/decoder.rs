@@ -48,7 +48,7 @@ use serde::{Deserialize, Serialize};
 
 use super::conv::conv_same;
 use super::tokenizer::{smollm2_135m_dims, TokenLayout};
-use crate::adapters::peft::{LlamaDims, Module};
+use crate::format::peft::{LlamaDims, Module};
 
 pub const CONFIG_FILE: &str = "decoder.json";
 pub const WEIGHTS_FILE: &str = "decoder.safetensors";
@@ -541,14 +541,13 @@ impl Decoder {
 pub(crate) mod tests {
     use super::*;
 
+    /// The test model's dims, halved so that decoder tests stay fast.
     pub(crate) fn tiny_dims() -> LlamaDims {
         LlamaDims {
             hidden_size: 32,
             intermediate_size: 64,
-            num_attention_heads: 4,
-            num_key_value_heads: 2,
-            num_hidden_layers: 2,
             head_dim: None,
+            ..crate::testing::tiny_dims()
         }
     }
 

@@ -38,13 +38,13 @@ pub use decoder::{Decoder, DecoderConfig};
 pub use encoder::PromptEncoder;
 pub use tokenizer::TokenLayout;
 
-use crate::adapters::peft::{tensor_name, LlamaDims, LoraAdapter};
+use crate::format::peft::{tensor_name, LlamaDims, LoraAdapter};
 
 /// The trained generator for SmolLM2-135M-Instruct shipped with the project (decoder
 /// weights, config and `train.json`; reproduced by the command in its `train.json` and the
 /// README), relative to the repository root. The default of `generate`, the benches and
 /// `configs/default.toml`.
-pub const SHIPPED_SMOLLM2: &str = "src/generator/smollm2-135m";
+pub const SHIPPED_SMOLLM2: &str = "generators/smollm2-135m";
 
 /// The device the generator runs on: the CPU, or with the `cuda` feature the first GPU if
 /// there is one.
@@ -167,11 +167,6 @@ impl Generator {
                 detokenise,
             },
         })
-    }
-
-    /// The adapter for an already encoded condition (N, L, 384), e.g. a cached encoding.
-    pub fn generate_from_condition(&self, cond: &Tensor) -> Result<LoraAdapter> {
-        Ok(self.decode_timed(cond)?.0)
     }
 
     fn decode_timed(&self, cond: &Tensor) -> Result<(LoraAdapter, Duration, Duration)> {

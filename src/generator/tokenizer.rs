@@ -29,7 +29,7 @@
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 
-use crate::adapters::peft::{tensor_name, LlamaDims, LoraAdapter, Module, PeftConfig};
+use crate::format::peft::{tensor_name, LlamaDims, LoraAdapter, Module, PeftConfig};
 
 /// Scale of the mean in the border: m' = MEAN_SCALE * m.
 pub const MEAN_SCALE: f64 = 8.0;
@@ -411,14 +411,14 @@ pub(crate) mod tests {
         worst
     }
 
+    /// The test model's dims with 48 and 80 wide layers, which are not multiples of the
+    /// chunk width 32, so partial chunks are exercised.
     fn tiny_dims() -> LlamaDims {
         LlamaDims {
             hidden_size: 48,
             intermediate_size: 80,
-            num_attention_heads: 4,
-            num_key_value_heads: 2,
-            num_hidden_layers: 2,
             head_dim: None,
+            ..crate::testing::tiny_dims()
         }
     }
 

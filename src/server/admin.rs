@@ -17,8 +17,9 @@ use subtle::ConstantTimeEq;
 use super::error::ApiError;
 use super::tagging::validate_task_id;
 use super::Plugin;
-use crate::adapters::peft::{CONFIG_FILE, WEIGHTS_FILE};
-use crate::adapters::{LoraAdapter, PeftConfig, Source};
+use crate::adapters::Source;
+use crate::format::peft::{CONFIG_FILE, WEIGHTS_FILE};
+use crate::format::{LoraAdapter, PeftConfig};
 
 pub fn router(plugin: Arc<Plugin>) -> Router {
     Router::new()
@@ -56,7 +57,7 @@ async fn require_token(State(plugin): State<Arc<Plugin>>, req: Request, next: Ne
 }
 
 fn task_param(task: &str) -> Result<(), ApiError> {
-    validate_task_id(task).map_err(ApiError::bad_request)
+    validate_task_id(task)
 }
 
 /// A task as the admin API shows it: its adapter entry plus, with automatic
@@ -126,10 +127,8 @@ async fn regenerate(
             ApiError::bad_request(format!("body must be {{\"prompts\": [...]}}: {e}"))
         })?
     };
-    match sp.regenerate(&task, body.prompts) {
-        Ok(info) => Ok((StatusCode::ACCEPTED, Json(info)).into_response()),
-        Err(e) => Err(ApiError::new(StatusCode::CONFLICT, e)),
-    }
+    let info = sp.regenerate(&task, body.prompts)?;
+    Ok((StatusCode::ACCEPTED, Json(info)).into_response())
 }
 
 #[derive(Deserialize)]

@@ -20,8 +20,10 @@ use mistralrs_server_core::mistralrs_server_router_builder::MistralRsServerRoute
 
 pub use config::Config;
 
-use crate::adapters::{AdapterTable, Limits, LlamaDims, Store};
+use crate::adapters::{AdapterTable, Limits, Store};
+
 use crate::engine::{parse_dtype, MistralRsEngine};
+use crate::format::LlamaDims;
 
 /// The plugin's shared state.
 pub struct Plugin {

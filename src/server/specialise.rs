@@ -16,9 +16,12 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use super::error::ApiError;
 use super::metrics::Metrics;
 use crate::adapters::store::now_secs;
-use crate::adapters::{AdapterTable, LoraAdapter, Source};
+use crate::adapters::{AdapterTable, Source};
+use crate::format::fsio::write_atomic;
+use crate::format::LoraAdapter;
 
 /// Turns a batch of a task's prompts into an adapter. The DnD generator implements it.
 pub trait AdapterGenerator: Send + Sync {
@@ -341,15 +344,19 @@ impl Specialiser {
     }
 
     /// Regenerates now, from `prompts` if given (they replace the buffer) or the buffer.
-    pub fn regenerate(&self, task: &str, prompts: Option<Vec<String>>) -> Result<GenInfo, String> {
+    pub fn regenerate(
+        &self,
+        task: &str,
+        prompts: Option<Vec<String>>,
+    ) -> Result<GenInfo, ApiError> {
         {
             let mut tasks = self.lock();
             let buf = tasks.entry(task.to_string()).or_insert_with(TaskBuf::new);
             if buf.busy() {
-                return Err(format!(
+                return Err(ApiError::conflict(format!(
                     "a generation for task {task} is already {}",
                     state_name(&buf.state)
-                ));
+                )));
             }
             if let Some(ps) = prompts {
                 buf.prompts = ps
@@ -365,16 +372,17 @@ impl Specialiser {
                 }
             }
             if buf.prompts.is_empty() {
-                return Err(format!(
+                return Err(ApiError::conflict(format!(
                     "task {task} has no prompts: send some in the body as {{\"prompts\": [...]}}"
-                ));
+                )));
             }
             buf.attempts = 0;
             buf.state = GenState::Queued;
         }
         let _ = self.persist.send(Persist::Write(task.to_string()));
         self.send_job(task);
-        self.info(task).ok_or_else(|| "task vanished".into())
+        self.info(task)
+            .ok_or_else(|| ApiError::conflict("task vanished"))
     }
 
     async fn run_job(self: &Arc<Self>, task: &str) {
@@ -547,12 +555,7 @@ async fn write_prompts(me: std::sync::Weak<Specialiser>, mut rx: mpsc::Unbounded
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
                     _ => Ok(()),
                 },
-                Some(text) => {
-                    std::fs::create_dir_all(path.parent().expect("task folder"))?;
-                    let tmp = path.with_extension("jsonl.tmp");
-                    std::fs::write(&tmp, text)?;
-                    std::fs::rename(&tmp, &path)
-                }
+                Some(text) => write_atomic(&path, text.as_bytes()).map_err(std::io::Error::other),
             }
         })
         .await;

@@ -15,32 +15,32 @@ use serde_json::Value;
 use super::config::TaskSource;
 use super::error::ApiError;
 use super::Plugin;
-use crate::adapters::Route;
+use crate::adapters::{Route, ADAPTER_MODEL_PREFIX};
 
 pub const ADAPTER_HEADER: &str = "x-dnd-adapter";
 const MAX_TASK_ID: usize = 128;
 
 /// Checks a task id: `[A-Za-z0-9._-]`, 1 to 128 characters.
-pub fn validate_task_id(id: &str) -> Result<(), String> {
+pub fn validate_task_id(id: &str) -> Result<(), ApiError> {
     if id.is_empty() {
-        return Err("task id is empty".into());
+        return Err(ApiError::bad_request("task id is empty"));
     }
     if id.len() > MAX_TASK_ID {
-        return Err(format!(
+        return Err(ApiError::bad_request(format!(
             "task id is {} characters long; at most {MAX_TASK_ID} are allowed",
             id.len()
-        ));
+        )));
     }
     if let Some(c) = id
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
-        return Err(format!(
+        return Err(ApiError::bad_request(format!(
             "task id contains {c:?}; only letters, digits, '.', '_' and '-' are allowed"
-        ));
+        )));
     }
     if id == "." || id == ".." {
-        return Err("task id may not be '.' or '..'".into());
+        return Err(ApiError::bad_request("task id may not be '.' or '..'"));
     }
     Ok(())
 }
@@ -51,13 +51,17 @@ pub fn find_task_id(
     header: &str,
     headers: &HeaderMap,
     body: &serde_json::Map<String, Value>,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, ApiError> {
     for source in sources {
         let found = match source {
             TaskSource::Header => match headers.get(header) {
                 Some(v) => Some(
                     v.to_str()
-                        .map_err(|_| format!("task id in header {header} is not ASCII text"))?
+                        .map_err(|_| {
+                            ApiError::bad_request(format!(
+                                "task id in header {header} is not ASCII text"
+                            ))
+                        })?
                         .to_string(),
                 ),
                 None => None,
@@ -71,7 +75,11 @@ pub fn find_task_id(
                 match body.get(key) {
                     None | Some(Value::Null) => None,
                     Some(Value::String(s)) => Some(s.clone()),
-                    Some(_) => return Err(format!("body field {key} must be a string")),
+                    Some(_) => {
+                        return Err(ApiError::bad_request(format!(
+                            "body field {key} must be a string"
+                        )))
+                    }
                 }
             }
         };
@@ -134,9 +142,6 @@ pub async fn tag_request(State(plugin): State<Arc<Plugin>>, req: Request, next: 
     }
 }
 
-/// Engine model ids of adapters start with this; see `AdapterTable`.
-pub const ADAPTER_MODEL_PREFIX: &str = "dnd:";
-
 /// Drops adapter engine models from the stock model list: their ids name tasks (tenants),
 /// which other clients must not see.
 async fn hide_adapter_models(resp: Response) -> Response {
@@ -175,8 +180,7 @@ async fn route_request(
     let mut json: serde_json::Map<String, Value> = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("request body is not a JSON object: {e}")))?;
     let pc = &plugin.config.plugin;
-    let task = find_task_id(&pc.task_id_sources, &pc.task_header, &parts.headers, &json)
-        .map_err(ApiError::bad_request)?;
+    let task = find_task_id(&pc.task_id_sources, &pc.task_header, &parts.headers, &json)?;
     json.remove("task_id");
     if let (Some(t), Some(sp)) = (&task, &plugin.specialiser) {
         sp.observe(t, super::specialise::prompt_text(&json));

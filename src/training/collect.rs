@@ -52,9 +52,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::lora::{BaseModel, BatchStream, ChatTokenizer, LoraConfig, TrainConfig, Trainer};
-use super::rng::Rng;
-use super::tasks::Task;
-use super::write_file_atomically;
+use crate::format::fsio::{publish_dir, write_atomic};
+use crate::format::rng::Rng;
+use crate::tasks::Task;
 
 pub const SETTINGS_FILE: &str = "collect.json";
 pub const DONE_FILE: &str = "done.json";
@@ -240,7 +240,7 @@ fn check_settings(out: &Path, cfg: &CollectConfig) -> Result<()> {
         }
         return Ok(());
     }
-    write_file_atomically(&path, &serde_json::to_vec_pretty(cfg)?)
+    write_atomic(&path, &serde_json::to_vec_pretty(cfg)?)
 }
 
 /// Trains one task into its partial folder and publishes it. Returns false when the step
@@ -267,7 +267,7 @@ fn train_task(
         }
     }
     std::fs::create_dir_all(&partial)?;
-    super::taskfile::write_task_file(task, &partial.join(TASK_FILE))?;
+    crate::tasks::taskfile::write_task_file(task, &partial.join(TASK_FILE))?;
 
     let seed = task_seed(cfg.train.seed, &task.name);
     let train_cfg = TrainConfig {
@@ -322,7 +322,7 @@ fn train_task(
                 lr: stats.lr,
                 seed,
             };
-            write_file_atomically(&dir.join(META_FILE), &serde_json::to_vec_pretty(&meta)?)?;
+            write_atomic(&dir.join(META_FILE), &serde_json::to_vec_pretty(&meta)?)?;
             checkpoints.push(name);
         }
         bar.set_message(format!("loss {:.3}", stats.loss));
@@ -339,10 +339,8 @@ fn train_task(
         losses,
         seconds,
     };
-    write_file_atomically(&partial.join(DONE_FILE), &serde_json::to_vec_pretty(&done)?)?;
-    std::fs::rename(&partial, &final_dir)
-        .with_context(|| format!("publishing {}", final_dir.display()))?;
-    sync_dir(out);
+    write_atomic(&partial.join(DONE_FILE), &serde_json::to_vec_pretty(&done)?)?;
+    publish_dir(&partial, &final_dir)?;
     let first = done.losses.first().copied().unwrap_or(f32::NAN);
     let last = done.losses.last().copied().unwrap_or(f32::NAN);
     bar.finish_and_clear();
@@ -363,19 +361,13 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
-fn sync_dir(dir: &Path) {
-    if let Ok(f) = std::fs::File::open(dir) {
-        let _ = f.sync_all();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::adapters::LoraAdapter;
+    use crate::format::LoraAdapter;
+    use crate::tasks::{builtin_task, SuiteConfig};
     use crate::testing::tiny_model_dir;
     use crate::training::lora::LoraConfig;
-    use crate::training::tasks::{builtin_task, SuiteConfig};
 
     fn small() -> (Vec<Task>, CollectConfig) {
         let sc = SuiteConfig {
@@ -490,14 +482,14 @@ mod tests {
         assert_eq!(meta.seed, task_seed(11, "add"));
         assert_eq!(meta.loss, done.losses[4]);
         let saved =
-            crate::training::taskfile::read_task_file(&full.path().join("add").join(TASK_FILE))
+            crate::tasks::taskfile::read_task_file(&full.path().join("add").join(TASK_FILE))
                 .unwrap();
         assert_eq!(
             (saved.train, saved.test),
             (tasks[0].train.clone(), tasks[0].test.clone())
         );
         // Trained: B is no longer zero.
-        let b = adapter.pair(0, crate::adapters::Module::Q).unwrap().1;
+        let b = adapter.pair(0, crate::format::Module::Q).unwrap().1;
         assert!(
             b.abs()
                 .unwrap()
@@ -534,7 +526,7 @@ mod tests {
     fn suite_token_lengths() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/smollm2");
         let tok = ChatTokenizer::load(&dir).unwrap();
-        let suite = crate::training::tasks::builtin_suite(&SuiteConfig::default()).unwrap();
+        let suite = crate::tasks::builtin_suite(&SuiteConfig::default()).unwrap();
         let mut all = Vec::new();
         for t in &suite {
             let lens: Vec<usize> = t

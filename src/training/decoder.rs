@@ -38,11 +38,12 @@ use sha2::{Digest, Sha256};
 
 use super::collect::{completed_task_dir, TaskDone, DONE_FILE, TASK_FILE};
 use super::lora::frozen_a;
-use super::rng::Rng;
-use super::taskfile::read_task_file;
-use crate::adapters::peft::{tensor_name, write_folder_atomically, LoraAdapter};
+use crate::format::fsio::write_folder_atomic;
+use crate::format::peft::{tensor_name, LoraAdapter};
+use crate::format::rng::Rng;
 use crate::generator::decoder::{Decoder, DecoderConfig};
 use crate::generator::PromptEncoder;
+use crate::tasks::taskfile::read_task_file;
 
 pub const TRAIN_FILE: &str = "train.json";
 const STATE_DIR: &str = "checkpoint";
@@ -313,7 +314,7 @@ pub fn load_training_set(
 /// Errors unless the checkpoint's A matrices are the generator's frozen A.
 fn check_frozen_a(
     adapter: &LoraAdapter,
-    frozen: &BTreeMap<(usize, crate::adapters::peft::Module), Tensor>,
+    frozen: &BTreeMap<(usize, crate::format::peft::Module), Tensor>,
 ) -> Result<()> {
     for (&(layer, m), a) in frozen {
         let name = tensor_name(layer, m, false);
@@ -354,11 +355,10 @@ fn encode_cached(
         parts.push(encoder.encode(chunk, l)?.0.to_device(&Device::Cpu)?);
     }
     let pool = Tensor::cat(&parts, 0)?;
-    std::fs::create_dir_all(cache_dir)?;
-    let tmp = path.with_extension("tmp");
     let file = std::collections::HashMap::from([("pool".to_string(), pool.clone())]);
-    candle_core::safetensors::save(&file, &tmp)?;
-    std::fs::rename(&tmp, &path)?;
+    crate::format::fsio::write_atomic_with(&path, |tmp| {
+        Ok(candle_core::safetensors::save(&file, tmp)?)
+    })?;
     Ok(pool)
 }
 
@@ -735,7 +735,7 @@ fn save(
         state.insert(format!("v.{name}"), adam.v[name].clone());
     }
     let record_json = serde_json::to_vec_pretty(record)?;
-    write_folder_atomically(
+    write_folder_atomic(
         &out.join(STATE_DIR),
         &[
             ("state.safetensors", &safetensors_bytes(&state)?),
@@ -743,7 +743,7 @@ fn save(
         ],
     )?;
     decoder.save(varmap, out)?;
-    super::write_file_atomically(&out.join(TRAIN_FILE), &record_json)?;
+    crate::format::fsio::write_atomic(&out.join(TRAIN_FILE), &record_json)?;
     Ok(())
 }
 
@@ -752,7 +752,7 @@ fn save(
 pub fn decoder_config_for(
     collect_dir: &Path,
     base_name: &str,
-    dims: &crate::adapters::peft::LlamaDims,
+    dims: &crate::format::peft::LlamaDims,
     chunk: usize,
     n: usize,
     l: usize,
@@ -779,7 +779,7 @@ pub fn decoder_config_for(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::adapters::peft::Module;
+    use crate::format::peft::Module;
     use crate::generator::decoder::tests::{tiny_config, tiny_dims};
 
     #[test]

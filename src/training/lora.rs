@@ -45,8 +45,8 @@ use candle_transformers::models::llama::LlamaConfig;
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
-use super::rng::Rng;
-use crate::adapters::peft::{tensor_name, LlamaDims, LoraAdapter, Module, PeftConfig};
+use crate::format::peft::{tensor_name, LlamaDims, LoraAdapter, Module, PeftConfig};
+use crate::format::rng::Rng;
 
 // ---------------------------------------------------------------------------------------
 // Frozen linear without weight gradient

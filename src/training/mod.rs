@@ -1,8 +1,6 @@
-//! Training: the task suite, LoRA training with checkpoint collection, and decoder training.
+//! Training: LoRA training with checkpoint collection, and decoder training. The tasks they
+//! train on are [`crate::tasks`].
 //!
-//! - [`tasks`]: the built-in procedural task suite and its scorers;
-//! - [`wordnet`]: the WordNet word lists the `lexical` tasks draw from;
-//! - [`taskfile`]: tasks as JSONL files (read and write);
 //! - [`lora`]: a differentiable llama forward pass with LoRA, and its trainer;
 //! - [`collect`]: one LoRA run per task, a checkpoint at every late step (DnD section 5);
 //! - [`decoder`]: the generator's decoder trained on those checkpoints (DnD section 4).
@@ -10,30 +8,3 @@
 pub mod collect;
 pub mod decoder;
 pub mod lora;
-pub mod rng;
-pub mod taskfile;
-pub mod tasks;
-pub mod wordnet;
-
-/// Writes a file so that readers see the old file or the whole new one: a synced temp file
-/// in the same folder, renamed into place.
-pub(crate) fn write_file_atomically(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use anyhow::Context;
-    use std::io::Write;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => std::path::Path::new("."),
-    };
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let name = path
-        .file_name()
-        .context("path has no file name")?
-        .to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
-}

@@ -20,7 +20,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::tasks::{Example, Scoring, Split, Task};
+use super::{Example, Scoring, Split, Task};
 
 /// Family given to tasks read from files.
 pub const EXTERNAL_FAMILY: &str = "external";
@@ -80,8 +80,7 @@ pub fn parse_task(reader: impl BufRead, origin: &str) -> Result<Task> {
                     bail!("{origin}:{n}: \"choices\" given but the task is scored \"exact\"");
                 }
                 if h.scoring == Scoring::Choice {
-                    let ok =
-                        super::tasks::choice_index(&l.answer).is_some_and(|i| i < l.choices.len());
+                    let ok = super::choice_index(&l.answer).is_some_and(|i| i < l.choices.len());
                     if l.choices.len() < 2 || !ok {
                         bail!(
                             "{origin}:{n}: a choice example needs at least two \"choices\" and an \"answer\" that is the letter of one (A, B, ...), got {:?} with {} choices",
@@ -146,7 +145,7 @@ pub fn task_to_jsonl(task: &Task) -> Result<String> {
 
 /// Writes a task file (via a temp file and a rename, so a reader never sees half of it).
 pub fn write_task_file(task: &Task, path: &Path) -> Result<()> {
-    super::write_file_atomically(path, task_to_jsonl(task)?.as_bytes())
+    crate::format::fsio::write_atomic(path, task_to_jsonl(task)?.as_bytes())
 }
 
 /// Writes every task of a suite as `DIR/NAME.jsonl`.
@@ -160,7 +159,7 @@ pub fn export_suite(tasks: &[Task], dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::training::tasks::{builtin_suite, SuiteConfig};
+    use crate::tasks::{builtin_suite, SuiteConfig};
 
     fn parse(text: &str) -> Result<Task> {
         parse_task(text.as_bytes(), "t.jsonl")

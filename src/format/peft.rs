@@ -314,7 +314,7 @@ impl LoraAdapter {
     pub fn write_peft(&self, dir: &Path) -> Result<()> {
         let weights = self.safetensors_bytes()?;
         let config = serde_json::to_vec_pretty(&self.config)?;
-        write_folder_atomically(dir, &[(CONFIG_FILE, &config), (WEIGHTS_FILE, &weights)])
+        super::fsio::write_folder_atomic(dir, &[(CONFIG_FILE, &config), (WEIGHTS_FILE, &weights)])
     }
 
     /// Short content hash over config and weights: names a version of an adapter.
@@ -329,33 +329,4 @@ impl LoraAdapter {
     pub fn weight_bytes(&self) -> usize {
         self.tensors.values().map(|t| t.elem_count() * 4).sum()
     }
-}
-
-/// Writes files into `dir` so that a reader sees either the old folder or the complete new
-/// one: everything goes to a temp sibling, is fsynced, then renamed into place.
-pub fn write_folder_atomically(dir: &Path, files: &[(&str, &[u8])]) -> Result<()> {
-    use std::io::Write;
-    let parent = dir
-        .parent()
-        .with_context(|| format!("{} has no parent folder", dir.display()))?;
-    std::fs::create_dir_all(parent)?;
-    let name = dir
-        .file_name()
-        .context("folder has no name")?
-        .to_string_lossy();
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
-    for (file, bytes) in files {
-        let mut f = std::fs::File::create(tmp.join(file))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-    if dir.exists() {
-        std::fs::rename(dir, &old)?;
-    }
-    std::fs::rename(&tmp, dir)?;
-    let _ = std::fs::remove_dir_all(&old);
-    Ok(())
 }

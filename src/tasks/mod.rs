@@ -1,0 +1,432 @@
+//! The task suite: small question-answering tasks whose LoRA fine-tunes are the generator's
+//! training data (DnD paper, section 5: one LoRA trajectory per dataset), and the tasks
+//! held-out evaluation scores adapters on.
+//!
+//! Every built-in task is generated from a seeded random stream, procedurally or by
+//! drawing from WordNet's word lists ([`wordnet`], the `lexical` family), so the suite
+//! exists offline and is the same for a given seed on every machine. A task is one
+//! distinctive kind of request a user would really send ("What is 37 + 48?", "What is the
+//! opposite of 'cheap'?") with several phrasings, and a short answer (a few tokens: the base
+//! model is SmolLM2-135M and training runs on a CPU). Tasks are grouped in families, a file
+//! each ([`arithmetic`], [`text`], [`lists`], [`comparison`], [`lexical`]), so that held-out
+//! evaluation can leave a task out of a family that the generator otherwise knows (section
+//! 4, held-out protocol). [`taskfile`] reads and writes tasks as JSONL, so users can bring
+//! their own.
+//!
+//! Splits: each example has a *key* (its content without the phrasing, e.g. `(37, 48)` for
+//! an addition). Keys are unique inside a task and each key lands in exactly one split, so a
+//! test question is never a rephrased training question.
+//!
+//! Scoring ([`Scoring`]): `exact` compares the start of the output with the answer after
+//! normalisation; `choice` reads a choice letter at the start of the output. Both are strict
+//! (the paper's protocol: invalid output is wrong). [`score_lenient`] accepts the right
+//! answer anywhere in the first sentence when no wrong choice is named there.
+
+use std::collections::BTreeSet;
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::format::rng::Rng;
+use draw::Sample;
+use wordnet::Lexicon;
+
+mod arithmetic;
+mod comparison;
+mod draw;
+mod lexical;
+mod lists;
+mod text;
+
+pub mod scoring;
+pub mod taskfile;
+pub mod wordnet;
+
+pub use scoring::{choice_index, choice_letter, normalise, score_lenient, score_strict};
+
+/// How a task's outputs are scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scoring {
+    /// The output starts with the answer (normalised: case, whitespace, final punctuation).
+    Exact,
+    /// The answer is a choice letter (`A`, `B`, ...); the output starts with that letter.
+    Choice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    Train,
+    Test,
+}
+
+/// One question: the user's prompt, the expected answer, and for choice tasks the choice
+/// texts in letter order (the prompt already lists them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Example {
+    pub prompt: String,
+    pub answer: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub choices: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    pub name: String,
+    /// Family for held-out protocols; `external` for tasks read from files.
+    pub family: String,
+    pub scoring: Scoring,
+    pub train: Vec<Example>,
+    pub test: Vec<Example>,
+}
+
+impl Task {
+    pub fn split(&self, split: Split) -> &[Example] {
+        match split {
+            Split::Train => &self.train,
+            Split::Test => &self.test,
+        }
+    }
+
+    /// Checks the invariants every consumer relies on: a usable name, non-empty answers,
+    /// choice answers that are letters of listed choices, and no prompt in both splits.
+    pub fn validate(&self) -> Result<()> {
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            bail!(
+                "task name {:?} must be non-empty ASCII letters, digits, '_' or '-' (it names folders)",
+                self.name
+            );
+        }
+        for (split, examples) in [("train", &self.train), ("test", &self.test)] {
+            for (i, ex) in examples.iter().enumerate() {
+                if ex.prompt.trim().is_empty() || ex.answer.trim().is_empty() {
+                    bail!(
+                        "task {}: {split} example {i} has an empty prompt or answer",
+                        self.name
+                    );
+                }
+                match self.scoring {
+                    Scoring::Choice => {
+                        let idx = choice_index(&ex.answer);
+                        if ex.choices.len() < 2 || idx.is_none_or(|i| i >= ex.choices.len()) {
+                            bail!(
+                                "task {}: {split} example {i}: a choice answer must be the letter of one of at least two choices, got {:?} with {} choices",
+                                self.name,
+                                ex.answer,
+                                ex.choices.len()
+                            );
+                        }
+                    }
+                    Scoring::Exact => {
+                        if !ex.choices.is_empty() {
+                            bail!("task {}: {split} example {i} has choices but the task is scored exact", self.name);
+                        }
+                    }
+                }
+            }
+        }
+        let train: BTreeSet<&str> = self.train.iter().map(|e| e.prompt.as_str()).collect();
+        if let Some(p) = self.test.iter().find(|e| train.contains(e.prompt.as_str())) {
+            bail!(
+                "task {}: prompt {:?} is in both splits",
+                self.name,
+                p.prompt
+            );
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The built-in suite
+
+/// Sizes and seed of the built-in suite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuiteConfig {
+    pub seed: u64,
+    pub train: usize,
+    pub test: usize,
+}
+
+impl Default for SuiteConfig {
+    fn default() -> Self {
+        Self {
+            seed: 1234,
+            train: 240,
+            test: 60,
+        }
+    }
+}
+
+/// How a task draws a question: from the random stream alone, or from WordNet's word lists.
+#[derive(Clone, Copy)]
+enum Draw {
+    Plain(fn(&mut Rng) -> Sample),
+    Lexical(fn(&mut Rng, &Lexicon) -> Sample),
+}
+
+struct Spec {
+    name: &'static str,
+    family: &'static str,
+    scoring: Scoring,
+    draw: Draw,
+}
+
+/// Every built-in task, in suite order: family by family.
+fn specs() -> impl Iterator<Item = &'static Spec> {
+    arithmetic::SPECS
+        .iter()
+        .chain(text::SPECS)
+        .chain(lists::SPECS)
+        .chain(comparison::SPECS)
+        .chain(lexical::SPECS)
+}
+
+const fn spec(name: &'static str, family: &'static str, scoring: Scoring, draw: Draw) -> Spec {
+    Spec {
+        name,
+        family,
+        scoring,
+        draw,
+    }
+}
+
+/// Names of the built-in tasks, in suite order.
+pub fn builtin_names() -> Vec<&'static str> {
+    specs().map(|s| s.name).collect()
+}
+
+/// The whole built-in suite for a config. Each task draws from its own random stream
+/// (`seed`, task name), so adding a task does not change the others.
+pub fn builtin_suite(cfg: &SuiteConfig) -> Result<Vec<Task>> {
+    specs().map(|s| build(s, cfg)).collect()
+}
+
+/// One built-in task by name.
+pub fn builtin_task(name: &str, cfg: &SuiteConfig) -> Result<Task> {
+    match specs().find(|s| s.name == name) {
+        Some(s) => build(s, cfg),
+        None => bail!(
+            "no built-in task {name:?}; known: {}",
+            builtin_names().join(", ")
+        ),
+    }
+}
+
+/// `builtin` (generated with `cfg`) or task files, restricted to `only` when it is not empty.
+pub fn suite(names: &[String], only: &[String], cfg: &SuiteConfig) -> Result<Vec<Task>> {
+    let mut tasks = if names == ["builtin"] {
+        builtin_suite(cfg)?
+    } else {
+        names
+            .iter()
+            .map(|f| taskfile::read_task_file(f.as_ref()))
+            .collect::<Result<Vec<_>>>()?
+    };
+    if !only.is_empty() {
+        for name in only {
+            if !tasks.iter().any(|t| &t.name == name) {
+                bail!("--only: no task {name:?} in the suite");
+            }
+        }
+        tasks.retain(|t| only.contains(&t.name));
+    }
+    Ok(tasks)
+}
+
+fn build(spec: &Spec, cfg: &SuiteConfig) -> Result<Task> {
+    let mut rng = Rng::derive(cfg.seed, spec.name);
+    let draw: Box<dyn Fn(&mut Rng) -> Sample> = match spec.draw {
+        Draw::Plain(g) => Box::new(g),
+        Draw::Lexical(g) => {
+            let lexicon = wordnet::lexicon()?;
+            Box::new(move |r| g(r, lexicon))
+        }
+    };
+    let want = cfg.train + cfg.test;
+    let mut keys = BTreeSet::new();
+    let mut samples = Vec::with_capacity(want);
+    let mut attempts = 0usize;
+    while samples.len() < want {
+        attempts += 1;
+        if attempts > 200 * want + 1000 {
+            bail!(
+                "task {}: only {} distinct questions found, {} wanted (train {} + test {})",
+                spec.name,
+                samples.len(),
+                want,
+                cfg.train,
+                cfg.test
+            );
+        }
+        let s = draw(&mut rng);
+        if keys.insert(s.key.clone()) {
+            samples.push(s);
+        }
+    }
+    let mut examples: Vec<Example> = samples
+        .into_iter()
+        .map(|s| Example {
+            prompt: s.prompt,
+            answer: s.answer,
+            choices: s.choices,
+        })
+        .collect();
+    let test = examples.split_off(cfg.train);
+    let task = Task {
+        name: spec.name.to_string(),
+        family: spec.family.to_string(),
+        scoring: spec.scoring,
+        train: examples,
+        test,
+    };
+    task.validate()?;
+    Ok(task)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::draw::words;
+    use super::*;
+
+    fn small() -> SuiteConfig {
+        SuiteConfig {
+            seed: 5,
+            train: 40,
+            test: 10,
+        }
+    }
+
+    #[test]
+    fn suite_has_enough_tasks_and_families() {
+        let suite = builtin_suite(&SuiteConfig::default()).unwrap();
+        assert!(suite.len() >= 16, "{} tasks", suite.len());
+        let families: BTreeSet<&str> = suite.iter().map(|t| t.family.as_str()).collect();
+        assert!(families.len() >= 4, "{families:?}");
+        let names: BTreeSet<&str> = suite.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names.len(), suite.len(), "task names are unique");
+        for t in &suite {
+            assert_eq!(t.train.len(), 240, "{}", t.name);
+            assert_eq!(t.test.len(), 60, "{}", t.name);
+            t.validate().unwrap();
+        }
+        assert!(
+            words().len() >= 380,
+            "word list has {} words",
+            words().len()
+        );
+    }
+
+    #[test]
+    fn suite_is_deterministic_and_seed_dependent() {
+        let a = builtin_suite(&small()).unwrap();
+        let b = builtin_suite(&small()).unwrap();
+        assert_eq!(a, b);
+        let c = builtin_suite(&SuiteConfig { seed: 6, ..small() }).unwrap();
+        assert_ne!(a[0].train, c[0].train);
+        // A task is the same whether built alone or in the suite.
+        let parity = a.iter().find(|t| t.name == "parity").unwrap();
+        assert_eq!(&builtin_task("parity", &small()).unwrap(), parity);
+    }
+
+    #[test]
+    fn answers_are_right_and_short() {
+        let suite = builtin_suite(&small()).unwrap();
+        let get = |n: &str| suite.iter().find(|t| t.name == n).unwrap();
+        for ex in &get("add").train {
+            let nums: Vec<i64> = ex
+                .prompt
+                .split(|c: char| !c.is_ascii_digit())
+                .filter(|s| !s.is_empty())
+                .map(|s| s.parse().unwrap())
+                .collect();
+            assert_eq!(ex.answer, (nums[0] + nums[1]).to_string(), "{}", ex.prompt);
+        }
+        for ex in &get("part_of_speech").test {
+            assert!(["noun", "verb", "adjective", "adverb"].contains(&ex.answer.as_str()));
+        }
+        for ex in &get("antonym").test {
+            assert!(!ex.prompt.contains(&format!("'{}'", ex.answer)), "{ex:?}");
+        }
+        let lex = crate::tasks::wordnet::lexicon().unwrap();
+        let plural_of = |w: &str| {
+            let found = lex.plurals.iter().find(|(s, _)| s == w);
+            found.map(|(_, p)| p.as_str())
+        };
+        assert_eq!(plural_of("child"), Some("children"));
+        assert_eq!(plural_of("knife"), Some("knives"));
+        assert_eq!(plural_of("box"), Some("boxes"));
+        assert_eq!(plural_of("baby"), Some("babies"));
+        assert_eq!(plural_of("boy"), Some("boys"));
+        // noun.exc's archaic "camerae" is not the plural a user expects: left out.
+        assert_eq!(plural_of("camera"), None);
+        for name in ["definition", "kind_of"] {
+            for ex in &get(name).train {
+                assert_eq!(ex.choices.len(), 4, "{name}: {ex:?}");
+                let distinct: BTreeSet<&String> = ex.choices.iter().collect();
+                assert_eq!(distinct.len(), 4, "{name}: {ex:?}");
+            }
+        }
+        for t in &suite {
+            for ex in t.train.iter().chain(&t.test) {
+                assert!(
+                    ex.answer.len() <= 24,
+                    "{}: long answer {:?}",
+                    t.name,
+                    ex.answer
+                );
+                assert!(
+                    ex.prompt.len() <= 240,
+                    "{}: long prompt {:?}",
+                    t.name,
+                    ex.prompt
+                );
+                assert!(
+                    score_strict(t.scoring, ex, &ex.answer),
+                    "{}: {:?}",
+                    t.name,
+                    ex
+                );
+                assert!(
+                    score_lenient(t.scoring, ex, &ex.answer),
+                    "{}: {:?}",
+                    t.name,
+                    ex
+                );
+            }
+        }
+        let ex = &get("larger_number").train[0];
+        let right = choice_index(&ex.answer).unwrap();
+        let max = ex
+            .choices
+            .iter()
+            .map(|c| c.parse::<i64>().unwrap())
+            .max()
+            .unwrap();
+        assert_eq!(ex.choices[right], max.to_string());
+        assert!(ex.prompt.contains("\nA) "), "{}", ex.prompt);
+    }
+
+    #[test]
+    fn splits_share_no_content() {
+        let suite = builtin_suite(&SuiteConfig::default()).unwrap();
+        let t = suite.iter().find(|t| t.name == "add").unwrap();
+        let key = |p: &str| {
+            p.split(|c: char| !c.is_ascii_digit())
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join("+")
+        };
+        let train: BTreeSet<String> = t.train.iter().map(|e| key(&e.prompt)).collect();
+        assert!(t.test.iter().all(|e| !train.contains(&key(&e.prompt))));
+        let mut bad = t.clone();
+        bad.test.push(bad.train[0].clone());
+        assert!(bad.validate().is_err());
+    }
+}

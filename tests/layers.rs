@@ -1,0 +1,131 @@
+//! The module graph follows the architecture: each top-level module of `src/` imports only
+//! from the layers below it (README, "How it works"), and no production code uses the test
+//! fixtures. Read from the source text, so a new upward import fails here, not in review.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Bottom first. A module may use any module listed before it.
+const LAYERS: &[&str] = &[
+    "format",
+    "assets",
+    "engine",
+    "generator",
+    "tasks",
+    "adapters",
+    "training",
+    "server",
+    "eval",
+    "bench",
+    "cli",
+];
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// The top-level module a file belongs to (`src/server/admin.rs` -> `server`).
+fn top_module(src: &Path, file: &Path) -> String {
+    let rel = file.strip_prefix(src).unwrap();
+    let first = rel
+        .components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy();
+    first.trim_end_matches(".rs").to_string()
+}
+
+/// `crate::NAME` references in code (not comments), with their line numbers. The second
+/// list holds those before the file's first `#[cfg(test)]`, i.e. in production code.
+fn crate_refs(text: &str) -> Vec<(usize, String, bool)> {
+    let mut out = Vec::new();
+    let mut in_tests = false;
+    for (i, line) in text.lines().enumerate() {
+        let code = line.split("//").next().unwrap_or("");
+        if line.trim_start().starts_with("#[cfg(test)]") {
+            in_tests = true;
+        }
+        let mut rest = code;
+        while let Some(at) = rest.find("crate::") {
+            let name: String = rest[at + 7..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            // `mistralrs_dnd::` style paths in `crate::` form only; skip `$crate::`.
+            if !rest[..at].ends_with('$') && !name.is_empty() {
+                out.push((i + 1, name, in_tests));
+            }
+            rest = &rest[at + 7..];
+        }
+    }
+    out
+}
+
+#[test]
+fn no_module_imports_a_layer_above_it() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let rank: BTreeMap<&str, usize> = LAYERS.iter().enumerate().map(|(i, l)| (*l, i)).collect();
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut wrong = Vec::new();
+    for file in &files {
+        let me = top_module(&src, file);
+        if matches!(me.as_str(), "lib" | "main" | "testing") {
+            continue;
+        }
+        let Some(&mine) = rank.get(me.as_str()) else {
+            wrong.push(format!("{}: module {me} has no layer", file.display()));
+            continue;
+        };
+        let text = std::fs::read_to_string(file).unwrap();
+        for (line, used, in_tests) in crate_refs(&text) {
+            if used == "testing" {
+                if !in_tests {
+                    wrong.push(format!(
+                        "{}:{line}: production code uses crate::testing",
+                        file.display()
+                    ));
+                }
+                continue;
+            }
+            match rank.get(used.as_str()) {
+                Some(&theirs) if theirs <= mine => {}
+                Some(_) => wrong.push(format!(
+                    "{}:{line}: {me} imports {used}, a layer above it",
+                    file.display()
+                )),
+                None => wrong.push(format!(
+                    "{}:{line}: crate::{used} is no known module",
+                    file.display()
+                )),
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "imports against the layers:\n{}",
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn the_checker_sees_an_upward_import() {
+    let refs = crate_refs(
+        "use crate::server::Config; // crate::cli\n#[cfg(test)]\nuse crate::testing::x;",
+    );
+    assert_eq!(
+        refs,
+        vec![
+            (1, "server".to_string(), false),
+            (3, "testing".to_string(), true)
+        ]
+    );
+}
