@@ -603,3 +603,6 @@ impl AdapterTable {
         self.store.root().to_path_buf()
     }
 }
+
+#[cfg(test)]
+mod tests;

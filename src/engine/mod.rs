@@ -27,6 +27,9 @@ use mistralrs_core::{
 
 use crate::format::peft;
 
+#[cfg(test)]
+pub(crate) mod fake;
+
 /// What the plugin needs from an inference engine.
 #[async_trait]
 pub trait AdapterEngine: Send + Sync {

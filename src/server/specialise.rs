@@ -233,9 +233,7 @@ impl Specialiser {
                     buf.prompts.push_back(p);
                 }
             }
-            while buf.prompts.len() > self.settings.k {
-                buf.prompts.pop_front();
-            }
+            keep_last(&mut buf.prompts, self.settings.k);
             tasks.insert(task, buf);
         }
     }
@@ -253,9 +251,7 @@ impl Specialiser {
             }
             let buf = tasks.entry(task.to_string()).or_insert_with(TaskBuf::new);
             buf.prompts.push_back(prompt);
-            while buf.prompts.len() > self.settings.k {
-                buf.prompts.pop_front();
-            }
+            keep_last(&mut buf.prompts, self.settings.k);
             buf.since_generation += 1;
             buf.last_seen = Instant::now();
         }
@@ -280,9 +276,7 @@ impl Specialiser {
             let _ = self.persist.send(Persist::Remove(v.clone()));
             let mut d = self.dropped.lock().unwrap_or_else(|p| p.into_inner());
             d.push_back(v);
-            while d.len() > DROPPED_SHOWN {
-                d.pop_front();
-            }
+            keep_last(&mut d, DROPPED_SHOWN);
         }
     }
 
@@ -367,9 +361,7 @@ impl Specialiser {
                         p
                     })
                     .collect();
-                while buf.prompts.len() > self.settings.k {
-                    buf.prompts.pop_front();
-                }
+                keep_last(&mut buf.prompts, self.settings.k);
             }
             if buf.prompts.is_empty() {
                 return Err(ApiError::conflict(format!(
@@ -594,6 +586,14 @@ pub fn prompt_text(body: &serde_json::Map<String, Value>) -> Option<String> {
     }
 }
 
+/// Keeps the newest `n` items of a queue held oldest first. Prompt buffers keep their last
+/// K so that a generation sees the task as it is asked now; the dropped-task list keeps
+/// what the admin API shows.
+fn keep_last<T>(queue: &mut VecDeque<T>, n: usize) {
+    let excess = queue.len().saturating_sub(n);
+    queue.drain(..excess);
+}
+
 fn truncate_utf8(s: &mut String, max: usize) {
     if s.len() > max {
         let mut end = max;
@@ -603,3 +603,6 @@ fn truncate_utf8(s: &mut String, max: usize) {
         s.truncate(end);
     }
 }
+
+#[cfg(test)]
+mod tests;

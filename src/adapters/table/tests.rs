@@ -1,0 +1,415 @@
+//! The table's state machine against the fake engine: loads in the background and shared
+//! by concurrent requests, LRU eviction by count and by memory, pins, failed loads, version
+//! swaps that wait for in-flight requests, eviction and forgetting, version pruning and
+//! restart. The server tests cover the same paths end to end on a real (tiny) model.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::adapters::Module;
+use crate::engine::fake::{eventually, FakeEngine};
+use crate::testing::{random_adapter, tiny_dims};
+
+/// Long enough for any load here; a request that is routed returns as soon as it can.
+const WAIT: Duration = Duration::from_secs(5);
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    engine: Arc<FakeEngine>,
+    table: Arc<AdapterTable>,
+}
+
+/// A count limit only (every model "weighs" one byte).
+fn limits(max_resident: usize) -> Limits {
+    Limits {
+        max_resident,
+        max_resident_bytes: u64::MAX,
+        bytes_per_model: 1,
+    }
+}
+
+fn adapter(seed: u64) -> LoraAdapter {
+    random_adapter(&tiny_dims(), &[Module::Q, Module::V], 4, seed, 0.5, 0.5).unwrap()
+}
+
+fn open(dir: tempfile::TempDir, limits: Limits) -> Fixture {
+    let engine = Arc::new(FakeEngine::new());
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let table = AdapterTable::new(engine.clone(), store, tiny_dims(), limits).unwrap();
+    Fixture { dir, engine, table }
+}
+
+fn fixture(limits: Limits) -> Fixture {
+    open(tempfile::tempdir().unwrap(), limits)
+}
+
+/// A table started on a store that already holds `tasks` (name, pinned), as after a restart.
+fn with_stored(tasks: &[(&str, bool)], limits: Limits) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    for (i, &(task, pinned)) in tasks.iter().enumerate() {
+        let mut record = store.put(task, &adapter(i as u64), Source::Upload).unwrap();
+        record.pinned = pinned;
+        store.save(&record).unwrap();
+    }
+    open(dir, limits)
+}
+
+/// Installs a new version of `task` and returns the engine id it is served by.
+async fn install(f: &Fixture, task: &str, seed: u64) -> String {
+    f.table
+        .install(task, &adapter(seed), Source::Upload)
+        .await
+        .unwrap();
+    served_by(f, task, Duration::ZERO)
+        .await
+        .expect("an installed adapter serves at once")
+}
+
+/// The engine id a request for `task` goes to (`None`: the base model).
+async fn served_by(f: &Fixture, task: &str, wait: Duration) -> Option<String> {
+    match f.table.route(task, wait).await {
+        Route::Base => None,
+        Route::Adapter(m) => Some(m.engine_id.clone()),
+    }
+}
+
+fn state(f: &Fixture, task: &str) -> Option<State> {
+    f.table.info(task).map(|i| i.state)
+}
+
+fn registered(f: &Fixture, id: &str) -> bool {
+    f.engine.registered().iter().any(|r| r == id)
+}
+
+fn is_failed(s: Option<State>) -> bool {
+    matches!(s, Some(State::Failed(_)))
+}
+
+#[tokio::test]
+async fn an_installed_version_is_loaded_from_its_own_folder_and_serves() {
+    let f = fixture(limits(4));
+    assert_eq!(served_by(&f, "a", WAIT).await, None, "unknown task: base");
+    assert_eq!(state(&f, "a"), None);
+    assert_eq!(f.engine.loads(), 0);
+
+    let info = f
+        .table
+        .install("a", &adapter(1), Source::Upload)
+        .await
+        .unwrap();
+    assert_eq!(info.state, State::Resident);
+    assert_eq!(info.source, Some(Source::Upload));
+    let hash = info.hash.unwrap();
+    let id = served_by(&f, "a", Duration::ZERO).await.unwrap();
+    assert_eq!(f.engine.registered(), std::slice::from_ref(&id));
+    assert!(id.contains(&format!("a:{hash}:")), "{id}");
+    assert_eq!(
+        f.engine.folder_of(&id).unwrap(),
+        f.table.store.version_dir("a", &hash)
+    );
+    assert_eq!(f.table.info("a").unwrap().hits, 1);
+    assert_eq!(f.engine.loads(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_requests_for_a_stored_adapter_share_one_load_and_wait_for_it() {
+    let f = with_stored(&[("a", false)], limits(4));
+    assert_eq!(state(&f, "a"), Some(State::Stored));
+    f.engine.hold();
+    let requests: Vec<_> = (0..8)
+        .map(|_| {
+            let table = f.table.clone();
+            tokio::spawn(async move { table.route("a", WAIT).await })
+        })
+        .collect();
+    eventually("the load to start", || f.engine.loads() == 1).await;
+    assert_eq!(state(&f, "a"), Some(State::Loading));
+    // Longer than a request's polling interval: each has seen the load in flight.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert!(requests.iter().all(|r| !r.is_finished()));
+    f.engine.open();
+    let mut ids = HashSet::new();
+    for r in requests {
+        match r.await.unwrap() {
+            Route::Adapter(m) => ids.insert(m.engine_id.clone()),
+            Route::Base => panic!("a request gave up on a load that finished in time"),
+        };
+    }
+    assert_eq!(ids.len(), 1);
+    assert_eq!(f.engine.loads(), 1, "one load for all requests");
+    assert_eq!(state(&f, "a"), Some(State::Resident));
+    assert_eq!(f.table.info("a").unwrap().hits, 8);
+}
+
+#[tokio::test]
+async fn a_request_that_cannot_wait_goes_to_the_base_while_the_load_goes_on() {
+    let f = with_stored(&[("a", false)], limits(4));
+    f.engine.hold();
+    assert_eq!(served_by(&f, "a", Duration::ZERO).await, None);
+    eventually("the load to start", || f.engine.loads() == 1).await;
+    assert_eq!(state(&f, "a"), Some(State::Loading));
+    assert_eq!(served_by(&f, "a", Duration::ZERO).await, None);
+    f.engine.open();
+    eventually("the adapter to be resident", || {
+        state(&f, "a") == Some(State::Resident)
+    })
+    .await;
+    assert!(served_by(&f, "a", Duration::ZERO).await.is_some());
+    assert_eq!(f.engine.loads(), 1);
+}
+
+#[tokio::test]
+async fn the_least_recently_used_adapter_is_evicted_and_unregistered() {
+    let f = fixture(limits(2));
+    install(&f, "a", 1).await;
+    let b = install(&f, "b", 2).await;
+    // A request for "a" makes "b" the least recently used.
+    assert!(served_by(&f, "a", Duration::ZERO).await.is_some());
+    install(&f, "c", 3).await;
+    assert_eq!(state(&f, "b"), Some(State::Stored));
+    assert_eq!(state(&f, "a"), Some(State::Resident));
+    assert_eq!(state(&f, "c"), Some(State::Resident));
+    assert_eq!(f.table.evictions.load(Ordering::Relaxed), 1);
+    eventually("b's engine model to go", || !registered(&f, &b)).await;
+    assert_eq!(f.engine.unloads(), 1);
+
+    // A request for "b" brings it back; now "a" is the least recently used.
+    let b2 = served_by(&f, "b", WAIT).await.expect("b reloaded");
+    assert_ne!(b2, b, "a reload is a new engine model");
+    assert_eq!(state(&f, "a"), Some(State::Stored));
+    assert_eq!(state(&f, "c"), Some(State::Resident));
+    assert_eq!(f.table.evictions.load(Ordering::Relaxed), 2);
+    eventually("two engine models left", || {
+        f.engine.registered().len() == 2
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_memory_limit_evicts_like_the_count_limit() {
+    let f = fixture(Limits {
+        max_resident: 10,
+        max_resident_bytes: 250,
+        bytes_per_model: 100,
+    });
+    for (i, t) in ["a", "b", "c"].iter().enumerate() {
+        install(&f, t, i as u64).await;
+    }
+    assert_eq!(state(&f, "a"), Some(State::Stored));
+    assert_eq!(f.table.info("a").unwrap().resident_bytes, 0);
+    for t in ["b", "c"] {
+        assert_eq!(state(&f, t), Some(State::Resident));
+        assert_eq!(f.table.info(t).unwrap().resident_bytes, 100);
+    }
+    assert_eq!(f.table.evictions.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn pinned_adapters_are_never_evicted() {
+    let f = fixture(limits(2));
+    install(&f, "a", 1).await;
+    install(&f, "b", 2).await;
+    let info = f.table.set_pinned("a", true).await.unwrap();
+    assert!(info.pinned);
+    assert!(f.table.store.get("a").unwrap().unwrap().pinned, "persisted");
+    // "a" is the least recently used, but pinned: the others make room.
+    install(&f, "c", 3).await;
+    assert_eq!(state(&f, "b"), Some(State::Stored));
+    install(&f, "d", 4).await;
+    assert_eq!(state(&f, "c"), Some(State::Stored));
+    assert_eq!(state(&f, "a"), Some(State::Resident));
+    let err = f.table.evict("a", false).await.unwrap_err();
+    assert!(err.to_string().contains("pinned"), "{err}");
+    assert_eq!(state(&f, "a"), Some(State::Resident));
+
+    // Unpinned, it is the least recently used again.
+    f.table.set_pinned("a", false).await.unwrap();
+    install(&f, "e", 5).await;
+    assert_eq!(state(&f, "a"), Some(State::Stored));
+    assert_eq!(state(&f, "d"), Some(State::Resident));
+}
+
+#[tokio::test]
+async fn a_load_that_cannot_fit_beside_the_pinned_adapters_fails_before_loading() {
+    let f = fixture(limits(1));
+    install(&f, "a", 1).await;
+    f.table.set_pinned("a", true).await.unwrap();
+    let err = f
+        .table
+        .install("b", &adapter(2), Source::Upload)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no room"), "{err}");
+    assert_eq!(state(&f, "b"), Some(State::Stored), "stored, not failed");
+    assert_eq!(state(&f, "a"), Some(State::Resident));
+    assert_eq!(f.engine.loads(), 1, "the engine was not asked to load b");
+}
+
+#[tokio::test]
+async fn a_failed_load_marks_the_task_failed_and_is_not_retried_by_requests() {
+    let f = with_stored(&[("a", false)], limits(4));
+    f.engine.fail(true);
+    assert_eq!(served_by(&f, "a", Duration::ZERO).await, None);
+    eventually("the load to fail", || is_failed(state(&f, "a"))).await;
+    let Some(State::Failed(msg)) = state(&f, "a") else {
+        unreachable!()
+    };
+    assert!(msg.contains("failed (test)"), "{msg}");
+    assert_eq!(f.table.load_failures.load(Ordering::Relaxed), 1);
+
+    // Requests go on to the base without starting a load each.
+    assert_eq!(served_by(&f, "a", Duration::ZERO).await, None);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(f.engine.loads(), 1);
+
+    // A load asked for explicitly (pin, reinstall, restart) recovers it.
+    f.engine.fail(false);
+    f.table.ensure_resident("a").await.unwrap();
+    assert_eq!(state(&f, "a"), Some(State::Resident));
+    assert!(served_by(&f, "a", Duration::ZERO).await.is_some());
+}
+
+#[tokio::test]
+async fn a_new_version_replaces_the_old_one_after_in_flight_requests_finish() {
+    let f = fixture(limits(4));
+    let v1 = install(&f, "a", 1).await;
+    let in_flight = f.table.route("a", Duration::ZERO).await;
+    assert!(matches!(&in_flight, Route::Adapter(m) if m.engine_id == v1));
+
+    f.engine.hold();
+    let install_v2 = {
+        let table = f.table.clone();
+        tokio::spawn(async move { table.install("a", &adapter(2), Source::Upload).await })
+    };
+    eventually("the new version to load", || f.engine.loads() == 2).await;
+    assert_eq!(state(&f, "a"), Some(State::Loading));
+    assert_eq!(
+        served_by(&f, "a", Duration::ZERO).await.as_deref(),
+        Some(v1.as_str()),
+        "the old version serves while the new one loads"
+    );
+    f.engine.open();
+    let info = install_v2.await.unwrap().unwrap();
+    assert_eq!(info.state, State::Resident);
+    assert_eq!(info.versions.len(), 2);
+    let v2 = served_by(&f, "a", Duration::ZERO).await.unwrap();
+    assert_ne!(v2, v1);
+    assert!(v2.contains(info.hash.as_deref().unwrap()));
+
+    // The old engine model stays while a request holds it (several retire polls here).
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert!(registered(&f, &v1));
+    assert_eq!(f.engine.unloads(), 0);
+    drop(in_flight);
+    eventually("the old version to be unregistered", || {
+        !registered(&f, &v1)
+    })
+    .await;
+    assert_eq!(f.engine.registered(), [v2]);
+}
+
+#[tokio::test]
+async fn a_failed_new_version_leaves_the_old_one_serving() {
+    let f = fixture(limits(4));
+    let v1 = install(&f, "a", 1).await;
+    f.engine.fail(true);
+    assert!(f
+        .table
+        .install("a", &adapter(2), Source::Upload)
+        .await
+        .is_err());
+    assert!(is_failed(state(&f, "a")));
+    assert_eq!(
+        served_by(&f, "a", Duration::ZERO).await.as_deref(),
+        Some(v1.as_str())
+    );
+    assert_eq!(f.engine.registered(), [v1]);
+}
+
+#[tokio::test]
+async fn evict_returns_a_task_to_the_store_and_forget_deletes_it() {
+    let f = fixture(limits(4));
+    let id = install(&f, "a", 1).await;
+    assert!(f.table.evict("a", false).await.unwrap());
+    assert_eq!(state(&f, "a"), Some(State::Stored));
+    eventually("the engine model to go", || !registered(&f, &id)).await;
+    let id2 = served_by(&f, "a", WAIT).await.expect("reloaded on request");
+
+    assert!(f.table.evict("a", true).await.unwrap());
+    assert_eq!(state(&f, "a"), None);
+    assert!(!f.dir.path().join("store/a").exists());
+    eventually("the engine model to go", || !registered(&f, &id2)).await;
+    assert_eq!(served_by(&f, "a", WAIT).await, None);
+    assert_eq!(f.engine.loads(), 2);
+    assert!(!f.table.evict("never-seen", false).await.unwrap());
+}
+
+#[tokio::test]
+async fn mark_failed_shows_unless_an_adapter_serves() {
+    let f = fixture(limits(4));
+    f.table.mark_failed("ghost", "generation failed: x".into());
+    assert_eq!(
+        state(&f, "ghost"),
+        Some(State::Failed("generation failed: x".into()))
+    );
+    assert_eq!(served_by(&f, "ghost", Duration::ZERO).await, None);
+
+    install(&f, "a", 1).await;
+    f.table.mark_failed("a", "generation failed: y".into());
+    assert_eq!(state(&f, "a"), Some(State::Resident));
+    assert!(served_by(&f, "a", Duration::ZERO).await.is_some());
+    assert_eq!(f.engine.loads(), 1);
+}
+
+#[tokio::test]
+async fn pruning_deletes_the_oldest_versions_but_never_the_current_one() {
+    let f = fixture(limits(4));
+    let mut hashes = Vec::new();
+    for seed in [1, 2, 3] {
+        install(&f, "a", seed).await;
+        hashes.push(f.table.info("a").unwrap().hash.unwrap());
+    }
+    // Back to the first (oldest) version.
+    install(&f, "a", 1).await;
+    assert_eq!(f.table.info("a").unwrap().hash.as_ref(), Some(&hashes[0]));
+
+    let versions = |f: &Fixture| -> Vec<String> {
+        let info = f.table.info("a").unwrap();
+        info.versions.into_iter().map(|v| v.hash).collect()
+    };
+    let dir = |h: &str| f.table.store.version_dir("a", h);
+    f.table.prune_versions("a", 2).await.unwrap();
+    assert_eq!(versions(&f), [hashes[0].clone(), hashes[2].clone()]);
+    assert!(!dir(&hashes[1]).exists());
+    assert!(dir(&hashes[0]).exists() && dir(&hashes[2]).exists());
+    let stored = f.table.store.get("a").unwrap().unwrap();
+    assert_eq!(stored.versions.len(), 2, "persisted");
+
+    f.table.prune_versions("a", 1).await.unwrap();
+    assert_eq!(versions(&f), [hashes[0].clone()]);
+    assert_eq!(state(&f, "a"), Some(State::Resident));
+}
+
+#[tokio::test]
+async fn a_restarted_table_knows_every_stored_task_and_loads_the_pinned_ones() {
+    let f = with_stored(&[("a", true), ("b", false)], limits(4));
+    assert_eq!(state(&f, "a"), Some(State::Stored));
+    assert_eq!(state(&f, "b"), Some(State::Stored));
+    assert!(f.table.info("a").unwrap().pinned);
+    f.table.load_pinned().await;
+    assert_eq!(state(&f, "a"), Some(State::Resident));
+    assert_eq!(state(&f, "b"), Some(State::Stored));
+    assert_eq!(f.engine.loads(), 1);
+    let id = f.table.resident_ids();
+    assert_eq!(f.engine.registered(), id);
+    assert!(
+        f.engine
+            .folder_of(&id[0])
+            .unwrap()
+            .starts_with(f.table.store_root()),
+        "loaded from the store"
+    );
+}

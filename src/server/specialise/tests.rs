@@ -1,0 +1,509 @@
+//! The specialiser's state machine with a fake generator and the fake engine: collecting to
+//! K, single flight, retries with backoff, manual and automatic regeneration, the hourly
+//! cap, the tracked-task limit, a full queue, forgetting, and restoring after a restart.
+//! `tests/specialise.rs` covers the same paths end to end through HTTP on a tiny model.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
+
+use anyhow::bail;
+
+use super::*;
+use crate::adapters::{Limits, Module, State, Store};
+use crate::engine::fake::{eventually, FakeEngine};
+use crate::testing::{random_adapter, tiny_dims};
+
+/// A stand-in for the DnD generator: an adapter seeded by the prompts (different prompts,
+/// different adapter). It records each call's prompts and time when the call starts, can
+/// be held (a generation in progress) and made to fail.
+#[derive(Default)]
+struct FakeGenerator {
+    calls: Mutex<Vec<(Instant, Vec<String>)>>,
+    fail: AtomicBool,
+    held: Mutex<bool>,
+    released: Condvar,
+}
+
+impl FakeGenerator {
+    fn hold(&self) {
+        *self.held.lock().unwrap() = true;
+    }
+
+    fn release(&self) {
+        *self.held.lock().unwrap() = false;
+        self.released.notify_all();
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.lock().unwrap().len()
+    }
+
+    fn prompts_of_call(&self, i: usize) -> Vec<String> {
+        self.calls.lock().unwrap()[i].1.clone()
+    }
+
+    fn started_at(&self, i: usize) -> Instant {
+        self.calls.lock().unwrap()[i].0
+    }
+}
+
+impl AdapterGenerator for FakeGenerator {
+    fn batch_size(&self) -> usize {
+        3
+    }
+
+    fn generate(&self, prompts: &[String]) -> Result<LoraAdapter> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push((Instant::now(), prompts.to_vec()));
+        // Bounded, so that a failing test cannot hang the runtime's shutdown.
+        let held = self.held.lock().unwrap();
+        drop(
+            self.released
+                .wait_timeout_while(held, Duration::from_secs(10), |h| *h)
+                .unwrap(),
+        );
+        if self.fail.load(Ordering::SeqCst) {
+            bail!("generator failed (test)");
+        }
+        let seed = prompts
+            .iter()
+            .flat_map(|p| p.bytes())
+            .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+        random_adapter(&tiny_dims(), &[Module::Q, Module::V], 4, seed, 0.5, 0.5)
+    }
+}
+
+fn settings() -> Settings {
+    Settings {
+        k: 3,
+        max_prompt_bytes: 4096,
+        max_tracked_tasks: 100,
+        concurrency: 1,
+        queue: 16,
+        retry_base: Duration::from_secs(60),
+        max_retries: 0,
+        regenerate_after: None,
+        max_generations_per_hour: 100,
+        max_versions: 5,
+    }
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    table: Arc<AdapterTable>,
+    metrics: Arc<Metrics>,
+    generator: Arc<FakeGenerator>,
+    sp: Arc<Specialiser>,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        // A generation still held would keep a blocking thread (and the runtime) alive.
+        self.generator.release();
+    }
+}
+
+fn start_in(dir: tempfile::TempDir, settings: Settings) -> Fixture {
+    let limits = Limits {
+        max_resident: 16,
+        max_resident_bytes: u64::MAX,
+        bytes_per_model: 1,
+    };
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let engine = Arc::new(FakeEngine::new());
+    let table = AdapterTable::new(engine, store, tiny_dims(), limits).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let generator = Arc::new(FakeGenerator::default());
+    let sp = Specialiser::start(generator.clone(), table.clone(), metrics.clone(), settings);
+    Fixture {
+        dir,
+        table,
+        metrics,
+        generator,
+        sp,
+    }
+}
+
+fn start(settings: Settings) -> Fixture {
+    start_in(tempfile::tempdir().unwrap(), settings)
+}
+
+impl Fixture {
+    fn observe(&self, task: &str, prompt: &str) {
+        self.sp.observe(task, Some(prompt.to_string()));
+    }
+
+    fn gen(&self, task: &str) -> Option<GenState> {
+        self.sp.info(task).map(|i| i.state)
+    }
+
+    fn adapter_state(&self, task: &str) -> Option<State> {
+        self.table.info(task).map(|i| i.state)
+    }
+
+    fn versions(&self, task: &str) -> usize {
+        self.table.info(task).map_or(0, |i| i.versions.len())
+    }
+
+    fn prompts_file(&self, task: &str) -> PathBuf {
+        self.dir.path().join("store").join(task).join(PROMPTS_FILE)
+    }
+
+    /// The prompts persisted for `task` (`None`: no file).
+    fn persisted(&self, task: &str) -> Option<Vec<String>> {
+        let text = std::fs::read_to_string(self.prompts_file(task)).ok()?;
+        Some(
+            text.lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect(),
+        )
+    }
+
+    async fn until_gen(&self, task: &str, want: GenState) {
+        eventually(&format!("{task} to be {want:?}"), || {
+            self.gen(task).as_ref() == Some(&want)
+        })
+        .await;
+    }
+
+    fn generation_failures(&self) -> u64 {
+        self.metrics
+            .failures
+            .with_label_values(&["generation"])
+            .get()
+    }
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test]
+async fn k_prompts_start_one_generation_from_those_prompts() {
+    let f = start(settings());
+    f.sp.observe("t", None);
+    f.observe("t", "   ");
+    assert!(f.sp.info("t").is_none(), "no prompt, nothing tracked");
+
+    f.observe("t", "q0");
+    f.observe("t", "q1");
+    let info = f.sp.info("t").unwrap();
+    assert_eq!(info.state, GenState::Collecting);
+    assert_eq!((info.prompts, info.prompts_needed), (2, 3));
+    assert_eq!(f.adapter_state("t"), None, "the base answers meanwhile");
+
+    f.observe("t", "q2");
+    f.until_gen("t", GenState::Done).await;
+    assert_eq!(f.generator.calls(), 1);
+    assert_eq!(f.generator.prompts_of_call(0), strings(&["q0", "q1", "q2"]));
+    let adapter = f.table.info("t").unwrap();
+    assert_eq!(adapter.state, State::Resident);
+    assert_eq!(adapter.source, Some(Source::Generated));
+    let info = f.sp.info("t").unwrap();
+    assert_eq!(info.since_generation, 0);
+    let stages: Vec<&str> = info.last_timings_ms.iter().map(|s| s.0.as_str()).collect();
+    assert_eq!(stages, ["write", "load_merge", "register", "total"]);
+    assert_eq!(f.metrics.generation_seconds.get_sample_count(), 1);
+    assert_eq!(f.metrics.queue_depth.get(), 0);
+
+    // With an adapter and no regeneration setting, more prompts start nothing.
+    f.observe("t", "q3");
+    assert_eq!(f.gen("t"), Some(GenState::Done));
+    assert_eq!(f.sp.info("t").unwrap().since_generation, 1);
+}
+
+#[tokio::test]
+async fn prompts_during_a_generation_start_no_second_one_and_keep_the_last_k() {
+    let f = start(settings());
+    f.generator.hold();
+    for i in 0..3 {
+        f.observe("t", &format!("p{i}"));
+    }
+    eventually("the generation to start", || f.generator.calls() == 1).await;
+    assert_eq!(f.gen("t"), Some(GenState::Generating));
+    for i in 3..23 {
+        f.observe("t", &format!("p{i}"));
+    }
+    let info = f.sp.info("t").unwrap();
+    assert_eq!(info.state, GenState::Generating);
+    assert_eq!((info.prompts, info.since_generation), (3, 23));
+    eventually("the buffer to be written", || {
+        f.persisted("t") == Some(strings(&["p20", "p21", "p22"]))
+    })
+    .await;
+
+    f.generator.release();
+    f.until_gen("t", GenState::Done).await;
+    assert_eq!(f.generator.calls(), 1, "single flight per task");
+    assert_eq!(f.generator.prompts_of_call(0), strings(&["p0", "p1", "p2"]));
+}
+
+#[tokio::test]
+async fn a_failed_generation_keeps_the_base_and_retries_with_doubling_delays() {
+    let base = Duration::from_millis(20);
+    let f = start(Settings {
+        retry_base: base,
+        max_retries: 2,
+        ..settings()
+    });
+    f.generator.fail.store(true, Ordering::SeqCst);
+    for i in 0..3 {
+        f.observe("t", &format!("q{i}"));
+    }
+    let last = GenState::Failed {
+        error: "generator failed (test)".into(),
+        attempts: 3,
+        retry_at: None,
+    };
+    f.until_gen("t", last).await;
+    assert_eq!(f.generator.calls(), 3, "the first try and two retries");
+    let gap = |i: usize| f.generator.started_at(i) - f.generator.started_at(i - 1);
+    assert!(gap(1) >= base, "{:?}", gap(1));
+    assert!(gap(2) >= 2 * base, "{:?}", gap(2));
+    assert_eq!(f.generation_failures(), 3);
+    assert_eq!(
+        f.adapter_state("t"),
+        Some(State::Failed(
+            "generation failed: generator failed (test)".into()
+        ))
+    );
+    assert!(matches!(
+        f.table.route("t", Duration::ZERO).await,
+        crate::adapters::Route::Base
+    ));
+
+    // No retry is left: neither time nor new prompts start one.
+    tokio::time::sleep(4 * base).await;
+    f.observe("t", "q3");
+    assert!(matches!(
+        f.gen("t"),
+        Some(GenState::Failed { attempts: 3, .. })
+    ));
+    assert_eq!(f.generator.calls(), 3);
+}
+
+#[tokio::test]
+async fn a_retry_waits_for_its_time_and_regenerate_retries_at_once() {
+    let f = start(Settings {
+        max_retries: 3,
+        ..settings()
+    });
+    f.generator.fail.store(true, Ordering::SeqCst);
+    for i in 0..3 {
+        f.observe("t", &format!("q{i}"));
+    }
+    eventually("the generation to fail", || {
+        matches!(f.gen("t"), Some(GenState::Failed { .. }))
+    })
+    .await;
+    let Some(GenState::Failed {
+        attempts, retry_at, ..
+    }) = f.gen("t")
+    else {
+        unreachable!()
+    };
+    assert_eq!(attempts, 1);
+    let retry_at = retry_at.expect("a retry is left");
+    assert!(retry_at >= now_secs() + 59, "retry_base (60 s) from now");
+    f.observe("t", "q3");
+    assert!(matches!(f.gen("t"), Some(GenState::Failed { .. })));
+    assert_eq!(
+        f.generator.calls(),
+        1,
+        "a new prompt does not jump the delay"
+    );
+
+    f.generator.fail.store(false, Ordering::SeqCst);
+    f.sp.regenerate("t", None).unwrap();
+    f.until_gen("t", GenState::Done).await;
+    assert_eq!(f.generator.calls(), 2);
+    assert_eq!(f.generator.prompts_of_call(1), strings(&["q1", "q2", "q3"]));
+    assert_eq!(f.adapter_state("t"), Some(State::Resident));
+}
+
+#[tokio::test]
+async fn regenerate_takes_given_prompts_and_refuses_while_busy() {
+    let f = start(Settings {
+        max_prompt_bytes: 4,
+        ..settings()
+    });
+    let err = f.sp.regenerate("t", None).unwrap_err();
+    assert!(err.contains("has no prompts"), "{err}");
+    assert_eq!(f.generator.calls(), 0);
+
+    f.generator.hold();
+    let given = strings(&["", "skipped", "a", "  ", "bb", "aéé"]);
+    let info = f.sp.regenerate("t", Some(given)).unwrap();
+    assert_eq!(info.prompts, 3, "blank ones dropped, the last K kept");
+    eventually("the generation to start", || f.generator.calls() == 1).await;
+    // Cut to 4 bytes on a character boundary: "aé" (3 bytes), not half of the second é.
+    assert_eq!(f.generator.prompts_of_call(0), strings(&["a", "bb", "aé"]));
+    let err = f.sp.regenerate("t", None).unwrap_err();
+    assert!(err.contains("already generating"), "{err}");
+
+    f.generator.release();
+    f.until_gen("t", GenState::Done).await;
+    // From the buffer: the same prompts again.
+    f.sp.regenerate("t", None).unwrap();
+    f.until_gen("t", GenState::Done).await;
+    assert_eq!(f.generator.calls(), 2);
+    assert_eq!(
+        f.generator.prompts_of_call(1),
+        f.generator.prompts_of_call(0)
+    );
+}
+
+#[tokio::test]
+async fn generated_adapters_are_regenerated_after_m_more_prompts_uploaded_ones_never() {
+    let f = start(Settings {
+        regenerate_after: Some(2),
+        ..settings()
+    });
+    for i in 0..3 {
+        f.observe("t", &format!("p{i}"));
+    }
+    f.until_gen("t", GenState::Done).await;
+    let first = f.table.info("t").unwrap().hash;
+    f.observe("t", "p3");
+    assert_eq!(f.gen("t"), Some(GenState::Done), "one more is not enough");
+    f.observe("t", "p4");
+    eventually("the second generation", || f.versions("t") == 2).await;
+    f.until_gen("t", GenState::Done).await;
+    assert_eq!(f.generator.calls(), 2);
+    assert_eq!(f.generator.prompts_of_call(1), strings(&["p2", "p3", "p4"]));
+    assert_ne!(f.table.info("t").unwrap().hash, first);
+
+    let uploaded = random_adapter(&tiny_dims(), &[Module::Q], 4, 5, 0.5, 0.5).unwrap();
+    f.table
+        .install("manual", &uploaded, Source::Upload)
+        .await
+        .unwrap();
+    for i in 0..6 {
+        f.observe("manual", &format!("m{i}"));
+    }
+    assert_eq!(f.gen("manual"), Some(GenState::Collecting));
+    assert_eq!(f.generator.calls(), 2);
+}
+
+#[tokio::test]
+async fn the_hourly_cap_defers_regeneration() {
+    let f = start(Settings {
+        regenerate_after: Some(1),
+        max_generations_per_hour: 1,
+        ..settings()
+    });
+    for i in 0..3 {
+        f.observe("t", &format!("p{i}"));
+    }
+    f.until_gen("t", GenState::Done).await;
+    for i in 3..6 {
+        f.observe("t", &format!("p{i}"));
+        assert_eq!(f.gen("t"), Some(GenState::Done));
+    }
+    assert_eq!(f.generator.calls(), 1);
+}
+
+#[tokio::test]
+async fn the_tracked_task_limit_drops_the_oldest_idle_task_never_a_busy_one() {
+    let f = start(Settings {
+        max_tracked_tasks: 2,
+        ..settings()
+    });
+    f.generator.hold();
+    f.sp.regenerate("busy", Some(strings(&["p"]))).unwrap();
+    eventually("the generation to start", || f.generator.calls() == 1).await;
+    f.observe("x", "one");
+    eventually("x's buffer to be written", || f.persisted("x").is_some()).await;
+    // "busy" is the oldest but generating: "x" goes.
+    f.observe("y", "one");
+    let (tasks, dropped) = f.sp.list();
+    let names: Vec<&str> = tasks.iter().map(|t| t.0.as_str()).collect();
+    assert_eq!(names, ["busy", "y"]);
+    assert_eq!(dropped, ["x"]);
+    assert_eq!(f.metrics.dropped_tasks.get(), 1);
+    eventually("x's buffer to be deleted", || f.persisted("x").is_none()).await;
+
+    f.generator.release();
+    f.until_gen("busy", GenState::Done).await;
+    // Now idle and the oldest, "busy" is the one dropped.
+    f.observe("z", "one");
+    let (tasks, dropped) = f.sp.list();
+    let names: Vec<&str> = tasks.iter().map(|t| t.0.as_str()).collect();
+    assert_eq!(names, ["y", "z"]);
+    assert_eq!(dropped, ["x", "busy"]);
+}
+
+#[tokio::test]
+async fn a_full_queue_leaves_the_task_collecting_until_its_next_prompt() {
+    let f = start(Settings {
+        k: 1,
+        queue: 1,
+        ..settings()
+    });
+    f.generator.hold();
+    f.observe("a", "pa");
+    eventually("a's generation to start", || f.generator.calls() == 1).await;
+    f.observe("b", "pb");
+    assert_eq!(f.gen("b"), Some(GenState::Queued));
+    f.observe("c", "pc");
+    assert_eq!(f.gen("c"), Some(GenState::Collecting), "the queue was full");
+    assert_eq!(f.metrics.queue_depth.get(), 1);
+
+    f.generator.release();
+    f.until_gen("b", GenState::Done).await;
+    assert_eq!(f.gen("c"), Some(GenState::Collecting));
+    f.observe("c", "pc again");
+    f.until_gen("c", GenState::Done).await;
+    assert_eq!(f.generator.calls(), 3);
+    assert_eq!(f.metrics.queue_depth.get(), 0);
+}
+
+#[tokio::test]
+async fn forget_drops_the_buffer_and_its_file() {
+    let f = start(settings());
+    f.observe("t", "a");
+    f.observe("t", "b");
+    eventually("the buffer to be written", || {
+        f.persisted("t") == Some(strings(&["a", "b"]))
+    })
+    .await;
+    f.sp.forget("t");
+    assert!(f.sp.info("t").is_none());
+    eventually("the file to be deleted", || f.persisted("t").is_none()).await;
+    f.observe("t", "c");
+    assert_eq!(f.sp.info("t").unwrap().prompts, 1, "collecting starts over");
+}
+
+#[tokio::test]
+async fn a_restart_restores_the_last_k_prompts_and_requeues_due_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |task: &str, lines: &[&str]| {
+        let d = dir.path().join("store").join(task);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(PROMPTS_FILE), lines.join("\n")).unwrap();
+    };
+    write(
+        "due",
+        &["\"p0\"", "\"p1\"", "42", "not json", "\"p2\"", "\"p3\""],
+    );
+    write("short", &["\"only one\""]);
+    let f = start_in(dir, settings());
+    f.until_gen("due", GenState::Done).await;
+    assert_eq!(f.generator.prompts_of_call(0), strings(&["p1", "p2", "p3"]));
+    let short = f.sp.info("short").unwrap();
+    assert_eq!((short.state, short.prompts), (GenState::Collecting, 1));
+    assert_eq!(f.generator.calls(), 1);
+}
+
+#[test]
+fn keep_last_keeps_the_newest_in_order() {
+    let mut q: VecDeque<u32> = (0..5).collect();
+    keep_last(&mut q, 7);
+    assert_eq!(q, [0, 1, 2, 3, 4]);
+    keep_last(&mut q, 2);
+    assert_eq!(q, [3, 4]);
+    keep_last(&mut q, 0);
+    assert!(q.is_empty());
+}
