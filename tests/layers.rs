@@ -43,11 +43,34 @@ fn top_module(src: &Path, file: &Path) -> String {
     first.trim_end_matches(".rs").to_string()
 }
 
-/// `crate::NAME` references in code (not comments), with their line numbers. The second
-/// list holds those before the file's first `#[cfg(test)]`, i.e. in production code.
+/// Files that a `#[cfg(test)] mod NAME;` in `file` declares: test code as a whole.
+fn test_children(file: &Path, text: &str) -> Vec<PathBuf> {
+    let dir = file.parent().unwrap();
+    let stem = file.file_stem().unwrap().to_string_lossy();
+    // `mod.rs` and `lib.rs` children sit beside them, others in a folder named after the file.
+    let base = if matches!(stem.as_ref(), "mod" | "lib" | "main") {
+        dir.to_path_buf()
+    } else {
+        dir.join(stem.as_ref())
+    };
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    lines
+        .windows(2)
+        .filter(|w| w[0] == "#[cfg(test)]" && w[1].ends_with(';'))
+        .filter_map(|w| w[1].trim_end_matches(';').rsplit(' ').next())
+        .map(|name| base.join(format!("{name}.rs")))
+        .collect()
+}
+
+/// `crate::NAME` references in code (not comments), with their line numbers and whether
+/// they come after the file's first `#[cfg(test)]`, i.e. in test code.
 fn crate_refs(text: &str) -> Vec<(usize, String, bool)> {
+    crate_refs_from(text, false)
+}
+
+fn crate_refs_from(text: &str, test_file: bool) -> Vec<(usize, String, bool)> {
     let mut out = Vec::new();
-    let mut in_tests = false;
+    let mut in_tests = test_file;
     for (i, line) in text.lines().enumerate() {
         let code = line.split("//").next().unwrap_or("");
         if line.trim_start().starts_with("#[cfg(test)]") {
@@ -75,6 +98,12 @@ fn no_module_imports_a_layer_above_it() {
     let rank: BTreeMap<&str, usize> = LAYERS.iter().enumerate().map(|(i, l)| (*l, i)).collect();
     let mut files = Vec::new();
     rust_files(&src, &mut files);
+    let mut test_files = Vec::new();
+    for file in &files {
+        test_children(file, &std::fs::read_to_string(file).unwrap())
+            .into_iter()
+            .for_each(|f| test_files.push(f));
+    }
     let mut wrong = Vec::new();
     for file in &files {
         let me = top_module(&src, file);
@@ -86,7 +115,7 @@ fn no_module_imports_a_layer_above_it() {
             continue;
         };
         let text = std::fs::read_to_string(file).unwrap();
-        for (line, used, in_tests) in crate_refs(&text) {
+        for (line, used, in_tests) in crate_refs_from(&text, test_files.contains(file)) {
             if used == "testing" {
                 if !in_tests {
                     wrong.push(format!(
@@ -113,6 +142,25 @@ fn no_module_imports_a_layer_above_it() {
         wrong.is_empty(),
         "imports against the layers:\n{}",
         wrong.join("\n")
+    );
+}
+
+#[test]
+fn the_checker_finds_test_only_child_modules() {
+    let text = "mod a;\n#[cfg(test)]\nmod tests;\n#[cfg(test)]\npub(crate) mod fake;\n";
+    assert_eq!(
+        test_children(Path::new("src/engine/mod.rs"), text),
+        vec![
+            PathBuf::from("src/engine/tests.rs"),
+            PathBuf::from("src/engine/fake.rs")
+        ]
+    );
+    assert_eq!(
+        test_children(
+            Path::new("src/adapters/table.rs"),
+            "#[cfg(test)]\nmod tests;"
+        ),
+        vec![PathBuf::from("src/adapters/table/tests.rs")]
     );
 }
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::adapters::Module;
 use crate::engine::fake::{eventually, FakeEngine};
+use crate::format::Module;
 use crate::testing::{random_adapter, tiny_dims};
 
 /// Long enough for any load here; a request that is routed returns as soon as it can.

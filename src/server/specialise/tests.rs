@@ -9,8 +9,9 @@ use std::sync::{Condvar, Mutex};
 use anyhow::bail;
 
 use super::*;
-use crate::adapters::{Limits, Module, State, Store};
+use crate::adapters::{Limits, State, Store};
 use crate::engine::fake::{eventually, FakeEngine};
+use crate::format::Module;
 use crate::testing::{random_adapter, tiny_dims};
 
 /// A stand-in for the DnD generator: an adapter seeded by the prompts (different prompts,
