@@ -331,7 +331,8 @@ async fn regenerate_takes_given_prompts_and_refuses_while_busy() {
         ..settings()
     });
     let err = f.sp.regenerate("t", None).unwrap_err();
-    assert!(err.contains("has no prompts"), "{err}");
+    assert!(err.message.contains("has no prompts"), "{err:?}");
+    assert_eq!(err.status, axum::http::StatusCode::CONFLICT);
     assert_eq!(f.generator.calls(), 0);
 
     f.generator.hold();
@@ -342,7 +343,8 @@ async fn regenerate_takes_given_prompts_and_refuses_while_busy() {
     // Cut to 4 bytes on a character boundary: "aé" (3 bytes), not half of the second é.
     assert_eq!(f.generator.prompts_of_call(0), strings(&["a", "bb", "aé"]));
     let err = f.sp.regenerate("t", None).unwrap_err();
-    assert!(err.contains("already generating"), "{err}");
+    assert!(err.message.contains("already generating"), "{err:?}");
+    assert_eq!(err.status, axum::http::StatusCode::CONFLICT);
 
     f.generator.release();
     f.until_gen("t", GenState::Done).await;
