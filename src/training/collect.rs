@@ -51,7 +51,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::lora::{BaseModel, BatchStream, ChatTokenizer, LoraConfig, TrainConfig, Trainer};
+use super::llama::batch::BatchStream;
+use super::llama::chat::ChatTokenizer;
+use super::llama::Llama;
+use super::lora::{LoraConfig, TrainConfig, Trainer};
 use super::rng::Rng;
 use super::tasks::Task;
 use super::write_file_atomically;
@@ -187,7 +190,7 @@ pub fn collect(
     check_settings(out, cfg)?;
 
     let device = Device::Cpu;
-    let base = BaseModel::load(base_dir, &device)?;
+    let base = Llama::load(base_dir, &device)?;
     let tok = ChatTokenizer::load(base_dir)?;
     let mut report = CollectReport::default();
     let mut budget = opts.stop_after_steps;
@@ -247,7 +250,7 @@ fn check_settings(out: &Path, cfg: &CollectConfig) -> Result<()> {
 /// budget ran out first (the partial folder stays behind, as after a kill).
 #[allow(clippy::too_many_arguments)]
 fn train_task(
-    base: &BaseModel,
+    base: &Llama,
     tok: &ChatTokenizer,
     task: &Task,
     hash: &str,
@@ -482,7 +485,7 @@ mod tests {
         assert_eq!(done.losses.len(), 5);
         let ck = full.path().join("add/step-000005");
         let adapter = LoraAdapter::read_peft(&ck).unwrap();
-        let base = BaseModel::load(model.path(), &Device::Cpu).unwrap();
+        let base = Llama::load(model.path(), &Device::Cpu).unwrap();
         adapter.validate(&base.dims).unwrap();
         assert_eq!(adapter.config.r, 2);
         let meta: CheckpointMeta = read_json(&ck.join(META_FILE)).unwrap();

@@ -3,12 +3,15 @@
 //! - [`tasks`]: the built-in procedural task suite and its scorers;
 //! - [`wordnet`]: the WordNet word lists the `lexical` tasks draw from;
 //! - [`taskfile`]: tasks as JSONL files (read and write);
-//! - [`lora`]: a differentiable llama forward pass with LoRA, and its trainer;
+//! - [`llama`]: the trainer's differentiable llama (custom-gradient ops, attention, MLP,
+//!   blocks) and its data pipeline (chat template, batches);
+//! - [`lora`]: the LoRA weights on that llama, and their trainer;
 //! - [`collect`]: one LoRA run per task, a checkpoint at every late step (DnD section 5);
 //! - [`decoder`]: the generator's decoder trained on those checkpoints (DnD section 4).
 
 pub mod collect;
 pub mod decoder;
+pub mod llama;
 pub mod lora;
 pub mod rng;
 pub mod taskfile;
