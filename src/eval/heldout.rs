@@ -25,7 +25,7 @@ use crate::adapters::peft::{LoraAdapter, CONFIG_FILE};
 use crate::generator::Generator;
 use crate::server::Config;
 use crate::training::collect::{TaskDone, DONE_FILE};
-use crate::training::decoder::TrainRecord;
+use crate::training::generator::TrainRecord;
 use crate::training::rng::Rng;
 use crate::training::tasks::Task;
 

@@ -1,4 +1,4 @@
-//! Training: the task suite, LoRA training with checkpoint collection, and decoder training.
+//! Training: the task suite, LoRA training with checkpoint collection, and generator training.
 //!
 //! - [`tasks`]: the built-in procedural task suite and its scorers;
 //! - [`wordnet`]: the WordNet word lists the `lexical` tasks draw from;
@@ -7,10 +7,10 @@
 //!   blocks) and its data pipeline (chat template, batches);
 //! - [`lora`]: the LoRA weights on that llama, and their trainer;
 //! - [`collect`]: one LoRA run per task, a checkpoint at every late step (DnD section 5);
-//! - [`decoder`]: the generator's decoder trained on those checkpoints (DnD section 4).
+//! - [`generator`]: the generator's decoder trained on those checkpoints (DnD section 4).
 
 pub mod collect;
-pub mod decoder;
+pub mod generator;
 pub mod llama;
 pub mod lora;
 pub mod rng;

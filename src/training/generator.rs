@@ -1,5 +1,5 @@
-//! Decoder training (DnD method, section 4): (prompt batch, checkpoint) pairs from a
-//! `collect` output -> a trained generator folder.
+//! Generator training (DnD method, section 4): (prompt batch, checkpoint) pairs from a
+//! `collect` output -> a trained generator folder (its decoder; the encoder is frozen).
 //!
 //! - **Data.** Every completed task of the collection gives its checkpoints, tokenized with
 //!   the decoder's layout, and a pool of its *training* prompts (never answers) encoded once
