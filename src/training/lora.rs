@@ -15,11 +15,11 @@ use std::collections::BTreeMap;
 
 use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::{Deserialize, Serialize};
 
 use super::llama::batch::Batch;
 use super::llama::Llama;
+use super::optim::{clip_grad_norm, AdamW, AdamWParams, WarmupCosine};
 use super::rng::Rng;
 use crate::adapters::peft::{tensor_name, LlamaDims, LoraAdapter, Module, PeftConfig};
 
@@ -258,19 +258,19 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Warm-up, then cosine decay to `lr * min_lr_ratio`, reached at the last step.
+    pub fn schedule(&self) -> WarmupCosine {
+        WarmupCosine {
+            peak: self.lr,
+            warmup: self.warmup_steps,
+            end: self.steps.saturating_sub(1),
+            floor: self.min_lr_ratio,
+        }
+    }
+
     /// Learning rate of optimiser step `step` (0-based).
     pub fn lr_at(&self, step: usize) -> f64 {
-        if step < self.warmup_steps {
-            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
-        }
-        let span = self
-            .steps
-            .saturating_sub(self.warmup_steps)
-            .saturating_sub(1)
-            .max(1);
-        let p = ((step - self.warmup_steps) as f64 / span as f64).min(1.0);
-        let min = self.lr * self.min_lr_ratio;
-        min + (self.lr - min) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
+        self.schedule().lr_at(step)
     }
 }
 
@@ -281,31 +281,6 @@ pub struct StepStats {
     /// Global gradient norm before clipping.
     pub grad_norm: f32,
     pub lr: f64,
-}
-
-/// Global L2 norm of the gradients of `vars`, and the gradients scaled so that it is at
-/// most `clip` (unchanged when `clip <= 0` or the norm is below it).
-pub fn clip_grad_norm(
-    grads: &mut candle_core::backprop::GradStore,
-    vars: &[Var],
-    clip: f64,
-) -> Result<f32> {
-    let mut sum = 0f64;
-    for v in vars {
-        if let Some(g) = grads.get(v.as_tensor()) {
-            sum += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
-        }
-    }
-    let norm = sum.sqrt();
-    if clip > 0.0 && norm > clip {
-        let s = clip / (norm + 1e-6);
-        for v in vars {
-            if let Some(g) = grads.remove(v.as_tensor()) {
-                grads.insert(v.as_tensor(), (g * s)?);
-            }
-        }
-    }
-    Ok(norm as f32)
 }
 
 /// LoRA training on a frozen base model: AdamW, warm-up + cosine schedule, global-norm
@@ -340,13 +315,7 @@ impl<'a> Trainer<'a> {
         let vars = lora.vars();
         let opt = AdamW::new(
             vars.clone(),
-            ParamsAdamW {
-                lr: config.lr_at(0),
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                weight_decay: config.weight_decay,
-            },
+            AdamWParams::with_weight_decay(config.weight_decay),
         )?;
         Ok(Self {
             base,
@@ -376,8 +345,7 @@ impl<'a> Trainer<'a> {
         ensure!(loss.is_finite(), "loss is not finite at step {}", self.step);
         let grad_norm = clip_grad_norm(&mut grads, &self.vars, self.config.grad_clip)?;
         let lr = self.config.lr_at(self.step);
-        self.opt.set_learning_rate(lr);
-        self.opt.step(&grads)?;
+        self.opt.step(&grads, lr)?;
         self.step += 1;
         Ok(StepStats {
             loss,

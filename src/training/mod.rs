@@ -7,12 +7,15 @@
 //!   blocks) and its data pipeline (chat template, batches);
 //! - [`lora`]: the LoRA weights on that llama, and their trainer;
 //! - [`collect`]: one LoRA run per task, a checkpoint at every late step (DnD section 5);
-//! - [`generator`]: the generator's decoder trained on those checkpoints (DnD section 4).
+//! - [`generator`]: the generator's decoder trained on those checkpoints (DnD section 4);
+//! - [`optim`]: what both trainers optimise with (AdamW, the warm-up + cosine schedule,
+//!   gradient clipping, progress bar and step budget).
 
 pub mod collect;
 pub mod generator;
 pub mod llama;
 pub mod lora;
+pub mod optim;
 pub mod rng;
 pub mod taskfile;
 pub mod tasks;
