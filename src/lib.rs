@@ -15,6 +15,7 @@ pub mod assets;
 pub mod cli;
 pub mod engine;
 pub mod eval;
+pub mod format;
 pub mod generator;
 pub mod server;
 pub mod testing;

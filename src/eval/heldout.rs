@@ -22,11 +22,11 @@ use serde::Serialize;
 
 use super::{evaluate, final_checkpoints, write_report, Candidate, Report, Score};
 use crate::adapters::peft::{LoraAdapter, CONFIG_FILE};
+use crate::format::rng::Rng;
 use crate::generator::Generator;
 use crate::server::Config;
 use crate::training::collect::{TaskDone, DONE_FILE};
 use crate::training::generator::TrainRecord;
-use crate::training::rng::Rng;
 use crate::training::tasks::Task;
 
 /// What to compare.

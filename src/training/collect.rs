@@ -55,9 +55,9 @@ use super::llama::chat::ChatTokenizer;
 use super::llama::Llama;
 use super::lora::{LoraConfig, TrainConfig, Trainer};
 use super::optim::{progress_bar, StepBudget};
-use super::rng::Rng;
 use super::tasks::Task;
 use super::write_file_atomically;
+use crate::format::rng::Rng;
 
 pub const SETTINGS_FILE: &str = "collect.json";
 pub const DONE_FILE: &str = "done.json";

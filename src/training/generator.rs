@@ -35,13 +35,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::collect::{completed_task_dir, TaskDone, DONE_FILE, TASK_FILE};
-use super::lora::frozen_a;
 use super::optim::{
     clip_grad_norm, print_above, progress_bar, AdamW, AdamWParams, StepBudget, WarmupCosine,
 };
-use super::rng::Rng;
 use super::taskfile::read_task_file;
 use crate::adapters::peft::{tensor_name, write_folder_atomically, LoraAdapter};
+use crate::format::frozen_a::frozen_a;
+use crate::format::rng::Rng;
 use crate::generator::decoder::{Decoder, DecoderConfig};
 use crate::generator::PromptEncoder;
 

@@ -14,14 +14,15 @@
 use std::collections::BTreeMap;
 
 use anyhow::{ensure, Result};
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Var};
 use serde::{Deserialize, Serialize};
 
 use super::llama::batch::Batch;
 use super::llama::Llama;
 use super::optim::{clip_grad_norm, AdamW, AdamWParams, WarmupCosine};
-use super::rng::Rng;
 use crate::adapters::peft::{tensor_name, LlamaDims, LoraAdapter, Module, PeftConfig};
+use crate::format::frozen_a::{frozen_a, initial_a};
+use crate::format::rng::Rng;
 
 // ---------------------------------------------------------------------------------------
 // LoRA weights
@@ -56,50 +57,6 @@ impl LoraConfig {
     pub fn scale(&self) -> f64 {
         self.alpha / self.rank as f64
     }
-}
-
-/// The A matrices a fresh LoRA starts from, U(-1/sqrt(in), 1/sqrt(in)) per layer and module
-/// in checkpoint order, drawn from `rng`. With [`LoraConfig::frozen_a_seed`] they are drawn
-/// from `Rng::derive(seed, "lora-a")` and the generator rebuilds the same ones.
-pub fn initial_a(
-    dims: &LlamaDims,
-    rank: usize,
-    modules: &[Module],
-    rng: &mut Rng,
-    device: &Device,
-) -> Result<BTreeMap<(usize, Module), Tensor>> {
-    let mut modules = modules.to_vec();
-    modules.sort();
-    modules.dedup();
-    let mut out = BTreeMap::new();
-    for layer in 0..dims.num_hidden_layers {
-        for &m in &modules {
-            let (inp, _) = m.dims(dims);
-            let bound = 1.0 / (inp as f32).sqrt();
-            let a: Vec<f32> = (0..rank * inp)
-                .map(|_| (2.0 * rng.unit_f32() - 1.0) * bound)
-                .collect();
-            out.insert((layer, m), Tensor::from_vec(a, (rank, inp), device)?);
-        }
-    }
-    Ok(out)
-}
-
-/// The shared, frozen A matrices of a LoRA-FA collection seeded with `seed`.
-pub fn frozen_a(
-    dims: &LlamaDims,
-    rank: usize,
-    modules: &[Module],
-    seed: u64,
-    device: &Device,
-) -> Result<BTreeMap<(usize, Module), Tensor>> {
-    initial_a(
-        dims,
-        rank,
-        modules,
-        &mut Rng::derive(seed, "lora-a"),
-        device,
-    )
 }
 
 /// The trainable LoRA matrices of every layer and target module, as candle `Var`s.
@@ -362,6 +319,7 @@ mod tests {
     use crate::training::llama::chat::Encoded;
     use crate::training::llama::ops::frozen_linear;
     use crate::training::llama::tests::{batch, load_tiny};
+    use candle_core::Tensor;
     use candle_transformers::models::llama::LlamaConfig;
     use std::path::Path;
 

@@ -16,7 +16,6 @@ pub mod generator;
 pub mod llama;
 pub mod lora;
 pub mod optim;
-pub mod rng;
 pub mod taskfile;
 pub mod tasks;
 pub mod wordnet;

@@ -24,8 +24,8 @@ use std::collections::BTreeSet;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use super::rng::Rng;
 use super::wordnet::{Lexicon, Pos};
+use crate::format::rng::Rng;
 
 /// How a task's outputs are scored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

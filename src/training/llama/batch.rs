@@ -8,7 +8,7 @@ use anyhow::{ensure, Result};
 use candle_core::{Device, Tensor};
 
 use super::chat::Encoded;
-use crate::training::rng::Rng;
+use crate::format::rng::Rng;
 
 /// A padded batch: the prefix all its sequences share, the rest of each sequence (b, s),
 /// and for every answer token the row of [`super::Llama::forward`] that

@@ -248,9 +248,9 @@ impl Llama {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::format::rng::Rng;
     use crate::testing::tiny_model_dir;
     use crate::training::lora::LoraConfig;
-    use crate::training::rng::Rng;
     use chat::ChatTokenizer;
 
     pub(crate) fn load_tiny(dir: &Path) -> (Llama, ChatTokenizer) {

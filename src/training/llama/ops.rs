@@ -161,8 +161,8 @@ pub fn masked_softmax(x: &Tensor, scale: f64, mask: &Tensor, fused: bool) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::rng::Rng;
     use crate::training::llama::tests::max_diff;
-    use crate::training::rng::Rng;
     use candle_core::Var;
 
     #[test]
