@@ -201,7 +201,7 @@ async fn chat_through_a_hot_loaded_adapter_on_smollm2() {
 #[test]
 fn the_shipped_generator_generates_for_smollm2() {
     use mistralrs_dnd::generator::{Generator, SHIPPED_SMOLLM2};
-    use mistralrs_dnd::training::decoder::TrainRecord;
+    use mistralrs_dnd::training::generator::TrainRecord;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(SHIPPED_SMOLLM2);
     let g = Generator::load(&dir, &assets().minilm(), &Device::Cpu).unwrap();
     let dims = LlamaDims::from_config_file(&assets().smollm2().join("config.json")).unwrap();

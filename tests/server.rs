@@ -546,7 +546,7 @@ async fn a_request_in_flight_finishes_on_the_version_it_started_on() {
         .ends_with(&hash_of(&s, "t").await));
 }
 
-/// The training forward pass (`training::lora::BaseModel`, the chat template as the trainer
+/// The training forward pass (`training::llama::Llama`, the chat template as the trainer
 /// applies it) gives the logits mistral.rs serves for the same weights, for the base model
 /// and with a LoRA merged by the engine. With temperature 0, mistral.rs 0.8.1 reports as
 /// `logprob` the log10 of the raw *logit* (its argmax path skips the softmax), so the
@@ -554,12 +554,14 @@ async fn a_request_in_flight_finishes_on_the_version_it_started_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn training_forward_matches_the_engines_logits() {
     use candle_core::{Device, Tensor};
-    use mistralrs_dnd::training::lora::{BaseModel, ChatTokenizer, LoraWeights};
+    use mistralrs_dnd::training::llama::chat::ChatTokenizer;
+    use mistralrs_dnd::training::llama::Llama;
+    use mistralrs_dnd::training::lora::LoraWeights;
     let dir = tempfile::tempdir().unwrap();
     let s = start(tiny_config(dir.path())).await;
     let lora = adapter(21);
     assert_eq!(s.upload("merged", &lora).await.status, 201);
-    let base = BaseModel::load(&tiny_model(), &Device::Cpu).unwrap();
+    let base = Llama::load(&tiny_model(), &Device::Cpu).unwrap();
     let tok = ChatTokenizer::load(&tiny_model()).unwrap();
     let weights = LoraWeights::from_adapter(&lora, &tiny_dims(), &Device::Cpu).unwrap();
     let prompt = "Name three colours of the sea.";

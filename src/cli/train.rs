@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use crate::assets::{given_or_default, Assets};
 use crate::format::peft::LlamaDims;
 use crate::generator::PromptEncoder;
-use crate::training::decoder::{
+use crate::training::generator::{
     decoder_config_for, load_training_set, train_decoder, Holdout, TrainDecoderConfig,
     TrainOptions, CACHE_DIR,
 };
@@ -146,7 +146,7 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn names(tasks: &[crate::training::decoder::TaskData]) -> String {
+fn names(tasks: &[crate::training::generator::TaskData]) -> String {
     tasks
         .iter()
         .map(|t| t.name.as_str())

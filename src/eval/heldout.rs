@@ -27,7 +27,7 @@ use crate::generator::Generator;
 use crate::server::Config;
 use crate::tasks::Task;
 use crate::training::collect::{TaskDone, DONE_FILE};
-use crate::training::decoder::TrainRecord;
+use crate::training::generator::TrainRecord;
 
 /// What to compare.
 #[derive(Debug, Clone)]

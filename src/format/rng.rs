@@ -1,5 +1,6 @@
-//! A small deterministic random number generator (SplitMix64) for everything in training
-//! that must be reproducible from a seed: task generation, example order, LoRA init.
+//! A small deterministic random number generator (SplitMix64) for everything that must be
+//! reproducible from a seed: task generation, example order, LoRA init, and the frozen LoRA
+//! A that collections and generators share ([`super::frozen_a`]).
 //!
 //! It is written out here rather than taken from `rand` because `rand`'s `StdRng` makes no
 //! promise of giving the same stream across versions, and the task suite and the collected

@@ -29,7 +29,7 @@
 //! [`DecoderConfig::smollm2_default`] is the project's default for SmolLM2-135M, sized to
 //! train on a 2-core CPU:
 //! - q_proj and v_proj, r = 8, alpha = 16, C = 192, with the shared frozen A of seed 0
-//!   (LoRA-FA; see `training::lora::LoraConfig::frozen_a_seed`): the decoder outputs the B
+//!   (LoRA-FA; see [`crate::format::frozen_a`]): the decoder outputs the B
 //!   matrices only, 4 tokens per layer, T = 120 weight tokens of (10, 194) carrying 184,320
 //!   LoRA weights;
 //! - N = 16 prompts of L = 32 tokens, k = 3;
@@ -84,7 +84,7 @@ pub struct DecoderConfig {
     /// Kernel size k (odd).
     pub kernel: usize,
     /// Set when the adapters' A matrices are the shared frozen ones of a LoRA-FA
-    /// collection (`training::lora::frozen_a`): the decoder outputs the B matrices only
+    /// collection ([`crate::format::frozen_a`]): the decoder outputs the B matrices only
     /// and the generator adds this A.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frozen_a_seed: Option<u64>,

@@ -114,7 +114,7 @@ impl Generator {
         let layout = cfg.layout()?;
         let mut frozen_a = BTreeMap::new();
         if let Some(seed) = cfg.frozen_a_seed {
-            let a = crate::training::lora::frozen_a(
+            let a = crate::format::frozen_a::frozen_a(
                 &cfg.base,
                 cfg.rank,
                 &cfg.modules()?,

@@ -47,11 +47,14 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::Device;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::lora::{BaseModel, BatchStream, ChatTokenizer, LoraConfig, TrainConfig, Trainer};
+use super::llama::batch::BatchStream;
+use super::llama::chat::ChatTokenizer;
+use super::llama::Llama;
+use super::lora::{LoraConfig, TrainConfig, Trainer};
+use super::optim::{progress_bar, StepBudget};
 use crate::format::fsio::{publish_dir, write_atomic};
 use crate::format::rng::Rng;
 use crate::tasks::Task;
@@ -187,10 +190,10 @@ pub fn collect(
     check_settings(out, cfg)?;
 
     let device = Device::Cpu;
-    let base = BaseModel::load(base_dir, &device)?;
+    let base = Llama::load(base_dir, &device)?;
     let tok = ChatTokenizer::load(base_dir)?;
     let mut report = CollectReport::default();
-    let mut budget = opts.stop_after_steps;
+    let mut budget = StepBudget::new(opts.stop_after_steps);
     for (i, task) in tasks.iter().enumerate() {
         let hash = train_hash(task)?;
         if let Some(dir) = completed_task_dir(out, &task.name) {
@@ -247,7 +250,7 @@ fn check_settings(out: &Path, cfg: &CollectConfig) -> Result<()> {
 /// budget ran out first (the partial folder stays behind, as after a kill).
 #[allow(clippy::too_many_arguments)]
 fn train_task(
-    base: &BaseModel,
+    base: &Llama,
     tok: &ChatTokenizer,
     task: &Task,
     hash: &str,
@@ -255,7 +258,7 @@ fn train_task(
     cfg: &CollectConfig,
     opts: &CollectOptions,
     label: &str,
-    budget: &mut Option<usize>,
+    budget: &mut StepBudget,
 ) -> Result<bool> {
     let started = Instant::now();
     let final_dir = out.join(&task.name);
@@ -282,29 +285,15 @@ fn train_task(
     let mut stream = BatchStream::new(examples, train_cfg.batch_size, tok.end_of_turn, seed)?;
     let mut trainer = Trainer::new(base, train_cfg)?;
 
-    let bar = if opts.quiet {
-        ProgressBar::with_draw_target(Some(cfg.train.steps as u64), ProgressDrawTarget::hidden())
-    } else {
-        ProgressBar::new(cfg.train.steps as u64)
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_prefix(label.to_string());
+    let bar = progress_bar(cfg.train.steps, opts.quiet, label);
 
     let saved = cfg.saved_steps();
     let mut losses = Vec::with_capacity(cfg.train.steps);
     let mut checkpoints = Vec::new();
     for _ in 0..cfg.train.steps {
-        if let Some(b) = budget {
-            if *b == 0 {
-                bar.abandon_with_message("stopped (step limit)");
-                return Ok(false);
-            }
-            *b -= 1;
+        if !budget.take() {
+            bar.abandon_with_message("stopped (step limit)");
+            return Ok(false);
         }
         let batch = stream.next_batch(base.device())?;
         let stats = trainer.step(&batch)?;
@@ -474,7 +463,7 @@ mod tests {
         assert_eq!(done.losses.len(), 5);
         let ck = full.path().join("add/step-000005");
         let adapter = LoraAdapter::read_peft(&ck).unwrap();
-        let base = BaseModel::load(model.path(), &Device::Cpu).unwrap();
+        let base = Llama::load(model.path(), &Device::Cpu).unwrap();
         adapter.validate(&base.dims).unwrap();
         assert_eq!(adapter.config.r, 2);
         let meta: CheckpointMeta = read_json(&ck.join(META_FILE)).unwrap();

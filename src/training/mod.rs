@@ -1,10 +1,16 @@
-//! Training: LoRA training with checkpoint collection, and decoder training. The tasks they
-//! train on are [`crate::tasks`].
+//! Training: LoRA training with checkpoint collection, and generator training. The tasks
+//! they train on are [`crate::tasks`].
 //!
-//! - [`lora`]: a differentiable llama forward pass with LoRA, and its trainer;
+//! - [`llama`]: the trainer's differentiable llama (custom-gradient ops, attention, MLP,
+//!   blocks) and its data pipeline (chat template, batches);
+//! - [`lora`]: the LoRA weights on that llama, and their trainer;
 //! - [`collect`]: one LoRA run per task, a checkpoint at every late step (DnD section 5);
-//! - [`decoder`]: the generator's decoder trained on those checkpoints (DnD section 4).
+//! - [`generator`]: the generator's decoder trained on those checkpoints (DnD section 4);
+//! - [`optim`]: what both trainers optimise with (AdamW, the warm-up + cosine schedule,
+//!   gradient clipping, progress bar and step budget).
 
 pub mod collect;
-pub mod decoder;
+pub mod generator;
+pub mod llama;
 pub mod lora;
+pub mod optim;

@@ -1,5 +1,5 @@
-//! Decoder training (DnD method, section 4): (prompt batch, checkpoint) pairs from a
-//! `collect` output -> a trained generator folder.
+//! Generator training (DnD method, section 4): (prompt batch, checkpoint) pairs from a
+//! `collect` output -> a trained generator folder (its decoder; the encoder is frozen).
 //!
 //! - **Data.** Every completed task of the collection gives its checkpoints, tokenized with
 //!   the decoder's layout, and a pool of its *training* prompts (never answers) encoded once
@@ -11,9 +11,8 @@
 //!   that task's mean std, averaged inside the token, then averaged over tasks, normalised
 //!   to mean 1.
 //! - **Optimiser.** AdamW with decoupled weight decay, global-norm gradient clipping,
-//!   linear warm-up then cosine decay to 0, Gaussian noise on inputs and targets. AdamW is
-//!   written here (a few lines) rather than taken from candle-nn because its moments must
-//!   be saved for an exact resume and candle-nn keeps them private.
+//!   linear warm-up then cosine decay to 0, Gaussian noise on inputs and targets
+//!   ([`super::optim`]; its AdamW's moments are saved for an exact resume).
 //! - **Resume.** Every `save_every` steps the weights, the AdamW moments and the log are
 //!   written to `OUT/checkpoint/` in one atomic folder swap; a rerun with the same settings
 //!   continues from there. A step's randomness is derived from (seed, step), so a resumed
@@ -32,12 +31,14 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::collect::{completed_task_dir, TaskDone, DONE_FILE, TASK_FILE};
-use super::lora::frozen_a;
+use super::optim::{
+    clip_grad_norm, print_above, progress_bar, AdamW, AdamWParams, StepBudget, WarmupCosine,
+};
+use crate::format::frozen_a::frozen_a;
 use crate::format::fsio::write_folder_atomic;
 use crate::format::peft::{tensor_name, LoraAdapter};
 use crate::format::rng::Rng;
@@ -136,13 +137,18 @@ impl Default for TrainDecoderConfig {
 }
 
 impl TrainDecoderConfig {
-    pub fn lr_at(&self, step: usize) -> f64 {
-        if step < self.warmup_steps {
-            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+    /// Warm-up, then cosine decay to 0, reached one step after the last.
+    pub fn schedule(&self) -> WarmupCosine {
+        WarmupCosine {
+            peak: self.lr,
+            warmup: self.warmup_steps,
+            end: self.steps,
+            floor: 0.0,
         }
-        let span = self.steps.saturating_sub(self.warmup_steps).max(1);
-        let p = ((step - self.warmup_steps) as f64 / span as f64).min(1.0);
-        self.lr * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
+    }
+
+    pub fn lr_at(&self, step: usize) -> f64 {
+        self.schedule().lr_at(step)
     }
 }
 
@@ -479,54 +485,6 @@ fn weighted_mse(pred: &Tensor, target: &Tensor, cell_w: &Tensor, valid: f64) -> 
     Ok((d.sum_all()? / (valid * b as f64))?)
 }
 
-/// AdamW moments of every variable, by name.
-struct AdamW {
-    m: BTreeMap<String, Tensor>,
-    v: BTreeMap<String, Tensor>,
-}
-
-impl AdamW {
-    const B1: f64 = 0.9;
-    const B2: f64 = 0.999;
-    const EPS: f64 = 1e-8;
-
-    fn new(vars: &[(String, Var)]) -> Result<Self> {
-        let mut m = BTreeMap::new();
-        let mut v = BTreeMap::new();
-        for (name, var) in vars {
-            m.insert(name.clone(), var.as_tensor().zeros_like()?);
-            v.insert(name.clone(), var.as_tensor().zeros_like()?);
-        }
-        Ok(Self { m, v })
-    }
-
-    /// One update with gradients already clipped; `t` is the 1-based step.
-    fn step(
-        &mut self,
-        vars: &[(String, Var)],
-        grads: &candle_core::backprop::GradStore,
-        lr: f64,
-        weight_decay: f64,
-        t: usize,
-    ) -> Result<()> {
-        let c1 = 1.0 - Self::B1.powi(t as i32);
-        let c2 = 1.0 - Self::B2.powi(t as i32);
-        for (name, var) in vars {
-            let Some(g) = grads.get(var.as_tensor()) else {
-                continue;
-            };
-            let m = self.m.get_mut(name).expect("every var has moments");
-            *m = ((&*m * Self::B1)? + (g * (1.0 - Self::B1))?)?;
-            let v = self.v.get_mut(name).expect("every var has moments");
-            *v = ((&*v * Self::B2)? + (g.sqr()? * (1.0 - Self::B2))?)?;
-            let update = ((&*m / c1)? / ((&*v / c2)?.sqrt()? + Self::EPS)?)?;
-            let decayed = (var.as_tensor() * (1.0 - lr * weight_decay))?;
-            var.set(&(decayed - (update * lr)?)?)?;
-        }
-        Ok(())
-    }
-}
-
 fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
     let data = varmap.data().lock().expect("varmap lock");
     let mut vars: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -597,7 +555,11 @@ pub fn train_decoder(
     };
     let (decoder, varmap) = Decoder::seeded(decoder_cfg, cfg.seed, &device)?;
     let vars = sorted_vars(&varmap);
-    let mut adam = AdamW::new(&vars)?;
+    let plain: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
+    let mut adam = AdamW::new(
+        plain.clone(),
+        AdamWParams::with_weight_decay(cfg.weight_decay),
+    )?;
     if state_dir.join(TRAIN_FILE).is_file() {
         let saved = TrainRecord::load(&state_dir)?;
         let same = TrainRecord {
@@ -613,18 +575,17 @@ pub fn train_decoder(
         }
         let mut state =
             candle_core::safetensors::load(state_dir.join("state.safetensors"), &device)?;
+        let mut moments = Vec::with_capacity(vars.len());
         for (name, var) in &vars {
-            let take = |state: &mut std::collections::HashMap<String, Tensor>, key: String| {
+            let mut take = |key: String| {
                 state
                     .remove(&key)
                     .with_context(|| format!("resume state has no {key}"))
             };
-            var.set(&take(&mut state, format!("w.{name}"))?)?;
-            adam.m
-                .insert(name.clone(), take(&mut state, format!("m.{name}"))?);
-            adam.v
-                .insert(name.clone(), take(&mut state, format!("v.{name}"))?);
+            var.set(&take(format!("w.{name}"))?)?;
+            moments.push((take(format!("m.{name}"))?, take(format!("v.{name}"))?));
         }
+        adam.restore(saved.step, moments)?;
         record = saved;
     }
     let resumed_from = record.step;
@@ -635,26 +596,14 @@ pub fn train_decoder(
         let mut rng = Rng::derive(cfg.seed, "heldout-batch");
         Some(sample_batch(&set.heldout, n, 8, 0.0, &mut rng)?)
     };
-    let bar = if opts.quiet {
-        ProgressBar::with_draw_target(Some(cfg.steps as u64), ProgressDrawTarget::hidden())
-    } else {
-        ProgressBar::new(cfg.steps as u64)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("train [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = progress_bar(cfg.steps, opts.quiet, "train");
     bar.set_position(record.step as u64);
 
-    let plain: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
-    let mut budget = opts.stop_after_steps;
+    let mut budget = StepBudget::new(opts.stop_after_steps);
     let (mut loss_sum, mut loss_n) = (0f64, 0usize);
     while record.step < cfg.steps {
-        if let Some(b) = &mut budget {
-            if *b == 0 {
-                break;
-            }
-            *b -= 1;
+        if !budget.take() {
+            break;
         }
         let step = record.step;
         let mut rng = Rng::derive(cfg.seed, &format!("step-{step}"));
@@ -666,9 +615,9 @@ pub fn train_decoder(
         let loss_v = loss.to_scalar::<f32>()?;
         ensure!(loss_v.is_finite(), "loss is not finite at step {step}");
         let mut grads = loss.backward()?;
-        let grad_norm = super::lora::clip_grad_norm(&mut grads, &plain, cfg.grad_clip)?;
+        let grad_norm = clip_grad_norm(&mut grads, &plain, cfg.grad_clip)?;
         let lr = cfg.lr_at(step);
-        adam.step(&vars, &grads, lr, cfg.weight_decay, step + 1)?;
+        adam.step(&grads, lr)?;
         record.step += 1;
         loss_sum += f64::from(loss_v);
         loss_n += 1;
@@ -700,11 +649,7 @@ pub fn train_decoder(
                     line.lr,
                     line.grad_norm
                 );
-                // A hidden bar (no terminal) drops println: print the log line directly.
-                match bar.is_hidden() {
-                    true => println!("{text}"),
-                    false => bar.println(text),
-                }
+                print_above(&bar, text);
             }
             record.log.push(line);
             (loss_sum, loss_n) = (0.0, 0);
@@ -729,10 +674,10 @@ fn save(
     out: &Path,
 ) -> Result<()> {
     let mut state = BTreeMap::new();
-    for (name, var) in vars {
+    for ((name, var), (m, v)) in vars.iter().zip(adam.moments()) {
         state.insert(format!("w.{name}"), var.as_tensor().clone());
-        state.insert(format!("m.{name}"), adam.m[name].clone());
-        state.insert(format!("v.{name}"), adam.v[name].clone());
+        state.insert(format!("m.{name}"), m.clone());
+        state.insert(format!("v.{name}"), v.clone());
     }
     let record_json = serde_json::to_vec_pretty(record)?;
     write_folder_atomic(
