@@ -8,10 +8,12 @@
 //!   store -> engine.
 //!
 //! [`training`] builds the generator's training data and trains it, [`eval`] measures it,
-//! [`assets`] fetches the real models offline, [`cli`] is the command line over all of it.
+//! [`bench`] times serving and generation, [`assets`] fetches the real models offline,
+//! [`cli`] is the command line over all of it.
 
 pub mod adapters;
 pub mod assets;
+pub mod bench;
 pub mod cli;
 pub mod engine;
 pub mod eval;

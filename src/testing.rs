@@ -1,17 +1,21 @@
-//! Test fixtures shared by the unit tests, the integration tests and the benches: a tiny
-//! llama model the tests build themselves (seeded random weights, a byte-level BPE tokenizer
-//! with ChatML specials, a chat template) and random LoRA adapters for it.
+//! Test fixtures shared by the unit tests and the integration tests (production code never
+//! uses them): a tiny llama model the tests build themselves (seeded random weights, a
+//! byte-level BPE tokenizer with ChatML specials, a chat template), the real assets fetched
+//! when missing, and random LoRA adapters (re-exported from the PEFT format, where the
+//! hot-load benchmark finds them too).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use serde_json::json;
 
-use crate::format::peft::{tensor_name, LlamaDims, LoraAdapter, Module, PeftConfig};
+use crate::format::peft::{uniform, LlamaDims, Module};
+
+pub use crate::format::peft::random_adapter;
 
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
@@ -75,12 +79,6 @@ pub fn byte_chars() -> Vec<char> {
             }
         })
         .collect()
-}
-
-fn uniform(rng: &mut StdRng, shape: &[usize], scale: f32) -> Result<Tensor> {
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| rng.random_range(-scale..scale)).collect();
-    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
 }
 
 /// Writes a tiny llama model (Hugging Face layout, F32) into `dir`.
@@ -179,34 +177,4 @@ pub fn write_tiny_llama(dir: &Path, seed: u64) -> Result<()> {
     }
     candle_core::safetensors::save(&t, dir.join("model.safetensors"))?;
     Ok(())
-}
-
-/// A LoRA adapter for `dims` with seeded uniform values of magnitude `scale` (A) and
-/// `b_scale` (B; 0 gives an adapter that changes nothing).
-pub fn random_adapter(
-    dims: &LlamaDims,
-    modules: &[Module],
-    r: usize,
-    seed: u64,
-    scale: f32,
-    b_scale: f32,
-) -> Result<LoraAdapter> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut tensors = BTreeMap::new();
-    for l in 0..dims.num_hidden_layers {
-        for &m in modules {
-            let (i, o) = m.dims(dims);
-            tensors.insert(tensor_name(l, m, false), uniform(&mut rng, &[r, i], scale)?);
-            let b = if b_scale == 0.0 {
-                Tensor::zeros((o, r), candle_core::DType::F32, &Device::Cpu)?
-            } else {
-                uniform(&mut rng, &[o, r], b_scale)?
-            };
-            tensors.insert(tensor_name(l, m, true), b);
-        }
-    }
-    Ok(LoraAdapter {
-        config: PeftConfig::new(r, (2 * r) as f64, modules, "tiny-llama"),
-        tensors,
-    })
 }

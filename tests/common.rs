@@ -1,11 +1,13 @@
-//! Harness: a tiny llama model, an in-process server on 127.0.0.1, and request helpers.
+//! Harness: a tiny llama model, the library's in-process server on 127.0.0.1
+//! ([`LocalServer`]) with unwrapping request helpers, and a trained tiny generator.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use mistralrs_dnd::format::LoraAdapter;
-use mistralrs_dnd::server::{self, Config, Plugin};
-use serde_json::{json, Value};
+pub use mistralrs_dnd::server::local::{chat_body, upload_form, LocalServer, Reply};
+use mistralrs_dnd::server::Config;
+use serde_json::Value;
 
 pub const TOKEN: &str = "test-token";
 
@@ -21,11 +23,15 @@ pub fn tiny_model() -> PathBuf {
     .to_path_buf()
 }
 
-pub struct TestServer {
-    pub url: String,
-    pub plugin: Arc<Plugin>,
-    pub client: reqwest::Client,
-    pub task: tokio::task::JoinHandle<()>,
+/// The library's in-process server; the harness methods below unwrap its client's results
+/// and take the tests' shapes (a tagger closure, a state string).
+pub struct TestServer(pub LocalServer);
+
+impl std::ops::Deref for TestServer {
+    type Target = LocalServer;
+    fn deref(&self) -> &LocalServer {
+        &self.0
+    }
 }
 
 /// A config for the tiny model with its store under `dir`.
@@ -49,30 +55,7 @@ pub async fn start_with(
     config: Config,
     generator: Option<Arc<dyn mistralrs_dnd::server::specialise::AdapterGenerator>>,
 ) -> TestServer {
-    let (router, plugin) = server::build_with(config, generator).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let task = tokio::spawn(async move {
-        axum::serve(listener, router).await.unwrap();
-    });
-    TestServer {
-        url,
-        plugin: plugin.expect("plugin enabled"),
-        client: reqwest::Client::new(),
-        task,
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-pub struct Reply {
-    pub status: u16,
-    pub adapter: Option<String>,
-    pub json: Value,
+    TestServer(LocalServer::start_with(config, generator).await.unwrap())
 }
 
 impl TestServer {
@@ -82,30 +65,14 @@ impl TestServer {
         prompt: &str,
         tagger: impl FnOnce(reqwest::RequestBuilder, &mut Value) -> reqwest::RequestBuilder,
     ) -> Reply {
-        let mut body = json!({
-            "model": "default",
-            "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": 6,
-            "temperature": 0.0,
-        });
-        let rb = self
-            .client
-            .post(format!("{}/v1/chat/completions", self.url));
-        let rb = tagger(rb, &mut body);
-        let resp = rb.json(&body).send().await.unwrap();
-        reply(resp).await
+        let mut body = chat_body(prompt, 6);
+        let rb = tagger(self.chat_request(None), &mut body);
+        reply(rb.json(&body).send().await.unwrap()).await
     }
 
     /// Posts a chat completion body as it is.
     pub async fn post_chat(&self, body: &Value) -> Reply {
-        let resp = self
-            .client
-            .post(format!("{}/v1/chat/completions", self.url))
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        reply(resp).await
+        self.send_chat(None, body).await.unwrap()
     }
 
     pub async fn chat_task(&self, prompt: &str, task: &str) -> Reply {
@@ -114,25 +81,9 @@ impl TestServer {
             .await
     }
 
-    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.client
-            .request(method, format!("{}/admin{path}", self.url))
-            .bearer_auth(TOKEN)
-    }
-
     /// Hot-loads `adapter` for `task` by multipart upload.
     pub async fn upload(&self, task: &str, adapter: &LoraAdapter) -> Reply {
-        let form = upload_form(
-            serde_json::to_vec(&adapter.config).unwrap(),
-            adapter.safetensors_bytes().unwrap(),
-        );
-        let resp = self
-            .admin(reqwest::Method::PUT, &format!("/adapters/{task}"))
-            .multipart(form)
-            .send()
-            .await
-            .unwrap();
-        reply(resp).await
+        self.0.upload(task, adapter).await.unwrap()
     }
 
     pub async fn list(&self) -> Value {
@@ -146,12 +97,7 @@ impl TestServer {
     }
 
     pub async fn state(&self, task: &str) -> String {
-        let r = self
-            .admin(reqwest::Method::GET, &format!("/adapters/{task}"))
-            .send()
-            .await
-            .unwrap();
-        let v: Value = r.json().await.unwrap();
+        let v = self.adapter_info(task).await.unwrap();
         v["state"].as_str().unwrap_or("").to_string()
     }
 
@@ -170,37 +116,19 @@ impl TestServer {
     }
 }
 
-pub fn upload_form(config: Vec<u8>, weights: Vec<u8>) -> reqwest::multipart::Form {
-    reqwest::multipart::Form::new()
-        .part(
-            "adapter_config.json",
-            reqwest::multipart::Part::bytes(config).file_name("adapter_config.json"),
-        )
-        .part(
-            "adapter_model.safetensors",
-            reqwest::multipart::Part::bytes(weights).file_name("adapter_model.safetensors"),
-        )
-}
-
 pub async fn reply(resp: reqwest::Response) -> Reply {
-    let status = resp.status().as_u16();
-    let adapter = resp
-        .headers()
-        .get("x-dnd-adapter")
-        .map(|v| v.to_str().unwrap().to_string());
-    let text = resp.text().await.unwrap();
-    let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    Reply {
-        status,
-        adapter,
-        json,
-    }
+    Reply::read(resp).await.unwrap()
 }
 
-impl Reply {
-    pub fn content(&self) -> String {
-        let text = self.json["choices"][0]["message"]["content"]
-            .as_str()
+/// The tests read a chat reply's content through this.
+pub trait Content {
+    fn content(&self) -> String;
+}
+
+impl Content for Reply {
+    fn content(&self) -> String {
+        let text = self
+            .message()
             .unwrap_or_else(|| panic!("no content in {}", self.json));
         // Comparing empty outputs would prove nothing.
         assert!(!text.is_empty(), "empty content in {}", self.json);
@@ -208,7 +136,7 @@ impl Reply {
     }
 }
 
-pub use mistralrs_dnd::cli::bench::rss_bytes;
+pub use mistralrs_dnd::bench::rss_bytes;
 
 /// A collection of three small tasks on the tiny model (shared frozen A, as `collect`
 /// does by default) and a generator trained on two of them, `first_letter` held out: built

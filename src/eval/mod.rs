@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::adapters::Source;
 use crate::format::peft::CONFIG_FILE;
 use crate::format::LoraAdapter;
+use crate::server::local::{chat_body, LocalServer};
 use crate::server::{self, Config};
 use crate::tasks::{score_lenient, score_strict, Task};
 
@@ -140,18 +141,14 @@ pub async fn evaluate(
     config.plugin.generator = None;
     let base = server::resolve_base(&config)?;
     let dtype = config.model.dtype.clone();
-    let (router, plugin) = server::build(config).await?;
-    let plugin = plugin.context("plugin")?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let serving = tokio::spawn(async move { axum::serve(listener, router).await });
-    let client = reqwest::Client::new();
+    let server = LocalServer::start(config).await?;
     let mut scores = Vec::new();
     for (i, c) in candidates.iter().enumerate() {
         let task_id = format!("eval-{i}");
         if let Some(dir) = &c.adapter {
             let adapter = LoraAdapter::read_peft(dir)?;
-            plugin
+            server
+                .plugin
                 .table
                 .install(&task_id, &adapter, Source::Path)
                 .await
@@ -162,7 +159,7 @@ pub async fn evaluate(
                 continue;
             }
             let tag = c.adapter.is_some().then_some(task_id.as_str());
-            let s = score_task(&client, &url, tag, task, limit, &c.label).await?;
+            let s = score_task(&server, tag, task, limit, &c.label).await?;
             eprintln!(
                 "{:<24} {:<20} strict {:5.1}%  lenient {:5.1}%  (n={})",
                 s.model,
@@ -174,11 +171,10 @@ pub async fn evaluate(
             scores.push(s);
         }
         if c.adapter.is_some() {
-            plugin.table.evict(&task_id, true).await?;
+            server.plugin.table.evict(&task_id, true).await?;
         }
     }
-    serving.abort();
-    drop(plugin);
+    drop(server);
     Ok(Report {
         base: base.display().to_string(),
         dtype,
@@ -188,8 +184,7 @@ pub async fn evaluate(
 }
 
 async fn score_task(
-    client: &reqwest::Client,
-    url: &str,
+    server: &LocalServer,
     tag: Option<&str>,
     task: &Task,
     limit: Option<usize>,
@@ -198,14 +193,11 @@ async fn score_task(
     let examples: Vec<_> = task.test.iter().take(limit.unwrap_or(usize::MAX)).collect();
     // The plugin runs one request per engine model at a time (see
     // `model.requests_per_model`); the rest queue, so 8 in flight only keeps the queue full.
-    let outputs: Vec<Result<String>> = futures::stream::iter(
-        examples
-            .iter()
-            .map(|ex| answer(client, url, tag, &ex.prompt)),
-    )
-    .buffered(8)
-    .collect()
-    .await;
+    let outputs: Vec<Result<String>> =
+        futures::stream::iter(examples.iter().map(|ex| answer(server, tag, &ex.prompt)))
+            .buffered(8)
+            .collect()
+            .await;
     let (mut strict, mut lenient, mut samples) = (0usize, 0usize, Vec::new());
     for (ex, out) in examples.iter().zip(outputs) {
         let out = out?;
@@ -226,33 +218,12 @@ async fn score_task(
     })
 }
 
-async fn answer(
-    client: &reqwest::Client,
-    url: &str,
-    tag: Option<&str>,
-    prompt: &str,
-) -> Result<String> {
-    let mut req = client
-        .post(format!("{url}/v1/chat/completions"))
-        .json(&serde_json::json!({
-            "model": "default",
-            "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": 16,
-            "temperature": 0.0,
-        }));
-    if let Some(t) = tag {
-        req = req.header("X-Task-Id", t);
+async fn answer(server: &LocalServer, tag: Option<&str>, prompt: &str) -> Result<String> {
+    let r = server.send_chat(tag, &chat_body(prompt, 16)).await?;
+    if !r.is_success() {
+        bail!("request failed ({}): {}", r.status, r.json);
     }
-    let resp = req.send().await?;
-    let status = resp.status();
-    let v: serde_json::Value = resp.json().await?;
-    if !status.is_success() {
-        bail!("request failed ({status}): {v}");
-    }
-    Ok(v["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap_or("")
-        .to_string())
+    Ok(r.message().unwrap_or("").to_string())
 }
 
 /// The report as a markdown table: one row per task, one column per model (strict %,

@@ -11,6 +11,8 @@ use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -175,6 +177,44 @@ pub fn tensor_name(layer: usize, module: Module, b: bool) -> String {
         module.name(),
         if b { "B" } else { "A" }
     )
+}
+
+/// A LoRA adapter for `dims` with seeded uniform values of magnitude `scale` (A) and
+/// `b_scale` (B; 0 gives an adapter that changes nothing): an adapter of the right shapes
+/// without training, for the hot-load benchmark and the tests.
+pub fn random_adapter(
+    dims: &LlamaDims,
+    modules: &[Module],
+    r: usize,
+    seed: u64,
+    scale: f32,
+    b_scale: f32,
+) -> Result<LoraAdapter> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut tensors = BTreeMap::new();
+    for l in 0..dims.num_hidden_layers {
+        for &m in modules {
+            let (i, o) = m.dims(dims);
+            tensors.insert(tensor_name(l, m, false), uniform(&mut rng, &[r, i], scale)?);
+            let b = if b_scale == 0.0 {
+                Tensor::zeros((o, r), DType::F32, &Device::Cpu)?
+            } else {
+                uniform(&mut rng, &[o, r], b_scale)?
+            };
+            tensors.insert(tensor_name(l, m, true), b);
+        }
+    }
+    Ok(LoraAdapter {
+        config: PeftConfig::new(r, (2 * r) as f64, modules, "tiny-llama"),
+        tensors,
+    })
+}
+
+/// An F32 CPU tensor of `shape` with values uniform in `(-scale, scale)` from `rng`.
+pub(crate) fn uniform(rng: &mut StdRng, shape: &[usize], scale: f32) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random_range(-scale..scale)).collect();
+    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
 }
 
 /// A LoRA adapter in memory: its PEFT config and every A/B matrix (F32, CPU).

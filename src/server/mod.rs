@@ -1,5 +1,6 @@
 //! The serving plugin: the server's [`config`], task [`tagging`] over the stock OpenAI
-//! routes, the [`admin`] API, and [`build`]/[`serve`] that embed mistral.rs.
+//! routes, the [`admin`] API, and [`build`]/[`serve`] that embed mistral.rs; [`local`] runs
+//! it in-process on a loopback port with a small client (eval, bench, tests).
 //!
 //! A request goes: HTTP -> [`tagging::tag_request`] (task id, route, `model` rewrite) ->
 //! mistral.rs server-core handler -> the engine model of the base or of the task's adapter.
@@ -7,6 +8,7 @@
 pub mod admin;
 pub mod config;
 pub mod error;
+pub mod local;
 pub mod metrics;
 pub mod specialise;
 pub mod tagging;

@@ -1,0 +1,213 @@
+//! An in-process server on a loopback port plus a small client for the plugin's routes,
+//! used by eval, bench and the integration tests: [`LocalServer::start`] builds the server
+//! from a [`Config`] exactly as `serve` does and serves it on `127.0.0.1:0`; its methods send
+//! chat completions (tagged with `X-Task-Id` or not), stream one until its first token, call
+//! the admin API with the configured token and upload adapters as the multipart form
+//! `PUT /admin/adapters/{task}` takes ([`upload_form`]).
+
+use std::sync::Arc;
+
+use anyhow::{ensure, Context, Result};
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use super::{build_with, specialise::AdapterGenerator, Config, Plugin};
+use crate::format::peft::{LoraAdapter, CONFIG_FILE, WEIGHTS_FILE};
+
+/// The server with the plugin, serving on a loopback port until dropped.
+pub struct LocalServer {
+    /// `http://127.0.0.1:{port}`.
+    pub url: String,
+    pub plugin: Arc<Plugin>,
+    pub client: reqwest::Client,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl LocalServer {
+    /// Builds the server `config` describes (the plugin must be enabled) and serves it.
+    pub async fn start(config: Config) -> Result<Self> {
+        Self::start_with(config, None).await
+    }
+
+    /// [`LocalServer::start`] with a given generator for automatic specialisation (see
+    /// [`build_with`]).
+    pub async fn start_with(
+        config: Config,
+        generator: Option<Arc<dyn AdapterGenerator>>,
+    ) -> Result<Self> {
+        let (router, plugin) = build_with(config, generator).await?;
+        let plugin = plugin.context("the config disables the plugin")?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let serving = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!("local server stopped: {e}");
+            }
+        });
+        Ok(Self {
+            url,
+            plugin,
+            client: reqwest::Client::new(),
+            serving,
+        })
+    }
+
+    /// `POST /v1/chat/completions`, tagged with `task` when given; the caller adds the body.
+    pub fn chat_request(&self, task: Option<&str>) -> reqwest::RequestBuilder {
+        let req = self
+            .client
+            .post(format!("{}/v1/chat/completions", self.url));
+        match task {
+            Some(t) => req.header("X-Task-Id", t),
+            None => req,
+        }
+    }
+
+    /// Sends a chat completion `body` (tagged with `task` when given) and reads the reply.
+    pub async fn send_chat(&self, task: Option<&str>, body: &Value) -> Result<Reply> {
+        Reply::read(self.chat_request(task).json(body).send().await?).await
+    }
+
+    /// Streams a one-token chat completion and returns the `x-dnd-adapter` label once the
+    /// first content token arrives.
+    pub async fn first_token(&self, task: Option<&str>) -> Result<String> {
+        let mut body = chat_body("Name a colour.", 1);
+        // One token: the stream ends with it, so timed requests never overlap.
+        body["stream"] = json!(true);
+        let resp = self.chat_request(task).json(&body).send().await?;
+        ensure!(resp.status().is_success(), "chat failed: {}", resp.status());
+        let label = resp
+            .headers()
+            .get("x-dnd-adapter")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let mut stream = resp.bytes_stream();
+        let mut buf = String::new();
+        while let Some(chunk) = stream.next().await {
+            buf.push_str(&String::from_utf8_lossy(&chunk?));
+            for line in buf.lines() {
+                let Some(data) = line.strip_prefix("data: ") else {
+                    continue;
+                };
+                let Ok(v) = serde_json::from_str::<Value>(data) else {
+                    continue;
+                };
+                if v["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .is_some_and(|s| !s.is_empty())
+                {
+                    return Ok(label);
+                }
+            }
+        }
+        anyhow::bail!("stream ended without a content token")
+    }
+
+    /// A request to the admin API (`path` after `/admin`), with the admin token when one is
+    /// configured.
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self
+            .client
+            .request(method, format!("{}/admin{path}", self.url));
+        match &self.plugin.admin_token {
+            Some(token) => req.bearer_auth(token),
+            None => req,
+        }
+    }
+
+    /// Hot-loads `adapter` for `task` by multipart upload.
+    pub async fn upload(&self, task: &str, adapter: &LoraAdapter) -> Result<Reply> {
+        self.upload_with(task, adapter_form(adapter)?).await
+    }
+
+    /// `PUT /admin/adapters/{task}` with a ready multipart `form` (see [`upload_form`]).
+    pub async fn upload_with(&self, task: &str, form: reqwest::multipart::Form) -> Result<Reply> {
+        let resp = self
+            .admin(reqwest::Method::PUT, &format!("/adapters/{task}"))
+            .multipart(form)
+            .send()
+            .await?;
+        Reply::read(resp).await
+    }
+
+    /// `GET /admin/adapters/{task}`: the task's state, versions and generation, as JSON.
+    pub async fn adapter_info(&self, task: &str) -> Result<Value> {
+        let resp = self
+            .admin(reqwest::Method::GET, &format!("/adapters/{task}"))
+            .send()
+            .await?;
+        Ok(resp.json().await?)
+    }
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        self.serving.abort();
+    }
+}
+
+/// A greedy chat completion body for the default model: one user message, at most
+/// `max_tokens` generated tokens.
+pub fn chat_body(prompt: &str, max_tokens: usize) -> Value {
+    json!({
+        "model": "default",
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+    })
+}
+
+/// The multipart form of an upload: the PEFT config and weights as the two file parts the
+/// admin API reads (bytes as given, so that malformed ones can be sent too).
+pub fn upload_form(config: Vec<u8>, weights: Vec<u8>) -> reqwest::multipart::Form {
+    use reqwest::multipart::{Form, Part};
+    Form::new()
+        .part(CONFIG_FILE, Part::bytes(config).file_name(CONFIG_FILE))
+        .part(WEIGHTS_FILE, Part::bytes(weights).file_name(WEIGHTS_FILE))
+}
+
+/// The upload form of `adapter`.
+pub fn adapter_form(adapter: &LoraAdapter) -> Result<reqwest::multipart::Form> {
+    Ok(upload_form(
+        serde_json::to_vec(&adapter.config)?,
+        adapter.safetensors_bytes()?,
+    ))
+}
+
+/// A reply read whole: status, the `x-dnd-adapter` label that served it, and the body as
+/// JSON (a JSON string holding the text when the body is not JSON).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub adapter: Option<String>,
+    pub json: Value,
+}
+
+impl Reply {
+    pub async fn read(resp: reqwest::Response) -> Result<Self> {
+        let status = resp.status().as_u16();
+        let adapter = resp
+            .headers()
+            .get("x-dnd-adapter")
+            .map(|v| v.to_str().map(str::to_string))
+            .transpose()
+            .context("x-dnd-adapter is not ASCII")?;
+        let text = resp.text().await?;
+        let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok(Self {
+            status,
+            adapter,
+            json,
+        })
+    }
+
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The first choice's message content of a chat completion.
+    pub fn message(&self) -> Option<&str> {
+        self.json["choices"][0]["message"]["content"].as_str()
+    }
+}
