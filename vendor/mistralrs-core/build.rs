@@ -73,6 +73,15 @@ fn main() {
 }
 
 fn set_git_revision() {
+    // Vendored copy: without a `.git` of its own, `git rev-parse` would report the enclosing
+    // project's commit, and a rerun-if-changed on the missing `.git/HEAD` makes cargo rerun
+    // this script and rebuild the crate on every build. Report "unknown", as the registry
+    // build does, and rerun only when this file changes.
+    if !std::path::Path::new(".git/HEAD").exists() {
+        println!("cargo:rustc-env=MISTRALRS_GIT_REVISION=unknown");
+        println!("cargo:rerun-if-changed=build.rs");
+        return;
+    }
     let commit = std::process::Command::new("git")
         .args(["rev-parse", "HEAD"])
         .output()
