@@ -28,7 +28,7 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
 cargo_cache() {
-    ls "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/"$CRATE-$VERSION.crate" 2>/dev/null | head -n 1
+    ls "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/"$CRATE-$VERSION.crate" 2>/dev/null | head -n 1 || true
 }
 
 crate_file="$(cargo_cache)"
