@@ -2,6 +2,7 @@
 
 mod common;
 mod eval;
+mod kernel;
 mod real_models;
 mod server;
 mod specialise;

@@ -56,6 +56,12 @@ pub use toml_selector::{get_toml_selected_model_device_map_params, get_toml_sele
 
 mod amoe;
 mod attention;
+/// `layers::Sdpa` is public but its parameters are not; the embedding project's kernel test
+/// calls the attention dispatch with them. Not a stable API.
+#[doc(hidden)]
+pub mod kernel_test {
+    pub use crate::attention::SdpaParams;
+}
 mod diagnostics;
 mod diffusion_models;
 pub mod distributed;
