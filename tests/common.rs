@@ -154,7 +154,8 @@ pub fn trained_tiny_generator() -> &'static TrainedGenerator {
     use mistralrs_dnd::format::Module;
     use mistralrs_dnd::generator::PromptEncoder;
     use mistralrs_dnd::tasks::{builtin_task, SuiteConfig};
-    use mistralrs_dnd::training::collect::{collect, CollectConfig, CollectOptions};
+    use mistralrs_dnd::training::collect::{collect, CollectOptions};
+    use mistralrs_dnd::training::collection::CollectConfig;
     use mistralrs_dnd::training::generator::{
         decoder_config_for, load_training_set, train_decoder, Holdout, TrainDecoderConfig,
         TrainOptions,

@@ -74,5 +74,40 @@ pub async fn run(n: usize, dtype: &str, assets: Option<PathBuf>) -> Result<()> {
         median(&mut puts).as_secs_f64() * 1e3
     );
     println!("RSS per resident adapter: {per_adapter:.0} MB");
+    // Idle engines: every resident model has its own engine thread; they should sleep.
+    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+    println!(
+        "idle CPU with {n} resident adapters and the base: {:.1} % of one core over 10 s",
+        100.0 * (cpu_seconds() - cpu0) / t0.elapsed().as_secs_f64()
+    );
     Ok(())
+}
+
+/// CPU time (user + system) this process has used, from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat: 11 and 12 counting from 0 after the name.
+    (ticks(11) + ticks(12)) / ticks_per_second()
+}
+
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a system constant.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
 }

@@ -2,12 +2,14 @@
 //! [`hotload`] times hot-loading adapters into the server; [`generator`] times the generation
 //! of one SmolLM2-135M adapter from 32 prompts of about 64 tokens, stage by stage, with the
 //! peak resident memory (VmHWM); [`time_to_adapter`] times automatic specialisation end to
-//! end (K-th request -> first token through the generated adapter). The server benchmarks
+//! end (K-th request -> first token through the generated adapter); [`throughput`] measures
+//! decode throughput under 1 to 16 concurrent streams, on the base and over 4 adapters. The server benchmarks
 //! run it in-process on loopback ([`crate::server::local`]) on the real SmolLM2; this module
 //! holds what they share: the machine line, memory from /proc, and the spread of timings.
 
 pub mod generator;
 pub mod hotload;
+pub mod throughput;
 pub mod time_to_adapter;
 
 use std::path::PathBuf;

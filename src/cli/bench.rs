@@ -21,6 +21,22 @@ pub enum Bench {
     /// Time-to-adapter of automatic specialisation on SmolLM2: from the K-th request of a
     /// task to the first token through its generated adapter, with its parts.
     TimeToAdapter(TimeToAdapterArgs),
+    /// Decode throughput under 1, 4, 8 and 16 concurrent streams, on the base model and
+    /// spread over 4 adapters: tokens/s, time to first token, latency.
+    Throughput(ThroughputArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ThroughputArgs {
+    /// Serving dtype.
+    #[arg(long, default_value = "f16")]
+    pub dtype: String,
+    /// Tokens each stream generates.
+    #[arg(long, default_value_t = 48)]
+    pub tokens: usize,
+    /// Asset folder (default: $DND_ASSETS or ./assets).
+    #[arg(long)]
+    pub assets: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -83,6 +99,8 @@ pub fn run(args: Args) -> Result<()> {
             a.prompts,
             a.runs,
         ),
+        Bench::Throughput(a) => tokio::runtime::Runtime::new()?
+            .block_on(crate::bench::throughput::run(&a.dtype, a.tokens, a.assets)),
         Bench::TimeToAdapter(a) => tokio::runtime::Runtime::new()?.block_on(
             crate::bench::time_to_adapter::run(&a.tasks, &a.generator, &a.dtype, a.assets),
         ),

@@ -8,7 +8,8 @@ use anyhow::Result;
 use crate::assets::{given_or_default, Assets};
 use crate::format::Module;
 use crate::tasks::{SuiteConfig, Task};
-use crate::training::collect::{collect, CollectConfig, CollectOptions};
+use crate::training::collect::{collect, CollectOptions};
+use crate::training::collection::CollectConfig;
 use crate::training::lora::{LoraConfig, TrainConfig};
 
 #[derive(Debug, clap::Args)]

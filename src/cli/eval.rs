@@ -10,9 +10,10 @@ use crate::assets::{given_or_default, Assets};
 use crate::eval::heldout::{
     evaluate_heldout, heldout_markdown, weight_markdown, weight_space, write_heldout, HeldoutSetup,
 };
-use crate::eval::{adapters_in, evaluate, final_checkpoints, write_report, Candidate};
+use crate::eval::{adapters_in, evaluate, write_report, Candidate};
 use crate::server::Config;
 use crate::tasks::suite;
+use crate::training::collection::Collection;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -119,7 +120,7 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     if let Some(dir) = &args.checkpoints {
-        let own = final_checkpoints(dir)?;
+        let own = Collection::new(dir).final_checkpoints()?;
         ensure!(!own.is_empty(), "{} has no completed task", dir.display());
         for (task, path) in own {
             if tasks.iter().any(|t| t.name == task) {

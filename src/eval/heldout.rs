@@ -20,13 +20,13 @@ use anyhow::{bail, ensure, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
-use super::{evaluate, final_checkpoints, write_report, Accuracy, Candidate, Report, Score};
+use super::{evaluate, write_report, Accuracy, Candidate, Report, Score};
 use crate::format::peft::{LoraAdapter, CONFIG_FILE};
 use crate::format::rng::Rng;
 use crate::generator::Generator;
 use crate::server::Config;
 use crate::tasks::Task;
-use crate::training::collect::{TaskDone, DONE_FILE};
+use crate::training::collection::{Collection, TaskDone};
 use crate::training::generator::TrainRecord;
 
 /// What to compare.
@@ -115,7 +115,7 @@ pub async fn evaluate_heldout(
         .checkpoints
         .clone()
         .unwrap_or_else(|| record.checkpoints.clone());
-    let finals = final_checkpoints(&collection)?;
+    let finals = Collection::new(&collection).final_checkpoints()?;
     let heldout_names: Vec<String> = heldout.iter().map(|t| t.name.clone()).collect();
 
     // DnD adapters, generated before the server starts so that timings are not disturbed.
@@ -177,10 +177,10 @@ pub async fn evaluate_heldout(
             adapter: Some(own.clone()),
             only_tasks: vec![task.name.clone()],
         });
-        let task_dir = collection.join(&task.name);
-        let done: TaskDone = serde_json::from_slice(&std::fs::read(task_dir.join(DONE_FILE))?)?;
+        let runs = Collection::new(&collection);
+        let done = runs.done(&task.name)?;
         for &step in &setup.overhead_steps {
-            let dir = task_dir.join(format!("step-{step:06}"));
+            let dir = runs.checkpoint(&task.name, step);
             if step < done.steps && dir.join(CONFIG_FILE).is_file() {
                 candidates.push(Candidate {
                     label: format!("own @{step}"),
@@ -349,7 +349,7 @@ pub fn weight_space(tasks: &[Task], setup: &HeldoutSetup) -> Result<WeightReport
         .checkpoints
         .clone()
         .unwrap_or_else(|| record.checkpoints.clone());
-    let finals = final_checkpoints(&collection)?;
+    let finals = Collection::new(&collection).final_checkpoints()?;
     let read = |name: &str| -> Result<LoraAdapter> {
         let path = finals
             .get(name)

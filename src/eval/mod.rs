@@ -7,7 +7,6 @@
 
 pub mod heldout;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -100,33 +99,6 @@ pub fn adapters_in(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
-/// The last checkpoint a `collect` run kept for each task it completed.
-pub fn final_checkpoints(collect_dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
-    let mut out = BTreeMap::new();
-    for e in std::fs::read_dir(collect_dir)
-        .with_context(|| format!("reading {}", collect_dir.display()))?
-    {
-        let task_dir = e?.path();
-        let name = task_dir
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        if name.starts_with('.')
-            || crate::training::collect::completed_task_dir(collect_dir, &name).is_none()
-        {
-            continue;
-        }
-        let last = std::fs::read_dir(&task_dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.join(CONFIG_FILE).is_file())
-            .max();
-        if let Some(last) = last {
-            out.insert(name, last);
-        }
-    }
-    Ok(out)
-}
-
 /// Evaluates every candidate on its tasks (test split, at most `limit` examples each).
 pub async fn evaluate(
     mut config: Config,
@@ -191,8 +163,7 @@ async fn score_task(
     label: &str,
 ) -> Result<Score> {
     let examples: Vec<_> = task.test.iter().take(limit.unwrap_or(usize::MAX)).collect();
-    // The plugin runs one request per engine model at a time (see
-    // `model.requests_per_model`); the rest queue, so 8 in flight only keeps the queue full.
+    // 8 in flight share the engine model's decode batches.
     let outputs: Vec<Result<String>> =
         futures::stream::iter(examples.iter().map(|ex| answer(server, tag, &ex.prompt)))
             .buffered(8)

@@ -40,13 +40,9 @@ pub struct ModelConfig {
     /// Hugging Face llama folder of the base model; default: the converted SmolLM2 in `assets`.
     pub base: Option<PathBuf>,
     pub dtype: String,
-    /// Sequences the engine schedules at once, per model.
+    /// Sequences the engine schedules at once, per model (the base, or one adapter): they
+    /// share its decode batches; the others wait in the engine's queue.
     pub max_seqs: usize,
-    /// Requests the plugin lets an engine model (the base, or one adapter) run at once; the
-    /// others queue in arrival order. 1 by default because mistral.rs 0.8.1 on the CPU mixes
-    /// up the KV caches of concurrent sequences of one model (their answers leak into each
-    /// other, `max_seqs = 1` included; `tests/server.rs` checks the plugin's guard).
-    pub requests_per_model: usize,
 }
 
 impl Default for ModelConfig {
@@ -56,7 +52,6 @@ impl Default for ModelConfig {
             base: None,
             dtype: "f16".into(),
             max_seqs: 16,
-            requests_per_model: 1,
         }
     }
 }

@@ -71,9 +71,20 @@ impl LocalServer {
     /// Streams a one-token chat completion and returns the `x-dnd-adapter` label once the
     /// first content token arrives.
     pub async fn first_token(&self, task: Option<&str>) -> Result<String> {
-        let mut body = chat_body("Name a colour.", 1);
         // One token: the stream ends with it, so timed requests never overlap.
+        let s = self
+            .stream_chat(task, &chat_body("Name a colour.", 1))
+            .await?;
+        ensure!(s.tokens > 0, "stream ended without a content token");
+        Ok(s.label)
+    }
+
+    /// Sends a chat completion `body` with `"stream": true` and reads its server-sent events
+    /// to the end, timing the first content token.
+    pub async fn stream_chat(&self, task: Option<&str>, body: &Value) -> Result<Streamed> {
+        let mut body = body.clone();
         body["stream"] = json!(true);
+        let start = std::time::Instant::now();
         let resp = self.chat_request(task).json(&body).send().await?;
         ensure!(resp.status().is_success(), "chat failed: {}", resp.status());
         let label = resp
@@ -82,26 +93,37 @@ impl LocalServer {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
+        let mut out = Streamed {
+            label,
+            text: String::new(),
+            tokens: 0,
+            first_token: None,
+            total: Default::default(),
+        };
         let mut stream = resp.bytes_stream();
         let mut buf = String::new();
         while let Some(chunk) = stream.next().await {
             buf.push_str(&String::from_utf8_lossy(&chunk?));
-            for line in buf.lines() {
-                let Some(data) = line.strip_prefix("data: ") else {
+            // Complete lines only; a partial event waits for the rest of its bytes.
+            while let Some(end) = buf.find('\n') {
+                let line: String = buf.drain(..=end).collect();
+                let Some(data) = line.trim_end().strip_prefix("data: ") else {
                     continue;
                 };
                 let Ok(v) = serde_json::from_str::<Value>(data) else {
                     continue;
                 };
-                if v["choices"][0]["delta"]["content"]
-                    .as_str()
-                    .is_some_and(|s| !s.is_empty())
-                {
-                    return Ok(label);
+                if let Some(d) = v["choices"][0]["delta"]["content"].as_str() {
+                    if !d.is_empty() {
+                        out.first_token.get_or_insert_with(|| start.elapsed());
+                        out.tokens += 1;
+                        out.text.push_str(d);
+                    }
                 }
             }
         }
-        anyhow::bail!("stream ended without a content token")
+        out.total = start.elapsed();
+        Ok(out)
     }
 
     /// A request to the admin API (`path` after `/admin`), with the admin token when one is
@@ -177,6 +199,20 @@ pub fn adapter_form(adapter: &LoraAdapter) -> Result<reqwest::multipart::Form> {
 
 /// A reply read whole: status, the `x-dnd-adapter` label that served it, and the body as
 /// JSON (a JSON string holding the text when the body is not JSON).
+/// A streamed chat completion, read to its end.
+#[derive(Debug, Clone)]
+pub struct Streamed {
+    /// The `x-dnd-adapter` label.
+    pub label: String,
+    pub text: String,
+    /// Events with content: one per generated token.
+    pub tokens: usize,
+    /// From sending the request to the first content token.
+    pub first_token: Option<std::time::Duration>,
+    /// From sending the request to the end of the stream.
+    pub total: std::time::Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct Reply {
     pub status: u16,

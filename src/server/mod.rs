@@ -35,23 +35,6 @@ pub struct Plugin {
     pub metrics: Arc<metrics::Metrics>,
     /// Automatic specialisation, when a generator is configured.
     pub specialiser: Option<Arc<specialise::Specialiser>>,
-    /// Per engine model: the turns of `model.requests_per_model` (see there for why).
-    turns: dashmap::DashMap<String, Arc<tokio::sync::Semaphore>>,
-}
-
-impl Plugin {
-    /// Waits for a turn on an engine model; the turn lasts as long as the permit.
-    pub async fn engine_turn(&self, model: &str) -> tokio::sync::OwnedSemaphorePermit {
-        let n = self.config.model.requests_per_model.max(1);
-        let sem = self
-            .turns
-            .entry(model.to_string())
-            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(n)))
-            .clone();
-        sem.acquire_owned()
-            .await
-            .expect("the semaphore is never closed")
-    }
 }
 
 /// The base model folder the config names, fetching the default assets when needed.
@@ -152,7 +135,6 @@ pub async fn build_with(
         table,
         metrics,
         specialiser,
-        turns: Default::default(),
     });
     let router = stock
         .layer(axum::middleware::from_fn_with_state(

@@ -119,22 +119,20 @@ pub async fn tag_request(State(plugin): State<Arc<Plugin>>, req: Request, next: 
         return next.run(req).await;
     }
     match route_request(&plugin, req).await {
-        Ok((req, route, model)) => {
+        Ok((req, route, _)) => {
             let label = match &route {
                 Route::Base => "base".to_string(),
                 Route::Adapter(r) => format!("{}@{}", r.task, r.hash),
             };
-            let turn = plugin.engine_turn(&model).await;
             let mut resp = next.run(req).await;
             if let Ok(v) = HeaderValue::from_str(&label) {
                 resp.headers_mut().insert(ADAPTER_HEADER, v);
             }
-            // Keep the turn, and the adapter model alive, until the (possibly streamed) body
-            // is done.
+            // Keep the adapter model alive until the (possibly streamed) body is done.
             let (parts, body) = resp.into_parts();
             let guarded = Body::from_stream(GuardedStream {
                 inner: body.into_data_stream(),
-                _guard: (turn, route),
+                _guard: route,
             });
             Response::from_parts(parts, guarded)
         }

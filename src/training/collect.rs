@@ -1,132 +1,42 @@
 //! Checkpoint collection: one LoRA fine-tune per task, saving a checkpoint at every step of
 //! the last part of the run. These trajectories are the generator's training targets (DnD
-//! paper, section 5: "a checkpoint at every step", about 50 per dataset).
+//! paper, section 5: "a checkpoint at every step", about 50 per dataset). What it writes is
+//! the [`super::collection`] format.
 //!
-//! Layout of the output folder:
-//!
-//! ```text
-//! OUT/collect.json                 settings of the whole collection (checked on resume)
-//! OUT/TASK/done.json               the task's marker: written last, then the folder renamed
-//! OUT/TASK/task.jsonl              the task itself (taskfile format): the prompts the
-//!                                  generator is conditioned on, and the test split
-//! OUT/TASK/step-000051/            a PEFT folder (LoraAdapter::write_peft) + meta.json
-//! OUT/.partial-TASK/               a task being trained; never read, redone on resume
-//! ```
-//!
-//! A task is trained into `.partial-TASK`, its `done.json` is written and synced, and only
-//! then is the folder renamed to `TASK`: a folder named after a task is always complete.
-//! A killed run leaves at most one partial folder; the next run deletes it and trains that
-//! task again from the start. Every task's randomness (LoRA init, example order) derives
-//! from `(seed, task name)` alone, so a resumed collection writes the same bytes as an
-//! uninterrupted one (a test checks this).
-//!
-//! Budget: the whole built-in suite (20 tasks) must train in at most 90 minutes on this
-//! project's 2-core CPU. Measured on that machine (dev profile: dependencies at opt-level
-//! 3, shared with other sessions' builds throughout, load 1-4), SmolLM2-135M with LoRA
-//! r = 8 on q_proj and v_proj:
-//! - an example is 41-68 tokens once wrapped in the chat template (suite mean 48.5), of
-//!   which the first ~30 (system prompt, ChatML markers) are the same for every example
-//!   and computed once per batch (`suite_token_lengths` test);
+//! Cost, SmolLM2-135M with LoRA r = 8 on q_proj and v_proj on this project's 2-core CPU:
+//! - an example is 41-68 tokens once wrapped in the chat template, of which the first ~30
+//!   (system prompt, ChatML markers) are the same for every example and computed once per
+//!   batch (`suite_token_lengths` test);
 //! - a step (forward, backward, AdamW) at batch 4 costs 1.7-3.0 s depending on the task's
-//!   length (12-step `collect` runs: add 1.66 s, parity 2.32 s, sort_numbers 2.99 s, at
-//!   load ~2; `bench_smollm2_step`: 1.86-1.90 s at 4 x 52 tokens, 3.82 s without the
-//!   shared prefix). Batch 8 costs 1.9-2.2x batch 4 (3.5-4.1 s), so batch 4 is used. The matmuls are ~60 % of the time (perf) and reach
-//!   35-50 GFLOP/s on this machine, not 120; under heavy load (another build on both
-//!   cores) every step was about 1.6x slower.
+//!   length (`bench_smollm2_step`: 1.86-1.90 s at 4 x 52 tokens, 3.82 s without the shared
+//!   prefix); batch 8 costs 1.9-2.2x batch 4, so batch 4 is used. The matmuls are ~60 % of
+//!   the time and reach 35-50 GFLOP/s here, not 120.
 //!
-//! Defaults: 80 steps of batch 4 per task (lr 1e-3, 5 warm-up steps, cosine to 1e-4) with
-//! a checkpoint after each of the last 50 (steps 31-80): the first 30 steps play the part
-//! of the paper's "short first run", the 50 checkpoints its per-step trajectory. That is
-//! 20 x 80 x ~2.1 s = ~56 min at load ~2 and ~90 min at 1.6x that (not run in full yet:
-//! extrapolated from the measurements above). 80 steps see 320 examples, 1.3 epochs of a
-//! task's training split. Each checkpoint is 1.8 MB (F32), 90 MB per task, 1.8 GB for
-//! the suite.
+//! Defaults ([`CollectConfig::default`]): 64 steps of batch 4 per task with a shared frozen
+//! A (LoRA-FA) and a checkpoint after each of the last 40: the first 24 steps play the part
+//! of the paper's "short first run", the 40 checkpoints its per-step trajectory. Measured
+//! (README, "The generator and its training data"): 42-85 s per task, the 24-task suite in
+//! about 25 minutes, peak RSS 1.2 GB. Each checkpoint is 1.8 MB (F32).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::Device;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::collection::{
+    checkpoint_name, read_json, CheckpointMeta, CollectConfig, Collection, TaskDone, DONE_FILE,
+    META_FILE, SETTINGS_FILE, TASK_FILE,
+};
 use super::llama::batch::BatchStream;
 use super::llama::chat::ChatTokenizer;
 use super::llama::Llama;
-use super::lora::{LoraConfig, TrainConfig, Trainer};
+use super::lora::{TrainConfig, Trainer};
 use super::optim::{progress_bar, StepBudget};
 use crate::format::fsio::{publish_dir, write_atomic};
 use crate::format::rng::Rng;
 use crate::tasks::Task;
-
-pub const SETTINGS_FILE: &str = "collect.json";
-pub const DONE_FILE: &str = "done.json";
-pub const META_FILE: &str = "meta.json";
-pub const TASK_FILE: &str = "task.jsonl";
-
-/// Settings of a collection: the LoRA run of every task, and how many checkpoints it keeps.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CollectConfig {
-    /// The run of each task; its `seed` is the collection seed, each task derives its own.
-    pub train: TrainConfig,
-    /// A checkpoint is saved after each of the last `checkpoints` steps.
-    pub checkpoints: usize,
-}
-
-impl Default for CollectConfig {
-    /// 64 steps of batch 4 with a shared frozen A (seed 0), the last 40 kept: sized so that
-    /// the built-in suite collects in under an hour on 2 cores.
-    fn default() -> Self {
-        Self {
-            train: TrainConfig {
-                steps: 64,
-                lora: LoraConfig {
-                    frozen_a_seed: Some(0),
-                    ..LoraConfig::default()
-                },
-                ..TrainConfig::default()
-            },
-            checkpoints: 40,
-        }
-    }
-}
-
-impl CollectConfig {
-    /// The steps (1-based, after the update) that are saved.
-    pub fn saved_steps(&self) -> std::ops::RangeInclusive<usize> {
-        let steps = self.train.steps;
-        (steps + 1 - self.checkpoints.min(steps)).max(1)..=steps
-    }
-}
-
-/// `meta.json` beside each checkpoint.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CheckpointMeta {
-    pub task: String,
-    /// Optimiser steps taken (1-based).
-    pub step: usize,
-    /// Training loss of this step's batch, before its update.
-    pub loss: f32,
-    pub grad_norm: f32,
-    pub lr: f64,
-    /// The task's seed (derived from the collection seed and the task name).
-    pub seed: u64,
-}
-
-/// `done.json`: written when every checkpoint of a task is on disk.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TaskDone {
-    pub task: String,
-    pub family: String,
-    /// sha256 of the task's training examples, to notice a changed task on resume.
-    pub train_hash: String,
-    pub seed: u64,
-    pub steps: usize,
-    pub checkpoints: Vec<String>,
-    /// Training loss of every step.
-    pub losses: Vec<f32>,
-    pub seconds: f64,
-}
 
 /// What a call to [`collect`] did.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -157,12 +67,6 @@ fn train_hash(task: &Task) -> Result<String> {
     let mut h = Sha256::new();
     h.update(serde_json::to_vec(&task.train)?);
     Ok(hex::encode(&h.finalize()[..8]))
-}
-
-/// The folder of a completed task, or `None` while it is not complete.
-pub fn completed_task_dir(out: &Path, task: &str) -> Option<PathBuf> {
-    let dir = out.join(task);
-    dir.join(DONE_FILE).is_file().then_some(dir)
 }
 
 /// Trains every task in order and writes its checkpoints under `out`, skipping tasks that
@@ -196,7 +100,7 @@ pub fn collect(
     let mut budget = StepBudget::new(opts.stop_after_steps);
     for (i, task) in tasks.iter().enumerate() {
         let hash = train_hash(task)?;
-        if let Some(dir) = completed_task_dir(out, &task.name) {
+        if let Some(dir) = Collection::new(out).completed(&task.name) {
             let done: TaskDone = read_json(&dir.join(DONE_FILE))?;
             ensure!(
                 done.train_hash == hash,
@@ -300,7 +204,7 @@ fn train_task(
         let step = trainer.steps_done();
         losses.push(stats.loss);
         if saved.contains(&step) {
-            let name = format!("step-{step:06}");
+            let name = checkpoint_name(step);
             let dir = partial.join(&name);
             trainer.lora.to_adapter(&base.name)?.write_peft(&dir)?;
             let meta = CheckpointMeta {
@@ -342,12 +246,6 @@ fn train_task(
         );
     }
     Ok(true)
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
 #[cfg(test)]
@@ -434,7 +332,9 @@ mod tests {
         let r = collect(model.path(), &tasks, resumed.path(), &cfg, &quiet(Some(8))).unwrap();
         assert_eq!(r.trained, vec!["add"]);
         assert_eq!(r.interrupted.as_deref(), Some("parity"));
-        assert!(completed_task_dir(resumed.path(), "parity").is_none());
+        assert!(Collection::new(resumed.path())
+            .completed("parity")
+            .is_none());
         assert!(resumed.path().join(".partial-parity/step-000003").exists());
         let r = collect(model.path(), &tasks, resumed.path(), &cfg, &quiet(None)).unwrap();
         assert_eq!(r.skipped, vec!["add"]);

@@ -34,7 +34,7 @@ use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::collect::{completed_task_dir, TaskDone, DONE_FILE, TASK_FILE};
+use super::collection::Collection;
 use super::optim::{
     clip_grad_norm, print_above, progress_bar, AdamW, AdamWParams, StepBudget, WarmupCosine,
 };
@@ -44,7 +44,6 @@ use crate::format::peft::{tensor_name, LoraAdapter};
 use crate::format::rng::Rng;
 use crate::generator::decoder::{Decoder, DecoderConfig};
 use crate::generator::PromptEncoder;
-use crate::tasks::taskfile::read_task_file;
 
 pub const TRAIN_FILE: &str = "train.json";
 const STATE_DIR: &str = "checkpoint";
@@ -240,13 +239,8 @@ pub fn load_training_set(
         )?),
         None => None,
     };
-    let mut names: Vec<String> = std::fs::read_dir(collect_dir)
-        .with_context(|| format!("reading {}", collect_dir.display()))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| !n.starts_with('.') && completed_task_dir(collect_dir, n).is_some())
-        .collect();
-    names.sort();
+    let collection = Collection::new(collect_dir);
+    let names = collection.tasks()?;
     ensure!(
         !names.is_empty(),
         "{} holds no completed task (run `collect` first)",
@@ -258,9 +252,8 @@ pub fn load_training_set(
     };
     for name in names {
         let dir = collect_dir.join(&name);
-        let done: TaskDone = serde_json::from_slice(&std::fs::read(dir.join(DONE_FILE))?)
-            .with_context(|| format!("parsing {}", dir.join(DONE_FILE).display()))?;
-        let task = read_task_file(&dir.join(TASK_FILE))?;
+        let done = collection.done(&name)?;
+        let task = collection.task(&name)?;
         let mut tokens = Vec::new();
         for ck in spaced(&done.checkpoints, train.checkpoints_per_task) {
             let adapter = LoraAdapter::read_peft(&dir.join(ck))?;
@@ -702,11 +695,7 @@ pub fn decoder_config_for(
     n: usize,
     l: usize,
 ) -> Result<DecoderConfig> {
-    let path = collect_dir.join(super::collect::SETTINGS_FILE);
-    let collect: super::collect::CollectConfig = serde_json::from_slice(
-        &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
-    )
-    .with_context(|| format!("parsing {}", path.display()))?;
+    let collect = Collection::new(collect_dir).settings()?;
     let lora = &collect.train.lora;
     DecoderConfig::for_model_default_shapes(
         base_name,

@@ -5,11 +5,13 @@
 //!   blocks) and its data pipeline (chat template, batches);
 //! - [`lora`]: the LoRA weights on that llama, and their trainer;
 //! - [`collect`]: one LoRA run per task, a checkpoint at every late step (DnD section 5);
+//! - [`collection`]: the folder `collect` writes, and its reader [`collection::Collection`];
 //! - [`generator`]: the generator's decoder trained on those checkpoints (DnD section 4);
 //! - [`optim`]: what both trainers optimise with (AdamW, the warm-up + cosine schedule,
 //!   gradient clipping, progress bar and step budget).
 
 pub mod collect;
+pub mod collection;
 pub mod generator;
 pub mod llama;
 pub mod lora;
