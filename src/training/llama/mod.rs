@@ -332,10 +332,9 @@ pub(crate) mod tests {
             .unwrap()
     }
 
-    #[test]
-    fn shared_prefix_gives_the_same_loss_and_gradients() {
-        let dir = tiny_model_dir();
-        let (base, tok) = load_tiny(dir.path());
+    /// A LoRA on every module of the tiny model, every entry uniform in [-0.5, 0.5) from
+    /// `seed`, so that its gradients are far from zero everywhere.
+    fn randomised_lora(base: &Llama, seed: u64) -> LoraWeights {
         let cfg = LoraConfig {
             rank: 4,
             alpha: 8.0,
@@ -343,7 +342,7 @@ pub(crate) mod tests {
             frozen_a_seed: None,
         };
         let lora = LoraWeights::init(&cfg, &base.dims, &mut Rng::new(3), &Device::Cpu).unwrap();
-        let mut rng = Rng::new(6);
+        let mut rng = Rng::new(seed);
         for (_, v) in lora.named_vars() {
             let vals: Vec<f32> = (0..v.as_tensor().elem_count())
                 .map(|_| rng.unit_f32() - 0.5)
@@ -351,6 +350,14 @@ pub(crate) mod tests {
             v.set(&Tensor::from_vec(vals, v.as_tensor().shape(), &Device::Cpu).unwrap())
                 .unwrap();
         }
+        lora
+    }
+
+    #[test]
+    fn shared_prefix_gives_the_same_loss_and_gradients() {
+        let dir = tiny_model_dir();
+        let (base, tok) = load_tiny(dir.path());
+        let lora = randomised_lora(&base, 6);
         let a = tok.encode_example("what is 2 plus 3 ?", "5").unwrap();
         let b = tok.encode_example("reverse the word cat", "tac").unwrap();
         let c = tok.encode_example("is 7 even or odd ?", "B").unwrap();
@@ -423,21 +430,7 @@ pub(crate) mod tests {
     fn fused_and_slow_forward_give_the_same_lora_gradients() {
         let dir = tiny_model_dir();
         let (mut base, tok) = load_tiny(dir.path());
-        let cfg = LoraConfig {
-            rank: 4,
-            alpha: 8.0,
-            modules: Module::ALL.to_vec(),
-            frozen_a_seed: None,
-        };
-        let lora = LoraWeights::init(&cfg, &base.dims, &mut Rng::new(3), &Device::Cpu).unwrap();
-        let mut rng = Rng::new(5);
-        for (_, v) in lora.named_vars() {
-            let vals: Vec<f32> = (0..v.as_tensor().elem_count())
-                .map(|_| rng.unit_f32() - 0.5)
-                .collect();
-            v.set(&Tensor::from_vec(vals, v.as_tensor().shape(), &Device::Cpu).unwrap())
-                .unwrap();
-        }
+        let lora = randomised_lora(&base, 5);
         let b = batch(&tok, &Device::Cpu);
         let run = |base: &Llama| {
             let loss = base.loss(&b, Some(&lora)).unwrap();
