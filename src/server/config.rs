@@ -220,3 +220,33 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_bounds_are_checked_and_documented_defaults_parse() {
+        let cfg: Config = toml::from_str(
+            "[plugin]\ndefault_max_tokens = 16\nmax_tokens_limit = 32\nmax_n = 2\nmax_request_bytes = 4096\n",
+        )
+        .unwrap();
+        cfg.check().unwrap();
+        assert_eq!((cfg.plugin.default_max_tokens, cfg.plugin.max_n), (16, 2));
+        let mut bad = cfg.clone();
+        bad.plugin.default_max_tokens = 64;
+        assert!(bad
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("max_tokens_limit"));
+        let mut bad = cfg;
+        bad.plugin.max_n = 0;
+        assert!(bad.check().unwrap_err().to_string().contains("max_n"));
+        for path in ["configs/default.toml", "configs/tenant.toml"] {
+            let text = std::fs::read_to_string(path).unwrap();
+            let c: Config = toml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert_eq!(c.plugin.default_max_tokens, 256, "{path}");
+        }
+    }
+}
