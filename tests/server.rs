@@ -622,3 +622,159 @@ async fn training_forward_matches_the_engines_logits() {
     }
     assert_ne!(tops[0], tops[1], "the LoRA must change the logits");
 }
+
+/// Issue 15: the request bounds (default and ceiling of `max_tokens`, `n`, body size),
+/// answered in the OpenAI error shape before the engine sees anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_bounded_before_the_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = tiny_config(dir.path());
+    c.plugin.default_max_tokens = 3;
+    c.plugin.max_tokens_limit = 50;
+    c.plugin.max_request_bytes = 4096;
+    let s = start(c).await;
+    let msgs = json!([{"role": "user", "content": "hello"}]);
+
+    // No max_tokens: the default applies.
+    let r = s
+        .post_chat(&json!({"model": "default", "messages": msgs, "temperature": 0.0}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    let used = r.json["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!((1..=3).contains(&used), "{}", r.json);
+
+    let openai_400 = |r: &Reply, param: &str| {
+        assert_eq!(r.status, 400, "{}", r.json);
+        let e = &r.json["error"];
+        assert_eq!(e["type"], "invalid_request_error", "{}", r.json);
+        assert_eq!(e["param"], param, "{}", r.json);
+        assert!(
+            e["message"].as_str().is_some() && e.get("code").is_some(),
+            "{}",
+            r.json
+        );
+    };
+    for key in ["max_tokens", "max_completion_tokens"] {
+        let r = s
+            .post_chat(&json!({"model": "default", "messages": msgs, key: 51}))
+            .await;
+        openai_400(&r, key);
+        assert!(r.json["error"]["message"].as_str().unwrap().contains("50"));
+    }
+    // The answer to `"n": 100000` that once got the server killed.
+    let r = s
+        .post_chat(&json!({"model": "default", "messages": msgs, "n": 100_000, "max_tokens": 2}))
+        .await;
+    openai_400(&r, "n");
+    let r = reply(
+        s.client
+            .post(format!("{}/v1/completions", s.url))
+            .header("X-Task-Id", "t1")
+            .json(&json!({"model": "x", "prompt": "abc", "best_of": 9}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    openai_400(&r, "best_of");
+
+    // Past the chat body limit: 413, announced or streamed.
+    let big =
+        json!({"model": "default", "messages": [{"role": "user", "content": "x".repeat(5000)}]});
+    let r = s.post_chat(&big).await;
+    assert_eq!(r.status, 413, "{}", r.json);
+    assert_eq!(r.json["error"]["type"], "invalid_request_error");
+    let bytes = serde_json::to_vec(&big).unwrap();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        bytes.chunks(1000).map(|c| Ok(c.to_vec())).collect();
+    let r = reply(
+        s.client
+            .post(format!("{}/v1/chat/completions", s.url))
+            .header("content-type", "application/json")
+            .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 413, "{}", r.json);
+    // The server still answers.
+    assert_eq!(s.chat("hi", |rb, _| rb).await.status, 200);
+}
+
+/// Issue 15: clients see the model name they asked for, never an engine id (the base
+/// folder path, an adapter's `dnd:` id), may not name an engine id, and the Responses API
+/// (which bypasses tagging) is hidden.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_see_and_use_public_model_names_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(tiny_config(dir.path())).await;
+    assert_eq!(s.upload("t1", &adapter(1)).await.status, 201);
+    for task in [None, Some("t1")] {
+        let mut body = chat_body("hello", 4);
+        body["model"] = json!("my-model");
+        if let Some(t) = task {
+            body["task_id"] = json!(t);
+        }
+        let r = s.post_chat(&body).await;
+        assert_eq!(r.status, 200, "{}", r.json);
+        assert_eq!(r.json["model"], "my-model", "{task:?}: {}", r.json);
+
+        body["stream"] = json!(true);
+        let resp = s
+            .client
+            .post(format!("{}/v1/chat/completions", s.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let text = resp.text().await.unwrap();
+        let events: Vec<Value> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        assert!(!events.is_empty(), "{text}");
+        for e in &events {
+            assert_eq!(e["model"], "my-model", "{task:?}: {text}");
+        }
+        assert!(text.contains("[DONE]"), "{text}");
+    }
+
+    let engine_id = s.plugin.table.resident_ids()[0].clone();
+    assert!(engine_id.starts_with("dnd:"), "{engine_id}");
+    let base_dir = tiny_model().display().to_string();
+    for model in [engine_id.as_str(), base_dir.as_str()] {
+        for task in [None, Some("t1")] {
+            let mut body = chat_body("hello", 2);
+            body["model"] = json!(model);
+            if let Some(t) = task {
+                body["task_id"] = json!(t);
+            }
+            let r = s.post_chat(&body).await;
+            assert_eq!(r.status, 404, "{model}: {}", r.json);
+            assert_eq!(r.json["error"]["code"], "model_not_found", "{}", r.json);
+            assert_eq!(r.json["error"]["param"], "model", "{}", r.json);
+        }
+    }
+
+    for (method, path) in [
+        (Method::POST, "/v1/responses"),
+        (Method::GET, "/v1/responses/resp_1"),
+        (Method::DELETE, "/v1/responses/resp_1"),
+        (Method::POST, "/v1/responses/resp_1/cancel"),
+    ] {
+        let r = s
+            .client
+            .request(method.clone(), format!("{}{path}", s.url))
+            .json(&json!({"model": engine_id, "input": "hello"}))
+            .send()
+            .await
+            .unwrap();
+        let r = reply(r).await;
+        assert_eq!(r.status, 404, "{method} {path}: {}", r.json);
+        assert_eq!(r.json["error"]["type"], "not_found_error", "{}", r.json);
+    }
+}

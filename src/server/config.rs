@@ -111,6 +111,19 @@ pub struct PluginConfig {
     pub max_generations_per_hour: usize,
     /// Stored adapter versions kept per task (tenant).
     pub max_versions: usize,
+    /// Largest chat or completion request body, in bytes; 413 past it
+    /// (`server.max_body_bytes` is for adapter uploads).
+    pub max_request_bytes: usize,
+    /// `max_tokens` of a request that names none.
+    pub default_max_tokens: usize,
+    /// Largest `max_tokens` (or `max_completion_tokens`) a request may ask for; 400 past it.
+    pub max_tokens_limit: usize,
+    /// Largest `n` (and `best_of`): answers generated per request.
+    pub max_n: usize,
+    /// Messages of a chat request at most.
+    pub max_messages: usize,
+    /// Text of a request's messages (or prompt) at most, in bytes.
+    pub max_input_bytes: usize,
 }
 
 impl Default for PluginConfig {
@@ -137,6 +150,12 @@ impl Default for PluginConfig {
             regenerate_after: None,
             max_generations_per_hour: 6,
             max_versions: 5,
+            max_request_bytes: 1 << 20,
+            default_max_tokens: 256,
+            max_tokens_limit: 4096,
+            max_n: 8,
+            max_messages: 256,
+            max_input_bytes: 256 << 10,
         }
     }
 }
@@ -173,8 +192,56 @@ impl Config {
             if self.plugin.max_resident == 0 {
                 bail!("plugin.max_resident must be at least 1");
             }
+            let p = &self.plugin;
+            if p.default_max_tokens == 0 || p.default_max_tokens > p.max_tokens_limit {
+                bail!(
+                    "plugin.default_max_tokens ({}) must be between 1 and plugin.max_tokens_limit ({})",
+                    p.default_max_tokens,
+                    p.max_tokens_limit
+                );
+            }
+            for (key, v) in [
+                ("max_n", p.max_n),
+                ("max_messages", p.max_messages),
+                ("max_input_bytes", p.max_input_bytes),
+                ("max_request_bytes", p.max_request_bytes),
+            ] {
+                if v == 0 {
+                    bail!("plugin.{key} must be at least 1");
+                }
+            }
         }
         crate::engine::parse_dtype(&self.model.dtype)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_bounds_are_checked_and_documented_defaults_parse() {
+        let cfg: Config = toml::from_str(
+            "[plugin]\ndefault_max_tokens = 16\nmax_tokens_limit = 32\nmax_n = 2\nmax_request_bytes = 4096\n",
+        )
+        .unwrap();
+        cfg.check().unwrap();
+        assert_eq!((cfg.plugin.default_max_tokens, cfg.plugin.max_n), (16, 2));
+        let mut bad = cfg.clone();
+        bad.plugin.default_max_tokens = 64;
+        assert!(bad
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("max_tokens_limit"));
+        let mut bad = cfg;
+        bad.plugin.max_n = 0;
+        assert!(bad.check().unwrap_err().to_string().contains("max_n"));
+        for path in ["configs/default.toml", "configs/tenant.toml"] {
+            let text = std::fs::read_to_string(path).unwrap();
+            let c: Config = toml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert_eq!(c.plugin.default_max_tokens, 256, "{path}");
+        }
     }
 }

@@ -30,6 +30,9 @@ use crate::format::LlamaDims;
 /// The plugin's shared state.
 pub struct Plugin {
     pub config: Config,
+    /// The base model folder as configured and as the engine resolved it: engine-internal
+    /// names that a client's `model` may not use.
+    pub base_dirs: Vec<String>,
     pub admin_token: Option<String>,
     pub table: Arc<AdapterTable>,
     pub metrics: Arc<metrics::Metrics>,
@@ -92,6 +95,10 @@ pub async fn build_with(
         return Ok((stock, None));
     }
     let dims = LlamaDims::from_config_file(&base.join("config.json"))?;
+    let base_dirs = vec![
+        base.display().to_string(),
+        engine.base_dir().display().to_string(),
+    ];
     let limits = Limits {
         max_resident: config.plugin.max_resident,
         max_resident_bytes: config.plugin.max_resident_mib << 20,
@@ -131,6 +138,7 @@ pub async fn build_with(
     }
     let plugin = Arc::new(Plugin {
         config,
+        base_dirs,
         admin_token,
         table,
         metrics,

@@ -1,6 +1,8 @@
-//! Task tagging: a layer over the OpenAI routes that finds a request's task id, picks the
-//! model that serves it (base or the task's adapter), rewrites the body's `model` field to
-//! that engine model and names it in the `x-dnd-adapter` response header.
+//! Task tagging: a layer over the OpenAI routes that bounds a request (body size,
+//! `max_tokens`, `n`, messages, input bytes), finds its task id, picks the model that serves
+//! it (base or the task's adapter), rewrites the body's `model` field to that engine model,
+//! names it in the `x-dnd-adapter` response header and shows the client's public model name
+//! in the response instead of the engine's.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +14,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use super::config::TaskSource;
+use super::config::{PluginConfig, TaskSource};
 use super::error::ApiError;
 use super::Plugin;
 use crate::adapters::{Route, ADAPTER_MODEL_PREFIX};
@@ -102,10 +104,22 @@ const HIDDEN: &[&str] = &[
     "/re_isq",
 ];
 
+/// Route prefixes hidden like [`HIDDEN`]: the Responses API keeps state per response and
+/// would need its own tagging; it is off until it is routed like chat.
+const HIDDEN_PREFIXES: &[&str] = &["/v1/responses"];
+
+/// Whether the plugin hides `path` (404 with a reason).
+fn is_hidden(path: &str) -> bool {
+    HIDDEN.contains(&path)
+        || HIDDEN_PREFIXES
+            .iter()
+            .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+}
+
 /// The layer: applied to the stock OpenAI router.
 pub async fn tag_request(State(plugin): State<Arc<Plugin>>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
-    if HIDDEN.contains(&path.as_str()) {
+    if is_hidden(&path) {
         return ApiError::new(
             StatusCode::NOT_FOUND,
             format!("{path} is disabled by the mistralrs-dnd plugin"),
@@ -120,11 +134,15 @@ pub async fn tag_request(State(plugin): State<Arc<Plugin>>, req: Request, next: 
     }
     match route_request(&plugin, req).await {
         Ok((req, route, _)) => {
+            let public = req.extensions().get::<PublicModel>().cloned();
             let label = match &route {
                 Route::Base => "base".to_string(),
                 Route::Adapter(r) => format!("{}@{}", r.task, r.hash),
             };
             let mut resp = next.run(req).await;
+            if let Some(public) = public {
+                resp = show_public_model(resp, public.0).await;
+            }
             if let Ok(v) = HeaderValue::from_str(&label) {
                 resp.headers_mut().insert(ADAPTER_HEADER, v);
             }
@@ -172,12 +190,12 @@ async fn route_request(
     req: Request,
 ) -> Result<(Request, Route, String), ApiError> {
     let (mut parts, body) = req.into_parts();
-    let bytes: Bytes = axum::body::to_bytes(body, plugin.config.server.max_body_bytes)
-        .await
-        .map_err(|e| ApiError::bad_request(format!("reading request body: {e}")))?;
+    let pc = &plugin.config.plugin;
+    let bytes = read_body(body, &parts.headers, pc.max_request_bytes).await?;
     let mut json: serde_json::Map<String, Value> = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("request body is not a JSON object: {e}")))?;
-    let pc = &plugin.config.plugin;
+    let public = public_model_name(&json, &plugin.base_dirs)?;
+    apply_bounds(pc, &mut json)?;
     let task = find_task_id(&pc.task_id_sources, &pc.task_header, &parts.headers, &json)?;
     json.remove("task_id");
     if let (Some(t), Some(sp)) = (&task, &plugin.specialiser) {
@@ -204,7 +222,250 @@ async fn route_request(
     json.insert("model".into(), Value::String(model.clone()));
     let body = serde_json::to_vec(&json).map_err(|e| ApiError::internal(e.to_string()))?;
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    parts.extensions.insert(PublicModel(public));
     Ok((Request::from_parts(parts, Body::from(body)), route, model))
+}
+
+/// Reads a chat or completion body, 413 past `limit` bytes (checked on the announced length
+/// first, so that an oversized body is not read at all).
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {limit} bytes (plugin.max_request_bytes)"),
+        )
+    };
+    let announced = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit)).await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ApiError::bad_request(format!("reading request body: {e}"))),
+    }
+}
+
+/// The model name a client asked for, shown in the response instead of the engine's
+/// (extension of the rewritten request).
+#[derive(Clone)]
+struct PublicModel(String);
+
+/// The public model name of a request (its `model`, default `default`). Engine model ids
+/// are not public: an adapter model (`dnd:TASK@HASH`, another tenant's) or the base
+/// folder path is a 404, as for an unknown model.
+fn public_model_name(
+    body: &serde_json::Map<String, Value>,
+    base_dirs: &[String],
+) -> Result<String, ApiError> {
+    let name = match body.get("model") {
+        None | Some(Value::Null) => return Ok("default".into()),
+        Some(Value::String(s)) => s,
+        Some(_) => {
+            return Err(
+                ApiError::bad_request("body field model must be a string").with_param("model")
+            )
+        }
+    };
+    if name.starts_with(ADAPTER_MODEL_PREFIX) || base_dirs.iter().any(|d| d == name) {
+        return Err(ApiError::not_found(format!(
+            "The model `{name}` does not exist or you do not have access to it."
+        ))
+        .with_param("model")
+        .with_code("model_not_found"));
+    }
+    Ok(name.clone())
+}
+
+/// Applies the request bounds of the plugin config before anything reaches the engine: a
+/// request without `max_tokens` gets the default, and `max_tokens`, `n`, `best_of`, the
+/// message count and the input text are checked against their ceilings (400 with the
+/// field at fault, worded as OpenAI words it).
+pub fn apply_bounds(
+    pc: &PluginConfig,
+    body: &mut serde_json::Map<String, Value>,
+) -> Result<(), ApiError> {
+    let mut named = false;
+    for key in ["max_tokens", "max_completion_tokens"] {
+        let Some(v) = body.get(key).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        named = true;
+        let n = positive_integer(key, v)?;
+        if n > pc.max_tokens_limit as u64 {
+            return Err(ApiError::bad_request(format!(
+                "{key} is too large: {n}. This model supports at most {} completion tokens, whereas you provided {n}.",
+                pc.max_tokens_limit
+            ))
+            .with_param(key));
+        }
+    }
+    if !named {
+        body.insert("max_tokens".into(), pc.default_max_tokens.into());
+    }
+    for key in ["n", "best_of"] {
+        if let Some(v) = body.get(key).filter(|v| !v.is_null()) {
+            let n = positive_integer(key, v)?;
+            if n > pc.max_n as u64 {
+                return Err(ApiError::bad_request(format!(
+                    "{n} is greater than the maximum of {} - '{key}'",
+                    pc.max_n
+                ))
+                .with_param(key));
+            }
+        }
+    }
+    if let Some(Value::Array(messages)) = body.get("messages") {
+        if messages.len() > pc.max_messages {
+            return Err(ApiError::bad_request(format!(
+                "{} messages is more than the maximum of {} - 'messages'",
+                messages.len(),
+                pc.max_messages
+            ))
+            .with_param("messages"));
+        }
+    }
+    for key in ["messages", "prompt"] {
+        let bytes = body.get(key).map_or(0, text_bytes);
+        if bytes > pc.max_input_bytes {
+            return Err(ApiError::bad_request(format!(
+                "the {key} hold {bytes} bytes of text, more than the maximum of {} (plugin.max_input_bytes)",
+                pc.max_input_bytes
+            ))
+            .with_param(key));
+        }
+    }
+    Ok(())
+}
+
+fn positive_integer(key: &'static str, v: &Value) -> Result<u64, ApiError> {
+    match v.as_u64() {
+        Some(n) if n >= 1 => Ok(n),
+        _ => Err(ApiError::bad_request(format!(
+            "{v} is not a valid value for '{key}': a positive integer is expected"
+        ))
+        .with_param(key)),
+    }
+}
+
+/// Bytes of all the strings in a value (message contents, roles and names alike).
+fn text_bytes(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.len(),
+        Value::Array(a) => a.iter().map(text_bytes).sum(),
+        Value::Object(o) => o.values().map(text_bytes).sum(),
+        _ => 0,
+    }
+}
+
+/// Shows `name` as the response's `model` (the engine puts its own id or the base folder
+/// path there): a JSON body is rewritten whole, a server-sent event stream event by event.
+async fn show_public_model(resp: Response, name: String) -> Response {
+    let content_type = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let (mut parts, body) = resp.into_parts();
+    if content_type.starts_with("text/event-stream") {
+        let stream = PublicModelEvents {
+            inner: body.into_data_stream(),
+            pending: Vec::new(),
+            name,
+        };
+        return Response::from_parts(parts, Body::from_stream(stream));
+    }
+    if !content_type.starts_with("application/json") {
+        return Response::from_parts(parts, body);
+    }
+    let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(b) => b,
+        Err(e) => {
+            return ApiError::internal(format!("reading the engine's answer: {e}")).into_response()
+        }
+    };
+    match with_model(&bytes, &name) {
+        Some(rewritten) => {
+            parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+            Response::from_parts(parts, Body::from(rewritten))
+        }
+        None => Response::from_parts(parts, Body::from(bytes)),
+    }
+}
+
+/// `json` with its top-level `model` set to `name`; `None` when it is not an object with a
+/// `model`.
+fn with_model(json: &[u8], name: &str) -> Option<Vec<u8>> {
+    let mut v: serde_json::Map<String, Value> = serde_json::from_slice(json).ok()?;
+    let model = v.get_mut("model")?;
+    *model = Value::String(name.to_string());
+    serde_json::to_vec(&v).ok()
+}
+
+/// One server-sent event (its lines, without the blank line that ends it) with the `model`
+/// of each JSON `data:` line set to `name`.
+fn event_with_model(event: &[u8], name: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(event.len());
+    for (i, line) in event.split(|b| *b == b'\n').enumerate() {
+        if i > 0 {
+            out.push(b'\n');
+        }
+        let rewritten = line
+            .strip_prefix(b"data:")
+            .and_then(|data| with_model(data.trim_ascii(), name));
+        match rewritten {
+            Some(json) => {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(&json);
+            }
+            None => out.extend_from_slice(line),
+        }
+    }
+    out
+}
+
+/// An event stream with the `model` of each event rewritten ([`event_with_model`]); holds
+/// back at most one incomplete event.
+struct PublicModelEvents<S> {
+    inner: S,
+    pending: Vec<u8>,
+    name: String,
+}
+
+impl<S> futures::Stream for PublicModelEvents<S>
+where
+    S: futures::Stream<Item = Result<Bytes, axum::Error>> + Unpin,
+{
+    type Item = Result<Bytes, axum::Error>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        loop {
+            let this = &mut *self;
+            if let Some(end) = this.pending.windows(2).position(|w| w == b"\n\n") {
+                let rest = this.pending.split_off(end + 2);
+                let event = std::mem::replace(&mut this.pending, rest);
+                let mut out = event_with_model(&event[..end], &this.name);
+                out.extend_from_slice(b"\n\n");
+                return Poll::Ready(Some(Ok(Bytes::from(out))));
+            }
+            match std::pin::Pin::new(&mut this.inner).poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => this.pending.extend_from_slice(&chunk),
+                Poll::Ready(None) if !this.pending.is_empty() => {
+                    let event = std::mem::take(&mut this.pending);
+                    return Poll::Ready(Some(Ok(Bytes::from(event_with_model(
+                        &event, &this.name,
+                    )))));
+                }
+                other => return other,
+            }
+        }
+    }
 }
 
 /// A body stream that holds a value until the stream is dropped.
@@ -220,5 +481,150 @@ impl<S: futures::Stream + Unpin, G: Unpin> futures::Stream for GuardedStream<S, 
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
         std::pin::Pin::new(&mut self.inner).poll_next(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body(v: Value) -> serde_json::Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    fn bounded(v: Value) -> Result<serde_json::Map<String, Value>, ApiError> {
+        let mut b = body(v);
+        apply_bounds(&PluginConfig::default(), &mut b)?;
+        Ok(b)
+    }
+
+    #[test]
+    fn max_tokens_gets_the_default_and_a_ceiling() {
+        let pc = PluginConfig::default();
+        let b = bounded(json!({"messages": []})).unwrap();
+        assert_eq!(b["max_tokens"], json!(pc.default_max_tokens));
+        let b = bounded(json!({"max_tokens": 7})).unwrap();
+        assert_eq!(b["max_tokens"], json!(7));
+        let b = bounded(json!({"max_completion_tokens": 7})).unwrap();
+        assert!(
+            !b.contains_key("max_tokens"),
+            "the client's own limit is kept"
+        );
+        assert_eq!(b["max_completion_tokens"], json!(7));
+        for key in ["max_tokens", "max_completion_tokens"] {
+            let e = bounded(json!({ key: pc.max_tokens_limit + 1 })).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert_eq!(e.param, Some(key));
+            assert!(
+                e.message.contains(&pc.max_tokens_limit.to_string()),
+                "{}",
+                e.message
+            );
+            for bad in [json!(0), json!(-1), json!(2.5), json!("9")] {
+                assert_eq!(bounded(json!({ key: bad })).unwrap_err().param, Some(key));
+            }
+        }
+        assert!(bounded(json!({"max_tokens": pc.max_tokens_limit})).is_ok());
+    }
+
+    #[test]
+    fn n_messages_and_input_are_bounded() {
+        let pc = PluginConfig::default();
+        for key in ["n", "best_of"] {
+            assert!(bounded(json!({ key: pc.max_n })).is_ok());
+            let e = bounded(json!({ key: 100_000 })).unwrap_err();
+            assert_eq!((e.status, e.param), (StatusCode::BAD_REQUEST, Some(key)));
+            assert_eq!(bounded(json!({ key: 0 })).unwrap_err().param, Some(key));
+        }
+        let msg = json!({"role": "user", "content": "hi"});
+        let many = vec![msg.clone(); pc.max_messages + 1];
+        let e = bounded(json!({ "messages": many })).unwrap_err();
+        assert_eq!(e.param, Some("messages"));
+        assert!(bounded(json!({ "messages": vec![msg; pc.max_messages] })).is_ok());
+        let long = "x".repeat(pc.max_input_bytes + 1);
+        let parts = json!([{"role": "user", "content": [{"type": "text", "text": long}]}]);
+        assert_eq!(
+            bounded(json!({ "messages": parts })).unwrap_err().param,
+            Some("messages")
+        );
+        assert_eq!(
+            bounded(json!({ "prompt": long })).unwrap_err().param,
+            Some("prompt")
+        );
+        assert!(bounded(json!({ "prompt": &long[1..] })).is_ok());
+    }
+
+    #[test]
+    fn engine_model_ids_are_not_public() {
+        let dirs = vec!["/models/smollm2".to_string()];
+        let name = |v: Value| public_model_name(&body(v), &dirs);
+        assert_eq!(name(json!({})).unwrap(), "default");
+        assert_eq!(name(json!({"model": "gpt-4o"})).unwrap(), "gpt-4o");
+        for id in ["dnd:other@0123", "/models/smollm2"] {
+            let e = name(json!({ "model": id })).unwrap_err();
+            assert_eq!(e.status, StatusCode::NOT_FOUND);
+            assert_eq!((e.param, e.code), (Some("model"), Some("model_not_found")));
+        }
+        assert_eq!(name(json!({"model": 3})).unwrap_err().param, Some("model"));
+    }
+
+    #[test]
+    fn the_responses_api_is_hidden() {
+        for path in [
+            "/v1/responses",
+            "/v1/responses/resp_1",
+            "/v1/responses/resp_1/cancel",
+            "/re_isq",
+        ] {
+            assert!(is_hidden(path), "{path}");
+        }
+        for path in ["/v1/chat/completions", "/v1/responsesx", "/v1/models"] {
+            assert!(!is_hidden(path), "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn streamed_events_show_the_public_name_whatever_the_chunking() {
+        let events = [
+            "data: {\"id\":\"a\",\"model\":\"/abs/base\",\"choices\":[]}\n\n",
+            ": keep-alive\n\n",
+            "data: {\"id\":\"b\",\"model\":\"dnd:t@h\"}\n\n",
+            "data: [DONE]\n\n",
+        ]
+        .concat();
+        // Cut into 3-byte chunks: events arrive split across chunks.
+        let chunks: Vec<Result<Bytes, axum::Error>> = events
+            .as_bytes()
+            .chunks(3)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let stream = PublicModelEvents {
+            inner: futures::stream::iter(chunks),
+            pending: Vec::new(),
+            name: "default".into(),
+        };
+        let out: Vec<Bytes> = futures::StreamExt::collect::<Vec<_>>(stream)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(out.len(), 4, "one chunk per event");
+        let text = String::from_utf8(out.concat()).unwrap();
+        assert!(
+            !text.contains("/abs/base") && !text.contains("dnd:"),
+            "{text}"
+        );
+        let datas: Vec<&str> = text
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .collect();
+        assert_eq!(datas.len(), 3, "{text}");
+        for d in &datas[..2] {
+            let v: Value = serde_json::from_str(d).unwrap();
+            assert_eq!(v["model"], "default", "{text}");
+        }
+        assert_eq!(datas[2], "[DONE]");
+        assert!(text.contains(": keep-alive\n\n") && text.ends_with("\n\n"));
     }
 }
