@@ -332,6 +332,18 @@ pub(crate) mod tests {
             .unwrap()
     }
 
+    /// The batch's loss and the gradient of every LoRA variable.
+    fn loss_and_lora_grads(base: &Llama, b: &Batch, lora: &LoraWeights) -> (f32, Vec<Tensor>) {
+        let loss = base.loss(b, Some(lora)).unwrap();
+        let grads = loss.backward().unwrap();
+        let g = lora
+            .vars()
+            .iter()
+            .map(|v| grads.get(v.as_tensor()).unwrap().clone())
+            .collect();
+        (loss.to_scalar::<f32>().unwrap(), g)
+    }
+
     /// A LoRA on every module of the tiny model, every entry uniform in [-0.5, 0.5) from
     /// `seed`, so that its gradients are far from zero everywhere.
     fn randomised_lora(base: &Llama, seed: u64) -> LoraWeights {
@@ -363,14 +375,8 @@ pub(crate) mod tests {
         let c = tok.encode_example("is 7 even or odd ?", "B").unwrap();
         let run = |share: bool| {
             let bt = Batch::build(&[&a, &b, &c], 0, &Device::Cpu, share).unwrap();
-            let loss = base.loss(&bt, Some(&lora)).unwrap();
-            let grads = loss.backward().unwrap();
-            let g: Vec<Tensor> = lora
-                .vars()
-                .iter()
-                .map(|v| grads.get(v.as_tensor()).unwrap().clone())
-                .collect();
-            (loss.to_scalar::<f32>().unwrap(), g, bt.positions)
+            let (loss, g) = loss_and_lora_grads(&base, &bt, &lora);
+            (loss, g, bt.positions)
         };
         let (l1, g1, n1) = run(true);
         let (l2, g2, n2) = run(false);
@@ -432,16 +438,7 @@ pub(crate) mod tests {
         let (mut base, tok) = load_tiny(dir.path());
         let lora = randomised_lora(&base, 5);
         let b = batch(&tok, &Device::Cpu);
-        let run = |base: &Llama| {
-            let loss = base.loss(&b, Some(&lora)).unwrap();
-            let grads = loss.backward().unwrap();
-            let g: Vec<Tensor> = lora
-                .vars()
-                .iter()
-                .map(|v| grads.get(v.as_tensor()).unwrap().clone())
-                .collect();
-            (loss.to_scalar::<f32>().unwrap(), g)
-        };
+        let run = |base: &Llama| loss_and_lora_grads(base, &b, &lora);
         base.fused = true;
         let (l1, g1) = run(&base);
         base.fused = false;
