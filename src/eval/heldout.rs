@@ -115,7 +115,8 @@ pub async fn evaluate_heldout(
         .checkpoints
         .clone()
         .unwrap_or_else(|| record.checkpoints.clone());
-    let finals = Collection::new(&collection).final_checkpoints()?;
+    let runs = Collection::new(&collection);
+    let finals = runs.final_checkpoints()?;
     let heldout_names: Vec<String> = heldout.iter().map(|t| t.name.clone()).collect();
 
     // DnD adapters, generated before the server starts so that timings are not disturbed.
@@ -177,7 +178,6 @@ pub async fn evaluate_heldout(
             adapter: Some(own.clone()),
             only_tasks: vec![task.name.clone()],
         });
-        let runs = Collection::new(&collection);
         let done = runs.done(&task.name)?;
         for &step in &setup.overhead_steps {
             let dir = runs.checkpoint(&task.name, step);

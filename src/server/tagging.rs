@@ -133,7 +133,7 @@ pub async fn tag_request(State(plugin): State<Arc<Plugin>>, req: Request, next: 
         return next.run(req).await;
     }
     match route_request(&plugin, req).await {
-        Ok((req, route, _)) => {
+        Ok((req, route)) => {
             let public = req.extensions().get::<PublicModel>().cloned();
             let label = match &route {
                 Route::Base => "base".to_string(),
@@ -184,11 +184,8 @@ async fn hide_adapter_models(resp: Response) -> Response {
     )
 }
 
-/// The request rewritten for its engine model, the route, and the engine model id.
-async fn route_request(
-    plugin: &Arc<Plugin>,
-    req: Request,
-) -> Result<(Request, Route, String), ApiError> {
+/// The request rewritten for its engine model, and the route.
+async fn route_request(plugin: &Arc<Plugin>, req: Request) -> Result<(Request, Route), ApiError> {
     let (mut parts, body) = req.into_parts();
     let pc = &plugin.config.plugin;
     let bytes = read_body(body, &parts.headers, pc.max_request_bytes).await?;
@@ -219,11 +216,11 @@ async fn route_request(
         .requests
         .with_label_values(&[served_by])
         .inc();
-    json.insert("model".into(), Value::String(model.clone()));
+    json.insert("model".into(), Value::String(model));
     let body = serde_json::to_vec(&json).map_err(|e| ApiError::internal(e.to_string()))?;
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);
     parts.extensions.insert(PublicModel(public));
-    Ok((Request::from_parts(parts, Body::from(body)), route, model))
+    Ok((Request::from_parts(parts, Body::from(body)), route))
 }
 
 /// Reads a chat or completion body, 413 past `limit` bytes (checked on the announced length
