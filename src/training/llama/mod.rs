@@ -267,9 +267,11 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
+        max_abs(&(a - b).unwrap())
+    }
+
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs()
             .unwrap()
             .max_all()
             .unwrap()
@@ -280,14 +282,7 @@ pub(crate) mod tests {
     /// Asserts two gradient lists agree to 1e-3 of each gradient's largest magnitude.
     pub(crate) fn assert_grads_close(a: &[Tensor], b: &[Tensor]) {
         for (x, y) in a.iter().zip(b) {
-            let scale = y
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-                .max(1e-3);
+            let scale = max_abs(y).max(1e-3);
             assert!(
                 max_diff(x, y) / scale < 1e-3,
                 "gradients differ by {}",
