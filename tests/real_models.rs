@@ -226,30 +226,30 @@ fn the_shipped_generator_generates_for_smollm2() {
 
 /// Batched answers against solo ones. F32: identical. F16: the engine's F16 matmuls round
 /// differently at another batch size, so a near-tie between two tokens can flip (seen: the
-/// solo answer stops after "The opposite of cold is heat." where the batched one goes on).
-/// A mixed-up batch gives another request's text from the second token on, so in F16 each
-/// answer must still share its first 24 characters (or all of the shorter one) with its solo
-/// answer, and at most one answer in the list may differ at all.
+/// solo answer stops after "The opposite of cold is heat." where the batched one goes on,
+/// in both sequences of an `n = 2` request at once; CI saw it on one run in several). A
+/// mixed-up batch gives another request's text from the second token on, so in F16 each
+/// answer must share its first 24 characters (or all of the shorter one) with its solo
+/// answer; how many differ after that is printed, not bounded.
 fn same(dtype: &str, got: &[String], solo: &[String], what: &str) {
+    assert_eq!(got.len(), solo.len(), "{dtype}: {what}");
     if dtype == "f32" {
         assert_eq!(got, solo, "{dtype}: {what}");
         return;
     }
     let prefix = |a: &str, b: &str| a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count();
-    let mut differ = 0;
     for (g, s) in got.iter().zip(solo) {
         let need = 24.min(g.chars().count()).min(s.chars().count());
         assert!(
             prefix(g, s) >= need,
             "{dtype}: {what}: {g:?} against solo {s:?}"
         );
-        differ += usize::from(g != s);
+        if g != s {
+            eprintln!(
+                "{dtype}: {what}: near-tie flip after the common prefix: {g:?} against solo {s:?}"
+            );
+        }
     }
-    assert_eq!(got.len(), solo.len(), "{dtype}: {what}");
-    assert!(
-        differ <= 1,
-        "{dtype}: {what}: {differ} answers differ:\n{got:?}\n{solo:?}"
-    );
 }
 
 /// Concurrent requests to one engine model get the answers they get alone (exactly in F32,
