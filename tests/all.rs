@@ -6,4 +6,5 @@ mod kernel;
 mod layers;
 mod real_models;
 mod server;
+mod sft;
 mod specialise;

@@ -234,6 +234,7 @@ pub fn trained_tiny_generator() -> &'static TrainedGenerator {
             &settings,
             &collection,
             &generator,
+            None,
             &TrainOptions {
                 stop_after_steps: None,
                 quiet: true,

@@ -8,9 +8,10 @@ use crate::assets::{given_or_default, Assets};
 use crate::format::peft::LlamaDims;
 use crate::generator::PromptEncoder;
 use crate::training::generator::{
-    decoder_config_for, load_training_set, train_decoder, Holdout, TrainDecoderConfig,
+    decoder_config_for, load_training_set, train_decoder, Holdout, Objective, TrainDecoderConfig,
     TrainOptions, CACHE_DIR,
 };
+use crate::training::sft::SftData;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -62,6 +63,22 @@ pub struct Args {
     /// checkpoint as target (not in the method; 0 = off).
     #[arg(long, default_value_t = 0.0)]
     pub task_mixup: f64,
+    /// reconstruction (the method's), sft (end to end through the base model: the
+    /// generated adapter's loss on the task's training answers) or mix (both).
+    #[arg(long, default_value = "reconstruction")]
+    pub objective: Objective,
+    /// sft / mix: training examples per (task, prompt batch) sample.
+    #[arg(long, default_value_t = TrainDecoderConfig::default().sft_examples)]
+    pub sft_examples: usize,
+    /// sft / mix: weight of the residual's squared norm, relative to the mean adapter's.
+    #[arg(long, default_value_t = 0.0)]
+    pub residual_l2: f64,
+    /// mix: weight of the reconstruction loss.
+    #[arg(long, default_value_t = 1.0)]
+    pub mix_weight: f64,
+    /// Start from this generator's decoder weights (e.g. a reconstruction-trained one).
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
     #[command(flatten)]
     pub shape: super::generate::DecoderShapeArgs,
     /// Stop after this many steps, as if killed (for testing resumption).
@@ -76,7 +93,7 @@ pub fn run(args: Args) -> Result<()> {
         Some(n) => n.to_string_lossy().to_string(),
         None => bail!("--base {} has no folder name", base.display()),
     };
-    let decoder = decoder_config_for(
+    let mut decoder = decoder_config_for(
         &args.checkpoints,
         &base_name,
         &dims,
@@ -84,6 +101,7 @@ pub fn run(args: Args) -> Result<()> {
         args.shape.n_prompts,
         args.shape.prompt_tokens,
     )?;
+    decoder.residual = args.objective.end_to_end();
     let holdout = match (&args.hold_out_family, args.hold_out.is_empty()) {
         (Some(f), _) => Holdout::Family(f.clone()),
         (None, false) => Holdout::Tasks(args.hold_out.clone()),
@@ -101,6 +119,14 @@ pub fn run(args: Args) -> Result<()> {
         token_weighting: !args.no_token_weighting,
         checkpoints_per_task: args.checkpoints_per_task,
         task_mixup: args.task_mixup,
+        objective: args.objective,
+        sft_examples: args.sft_examples,
+        residual_l2: args.residual_l2,
+        mix_weight: match args.objective {
+            Objective::Mix => args.mix_weight,
+            _ => 0.0,
+        },
+        init_from: args.init_from.clone(),
         ..TrainDecoderConfig::default()
     };
     let device = candle_core::Device::Cpu;
@@ -114,6 +140,10 @@ pub fn run(args: Args) -> Result<()> {
         &cfg,
         &args.checkpoints.join(CACHE_DIR),
     )?;
+    let sft = match args.objective.end_to_end() {
+        true => Some(SftData::load(&base, &decoder, &set)?),
+        false => None,
+    };
     println!(
         "train: {} tasks ({}), held out {} ({}); {} parameters; data ready in {:.1} s",
         set.train.len(),
@@ -129,6 +159,7 @@ pub fn run(args: Args) -> Result<()> {
         &cfg,
         &args.checkpoints,
         &args.out,
+        sft.as_ref(),
         &TrainOptions {
             stop_after_steps: args.stop_after_steps,
             quiet: false,

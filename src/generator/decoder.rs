@@ -88,6 +88,10 @@ pub struct DecoderConfig {
     /// and the generator adds this A.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frozen_a_seed: Option<u64>,
+    /// Set when the decoded matrices are a residual on a base adapter, with a gate per
+    /// matrix ([`crate::generator::residual`], `residual.safetensors` in the folder).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub residual: bool,
 }
 
 impl DecoderConfig {
@@ -129,6 +133,7 @@ impl DecoderConfig {
             shapes,
             kernel,
             frozen_a_seed: None,
+            residual: false,
         };
         cfg.validate()?;
         Ok(cfg)

@@ -25,6 +25,7 @@ pub mod conv;
 pub mod decoder;
 pub mod encoder;
 pub mod prompts;
+pub mod residual;
 pub mod tokenizer;
 
 use std::collections::BTreeMap;
@@ -36,6 +37,7 @@ use candle_core::{DType, Device, Tensor};
 
 pub use decoder::{Decoder, DecoderConfig};
 pub use encoder::PromptEncoder;
+pub use residual::Residual;
 pub use tokenizer::TokenLayout;
 
 use crate::format::peft::{tensor_name, LlamaDims, LoraAdapter};
@@ -90,6 +92,8 @@ pub struct Generator {
     layout: TokenLayout,
     /// PEFT name -> the frozen A matrix, for a decoder that outputs B only.
     frozen_a: BTreeMap<String, Tensor>,
+    /// Base adapter and gates of a residual generator (`decoder.json`'s `residual`).
+    residual: Option<Residual>,
 }
 
 impl Generator {
@@ -98,7 +102,23 @@ impl Generator {
         let (decoder, _) = Decoder::load(generator_dir, device)
             .with_context(|| format!("loading generator {}", generator_dir.display()))?;
         let encoder = PromptEncoder::load(encoder_dir, device)?;
-        Self::new(encoder, decoder)
+        let residual = match decoder.config().residual {
+            true => Some(Residual::load(generator_dir, &decoder.config().layout()?)?),
+            false => None,
+        };
+        Self::new(encoder, decoder)?.with_residual(residual)
+    }
+
+    /// Sets the base adapter and gates of a residual generator (see [`residual`]).
+    pub fn with_residual(mut self, residual: Option<Residual>) -> Result<Self> {
+        ensure!(
+            residual.is_some() == self.config().residual,
+            "decoder.json says residual = {}, and a residual was{} given",
+            self.config().residual,
+            if residual.is_some() { "" } else { " not" }
+        );
+        self.residual = residual;
+        Ok(self)
     }
 
     /// Puts together an encoder and a decoder built for it.
@@ -130,6 +150,7 @@ impl Generator {
             decoder,
             layout,
             frozen_a,
+            residual: None,
         })
     }
 
@@ -178,9 +199,16 @@ impl Generator {
         let decode = t0.elapsed();
         let t1 = Instant::now();
         let cfg = self.config();
+        ensure!(
+            self.residual.is_some() == cfg.residual,
+            "a residual generator needs its base adapter and gates (Generator::with_residual)"
+        );
         let mut adapter = self
             .layout
             .detokenize(&tokens, cfg.lora_alpha, &cfg.base_model)?;
+        if let Some(r) = &self.residual {
+            r.apply(&self.layout, &mut adapter)?;
+        }
         adapter.tensors.extend(self.frozen_a.clone());
         Ok((adapter, decode, t1.elapsed()))
     }

@@ -302,6 +302,67 @@ impl TokenLayout {
             tensors,
         })
     }
+
+    /// [`Self::detokenize`] as tensor operations, so that gradients flow from the matrices
+    /// back into the tokens (end-to-end generator training): a (T, r + 2, C + 2) stack ->
+    /// one matrix per slot, in slot order and PEFT orientation (A (r, in), B (out, r)), on the
+    /// stack's device. Same reading of the border as [`border_stats`], in F32 (tested equal
+    /// to [`Self::detokenize`]).
+    pub fn detokenize_tensors(&self, tokens: &Tensor) -> Result<Vec<Tensor>> {
+        let (t, h, w) = tokens.dims3().context("tokens must be (T, r + 2, C + 2)")?;
+        ensure!(
+            (t, h, w) == self.shape(),
+            "token stack has shape ({t}, {h}, {w}), the layout expects {:?}",
+            self.shape()
+        );
+        let (r, c) = (self.rank, self.chunk);
+        let (mut mean, mut std) = (None::<Tensor>, None::<Tensor>);
+        for g in 0..2 {
+            // Width border: row h - 2 + g holds [m', s'] pairs; height border: columns
+            // c, c + 1 of the rows of parity g.
+            let width = tokens
+                .narrow(1, h - 2 + g, 1)?
+                .reshape((t, w / 2, 2))?
+                .mean(1)?;
+            let rows: Vec<u32> = (g..h).step_by(2).map(|i| i as u32).collect();
+            let rows = Tensor::new(rows.as_slice(), tokens.device())?;
+            let height = tokens.index_select(&rows, 1)?.narrow(2, c, 2)?.mean(1)?;
+            let both = ((width + height)? * 0.5)?;
+            let m = (both.narrow(1, 0, 1)? / MEAN_SCALE)?;
+            let s = ((both.narrow(1, 1, 1)? - STD_BIAS)?.exp()? - 0.1)?;
+            let s = (s / 0.9)?;
+            mean = Some(match mean {
+                None => m,
+                Some(acc) => (acc + m)?,
+            });
+            std = Some(match std {
+                None => s,
+                Some(acc) => (acc + s)?,
+            });
+        }
+        let mean = (mean.expect("two parities") * 0.5)?.reshape((t, 1, 1))?;
+        let std = (std.expect("two parities") * 0.5)?.reshape((t, 1, 1))?;
+        let chunks = tokens
+            .narrow(1, 0, r)?
+            .narrow(2, 0, c)?
+            .broadcast_mul(&std)?
+            .broadcast_add(&mean)?;
+        self.slots
+            .iter()
+            .map(|slot| {
+                let n = slot.n_tokens;
+                let mat = chunks
+                    .narrow(0, slot.first_token, n)?
+                    .transpose(0, 1)?
+                    .reshape((r, n * c))?
+                    .narrow(1, 0, slot.len)?;
+                Ok(match slot.is_b {
+                    true => mat.t()?,
+                    false => mat,
+                })
+            })
+            .collect()
+    }
 }
 
 /// Mean and unbiased std of the (r, width) chunk starting at column `start` of a row-major
@@ -508,6 +569,58 @@ pub(crate) mod tests {
         let b = l.detokenize(&t, 16.0, "test").unwrap();
         let err = max_rel_err(&a, &b);
         assert!(err < 1e-5, "realistic: relative error {err}");
+    }
+
+    #[test]
+    fn tensor_detokenize_equals_detokenize_and_passes_gradients() {
+        let layout = TokenLayout::new(&tiny_dims(), 4, &[Module::Q, Module::V], 32).unwrap();
+        let adapter = random_adapter(&layout, 0.02, 3);
+        let tokens = layout.tokenize(&adapter).unwrap();
+        // Any decoder output must decode, so fill the NaN cells with noise.
+        let tokens = tokens
+            .ne(&tokens)
+            .unwrap()
+            .where_cond(&tokens.ones_like().unwrap(), &tokens)
+            .unwrap();
+        let want = layout.detokenize(&tokens, 16.0, "test").unwrap();
+        let var = candle_core::Var::from_tensor(&tokens).unwrap();
+        let mats = layout.detokenize_tensors(var.as_tensor()).unwrap();
+        assert_eq!(mats.len(), layout.slots.len());
+        let mut sum = None::<Tensor>;
+        for (slot, m) in layout.slots.iter().zip(&mats) {
+            let w = &want.tensors[&slot.name()];
+            assert_eq!(m.dims(), w.dims(), "{}", slot.name());
+            let err = (m - w).unwrap().abs().unwrap().max_all().unwrap();
+            let scale = w
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                err.to_scalar::<f32>().unwrap() <= 1e-5 * scale,
+                "{}",
+                slot.name()
+            );
+            let s = m.sqr().unwrap().sum_all().unwrap();
+            sum = Some(match sum {
+                None => s,
+                Some(acc) => (acc + s).unwrap(),
+            });
+        }
+        let grads = sum.unwrap().backward().unwrap();
+        let g = grads
+            .get(var.as_tensor())
+            .expect("a gradient for the tokens");
+        let g_abs = g
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(g_abs > 0.0 && g_abs.is_finite());
     }
 
     #[test]

@@ -38,15 +38,19 @@ use super::collection::Collection;
 use super::optim::{
     clip_grad_norm, print_above, progress_bar, AdamW, AdamWParams, StepBudget, WarmupCosine,
 };
+use super::sft::{SftData, SftModel};
 use crate::format::frozen_a::frozen_a;
 use crate::format::fsio::write_folder_atomic;
 use crate::format::peft::{tensor_name, LoraAdapter};
 use crate::format::rng::Rng;
 use crate::generator::decoder::{Decoder, DecoderConfig};
-use crate::generator::PromptEncoder;
+use crate::generator::residual::RESIDUAL_FILE;
+use crate::generator::{PromptEncoder, Residual};
 
 pub const TRAIN_FILE: &str = "train.json";
 const STATE_DIR: &str = "checkpoint";
+/// The residual gates' name in the resume state.
+const GATE_VAR: &str = "residual.gate";
 /// Encoded prompt pools, under the collection folder (hidden: not a task).
 pub const CACHE_DIR: &str = ".encoder-cache";
 
@@ -107,10 +111,65 @@ pub struct TrainDecoderConfig {
     /// map from prompts to weights smooth between the few tasks there are). 0: off.
     #[serde(default)]
     pub task_mixup: f64,
+    /// What the decoder is trained to minimise (see [`Objective`]).
+    #[serde(default)]
+    pub objective: Objective,
+    /// End-to-end objective: training examples per (task, prompt batch) sample.
+    #[serde(default = "four")]
+    pub sft_examples: usize,
+    /// End-to-end objective: weight of the residual's squared norm (relative to the base
+    /// adapter's) in the loss.
+    #[serde(default)]
+    pub residual_l2: f64,
+    /// `mix`: weight of the reconstruction loss beside the end-to-end one.
+    #[serde(default)]
+    pub mix_weight: f64,
+    /// Start from this generator's decoder weights (same shapes) instead of a seeded
+    /// initialisation: e.g. an end-to-end run warm-started from a reconstruction run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
+}
+
+/// The decoder's training objective.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Objective {
+    /// The method's: weighted MSE between the decoder's tokens and a checkpoint's.
+    #[default]
+    Reconstruction,
+    /// End to end through the frozen base model ([`super::sft`]): the answer tokens'
+    /// cross-entropy under the generated adapter, which is a residual on the training
+    /// tasks' mean adapter.
+    Sft,
+    /// `sft` plus `mix_weight` times the reconstruction loss of the decoder's raw tokens.
+    Mix,
+}
+
+impl Objective {
+    /// Whether the base model is needed (and the generator is a residual one).
+    pub fn end_to_end(self) -> bool {
+        self != Objective::Reconstruction
+    }
+}
+
+impl std::str::FromStr for Objective {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "reconstruction" => Self::Reconstruction,
+            "sft" => Self::Sft,
+            "mix" => Self::Mix,
+            _ => bail!("objective must be reconstruction, sft or mix, got {s:?}"),
+        })
+    }
 }
 
 fn yes() -> bool {
     true
+}
+
+fn four() -> usize {
+    4
 }
 
 impl Default for TrainDecoderConfig {
@@ -131,6 +190,11 @@ impl Default for TrainDecoderConfig {
             token_weighting: true,
             checkpoints_per_task: None,
             task_mixup: 0.0,
+            objective: Objective::Reconstruction,
+            sft_examples: 4,
+            residual_l2: 0.0,
+            mix_weight: 0.0,
+            init_from: None,
         }
     }
 }
@@ -159,6 +223,10 @@ pub struct LogLine {
     pub loss: f32,
     /// Loss on a fixed set of held-out (prompt batch, checkpoint) pairs, if any are held out.
     pub heldout_loss: Option<f32>,
+    /// End-to-end objective: the answer tokens' cross-entropy on a fixed set of held-out
+    /// test examples under the generated adapters, if any tasks are held out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heldout_nll: Option<f32>,
     pub lr: f64,
     pub grad_norm: f32,
     pub seconds: f64,
@@ -175,6 +243,10 @@ pub struct TrainRecord {
     pub heldout_tasks: Vec<String>,
     pub step: usize,
     pub log: Vec<LogLine>,
+    /// End-to-end objective: `heldout_nll` of the starting point (the training tasks' mean
+    /// adapter, gates at zero), to read the log against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heldout_nll_at_start: Option<f32>,
 }
 
 impl TrainRecord {
@@ -195,6 +267,10 @@ pub struct TaskData {
     pub pool: Tensor,
     /// Checkpoint tokens (K, T, r + 2, C + 2), NaN cells set to 0.
     pub tokens: Tensor,
+    /// The task's examples (the end-to-end objective trains on `train` and reports its
+    /// held-out loss on `test`).
+    pub train: Vec<crate::tasks::Example>,
+    pub test: Vec<crate::tasks::Example>,
 }
 
 /// `n` items of `all`, evenly spaced and ending with the last (all of them for `None`).
@@ -287,6 +363,8 @@ pub fn load_training_set(
             family: done.family.clone(),
             pool,
             tokens,
+            train: task.train,
+            test: task.test,
         };
         if holdout.holds_out(&name, &done.family) {
             set.heldout.push(data);
@@ -516,11 +594,20 @@ pub fn train_decoder(
     cfg: &TrainDecoderConfig,
     checkpoints: &Path,
     out: &Path,
+    sft: Option<&SftData>,
     opts: &TrainOptions,
 ) -> Result<TrainOutcome> {
     ensure!(
         cfg.steps >= 1 && cfg.batch_size >= 1,
         "steps and batch size must be >= 1"
+    );
+    let sft = match cfg.objective.end_to_end() {
+        true => Some(sft.context("the end-to-end objective needs the base model")?),
+        false => None,
+    };
+    ensure!(
+        decoder_cfg.residual == sft.is_some(),
+        "a residual decoder goes with the end-to-end objective and only with it"
     );
     ensure!(cfg.save_every >= 1, "save_every must be >= 1");
     let started = Instant::now();
@@ -545,9 +632,30 @@ pub fn train_decoder(
         heldout_tasks: set.heldout.iter().map(|d| d.name.clone()).collect(),
         step: 0,
         log: Vec::new(),
+        heldout_nll_at_start: None,
     };
-    let (decoder, varmap) = Decoder::seeded(decoder_cfg, cfg.seed, &device)?;
-    let vars = sorted_vars(&varmap);
+    let (decoder, mut varmap) = Decoder::seeded(decoder_cfg, cfg.seed, &device)?;
+    if let Some(dir) = &cfg.init_from {
+        let from = DecoderConfig::load(dir)?;
+        ensure!(
+            from.shapes == decoder_cfg.shapes && from.kernel == decoder_cfg.kernel,
+            "--init-from {}: its decoder has other shapes",
+            dir.display()
+        );
+        varmap.load(dir.join(crate::generator::decoder::WEIGHTS_FILE))?;
+    }
+    let mut vars = sorted_vars(&varmap);
+    let gate = match sft {
+        Some(s) => {
+            let gate = Var::from_tensor(&s.model.residual.gate)?;
+            vars.push((GATE_VAR.to_string(), gate.clone()));
+            Some(gate)
+        }
+        None => None,
+    };
+    if let Some(s) = sft {
+        record.heldout_nll_at_start = s.heldout_nll(&decoder, &s.model.residual.gate, n)?;
+    }
     let plain: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
     let mut adam = AdamW::new(
         plain.clone(),
@@ -600,11 +708,42 @@ pub fn train_decoder(
         }
         let step = record.step;
         let mut rng = Rng::derive(cfg.seed, &format!("step-{step}"));
-        let (cond, target) = sample_batch(&set.train, n, cfg.batch_size, cfg.task_mixup, &mut rng)?;
-        let cond = (&cond + noise(cond.dims(), cfg.input_noise, &mut rng)?)?;
-        let target = (&target + noise(target.dims(), cfg.target_noise, &mut rng)?)?;
-        let pred = decoder.forward(&cond)?;
-        let loss = weighted_mse(&pred, &target, &cell_w, valid)?;
+        let loss = match (sft, &gate) {
+            (Some(s), Some(gate)) => {
+                let mut total = None::<Tensor>;
+                for _ in 0..cfg.batch_size {
+                    let i = rng.below(set.train.len());
+                    let d = &set.train[i];
+                    let cond = d.pool.index_select(&prompt_indices(d, n, &mut rng)?, 0)?;
+                    let cond = (&cond + noise(cond.dims(), cfg.input_noise, &mut rng)?)?;
+                    let pred = decoder.forward(&cond.unsqueeze(0)?)?;
+                    let examples = SftModel::draw(&s.train[i].train, cfg.sft_examples, &mut rng);
+                    let (ce, rel) =
+                        s.model
+                            .loss(&pred.get(0)?, gate, &s.model.batch(&examples)?)?;
+                    let mut l = (ce + (rel * cfg.residual_l2)?)?;
+                    if cfg.objective == Objective::Mix {
+                        let target = d.tokens.get(rng.below(d.tokens.dim(0)?))?.unsqueeze(0)?;
+                        let target = (&target + noise(target.dims(), cfg.target_noise, &mut rng)?)?;
+                        let rec = weighted_mse(&pred, &target, &cell_w, valid)?;
+                        l = (l + (rec * cfg.mix_weight)?)?;
+                    }
+                    total = Some(match total {
+                        None => l,
+                        Some(acc) => (acc + l)?,
+                    });
+                }
+                (total.expect("batch size >= 1") / cfg.batch_size as f64)?
+            }
+            _ => {
+                let (cond, target) =
+                    sample_batch(&set.train, n, cfg.batch_size, cfg.task_mixup, &mut rng)?;
+                let cond = (&cond + noise(cond.dims(), cfg.input_noise, &mut rng)?)?;
+                let target = (&target + noise(target.dims(), cfg.target_noise, &mut rng)?)?;
+                let pred = decoder.forward(&cond)?;
+                weighted_mse(&pred, &target, &cell_w, valid)?
+            }
+        };
         let loss_v = loss.to_scalar::<f32>()?;
         ensure!(loss_v.is_finite(), "loss is not finite at step {step}");
         let mut grads = loss.backward()?;
@@ -623,10 +762,15 @@ pub fn train_decoder(
                 ),
                 None => None,
             };
+            let heldout_nll = match (sft, &gate) {
+                (Some(s), Some(g)) => s.heldout_nll(&decoder, g.as_tensor(), n)?,
+                _ => None,
+            };
             let line = LogLine {
                 step: record.step,
                 loss: (loss_sum / loss_n as f64) as f32,
                 heldout_loss,
+                heldout_nll,
                 lr,
                 grad_norm,
                 seconds: started.elapsed().as_secs_f64(),
@@ -638,7 +782,11 @@ pub fn train_decoder(
                     line.loss,
                     line.heldout_loss
                         .map(|h| format!("  held-out {h:.4}"))
-                        .unwrap_or_default(),
+                        .unwrap_or_default()
+                        + &line
+                            .heldout_nll
+                            .map(|h| format!("  held-out nll {h:.4}"))
+                            .unwrap_or_default(),
                     line.lr,
                     line.grad_norm
                 );
@@ -646,7 +794,22 @@ pub fn train_decoder(
             }
             record.log.push(line);
             (loss_sum, loss_n) = (0.0, 0);
-            save(&decoder, &varmap, &vars, &adam, &record, out)?;
+            let residual = match (sft, &gate) {
+                (Some(s), Some(g)) => Some(Residual {
+                    base: s.model.residual.base.clone(),
+                    gate: g.as_tensor().copy()?,
+                }),
+                _ => None,
+            };
+            save(
+                &decoder,
+                &varmap,
+                &vars,
+                &adam,
+                &record,
+                residual.as_ref(),
+                out,
+            )?;
         }
     }
     bar.finish_and_clear();
@@ -664,6 +827,7 @@ fn save(
     vars: &[(String, Var)],
     adam: &AdamW,
     record: &TrainRecord,
+    residual: Option<&Residual>,
     out: &Path,
 ) -> Result<()> {
     let mut state = BTreeMap::new();
@@ -681,6 +845,10 @@ fn save(
         ],
     )?;
     decoder.save(varmap, out)?;
+    if let Some(r) = residual {
+        let bytes = r.to_bytes(&decoder.config().layout()?)?;
+        crate::format::fsio::write_atomic(&out.join(RESIDUAL_FILE), &bytes)?;
+    }
     crate::format::fsio::write_atomic(&out.join(TRAIN_FILE), &record_json)?;
     Ok(())
 }
@@ -727,6 +895,8 @@ mod tests {
                 family: "f".into(),
                 pool: full(&[6, 2, 3]),
                 tokens: full(&[2, 1, 2, 2]),
+                train: Vec::new(),
+                test: Vec::new(),
             }
         };
         let tasks = [task("zeros", 0.0), task("ones", 1.0)];
@@ -800,6 +970,8 @@ mod tests {
                 family: "f".into(),
                 pool: Tensor::randn(0f32, 1.0, (6, l, w), &Device::Cpu).unwrap(),
                 tokens: Tensor::stack(&tokens, 0).unwrap(),
+                train: Vec::new(),
+                test: Vec::new(),
             }
         };
         TrainingSet {
@@ -838,6 +1010,7 @@ mod tests {
             &settings(40),
             Path::new("c"),
             out.path(),
+            None,
             &quiet(None),
         )
         .unwrap();
@@ -867,6 +1040,7 @@ mod tests {
             &settings(8),
             Path::new("c"),
             whole.path(),
+            None,
             &quiet(None),
         )
         .unwrap();
@@ -877,6 +1051,7 @@ mod tests {
             &settings(8),
             Path::new("c"),
             parts.path(),
+            None,
             &quiet(Some(5)),
         )
         .unwrap();
@@ -888,6 +1063,7 @@ mod tests {
             &settings(8),
             Path::new("c"),
             parts.path(),
+            None,
             &quiet(None),
         )
         .unwrap();
@@ -915,6 +1091,7 @@ mod tests {
             &settings(9),
             Path::new("c"),
             parts.path(),
+            None,
             &quiet(None),
         )
         .unwrap_err();

@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{ensure, Result};
-use candle_core::{DType, Device, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::llama::batch::Batch;
@@ -59,11 +59,16 @@ impl LoraConfig {
     }
 }
 
-/// The trainable LoRA matrices of every layer and target module, as candle `Var`s.
+/// The LoRA matrices (A, B) of every layer and target module. Trained directly they are
+/// candle `Var`s ([`Self::init`], [`Self::from_adapter`]); made by a generator inside an
+/// autograd graph they are plain tensors ([`Self::from_tensors`]), because a `Var` copy
+/// would cut the graph between the LoRA and the generator.
 #[derive(Debug)]
 pub struct LoraWeights {
     pub config: LoraConfig,
-    pairs: BTreeMap<(usize, Module), (Var, Var)>,
+    pairs: BTreeMap<(usize, Module), (Tensor, Tensor)>,
+    /// The same matrices as variables, when they are trained directly.
+    vars: BTreeMap<(usize, Module), (Var, Var)>,
 }
 
 impl LoraWeights {
@@ -87,31 +92,31 @@ impl LoraWeights {
             Some(seed) => frozen_a(dims, config.rank, &modules, seed, device)?,
             None => initial_a(dims, config.rank, &modules, rng, device)?,
         };
-        let mut pairs = BTreeMap::new();
+        let mut vars = BTreeMap::new();
         for ((layer, m), a) in a_init {
             let (_, out) = m.dims(dims);
             let a = Var::from_tensor(&a)?;
             let b = Var::zeros((out, config.rank), DType::F32, device)?;
-            pairs.insert((layer, m), (a, b));
+            vars.insert((layer, m), (a, b));
         }
-        Ok(Self {
-            config: LoraConfig {
+        Ok(Self::from_vars(
+            LoraConfig {
                 modules,
                 ..config.clone()
             },
-            pairs,
-        })
+            vars,
+        ))
     }
 
     /// Trainable copies of an adapter's matrices.
     pub fn from_adapter(adapter: &LoraAdapter, dims: &LlamaDims, device: &Device) -> Result<Self> {
         adapter.validate(dims)?;
         let modules = adapter.config.modules()?;
-        let mut pairs = BTreeMap::new();
+        let mut vars = BTreeMap::new();
         for layer in 0..dims.num_hidden_layers {
             for &m in &modules {
                 let (a, b) = adapter.pair(layer, m)?;
-                pairs.insert(
+                vars.insert(
                     (layer, m),
                     (
                         Var::from_tensor(&a.to_device(device)?.copy()?)?,
@@ -120,25 +125,52 @@ impl LoraWeights {
                 );
             }
         }
-        Ok(Self {
-            config: LoraConfig {
+        Ok(Self::from_vars(
+            LoraConfig {
                 rank: adapter.config.r,
                 alpha: adapter.config.lora_alpha,
                 modules,
                 frozen_a_seed: None,
             },
-            pairs,
-        })
+            vars,
+        ))
     }
 
-    pub fn pair(&self, layer: usize, m: Module) -> Option<(&Var, &Var)> {
+    fn from_vars(config: LoraConfig, vars: BTreeMap<(usize, Module), (Var, Var)>) -> Self {
+        let pairs = vars
+            .iter()
+            .map(|(&k, (a, b))| (k, (a.as_tensor().clone(), b.as_tensor().clone())))
+            .collect();
+        Self {
+            config,
+            pairs,
+            vars,
+        }
+    }
+
+    /// Matrices computed by a graph (A (r, in), B (out, r) per layer and module of
+    /// `config`), used as they are: gradients flow through them into whatever made them.
+    /// A is detached when `config` freezes it.
+    pub fn from_tensors(
+        config: LoraConfig,
+        pairs: BTreeMap<(usize, Module), (Tensor, Tensor)>,
+    ) -> Self {
+        Self {
+            config,
+            pairs,
+            vars: BTreeMap::new(),
+        }
+    }
+
+    pub fn pair(&self, layer: usize, m: Module) -> Option<(&Tensor, &Tensor)> {
         self.pairs.get(&(layer, m)).map(|(a, b)| (a, b))
     }
 
-    /// Every trainable variable: per layer and module, A then B (only B when A is frozen).
+    /// Every trainable variable: per layer and module, A then B (only B when A is frozen);
+    /// none for [`Self::from_tensors`].
     pub fn vars(&self) -> Vec<Var> {
         let frozen = self.a_frozen();
-        self.pairs
+        self.vars
             .values()
             .flat_map(|(a, b)| [(!frozen).then(|| a.clone()), Some(b.clone())])
             .flatten()
@@ -149,9 +181,9 @@ impl LoraWeights {
         self.config.frozen_a_seed.is_some()
     }
 
-    /// `(PEFT tensor name, variable)` for every matrix.
+    /// `(PEFT tensor name, variable)` for every matrix (none for [`Self::from_tensors`]).
     pub fn named_vars(&self) -> Vec<(String, &Var)> {
-        self.pairs
+        self.vars
             .iter()
             .flat_map(|(&(l, m), (a, b))| {
                 [(tensor_name(l, m, false), a), (tensor_name(l, m, true), b)]
@@ -163,8 +195,10 @@ impl LoraWeights {
     /// variables in place).
     pub fn to_adapter(&self, base_name: &str) -> Result<LoraAdapter> {
         let mut tensors = BTreeMap::new();
-        for (name, v) in self.named_vars() {
-            tensors.insert(name, v.as_tensor().to_device(&Device::Cpu)?.copy()?);
+        for (&(l, m), (a, b)) in &self.pairs {
+            for (is_b, t) in [(false, a), (true, b)] {
+                tensors.insert(tensor_name(l, m, is_b), t.to_device(&Device::Cpu)?.copy()?);
+            }
         }
         Ok(LoraAdapter {
             config: PeftConfig::new(

@@ -6,7 +6,8 @@
 //! - [`lora`]: the LoRA weights on that llama, and their trainer;
 //! - [`collect`]: one LoRA run per task, a checkpoint at every late step (DnD section 5);
 //! - [`collection`]: the folder `collect` writes, and its reader [`collection::Collection`];
-//! - [`generator`]: the generator's decoder trained on those checkpoints (DnD section 4);
+//! - [`generator`]: the generator's decoder trained on those checkpoints (DnD section 4),
+//!   or end to end through the base model ([`sft`]);
 //! - [`optim`]: what both trainers optimise with (AdamW, the warm-up + cosine schedule,
 //!   gradient clipping, progress bar and step budget).
 
@@ -16,3 +17,4 @@ pub mod generator;
 pub mod llama;
 pub mod lora;
 pub mod optim;
+pub mod sft;

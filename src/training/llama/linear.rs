@@ -36,10 +36,10 @@ impl Linear {
             Some((a, b, s)) => {
                 // A frozen A is detached so that backward does not compute its gradient.
                 let a = match lora.is_some_and(|l| l.a_frozen()) {
-                    true => a.as_tensor().detach(),
-                    false => a.as_tensor().clone(),
+                    true => a.detach(),
+                    false => a.clone(),
                 };
-                let delta = x.matmul(&a.t()?)?.matmul(&b.as_tensor().t()?)?;
+                let delta = x.matmul(&a.t()?)?.matmul(&b.t()?)?;
                 Ok((y + (delta * s)?)?)
             }
             None => Ok(y),

@@ -417,7 +417,7 @@ pub(crate) mod tests {
             for &m in &cfg.modules {
                 let (a, b) = lora.pair(layer, m).unwrap();
                 let name = format!("model.layers.{layer}.{}.{}.weight", m.block(), m.name());
-                let delta = (b.as_tensor().matmul(a.as_tensor()).unwrap() * cfg.scale()).unwrap();
+                let delta = (b.matmul(a).unwrap() * cfg.scale()).unwrap();
                 let w = (merged[&name].clone() + delta).unwrap();
                 merged.insert(name, w);
             }

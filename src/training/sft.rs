@@ -1,0 +1,188 @@
+//! The end-to-end objective (`train --objective sft|mix`): judge the generator by what its
+//! adapters do, not by how close they are to a checkpoint (Text-to-LoRA, arXiv 2506.06105,
+//! found this generalises better than reconstruction).
+//!
+//! One sample: a task's prompt batch -> decoder tokens -> B matrices (the detokeniser as
+//! tensor ops, [`TokenLayout::detokenize_tensors`]) -> `B = base + gate * decoded`
+//! ([`Residual`]: base is the mean of the training tasks' final B matrices, gates start at
+//! zero, so training starts at the averaged-adapter baseline) -> SmolLM2 with that LoRA
+//! (the shared frozen A) on a few of the task's training examples -> cross-entropy on the
+//! answer tokens (and the end-of-turn token, so the model learns to stop), plus
+//! `residual_l2` times the residual's squared norm relative to the base's. The gradients
+//! flow through the LoRA matrices (plain tensors, [`LoraWeights::from_tensors`]) into the
+//! gates and the decoder. SmolLM2 stays frozen.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{ensure, Result};
+use candle_core::{Device, Tensor};
+
+use super::generator::{TaskData, TrainingSet};
+use super::llama::{batch::Batch, chat::ChatTokenizer, chat::Encoded, Llama};
+use super::lora::{LoraConfig, LoraWeights};
+use crate::format::frozen_a::frozen_a;
+use crate::format::peft::Module;
+use crate::format::rng::Rng;
+use crate::generator::decoder::{Decoder, DecoderConfig};
+use crate::generator::{Residual, TokenLayout};
+
+/// The frozen model and everything fixed about the adapters it is trained through.
+pub struct SftModel {
+    llama: Llama,
+    pad: u32,
+    lora: LoraConfig,
+    frozen_a: BTreeMap<(usize, Module), Tensor>,
+    layout: TokenLayout,
+    /// Base matrices and the initial (zero) gates.
+    pub residual: Residual,
+}
+
+/// A task's examples, tokenized with the chat template the server uses.
+pub struct SftExamples {
+    pub train: Vec<Encoded>,
+    pub test: Vec<Encoded>,
+}
+
+impl SftModel {
+    /// Loads the base model from `base_dir` and takes the mean of the last checkpoint of
+    /// every training task as the base adapter.
+    pub fn load(base_dir: &Path, cfg: &DecoderConfig, train: &[TaskData]) -> Result<Self> {
+        let seed = cfg.frozen_a_seed;
+        ensure!(
+            seed.is_some(),
+            "the end-to-end objective needs a collection with a frozen shared A"
+        );
+        let layout = cfg.layout()?;
+        let device = Device::Cpu;
+        let llama = Llama::load(base_dir, &device)?;
+        cfg.check_base(&llama.dims)?;
+        let tokenizer = ChatTokenizer::load(base_dir)?;
+        let modules = cfg.modules()?;
+        let frozen_a = frozen_a(&cfg.base, cfg.rank, &modules, seed.unwrap_or(0), &device)?;
+        let last = train
+            .iter()
+            .map(|d| {
+                let k = d.tokens.dim(0)?;
+                layout.detokenize(&d.tokens.get(k - 1)?, cfg.lora_alpha, &cfg.base_model)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let residual = Residual::mean_of(&layout, &last)?;
+        Ok(Self {
+            llama,
+            pad: tokenizer.end_of_turn,
+            lora: LoraConfig {
+                rank: cfg.rank,
+                alpha: cfg.lora_alpha,
+                modules,
+                frozen_a_seed: seed,
+            },
+            frozen_a,
+            layout,
+            residual,
+        })
+    }
+
+    /// Tokenizes a task's examples (its train and test splits, as `TaskData` keeps them).
+    pub fn examples(base_dir: &Path, task: &TaskData) -> Result<SftExamples> {
+        let tokenizer = ChatTokenizer::load(base_dir)?;
+        let enc = |e: &crate::tasks::Example| tokenizer.encode_example(&e.prompt, &e.answer);
+        Ok(SftExamples {
+            train: task.train.iter().map(enc).collect::<Result<_>>()?,
+            test: task.test.iter().map(enc).collect::<Result<_>>()?,
+        })
+    }
+
+    /// `n` examples of `pool` drawn without replacement (all when there are fewer).
+    pub fn draw<'a>(pool: &'a [Encoded], n: usize, rng: &mut Rng) -> Vec<&'a Encoded> {
+        let mut idx: Vec<usize> = (0..pool.len()).collect();
+        let n = n.min(pool.len());
+        for i in 0..n {
+            let j = i + rng.below(pool.len() - i);
+            idx.swap(i, j);
+        }
+        idx[..n].iter().map(|&i| &pool[i]).collect()
+    }
+
+    pub fn batch(&self, items: &[&Encoded]) -> Result<Batch> {
+        Batch::new(items, self.pad, self.llama.device())
+    }
+
+    /// For one sample's decoder tokens (T, h, w): the cross-entropy of `batch` through the
+    /// adapter they give, and the residual's squared norm relative to the base's.
+    pub fn loss(&self, tokens: &Tensor, gate: &Tensor, batch: &Batch) -> Result<(Tensor, Tensor)> {
+        let decoded = self.layout.detokenize_tensors(tokens)?;
+        let b = self.residual.combine(gate, &decoded)?;
+        let mut pairs = BTreeMap::new();
+        let (mut res, mut base) = (None::<Tensor>, 0f64);
+        let slots = self.layout.slots.iter().zip(b);
+        for (i, ((slot, b), (d, b0))) in slots
+            .zip(decoded.iter().zip(&self.residual.base))
+            .enumerate()
+        {
+            let a = self.frozen_a[&(slot.layer, slot.module)].clone();
+            pairs.insert((slot.layer, slot.module), (a, b));
+            let r = d.broadcast_mul(&gate.narrow(0, i, 1)?)?.sqr()?.sum_all()?;
+            res = Some(match res {
+                None => r,
+                Some(acc) => (acc + r)?,
+            });
+            base += f64::from(b0.sqr()?.sum_all()?.to_scalar::<f32>()?);
+        }
+        let lora = LoraWeights::from_tensors(self.lora.clone(), pairs);
+        let ce = self.llama.loss(batch, Some(&lora))?;
+        let rel = (res.expect("at least one matrix") / base.max(1e-12))?;
+        Ok((ce, rel))
+    }
+}
+
+/// Held-out test examples per task in the log's `heldout_nll`.
+const HELDOUT_EXAMPLES: usize = 8;
+
+/// The model plus every task's tokenized examples, in the order of the training set.
+pub struct SftData {
+    pub model: SftModel,
+    pub train: Vec<SftExamples>,
+    pub heldout: Vec<SftExamples>,
+    /// The held-out tasks' encoded prompt pools (the log's fixed prompt batches: the first
+    /// N of each).
+    heldout_pools: Vec<Tensor>,
+}
+
+impl SftData {
+    pub fn load(base_dir: &Path, cfg: &DecoderConfig, set: &TrainingSet) -> Result<Self> {
+        let model = SftModel::load(base_dir, cfg, &set.train)?;
+        let encode = |tasks: &[TaskData]| {
+            tasks
+                .iter()
+                .map(|t| SftModel::examples(base_dir, t))
+                .collect::<Result<Vec<_>>>()
+        };
+        Ok(Self {
+            model,
+            train: encode(&set.train)?,
+            heldout: encode(&set.heldout)?,
+            heldout_pools: set.heldout.iter().map(|t| t.pool.clone()).collect(),
+        })
+    }
+
+    /// Mean answer cross-entropy over the held-out tasks (the first few test examples of
+    /// each, through the adapter generated from the first N prompts of its pool); `None`
+    /// without held-out tasks.
+    pub fn heldout_nll(&self, decoder: &Decoder, gate: &Tensor, n: usize) -> Result<Option<f32>> {
+        if self.heldout.is_empty() {
+            return Ok(None);
+        }
+        let mut sum = 0f32;
+        for (pool, ex) in self.heldout_pools.iter().zip(&self.heldout) {
+            let cond = pool.narrow(0, 0, n.min(pool.dim(0)?))?;
+            let pred = decoder.forward(&cond.unsqueeze(0)?)?;
+            let items: Vec<&Encoded> = ex.test.iter().take(HELDOUT_EXAMPLES).collect();
+            let (ce, _) = self
+                .model
+                .loss(&pred.get(0)?, gate, &self.model.batch(&items)?)?;
+            sum += ce.to_scalar::<f32>()?;
+        }
+        Ok(Some(sum / self.heldout.len() as f32))
+    }
+}
