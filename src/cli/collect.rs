@@ -63,6 +63,14 @@ pub struct CollectArgs {
     /// such checkpoints well, see `LoraConfig::frozen_a_seed`).
     #[arg(long)]
     pub train_a: bool,
+    /// Leave these tasks out (comma-separated), e.g. a generator's held-out tasks.
+    #[arg(long, value_delimiter = ',')]
+    pub except: Vec<String>,
+    /// Train one LoRA on the selected tasks' pooled training examples, as one task of this
+    /// name: the multi-task LoRA baseline of `eval --generator --nll --multitask`. Give it
+    /// about as many steps as the tasks' own runs have in all.
+    #[arg(long)]
+    pub pool: Option<String>,
     /// Stop after this many steps in total, as if killed (for testing resumption).
     #[arg(long, hide = true)]
     pub stop_after_steps: Option<usize>,
@@ -94,7 +102,18 @@ impl SuiteArgs {
 
 /// The tasks named by `--suite` and `--only`.
 pub fn load_suite(args: &CollectArgs) -> Result<Vec<Task>> {
-    crate::tasks::suite(&args.suite, &args.only, &args.suite_args.config())
+    let mut tasks = crate::tasks::suite(&args.suite, &args.only, &args.suite_args.config())?;
+    for name in &args.except {
+        anyhow::ensure!(
+            tasks.iter().any(|t| &t.name == name),
+            "--except: no task {name:?} in the suite"
+        );
+    }
+    tasks.retain(|t| !args.except.contains(&t.name));
+    Ok(match &args.pool {
+        Some(name) => vec![crate::tasks::pooled(name, &tasks)?],
+        None => tasks,
+    })
 }
 
 pub fn run(args: CollectArgs) -> Result<()> {

@@ -10,6 +10,7 @@ use crate::assets::{given_or_default, Assets};
 use crate::eval::heldout::{
     evaluate_heldout, heldout_markdown, weight_markdown, weight_space, write_heldout, HeldoutSetup,
 };
+use crate::eval::nll::{evaluate_nll, nll_markdown, write_nll, NllSetup};
 use crate::eval::{adapters_in, evaluate, write_report, Candidate};
 use crate::server::Config;
 use crate::tasks::suite;
@@ -44,6 +45,16 @@ pub struct Args {
     /// With --generator: only the weight-space comparison (seconds), no model run.
     #[arg(long, requires = "generator")]
     pub weights_only: bool,
+    /// With --generator: the teacher-forced comparison (NLL and greedy exact match on
+    /// every test example; no engine, no decoding), written to nll.json / nll.md.
+    #[arg(long, requires = "generator", conflicts_with = "weights_only")]
+    pub nll: bool,
+    /// With --nll: a multi-task LoRA (PEFT folder, e.g. from `collect --pool`) to compare.
+    #[arg(long, requires = "nll")]
+    pub multitask: Option<PathBuf>,
+    /// With --nll: DnD prompt batches per task.
+    #[arg(long, default_value_t = 3)]
+    pub batches: usize,
     /// Steps of the own LoRA run also evaluated, for the overhead figure.
     #[arg(long, value_delimiter = ',', default_value = "25,45")]
     pub overhead_steps: Vec<usize>,
@@ -71,6 +82,26 @@ pub fn run(args: Args) -> Result<()> {
     let mut config = Config::default();
     config.model.base = args.base.clone();
     config.model.dtype = args.dtype.clone();
+    if let (Some(generator), true) = (&args.generator, args.nll) {
+        let setup = NllSetup {
+            generator: generator.clone(),
+            encoder: given_or_default(args.encoder.as_deref(), Assets::minilm)?,
+            base: given_or_default(args.base.as_deref(), Assets::smollm2)?,
+            checkpoints: args.checkpoints.clone(),
+            multitask: args.multitask.clone(),
+            batches: args.batches,
+            seed: 0,
+        };
+        let report = evaluate_nll(&tasks, &setup, args.limit)?;
+        write_nll(&report, &args.out)?;
+        println!("{}", nll_markdown(&report));
+        println!(
+            "teacher-forced held-out eval in {:.1} min; wrote {}/nll.json and nll.md",
+            report.seconds / 60.0,
+            args.out.display()
+        );
+        return Ok(());
+    }
     if let Some(generator) = &args.generator {
         let setup = HeldoutSetup {
             generator: generator.clone(),

@@ -291,7 +291,7 @@ pub async fn evaluate_heldout(
 
 /// The `i`-th random batch of `n` of a task's unlabelled test prompts (repeated when the
 /// split has fewer).
-fn dnd_batch(task: &Task, n: usize, seed: u64, i: usize) -> Result<Vec<String>> {
+pub(super) fn dnd_batch(task: &Task, n: usize, seed: u64, i: usize) -> Result<Vec<String>> {
     ensure!(
         !task.test.is_empty(),
         "task {} has no test prompts",
@@ -442,7 +442,7 @@ pub fn weight_markdown(r: &WeightReport) -> String {
 }
 
 /// The element-wise mean of adapters of one layout (the first one's config).
-fn average_adapters(adapters: &[LoraAdapter]) -> Result<LoraAdapter> {
+pub(super) fn average_adapters(adapters: &[LoraAdapter]) -> Result<LoraAdapter> {
     let first = adapters.first().context("no adapters to average")?;
     let mut tensors = std::collections::BTreeMap::new();
     for name in first.tensors.keys() {

@@ -4,8 +4,12 @@
 //! the output, the method's protocol) and leniently (the right answer anywhere in the first
 //! sentence, no wrong one), from at most 16 generated tokens (every answer of the suite
 //! fits, with room for a short lead-in). Writes `eval.json`, `eval.md` and `eval.png`.
+//! [`heldout`] compares a generator with its baselines this way; [`nll`] does it
+//! teacher-forced (NLL and greedy exact match, no decoding), fast enough for every test
+//! example of every held-out task.
 
 pub mod heldout;
+pub mod nll;
 
 use std::path::{Path, PathBuf};
 

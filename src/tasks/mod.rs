@@ -240,6 +240,33 @@ pub fn suite(names: &[String], only: &[String], cfg: &SuiteConfig) -> Result<Vec
     Ok(tasks)
 }
 
+/// One task made of several tasks' examples (train and test splits each concatenated in
+/// order, choices dropped), for training one multi-task LoRA on them (`collect --pool`).
+/// Its scoring is `exact`: it is for training, not for scoring.
+pub fn pooled(name: &str, tasks: &[Task]) -> Result<Task> {
+    if tasks.is_empty() {
+        bail!("--pool needs at least one task");
+    }
+    let strip = |examples: &[Example]| -> Vec<Example> {
+        examples
+            .iter()
+            .map(|e| Example {
+                choices: Vec::new(),
+                ..e.clone()
+            })
+            .collect()
+    };
+    let task = Task {
+        name: name.to_string(),
+        family: "pooled".to_string(),
+        scoring: Scoring::Exact,
+        train: tasks.iter().flat_map(|t| strip(&t.train)).collect(),
+        test: tasks.iter().flat_map(|t| strip(&t.test)).collect(),
+    };
+    task.validate()?;
+    Ok(task)
+}
+
 fn build(spec: &Spec, cfg: &SuiteConfig) -> Result<Task> {
     let mut rng = Rng::derive(cfg.seed, spec.name);
     let draw: Box<dyn Fn(&mut Rng) -> Sample> = match spec.draw {
@@ -321,6 +348,22 @@ mod tests {
             "word list has {} words",
             words().len()
         );
+    }
+
+    #[test]
+    fn pooled_tasks_concatenate_splits_without_choices() {
+        let suite = builtin_suite(&small()).unwrap();
+        let two: Vec<Task> = suite
+            .into_iter()
+            .filter(|t| t.name == "add" || t.name == "parity")
+            .collect();
+        let pool = pooled("pool", &two).unwrap();
+        assert_eq!(pool.train.len(), 80);
+        assert_eq!(pool.test.len(), 20);
+        assert_eq!(pool.train[0], two[0].train[0]);
+        assert_eq!(pool.train[40].prompt, two[1].train[0].prompt);
+        assert!(pool.train.iter().all(|e| e.choices.is_empty()));
+        assert!(pooled("pool", &[]).is_err());
     }
 
     #[test]

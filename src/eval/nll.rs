@@ -1,0 +1,341 @@
+//! Teacher-forced held-out evaluation (`eval --generator G --nll`): continuous and cheap
+//! beside the engine's accuracy, so that every change to the generator can be measured on
+//! all test examples of every held-out task.
+//!
+//! For each held-out task and each adapter below, on every test example, the trainer's
+//! F32 forward pass of the base model (the one `collect` trains with; a test checks it
+//! gives the engine's logits) reads:
+//! - **NLL**: the mean cross-entropy per answer token, the end-of-turn token included;
+//! - **greedy exact**: whether every answer token, and the end-of-turn after it, is the
+//!   model's top token given the prompt and the answer so far, i.e. whether greedy
+//!   decoding would produce exactly the answer and stop. It implies a strict hit (the
+//!   scorer normalises case and punctuation, so strict accuracy can only be higher).
+//!
+//! Adapters: the base model; the training tasks' final LoRAs averaged into one; a
+//! multi-task LoRA trained on the pooled training tasks (`collect --pool`), when given;
+//! the task's own LoRA; DnD from `batches` random batches of N of the task's unlabelled
+//! test prompts; and the condition-shuffle control: DnD fed the prompts of the next
+//! held-out task (in suite order), scored on this one. If the shuffle scores as well as
+//! DnD, the generator ignores its input.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{ensure, Context, Result};
+use candle_core::{Device, D};
+use serde::Serialize;
+
+use super::heldout::{average_adapters, dnd_batch};
+use crate::format::peft::{LlamaDims, LoraAdapter};
+use crate::generator::Generator;
+use crate::tasks::{Example, Task};
+use crate::training::collection::Collection;
+use crate::training::generator::TrainRecord;
+use crate::training::llama::{batch::Batch, chat::ChatTokenizer, Llama};
+use crate::training::lora::LoraWeights;
+
+/// Examples per forward pass.
+const CHUNK: usize = 8;
+
+#[derive(Debug, Clone)]
+pub struct NllSetup {
+    pub generator: PathBuf,
+    pub encoder: PathBuf,
+    /// The base model folder (Hugging Face layout, as `collect` uses).
+    pub base: PathBuf,
+    /// The collection (default: the one in `train.json`).
+    pub checkpoints: Option<PathBuf>,
+    /// A multi-task LoRA (PEFT folder) to compare with.
+    pub multitask: Option<PathBuf>,
+    /// DnD prompt batches per task.
+    pub batches: usize,
+    pub seed: u64,
+}
+
+/// One adapter on one task's test examples.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct NllScore {
+    /// Mean cross-entropy per answer token.
+    pub nll: f64,
+    /// Share of examples greedy decoding answers exactly, in [0, 1].
+    pub greedy: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NllRow {
+    pub task: String,
+    pub examples: usize,
+    pub base: NllScore,
+    pub averaged: NllScore,
+    pub multitask: Option<NllScore>,
+    pub own: NllScore,
+    /// The mean over the prompt batches.
+    pub dnd: NllScore,
+    pub dnd_batches: Vec<NllScore>,
+    /// DnD generated from `shuffled_from`'s prompts.
+    pub shuffled: NllScore,
+    pub shuffled_from: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NllReport {
+    pub generator: PathBuf,
+    pub train_tasks: usize,
+    pub rows: Vec<NllRow>,
+    pub seconds: f64,
+}
+
+/// Scores an adapter (or the base model) on examples: see the module doc.
+pub fn score(
+    model: &Llama,
+    tok: &ChatTokenizer,
+    lora: Option<&LoraWeights>,
+    examples: &[Example],
+) -> Result<NllScore> {
+    ensure!(!examples.is_empty(), "no examples to score");
+    let (mut nll_sum, mut tokens, mut exact) = (0f64, 0usize, 0usize);
+    for chunk in examples.chunks(CHUNK) {
+        let enc = chunk
+            .iter()
+            .map(|e| tok.encode_example(&e.prompt, &e.answer))
+            .collect::<Result<Vec<_>>>()?;
+        let refs: Vec<_> = enc.iter().collect();
+        let batch = Batch::new(&refs, tok.end_of_turn, model.device())?;
+        let hidden = model.forward(&batch.prefix, &batch.ids, lora)?;
+        let logits = model.logits_at(&hidden, &batch.rows)?;
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let target_logp = logp
+            .gather(&batch.targets.unsqueeze(1)?, 1)?
+            .squeeze(1)?
+            .to_vec1::<f32>()?;
+        let top = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        let targets = batch.targets.to_vec1::<u32>()?;
+        let lens: Vec<usize> = enc.iter().map(|e| e.ids.len() - e.prompt_len).collect();
+        nll_sum -= target_logp.iter().map(|&x| f64::from(x)).sum::<f64>();
+        tokens += target_logp.len();
+        exact += exact_hits(&top, &targets, &lens);
+    }
+    Ok(NllScore {
+        nll: nll_sum / tokens as f64,
+        greedy: exact as f64 / examples.len() as f64,
+    })
+}
+
+/// How many examples have every answer token as the top token: `top` and `targets` list
+/// the answer tokens of the examples one after the other, `lens` long each (the order
+/// [`Batch`] builds them in).
+fn exact_hits(top: &[u32], targets: &[u32], lens: &[usize]) -> usize {
+    let mut at = 0;
+    let mut hits = 0;
+    for &n in lens {
+        hits += usize::from(top[at..at + n] == targets[at..at + n]);
+        at += n;
+    }
+    hits
+}
+
+fn lora(adapter: &LoraAdapter, dims: &LlamaDims) -> Result<LoraWeights> {
+    LoraWeights::from_adapter(adapter, dims, &Device::Cpu)
+}
+
+fn mean_score(v: &[NllScore]) -> NllScore {
+    let n = v.len().max(1) as f64;
+    NllScore {
+        nll: v.iter().map(|s| s.nll).sum::<f64>() / n,
+        greedy: v.iter().map(|s| s.greedy).sum::<f64>() / n,
+    }
+}
+
+/// Runs the comparison for the generator's held-out tasks among `tasks`.
+pub fn evaluate_nll(tasks: &[Task], setup: &NllSetup, limit: Option<usize>) -> Result<NllReport> {
+    let started = std::time::Instant::now();
+    let record = TrainRecord::load(&setup.generator)?;
+    let heldout: Vec<&Task> = tasks
+        .iter()
+        .filter(|t| record.heldout_tasks.contains(&t.name))
+        .collect();
+    ensure!(
+        !heldout.is_empty(),
+        "none of the generator's held-out tasks ({}) is among the tasks given",
+        record.heldout_tasks.join(", ")
+    );
+    ensure!(setup.batches >= 1, "at least one DnD prompt batch");
+    let collection = setup
+        .checkpoints
+        .clone()
+        .unwrap_or_else(|| record.checkpoints.clone());
+    let finals = Collection::new(&collection).final_checkpoints()?;
+    let read = |name: &str| -> Result<LoraAdapter> {
+        let path = finals.get(name).with_context(|| {
+            format!("{} has no final checkpoint of {name}", collection.display())
+        })?;
+        LoraAdapter::read_peft(path)
+    };
+    let train = record
+        .train_tasks
+        .iter()
+        .map(|n| read(n))
+        .collect::<Result<Vec<_>>>()?;
+    let model = Llama::load(&setup.base, &Device::Cpu)?;
+    let tok = ChatTokenizer::load(&setup.base)?;
+    let dims = model.dims.clone();
+    let averaged = lora(&average_adapters(&train)?, &dims)?;
+    let multitask = match &setup.multitask {
+        Some(p) => Some(lora(&LoraAdapter::read_peft(p)?, &dims)?),
+        None => None,
+    };
+    let generator = Generator::load(&setup.generator, &setup.encoder, &Device::Cpu)?;
+    let n = generator.config().prompts;
+    let mut rows = Vec::new();
+    for (i, task) in heldout.iter().enumerate() {
+        let examples = &task.test[..limit.unwrap_or(usize::MAX).min(task.test.len())];
+        let run = |l: Option<&LoraWeights>| score(&model, &tok, l, examples);
+        let dnd_batches = (0..setup.batches)
+            .map(|b| {
+                let prompts = dnd_batch(task, n, setup.seed, b)?;
+                run(Some(&lora(&generator.generate(&prompts)?.adapter, &dims)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // The control: another task's prompts (the next held-out task, or the first
+        // training task when only one is held out).
+        let other: Task = match heldout.len() {
+            1 => tasks
+                .iter()
+                .find(|t| t.name == record.train_tasks[0])
+                .cloned()
+                .context("the first training task is not among the tasks given")?,
+            k => heldout[(i + 1) % k].clone(),
+        };
+        let shuffled_prompts = dnd_batch(&other, n, setup.seed, 0)?;
+        let shuffled = run(Some(&lora(
+            &generator.generate(&shuffled_prompts)?.adapter,
+            &dims,
+        )?))?;
+        let row = NllRow {
+            task: task.name.clone(),
+            examples: examples.len(),
+            base: run(None)?,
+            averaged: run(Some(&averaged))?,
+            multitask: match &multitask {
+                Some(m) => Some(run(Some(m))?),
+                None => None,
+            },
+            own: run(Some(&lora(&read(&task.name)?, &dims)?))?,
+            dnd: mean_score(&dnd_batches),
+            dnd_batches,
+            shuffled,
+            shuffled_from: other.name.clone(),
+        };
+        eprintln!("{}", row_line(&row));
+        rows.push(row);
+    }
+    Ok(NllReport {
+        generator: setup.generator.clone(),
+        train_tasks: record.train_tasks.len(),
+        rows,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn cell(s: &NllScore) -> String {
+    format!("{:.3} ({:.1})", s.nll, 100.0 * s.greedy)
+}
+
+fn row_line(r: &NllRow) -> String {
+    format!(
+        "| {} | {} | {} | {} | {} | {} | {} | {} |",
+        r.task,
+        cell(&r.base),
+        cell(&r.averaged),
+        r.multitask.as_ref().map(cell).unwrap_or("-".into()),
+        cell(&r.own),
+        cell(&r.dnd),
+        cell(&r.shuffled),
+        r.shuffled_from
+    )
+}
+
+/// The table: NLL per answer token (greedy exact %) per adapter, and the mean row.
+pub fn nll_markdown(r: &NllReport) -> String {
+    let mut out = String::from(
+        "| task | base | averaged LoRAs | multi-task LoRA | own LoRA | DnD | DnD shuffled | shuffled from |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for row in &r.rows {
+        out.push_str(&row_line(row));
+        out.push('\n');
+    }
+    let col = |f: &dyn Fn(&NllRow) -> Option<NllScore>| -> String {
+        let v: Vec<NllScore> = r.rows.iter().filter_map(f).collect();
+        match v.is_empty() {
+            true => "-".into(),
+            false => format!("**{}**", cell(&mean_score(&v))),
+        }
+    };
+    out.push_str(&format!(
+        "| mean | {} | {} | {} | {} | {} | {} | |\n",
+        col(&|x| Some(x.base)),
+        col(&|x| Some(x.averaged)),
+        col(&|x| x.multitask),
+        col(&|x| Some(x.own)),
+        col(&|x| Some(x.dnd)),
+        col(&|x| Some(x.shuffled)),
+    ));
+    out
+}
+
+pub fn write_nll(r: &NllReport, out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("nll.json"), serde_json::to_vec_pretty(r)?)?;
+    std::fs::write(out.join("nll.md"), nll_markdown(r))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::tiny_model_dir;
+
+    #[test]
+    fn a_hit_needs_every_answer_token_on_top() {
+        let targets = [5, 6, 9, 7, 9, 1];
+        // Example 1: 5 6 9 (hit); example 2: 7 9 (miss at its end); example 3: 1 (hit).
+        assert_eq!(exact_hits(&[5, 6, 9, 7, 2, 1], &targets, &[3, 2, 1]), 2);
+        assert_eq!(exact_hits(&targets, &targets, &[3, 2, 1]), 3);
+        assert_eq!(exact_hits(&[0, 6, 9, 7, 9, 0], &targets, &[3, 2, 1]), 1);
+    }
+
+    /// The score's NLL is the trainer's loss (the same answer tokens, the same mean), and
+    /// an answer the model would not produce is no greedy hit.
+    #[test]
+    fn nll_is_the_training_loss() {
+        let dir = tiny_model_dir();
+        let model = Llama::load(dir.path(), &Device::Cpu).unwrap();
+        let tok = ChatTokenizer::load(dir.path()).unwrap();
+        let ex = |p: &str, a: &str| Example {
+            prompt: p.into(),
+            answer: a.into(),
+            choices: vec![],
+        };
+        let examples: Vec<Example> = (0..11)
+            .map(|i| ex(&format!("what is {i} plus 3 ?"), &format!("{}", i + 3)))
+            .collect();
+        let s = score(&model, &tok, None, &examples).unwrap();
+        let enc: Vec<_> = examples
+            .iter()
+            .map(|e| tok.encode_example(&e.prompt, &e.answer).unwrap())
+            .collect();
+        let refs: Vec<_> = enc.iter().collect();
+        let batch = Batch::new(&refs, tok.end_of_turn, &Device::Cpu).unwrap();
+        let loss = model
+            .loss(&batch, None)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            (s.nll - f64::from(loss)).abs() < 1e-4,
+            "{} vs {loss}",
+            s.nll
+        );
+        let wrong = score(&model, &tok, None, &[ex("what is 2 plus 3 ?", "zzzz qqqq")]).unwrap();
+        assert_eq!(wrong.greedy, 0.0);
+    }
+}
