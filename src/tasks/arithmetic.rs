@@ -59,7 +59,7 @@ fn gen_next_number(r: &mut Rng) -> Sample {
 
 // --- time and units
 
-const MONTHS: [&str; 12] = [
+pub(super) const MONTHS: [&str; 12] = [
     "January",
     "February",
     "March",

@@ -38,6 +38,18 @@ mod lexical;
 mod lists;
 mod text;
 
+mod cipher;
+mod counting;
+mod dates;
+mod logic;
+mod multiple_choice;
+mod numbers;
+mod sequences;
+mod strings;
+#[cfg(test)]
+mod tests_support;
+mod units;
+
 pub mod scoring;
 pub mod taskfile;
 pub mod wordnet;
@@ -186,6 +198,16 @@ fn specs() -> impl Iterator<Item = &'static Spec> {
         .chain(lists::SPECS)
         .chain(comparison::SPECS)
         .chain(lexical::SPECS)
+        // Procedural families added for a wider suite (the generator's training data).
+        .chain(strings::SPECS)
+        .chain(counting::SPECS)
+        .chain(sequences::SPECS)
+        .chain(dates::SPECS)
+        .chain(logic::SPECS)
+        .chain(cipher::SPECS)
+        .chain(units::SPECS)
+        .chain(numbers::SPECS)
+        .chain(multiple_choice::SPECS)
 }
 
 const fn spec(name: &'static str, family: &'static str, scoring: Scoring, draw: Draw) -> Spec {
