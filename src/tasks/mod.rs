@@ -38,6 +38,11 @@ mod lexical;
 mod lists;
 mod text;
 
+mod facts;
+mod morphology;
+mod semantics;
+mod world;
+
 pub mod scoring;
 pub mod taskfile;
 pub mod wordnet;
@@ -164,11 +169,13 @@ impl Default for SuiteConfig {
     }
 }
 
-/// How a task draws a question: from the random stream alone, or from WordNet's word lists.
+/// How a task draws a question: from the random stream alone, from WordNet's word lists,
+/// or from the reference facts of [`facts`].
 #[derive(Clone, Copy)]
 enum Draw {
     Plain(fn(&mut Rng) -> Sample),
     Lexical(fn(&mut Rng, &Lexicon) -> Sample),
+    Facts(fn(&mut Rng, &facts::Facts) -> Sample),
 }
 
 struct Spec {
@@ -186,6 +193,9 @@ fn specs() -> impl Iterator<Item = &'static Spec> {
         .chain(lists::SPECS)
         .chain(comparison::SPECS)
         .chain(lexical::SPECS)
+        .chain(morphology::SPECS)
+        .chain(semantics::SPECS)
+        .chain(world::SPECS)
 }
 
 const fn spec(name: &'static str, family: &'static str, scoring: Scoring, draw: Draw) -> Spec {
@@ -247,6 +257,10 @@ fn build(spec: &Spec, cfg: &SuiteConfig) -> Result<Task> {
         Draw::Lexical(g) => {
             let lexicon = wordnet::lexicon()?;
             Box::new(move |r| g(r, lexicon))
+        }
+        Draw::Facts(g) => {
+            let facts = facts::facts()?;
+            Box::new(move |r| g(r, facts))
         }
     };
     let want = cfg.train + cfg.test;
