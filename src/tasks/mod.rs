@@ -3,14 +3,17 @@
 //! held-out evaluation scores adapters on.
 //!
 //! Every built-in task is generated from a seeded random stream, procedurally or by
-//! drawing from WordNet's word lists ([`wordnet`], the `lexical` family), so the suite
-//! exists offline and is the same for a given seed on every machine. A task is one
-//! distinctive kind of request a user would really send ("What is 37 + 48?", "What is the
-//! opposite of 'cheap'?") with several phrasings, and a short answer (a few tokens: the base
-//! model is SmolLM2-135M and training runs on a CPU). Tasks are grouped in families, a file
-//! each ([`arithmetic`], [`text`], [`lists`], [`comparison`], [`lexical`]), so that held-out
-//! evaluation can leave a task out of a family that the generator otherwise knows (section
-//! 4, held-out protocol). [`taskfile`] reads and writes tasks as JSONL, so users can bring
+//! drawing from pinned data ([`wordnet`]: WordNet 3.0; [`facts`]: Debian's bsdgames quiz
+//! files and iso-codes), so the suite exists offline and is the same for a given seed on
+//! every machine. A task is one distinctive kind of request a user would really send ("What
+//! is 37 + 48?", "What is the opposite of 'cheap'?") with several phrasings, and a short
+//! answer (a few tokens: the base model is SmolLM2-135M and training runs on a CPU). Tasks
+//! are grouped in families, a file each, so that held-out evaluation can leave a task out
+//! of a family that the generator otherwise knows (section 4, held-out protocol):
+//! procedural [`arithmetic`], [`text`], [`lists`], [`comparison`], [`strings`],
+//! [`counting`], [`sequences`], [`dates`], [`logic`], [`cipher`], [`units`], [`numbers`],
+//! [`multiple_choice`]; from WordNet [`lexical`], [`morphology`], [`semantics`]; and
+//! [`world`] (capitals, elements, ISO codes). [`taskfile`] reads and writes tasks as JSONL, so users can bring
 //! their own.
 //!
 //! Splits: each example has a *key* (its content without the phrasing, e.g. `(37, 48)` for
@@ -41,14 +44,18 @@ mod text;
 mod cipher;
 mod counting;
 mod dates;
+mod facts;
 mod logic;
+mod morphology;
 mod multiple_choice;
 mod numbers;
+mod semantics;
 mod sequences;
 mod strings;
 #[cfg(test)]
 mod tests_support;
 mod units;
+mod world;
 
 pub mod scoring;
 pub mod taskfile;
@@ -176,11 +183,13 @@ impl Default for SuiteConfig {
     }
 }
 
-/// How a task draws a question: from the random stream alone, or from WordNet's word lists.
+/// How a task draws a question: from the random stream alone, from WordNet's word lists,
+/// or from the reference facts of [`facts`].
 #[derive(Clone, Copy)]
 enum Draw {
     Plain(fn(&mut Rng) -> Sample),
     Lexical(fn(&mut Rng, &Lexicon) -> Sample),
+    Facts(fn(&mut Rng, &facts::Facts) -> Sample),
 }
 
 struct Spec {
@@ -208,6 +217,9 @@ fn specs() -> impl Iterator<Item = &'static Spec> {
         .chain(units::SPECS)
         .chain(numbers::SPECS)
         .chain(multiple_choice::SPECS)
+        .chain(morphology::SPECS)
+        .chain(semantics::SPECS)
+        .chain(world::SPECS)
 }
 
 const fn spec(name: &'static str, family: &'static str, scoring: Scoring, draw: Draw) -> Spec {
@@ -296,6 +308,10 @@ fn build(spec: &Spec, cfg: &SuiteConfig) -> Result<Task> {
         Draw::Lexical(g) => {
             let lexicon = wordnet::lexicon()?;
             Box::new(move |r| g(r, lexicon))
+        }
+        Draw::Facts(g) => {
+            let facts = facts::facts()?;
+            Box::new(move |r| g(r, facts))
         }
     };
     let want = cfg.train + cfg.test;

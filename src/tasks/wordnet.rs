@@ -1,5 +1,5 @@
 //! Real text for the `lexical` task family: word lists drawn from WordNet 3.0 (Debian's
-//! `wordnet-base`, fetched by [`crate::assets::Assets::ensure_wordnet`]).
+//! `wordnet-base`, fetched by [`crate::assets::Assets::ensure_deb`]).
 //!
 //! Only common words are used, so that a question is one a user could ask and a 135M
 //! model could know: a word counts as common in a part of speech when its first sense was
@@ -11,6 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+
+mod relations;
+pub use relations::{Category, Relations, VerbForms};
 
 /// Tag count of a word's first sense from which it counts as common.
 pub const MIN_COUNT: u32 = 5;
@@ -82,6 +85,8 @@ struct Synset {
     words: Vec<String>,
     pointers: Vec<Pointer>,
     gloss: String,
+    /// Lexicographer file number (`lexnames`: 5 is `noun.animal`, 13 `noun.food`, ...).
+    lex_file: u8,
 }
 
 /// The word lists the lexical tasks draw from.
@@ -105,13 +110,15 @@ pub struct Lexicon {
     senses: BTreeMap<(String, Pos), BTreeSet<u32>>,
     /// Every hypernym word (any depth, any sense) of a common noun in `kinds`.
     ancestors: BTreeMap<String, BTreeSet<String>>,
+    /// The further relations and inflections of [`relations`].
+    pub rel: Relations,
 }
 
 impl Lexicon {
-    /// Reads WordNet's `index.*`, `data.*`, `noun.exc` and `cntlist.rev` from `dir`.
+    /// Reads WordNet's `index.*`, `data.*`, `*.exc` and `cntlist.rev` from `dir`.
     pub fn load(dir: &Path) -> Result<Self> {
         let counts = read_counts(&dir.join("cntlist.rev"))?;
-        let irregular = read_noun_exceptions(&dir.join("noun.exc"))?;
+        let irregular = read_exceptions(&dir.join("noun.exc"))?;
         let mut index: BTreeMap<(String, Pos), Vec<u32>> = BTreeMap::new();
         let mut synsets: BTreeMap<SynsetId, Synset> = BTreeMap::new();
         for pos in Pos::ALL {
@@ -142,6 +149,7 @@ impl Lexicon {
             common: BTreeMap::new(),
             senses: BTreeMap::new(),
             ancestors: BTreeMap::new(),
+            rel: Relations::default(),
         };
         // Words whose first sense is not a proper noun ("cleveland", "march" the month): a
         // proper noun makes a confusing question or a giveaway distractor.
@@ -200,6 +208,14 @@ impl Lexicon {
                 _ => None,
             })
             .collect();
+        let db = relations::Db {
+            index: &index,
+            synsets: &synsets,
+            counts: &counts,
+            verb_exc: &read_exceptions(&dir.join("verb.exc"))?,
+            adj_exc: &read_exceptions(&dir.join("adj.exc"))?,
+        };
+        lex.rel = relations::build(&db, &lex);
         for (what, n) in [
             ("antonym pairs", lex.antonyms.len()),
             ("countable nouns", lex.plurals.len()),
@@ -326,8 +342,9 @@ fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
-/// `noun.exc`: `inflected_form base_form...`; each base form with its inflected forms.
-fn read_noun_exceptions(path: &Path) -> Result<BTreeMap<String, Vec<String>>> {
+/// `noun.exc`, `verb.exc`, `adj.exc`: `inflected_form base_form...`; each base form with
+/// its inflected forms.
+fn read_exceptions(path: &Path) -> Result<BTreeMap<String, Vec<String>>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (i, line) in read(path)?.lines().enumerate() {
         let mut f = line.split_whitespace();
@@ -402,6 +419,7 @@ fn read_data(path: &Path, pos: Pos, out: &mut BTreeMap<SynsetId, Synset>) -> Res
         let f: Vec<&str> = head.split_whitespace().collect();
         let field = |k: usize| f.get(k).copied().with_context(bad);
         let offset: u32 = field(0)?.parse().with_context(bad)?;
+        let lex_file: u8 = field(1)?.parse().with_context(bad)?;
         let n_words = usize::from_str_radix(field(3)?, 16).with_context(bad)?;
         let words = (0..n_words)
             .map(|k| {
@@ -434,6 +452,7 @@ fn read_data(path: &Path, pos: Pos, out: &mut BTreeMap<SynsetId, Synset>) -> Res
                 words,
                 pointers,
                 gloss: gloss.trim().to_string(),
+                lex_file,
             },
         );
     }
@@ -447,7 +466,8 @@ pub fn lexicon() -> Result<&'static Lexicon> {
     if let Some(lex) = *slot {
         return Ok(lex);
     }
-    let dir = crate::assets::Assets::new(crate::assets::default_root()).ensure_wordnet()?;
+    let assets = crate::assets::Assets::new(crate::assets::default_root());
+    let dir = assets.ensure_deb(&crate::assets::WORDNET)?;
     let lex: &'static Lexicon = Box::leak(Box::new(Lexicon::load(&dir)?));
     *slot = Some(lex);
     Ok(lex)
