@@ -251,8 +251,18 @@ impl AdapterTable {
         adapter: &LoraAdapter,
         source: Source,
     ) -> Result<(TaskInfo, Vec<(String, Duration)>)> {
-        let t = Instant::now();
         adapter.validate(&self.dims)?;
+        let (me, task, adapter) = (self.clone(), task.to_string(), adapter.clone());
+        detached(async move { me.install_now(&task, &adapter, source).await }).await
+    }
+
+    async fn install_now(
+        self: &Arc<Self>,
+        task: &str,
+        adapter: &LoraAdapter,
+        source: Source,
+    ) -> Result<(TaskInfo, Vec<(String, Duration)>)> {
+        let t = Instant::now();
         let op = self.op_lock(task);
         let _guard = op.lock().await;
         let store = self.store.clone();
@@ -283,9 +293,13 @@ impl AdapterTable {
 
     /// Makes the task's current version resident (no-op if it already is).
     pub async fn ensure_resident(self: &Arc<Self>, task: &str) -> Result<()> {
-        let op = self.op_lock(task);
-        let _guard = op.lock().await;
-        self.load_current(task).await.map(|_| ())
+        let (me, task) = (self.clone(), task.to_string());
+        detached(async move {
+            let op = me.op_lock(&task);
+            let _guard = op.lock().await;
+            me.load_current(&task).await.map(|_| ())
+        })
+        .await
     }
 
     /// Loads the current version if the resident one differs, returning the engine's load
@@ -470,6 +484,11 @@ impl AdapterTable {
 
     /// Pins (loads now and never evicts) or unpins a task's adapter.
     pub async fn set_pinned(self: &Arc<Self>, task: &str, pinned: bool) -> Result<TaskInfo> {
+        let (me, task) = (self.clone(), task.to_string());
+        detached(async move { me.set_pinned_now(&task, pinned).await }).await
+    }
+
+    async fn set_pinned_now(self: &Arc<Self>, task: &str, pinned: bool) -> Result<TaskInfo> {
         {
             let op = self.op_lock(task);
             let _guard = op.lock().await;
@@ -602,6 +621,18 @@ impl AdapterTable {
     pub fn store_root(&self) -> PathBuf {
         self.store.root().to_path_buf()
     }
+}
+
+/// Runs a table operation on its own task and waits for it. Handlers' futures are dropped
+/// when their client disconnects; a load cancelled half-way would leave its task `loading`
+/// for good (and the engine's model registered but unknown to the table), so every
+/// operation that loads runs to its end whoever waits for it.
+async fn detached<T: Send + 'static>(
+    op: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    tokio::spawn(op)
+        .await
+        .map_err(|e| anyhow!("adapter table operation panicked or was aborted: {e}"))?
 }
 
 #[cfg(test)]

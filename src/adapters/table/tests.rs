@@ -413,3 +413,52 @@ async fn a_restarted_table_knows_every_stored_task_and_loads_the_pinned_ones() {
         "loaded from the store"
     );
 }
+
+/// A caller that goes away while its adapter loads (a client disconnecting drops the
+/// handler's future) does not cancel the load: an upload and a pin both end resident, not
+/// `loading` for good with the engine's model unknown to the table.
+#[tokio::test]
+async fn a_caller_that_goes_away_does_not_cancel_its_load() {
+    let f = fixture(limits(4));
+    f.table
+        .install("pinned", &adapter(2), Source::Upload)
+        .await
+        .unwrap();
+    f.table.evict("pinned", false).await.unwrap();
+    f.engine.hold();
+    let calls = [
+        {
+            let table = f.table.clone();
+            tokio::spawn(async move {
+                table
+                    .install("uploaded", &adapter(1), Source::Upload)
+                    .await
+                    .map(|_| ())
+            })
+        },
+        {
+            let table = f.table.clone();
+            tokio::spawn(async move { table.set_pinned("pinned", true).await.map(|_| ()) })
+        },
+    ];
+    eventually("both loads to start", || f.engine.loads() == 3).await;
+    for call in &calls {
+        call.abort();
+    }
+    for call in calls {
+        assert!(call.await.unwrap_err().is_cancelled());
+    }
+    assert_eq!(state(&f, "uploaded"), Some(State::Loading));
+    f.engine.open();
+    for task in ["uploaded", "pinned"] {
+        eventually("the load to finish", || {
+            state(&f, task) == Some(State::Resident)
+        })
+        .await;
+        assert!(
+            served_by(&f, task, Duration::ZERO).await.is_some(),
+            "{task}"
+        );
+    }
+    assert!(f.table.info("pinned").unwrap().pinned);
+}
