@@ -67,9 +67,34 @@ struct Entry {
     resident: Option<Arc<ResidentModel>>,
     hits: u64,
     last_used: Option<u64>,
+    /// Engine loads of the current version that failed in a row, and when a request may
+    /// try again (see [`LOAD_RETRY_BASE`]).
+    load_failures: u32,
+    retry_load_at: Option<Instant>,
 }
 
+/// A stored adapter whose engine load failed (a transient fault: memory, a file briefly
+/// unreadable) is tried again by the first request after this wait, doubled after every
+/// failure up to [`LOAD_RETRY_MAX`]; until then its requests go to the base model.
+const LOAD_RETRY_BASE: Duration = if cfg!(test) {
+    Duration::from_millis(200)
+} else {
+    Duration::from_secs(5)
+};
+const LOAD_RETRY_MAX: Duration = Duration::from_secs(600);
+
 impl Entry {
+    /// Whether a request should start loading the stored current version.
+    fn should_load(&self) -> bool {
+        match self.state() {
+            State::Stored => true,
+            State::Failed(_) => self
+                .retry_load_at
+                .is_some_and(|t| Instant::now() >= t && self.record.current.is_some()),
+            _ => false,
+        }
+    }
+
     fn state(&self) -> State {
         self.state
             .clone()
@@ -210,8 +235,7 @@ impl AdapterTable {
                     lru.promote(task);
                     return Route::Adapter(r.clone());
                 }
-                let state = entry.state();
-                (state == State::Stored, state == State::Loading)
+                (entry.should_load(), entry.state() == State::Loading)
             };
             if needs_load && !started {
                 started = true;
@@ -354,6 +378,8 @@ impl AdapterTable {
                     let entry = tasks.entry(task.to_string()).or_default();
                     let old = entry.resident.replace(new);
                     entry.state = None;
+                    entry.load_failures = 0;
+                    entry.retry_load_at = None;
                     lru.put(task.to_string(), ());
                     let evicted = self.pick_evictions(&mut inner, task);
                     (old, evicted)
@@ -372,7 +398,14 @@ impl AdapterTable {
                 let msg = format!("{e:#}");
                 tracing::warn!(task, error = msg, "adapter failed to load");
                 self.load_failures.fetch_add(1, Ordering::Relaxed);
-                self.set_state(task, Some(State::Failed(msg.clone())));
+                if let Some(e) = self.lock().tasks.get_mut(task) {
+                    e.state = Some(State::Failed(msg.clone()));
+                    e.load_failures += 1;
+                    let wait = LOAD_RETRY_BASE
+                        .saturating_mul(1 << (e.load_failures - 1).min(16))
+                        .min(LOAD_RETRY_MAX);
+                    e.retry_load_at = Some(Instant::now() + wait);
+                }
                 Err(anyhow!(msg))
             }
         }

@@ -248,8 +248,11 @@ async fn a_load_that_cannot_fit_beside_the_pinned_adapters_fails_before_loading(
     assert_eq!(f.engine.loads(), 1, "the engine was not asked to load b");
 }
 
+/// A failed load (a transient engine fault) is tried again by the first request after
+/// LOAD_RETRY_BASE, then after twice that, and recovers once the fault is gone; requests in
+/// between go to the base without starting a load each.
 #[tokio::test]
-async fn a_failed_load_marks_the_task_failed_and_is_not_retried_by_requests() {
+async fn a_failed_load_is_retried_by_requests_after_a_growing_wait() {
     let f = with_stored(&[("a", false)], limits(4));
     f.engine.fail(true);
     assert_eq!(served_by(&f, "a", Duration::ZERO).await, None);
@@ -259,17 +262,26 @@ async fn a_failed_load_marks_the_task_failed_and_is_not_retried_by_requests() {
     };
     assert!(msg.contains("failed (test)"), "{msg}");
     assert_eq!(f.table.load_failures.load(Ordering::Relaxed), 1);
-
-    // Requests go on to the base without starting a load each.
     assert_eq!(served_by(&f, "a", Duration::ZERO).await, None);
     tokio::time::sleep(Duration::from_millis(30)).await;
-    assert_eq!(f.engine.loads(), 1);
+    assert_eq!(f.engine.loads(), 1, "no retry within the wait");
 
-    // A load asked for explicitly (pin, reinstall, restart) recovers it.
+    tokio::time::sleep(LOAD_RETRY_BASE).await;
+    assert_eq!(served_by(&f, "a", Duration::ZERO).await, None);
+    eventually("a second failed load", || {
+        f.engine.loads() == 2 && f.table.load_failures.load(Ordering::Relaxed) == 2
+    })
+    .await;
+    // The wait has doubled: one base later there is still no third load.
+    tokio::time::sleep(LOAD_RETRY_BASE / 2).await;
+    assert_eq!(served_by(&f, "a", Duration::ZERO).await, None);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(f.engine.loads(), 2, "the second wait is longer");
+
     f.engine.fail(false);
-    f.table.ensure_resident("a").await.unwrap();
+    tokio::time::sleep(LOAD_RETRY_BASE * 2).await;
+    assert!(served_by(&f, "a", WAIT).await.is_some(), "recovered");
     assert_eq!(state(&f, "a"), Some(State::Resident));
-    assert!(served_by(&f, "a", Duration::ZERO).await.is_some());
 }
 
 #[tokio::test]
