@@ -30,12 +30,14 @@ use crate::generator::{Residual, TokenLayout};
 /// The frozen model and everything fixed about the adapters it is trained through.
 pub struct SftModel {
     llama: Llama,
-    pad: u32,
+    tokenizer: ChatTokenizer,
     lora: LoraConfig,
     frozen_a: BTreeMap<(usize, Module), Tensor>,
     layout: TokenLayout,
     /// Base matrices and the initial (zero) gates.
     pub residual: Residual,
+    /// The base matrices' squared norm, the residual penalty's scale (fixed).
+    base_norm2: f64,
 }
 
 /// A task's examples, tokenized with the chat template the server uses.
@@ -68,9 +70,14 @@ impl SftModel {
             })
             .collect::<Result<Vec<_>>>()?;
         let residual = Residual::mean_of(&layout, &last)?;
+        let mut base_norm2 = 0f64;
+        for b in &residual.base {
+            base_norm2 += f64::from(b.sqr()?.sum_all()?.to_scalar::<f32>()?);
+        }
         Ok(Self {
             llama,
-            pad: tokenizer.end_of_turn,
+            tokenizer,
+            base_norm2,
             lora: LoraConfig {
                 rank: cfg.rank,
                 alpha: cfg.lora_alpha,
@@ -84,9 +91,8 @@ impl SftModel {
     }
 
     /// Tokenizes a task's examples (its train and test splits, as `TaskData` keeps them).
-    pub fn examples(base_dir: &Path, task: &TaskData) -> Result<SftExamples> {
-        let tokenizer = ChatTokenizer::load(base_dir)?;
-        let enc = |e: &crate::tasks::Example| tokenizer.encode_example(&e.prompt, &e.answer);
+    pub fn examples(&self, task: &TaskData) -> Result<SftExamples> {
+        let enc = |e: &crate::tasks::Example| self.tokenizer.encode_example(&e.prompt, &e.answer);
         Ok(SftExamples {
             train: task.train.iter().map(enc).collect::<Result<_>>()?,
             test: task.test.iter().map(enc).collect::<Result<_>>()?,
@@ -105,7 +111,7 @@ impl SftModel {
     }
 
     pub fn batch(&self, items: &[&Encoded]) -> Result<Batch> {
-        Batch::new(items, self.pad, self.llama.device())
+        Batch::new(items, self.tokenizer.end_of_turn, self.llama.device())
     }
 
     /// For one sample's decoder tokens (T, h, w): the cross-entropy of `batch` through the
@@ -114,12 +120,9 @@ impl SftModel {
         let decoded = self.layout.detokenize_tensors(tokens)?;
         let b = self.residual.combine(gate, &decoded)?;
         let mut pairs = BTreeMap::new();
-        let (mut res, mut base) = (None::<Tensor>, 0f64);
+        let mut res = None::<Tensor>;
         let slots = self.layout.slots.iter().zip(b);
-        for (i, ((slot, b), (d, b0))) in slots
-            .zip(decoded.iter().zip(&self.residual.base))
-            .enumerate()
-        {
+        for (i, ((slot, b), d)) in slots.zip(&decoded).enumerate() {
             let a = self.frozen_a[&(slot.layer, slot.module)].clone();
             pairs.insert((slot.layer, slot.module), (a, b));
             let r = d.broadcast_mul(&gate.narrow(0, i, 1)?)?.sqr()?.sum_all()?;
@@ -127,11 +130,10 @@ impl SftModel {
                 None => r,
                 Some(acc) => (acc + r)?,
             });
-            base += f64::from(b0.sqr()?.sum_all()?.to_scalar::<f32>()?);
         }
         let lora = LoraWeights::from_tensors(self.lora.clone(), pairs);
         let ce = self.llama.loss(batch, Some(&lora))?;
-        let rel = (res.expect("at least one matrix") / base.max(1e-12))?;
+        let rel = (res.expect("at least one matrix") / self.base_norm2.max(1e-12))?;
         Ok((ce, rel))
     }
 }
@@ -155,13 +157,14 @@ impl SftData {
         let encode = |tasks: &[TaskData]| {
             tasks
                 .iter()
-                .map(|t| SftModel::examples(base_dir, t))
+                .map(|t| model.examples(t))
                 .collect::<Result<Vec<_>>>()
         };
+        let (train, heldout) = (encode(&set.train)?, encode(&set.heldout)?);
         Ok(Self {
             model,
-            train: encode(&set.train)?,
-            heldout: encode(&set.heldout)?,
+            train,
+            heldout,
             heldout_pools: set.heldout.iter().map(|t| t.pool.clone()).collect(),
         })
     }
