@@ -317,6 +317,112 @@ async fn admin_needs_the_token_and_stock_admin_routes_are_hidden() {
         let err = c.check().unwrap_err().to_string();
         assert!(err.contains("token"), "{err}");
     }
+
+    // /metrics needs the token too, unless plugin.metrics_need_token is off.
+    let metrics = format!("{}/metrics", s.url);
+    let r = reply(s.client.get(&metrics).send().await.unwrap()).await;
+    assert_eq!(r.status, 401, "{}", r.json);
+    assert_eq!(
+        r.json["error"]["type"], "authentication_error",
+        "{}",
+        r.json
+    );
+    let r = s
+        .client
+        .get(&metrics)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    drop(s);
+    let mut c = tiny_config(&dir.path().join("open-metrics"));
+    c.plugin.metrics_need_token = false;
+    let s = start(c).await;
+    let r = s
+        .client
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = s
+        .client
+        .get(format!("{}/admin/adapters", s.url))
+        .send()
+        .await;
+    assert_eq!(r.unwrap().status(), 401);
+}
+
+/// Issue 15: without a token (loopback dev mode) a web page the operator visits cannot
+/// drive the admin API: not by a cross-site form, not from another origin, not by DNS
+/// rebinding; curl-style requests still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokenless_admin_serves_same_site_requests_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = tiny_config(dir.path());
+    c.plugin.admin_token = None;
+    let s = start(c).await;
+    if s.plugin.admin_token.is_some() {
+        eprintln!("skipped: DND_ADMIN_TOKEN is set");
+        return;
+    }
+    // A multipart upload (PUT, no Origin) is what curl -F sends.
+    assert_eq!(s.upload("t", &adapter(1)).await.status, 201);
+    let pin = || s.admin(Method::POST, "/adapters/t/pin");
+    let port = s.url.rsplit(':').next().unwrap().to_string();
+    for (what, rb) in [
+        // What <form enctype="text/plain"> posts: a JSON-looking body, text/plain.
+        (
+            "text/plain form",
+            pin()
+                .header("content-type", "text/plain")
+                .body("{\"x\": 1}"),
+        ),
+        ("no content type", pin()),
+        (
+            "multipart POST",
+            pin().multipart(upload_form(vec![], vec![])),
+        ),
+        (
+            "other origin",
+            pin()
+                .header("origin", "http://evil.example")
+                .json(&json!({})),
+        ),
+        (
+            "rebound host",
+            pin()
+                .header("host", format!("evil.example:{port}"))
+                .json(&json!({})),
+        ),
+        (
+            "rebound host, GET",
+            s.admin(Method::GET, "/adapters")
+                .header("host", format!("evil.example:{port}")),
+        ),
+        (
+            "rebound host, metrics",
+            s.client
+                .get(format!("{}/metrics", s.url))
+                .header("host", format!("evil.example:{port}")),
+        ),
+    ] {
+        let r = reply(rb.send().await.unwrap()).await;
+        assert_eq!(r.status, 403, "{what}: {}", r.json);
+        assert_eq!(r.json["error"]["type"], "permission_error", "{what}");
+    }
+    assert_eq!(s.adapter_info("t").await.unwrap()["pinned"], false);
+
+    let same_origin = format!("http://127.0.0.1:{port}");
+    let r = pin().header("origin", same_origin).json(&json!({})).send();
+    assert_eq!(r.await.unwrap().status(), 200);
+    assert_eq!(s.adapter_info("t").await.unwrap()["pinned"], true);
+    let localhost = format!("localhost:{port}");
+    let r = s.admin(Method::GET, "/adapters").header("host", localhost);
+    assert_eq!(r.send().await.unwrap().status(), 200);
+    let r = s.client.get(format!("{}/metrics", s.url)).send().await;
+    assert_eq!(r.unwrap().status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -61,6 +61,7 @@ async fn task_json(s: &TestServer, task: &str) -> Value {
 async fn metrics(s: &TestServer) -> String {
     s.client
         .get(format!("{}/metrics", s.url))
+        .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap()

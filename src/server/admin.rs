@@ -1,17 +1,25 @@
-//! The admin API under `/admin`: list, inspect, hot-load, evict, pin and unpin adapters.
-//! Every route needs `Authorization: Bearer TOKEN` when a token is configured (compared in
-//! constant time).
+//! The admin API under `/admin` (list, inspect, hot-load, evict, pin, unpin, regenerate),
+//! `/metrics`, and who may call them.
+//!
+//! With an admin token, every route needs `Authorization: Bearer TOKEN` (`/metrics` too,
+//! unless `plugin.metrics_need_token` is off). Without one (loopback only, see
+//! [`Config::check`](super::Config::check)) a web page the operator visits must not drive
+//! the API: requests must name a loopback `Host` (no DNS rebinding), any `Origin` must be
+//! that host, and writes must carry a JSON body (or a multipart upload on PUT), which a
+//! cross-site form cannot send.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
@@ -20,6 +28,8 @@ use super::Plugin;
 use crate::adapters::Source;
 use crate::format::peft::{CONFIG_FILE, WEIGHTS_FILE};
 use crate::format::{LoraAdapter, PeftConfig};
+
+const METRICS: &str = "/metrics";
 
 pub fn router(plugin: Arc<Plugin>) -> Router {
     Router::new()
@@ -31,29 +41,116 @@ pub fn router(plugin: Arc<Plugin>) -> Router {
         .route("/admin/adapters/{task}/pin", post(pin))
         .route("/admin/adapters/{task}/unpin", post(unpin))
         .route("/admin/adapters/{task}/regenerate", post(regenerate))
-        .layer(axum::middleware::from_fn_with_state(
-            plugin.clone(),
-            require_token,
-        ))
+        .route(METRICS, get(super::metrics::metrics))
+        .layer(axum::middleware::from_fn_with_state(plugin.clone(), guard))
         // Adapters are larger than axum's 2 MB default body limit.
         .layer(DefaultBodyLimit::max(plugin.config.server.max_body_bytes))
         .with_state(plugin)
 }
 
-async fn require_token(State(plugin): State<Arc<Plugin>>, req: Request, next: Next) -> Response {
-    if let Some(token) = &plugin.admin_token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
-            return ApiError::new(StatusCode::UNAUTHORIZED, "missing or invalid admin token")
-                .into_response();
+/// Serves a request only when its caller may use the route (see the module doc).
+async fn guard(State(plugin): State<Arc<Plugin>>, req: Request, next: Next) -> Response {
+    let checked = match &plugin.admin_token {
+        Some(_) if req.uri().path() == METRICS && !plugin.config.plugin.metrics_need_token => {
+            Ok(())
+        }
+        Some(token) => check_token(req.headers(), token),
+        None => check_same_site(
+            req.method(),
+            req.headers(),
+            plugin.config.server.listen.ip(),
+        ),
+    };
+    match checked {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn check_token(headers: &HeaderMap, token: &str) -> Result<(), ApiError> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Compared as SHA-256 digests: both sides are 32 bytes, so the comparison's time tells
+    // nothing about the token's length (`ct_eq` on the raw bytes returns early on it).
+    let (given, token) = (Sha256::digest(given), Sha256::digest(token));
+    if bool::from(given.as_slice().ct_eq(token.as_slice())) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or invalid admin token",
+        ))
+    }
+}
+
+/// The checks of token-less (loopback) mode: a loopback `Host`, an `Origin` (when sent)
+/// naming that host, and a content type on writes that browsers only send cross-site
+/// after a CORS preflight, which this server never grants.
+fn check_same_site(method: &Method, headers: &HeaderMap, bind: IpAddr) -> Result<(), ApiError> {
+    let forbidden = |why: String| {
+        let mode = "without an admin token only same-site loopback requests are served";
+        ApiError::new(StatusCode::FORBIDDEN, format!("{why} ({mode})"))
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !is_local_host(host, bind) {
+        return Err(forbidden(format!(
+            "Host {host:?} is not localhost, a loopback address or the bind address"
+        )));
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        let authority = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
+        if !authority.is_some_and(|a| a.eq_ignore_ascii_case(host)) {
+            return Err(forbidden(format!(
+                "Origin {origin:?} does not match Host {host:?}"
+            )));
         }
     }
-    next.run(req).await
+    if !matches!(*method, Method::GET | Method::HEAD) {
+        let media = media_type(headers);
+        // Multipart is only taken by the adapter upload (PUT, which browsers preflight).
+        let upload = *method == Method::PUT && media == "multipart/form-data";
+        if !(media == "application/json" || upload) {
+            return Err(forbidden(format!(
+                "{method} needs Content-Type: application/json (or multipart/form-data for \
+                 an upload), got {media:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `host` (a `Host` header: name or IP, optional port) is this machine's loopback
+/// or the address the server is bound to; a name that DNS rebinding points at 127.0.0.1
+/// is neither.
+fn is_local_host(host: &str, bind: IpAddr) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback() || ip == bind)
+}
+
+/// The request's media type, lowercased and without parameters (`multipart/form-data`).
+fn media_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
 }
 
 fn task_param(task: &str) -> Result<(), ApiError> {
@@ -292,4 +389,110 @@ async fn set_pin(p: Arc<Plugin>, task: String, pinned: bool) -> Result<Response,
         .await
         .map(|info| Json(info).into_response())
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, format!("{e:#}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(k.clone(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_token_must_match_exactly() {
+        let ok = headers(&[(header::AUTHORIZATION, "Bearer s3cret")]);
+        assert!(check_token(&ok, "s3cret").is_ok());
+        for given in [
+            "Bearer s3cre",
+            "Bearer s3cret2",
+            "Bearer ",
+            "s3cret",
+            "Basic s3cret",
+        ] {
+            let e = check_token(&headers(&[(header::AUTHORIZATION, given)]), "s3cret");
+            assert_eq!(e.unwrap_err().status, StatusCode::UNAUTHORIZED, "{given}");
+        }
+        assert!(check_token(&HeaderMap::new(), "s3cret").is_err());
+    }
+
+    #[test]
+    fn only_loopback_hosts_are_local() {
+        let bind: IpAddr = "127.0.0.1".parse().unwrap();
+        for host in [
+            "localhost",
+            "LOCALHOST:8080",
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "127.1.2.3:80",
+            "[::1]",
+            "[::1]:8080",
+        ] {
+            assert!(is_local_host(host, bind), "{host}");
+        }
+        for host in [
+            "",
+            "evil.example",
+            "evil.example:8080",
+            "localhost.evil.example",
+            "127.0.0.1.evil.example",
+            "10.0.0.1:8080",
+            "[::2]:8080",
+        ] {
+            assert!(!is_local_host(host, bind), "{host}");
+        }
+        assert!(is_local_host("10.0.0.1:8080", "10.0.0.1".parse().unwrap()));
+    }
+
+    /// What a web page can make a browser send, refused; what curl and the OpenAI-style
+    /// clients send, served.
+    #[test]
+    fn tokenless_mode_refuses_cross_site_requests() {
+        fn check(m: Method, h: &[(header::HeaderName, &str)]) -> Result<(), String> {
+            let bind: IpAddr = "127.0.0.1".parse().unwrap();
+            check_same_site(&m, &headers(h), bind).map_err(|e| {
+                assert_eq!(e.status, StatusCode::FORBIDDEN);
+                e.message
+            })
+        }
+        let host = (header::HOST, "127.0.0.1:8080");
+        let json = (header::CONTENT_TYPE, "application/json; charset=utf-8");
+        assert!(check(Method::GET, &[host.clone()]).is_ok());
+        assert!(check(Method::POST, &[host.clone(), json.clone()]).is_ok());
+        assert!(check(Method::DELETE, &[host.clone(), json.clone()]).is_ok());
+        let multipart = (header::CONTENT_TYPE, "multipart/form-data; boundary=x");
+        assert!(check(Method::PUT, &[host.clone(), multipart.clone()]).is_ok());
+        let same_origin = (header::ORIGIN, "http://127.0.0.1:8080");
+        assert!(check(Method::POST, &[host.clone(), json.clone(), same_origin]).is_ok());
+
+        // A form posted from a page: text/plain, urlencoded or multipart to a POST route.
+        for ctype in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+        ] {
+            let e = check(Method::POST, &[host.clone(), (header::CONTENT_TYPE, ctype)]);
+            assert!(e.unwrap_err().contains("Content-Type"), "{ctype}");
+        }
+        let e = check(Method::POST, &[host.clone()]).unwrap_err();
+        assert!(e.contains("Content-Type"), "{e}");
+        // Another site's page, even with a body type it could only send after a preflight.
+        for origin in ["http://evil.example", "null", "http://127.0.0.1:9999"] {
+            let h = [host.clone(), json.clone(), (header::ORIGIN, origin)];
+            assert!(
+                check(Method::POST, &h).unwrap_err().contains("Origin"),
+                "{origin}"
+            );
+            assert!(check(Method::GET, &h).is_err(), "{origin}");
+        }
+        // DNS rebinding: the page's own name resolves to 127.0.0.1.
+        let rebound = [(header::HOST, "evil.example:8080"), json.clone()];
+        assert!(check(Method::GET, &rebound).unwrap_err().contains("Host"));
+        assert!(check(Method::GET, &[]).unwrap_err().contains("Host"));
+    }
 }

@@ -78,6 +78,9 @@ pub struct PluginConfig {
     pub import_root: Option<PathBuf>,
     /// Bearer token of the admin API; `DND_ADMIN_TOKEN` overrides it.
     pub admin_token: Option<String>,
+    /// With an admin token set, `/metrics` needs it too (off: open to any client that
+    /// reaches the port, e.g. a scraper without credentials).
+    pub metrics_need_token: bool,
     /// Sources of the task id, first match wins.
     pub task_id_sources: Vec<TaskSource>,
     pub task_header: String,
@@ -133,6 +136,7 @@ impl Default for PluginConfig {
             store: PathBuf::from("data/adapters"),
             import_root: None,
             admin_token: None,
+            metrics_need_token: true,
             task_id_sources: vec![TaskSource::Header, TaskSource::Body, TaskSource::User],
             task_header: "x-task-id".into(),
             max_resident: 4,

@@ -1,6 +1,7 @@
 //! The serving plugin: the server's [`config`], task [`tagging`] over the stock OpenAI
-//! routes, the [`admin`] API, and [`build`]/[`serve`] that embed mistral.rs; [`local`] runs
-//! it in-process on a loopback port with a small client (eval, bench, tests).
+//! routes, the [`admin`] API with `/metrics` and who may call them, and [`build`]/[`serve`]
+//! that embed mistral.rs; [`local`] runs it in-process on a loopback port with a small
+//! client (eval, bench, tests).
 //!
 //! A request goes: HTTP -> [`tagging::tag_request`] (task id, route, `model` rewrite) ->
 //! mistral.rs server-core handler -> the engine model of the base or of the task's adapter.
@@ -149,12 +150,7 @@ pub async fn build_with(
             plugin.clone(),
             tagging::tag_request,
         ))
-        .merge(admin::router(plugin.clone()))
-        .merge(
-            Router::new()
-                .route("/metrics", axum::routing::get(metrics::metrics))
-                .with_state(plugin.clone()),
-        );
+        .merge(admin::router(plugin.clone()));
     Ok((router, Some(plugin)))
 }
 
