@@ -517,6 +517,53 @@ async fn malformed_adapters_get_400_and_change_nothing() {
     assert_eq!(s.state("new").await, "resident");
 }
 
+/// Issue 15: a path import reads regular files only: a symlink inside the import root may
+/// point outside it, and a FIFO would block the read forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_imports_refuse_symlinks_and_special_files() {
+    use mistralrs_dnd::format::peft::{CONFIG_FILE, WEIGHTS_FILE};
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(tiny_config(dir.path())).await;
+    let outside = dir.path().join("outside");
+    adapter(1).write_peft(&outside).unwrap();
+    let linked = dir.path().join("import/linked");
+    std::fs::create_dir_all(&linked).unwrap();
+    std::fs::copy(outside.join(CONFIG_FILE), linked.join(CONFIG_FILE)).unwrap();
+    std::os::unix::fs::symlink(outside.join(WEIGHTS_FILE), linked.join(WEIGHTS_FILE)).unwrap();
+    let fifo = dir.path().join("import/fifo");
+    std::fs::create_dir_all(&fifo).unwrap();
+    std::fs::copy(outside.join(CONFIG_FILE), fifo.join(CONFIG_FILE)).unwrap();
+    let c = std::ffi::CString::new(fifo.join(WEIGHTS_FILE).to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+
+    for (folder, why) in [(&linked, "symlink"), (&fifo, "not a regular file")] {
+        let r = s
+            .admin(Method::PUT, "/adapters/t")
+            .json(&json!({ "path": folder }))
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .expect("an answer, not a read blocked for good");
+        let r = reply(r).await;
+        assert_eq!(r.status, 400, "{why}: {}", r.json);
+        let message = r.json["error"]["message"].as_str().unwrap();
+        assert!(message.contains(why), "{message}");
+    }
+    assert_eq!(s.list().await["adapters"], json!([]), "nothing changed");
+    assert!(!dir.path().join("store/t").exists());
+
+    // The same files, copied in, import.
+    std::fs::remove_file(linked.join(WEIGHTS_FILE)).unwrap();
+    std::fs::copy(outside.join(WEIGHTS_FILE), linked.join(WEIGHTS_FILE)).unwrap();
+    let r = s
+        .admin(Method::PUT, "/adapters/t")
+        .json(&json!({ "path": linked }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replacing_an_adapter_swaps_versions() {
     let dir = tempfile::tempdir().unwrap();

@@ -9,7 +9,7 @@
 //! cross-site form cannot send.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
@@ -18,6 +18,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use bytes::Bytes;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -27,7 +28,7 @@ use super::tagging::validate_task_id;
 use super::Plugin;
 use crate::adapters::Source;
 use crate::format::peft::{CONFIG_FILE, WEIGHTS_FILE};
-use crate::format::{LoraAdapter, PeftConfig};
+use crate::format::{LlamaDims, LoraAdapter, PeftConfig};
 
 const METRICS: &str = "/metrics";
 
@@ -241,31 +242,35 @@ async fn put_adapter(
     req: Request,
 ) -> Result<Response, ApiError> {
     task_param(&task)?;
-    let ctype = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let (adapter, source) = if ctype.starts_with("multipart/form-data") {
-        let mp = Multipart::from_request(req, &())
-            .await
-            .map_err(|e| ApiError::bad_request(format!("bad multipart body: {e}")))?;
-        (read_multipart(mp).await?, Source::Upload)
-    } else if ctype.starts_with("application/json") {
-        let Json(body) = Json::<PathImport>::from_request(req, &())
-            .await
-            .map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))?;
-        (read_import(&p, &body.path)?, Source::Path)
-    } else {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "send multipart/form-data with adapter_config.json and adapter_model.safetensors, or JSON {\"path\": DIR}",
-        ));
+    let dims = p.table.dims().clone();
+    let (adapter, source) = match media_type(req.headers()).as_str() {
+        "multipart/form-data" => {
+            let mp = Multipart::from_request(req, &())
+                .await
+                .map_err(|e| ApiError::bad_request(format!("bad multipart body: {e}")))?;
+            let (config, weights) = read_multipart(mp).await?;
+            let adapter = off_runtime(move || parse_adapter(&config, &weights, &dims)).await?;
+            (adapter, Source::Upload)
+        }
+        "application/json" => {
+            let Json(body) = Json::<PathImport>::from_request(req, &())
+                .await
+                .map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))?;
+            let root = p.config.plugin.import_root.clone();
+            let adapter = off_runtime(move || {
+                let (config, weights) = read_import(root.as_deref(), &body.path)?;
+                parse_adapter(&config, &weights, &dims)
+            })
+            .await?;
+            (adapter, Source::Path)
+        }
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "send multipart/form-data with adapter_config.json and adapter_model.safetensors, or JSON {\"path\": DIR}",
+            ))
+        }
     };
-    adapter
-        .validate(p.table.dims())
-        .map_err(|e| ApiError::bad_request(format!("invalid adapter: {e:#}")))?;
     match p.table.install(&task, &adapter, source).await {
         Ok(info) => Ok((StatusCode::CREATED, Json(info)).into_response()),
         Err(e) => Err(ApiError::internal(format!(
@@ -274,7 +279,18 @@ async fn put_adapter(
     }
 }
 
-async fn read_multipart(mut mp: Multipart) -> Result<LoraAdapter, ApiError> {
+/// Runs file reads, parsing and validation on the blocking pool: a large adapter or a slow
+/// disk would otherwise stall one of the runtime's workers, and every request queued on it.
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::internal(format!("reading the adapter: {e}")))?
+}
+
+/// The config and weights parts of an upload.
+async fn read_multipart(mut mp: Multipart) -> Result<(Bytes, Bytes), ApiError> {
     let (mut config, mut weights) = (None, None);
     while let Some(field) = mp
         .next_field()
@@ -304,18 +320,25 @@ async fn read_multipart(mut mp: Multipart) -> Result<LoraAdapter, ApiError> {
         config.ok_or_else(|| ApiError::bad_request(format!("missing part {CONFIG_FILE}")))?;
     let weights =
         weights.ok_or_else(|| ApiError::bad_request(format!("missing part {WEIGHTS_FILE}")))?;
-    parse_adapter(&config, &weights)
+    Ok((config, weights))
 }
 
-fn parse_adapter(config: &[u8], weights: &[u8]) -> Result<LoraAdapter, ApiError> {
+/// Parses an adapter and validates it against the base model (400 with the reason).
+fn parse_adapter(config: &[u8], weights: &[u8], dims: &LlamaDims) -> Result<LoraAdapter, ApiError> {
     let cfg: PeftConfig = serde_json::from_slice(config).map_err(|e| {
         ApiError::bad_request(format!("{CONFIG_FILE} is not a valid LoRA config: {e}"))
     })?;
-    LoraAdapter::from_parts(cfg, weights).map_err(|e| ApiError::bad_request(format!("{e:#}")))
+    let adapter = LoraAdapter::from_parts(cfg, weights)
+        .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+    adapter
+        .validate(dims)
+        .map_err(|e| ApiError::bad_request(format!("invalid adapter: {e:#}")))?;
+    Ok(adapter)
 }
 
-fn read_import(p: &Plugin, path: &std::path::Path) -> Result<LoraAdapter, ApiError> {
-    let root = p.config.plugin.import_root.as_ref().ok_or_else(|| {
+/// The config and weights files of `path`, a folder inside the import `root`.
+fn read_import(root: Option<&FsPath>, path: &FsPath) -> Result<(Vec<u8>, Vec<u8>), ApiError> {
+    let root = root.ok_or_else(|| {
         ApiError::bad_request("path import is disabled: set plugin.import_root in the config")
     })?;
     let root = root
@@ -334,11 +357,42 @@ fn read_import(p: &Plugin, path: &std::path::Path) -> Result<LoraAdapter, ApiErr
             ),
         ));
     }
-    let read = |f: &str| {
-        std::fs::read(dir.join(f))
-            .map_err(|e| ApiError::bad_request(format!("{}: {e}", dir.join(f).display())))
-    };
-    parse_adapter(&read(CONFIG_FILE)?, &read(WEIGHTS_FILE)?)
+    Ok((
+        read_regular(&dir.join(CONFIG_FILE))?,
+        read_regular(&dir.join(WEIGHTS_FILE))?,
+    ))
+}
+
+/// The bytes of `path` when it is a regular file. A symlink is refused because it may
+/// point outside the import root (canonicalising the folder does not resolve the files in
+/// it), a FIFO or device because reading it may block or never end.
+fn read_regular(path: &FsPath) -> Result<Vec<u8>, ApiError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let refuse = |why: String| ApiError::bad_request(format!("{}: {why}", path.display()));
+    let meta = std::fs::symlink_metadata(path).map_err(|e| refuse(e.to_string()))?;
+    if meta.file_type().is_symlink() {
+        return Err(refuse(
+            "is a symlink; path imports read regular files only".into(),
+        ));
+    }
+    if !meta.is_file() {
+        return Err(refuse("is not a regular file".into()));
+    }
+    // Opened without following a symlink and checked again once open, in case the file
+    // was swapped after the check above; O_NONBLOCK keeps a swapped-in FIFO from blocking.
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| refuse(e.to_string()))?;
+    if !f.metadata().map_err(|e| refuse(e.to_string()))?.is_file() {
+        return Err(refuse("is not a regular file".into()));
+    }
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)
+        .map_err(|e| refuse(e.to_string()))?;
+    Ok(bytes)
 }
 
 #[derive(Deserialize)]
@@ -494,5 +548,30 @@ mod tests {
         let rebound = [(header::HOST, "evil.example:8080"), json.clone()];
         assert!(check(Method::GET, &rebound).unwrap_err().contains("Host"));
         assert!(check(Method::GET, &[]).unwrap_err().contains("Host"));
+    }
+
+    #[test]
+    fn path_imports_read_regular_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"bytes").unwrap();
+        assert_eq!(read_regular(&file).unwrap(), b"bytes");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let e = read_regular(&link).unwrap_err();
+        assert!(e.message.contains("symlink"), "{}", e.message);
+        // A FIFO: a plain read would block until a writer comes.
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = read_regular(&fifo).unwrap_err();
+        assert!(e.message.contains("not a regular file"), "{}", e.message);
+        assert!(read_regular(dir.path()).is_err(), "a folder");
+        assert_eq!(
+            read_regular(&link.with_file_name("absent"))
+                .unwrap_err()
+                .status,
+            400
+        );
     }
 }
