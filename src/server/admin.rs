@@ -516,7 +516,7 @@ mod tests {
         }
         let host = (header::HOST, "127.0.0.1:8080");
         let json = (header::CONTENT_TYPE, "application/json; charset=utf-8");
-        assert!(check(Method::GET, &[host.clone()]).is_ok());
+        assert!(check(Method::GET, std::slice::from_ref(&host)).is_ok());
         assert!(check(Method::POST, &[host.clone(), json.clone()]).is_ok());
         assert!(check(Method::DELETE, &[host.clone(), json.clone()]).is_ok());
         let multipart = (header::CONTENT_TYPE, "multipart/form-data; boundary=x");
@@ -533,7 +533,7 @@ mod tests {
             let e = check(Method::POST, &[host.clone(), (header::CONTENT_TYPE, ctype)]);
             assert!(e.unwrap_err().contains("Content-Type"), "{ctype}");
         }
-        let e = check(Method::POST, &[host.clone()]).unwrap_err();
+        let e = check(Method::POST, std::slice::from_ref(&host)).unwrap_err();
         assert!(e.contains("Content-Type"), "{e}");
         // Another site's page, even with a body type it could only send after a preflight.
         for origin in ["http://evil.example", "null", "http://127.0.0.1:9999"] {
