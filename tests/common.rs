@@ -222,6 +222,7 @@ pub fn trained_tiny_generator() -> &'static TrainedGenerator {
         let generator = dir.path().join("generator");
         let set = load_training_set(
             &collection,
+            None,
             &decoder,
             &encoder,
             &settings,

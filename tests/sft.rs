@@ -6,6 +6,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use mistralrs_dnd::format::LoraAdapter;
 use mistralrs_dnd::generator::{Generator, TokenLayout};
+use mistralrs_dnd::tasks::Task;
 use mistralrs_dnd::training::collection::Collection;
 use mistralrs_dnd::training::generator::{
     decoder_config_for, load_training_set, train_decoder, Holdout, Objective, TrainDecoderConfig,
@@ -33,6 +34,18 @@ fn settings(objective: Objective) -> TrainDecoderConfig {
 }
 
 fn train(objective: Objective, out: &Path, stop: Option<usize>) -> TrainOutcome {
+    train_with(objective, out, stop, None, None).unwrap()
+}
+
+/// `train` on `suite`'s tasks (the collection lending the checkpoints it has), the residual
+/// on `residual_from`.
+fn train_with(
+    objective: Objective,
+    out: &Path,
+    stop: Option<usize>,
+    suite: Option<&[Task]>,
+    residual_from: Option<&Path>,
+) -> anyhow::Result<TrainOutcome> {
     let fixture = trained_tiny_generator();
     let mut decoder = decoder_config_for(
         &fixture.collection,
@@ -44,7 +57,10 @@ fn train(objective: Objective, out: &Path, stop: Option<usize>) -> TrainOutcome 
     )
     .unwrap();
     decoder.residual = true;
-    let cfg = settings(objective);
+    let cfg = TrainDecoderConfig {
+        residual_from: residual_from.map(Path::to_path_buf),
+        ..settings(objective)
+    };
     let encoder = mistralrs_dnd::generator::PromptEncoder::load(
         &mistralrs_dnd::testing::real_assets().minilm(),
         &Device::Cpu,
@@ -52,13 +68,13 @@ fn train(objective: Objective, out: &Path, stop: Option<usize>) -> TrainOutcome 
     .unwrap();
     let set = load_training_set(
         &fixture.collection,
+        suite,
         &decoder,
         &encoder,
         &cfg,
         &out.join("cache"),
-    )
-    .unwrap();
-    let sft = SftData::load(&tiny_model(), &decoder, &set).unwrap();
+    )?;
+    let sft = SftData::load(&tiny_model(), &decoder, &set, residual_from)?;
     let opts = TrainOptions {
         stop_after_steps: stop,
         quiet: true,
@@ -72,7 +88,6 @@ fn train(objective: Objective, out: &Path, stop: Option<usize>) -> TrainOutcome 
         Some(&sft),
         &opts,
     )
-    .unwrap()
 }
 
 fn b_matrices(a: &LoraAdapter, layout: &TokenLayout) -> Vec<Tensor> {
@@ -194,4 +209,52 @@ fn mix_resumes_exactly() {
             "{file}"
         );
     }
+}
+
+/// The end-to-end objective trains on a task that was never collected, from a given base
+/// adapter (e.g. a multi-task LoRA); reconstruction refuses that task.
+#[test]
+fn sft_trains_uncollected_tasks_from_a_given_base() {
+    let fixture = trained_tiny_generator();
+    let collection = Collection::new(&fixture.collection);
+    let mut suite: Vec<Task> = collection
+        .tasks()
+        .unwrap()
+        .iter()
+        .map(|n| collection.task(n).unwrap())
+        .collect();
+    let mut fresh = suite[0].clone();
+    fresh.name = "never_collected".into();
+    suite.push(fresh);
+    let from = collection.final_checkpoints().unwrap()[&suite[0].name].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sft");
+    let outcome = train_with(Objective::Sft, &out, None, Some(&suite), Some(&from)).unwrap();
+    assert!(outcome
+        .record
+        .train_tasks
+        .contains(&"never_collected".to_string()));
+    let g = Generator::load(
+        &out,
+        &mistralrs_dnd::testing::real_assets().minilm(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let layout = g.layout().clone();
+    let residual = mistralrs_dnd::generator::Residual::load(&out, &layout).unwrap();
+    let given = b_matrices(&LoraAdapter::read_peft(&from).unwrap(), &layout);
+    assert!(
+        max_diff(&residual.base, &given) < 1e-6,
+        "base is the given adapter"
+    );
+
+    let err = train_with(
+        Objective::Mix,
+        &dir.path().join("mix"),
+        None,
+        Some(&suite),
+        None,
+    )
+    .expect_err("mix needs every task's checkpoints");
+    assert!(format!("{err:#}").contains("never_collected"), "{err:#}");
 }

@@ -10,7 +10,10 @@ use crate::assets::{given_or_default, Assets};
 use crate::eval::heldout::{
     evaluate_heldout, heldout_markdown, weight_markdown, weight_space, write_heldout, HeldoutSetup,
 };
-use crate::eval::nll::{evaluate_nll, nll_markdown, write_nll, NllSetup};
+use crate::eval::nll::{
+    evaluate_lora_nll, evaluate_nll, lora_nll_markdown, nll_markdown, write_lora_nll, write_nll,
+    NllSetup,
+};
 use crate::eval::{adapters_in, evaluate, write_report, Candidate};
 use crate::server::Config;
 use crate::tasks::suite;
@@ -45,9 +48,11 @@ pub struct Args {
     /// With --generator: only the weight-space comparison (seconds), no model run.
     #[arg(long, requires = "generator")]
     pub weights_only: bool,
-    /// With --generator: the teacher-forced comparison (NLL and greedy exact match on
-    /// every test example; no engine, no decoding), written to nll.json / nll.md.
-    #[arg(long, requires = "generator", conflicts_with = "weights_only")]
+    /// Teacher-forced scoring (NLL and greedy exact match on every test example; no
+    /// engine, no decoding). With --generator: the held-out comparison, to nll.json /
+    /// nll.md; else every task under the base, each --adapter and its own checkpoint in
+    /// --checkpoints, to lora-nll.json / lora-nll.md (which tasks a LoRA improves).
+    #[arg(long, conflicts_with = "weights_only")]
     pub nll: bool,
     /// With --nll: a multi-task LoRA (PEFT folder, e.g. from `collect --pool`) to compare.
     #[arg(long, requires = "nll")]
@@ -97,6 +102,28 @@ pub fn run(args: Args) -> Result<()> {
         println!("{}", nll_markdown(&report));
         println!(
             "teacher-forced held-out eval in {:.1} min; wrote {}/nll.json and nll.md",
+            report.seconds / 60.0,
+            args.out.display()
+        );
+        return Ok(());
+    }
+    if args.nll {
+        let mut adapters = Vec::new();
+        for dir in &args.adapter {
+            adapters.extend(adapters_in(dir)?);
+        }
+        let base = given_or_default(args.base.as_deref(), Assets::smollm2)?;
+        let report = evaluate_lora_nll(
+            &tasks,
+            &base,
+            &adapters,
+            args.checkpoints.as_deref(),
+            args.limit,
+        )?;
+        write_lora_nll(&report, &args.out)?;
+        println!("{}", lora_nll_markdown(&report));
+        println!(
+            "teacher-forced eval in {:.1} min; wrote {}/lora-nll.json and lora-nll.md",
             report.seconds / 60.0,
             args.out.display()
         );

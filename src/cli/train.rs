@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 
 use crate::assets::{given_or_default, Assets};
 use crate::format::peft::LlamaDims;
@@ -79,6 +79,23 @@ pub struct Args {
     /// Start from this generator's decoder weights (e.g. a reconstruction-trained one).
     #[arg(long)]
     pub init_from: Option<PathBuf>,
+    /// sft: the adapter (PEFT folder, e.g. `collect --pool`'s multi-task LoRA) the
+    /// generated residual is added to (default: the mean of the training checkpoints).
+    #[arg(long)]
+    pub residual_from: Option<PathBuf>,
+    /// Train on these tasks (`builtin`, or task files) instead of the collection's: the
+    /// collection then only lends the checkpoints it has (sft needs none).
+    #[arg(long, num_args = 1..)]
+    pub suite: Vec<String>,
+    #[command(flatten)]
+    pub suite_args: super::collect::SuiteArgs,
+    /// With --suite: leave these tasks out altogether (comma-separated).
+    #[arg(long, value_delimiter = ',', requires = "suite")]
+    pub except: Vec<String>,
+    /// With --suite: hold out, in every family, the 2nd task and every K-th after it
+    /// (suite order), see `tasks::holdout_every`.
+    #[arg(long, requires = "suite", conflicts_with_all = ["hold_out", "hold_out_family"])]
+    pub hold_out_every: Option<usize>,
     #[command(flatten)]
     pub shape: super::generate::DecoderShapeArgs,
     /// Stop after this many steps, as if killed (for testing resumption).
@@ -102,11 +119,46 @@ pub fn run(args: Args) -> Result<()> {
         args.shape.prompt_tokens,
     )?;
     decoder.residual = args.objective.end_to_end();
-    let holdout = match (&args.hold_out_family, args.hold_out.is_empty()) {
-        (Some(f), _) => Holdout::Family(f.clone()),
-        (None, false) => Holdout::Tasks(args.hold_out.clone()),
-        (None, true) => Holdout::None,
+    // The held-out split is taken on the whole suite, so that --except (tasks dropped by
+    // a filter) does not move it.
+    let (suite, every) = match args.suite.is_empty() {
+        true => (None, None),
+        false => {
+            let mut tasks = crate::tasks::suite(&args.suite, &[], &args.suite_args.config())?;
+            let every = match args.hold_out_every {
+                Some(k) => Some(crate::tasks::holdout_every(&tasks, k)?),
+                None => None,
+            };
+            for name in &args.except {
+                ensure!(
+                    tasks.iter().any(|t| &t.name == name),
+                    "--except: no task {name:?} in the suite"
+                );
+            }
+            tasks.retain(|t| !args.except.contains(&t.name));
+            let every = every.map(|names| {
+                names
+                    .into_iter()
+                    .filter(|n| !args.except.contains(n))
+                    .collect()
+            });
+            (Some(tasks), every)
+        }
     };
+    let holdout = match (&args.hold_out_family, args.hold_out.is_empty(), every) {
+        (Some(f), _, _) => Holdout::Family(f.clone()),
+        (None, false, _) => Holdout::Tasks(args.hold_out.clone()),
+        (None, true, Some(names)) => Holdout::Tasks(names),
+        (None, true, None) => Holdout::None,
+    };
+    ensure!(
+        args.objective != Objective::Sft || args.task_mixup == 0.0,
+        "--task-mixup blends checkpoints: it has no meaning for --objective sft"
+    );
+    ensure!(
+        args.residual_from.is_none() || args.objective.end_to_end(),
+        "--residual-from is for the end-to-end objectives (sft, mix)"
+    );
     let cfg = TrainDecoderConfig {
         steps: args.steps,
         batch_size: args.batch,
@@ -127,6 +179,7 @@ pub fn run(args: Args) -> Result<()> {
             _ => 0.0,
         },
         init_from: args.init_from.clone(),
+        residual_from: args.residual_from.clone(),
         ..TrainDecoderConfig::default()
     };
     let device = candle_core::Device::Cpu;
@@ -135,13 +188,19 @@ pub fn run(args: Args) -> Result<()> {
     let t0 = std::time::Instant::now();
     let set = load_training_set(
         &args.checkpoints,
+        suite.as_deref(),
         &decoder,
         &encoder,
         &cfg,
         &args.checkpoints.join(CACHE_DIR),
     )?;
     let sft = match args.objective.end_to_end() {
-        true => Some(SftData::load(&base, &decoder, &set)?),
+        true => Some(SftData::load(
+            &base,
+            &decoder,
+            &set,
+            args.residual_from.as_deref(),
+        )?),
         false => None,
     };
     println!(

@@ -65,9 +65,11 @@ pub struct NllRow {
     pub task: String,
     pub examples: usize,
     pub base: NllScore,
-    pub averaged: NllScore,
+    /// `None` when no training task was collected.
+    pub averaged: Option<NllScore>,
     pub multitask: Option<NllScore>,
-    pub own: NllScore,
+    /// `None` when the collection has no checkpoint of the task.
+    pub own: Option<NllScore>,
     /// The mean over the prompt batches.
     pub dnd: NllScore,
     pub dnd_batches: Vec<NllScore>,
@@ -80,6 +82,8 @@ pub struct NllRow {
 pub struct NllReport {
     pub generator: PathBuf,
     pub train_tasks: usize,
+    /// How many training tasks' final checkpoints the averaged LoRA is the mean of.
+    pub averaged_over: usize,
     pub rows: Vec<NllRow>,
     pub seconds: f64,
 }
@@ -170,15 +174,20 @@ pub fn evaluate_nll(tasks: &[Task], setup: &NllSetup, limit: Option<usize>) -> R
         })?;
         LoraAdapter::read_peft(path)
     };
+    // Training tasks trained end to end need no collection: average those that have one.
     let train = record
         .train_tasks
         .iter()
+        .filter(|n| finals.contains_key(*n))
         .map(|n| read(n))
         .collect::<Result<Vec<_>>>()?;
     let model = Llama::load(&setup.base, &Device::Cpu)?;
     let tok = ChatTokenizer::load(&setup.base)?;
     let dims = model.dims.clone();
-    let averaged = lora(&average_adapters(&train)?, &dims)?;
+    let averaged = match train.is_empty() {
+        true => None,
+        false => Some(lora(&average_adapters(&train)?, &dims)?),
+    };
     let multitask = match &setup.multitask {
         Some(p) => Some(lora(&LoraAdapter::read_peft(p)?, &dims)?),
         None => None,
@@ -214,12 +223,15 @@ pub fn evaluate_nll(tasks: &[Task], setup: &NllSetup, limit: Option<usize>) -> R
             task: task.name.clone(),
             examples: examples.len(),
             base: run(None)?,
-            averaged: run(Some(&averaged))?,
+            averaged: averaged.as_ref().map(|a| run(Some(a))).transpose()?,
             multitask: match &multitask {
                 Some(m) => Some(run(Some(m))?),
                 None => None,
             },
-            own: run(Some(&lora(&read(&task.name)?, &dims)?))?,
+            own: match finals.contains_key(&task.name) {
+                true => Some(run(Some(&lora(&read(&task.name)?, &dims)?))?),
+                false => None,
+            },
             dnd: mean_score(&dnd_batches),
             dnd_batches,
             shuffled,
@@ -231,6 +243,7 @@ pub fn evaluate_nll(tasks: &[Task], setup: &NllSetup, limit: Option<usize>) -> R
     Ok(NllReport {
         generator: setup.generator.clone(),
         train_tasks: record.train_tasks.len(),
+        averaged_over: train.len(),
         rows,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -240,14 +253,18 @@ fn cell(s: &NllScore) -> String {
     format!("{:.3} ({:.1})", s.nll, 100.0 * s.greedy)
 }
 
+fn opt_cell(s: Option<NllScore>) -> String {
+    s.as_ref().map(cell).unwrap_or("-".into())
+}
+
 fn row_line(r: &NllRow) -> String {
     format!(
         "| {} | {} | {} | {} | {} | {} | {} | {} |",
         r.task,
         cell(&r.base),
-        cell(&r.averaged),
-        r.multitask.as_ref().map(cell).unwrap_or("-".into()),
-        cell(&r.own),
+        opt_cell(r.averaged),
+        opt_cell(r.multitask),
+        opt_cell(r.own),
         cell(&r.dnd),
         cell(&r.shuffled),
         r.shuffled_from
@@ -273,13 +290,141 @@ pub fn nll_markdown(r: &NllReport) -> String {
     out.push_str(&format!(
         "| mean | {} | {} | {} | {} | {} | {} | |\n",
         col(&|x| Some(x.base)),
-        col(&|x| Some(x.averaged)),
+        col(&|x| x.averaged),
         col(&|x| x.multitask),
-        col(&|x| Some(x.own)),
+        col(&|x| x.own),
         col(&|x| Some(x.dnd)),
         col(&|x| Some(x.shuffled)),
     ));
+    out.push_str(&format!(
+        "\nAveraged LoRAs: the mean of {} of the {} training tasks' final checkpoints.\n",
+        r.averaged_over, r.train_tasks
+    ));
     out
+}
+
+/// One task under the base model and fixed adapters (`eval --nll` without a generator).
+#[derive(Debug, Clone, Serialize)]
+pub struct LoraNllRow {
+    pub task: String,
+    pub family: String,
+    pub examples: usize,
+    pub base: NllScore,
+    /// Per adapter, in the order given.
+    pub adapters: Vec<NllScore>,
+    /// The task's own final checkpoint, when the collection has one.
+    pub own: Option<NllScore>,
+    /// Some LoRA (an adapter, or the own one) answers more examples exactly than the
+    /// base: the task can be specialised, so it stays in the suite.
+    pub beats_base: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LoraNllReport {
+    pub adapters: Vec<(String, PathBuf)>,
+    pub rows: Vec<LoraNllRow>,
+    pub seconds: f64,
+}
+
+/// Scores every task under the base model, each of `adapters` and the task's own final
+/// checkpoint in `own` (when it has one): which tasks a LoRA can improve on.
+pub fn evaluate_lora_nll(
+    tasks: &[Task],
+    base: &Path,
+    adapters: &[(String, PathBuf)],
+    own: Option<&Path>,
+    limit: Option<usize>,
+) -> Result<LoraNllReport> {
+    let started = std::time::Instant::now();
+    let model = Llama::load(base, &Device::Cpu)?;
+    let tok = ChatTokenizer::load(base)?;
+    let loras = adapters
+        .iter()
+        .map(|(_, p)| lora(&LoraAdapter::read_peft(p)?, &model.dims))
+        .collect::<Result<Vec<_>>>()?;
+    let finals = match own {
+        Some(dir) => Collection::new(dir).final_checkpoints()?,
+        None => Default::default(),
+    };
+    let mut rows = Vec::new();
+    for task in tasks {
+        let examples = &task.test[..limit.unwrap_or(usize::MAX).min(task.test.len())];
+        let run = |l: Option<&LoraWeights>| score(&model, &tok, l, examples);
+        let base = run(None)?;
+        let adapters = loras
+            .iter()
+            .map(|l| run(Some(l)))
+            .collect::<Result<Vec<_>>>()?;
+        let own = match finals.get(&task.name) {
+            Some(p) => Some(run(Some(&lora(&LoraAdapter::read_peft(p)?, &model.dims)?))?),
+            None => None,
+        };
+        let beats_base = adapters.iter().chain(&own).any(|s| s.greedy > base.greedy);
+        let row = LoraNllRow {
+            task: task.name.clone(),
+            family: task.family.clone(),
+            examples: examples.len(),
+            base,
+            adapters,
+            own,
+            beats_base,
+        };
+        eprintln!("{}", lora_row_line(&row));
+        rows.push(row);
+    }
+    Ok(LoraNllReport {
+        adapters: adapters.to_vec(),
+        rows,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn lora_row_line(r: &LoraNllRow) -> String {
+    let mut line = format!("| {} | {} | {} |", r.family, r.task, cell(&r.base));
+    for a in &r.adapters {
+        line.push_str(&format!(" {} |", cell(a)));
+    }
+    line.push_str(&format!(
+        " {} | {} |",
+        opt_cell(r.own),
+        if r.beats_base { "yes" } else { "no" }
+    ));
+    line
+}
+
+/// The table (NLL per answer token, greedy exact %), then the tasks no LoRA improves.
+pub fn lora_nll_markdown(r: &LoraNllReport) -> String {
+    let mut out = String::from("| family | task | base |");
+    for (label, _) in &r.adapters {
+        out.push_str(&format!(" {label} |"));
+    }
+    out.push_str(" own LoRA | a LoRA beats base |\n|---|---|---|");
+    out.push_str(&"---|".repeat(r.adapters.len() + 2));
+    out.push('\n');
+    for row in &r.rows {
+        out.push_str(&lora_row_line(row));
+        out.push('\n');
+    }
+    let dropped: Vec<&str> = r
+        .rows
+        .iter()
+        .filter(|x| !x.beats_base)
+        .map(|x| x.task.as_str())
+        .collect();
+    out.push_str(&format!(
+        "\n{} of {} tasks where no LoRA answers more examples exactly than the base: {}\n",
+        dropped.len(),
+        r.rows.len(),
+        dropped.join(",")
+    ));
+    out
+}
+
+pub fn write_lora_nll(r: &LoraNllReport, out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("lora-nll.json"), serde_json::to_vec_pretty(r)?)?;
+    std::fs::write(out.join("lora-nll.md"), lora_nll_markdown(r))?;
+    Ok(())
 }
 
 pub fn write_nll(r: &NllReport, out: &Path) -> Result<()> {

@@ -25,9 +25,9 @@
 //! (the paper's protocol: invalid output is wrong). [`score_lenient`] accepts the right
 //! answer anywhere in the first sentence when no wrong choice is named there.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::format::rng::Rng;
@@ -274,6 +274,23 @@ pub fn suite(names: &[String], only: &[String], cfg: &SuiteConfig) -> Result<Vec
     Ok(tasks)
 }
 
+/// A held-out split that covers every family without choosing tasks by hand: in each
+/// family (tasks in suite order), the 2nd task and every `k`-th after it. `k = 7` holds
+/// out 22 of the 130 built-in tasks, at least one of each of the 17 families.
+pub fn holdout_every(tasks: &[Task], k: usize) -> Result<Vec<String>> {
+    ensure!(k >= 2, "hold out every k-th task with k >= 2");
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut out = Vec::new();
+    for t in tasks {
+        let i = seen.entry(t.family.as_str()).or_default();
+        if *i % k == 1 {
+            out.push(t.name.clone());
+        }
+        *i += 1;
+    }
+    Ok(out)
+}
+
 /// One task made of several tasks' examples (train and test splits each concatenated in
 /// order, choices dropped), for training one multi-task LoRA on them (`collect --pool`).
 /// Its scoring is `exact`: it is for training, not for scoring.
@@ -386,6 +403,30 @@ mod tests {
             "word list has {} words",
             words().len()
         );
+    }
+
+    #[test]
+    fn holdout_every_takes_the_second_and_every_kth_after_it_per_family() {
+        let task = |name: &str, family: &str| Task {
+            name: name.into(),
+            family: family.into(),
+            scoring: Scoring::Exact,
+            train: vec![],
+            test: vec![],
+        };
+        let mut tasks: Vec<Task> = (0..9).map(|i| task(&format!("a{i}"), "a")).collect();
+        tasks.insert(3, task("b0", "b"));
+        tasks.insert(4, task("b1", "b"));
+        assert_eq!(holdout_every(&tasks, 7).unwrap(), ["a1", "b1", "a8"]);
+        assert_eq!(holdout_every(&tasks, 3).unwrap(), ["a1", "b1", "a4", "a7"]);
+        assert!(holdout_every(&tasks, 1).is_err());
+        let suite = builtin_suite(&small()).unwrap();
+        let held = holdout_every(&suite, 7).unwrap();
+        let families = |names: &mut dyn Iterator<Item = &Task>| {
+            names.map(|t| t.family.clone()).collect::<BTreeSet<_>>()
+        };
+        let held_families = families(&mut suite.iter().filter(|t| held.contains(&t.name)));
+        assert_eq!(held_families, families(&mut suite.iter()));
     }
 
     #[test]

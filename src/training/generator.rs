@@ -46,6 +46,7 @@ use crate::format::rng::Rng;
 use crate::generator::decoder::{Decoder, DecoderConfig};
 use crate::generator::residual::RESIDUAL_FILE;
 use crate::generator::{PromptEncoder, Residual};
+use crate::tasks::Task;
 
 pub const TRAIN_FILE: &str = "train.json";
 const STATE_DIR: &str = "checkpoint";
@@ -128,6 +129,11 @@ pub struct TrainDecoderConfig {
     /// initialisation: e.g. an end-to-end run warm-started from a reconstruction run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_from: Option<PathBuf>,
+    /// End-to-end objective: the adapter (a PEFT folder with the shared frozen A) the
+    /// residual is added to, e.g. the multi-task LoRA of the training tasks; `None`: the
+    /// mean of the training tasks' final checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub residual_from: Option<PathBuf>,
 }
 
 /// The decoder's training objective.
@@ -195,6 +201,7 @@ impl Default for TrainDecoderConfig {
             residual_l2: 0.0,
             mix_weight: 0.0,
             init_from: None,
+            residual_from: None,
         }
     }
 }
@@ -265,12 +272,26 @@ pub struct TaskData {
     pub family: String,
     /// Encoded prompt pool (P, L, 384).
     pub pool: Tensor,
-    /// Checkpoint tokens (K, T, r + 2, C + 2), NaN cells set to 0.
-    pub tokens: Tensor,
+    /// Checkpoint tokens (K, T, r + 2, C + 2), NaN cells set to 0; `None` for a task of
+    /// the suite that was never collected (the end-to-end objective needs only examples).
+    pub tokens: Option<Tensor>,
     /// The task's examples (the end-to-end objective trains on `train` and reports its
     /// held-out loss on `test`).
     pub train: Vec<crate::tasks::Example>,
     pub test: Vec<crate::tasks::Example>,
+}
+
+impl TaskData {
+    /// The checkpoint tokens, which reconstruction needs.
+    pub fn checkpoints(&self) -> Result<&Tensor> {
+        self.tokens.as_ref().with_context(|| {
+            format!(
+                "task {} has no collected checkpoints (collect it, or train it with \
+                 --objective sft)",
+                self.name
+            )
+        })
+    }
 }
 
 /// `n` items of `all`, evenly spaced and ending with the last (all of them for `None`).
@@ -295,9 +316,12 @@ pub struct TrainingSet {
 
 /// Reads the completed tasks of a collection for `cfg`'s layout, with the checkpoints,
 /// prompt pool and held-out protocol `train` asks for, encoding prompt pools with
-/// `encoder` (cached under `cache_dir`).
+/// `encoder` (cached under `cache_dir`). With `suite`, the tasks are the suite's instead,
+/// each with its checkpoints when the collection completed it (the end-to-end objective
+/// trains on tasks that were never collected).
 pub fn load_training_set(
     collect_dir: &Path,
+    suite: Option<&[Task]>,
     cfg: &DecoderConfig,
     encoder: &PromptEncoder,
     train: &TrainDecoderConfig,
@@ -316,9 +340,21 @@ pub fn load_training_set(
         None => None,
     };
     let collection = Collection::new(collect_dir);
-    let names = collection.tasks()?;
+    let tasks: Vec<Task> = match suite {
+        Some(tasks) => tasks.to_vec(),
+        None => collection
+            .tasks()?
+            .iter()
+            .map(|name| {
+                // A task file says `external`; the collection remembers the family.
+                let mut task = collection.task(name)?;
+                task.family = collection.done(name)?.family;
+                Ok(task)
+            })
+            .collect::<Result<_>>()?,
+    };
     ensure!(
-        !names.is_empty(),
+        !tasks.is_empty(),
         "{} holds no completed task (run `collect` first)",
         collect_dir.display()
     );
@@ -326,30 +362,38 @@ pub fn load_training_set(
         train: Vec::new(),
         heldout: Vec::new(),
     };
-    for name in names {
-        let dir = collect_dir.join(&name);
-        let done = collection.done(&name)?;
-        let task = collection.task(&name)?;
-        let mut tokens = Vec::new();
-        for ck in spaced(&done.checkpoints, train.checkpoints_per_task) {
-            let adapter = LoraAdapter::read_peft(&dir.join(ck))?;
-            if let Some(frozen) = &frozen {
-                check_frozen_a(&adapter, frozen)
-                    .with_context(|| format!("checkpoint {}/{ck}", dir.display()))?;
-            }
-            tokens.push(layout.tokenize(&adapter).with_context(|| {
-                format!(
-                    "checkpoint {}/{ck} does not fit the generator's layout",
-                    dir.display()
+    for task in tasks {
+        let name = task.name.clone();
+        let tokens = match collection.completed(&name) {
+            None => None,
+            Some(_) => {
+                let dir = collect_dir.join(&name);
+                let done = collection.done(&name)?;
+                let mut tokens = Vec::new();
+                for ck in spaced(&done.checkpoints, train.checkpoints_per_task) {
+                    let adapter = LoraAdapter::read_peft(&dir.join(ck))?;
+                    if let Some(frozen) = &frozen {
+                        check_frozen_a(&adapter, frozen)
+                            .with_context(|| format!("checkpoint {}/{ck}", dir.display()))?;
+                    }
+                    tokens.push(layout.tokenize(&adapter).with_context(|| {
+                        format!(
+                            "checkpoint {}/{ck} does not fit the generator's layout",
+                            dir.display()
+                        )
+                    })?);
+                }
+                ensure!(!tokens.is_empty(), "task {name} has no checkpoints");
+                let tokens = Tensor::stack(&tokens, 0)?;
+                // NaN cells carry no weight; 0 keeps them out of the arithmetic (the mask
+                // drops them).
+                Some(
+                    tokens
+                        .ne(&tokens)?
+                        .where_cond(&tokens.zeros_like()?, &tokens)?,
                 )
-            })?);
-        }
-        ensure!(!tokens.is_empty(), "task {name} has no checkpoints");
-        let tokens = Tensor::stack(&tokens, 0)?;
-        // NaN cells carry no weight; 0 keeps them out of the arithmetic (the mask drops them).
-        let tokens = tokens
-            .ne(&tokens)?
-            .where_cond(&tokens.zeros_like()?, &tokens)?;
+            }
+        };
         let prompts: Vec<String> = task
             .train
             .iter()
@@ -360,13 +404,13 @@ pub fn load_training_set(
         let pool = encode_cached(encoder, &prompts, cfg.prompt_tokens, &name, cache_dir)?;
         let data = TaskData {
             name: name.clone(),
-            family: done.family.clone(),
+            family: task.family.clone(),
             pool,
             tokens,
             train: task.train,
             test: task.test,
         };
-        if holdout.holds_out(&name, &done.family) {
+        if holdout.holds_out(&name, &data.family) {
             set.heldout.push(data);
         } else {
             set.train.push(data);
@@ -380,7 +424,7 @@ pub fn load_training_set(
         for n in t {
             ensure!(
                 set.heldout.iter().any(|d| &d.name == n),
-                "held-out task {n:?} is not a completed task of {}",
+                "held-out task {n:?} is not among the tasks of {}",
                 collect_dir.display()
             );
         }
@@ -389,7 +433,7 @@ pub fn load_training_set(
 }
 
 /// Errors unless the checkpoint's A matrices are the generator's frozen A.
-fn check_frozen_a(
+pub(crate) fn check_frozen_a(
     adapter: &LoraAdapter,
     frozen: &BTreeMap<(usize, crate::format::peft::Module), Tensor>,
 ) -> Result<()> {
@@ -446,10 +490,11 @@ pub fn token_weights(tasks: &[TaskData], mask: &Tensor) -> Result<Tensor> {
     let valid = mask.sum_all()?.to_scalar::<f32>()?;
     let mut acc = Tensor::zeros(t, DType::F32, &Device::Cpu)?;
     for d in tasks {
-        let k = d.tokens.dim(0)?;
+        let tokens = d.checkpoints()?;
+        let k = tokens.dim(0)?;
         let std = if k > 1 {
-            let mean = d.tokens.mean_keepdim(0)?;
-            (d.tokens.broadcast_sub(&mean)?.sqr()?.sum_keepdim(0)? / (k - 1) as f64)?
+            let mean = tokens.mean_keepdim(0)?;
+            (tokens.broadcast_sub(&mean)?.sqr()?.sum_keepdim(0)? / (k - 1) as f64)?
                 .sqrt()?
                 .reshape((t, h, w))?
         } else {
@@ -499,15 +544,15 @@ fn sample_batch(
     for _ in 0..batch {
         let i = rng.below(tasks.len());
         let d = &tasks[i];
-        let k = rng.below(d.tokens.dim(0)?);
+        let k = rng.below(d.checkpoints()?.dim(0)?);
         let mut cond = d.pool.index_select(&prompt_indices(d, n, rng)?, 0)?;
-        let mut target = d.tokens.get(k)?;
+        let mut target = d.checkpoints()?.get(k)?;
         // Only a mixing run draws the extra numbers: without it the stream is unchanged.
         if mixup > 0.0 && tasks.len() > 1 && n > 1 && f64::from(rng.unit_f32()) < mixup {
             // m of the n prompts come from another task, and the target is the blend of
             // the two checkpoints in that proportion.
             let e = &tasks[(i + 1 + rng.below(tasks.len() - 1)) % tasks.len()];
-            let ke = rng.below(e.tokens.dim(0)?);
+            let ke = rng.below(e.checkpoints()?.dim(0)?);
             let other = e.pool.index_select(&prompt_indices(e, n, rng)?, 0)?;
             let m = 1 + rng.below(n - 1);
             let mut positions: Vec<usize> = (0..n).collect();
@@ -521,7 +566,7 @@ fn sample_batch(
                 .collect::<candle_core::Result<Vec<_>>>()?;
             cond = Tensor::stack(&rows, 0)?;
             let lambda = m as f64 / n as f64;
-            target = ((target * (1.0 - lambda))? + (e.tokens.get(ke)? * lambda)?)?;
+            target = ((target * (1.0 - lambda))? + (e.checkpoints()?.get(ke)? * lambda)?)?;
         }
         conds.push(cond);
         targets.push(target);
@@ -615,7 +660,13 @@ pub fn train_decoder(
     let layout = decoder_cfg.layout()?;
     let mask = layout.valid_mask()?;
     let (t, _, _) = layout.shape();
-    let weights = match cfg.token_weighting {
+    if cfg.objective != Objective::Sft {
+        for d in &set.train {
+            d.checkpoints()?;
+        }
+    }
+    let collected = |tasks: &[TaskData]| tasks.iter().all(|d| d.tokens.is_some());
+    let weights = match cfg.token_weighting && collected(&set.train) {
         true => token_weights(&set.train, &mask)?,
         false => Tensor::ones(t, DType::F32, &Device::Cpu)?,
     };
@@ -691,7 +742,7 @@ pub fn train_decoder(
     }
     let resumed_from = record.step;
 
-    let heldout_batch = if set.heldout.is_empty() {
+    let heldout_batch = if set.heldout.is_empty() || !collected(&set.heldout) {
         None
     } else {
         let mut rng = Rng::derive(cfg.seed, "heldout-batch");
@@ -723,7 +774,8 @@ pub fn train_decoder(
                             .loss(&pred.get(0)?, gate, &s.model.batch(&examples)?)?;
                     let mut l = (ce + (rel * cfg.residual_l2)?)?;
                     if cfg.objective == Objective::Mix {
-                        let target = d.tokens.get(rng.below(d.tokens.dim(0)?))?.unsqueeze(0)?;
+                        let tokens = d.checkpoints()?;
+                        let target = tokens.get(rng.below(tokens.dim(0)?))?.unsqueeze(0)?;
                         let target = (&target + noise(target.dims(), cfg.target_noise, &mut rng)?)?;
                         let rec = weighted_mse(&pred, &target, &cell_w, valid)?;
                         l = (l + (rec * cfg.mix_weight)?)?;
@@ -894,7 +946,7 @@ mod tests {
                 name: name.into(),
                 family: "f".into(),
                 pool: full(&[6, 2, 3]),
-                tokens: full(&[2, 1, 2, 2]),
+                tokens: Some(full(&[2, 1, 2, 2])),
                 train: Vec::new(),
                 test: Vec::new(),
             }
@@ -969,7 +1021,7 @@ mod tests {
                 name: name.into(),
                 family: "f".into(),
                 pool: Tensor::randn(0f32, 1.0, (6, l, w), &Device::Cpu).unwrap(),
-                tokens: Tensor::stack(&tokens, 0).unwrap(),
+                tokens: Some(Tensor::stack(&tokens, 0).unwrap()),
                 train: Vec::new(),
                 test: Vec::new(),
             }

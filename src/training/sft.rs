@@ -15,14 +15,14 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
 
-use super::generator::{TaskData, TrainingSet};
+use super::generator::{check_frozen_a, TaskData, TrainingSet};
 use super::llama::{batch::Batch, chat::ChatTokenizer, chat::Encoded, Llama};
 use super::lora::{LoraConfig, LoraWeights};
 use crate::format::frozen_a::frozen_a;
-use crate::format::peft::Module;
+use crate::format::peft::{LoraAdapter, Module};
 use crate::format::rng::Rng;
 use crate::generator::decoder::{Decoder, DecoderConfig};
 use crate::generator::{Residual, TokenLayout};
@@ -47,9 +47,14 @@ pub struct SftExamples {
 }
 
 impl SftModel {
-    /// Loads the base model from `base_dir` and takes the mean of the last checkpoint of
-    /// every training task as the base adapter.
-    pub fn load(base_dir: &Path, cfg: &DecoderConfig, train: &[TaskData]) -> Result<Self> {
+    /// Loads the base model from `base_dir`; the base adapter is `residual_from`, or else
+    /// the mean of the last checkpoint of every training task.
+    pub fn load(
+        base_dir: &Path,
+        cfg: &DecoderConfig,
+        train: &[TaskData],
+        residual_from: Option<&Path>,
+    ) -> Result<Self> {
         let seed = cfg.frozen_a_seed;
         ensure!(
             seed.is_some(),
@@ -62,13 +67,22 @@ impl SftModel {
         let tokenizer = ChatTokenizer::load(base_dir)?;
         let modules = cfg.modules()?;
         let frozen_a = frozen_a(&cfg.base, cfg.rank, &modules, seed.unwrap_or(0), &device)?;
-        let last = train
-            .iter()
-            .map(|d| {
-                let k = d.tokens.dim(0)?;
-                layout.detokenize(&d.tokens.get(k - 1)?, cfg.lora_alpha, &cfg.base_model)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let last = match residual_from {
+            Some(dir) => {
+                let adapter = LoraAdapter::read_peft(dir)?;
+                check_frozen_a(&adapter, &frozen_a)
+                    .with_context(|| format!("--residual-from {}", dir.display()))?;
+                vec![adapter]
+            }
+            None => train
+                .iter()
+                .map(|d| {
+                    let tokens = d.checkpoints()?;
+                    let k = tokens.dim(0)?;
+                    layout.detokenize(&tokens.get(k - 1)?, cfg.lora_alpha, &cfg.base_model)
+                })
+                .collect::<Result<Vec<_>>>()?,
+        };
         let residual = Residual::mean_of(&layout, &last)?;
         let mut base_norm2 = 0f64;
         for b in &residual.base {
@@ -152,8 +166,13 @@ pub struct SftData {
 }
 
 impl SftData {
-    pub fn load(base_dir: &Path, cfg: &DecoderConfig, set: &TrainingSet) -> Result<Self> {
-        let model = SftModel::load(base_dir, cfg, &set.train)?;
+    pub fn load(
+        base_dir: &Path,
+        cfg: &DecoderConfig,
+        set: &TrainingSet,
+        residual_from: Option<&Path>,
+    ) -> Result<Self> {
+        let model = SftModel::load(base_dir, cfg, &set.train, residual_from)?;
         let encode = |tasks: &[TaskData]| {
             tasks
                 .iter()
