@@ -85,8 +85,8 @@ pub const QUARANTINE_DIR: &str = ".quarantine";
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Quarantined {
     pub task: String,
-    /// Where the record is now.
-    pub path: PathBuf,
+    /// Where the record is now (as text: the admin API shows it).
+    pub path: String,
     /// Why it could not be read.
     pub error: String,
     /// Unix seconds.
@@ -252,7 +252,7 @@ impl Store {
             .unwrap_or_else(|p| p.into_inner())
             .push(Quarantined {
                 task: task.to_string(),
-                path: to,
+                path: to.display().to_string(),
                 error,
                 at,
             });
@@ -374,7 +374,7 @@ mod tests {
         let q = store.quarantined();
         assert_eq!(q.len(), 1);
         assert_eq!(q[0].task, "bad");
-        assert!(q[0].path.starts_with(store.root().join(QUARANTINE_DIR)));
+        assert!(Path::new(&q[0].path).starts_with(store.root().join(QUARANTINE_DIR)));
         assert_eq!(
             std::fs::read(&q[0].path).unwrap(),
             b"{\"task\": \"bad\", \"versions\": [tru",
