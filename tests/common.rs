@@ -120,6 +120,28 @@ pub async fn reply(resp: reqwest::Response) -> Reply {
     Reply::read(resp).await.unwrap()
 }
 
+/// `GET /metrics` with the token.
+pub async fn metrics(s: &TestServer) -> String {
+    s.client
+        .get(format!("{}/metrics", s.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of the first sample of metric `name` in a `/metrics` text (0 when absent).
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// The tests read a chat reply's content through this.
 pub trait Content {
     fn content(&self) -> String;

@@ -661,6 +661,59 @@ async fn restart_restores_the_table() {
     assert_eq!(list["adapters"].as_array().unwrap().len(), 2);
 }
 
+/// One server per store: a second one fails to start, naming the store. At the next start,
+/// what an interrupted write left is removed, and a record that went corrupt is moved
+/// aside and reported (admin listing, metrics) instead of failing the task's uploads: the
+/// next upload gives a clean entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_has_one_server_and_a_restart_repairs_what_a_crash_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = tiny_config(dir.path());
+    let store = dir.path().join("store");
+    {
+        let s = start(c.clone()).await;
+        assert_eq!(s.upload("a", &adapter(1)).await.status, 201);
+        assert_eq!(s.upload("b", &adapter(2)).await.status, 201);
+        let err = match LocalServer::start(c.clone()).await {
+            Ok(_) => panic!("a second server started on a store in use"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(err.contains(&store.display().to_string()), "{err}");
+        assert_eq!(s.state("a").await, "resident", "the first one still serves");
+    }
+    std::fs::write(store.join("a/meta.json"), b"{\"task\": \"a\", \"cur").unwrap();
+    std::fs::write(store.join("b/.meta.json.tmp-999999"), b"{").unwrap();
+
+    let s = start(c).await;
+    assert!(
+        !store.join("b/.meta.json.tmp-999999").exists(),
+        "leftover removed"
+    );
+    assert_eq!(s.state("b").await, "stored");
+    let list = s.list().await;
+    let q = list["quarantined"].as_array().unwrap();
+    assert_eq!(q.len(), 1, "{list}");
+    assert_eq!(q[0]["task"], "a");
+    assert!(
+        std::path::Path::new(q[0]["path"].as_str().unwrap()).exists(),
+        "kept"
+    );
+    assert_eq!(
+        metric(&metrics(&s).await, "dnd_quarantined_records_total"),
+        1.0
+    );
+
+    let r = s.upload("a", &adapter(3)).await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    assert_eq!(
+        r.json["versions"].as_array().unwrap().len(),
+        1,
+        "{}",
+        r.json
+    );
+    assert_eq!(s.state("a").await, "resident");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_in_flight_finishes_on_the_version_it_started_on() {
     let dir = tempfile::tempdir().unwrap();

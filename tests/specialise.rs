@@ -58,26 +58,6 @@ async fn task_json(s: &TestServer, task: &str) -> Value {
         .unwrap()
 }
 
-async fn metrics(s: &TestServer) -> String {
-    s.client
-        .get(format!("{}/metrics", s.url))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k_requests_make_an_adapter_that_later_requests_use() {
     let dir = tempfile::tempdir().unwrap();

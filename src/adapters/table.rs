@@ -17,7 +17,7 @@ use dashmap::DashMap;
 use lru::LruCache;
 use serde::Serialize;
 
-use super::store::{now_secs, Source, Store, TaskRecord};
+use super::store::{now_secs, Quarantined, Source, Store, TaskRecord};
 use crate::engine::AdapterEngine;
 use crate::format::{LlamaDims, LoraAdapter};
 
@@ -594,9 +594,7 @@ impl AdapterTable {
         let task = task.to_string();
         tokio::task::spawn_blocking(move || -> Result<()> {
             store.save(&record)?;
-            for h in doomed {
-                let _ = std::fs::remove_dir_all(store.version_dir(&task, &h));
-            }
+            store.remove_versions(&task, &doomed);
             Ok(())
         })
         .await?
@@ -649,6 +647,12 @@ impl AdapterTable {
             .values()
             .filter_map(|e| e.resident.as_ref().map(|r| r.engine_id.clone()))
             .collect()
+    }
+
+    /// Corrupt task records the store moved to quarantine since start (their tasks start
+    /// afresh with their next upload).
+    pub fn quarantined(&self) -> Vec<Quarantined> {
+        self.store.quarantined()
     }
 
     pub fn store_root(&self) -> PathBuf {

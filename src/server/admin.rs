@@ -185,7 +185,12 @@ async fn list(State(p): State<Arc<Plugin>>) -> impl IntoResponse {
     tasks.sort();
     tasks.dedup();
     let adapters: Vec<_> = tasks.iter().filter_map(|t| task_json(&p, t)).collect();
-    Json(serde_json::json!({ "adapters": adapters, "dropped_tasks": dropped }))
+    // Corrupt records moved aside: their tasks are otherwise absent until a new upload.
+    Json(serde_json::json!({
+        "adapters": adapters,
+        "dropped_tasks": dropped,
+        "quarantined": p.table.quarantined(),
+    }))
 }
 
 async fn show(

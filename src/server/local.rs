@@ -166,6 +166,8 @@ impl LocalServer {
 impl Drop for LocalServer {
     fn drop(&mut self) {
         self.serving.abort();
+        // As the end of a process would: a server started next on this store may take it.
+        self.plugin.release_store();
     }
 }
 

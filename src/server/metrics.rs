@@ -27,6 +27,8 @@ pub struct Metrics {
     /// Failures by kind (`generation`, `load`).
     pub failures: IntCounterVec,
     pub dropped_tasks: IntCounter,
+    /// Corrupt task records moved to the store's quarantine folder.
+    pub quarantined: IntCounter,
     tasks: IntGaugeVec,
     adapters: IntGaugeVec,
     adapter_bytes: IntGaugeVec,
@@ -65,6 +67,11 @@ impl Metrics {
                 "Collecting tasks dropped past the tracked-task limit",
             )
             .expect("valid metric"),
+            quarantined: IntCounter::new(
+                "quarantined_records_total",
+                "Corrupt task records moved to the store's quarantine folder",
+            )
+            .expect("valid metric"),
             tasks: IntGaugeVec::new(Opts::new("tasks", "Tasks by adapter state"), &["state"])
                 .expect("valid metric"),
             adapters: IntGaugeVec::new(
@@ -87,6 +94,7 @@ impl Metrics {
             Box::new(m.evictions.clone()),
             Box::new(m.failures.clone()),
             Box::new(m.dropped_tasks.clone()),
+            Box::new(m.quarantined.clone()),
             Box::new(m.tasks.clone()),
             Box::new(m.adapters.clone()),
             Box::new(m.adapter_bytes.clone()),
@@ -112,6 +120,7 @@ pub async fn metrics(State(p): State<Arc<Plugin>>) -> impl IntoResponse {
         &m.failures.with_label_values(&["load"]),
         p.table.load_failures.load(Ordering::Relaxed),
     );
+    catch_up(&m.quarantined, p.table.quarantined().len() as u64);
     let list = p.table.list();
     for s in ["none", "loading", "resident", "stored", "failed"] {
         m.tasks.with_label_values(&[s]).set(0);

@@ -23,7 +23,7 @@ use mistralrs_server_core::mistralrs_server_router_builder::MistralRsServerRoute
 
 pub use config::Config;
 
-use crate::adapters::{AdapterTable, Limits, Store};
+use crate::adapters::{AdapterTable, Limits, Store, StoreLock};
 
 use crate::engine::{parse_dtype, MistralRsEngine};
 use crate::format::LlamaDims;
@@ -39,6 +39,20 @@ pub struct Plugin {
     pub metrics: Arc<metrics::Metrics>,
     /// Automatic specialisation, when a generator is configured.
     pub specialiser: Option<Arc<specialise::Specialiser>>,
+    /// The store's lock, held while the plugin lives (see [`Plugin::release_store`]).
+    store_lock: std::sync::Mutex<Option<StoreLock>>,
+}
+
+impl Plugin {
+    /// Lets go of the store's lock before the process ends, for an in-process server that
+    /// is stopped and started again on the same store ([`local::LocalServer`] on drop). Its
+    /// background tasks may still be writing, as those of an ended process would not be.
+    pub fn release_store(&self) {
+        self.store_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
 }
 
 /// The base model folder the config names, fetching the default assets when needed.
@@ -84,6 +98,12 @@ pub async fn build_with(
     generator: Option<Arc<dyn specialise::AdapterGenerator>>,
 ) -> Result<(Router, Option<Arc<Plugin>>)> {
     config.check()?;
+    // Before the engine loads, so that a second server on the same store fails at once.
+    let store_lock = config
+        .plugin
+        .enabled
+        .then(|| StoreLock::acquire(&config.plugin.store))
+        .transpose()?;
     let base = resolve_base(&config)?;
     let dtype = parse_dtype(&config.model.dtype)?;
     let engine = Arc::new(MistralRsEngine::start(&base, dtype, config.model.max_seqs).await?);
@@ -109,7 +129,9 @@ pub async fn build_with(
         Some(g) => Some(g),
         None => load_generator(&config, &dims)?,
     };
+    let store_lock = store_lock.context("the plugin is enabled, so its store is locked")?;
     let store = Store::open(&config.plugin.store)?;
+    store.remove_leftovers(&store_lock)?;
     if let Some(root) = &config.plugin.import_root {
         std::fs::create_dir_all(root)
             .with_context(|| format!("creating import root {}", root.display()))?;
@@ -144,6 +166,7 @@ pub async fn build_with(
         table,
         metrics,
         specialiser,
+        store_lock: std::sync::Mutex::new(Some(store_lock)),
     });
     let router = stock
         .layer(axum::middleware::from_fn_with_state(

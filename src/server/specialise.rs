@@ -20,7 +20,7 @@ use super::error::ApiError;
 use super::metrics::Metrics;
 use crate::adapters::store::now_secs;
 use crate::adapters::{AdapterTable, Source};
-use crate::format::fsio::write_atomic;
+use crate::format::fsio::{sync_dir, write_atomic};
 use crate::format::LoraAdapter;
 
 /// Turns a batch of a task's prompts into an adapter. The DnD generator implements it.
@@ -545,7 +545,13 @@ async fn write_prompts(me: std::sync::Weak<Specialiser>, mut rx: mpsc::Unbounded
             match lines {
                 None => match std::fs::remove_file(&path) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                    _ => Ok(()),
+                    _ => {
+                        // So that a dropped buffer does not come back after a power cut.
+                        if let Some(dir) = path.parent() {
+                            sync_dir(dir);
+                        }
+                        Ok(())
+                    }
                 },
                 Some(text) => write_atomic(&path, text.as_bytes()).map_err(std::io::Error::other),
             }

@@ -41,8 +41,9 @@ pub fn validate_task_id(id: &str) -> Result<(), ApiError> {
             "task id contains {c:?}; only letters, digits, '.', '_' and '-' are allowed"
         )));
     }
-    if id == "." || id == ".." {
-        return Err(ApiError::bad_request("task id may not be '.' or '..'"));
+    // Also keeps ids off the store's own names (its lock, quarantine and temp files).
+    if id.starts_with('.') {
+        return Err(ApiError::bad_request("task id may not start with '.'"));
     }
     Ok(())
 }
@@ -550,6 +551,16 @@ mod tests {
             Some("prompt")
         );
         assert!(bounded(json!({ "prompt": &long[1..] })).is_ok());
+    }
+
+    #[test]
+    fn task_ids_cannot_name_the_stores_own_files() {
+        for id in [".", "..", ".quarantine", ".store.lock", ".t.tmp-1"] {
+            assert!(validate_task_id(id).is_err(), "{id}");
+        }
+        for id in ["a.b", "support-fr", "t_1."] {
+            assert!(validate_task_id(id).is_ok(), "{id}");
+        }
     }
 
     #[test]

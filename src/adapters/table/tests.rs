@@ -426,6 +426,38 @@ async fn a_restarted_table_knows_every_stored_task_and_loads_the_pinned_ones() {
     );
 }
 
+/// A corrupt record found at start neither stops the table nor fails the task's next
+/// upload: it is moved aside and reported, and the upload gives a clean entry.
+#[tokio::test]
+async fn a_corrupt_record_at_start_is_quarantined_and_an_upload_repairs_the_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    store.put("bad", &adapter(1), Source::Upload).unwrap();
+    store.put("good", &adapter(2), Source::Upload).unwrap();
+    std::fs::write(dir.path().join("store/bad/meta.json"), b"{\"task\": ").unwrap();
+    let f = open(dir, limits(4));
+
+    assert_eq!(state(&f, "bad"), None);
+    assert_eq!(state(&f, "good"), Some(State::Stored));
+    let q = f.table.quarantined();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].task, "bad");
+    assert!(
+        std::path::Path::new(&q[0].path).exists(),
+        "kept, not deleted"
+    );
+
+    let info = f
+        .table
+        .install("bad", &adapter(3), Source::Upload)
+        .await
+        .unwrap();
+    assert_eq!(info.state, State::Resident);
+    assert_eq!(info.versions.len(), 1);
+    assert_eq!(info.hash, Some(adapter(3).content_hash().unwrap()));
+    assert!(served_by(&f, "bad", Duration::ZERO).await.is_some());
+}
+
 /// A caller that goes away while its adapter loads (a client disconnecting drops the
 /// handler's future) does not cancel the load: an upload and a pin both end resident, not
 /// `loading` for good with the engine's model unknown to the table.
