@@ -359,6 +359,8 @@ async fn the_dnd_generator_specialises_a_task_end_to_end() {
     write_random_generator(&cfg, 1, &dir.path().join("other")).unwrap();
     let mut c2 = c;
     c2.plugin.generator = Some(dir.path().join("other"));
+    // Its own store: the running server holds the first one's lock.
+    c2.plugin.store = dir.path().join("store-other");
     let err = match mistralrs_dnd::server::build(c2).await {
         Ok(_) => panic!("a generator for another base model must be refused"),
         Err(e) => format!("{e:#}"),
