@@ -30,7 +30,11 @@ use crate::generator::Generator;
 use crate::tasks::{Example, Task};
 use crate::training::collection::Collection;
 use crate::training::generator::TrainRecord;
-use crate::training::llama::{batch::Batch, chat::ChatTokenizer, Llama};
+use crate::training::llama::{
+    batch::Batch,
+    chat::{ChatTokenizer, Encoded},
+    Llama,
+};
 use crate::training::lora::LoraWeights;
 
 /// Examples per forward pass.
@@ -88,20 +92,24 @@ pub struct NllReport {
     pub seconds: f64,
 }
 
-/// Scores an adapter (or the base model) on examples: see the module doc.
+/// Examples tokenized with the chat template, once for every adapter they are scored with.
+pub fn encode(tok: &ChatTokenizer, examples: &[Example]) -> Result<Vec<Encoded>> {
+    examples
+        .iter()
+        .map(|e| tok.encode_example(&e.prompt, &e.answer))
+        .collect()
+}
+
+/// Scores an adapter (or the base model) on encoded examples: see the module doc.
 pub fn score(
     model: &Llama,
     tok: &ChatTokenizer,
     lora: Option<&LoraWeights>,
-    examples: &[Example],
+    examples: &[Encoded],
 ) -> Result<NllScore> {
     ensure!(!examples.is_empty(), "no examples to score");
     let (mut nll_sum, mut tokens, mut exact) = (0f64, 0usize, 0usize);
-    for chunk in examples.chunks(CHUNK) {
-        let enc = chunk
-            .iter()
-            .map(|e| tok.encode_example(&e.prompt, &e.answer))
-            .collect::<Result<Vec<_>>>()?;
+    for enc in examples.chunks(CHUNK) {
         let refs: Vec<_> = enc.iter().collect();
         let batch = Batch::new(&refs, tok.end_of_turn, model.device())?;
         let hidden = model.forward(&batch.prefix, &batch.ids, lora)?;
@@ -197,7 +205,8 @@ pub fn evaluate_nll(tasks: &[Task], setup: &NllSetup, limit: Option<usize>) -> R
     let mut rows = Vec::new();
     for (i, task) in heldout.iter().enumerate() {
         let examples = &task.test[..limit.unwrap_or(usize::MAX).min(task.test.len())];
-        let run = |l: Option<&LoraWeights>| score(&model, &tok, l, examples);
+        let encoded = encode(&tok, examples)?;
+        let run = |l: Option<&LoraWeights>| score(&model, &tok, l, &encoded);
         let dnd_batches = (0..setup.batches)
             .map(|b| {
                 let prompts = dnd_batch(task, n, setup.seed, b)?;
@@ -349,7 +358,8 @@ pub fn evaluate_lora_nll(
     let mut rows = Vec::new();
     for task in tasks {
         let examples = &task.test[..limit.unwrap_or(usize::MAX).min(task.test.len())];
-        let run = |l: Option<&LoraWeights>| score(&model, &tok, l, examples);
+        let encoded = encode(&tok, examples)?;
+        let run = |l: Option<&LoraWeights>| score(&model, &tok, l, &encoded);
         let base = run(None)?;
         let adapters = loras
             .iter()
@@ -463,11 +473,8 @@ mod tests {
         let examples: Vec<Example> = (0..11)
             .map(|i| ex(&format!("what is {i} plus 3 ?"), &format!("{}", i + 3)))
             .collect();
-        let s = score(&model, &tok, None, &examples).unwrap();
-        let enc: Vec<_> = examples
-            .iter()
-            .map(|e| tok.encode_example(&e.prompt, &e.answer).unwrap())
-            .collect();
+        let enc = encode(&tok, &examples).unwrap();
+        let s = score(&model, &tok, None, &enc).unwrap();
         let refs: Vec<_> = enc.iter().collect();
         let batch = Batch::new(&refs, tok.end_of_turn, &Device::Cpu).unwrap();
         let loss = model
@@ -480,7 +487,8 @@ mod tests {
             "{} vs {loss}",
             s.nll
         );
-        let wrong = score(&model, &tok, None, &[ex("what is 2 plus 3 ?", "zzzz qqqq")]).unwrap();
+        let wrong = encode(&tok, &[ex("what is 2 plus 3 ?", "zzzz qqqq")]).unwrap();
+        let wrong = score(&model, &tok, None, &wrong).unwrap();
         assert_eq!(wrong.greedy, 0.0);
     }
 }

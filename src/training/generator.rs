@@ -38,7 +38,7 @@ use super::collection::Collection;
 use super::optim::{
     clip_grad_norm, print_above, progress_bar, AdamW, AdamWParams, StepBudget, WarmupCosine,
 };
-use super::sft::{SftData, SftModel};
+use super::sft::SftData;
 use crate::format::frozen_a::frozen_a;
 use crate::format::fsio::write_folder_atomic;
 use crate::format::peft::{tensor_name, LoraAdapter};
@@ -768,11 +768,7 @@ pub fn train_decoder(
                     let cond = d.pool.index_select(&prompt_indices(d, n, &mut rng)?, 0)?;
                     let cond = (&cond + noise(cond.dims(), cfg.input_noise, &mut rng)?)?;
                     let pred = decoder.forward(&cond.unsqueeze(0)?)?;
-                    let examples = SftModel::draw(&s.train[i].train, cfg.sft_examples, &mut rng);
-                    let (ce, rel) =
-                        s.model
-                            .loss(&pred.get(0)?, gate, &s.model.batch(&examples)?)?;
-                    let mut l = (ce + (rel * cfg.residual_l2)?)?;
+                    let mut l = s.task_loss(i, &pred.get(0)?, gate, cfg, &mut rng)?;
                     if cfg.objective == Objective::Mix {
                         let tokens = d.checkpoints()?;
                         let target = tokens.get(rng.below(tokens.dim(0)?))?.unsqueeze(0)?;

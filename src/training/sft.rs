@@ -18,7 +18,7 @@ use std::path::Path;
 use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
 
-use super::generator::{check_frozen_a, TaskData, TrainingSet};
+use super::generator::{check_frozen_a, TaskData, TrainDecoderConfig, TrainingSet};
 use super::llama::{batch::Batch, chat::ChatTokenizer, chat::Encoded, Llama};
 use super::lora::{LoraConfig, LoraWeights};
 use crate::format::frozen_a::frozen_a;
@@ -114,7 +114,7 @@ impl SftModel {
     }
 
     /// `n` examples of `pool` drawn without replacement (all when there are fewer).
-    pub fn draw<'a>(pool: &'a [Encoded], n: usize, rng: &mut Rng) -> Vec<&'a Encoded> {
+    fn draw<'a>(pool: &'a [Encoded], n: usize, rng: &mut Rng) -> Vec<&'a Encoded> {
         let mut idx: Vec<usize> = (0..pool.len()).collect();
         let n = n.min(pool.len());
         for i in 0..n {
@@ -186,6 +186,24 @@ impl SftData {
             heldout,
             heldout_pools: set.heldout.iter().map(|t| t.pool.clone()).collect(),
         })
+    }
+
+    /// One training sample's loss: `cfg.sft_examples` examples of training task `task`
+    /// drawn from `rng`, their cross-entropy through the adapter of decoder tokens `tokens`,
+    /// plus the residual penalty.
+    pub fn task_loss(
+        &self,
+        task: usize,
+        tokens: &Tensor,
+        gate: &Tensor,
+        cfg: &TrainDecoderConfig,
+        rng: &mut Rng,
+    ) -> Result<Tensor> {
+        let examples = SftModel::draw(&self.train[task].train, cfg.sft_examples, rng);
+        let (ce, rel) = self
+            .model
+            .loss(tokens, gate, &self.model.batch(&examples)?)?;
+        Ok((ce + (rel * cfg.residual_l2)?)?)
     }
 
     /// Mean answer cross-entropy over the held-out tasks (the first few test examples of
