@@ -102,14 +102,8 @@ impl SuiteArgs {
 
 /// The tasks named by `--suite` and `--only`.
 pub fn load_suite(args: &CollectArgs) -> Result<Vec<Task>> {
-    let mut tasks = crate::tasks::suite(&args.suite, &args.only, &args.suite_args.config())?;
-    for name in &args.except {
-        anyhow::ensure!(
-            tasks.iter().any(|t| &t.name == name),
-            "--except: no task {name:?} in the suite"
-        );
-    }
-    tasks.retain(|t| !args.except.contains(&t.name));
+    let tasks = crate::tasks::suite(&args.suite, &args.only, &args.suite_args.config())?;
+    let tasks = crate::tasks::without(tasks, &args.except)?;
     Ok(match &args.pool {
         Some(name) => vec![crate::tasks::pooled(name, &tasks)?],
         None => tasks,

@@ -124,18 +124,12 @@ pub fn run(args: Args) -> Result<()> {
     let (suite, every) = match args.suite.is_empty() {
         true => (None, None),
         false => {
-            let mut tasks = crate::tasks::suite(&args.suite, &[], &args.suite_args.config())?;
+            let tasks = crate::tasks::suite(&args.suite, &[], &args.suite_args.config())?;
             let every = match args.hold_out_every {
                 Some(k) => Some(crate::tasks::holdout_every(&tasks, k)?),
                 None => None,
             };
-            for name in &args.except {
-                ensure!(
-                    tasks.iter().any(|t| &t.name == name),
-                    "--except: no task {name:?} in the suite"
-                );
-            }
-            tasks.retain(|t| !args.except.contains(&t.name));
+            let tasks = crate::tasks::without(tasks, &args.except)?;
             let every = every.map(|names| {
                 names
                     .into_iter()

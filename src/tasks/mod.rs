@@ -274,6 +274,18 @@ pub fn suite(names: &[String], only: &[String], cfg: &SuiteConfig) -> Result<Vec
     Ok(tasks)
 }
 
+/// `tasks` without those named in `names` (`--except`); a name that is no task is an error.
+pub fn without(mut tasks: Vec<Task>, names: &[String]) -> Result<Vec<Task>> {
+    for name in names {
+        ensure!(
+            tasks.iter().any(|t| &t.name == name),
+            "--except: no task {name:?} in the suite"
+        );
+    }
+    tasks.retain(|t| !names.contains(&t.name));
+    Ok(tasks)
+}
+
 /// A held-out split that covers every family without choosing tasks by hand: in each
 /// family (tasks in suite order), the 2nd task and every `k`-th after it. `k = 7` holds
 /// out 22 of the 130 built-in tasks, at least one of each of the 17 families.
@@ -406,7 +418,7 @@ mod tests {
     }
 
     #[test]
-    fn holdout_every_takes_the_second_and_every_kth_after_it_per_family() {
+    fn holdout_every_takes_the_second_and_every_kth_after_it_per_family_and_without_drops() {
         let task = |name: &str, family: &str| Task {
             name: name.into(),
             family: family.into(),
@@ -420,6 +432,11 @@ mod tests {
         assert_eq!(holdout_every(&tasks, 7).unwrap(), ["a1", "b1", "a8"]);
         assert_eq!(holdout_every(&tasks, 3).unwrap(), ["a1", "b1", "a4", "a7"]);
         assert!(holdout_every(&tasks, 1).is_err());
+        let kept = without(tasks.clone(), &["a1".into(), "b0".into()]).unwrap();
+        assert_eq!(kept.len(), tasks.len() - 2);
+        assert!(kept.iter().all(|t| t.name != "a1" && t.name != "b0"));
+        let err = without(tasks.clone(), &["nope".into()]).unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
         let suite = builtin_suite(&small()).unwrap();
         let held = holdout_every(&suite, 7).unwrap();
         let families = |names: &mut dyn Iterator<Item = &Task>| {
