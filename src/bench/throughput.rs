@@ -1,6 +1,7 @@
 //! `bench throughput`: decode throughput of the engine under concurrent streams, on the real
-//! SmolLM2: 1, 4, 8 and 16 concurrent streaming chats on the base model, then the same spread
-//! round-robin over 4 resident adapters. Each stream asks a different question (greedy,
+//! SmolLM2: 1, 4, 8 and 16 (`--levels`) concurrent streaming chats on the base model, then the
+//! same spread round-robin over 4 (`--adapters`) resident adapters; for each `--dtype` given
+//! (e.g. `f16,f32`: one server after the other, in one run). Each stream asks a different question (greedy,
 //! `max_tokens` fixed), and each concurrency level runs enough rounds for 16 streams. Per
 //! level it prints the aggregate tokens/s (all tokens over the wall time), tokens/s per
 //! stream (its tokens over its own time), time to first token and stream latency (p50,
@@ -35,22 +36,54 @@ const QUESTIONS: [&str; 16] = [
     "How do birds fly?",
 ];
 
-const LEVELS: [usize; 4] = [1, 4, 8, 16];
-const ADAPTERS: usize = 4;
+/// What to run: every dtype, each at every level, on the base and spread over `adapters`.
+pub struct Setup {
+    pub dtypes: Vec<String>,
+    pub levels: Vec<usize>,
+    /// Resident adapters the second half spreads over; 0: the base model only.
+    pub adapters: usize,
+    pub tokens: usize,
+    pub assets: Option<PathBuf>,
+}
 
-/// Runs the bench in `dtype` with `tokens` per stream.
-pub async fn run(dtype: &str, tokens: usize, assets: Option<PathBuf>) -> Result<()> {
-    ensure!(tokens >= 2, "--tokens must be at least 2");
-    let (assets, _store, config) = smollm2_config(assets, dtype, ADAPTERS + 1)?;
-    let max_seqs = config.model.max_seqs;
+/// Runs the bench: one table, a server per dtype.
+pub async fn run(setup: &Setup) -> Result<()> {
+    ensure!(setup.tokens >= 2, "--tokens must be at least 2");
+    ensure!(
+        !setup.dtypes.is_empty() && !setup.levels.is_empty(),
+        "at least one dtype and one level"
+    );
+    ensure!(
+        setup
+            .levels
+            .iter()
+            .all(|&c| (1..=QUESTIONS.len()).contains(&c)),
+        "levels run 1 to {} streams",
+        QUESTIONS.len()
+    );
     print_machine();
     println!(
-        "setup: SmolLM2-135M-Instruct {dtype}, engine max_seqs {max_seqs}, streaming chats of {tokens} tokens (greedy), 16 streams per level; adapters: {ADAPTERS} random r=8 on q_proj+v_proj, streams round-robin over them"
+        "setup: SmolLM2-135M-Instruct, streaming chats of {} tokens (greedy), 16 streams per level; adapters: {} random r=8 on q_proj+v_proj, streams round-robin over them",
+        setup.tokens, setup.adapters
     );
+    println!(
+        "| dtype | served by | streams | aggregate tok/s | per-stream tok/s | TTFT p50 / p99 ms | latency p50 / p99 ms | x one stream |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for dtype in &setup.dtypes {
+        run_dtype(setup, dtype).await?;
+    }
+    Ok(())
+}
+
+async fn run_dtype(setup: &Setup, dtype: &str) -> Result<()> {
+    let (adapters, tokens) = (setup.adapters, setup.tokens);
+    let (assets, _store, config) = smollm2_config(setup.assets.clone(), dtype, adapters + 1)?;
+    eprintln!("{dtype}: engine max_seqs {}", config.model.max_seqs);
     let server = LocalServer::start(config).await?;
     let dims = LlamaDims::from_config_file(&assets.smollm2().join("config.json"))?;
     let mut tasks = Vec::new();
-    for i in 0..ADAPTERS {
+    for i in 0..adapters {
         let adapter = random_adapter(&dims, &[Module::Q, Module::V], 8, i as u64, 0.02, 0.02)?;
         let task = format!("bench-{i}");
         let up = server.upload_with(&task, adapter_form(&adapter)?).await?;
@@ -61,19 +94,17 @@ pub async fn run(dtype: &str, tokens: usize, assets: Option<PathBuf>) -> Result<
     }
     server.first_token(None).await?;
 
-    println!(
-        "| served by | streams | aggregate tok/s | per-stream tok/s | TTFT p50 / p99 ms | latency p50 / p99 ms | x one stream |"
-    );
-    println!("|---|---|---|---|---|---|---|");
-    for (label, spread) in [("base", false), ("4 adapters", true)] {
+    let spread_label = format!("{adapters} adapters");
+    let runs = [("base", false), (spread_label.as_str(), true)];
+    for (label, spread) in &runs[..1 + usize::from(adapters > 0)] {
         let mut one = None;
-        for c in LEVELS {
+        for &c in &setup.levels {
             let mut streams: Vec<Streamed> = Vec::new();
             let t = Instant::now();
             for round in 0..QUESTIONS.len() / c {
                 let batch = (0..c).map(|i| {
                     let q = round * c + i;
-                    let task = spread.then(|| tasks[q % ADAPTERS].as_str());
+                    let task = spread.then(|| tasks[q % adapters].as_str());
                     let body = chat_body(QUESTIONS[q], tokens);
                     let server = &server;
                     async move { server.stream_chat(task, &body).await }
@@ -92,9 +123,10 @@ pub async fn run(dtype: &str, tokens: usize, assets: Option<PathBuf>) -> Result<
                 / streams.len() as f64;
             let ttft: Vec<Duration> = streams.iter().filter_map(|s| s.first_token).collect();
             let latency: Vec<Duration> = streams.iter().map(|s| s.total).collect();
+            // Against the first level run (1 stream with the default levels).
             let base = *one.get_or_insert(aggregate);
             println!(
-                "| {label} | {c} | {aggregate:.1} | {per_stream:.1} | {} | {} | {:.2}x |",
+                "| {dtype} | {label} | {c} | {aggregate:.1} | {per_stream:.1} | {} | {} | {:.2}x |",
                 p50_p99(&ttft),
                 p50_p99(&latency),
                 aggregate / base

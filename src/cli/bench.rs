@@ -28,9 +28,15 @@ pub enum Bench {
 
 #[derive(Debug, clap::Args)]
 pub struct ThroughputArgs {
-    /// Serving dtype.
-    #[arg(long, default_value = "f16")]
-    pub dtype: String,
+    /// Serving dtypes (comma-separated, e.g. f16,f32: each its own server, one table).
+    #[arg(long, value_delimiter = ',', default_value = "f16")]
+    pub dtype: Vec<String>,
+    /// Concurrent streams per level (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,4,8,16")]
+    pub levels: Vec<usize>,
+    /// Resident adapters the second half of the table spreads the streams over (0: base only).
+    #[arg(long, default_value_t = 4)]
+    pub adapters: usize,
     /// Tokens each stream generates.
     #[arg(long, default_value_t = 48)]
     pub tokens: usize,
@@ -99,8 +105,15 @@ pub fn run(args: Args) -> Result<()> {
             a.prompts,
             a.runs,
         ),
-        Bench::Throughput(a) => tokio::runtime::Runtime::new()?
-            .block_on(crate::bench::throughput::run(&a.dtype, a.tokens, a.assets)),
+        Bench::Throughput(a) => tokio::runtime::Runtime::new()?.block_on(
+            crate::bench::throughput::run(&crate::bench::throughput::Setup {
+                dtypes: a.dtype,
+                levels: a.levels,
+                adapters: a.adapters,
+                tokens: a.tokens,
+                assets: a.assets,
+            }),
+        ),
         Bench::TimeToAdapter(a) => tokio::runtime::Runtime::new()?.block_on(
             crate::bench::time_to_adapter::run(&a.tasks, &a.generator, &a.dtype, a.assets),
         ),

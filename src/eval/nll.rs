@@ -100,6 +100,15 @@ pub fn encode(tok: &ChatTokenizer, examples: &[Example]) -> Result<Vec<Encoded>>
         .collect()
 }
 
+/// A task's first `limit` test examples (all without one), encoded once for every adapter
+/// they are scored with.
+fn test_examples(tok: &ChatTokenizer, task: &Task, limit: Option<usize>) -> Result<Vec<Encoded>> {
+    encode(
+        tok,
+        &task.test[..limit.unwrap_or(usize::MAX).min(task.test.len())],
+    )
+}
+
 /// Scores an adapter (or the base model) on encoded examples: see the module doc.
 pub fn score(
     model: &Llama,
@@ -204,8 +213,7 @@ pub fn evaluate_nll(tasks: &[Task], setup: &NllSetup, limit: Option<usize>) -> R
     let n = generator.config().prompts;
     let mut rows = Vec::new();
     for (i, task) in heldout.iter().enumerate() {
-        let examples = &task.test[..limit.unwrap_or(usize::MAX).min(task.test.len())];
-        let encoded = encode(&tok, examples)?;
+        let encoded = test_examples(&tok, task, limit)?;
         let run = |l: Option<&LoraWeights>| score(&model, &tok, l, &encoded);
         let dnd_batches = (0..setup.batches)
             .map(|b| {
@@ -230,7 +238,7 @@ pub fn evaluate_nll(tasks: &[Task], setup: &NllSetup, limit: Option<usize>) -> R
         )?))?;
         let row = NllRow {
             task: task.name.clone(),
-            examples: examples.len(),
+            examples: encoded.len(),
             base: run(None)?,
             averaged: averaged.as_ref().map(|a| run(Some(a))).transpose()?,
             multitask: match &multitask {
@@ -357,8 +365,7 @@ pub fn evaluate_lora_nll(
     };
     let mut rows = Vec::new();
     for task in tasks {
-        let examples = &task.test[..limit.unwrap_or(usize::MAX).min(task.test.len())];
-        let encoded = encode(&tok, examples)?;
+        let encoded = test_examples(&tok, task, limit)?;
         let run = |l: Option<&LoraWeights>| score(&model, &tok, l, &encoded);
         let base = run(None)?;
         let adapters = loras
@@ -373,7 +380,7 @@ pub fn evaluate_lora_nll(
         let row = LoraNllRow {
             task: task.name.clone(),
             family: task.family.clone(),
-            examples: examples.len(),
+            examples: encoded.len(),
             base,
             adapters,
             own,
