@@ -984,3 +984,309 @@ async fn clients_see_and_use_public_model_names_only() {
         assert_eq!(r.json["error"]["type"], "not_found_error", "{}", r.json);
     }
 }
+
+/// A tiny-model config in keys mode (`plugin.tenants = "keys"`).
+fn keys_config(dir: &std::path::Path) -> mistralrs_dnd::server::Config {
+    let mut c = tiny_config(dir);
+    c.plugin.tenants = mistralrs_dnd::server::config::TenantMode::Keys;
+    c
+}
+
+/// `POST /admin/keys` for `tenant` (with `rpm` when given): the key and its id.
+async fn create_key(s: &TestServer, tenant: &str, rpm: Option<u32>) -> (String, String) {
+    let mut body = json!({ "tenant": tenant });
+    if let Some(rpm) = rpm {
+        body["rpm"] = json!(rpm);
+    }
+    let r = reply(
+        s.admin(Method::POST, "/keys")
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    assert_eq!(r.json["tenant"], tenant, "{}", r.json);
+    let key = r.json["key"].as_str().unwrap().to_string();
+    (key, r.json["id"].as_str().unwrap().to_string())
+}
+
+/// A chat completion sent with `key` (when given) and `tag` applied to the request.
+async fn keyed_chat(
+    s: &TestServer,
+    key: Option<&str>,
+    tag: impl FnOnce(reqwest::RequestBuilder, &mut Value) -> reqwest::RequestBuilder,
+) -> Reply {
+    s.chat("hello", |rb, b| {
+        let rb = match key {
+            Some(k) => rb.bearer_auth(k),
+            None => rb,
+        };
+        tag(rb, b)
+    })
+    .await
+}
+
+fn assert_invalid_key(r: &Reply, what: &str) {
+    assert_eq!(r.status, 401, "{what}: {}", r.json);
+    assert_eq!(
+        r.json["error"]["code"], "invalid_api_key",
+        "{what}: {}",
+        r.json
+    );
+    assert_eq!(r.json["error"]["type"], "authentication_error", "{what}");
+    assert!(r.adapter.is_none(), "{what}: nothing was routed");
+}
+
+/// Issue 15, item 1: in keys mode a request needs a key, and the key alone chooses the
+/// tenant: its requests land on its tenant's adapter and never on another's, whatever
+/// header, body field or `user` they send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_keys_are_the_only_way_to_a_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(keys_config(dir.path())).await;
+    assert_eq!(s.upload("acme", &adapter(1)).await.status, 201);
+    assert_eq!(s.upload("globex", &adapter(2)).await.status, 201);
+    let acme = format!("acme@{}", hash_of(&s, "acme").await);
+    let globex = format!("globex@{}", hash_of(&s, "globex").await);
+    let (key_a, _) = create_key(&s, "acme", None).await;
+    let (key_g, _) = create_key(&s, "globex", None).await;
+
+    // No key, a wrong one, the admin token: 401 on every /v1/ route.
+    assert_invalid_key(&keyed_chat(&s, None, |rb, _| rb).await, "no key");
+    let wrong = format!("{key_a}0");
+    assert_invalid_key(
+        &keyed_chat(&s, Some(wrong.as_str()), |rb, _| rb).await,
+        "wrong key",
+    );
+    assert_invalid_key(
+        &keyed_chat(&s, Some(TOKEN), |rb, _| rb).await,
+        "admin token",
+    );
+    let tagged = keyed_chat(&s, None, |rb, _| rb.header("X-Task-Id", "acme")).await;
+    assert_invalid_key(&tagged, "a task id is no credential");
+    let completion = s
+        .client
+        .post(format!("{}/v1/completions", s.url))
+        .json(&json!({"model": "x", "prompt": "abc", "max_tokens": 2}));
+    assert_invalid_key(
+        &reply(completion.send().await.unwrap()).await,
+        "completions",
+    );
+    let models = s.client.get(format!("{}/v1/models", s.url));
+    assert_invalid_key(&reply(models.send().await.unwrap()).await, "models");
+    let health = s.client.get(format!("{}/health", s.url)).send().await;
+    assert_eq!(health.unwrap().status(), 200, "liveness needs no key");
+
+    // Each key reaches its own tenant's adapter.
+    let r = keyed_chat(&s, Some(key_a.as_str()), |rb, _| rb).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(r.adapter.as_deref(), Some(acme.as_str()));
+    let r = keyed_chat(&s, Some(key_g.as_str()), |rb, _| rb).await;
+    assert_eq!(r.adapter.as_deref(), Some(globex.as_str()));
+    let completion = s
+        .client
+        .post(format!("{}/v1/completions", s.url))
+        .bearer_auth(&key_a)
+        .json(&json!({"model": "x", "prompt": "abc", "max_tokens": 2}));
+    let r = reply(completion.send().await.unwrap()).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(r.adapter.as_deref(), Some(acme.as_str()));
+
+    // Naming its own tenant is fine (open-mode clients keep working); `user` is not read.
+    let r = keyed_chat(&s, Some(key_a.as_str()), |rb, _| {
+        rb.header("X-Task-Id", "acme")
+    })
+    .await;
+    assert_eq!(r.adapter.as_deref(), Some(acme.as_str()), "{}", r.json);
+    let r = keyed_chat(&s, Some(key_a.as_str()), |rb, b| {
+        b["user"] = json!("globex");
+        rb
+    })
+    .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(
+        r.adapter.as_deref(),
+        Some(acme.as_str()),
+        "user is not a tenant"
+    );
+
+    // Naming another tenant, existing or not, is refused, and that tenant sees nothing.
+    let hits = s.adapter_info("globex").await.unwrap()["hits"].clone();
+    for (what, other) in [("existing", "globex"), ("unknown", "nobody")] {
+        let r = keyed_chat(&s, Some(key_a.as_str()), |rb, _| {
+            rb.header("X-Task-Id", other)
+        })
+        .await;
+        assert_eq!(r.status, 403, "{what} header: {}", r.json);
+        assert_eq!(r.json["error"]["code"], "tenant_mismatch", "{}", r.json);
+        assert_eq!(r.json["error"]["type"], "permission_error", "{}", r.json);
+        assert!(r.adapter.is_none(), "{what}: x-dnd-adapter names nothing");
+        let r = keyed_chat(&s, Some(key_a.as_str()), |rb, b| {
+            b["task_id"] = json!(other);
+            rb
+        })
+        .await;
+        assert_eq!(r.status, 403, "{what} task_id: {}", r.json);
+        assert_eq!(r.json["error"]["param"], "task_id", "{}", r.json);
+    }
+    assert_eq!(s.adapter_info("globex").await.unwrap()["hits"], hits);
+
+    // The model list needs a key too, and still names no tenant.
+    let models: Value = s
+        .client
+        .get(format!("{}/v1/models", s.url))
+        .bearer_auth(&key_g)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let text = models.to_string();
+    assert!(text.contains("\"base\""), "{text}");
+    assert!(!text.contains("acme") && !text.contains("globex"), "{text}");
+}
+
+/// Issue 15, item 1: keys are hashed at rest and listed without their secret; a revoked
+/// key is refused from the next request, and keys (and revocations) survive a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_hashed_at_rest_revoked_at_once_and_survive_a_restart() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let c = keys_config(dir.path());
+    let (key_1, key_2) = {
+        let s = start(c.clone()).await;
+        let (key_1, id_1) = create_key(&s, "acme", None).await;
+        let (key_2, _) = create_key(&s, "acme", Some(100)).await;
+        assert_eq!(
+            keyed_chat(&s, Some(key_1.as_str()), |rb, _| rb)
+                .await
+                .status,
+            200
+        );
+
+        let list = reply(s.admin(Method::GET, "/keys").send().await.unwrap()).await;
+        assert_eq!(list.status, 200);
+        let keys = list.json["keys"].as_array().unwrap();
+        assert_eq!(keys.len(), 2, "{}", list.json);
+        let file = std::fs::read_to_string(dir.path().join("store/.keys.json")).unwrap();
+        for key in [&key_1, &key_2] {
+            let secret = &key["dnd-".len()..];
+            assert!(!list.json.to_string().contains(secret), "{}", list.json);
+            assert!(!file.contains(secret), "plaintext key on disk: {file}");
+            let sha = hex::encode(sha2::Sha256::digest(key.as_bytes()));
+            assert!(file.contains(&sha), "{file}");
+            assert!(keys
+                .iter()
+                .any(|k| sha.starts_with(k["id"].as_str().unwrap())));
+        }
+        let rpms: Vec<u64> = keys.iter().map(|k| k["rpm"].as_u64().unwrap()).collect();
+        assert!(
+            rpms.contains(&60) && rpms.contains(&100),
+            "default and given: {rpms:?}"
+        );
+
+        let r = s
+            .admin(Method::DELETE, &format!("/keys/{id_1}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_invalid_key(
+            &keyed_chat(&s, Some(key_1.as_str()), |rb, _| rb).await,
+            "revoked",
+        );
+        assert_eq!(
+            keyed_chat(&s, Some(key_2.as_str()), |rb, _| rb)
+                .await
+                .status,
+            200
+        );
+        let again = s.admin(Method::DELETE, &format!("/keys/{id_1}")).send();
+        assert_eq!(again.await.unwrap().status(), 404);
+        let bad = reply(
+            s.admin(Method::POST, "/keys")
+                .json(&json!({"tenant": "../x"}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(bad.status, 400, "{}", bad.json);
+        assert_eq!(bad.json["error"]["param"], "tenant");
+        (key_1, key_2)
+    };
+    let s = start(c).await;
+    assert_eq!(
+        keyed_chat(&s, Some(key_2.as_str()), |rb, _| rb)
+            .await
+            .status,
+        200
+    );
+    assert_invalid_key(
+        &keyed_chat(&s, Some(key_1.as_str()), |rb, _| rb).await,
+        "revoked, restarted",
+    );
+    let list = reply(s.admin(Method::GET, "/keys").send().await.unwrap()).await;
+    assert_eq!(
+        list.json["keys"].as_array().unwrap().len(),
+        1,
+        "{}",
+        list.json
+    );
+}
+
+/// Issue 15, item 1: past its requests per minute a key gets 429 `rate_limit_exceeded`
+/// with `Retry-After`; other keys are not slowed by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_past_its_rate_gets_429_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = keys_config(dir.path());
+    c.plugin.default_key_rpm = 2;
+    let s = start(c).await;
+    let (slow, _) = create_key(&s, "acme", None).await;
+    let (other, _) = create_key(&s, "acme", Some(1000)).await;
+    for _ in 0..2 {
+        assert_eq!(
+            keyed_chat(&s, Some(slow.as_str()), |rb, _| rb).await.status,
+            200
+        );
+    }
+    let resp = s
+        .chat_request(None)
+        .bearer_auth(&slow)
+        .json(&chat_body("hello", 2))
+        .send()
+        .await
+        .unwrap();
+    let retry_after: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=30).contains(&retry_after), "{retry_after}");
+    let r = reply(resp).await;
+    assert_eq!(r.status, 429, "{}", r.json);
+    assert_eq!(r.json["error"]["code"], "rate_limit_exceeded", "{}", r.json);
+    assert_eq!(r.json["error"]["type"], "rate_limit_error", "{}", r.json);
+    assert!(r.adapter.is_none());
+    let models = s
+        .client
+        .get(format!("{}/v1/models", s.url))
+        .bearer_auth(&slow);
+    assert_eq!(
+        models.send().await.unwrap().status(),
+        429,
+        "every route counts"
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            keyed_chat(&s, Some(other.as_str()), |rb, _| rb)
+                .await
+                .status,
+            200
+        );
+    }
+}

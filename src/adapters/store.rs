@@ -7,6 +7,7 @@
 //! STORE/{task}/v-{hash}/adapter_model.safetensors
 //! STORE/.store.lock                   held (flock) by the one server using the store
 //! STORE/.quarantine/{task}.meta.json.{secs}   corrupt records moved aside
+//! STORE/.keys.json                    tenant API keys, hashed (`server::keys`)
 //! ```
 //! Versions are written atomically before `meta.json` points at them, and `meta.json` is
 //! replaced atomically, every write and delete fsynced with its folder, so a crash or a

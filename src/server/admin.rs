@@ -1,5 +1,5 @@
-//! The admin API under `/admin` (list, inspect, hot-load, evict, pin, unpin, regenerate),
-//! `/metrics`, and who may call them.
+//! The admin API under `/admin` (adapters: list, inspect, hot-load, evict, pin, unpin,
+//! regenerate; tenant API keys: create, list, revoke), `/metrics`, and who may call them.
 //!
 //! With an admin token, every route needs `Authorization: Bearer TOKEN` (`/metrics` too,
 //! unless `plugin.metrics_need_token` is off). Without one (loopback only, see
@@ -16,7 +16,7 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Reque
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
@@ -42,6 +42,8 @@ pub fn router(plugin: Arc<Plugin>) -> Router {
         .route("/admin/adapters/{task}/pin", post(pin))
         .route("/admin/adapters/{task}/unpin", post(unpin))
         .route("/admin/adapters/{task}/regenerate", post(regenerate))
+        .route("/admin/keys", get(list_keys).post(create_key))
+        .route("/admin/keys/{id}", delete(revoke_key))
         .route(METRICS, get(super::metrics::metrics))
         .layer(axum::middleware::from_fn_with_state(plugin.clone(), guard))
         // Adapters are larger than axum's 2 MB default body limit.
@@ -284,14 +286,15 @@ async fn put_adapter(
     }
 }
 
-/// Runs file reads, parsing and validation on the blocking pool: a large adapter or a slow
-/// disk would otherwise stall one of the runtime's workers, and every request queued on it.
+/// Runs file reads and writes, parsing and validation on the blocking pool: a large adapter
+/// or a slow disk would otherwise stall one of the runtime's workers, and every request
+/// queued on it.
 async fn off_runtime<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| ApiError::internal(format!("reading the adapter: {e}")))?
+        .map_err(|e| ApiError::internal(format!("file work on the blocking pool: {e}")))?
 }
 
 /// The config and weights parts of an upload.
@@ -398,6 +401,63 @@ fn read_regular(path: &FsPath) -> Result<Vec<u8>, ApiError> {
     f.read_to_end(&mut bytes)
         .map_err(|e| refuse(e.to_string()))?;
     Ok(bytes)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyRequest {
+    tenant: String,
+    /// Requests per minute; default `plugin.default_key_rpm`.
+    #[serde(default)]
+    rpm: Option<u32>,
+}
+
+/// `POST /admin/keys` with `{"tenant": ID, "rpm": N}`: 201 with the new key, which is
+/// shown this once (the server keeps its hash only).
+async fn create_key(State(p): State<Arc<Plugin>>, body: Bytes) -> Result<Response, ApiError> {
+    let req: KeyRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!("body must be {{\"tenant\": ID, \"rpm\": N}}: {e}"))
+    })?;
+    validate_task_id(&req.tenant).map_err(|e| e.with_param("tenant"))?;
+    let rpm = req.rpm.unwrap_or(p.config.plugin.default_key_rpm);
+    if rpm == 0 {
+        return Err(ApiError::bad_request("rpm must be at least 1").with_param("rpm"));
+    }
+    let created = off_runtime(move || {
+        p.keys
+            .create(&req.tenant, rpm)
+            .map_err(|e| ApiError::internal(format!("{e:#}")))
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+/// `GET /admin/keys`: every key's id (a prefix of its hash), tenant, creation and limit.
+async fn list_keys(State(p): State<Arc<Plugin>>) -> impl IntoResponse {
+    Json(serde_json::json!({ "keys": p.keys.list() }))
+}
+
+/// `DELETE /admin/keys/{id}`: the key is refused from now on.
+async fn revoke_key(
+    State(p): State<Arc<Plugin>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let wanted = id.clone();
+    let revoked = off_runtime(move || {
+        p.keys
+            .revoke(&wanted)
+            .map_err(|e| ApiError::internal(format!("{e:#}")))
+    })
+    .await?;
+    match revoked {
+        Some(info) => Ok(Json(serde_json::json!({
+            "id": info.id,
+            "tenant": info.tenant,
+            "revoked": true,
+        }))
+        .into_response()),
+        None => Err(ApiError::not_found(format!("no API key with id {id}"))),
+    }
 }
 
 #[derive(Deserialize)]

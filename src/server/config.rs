@@ -68,10 +68,27 @@ pub enum TaskSource {
     User,
 }
 
+/// Who a client of the OpenAI routes is (`plugin.tenants`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantMode {
+    /// A client names its task itself (`task_id_sources`), with no credentials: any client
+    /// may use any task's adapter. For loopback and development.
+    #[default]
+    Open,
+    /// Every `/v1/` request needs an API key (`POST /admin/keys`), and the key's tenant is
+    /// its task, whatever the request says ([`super::keys`]).
+    Keys,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginConfig {
     pub enabled: bool,
+    /// `open` (default) or `keys`: see [`TenantMode`].
+    pub tenants: TenantMode,
+    /// Requests per minute of a new API key that names no `rpm`.
+    pub default_key_rpm: u32,
     /// Adapter store; every accepted adapter version lives here.
     pub store: PathBuf,
     /// `PUT /admin/adapters/{task}` with `{"path": DIR}` only reads inside this folder.
@@ -133,6 +150,8 @@ impl Default for PluginConfig {
     fn default() -> Self {
         Self {
             enabled: true,
+            tenants: TenantMode::Open,
+            default_key_rpm: 60,
             store: PathBuf::from("data/adapters"),
             import_root: None,
             admin_token: None,
@@ -209,6 +228,7 @@ impl Config {
                 ("max_messages", p.max_messages),
                 ("max_input_bytes", p.max_input_bytes),
                 ("max_request_bytes", p.max_request_bytes),
+                ("default_key_rpm", p.default_key_rpm as usize),
             ] {
                 if v == 0 {
                     bail!("plugin.{key} must be at least 1");
@@ -247,5 +267,28 @@ mod tests {
             let c: Config = toml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
             assert_eq!(c.plugin.default_max_tokens, 256, "{path}");
         }
+    }
+
+    #[test]
+    fn open_tenants_are_the_default_and_the_tenant_config_uses_keys() {
+        assert_eq!(Config::default().plugin.tenants, TenantMode::Open);
+        let cfg: Config =
+            toml::from_str("[plugin]\ntenants = \"keys\"\ndefault_key_rpm = 5\n").unwrap();
+        cfg.check().unwrap();
+        assert_eq!(
+            (cfg.plugin.tenants, cfg.plugin.default_key_rpm),
+            (TenantMode::Keys, 5)
+        );
+        assert!(toml::from_str::<Config>("[plugin]\ntenants = \"user\"\n").is_err());
+        let mut bad = cfg;
+        bad.plugin.default_key_rpm = 0;
+        assert!(bad
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("default_key_rpm"));
+        let text = std::fs::read_to_string("configs/tenant.toml").unwrap();
+        let c: Config = toml::from_str(&text).unwrap();
+        assert_eq!(c.plugin.tenants, TenantMode::Keys);
     }
 }

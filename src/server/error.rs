@@ -1,8 +1,8 @@
 //! The one error type of the HTTP API: a status and a reason, answered in the OpenAI error
 //! shape `{"error": {"message", "type", "param", "code"}}` so that OpenAI clients raise
-//! their usual exceptions.
+//! their usual exceptions (and, on a 429, with `Retry-After`, which they wait for).
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
@@ -14,6 +14,8 @@ pub struct ApiError {
     pub param: Option<&'static str>,
     /// A machine-readable reason (`model_not_found`, ...), when there is one.
     pub code: Option<&'static str>,
+    /// Seconds until the client may try again, sent as `Retry-After` (429, 503).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -23,6 +25,7 @@ impl ApiError {
             message: message.into(),
             param: None,
             code: None,
+            retry_after: None,
         }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -43,6 +46,10 @@ impl ApiError {
     }
     pub fn with_code(mut self, code: &'static str) -> Self {
         self.code = Some(code);
+        self
+    }
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
         self
     }
 
@@ -67,7 +74,12 @@ impl IntoResponse for ApiError {
             "param": self.param,
             "code": self.code,
         } });
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
     }
 }
 
@@ -115,5 +127,16 @@ mod tests {
             let (_, v) = body_of(ApiError::new(status, "x")).await;
             assert_eq!(v["error"]["type"], kind, "{status}");
         }
+    }
+
+    #[test]
+    fn a_rate_limit_says_when_to_come_back() {
+        let e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "slow down")
+            .with_code("rate_limit_exceeded")
+            .with_retry_after(12);
+        let resp = e.into_response();
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "12");
+        let resp = ApiError::bad_request("x").into_response();
+        assert!(resp.headers().get(header::RETRY_AFTER).is_none());
     }
 }

@@ -1,14 +1,16 @@
 //! The serving plugin: the server's [`config`], task [`tagging`] over the stock OpenAI
-//! routes, the [`admin`] API with `/metrics` and who may call them, and [`build`]/[`serve`]
-//! that embed mistral.rs; [`local`] runs it in-process on a loopback port with a small
-//! client (eval, bench, tests).
+//! routes, tenant API [`keys`], the [`admin`] API with `/metrics` and who may call them,
+//! and [`build`]/[`serve`] that embed mistral.rs; [`local`] runs it in-process on a
+//! loopback port with a small client (eval, bench, tests).
 //!
-//! A request goes: HTTP -> [`tagging::tag_request`] (task id, route, `model` rewrite) ->
-//! mistral.rs server-core handler -> the engine model of the base or of the task's adapter.
+//! A request goes: HTTP -> [`tagging::tag_request`] (API key in keys mode, task id, route,
+//! `model` rewrite) -> mistral.rs server-core handler -> the engine model of the base or of
+//! the task's adapter.
 
 pub mod admin;
 pub mod config;
 pub mod error;
+pub mod keys;
 pub mod local;
 pub mod metrics;
 pub mod specialise;
@@ -22,6 +24,7 @@ use axum::Router;
 use mistralrs_server_core::mistralrs_server_router_builder::MistralRsServerRouterBuilder;
 
 pub use config::Config;
+use config::TenantMode;
 
 use crate::adapters::{AdapterTable, Limits, Store, StoreLock};
 
@@ -35,6 +38,8 @@ pub struct Plugin {
     /// names that a client's `model` may not use.
     pub base_dirs: Vec<String>,
     pub admin_token: Option<String>,
+    /// Tenant API keys (used in `plugin.tenants = "keys"`, managed in either mode).
+    pub keys: keys::KeyStore,
     pub table: Arc<AdapterTable>,
     pub metrics: Arc<metrics::Metrics>,
     /// Automatic specialisation, when a generator is configured.
@@ -132,6 +137,7 @@ pub async fn build_with(
     let store_lock = store_lock.context("the plugin is enabled, so its store is locked")?;
     let store = Store::open(&config.plugin.store)?;
     store.remove_leftovers(&store_lock)?;
+    let key_store = keys::KeyStore::open(&config.plugin.store.join(keys::KEYS_FILE))?;
     if let Some(root) = &config.plugin.import_root {
         std::fs::create_dir_all(root)
             .with_context(|| format!("creating import root {}", root.display()))?;
@@ -159,10 +165,17 @@ pub async fn build_with(
     if admin_token.is_none() {
         tracing::warn!("no admin token set: the admin API is open to local clients");
     }
+    if config.plugin.tenants == TenantMode::Open && !config.server.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %config.server.listen,
+            "plugin.tenants = \"open\" off loopback: any client may use any task's adapter; set plugin.tenants = \"keys\""
+        );
+    }
     let plugin = Arc::new(Plugin {
         config,
         base_dirs,
         admin_token,
+        keys: key_store,
         table,
         metrics,
         specialiser,

@@ -1,20 +1,29 @@
-//! Task tagging: a layer over the OpenAI routes that bounds a request (body size,
-//! `max_tokens`, `n`, messages, input bytes), finds its task id, picks the model that serves
-//! it (base or the task's adapter), rewrites the body's `model` field to that engine model,
-//! names it in the `x-dnd-adapter` response header and shows the client's public model name
-//! in the response instead of the engine's.
+//! Task tagging: a layer over the OpenAI routes that, in keys mode, admits a request by its
+//! API key ([`super::keys`]), bounds it (body size, `max_tokens`, `n`, messages, input
+//! bytes), finds its task id, picks the model that serves it (base or the task's adapter),
+//! rewrites the body's `model` field to that engine model, names it in the `x-dnd-adapter`
+//! response header and shows the client's public model name in the response instead of the
+//! engine's.
+//!
+//! Where the task id comes from depends on `plugin.tenants`:
+//! - `open`: from the request, the configured `task_id_sources` in order ([`find_task_id`]);
+//!   no credentials, so any client may name any task.
+//! - `keys`: every `/v1/` request needs a key (401 `invalid_api_key` without one, 429
+//!   `rate_limit_exceeded` past its limit); `/health`, `/` and CORS preflights do not. The
+//!   key's tenant is the task, always ([`keyed_task_id`]), so `x-dnd-adapter` can only ever
+//!   name the caller's own adapter.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use super::config::{PluginConfig, TaskSource};
+use super::config::{PluginConfig, TaskSource, TenantMode};
 use super::error::ApiError;
 use super::Plugin;
 use crate::adapters::{Route, ADAPTER_MODEL_PREFIX};
@@ -94,6 +103,48 @@ pub fn find_task_id(
     Ok(None)
 }
 
+/// The task of a request made with a key of `tenant` (keys mode): the tenant, whatever the
+/// request says. An `X-Task-Id` header (the configured `header`) or `task_id` field that
+/// names the tenant itself is accepted, so clients written for open mode keep working; one
+/// that names any other task is a 403 `tenant_mismatch` (whether that task exists or not),
+/// so that the client learns at once that its key reaches its own tenant only instead of
+/// being answered quietly by another adapter than the one it asked for. The `user` field is
+/// not read: OpenAI clients send their own end user's id there.
+pub fn keyed_task_id(
+    tenant: &str,
+    header: &str,
+    headers: &HeaderMap,
+    body: &serde_json::Map<String, Value>,
+) -> Result<String, ApiError> {
+    for (source, param) in [
+        (TaskSource::Header, None),
+        (TaskSource::Body, Some("task_id")),
+    ] {
+        let Some(named) = find_task_id(&[source], header, headers, body)? else {
+            continue;
+        };
+        if named != tenant {
+            let what = match param {
+                Some(p) => format!("body field {p}"),
+                None => format!("header {header}"),
+            };
+            let mut e = ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "this API key is for tenant {tenant}, but {what} names {named}; with \
+                     plugin.tenants = \"keys\" the key alone chooses the tenant"
+                ),
+            )
+            .with_code("tenant_mismatch");
+            if let Some(p) = param {
+                e = e.with_param(p);
+            }
+            return Err(e);
+        }
+    }
+    Ok(tenant.to_string())
+}
+
 /// Routes that the stock server exposes but that could reach or corrupt adapter models
 /// (stock reload merges LoRAs twice, trap 1 of engine.md), or that leak internals.
 const HIDDEN: &[&str] = &[
@@ -127,13 +178,17 @@ pub async fn tag_request(State(plugin): State<Arc<Plugin>>, req: Request, next: 
         )
         .into_response();
     }
+    let tenant = match authenticate(&plugin, &req) {
+        Ok(tenant) => tenant,
+        Err(e) => return e.into_response(),
+    };
     if path == "/v1/models" {
         return hide_adapter_models(next.run(req).await).await;
     }
     if !(path == "/v1/chat/completions" || path == "/v1/completions") {
         return next.run(req).await;
     }
-    match route_request(&plugin, req).await {
+    match route_request(&plugin, req, tenant.as_deref()).await {
         Ok((req, route)) => {
             let public = req.extensions().get::<PublicModel>().cloned();
             let label = match &route {
@@ -157,6 +212,19 @@ pub async fn tag_request(State(plugin): State<Arc<Plugin>>, req: Request, next: 
         }
         Err(e) => e.into_response(),
     }
+}
+
+/// The tenant of a request's API key in keys mode, the request counted against the key's
+/// limit. `None` in open mode, and for what needs no key: routes outside `/v1/` (`/health`,
+/// `/`) and CORS preflights, which browsers send without credentials.
+fn authenticate(plugin: &Plugin, req: &Request) -> Result<Option<String>, ApiError> {
+    if plugin.config.plugin.tenants == TenantMode::Open
+        || !req.uri().path().starts_with("/v1/")
+        || req.method() == Method::OPTIONS
+    {
+        return Ok(None);
+    }
+    plugin.keys.admit(req.headers(), Instant::now()).map(Some)
 }
 
 /// Drops adapter engine models from the stock model list: their ids name tasks (tenants),
@@ -185,8 +253,13 @@ async fn hide_adapter_models(resp: Response) -> Response {
     )
 }
 
-/// The request rewritten for its engine model, and the route.
-async fn route_request(plugin: &Arc<Plugin>, req: Request) -> Result<(Request, Route), ApiError> {
+/// The request rewritten for its engine model, and the route; `tenant`: the tenant of the
+/// request's key (keys mode).
+async fn route_request(
+    plugin: &Arc<Plugin>,
+    req: Request,
+    tenant: Option<&str>,
+) -> Result<(Request, Route), ApiError> {
     let (mut parts, body) = req.into_parts();
     let pc = &plugin.config.plugin;
     let bytes = read_body(body, &parts.headers, pc.max_request_bytes).await?;
@@ -194,7 +267,10 @@ async fn route_request(plugin: &Arc<Plugin>, req: Request) -> Result<(Request, R
         .map_err(|e| ApiError::bad_request(format!("request body is not a JSON object: {e}")))?;
     let public = public_model_name(&json, &plugin.base_dirs)?;
     apply_bounds(pc, &mut json)?;
-    let task = find_task_id(&pc.task_id_sources, &pc.task_header, &parts.headers, &json)?;
+    let task = match tenant {
+        Some(t) => Some(keyed_task_id(t, &pc.task_header, &parts.headers, &json)?),
+        None => find_task_id(&pc.task_id_sources, &pc.task_header, &parts.headers, &json)?,
+    };
     json.remove("task_id");
     if let (Some(t), Some(sp)) = (&task, &plugin.specialiser) {
         sp.observe(t, super::specialise::prompt_text(&json));
@@ -551,6 +627,50 @@ mod tests {
             Some("prompt")
         );
         assert!(bounded(json!({ "prompt": &long[1..] })).is_ok());
+    }
+
+    /// Keys mode: the key's tenant is the task; a header or body field naming another
+    /// task is refused (existing or not), `user` is not read.
+    #[test]
+    fn a_key_alone_chooses_the_tenant() {
+        let keyed = |headers: &[(&str, &str)], b: Value| {
+            let mut h = HeaderMap::new();
+            for (k, v) in headers {
+                h.insert(
+                    axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            keyed_task_id("acme", "x-task-id", &h, &body(b))
+        };
+        assert_eq!(keyed(&[], json!({})).unwrap(), "acme");
+        assert_eq!(keyed(&[], json!({"user": "globex"})).unwrap(), "acme");
+        assert_eq!(
+            keyed(&[("x-task-id", "acme")], json!({"task_id": "acme"})).unwrap(),
+            "acme"
+        );
+        for (h, b, param) in [
+            (vec![("x-task-id", "globex")], json!({}), None),
+            (vec![("x-task-id", "nobody")], json!({}), None),
+            (
+                vec![("x-task-id", "acme")],
+                json!({"task_id": "globex"}),
+                Some("task_id"),
+            ),
+            (
+                vec![],
+                json!({"task_id": "globex", "user": "acme"}),
+                Some("task_id"),
+            ),
+        ] {
+            let e = keyed(&h, b).unwrap_err();
+            assert_eq!(e.status, StatusCode::FORBIDDEN, "{}", e.message);
+            assert_eq!((e.code, e.param), (Some("tenant_mismatch"), param));
+            assert!(e.message.contains("acme"), "{}", e.message);
+        }
+        // A malformed id is the same 400 as in open mode.
+        let e = keyed(&[("x-task-id", "../x")], json!({})).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
     }
 
     #[test]
