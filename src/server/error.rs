@@ -14,6 +14,9 @@ pub struct ApiError {
     pub param: Option<&'static str>,
     /// A machine-readable reason (`model_not_found`, ...), when there is one.
     pub code: Option<&'static str>,
+    /// Seconds a client should wait before trying again (the `Retry-After` header), for a
+    /// refusal that a later retry may get past (429, 503).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -23,6 +26,7 @@ impl ApiError {
             message: message.into(),
             param: None,
             code: None,
+            retry_after: None,
         }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -43,6 +47,10 @@ impl ApiError {
     }
     pub fn with_code(mut self, code: &'static str) -> Self {
         self.code = Some(code);
+        self
+    }
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
         self
     }
 
@@ -67,7 +75,12 @@ impl IntoResponse for ApiError {
             "param": self.param,
             "code": self.code,
         } });
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        resp
     }
 }
 
@@ -115,5 +128,15 @@ mod tests {
             let (_, v) = body_of(ApiError::new(status, "x")).await;
             assert_eq!(v["error"]["type"], kind, "{status}");
         }
+    }
+
+    #[test]
+    fn a_refusal_says_when_to_retry() {
+        let resp = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy")
+            .with_retry_after(3)
+            .into_response();
+        assert_eq!(resp.headers()["retry-after"], "3");
+        let resp = ApiError::bad_request("no").into_response();
+        assert!(resp.headers().get("retry-after").is_none());
     }
 }
