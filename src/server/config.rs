@@ -127,6 +127,12 @@ pub struct PluginConfig {
     pub max_messages: usize,
     /// Text of a request's messages (or prompt) at most, in bytes.
     pub max_input_bytes: usize,
+    /// Chat and completion requests in flight at once per engine model (the base, or one
+    /// adapter), from admission until their answer has been sent or dropped.
+    pub max_in_flight_per_model: usize,
+    /// How long a request waits for a place on its model, in milliseconds, before it is
+    /// refused (503 on the shared base model, 429 on a task's adapter; `Retry-After`).
+    pub admission_wait_ms: u64,
 }
 
 impl Default for PluginConfig {
@@ -160,6 +166,8 @@ impl Default for PluginConfig {
             max_n: 8,
             max_messages: 256,
             max_input_bytes: 256 << 10,
+            max_in_flight_per_model: 64,
+            admission_wait_ms: 5000,
         }
     }
 }
@@ -209,6 +217,7 @@ impl Config {
                 ("max_messages", p.max_messages),
                 ("max_input_bytes", p.max_input_bytes),
                 ("max_request_bytes", p.max_request_bytes),
+                ("max_in_flight_per_model", p.max_in_flight_per_model),
             ] {
                 if v == 0 {
                     bail!("plugin.{key} must be at least 1");

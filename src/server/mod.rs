@@ -3,10 +3,12 @@
 //! that embed mistral.rs; [`local`] runs it in-process on a loopback port with a small
 //! client (eval, bench, tests).
 //!
-//! A request goes: HTTP -> [`tagging::tag_request`] (task id, route, `model` rewrite) ->
-//! mistral.rs server-core handler -> the engine model of the base or of the task's adapter.
+//! A request goes: HTTP -> [`tagging::tag_request`] (task id, route, `model` rewrite, a
+//! place on the engine model from [`admission`]) -> mistral.rs server-core handler -> the
+//! engine model of the base or of the task's adapter.
 
 pub mod admin;
+pub mod admission;
 pub mod config;
 pub mod error;
 pub mod local;
@@ -36,6 +38,8 @@ pub struct Plugin {
     pub base_dirs: Vec<String>,
     pub admin_token: Option<String>,
     pub table: Arc<AdapterTable>,
+    /// Places per engine model for chat and completion requests.
+    pub admission: admission::Admission,
     pub metrics: Arc<metrics::Metrics>,
     /// Automatic specialisation, when a generator is configured.
     pub specialiser: Option<Arc<specialise::Specialiser>>,
@@ -155,6 +159,10 @@ pub async fn build_with(
         };
         specialise::Specialiser::start(g, table.clone(), metrics.clone(), settings)
     });
+    let admission = admission::Admission::new(
+        config.plugin.max_in_flight_per_model,
+        std::time::Duration::from_millis(config.plugin.admission_wait_ms),
+    );
     let admin_token = config.admin_token();
     if admin_token.is_none() {
         tracing::warn!("no admin token set: the admin API is open to local clients");
@@ -164,6 +172,7 @@ pub async fn build_with(
         base_dirs,
         admin_token,
         table,
+        admission,
         metrics,
         specialiser,
         store_lock: std::sync::Mutex::new(Some(store_lock)),
