@@ -4,7 +4,8 @@
 //! Requests only take the table's short lock (no I/O, no await under it) to pick a route;
 //! loading, registering and removing engine models run in background tasks, one operation
 //! at a time per task. A request routed to an adapter holds an `Arc` of that version, so
-//! replacing or evicting it only retires the engine model once those requests are done.
+//! replacing or evicting it only retires the engine model once those requests are done (or
+//! at the retire ceiling, logged).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -32,6 +33,9 @@ pub struct Limits {
     pub max_resident_bytes: u64,
     /// Memory one resident adapter model takes (a full base copy with the LoRA merged).
     pub bytes_per_model: u64,
+    /// How long a replaced or evicted engine model waits for the requests still using it
+    /// before it is removed anyway (logged).
+    pub retire_ceiling: Duration,
 }
 
 /// State of a task's adapter.
@@ -469,13 +473,32 @@ impl AdapterTable {
         out
     }
 
-    /// Unregisters an engine model once no request holds it any more.
+    /// Unregisters an engine model once no request uses it any more: a request holds its
+    /// route from routing until its answer has been sent or dropped, through its wait for
+    /// admission and the engine's queue (see `server::admission`). Only the retire ceiling
+    /// cuts that short, for requests that never end (a client that stops reading a stream),
+    /// so that a full model copy is not kept for good; that is logged with the requests cut
+    /// off.
     fn retire(self: &Arc<Self>, model: Arc<ResidentModel>) {
         let this = self.clone();
+        let ceiling = self.limits.retire_ceiling;
         tokio::spawn(async move {
             let start = Instant::now();
-            while Arc::strong_count(&model) > 1 && start.elapsed() < Duration::from_secs(600) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            while Arc::strong_count(&model) > 1 {
+                let waited = start.elapsed();
+                if waited >= ceiling {
+                    tracing::warn!(
+                        task = model.task,
+                        engine_id = model.engine_id,
+                        requests = Arc::strong_count(&model) - 1,
+                        waited_s = waited.as_secs(),
+                        "removing a retired adapter model that requests still use: the retire ceiling (plugin.retire_ceiling_s) is reached"
+                    );
+                    break;
+                }
+                // Checked often at first (most requests end within seconds), then less.
+                let poll = (waited / 50).clamp(Duration::from_millis(20), Duration::from_secs(1));
+                tokio::time::sleep(poll.min(ceiling - waited)).await;
             }
             if let Err(e) = this.engine.unregister(&model.engine_id).await {
                 tracing::warn!(engine_id = model.engine_id, error = %e, "removing engine model failed");

@@ -133,6 +133,9 @@ pub struct PluginConfig {
     /// How long a request waits for a place on its model, in milliseconds, before it is
     /// refused (503 on the shared base model, 429 on a task's adapter; `Retry-After`).
     pub admission_wait_ms: u64,
+    /// How long a replaced or evicted adapter model waits for the requests still using it
+    /// before it is removed anyway (logged), in seconds.
+    pub retire_ceiling_s: u64,
 }
 
 impl Default for PluginConfig {
@@ -168,6 +171,7 @@ impl Default for PluginConfig {
             max_input_bytes: 256 << 10,
             max_in_flight_per_model: 64,
             admission_wait_ms: 5000,
+            retire_ceiling_s: 3600,
         }
     }
 }

@@ -128,6 +128,7 @@ pub async fn build_with(
         max_resident: config.plugin.max_resident,
         max_resident_bytes: config.plugin.max_resident_mib << 20,
         bytes_per_model: model_bytes(&base, &config.model.dtype)?,
+        retire_ceiling: std::time::Duration::from_secs(config.plugin.retire_ceiling_s),
     };
     let generator = match generator {
         Some(g) => Some(g),

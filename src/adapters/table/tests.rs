@@ -21,12 +21,14 @@ struct Fixture {
     table: Arc<AdapterTable>,
 }
 
-/// A count limit only (every model "weighs" one byte).
+/// A count limit only (every model "weighs" one byte); retired models wait for their
+/// requests longer than any test.
 fn limits(max_resident: usize) -> Limits {
     Limits {
         max_resident,
         max_resident_bytes: u64::MAX,
         bytes_per_model: 1,
+        retire_ceiling: Duration::from_secs(3600),
     }
 }
 
@@ -191,9 +193,9 @@ async fn the_least_recently_used_adapter_is_evicted_and_unregistered() {
 #[tokio::test]
 async fn the_memory_limit_evicts_like_the_count_limit() {
     let f = fixture(Limits {
-        max_resident: 10,
         max_resident_bytes: 250,
         bytes_per_model: 100,
+        ..limits(10)
     });
     for (i, t) in ["a", "b", "c"].iter().enumerate() {
         install(&f, t, i as u64).await;
@@ -505,4 +507,40 @@ async fn a_caller_that_goes_away_does_not_cancel_its_load() {
         );
     }
     assert!(f.table.info("pinned").unwrap().pinned);
+}
+
+/// Issue 15, item 13: a replaced version is removed when its last request is done, however
+/// long that takes (before: after 600 s whatever still used it); only the retire ceiling
+/// cuts a request that never ends short, and only that one model.
+#[tokio::test]
+async fn a_retired_model_waits_for_its_last_request_up_to_the_ceiling() {
+    let ceiling = Duration::from_millis(1500);
+    let f = fixture(Limits {
+        retire_ceiling: ceiling,
+        ..limits(4)
+    });
+    let v1 = install(&f, "a", 1).await;
+    let first = f.table.route("a", Duration::ZERO).await;
+    let second = f.table.route("a", Duration::ZERO).await;
+    install(&f, "a", 2).await;
+    tokio::time::sleep(ceiling / 4).await;
+    drop(first);
+    tokio::time::sleep(ceiling / 4).await;
+    assert!(registered(&f, &v1), "one request still uses it");
+    drop(second);
+    eventually("the old version to go with its last request", || {
+        !registered(&f, &v1)
+    })
+    .await;
+
+    // A request that never ends: the ceiling removes the model anyway.
+    let v2 = served_by(&f, "a", Duration::ZERO).await.unwrap();
+    let _stuck = f.table.route("a", Duration::ZERO).await;
+    let t = Instant::now();
+    install(&f, "a", 3).await;
+    tokio::time::sleep(ceiling / 2).await;
+    assert!(registered(&f, &v2), "before the ceiling");
+    eventually("the ceiling to remove it", || !registered(&f, &v2)).await;
+    assert!(t.elapsed() >= ceiling, "{:?}", t.elapsed());
+    assert_eq!(f.engine.registered().len(), 1, "the current version stays");
 }

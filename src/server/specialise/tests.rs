@@ -111,6 +111,7 @@ fn start_in(dir: tempfile::TempDir, settings: Settings) -> Fixture {
         max_resident: 16,
         max_resident_bytes: u64::MAX,
         bytes_per_model: 1,
+        retire_ceiling: Duration::from_secs(3600),
     };
     let store = Store::open(&dir.path().join("store")).unwrap();
     let engine = Arc::new(FakeEngine::new());
