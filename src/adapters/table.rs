@@ -5,7 +5,8 @@
 //! loading, registering and removing engine models run in background tasks, one operation
 //! at a time per task. A request routed to an adapter holds an `Arc` of that version, so
 //! replacing or evicting it only retires the engine model once those requests are done (or
-//! at the retire ceiling, logged).
+//! at the retire ceiling, logged). Forgetting a task takes it out of the store before the
+//! table, and a generation that ends after a forget is not installed.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -279,9 +280,26 @@ impl AdapterTable {
         adapter: &LoraAdapter,
         source: Source,
     ) -> Result<(TaskInfo, Vec<(String, Duration)>)> {
+        self.install_if(task, adapter, source, || true)
+            .await?
+            .ok_or_else(|| anyhow!("installing an adapter for task {task} was refused"))
+    }
+
+    /// [`AdapterTable::install_timed`] for an adapter made while its task could be
+    /// forgotten (a generation): `wanted` is asked under the task's operation lock, before
+    /// anything is stored, and `Ok(None)` means it said no and nothing changed. A forget
+    /// ([`AdapterTable::evict`]) takes the same lock, so it comes either before the
+    /// question, which `wanted` then answers no, or after the install, which it deletes.
+    pub async fn install_if(
+        self: &Arc<Self>,
+        task: &str,
+        adapter: &LoraAdapter,
+        source: Source,
+        wanted: impl FnOnce() -> bool + Send + 'static,
+    ) -> Result<Option<(TaskInfo, Vec<(String, Duration)>)>> {
         adapter.validate(&self.dims)?;
         let (me, task, adapter) = (self.clone(), task.to_string(), adapter.clone());
-        detached(async move { me.install_now(&task, &adapter, source).await }).await
+        detached(async move { me.install_now(&task, &adapter, source, wanted).await }).await
     }
 
     async fn install_now(
@@ -289,10 +307,14 @@ impl AdapterTable {
         task: &str,
         adapter: &LoraAdapter,
         source: Source,
-    ) -> Result<(TaskInfo, Vec<(String, Duration)>)> {
+        wanted: impl FnOnce() -> bool + Send,
+    ) -> Result<Option<(TaskInfo, Vec<(String, Duration)>)>> {
         let t = Instant::now();
         let op = self.op_lock(task);
         let _guard = op.lock().await;
+        if !wanted() {
+            return Ok(None);
+        }
         let store = self.store.clone();
         let (task_s, adapter_c) = (task.to_string(), adapter.clone());
         let record =
@@ -316,7 +338,7 @@ impl AdapterTable {
             ("load_merge".to_string(), load),
             ("register".to_string(), rest),
         ];
-        Ok((info, stages))
+        Ok(Some((info, stages)))
     }
 
     /// Makes the task's current version resident (no-op if it already is).
@@ -506,22 +528,39 @@ impl AdapterTable {
         });
     }
 
-    /// Evicts a task's resident model; with `forget` also deletes its stored files.
+    /// Evicts a task's resident model; with `forget` also deletes its stored files (its
+    /// whole store folder, also when the table has no entry for it: the prompts and
+    /// generation history automatic specialisation keeps there). Returns whether there was
+    /// anything to evict or forget.
+    ///
+    /// Forgetting takes the task out of the store (see [`Store::forget`]) before its entry
+    /// leaves the table: if that fails, nothing has changed; once it has succeeded, the task
+    /// cannot come back at the next start, whatever happens to the deletion of its files.
+    /// A generation finishing later cannot bring it back either: it installs through
+    /// [`AdapterTable::install_if`], which asks under the same operation lock.
     pub async fn evict(self: &Arc<Self>, task: &str, forget: bool) -> Result<bool> {
         let op = self.op_lock(task);
         let _guard = op.lock().await;
+        let known = match self.lock().tasks.get(task) {
+            Some(entry) if entry.record.pinned => bail!("task {task} is pinned: unpin it first"),
+            Some(_) => true,
+            None if !forget => return Ok(false),
+            None => false,
+        };
+        let mut stored = false;
+        if forget {
+            let store = self.store.clone();
+            let task = task.to_string();
+            stored = tokio::task::spawn_blocking(move || store.forget(&task)).await??;
+        }
         let resident = {
             let mut inner = self.lock();
             let Inner { tasks, lru } = &mut *inner;
-            let Some(entry) = tasks.get_mut(task) else {
-                return Ok(false);
-            };
-            if entry.record.pinned {
-                bail!("task {task} is pinned: unpin it first");
-            }
             lru.pop(task);
-            let r = entry.resident.take();
-            entry.state = None;
+            let r = tasks.get_mut(task).and_then(|entry| {
+                entry.state = None;
+                entry.resident.take()
+            });
             if forget {
                 tasks.remove(task);
             }
@@ -530,12 +569,7 @@ impl AdapterTable {
         if let Some(r) = resident {
             self.retire(r);
         }
-        if forget {
-            let store = self.store.clone();
-            let task = task.to_string();
-            tokio::task::spawn_blocking(move || store.forget(&task)).await??;
-        }
-        Ok(true)
+        Ok(known || stored)
     }
 
     /// Pins (loads now and never evicts) or unpins a task's adapter.

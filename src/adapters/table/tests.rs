@@ -544,3 +544,33 @@ async fn a_retired_model_waits_for_its_last_request_up_to_the_ceiling() {
     assert!(t.elapsed() >= ceiling, "{:?}", t.elapsed());
     assert_eq!(f.engine.registered().len(), 1, "the current version stays");
 }
+
+/// Issue 15, item 11: a forget whose file deletion fails (a disk fault) after the task has
+/// left the table does not bring the task back at the next start, and that start's
+/// leftover sweep deletes the files.
+#[tokio::test]
+async fn a_forgotten_task_stays_forgotten_when_deleting_its_files_fails() {
+    let f = fixture(limits(4));
+    let id = install(&f, "a", 1).await;
+    install(&f, "b", 2).await;
+    f.table.store.fail_deletes(true);
+    assert!(f.table.evict("a", true).await.unwrap());
+    assert_eq!(state(&f, "a"), None);
+    eventually("the engine model to go", || !registered(&f, &id)).await;
+
+    // A restart on the same store.
+    let root = f.table.store_root();
+    let store = Store::open(&root).unwrap();
+    let lock = crate::adapters::StoreLock::acquire(&root).unwrap();
+    assert!(store.remove_leftovers(&lock).unwrap() >= 1);
+    let table =
+        AdapterTable::new(Arc::new(FakeEngine::new()), store, tiny_dims(), limits(4)).unwrap();
+    assert!(table.info("a").is_none(), "forgotten for good");
+    assert_eq!(table.info("b").unwrap().state, State::Stored);
+    let left: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n == "a" || n.starts_with(".a."))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
