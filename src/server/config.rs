@@ -107,10 +107,13 @@ pub struct PluginConfig {
     pub generation_queue: usize,
     /// First retry of a failed generation after this many seconds, doubling each time.
     pub retry_base_s: u64,
+    /// Automatic retries of a failed generation; one cut short by the end of the process
+    /// counts as failed (the count survives restarts).
     pub max_retries: u32,
     /// Regenerate a task's adapter after this many more of its prompts (unset: never).
     pub regenerate_after: Option<usize>,
-    /// Generations per task (tenant) and hour at most.
+    /// Generations started per task (tenant) and hour at most, failed ones included (the
+    /// count survives restarts).
     pub max_generations_per_hour: usize,
     /// Stored adapter versions kept per task (tenant).
     pub max_versions: usize,
