@@ -1289,4 +1289,102 @@ async fn a_key_past_its_rate_gets_429_with_retry_after() {
             200
         );
     }
+
+/// Issue 15, item 5: at most `plugin.max_in_flight_per_model` requests hold a place on one
+/// engine model; past it (after the admission wait, none here) the shared base model
+/// answers 503 and a task's adapter 429, both with `Retry-After`, in the OpenAI error
+/// shape, while the other models go on answering. A place is held until the answer has
+/// really ended: a stream until it has been sent to its end, a non-streamed answer until
+/// the engine has finished it, even when its client went away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_a_models_in_flight_bound_are_refused_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = tiny_config(dir.path());
+    c.plugin.max_in_flight_per_model = 1;
+    c.plugin.admission_wait_ms = 0;
+    let s = start(c).await;
+    assert_eq!(s.upload("t", &adapter(1)).await.status, 201);
+    let adapter_model = s.plugin.table.resident_ids()[0].clone();
+    let in_flight = |model: &str| s.plugin.admission.in_flight(model);
+    let mut long = chat_body("go on", 400);
+    long["stream"] = json!(true);
+    for (task, model, status, kind, code) in [
+        (None, "base", 503, "server_error", "server_overloaded"),
+        (
+            Some("t"),
+            adapter_model.as_str(),
+            429,
+            "rate_limit_error",
+            "rate_limit_exceeded",
+        ),
+    ] {
+        let open = s.chat_request(task).json(&long).send().await.unwrap();
+        assert_eq!(open.status(), 200);
+        let resp = s
+            .chat_request(task)
+            .json(&chat_body("hi", 2))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()["retry-after"], "1", "{task:?}");
+        let r = reply(resp).await;
+        assert_eq!(r.status, status, "{}", r.json);
+        assert_eq!(r.json["error"]["type"], kind, "{}", r.json);
+        assert_eq!(r.json["error"]["code"], code, "{}", r.json);
+        assert!(r.json["error"]["message"].is_string(), "{}", r.json);
+        // The other engine model has places of its own.
+        let other = if task.is_some() { None } else { Some("t") };
+        let r = s.send_chat(other, &chat_body("hi", 2)).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.json);
+        // Once the stream has ended, its place is free.
+        let text = open.text().await.unwrap();
+        assert!(text.contains("[DONE]"), "{text:.200}");
+        assert_eq!(in_flight(model), 0, "{model}");
+        let r = s.send_chat(task, &chat_body("hi", 2)).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.json);
+    }
+    let m = metrics(&s).await;
+    assert_eq!(
+        metric(&m, "dnd_requests_rejected_total{status=\"503\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, "dnd_requests_rejected_total{status=\"429\"}"),
+        1.0
+    );
+
+    // A non-streamed answer whose client goes away keeps its place while the engine is
+    // still generating it.
+    let body = chat_body("go on", 400);
+    let t = std::time::Instant::now();
+    assert_eq!(s.send_chat(None, &body).await.unwrap().status, 200);
+    let full = t.elapsed();
+    let gone = {
+        let rb = s.chat_request(None).json(&body);
+        tokio::spawn(async move { rb.send().await })
+    };
+    for _ in 0..500 {
+        if in_flight("base") == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(in_flight("base"), 1, "admitted");
+    let admitted = std::time::Instant::now();
+    gone.abort();
+    tokio::time::sleep(full / 4).await;
+    let still = in_flight("base");
+    if admitted.elapsed() < full / 2 {
+        assert_eq!(
+            still, 1,
+            "the engine is still answering (a full answer takes {full:?})"
+        );
+    }
+    for _ in 0..500 {
+        if in_flight("base") == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(in_flight("base"), 0, "freed once the engine is done");
 }

@@ -277,10 +277,13 @@ async fn tracked_task_limit_drops_the_oldest_idle_task_visibly() {
     assert_eq!(metric(&metrics(&s).await, "dnd_dropped_tasks_total"), 1.0);
 }
 
+/// The generation cut short counts as a failed attempt (it may be what ended the process):
+/// it is started again after `retry_base_s`, here at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_mid_generation_keeps_the_prompts_and_requeues() {
     let dir = tempfile::tempdir().unwrap();
-    let c = tiny_config(dir.path());
+    let mut c = tiny_config(dir.path());
+    c.plugin.retry_base_s = 0;
     // This server's generator does not finish while the test runs: it stands for a killed
     // one (released at the end, failing, so that the runtime can shut down).
     let hung = Arc::new(TestGenerator::default());
@@ -302,6 +305,15 @@ async fn restart_mid_generation_keeps_the_prompts_and_requeues() {
             "generating"
         );
         assert!(dir.path().join("store/survivor/prompts.jsonl").exists());
+        // The attempt is on disk before the generator is called.
+        for _ in 0..250 {
+            if hung.calls.load(Ordering::SeqCst) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(hung.calls.load(Ordering::SeqCst), 1);
+        assert!(dir.path().join("store/survivor/generation.json").exists());
     }
     let g = Arc::new(TestGenerator::default());
     let s = start_with(c, Some(g.clone())).await;

@@ -138,6 +138,9 @@ pub struct Store {
     root: PathBuf,
     /// Records moved to quarantine by this process (shared by clones).
     quarantined: Arc<Mutex<Vec<Quarantined>>>,
+    /// Set by tests: folder deletes fail (shared by clones).
+    #[cfg(test)]
+    fail_deletes: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Store {
@@ -147,6 +150,8 @@ impl Store {
         Ok(Self {
             root: root.to_path_buf(),
             quarantined: Default::default(),
+            #[cfg(test)]
+            fail_deletes: Default::default(),
         })
     }
 
@@ -301,15 +306,46 @@ impl Store {
         sync_dir(&self.task_dir(task));
     }
 
-    /// Deletes everything stored for `task`; fsynced, so that a forgotten task does not
-    /// come back after a power cut.
-    pub fn forget(&self, task: &str) -> Result<()> {
+    /// Deletes everything stored for `task`. The task folder is first renamed to a temp
+    /// sibling (`.TASK.tmp-PID`), and the rename fsynced: from then on the task is gone for
+    /// a restart too. An error before that changes nothing. Deleting the renamed folder can
+    /// fail (a disk fault, a file the server may not delete) or be cut short by a crash:
+    /// that is logged, not returned, as the task is already gone; the leftover sweep at the
+    /// next start ([`Store::remove_leftovers`]) deletes what is left. Returns whether the
+    /// task had a folder.
+    pub fn forget(&self, task: &str) -> Result<bool> {
         let dir = self.task_dir(task);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).with_context(|| format!("deleting {}", dir.display()))?;
-            sync_dir(&self.root);
+        if !dir.exists() {
+            return Ok(false);
         }
-        Ok(())
+        let doomed = fsio::temp_sibling(&dir)?;
+        if doomed.exists() {
+            // What an earlier forget of this task in this process could not delete.
+            let _ = self.remove_dir(&doomed);
+        }
+        std::fs::rename(&dir, &doomed)
+            .with_context(|| format!("moving {} aside to delete it", dir.display()))?;
+        sync_dir(&self.root);
+        if let Err(e) = self.remove_dir(&doomed) {
+            tracing::warn!(task, path = %doomed.display(), error = %e, "deleting a forgotten task's files failed; the next start deletes them");
+        }
+        Ok(true)
+    }
+
+    /// Deletes a folder and what is in it; a test can make it fail as a disk fault would.
+    fn remove_dir(&self, dir: &Path) -> std::io::Result<()> {
+        #[cfg(test)]
+        if self.fail_deletes.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::other("deletes fail (test)"));
+        }
+        std::fs::remove_dir_all(dir)
+    }
+
+    /// Makes folder deletes fail (or work again), for tests of what a failed delete leaves.
+    #[cfg(test)]
+    pub(crate) fn fail_deletes(&self, fail: bool) {
+        self.fail_deletes
+            .store(fail, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

@@ -4,7 +4,9 @@
 //! Requests only take the table's short lock (no I/O, no await under it) to pick a route;
 //! loading, registering and removing engine models run in background tasks, one operation
 //! at a time per task. A request routed to an adapter holds an `Arc` of that version, so
-//! replacing or evicting it only retires the engine model once those requests are done.
+//! replacing or evicting it only retires the engine model once those requests are done (or
+//! at the retire ceiling, logged). Forgetting a task takes it out of the store before the
+//! table, and a generation that ends after a forget is not installed.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -32,6 +34,9 @@ pub struct Limits {
     pub max_resident_bytes: u64,
     /// Memory one resident adapter model takes (a full base copy with the LoRA merged).
     pub bytes_per_model: u64,
+    /// How long a replaced or evicted engine model waits for the requests still using it
+    /// before it is removed anyway (logged).
+    pub retire_ceiling: Duration,
 }
 
 /// State of a task's adapter.
@@ -275,9 +280,26 @@ impl AdapterTable {
         adapter: &LoraAdapter,
         source: Source,
     ) -> Result<(TaskInfo, Vec<(String, Duration)>)> {
+        self.install_if(task, adapter, source, || true)
+            .await?
+            .ok_or_else(|| anyhow!("installing an adapter for task {task} was refused"))
+    }
+
+    /// [`AdapterTable::install_timed`] for an adapter made while its task could be
+    /// forgotten (a generation): `wanted` is asked under the task's operation lock, before
+    /// anything is stored, and `Ok(None)` means it said no and nothing changed. A forget
+    /// ([`AdapterTable::evict`]) takes the same lock, so it comes either before the
+    /// question, which `wanted` then answers no, or after the install, which it deletes.
+    pub async fn install_if(
+        self: &Arc<Self>,
+        task: &str,
+        adapter: &LoraAdapter,
+        source: Source,
+        wanted: impl FnOnce() -> bool + Send + 'static,
+    ) -> Result<Option<(TaskInfo, Vec<(String, Duration)>)>> {
         adapter.validate(&self.dims)?;
         let (me, task, adapter) = (self.clone(), task.to_string(), adapter.clone());
-        detached(async move { me.install_now(&task, &adapter, source).await }).await
+        detached(async move { me.install_now(&task, &adapter, source, wanted).await }).await
     }
 
     async fn install_now(
@@ -285,10 +307,14 @@ impl AdapterTable {
         task: &str,
         adapter: &LoraAdapter,
         source: Source,
-    ) -> Result<(TaskInfo, Vec<(String, Duration)>)> {
+        wanted: impl FnOnce() -> bool + Send,
+    ) -> Result<Option<(TaskInfo, Vec<(String, Duration)>)>> {
         let t = Instant::now();
         let op = self.op_lock(task);
         let _guard = op.lock().await;
+        if !wanted() {
+            return Ok(None);
+        }
         let store = self.store.clone();
         let (task_s, adapter_c) = (task.to_string(), adapter.clone());
         let record =
@@ -312,7 +338,7 @@ impl AdapterTable {
             ("load_merge".to_string(), load),
             ("register".to_string(), rest),
         ];
-        Ok((info, stages))
+        Ok(Some((info, stages)))
     }
 
     /// Makes the task's current version resident (no-op if it already is).
@@ -469,13 +495,32 @@ impl AdapterTable {
         out
     }
 
-    /// Unregisters an engine model once no request holds it any more.
+    /// Unregisters an engine model once no request uses it any more: a request holds its
+    /// route from routing until its answer has been sent or dropped, through its wait for
+    /// admission and the engine's queue (see `server::admission`). Only the retire ceiling
+    /// cuts that short, for requests that never end (a client that stops reading a stream),
+    /// so that a full model copy is not kept for good; that is logged with the requests cut
+    /// off.
     fn retire(self: &Arc<Self>, model: Arc<ResidentModel>) {
         let this = self.clone();
+        let ceiling = self.limits.retire_ceiling;
         tokio::spawn(async move {
             let start = Instant::now();
-            while Arc::strong_count(&model) > 1 && start.elapsed() < Duration::from_secs(600) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            while Arc::strong_count(&model) > 1 {
+                let waited = start.elapsed();
+                if waited >= ceiling {
+                    tracing::warn!(
+                        task = model.task,
+                        engine_id = model.engine_id,
+                        requests = Arc::strong_count(&model) - 1,
+                        waited_s = waited.as_secs(),
+                        "removing a retired adapter model that requests still use: the retire ceiling (plugin.retire_ceiling_s) is reached"
+                    );
+                    break;
+                }
+                // Checked often at first (most requests end within seconds), then less.
+                let poll = (waited / 50).clamp(Duration::from_millis(20), Duration::from_secs(1));
+                tokio::time::sleep(poll.min(ceiling - waited)).await;
             }
             if let Err(e) = this.engine.unregister(&model.engine_id).await {
                 tracing::warn!(engine_id = model.engine_id, error = %e, "removing engine model failed");
@@ -483,22 +528,39 @@ impl AdapterTable {
         });
     }
 
-    /// Evicts a task's resident model; with `forget` also deletes its stored files.
+    /// Evicts a task's resident model; with `forget` also deletes its stored files (its
+    /// whole store folder, also when the table has no entry for it: the prompts and
+    /// generation history automatic specialisation keeps there). Returns whether there was
+    /// anything to evict or forget.
+    ///
+    /// Forgetting takes the task out of the store (see [`Store::forget`]) before its entry
+    /// leaves the table: if that fails, nothing has changed; once it has succeeded, the task
+    /// cannot come back at the next start, whatever happens to the deletion of its files.
+    /// A generation finishing later cannot bring it back either: it installs through
+    /// [`AdapterTable::install_if`], which asks under the same operation lock.
     pub async fn evict(self: &Arc<Self>, task: &str, forget: bool) -> Result<bool> {
         let op = self.op_lock(task);
         let _guard = op.lock().await;
+        let known = match self.lock().tasks.get(task) {
+            Some(entry) if entry.record.pinned => bail!("task {task} is pinned: unpin it first"),
+            Some(_) => true,
+            None if !forget => return Ok(false),
+            None => false,
+        };
+        let mut stored = false;
+        if forget {
+            let store = self.store.clone();
+            let task = task.to_string();
+            stored = tokio::task::spawn_blocking(move || store.forget(&task)).await??;
+        }
         let resident = {
             let mut inner = self.lock();
             let Inner { tasks, lru } = &mut *inner;
-            let Some(entry) = tasks.get_mut(task) else {
-                return Ok(false);
-            };
-            if entry.record.pinned {
-                bail!("task {task} is pinned: unpin it first");
-            }
             lru.pop(task);
-            let r = entry.resident.take();
-            entry.state = None;
+            let r = tasks.get_mut(task).and_then(|entry| {
+                entry.state = None;
+                entry.resident.take()
+            });
             if forget {
                 tasks.remove(task);
             }
@@ -507,12 +569,7 @@ impl AdapterTable {
         if let Some(r) = resident {
             self.retire(r);
         }
-        if forget {
-            let store = self.store.clone();
-            let task = task.to_string();
-            tokio::task::spawn_blocking(move || store.forget(&task)).await??;
-        }
-        Ok(true)
+        Ok(known || stored)
     }
 
     /// Pins (loads now and never evicts) or unpins a task's adapter.

@@ -472,17 +472,15 @@ async fn evict(
     Query(q): Query<EvictQuery>,
 ) -> Result<Response, ApiError> {
     task_param(&task)?;
-    if q.forget {
-        if let Some(s) = &p.specialiser {
-            s.forget(&task);
-        }
-    }
+    // The specialiser first: a generation of the task that ends after this is dropped
+    // (see `AdapterTable::install_if`).
+    let tracked = q.forget && p.specialiser.as_ref().is_some_and(|s| s.forget(&task));
     match p.table.evict(&task, q.forget).await {
-        Ok(true) => Ok(Json(
+        Ok(found) if found || tracked => Ok(Json(
             serde_json::json!({ "task": task, "evicted": true, "forgotten": q.forget }),
         )
         .into_response()),
-        Ok(false) => Err(ApiError::not_found(format!("no adapter for task {task}"))),
+        Ok(_) => Err(ApiError::not_found(format!("no adapter for task {task}"))),
         Err(e) => Err(ApiError::new(StatusCode::CONFLICT, format!("{e:#}"))),
     }
 }

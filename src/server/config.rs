@@ -124,10 +124,13 @@ pub struct PluginConfig {
     pub generation_queue: usize,
     /// First retry of a failed generation after this many seconds, doubling each time.
     pub retry_base_s: u64,
+    /// Automatic retries of a failed generation; one cut short by the end of the process
+    /// counts as failed (the count survives restarts).
     pub max_retries: u32,
     /// Regenerate a task's adapter after this many more of its prompts (unset: never).
     pub regenerate_after: Option<usize>,
-    /// Generations per task (tenant) and hour at most.
+    /// Generations started per task (tenant) and hour at most, failed ones included (the
+    /// count survives restarts).
     pub max_generations_per_hour: usize,
     /// Stored adapter versions kept per task (tenant).
     pub max_versions: usize,
@@ -144,6 +147,15 @@ pub struct PluginConfig {
     pub max_messages: usize,
     /// Text of a request's messages (or prompt) at most, in bytes.
     pub max_input_bytes: usize,
+    /// Chat and completion requests in flight at once per engine model (the base, or one
+    /// adapter), from admission until their answer has been sent or dropped.
+    pub max_in_flight_per_model: usize,
+    /// How long a request waits for a place on its model, in milliseconds, before it is
+    /// refused (503 on the shared base model, 429 on a task's adapter; `Retry-After`).
+    pub admission_wait_ms: u64,
+    /// How long a replaced or evicted adapter model waits for the requests still using it
+    /// before it is removed anyway (logged), in seconds.
+    pub retire_ceiling_s: u64,
 }
 
 impl Default for PluginConfig {
@@ -179,6 +191,9 @@ impl Default for PluginConfig {
             max_n: 8,
             max_messages: 256,
             max_input_bytes: 256 << 10,
+            max_in_flight_per_model: 64,
+            admission_wait_ms: 5000,
+            retire_ceiling_s: 3600,
         }
     }
 }
@@ -229,6 +244,7 @@ impl Config {
                 ("max_input_bytes", p.max_input_bytes),
                 ("max_request_bytes", p.max_request_bytes),
                 ("default_key_rpm", p.default_key_rpm as usize),
+                ("max_in_flight_per_model", p.max_in_flight_per_model),
             ] {
                 if v == 0 {
                     bail!("plugin.{key} must be at least 1");

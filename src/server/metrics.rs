@@ -20,6 +20,8 @@ pub struct Metrics {
     registry: Registry,
     /// Requests by what served them (`base` or `adapter`).
     pub requests: IntCounterVec,
+    /// Requests refused past their engine model's in-flight bound, by status (503, 429).
+    pub rejected: IntCounterVec,
     pub generation_seconds: Histogram,
     pub registration_seconds: Histogram,
     pub queue_depth: IntGauge,
@@ -46,6 +48,14 @@ impl Metrics {
             requests: IntCounterVec::new(
                 Opts::new("requests_total", "Inference requests by what served them"),
                 &["served_by"],
+            )
+            .expect("valid metric"),
+            rejected: IntCounterVec::new(
+                Opts::new(
+                    "requests_rejected_total",
+                    "Requests refused past the in-flight bound of their engine model",
+                ),
+                &["status"],
             )
             .expect("valid metric"),
             generation_seconds: hist("generation_seconds", "Time to generate an adapter"),
@@ -88,6 +98,7 @@ impl Metrics {
         };
         for c in [
             Box::new(m.requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.rejected.clone()),
             Box::new(m.generation_seconds.clone()),
             Box::new(m.registration_seconds.clone()),
             Box::new(m.queue_depth.clone()),

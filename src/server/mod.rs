@@ -4,10 +4,11 @@
 //! loopback port with a small client (eval, bench, tests).
 //!
 //! A request goes: HTTP -> [`tagging::tag_request`] (API key in keys mode, task id, route,
-//! `model` rewrite) -> mistral.rs server-core handler -> the engine model of the base or of
-//! the task's adapter.
+//! `model` rewrite, a place on the engine model from [`admission`]) -> mistral.rs
+//! server-core handler -> the engine model of the base or of the task's adapter.
 
 pub mod admin;
+pub mod admission;
 pub mod config;
 pub mod error;
 pub mod keys;
@@ -41,6 +42,8 @@ pub struct Plugin {
     /// Tenant API keys (used in `plugin.tenants = "keys"`, managed in either mode).
     pub keys: keys::KeyStore,
     pub table: Arc<AdapterTable>,
+    /// Places per engine model for chat and completion requests.
+    pub admission: admission::Admission,
     pub metrics: Arc<metrics::Metrics>,
     /// Automatic specialisation, when a generator is configured.
     pub specialiser: Option<Arc<specialise::Specialiser>>,
@@ -129,6 +132,7 @@ pub async fn build_with(
         max_resident: config.plugin.max_resident,
         max_resident_bytes: config.plugin.max_resident_mib << 20,
         bytes_per_model: model_bytes(&base, &config.model.dtype)?,
+        retire_ceiling: std::time::Duration::from_secs(config.plugin.retire_ceiling_s),
     };
     let generator = match generator {
         Some(g) => Some(g),
@@ -161,6 +165,10 @@ pub async fn build_with(
         };
         specialise::Specialiser::start(g, table.clone(), metrics.clone(), settings)
     });
+    let admission = admission::Admission::new(
+        config.plugin.max_in_flight_per_model,
+        std::time::Duration::from_millis(config.plugin.admission_wait_ms),
+    );
     let admin_token = config.admin_token();
     if admin_token.is_none() {
         tracing::warn!("no admin token set: the admin API is open to local clients");
@@ -177,6 +185,7 @@ pub async fn build_with(
         admin_token,
         keys: key_store,
         table,
+        admission,
         metrics,
         specialiser,
         store_lock: std::sync::Mutex::new(Some(store_lock)),

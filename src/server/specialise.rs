@@ -4,15 +4,25 @@
 //!
 //! Requests only push a prompt and maybe enqueue a job (short lock, no I/O, no await on a
 //! generation). Prompt buffers are written to `STORE/{task}/prompts.jsonl` by a writer task,
-//! so a restart loses none of them and requeues tasks that were waiting or generating.
+//! so a restart loses none of them and requeues tasks that were waiting. A task's
+//! generation history, `STORE/{task}/generation.json`, is written before each generation
+//! starts and when it ends: a generation that was running when the process ended (maybe
+//! because it killed it) counts as a failed attempt at the next start, retried after the
+//! backoff while retries are left, so it cannot crash the server at every start; the
+//! hourly cap counts the generations of before a restart too.
+//!
+//! A task forgotten (`DELETE ...?forget=true`) while its generation runs stays forgotten:
+//! the generation's adapter is installed only if the job is still the task's own, asked
+//! under the table's lock for the task (see [`AdapterTable::install_if`]).
 
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -104,11 +114,14 @@ struct TaskBuf {
     since_generation: usize,
     last_seen: Instant,
     state: GenState,
+    /// Generations started since the last success (or manual regeneration).
     attempts: u32,
-    /// Unix seconds of recent generations (rate cap).
+    /// Unix seconds when recent generations started (rate cap).
     recent: VecDeque<u64>,
     /// Stage timings of the last successful generation, in milliseconds.
     last_timings: Vec<(String, f64)>,
+    /// The generation job running or last run for this buffer (0: none).
+    job: u64,
 }
 
 impl TaskBuf {
@@ -121,11 +134,50 @@ impl TaskBuf {
             attempts: 0,
             recent: VecDeque::new(),
             last_timings: Vec::new(),
+            job: 0,
         }
     }
 
     fn busy(&self) -> bool {
         matches!(self.state, GenState::Queued | GenState::Generating)
+    }
+
+    fn record(&self) -> GenRecord {
+        GenRecord {
+            attempts: self.attempts,
+            recent: self.recent.iter().copied().collect(),
+            error: match &self.state {
+                GenState::Failed { error, .. } => Some(error.clone()),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// A task's generation history as `STORE/{task}/generation.json` keeps it across restarts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct GenRecord {
+    /// Generations started since the last success: one that is still counted at the next
+    /// start failed or was cut short by the end of the process.
+    attempts: u32,
+    /// Unix seconds when recent generations started.
+    #[serde(default)]
+    recent: Vec<u64>,
+    /// Why the last one failed; none when it was cut short.
+    #[serde(default)]
+    error: Option<String>,
+}
+
+impl GenRecord {
+    fn read(path: &Path) -> Option<Self> {
+        let bytes = std::fs::read(path).ok()?;
+        match serde_json::from_slice(&bytes) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable generation record");
+                None
+            }
+        }
     }
 }
 
@@ -157,9 +209,12 @@ pub struct Specialiser {
     dropped: Mutex<VecDeque<String>>,
     jobs: mpsc::Sender<String>,
     persist: mpsc::UnboundedSender<Persist>,
+    /// Ids of generation jobs, so that a job can tell whether its task is still its own.
+    last_job: AtomicU64,
 }
 
 const PROMPTS_FILE: &str = "prompts.jsonl";
+const GENERATION_FILE: &str = "generation.json";
 const DROPPED_SHOWN: usize = 100;
 
 impl Specialiser {
@@ -182,8 +237,9 @@ impl Specialiser {
             dropped: Mutex::new(VecDeque::new()),
             jobs,
             persist,
+            last_job: AtomicU64::new(0),
         });
-        this.restore();
+        let retries = this.restore();
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         for _ in 0..this.settings.concurrency.max(1) {
             let (me, rx) = (Arc::downgrade(&this), rx.clone());
@@ -199,12 +255,21 @@ impl Specialiser {
             });
         }
         tokio::spawn(write_prompts(Arc::downgrade(&this), persist_rx));
+        // Tasks whose last generation failed (or was cut short) wait for their retry, if
+        // any is left; the others are requeued when due.
         let due: Vec<String> = {
             let tasks = this.lock();
-            tasks.keys().cloned().collect()
+            tasks
+                .iter()
+                .filter(|(_, b)| !matches!(b.state, GenState::Failed { .. }))
+                .map(|(t, _)| t.clone())
+                .collect()
         };
         for task in due {
             this.maybe_enqueue(&task);
+        }
+        for (task, delay) in retries {
+            this.retry_later(&task, delay);
         }
         this
     }
@@ -217,13 +282,20 @@ impl Specialiser {
         self.table.store_root().join(task).join(PROMPTS_FILE)
     }
 
-    fn restore(&self) {
+    /// Restores the buffers and generation histories from the store; returns the retries
+    /// of failed generations to schedule.
+    fn restore(&self) -> Vec<(String, Duration)> {
+        let mut retries = Vec::new();
         let Ok(dir) = std::fs::read_dir(self.table.store_root()) else {
-            return;
+            return retries;
         };
         let mut tasks = self.lock();
         for entry in dir.flatten() {
             let task = entry.file_name().to_string_lossy().to_string();
+            // The store's own names: its lock, quarantine, folders being deleted.
+            if task.starts_with('.') {
+                continue;
+            }
             let Ok(text) = std::fs::read_to_string(entry.path().join(PROMPTS_FILE)) else {
                 continue;
             };
@@ -234,8 +306,53 @@ impl Specialiser {
                 }
             }
             keep_last(&mut buf.prompts, self.settings.k);
+            if let Some(record) = GenRecord::read(&entry.path().join(GENERATION_FILE)) {
+                if let Some(delay) = self.restore_history(&task, &mut buf, record) {
+                    retries.push((task.clone(), delay));
+                }
+            }
             tasks.insert(task, buf);
         }
+        retries
+    }
+
+    /// Takes up a task's generation history: attempts still counted did not succeed, so
+    /// the task is failed, with a retry after the backoff (returned) while retries are left.
+    fn restore_history(
+        &self,
+        task: &str,
+        buf: &mut TaskBuf,
+        record: GenRecord,
+    ) -> Option<Duration> {
+        let hour_ago = now_secs().saturating_sub(3600);
+        buf.recent = record
+            .recent
+            .into_iter()
+            .filter(|&t| t > hour_ago)
+            .collect();
+        buf.attempts = record.attempts;
+        if record.attempts == 0 {
+            return None;
+        }
+        let error = record
+            .error
+            .unwrap_or_else(|| "the server stopped during the generation".into());
+        let retry = self.retry_delay(record.attempts);
+        tracing::warn!(
+            task,
+            attempts = record.attempts,
+            retry_in_s = retry.map(|d| d.as_secs()),
+            error,
+            "the task's last generation did not succeed"
+        );
+        self.table
+            .mark_failed(task, format!("generation failed: {error}"));
+        buf.state = GenState::Failed {
+            error,
+            attempts: record.attempts,
+            retry_at: retry.map(|d| now_secs() + d.as_secs()),
+        };
+        retry
     }
 
     /// Records a request's prompt for `task` and starts a generation when one is due.
@@ -378,14 +495,29 @@ impl Specialiser {
     }
 
     async fn run_job(self: &Arc<Self>, task: &str) {
-        let prompts: Vec<String> = {
+        let (prompts, job, history) = {
             let mut tasks = self.lock();
             let Some(buf) = tasks.get_mut(task) else {
                 return;
             };
+            // Forgotten since it was queued (and maybe seen again since).
+            if buf.state != GenState::Queued {
+                return;
+            }
             buf.state = GenState::Generating;
-            buf.prompts.iter().cloned().collect()
+            buf.attempts += 1;
+            buf.recent.push_back(now_secs());
+            buf.job = self.last_job.fetch_add(1, Ordering::Relaxed) + 1;
+            let prompts: Vec<String> = buf.prompts.iter().cloned().collect();
+            (prompts, buf.job, buf.record())
         };
+        // On disk before the generator runs: if this generation ends the process, the next
+        // start counts it as a failed attempt instead of starting it again and again.
+        if let Err(e) = self.save_history(task, history).await {
+            let error = format!("recording the generation attempt: {e:#}");
+            self.failed(task, job, error).await;
+            return;
+        }
         tracing::info!(task, prompts = prompts.len(), "generating adapter");
         let t = Instant::now();
         let generator = self.generator.clone();
@@ -399,51 +531,90 @@ impl Specialiser {
         let result = match result {
             Ok((adapter, mut stages)) => {
                 let t_install = Instant::now();
+                let (me, task_s) = (self.clone(), task.to_string());
                 let r = self
                     .table
-                    .install_timed(task, &adapter, Source::Generated)
+                    .install_if(task, &adapter, Source::Generated, move || {
+                        me.is_current(&task_s, job)
+                    })
                     .await;
                 self.metrics
                     .registration_seconds
                     .observe(t_install.elapsed().as_secs_f64());
-                r.map(|(_, install)| {
-                    stages.extend(install);
-                    stages.push(("total".to_string(), t.elapsed()));
-                    stages
+                r.map(|installed| {
+                    installed.map(|(_, install)| {
+                        stages.extend(install);
+                        stages.push(("total".to_string(), t.elapsed()));
+                        stages
+                    })
                 })
             }
             Err(e) => Err(e),
         };
         match result {
-            Ok(stages) => {
-                if let Some(b) = self.lock().get_mut(task) {
-                    b.last_timings = stages
-                        .into_iter()
-                        .map(|(k, d)| (k, d.as_secs_f64() * 1e3))
-                        .collect();
-                    b.state = GenState::Done;
-                    b.attempts = 0;
-                    b.since_generation = 0;
-                    b.recent.push_back(now_secs());
-                }
-                if let Err(e) = self
-                    .table
-                    .prune_versions(task, self.settings.max_versions)
-                    .await
-                {
-                    tracing::warn!(task, error = %e, "pruning old versions failed");
-                }
-                tracing::info!(
-                    task,
-                    secs = t.elapsed().as_secs_f64(),
-                    "adapter generated and routed"
-                );
-            }
-            Err(e) => self.failed(task, format!("{e:#}")),
+            Ok(Some(stages)) => self.succeeded(task, job, stages, t).await,
+            Err(e) if self.is_current(task, job) => self.failed(task, job, format!("{e:#}")).await,
+            // `Ok(None)`: the table did not install it, as the job is no longer the task's.
+            _ => tracing::info!(
+                task,
+                "the task was forgotten during its generation: the result is dropped"
+            ),
         }
     }
 
-    fn failed(self: &Arc<Self>, task: &str, error: String) {
+    async fn succeeded(
+        self: &Arc<Self>,
+        task: &str,
+        job: u64,
+        stages: Vec<(String, Duration)>,
+        started: Instant,
+    ) {
+        let history = {
+            let mut tasks = self.lock();
+            let Some(b) = tasks.get_mut(task).filter(|b| b.job == job) else {
+                return;
+            };
+            b.last_timings = stages
+                .into_iter()
+                .map(|(k, d)| (k, d.as_secs_f64() * 1e3))
+                .collect();
+            b.state = GenState::Done;
+            b.attempts = 0;
+            b.since_generation = 0;
+            b.record()
+        };
+        if let Err(e) = self.save_history(task, history).await {
+            tracing::warn!(task, error = %e, "recording a generation's success failed; a restart counts it as failed");
+        }
+        if let Err(e) = self
+            .table
+            .prune_versions(task, self.settings.max_versions)
+            .await
+        {
+            tracing::warn!(task, error = %e, "pruning old versions failed");
+        }
+        tracing::info!(
+            task,
+            secs = started.elapsed().as_secs_f64(),
+            "adapter generated and routed"
+        );
+    }
+
+    /// A generation of `task` (its job `job`, counted as an attempt when it started) failed.
+    async fn failed(self: &Arc<Self>, task: &str, job: u64, error: String) {
+        let (retry, history) = {
+            let mut tasks = self.lock();
+            let Some(b) = tasks.get_mut(task).filter(|b| b.job == job) else {
+                return;
+            };
+            let retry = self.retry_delay(b.attempts);
+            b.state = GenState::Failed {
+                error: error.clone(),
+                attempts: b.attempts,
+                retry_at: retry.map(|d| now_secs() + d.as_secs()),
+            };
+            (retry, b.record())
+        };
         self.metrics
             .failures
             .with_label_values(&["generation"])
@@ -455,35 +626,54 @@ impl Specialiser {
         );
         self.table
             .mark_failed(task, format!("generation failed: {error}"));
-        let retry = {
-            let mut tasks = self.lock();
-            let Some(b) = tasks.get_mut(task) else { return };
-            b.attempts += 1;
-            let retry = (b.attempts <= self.settings.max_retries)
-                .then(|| self.settings.retry_base * 2u32.saturating_pow(b.attempts - 1));
-            b.state = GenState::Failed {
-                error,
-                attempts: b.attempts,
-                retry_at: retry.map(|d| now_secs() + d.as_secs()),
-            };
-            retry
-        };
+        if let Err(e) = self.save_history(task, history).await {
+            tracing::warn!(task, error = %e, "recording a generation's failure failed");
+        }
         if let Some(delay) = retry {
-            let me = Arc::downgrade(self);
-            let task = task.to_string();
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                if let Some(me) = me.upgrade() {
-                    me.maybe_enqueue(&task);
-                }
-            });
+            self.retry_later(task, delay);
         }
     }
 
-    /// Forgets a task's prompts (with `DELETE ...?forget=true`).
-    pub fn forget(&self, task: &str) {
-        self.lock().remove(task);
+    /// The wait before retrying after `attempts` failed generations in a row; `None` when
+    /// no retry is left.
+    fn retry_delay(&self, attempts: u32) -> Option<Duration> {
+        (attempts <= self.settings.max_retries).then(|| {
+            self.settings
+                .retry_base
+                .saturating_mul(2u32.saturating_pow(attempts.saturating_sub(1)))
+        })
+    }
+
+    fn retry_later(self: &Arc<Self>, task: &str, delay: Duration) {
+        let me = Arc::downgrade(self);
+        let task = task.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Some(me) = me.upgrade() {
+                me.maybe_enqueue(&task);
+            }
+        });
+    }
+
+    /// Forgets a task's prompts and generation history (with `DELETE ...?forget=true`);
+    /// a generation of the task in progress is dropped when it ends. Returns whether the
+    /// task was tracked.
+    pub fn forget(&self, task: &str) -> bool {
+        let tracked = self.lock().remove(task).is_some();
         let _ = self.persist.send(Persist::Remove(task.to_string()));
+        tracked
+    }
+
+    /// Whether `job` is still the generation of `task`'s buffer (not forgotten since).
+    fn is_current(&self, task: &str, job: u64) -> bool {
+        self.lock().get(task).is_some_and(|b| b.job == job)
+    }
+
+    /// Writes a task's generation history (atomically, durably) and waits for it.
+    async fn save_history(&self, task: &str, record: GenRecord) -> Result<()> {
+        let path = self.table.store_root().join(task).join(GENERATION_FILE);
+        tokio::task::spawn_blocking(move || write_atomic(&path, &serde_json::to_vec(&record)?))
+            .await?
     }
 
     pub fn info(&self, task: &str) -> Option<GenInfo> {
@@ -543,16 +733,20 @@ async fn write_prompts(me: std::sync::Weak<Specialiser>, mut rx: mpsc::Unbounded
         let path = me.prompts_path(&task);
         let r = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             match lines {
-                None => match std::fs::remove_file(&path) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                    _ => {
-                        // So that a dropped buffer does not come back after a power cut.
-                        if let Some(dir) = path.parent() {
-                            sync_dir(dir);
+                // The buffer was dropped or forgotten: its generation history goes with it.
+                None => {
+                    for file in [PROMPTS_FILE, GENERATION_FILE] {
+                        match std::fs::remove_file(path.with_file_name(file)) {
+                            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                            _ => {}
                         }
-                        Ok(())
                     }
-                },
+                    // So that a dropped buffer does not come back after a power cut.
+                    if let Some(dir) = path.parent() {
+                        sync_dir(dir);
+                    }
+                    Ok(())
+                }
                 Some(text) => write_atomic(&path, text.as_bytes()).map_err(std::io::Error::other),
             }
         })

@@ -195,18 +195,29 @@ pub async fn tag_request(State(plugin): State<Arc<Plugin>>, req: Request, next: 
                 Route::Base => "base".to_string(),
                 Route::Adapter(r) => format!("{}@{}", r.task, r.hash),
             };
-            let mut resp = next.run(req).await;
+            // A place on the engine model (bounded wait, 503/429 past it), held with the
+            // route until the answer has really ended (see `admission`).
+            let slot = match super::admission::admit(&plugin, &route).await {
+                Ok(slot) => slot,
+                Err(e) => return e.into_response(),
+            };
+            let (mut resp, guard) =
+                match super::admission::run_detached(next.run(req), (route, slot)).await {
+                    Ok(answered) => answered,
+                    Err(e) => return e.into_response(),
+                };
             if let Some(public) = public {
                 resp = show_public_model(resp, public.0).await;
             }
             if let Ok(v) = HeaderValue::from_str(&label) {
                 resp.headers_mut().insert(ADAPTER_HEADER, v);
             }
-            // Keep the adapter model alive until the (possibly streamed) body is done.
+            // Keep the route (the adapter model) and the place until the (possibly
+            // streamed) body is done.
             let (parts, body) = resp.into_parts();
             let guarded = Body::from_stream(GuardedStream {
                 inner: body.into_data_stream(),
-                _guard: route,
+                _guard: Some(guard),
             });
             Response::from_parts(parts, guarded)
         }
@@ -542,10 +553,11 @@ where
     }
 }
 
-/// A body stream that holds a value until the stream is dropped.
+/// A body stream that holds a value until the stream ends or is dropped, whichever comes
+/// first.
 struct GuardedStream<S, G> {
     inner: S,
-    _guard: G,
+    _guard: Option<G>,
 }
 
 impl<S: futures::Stream + Unpin, G: Unpin> futures::Stream for GuardedStream<S, G> {
@@ -554,7 +566,11 @@ impl<S: futures::Stream + Unpin, G: Unpin> futures::Stream for GuardedStream<S, 
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        std::pin::Pin::new(&mut self.inner).poll_next(cx)
+        let polled = std::pin::Pin::new(&mut self.inner).poll_next(cx);
+        if let std::task::Poll::Ready(None) = polled {
+            self._guard = None;
+        }
+        polled
     }
 }
 
@@ -710,6 +726,25 @@ mod tests {
         for path in ["/v1/chat/completions", "/v1/responsesx", "/v1/models"] {
             assert!(!is_hidden(path), "{path}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_guarded_body_lets_go_of_its_guard_when_it_ends() {
+        let guard = Arc::new(());
+        let chunks: Vec<Result<Bytes, axum::Error>> = vec![Ok(Bytes::from("a"))];
+        let mut stream = GuardedStream {
+            inner: futures::stream::iter(chunks),
+            _guard: Some(guard.clone()),
+        };
+        assert!(futures::StreamExt::next(&mut stream).await.is_some());
+        assert_eq!(Arc::strong_count(&guard), 2, "held while the body is read");
+        assert!(futures::StreamExt::next(&mut stream).await.is_none());
+        assert_eq!(
+            Arc::strong_count(&guard),
+            1,
+            "let go at the end, not at drop"
+        );
+        drop(stream);
     }
 
     #[tokio::test]

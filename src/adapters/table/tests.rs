@@ -21,12 +21,14 @@ struct Fixture {
     table: Arc<AdapterTable>,
 }
 
-/// A count limit only (every model "weighs" one byte).
+/// A count limit only (every model "weighs" one byte); retired models wait for their
+/// requests longer than any test.
 fn limits(max_resident: usize) -> Limits {
     Limits {
         max_resident,
         max_resident_bytes: u64::MAX,
         bytes_per_model: 1,
+        retire_ceiling: Duration::from_secs(3600),
     }
 }
 
@@ -191,9 +193,9 @@ async fn the_least_recently_used_adapter_is_evicted_and_unregistered() {
 #[tokio::test]
 async fn the_memory_limit_evicts_like_the_count_limit() {
     let f = fixture(Limits {
-        max_resident: 10,
         max_resident_bytes: 250,
         bytes_per_model: 100,
+        ..limits(10)
     });
     for (i, t) in ["a", "b", "c"].iter().enumerate() {
         install(&f, t, i as u64).await;
@@ -505,4 +507,70 @@ async fn a_caller_that_goes_away_does_not_cancel_its_load() {
         );
     }
     assert!(f.table.info("pinned").unwrap().pinned);
+}
+
+/// Issue 15, item 13: a replaced version is removed when its last request is done, however
+/// long that takes (before: after 600 s whatever still used it); only the retire ceiling
+/// cuts a request that never ends short, and only that one model.
+#[tokio::test]
+async fn a_retired_model_waits_for_its_last_request_up_to_the_ceiling() {
+    let ceiling = Duration::from_millis(1500);
+    let f = fixture(Limits {
+        retire_ceiling: ceiling,
+        ..limits(4)
+    });
+    let v1 = install(&f, "a", 1).await;
+    let first = f.table.route("a", Duration::ZERO).await;
+    let second = f.table.route("a", Duration::ZERO).await;
+    install(&f, "a", 2).await;
+    tokio::time::sleep(ceiling / 4).await;
+    drop(first);
+    tokio::time::sleep(ceiling / 4).await;
+    assert!(registered(&f, &v1), "one request still uses it");
+    drop(second);
+    eventually("the old version to go with its last request", || {
+        !registered(&f, &v1)
+    })
+    .await;
+
+    // A request that never ends: the ceiling removes the model anyway.
+    let v2 = served_by(&f, "a", Duration::ZERO).await.unwrap();
+    let _stuck = f.table.route("a", Duration::ZERO).await;
+    let t = Instant::now();
+    install(&f, "a", 3).await;
+    tokio::time::sleep(ceiling / 2).await;
+    assert!(registered(&f, &v2), "before the ceiling");
+    eventually("the ceiling to remove it", || !registered(&f, &v2)).await;
+    assert!(t.elapsed() >= ceiling, "{:?}", t.elapsed());
+    assert_eq!(f.engine.registered().len(), 1, "the current version stays");
+}
+
+/// Issue 15, item 11: a forget whose file deletion fails (a disk fault) after the task has
+/// left the table does not bring the task back at the next start, and that start's
+/// leftover sweep deletes the files.
+#[tokio::test]
+async fn a_forgotten_task_stays_forgotten_when_deleting_its_files_fails() {
+    let f = fixture(limits(4));
+    let id = install(&f, "a", 1).await;
+    install(&f, "b", 2).await;
+    f.table.store.fail_deletes(true);
+    assert!(f.table.evict("a", true).await.unwrap());
+    assert_eq!(state(&f, "a"), None);
+    eventually("the engine model to go", || !registered(&f, &id)).await;
+
+    // A restart on the same store.
+    let root = f.table.store_root();
+    let store = Store::open(&root).unwrap();
+    let lock = crate::adapters::StoreLock::acquire(&root).unwrap();
+    assert!(store.remove_leftovers(&lock).unwrap() >= 1);
+    let table =
+        AdapterTable::new(Arc::new(FakeEngine::new()), store, tiny_dims(), limits(4)).unwrap();
+    assert!(table.info("a").is_none(), "forgotten for good");
+    assert_eq!(table.info("b").unwrap().state, State::Stored);
+    let left: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n == "a" || n.starts_with(".a."))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -111,6 +111,7 @@ fn start_in(dir: tempfile::TempDir, settings: Settings) -> Fixture {
         max_resident: 16,
         max_resident_bytes: u64::MAX,
         bytes_per_model: 1,
+        retire_ceiling: Duration::from_secs(3600),
     };
     let store = Store::open(&dir.path().join("store")).unwrap();
     let engine = Arc::new(FakeEngine::new());
@@ -152,6 +153,17 @@ impl Fixture {
         self.dir.path().join("store").join(task).join(PROMPTS_FILE)
     }
 
+    /// The generation history persisted for `task` (`None`: no file).
+    fn history(&self, task: &str) -> Option<GenRecord> {
+        let path = self
+            .dir
+            .path()
+            .join("store")
+            .join(task)
+            .join(GENERATION_FILE);
+        GenRecord::read(&path)
+    }
+
     /// The prompts persisted for `task` (`None`: no file).
     fn persisted(&self, task: &str) -> Option<Vec<String>> {
         let text = std::fs::read_to_string(self.prompts_file(task)).ok()?;
@@ -175,6 +187,26 @@ impl Fixture {
             .with_label_values(&["generation"])
             .get()
     }
+}
+
+/// A new folder holding a copy of `f`'s store as it is now: what the process would leave
+/// on disk if it were killed now, for a restart that shares nothing else with `f`.
+fn copy_of_store(f: &Fixture) -> tempfile::TempDir {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let to = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy(&entry.path(), &to);
+            } else {
+                std::fs::copy(entry.path(), to).unwrap();
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    copy(&f.dir.path().join("store"), &dir.path().join("store"));
+    dir
 }
 
 fn strings(v: &[&str]) -> Vec<String> {
@@ -498,6 +530,172 @@ async fn a_restart_restores_the_last_k_prompts_and_requeues_due_tasks() {
     let short = f.sp.info("short").unwrap();
     assert_eq!((short.state, short.prompts), (GenState::Collecting, 1));
     assert_eq!(f.generator.calls(), 1);
+}
+
+/// Issue 15, item 14: a generation that kills the process is counted before the generator
+/// runs, so each start sees one more failed attempt: retried after the backoff while
+/// retries are left, then never again until an operator regenerates, instead of being
+/// requeued (and killing the process) at every start.
+#[tokio::test]
+async fn a_generation_that_kills_the_process_is_not_started_again_at_every_start() {
+    let s = Settings {
+        max_retries: 1,
+        retry_base: Duration::from_millis(50),
+        ..settings()
+    };
+    let first = start(s.clone());
+    first.generator.hold();
+    for i in 0..3 {
+        first.observe("t", &format!("q{i}"));
+    }
+    eventually("the generation to start", || first.generator.calls() == 1).await;
+    eventually("the prompts to be written", || {
+        first.persisted("t").is_some_and(|p| p.len() == 3)
+    })
+    .await;
+    assert_eq!(
+        first.history("t").unwrap().attempts,
+        1,
+        "counted before it runs"
+    );
+
+    // The process dies during that generation; the next one starts on its store.
+    let second = start_in(copy_of_store(&first), s.clone());
+    second.generator.hold();
+    let Some(GenState::Failed {
+        attempts, retry_at, ..
+    }) = second.gen("t")
+    else {
+        panic!("{:?}", second.gen("t"))
+    };
+    assert_eq!(attempts, 1);
+    assert!(retry_at.is_some(), "one retry is left");
+    assert_eq!(second.generator.calls(), 0, "not started again at start");
+    eventually("the retry after its backoff", || {
+        second.generator.calls() == 1
+    })
+    .await;
+    assert_eq!(second.history("t").unwrap().attempts, 2);
+
+    // It dies again: no retry is left.
+    let third = start_in(copy_of_store(&second), s);
+    let Some(GenState::Failed {
+        attempts,
+        retry_at,
+        error,
+    }) = third.gen("t")
+    else {
+        panic!("{:?}", third.gen("t"))
+    };
+    assert_eq!((attempts, retry_at), (2, None));
+    assert!(error.contains("stopped"), "{error}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    third.observe("t", "q3");
+    assert_eq!(
+        third.generator.calls(),
+        0,
+        "neither time nor prompts start it"
+    );
+    assert_eq!(
+        third.sp.info("t").unwrap().prompts,
+        3,
+        "the prompts are kept"
+    );
+
+    // An operator's regeneration starts afresh.
+    third.sp.regenerate("t", None).unwrap();
+    third.until_gen("t", GenState::Done).await;
+    eventually("the success to be recorded", || {
+        third.history("t").is_some_and(|h| h.attempts == 0)
+    })
+    .await;
+}
+
+/// Issue 15, item 14: the hourly cap counts the generations of before a restart.
+#[tokio::test]
+async fn the_hourly_cap_counts_generations_from_before_a_restart() {
+    let s = Settings {
+        regenerate_after: Some(1),
+        max_generations_per_hour: 1,
+        ..settings()
+    };
+    let first = start(s.clone());
+    for i in 0..3 {
+        first.observe("t", &format!("p{i}"));
+    }
+    first.until_gen("t", GenState::Done).await;
+    eventually("the success to be recorded", || {
+        first.history("t").is_some_and(|h| h.attempts == 0)
+    })
+    .await;
+    eventually("the prompts to be written", || {
+        first.persisted("t").is_some_and(|p| p.len() == 3)
+    })
+    .await;
+
+    let second = start_in(copy_of_store(&first), s);
+    assert_eq!(second.adapter_state("t"), Some(State::Stored));
+    assert_eq!(second.gen("t"), Some(GenState::Collecting));
+    for i in 3..6 {
+        second.observe("t", &format!("p{i}"));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        second.generator.calls(),
+        0,
+        "the hour's one generation is spent"
+    );
+    assert_eq!(second.gen("t"), Some(GenState::Collecting));
+}
+
+/// Issue 15, item 11: `DELETE ?forget=true` while the task's adapter is being generated
+/// (the specialiser forgets, then the table, as the admin API does) is not undone when the
+/// generation ends: its adapter is not installed, a failure is not recorded, and nothing
+/// of the task is left in the table or the store.
+#[tokio::test]
+async fn forgetting_a_task_during_its_generation_is_not_undone_when_it_ends() {
+    let f = start(settings());
+    for (task, fail) in [("made", false), ("failing", true)] {
+        f.generator.fail.store(fail, Ordering::SeqCst);
+        f.generator.hold();
+        let calls = f.generator.calls();
+        for i in 0..3 {
+            f.observe(task, &format!("{task} {i}"));
+        }
+        eventually("the generation to start", || {
+            f.generator.calls() == calls + 1
+        })
+        .await;
+        eventually("the prompts to be written", || {
+            f.persisted(task).is_some_and(|p| p.len() == 3)
+        })
+        .await;
+        assert!(f.sp.forget(task));
+        assert!(
+            f.table.evict(task, true).await.unwrap(),
+            "its files are deleted"
+        );
+        let (generated, installs) = (
+            f.metrics.generation_seconds.get_sample_count(),
+            f.metrics.registration_seconds.get_sample_count(),
+        );
+        f.generator.release();
+        eventually("the generation to end", || {
+            f.metrics.generation_seconds.get_sample_count() > generated
+        })
+        .await;
+        if !fail {
+            eventually("the install to be asked for", || {
+                f.metrics.registration_seconds.get_sample_count() > installs
+            })
+            .await;
+        }
+        assert_eq!(f.adapter_state(task), None, "{task}");
+        assert!(f.sp.info(task).is_none(), "{task}");
+        assert!(!f.dir.path().join("store").join(task).exists(), "{task}");
+    }
+    assert_eq!(f.generation_failures(), 0);
+    assert!(f.table.list().is_empty());
 }
 
 #[test]
