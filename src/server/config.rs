@@ -99,7 +99,9 @@ pub struct PluginConfig {
     pub prompts_k: Option<usize>,
     /// Longer prompts are cut to this many bytes before they are kept.
     pub max_prompt_bytes: usize,
-    /// Tasks whose prompts are kept at once; past it the oldest idle one is dropped.
+    /// Tasks whose prompts are kept at once; past it the collecting-only task seen longest
+    /// ago is dropped (never one with an adapter or a generation under way); when none can
+    /// be, a new task's request is a 503.
     pub max_tracked_tasks: usize,
     /// Tasks with a stored adapter at most: past it a task without one gets none (an upload
     /// is a 507, a generation waits).

@@ -197,7 +197,7 @@ async fn route_request(plugin: &Arc<Plugin>, req: Request) -> Result<(Request, R
     let task = find_task_id(&pc.task_id_sources, &pc.task_header, &parts.headers, &json)?;
     json.remove("task_id");
     if let (Some(t), Some(sp)) = (&task, &plugin.specialiser) {
-        sp.observe(t, super::specialise::prompt_text(&json));
+        sp.observe(t, super::specialise::prompt_text(&json))?;
     }
     let route = match &task {
         None => Route::Base,
