@@ -378,3 +378,94 @@ async fn concurrent_requests_get_their_own_answers_on_smollm2() {
         }
     }
 }
+
+/// Sends a chat completion `body` over a connection of its own, as raw HTTP/1.1, and returns
+/// the connection: dropping it is a client that goes away (the socket closes).
+async fn raw_chat(url: &str, body: &Value) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr = url.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = serde_json::to_vec(body).unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&body).await.unwrap();
+    conn
+}
+
+/// A client that goes away, streamed or not, frees its engine sequence at once (vendor
+/// patch 0004). One sequence at a time (`max_seqs = 1`) and the end-of-text tokens banned,
+/// so a sequence left running would hold the engine's only slot for 4096 tokens (minutes
+/// on a CPU) and the next request would wait behind it. Before the patch a streamed
+/// sequence stopped at its next chunk, but a non-streamed one ran on to `max_tokens`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_frees_the_engine_on_smollm2() {
+    use std::time::{Duration, Instant};
+    use tokio::io::AsyncReadExt;
+    let _heavy = HEAVY.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = tiny_config(dir.path());
+    c.model.base = Some(assets().smollm2());
+    c.model.dtype = "f16".into();
+    c.model.max_seqs = 1;
+    let s = start(c).await;
+    let long = |stream: bool| {
+        json!({
+            "model": "default",
+            "messages": [{"role": "user", "content": "Tell me a very long story about a dragon."}],
+            "max_tokens": 4096,
+            "temperature": 0.0,
+            // <|endoftext|> and <|im_end|>: the answer never ends by itself.
+            "logit_bias": {"0": -100.0, "2": -100.0},
+            "stream": stream,
+        })
+    };
+    // Answered within this while the engine is free (a few tokens), far less than 4096.
+    const FREE: Duration = Duration::from_secs(30);
+    let next = |what: &'static str| {
+        let s = &s;
+        async move {
+            let t = Instant::now();
+            let r =
+                tokio::time::timeout(FREE, s.stream_chat(None, &chat_body("Name a colour.", 4)))
+                    .await
+                    .unwrap_or_else(|_| panic!("{what}: the next request waited over {FREE:?}"))
+                    .unwrap();
+            assert!(r.tokens > 0, "{what}: {r:?}");
+            eprintln!("{what}: the next request answered in {:?}", t.elapsed());
+        }
+    };
+    next("warm-up").await;
+
+    // Streamed: the client reads its first chunk and goes away.
+    let mut conn = raw_chat(&s.url, &long(true)).await;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.windows(5).any(|w| w == b"data:") {
+        let n = tokio::time::timeout(Duration::from_secs(120), conn.read(&mut buf))
+            .await
+            .expect("a first chunk")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before a chunk: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        seen.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+    drop(conn);
+    next("streamed client gone").await;
+
+    // Not streamed: the client waits while the answer is being generated, then goes away.
+    let conn = raw_chat(&s.url, &long(false)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(conn);
+    next("non-streamed client gone").await;
+}

@@ -277,6 +277,47 @@ async fn tracked_task_limit_drops_the_oldest_idle_task_visibly() {
     assert_eq!(metric(&metrics(&s).await, "dnd_dropped_tasks_total"), 1.0);
 }
 
+/// A server at its task limits answers a new task's request 503 and a new task's upload
+/// 507, in the OpenAI error shape, leaves nothing of them in the store, and goes on serving
+/// the tenants it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_server_refuses_new_tasks_but_serves_its_tenants() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = tiny_config(dir.path());
+    c.plugin.max_tracked_tasks = 1;
+    c.plugin.max_stored_tasks = 1;
+    let s = start_with(c, Some(Arc::new(TestGenerator::default()))).await;
+    let adapter = random_adapter(&tiny_dims(), &[Module::Q, Module::V], 4, 1, 0.5, 0.5).unwrap();
+    assert_eq!(s.upload("tenant", &adapter).await.status, 201);
+    let r = s.chat_task("hello", "tenant").await;
+    assert!(
+        r.adapter.as_deref().unwrap().starts_with("tenant@"),
+        "{:?}",
+        r.adapter
+    );
+
+    // A client rotating through new ids: no collecting task to drop for it.
+    let r = s.chat_task("hello", "rotated-1").await;
+    assert_eq!(r.status, 503, "{}", r.json);
+    assert_eq!(r.json["error"]["type"], "server_error");
+    assert_eq!(r.json["error"]["code"], "too_many_tasks");
+    let message = r.json["error"]["message"].as_str().unwrap();
+    assert!(message.contains("max_tracked_tasks"), "{message}");
+    assert_eq!(metric(&metrics(&s).await, "dnd_refused_tasks_total"), 1.0);
+    let r = s.chat_task("hello again", "tenant").await;
+    assert_eq!(r.status, 200);
+    assert!(r.adapter.as_deref().unwrap().starts_with("tenant@"));
+    assert_eq!(s.chat("hello", |rb, _| rb).await.status, 200);
+
+    let up = s.upload("second", &adapter).await;
+    assert_eq!(up.status, 507, "{}", up.json);
+    assert_eq!(up.json["error"]["code"], "store_full");
+    assert_eq!(up.json["error"]["type"], "server_error");
+    for t in ["second", "rotated-1"] {
+        assert!(!dir.path().join("store").join(t).exists(), "{t}");
+    }
+}
+
 /// The generation cut short counts as a failed attempt (it may be what ended the process):
 /// it is started again after `retry_base_s`, here at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

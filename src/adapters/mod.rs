@@ -7,4 +7,6 @@ pub mod store;
 pub mod table;
 
 pub use store::{Quarantined, Source, Store, StoreLock};
-pub use table::{AdapterTable, Limits, Route, State, TaskInfo, ADAPTER_MODEL_PREFIX};
+pub use table::{
+    AdapterTable, Limits, Route, State, StoreFull, StoreLimits, TaskInfo, ADAPTER_MODEL_PREFIX,
+};

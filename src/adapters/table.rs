@@ -39,6 +39,32 @@ pub struct Limits {
     pub retire_ceiling: Duration,
 }
 
+/// Limits of the store over all tasks ([`AdapterTable::set_store_limits`]; unbounded until
+/// set). A version that would pass them is refused with [`StoreFull`] before anything is
+/// written.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreLimits {
+    /// Tasks with a stored adapter at most: a task without one gets none past it.
+    pub max_tasks: usize,
+    /// Bytes of stored adapter weights (every version of every task) at most.
+    pub max_bytes: u64,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        Self {
+            max_tasks: usize::MAX,
+            max_bytes: u64::MAX,
+        }
+    }
+}
+
+/// An adapter version refused because the store is full ([`StoreLimits`]); nothing was
+/// written. The admin API answers it with 507, a generation stays collecting.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreFull(pub String);
+
 /// State of a task's adapter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", content = "error", rename_all = "snake_case")]
@@ -151,6 +177,10 @@ pub struct AdapterTable {
     pub evictions: AtomicU64,
     /// Adapter loads that failed, for metrics.
     pub load_failures: AtomicU64,
+    store_limits: Mutex<StoreLimits>,
+    /// Held from the store-limit check of a new version until the table counts it, so that
+    /// concurrent installs cannot pass the limits together.
+    store_room: tokio::sync::Mutex<()>,
 }
 
 impl AdapterTable {
@@ -184,7 +214,57 @@ impl AdapterTable {
             serial: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
             load_failures: AtomicU64::new(0),
+            store_limits: Mutex::new(StoreLimits::default()),
+            store_room: tokio::sync::Mutex::new(()),
         }))
+    }
+
+    /// Sets the store's limits (at start).
+    pub fn set_store_limits(&self, limits: StoreLimits) {
+        *self.store_limits.lock().unwrap_or_else(|p| p.into_inner()) = limits;
+    }
+
+    /// Fails with [`StoreFull`] when a new version of `bytes` bytes for `task` (0: of a size
+    /// not known yet) would pass the store's limits: a task without a stored adapter while
+    /// `max_tasks` tasks have one, or more than `max_bytes` of weights in all (versions
+    /// pruned after the new one is stored are not counted). A version already stored
+    /// (`hash`) adds nothing.
+    pub fn check_store_room(&self, task: &str, hash: Option<&str>, bytes: u64) -> Result<()> {
+        let limits = *self.store_limits.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = self.lock();
+        let own = inner.tasks.get(task).map(|e| &e.record.versions);
+        if let (Some(own), Some(hash)) = (own, hash) {
+            if own.iter().any(|v| v.hash == hash) {
+                return Ok(());
+            }
+        }
+        if own.is_none_or(|v| v.is_empty()) {
+            let stored = inner
+                .tasks
+                .values()
+                .filter(|e| !e.record.versions.is_empty())
+                .count();
+            if stored >= limits.max_tasks {
+                return Err(StoreFull(format!(
+                    "the adapter store holds adapters of {stored} tasks, its limit (plugin.max_stored_tasks); task {task} has none and gets none until one is deleted"
+                ))
+                .into());
+            }
+        }
+        let used: u64 = inner
+            .tasks
+            .values()
+            .flat_map(|e| &e.record.versions)
+            .map(|v| v.bytes)
+            .sum();
+        if used.saturating_add(bytes.max(1)) > limits.max_bytes {
+            return Err(StoreFull(format!(
+                "the adapter store holds {used} bytes of adapters, against a limit of {} bytes (plugin.max_store_mib): no room for a new version of task {task}",
+                limits.max_bytes
+            ))
+            .into());
+        }
+        Ok(())
     }
 
     pub fn dims(&self) -> &LlamaDims {
@@ -315,6 +395,9 @@ impl AdapterTable {
         if !wanted() {
             return Ok(None);
         }
+        let room = self.store_room.lock().await;
+        let hash = adapter.content_hash()?;
+        self.check_store_room(task, Some(hash.as_str()), adapter.weight_bytes() as u64)?;
         let store = self.store.clone();
         let (task_s, adapter_c) = (task.to_string(), adapter.clone());
         let record =
@@ -327,6 +410,7 @@ impl AdapterTable {
             entry.record = record;
             entry.record.pinned = pinned;
         }
+        drop(room);
         let t = Instant::now();
         let load = self.load_current(task).await?.unwrap_or_default();
         let rest = t.elapsed().saturating_sub(load);

@@ -26,7 +26,7 @@ use subtle::ConstantTimeEq;
 use super::error::ApiError;
 use super::tagging::validate_task_id;
 use super::Plugin;
-use crate::adapters::Source;
+use crate::adapters::{Source, StoreFull};
 use crate::format::peft::{CONFIG_FILE, WEIGHTS_FILE};
 use crate::format::{LlamaDims, LoraAdapter, PeftConfig};
 
@@ -280,6 +280,11 @@ async fn put_adapter(
     };
     match p.table.install(&task, &adapter, source).await {
         Ok(info) => Ok((StatusCode::CREATED, Json(info)).into_response()),
+        Err(e) if e.downcast_ref::<StoreFull>().is_some() => Err(ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!("adapter not stored: {e:#}"),
+        )
+        .with_code("store_full")),
         Err(e) => Err(ApiError::internal(format!(
             "adapter stored but not loaded: {e:#}"
         ))),

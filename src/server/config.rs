@@ -116,8 +116,16 @@ pub struct PluginConfig {
     pub prompts_k: Option<usize>,
     /// Longer prompts are cut to this many bytes before they are kept.
     pub max_prompt_bytes: usize,
-    /// Tasks whose prompts are kept at once; past it the oldest idle one is dropped.
+    /// Tasks whose prompts are kept at once; past it the collecting-only task seen longest
+    /// ago is dropped (never one with an adapter or a generation under way); when none can
+    /// be, a new task's request is a 503.
     pub max_tracked_tasks: usize,
+    /// Tasks with a stored adapter at most: past it a task without one gets none (an upload
+    /// is a 507, a generation waits).
+    pub max_stored_tasks: usize,
+    /// Stored adapter weights, every version of every task, at most, in MiB (as
+    /// `max_stored_tasks`).
+    pub max_store_mib: u64,
     /// Generations running at once.
     pub generation_concurrency: usize,
     /// Generation jobs waiting at most.
@@ -178,6 +186,8 @@ impl Default for PluginConfig {
             prompts_k: None,
             max_prompt_bytes: 4096,
             max_tracked_tasks: 10_000,
+            max_stored_tasks: 1_000,
+            max_store_mib: 8192,
             generation_concurrency: 1,
             generation_queue: 256,
             retry_base_s: 30,
@@ -245,6 +255,9 @@ impl Config {
                 ("max_request_bytes", p.max_request_bytes),
                 ("default_key_rpm", p.default_key_rpm as usize),
                 ("max_in_flight_per_model", p.max_in_flight_per_model),
+                ("max_tracked_tasks", p.max_tracked_tasks),
+                ("max_stored_tasks", p.max_stored_tasks),
+                ("max_store_mib", p.max_store_mib as usize),
             ] {
                 if v == 0 {
                     bail!("plugin.{key} must be at least 1");
@@ -275,13 +288,27 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("max_tokens_limit"));
-        let mut bad = cfg;
+        let mut bad = cfg.clone();
         bad.plugin.max_n = 0;
         assert!(bad.check().unwrap_err().to_string().contains("max_n"));
+        let mut bad = cfg;
+        bad.plugin.max_stored_tasks = 0;
+        assert!(bad
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("max_stored_tasks"));
         for path in ["configs/default.toml", "configs/tenant.toml"] {
             let text = std::fs::read_to_string(path).unwrap();
             let c: Config = toml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
             assert_eq!(c.plugin.default_max_tokens, 256, "{path}");
+            let p = &c.plugin;
+            let d = PluginConfig::default();
+            assert_eq!(
+                (p.max_tracked_tasks, p.max_stored_tasks, p.max_store_mib),
+                (d.max_tracked_tasks, d.max_stored_tasks, d.max_store_mib),
+                "{path}"
+            );
         }
     }
 

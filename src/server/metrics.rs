@@ -29,6 +29,8 @@ pub struct Metrics {
     /// Failures by kind (`generation`, `load`).
     pub failures: IntCounterVec,
     pub dropped_tasks: IntCounter,
+    /// Requests of new tasks refused: no room among the tracked tasks.
+    pub refused_tasks: IntCounter,
     /// Corrupt task records moved to the store's quarantine folder.
     pub quarantined: IntCounter,
     tasks: IntGaugeVec,
@@ -77,6 +79,11 @@ impl Metrics {
                 "Collecting tasks dropped past the tracked-task limit",
             )
             .expect("valid metric"),
+            refused_tasks: IntCounter::new(
+                "refused_tasks_total",
+                "Requests of new tasks refused (503): the tracked-task limit was reached and no collecting task could be dropped",
+            )
+            .expect("valid metric"),
             quarantined: IntCounter::new(
                 "quarantined_records_total",
                 "Corrupt task records moved to the store's quarantine folder",
@@ -105,6 +112,7 @@ impl Metrics {
             Box::new(m.evictions.clone()),
             Box::new(m.failures.clone()),
             Box::new(m.dropped_tasks.clone()),
+            Box::new(m.refused_tasks.clone()),
             Box::new(m.quarantined.clone()),
             Box::new(m.tasks.clone()),
             Box::new(m.adapters.clone()),

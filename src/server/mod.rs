@@ -27,7 +27,7 @@ use mistralrs_server_core::mistralrs_server_router_builder::MistralRsServerRoute
 pub use config::Config;
 use config::TenantMode;
 
-use crate::adapters::{AdapterTable, Limits, Store, StoreLock};
+use crate::adapters::{AdapterTable, Limits, Store, StoreLimits, StoreLock};
 
 use crate::engine::{parse_dtype, MistralRsEngine};
 use crate::format::LlamaDims;
@@ -147,6 +147,10 @@ pub async fn build_with(
             .with_context(|| format!("creating import root {}", root.display()))?;
     }
     let table = AdapterTable::new(engine, store, dims, limits)?;
+    table.set_store_limits(StoreLimits {
+        max_tasks: config.plugin.max_stored_tasks,
+        max_bytes: config.plugin.max_store_mib.saturating_mul(1 << 20),
+    });
     table.load_pinned().await;
     let metrics = Arc::new(metrics::Metrics::new());
     let specialiser = generator.map(|g| {

@@ -4,24 +4,34 @@
 //!
 //! Requests only push a prompt and maybe enqueue a job (short lock, no I/O, no await on a
 //! generation). Prompt buffers are written to `STORE/{task}/prompts.jsonl` by a writer task,
-//! so a restart loses none of them and requeues tasks that were waiting. A task's
-//! generation history, `STORE/{task}/generation.json`, is written before each generation
-//! starts and when it ends: a generation that was running when the process ended (maybe
-//! because it killed it) counts as a failed attempt at the next start, retried after the
-//! backoff while retries are left, so it cannot crash the server at every start; the
-//! hourly cap counts the generations of before a restart too.
+//! so a restart loses none of them and requeues tasks that were waiting. The writer rewrites
+//! a task's file once for all the prompts that came since its last write; a dropped task's
+//! file goes, and its folder with it when no adapter was ever stored. A task's generation
+//! history, `STORE/{task}/generation.json`, is written before each generation starts and
+//! when it ends: a generation that was running when the process ended (maybe because it
+//! killed it) counts as a failed attempt at the next start, retried after the backoff while
+//! retries are left, so it cannot crash the server at every start; the hourly cap counts
+//! the generations of before a restart too.
+//!
+//! Bounded: `max_tracked_tasks` buffers of the last K prompts, each cut to
+//! `max_prompt_bytes`, and a bounded backlog of unwritten tasks. Past the limit the
+//! collecting-only task seen longest ago is dropped, never one with an adapter or one being
+//! generated, so a client rotating through new ids cannot push out real tenants; when none
+//! can be dropped a new task is refused (503). A task without an adapter is only generated
+//! one while the store has room for it (`max_stored_tasks`, `max_store_mib`).
 //!
 //! A task forgotten (`DELETE ...?forget=true`) while its generation runs stays forgotten:
 //! the generation's adapter is installed only if the job is still the task's own, asked
 //! under the table's lock for the task (see [`AdapterTable::install_if`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -122,6 +132,9 @@ struct TaskBuf {
     last_timings: Vec<(String, f64)>,
     /// The generation job running or last run for this buffer (0: none).
     job: u64,
+    /// The task has an adapter (as of its last prompt or generation): never dropped to make
+    /// room for another task.
+    has_adapter: bool,
 }
 
 impl TaskBuf {
@@ -135,6 +148,7 @@ impl TaskBuf {
             recent: VecDeque::new(),
             last_timings: Vec::new(),
             job: 0,
+            has_adapter: false,
         }
     }
 
@@ -195,11 +209,6 @@ pub struct GenInfo {
     pub last_timings_ms: Vec<(String, f64)>,
 }
 
-enum Persist {
-    Write(String),
-    Remove(String),
-}
-
 pub struct Specialiser {
     generator: Arc<dyn AdapterGenerator>,
     table: Arc<AdapterTable>,
@@ -208,14 +217,22 @@ pub struct Specialiser {
     tasks: Mutex<HashMap<String, TaskBuf>>,
     dropped: Mutex<VecDeque<String>>,
     jobs: mpsc::Sender<String>,
-    persist: mpsc::UnboundedSender<Persist>,
     /// Ids of generation jobs, so that a job can tell whether its task is still its own.
     last_job: AtomicU64,
+    /// Tasks whose prompt file is to be rewritten (or removed, when no longer tracked).
+    unwritten: Mutex<HashSet<String>>,
+    /// Wakes the prompt writer; one wake-up pending covers every task marked meanwhile.
+    wake_writer: mpsc::Sender<()>,
+    /// Prompt files written or removed so far.
+    prompt_writes: AtomicU64,
 }
 
 const PROMPTS_FILE: &str = "prompts.jsonl";
 const GENERATION_FILE: &str = "generation.json";
 const DROPPED_SHOWN: usize = 100;
+/// Tasks waiting for the prompt writer at most (or twice `max_tracked_tasks`, if more)
+/// before new tasks are refused: a stalled disk cannot grow the backlog without bound.
+const WRITE_BACKLOG_MIN: usize = 1024;
 
 impl Specialiser {
     /// Starts the workers and the prompt writer, restores the buffers from the store and
@@ -227,7 +244,7 @@ impl Specialiser {
         settings: Settings,
     ) -> Arc<Self> {
         let (jobs, rx) = mpsc::channel(settings.queue.max(1));
-        let (persist, persist_rx) = mpsc::unbounded_channel();
+        let (wake_writer, wake_rx) = mpsc::channel(1);
         let this = Arc::new(Self {
             generator,
             table,
@@ -236,8 +253,10 @@ impl Specialiser {
             tasks: Mutex::new(HashMap::new()),
             dropped: Mutex::new(VecDeque::new()),
             jobs,
-            persist,
             last_job: AtomicU64::new(0),
+            unwritten: Mutex::new(HashSet::new()),
+            wake_writer,
+            prompt_writes: AtomicU64::new(0),
         });
         let retries = this.restore();
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
@@ -254,7 +273,7 @@ impl Specialiser {
                 }
             });
         }
-        tokio::spawn(write_prompts(Arc::downgrade(&this), persist_rx));
+        tokio::spawn(write_prompts(Arc::downgrade(&this), wake_rx));
         // Tasks whose last generation failed (or was cut short) wait for their retry, if
         // any is left; the others are requeued when due.
         let due: Vec<String> = {
@@ -282,6 +301,11 @@ impl Specialiser {
         self.table.store_root().join(task).join(PROMPTS_FILE)
     }
 
+    /// Whether the table has an adapter stored for `task`.
+    fn has_adapter(&self, task: &str) -> bool {
+        self.table.info(task).is_some_and(|i| i.hash.is_some())
+    }
+
     /// Restores the buffers and generation histories from the store; returns the retries
     /// of failed generations to schedule.
     fn restore(&self) -> Vec<(String, Duration)> {
@@ -292,11 +316,13 @@ impl Specialiser {
         let mut tasks = self.lock();
         for entry in dir.flatten() {
             let task = entry.file_name().to_string_lossy().to_string();
-            // The store's own names: its lock, quarantine, folders being deleted.
             if task.starts_with('.') {
                 continue;
             }
-            let Ok(text) = std::fs::read_to_string(entry.path().join(PROMPTS_FILE)) else {
+            let path = entry.path().join(PROMPTS_FILE);
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                // An empty folder: what earlier versions left of a dropped task.
+                let _ = std::fs::remove_dir(entry.path());
                 continue;
             };
             let mut buf = TaskBuf::new();
@@ -311,8 +337,20 @@ impl Specialiser {
                     retries.push((task.clone(), delay));
                 }
             }
+            buf.has_adapter = self.has_adapter(&task);
+            // Last seen when its prompts were last written: the oldest are dropped first.
+            let age = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok());
+            if let Some(seen) = age.and_then(|a| Instant::now().checked_sub(a)) {
+                buf.last_seen = seen;
+            }
             tasks.insert(task, buf);
         }
+        // Started with a lower limit than the store was filled with.
+        while tasks.len() > self.settings.max_tracked_tasks && self.drop_oldest_idle(&mut tasks) {}
+        retries.retain(|(t, _)| tasks.contains_key(t));
         retries
     }
 
@@ -355,46 +393,113 @@ impl Specialiser {
         retry
     }
 
-    /// Records a request's prompt for `task` and starts a generation when one is due.
-    pub fn observe(&self, task: &str, prompt: Option<String>) {
+    /// Records a request's prompt for `task` and starts a generation when one is due. A
+    /// task not tracked yet is refused (503) when there is no room for it (see
+    /// [`Specialiser::admit`]), unless it has an adapter: that one is served, without
+    /// keeping its prompt.
+    pub fn observe(&self, task: &str, prompt: Option<String>) -> Result<(), ApiError> {
         let Some(mut prompt) = prompt.filter(|p| !p.trim().is_empty()) else {
-            return;
+            return Ok(());
         };
         truncate_utf8(&mut prompt, self.settings.max_prompt_bytes);
+        let has_adapter = self.has_adapter(task);
         {
             let mut tasks = self.lock();
-            if !tasks.contains_key(task) && tasks.len() >= self.settings.max_tracked_tasks {
-                self.drop_oldest_idle(&mut tasks);
+            if !tasks.contains_key(task) {
+                if let Err(e) = self.admit(&mut tasks) {
+                    if has_adapter {
+                        return Ok(());
+                    }
+                    self.metrics.refused_tasks.inc();
+                    tracing::debug!(task, reason = e.message, "new task refused");
+                    return Err(e);
+                }
             }
             let buf = tasks.entry(task.to_string()).or_insert_with(TaskBuf::new);
             buf.prompts.push_back(prompt);
             keep_last(&mut buf.prompts, self.settings.k);
             buf.since_generation += 1;
             buf.last_seen = Instant::now();
+            buf.has_adapter = has_adapter;
         }
-        let _ = self.persist.send(Persist::Write(task.to_string()));
+        self.persist(task);
         self.maybe_enqueue(task);
+        Ok(())
     }
 
-    /// Drops the collecting task seen longest ago (never one that is queued or generating).
-    fn drop_oldest_idle(&self, tasks: &mut HashMap<String, TaskBuf>) {
-        let victim = tasks
-            .iter()
-            .filter(|(_, b)| !b.busy())
-            .min_by_key(|(_, b)| b.last_seen)
-            .map(|(t, _)| t.clone());
-        if let Some(v) = victim {
+    /// Makes room for one more tracked task: at `max_tracked_tasks`, the collecting-only task
+    /// seen longest ago is dropped. Fails (503) when none can be, or when the prompt writer
+    /// is far behind (see [`WRITE_BACKLOG_MIN`]).
+    fn admit(&self, tasks: &mut HashMap<String, TaskBuf>) -> Result<(), ApiError> {
+        let max = self.settings.max_tracked_tasks;
+        let unavailable = |why: String| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why).with_code("too_many_tasks")
+        };
+        let backlog = self.unwritten_len();
+        if backlog >= max.saturating_mul(2).max(WRITE_BACKLOG_MIN) {
+            return Err(unavailable(format!(
+                "the server cannot take a new task now: {backlog} prompt buffers wait to be written; retry later"
+            )));
+        }
+        if tasks.len() < max || self.drop_oldest_idle(tasks) {
+            return Ok(());
+        }
+        Err(unavailable(format!(
+            "the server tracks its maximum of {max} tasks (plugin.max_tracked_tasks), all with an adapter or a generation under way; retry later"
+        )))
+    }
+
+    /// Drops the collecting-only task seen longest ago: never one that is queued or
+    /// generating, and never one with an adapter (a flood of new ids must not push out real
+    /// tenants). Returns whether one was dropped.
+    fn drop_oldest_idle(&self, tasks: &mut HashMap<String, TaskBuf>) -> bool {
+        loop {
+            let victim = tasks
+                .iter()
+                .filter(|(_, b)| !b.busy() && !b.has_adapter)
+                .min_by_key(|(_, b)| b.last_seen)
+                .map(|(t, _)| t.clone());
+            let Some(v) = victim else {
+                return false;
+            };
+            // The flag is as of the task's last prompt: an upload since then counts too.
+            if self.has_adapter(&v) {
+                if let Some(b) = tasks.get_mut(&v) {
+                    b.has_adapter = true;
+                }
+                continue;
+            }
             tasks.remove(&v);
             tracing::info!(
                 task = v,
                 "dropped collecting task: tracked-task limit reached"
             );
             self.metrics.dropped_tasks.inc();
-            let _ = self.persist.send(Persist::Remove(v.clone()));
+            self.persist(&v);
             let mut d = self.dropped.lock().unwrap_or_else(|p| p.into_inner());
             d.push_back(v);
             keep_last(&mut d, DROPPED_SHOWN);
+            return true;
         }
+    }
+
+    /// Marks `task`'s prompt file for the writer: rewritten from its buffer, or removed when
+    /// the task is no longer tracked. However many prompts come before the writer gets to
+    /// it, the file is written once.
+    fn persist(&self, task: &str) {
+        self.unwritten
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(task.to_string());
+        // Full: a wake-up is pending, and the writer takes this task with the others.
+        let _ = self.wake_writer.try_send(());
+    }
+
+    fn unwritten_len(&self) -> usize {
+        self.unwritten
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     fn maybe_enqueue(&self, task: &str) {
@@ -433,6 +538,10 @@ impl Specialiser {
                 tracing::debug!(task, "generation deferred: hourly cap reached");
                 return;
             }
+            if let Err(e) = self.table.check_store_room(task, None, 0) {
+                tracing::debug!(task, error = %e, "generation deferred: the adapter store is full");
+                return;
+            }
             buf.state = GenState::Queued;
         }
         self.send_job(task);
@@ -460,9 +569,18 @@ impl Specialiser {
         task: &str,
         prompts: Option<Vec<String>>,
     ) -> Result<GenInfo, ApiError> {
+        self.table.check_store_room(task, None, 0).map_err(|e| {
+            ApiError::new(StatusCode::INSUFFICIENT_STORAGE, format!("{e:#}"))
+                .with_code("store_full")
+        })?;
+        let has_adapter = self.has_adapter(task);
         {
             let mut tasks = self.lock();
+            if !tasks.contains_key(task) {
+                self.admit(&mut tasks)?;
+            }
             let buf = tasks.entry(task.to_string()).or_insert_with(TaskBuf::new);
+            buf.has_adapter = has_adapter;
             if buf.busy() {
                 return Err(ApiError::conflict(format!(
                     "a generation for task {task} is already {}",
@@ -488,7 +606,7 @@ impl Specialiser {
             buf.attempts = 0;
             buf.state = GenState::Queued;
         }
-        let _ = self.persist.send(Persist::Write(task.to_string()));
+        self.persist(task);
         self.send_job(task);
         self.info(task)
             .ok_or_else(|| ApiError::conflict("task vanished"))
@@ -581,6 +699,7 @@ impl Specialiser {
             b.state = GenState::Done;
             b.attempts = 0;
             b.since_generation = 0;
+            b.has_adapter = true;
             b.record()
         };
         if let Err(e) = self.save_history(task, history).await {
@@ -660,7 +779,7 @@ impl Specialiser {
     /// task was tracked.
     pub fn forget(&self, task: &str) -> bool {
         let tracked = self.lock().remove(task).is_some();
-        let _ = self.persist.send(Persist::Remove(task.to_string()));
+        self.persist(task);
         tracked
     }
 
@@ -714,47 +833,62 @@ fn state_name(s: &GenState) -> &'static str {
     }
 }
 
-/// Writes prompt buffers (whole file, atomically) as they change.
-async fn write_prompts(me: std::sync::Weak<Specialiser>, mut rx: mpsc::UnboundedReceiver<Persist>) {
-    while let Some(op) = rx.recv().await {
+/// Writes the prompt files of the tasks marked since its last round (whole file,
+/// atomically), each once however many prompts it got meanwhile, from the buffer as it is
+/// then; removes those of tasks no longer tracked.
+async fn write_prompts(me: std::sync::Weak<Specialiser>, mut wake: mpsc::Receiver<()>) {
+    while wake.recv().await.is_some() {
         let Some(me) = me.upgrade() else { return };
-        let (task, lines) = match op {
-            Persist::Remove(task) => (task, None),
-            Persist::Write(task) => {
-                let lines = me.lock().get(&task).map(|b| {
-                    b.prompts
-                        .iter()
-                        .map(|p| serde_json::to_string(p).unwrap_or_default() + "\n")
-                        .collect::<String>()
-                });
-                (task, lines)
-            }
-        };
-        let path = me.prompts_path(&task);
-        let r = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            match lines {
-                // The buffer was dropped or forgotten: its generation history goes with it.
-                None => {
-                    for file in [PROMPTS_FILE, GENERATION_FILE] {
-                        match std::fs::remove_file(path.with_file_name(file)) {
-                            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                            _ => {}
-                        }
+        let batch = std::mem::take(&mut *me.unwritten.lock().unwrap_or_else(|p| p.into_inner()));
+        for task in batch {
+            let lines = me.lock().get(&task).map(|b| {
+                b.prompts
+                    .iter()
+                    .map(|p| serde_json::to_string(p).unwrap_or_default() + "\n")
+                    .collect::<String>()
+            });
+            let path = me.prompts_path(&task);
+            let r = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                match lines {
+                    None => remove_prompts(&path),
+                    Some(text) => {
+                        write_atomic(&path, text.as_bytes()).map_err(std::io::Error::other)
                     }
-                    // So that a dropped buffer does not come back after a power cut.
-                    if let Some(dir) = path.parent() {
-                        sync_dir(dir);
-                    }
-                    Ok(())
                 }
-                Some(text) => write_atomic(&path, text.as_bytes()).map_err(std::io::Error::other),
+            })
+            .await;
+            me.prompt_writes.fetch_add(1, Ordering::Relaxed);
+            if let Ok(Err(e)) | Err(e) = r.map_err(std::io::Error::other) {
+                tracing::warn!(task, error = %e, "writing prompt buffer failed");
             }
-        })
-        .await;
-        if let Ok(Err(e)) | Err(e) = r.map_err(std::io::Error::other) {
-            tracing::warn!(task, error = %e, "writing prompt buffer failed");
         }
     }
+}
+
+/// Removes a dropped task's prompt file, and its folder when nothing else is in it (no
+/// adapter was ever stored for the task: an id that was only seen leaves nothing behind).
+/// Fsynced, so that a dropped buffer does not come back after a power cut.
+fn remove_prompts(path: &Path) -> std::io::Result<()> {
+    // The generation history goes with the buffer.
+    for file in [PROMPTS_FILE, GENERATION_FILE] {
+        match std::fs::remove_file(path.with_file_name(file)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    let Some(dir) = path.parent() else {
+        return Ok(());
+    };
+    // Fails, and leaves the folder, when it holds an adapter.
+    match std::fs::remove_dir(dir) {
+        Ok(()) => {
+            if let Some(root) = dir.parent() {
+                sync_dir(root);
+            }
+        }
+        Err(_) => sync_dir(dir),
+    }
+    Ok(())
 }
 
 /// The prompt text of an OpenAI request: the user turns of a chat, or the completion prompt.

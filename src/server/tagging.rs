@@ -284,7 +284,7 @@ async fn route_request(
     };
     json.remove("task_id");
     if let (Some(t), Some(sp)) = (&task, &plugin.specialiser) {
-        sp.observe(t, super::specialise::prompt_text(&json));
+        sp.observe(t, super::specialise::prompt_text(&json))?;
     }
     let route = match &task {
         None => Route::Base,

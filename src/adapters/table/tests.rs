@@ -573,4 +573,44 @@ async fn a_forgotten_task_stays_forgotten_when_deleting_its_files_fails() {
         .filter(|n| n == "a" || n.starts_with(".a."))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+
+#[tokio::test]
+async fn store_limits_refuse_a_new_task_or_more_bytes_and_write_nothing() {
+    let f = fixture(limits(16));
+    let one = adapter(1).weight_bytes() as u64;
+    f.table.set_store_limits(StoreLimits {
+        max_tasks: 2,
+        max_bytes: 3 * one,
+    });
+    install(&f, "a", 1).await;
+    install(&f, "b", 2).await;
+    let e = f
+        .table
+        .install("c", &adapter(3), Source::Upload)
+        .await
+        .unwrap_err();
+    assert!(e.downcast_ref::<StoreFull>().is_some(), "{e:#}");
+    assert!(format!("{e:#}").contains("max_stored_tasks"), "{e:#}");
+    assert!(f.table.info("c").is_none());
+    assert!(!f.dir.path().join("store/c").exists(), "nothing written");
+
+    // A stored task adds a version while the bytes allow, not past them.
+    install(&f, "a", 4).await;
+    let e = f
+        .table
+        .install("b", &adapter(5), Source::Upload)
+        .await
+        .unwrap_err();
+    assert!(e.downcast_ref::<StoreFull>().is_some(), "{e:#}");
+    assert!(format!("{e:#}").contains("max_store_mib"), "{e:#}");
+    assert_eq!(f.table.info("b").unwrap().versions.len(), 1);
+    // A version already stored adds nothing.
+    f.table
+        .install("a", &adapter(4), Source::Upload)
+        .await
+        .unwrap();
+
+    // Deleting a task makes room for another.
+    assert!(f.table.evict("b", true).await.unwrap());
+    install(&f, "c", 3).await;
 }

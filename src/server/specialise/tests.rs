@@ -1,6 +1,7 @@
 //! The specialiser's state machine with a fake generator and the fake engine: collecting to
 //! K, single flight, retries with backoff, manual and automatic regeneration, the hourly
-//! cap, the tracked-task limit, a full queue, forgetting, and restoring after a restart.
+//! cap, the tracked-task limit against a flood of new ids, the store's limits, a full
+//! queue, forgetting, coalesced prompt writes, and restoring after a restart.
 //! `tests/specialise.rs` covers the same paths end to end through HTTP on a tiny model.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -134,7 +135,15 @@ fn start(settings: Settings) -> Fixture {
 
 impl Fixture {
     fn observe(&self, task: &str, prompt: &str) {
-        self.sp.observe(task, Some(prompt.to_string()));
+        self.sp.observe(task, Some(prompt.to_string())).unwrap();
+    }
+
+    fn store_dir(&self, task: &str) -> PathBuf {
+        self.dir.path().join("store").join(task)
+    }
+
+    fn tracked(&self) -> Vec<String> {
+        self.sp.list().0.into_iter().map(|t| t.0).collect()
     }
 
     fn gen(&self, task: &str) -> Option<GenState> {
@@ -216,7 +225,7 @@ fn strings(v: &[&str]) -> Vec<String> {
 #[tokio::test]
 async fn k_prompts_start_one_generation_from_those_prompts() {
     let f = start(settings());
-    f.sp.observe("t", None);
+    f.sp.observe("t", None).unwrap();
     f.observe("t", "   ");
     assert!(f.sp.info("t").is_none(), "no prompt, nothing tracked");
 
@@ -441,7 +450,7 @@ async fn the_hourly_cap_defers_regeneration() {
 }
 
 #[tokio::test]
-async fn the_tracked_task_limit_drops_the_oldest_idle_task_never_a_busy_one() {
+async fn the_tracked_task_limit_drops_the_oldest_idle_task_never_a_busy_or_specialised_one() {
     let f = start(Settings {
         max_tracked_tasks: 2,
         ..settings()
@@ -462,12 +471,162 @@ async fn the_tracked_task_limit_drops_the_oldest_idle_task_never_a_busy_one() {
 
     f.generator.release();
     f.until_gen("busy", GenState::Done).await;
-    // Now idle and the oldest, "busy" is the one dropped.
+    // Idle and the oldest, but with an adapter now: "y" goes.
     f.observe("z", "one");
     let (tasks, dropped) = f.sp.list();
     let names: Vec<&str> = tasks.iter().map(|t| t.0.as_str()).collect();
-    assert_eq!(names, ["y", "z"]);
-    assert_eq!(dropped, ["x", "busy"]);
+    assert_eq!(names, ["busy", "z"]);
+    assert_eq!(dropped, ["x", "y"]);
+}
+
+#[tokio::test]
+async fn a_flood_of_new_ids_drops_collecting_tasks_only_then_is_refused() {
+    let f = start(Settings {
+        max_tracked_tasks: 3,
+        ..settings()
+    });
+    let uploaded = random_adapter(&tiny_dims(), &[Module::Q], 4, 5, 0.5, 0.5).unwrap();
+    f.table
+        .install("real", &uploaded, Source::Upload)
+        .await
+        .unwrap();
+    f.observe("real", "r0");
+    for i in 0..3 {
+        f.observe("gen", &format!("g{i}"));
+    }
+    f.until_gen("gen", GenState::Done).await;
+    f.observe("c1", "collecting");
+    eventually("c1's buffer to be written", || f.persisted("c1").is_some()).await;
+
+    // One client rotating through new ids: each pushes out the collecting-only task seen
+    // longest ago, never a task with an adapter.
+    for i in 0..20 {
+        f.observe(&format!("f{i}"), "flood");
+    }
+    assert_eq!(f.tracked(), ["f19", "gen", "real"]);
+    let dropped = f.sp.list().1;
+    assert_eq!(dropped.len(), 20);
+    assert_eq!(dropped[0], "c1");
+    assert_eq!(f.metrics.dropped_tasks.get(), 20);
+    for t in ["real", "gen"] {
+        assert_eq!(f.adapter_state(t), Some(State::Resident), "{t}");
+    }
+    // A dropped id that never got an adapter leaves nothing in the store.
+    eventually("the dropped tasks' folders to go", || {
+        !f.store_dir("c1").exists() && (0..19).all(|i| !f.store_dir(&format!("f{i}")).exists())
+    })
+    .await;
+    eventually("f19's buffer to be written", || {
+        f.persisted("f19").is_some()
+    })
+    .await;
+    assert!(f.store_dir("real").join("meta.json").exists());
+
+    // The last collecting-only slot taken by a generation: nothing can be dropped.
+    f.generator.hold();
+    f.sp.regenerate("busy", Some(strings(&["p"]))).unwrap();
+    eventually("the generation to start", || f.generator.calls() == 2).await;
+    assert_eq!(f.tracked(), ["busy", "gen", "real"]);
+    let err = f.sp.observe("new", Some("hello".into())).unwrap_err();
+    assert_eq!(err.status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(err.code, Some("too_many_tasks"));
+    assert!(err.message.contains("max_tracked_tasks"), "{err:?}");
+    assert_eq!(f.metrics.refused_tasks.get(), 1);
+    assert!(f.sp.info("new").is_none());
+    // Known tasks go on; a task with an adapter is served without its prompt being kept.
+    f.observe("real", "r1");
+    f.table
+        .install("other", &uploaded, Source::Upload)
+        .await
+        .unwrap();
+    f.sp.observe("other", Some("hello".into())).unwrap();
+    assert!(f.sp.info("other").is_none());
+
+    // Generated, "busy" has an adapter too: still nothing to drop.
+    f.generator.release();
+    f.until_gen("busy", GenState::Done).await;
+    assert!(f.sp.observe("new", Some("hello".into())).is_err());
+    assert_eq!(f.metrics.refused_tasks.get(), 2);
+    assert!(!f.store_dir("new").exists());
+}
+
+#[tokio::test]
+async fn a_task_without_an_adapter_is_not_generated_while_the_store_is_full() {
+    let f = start(settings());
+    f.table.set_store_limits(crate::adapters::StoreLimits {
+        max_tasks: 1,
+        max_bytes: u64::MAX,
+    });
+    let uploaded = random_adapter(&tiny_dims(), &[Module::Q], 4, 5, 0.5, 0.5).unwrap();
+    f.table
+        .install("a", &uploaded, Source::Upload)
+        .await
+        .unwrap();
+    for i in 0..4 {
+        f.observe("b", &format!("b{i}"));
+    }
+    assert_eq!(f.gen("b"), Some(GenState::Collecting));
+    let err = f.sp.regenerate("b", None).unwrap_err();
+    assert_eq!(err.status, axum::http::StatusCode::INSUFFICIENT_STORAGE);
+    assert_eq!(err.code, Some("store_full"));
+    assert!(err.message.contains("max_stored_tasks"), "{err:?}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(f.generator.calls(), 0);
+
+    // Room again: the task's next prompt starts its generation.
+    assert!(f.table.evict("a", true).await.unwrap());
+    f.observe("b", "b4");
+    f.until_gen("b", GenState::Done).await;
+    assert_eq!(f.generator.prompts_of_call(0), strings(&["b2", "b3", "b4"]));
+}
+
+#[tokio::test]
+async fn a_burst_of_prompts_is_written_once_per_task() {
+    let f = start(Settings {
+        k: 100,
+        ..settings()
+    });
+    // No await in between: the writer cannot run until the burst is over.
+    for i in 0..50 {
+        f.observe("a", &format!("a{i}"));
+        f.observe("b", &format!("b{i}"));
+    }
+    assert_eq!(f.sp.unwritten_len(), 2, "one pending write per task");
+    eventually("both buffers to be written", || {
+        [f.persisted("a"), f.persisted("b")]
+            .iter()
+            .all(|p| p.as_ref().map(Vec::len) == Some(50))
+    })
+    .await;
+    assert_eq!(f.persisted("a").unwrap()[49], "a49");
+    assert_eq!(f.sp.prompt_writes.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn while_the_writer_is_behind_new_tasks_are_refused() {
+    let f = start(Settings {
+        max_tracked_tasks: 2,
+        ..settings()
+    });
+    // No await: the writer cannot run, and every new task leaves itself and the one it
+    // drops to it.
+    for i in 0..WRITE_BACKLOG_MIN {
+        f.observe(&format!("t{i}"), "one");
+    }
+    assert_eq!(f.sp.unwritten_len(), WRITE_BACKLOG_MIN);
+    let err = f.sp.observe("late", Some("one".into())).unwrap_err();
+    assert_eq!(err.status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+    assert!(err.message.contains("wait to be written"), "{err:?}");
+    assert_eq!(
+        f.sp.unwritten_len(),
+        WRITE_BACKLOG_MIN,
+        "the backlog stays bounded"
+    );
+    eventually("the writer to catch up", || f.sp.unwritten_len() == 0).await;
+    f.observe("late", "one");
+    let tracked = f.tracked();
+    assert_eq!(tracked.len(), 2);
+    assert!(tracked.contains(&"late".to_string()), "{tracked:?}");
 }
 
 #[tokio::test]
@@ -696,6 +855,45 @@ async fn forgetting_a_task_during_its_generation_is_not_undone_when_it_ends() {
     }
     assert_eq!(f.generation_failures(), 0);
     assert!(f.table.list().is_empty());
+
+#[tokio::test]
+async fn a_restart_removes_empty_task_folders_and_keeps_to_the_tracked_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let store = Store::open(&root).unwrap();
+    let adapter = random_adapter(&tiny_dims(), &[Module::Q], 4, 5, 0.5, 0.5).unwrap();
+    store.put("tenant", &adapter, Source::Upload).unwrap();
+    // Prompt files last written 40, 30, 20 and 10 s ago.
+    for (task, age) in [("tenant", 40), ("old", 30), ("mid", 20), ("new", 10)] {
+        let path = root.join(task).join(PROMPTS_FILE);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "\"p\"\n").unwrap();
+        let then = std::time::SystemTime::now() - Duration::from_secs(age);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(then)
+            .unwrap();
+    }
+    // What an earlier version left of an id that was only seen.
+    std::fs::create_dir(root.join("seen-once")).unwrap();
+    let f = start_in(
+        dir,
+        Settings {
+            max_tracked_tasks: 2,
+            ..settings()
+        },
+    );
+    assert!(!f.store_dir("seen-once").exists());
+    // The oldest collecting-only tasks go; "tenant" (oldest, but with an adapter) stays.
+    assert_eq!(f.tracked(), ["new", "tenant"]);
+    assert_eq!(f.sp.list().1, ["old", "mid"]);
+    eventually("the dropped tasks' folders to go", || {
+        !f.store_dir("old").exists() && !f.store_dir("mid").exists()
+    })
+    .await;
+    assert!(f.persisted("tenant").is_some());
 }
 
 #[test]

@@ -10,7 +10,7 @@ use crate::{
     response::CompletionChoice,
     scheduler::{Scheduler, SchedulerOutput},
     search::{self, rag::SearchPipeline},
-    sequence::{SeqStepType, StopReason},
+    sequence::{SeqStepType, Sequence, StopReason},
     tools, CompletionResponse, SchedulerConfig, DEBUG,
 };
 use interprocess::local_socket::{traits::Listener, ListenerOptions};
@@ -366,6 +366,10 @@ impl Engine {
                 SchedulerOutput::DefaultScheduler {
                     output: mut scheduled,
                 } => {
+                    // Patch 0004: sequences whose client has gone are finished, not stepped.
+                    scheduled.completion =
+                        without_gone_clients(std::mem::take(&mut scheduled.completion));
+                    scheduled.prompt = without_gone_clients(std::mem::take(&mut scheduled.prompt));
                     if !scheduled.completion.is_empty() {
                         let current_completion_ids: Vec<usize> =
                             scheduled.completion.iter().map(|seq| *seq.id()).collect();
@@ -874,4 +878,23 @@ impl Engine {
             }
         }
     }
+}
+
+/// Patch 0004: finishes the sequences whose client has gone (the receiver of their responses
+/// was dropped: the HTTP handler ended with its connection) as `Done(Canceled)`, and returns
+/// the others. Nobody reads a gone client's tokens, so the finished ones are not stepped;
+/// the scheduler drops them, and their KV cache with them, at the end of this engine step
+/// like any other finished sequence.
+fn without_gone_clients<'a>(seqs: Box<[&'a mut Sequence]>) -> Box<[&'a mut Sequence]> {
+    seqs.into_vec()
+        .into_iter()
+        .filter(|seq| {
+            let gone = seq.responder().is_closed();
+            if gone {
+                tracing::info!("Sequence {} canceled: its client has gone", seq.id());
+                seq.set_state(SequenceState::Done(StopReason::Canceled));
+            }
+            !gone
+        })
+        .collect()
 }

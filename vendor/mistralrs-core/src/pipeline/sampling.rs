@@ -380,7 +380,8 @@ pub(crate) async fn finish_or_add_toks_to_seq(
                         seq.responder(),
                     )
                     .await
-                    .map_err(candle_core::Error::msg)?;
+                    // Patch 0004: a client gone during the last step is no model error.
+                    .ok();
             } else {
                 group
                     .maybe_send_completion_done_response(
@@ -396,7 +397,8 @@ pub(crate) async fn finish_or_add_toks_to_seq(
                         seq.responder(),
                     )
                     .await
-                    .map_err(candle_core::Error::msg)?;
+                    // Patch 0004: a client gone during the last step is no model error.
+                    .ok();
             }
         }
         this.reset_non_granular_state();

@@ -180,7 +180,8 @@ macro_rules! handle_pipeline_forward_error {
                                 partial_completion_response
                             ))
                             .await
-                            .unwrap();
+                            // Patch 0004: a gone client must not take the engine down.
+                            .ok();
                     } else {
                         let partial_completion_response = CompletionResponse {
                             id: seq.id().to_string(),
@@ -198,7 +199,8 @@ macro_rules! handle_pipeline_forward_error {
                                 partial_completion_response
                             ))
                             .await
-                            .unwrap();
+                            // Patch 0004: a gone client must not take the engine down.
+                            .ok();
                     }
                 }
                 for seq in $seq_slice.iter_mut() {
