@@ -1289,6 +1289,7 @@ async fn a_key_past_its_rate_gets_429_with_retry_after() {
             200
         );
     }
+}
 
 /// Issue 15, item 5: at most `plugin.max_in_flight_per_model` requests hold a place on one
 /// engine model; past it (after the admission wait, none here) the shared base model

@@ -573,6 +573,7 @@ async fn a_forgotten_task_stays_forgotten_when_deleting_its_files_fails() {
         .filter(|n| n == "a" || n.starts_with(".a."))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
 
 #[tokio::test]
 async fn store_limits_refuse_a_new_task_or_more_bytes_and_write_nothing() {

@@ -855,6 +855,7 @@ async fn forgetting_a_task_during_its_generation_is_not_undone_when_it_ends() {
     }
     assert_eq!(f.generation_failures(), 0);
     assert!(f.table.list().is_empty());
+}
 
 #[tokio::test]
 async fn a_restart_removes_empty_task_folders_and_keeps_to_the_tracked_limit() {
