@@ -1295,8 +1295,8 @@ async fn a_key_past_its_rate_gets_429_with_retry_after() {
 /// engine model; past it (after the admission wait, none here) the shared base model
 /// answers 503 and a task's adapter 429, both with `Retry-After`, in the OpenAI error
 /// shape, while the other models go on answering. A place is held until the answer has
-/// really ended: a stream until it has been sent to its end, a non-streamed answer until
-/// the engine has finished it, even when its client went away.
+/// ended: a stream until it has been sent to its end, a non-streamed answer until it is
+/// answered or its client goes away (which cancels the engine sequence).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_past_a_models_in_flight_bound_are_refused_with_retry_after() {
     let dir = tempfile::tempdir().unwrap();
@@ -1354,8 +1354,9 @@ async fn requests_past_a_models_in_flight_bound_are_refused_with_retry_after() {
         1.0
     );
 
-    // A non-streamed answer whose client goes away keeps its place while the engine is
-    // still generating it.
+    // A non-streamed answer whose client goes away gives its place back at once: the
+    // handler goes with the client, and the engine cancels the sequence at its next step
+    // (vendor patch 0004) instead of finishing an answer nobody reads.
     let body = chat_body("go on", 400);
     let t = std::time::Instant::now();
     assert_eq!(s.send_chat(None, &body).await.unwrap().status, 200);
@@ -1371,21 +1372,18 @@ async fn requests_past_a_models_in_flight_bound_are_refused_with_retry_after() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     assert_eq!(in_flight("base"), 1, "admitted");
-    let admitted = std::time::Instant::now();
+    let aborted = std::time::Instant::now();
     gone.abort();
-    tokio::time::sleep(full / 4).await;
-    let still = in_flight("base");
-    if admitted.elapsed() < full / 2 {
-        assert_eq!(
-            still, 1,
-            "the engine is still answering (a full answer takes {full:?})"
+    while in_flight("base") != 0 && aborted.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let freed = aborted.elapsed();
+    assert_eq!(in_flight("base"), 0, "freed");
+    // Only telling when a whole answer takes long enough to tell.
+    if full >= Duration::from_millis(200) {
+        assert!(
+            freed < full / 2,
+            "freed after {freed:?}; a whole answer takes {full:?}"
         );
     }
-    for _ in 0..500 {
-        if in_flight("base") == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(in_flight("base"), 0, "freed once the engine is done");
 }

@@ -12,19 +12,18 @@
 //!
 //! OpenAI clients retry both after the `Retry-After` delay.
 //!
-//! A place is held until its answer has really ended. The engine's handler runs on its own
-//! task ([`run_detached`]), so a client that goes away before a non-streamed answer does not
-//! free the place (nor the route) while the engine is still generating that answer; a
-//! streamed answer holds them until the stream is read to its end or dropped (the tagging
-//! layer's `GuardedStream`), and a dropped stream cancels its engine sequence.
+//! A place is held until its answer has ended: a non-streamed one until the engine's handler
+//! returns it, a streamed one until the stream is read to its end or dropped (the tagging
+//! layer's `GuardedStream`). A client that goes away drops the handler, and with it the
+//! receiver of the engine's responses; the engine then cancels the sequence at its next
+//! step (vendor patch 0004), so the place is freed one decode step before the engine
+//! drops the sequence, instead of the engine generating on to `max_tokens` for nobody.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use axum::response::Response;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::ApiError;
@@ -138,28 +137,11 @@ pub async fn admit(plugin: &Plugin, route: &Route) -> Result<Slot, ApiError> {
     })
 }
 
-/// Runs `handler` (the engine's side of a request) on its own task together with `guard`
-/// (the request's route and place) and hands both back with its response. If the caller
-/// goes away first (its client disconnected, so the server dropped the caller's future),
-/// the task still runs to its end and drops the guard only then: until the handler returns,
-/// the engine is still generating the answer on that model.
-pub async fn run_detached<G: Send + 'static>(
-    handler: impl Future<Output = Response> + Send + 'static,
-    guard: G,
-) -> Result<(Response, G), ApiError> {
-    tokio::spawn(async move { (handler.await, guard) })
-        .await
-        .map_err(|e| ApiError::internal(format!("the request's handler failed: {e}")))
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Instant;
 
-    use axum::body::Body;
-
     use super::*;
-    use crate::engine::fake::eventually;
 
     #[tokio::test]
     async fn places_are_bounded_per_model_and_refused_with_retry_after() {
@@ -228,30 +210,5 @@ mod tests {
         let _held = a.admit("base", true).await.unwrap();
         assert_eq!(a.lock().len(), 1, "only the model in use is kept");
         assert_eq!(a.in_flight("dnd:t:h:0"), 0);
-    }
-
-    /// The engine is still generating a non-streamed answer when its client goes away: the
-    /// place stays taken until the handler has its answer.
-    #[tokio::test]
-    async fn a_handler_keeps_its_place_until_it_ends_even_when_its_caller_goes_away() {
-        let a = Admission::new(1, Duration::ZERO);
-        let slot = a.admit("m", true).await.unwrap();
-        let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
-        let (finish, finished) = tokio::sync::oneshot::channel::<()>();
-        let handler = async move {
-            let _ = started_tx.send(());
-            let _ = finished.await;
-            Response::new(Body::empty())
-        };
-        let caller = tokio::spawn(run_detached(handler, slot));
-        started.await.unwrap();
-        // What the server does with the layer's future when the client disconnects.
-        caller.abort();
-        assert!(caller.await.unwrap_err().is_cancelled());
-        assert_eq!(a.in_flight("m"), 1, "the engine is still answering");
-        assert!(a.admit("m", true).await.is_err());
-        finish.send(()).unwrap();
-        eventually("the place to come free", || a.in_flight("m") == 0).await;
-        let _next = a.admit("m", true).await.unwrap();
     }
 }

@@ -196,16 +196,15 @@ pub async fn tag_request(State(plugin): State<Arc<Plugin>>, req: Request, next: 
                 Route::Adapter(r) => format!("{}@{}", r.task, r.hash),
             };
             // A place on the engine model (bounded wait, 503/429 past it), held with the
-            // route until the answer has really ended (see `admission`).
+            // route until the answer has ended or its client has gone (see `admission`).
             let slot = match super::admission::admit(&plugin, &route).await {
                 Ok(slot) => slot,
                 Err(e) => return e.into_response(),
             };
-            let (mut resp, guard) =
-                match super::admission::run_detached(next.run(req), (route, slot)).await {
-                    Ok(answered) => answered,
-                    Err(e) => return e.into_response(),
-                };
+            // A client that goes away drops this future, the handler and its receiver: the
+            // engine cancels the sequence at its next step (vendor patch 0004).
+            let mut resp = next.run(req).await;
+            let guard = (route, slot);
             if let Some(public) = public {
                 resp = show_public_model(resp, public.0).await;
             }
