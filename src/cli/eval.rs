@@ -54,9 +54,11 @@ pub struct Args {
     /// --checkpoints, to lora-nll.json / lora-nll.md (which tasks a LoRA improves).
     #[arg(long, conflicts_with = "weights_only")]
     pub nll: bool,
-    /// With --nll: a multi-task LoRA (PEFT folder, e.g. from `collect --pool`) to compare.
+    /// With --nll: a multi-task LoRA (PEFT folder, e.g. from `collect --pool`) to compare;
+    /// repeat for several (e.g. the one a residual generator sits on and the one of all
+    /// training tasks).
     #[arg(long, requires = "nll")]
-    pub multitask: Option<PathBuf>,
+    pub multitask: Vec<PathBuf>,
     /// With --nll: DnD prompt batches per task.
     #[arg(long, default_value_t = 3)]
     pub batches: usize,

@@ -48,8 +48,9 @@ pub struct NllSetup {
     pub base: PathBuf,
     /// The collection (default: the one in `train.json`).
     pub checkpoints: Option<PathBuf>,
-    /// A multi-task LoRA (PEFT folder) to compare with.
-    pub multitask: Option<PathBuf>,
+    /// Multi-task LoRAs (PEFT folders) to compare with, e.g. the one a residual generator
+    /// sits on and the one of all training tasks.
+    pub multitask: Vec<PathBuf>,
     /// DnD prompt batches per task.
     pub batches: usize,
     pub seed: u64,
@@ -71,7 +72,8 @@ pub struct NllRow {
     pub base: NllScore,
     /// `None` when no training task was collected.
     pub averaged: Option<NllScore>,
-    pub multitask: Option<NllScore>,
+    /// Per multi-task LoRA, in the order of [`NllReport::multitask`].
+    pub multitask: Vec<NllScore>,
     /// `None` when the collection has no checkpoint of the task.
     pub own: Option<NllScore>,
     /// The mean over the prompt batches.
@@ -88,6 +90,8 @@ pub struct NllReport {
     pub train_tasks: usize,
     /// How many training tasks' final checkpoints the averaged LoRA is the mean of.
     pub averaged_over: usize,
+    /// The multi-task LoRAs compared, by name (see [`adapter_name`]).
+    pub multitask: Vec<String>,
     pub rows: Vec<NllRow>,
     pub seconds: f64,
 }
@@ -205,10 +209,11 @@ pub fn evaluate_nll(tasks: &[Task], setup: &NllSetup, limit: Option<usize>) -> R
         true => None,
         false => Some(lora(&average_adapters(&train)?, &dims)?),
     };
-    let multitask = match &setup.multitask {
-        Some(p) => Some(lora(&LoraAdapter::read_peft(p)?, &dims)?),
-        None => None,
-    };
+    let multitask = setup
+        .multitask
+        .iter()
+        .map(|p| lora(&LoraAdapter::read_peft(p)?, &dims))
+        .collect::<Result<Vec<_>>>()?;
     let generator = Generator::load(&setup.generator, &setup.encoder, &Device::Cpu)?;
     let n = generator.config().prompts;
     let mut rows = Vec::new();
@@ -241,10 +246,10 @@ pub fn evaluate_nll(tasks: &[Task], setup: &NllSetup, limit: Option<usize>) -> R
             examples: encoded.len(),
             base: run(None)?,
             averaged: averaged.as_ref().map(|a| run(Some(a))).transpose()?,
-            multitask: match &multitask {
-                Some(m) => Some(run(Some(m))?),
-                None => None,
-            },
+            multitask: multitask
+                .iter()
+                .map(|m| run(Some(m)))
+                .collect::<Result<_>>()?,
             own: match finals.contains_key(&task.name) {
                 true => Some(run(Some(&lora(&read(&task.name)?, &dims)?))?),
                 false => None,
@@ -261,6 +266,7 @@ pub fn evaluate_nll(tasks: &[Task], setup: &NllSetup, limit: Option<usize>) -> R
         generator: setup.generator.clone(),
         train_tasks: record.train_tasks.len(),
         averaged_over: train.len(),
+        multitask: setup.multitask.iter().map(|p| adapter_name(p)).collect(),
         rows,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -274,13 +280,24 @@ fn opt_cell(s: Option<NllScore>) -> String {
     s.as_ref().map(cell).unwrap_or("-".into())
 }
 
+/// A checkpoint's name in a table: its folder, or the folder above a `step-N` folder
+/// (`data/multitask54/multitask54/step-000500` -> `multitask54`).
+pub fn adapter_name(path: &Path) -> String {
+    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    match name(path) {
+        Some(n) if n.starts_with("step-") => path.parent().and_then(name).unwrap_or(n),
+        Some(n) => n,
+        None => path.display().to_string(),
+    }
+}
+
 fn row_line(r: &NllRow) -> String {
+    let multitask: String = r.multitask.iter().map(|s| cell(s) + " | ").collect();
     format!(
-        "| {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {} | {} | {} | {multitask}{} | {} | {} | {} |",
         r.task,
         cell(&r.base),
         opt_cell(r.averaged),
-        opt_cell(r.multitask),
         opt_cell(r.own),
         cell(&r.dnd),
         cell(&r.shuffled),
@@ -290,8 +307,10 @@ fn row_line(r: &NllRow) -> String {
 
 /// The table: NLL per answer token (greedy exact %) per adapter, and the mean row.
 pub fn nll_markdown(r: &NllReport) -> String {
-    let mut out = String::from(
-        "| task | base | averaged LoRAs | multi-task LoRA | own LoRA | DnD | DnD shuffled | shuffled from |\n|---|---|---|---|---|---|---|---|\n",
+    let multitask: String = r.multitask.iter().map(|n| format!(" {n} |")).collect();
+    let mut out = format!(
+        "| task | base | averaged LoRAs |{multitask} own LoRA | DnD | DnD shuffled | shuffled from |\n|{}\n",
+        "---|".repeat(7 + r.multitask.len())
     );
     for row in &r.rows {
         out.push_str(&row_line(row));
@@ -304,11 +323,13 @@ pub fn nll_markdown(r: &NllReport) -> String {
             false => format!("**{}**", cell(&mean_score(&v))),
         }
     };
+    let multitask: String = (0..r.multitask.len())
+        .map(|i| col(&|x| x.multitask.get(i).copied()) + " | ")
+        .collect();
     out.push_str(&format!(
-        "| mean | {} | {} | {} | {} | {} | {} | |\n",
+        "| mean | {} | {} | {multitask}{} | {} | {} | |\n",
         col(&|x| Some(x.base)),
         col(&|x| x.averaged),
-        col(&|x| x.multitask),
         col(&|x| x.own),
         col(&|x| Some(x.dnd)),
         col(&|x| Some(x.shuffled)),
