@@ -113,6 +113,7 @@ fn start_in(dir: tempfile::TempDir, settings: Settings) -> Fixture {
         max_resident_bytes: u64::MAX,
         bytes_per_model: 1,
         retire_ceiling: Duration::from_secs(3600),
+        load_queue: Duration::from_secs(5),
     };
     let store = Store::open(&dir.path().join("store")).unwrap();
     let engine = Arc::new(FakeEngine::new());
