@@ -880,8 +880,10 @@ impl AdapterTable {
             .ok_or_else(|| anyhow!("task {task} vanished"))
     }
 
-    /// Marks a task failed (e.g. its generation), unless an adapter is serving it: then that
-    /// adapter keeps serving and the failure shows in the generation state only.
+    /// Marks a task failed (e.g. its generation), unless it has an adapter: then that
+    /// adapter keeps serving (and is loaded again after an eviction or a restart) and the
+    /// failure shows in the generation state only. A task marked failed with a stored
+    /// adapter would never load it again: its requests only retry failed loads.
     pub fn mark_failed(&self, task: &str, error: String) {
         let mut inner = self.lock();
         let entry = inner
@@ -894,7 +896,7 @@ impl AdapterTable {
                 },
                 ..Default::default()
             });
-        if entry.resident.is_none() {
+        if entry.resident.is_none() && entry.record.current.is_none() {
             entry.state = Some(State::Failed(error));
         }
     }
