@@ -3,6 +3,7 @@
 mod common;
 mod eval;
 mod kernel;
+mod kill;
 mod layers;
 mod real_models;
 mod server;

@@ -7,6 +7,13 @@
 //! replacing or evicting it only retires the engine model once those requests are done (or
 //! at the retire ceiling, logged). Forgetting a task takes it out of the store before the
 //! table, and a generation that ends after a forget is not installed.
+//!
+//! Memory admission: the limits (`max_resident`, `max_resident_bytes`) bound every engine
+//! model an adapter has, resident, loading, or retired and not yet removed. A load starts
+//! only when one more fits; the others wait (at most `load_queue`, then their task stays
+//! with the base model until its next request), and while they wait the least recently used
+//! residents are evicted until every waiting load will fit once the retired ones are gone.
+//! So many requests for evicted adapters at once start as many loads as fit, not one each.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -37,6 +44,9 @@ pub struct Limits {
     /// How long a replaced or evicted engine model waits for the requests still using it
     /// before it is removed anyway (logged).
     pub retire_ceiling: Duration,
+    /// How long a load waits for room under the limits before it is given up: a request's
+    /// task stays with the base model until its next request, an upload or pin fails.
+    pub load_queue: Duration,
 }
 
 /// Limits of the store over all tasks ([`AdapterTable::set_store_limits`]; unbounded until
@@ -102,6 +112,9 @@ struct Entry {
     /// try again (see [`LOAD_RETRY_BASE`]).
     load_failures: u32,
     retry_load_at: Option<Instant>,
+    /// Requests in [`AdapterTable::route`] waiting for this task's load: its model is not
+    /// evicted to make room for another load before they have taken it.
+    waiting: usize,
 }
 
 /// A stored adapter whose engine load failed (a transient fault: memory, a file briefly
@@ -113,6 +126,9 @@ const LOAD_RETRY_BASE: Duration = if cfg!(test) {
     Duration::from_secs(5)
 };
 const LOAD_RETRY_MAX: Duration = Duration::from_secs(600);
+
+/// How often a request waiting for its load, and a load waiting for room, look again.
+const POLL: Duration = Duration::from_millis(20);
 
 impl Entry {
     /// Whether a request should start loading the stored current version.
@@ -162,6 +178,88 @@ struct Inner {
     tasks: HashMap<String, Entry>,
     /// Resident tasks, most recently used first.
     lru: LruCache<String, ()>,
+    /// Loads admitted and not yet ended, each an engine model on its way.
+    loading: usize,
+    /// Loads waiting for room.
+    queued: usize,
+    /// Models out of the LRU (evicted, replaced) that the engine has not removed yet.
+    retiring: usize,
+}
+
+impl Inner {
+    /// Engine models of adapters: resident, loading and retiring.
+    fn models(&self) -> usize {
+        self.lru.len() + self.loading + self.retiring
+    }
+
+    /// Takes `task`'s resident model out of the LRU, to be retired: it counts as retiring
+    /// until [`AdapterTable::retire`] has removed it.
+    fn take_resident(&mut self, task: &str) -> Option<Arc<ResidentModel>> {
+        self.lru.pop(task);
+        let r = self.tasks.get_mut(task)?.resident.take()?;
+        self.retiring += 1;
+        Some(r)
+    }
+
+    fn count(&mut self, count: Count) -> &mut usize {
+        match count {
+            Count::Loading => &mut self.loading,
+            Count::Queued => &mut self.queued,
+            Count::Retiring => &mut self.retiring,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Count {
+    Loading,
+    Queued,
+    Retiring,
+}
+
+/// One unit of a count in [`Inner`] that an operation holds (a load admitted or waiting,
+/// a model retiring): given back by [`Held::release`] under the table's lock, or when it is
+/// dropped, however the operation ends, so that no room is lost for good.
+struct Held<'a> {
+    table: &'a AdapterTable,
+    count: Count,
+    held: bool,
+}
+
+impl Held<'_> {
+    fn release(&mut self, inner: &mut Inner) {
+        if std::mem::take(&mut self.held) {
+            let n = inner.count(self.count);
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            let table = self.table;
+            self.release(&mut table.lock());
+        }
+    }
+}
+
+/// A request of [`AdapterTable::route`] counted in its task's [`Entry::waiting`], uncounted
+/// when it takes the model, or when it ends otherwise (gives up, or its client goes away).
+struct Waiter<'a> {
+    table: &'a AdapterTable,
+    task: &'a str,
+    counted: bool,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        if self.counted {
+            if let Some(e) = self.table.lock().tasks.get_mut(self.task) {
+                e.waiting = e.waiting.saturating_sub(1);
+            }
+        }
+    }
 }
 
 pub struct AdapterTable {
@@ -209,6 +307,9 @@ impl AdapterTable {
             inner: Mutex::new(Inner {
                 tasks,
                 lru: LruCache::unbounded(),
+                loading: 0,
+                queued: 0,
+                retiring: 0,
             }),
             ops: DashMap::new(),
             serial: AtomicU64::new(0),
@@ -302,23 +403,36 @@ impl AdapterTable {
     }
 
     /// Picks the route for a request of `task` and counts the hit. A stored adapter that is
-    /// not resident starts loading in the background; the request waits for it at most
-    /// `wait` and otherwise goes to the base model.
+    /// not resident starts loading in the background (when there is room, see the module
+    /// doc); the request waits for it at most `wait` and otherwise goes to the base model.
     pub async fn route(self: &Arc<Self>, task: &str, wait: Duration) -> Route {
         let deadline = Instant::now() + wait;
         let mut started = false;
+        let mut waiter = Waiter {
+            table: &**self,
+            task,
+            counted: false,
+        };
         loop {
             let (needs_load, loading) = {
                 let mut inner = self.lock();
-                let Inner { tasks, lru } = &mut *inner;
+                let Inner { tasks, lru, .. } = &mut *inner;
                 let Some(entry) = tasks.get_mut(task) else {
+                    waiter.counted = false;
                     return Route::Base;
                 };
                 if let Some(r) = &entry.resident {
                     entry.hits += 1;
                     entry.last_used = Some(now_secs());
                     lru.promote(task);
+                    if std::mem::take(&mut waiter.counted) {
+                        entry.waiting = entry.waiting.saturating_sub(1);
+                    }
                     return Route::Adapter(r.clone());
+                }
+                if !waiter.counted && Instant::now() < deadline {
+                    waiter.counted = true;
+                    entry.waiting += 1;
                 }
                 (entry.should_load(), entry.state() == State::Loading)
             };
@@ -336,7 +450,7 @@ impl AdapterTable {
             if Instant::now() >= deadline || !(needs_load || loading || started) {
                 return Route::Base;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(POLL).await;
         }
     }
 
@@ -460,6 +574,14 @@ impl AdapterTable {
             self.set_state(task, Some(State::Stored));
             return Err(e);
         }
+        let mut admitted = match self.admit(task).await {
+            Ok(a) => a,
+            Err(e) => {
+                // Not a failed load: the task's next request tries again.
+                self.set_state(task, None);
+                return Err(e);
+            }
+        };
         let engine_id = format!(
             "{}{task}:{hash}:{}",
             ADAPTER_MODEL_PREFIX,
@@ -482,25 +604,29 @@ impl AdapterTable {
                     hash,
                     engine_id,
                 });
-                let (old, evicted) = {
+                // Loading becomes resident in one step: the count of models does not move.
+                let old = {
                     let mut inner = self.lock();
-                    let Inner { tasks, lru } = &mut *inner;
+                    admitted.release(&mut inner);
+                    let Inner {
+                        tasks,
+                        lru,
+                        retiring,
+                        ..
+                    } = &mut *inner;
                     let entry = tasks.entry(task.to_string()).or_default();
                     let old = entry.resident.replace(new);
+                    if old.is_some() {
+                        *retiring += 1;
+                    }
                     entry.state = None;
                     entry.load_failures = 0;
                     entry.retry_load_at = None;
                     lru.put(task.to_string(), ());
-                    let evicted = self.pick_evictions(&mut inner, task);
-                    (old, evicted)
+                    old
                 };
                 if let Some(old) = old {
                     self.retire(old);
-                }
-                for r in evicted {
-                    self.evictions.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(task = r.task, hash = r.hash, "evicted (LRU)");
-                    self.retire(r);
                 }
                 Ok(Some(load))
             }
@@ -508,7 +634,9 @@ impl AdapterTable {
                 let msg = format!("{e:#}");
                 tracing::warn!(task, error = msg, "adapter failed to load");
                 self.load_failures.fetch_add(1, Ordering::Relaxed);
-                if let Some(e) = self.lock().tasks.get_mut(task) {
+                let mut inner = self.lock();
+                admitted.release(&mut inner);
+                if let Some(e) = inner.tasks.get_mut(task) {
                     e.state = Some(State::Failed(msg.clone()));
                     e.load_failures += 1;
                     let wait = LOAD_RETRY_BASE
@@ -528,7 +656,12 @@ impl AdapterTable {
     }
 
     fn resident_bytes(&self, n: usize) -> u64 {
-        self.limits.bytes_per_model * n as u64
+        self.limits.bytes_per_model.saturating_mul(n as u64)
+    }
+
+    /// Whether `n` adapter engine models fit the limits.
+    fn fits(&self, n: usize) -> bool {
+        n <= self.limits.max_resident && self.resident_bytes(n) <= self.limits.max_resident_bytes
     }
 
     /// Fails when the new model cannot fit even after evicting every unpinned one.
@@ -539,9 +672,7 @@ impl AdapterTable {
             .values()
             .filter(|e| e.resident.is_some() && e.record.pinned && e.record.task != task)
             .count();
-        let fits = pinned < self.limits.max_resident
-            && self.resident_bytes(pinned + 1) <= self.limits.max_resident_bytes;
-        if !fits {
+        if !self.fits(pinned + 1) {
             bail!(
                 "no room for another resident adapter: limits are {} models / {} bytes and {pinned} pinned adapters are resident",
                 self.limits.max_resident,
@@ -551,30 +682,87 @@ impl AdapterTable {
         Ok(())
     }
 
-    /// Removes least recently used unpinned residents (never `keep`) until within limits.
-    fn pick_evictions(&self, inner: &mut Inner, keep: &str) -> Vec<Arc<ResidentModel>> {
-        let mut out = Vec::new();
+    /// Waits until one more engine model fits the limits beside the resident, loading and
+    /// retiring ones, and returns it counted as loading; makes room meanwhile (see
+    /// [`AdapterTable::make_room`]). A load that finds others waiting waits behind them.
+    /// Fails after `limits.load_queue`.
+    async fn admit<'a>(self: &'a Arc<Self>, task: &str) -> Result<Held<'a>> {
+        let deadline = Instant::now() + self.limits.load_queue;
+        let mut queued = Held {
+            table: &**self,
+            count: Count::Queued,
+            held: false,
+        };
         loop {
-            let n = inner.lru.len();
-            if n <= self.limits.max_resident
-                && self.resident_bytes(n) <= self.limits.max_resident_bytes
-            {
-                break;
+            let evicted = {
+                let mut inner = self.lock();
+                let ahead = if queued.held { 0 } else { inner.queued };
+                if self.fits(inner.models() + ahead + 1) {
+                    queued.release(&mut inner);
+                    inner.loading += 1;
+                    return Ok(Held {
+                        table: &**self,
+                        count: Count::Loading,
+                        held: true,
+                    });
+                }
+                if !queued.held {
+                    inner.queued += 1;
+                    queued.held = true;
+                }
+                if Instant::now() >= deadline {
+                    queued.release(&mut inner);
+                    bail!(
+                        "no room to load the adapter of task {task} within {} ms (plugin.load_queue_ms): {} adapter models resident, {} loading and {} being removed, against limits of {} models / {} bytes",
+                        self.limits.load_queue.as_millis(),
+                        inner.lru.len(),
+                        inner.loading,
+                        inner.retiring,
+                        self.limits.max_resident,
+                        self.limits.max_resident_bytes
+                    );
+                }
+                self.make_room(&mut inner, task)
+            };
+            for r in evicted {
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    task = r.task,
+                    hash = r.hash,
+                    to_load = task,
+                    "evicted (LRU)"
+                );
+                self.retire(r);
             }
-            let victim = inner
+            tokio::time::sleep(POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
+        }
+    }
+
+    /// Evicts least recently used residents until every load waiting for room fits beside
+    /// the resident and loading models once the retiring ones are gone: never a pinned one,
+    /// nor one that requests are waiting to take ([`Entry::waiting`]); the old version of
+    /// `task`, which its load replaces, only when no other can go.
+    fn make_room(&self, inner: &mut Inner, task: &str) -> Vec<Arc<ResidentModel>> {
+        let mut out = Vec::new();
+        while !self.fits(inner.lru.len() + inner.loading + inner.queued) {
+            let other = inner
                 .lru
                 .iter()
                 .rev()
-                .map(|(t, _)| t.clone())
-                .find(|t| t != keep && !inner.tasks.get(t).is_some_and(|e| e.record.pinned));
-            let Some(victim) = victim else { break };
-            inner.lru.pop(&victim);
-            if let Some(e) = inner.tasks.get_mut(&victim) {
-                if let Some(r) = e.resident.take() {
-                    out.push(r);
-                }
-                e.state = None;
-            }
+                .map(|(t, _)| t)
+                .find(|t| {
+                    t.as_str() != task
+                        && inner
+                            .tasks
+                            .get(t.as_str())
+                            .is_some_and(|e| !e.record.pinned && e.waiting == 0)
+                })
+                .cloned();
+            let Some(victim) = other.or_else(|| inner.lru.contains(task).then(|| task.to_string()))
+            else {
+                break;
+            };
+            out.extend(inner.take_resident(&victim));
         }
         out
     }
@@ -585,10 +773,18 @@ impl AdapterTable {
     /// cuts that short, for requests that never end (a client that stops reading a stream),
     /// so that a full model copy is not kept for good; that is logged with the requests cut
     /// off.
+    ///
+    /// The model must have been counted as retiring ([`Inner::take_resident`]) when it left
+    /// the LRU; it stops counting once removed.
     fn retire(self: &Arc<Self>, model: Arc<ResidentModel>) {
         let this = self.clone();
         let ceiling = self.limits.retire_ceiling;
         tokio::spawn(async move {
+            let _room = Held {
+                table: &*this,
+                count: Count::Retiring,
+                held: true,
+            };
             let start = Instant::now();
             while Arc::strong_count(&model) > 1 {
                 let waited = start.elapsed();
@@ -639,14 +835,12 @@ impl AdapterTable {
         }
         let resident = {
             let mut inner = self.lock();
-            let Inner { tasks, lru } = &mut *inner;
-            lru.pop(task);
-            let r = tasks.get_mut(task).and_then(|entry| {
+            let r = inner.take_resident(task);
+            if let Some(entry) = inner.tasks.get_mut(task) {
                 entry.state = None;
-                entry.resident.take()
-            });
+            }
             if forget {
-                tasks.remove(task);
+                inner.tasks.remove(task);
             }
             r
         };
@@ -686,8 +880,10 @@ impl AdapterTable {
             .ok_or_else(|| anyhow!("task {task} vanished"))
     }
 
-    /// Marks a task failed (e.g. its generation), unless an adapter is serving it: then that
-    /// adapter keeps serving and the failure shows in the generation state only.
+    /// Marks a task failed (e.g. its generation), unless it has an adapter: then that
+    /// adapter keeps serving (and is loaded again after an eviction or a restart) and the
+    /// failure shows in the generation state only. A task marked failed with a stored
+    /// adapter would never load it again: its requests only retry failed loads.
     pub fn mark_failed(&self, task: &str, error: String) {
         let mut inner = self.lock();
         let entry = inner
@@ -700,7 +896,7 @@ impl AdapterTable {
                 },
                 ..Default::default()
             });
-        if entry.resident.is_none() {
+        if entry.resident.is_none() && entry.record.current.is_none() {
             entry.state = Some(State::Failed(error));
         }
     }

@@ -3,10 +3,11 @@
 //! through real transitions in milliseconds, without a model.
 //!
 //! It loads nothing, but keeps what a real engine would show: which model ids are
-//! registered, how many loads and removals it was asked for. A test can hold loads at a
-//! gate (to look at the table while a load is in flight) and make them fail. Like the real
-//! engine it reads the adapter's own folder, so a load of a folder without a PEFT config
-//! fails.
+//! registered, how many loads and removals it was asked for, and the most models it held
+//! at once, loads in flight included (what memory admission bounds). A test can hold loads
+//! at a gate (to look at the table while a load is in flight) and make them fail. Like the
+//! real engine it reads the adapter's own folder, so a load of a folder without a PEFT
+//! config fails.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -24,6 +25,10 @@ pub(crate) struct FakeEngine {
     registered: Mutex<Vec<(String, PathBuf)>>,
     loads: AtomicUsize,
     unloads: AtomicUsize,
+    /// Loads started and not ended; changed under the `registered` lock.
+    loading: AtomicUsize,
+    /// The most models registered and loading at once so far.
+    peak: AtomicUsize,
     fail: AtomicBool,
     /// `true` while loads may finish; a load started while it is `false` waits for it.
     gate: watch::Sender<bool>,
@@ -35,6 +40,8 @@ impl FakeEngine {
             registered: Mutex::new(Vec::new()),
             loads: AtomicUsize::new(0),
             unloads: AtomicUsize::new(0),
+            loading: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
             fail: AtomicBool::new(false),
             gate: watch::Sender::new(true),
         }
@@ -65,6 +72,18 @@ impl FakeEngine {
         self.unloads.load(Ordering::SeqCst)
     }
 
+    /// The most models registered and loading at once so far (a model's memory is taken
+    /// from the start of its load to its removal).
+    pub(crate) fn peak_models(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
+    }
+
+    /// Models registered and loading now.
+    pub(crate) fn models(&self) -> usize {
+        let registered = self.lock();
+        registered.len() + self.loading.load(Ordering::SeqCst)
+    }
+
     /// Model ids registered now, in registration order.
     pub(crate) fn registered(&self) -> Vec<String> {
         self.lock().iter().map(|(id, _)| id.clone()).collect()
@@ -81,6 +100,20 @@ impl FakeEngine {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(String, PathBuf)>> {
         self.registered.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Waits at the gate, then fails the load if the test asks so or the folder has no
+    /// adapter.
+    async fn ready(&self, model_id: &str, adapter_dir: &Path) -> Result<()> {
+        let mut gate = self.gate.subscribe();
+        gate.wait_for(|open| *open).await?;
+        if self.fail.load(Ordering::SeqCst) {
+            bail!("fake engine: load of {model_id} failed (test)");
+        }
+        if !adapter_dir.join(peft::CONFIG_FILE).is_file() {
+            bail!("fake engine: no adapter in {}", adapter_dir.display());
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -92,15 +125,17 @@ impl AdapterEngine for FakeEngine {
     async fn register(&self, model_id: &str, adapter_dir: &Path) -> Result<Duration> {
         let t = Instant::now();
         self.loads.fetch_add(1, Ordering::SeqCst);
-        let mut gate = self.gate.subscribe();
-        gate.wait_for(|open| *open).await?;
-        if self.fail.load(Ordering::SeqCst) {
-            bail!("fake engine: load of {model_id} failed (test)");
+        {
+            // The count of models only grows here: its peak is taken at the start of loads.
+            let registered = self.lock();
+            let loading = self.loading.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak
+                .fetch_max(registered.len() + loading, Ordering::SeqCst);
         }
-        if !adapter_dir.join(peft::CONFIG_FILE).is_file() {
-            bail!("fake engine: no adapter in {}", adapter_dir.display());
-        }
+        let ready = self.ready(model_id, adapter_dir).await;
         let mut registered = self.lock();
+        self.loading.fetch_sub(1, Ordering::SeqCst);
+        ready?;
         if registered.iter().any(|(id, _)| id == model_id) {
             bail!("fake engine: model id {model_id} is already registered");
         }

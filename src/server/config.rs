@@ -108,6 +108,11 @@ pub struct PluginConfig {
     /// How long a request for a stored, not resident adapter waits for it to load before
     /// the base model answers it, in milliseconds.
     pub load_wait_ms: u64,
+    /// How long an adapter load waits for room under `max_resident` and `max_resident_mib`
+    /// (which count models loading and models being removed too) before it is given up, in
+    /// milliseconds: the task's requests go to the base until one starts it again; an
+    /// upload or pin fails.
+    pub load_queue_ms: u64,
     /// Generator folder (DnD decoder); unset: no automatic specialisation.
     pub generator: Option<PathBuf>,
     /// Prompt encoder folder; default: MiniLM in the asset folder.
@@ -181,6 +186,7 @@ impl Default for PluginConfig {
             max_resident: 4,
             max_resident_mib: 2048,
             load_wait_ms: 0,
+            load_queue_ms: 60_000,
             generator: None,
             encoder: None,
             prompts_k: None,
@@ -309,6 +315,7 @@ mod tests {
                 (d.max_tracked_tasks, d.max_stored_tasks, d.max_store_mib),
                 "{path}"
             );
+            assert_eq!(p.load_queue_ms, d.load_queue_ms, "{path}");
         }
     }
 

@@ -133,6 +133,7 @@ pub async fn build_with(
         max_resident_bytes: config.plugin.max_resident_mib << 20,
         bytes_per_model: model_bytes(&base, &config.model.dtype)?,
         retire_ceiling: std::time::Duration::from_secs(config.plugin.retire_ceiling_s),
+        load_queue: std::time::Duration::from_millis(config.plugin.load_queue_ms),
     };
     let generator = match generator {
         Some(g) => Some(g),

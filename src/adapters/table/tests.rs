@@ -1,9 +1,11 @@
 //! The table's state machine against the fake engine: loads in the background and shared
-//! by concurrent requests, LRU eviction by count and by memory, pins, failed loads, version
-//! swaps that wait for in-flight requests, eviction and forgetting, version pruning and
-//! restart. The server tests cover the same paths end to end on a real (tiny) model.
+//! by concurrent requests, LRU eviction by count and by memory, loads that wait for room
+//! (memory admission), pins, failed loads, version swaps that wait for in-flight requests,
+//! eviction and forgetting, version pruning and restart. The server tests cover the same
+//! paths end to end on a real (tiny) model.
 
 use std::collections::HashSet;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +31,7 @@ fn limits(max_resident: usize) -> Limits {
         max_resident_bytes: u64::MAX,
         bytes_per_model: 1,
         retire_ceiling: Duration::from_secs(3600),
+        load_queue: WAIT,
     }
 }
 
@@ -614,4 +617,113 @@ async fn store_limits_refuse_a_new_task_or_more_bytes_and_write_nothing() {
     // Deleting a task makes room for another.
     assert!(f.table.evict("b", true).await.unwrap());
     install(&f, "c", 3).await;
+}
+
+/// Issue 15, item 7: ten requests at once for ten evicted adapters, with room for two
+/// models, start two loads; the others wait for room, which evicting the least recently
+/// used models (once their requests have them) makes. The engine never holds more than two
+/// models, loads in flight included, and every request gets its own adapter.
+#[tokio::test]
+async fn concurrent_loads_wait_for_room_and_never_pass_the_limit() {
+    let names: Vec<String> = (0..10).map(|i| format!("t{i}")).collect();
+    let stored: Vec<(&str, bool)> = names.iter().map(|t| (t.as_str(), false)).collect();
+    let f = with_stored(&stored, limits(2));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (engine, sampling) = (f.engine.clone(), sampling.clone());
+        tokio::spawn(async move {
+            let mut most = 0;
+            while sampling.load(Ordering::SeqCst) {
+                most = most.max(engine.models());
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            most
+        })
+    };
+    f.engine.hold();
+    let requests: Vec<_> = names
+        .iter()
+        .map(|task| {
+            let (table, task) = (f.table.clone(), task.clone());
+            // Answered, a request lets go of its model (the route is dropped here).
+            tokio::spawn(async move {
+                match table.route(&task, WAIT).await {
+                    Route::Base => None,
+                    Route::Adapter(m) => Some(m.engine_id.clone()),
+                }
+            })
+        })
+        .collect();
+    eventually("two loads to start", || f.engine.loads() == 2).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(f.engine.loads(), 2, "the other eight wait for room");
+    f.engine.open();
+    for (task, request) in names.iter().zip(requests) {
+        let id = request
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("the request for {task} was answered by the base"));
+        assert!(
+            id.starts_with(&format!("{ADAPTER_MODEL_PREFIX}{task}:")),
+            "{task}: {id}"
+        );
+    }
+    sampling.store(false, Ordering::SeqCst);
+    let sampled = sampler.await.unwrap();
+    assert!(sampled <= 2, "sampled {sampled} models at once");
+    assert_eq!(f.engine.peak_models(), 2);
+    assert_eq!(f.engine.loads(), 10, "one load per adapter");
+    assert_eq!(f.table.evictions.load(Ordering::Relaxed), 8);
+    eventually("two models left", || f.engine.models() == 2).await;
+}
+
+/// Issue 15, item 7: a model evicted while a request still uses it keeps its room until it
+/// is removed. A load that gets no room within `load_queue` is given up, not failed: its
+/// requests go to the base, and a later one loads it once there is room.
+#[tokio::test]
+async fn a_retired_model_in_use_holds_its_room_and_a_load_without_room_gives_up() {
+    let f = with_stored(
+        &[("a", false), ("b", false)],
+        Limits {
+            load_queue: Duration::from_millis(300),
+            ..limits(1)
+        },
+    );
+    let in_use = f.table.route("a", WAIT).await;
+    let Route::Adapter(a) = &in_use else {
+        panic!("a did not load")
+    };
+    let a_id = a.engine_id.clone();
+    // b's load evicts a, but a's request keeps it registered: no room for b.
+    assert_eq!(served_by(&f, "b", Duration::from_millis(100)).await, None);
+    assert_eq!(state(&f, "a"), Some(State::Stored));
+    assert_eq!(state(&f, "b"), Some(State::Loading), "waiting for room");
+    eventually("b's load to give up", || {
+        state(&f, "b") == Some(State::Stored)
+    })
+    .await;
+    assert!(registered(&f, &a_id), "still in use");
+    assert_eq!(f.engine.loads(), 1, "b was never loaded beside a");
+    assert_eq!(f.table.load_failures.load(Ordering::Relaxed), 0);
+
+    // Once a's request is done, a request for b finds room.
+    drop(in_use);
+    eventually("a to be removed", || !registered(&f, &a_id)).await;
+    assert!(served_by(&f, "b", WAIT).await.is_some());
+    assert_eq!(f.engine.peak_models(), 1);
+}
+
+/// With room for one model, a new version of the only resident adapter does not load
+/// beside the old one: the old one goes first (its task's requests go to the base
+/// meanwhile).
+#[tokio::test]
+async fn with_room_for_one_a_new_version_replaces_the_old_one_first() {
+    let f = fixture(limits(1));
+    let v1 = install(&f, "a", 1).await;
+    f.table.set_pinned("a", true).await.unwrap();
+    let v2 = install(&f, "a", 2).await;
+    assert_ne!(v1, v2);
+    assert_eq!(f.engine.registered(), [v2]);
+    assert_eq!(f.engine.peak_models(), 1);
+    assert!(f.table.info("a").unwrap().pinned);
 }

@@ -113,6 +113,7 @@ fn start_in(dir: tempfile::TempDir, settings: Settings) -> Fixture {
         max_resident_bytes: u64::MAX,
         bytes_per_model: 1,
         retire_ceiling: Duration::from_secs(3600),
+        load_queue: Duration::from_secs(5),
     };
     let store = Store::open(&dir.path().join("store")).unwrap();
     let engine = Arc::new(FakeEngine::new());
@@ -768,6 +769,39 @@ async fn a_generation_that_kills_the_process_is_not_started_again_at_every_start
         third.history("t").is_some_and(|h| h.attempts == 0)
     })
     .await;
+}
+
+/// Issue 15, item 17: a regeneration cut short by the end of the process counts as a
+/// failed attempt, but the adapter the task already has in the store still serves after the
+/// restart (before: the task was marked failed, and a failed task with a stored adapter
+/// never loaded it again).
+#[tokio::test]
+async fn a_stored_adapter_serves_after_a_restart_that_cut_its_regeneration_short() {
+    let first = start(settings());
+    for i in 0..3 {
+        first.observe("t", &format!("q{i}"));
+    }
+    first.until_gen("t", GenState::Done).await;
+    first.generator.hold();
+    first.sp.regenerate("t", None).unwrap();
+    eventually("the regeneration to start", || first.generator.calls() == 2).await;
+    eventually("its attempt to be recorded", || {
+        first.history("t").is_some_and(|h| h.attempts == 1)
+    })
+    .await;
+
+    let second = start_in(copy_of_store(&first), settings());
+    assert!(
+        matches!(second.gen("t"), Some(GenState::Failed { attempts: 1, .. })),
+        "{:?}",
+        second.gen("t")
+    );
+    assert_eq!(second.adapter_state("t"), Some(State::Stored));
+    assert!(matches!(
+        second.table.route("t", Duration::from_secs(5)).await,
+        crate::adapters::Route::Adapter(_)
+    ));
+    assert_eq!(second.generator.calls(), 0, "no retry is left");
 }
 
 /// Issue 15, item 14: the hourly cap counts the generations of before a restart.
