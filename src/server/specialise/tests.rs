@@ -600,6 +600,13 @@ async fn a_burst_of_prompts_is_written_once_per_task() {
     })
     .await;
     assert_eq!(f.persisted("a").unwrap()[49], "a49");
+    // The writer counts a write after it has landed on disk, so the count may trail the
+    // files by a moment; once both are counted, no third write follows.
+    eventually("both writes to be counted", || {
+        f.sp.prompt_writes.load(Ordering::Relaxed) >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(f.sp.prompt_writes.load(Ordering::Relaxed), 2);
 }
 
