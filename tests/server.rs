@@ -1537,7 +1537,7 @@ async fn settled_state(s: &TestServer, store: &std::path::Path) -> Observable {
 /// refused request that names a task that keeps prompts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inputs_get_a_4xx_in_the_openai_shape_and_change_nothing() {
-    use mistralrs_dnd::format::peft::{CONFIG_FILE, WEIGHTS_FILE};
+    use mistralrs_dnd::format::peft::CONFIG_FILE;
     use mistralrs_dnd::server::local::adapter_form;
     use reqwest::multipart::{Form, Part};
     let dir = tempfile::tempdir().unwrap();
