@@ -2,6 +2,7 @@
 
 mod common;
 mod eval;
+mod fuzz;
 mod kernel;
 mod kill;
 mod layers;

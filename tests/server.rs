@@ -1387,3 +1387,527 @@ async fn requests_past_a_models_in_flight_bound_are_refused_with_retry_after() {
         );
     }
 }
+
+/// A generator that is never due (K = 1000) and fails if asked: with it the server keeps
+/// the prompts of tagged requests, so that a refused request whose prompt was kept shows
+/// in the adapter list.
+struct IdleGenerator;
+
+impl mistralrs_dnd::server::specialise::AdapterGenerator for IdleGenerator {
+    fn batch_size(&self) -> usize {
+        1000
+    }
+    fn generate(&self, _prompts: &[String]) -> anyhow::Result<mistralrs_dnd::format::LoraAdapter> {
+        anyhow::bail!("no generation is due in this test")
+    }
+}
+
+/// One row of a bad-input table: a request, and the status, `error.code` and
+/// `error.param` it must be answered with (`error.type` follows from the status).
+struct Bad {
+    what: String,
+    req: reqwest::RequestBuilder,
+    status: u16,
+    code: Option<&'static str>,
+    param: Option<&'static str>,
+}
+
+fn bad(
+    what: &str,
+    status: u16,
+    code: Option<&'static str>,
+    param: Option<&'static str>,
+    req: reqwest::RequestBuilder,
+) -> Bad {
+    Bad {
+        what: what.to_string(),
+        req,
+        status,
+        code,
+        param,
+    }
+}
+
+/// The OpenAI error type of a status, as README documents it.
+fn openai_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        s if s >= 500 => "server_error",
+        _ => "invalid_request_error",
+    }
+}
+
+/// Sends every row and checks its answer: the status, a JSON body that is exactly
+/// `{"error": {"message", "type", "param", "code"}}` with a message, the type, code and
+/// param of the row, and no `x-dnd-adapter` (nothing was routed). Reports every row that
+/// fails, not just the first.
+async fn check_bad_inputs(rows: Vec<Bad>) {
+    let total = rows.len();
+    let mut failures = Vec::new();
+    for row in rows {
+        let resp = match row.req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                failures.push(format!("{}: no answer: {e}", row.what));
+                continue;
+            }
+        };
+        let status = resp.status().as_u16();
+        let routed = resp.headers().get("x-dnd-adapter").cloned();
+        let json_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        let text = resp.text().await.unwrap_or_default();
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let e = &v["error"];
+        let shaped = v.as_object().is_some_and(|o| o.len() == 1)
+            && e.as_object().is_some_and(|o| {
+                o.len() == 4
+                    && ["message", "type", "param", "code"]
+                        .iter()
+                        .all(|k| o.contains_key(*k))
+            })
+            && e["message"].as_str().is_some_and(|m| !m.is_empty());
+        let want = json!({"type": openai_type(row.status), "code": row.code, "param": row.param});
+        let got = json!({"type": e["type"].clone(), "code": e["code"].clone(), "param": e["param"].clone()});
+        if status != row.status || got != want || !shaped || !json_type || routed.is_some() {
+            failures.push(format!(
+                "{}: got {status} {text:.300} (x-dnd-adapter {routed:?}); want {} {want}",
+                row.what, row.status
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {total} bad inputs were not answered as expected:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// What a bad input must not change: the adapter list (adapters, kept prompts, dropped
+/// and quarantined tasks), the API keys, and every file of the store (its SHA-256).
+type Observable = (Value, Value, Vec<(String, String)>);
+
+async fn observable_state(s: &TestServer, store: &std::path::Path) -> Observable {
+    use sha2::Digest;
+    fn walk(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<(String, String)>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let name = path.strip_prefix(root).unwrap().display().to_string();
+                let bytes = std::fs::read(&path).unwrap();
+                out.push((name, hex::encode(sha2::Sha256::digest(&bytes))));
+            }
+        }
+    }
+    let keys = reply(s.admin(Method::GET, "/keys").send().await.unwrap()).await;
+    assert_eq!(keys.status, 200, "{}", keys.json);
+    let mut files = Vec::new();
+    walk(store, store, &mut files);
+    files.sort();
+    (s.list().await, keys.json, files)
+}
+
+/// [`observable_state`] once it has settled (the prompt writer and the table write in the
+/// background): the same twice in a row, 100 ms apart.
+async fn settled_state(s: &TestServer, store: &std::path::Path) -> Observable {
+    let mut last = observable_state(s, store).await;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = observable_state(s, store).await;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    last
+}
+
+/// Issue 15, "Bad input": every bad input to chat, completions and the admin API, in open
+/// mode, is a 4xx in the OpenAI error shape with the field at fault as `param` where there
+/// is one, and changes nothing (adapters, kept prompts, keys, store files), including a
+/// refused request that names a task that keeps prompts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_get_a_4xx_in_the_openai_shape_and_change_nothing() {
+    use mistralrs_dnd::format::peft::CONFIG_FILE;
+    use mistralrs_dnd::server::local::adapter_form;
+    use reqwest::multipart::{Form, Part};
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = tiny_config(dir.path());
+    c.server.max_body_bytes = 64 << 10;
+    c.plugin.max_request_bytes = 8 << 10;
+    c.plugin.max_input_bytes = 2048;
+    c.plugin.max_tokens_limit = 50;
+    c.plugin.max_n = 2;
+    c.plugin.max_messages = 4;
+    let s = start_with(c, Some(std::sync::Arc::new(IdleGenerator))).await;
+    let store = dir.path().join("store");
+
+    // A task with an adapter, a task that keeps prompts (two so far), an API key.
+    let good = adapter(1);
+    assert_eq!(s.upload("keep", &good).await.status, 201);
+    for p in ["first", "second"] {
+        assert_eq!(s.chat_task(p, "collecting").await.status, 200);
+    }
+    create_key(&s, "keep", None).await;
+    let prompts_file = store.join("collecting/prompts.jsonl");
+    for _ in 0..500 {
+        let lines = std::fs::read_to_string(&prompts_file).map_or(0, |t| t.lines().count());
+        if lines == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = settled_state(&s, &store).await;
+    assert_eq!(
+        before.0["adapters"].as_array().unwrap().len(),
+        2,
+        "{}",
+        before.0
+    );
+    assert!(
+        before
+            .2
+            .iter()
+            .any(|(name, _)| name.ends_with("prompts.jsonl")),
+        "the kept prompts are written: {:?}",
+        before.2.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+
+    let engine_id = s.plugin.table.resident_ids()[0].clone();
+    let base_dir = tiny_model().display().to_string();
+    let msgs = json!([{"role": "user", "content": "hello"}]);
+    let chat_url = format!("{}/v1/chat/completions", s.url);
+    let completions_url = format!("{}/v1/completions", s.url);
+    let chat = |extra: Value| {
+        let mut body = json!({"model": "default", "messages": msgs});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        s.client.post(&chat_url).json(&body)
+    };
+    let chat_raw = |body: &str| s.client.post(&chat_url).body(body.to_string());
+    let completion = |body: Value| s.client.post(&completions_url).json(&body);
+    let tagged = |task: &str, extra: Value| chat(extra).header("X-Task-Id", task);
+    let admin = |m: Method, path: &str| s.admin(m, path);
+    let put = |path: &str, form: Form| admin(Method::PUT, path).multipart(form);
+    let form = |a: &mistralrs_dnd::format::LoraAdapter| adapter_form(a).unwrap();
+
+    // Adapters that fail validation, one fault each.
+    let mut wrong_shape = good.clone();
+    let first = wrong_shape.tensors.keys().next().unwrap().clone();
+    let zeros = |shape: (usize, usize)| {
+        candle_core::Tensor::zeros(shape, candle_core::DType::F32, &candle_core::Device::Cpu)
+            .unwrap()
+    };
+    wrong_shape.tensors.insert(first.clone(), zeros((4, 3)));
+    let mut missing = good.clone();
+    missing.tensors.remove(&first);
+    let mut extra = good.clone();
+    extra.tensors.insert(
+        "base_model.model.lm_head.lora_A.weight".into(),
+        zeros((4, 64)),
+    );
+    let mut nan = good.clone();
+    let last = nan.tensors.keys().last().unwrap().clone();
+    let t = nan.tensors[&last].clone();
+    nan.tensors.insert(last, (t * f64::NAN).unwrap());
+    let mut rank = good.clone();
+    rank.config.r = 8;
+    let mut module = good.clone();
+    module.config.target_modules.push("lm_head".into());
+    let mut prefix = good.clone();
+    prefix.config.peft_type = "PREFIX_TUNING".into();
+    let mut dora = good.clone();
+    dora.config.use_dora = true;
+    let weights = good.safetensors_bytes().unwrap();
+    let config = serde_json::to_vec(&good.config).unwrap();
+    let outside = dir.path().join("outside");
+    good.write_peft(&outside).unwrap();
+    let half = dir.path().join("import/half");
+    std::fs::create_dir_all(&half).unwrap();
+    std::fs::write(half.join(CONFIG_FILE), &config).unwrap();
+
+    let long = |n: usize| "x".repeat(n);
+    let five = vec![json!({"role": "user", "content": "hi"}); 5];
+    // One row per bad input: what it is, the status, `error.code` and `error.param` it must
+    // get, and the request.
+    #[rustfmt::skip]
+    let rows = vec![
+        // The body.
+        bad("chat: not JSON", 400, None, None,
+            chat_raw("{\"messages\": [").header("content-type", "application/json")),
+        bad("chat: a JSON array", 400, None, None,
+            chat_raw("[1, 2]").header("content-type", "application/json")),
+        bad("chat: no content type", 415, None, None, chat_raw("{\"messages\": []}")),
+        bad("chat: a form", 415, None, None,
+            chat_raw("messages=hi").header("content-type", "application/x-www-form-urlencoded")),
+        bad("chat: past max_request_bytes", 413, None, None,
+            chat(json!({"messages": [{"role": "user", "content": long(9000)}]}))),
+        // model
+        bad("model: a number", 400, None, Some("model"), chat(json!({"model": 3}))),
+        bad("model: an adapter's engine id", 404, Some("model_not_found"), Some("model"),
+            chat(json!({"model": engine_id}))),
+        bad("model: the base folder", 404, Some("model_not_found"), Some("model"),
+            chat(json!({"model": base_dir}))),
+        // max_tokens, n
+        bad("max_tokens: a string", 400, None, Some("max_tokens"),
+            chat(json!({"max_tokens": "9"}))),
+        bad("max_tokens: 0", 400, None, Some("max_tokens"), chat(json!({"max_tokens": 0}))),
+        bad("max_tokens: negative", 400, None, Some("max_tokens"),
+            chat(json!({"max_tokens": -1}))),
+        bad("max_tokens: fractional", 400, None, Some("max_tokens"),
+            chat(json!({"max_tokens": 2.5}))),
+        bad("max_tokens: past the ceiling", 400, None, Some("max_tokens"),
+            chat(json!({"max_tokens": 51}))),
+        bad("max_completion_tokens: past the ceiling", 400, None, Some("max_completion_tokens"),
+            chat(json!({"max_completion_tokens": 51}))),
+        bad("n: past max_n", 400, None, Some("n"), chat(json!({"n": 3}))),
+        bad("n: 100000", 400, None, Some("n"), chat(json!({"n": 100_000}))),
+        bad("n: a string", 400, None, Some("n"), chat(json!({"n": "2"}))),
+        // messages, and the other fields of the stock request
+        bad("messages: missing", 400, None, Some("messages"),
+            s.client.post(&chat_url).json(&json!({"model": "default"}))),
+        bad("messages: a number", 400, None, Some("messages"), chat(json!({"messages": 5}))),
+        bad("messages: null", 400, None, Some("messages"), chat(json!({"messages": null}))),
+        bad("messages: a role that is a number", 400, None, Some("messages"),
+            chat(json!({"messages": [{"role": 5, "content": "x"}]}))),
+        bad("messages: past max_messages", 400, None, Some("messages"),
+            chat(json!({ "messages": five }))),
+        bad("messages: text past max_input_bytes", 400, None, Some("messages"),
+            chat(json!({"messages": [{"role": "user", "content": long(3000)}]}))),
+        bad("temperature: a string", 400, None, Some("temperature"),
+            chat(json!({"temperature": "hot"}))),
+        bad("stream: a string", 400, None, Some("stream"), chat(json!({"stream": "yes"}))),
+        // Task ids, from each source.
+        bad("X-Task-Id: a space", 400, None, None, tagged("a b", json!({}))),
+        bad("X-Task-Id: not ASCII", 400, None, None, tagged("é", json!({}))),
+        bad("X-Task-Id: 129 characters", 400, None, None, tagged(&long(129), json!({}))),
+        bad("X-Task-Id: a store file", 400, None, None, tagged(".keys.json", json!({}))),
+        bad("X-Task-Id: empty", 400, None, None, tagged("", json!({}))),
+        bad("task_id: a number", 400, None, Some("task_id"), chat(json!({"task_id": 5}))),
+        bad("task_id: a path", 400, None, Some("task_id"), chat(json!({"task_id": "../keep"}))),
+        bad("user: a slash", 400, None, Some("user"), chat(json!({"user": "a/b"}))),
+        bad("user: an object", 400, None, Some("user"), chat(json!({"user": {"id": 1}}))),
+        // A task that keeps prompts, with a fault elsewhere: its prompt is not kept.
+        bad("collecting: max_tokens past the ceiling", 400, None, Some("max_tokens"),
+            tagged("collecting", json!({"max_tokens": 51}))),
+        bad("collecting: temperature a string", 400, None, Some("temperature"),
+            tagged("collecting", json!({"temperature": "hot"}))),
+        bad("collecting: an engine id", 404, Some("model_not_found"), Some("model"),
+            tagged("collecting", json!({"model": engine_id}))),
+        bad("collecting: no content type", 415, None, None,
+            chat_raw(&json!({ "messages": msgs }).to_string()).header("X-Task-Id", "collecting")),
+        // Completions.
+        bad("completion: prompt missing", 400, None, Some("prompt"),
+            completion(json!({"model": "x"}))),
+        bad("completion: prompt a number", 400, None, Some("prompt"),
+            completion(json!({"prompt": 5}))),
+        bad("completion: prompt a list", 400, None, Some("prompt"),
+            completion(json!({"prompt": ["a", "b"]})).header("X-Task-Id", "collecting")),
+        bad("completion: best_of past max_n", 400, None, Some("best_of"),
+            completion(json!({"prompt": "a", "best_of": 3}))),
+        bad("completion: prompt past max_input_bytes", 400, None, Some("prompt"),
+            completion(json!({"prompt": long(3000)}))),
+        bad("completion: task_id a number", 400, None, Some("task_id"),
+            completion(json!({"prompt": "a", "task_id": 1}))),
+        // Routes.
+        bad("the Responses API", 404, None, None,
+            s.client.post(format!("{}/v1/responses", s.url)).json(&json!({"input": "hi"}))),
+        bad("a hidden stock route", 404, None, None,
+            s.client.post(format!("{}/v1/models/unload", s.url)).json(&json!({}))),
+        bad("no such route", 404, None, None,
+            s.client.post(format!("{}/v1/nowhere", s.url)).json(&json!({}))),
+        bad("chat: GET", 405, None, None, s.client.get(&chat_url)),
+        // Admin: who calls.
+        bad("admin: no token", 401, None, None, s.client.get(format!("{}/admin/adapters", s.url))),
+        bad("admin: a wrong token", 401, None, None,
+            s.client.get(format!("{}/admin/adapters", s.url)).bearer_auth("wrong")),
+        bad("admin: an API key as token", 401, None, None,
+            s.client.delete(format!("{}/admin/adapters/keep", s.url)).bearer_auth("dnd-0")),
+        // Admin: which task, which route.
+        bad("admin: unknown task", 404, None, None, admin(Method::GET, "/adapters/nobody")),
+        bad("admin: task id with a space", 400, None, None, admin(Method::GET, "/adapters/a%20b")),
+        bad("admin: task id of a store file", 400, None, None,
+            admin(Method::GET, "/adapters/.keys.json")),
+        bad("admin: pin an unknown task", 404, None, None,
+            admin(Method::POST, "/adapters/nobody/pin")),
+        bad("admin: unpin an unknown task", 404, None, None,
+            admin(Method::POST, "/adapters/nobody/unpin")),
+        bad("admin: evict an unknown task", 404, None, None,
+            admin(Method::DELETE, "/adapters/nobody")),
+        bad("admin: forget=maybe", 400, None, None,
+            admin(Method::DELETE, "/adapters/keep?forget=maybe")),
+        bad("admin: no such route", 404, None, None, admin(Method::GET, "/nowhere")),
+        bad("admin: a method the route does not take", 405, None, None,
+            admin(Method::POST, "/adapters")),
+        // Admin: regenerate.
+        bad("regenerate: unknown task, no prompts", 409, None, None,
+            admin(Method::POST, "/adapters/nobody/regenerate")),
+        bad("regenerate: no prompts given", 409, None, None,
+            admin(Method::POST, "/adapters/collecting/regenerate").json(&json!({"prompts": []}))),
+        bad("regenerate: blank prompts given", 409, None, None,
+            admin(Method::POST, "/adapters/collecting/regenerate")
+                .json(&json!({"prompts": ["  "]}))),
+        bad("regenerate: prompts a number", 400, None, None,
+            admin(Method::POST, "/adapters/collecting/regenerate").json(&json!({"prompts": 5}))),
+        bad("regenerate: bad task id", 400, None, None,
+            admin(Method::POST, "/adapters/a%20b/regenerate")),
+        // Admin: uploads that fail validation, over an adapter and as a new task.
+        bad("upload: wrong shape", 400, None, None, put("/adapters/keep", form(&wrong_shape))),
+        bad("upload: missing tensor", 400, None, None, put("/adapters/new", form(&missing))),
+        bad("upload: extra tensor", 400, None, None, put("/adapters/keep", form(&extra))),
+        bad("upload: NaN", 400, None, None, put("/adapters/new", form(&nan))),
+        bad("upload: config rank not the tensors'", 400, None, None,
+            put("/adapters/keep", form(&rank))),
+        bad("upload: unknown target module", 400, None, None, put("/adapters/new", form(&module))),
+        bad("upload: not LoRA", 400, None, None, put("/adapters/keep", form(&prefix))),
+        bad("upload: DoRA", 400, None, None, put("/adapters/new", form(&dora))),
+        bad("upload: not a PEFT config", 400, None, None,
+            put("/adapters/new", upload_form(b"{\"foo\": 1}".to_vec(), weights.clone()))),
+        bad("upload: config not JSON", 400, None, None,
+            put("/adapters/keep", upload_form(b"{".to_vec(), weights.clone()))),
+        bad("upload: weights not safetensors", 400, None, None,
+            put("/adapters/new", upload_form(config.clone(), b"garbage".to_vec()))),
+        bad("upload: no weights part", 400, None, None,
+            put("/adapters/new", Form::new()
+                .part(CONFIG_FILE, Part::bytes(config.clone()).file_name(CONFIG_FILE)))),
+        bad("upload: an unknown part", 400, None, None,
+            put("/adapters/new", upload_form(config.clone(), weights.clone())
+                .part("notes", Part::bytes(b"x".to_vec()).file_name("notes.txt")))),
+        bad("upload: past server.max_body_bytes", 413, None, None,
+            put("/adapters/new", upload_form(config.clone(), vec![0; 80 << 10]))),
+        bad("upload: bad task id", 400, None, None, put("/adapters/a%20b", form(&good))),
+        bad("upload: text/plain", 415, None, None,
+            admin(Method::PUT, "/adapters/new").header("content-type", "text/plain").body("hi")),
+        // Admin: path imports.
+        bad("import: outside the import root", 403, None, None,
+            admin(Method::PUT, "/adapters/new").json(&json!({"path": outside}))),
+        bad("import: a folder without weights", 400, None, None,
+            admin(Method::PUT, "/adapters/new").json(&json!({"path": half}))),
+        bad("import: no such folder", 400, None, None,
+            admin(Method::PUT, "/adapters/new").json(&json!({"path": dir.path().join("import/none")}))),
+        bad("import: path a number", 400, None, None,
+            admin(Method::PUT, "/adapters/new").json(&json!({"path": 5}))),
+        bad("import: no path", 400, None, None, admin(Method::PUT, "/adapters/new").json(&json!({}))),
+        // Admin: API keys.
+        bad("key: bad tenant", 400, None, Some("tenant"),
+            admin(Method::POST, "/keys").json(&json!({"tenant": "../x"}))),
+        bad("key: rpm 0", 400, None, Some("rpm"),
+            admin(Method::POST, "/keys").json(&json!({"tenant": "t", "rpm": 0}))),
+        bad("key: rpm negative", 400, None, None,
+            admin(Method::POST, "/keys").json(&json!({"tenant": "t", "rpm": -5}))),
+        bad("key: unknown field", 400, None, None,
+            admin(Method::POST, "/keys").json(&json!({"tenant": "t", "admin": true}))),
+        bad("key: tenant a number", 400, None, None,
+            admin(Method::POST, "/keys").json(&json!({"tenant": 5}))),
+        bad("key: not JSON", 400, None, None,
+            admin(Method::POST, "/keys").header("content-type", "application/json").body("tenant=t")),
+        bad("key: past server.max_body_bytes", 413, None, None,
+            admin(Method::POST, "/keys").json(&json!({"tenant": long(80 << 10)}))),
+        bad("key: revoke an unknown id", 404, None, None,
+            admin(Method::DELETE, "/keys/000000000000")),
+    ];
+    check_bad_inputs(rows).await;
+    assert_eq!(
+        observable_state(&s, &store).await,
+        before,
+        "a bad input changed something"
+    );
+    assert!(!store.join("new").exists() && !store.join("nobody").exists());
+    // The server still answers, from the adapter and the base.
+    let r = s.chat_task("hello", "keep").await;
+    assert!(
+        r.adapter.as_deref().unwrap_or("").starts_with("keep@"),
+        "{:?} {}",
+        r.adapter,
+        r.json
+    );
+    assert_eq!(s.chat("hello", |rb, _| rb).await.status, 200);
+}
+
+/// Issue 15, "Bad input", keys mode: requests without a valid key, or naming another
+/// tenant, or otherwise bad, are refused in the OpenAI shape and change nothing (the other
+/// tenant's hits included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_in_keys_mode_get_a_4xx_in_the_openai_shape_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = keys_config(dir.path());
+    c.plugin.max_tokens_limit = 50;
+    let s = start_with(c, Some(std::sync::Arc::new(IdleGenerator))).await;
+    let store = dir.path().join("store");
+    assert_eq!(s.upload("acme", &adapter(1)).await.status, 201);
+    assert_eq!(s.upload("globex", &adapter(2)).await.status, 201);
+    let (key, _) = create_key(&s, "acme", None).await;
+    let before = settled_state(&s, &store).await;
+
+    let chat_url = format!("{}/v1/chat/completions", s.url);
+    let chat = |auth: Option<&str>, extra: Value| {
+        let mut body = json!({"model": "default", "messages": [{"role": "user", "content": "hi"}]});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let rb = s.client.post(&chat_url).json(&body);
+        match auth {
+            Some(a) => rb.header("authorization", a),
+            None => rb,
+        }
+    };
+    let bearer = format!("Bearer {key}");
+    let keyed = |extra: Value| chat(Some(bearer.as_str()), extra);
+    let wrong = format!("Bearer {key}0");
+    let token = format!("Bearer {TOKEN}");
+    let basic = format!("Basic {key}");
+    let engine_id = s.plugin.table.resident_ids()[0].clone();
+    // As in the open-mode table: what, status, `error.code`, `error.param`, the request.
+    #[rustfmt::skip]
+    let rows = vec![
+        bad("no key", 401, Some("invalid_api_key"), None, chat(None, json!({}))),
+        bad("an unknown key", 401, Some("invalid_api_key"), None,
+            chat(Some(wrong.as_str()), json!({}))),
+        bad("the admin token as key", 401, Some("invalid_api_key"), None,
+            chat(Some(token.as_str()), json!({}))),
+        bad("the key as Basic auth", 401, Some("invalid_api_key"), None,
+            chat(Some(basic.as_str()), json!({}))),
+        bad("no key, a task id", 401, Some("invalid_api_key"), None,
+            chat(None, json!({"task_id": "acme"}))),
+        bad("completions without a key", 401, Some("invalid_api_key"), None,
+            s.client.post(format!("{}/v1/completions", s.url)).json(&json!({"prompt": "a"}))),
+        bad("models without a key", 401, Some("invalid_api_key"), None,
+            s.client.get(format!("{}/v1/models", s.url))),
+        bad("another tenant's X-Task-Id", 403, Some("tenant_mismatch"), None,
+            keyed(json!({})).header("X-Task-Id", "globex")),
+        bad("another tenant's task_id", 403, Some("tenant_mismatch"), Some("task_id"),
+            keyed(json!({"task_id": "globex"}))),
+        bad("an unknown task_id", 403, Some("tenant_mismatch"), Some("task_id"),
+            keyed(json!({"task_id": "nobody"}))),
+        bad("a malformed X-Task-Id", 400, None, None, keyed(json!({})).header("X-Task-Id", "a b")),
+        bad("a malformed task_id", 400, None, Some("task_id"), keyed(json!({"task_id": "a/b"}))),
+        bad("max_tokens past the ceiling", 400, None, Some("max_tokens"),
+            keyed(json!({"max_tokens": 51}))),
+        bad("messages a number", 400, None, Some("messages"), keyed(json!({"messages": 5}))),
+        bad("an engine id as model", 404, Some("model_not_found"), Some("model"),
+            keyed(json!({"model": engine_id}))),
+    ];
+    check_bad_inputs(rows).await;
+    assert_eq!(
+        observable_state(&s, &store).await,
+        before,
+        "a bad input changed something"
+    );
+    let r = reply(keyed(json!({"max_tokens": 4})).send().await.unwrap()).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert!(
+        r.adapter.as_deref().unwrap_or("").starts_with("acme@"),
+        "{:?}",
+        r.adapter
+    );
+}

@@ -12,6 +12,7 @@ use std::net::IpAddr;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
+use axum::extract::multipart::MultipartError;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
@@ -262,7 +263,9 @@ async fn put_adapter(
         "application/json" => {
             let Json(body) = Json::<PathImport>::from_request(req, &())
                 .await
-                .map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))?;
+                .map_err(|e| {
+                    ApiError::new(client_status(e.status()), format!("bad JSON body: {e}"))
+                })?;
             let root = p.config.plugin.import_root.clone();
             let adapter = off_runtime(move || {
                 let (config, weights) = read_import(root.as_deref(), &body.path)?;
@@ -302,23 +305,33 @@ async fn off_runtime<T: Send + 'static>(
         .map_err(|e| ApiError::internal(format!("file work on the blocking pool: {e}")))?
 }
 
+/// The status of a refused body: 413 past the body limit (`server.max_body_bytes`), 400 for
+/// anything else the client sent wrong.
+fn client_status(status: StatusCode) -> StatusCode {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        status
+    } else {
+        StatusCode::BAD_REQUEST
+    }
+}
+
+fn multipart_error(e: MultipartError) -> ApiError {
+    ApiError::new(
+        client_status(e.status()),
+        format!("bad multipart body: {}", e.body_text()),
+    )
+}
+
 /// The config and weights parts of an upload.
 async fn read_multipart(mut mp: Multipart) -> Result<(Bytes, Bytes), ApiError> {
     let (mut config, mut weights) = (None, None);
-    while let Some(field) = mp
-        .next_field()
-        .await
-        .map_err(|e| ApiError::bad_request(format!("bad multipart body: {e}")))?
-    {
+    while let Some(field) = mp.next_field().await.map_err(multipart_error)? {
         let name = field
             .file_name()
             .map(str::to_string)
             .or_else(|| field.name().map(str::to_string))
             .unwrap_or_default();
-        let data = field
-            .bytes()
-            .await
-            .map_err(|e| ApiError::bad_request(format!("bad multipart body: {e}")))?;
+        let data = field.bytes().await.map_err(multipart_error)?;
         match name.as_str() {
             CONFIG_FILE => config = Some(data),
             WEIGHTS_FILE => weights = Some(data),
@@ -336,8 +349,13 @@ async fn read_multipart(mut mp: Multipart) -> Result<(Bytes, Bytes), ApiError> {
     Ok((config, weights))
 }
 
-/// Parses an adapter and validates it against the base model (400 with the reason).
-fn parse_adapter(config: &[u8], weights: &[u8], dims: &LlamaDims) -> Result<LoraAdapter, ApiError> {
+/// Parses an adapter (the bytes of its config and weights files) and validates it against
+/// the base model: 400 with the reason. What an upload and a path import go through.
+pub fn parse_adapter(
+    config: &[u8],
+    weights: &[u8],
+    dims: &LlamaDims,
+) -> Result<LoraAdapter, ApiError> {
     let cfg: PeftConfig = serde_json::from_slice(config).map_err(|e| {
         ApiError::bad_request(format!("{CONFIG_FILE} is not a valid LoRA config: {e}"))
     })?;

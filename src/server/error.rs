@@ -1,10 +1,16 @@
 //! The one error type of the HTTP API: a status and a reason, answered in the OpenAI error
 //! shape `{"error": {"message", "type", "param", "code"}}` so that OpenAI clients raise
 //! their usual exceptions (and, on a 429, with `Retry-After`, which they wait for).
+//! [`openai_shape`], a layer over every route, puts the errors that other code answers
+//! (axum's rejections, the stock handlers') into that shape too.
 
+use axum::body::Body;
+use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde_json::Value;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -83,6 +89,68 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The answer to a route the server does not have: a 404 naming it. Set as the fallback of
+/// the whole router, so that no route's layer (the admin guard's token check, which merging
+/// the routers would otherwise put there) answers in its place.
+pub async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no route {method} {}", uri.path()))
+}
+
+/// Bytes of an error answer read to reshape it; a longer one keeps only its status.
+const MAX_ERROR_BODY: usize = 64 << 10;
+
+/// A layer over every route: an error answer (4xx, 5xx) not yet in the OpenAI shape gets
+/// it, with its status and its other headers (`Allow`, `Retry-After`, `x-dnd-adapter`)
+/// kept. What it reshapes is answered by code other than [`ApiError`]: axum's plain-text
+/// rejections (no such route, a method a route does not take, a bad query string, a body
+/// past `DefaultBodyLimit`) and the stock handlers' `{"message": ...}`. The message is the
+/// one given, or the status's reason and the route when there is none.
+pub async fn openai_shape(req: Request, next: Next) -> Response {
+    let route = format!("{} {}", req.method(), req.uri().path());
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_ERROR_BODY)
+        .await
+        .unwrap_or_default();
+    let json: Option<Value> = serde_json::from_slice(&bytes).ok();
+    if json.as_ref().is_some_and(is_openai_error) {
+        return Response::from_parts(parts, Body::from(bytes));
+    }
+    let given = json
+        .as_ref()
+        .and_then(|v| v.get("message"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_string());
+    let message = if given.is_empty() {
+        let reason = status.canonical_reason().unwrap_or("error");
+        format!("{reason}: {route}")
+    } else {
+        given
+    };
+    let mut shaped = ApiError::new(status, message).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            shaped.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    shaped
+}
+
+/// Whether `v` is an error in the OpenAI shape: `{"error": {"message": "...", "type", ...}}`.
+pub fn is_openai_error(v: &Value) -> bool {
+    v.get("error").is_some_and(|e| {
+        e.get("message").is_some_and(Value::is_string)
+            && e.get("type").is_some_and(Value::is_string)
+            && e.get("param").is_some()
+            && e.get("code").is_some()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +206,82 @@ mod tests {
         assert_eq!(resp.headers()[header::RETRY_AFTER], "12");
         let resp = ApiError::bad_request("x").into_response();
         assert!(resp.headers().get(header::RETRY_AFTER).is_none());
+    }
+
+    /// What axum and the stock handlers answer, reshaped; what is already shaped, and
+    /// success, passed on untouched.
+    #[tokio::test]
+    async fn other_errors_are_put_into_the_openai_shape() {
+        use axum::routing::{get, post};
+        use tower::ServiceExt;
+        let app = axum::Router::new()
+            .route("/ok", get(|| async { "fine" }))
+            .route(
+                "/stock",
+                post(|| async {
+                    (
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        Json(serde_json::json!({"message": "bad prompt"})),
+                    )
+                }),
+            )
+            .route(
+                "/text",
+                get(|| async {
+                    (
+                        StatusCode::BAD_REQUEST,
+                        "Failed to deserialize query string",
+                    )
+                }),
+            )
+            .route(
+                "/shaped",
+                get(|| async {
+                    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "slow down")
+                        .with_code("rate_limit_exceeded")
+                        .with_retry_after(3)
+                }),
+            )
+            .layer(axum::middleware::from_fn(openai_shape));
+        let call = |method: &str, uri: &str| {
+            let req = axum::http::Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::empty())
+                .unwrap();
+            let app = app.clone();
+            async move {
+                let resp = app.oneshot(req).await.unwrap();
+                let (status, headers) = (resp.status(), resp.headers().clone());
+                let bytes = axum::body::to_bytes(resp.into_body(), 1 << 16)
+                    .await
+                    .unwrap();
+                (status, headers, bytes)
+            }
+        };
+        let (status, _, bytes) = call("GET", "/ok").await;
+        assert_eq!((status, &bytes[..]), (StatusCode::OK, &b"fine"[..]));
+        for (method, uri, status, message) in [
+            ("POST", "/stock", 422, "bad prompt"),
+            ("GET", "/text", 400, "Failed to deserialize query string"),
+            ("GET", "/nowhere", 404, "Not Found: GET /nowhere"),
+            ("GET", "/stock", 405, "Method Not Allowed: GET /stock"),
+        ] {
+            let (got, headers, bytes) = call(method, uri).await;
+            assert_eq!(got.as_u16(), status, "{uri}");
+            let v: Value = serde_json::from_slice(&bytes).unwrap();
+            assert!(is_openai_error(&v), "{uri}: {v}");
+            assert_eq!(v["error"]["message"], message, "{uri}");
+            assert_eq!(v["error"]["type"], "invalid_request_error", "{uri}");
+            assert_eq!(headers[header::CONTENT_TYPE], "application/json", "{uri}");
+            if status == 405 {
+                assert!(headers.contains_key(header::ALLOW), "{headers:?}");
+            }
+        }
+        let (status, headers, bytes) = call("GET", "/shaped").await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(headers[header::RETRY_AFTER], "3");
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["error"]["code"], "rate_limit_exceeded");
     }
 }

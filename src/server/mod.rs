@@ -3,9 +3,10 @@
 //! and [`build`]/[`serve`] that embed mistral.rs; [`local`] runs it in-process on a
 //! loopback port with a small client (eval, bench, tests).
 //!
-//! A request goes: HTTP -> [`tagging::tag_request`] (API key in keys mode, task id, route,
-//! `model` rewrite, a place on the engine model from [`admission`]) -> mistral.rs
-//! server-core handler -> the engine model of the base or of the task's adapter.
+//! A request goes: HTTP -> [`error::openai_shape`] (errors in the OpenAI shape) ->
+//! [`tagging::tag_request`] (API key in keys mode, task id, route, `model` rewrite, a place
+//! on the engine model from [`admission`]) -> mistral.rs server-core handler -> the engine
+//! model of the base or of the task's adapter.
 
 pub mod admin;
 pub mod admission;
@@ -200,7 +201,10 @@ pub async fn build_with(
             plugin.clone(),
             tagging::tag_request,
         ))
-        .merge(admin::router(plugin.clone()));
+        .merge(admin::router(plugin.clone()))
+        .fallback(error::no_route)
+        // Last, so that it sees every answer: errors not yet in the OpenAI shape get it.
+        .layer(axum::middleware::from_fn(error::openai_shape));
     Ok((router, Some(plugin)))
 }
 

@@ -574,34 +574,45 @@ impl Specialiser {
                 .with_code("store_full")
         })?;
         let has_adapter = self.has_adapter(task);
+        // The given prompts as the buffer would keep them; nothing changes until every
+        // check has passed (a refused call must not empty a task's buffer or track a task).
+        let given = prompts.map(|ps| {
+            let mut kept: VecDeque<String> = ps
+                .into_iter()
+                .filter(|p| !p.trim().is_empty())
+                .map(|mut p| {
+                    truncate_utf8(&mut p, self.settings.max_prompt_bytes);
+                    p
+                })
+                .collect();
+            keep_last(&mut kept, self.settings.k);
+            kept
+        });
         {
             let mut tasks = self.lock();
-            if !tasks.contains_key(task) {
-                self.admit(&mut tasks)?;
-            }
-            let buf = tasks.entry(task.to_string()).or_insert_with(TaskBuf::new);
-            buf.has_adapter = has_adapter;
-            if buf.busy() {
+            let current = tasks.get(task);
+            if let Some(buf) = current.filter(|b| b.busy()) {
                 return Err(ApiError::conflict(format!(
                     "a generation for task {task} is already {}",
                     state_name(&buf.state)
                 )));
             }
-            if let Some(ps) = prompts {
-                buf.prompts = ps
-                    .into_iter()
-                    .filter(|p| !p.trim().is_empty())
-                    .map(|mut p| {
-                        truncate_utf8(&mut p, self.settings.max_prompt_bytes);
-                        p
-                    })
-                    .collect();
-                keep_last(&mut buf.prompts, self.settings.k);
-            }
-            if buf.prompts.is_empty() {
+            let no_prompts = match &given {
+                Some(kept) => kept.is_empty(),
+                None => current.is_none_or(|b| b.prompts.is_empty()),
+            };
+            if no_prompts {
                 return Err(ApiError::conflict(format!(
                     "task {task} has no prompts: send some in the body as {{\"prompts\": [...]}}"
                 )));
+            }
+            if !tasks.contains_key(task) {
+                self.admit(&mut tasks)?;
+            }
+            let buf = tasks.entry(task.to_string()).or_insert_with(TaskBuf::new);
+            buf.has_adapter = has_adapter;
+            if let Some(kept) = given {
+                buf.prompts = kept;
             }
             buf.attempts = 0;
             buf.state = GenState::Queued;

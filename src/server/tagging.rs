@@ -57,7 +57,9 @@ pub fn validate_task_id(id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Finds the task id in the configured sources, in order. `Ok(None)`: untagged.
+/// Finds the task id in the configured sources, in order. `Ok(None)`: untagged. A bad id
+/// is a 400 whose `param` names the body field it came from (`task_id`, `user`; none for
+/// the header).
 pub fn find_task_id(
     sources: &[TaskSource],
     header: &str,
@@ -65,18 +67,21 @@ pub fn find_task_id(
     body: &serde_json::Map<String, Value>,
 ) -> Result<Option<String>, ApiError> {
     for source in sources {
-        let found = match source {
+        let (found, param) = match source {
             TaskSource::Header => match headers.get(header) {
-                Some(v) => Some(
-                    v.to_str()
-                        .map_err(|_| {
-                            ApiError::bad_request(format!(
-                                "task id in header {header} is not ASCII text"
-                            ))
-                        })?
-                        .to_string(),
+                Some(v) => (
+                    Some(
+                        v.to_str()
+                            .map_err(|_| {
+                                ApiError::bad_request(format!(
+                                    "task id in header {header} is not ASCII text"
+                                ))
+                            })?
+                            .to_string(),
+                    ),
+                    None,
                 ),
-                None => None,
+                None => (None, None),
             },
             TaskSource::Body | TaskSource::User => {
                 let key = if *source == TaskSource::Body {
@@ -85,18 +90,22 @@ pub fn find_task_id(
                     "user"
                 };
                 match body.get(key) {
-                    None | Some(Value::Null) => None,
-                    Some(Value::String(s)) => Some(s.clone()),
+                    None | Some(Value::Null) => (None, None),
+                    Some(Value::String(s)) => (Some(s.clone()), Some(key)),
                     Some(_) => {
                         return Err(ApiError::bad_request(format!(
                             "body field {key} must be a string"
-                        )))
+                        ))
+                        .with_param(key))
                     }
                 }
             }
         };
         if let Some(id) = found {
-            validate_task_id(&id)?;
+            validate_task_id(&id).map_err(|e| match param {
+                Some(p) => e.with_param(p),
+                None => e,
+            })?;
             return Ok(Some(id));
         }
     }
@@ -185,7 +194,11 @@ pub async fn tag_request(State(plugin): State<Arc<Plugin>>, req: Request, next: 
     if path == "/v1/models" {
         return hide_adapter_models(next.run(req).await).await;
     }
-    if !(path == "/v1/chat/completions" || path == "/v1/completions") {
+    // Only a POST is a chat or completion: the stock router answers other methods (405,
+    // CORS preflights) without a body to read.
+    if !(path == "/v1/chat/completions" || path == "/v1/completions")
+        || req.method() != Method::POST
+    {
         return next.run(req).await;
     }
     match route_request(&plugin, req, tenant.as_deref()).await {
@@ -272,11 +285,13 @@ async fn route_request(
 ) -> Result<(Request, Route), ApiError> {
     let (mut parts, body) = req.into_parts();
     let pc = &plugin.config.plugin;
+    require_json(&parts.headers)?;
     let bytes = read_body(body, &parts.headers, pc.max_request_bytes).await?;
     let mut json: serde_json::Map<String, Value> = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("request body is not a JSON object: {e}")))?;
-    let public = public_model_name(&json, &plugin.base_dirs)?;
-    apply_bounds(pc, &mut json)?;
+    // Every check that can refuse the request comes before its prompt is kept and a model
+    // chosen, so that a refused request changes nothing.
+    let public = check_body(pc, &plugin.base_dirs, parts.uri.path(), &mut json)?;
     let task = match tenant {
         Some(t) => Some(keyed_task_id(t, &pc.task_header, &parts.headers, &json)?),
         None => find_task_id(&pc.task_id_sources, &pc.task_header, &parts.headers, &json)?,
@@ -310,6 +325,100 @@ async fn route_request(
     Ok((Request::from_parts(parts, Body::from(body)), route))
 }
 
+/// A chat or completion body is JSON (`application/json` or `application/*+json`), as the
+/// stock handlers require: 415 otherwise, answered here rather than by the stock handler so
+/// that it comes before anything of the request is kept.
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let media = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let json = media == "application/json"
+        || (media.starts_with("application/") && media.ends_with("+json"));
+    if json {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("request body must be sent as Content-Type: application/json, got {media:?}"),
+        ))
+    }
+}
+
+/// The top-level fields of the stock chat and completion requests (mistral.rs 0.8.1's
+/// `ChatCompletionRequest` and `CompletionRequest`), as `param` of an error naming one.
+const REQUEST_FIELDS: &[&str] = &[
+    "messages",
+    "prompt",
+    "model",
+    "max_tokens",
+    "max_completion_tokens",
+    "n",
+    "best_of",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "stream",
+    "stop",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "tools",
+    "tool_choice",
+    "response_format",
+    "web_search_options",
+    "grammar",
+    "dry_multiplier",
+    "dry_base",
+    "dry_allowed_length",
+    "dry_sequence_breakers",
+    "enable_thinking",
+    "reasoning_effort",
+    "truncate_sequence",
+    "echo",
+    "suffix",
+    "user",
+];
+
+/// Checks a chat (`path` `/v1/chat/completions`) or completion body against the stock
+/// handler's request type, the one it will be parsed into: a field of the wrong type
+/// (`"temperature": "hot"`, `"messages": 5`) or a missing one (`messages`, `prompt`) is a
+/// 400 naming the field, instead of the stock handler's plain-text 422 once the request has
+/// been tagged and routed.
+pub fn check_fields(path: &str, body: &serde_json::Map<String, Value>) -> Result<(), ApiError> {
+    use mistralrs_server_core::openai::{ChatCompletionRequest, CompletionRequest};
+    let checked = if path == "/v1/chat/completions" {
+        serde_path_to_error::deserialize::<_, ChatCompletionRequest>(body).map(drop)
+    } else {
+        serde_path_to_error::deserialize::<_, CompletionRequest>(body).map(drop)
+    };
+    let Err(e) = checked else {
+        return Ok(());
+    };
+    let inner = e.inner().to_string();
+    // The top-level field at fault: where the error is, or the one missing.
+    let field = match e.path().iter().next() {
+        Some(serde_path_to_error::Segment::Map { key }) => Some(key.clone()),
+        _ => inner
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_string),
+    };
+    let param = field.and_then(|f| REQUEST_FIELDS.iter().copied().find(|k| *k == f));
+    let mut err = ApiError::bad_request(format!("invalid request body: {e}"));
+    if let Some(p) = param {
+        err = err.with_param(p);
+    }
+    Err(err)
+}
+
 /// Reads a chat or completion body, 413 past `limit` bytes (checked on the announced length
 /// first, so that an oversized body is not read at all).
 async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
@@ -340,7 +449,7 @@ struct PublicModel(String);
 /// The public model name of a request (its `model`, default `default`). Engine model ids
 /// are not public: an adapter model (`dnd:TASK@HASH`, another tenant's) or the base
 /// folder path is a 404, as for an unknown model.
-fn public_model_name(
+pub fn public_model_name(
     body: &serde_json::Map<String, Value>,
     base_dirs: &[String],
 ) -> Result<String, ApiError> {
@@ -363,14 +472,41 @@ fn public_model_name(
     Ok(name.clone())
 }
 
+/// Checks a chat (`path` `/v1/chat/completions`) or completion body before anything of it
+/// is used, in this order: its public model name ([`public_model_name`]: 404 for an engine
+/// model id), the bounds ([`apply_bounds`], which also sets the default `max_tokens`) and
+/// the stock request type ([`check_fields`]). Returns the public name, which the body's
+/// `model` is set to until the route replaces it with the engine's.
+pub fn check_body(
+    pc: &PluginConfig,
+    base_dirs: &[String],
+    path: &str,
+    body: &mut serde_json::Map<String, Value>,
+) -> Result<String, ApiError> {
+    let public = public_model_name(body, base_dirs)?;
+    apply_bounds(pc, body)?;
+    body.insert("model".into(), Value::String(public.clone()));
+    check_fields(path, body)?;
+    Ok(public)
+}
+
 /// Applies the request bounds of the plugin config before anything reaches the engine: a
 /// request without `max_tokens` gets the default, and `max_tokens`, `n`, `best_of`, the
 /// message count and the input text are checked against their ceilings (400 with the
-/// field at fault, worded as OpenAI words it).
+/// field at fault, worded as OpenAI words it). A bound sent as `null` is not sent: removed,
+/// so that the engine's request type (which takes `max_completion_tokens` as another name
+/// of `max_tokens`, and no `null` for `n`) sees what the client meant.
 pub fn apply_bounds(
     pc: &PluginConfig,
     body: &mut serde_json::Map<String, Value>,
 ) -> Result<(), ApiError> {
+    body.retain(|key, v| {
+        !(v.is_null()
+            && matches!(
+                key.as_str(),
+                "max_tokens" | "max_completion_tokens" | "n" | "best_of"
+            ))
+    });
     let mut named = false;
     for key in ["max_tokens", "max_completion_tokens"] {
         let Some(v) = body.get(key).filter(|v| !v.is_null()) else {
@@ -615,6 +751,48 @@ mod tests {
             }
         }
         assert!(bounded(json!({"max_tokens": pc.max_tokens_limit})).is_ok());
+        // A null bound is no bound (and never two names for max_tokens reach the engine).
+        let b =
+            bounded(json!({"max_completion_tokens": null, "n": null, "best_of": null})).unwrap();
+        assert_eq!(b["max_tokens"], json!(pc.default_max_tokens));
+        for key in ["max_completion_tokens", "n", "best_of"] {
+            assert!(!b.contains_key(key), "{key}: {b:?}");
+        }
+    }
+
+    /// The whole check of a body: a `null` or absent model is `default`, the body's model
+    /// is the public name afterwards, and what the stock handler could not parse is a 400.
+    #[test]
+    fn a_body_is_checked_whole_before_use() {
+        let pc = PluginConfig::default();
+        let dirs = vec!["/models/smollm2".to_string()];
+        let chat = "/v1/chat/completions";
+        let msgs = json!([{"role": "user", "content": "hi"}]);
+        for (model, public) in [(json!(null), "default"), (json!("gpt-4o"), "gpt-4o")] {
+            let mut b = body(json!({"model": model, "messages": msgs}));
+            assert_eq!(check_body(&pc, &dirs, chat, &mut b).unwrap(), public);
+            assert_eq!(b["model"], json!(public));
+            assert_eq!(b["max_tokens"], json!(pc.default_max_tokens));
+        }
+        let mut b = body(json!({"messages": msgs}));
+        assert_eq!(check_body(&pc, &dirs, chat, &mut b).unwrap(), "default");
+        let mut b = body(json!({"model": "/models/smollm2", "messages": msgs}));
+        let e = check_body(&pc, &dirs, chat, &mut b).unwrap_err();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::NOT_FOUND, Some("model_not_found"))
+        );
+        let mut b = body(json!({"messages": msgs, "n": null, "max_completion_tokens": null}));
+        assert!(
+            check_body(&pc, &dirs, chat, &mut b).is_ok(),
+            "nulls are absent"
+        );
+        let mut b = body(json!({"messages": msgs, "top_p": "high"}));
+        let e = check_body(&pc, &dirs, chat, &mut b).unwrap_err();
+        assert_eq!(
+            (e.status, e.param),
+            (StatusCode::BAD_REQUEST, Some("top_p"))
+        );
     }
 
     #[test]
@@ -686,6 +864,108 @@ mod tests {
         // A malformed id is the same 400 as in open mode.
         let e = keyed(&[("x-task-id", "../x")], json!({})).unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
+    }
+
+    fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(
+                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn a_bad_task_id_names_the_field_it_came_from() {
+        let sources = [TaskSource::Header, TaskSource::Body, TaskSource::User];
+        let find = |h: &[(&str, &str)], b: Value| {
+            find_task_id(&sources, "x-task-id", &header_map(h), &body(b))
+        };
+        let e = find(&[("x-task-id", "a b")], json!({})).unwrap_err();
+        assert_eq!((e.status, e.param), (StatusCode::BAD_REQUEST, None));
+        for (b, param) in [
+            (json!({"task_id": "a b"}), "task_id"),
+            (json!({"task_id": 5}), "task_id"),
+            (json!({"user": "../x"}), "user"),
+            (json!({"task_id": null, "user": [1]}), "user"),
+        ] {
+            let e = find(&[], b.clone()).unwrap_err();
+            assert_eq!(
+                (e.status, e.param),
+                (StatusCode::BAD_REQUEST, Some(param)),
+                "{b}"
+            );
+        }
+        assert_eq!(
+            find(&[], json!({"task_id": null, "user": "ok"})).unwrap(),
+            Some("ok".to_string())
+        );
+    }
+
+    #[test]
+    fn chat_bodies_must_be_sent_as_json() {
+        let ct = axum::http::header::CONTENT_TYPE.as_str();
+        for ok in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON",
+            "application/vnd.api+json",
+        ] {
+            assert!(require_json(&header_map(&[(ct, ok)])).is_ok(), "{ok}");
+        }
+        for bad in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+        ] {
+            let e = require_json(&header_map(&[(ct, bad)])).unwrap_err();
+            assert_eq!(e.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{bad}");
+        }
+        let e = require_json(&HeaderMap::new()).unwrap_err();
+        assert_eq!(e.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
+
+    /// Bodies the stock handler could not parse are refused before anything else, naming
+    /// the field at fault; fields the stock request does not know (`task_id`, a chat's
+    /// `user`) pass.
+    #[test]
+    fn bodies_that_do_not_fit_the_stock_request_name_the_field() {
+        let (chat, completion) = ("/v1/chat/completions", "/v1/completions");
+        let msgs = json!([{"role": "user", "content": "hi"}]);
+        let ok = json!({"messages": msgs, "task_id": "t", "user": "u", "max_tokens": 3});
+        assert!(check_fields(chat, &body(ok)).is_ok());
+        assert!(check_fields(chat, &body(json!({"messages": "hi"}))).is_ok());
+        assert!(check_fields(completion, &body(json!({"prompt": "hi", "user": "u"}))).is_ok());
+        for (path, b, param) in [
+            (chat, json!({}), "messages"),
+            (chat, json!({"messages": 5}), "messages"),
+            (
+                chat,
+                json!({"messages": [{"role": 5, "content": "x"}]}),
+                "messages",
+            ),
+            (
+                chat,
+                json!({"messages": msgs, "temperature": "hot"}),
+                "temperature",
+            ),
+            (chat, json!({"messages": msgs, "stream": "yes"}), "stream"),
+            (chat, json!({"messages": msgs, "logprobs": 3}), "logprobs"),
+            (completion, json!({}), "prompt"),
+            (completion, json!({"prompt": 5}), "prompt"),
+            (completion, json!({"prompt": "x", "echo": "no"}), "echo"),
+        ] {
+            let e = check_fields(path, &body(b.clone())).unwrap_err();
+            assert_eq!(
+                (e.status, e.param),
+                (StatusCode::BAD_REQUEST, Some(param)),
+                "{path} {b}: {}",
+                e.message
+            );
+            assert!(e.message.contains(param), "{}", e.message);
+        }
     }
 
     #[test]

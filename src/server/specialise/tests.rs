@@ -366,6 +366,36 @@ async fn a_retry_waits_for_its_time_and_regenerate_retries_at_once() {
     assert_eq!(f.adapter_state("t"), Some(State::Resident));
 }
 
+/// Issue 15 (bad input changes nothing): a regeneration refused for want of prompts neither
+/// empties the task's kept prompts (blank ones given) nor starts tracking an unknown task.
+#[tokio::test]
+async fn a_refused_regenerate_changes_nothing() {
+    let f = start(settings());
+    f.observe("t", "p1");
+    f.observe("t", "p2");
+    for given in [Some(strings(&[])), Some(strings(&["", "  "]))] {
+        let err = f.sp.regenerate("t", given).unwrap_err();
+        assert_eq!(err.status, axum::http::StatusCode::CONFLICT);
+        assert!(err.message.contains("has no prompts"), "{err:?}");
+    }
+    assert_eq!(f.sp.info("t").unwrap().prompts, 2, "the kept prompts stay");
+    assert_eq!(f.gen("t"), Some(GenState::Collecting));
+    for given in [None, Some(strings(&[" "]))] {
+        let err = f.sp.regenerate("nobody", given).unwrap_err();
+        assert_eq!(err.status, axum::http::StatusCode::CONFLICT);
+    }
+    assert_eq!(
+        f.tracked(),
+        strings(&["t"]),
+        "no task tracked for a refused call"
+    );
+    assert_eq!(f.generator.calls(), 0);
+    // The same prompts, regenerated from the buffer, are the ones generated from.
+    f.sp.regenerate("t", None).unwrap();
+    f.until_gen("t", GenState::Done).await;
+    assert_eq!(f.generator.prompts_of_call(0), strings(&["p1", "p2"]));
+}
+
 #[tokio::test]
 async fn regenerate_takes_given_prompts_and_refuses_while_busy() {
     let f = start(Settings {
