@@ -1546,6 +1546,7 @@ async fn bad_inputs_get_a_4xx_in_the_openai_shape_and_change_nothing() {
     c.plugin.max_request_bytes = 8 << 10;
     c.plugin.max_input_bytes = 2048;
     c.plugin.max_tokens_limit = 50;
+    c.plugin.default_max_tokens = 16;
     c.plugin.max_n = 2;
     c.plugin.max_messages = 4;
     let s = start_with(c, Some(std::sync::Arc::new(IdleGenerator))).await;
@@ -1842,6 +1843,7 @@ async fn bad_inputs_in_keys_mode_get_a_4xx_in_the_openai_shape_and_change_nothin
     let dir = tempfile::tempdir().unwrap();
     let mut c = keys_config(dir.path());
     c.plugin.max_tokens_limit = 50;
+    c.plugin.default_max_tokens = 16;
     let s = start_with(c, Some(std::sync::Arc::new(IdleGenerator))).await;
     let store = dir.path().join("store");
     assert_eq!(s.upload("acme", &adapter(1)).await.status, 201);

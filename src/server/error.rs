@@ -272,7 +272,12 @@ mod tests {
             let v: Value = serde_json::from_slice(&bytes).unwrap();
             assert!(is_openai_error(&v), "{uri}: {v}");
             assert_eq!(v["error"]["message"], message, "{uri}");
-            assert_eq!(v["error"]["type"], "invalid_request_error", "{uri}");
+            let kind = if status == 404 {
+                "not_found_error"
+            } else {
+                "invalid_request_error"
+            };
+            assert_eq!(v["error"]["type"], kind, "{uri}");
             assert_eq!(headers[header::CONTENT_TYPE], "application/json", "{uri}");
             if status == 405 {
                 assert!(headers.contains_key(header::ALLOW), "{headers:?}");
