@@ -409,7 +409,7 @@ impl AdapterTable {
         let deadline = Instant::now() + wait;
         let mut started = false;
         let mut waiter = Waiter {
-            table: &**self,
+            table: self,
             task,
             counted: false,
         };
@@ -689,7 +689,7 @@ impl AdapterTable {
     async fn admit<'a>(self: &'a Arc<Self>, task: &str) -> Result<Held<'a>> {
         let deadline = Instant::now() + self.limits.load_queue;
         let mut queued = Held {
-            table: &**self,
+            table: self,
             count: Count::Queued,
             held: false,
         };
@@ -701,7 +701,7 @@ impl AdapterTable {
                     queued.release(&mut inner);
                     inner.loading += 1;
                     return Ok(Held {
-                        table: &**self,
+                        table: self,
                         count: Count::Loading,
                         held: true,
                     });
@@ -781,7 +781,7 @@ impl AdapterTable {
         let ceiling = self.limits.retire_ceiling;
         tokio::spawn(async move {
             let _room = Held {
-                table: &*this,
+                table: &this,
                 count: Count::Retiring,
                 held: true,
             };
