@@ -1,6 +1,8 @@
 //! An in-process server on a loopback port plus a small client for the plugin's routes,
 //! used by eval, bench and the integration tests: [`LocalServer::start`] builds the server
-//! from a [`Config`] exactly as `serve` does and serves it on `127.0.0.1:0`; its methods send
+//! from a [`Config`] exactly as `serve` does and serves it on `127.0.0.1:0`
+//! ([`LocalServer::start_beside_stock`] serves the stock router alone beside it, on the same
+//! engine, for `bench overhead`); its methods send
 //! chat completions (tagged with `X-Task-Id` or not), stream one until its first token, call
 //! the admin API with the configured token and upload adapters as the multipart form
 //! `PUT /admin/adapters/{task}` takes ([`upload_form`]).
@@ -11,7 +13,7 @@ use anyhow::{ensure, Context, Result};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use super::{build_with, specialise::AdapterGenerator, Config, Plugin};
+use super::{assemble, build_with, specialise::AdapterGenerator, Config, Plugin, Routers};
 use crate::format::peft::{LoraAdapter, CONFIG_FILE, WEIGHTS_FILE};
 
 /// The server with the plugin, serving on a loopback port until dropped.
@@ -37,13 +39,24 @@ impl LocalServer {
     ) -> Result<Self> {
         let (router, plugin) = build_with(config, generator).await?;
         let plugin = plugin.context("the config disables the plugin")?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let serving = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
-                tracing::error!("local server stopped: {e}");
-            }
-        });
+        Self::serve(router, plugin).await
+    }
+
+    /// [`LocalServer::start`] plus the stock mistral.rs router alone, without the plugin's
+    /// layer, on another loopback port and the same engine: what the plugin's cost is
+    /// measured against (`bench overhead`).
+    pub async fn start_beside_stock(config: Config) -> Result<(Self, StockServer)> {
+        let Routers { stock, plugin } = assemble(config, None).await?;
+        let (router, plugin) = plugin.context("the config disables the plugin")?;
+        let (url, serving) = serve_on_loopback(stock).await?;
+        Ok((
+            Self::serve(router, plugin).await?,
+            StockServer { url, serving },
+        ))
+    }
+
+    async fn serve(router: axum::Router, plugin: Arc<Plugin>) -> Result<Self> {
+        let (url, serving) = serve_on_loopback(router).await?;
         Ok(Self {
             url,
             plugin,
@@ -160,6 +173,32 @@ impl LocalServer {
             .send()
             .await?;
         Ok(resp.json().await?)
+    }
+}
+
+/// Serves `router` on `127.0.0.1:0` until the returned task is aborted: its URL and the task.
+async fn serve_on_loopback(router: axum::Router) -> Result<(String, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let serving = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!("local server stopped: {e}");
+        }
+    });
+    Ok((url, serving))
+}
+
+/// The stock mistral.rs router alone on a loopback port, beside a [`LocalServer`] on the
+/// same engine ([`LocalServer::start_beside_stock`]), serving until dropped.
+pub struct StockServer {
+    /// `http://127.0.0.1:{port}`.
+    pub url: String,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for StockServer {
+    fn drop(&mut self) {
+        self.serving.abort();
     }
 }
 

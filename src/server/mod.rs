@@ -106,6 +106,28 @@ pub async fn build_with(
     config: Config,
     generator: Option<Arc<dyn specialise::AdapterGenerator>>,
 ) -> Result<(Router, Option<Arc<Plugin>>)> {
+    let Routers { stock, plugin } = assemble(config, generator).await?;
+    Ok(match plugin {
+        Some((router, plugin)) => (router, Some(plugin)),
+        None => (stock, None),
+    })
+}
+
+/// What [`assemble`] builds on one engine: the stock mistral.rs router, and, when the plugin
+/// is enabled, the plugin's router (the same stock router under the tagging layer, with the
+/// admin API and `/metrics`) and its state. Serving the stock one too is for measuring what
+/// the plugin's layer costs (`bench overhead`); `plugin.enabled = false` serves it alone.
+pub struct Routers {
+    pub stock: Router,
+    pub plugin: Option<(Router, Arc<Plugin>)>,
+}
+
+/// Loads the engine, the adapter table and the generator (`generator`, else the config's),
+/// and assembles the routers.
+pub async fn assemble(
+    config: Config,
+    generator: Option<Arc<dyn specialise::AdapterGenerator>>,
+) -> Result<Routers> {
     config.check()?;
     // Before the engine loads, so that a second server on the same store fails at once.
     let store_lock = config
@@ -122,7 +144,10 @@ pub async fn build_with(
         .build()
         .await?;
     if !config.plugin.enabled {
-        return Ok((stock, None));
+        return Ok(Routers {
+            stock,
+            plugin: None,
+        });
     }
     let dims = LlamaDims::from_config_file(&base.join("config.json"))?;
     let base_dirs = vec![
@@ -197,6 +222,7 @@ pub async fn build_with(
         store_lock: std::sync::Mutex::new(Some(store_lock)),
     });
     let router = stock
+        .clone()
         .layer(axum::middleware::from_fn_with_state(
             plugin.clone(),
             tagging::tag_request,
@@ -205,7 +231,10 @@ pub async fn build_with(
         .fallback(error::no_route)
         // Last, so that it sees every answer: errors not yet in the OpenAI shape get it.
         .layer(axum::middleware::from_fn(error::openai_shape));
-    Ok((router, Some(plugin)))
+    Ok(Routers {
+        stock,
+        plugin: Some((router, plugin)),
+    })
 }
 
 /// The generator the config names, checked against the base model.
