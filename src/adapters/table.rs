@@ -273,6 +273,9 @@ pub struct AdapterTable {
     serial: AtomicU64,
     /// Resident models evicted by the LRU, for metrics.
     pub evictions: AtomicU64,
+    /// Adapter models loaded into the engine (uploads, generations, and stored adapters
+    /// loaded again for a request or a pin), for metrics.
+    pub loads: AtomicU64,
     /// Adapter loads that failed, for metrics.
     pub load_failures: AtomicU64,
     store_limits: Mutex<StoreLimits>,
@@ -314,6 +317,7 @@ impl AdapterTable {
             ops: DashMap::new(),
             serial: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
+            loads: AtomicU64::new(0),
             load_failures: AtomicU64::new(0),
             store_limits: Mutex::new(StoreLimits::default()),
             store_room: tokio::sync::Mutex::new(()),
@@ -591,6 +595,7 @@ impl AdapterTable {
         let t = Instant::now();
         match self.engine.register(&engine_id, &dir).await {
             Ok(load) => {
+                self.loads.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
                     task,
                     hash,

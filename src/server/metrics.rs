@@ -26,6 +26,8 @@ pub struct Metrics {
     pub registration_seconds: Histogram,
     pub queue_depth: IntGauge,
     pub evictions: IntCounter,
+    /// Adapter models loaded (uploads, generations, reloads of stored adapters).
+    pub loads: IntCounter,
     /// Failures by kind (`generation`, `load`).
     pub failures: IntCounterVec,
     pub dropped_tasks: IntCounter,
@@ -69,6 +71,11 @@ impl Metrics {
                 .expect("valid metric"),
             evictions: IntCounter::new("evictions_total", "Resident adapters evicted")
                 .expect("valid metric"),
+            loads: IntCounter::new(
+                "adapter_loads_total",
+                "Adapter models loaded into the engine: uploads, generations, and stored adapters loaded again after an eviction or a restart",
+            )
+            .expect("valid metric"),
             failures: IntCounterVec::new(
                 Opts::new("failures_total", "Failed generations and loads"),
                 &["kind"],
@@ -110,6 +117,7 @@ impl Metrics {
             Box::new(m.registration_seconds.clone()),
             Box::new(m.queue_depth.clone()),
             Box::new(m.evictions.clone()),
+            Box::new(m.loads.clone()),
             Box::new(m.failures.clone()),
             Box::new(m.dropped_tasks.clone()),
             Box::new(m.refused_tasks.clone()),
@@ -135,6 +143,7 @@ pub async fn metrics(State(p): State<Arc<Plugin>>) -> impl IntoResponse {
     // The table counts without knowing about metrics; catch the counters up here.
     let catch_up = |c: &IntCounter, total: u64| c.inc_by(total.saturating_sub(c.get()));
     catch_up(&m.evictions, p.table.evictions.load(Ordering::Relaxed));
+    catch_up(&m.loads, p.table.loads.load(Ordering::Relaxed));
     catch_up(
         &m.failures.with_label_values(&["load"]),
         p.table.load_failures.load(Ordering::Relaxed),

@@ -178,6 +178,7 @@ async fn the_least_recently_used_adapter_is_evicted_and_unregistered() {
     assert_eq!(state(&f, "a"), Some(State::Resident));
     assert_eq!(state(&f, "c"), Some(State::Resident));
     assert_eq!(f.table.evictions.load(Ordering::Relaxed), 1);
+    assert_eq!(f.table.loads.load(Ordering::Relaxed), 3);
     eventually("b's engine model to go", || !registered(&f, &b)).await;
     assert_eq!(f.engine.unloads(), 1);
 
@@ -187,6 +188,11 @@ async fn the_least_recently_used_adapter_is_evicted_and_unregistered() {
     assert_eq!(state(&f, "a"), Some(State::Stored));
     assert_eq!(state(&f, "c"), Some(State::Resident));
     assert_eq!(f.table.evictions.load(Ordering::Relaxed), 2);
+    assert_eq!(
+        f.table.loads.load(Ordering::Relaxed),
+        4,
+        "a reload counts as a load"
+    );
     eventually("two engine models left", || {
         f.engine.registered().len() == 2
     })
