@@ -3,12 +3,18 @@
 //! of one SmolLM2-135M adapter from 32 prompts of about 64 tokens, stage by stage, with the
 //! peak resident memory (VmHWM); [`time_to_adapter`] times automatic specialisation end to
 //! end (K-th request -> first token through the generated adapter); [`throughput`] measures
-//! decode throughput under 1 to 16 concurrent streams, on the base and over 4 adapters. The server benchmarks
-//! run it in-process on loopback ([`crate::server::local`]) on the real SmolLM2; this module
-//! holds what they share: the machine line, memory from /proc, and the spread of timings.
+//! decode throughput under 1 to 16 concurrent streams, on the base and over 4 adapters;
+//! [`overhead`] compares the plugin's router with the stock mistral.rs router on one engine
+//! (requests/s, p50/p99); [`tenants`] runs 1000 keyed tenants against a small resident
+//! capacity for 10 minutes (failures, RSS, evictions and reloads, admin API latency). The
+//! server benchmarks run it in-process on loopback ([`crate::server::local`]), on the real
+//! SmolLM2 unless they say otherwise; this module holds what they share: the machine line,
+//! memory from /proc, and the spread of timings.
 
 pub mod generator;
 pub mod hotload;
+pub mod overhead;
+pub mod tenants;
 pub mod throughput;
 pub mod time_to_adapter;
 
@@ -59,6 +65,24 @@ pub fn print_machine() {
         "machine: {cores} cores, {cpu}; device: {:?}",
         crate::engine::device()
     );
+}
+
+/// The `p` quantile (0 to 1, nearest rank) of `v` in ms; NaN when `v` is empty.
+fn quantile_ms(v: &[Duration], p: f64) -> f64 {
+    let mut ms: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    ms.sort_by(f64::total_cmp);
+    if ms.is_empty() {
+        return f64::NAN;
+    }
+    ms[((p * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1]
+}
+
+/// "p50 / p99" of durations in ms (nearest rank); "-" when there are none.
+fn p50_p99(v: &[Duration]) -> String {
+    if v.is_empty() {
+        return "-".into();
+    }
+    format!("{:.0} / {:.0}", quantile_ms(v, 0.5), quantile_ms(v, 0.99))
 }
 
 fn median(v: &mut [Duration]) -> Duration {

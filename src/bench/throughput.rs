@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 
-use super::{print_machine, smollm2_config};
+use super::{p50_p99, print_machine, smollm2_config};
 use crate::format::peft::random_adapter;
 use crate::format::{LlamaDims, Module};
 use crate::server::local::{adapter_form, chat_body, LocalServer, Streamed};
@@ -134,15 +134,4 @@ async fn run_dtype(setup: &Setup, dtype: &str) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// "p50 / p99" of durations in ms (nearest rank).
-fn p50_p99(v: &[Duration]) -> String {
-    let mut ms: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1e3).collect();
-    ms.sort_by(f64::total_cmp);
-    let rank = |p: f64| ms[((p * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1];
-    if ms.is_empty() {
-        return "-".into();
-    }
-    format!("{:.0} / {:.0}", rank(0.5), rank(0.99))
 }

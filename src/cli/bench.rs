@@ -24,6 +24,87 @@ pub enum Bench {
     /// Decode throughput under 1, 4, 8 and 16 concurrent streams, on the base model and
     /// spread over 4 adapters: tokens/s, time to first token, latency.
     Throughput(ThroughputArgs),
+    /// The plugin's cost per request: the stock mistral.rs router alone vs the plugin's, on
+    /// one engine, untagged and tagged, at 1, 8 and 32 concurrent requests, rounds
+    /// interleaved: requests/s, p50/p99 latency, ratio to the stock router and the bar
+    /// (>= 0.99x, p99 within +5 %).
+    Overhead(OverheadArgs),
+    /// Many tenants: 1000 API keys in keys mode, a small resident capacity and K, chats for
+    /// Zipf-drawn tenants for 10 minutes: failures other than documented 429/503, peak RSS
+    /// against a stated ceiling, evictions and reloads, admin API p50/p99.
+    Tenants(TenantsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct OverheadArgs {
+    /// Model both routers serve: tiny (the tests' 2-layer llama, random weights: the
+    /// layer's cost shows most) or smollm2.
+    #[arg(long, default_value = "tiny")]
+    pub model: crate::bench::overhead::Model,
+    /// Serving dtype.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Concurrent requests per cell (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    pub levels: Vec<usize>,
+    /// Rounds; each runs every cell on both routers, the order swapped every round.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Requests per cell, router and round.
+    #[arg(long, default_value_t = 128)]
+    pub requests: usize,
+    /// max_tokens of every chat.
+    #[arg(long, default_value_t = 4)]
+    pub tokens: usize,
+    /// Asset folder for smollm2 (default: $DND_ASSETS or ./assets).
+    #[arg(long)]
+    pub assets: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TenantsArgs {
+    /// Tenants, each with its own API key.
+    #[arg(long, default_value_t = 1000)]
+    pub tenants: usize,
+    /// Length of the run.
+    #[arg(long, default_value_t = 10.0)]
+    pub minutes: f64,
+    /// Requests in flight at once (closed loop).
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Zipf exponent of the tenant draw (tenant i has weight 1/(i+1)^s); 0: uniform.
+    #[arg(long, default_value_t = 1.0)]
+    pub zipf: f64,
+    /// Prompts of a tenant that trigger its generation (plugin.prompts_k).
+    #[arg(long, default_value_t = 4)]
+    pub k: usize,
+    /// Resident adapter models at most (plugin.max_resident).
+    #[arg(long, default_value_t = 2)]
+    pub resident: usize,
+    /// Tenants given a random adapter through the admin API before the run.
+    #[arg(long, default_value_t = 32)]
+    pub uploaded: usize,
+    /// Requests per minute of every key.
+    #[arg(long, default_value_t = 600)]
+    pub rpm: u32,
+    /// max_tokens of every chat.
+    #[arg(long, default_value_t = 4)]
+    pub tokens: usize,
+    /// Generator folder for automatic specialisation.
+    #[arg(long, default_value = crate::generator::SHIPPED_SMOLLM2)]
+    pub generator: PathBuf,
+    /// No automatic specialisation (only the uploaded adapters).
+    #[arg(long)]
+    pub no_generator: bool,
+    /// Serving dtype.
+    #[arg(long, default_value = "f16")]
+    pub dtype: String,
+    /// Milliseconds between two calls of GET /admin/adapters.
+    #[arg(long, default_value_t = 250)]
+    pub admin_every_ms: u64,
+    /// Asset folder (default: $DND_ASSETS or ./assets).
+    #[arg(long)]
+    pub assets: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -114,6 +195,34 @@ pub fn run(args: Args) -> Result<()> {
                 assets: a.assets,
             }),
         ),
+        Bench::Overhead(a) => tokio::runtime::Runtime::new()?.block_on(
+            crate::bench::overhead::run(&crate::bench::overhead::Setup {
+                model: a.model,
+                dtype: a.dtype,
+                levels: a.levels,
+                rounds: a.rounds,
+                requests: a.requests,
+                tokens: a.tokens,
+                assets: a.assets,
+            }),
+        ),
+        Bench::Tenants(a) => tokio::runtime::Runtime::new()?.block_on(crate::bench::tenants::run(
+            &crate::bench::tenants::Setup {
+                tenants: a.tenants,
+                minutes: a.minutes,
+                concurrency: a.concurrency,
+                zipf: a.zipf,
+                k: a.k,
+                resident: a.resident,
+                uploaded: a.uploaded,
+                rpm: a.rpm,
+                tokens: a.tokens,
+                generator: (!a.no_generator).then_some(a.generator),
+                dtype: a.dtype,
+                admin_every: std::time::Duration::from_millis(a.admin_every_ms),
+                assets: a.assets,
+            },
+        )),
         Bench::TimeToAdapter(a) => tokio::runtime::Runtime::new()?.block_on(
             crate::bench::time_to_adapter::run(&a.tasks, &a.generator, &a.dtype, a.assets),
         ),

@@ -30,7 +30,8 @@ pub enum Command {
     Serve(serve::Args),
     /// Generate a LoRA adapter from a task's prompts (or create a random generator).
     Generate(generate::Args),
-    /// Benchmarks that print their numbers and setup (`bench hotload`, `bench generator`).
+    /// Benchmarks that print their numbers and setup (`bench hotload`, `bench generator`,
+    /// `bench throughput`, `bench time-to-adapter`, `bench overhead`, `bench tenants`).
     Bench(bench::Args),
     /// List the built-in task suite (markdown table) and export it as task files.
     Tasks(tasks::Args),

@@ -1,0 +1,366 @@
+//! `bench overhead`: what the plugin's layer costs a request. One engine serves two routers
+//! in this process, each on its own loopback port ([`LocalServer::start_beside_stock`]):
+//! mistral.rs's stock OpenAI router alone, and the plugin's (the same router under the
+//! tagging layer, with the admin API beside it). A closed-loop load generator (reqwest, in
+//! this process: `c` workers, each sending its next request when the last answer has been
+//! read) sends short non-streamed greedy chats (`--tokens`, default 4) at concurrency 1, 8
+//! and 32 (`--levels`), untagged and tagged (`X-Task-Id` of 8 tasks with no adapter, so that
+//! the plugin tags and routes them and both routers end on the same base model).
+//!
+//! Interleaved: each of the `--rounds` rounds runs every cell (level x tagging) on both
+//! routers, `--requests` requests each, the stock router first in even rounds and the
+//! plugin's first in odd ones, so that drift (a warming cache, a neighbour on the host)
+//! falls on both alike. Per row: requests/s (answers over the cells' wall time, summed over
+//! the rounds), latency p50 / p99 (every request of every round) and, for the plugin, the
+//! ratio to the stock router's row. The bar (issue 15): throughput >= 0.99x and p99 within
+//! +5 %.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Result};
+use bytes::Bytes;
+
+use super::{print_machine, quantile_ms, smollm2_config};
+use crate::server::local::{chat_body, LocalServer};
+use crate::server::Config;
+
+/// The bar of issue 15: the plugin's throughput at least this fraction of the stock
+/// router's ...
+const MIN_THROUGHPUT_RATIO: f64 = 0.99;
+/// ... and its p99 latency at most this much above the stock router's.
+const MAX_P99_RATIO: f64 = 1.05;
+
+/// Task ids the tagged requests name, in turn.
+const TASKS: usize = 8;
+
+const PROMPTS: [&str; 8] = [
+    "Name a colour.",
+    "Say hello.",
+    "Name a fruit.",
+    "Count to three.",
+    "Name an animal.",
+    "Say yes or no.",
+    "Name a city.",
+    "Name a number.",
+];
+
+/// The model both routers serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Model {
+    /// The tests' tiny llama (2 layers, hidden size 64, seeded random weights,
+    /// [`crate::testing::write_tiny_llama`]): the engine's share of a request is small, so
+    /// the layer's shows.
+    Tiny,
+    /// SmolLM2-135M-Instruct from the asset folder (fetched if missing).
+    Smollm2,
+}
+
+impl std::str::FromStr for Model {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "tiny" => Self::Tiny,
+            "smollm2" => Self::Smollm2,
+            _ => bail!("model must be tiny or smollm2, got {s:?}"),
+        })
+    }
+}
+
+/// What to run.
+pub struct Setup {
+    pub model: Model,
+    pub dtype: String,
+    /// Concurrent requests per cell.
+    pub levels: Vec<usize>,
+    pub rounds: usize,
+    /// Requests per cell and round.
+    pub requests: usize,
+    /// `max_tokens` of every chat.
+    pub tokens: usize,
+    pub assets: Option<PathBuf>,
+}
+
+/// Which router a request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Served {
+    Stock,
+    Plugin,
+}
+
+impl Served {
+    fn name(self) -> &'static str {
+        match self {
+            Served::Stock => "stock",
+            Served::Plugin => "plugin",
+        }
+    }
+}
+
+/// A cell's requests over all rounds.
+#[derive(Default)]
+struct Cell {
+    latencies: Vec<Duration>,
+    wall: Duration,
+    errors: usize,
+    first_error: Option<String>,
+}
+
+impl Cell {
+    fn add(&mut self, wall: Duration, results: Vec<Result<Duration, String>>) {
+        self.wall += wall;
+        for r in results {
+            match r {
+                Ok(latency) => self.latencies.push(latency),
+                Err(e) => {
+                    self.errors += 1;
+                    self.first_error.get_or_insert(e);
+                }
+            }
+        }
+    }
+
+    fn per_second(&self) -> f64 {
+        self.latencies.len() as f64 / self.wall.as_secs_f64()
+    }
+}
+
+/// Runs the bench and prints the table.
+pub async fn run(setup: &Setup) -> Result<()> {
+    ensure!(
+        setup.rounds >= 1 && setup.requests >= 1 && setup.tokens >= 1,
+        "--rounds, --requests and --tokens must be at least 1"
+    );
+    ensure!(
+        !setup.levels.is_empty() && setup.levels.iter().all(|&c| c >= 1),
+        "--levels: at least one, each at least 1"
+    );
+    let (config, model, _dirs) = config_for(setup)?;
+    let max_seqs = config.model.max_seqs;
+    let t = Instant::now();
+    let (plugin, stock) = LocalServer::start_beside_stock(config).await?;
+    let load = t.elapsed();
+    print_machine();
+    println!(
+        "setup: {model} {} on one engine (max_seqs {max_seqs}, loaded in {:.1} s) behind two \
+         routers in this process: the stock mistral.rs router alone and the plugin's (open \
+         mode, no adapters); non-streamed greedy chats, max_tokens {}; untagged, or tagged \
+         with X-Task-Id (8 task ids, none with an adapter); closed loop: c workers each send \
+         the next request when the last answer is read (reqwest, in this process); {} rounds \
+         of {} requests per cell and router, the order of the routers swapped every round",
+        setup.dtype,
+        load.as_secs_f64(),
+        setup.tokens,
+        setup.rounds,
+        setup.requests,
+    );
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .build()?;
+    let url = |served: Served| {
+        let base = match served {
+            Served::Stock => &stock.url,
+            Served::Plugin => &plugin.url,
+        };
+        format!("{base}/v1/chat/completions")
+    };
+    let bodies: Arc<Vec<Bytes>> = Arc::new(
+        PROMPTS
+            .iter()
+            .map(|p| serde_json::to_vec(&chat_body(p, setup.tokens)).map(Bytes::from))
+            .collect::<Result<Vec<Bytes>, _>>()?,
+    );
+    let top = *setup.levels.iter().max().expect("levels checked non-empty");
+
+    // Warm both routers (connections, the engine's first batches) before the clock runs.
+    for served in [Served::Stock, Served::Plugin] {
+        for tagged in [false, true] {
+            let (_, results) =
+                run_cell(&client, &url(served), tagged, top, 2 * top, &bodies).await?;
+            if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+                bail!(
+                    "warm-up request to the {} router failed: {e}",
+                    served.name()
+                );
+            }
+        }
+    }
+
+    let mut cells: HashMap<(bool, usize, Served), Cell> = HashMap::new();
+    for round in 0..setup.rounds {
+        let order = if round % 2 == 0 {
+            [Served::Stock, Served::Plugin]
+        } else {
+            [Served::Plugin, Served::Stock]
+        };
+        for &c in &setup.levels {
+            for tagged in [false, true] {
+                for served in order {
+                    let (wall, results) =
+                        run_cell(&client, &url(served), tagged, c, setup.requests, &bodies).await?;
+                    cells
+                        .entry((tagged, c, served))
+                        .or_default()
+                        .add(wall, results);
+                }
+            }
+        }
+        eprintln!("round {} of {} done", round + 1, setup.rounds);
+    }
+
+    println!(
+        "| requests | concurrency | router | req/s | p50 ms | p99 ms | x stock req/s | p99 vs stock | errors | bar |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let (mut met, mut rows) = (0, 0);
+    let mut errors = Vec::new();
+    for tagged in [false, true] {
+        let label = if tagged { "tagged" } else { "untagged" };
+        for &c in &setup.levels {
+            let base = &cells[&(tagged, c, Served::Stock)];
+            let layered = &cells[&(tagged, c, Served::Plugin)];
+            let ratio = layered.per_second() / base.per_second();
+            let p99_ratio =
+                quantile_ms(&layered.latencies, 0.99) / quantile_ms(&base.latencies, 0.99);
+            let ok = ratio >= MIN_THROUGHPUT_RATIO
+                && p99_ratio <= MAX_P99_RATIO
+                && base.errors + layered.errors == 0;
+            rows += 1;
+            met += usize::from(ok);
+            for (served, cell) in [(Served::Stock, base), (Served::Plugin, layered)] {
+                let is_plugin = served == Served::Plugin;
+                println!(
+                    "| {label} | {c} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} |",
+                    served.name(),
+                    cell.per_second(),
+                    quantile_ms(&cell.latencies, 0.5),
+                    quantile_ms(&cell.latencies, 0.99),
+                    if is_plugin {
+                        format!("{ratio:.3}x")
+                    } else {
+                        "1.000x".into()
+                    },
+                    if is_plugin {
+                        format!("{:+.1} %", (p99_ratio - 1.0) * 100.0)
+                    } else {
+                        "-".into()
+                    },
+                    cell.errors,
+                    match (is_plugin, ok) {
+                        (false, _) => "-",
+                        (true, true) => "met",
+                        (true, false) => "missed",
+                    }
+                );
+                if let Some(e) = &cell.first_error {
+                    errors.push(format!("{label}, c={c}, {}: {e}", served.name()));
+                }
+            }
+        }
+    }
+    println!(
+        "bar (issue 15: the plugin's throughput >= {MIN_THROUGHPUT_RATIO}x the stock router's, \
+         p99 within +{:.0} %, no errors): met in {met} of {rows} rows",
+        (MAX_P99_RATIO - 1.0) * 100.0
+    );
+    for e in errors {
+        println!("first error: {e}");
+    }
+    Ok(())
+}
+
+/// The config of the plugin's server for `setup`, the model's name, and the temporary
+/// folders it uses (the model, the store), kept while they are in use.
+fn config_for(setup: &Setup) -> Result<(Config, String, Vec<tempfile::TempDir>)> {
+    match setup.model {
+        Model::Tiny => {
+            let (model, store) = (tempfile::tempdir()?, tempfile::tempdir()?);
+            crate::testing::write_tiny_llama(model.path(), 7)?;
+            let mut config = Config::default();
+            config.model.base = Some(model.path().to_path_buf());
+            config.model.dtype = setup.dtype.clone();
+            config.plugin.store = store.path().join("store");
+            Ok((
+                config,
+                "tiny llama (2 layers, hidden 64, random weights)".into(),
+                vec![model, store],
+            ))
+        }
+        Model::Smollm2 => {
+            let (_assets, store, config) = smollm2_config(setup.assets.clone(), &setup.dtype, 1)?;
+            Ok((config, "SmolLM2-135M-Instruct".into(), vec![store]))
+        }
+    }
+}
+
+/// Sends `n` chats to `url` from `c` workers; the cell's wall time and each request's
+/// latency (send to the last byte of the answer) or error.
+async fn run_cell(
+    client: &reqwest::Client,
+    url: &str,
+    tagged: bool,
+    c: usize,
+    n: usize,
+    bodies: &Arc<Vec<Bytes>>,
+) -> Result<(Duration, Vec<Result<Duration, String>>)> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let t = Instant::now();
+    let workers: Vec<_> = (0..c)
+        .map(|_| {
+            let (client, url, bodies, next) = (
+                client.clone(),
+                url.to_string(),
+                bodies.clone(),
+                next.clone(),
+            );
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        break out;
+                    }
+                    out.push(chat(&client, &url, tagged, i, &bodies).await);
+                }
+            })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(n);
+    for w in futures::future::join_all(workers).await {
+        results.extend(w?);
+    }
+    Ok((t.elapsed(), results))
+}
+
+/// One chat, request `i` of its cell; its latency, or what went wrong.
+async fn chat(
+    client: &reqwest::Client,
+    url: &str,
+    tagged: bool,
+    i: usize,
+    bodies: &[Bytes],
+) -> Result<Duration, String> {
+    let mut req = client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(bodies[i % bodies.len()].clone());
+    if tagged {
+        req = req.header("X-Task-Id", format!("bench-{}", i % TASKS));
+    }
+    let t = Instant::now();
+    let resp = req.send().await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = resp.bytes().await.map_err(|e| e.to_string())?;
+    let latency = t.elapsed();
+    if !status.is_success() {
+        let text = String::from_utf8_lossy(&body);
+        return Err(format!(
+            "{status}: {}",
+            text.chars().take(300).collect::<String>()
+        ));
+    }
+    Ok(latency)
+}
