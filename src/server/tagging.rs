@@ -509,7 +509,7 @@ pub fn apply_bounds(
     });
     let mut named = false;
     for key in ["max_tokens", "max_completion_tokens"] {
-        let Some(v) = body.get(key).filter(|v| !v.is_null()) else {
+        let Some(v) = body.get(key) else {
             continue;
         };
         named = true;
@@ -526,7 +526,7 @@ pub fn apply_bounds(
         body.insert("max_tokens".into(), pc.default_max_tokens.into());
     }
     for key in ["n", "best_of"] {
-        if let Some(v) = body.get(key).filter(|v| !v.is_null()) {
+        if let Some(v) = body.get(key) {
             let n = positive_integer(key, v)?;
             if n > pc.max_n as u64 {
                 return Err(ApiError::bad_request(format!(
