@@ -62,6 +62,27 @@ mod attention;
 pub mod kernel_test {
     pub use crate::attention::SdpaParams;
 }
+/// Patch 0007: the model id each row of the batch being computed was requested with, so
+/// that the layers of a model serving several aliases (e.g. one LoRA adapter per alias
+/// over one base) can tell the rows apart. Set by the pipeline step around the forward
+/// pass, on the engine thread that runs it; empty outside one.
+pub mod batch_rows {
+    use std::cell::RefCell;
+
+    thread_local! {
+        static ROWS: RefCell<Vec<Option<String>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(crate) fn set(rows: Vec<Option<String>>) {
+        ROWS.with(|r| *r.borrow_mut() = rows);
+    }
+
+    /// Calls `f` with the requested model id of every row of the current batch, in row
+    /// order (`None`: the request named no model).
+    pub fn with<R>(f: impl FnOnce(&[Option<String>]) -> R) -> R {
+        ROWS.with(|r| f(&r.borrow()))
+    }
+}
 mod diagnostics;
 mod diffusion_models;
 pub mod distributed;
@@ -997,6 +1018,15 @@ impl MistralRs {
                     .clone())
             }
         }
+    }
+
+    /// Patch 0007: removes an alias made by `register_model_alias`; false when there was none.
+    pub fn remove_model_alias(&self, alias: &str) -> Result<bool, String> {
+        let mut aliases = self
+            .model_aliases
+            .write()
+            .map_err(|_| "Failed to acquire write lock on model_aliases")?;
+        Ok(aliases.remove(alias).is_some())
     }
 
     /// Register an alternate model ID that resolves to an existing model.

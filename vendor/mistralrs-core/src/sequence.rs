@@ -500,6 +500,8 @@ pub struct Sequence {
     pub(crate) return_raw_logits: bool,
     token_offset: usize,
     eos_tokens: Vec<u32>,
+    // Patch 0007: the model id its request named (an alias of the engine's model, or its id).
+    requested_model: Option<String>,
 
     // Multimodal data (images, diffusion settings, pixel caches)
     pub multimodal: MultimodalData,
@@ -656,6 +658,7 @@ impl Sequence {
             return_raw_logits,
             token_offset: 0,
             eos_tokens,
+            requested_model: None,
             total_prompt_time: None,
             step_start_instant: None,
             reasoning_parser: None,
@@ -720,6 +723,16 @@ impl Sequence {
 
     pub fn id(&self) -> &usize {
         &self.id
+    }
+
+    /// Patch 0007: the model id its request named; an alias (see
+    /// `MistralRs::register_model_alias`) tells the rows of one batch apart in `batch_rows`.
+    pub fn requested_model(&self) -> Option<&String> {
+        self.requested_model.as_ref()
+    }
+
+    pub fn set_requested_model(&mut self, model: Option<String>) {
+        self.requested_model = model;
     }
 
     pub fn is_running(&self) -> bool {

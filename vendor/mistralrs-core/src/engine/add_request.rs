@@ -593,6 +593,7 @@ impl Engine {
                 request.return_raw_logits,
                 eos_toks,
             );
+            seq.set_requested_model(request.model_id.clone()); // patch 0007
 
             // Only "track" a new sequence if it is a traditional one
             if matches!(seq_step_type, SeqStepType::PromptAndDecode) {

@@ -4,7 +4,7 @@ use crate::{
     pipeline::{
         llg::{constraint_from_llg_grammar, llg_grammar_from_constraint},
         text_models_inputs_processor::PagedAttentionMeta,
-        CacheBackendMetadata, CacheInstruction,
+        CacheBackendMetadata, CacheInstruction, EitherCache,
     },
     prefix_cacher::PrefixCacheManagerV2,
     response::CompletionChoice,
@@ -317,6 +317,17 @@ impl Engine {
             let scheduler_idle = waiting_len == 0 && running_len == 0;
 
             if scheduler_idle {
+                // Patch 0006: an idle model holds no KV cache. The cache of its last batch
+                // (grown in blocks of 512 positions per sequence) would otherwise stay until
+                // its next request: tens of MB for each of many resident models.
+                {
+                    let pipeline = get_mut_arcmutex!(self.pipeline);
+                    if let EitherCache::Normal(cache) = pipeline.cache() {
+                        for layer in cache.lock().unwrap().0.iter_mut() {
+                            layer.reset();
+                        }
+                    }
+                }
                 if should_terminate() {
                     self.replicate_request_to_daemons(&Request::Terminate);
                     break 'lp;

@@ -331,7 +331,8 @@ pub struct Llama {
     lm_head: Arc<dyn QuantMethod>,
     kv_cache: crate::pipeline::EitherCache,
     device: Device,
-    mapper: Box<dyn DeviceMapper + Send + Sync>,
+    // An Arc (not a Box) so that forks share it.
+    mapper: Arc<dyn DeviceMapper + Send + Sync>,
     cfg: ModelConfigMetadata,
 }
 
@@ -370,7 +371,7 @@ impl Llama {
                 quant_cfg.get_bits_name(&vb_m)
             );
         }
-        let mapper = normal_loading_metadata.mapper;
+        let mapper: Arc<dyn DeviceMapper + Send + Sync> = normal_loading_metadata.mapper.into();
 
         let wte = embedding(
             cfg.vocab_size,
@@ -658,6 +659,65 @@ impl NormalModel for Llama {
     }
     fn config(&self) -> &ModelConfigMetadata {
         &self.cfg
+    }
+    fn fork_with_linear_layers(
+        &self,
+        map: &mut dyn FnMut(&str, Arc<dyn QuantMethod>) -> Result<Arc<dyn QuantMethod>>,
+    ) -> anyhow::Result<Box<dyn NormalModel + Send + Sync>> {
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        for (i, block) in self.blocks.iter().enumerate() {
+            let attn = &block.attn;
+            if attn.paged_attn.is_some() {
+                anyhow::bail!("a model with paged attention cannot be forked");
+            }
+            let path = |module: &str| format!("model.layers.{i}.{module}");
+            let mut mlp = block.mlp.clone();
+            let linears = mlp.get_isq_layers();
+            if linears.len() != 3 {
+                anyhow::bail!("layer {i}: the MLP is not gate/up/down, cannot be forked");
+            }
+            for (slot, name) in linears.into_iter().zip(["gate_proj", "up_proj", "down_proj"]) {
+                *slot = map(&path(&format!("mlp.{name}")), Arc::clone(slot))?;
+            }
+            let sdpa = &attn.sdpa_params;
+            blocks.push(Block {
+                rms_1: block.rms_1.clone(),
+                attn: CausalSelfAttention {
+                    q_proj: map(&path("self_attn.q_proj"), attn.q_proj.clone())?,
+                    k_proj: map(&path("self_attn.k_proj"), attn.k_proj.clone())?,
+                    v_proj: map(&path("self_attn.v_proj"), attn.v_proj.clone())?,
+                    o_proj: map(&path("self_attn.o_proj"), attn.o_proj.clone())?,
+                    num_attention_heads: attn.num_attention_heads,
+                    num_key_value_heads: attn.num_key_value_heads,
+                    head_dim: attn.head_dim,
+                    rotary_emb: attn.rotary_emb.clone(),
+                    max_seq_len: attn.max_seq_len,
+                    paged_attn: None,
+                    sdpa_params: SdpaParams {
+                        n_kv_groups: sdpa.n_kv_groups,
+                        softcap: sdpa.softcap,
+                        softmax_scale: sdpa.softmax_scale,
+                        sliding_window: sdpa.sliding_window,
+                        sinks: sdpa.sinks.clone(),
+                    },
+                },
+                rms_2: block.rms_2.clone(),
+                mlp,
+            });
+        }
+        Ok(Box::new(Self {
+            wte: self.wte.clone(),
+            blocks,
+            ln_f: self.ln_f.clone(),
+            lm_head: map("lm_head", self.lm_head.clone())?,
+            kv_cache: EitherCache::Normal(NormalCache::new(
+                self.cfg.num_layers,
+                self.cfg.max_seq_len,
+            )),
+            device: self.device.clone(),
+            mapper: self.mapper.clone(),
+            cfg: self.cfg.clone(),
+        }))
     }
 }
 

@@ -444,6 +444,22 @@ pub trait Pipeline:
         return_raw_logits: bool,
     ) -> Result<ForwardInputsResult, candle_core::Error>;
 
+    /// A new pipeline sharing this one's weights (and tokenizer, chat template, metadata)
+    /// with an empty KV cache, whose linear layers are passed through `map` with their
+    /// module path (e.g. `model.layers.0.self_attn.q_proj`, `lm_head`). Lets an embedding
+    /// application serve many LoRA adapters over one copy of the base weights. Only
+    /// pipelines whose model implements `NormalModel::fork_with_linear_layers` support it.
+    #[allow(clippy::type_complexity)]
+    fn fork_with_linear_layers(
+        &self,
+        _map: &mut dyn FnMut(
+            &str,
+            Arc<dyn mistralrs_quant::QuantMethod>,
+        ) -> candle_core::Result<Arc<dyn mistralrs_quant::QuantMethod>>,
+    ) -> anyhow::Result<Arc<tokio::sync::Mutex<dyn Pipeline + Send + Sync>>> {
+        anyhow::bail!("this pipeline cannot be forked")
+    }
+
     /// Returns the total of model execution time.
     #[allow(clippy::too_many_arguments)]
     async fn step(
@@ -503,7 +519,16 @@ pub trait Pipeline:
                     }
 
                     let start = Instant::now();
-                    let raw_logits = self.forward_inputs(inputs, return_raw_logits)?;
+                    // Patch 0007: each row's requested model, for the forward pass.
+                    crate::batch_rows::set(
+                        seq_indices
+                            .iter()
+                            .map(|&s| input_seqs[s].requested_model().cloned())
+                            .collect(),
+                    );
+                    let raw_logits = self.forward_inputs(inputs, return_raw_logits);
+                    crate::batch_rows::set(Vec::new());
+                    let raw_logits = raw_logits?;
                     let end = Instant::now();
                     exec_duration += end.duration_since(start);
 
@@ -739,7 +764,16 @@ pub trait Pipeline:
                     } = inputs.map_err(candle_core::Error::msg)?;
 
                     let start = Instant::now();
-                    let raw_logits = self.forward_inputs(inputs, return_raw_logits)?;
+                    // Patch 0007: each row's requested model, for the forward pass.
+                    crate::batch_rows::set(
+                        seq_indices
+                            .iter()
+                            .map(|&s| input_seqs[s].requested_model().cloned())
+                            .collect(),
+                    );
+                    let raw_logits = self.forward_inputs(inputs, return_raw_logits);
+                    crate::batch_rows::set(Vec::new());
+                    let raw_logits = raw_logits?;
                     let end = Instant::now();
                     exec_duration += end.duration_since(start);
 

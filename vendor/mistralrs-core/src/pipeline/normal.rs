@@ -83,7 +83,8 @@ pub struct NormalPipeline {
     generation_defaults: Option<crate::ModelGenerationDefaults>,
     config: String,
     imatrix: Option<PathBuf>,
-    mapper: Box<dyn DeviceMapper + Send + Sync>,
+    // An Arc (not a Box) so that forks share it.
+    mapper: Arc<dyn DeviceMapper + Send + Sync>,
 }
 
 /// A loader for a "normal" (non-quantized) model.
@@ -1025,7 +1026,7 @@ impl Loader for NormalLoader {
             generation_defaults,
             config,
             imatrix: self.config.imatrix.clone(),
-            mapper: pipeline_mapper,
+            mapper: pipeline_mapper.into(),
         })))
     }
 
@@ -1153,6 +1154,37 @@ impl MetadataMixin for NormalPipeline {
 
 #[async_trait::async_trait]
 impl Pipeline for NormalPipeline {
+    fn fork_with_linear_layers(
+        &self,
+        map: &mut dyn FnMut(
+            &str,
+            Arc<dyn mistralrs_quant::QuantMethod>,
+        ) -> candle_core::Result<Arc<dyn mistralrs_quant::QuantMethod>>,
+    ) -> anyhow::Result<Arc<Mutex<dyn Pipeline + Send + Sync>>> {
+        // A shared metadata would share a paged KV cache; X-LoRA state is per model.
+        if self.metadata.cache_engine.is_some() || self.non_granular_state.is_some() {
+            anyhow::bail!("a pipeline with paged attention or X-LoRA cannot be forked");
+        }
+        Ok(Arc::new(Mutex::new(NormalPipeline {
+            model: self.model.fork_with_linear_layers(map)?,
+            tokenizer: self.tokenizer.clone(),
+            no_kv_cache: self.no_kv_cache,
+            chat_template: self.chat_template.clone(),
+            non_granular_state: None,
+            model_id: self.model_id.clone(),
+            metadata: self.metadata.clone(),
+            topology: self.topology.clone(),
+            silent: self.silent,
+            organization: self.organization,
+            template_filename: self.template_filename.clone(),
+            generation_config: self.generation_config.clone(),
+            generation_defaults: self.generation_defaults.clone(),
+            config: self.config.clone(),
+            imatrix: self.imatrix.clone(),
+            mapper: self.mapper.clone(),
+        })))
+    }
+
     fn forward_inputs(
         &mut self,
         inputs: Box<dyn Any>,

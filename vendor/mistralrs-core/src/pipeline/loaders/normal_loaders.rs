@@ -73,6 +73,18 @@ pub trait NormalModel: IsqModel + AnyMoeBaseModelMixin {
     fn model_config(&self) -> Arc<dyn ModelConfigLike + Send + Sync> {
         Arc::new(self.config().clone())
     }
+    /// A new model sharing this one's weights, with an empty KV cache, whose linear layers
+    /// are passed through `map` with their module path (e.g. `model.layers.0.mlp.up_proj`).
+    /// Lets an embedding application serve many LoRA adapters over one copy of the base.
+    fn fork_with_linear_layers(
+        &self,
+        _map: &mut dyn FnMut(
+            &str,
+            Arc<dyn mistralrs_quant::QuantMethod>,
+        ) -> candle_core::Result<Arc<dyn mistralrs_quant::QuantMethod>>,
+    ) -> Result<Box<dyn NormalModel + Send + Sync>> {
+        anyhow::bail!("this model architecture cannot be forked")
+    }
 }
 
 /// Metadata for loading a model with ISQ or device mapping.
