@@ -9,4 +9,5 @@ mod layers;
 mod real_models;
 mod server;
 mod sft;
+mod shared_base;
 mod specialise;

@@ -19,7 +19,7 @@ pub fn assets() -> &'static Assets {
 }
 
 /// Real-model tests run one at a time: they are heavy, and one measures RSS.
-static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn gguf() -> gguf_file::Content {
     let mut f = std::fs::File::open(assets().smollm2_gguf()).unwrap();
@@ -138,6 +138,8 @@ async fn chat_through_a_hot_loaded_adapter_on_smollm2() {
     let mut c = tiny_config(dir.path());
     c.model.base = Some(a.smollm2());
     c.model.dtype = "f16".into();
+    // The merged shape: its base copy is what must go back to the OS on eviction.
+    c.model.adapter_mode = mistralrs_dnd::engine::AdapterMode::Merged;
     let s = start(c).await;
     let dims = LlamaDims::from_config_file(&a.smollm2().join("config.json")).unwrap();
     let base = s.chat("What is the capital of France?", |rb, _| rb).await;
@@ -186,7 +188,7 @@ async fn chat_through_a_hot_loaded_adapter_on_smollm2() {
     );
     assert!(
         rss_loaded > rss_before + 100_000_000,
-        "an adapter model is a full model copy"
+        "a merged adapter model is a full model copy"
     );
     assert!(
         (rss_after as f64) < rss_before as f64 * 1.10,

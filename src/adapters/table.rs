@@ -39,7 +39,7 @@ pub const ADAPTER_MODEL_PREFIX: &str = "dnd:";
 pub struct Limits {
     pub max_resident: usize,
     pub max_resident_bytes: u64,
-    /// Memory one resident adapter model takes (a full base copy with the LoRA merged).
+    /// Memory one resident adapter model is budgeted (`server::adapter_model_bytes`).
     pub bytes_per_model: u64,
     /// How long a replaced or evicted engine model waits for the requests still using it
     /// before it is removed anyway (logged).
@@ -92,6 +92,8 @@ pub struct ResidentModel {
     pub task: String,
     pub hash: String,
     pub engine_id: String,
+    /// How long the engine took to build it (read, and fork or merge).
+    pub load: Duration,
 }
 
 /// Where a request goes.
@@ -171,6 +173,9 @@ pub struct TaskInfo {
     pub bytes: u64,
     /// Memory of its engine model when resident.
     pub resident_bytes: u64,
+    /// How long the engine took to build its resident model, in ms (read, and fork or
+    /// merge; not counting the wait for room).
+    pub load_ms: Option<u64>,
     pub versions: Vec<super::store::Version>,
 }
 
@@ -608,6 +613,7 @@ impl AdapterTable {
                     task: task.to_string(),
                     hash,
                     engine_id,
+                    load,
                 });
                 // Loading becomes resident in one step: the count of models does not move.
                 let old = {
@@ -977,6 +983,7 @@ impl AdapterTable {
             } else {
                 0
             },
+            load_ms: e.resident.as_ref().map(|r| r.load.as_millis() as u64),
             versions: e.record.versions.clone(),
         }
     }

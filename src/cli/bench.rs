@@ -13,8 +13,8 @@ pub struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Bench {
-    /// Hot-load latency (upload -> first token through the adapter) and RSS per resident
-    /// adapter, on the real SmolLM2 base model.
+    /// Hot-load latency (upload -> first token through the adapter), engine build time, RSS
+    /// per resident adapter and idle CPU, on the real SmolLM2, shared and merged side by side.
     Hotload(HotloadArgs),
     /// Time prompt encoding, decoding and detokenising of one adapter.
     Generator(GeneratorArgs),
@@ -154,6 +154,9 @@ pub struct HotloadArgs {
     /// Serving dtype.
     #[arg(long, default_value = "f16")]
     pub dtype: String,
+    /// Adapter modes (comma-separated: shared, merged), one server each, one table.
+    #[arg(long, value_delimiter = ',', default_value = "shared,merged")]
+    pub modes: Vec<String>,
     /// Asset folder (default: $DND_ASSETS or ./assets).
     #[arg(long)]
     pub assets: Option<PathBuf>,
@@ -178,8 +181,15 @@ pub struct GeneratorArgs {
 
 pub fn run(args: Args) -> Result<()> {
     match args.bench {
-        Bench::Hotload(a) => tokio::runtime::Runtime::new()?
-            .block_on(crate::bench::hotload::run(a.n, &a.dtype, a.assets)),
+        Bench::Hotload(a) => {
+            let modes = a
+                .modes
+                .iter()
+                .map(|m| crate::engine::AdapterMode::parse(m))
+                .collect::<Result<Vec<_>>>()?;
+            tokio::runtime::Runtime::new()?
+                .block_on(crate::bench::hotload::run(a.n, &a.dtype, &modes, a.assets))
+        }
         Bench::Generator(a) => crate::bench::generator::run(
             a.generator.as_deref(),
             a.encoder.as_deref(),

@@ -1,9 +1,13 @@
 //! The engine side: base and adapter models in mistral.rs 0.8.1, behind [`AdapterEngine`].
 //!
-//! 0.8.1 has no per-request LoRA: a LoRA is merged into the base weights when a pipeline is
-//! loaded, so an adapter is served by its own engine model (base + merged LoRA) registered
-//! in the one `MistralRs` instance and addressed by model id. A later mistral.rs with a
-//! dynamic LoRA table can implement [`AdapterEngine`] without the plugin changing.
+//! 0.8.1 has no per-request LoRA. An adapter is addressed by a model id of its own in the
+//! one `MistralRs` instance, served in one of two shapes ([`AdapterMode`]): by the base
+//! model itself, as an alias of it whose rows get the LoRA unmerged in the same batches as
+//! every other adapter's and the base's ([`shared`], the default: a few MB and
+//! milliseconds per adapter; vendor patches 0005 and 0007), or by an engine model of its
+//! own, a whole base copy loaded with the LoRA merged in (0.8.1's own LoRA loading:
+//! hundreds of MB and about a second each). A later mistral.rs with a dynamic LoRA table
+//! can implement [`AdapterEngine`] without the plugin changing.
 //!
 //! The traps of 0.8.1 are handled here and only here:
 //! every pipeline loads on a fresh OS thread with the thread-local LoRA list cleared before
@@ -15,9 +19,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use async_trait::async_trait;
-use candle_core::Device;
+use candle_core::{DType, Device};
 use mistralrs_core::{
     AdapterPaths, AddModelConfig, DefaultSchedulerMethod, DeviceMapMetadata, DeviceMapSetting,
     EngineConfig, LocalModelPaths, LoraAdapterPaths, MistralRs, MistralRsBuilder, ModelDType,
@@ -25,18 +29,43 @@ use mistralrs_core::{
     SchedulerConfig,
 };
 
-use crate::format::peft;
+use crate::format::peft::{self, LoraAdapter};
+use shared::{AdapterSet, AdapterWeights, MultiLoraLinear};
 
 #[cfg(test)]
 pub(crate) mod fake;
+pub mod shared;
+
+/// How an adapter is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdapterMode {
+    /// By the base model, its LoRA applied unmerged to its requests' rows ([`shared`]).
+    #[default]
+    Shared,
+    /// A whole copy of the base with the LoRA merged into it (mistral.rs 0.8.1's loader).
+    Merged,
+}
+
+impl AdapterMode {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "shared" => Ok(Self::Shared),
+            "merged" => Ok(Self::Merged),
+            other => Err(anyhow!(
+                "unknown adapter mode {other:?}: use shared or merged"
+            )),
+        }
+    }
+}
 
 /// What the plugin needs from an inference engine.
 #[async_trait]
 pub trait AdapterEngine: Send + Sync {
     /// Model id of the base model.
     fn base_id(&self) -> &str;
-    /// Loads the base model with the PEFT adapter in `adapter_dir` and registers it as
-    /// `model_id`. Returns how long loading (read + merge) took.
+    /// Makes the PEFT adapter in `adapter_dir` servable as `model_id`. Returns how long
+    /// that took (reading and converting its matrices, or loading a merged base copy).
     async fn register(&self, model_id: &str, adapter_dir: &Path) -> Result<Duration>;
     /// Removes a registered adapter model and frees its memory.
     async fn unregister(&self, model_id: &str) -> Result<()>;
@@ -62,15 +91,43 @@ pub struct MistralRsEngine {
     dtype: ModelDType,
     max_seqs: usize,
     base_id: String,
+    mode: AdapterMode,
+    /// Shared mode: the adapters the base model serves, and the dtype and device their
+    /// matrices are converted to.
+    shared: Option<(Arc<AdapterSet>, DType, Device)>,
 }
 
 impl MistralRsEngine {
-    /// Loads the base model from a Hugging Face llama folder and starts the engine.
-    pub async fn start(base_dir: &Path, dtype: ModelDType, max_seqs: usize) -> Result<Self> {
+    /// Loads the base model from a Hugging Face llama folder and starts the engine. In
+    /// shared mode the engine's base model is a fork of it with every projection wrapped
+    /// to serve the adapters ([`shared`]).
+    pub async fn start(
+        base_dir: &Path,
+        dtype: ModelDType,
+        max_seqs: usize,
+        mode: AdapterMode,
+    ) -> Result<Self> {
         let base_dir = base_dir
             .canonicalize()
             .with_context(|| format!("base model folder {}", base_dir.display()))?;
-        let pipeline = load_pipeline_on_fresh_thread(base_dir.clone(), None, dtype).await?;
+        let mut pipeline = load_pipeline_on_fresh_thread(base_dir.clone(), None, dtype).await?;
+        let mut shared = None;
+        if mode == AdapterMode::Shared {
+            let set = Arc::new(AdapterSet::default());
+            let fork = {
+                let base = pipeline.lock().await;
+                let serving = (base.get_metadata().activation_dtype, base.device());
+                let fork = base
+                    .fork_with_linear_layers(&mut |path, layer| {
+                        Ok(MultiLoraLinear::wrap(path, layer, &set))
+                    })
+                    .context("adapter_mode = \"shared\" needs a llama base model")?;
+                shared = Some((set, serving.0, serving.1));
+                fork
+            };
+            // The unwrapped pipeline goes; its weights live on in the fork.
+            pipeline = fork;
+        }
         let base_id = "base".to_string();
         let mistralrs = MistralRsBuilder::new(pipeline, scheduler(max_seqs), false, None)
             .with_model_id(base_id.clone())
@@ -83,6 +140,8 @@ impl MistralRsEngine {
             dtype,
             max_seqs,
             base_id,
+            mode,
+            shared,
         })
     }
 
@@ -92,6 +151,60 @@ impl MistralRsEngine {
 
     pub fn base_dir(&self) -> &Path {
         &self.base_dir
+    }
+
+    /// [`AdapterEngine::register`] in the given shape, whatever the configured one (the
+    /// parity test compares both in one engine started in shared mode).
+    pub async fn register_as(
+        &self,
+        model_id: &str,
+        adapter_dir: &Path,
+        mode: AdapterMode,
+    ) -> Result<Duration> {
+        let t = Instant::now();
+        match mode {
+            AdapterMode::Shared => {
+                let (set, dtype, device) = self
+                    .shared
+                    .clone()
+                    .context("this engine was started with adapter_mode = \"merged\"")?;
+                let dir = adapter_dir.to_path_buf();
+                // File reads and tensor conversions: off the async threads.
+                let weights = tokio::task::spawn_blocking(move || {
+                    AdapterWeights::new(&LoraAdapter::read_peft(&dir)?, dtype, &device)
+                })
+                .await??;
+                set.insert(model_id, weights);
+                if let Err(e) = self.mistralrs.register_model_alias(model_id, &self.base_id) {
+                    set.remove(model_id);
+                    bail!("registering {model_id}: {e}");
+                }
+            }
+            AdapterMode::Merged => {
+                let pipeline = load_pipeline_on_fresh_thread(
+                    self.base_dir.clone(),
+                    Some(adapter_dir.to_path_buf()),
+                    self.dtype,
+                )
+                .await?;
+                let mut config = AddModelConfig::new(EngineConfig {
+                    throughput_logging_enabled: false,
+                    no_prefix_cache: true,
+                    ..Default::default()
+                });
+                config.loader_config = None; // no stock reload for adapter models (trap 1)
+                self.mistralrs
+                    .add_model(
+                        model_id.to_string(),
+                        pipeline,
+                        scheduler(self.max_seqs),
+                        config,
+                    )
+                    .await
+                    .map_err(|e| anyhow!("registering {model_id}: {e}"))?;
+            }
+        }
+        Ok(t.elapsed())
     }
 }
 
@@ -108,33 +221,18 @@ impl AdapterEngine for MistralRsEngine {
     }
 
     async fn register(&self, model_id: &str, adapter_dir: &Path) -> Result<Duration> {
-        let t = Instant::now();
-        let pipeline = load_pipeline_on_fresh_thread(
-            self.base_dir.clone(),
-            Some(adapter_dir.to_path_buf()),
-            self.dtype,
-        )
-        .await?;
-        let load = t.elapsed();
-        let mut config = AddModelConfig::new(EngineConfig {
-            throughput_logging_enabled: false,
-            no_prefix_cache: true,
-            ..Default::default()
-        });
-        config.loader_config = None; // no stock reload for adapter models (trap 1)
-        self.mistralrs
-            .add_model(
-                model_id.to_string(),
-                pipeline,
-                scheduler(self.max_seqs),
-                config,
-            )
-            .await
-            .map_err(|e| anyhow!("registering {model_id}: {e}"))?;
-        Ok(load)
+        self.register_as(model_id, adapter_dir, self.mode).await
     }
 
     async fn unregister(&self, model_id: &str) -> Result<()> {
+        if let Some((set, ..)) = &self.shared {
+            if set.remove(model_id) {
+                self.mistralrs
+                    .remove_model_alias(model_id)
+                    .map_err(|e| anyhow!("removing {model_id}: {e}"))?;
+                return Ok(());
+            }
+        }
         let mistralrs = self.mistralrs.clone();
         let id = model_id.to_string();
         // `remove_model` blocks on a channel send: never inside an async task (trap 2).

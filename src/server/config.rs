@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+use crate::engine::AdapterMode;
+
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -43,6 +45,9 @@ pub struct ModelConfig {
     /// Sequences the engine schedules at once, per model (the base, or one adapter): they
     /// share its decode batches; the others wait in the engine's queue.
     pub max_seqs: usize,
+    /// How an adapter model holds its weights: "shared" (the base's, LoRA unmerged) or
+    /// "merged" (a whole base copy with the LoRA merged in).
+    pub adapter_mode: AdapterMode,
 }
 
 impl Default for ModelConfig {
@@ -52,6 +57,7 @@ impl Default for ModelConfig {
             base: None,
             dtype: "f16".into(),
             max_seqs: 16,
+            adapter_mode: AdapterMode::default(),
         }
     }
 }

@@ -30,8 +30,8 @@ use config::TenantMode;
 
 use crate::adapters::{AdapterTable, Limits, Store, StoreLimits, StoreLock};
 
-use crate::engine::{parse_dtype, MistralRsEngine};
-use crate::format::LlamaDims;
+use crate::engine::{parse_dtype, AdapterMode, MistralRsEngine};
+use crate::format::{peft, LlamaDims};
 
 /// The plugin's shared state.
 pub struct Plugin {
@@ -70,6 +70,39 @@ pub fn resolve_base(config: &Config) -> Result<PathBuf> {
         .given_or(config.model.base.as_deref(), crate::assets::Assets::smollm2)
 }
 
+/// Memory budgeted for one resident adapter (`Limits::bytes_per_model`): a whole base copy
+/// when merged; when shared, its matrices for a rank-16 LoRA on all seven modules in
+/// `dtype` (the collector and the generators write rank 8 on two).
+pub fn adapter_model_bytes(
+    base: &Path,
+    dims: &LlamaDims,
+    dtype: &str,
+    mode: AdapterMode,
+) -> Result<u64> {
+    match mode {
+        AdapterMode::Merged => model_bytes(base, dtype),
+        AdapterMode::Shared => {
+            let per_layer: usize = peft::Module::ALL
+                .iter()
+                .map(|m| {
+                    let (i, o) = m.dims(dims);
+                    16 * (i + o)
+                })
+                .sum();
+            let params = (per_layer * dims.num_hidden_layers) as u64;
+            Ok(params * dtype_width(dtype))
+        }
+    }
+}
+
+fn dtype_width(dtype: &str) -> u64 {
+    if dtype.eq_ignore_ascii_case("f32") {
+        4
+    } else {
+        2
+    }
+}
+
 /// Bytes a loaded copy of the model takes in `dtype`, from its safetensors header.
 pub fn model_bytes(base: &Path, dtype: &str) -> Result<u64> {
     use std::io::Read;
@@ -87,12 +120,7 @@ pub fn model_bytes(base: &Path, dtype: &str) -> Result<u64> {
         .filter_map(|(_, v)| v.get("shape")?.as_array().cloned())
         .map(|s| s.iter().map(|d| d.as_u64().unwrap_or(0)).product::<u64>())
         .sum();
-    let width = if dtype.eq_ignore_ascii_case("f32") {
-        4
-    } else {
-        2
-    };
-    Ok(params * width)
+    Ok(params * dtype_width(dtype))
 }
 
 /// Loads the engine, the adapter table and the generator the config names, and assembles
@@ -137,7 +165,15 @@ pub async fn assemble(
         .transpose()?;
     let base = resolve_base(&config)?;
     let dtype = parse_dtype(&config.model.dtype)?;
-    let engine = Arc::new(MistralRsEngine::start(&base, dtype, config.model.max_seqs).await?);
+    let engine = Arc::new(
+        MistralRsEngine::start(
+            &base,
+            dtype,
+            config.model.max_seqs,
+            config.model.adapter_mode,
+        )
+        .await?,
+    );
     let stock = MistralRsServerRouterBuilder::new()
         .with_mistralrs(engine.mistralrs())
         .with_max_body_limit(config.server.max_body_bytes)
@@ -157,7 +193,12 @@ pub async fn assemble(
     let limits = Limits {
         max_resident: config.plugin.max_resident,
         max_resident_bytes: config.plugin.max_resident_mib << 20,
-        bytes_per_model: model_bytes(&base, &config.model.dtype)?,
+        bytes_per_model: adapter_model_bytes(
+            &base,
+            &dims,
+            &config.model.dtype,
+            config.model.adapter_mode,
+        )?,
         retire_ceiling: std::time::Duration::from_secs(config.plugin.retire_ceiling_s),
         load_queue: std::time::Duration::from_millis(config.plugin.load_queue_ms),
     };
