@@ -114,22 +114,13 @@ impl AdapterSet {
         self.len() == 0
     }
 
-    /// The rows of the current batch grouped by adapter (rows of no adapter left out).
-    fn groups(&self, rows: &[Option<String>]) -> Vec<(Arc<AdapterWeights>, Vec<u32>)> {
+    /// The adapter of each row of the current batch (`None`: the base, or an id that is
+    /// not an adapter).
+    fn of_rows(&self, rows: &[Option<String>]) -> Vec<Option<Arc<AdapterWeights>>> {
         let adapters = self.read();
-        let mut groups: Vec<(&String, Arc<AdapterWeights>, Vec<u32>)> = Vec::new();
-        for (row, id) in rows.iter().enumerate() {
-            let Some(id) = id else { continue };
-            match groups.iter_mut().find(|(g, ..)| *g == id) {
-                Some((.., idx)) => idx.push(row as u32),
-                None => {
-                    if let Some(w) = adapters.get(id) {
-                        groups.push((id, w.clone(), vec![row as u32]));
-                    }
-                }
-            }
-        }
-        groups.into_iter().map(|(_, w, idx)| (w, idx)).collect()
+        rows.iter()
+            .map(|id| id.as_ref().and_then(|id| adapters.get(id).cloned()))
+            .collect()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<AdapterWeights>>> {
@@ -180,6 +171,46 @@ fn low_rank(x: &Tensor, a_t: &Tensor, b_t: &Tensor) -> candle_core::Result<Tenso
         .reshape(out)
 }
 
+/// Each row of `x` (rows, ..., in) through its own (A^T, s B^T), or none (zero): the
+/// matrices stacked into one batched matmul, lower ranks padded with zeros (exact).
+fn low_rank_per_row(x: &Tensor, mats: &[Option<&(Tensor, Tensor)>]) -> candle_core::Result<Tensor> {
+    let (rows, inp) = (x.dim(0)?, x.dim(candle_core::D::Minus1)?);
+    let some = mats.iter().flatten();
+    let rank = some
+        .clone()
+        .map(|m| m.0.dim(1))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let r = rank.into_iter().max().unwrap_or(0);
+    let first = some
+        .clone()
+        .next()
+        .expect("at least one row has an adapter");
+    let out = first.1.dim(1)?;
+    let (dtype, device) = (first.0.dtype(), first.0.device());
+    let (zero_a, zero_b) = (
+        Tensor::zeros((inp, r), dtype, device)?,
+        Tensor::zeros((r, out), dtype, device)?,
+    );
+    let mut a = Vec::with_capacity(rows);
+    let mut b = Vec::with_capacity(rows);
+    for m in mats {
+        match m {
+            Some((a_t, b_t)) => {
+                let pad = r - a_t.dim(1)?;
+                a.push(a_t.pad_with_zeros(1, 0, pad)?);
+                b.push(b_t.pad_with_zeros(0, 0, pad)?);
+            }
+            None => {
+                a.push(zero_a.clone());
+                b.push(zero_b.clone());
+            }
+        }
+    }
+    let x = x.reshape((rows, x.elem_count() / (rows * inp), inp))?;
+    x.matmul(&Tensor::stack(&a, 0)?)?
+        .matmul(&Tensor::stack(&b, 0)?)
+}
+
 impl fmt::Debug for MultiLoraLinear {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MultiLoraLinear")
@@ -205,8 +236,8 @@ impl QuantMethod for MultiLoraLinear {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let mut y = self.base.forward(x)?;
-        let groups = mistralrs_core::batch_rows::with(|rows| {
+        let y = self.base.forward(x)?;
+        let rows = mistralrs_core::batch_rows::with(|rows| {
             if rows.is_empty() || self.set.is_empty() {
                 return Ok(Vec::new());
             }
@@ -218,21 +249,30 @@ impl QuantMethod for MultiLoraLinear {
                     x.dim(0)?
                 );
             }
-            Ok(self.set.groups(rows))
+            Ok(self.set.of_rows(rows))
         })?;
-        for (weights, rows) in groups {
-            let Some((a_t, b_t)) = weights.layers.get(&self.path) else {
-                continue;
-            };
-            if rows.len() == x.dim(0)? {
-                y = (y + low_rank(x, a_t, b_t)?)?;
-            } else {
-                let idx = Tensor::new(rows.as_slice(), x.device())?;
-                let delta = low_rank(&x.index_select(&idx, 0)?, a_t, b_t)?;
-                y = y.index_add(&idx, &delta, 0)?;
+        if let Some(Some(first)) = rows.first() {
+            if rows
+                .iter()
+                .all(|w| w.as_ref().is_some_and(|w| Arc::ptr_eq(w, first)))
+            {
+                // One adapter for the whole batch: one low-rank product, if it has this layer.
+                return match first.layers.get(&self.path) {
+                    Some((a_t, b_t)) => y + low_rank(x, a_t, b_t)?,
+                    None => Ok(y),
+                };
             }
         }
-        Ok(y)
+        // This layer's (A^T, s B^T) for each row.
+        let mats: Vec<Option<&(Tensor, Tensor)>> = rows
+            .iter()
+            .map(|w| w.as_ref().and_then(|w| w.layers.get(&self.path)))
+            .collect();
+        if mats.iter().all(Option::is_none) {
+            return Ok(y);
+        }
+        let delta = low_rank_per_row(x, &mats)?.reshape(y.shape())?;
+        y + delta
     }
 
     fn quantized_act_type(&self) -> Option<DType> {
@@ -260,5 +300,47 @@ impl QuantMethod for MultiLoraLinear {
         _guard: QuantizeOntoGuard,
     ) -> candle_core::Result<Arc<dyn QuantMethod>> {
         candle_core::bail!("in-situ quantization of a shared base is not supported")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+        crate::format::peft::uniform(&mut rng, shape, 1.0).unwrap()
+    }
+
+    /// The stacked product equals each row through its own matrices alone (ranks 2 and 4,
+    /// a row with none), for prefill-shaped (3 positions) and decode-shaped rows.
+    #[test]
+    fn rows_through_their_own_matrices() {
+        let m1 = (rand(&[6, 2], 1), rand(&[2, 5], 2));
+        let m2 = (rand(&[6, 4], 3), rand(&[4, 5], 4));
+        let mats = [Some(&m1), None, Some(&m2), Some(&m1)];
+        for positions in [3, 1] {
+            let x = rand(&[4, positions, 6], 5);
+            let got = low_rank_per_row(&x, &mats).unwrap();
+            assert_eq!(got.dims(), [4, positions, 5]);
+            for (row, m) in mats.iter().enumerate() {
+                let xr = x.get(row).unwrap().unsqueeze(0).unwrap();
+                let want = match m {
+                    Some((a, b)) => low_rank(&xr, a, b).unwrap(),
+                    None => Tensor::zeros((1, positions, 5), DType::F32, &Device::Cpu).unwrap(),
+                };
+                let diff = (got.get(row).unwrap().unsqueeze(0).unwrap() - want)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(diff < 1e-5, "row {row}: {diff}");
+            }
+        }
     }
 }

@@ -55,7 +55,7 @@ impl Default for ModelConfig {
         Self {
             assets: PathBuf::from("assets"),
             base: None,
-            dtype: "f16".into(),
+            dtype: "f32".into(),
             max_seqs: 16,
             adapter_mode: AdapterMode::default(),
         }
@@ -189,8 +189,8 @@ impl Default for PluginConfig {
             metrics_need_token: true,
             task_id_sources: vec![TaskSource::Header, TaskSource::Body, TaskSource::User],
             task_header: "x-task-id".into(),
-            max_resident: 4,
-            max_resident_mib: 2048,
+            max_resident: 128,
+            max_resident_mib: 4096,
             load_wait_ms: 0,
             load_queue_ms: 60_000,
             generator: None,
