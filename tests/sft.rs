@@ -101,16 +101,7 @@ fn b_matrices(a: &LoraAdapter, layout: &TokenLayout) -> Vec<Tensor> {
 fn max_diff(a: &[Tensor], b: &[Tensor]) -> f32 {
     a.iter()
         .zip(b)
-        .map(|(x, y)| {
-            (x - y)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        })
+        .map(|(x, y)| mistralrs_dnd::testing::max_abs_diff(x, y))
         .fold(0.0, f32::max)
 }
 

@@ -124,18 +124,7 @@ async fn shared_adapters_compute_what_merged_ones_do_on_smollm2() {
         Response::Raw { logits_chunks, .. } => candle_core::Tensor::cat(&logits_chunks, 0).unwrap(),
         other => panic!("expected raw logits, got {}", describe(&other)),
     };
-    let max_diff = |x: &candle_core::Tensor, y: &candle_core::Tensor| {
-        (x - y)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
+    let max_diff = mistralrs_dnd::testing::max_abs_diff;
     let (mut worst, mut moved) = (0f32, 0f32);
     for ((s, m), b) in shared.into_iter().zip(merged).zip(base) {
         let (s, m, b) = (logits(s), logits(m), logits(b));

@@ -47,9 +47,10 @@ const DOCUMENTED: [(u16, &str); 3] = [
 ];
 /// The admin API's bar (issue 15): p99 under this many ms.
 const ADMIN_P99_MS: f64 = 100.0;
-/// RSS ceiling: the RSS before any adapter is loaded, plus this many times the model's
-/// bytes per resident adapter model (a merged copy measured 1.32x in `bench hotload`),
-/// plus [`HEADROOM_MIB`] (requests, KV caches, generations, this load generator).
+/// RSS ceiling: the RSS before any adapter is loaded, plus this many times the memory
+/// budgeted per resident adapter (`server::adapter_model_bytes`: a merged copy measured
+/// 1.32x its weights in `bench hotload`), plus [`HEADROOM_MIB`] (requests, KV caches,
+/// generations, this load generator).
 const PER_MODEL: f64 = 1.5;
 const HEADROOM_MIB: u64 = 512;
 
@@ -112,7 +113,13 @@ pub async fn run(setup: &Setup) -> Result<()> {
         config.plugin.generator = Some(g.clone());
         config.plugin.encoder = Some(assets.minilm());
     }
-    let model_bytes = crate::server::model_bytes(&assets.smollm2(), &setup.dtype)?;
+    let model_bytes = crate::server::adapter_model_bytes(
+        &assets.smollm2(),
+        &LlamaDims::from_config_file(&assets.smollm2().join("config.json"))?,
+        &setup.dtype,
+        config.model.adapter_mode,
+    )?;
+    let mode = config.model.adapter_mode;
     let picker = Zipf::new(setup.tenants, setup.zipf);
     print_machine();
     println!(
@@ -194,11 +201,13 @@ pub async fn run(setup: &Setup) -> Result<()> {
         + (HEADROOM_MIB << 20);
     println!(
         "RSS ceiling: {} MiB = {} MiB before any adapter (base model, generator, one request) \
-         + {} resident x {PER_MODEL} x {} MiB (the model in {}) + {HEADROOM_MIB} MiB headroom",
+         + {} resident x {PER_MODEL} x {} MiB (an adapter's budget, {:?} mode, {}) + \
+         {HEADROOM_MIB} MiB headroom",
         ceiling >> 20,
         rss_start >> 20,
         setup.resident,
         model_bytes >> 20,
+        mode,
         setup.dtype
     );
 

@@ -329,16 +329,8 @@ mod tests {
                     Some((a, b)) => low_rank(&xr, a, b).unwrap(),
                     None => Tensor::zeros((1, positions, 5), DType::F32, &Device::Cpu).unwrap(),
                 };
-                let diff = (got.get(row).unwrap().unsqueeze(0).unwrap() - want)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let got_row = got.get(row).unwrap().unsqueeze(0).unwrap();
+                let diff = crate::testing::max_abs_diff(&got_row, &want);
                 assert!(diff < 1e-5, "row {row}: {diff}");
             }
         }

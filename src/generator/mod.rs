@@ -29,11 +29,14 @@ pub mod residual;
 pub mod tokenizer;
 
 use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
+use lru::LruCache;
 
 pub use decoder::{Decoder, DecoderConfig};
 pub use encoder::PromptEncoder;
@@ -94,7 +97,13 @@ pub struct Generator {
     frozen_a: BTreeMap<String, Tensor>,
     /// Base adapter and gates of a residual generator (`decoder.json`'s `residual`).
     residual: Option<Residual>,
+    /// Encodings of recent prompts, (1, L, hidden) each: a server encodes a task's prompts
+    /// as they arrive ([`Generator::prepare`]), so that at the K-th only the K-th is left.
+    encodings: Mutex<LruCache<String, Tensor>>,
 }
+
+/// Prompt encodings kept (49 KB each for L = 32 and MiniLM's 384: 25 MB).
+const ENCODINGS_KEPT: usize = 512;
 
 impl Generator {
     /// Loads a generator folder and the prompt encoder folder onto `device`.
@@ -151,6 +160,9 @@ impl Generator {
             layout,
             frozen_a,
             residual: None,
+            encodings: Mutex::new(LruCache::new(
+                NonZeroUsize::new(ENCODINGS_KEPT).expect("non-zero"),
+            )),
         })
     }
 
@@ -171,12 +183,40 @@ impl Generator {
         self.config().check_base(dims)
     }
 
+    /// Encodes `prompt` ahead of a generation that may use it (kept among the last
+    /// [`ENCODINGS_KEPT`]); a generation takes it from there instead of encoding it again.
+    pub fn prepare(&self, prompt: &str) -> Result<()> {
+        self.encoding(prompt).map(|_| ())
+    }
+
+    /// The condition of one prompt, (1, L, hidden): kept, or encoded now and kept. Each
+    /// prompt is encoded alone (padded to L), so a generation's condition does not depend
+    /// on which of its prompts were encoded ahead.
+    fn encoding(&self, prompt: &str) -> Result<Tensor> {
+        if let Some(t) = self.kept().get(prompt) {
+            return Ok(t.clone());
+        }
+        let (t, _mask) = self
+            .encoder
+            .encode(&[prompt.to_string()], self.config().prompt_tokens)?;
+        self.kept().put(prompt.to_string(), t.clone());
+        Ok(t)
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, LruCache<String, Tensor>> {
+        self.encodings.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// One adapter from a batch of prompts (fitted to N, see the module doc).
     pub fn generate(&self, prompts: &[String]) -> Result<Generated> {
         let cfg = self.config();
         let (fitted, note) = prompts::fit_to_n(prompts, cfg.prompts)?;
         let t0 = Instant::now();
-        let (cond, _mask) = self.encoder.encode(&fitted, cfg.prompt_tokens)?;
+        let parts = fitted
+            .iter()
+            .map(|p| self.encoding(p))
+            .collect::<Result<Vec<_>>>()?;
+        let cond = Tensor::cat(&parts, 0)?;
         let encode = t0.elapsed();
         let (adapter, decode, detokenise) = self.decode_timed(&cond)?;
         Ok(Generated {

@@ -153,6 +153,9 @@ pub struct PluginConfig {
     pub max_generations_per_hour: usize,
     /// Stored adapter versions kept per task (tenant).
     pub max_versions: usize,
+    /// Encode each kept prompt with the generator's encoder as it arrives (one at a time,
+    /// off the request path), so that a generation only encodes what is new.
+    pub encode_on_arrival: bool,
     /// Largest chat or completion request body, in bytes; 413 past it
     /// (`server.max_body_bytes` is for adapter uploads).
     pub max_request_bytes: usize,
@@ -207,6 +210,7 @@ impl Default for PluginConfig {
             regenerate_after: None,
             max_generations_per_hour: 6,
             max_versions: 5,
+            encode_on_arrival: true,
             max_request_bytes: 1 << 20,
             default_max_tokens: 256,
             max_tokens_limit: 4096,

@@ -234,6 +234,7 @@ pub async fn assemble(
             regenerate_after: pc.regenerate_after,
             max_generations_per_hour: pc.max_generations_per_hour,
             max_versions: pc.max_versions,
+            prepare_on_arrival: pc.encode_on_arrival,
         };
         specialise::Specialiser::start(g, table.clone(), metrics.clone(), settings)
     });

@@ -54,6 +54,10 @@ pub trait AdapterGenerator: Send + Sync {
     fn generate_timed(&self, prompts: &[String]) -> Result<(LoraAdapter, Vec<(String, Duration)>)> {
         Ok((self.generate(prompts)?, Vec::new()))
     }
+
+    /// Work on `prompt` ahead of a generation that may use it (the DnD generator encodes
+    /// it); nothing by default. Called off the request path, one prompt at a time.
+    fn prepare(&self, _prompt: &str) {}
 }
 
 impl AdapterGenerator for crate::generator::Generator {
@@ -63,6 +67,12 @@ impl AdapterGenerator for crate::generator::Generator {
 
     fn generate(&self, prompts: &[String]) -> Result<LoraAdapter> {
         Ok(self.generate_timed(prompts)?.0)
+    }
+
+    fn prepare(&self, prompt: &str) {
+        if let Err(e) = crate::generator::Generator::prepare(self, prompt) {
+            tracing::debug!(error = %e, "encoding a prompt ahead failed");
+        }
     }
 
     fn generate_timed(&self, prompts: &[String]) -> Result<(LoraAdapter, Vec<(String, Duration)>)> {
@@ -100,6 +110,8 @@ pub struct Settings {
     pub max_generations_per_hour: usize,
     /// Stored versions kept per task (older ones are deleted).
     pub max_versions: usize,
+    /// Prepare each kept prompt as it arrives ([`AdapterGenerator::prepare`]).
+    pub prepare_on_arrival: bool,
 }
 
 /// Where a task's generation stands.
@@ -225,7 +237,12 @@ pub struct Specialiser {
     wake_writer: mpsc::Sender<()>,
     /// Prompt files written or removed so far.
     prompt_writes: AtomicU64,
+    /// Prompts for the worker that prepares them ahead (full: a prompt is not prepared).
+    to_prepare: mpsc::Sender<String>,
 }
+
+/// Prompts waiting to be prepared at most; past it new ones are left to their generation.
+const PREPARE_QUEUE: usize = 64;
 
 const PROMPTS_FILE: &str = "prompts.jsonl";
 const GENERATION_FILE: &str = "generation.json";
@@ -245,6 +262,7 @@ impl Specialiser {
     ) -> Arc<Self> {
         let (jobs, rx) = mpsc::channel(settings.queue.max(1));
         let (wake_writer, wake_rx) = mpsc::channel(1);
+        let (to_prepare, mut prepare_rx) = mpsc::channel::<String>(PREPARE_QUEUE);
         let this = Arc::new(Self {
             generator,
             table,
@@ -257,6 +275,15 @@ impl Specialiser {
             unwritten: Mutex::new(HashSet::new()),
             wake_writer,
             prompt_writes: AtomicU64::new(0),
+            to_prepare,
+        });
+        // One prompt at a time on a blocking thread: at most one core goes to it.
+        let generator = this.generator.clone();
+        tokio::spawn(async move {
+            while let Some(prompt) = prepare_rx.recv().await {
+                let g = generator.clone();
+                let _ = tokio::task::spawn_blocking(move || g.prepare(&prompt)).await;
+            }
         });
         let retries = this.restore();
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
@@ -414,6 +441,9 @@ impl Specialiser {
                     tracing::debug!(task, reason = e.message, "new task refused");
                     return Err(e);
                 }
+            }
+            if self.settings.prepare_on_arrival {
+                let _ = self.to_prepare.try_send(prompt.clone());
             }
             let buf = tasks.entry(task.to_string()).or_insert_with(TaskBuf::new);
             buf.prompts.push_back(prompt);

@@ -89,6 +89,7 @@ fn settings() -> Settings {
         regenerate_after: None,
         max_generations_per_hour: 100,
         max_versions: 5,
+        prepare_on_arrival: true,
     }
 }
 

@@ -267,7 +267,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        max_abs(&(a - b).unwrap())
+        crate::testing::max_abs_diff(a, b)
     }
 
     fn max_abs(t: &Tensor) -> f32 {
