@@ -475,8 +475,9 @@ impl AdapterTable {
     }
 
     /// [`AdapterTable::install`], also returning the time of its stages: `write` (validate
-    /// and store), `load_merge` (the engine loads the base with the adapter merged) and
-    /// `register` (the rest: adding the model, routing).
+    /// and store), `load_merge` (the engine makes it servable: reads its matrices when
+    /// adapters are shared, loads a base copy with it merged when merged) and `register`
+    /// (the rest: routing).
     pub async fn install_timed(
         self: &Arc<Self>,
         task: &str,
@@ -782,8 +783,8 @@ impl AdapterTable {
     /// route from routing until its answer has been sent or dropped, through its wait for
     /// admission and the engine's queue (see `server::admission`). Only the retire ceiling
     /// cuts that short, for requests that never end (a client that stops reading a stream),
-    /// so that a full model copy is not kept for good; that is logged with the requests cut
-    /// off.
+    /// so that its memory (a whole model copy when merged) is not kept for good; that is
+    /// logged with the requests cut off.
     ///
     /// The model must have been counted as retiring ([`Inner::take_resident`]) when it left
     /// the LRU; it stops counting once removed.

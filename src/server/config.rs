@@ -107,7 +107,7 @@ pub struct PluginConfig {
     /// Sources of the task id, first match wins.
     pub task_id_sources: Vec<TaskSource>,
     pub task_header: String,
-    /// Resident adapter models at most (each is a full model copy in 0.8.1).
+    /// Resident adapters at most (loading and retiring ones counted too).
     pub max_resident: usize,
     /// Resident adapter memory at most, in MiB.
     pub max_resident_mib: u64,

@@ -243,6 +243,8 @@ pub struct Specialiser {
 
 /// Prompts waiting to be prepared at most; past it new ones are left to their generation.
 const PREPARE_QUEUE: usize = 64;
+/// `Retry-After` of a 503 `too_many_tasks`, in seconds.
+const TOO_MANY_TASKS_RETRY_S: u64 = 5;
 
 const PROMPTS_FILE: &str = "prompts.jsonl";
 const GENERATION_FILE: &str = "generation.json";
@@ -462,8 +464,12 @@ impl Specialiser {
     /// is far behind (see [`WRITE_BACKLOG_MIN`]).
     fn admit(&self, tasks: &mut HashMap<String, TaskBuf>) -> Result<(), ApiError> {
         let max = self.settings.max_tracked_tasks;
+        // Room comes back when a tracked task is dropped or finishes its generation:
+        // seconds, so clients retry soon rather than at once.
         let unavailable = |why: String| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why).with_code("too_many_tasks")
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why)
+                .with_code("too_many_tasks")
+                .with_retry_after(TOO_MANY_TASKS_RETRY_S)
         };
         let backlog = self.unwritten_len();
         if backlog >= max.saturating_mul(2).max(WRITE_BACKLOG_MIN) {

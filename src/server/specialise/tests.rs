@@ -562,6 +562,7 @@ async fn a_flood_of_new_ids_drops_collecting_tasks_only_then_is_refused() {
     let err = f.sp.observe("new", Some("hello".into())).unwrap_err();
     assert_eq!(err.status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(err.code, Some("too_many_tasks"));
+    assert!(err.retry_after.is_some(), "clients are told when to retry");
     assert!(err.message.contains("max_tracked_tasks"), "{err:?}");
     assert_eq!(f.metrics.refused_tasks.get(), 1);
     assert!(f.sp.info("new").is_none());
