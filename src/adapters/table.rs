@@ -39,7 +39,7 @@ pub const ADAPTER_MODEL_PREFIX: &str = "dnd:";
 pub struct Limits {
     pub max_resident: usize,
     pub max_resident_bytes: u64,
-    /// Memory one resident adapter model is budgeted (`server::adapter_model_bytes`).
+    /// Memory one resident adapter is budgeted (set by the server from the adapter mode).
     pub bytes_per_model: u64,
     /// How long a replaced or evicted engine model waits for the requests still using it
     /// before it is removed anyway (logged).
@@ -92,7 +92,7 @@ pub struct ResidentModel {
     pub task: String,
     pub hash: String,
     pub engine_id: String,
-    /// How long the engine took to build it (read, and fork or merge).
+    /// How long the engine took to make it servable (`AdapterEngine::register`).
     pub load: Duration,
 }
 
@@ -173,8 +173,8 @@ pub struct TaskInfo {
     pub bytes: u64,
     /// Memory of its engine model when resident.
     pub resident_bytes: u64,
-    /// How long the engine took to build its resident model, in ms (read, and fork or
-    /// merge; not counting the wait for room).
+    /// How long the engine took to make it servable, in ms (reading its matrices, or
+    /// loading a merged copy; not counting the wait for room).
     pub load_ms: Option<u64>,
     pub versions: Vec<super::store::Version>,
 }

@@ -64,6 +64,7 @@ async fn run_mode(
     crate::engine::trim_heap();
     let rss0 = rss_bytes();
     let (mut totals, mut puts, mut builds) = (Vec::new(), Vec::new(), Vec::new());
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
         "{:>8} {:>3} {:>12} {:>12} {:>12} {:>14} {:>12} {:>8}",
         "mode",
@@ -98,7 +99,6 @@ async fn run_mode(
                 .as_u64()
                 .context("the resident adapter reports its load_ms")?,
         );
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(
             "{:>8} {:>3} {:>10.0}ms {:>10.0}ms {:>10.0}ms {:>12.0}ms {:>10.0}ms {:>8.0}",
             format!("{mode:?}"),
@@ -120,7 +120,6 @@ async fn run_mode(
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
     tokio::time::sleep(Duration::from_secs(10)).await;
     let idle = 100.0 * (cpu_seconds() - cpu0) / t0.elapsed().as_secs_f64();
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let max = totals.iter().max().copied().unwrap_or_default();
     println!(
         "{mode:?}: hot-load latency (upload -> first token through the adapter): {}",

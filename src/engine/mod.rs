@@ -114,17 +114,14 @@ impl MistralRsEngine {
         let mut shared = None;
         if mode == AdapterMode::Shared {
             let set = Arc::new(AdapterSet::default());
-            let fork = {
-                let base = pipeline.lock().await;
-                let serving = (base.get_metadata().activation_dtype, base.device());
-                let fork = base
-                    .fork_with_linear_layers(&mut |path, layer| {
-                        Ok(MultiLoraLinear::wrap(path, layer, &set))
-                    })
-                    .context("adapter_mode = \"shared\" needs a llama base model")?;
-                shared = Some((set, serving.0, serving.1));
-                fork
-            };
+            let base = pipeline.lock().await;
+            let fork = base
+                .fork_with_linear_layers(&mut |path, layer| {
+                    Ok(MultiLoraLinear::wrap(path, layer, &set))
+                })
+                .context("adapter_mode = \"shared\" needs a llama base model")?;
+            shared = Some((set, base.get_metadata().activation_dtype, base.device()));
+            drop(base);
             // The unwrapped pipeline goes; its weights live on in the fork.
             pipeline = fork;
         }

@@ -42,7 +42,6 @@ fn wraps(path: &str) -> bool {
 /// serving dtype: A transposed (in, r) and B transposed and scaled by `s` (r, out).
 pub struct AdapterWeights {
     layers: HashMap<String, (Tensor, Tensor)>,
-    bytes: usize,
 }
 
 impl AdapterWeights {
@@ -51,7 +50,6 @@ impl AdapterWeights {
     pub fn new(adapter: &LoraAdapter, dtype: DType, device: &Device) -> Result<Self> {
         let scale = adapter.config.lora_alpha / adapter.config.r as f64;
         let mut layers = HashMap::new();
-        let mut bytes = 0;
         for (name, a) in &adapter.tensors {
             let Some(path) = name
                 .strip_prefix("base_model.model.")
@@ -75,19 +73,13 @@ impl AdapterWeights {
                 .to_dtype(dtype)?
                 .to_device(device)?
                 .contiguous()?;
-            bytes += (a_t.elem_count() + b_t.elem_count()) * dtype.size_in_bytes();
             layers.insert(path.to_string(), (a_t, b_t));
         }
         ensure!(
             2 * layers.len() == adapter.tensors.len(),
             "the adapter has B matrices without their A"
         );
-        Ok(Self { layers, bytes })
-    }
-
-    /// Bytes of its matrices in the serving dtype.
-    pub fn bytes(&self) -> usize {
-        self.bytes
+        Ok(Self { layers })
     }
 }
 
