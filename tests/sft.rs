@@ -9,8 +9,8 @@ use mistralrs_dnd::generator::{Generator, TokenLayout};
 use mistralrs_dnd::tasks::Task;
 use mistralrs_dnd::training::collection::Collection;
 use mistralrs_dnd::training::generator::{
-    decoder_config_for, load_training_set, train_decoder, Holdout, Objective, TrainDecoderConfig,
-    TrainOptions, TrainOutcome,
+    decoder_config_for, load_training_set, train_decoder, Holdout, Objective, ResidualFold,
+    TrainDecoderConfig, TrainOptions, TrainOutcome,
 };
 use mistralrs_dnd::training::sft::SftData;
 
@@ -34,17 +34,18 @@ fn settings(objective: Objective) -> TrainDecoderConfig {
 }
 
 fn train(objective: Objective, out: &Path, stop: Option<usize>) -> TrainOutcome {
-    train_with(objective, out, stop, None, None).unwrap()
+    train_with(objective, out, stop, None, None, &[]).unwrap()
 }
 
 /// `train` on `suite`'s tasks (the collection lending the checkpoints it has), the residual
-/// on `residual_from`.
+/// on `residual_from` (and `folds`).
 fn train_with(
     objective: Objective,
     out: &Path,
     stop: Option<usize>,
     suite: Option<&[Task]>,
     residual_from: Option<&Path>,
+    folds: &[ResidualFold],
 ) -> anyhow::Result<TrainOutcome> {
     let fixture = trained_tiny_generator();
     let mut decoder = decoder_config_for(
@@ -59,6 +60,7 @@ fn train_with(
     decoder.residual = true;
     let cfg = TrainDecoderConfig {
         residual_from: residual_from.map(Path::to_path_buf),
+        residual_folds: folds.to_vec(),
         ..settings(objective)
     };
     let encoder = mistralrs_dnd::generator::PromptEncoder::load(
@@ -74,7 +76,7 @@ fn train_with(
         &cfg,
         &out.join("cache"),
     )?;
-    let sft = SftData::load(&tiny_model(), &decoder, &set, residual_from)?;
+    let sft = SftData::load(&tiny_model(), &decoder, &set, residual_from, folds)?;
     let opts = TrainOptions {
         stop_after_steps: stop,
         quiet: true,
@@ -220,7 +222,7 @@ fn sft_trains_uncollected_tasks_from_a_given_base() {
     let from = collection.final_checkpoints().unwrap()[&suite[0].name].clone();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("sft");
-    let outcome = train_with(Objective::Sft, &out, None, Some(&suite), Some(&from)).unwrap();
+    let outcome = train_with(Objective::Sft, &out, None, Some(&suite), Some(&from), &[]).unwrap();
     assert!(outcome
         .record
         .train_tasks
@@ -245,7 +247,75 @@ fn sft_trains_uncollected_tasks_from_a_given_base() {
         None,
         Some(&suite),
         None,
+        &[],
     )
     .expect_err("mix needs every task's checkpoints");
     assert!(format!("{err:#}").contains("never_collected"), "{err:#}");
+}
+
+/// Every training task in a fold on adapter B trains exactly as a run whose residual sits on
+/// B (same decoder and gates, byte for byte), while the generator written sits on
+/// `--residual-from` A; rebased onto B it is that run's generator. A fold naming a task
+/// that is not a training task is refused.
+#[test]
+fn folds_train_on_their_adapter_and_rebase_moves_the_base() {
+    let fixture = trained_tiny_generator();
+    let collection = Collection::new(&fixture.collection);
+    let finals = collection.final_checkpoints().unwrap();
+    let names = collection.tasks().unwrap();
+    let train_tasks: Vec<String> = names.iter().filter(|n| *n != HELD_OUT).cloned().collect();
+    let (a, b) = (
+        finals[&train_tasks[0]].clone(),
+        finals[&train_tasks[1]].clone(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (folded, plain) = (dir.path().join("folded"), dir.path().join("plain"));
+    let fold = ResidualFold {
+        adapter: b.clone(),
+        tasks: train_tasks.clone(),
+    };
+    train_with(Objective::Sft, &folded, None, None, Some(&a), &[fold]).unwrap();
+    train_with(Objective::Sft, &plain, None, None, Some(&b), &[]).unwrap();
+    let bytes = |d: &Path, f: &str| std::fs::read(d.join(f)).unwrap();
+    assert!(
+        bytes(&folded, "decoder.safetensors") == bytes(&plain, "decoder.safetensors"),
+        "the folded run trained as the run on B"
+    );
+    let layout = Generator::load(
+        &folded,
+        &mistralrs_dnd::testing::real_assets().minilm(),
+        &Device::Cpu,
+    )
+    .unwrap()
+    .layout()
+    .clone();
+    let written = mistralrs_dnd::generator::Residual::load(&folded, &layout).unwrap();
+    let given = b_matrices(&LoraAdapter::read_peft(&a).unwrap(), &layout);
+    assert!(max_diff(&written.base, &given) < 1e-6, "written on A");
+
+    let rebased = dir.path().join("rebased");
+    let b_adapter = LoraAdapter::read_peft(&b).unwrap();
+    mistralrs_dnd::generator::rebase_generator(&folded, &b_adapter, &b, &rebased).unwrap();
+    for f in [
+        "decoder.safetensors",
+        "residual.safetensors",
+        "decoder.json",
+    ] {
+        assert!(bytes(&rebased, f) == bytes(&plain, f), "{f} differs");
+    }
+
+    let stray = ResidualFold {
+        adapter: b,
+        tasks: vec![HELD_OUT.into()],
+    };
+    let err = train_with(
+        Objective::Sft,
+        &dir.path().join("stray"),
+        None,
+        None,
+        Some(&a),
+        &[stray],
+    )
+    .expect_err("a held-out task in a fold");
+    assert!(format!("{err:#}").contains(HELD_OUT), "{err:#}");
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use crate::assets::{given_or_default, Assets};
-use crate::format::peft::{LlamaDims, Module};
+use crate::format::peft::{LlamaDims, LoraAdapter, Module};
 use crate::generator::{self, decoder::DecoderConfig, prompts, Generator};
 
 #[derive(Debug, clap::Args)]
@@ -16,10 +16,10 @@ pub struct Args {
     #[arg(long, default_value = generator::SHIPPED_SMOLLM2)]
     pub generator: PathBuf,
     /// Prompts: one per line, or JSONL objects with a "prompt" field.
-    #[arg(long, required_unless_present = "init_random")]
+    #[arg(long, required_unless_present_any = ["init_random", "rebase"])]
     pub prompts: Option<PathBuf>,
     /// Output PEFT adapter folder.
-    #[arg(long, required_unless_present = "init_random")]
+    #[arg(long, required_unless_present_any = ["init_random", "rebase"])]
     pub out: Option<PathBuf>,
     /// Prompt encoder folder (default: all-MiniLM-L6-v2 in the asset root, fetched if
     /// missing).
@@ -32,7 +32,12 @@ pub struct Args {
     /// Create a randomly initialised generator folder instead of generating.
     #[arg(long, requires = "out_generator", conflicts_with_all = ["generator", "prompts", "out"])]
     pub init_random: bool,
-    /// Where --init-random writes the generator folder.
+    /// Write a copy of the residual `--generator` to `--out-generator` with its base
+    /// replaced by this adapter's B matrices (a PEFT folder with the generator's frozen A,
+    /// e.g. the multi-task LoRA of all training tasks); decoder and gates unchanged.
+    #[arg(long, requires = "out_generator", conflicts_with_all = ["prompts", "out", "init_random"])]
+    pub rebase: Option<PathBuf>,
+    /// Where --init-random and --rebase write the generator folder.
     #[arg(long)]
     pub out_generator: Option<PathBuf>,
     /// Seed of --init-random.
@@ -69,6 +74,21 @@ pub struct DecoderShapeArgs {
 pub fn run(args: Args) -> Result<()> {
     if args.init_random {
         return init_random(&args);
+    }
+    if let Some(adapter_dir) = &args.rebase {
+        let out = args
+            .out_generator
+            .as_ref()
+            .context("--out-generator is required")?;
+        let adapter = LoraAdapter::read_peft(adapter_dir)?;
+        generator::rebase_generator(&args.generator, &adapter, adapter_dir, out)?;
+        println!(
+            "wrote {} ({} on {})",
+            out.display(),
+            args.generator.display(),
+            adapter_dir.display()
+        );
+        return Ok(());
     }
     let (gen_dir, prompts_path, out) = (
         &args.generator,

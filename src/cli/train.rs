@@ -8,8 +8,8 @@ use crate::assets::{given_or_default, Assets};
 use crate::format::peft::LlamaDims;
 use crate::generator::PromptEncoder;
 use crate::training::generator::{
-    decoder_config_for, load_training_set, train_decoder, Holdout, Objective, TrainDecoderConfig,
-    TrainOptions, CACHE_DIR,
+    decoder_config_for, load_training_set, train_decoder, Holdout, Objective, ResidualFold,
+    TrainDecoderConfig, TrainOptions, CACHE_DIR,
 };
 use crate::training::sft::SftData;
 
@@ -83,6 +83,11 @@ pub struct Args {
     /// generated residual is added to (default: the mean of the training checkpoints).
     #[arg(long)]
     pub residual_from: Option<PathBuf>,
+    /// sft: `ADAPTER=task,task,...`: while training, these tasks' residual sits on ADAPTER
+    /// instead (repeatable; e.g. two folds, each on the multi-task LoRA of the other); the
+    /// generator written sits on --residual-from.
+    #[arg(long, requires = "residual_from")]
+    pub residual_fold: Vec<ResidualFold>,
     /// Train on these tasks (`builtin`, or task files) instead of the collection's: the
     /// collection then only lends the checkpoints it has (sft needs none).
     #[arg(long, num_args = 1..)]
@@ -174,6 +179,7 @@ pub fn run(args: Args) -> Result<()> {
         },
         init_from: args.init_from.clone(),
         residual_from: args.residual_from.clone(),
+        residual_folds: args.residual_fold.clone(),
         ..TrainDecoderConfig::default()
     };
     let device = candle_core::Device::Cpu;
@@ -194,6 +200,7 @@ pub fn run(args: Args) -> Result<()> {
             &decoder,
             &set,
             args.residual_from.as_deref(),
+            &cfg.residual_folds,
         )?),
         false => None,
     };

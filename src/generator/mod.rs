@@ -261,6 +261,48 @@ pub fn write_random_generator(cfg: &DecoderConfig, seed: u64, dir: &Path) -> Res
     decoder.save(&varmap, dir)
 }
 
+/// Writes `out`: the residual generator in `src` with its base replaced by `adapter`'s B
+/// matrices, decoder and gates unchanged (the other files of `src`, e.g. its training
+/// record, copied; sub-folders such as a resumable training state are not). `rebase.json`
+/// says where it came from.
+///
+/// Why: a residual trained on top of a multi-task LoRA of some tasks learns what an
+/// adapter of tasks it has not seen lacks; served, it can sit on the LoRA of all of them.
+pub fn rebase_generator(
+    src: &Path,
+    adapter: &LoraAdapter,
+    adapter_dir: &Path,
+    out: &Path,
+) -> Result<()> {
+    let cfg = DecoderConfig::load(src)?;
+    ensure!(
+        cfg.residual,
+        "{} is not a residual generator (decoder.json: residual = false)",
+        src.display()
+    );
+    let layout = cfg.layout()?;
+    let rebased = Residual::load(src, &layout)?.rebased(&layout, adapter)?;
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    for entry in std::fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.file_type()?.is_file() && name != residual::RESIDUAL_FILE && name != REBASE_FILE {
+            files.push((name, std::fs::read(entry.path())?));
+        }
+    }
+    files.push((residual::RESIDUAL_FILE.into(), rebased.to_bytes(&layout)?));
+    let note = serde_json::json!({ "generator": src, "base_adapter": adapter_dir });
+    files.push((REBASE_FILE.into(), serde_json::to_vec_pretty(&note)?));
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    crate::format::fsio::write_folder_atomic(out, &refs)
+}
+
+/// Written by [`rebase_generator`]: the generator and adapter a rebased generator came from.
+pub const REBASE_FILE: &str = "rebase.json";
+
 #[cfg(test)]
 mod tests {
     use super::decoder::tests::{tiny_config, tiny_dims};

@@ -65,6 +65,26 @@ impl Residual {
         Ok(Self { base, gate })
     }
 
+    /// The same gates on another base: `adapter`'s B matrices (e.g. the multi-task LoRA of
+    /// all training tasks, where training sat on one of half of them).
+    pub fn rebased(&self, layout: &TokenLayout, adapter: &LoraAdapter) -> Result<Self> {
+        let base = Self::mean_of(layout, std::slice::from_ref(adapter))?.base;
+        for (s, b) in layout.slots.iter().zip(&base) {
+            ensure!(
+                b.dims() == [s.len, layout.rank],
+                "{} has shape {:?}, the generator's layout wants ({}, {})",
+                s.name(),
+                b.dims(),
+                s.len,
+                layout.rank
+            );
+        }
+        Ok(Self {
+            base,
+            gate: self.gate.clone(),
+        })
+    }
+
     /// `base_i + gate_i * decoded_i` for every slot; differentiable in `decoded` and
     /// `gate` (the training path passes its gate variable).
     pub fn combine(&self, gate: &Tensor, decoded: &[Tensor]) -> Result<Vec<Tensor>> {

@@ -134,6 +134,45 @@ pub struct TrainDecoderConfig {
     /// mean of the training tasks' final checkpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub residual_from: Option<PathBuf>,
+    /// End-to-end objective: training tasks whose residual sits on another adapter while
+    /// training (`[adapter, tasks]`), e.g. k folds of the training tasks, each task's
+    /// residual on the multi-task LoRA of the other folds, so that on every training task
+    /// the residual must supply what a LoRA that never saw the task lacks, as on a new
+    /// task. The generator written still sits on `residual_from`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub residual_folds: Vec<ResidualFold>,
+}
+
+/// Training tasks whose residual sits on `adapter` while training (see
+/// [`TrainDecoderConfig::residual_folds`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResidualFold {
+    pub adapter: PathBuf,
+    pub tasks: Vec<String>,
+}
+
+impl std::str::FromStr for ResidualFold {
+    type Err = anyhow::Error;
+    /// `ADAPTER=task,task,...`
+    fn from_str(s: &str) -> Result<Self> {
+        let (adapter, tasks) = s
+            .split_once('=')
+            .context("a residual fold is ADAPTER=task,task,...")?;
+        let tasks: Vec<String> = tasks
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(String::from)
+            .collect();
+        ensure!(
+            !tasks.is_empty(),
+            "residual fold {adapter:?} names no tasks"
+        );
+        Ok(Self {
+            adapter: adapter.into(),
+            tasks,
+        })
+    }
 }
 
 /// The decoder's training objective.
@@ -202,6 +241,7 @@ impl Default for TrainDecoderConfig {
             mix_weight: 0.0,
             init_from: None,
             residual_from: None,
+            residual_folds: Vec::new(),
         }
     }
 }

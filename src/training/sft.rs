@@ -18,7 +18,7 @@ use std::path::Path;
 use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
 
-use super::generator::{check_frozen_a, TaskData, TrainDecoderConfig, TrainingSet};
+use super::generator::{check_frozen_a, ResidualFold, TaskData, TrainDecoderConfig, TrainingSet};
 use super::llama::{batch::Batch, chat::ChatTokenizer, chat::Encoded, Llama};
 use super::lora::{LoraConfig, LoraWeights};
 use crate::format::frozen_a::frozen_a;
@@ -36,8 +36,8 @@ pub struct SftModel {
     layout: TokenLayout,
     /// Base matrices and the initial (zero) gates.
     pub residual: Residual,
-    /// The base matrices' squared norm, the residual penalty's scale (fixed).
-    base_norm2: f64,
+    /// The folds' base matrices (gates unused), see [`TrainDecoderConfig::residual_folds`].
+    folds: Vec<Residual>,
 }
 
 /// A task's examples, tokenized with the chat template the server uses.
@@ -54,6 +54,7 @@ impl SftModel {
         cfg: &DecoderConfig,
         train: &[TaskData],
         residual_from: Option<&Path>,
+        folds: &[ResidualFold],
     ) -> Result<Self> {
         let seed = cfg.frozen_a_seed;
         ensure!(
@@ -67,13 +68,17 @@ impl SftModel {
         let tokenizer = ChatTokenizer::load(base_dir)?;
         let modules = cfg.modules()?;
         let frozen_a = frozen_a(&cfg.base, cfg.rank, &modules, seed.unwrap_or(0), &device)?;
+        let read = |dir: &Path| -> Result<LoraAdapter> {
+            let adapter = LoraAdapter::read_peft(dir)?;
+            check_frozen_a(&adapter, &frozen_a).with_context(|| format!("{}", dir.display()))?;
+            Ok(adapter)
+        };
+        let folds = folds
+            .iter()
+            .map(|f| Residual::mean_of(&layout, &[read(&f.adapter)?]))
+            .collect::<Result<Vec<_>>>()?;
         let last = match residual_from {
-            Some(dir) => {
-                let adapter = LoraAdapter::read_peft(dir)?;
-                check_frozen_a(&adapter, &frozen_a)
-                    .with_context(|| format!("--residual-from {}", dir.display()))?;
-                vec![adapter]
-            }
+            Some(dir) => vec![read(dir).context("--residual-from")?],
             None => train
                 .iter()
                 .map(|d| {
@@ -84,14 +89,9 @@ impl SftModel {
                 .collect::<Result<Vec<_>>>()?,
         };
         let residual = Residual::mean_of(&layout, &last)?;
-        let mut base_norm2 = 0f64;
-        for b in &residual.base {
-            base_norm2 += f64::from(b.sqr()?.sum_all()?.to_scalar::<f32>()?);
-        }
         Ok(Self {
             llama,
             tokenizer,
-            base_norm2,
             lora: LoraConfig {
                 rank: cfg.rank,
                 alpha: cfg.lora_alpha,
@@ -101,6 +101,7 @@ impl SftModel {
             frozen_a,
             layout,
             residual,
+            folds,
         })
     }
 
@@ -129,10 +130,17 @@ impl SftModel {
     }
 
     /// For one sample's decoder tokens (T, h, w): the cross-entropy of `batch` through the
-    /// adapter they give, and the residual's squared norm relative to the base's.
-    pub fn loss(&self, tokens: &Tensor, gate: &Tensor, batch: &Batch) -> Result<(Tensor, Tensor)> {
+    /// adapter they give on `base` (the residual's, or a fold's), and the residual's squared
+    /// norm relative to the base's.
+    pub fn loss(
+        &self,
+        base: &Residual,
+        tokens: &Tensor,
+        gate: &Tensor,
+        batch: &Batch,
+    ) -> Result<(Tensor, Tensor)> {
         let decoded = self.layout.detokenize_tensors(tokens)?;
-        let b = self.residual.combine(gate, &decoded)?;
+        let b = base.combine(gate, &decoded)?;
         let mut pairs = BTreeMap::new();
         let mut res = None::<Tensor>;
         let slots = self.layout.slots.iter().zip(b);
@@ -147,7 +155,12 @@ impl SftModel {
         }
         let lora = LoraWeights::from_tensors(self.lora.clone(), pairs);
         let ce = self.llama.loss(batch, Some(&lora))?;
-        let rel = (res.expect("at least one matrix") / self.base_norm2.max(1e-12))?;
+        // The penalty's scale: the squared norm of the base it sits on.
+        let mut base_norm2 = 0f64;
+        for b in &base.base {
+            base_norm2 += f64::from(b.sqr()?.sum_all()?.to_scalar::<f32>()?);
+        }
+        let rel = (res.expect("at least one matrix") / base_norm2.max(1e-12))?;
         Ok((ce, rel))
     }
 }
@@ -160,6 +173,9 @@ pub struct SftData {
     pub model: SftModel,
     pub train: Vec<SftExamples>,
     pub heldout: Vec<SftExamples>,
+    /// Per training task: the index of its fold in `model.folds`, or `None` (the
+    /// residual's base).
+    train_fold: Vec<Option<usize>>,
     /// The held-out tasks' encoded prompt pools (the log's fixed prompt batches: the first
     /// N of each).
     heldout_pools: Vec<Tensor>,
@@ -171,8 +187,24 @@ impl SftData {
         cfg: &DecoderConfig,
         set: &TrainingSet,
         residual_from: Option<&Path>,
+        folds: &[ResidualFold],
     ) -> Result<Self> {
-        let model = SftModel::load(base_dir, cfg, &set.train, residual_from)?;
+        let names: Vec<&str> = set.train.iter().map(|t| t.name.as_str()).collect();
+        let mut train_fold = vec![None; names.len()];
+        for (k, fold) in folds.iter().enumerate() {
+            for task in &fold.tasks {
+                let i = names
+                    .iter()
+                    .position(|n| n == task)
+                    .with_context(|| format!("residual fold task {task} is not a training task"))?;
+                ensure!(
+                    train_fold[i].is_none(),
+                    "task {task} is in two residual folds"
+                );
+                train_fold[i] = Some(k);
+            }
+        }
+        let model = SftModel::load(base_dir, cfg, &set.train, residual_from, folds)?;
         let encode = |tasks: &[TaskData]| {
             tasks
                 .iter()
@@ -184,6 +216,7 @@ impl SftData {
             model,
             train,
             heldout,
+            train_fold,
             heldout_pools: set.heldout.iter().map(|t| t.pool.clone()).collect(),
         })
     }
@@ -200,9 +233,13 @@ impl SftData {
         rng: &mut Rng,
     ) -> Result<Tensor> {
         let examples = SftModel::draw(&self.train[task].train, cfg.sft_examples, rng);
+        let base = match self.train_fold[task] {
+            Some(k) => &self.model.folds[k],
+            None => &self.model.residual,
+        };
         let (ce, rel) = self
             .model
-            .loss(tokens, gate, &self.model.batch(&examples)?)?;
+            .loss(base, tokens, gate, &self.model.batch(&examples)?)?;
         Ok((ce + (rel * cfg.residual_l2)?)?)
     }
 
@@ -218,9 +255,12 @@ impl SftData {
             let cond = pool.narrow(0, 0, n.min(pool.dim(0)?))?;
             let pred = decoder.forward(&cond.unsqueeze(0)?)?;
             let items: Vec<&Encoded> = ex.test.iter().take(HELDOUT_EXAMPLES).collect();
-            let (ce, _) = self
-                .model
-                .loss(&pred.get(0)?, gate, &self.model.batch(&items)?)?;
+            let (ce, _) = self.model.loss(
+                &self.model.residual,
+                &pred.get(0)?,
+                gate,
+                &self.model.batch(&items)?,
+            )?;
             sum += ce.to_scalar::<f32>()?;
         }
         Ok(Some(sum / self.heldout.len() as f32))
