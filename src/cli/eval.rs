@@ -11,8 +11,8 @@ use crate::eval::heldout::{
     evaluate_heldout, heldout_markdown, weight_markdown, weight_space, write_heldout, HeldoutSetup,
 };
 use crate::eval::nll::{
-    evaluate_lora_nll, evaluate_nll, lora_nll_markdown, nll_markdown, write_lora_nll, write_nll,
-    NllSetup,
+    decode_rows, evaluate_lora_nll, evaluate_nll, lora_nll_markdown, nll_markdown, write_lora_nll,
+    write_nll, Comparison, NllSetup,
 };
 use crate::eval::{adapters_in, evaluate, write_report, Candidate};
 use crate::server::Config;
@@ -59,6 +59,14 @@ pub struct Args {
     /// training tasks).
     #[arg(long, requires = "nll")]
     pub multitask: Vec<PathBuf>,
+    /// With --nll and --generator: also decode every adapter of the comparison through
+    /// the serving path (greedy; strict and lenient accuracy, the bars and the
+    /// harm check), on the first --decode-limit test examples of each task.
+    #[arg(long, requires_all = ["nll", "generator"])]
+    pub decode: bool,
+    /// With --decode: test examples per task at most (default: all).
+    #[arg(long, requires = "decode")]
+    pub decode_limit: Option<usize>,
     /// With --nll: DnD prompt batches per task.
     #[arg(long, default_value_t = 3)]
     pub batches: usize,
@@ -90,6 +98,7 @@ pub fn run(args: Args) -> Result<()> {
     config.model.base = args.base.clone();
     config.model.dtype = args.dtype.clone();
     if let (Some(generator), true) = (&args.generator, args.nll) {
+        let started = std::time::Instant::now();
         let setup = NllSetup {
             generator: generator.clone(),
             encoder: given_or_default(args.encoder.as_deref(), Assets::minilm)?,
@@ -99,11 +108,22 @@ pub fn run(args: Args) -> Result<()> {
             batches: args.batches,
             seed: 0,
         };
-        let report = evaluate_nll(&tasks, &setup, args.limit)?;
+        let comparison = Comparison::build(&tasks, &setup)?;
+        let mut report = evaluate_nll(&comparison, &setup, args.limit)?;
+        if args.decode {
+            let rows = tokio::runtime::Runtime::new()?.block_on(decode_rows(
+                config,
+                &comparison,
+                args.decode_limit,
+            ))?;
+            report.decoded = rows;
+            report.decode_limit = args.decode_limit;
+            report.seconds = started.elapsed().as_secs_f64();
+        }
         write_nll(&report, &args.out)?;
         println!("{}", nll_markdown(&report));
         println!(
-            "teacher-forced held-out eval in {:.1} min; wrote {}/nll.json and nll.md",
+            "held-out eval in {:.1} min; wrote {}/nll.json and nll.md",
             report.seconds / 60.0,
             args.out.display()
         );

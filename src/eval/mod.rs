@@ -105,28 +105,19 @@ pub fn adapters_in(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
 
 /// Evaluates every candidate on its tasks (test split, at most `limit` examples each).
 pub async fn evaluate(
-    mut config: Config,
+    config: Config,
     tasks: &[Task],
     candidates: &[Candidate],
     limit: Option<usize>,
 ) -> Result<Report> {
-    let store = tempfile::tempdir()?;
-    config.plugin.enabled = true;
-    config.plugin.store = store.path().join("store");
-    config.plugin.max_resident = 1;
-    config.plugin.generator = None;
-    let base = server::resolve_base(&config)?;
-    let dtype = config.model.dtype.clone();
-    let server = LocalServer::start(config).await?;
+    let (server, _store) = EvalServer::start(config, 1).await?;
     let mut scores = Vec::new();
     for (i, c) in candidates.iter().enumerate() {
         let task_id = format!("eval-{i}");
         if let Some(dir) = &c.adapter {
             let adapter = LoraAdapter::read_peft(dir)?;
             server
-                .plugin
-                .table
-                .install(&task_id, &adapter, Source::Path)
+                .install(&task_id, &adapter)
                 .await
                 .with_context(|| format!("loading {}", dir.display()))?;
         }
@@ -135,28 +126,94 @@ pub async fn evaluate(
                 continue;
             }
             let tag = c.adapter.is_some().then_some(task_id.as_str());
-            let s = score_task(&server, tag, task, limit, &c.label).await?;
-            eprintln!(
-                "{:<24} {:<20} strict {:5.1}%  lenient {:5.1}%  (n={})",
-                s.model,
-                s.task,
-                100.0 * s.strict,
-                100.0 * s.lenient,
-                s.n
-            );
+            let s = score_task(&server.local, tag, task, limit, &c.label).await?;
+            log_score(&s);
             scores.push(s);
         }
         if c.adapter.is_some() {
-            server.plugin.table.evict(&task_id, true).await?;
+            server.local.plugin.table.evict(&task_id, true).await?;
         }
     }
-    drop(server);
     Ok(Report {
-        base: base.display().to_string(),
-        dtype,
+        base: server.base.display().to_string(),
+        dtype: server.dtype.clone(),
         limit,
         scores,
     })
+}
+
+/// The in-process server evaluations answer through: the plugin on, a temporary store, no
+/// generator.
+pub struct EvalServer {
+    pub local: LocalServer,
+    pub base: PathBuf,
+    pub dtype: String,
+}
+
+impl EvalServer {
+    /// Starts it with room for `resident` adapters; the store lives as long as the guard.
+    pub async fn start(mut config: Config, resident: usize) -> Result<(Self, tempfile::TempDir)> {
+        let store = tempfile::tempdir()?;
+        config.plugin.enabled = true;
+        config.plugin.store = store.path().join("store");
+        config.plugin.max_resident = resident;
+        config.plugin.generator = None;
+        let base = server::resolve_base(&config)?;
+        let dtype = config.model.dtype.clone();
+        let local = LocalServer::start(config).await?;
+        Ok((Self { local, base, dtype }, store))
+    }
+
+    pub async fn install(&self, task_id: &str, adapter: &LoraAdapter) -> Result<()> {
+        self.local
+            .plugin
+            .table
+            .install(task_id, adapter, Source::Path)
+            .await
+            .map(drop)
+    }
+
+    /// Scores adapters (`None`: the base model) on a task's test split side by side: each
+    /// hot-loaded as a task, all answering at once, so that with shared-base adapters
+    /// their requests share the base model's decode batches. In the order given.
+    pub async fn score_side_by_side(
+        &self,
+        task: &Task,
+        adapters: &[(String, Option<&LoraAdapter>)],
+        limit: Option<usize>,
+    ) -> Result<Vec<Score>> {
+        let ids: Vec<String> = (0..adapters.len()).map(|k| format!("side-{k}")).collect();
+        for ((_, adapter), id) in adapters.iter().zip(&ids) {
+            if let Some(a) = adapter {
+                self.install(id, a).await?;
+            }
+        }
+        let scores = futures::future::try_join_all(adapters.iter().zip(&ids).map(
+            |((label, adapter), id)| {
+                let tag = adapter.is_some().then_some(id.as_str());
+                score_task(&self.local, tag, task, limit, label)
+            },
+        ))
+        .await?;
+        for ((_, adapter), id) in adapters.iter().zip(&ids) {
+            if adapter.is_some() {
+                self.local.plugin.table.evict(id, true).await?;
+            }
+        }
+        scores.iter().for_each(log_score);
+        Ok(scores)
+    }
+}
+
+fn log_score(s: &Score) {
+    eprintln!(
+        "{:<24} {:<20} strict {:5.1}%  lenient {:5.1}%  (n={})",
+        s.model,
+        s.task,
+        100.0 * s.strict,
+        100.0 * s.lenient,
+        s.n
+    );
 }
 
 async fn score_task(

@@ -25,8 +25,10 @@ use candle_core::{Device, D};
 use serde::Serialize;
 
 use super::heldout::{average_adapters, dnd_batch};
+use super::{Accuracy, EvalServer, Score};
 use crate::format::peft::{LlamaDims, LoraAdapter};
 use crate::generator::Generator;
+use crate::server::Config;
 use crate::tasks::{Example, Task};
 use crate::training::collection::Collection;
 use crate::training::generator::TrainRecord;
@@ -63,37 +65,6 @@ pub struct NllScore {
     pub nll: f64,
     /// Share of examples greedy decoding answers exactly, in [0, 1].
     pub greedy: f64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct NllRow {
-    pub task: String,
-    pub examples: usize,
-    pub base: NllScore,
-    /// `None` when no training task was collected.
-    pub averaged: Option<NllScore>,
-    /// Per multi-task LoRA, in the order of [`NllReport::multitask`].
-    pub multitask: Vec<NllScore>,
-    /// `None` when the collection has no checkpoint of the task.
-    pub own: Option<NllScore>,
-    /// The mean over the prompt batches.
-    pub dnd: NllScore,
-    pub dnd_batches: Vec<NllScore>,
-    /// DnD generated from `shuffled_from`'s prompts.
-    pub shuffled: NllScore,
-    pub shuffled_from: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct NllReport {
-    pub generator: PathBuf,
-    pub train_tasks: usize,
-    /// How many training tasks' final checkpoints the averaged LoRA is the mean of.
-    pub averaged_over: usize,
-    /// The multi-task LoRAs compared, by name (see [`adapter_name`]).
-    pub multitask: Vec<String>,
-    pub rows: Vec<NllRow>,
-    pub seconds: f64,
 }
 
 /// Examples tokenized with the chat template, once for every adapter they are scored with.
@@ -162,122 +133,321 @@ fn lora(adapter: &LoraAdapter, dims: &LlamaDims) -> Result<LoraWeights> {
     LoraWeights::from_adapter(adapter, dims, &Device::Cpu)
 }
 
-fn mean_score(v: &[NllScore]) -> NllScore {
-    let n = v.len().max(1) as f64;
-    NllScore {
-        nll: v.iter().map(|s| s.nll).sum::<f64>() / n,
-        greedy: v.iter().map(|s| s.greedy).sum::<f64>() / n,
+/// One held-out task under every adapter compared, one score each (`S`: [`NllScore`]
+/// teacher-forced, [`Accuracy`] decoded through the engine).
+#[derive(Debug, Clone, Serialize)]
+pub struct Row<S> {
+    pub task: String,
+    pub examples: usize,
+    pub base: S,
+    /// `None` when no training task was collected.
+    pub averaged: Option<S>,
+    /// Per multi-task LoRA, in the order of [`NllReport::multitask`].
+    pub multitask: Vec<S>,
+    /// `None` when the collection has no checkpoint of the task.
+    pub own: Option<S>,
+    /// The mean over the prompt batches.
+    pub dnd: S,
+    pub dnd_batches: Vec<S>,
+    /// DnD generated from `shuffled_from`'s prompts.
+    pub shuffled: S,
+    pub shuffled_from: String,
+}
+
+pub type NllRow = Row<NllScore>;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NllReport {
+    pub generator: PathBuf,
+    pub train_tasks: usize,
+    /// How many training tasks' final checkpoints the averaged LoRA is the mean of.
+    pub averaged_over: usize,
+    /// The multi-task LoRAs compared, by name (see [`adapter_name`]).
+    pub multitask: Vec<String>,
+    pub rows: Vec<NllRow>,
+    /// With `--decode`: the same adapters answering through the serving path (greedy,
+    /// strict and lenient accuracy), on the first `decode_limit` test examples.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub decoded: Vec<Row<Accuracy>>,
+    pub decode_limit: Option<usize>,
+    pub seconds: f64,
+}
+
+/// The adapters compared on one held-out task, besides those every task shares.
+pub struct Case {
+    pub task: Task,
+    pub own: Option<LoraAdapter>,
+    /// One per prompt batch.
+    pub dnd: Vec<LoraAdapter>,
+    /// DnD from `shuffled_from`'s prompts: the condition-shuffle control.
+    pub shuffled: LoraAdapter,
+    pub shuffled_from: String,
+}
+
+/// Every adapter of the held-out comparison, generated once and scored both ways.
+pub struct Comparison {
+    pub train_tasks: usize,
+    /// The training tasks' final checkpoints averaged into one, and how many there were.
+    pub averaged: Option<LoraAdapter>,
+    pub averaged_over: usize,
+    pub multitask: Vec<(String, LoraAdapter)>,
+    pub cases: Vec<Case>,
+}
+
+impl Comparison {
+    /// Reads the baselines and generates the DnD and shuffled adapters of the generator's
+    /// held-out tasks among `tasks`.
+    pub fn build(tasks: &[Task], setup: &NllSetup) -> Result<Self> {
+        let record = TrainRecord::load(&setup.generator)?;
+        let heldout: Vec<&Task> = tasks
+            .iter()
+            .filter(|t| record.heldout_tasks.contains(&t.name))
+            .collect();
+        ensure!(
+            !heldout.is_empty(),
+            "none of the generator's held-out tasks ({}) is among the tasks given",
+            record.heldout_tasks.join(", ")
+        );
+        ensure!(setup.batches >= 1, "at least one DnD prompt batch");
+        let collection = setup
+            .checkpoints
+            .clone()
+            .unwrap_or_else(|| record.checkpoints.clone());
+        let finals = Collection::new(&collection).final_checkpoints()?;
+        let read = |name: &str| -> Result<LoraAdapter> {
+            let path = finals.get(name).with_context(|| {
+                format!("{} has no final checkpoint of {name}", collection.display())
+            })?;
+            LoraAdapter::read_peft(path)
+        };
+        // Training tasks trained end to end need no collection: average those that have one.
+        let train = record
+            .train_tasks
+            .iter()
+            .filter(|n| finals.contains_key(*n))
+            .map(|n| read(n))
+            .collect::<Result<Vec<_>>>()?;
+        let averaged = match train.is_empty() {
+            true => None,
+            false => Some(average_adapters(&train)?),
+        };
+        let multitask = setup
+            .multitask
+            .iter()
+            .map(|p| Ok((adapter_name(p), LoraAdapter::read_peft(p)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let generator = Generator::load(&setup.generator, &setup.encoder, &Device::Cpu)?;
+        let n = generator.config().prompts;
+        let generate = |task: &Task, b: usize| -> Result<LoraAdapter> {
+            Ok(generator
+                .generate(&dnd_batch(task, n, setup.seed, b)?)?
+                .adapter)
+        };
+        let mut cases = Vec::new();
+        for (i, task) in heldout.iter().enumerate() {
+            // The control: another task's prompts (the next held-out task, or the first
+            // training task when only one is held out).
+            let other: Task = match heldout.len() {
+                1 => tasks
+                    .iter()
+                    .find(|t| t.name == record.train_tasks[0])
+                    .cloned()
+                    .context("the first training task is not among the tasks given")?,
+                k => heldout[(i + 1) % k].clone(),
+            };
+            cases.push(Case {
+                task: (*task).clone(),
+                own: match finals.contains_key(&task.name) {
+                    true => Some(read(&task.name)?),
+                    false => None,
+                },
+                dnd: (0..setup.batches)
+                    .map(|b| generate(task, b))
+                    .collect::<Result<_>>()?,
+                shuffled: generate(&other, 0)?,
+                shuffled_from: other.name.clone(),
+            });
+        }
+        Ok(Self {
+            train_tasks: record.train_tasks.len(),
+            averaged_over: train.len(),
+            averaged,
+            multitask,
+            cases,
+        })
+    }
+
+    /// Case `i`'s adapters in table order with their labels (`None`: the base model).
+    fn adapters(&self, i: usize) -> Vec<(String, Option<&LoraAdapter>)> {
+        let case = &self.cases[i];
+        let mut v = vec![("base".to_string(), None)];
+        v.extend(self.averaged.iter().map(|a| ("averaged".into(), Some(a))));
+        v.extend(self.multitask.iter().map(|(n, a)| (n.clone(), Some(a))));
+        v.extend(case.own.iter().map(|a| ("own".into(), Some(a))));
+        v.extend(
+            case.dnd
+                .iter()
+                .enumerate()
+                .map(|(b, a)| (format!("dnd-{b}"), Some(a))),
+        );
+        v.push(("shuffled".into(), Some(&case.shuffled)));
+        v
+    }
+
+    /// Scores every case with `score(case index, adapter)` (`None`: the base model), in
+    /// table order; `examples(case index)`: how many test examples it was scored on.
+    fn rows<S: Cell>(
+        &self,
+        mut score: impl FnMut(usize, Option<&LoraAdapter>) -> Result<S>,
+        examples: impl Fn(usize) -> usize,
+    ) -> Result<Vec<Row<S>>> {
+        let mut rows = Vec::new();
+        for (i, case) in self.cases.iter().enumerate() {
+            let dnd_batches = case
+                .dnd
+                .iter()
+                .map(|a| score(i, Some(a)))
+                .collect::<Result<Vec<_>>>()?;
+            let row = Row {
+                task: case.task.name.clone(),
+                examples: examples(i),
+                base: score(i, None)?,
+                averaged: self
+                    .averaged
+                    .as_ref()
+                    .map(|a| score(i, Some(a)))
+                    .transpose()?,
+                multitask: self
+                    .multitask
+                    .iter()
+                    .map(|(_, a)| score(i, Some(a)))
+                    .collect::<Result<_>>()?,
+                own: case.own.as_ref().map(|a| score(i, Some(a))).transpose()?,
+                dnd: S::mean(&dnd_batches),
+                dnd_batches,
+                shuffled: score(i, Some(&case.shuffled))?,
+                shuffled_from: case.shuffled_from.clone(),
+            };
+            eprintln!("{}", row_line(&row));
+            rows.push(row);
+        }
+        Ok(rows)
     }
 }
 
-/// Runs the comparison for the generator's held-out tasks among `tasks`.
-pub fn evaluate_nll(tasks: &[Task], setup: &NllSetup, limit: Option<usize>) -> Result<NllReport> {
+/// Scores the comparison teacher-forced, on the first `limit` test examples of each task
+/// (all without one).
+pub fn evaluate_nll(
+    comparison: &Comparison,
+    setup: &NllSetup,
+    limit: Option<usize>,
+) -> Result<NllReport> {
     let started = std::time::Instant::now();
-    let record = TrainRecord::load(&setup.generator)?;
-    let heldout: Vec<&Task> = tasks
-        .iter()
-        .filter(|t| record.heldout_tasks.contains(&t.name))
-        .collect();
-    ensure!(
-        !heldout.is_empty(),
-        "none of the generator's held-out tasks ({}) is among the tasks given",
-        record.heldout_tasks.join(", ")
-    );
-    ensure!(setup.batches >= 1, "at least one DnD prompt batch");
-    let collection = setup
-        .checkpoints
-        .clone()
-        .unwrap_or_else(|| record.checkpoints.clone());
-    let finals = Collection::new(&collection).final_checkpoints()?;
-    let read = |name: &str| -> Result<LoraAdapter> {
-        let path = finals.get(name).with_context(|| {
-            format!("{} has no final checkpoint of {name}", collection.display())
-        })?;
-        LoraAdapter::read_peft(path)
-    };
-    // Training tasks trained end to end need no collection: average those that have one.
-    let train = record
-        .train_tasks
-        .iter()
-        .filter(|n| finals.contains_key(*n))
-        .map(|n| read(n))
-        .collect::<Result<Vec<_>>>()?;
     let model = Llama::load(&setup.base, &Device::Cpu)?;
     let tok = ChatTokenizer::load(&setup.base)?;
-    let dims = model.dims.clone();
-    let averaged = match train.is_empty() {
-        true => None,
-        false => Some(lora(&average_adapters(&train)?, &dims)?),
-    };
-    let multitask = setup
-        .multitask
+    let encoded = comparison
+        .cases
         .iter()
-        .map(|p| lora(&LoraAdapter::read_peft(p)?, &dims))
+        .map(|c| test_examples(&tok, &c.task, limit))
         .collect::<Result<Vec<_>>>()?;
-    let generator = Generator::load(&setup.generator, &setup.encoder, &Device::Cpu)?;
-    let n = generator.config().prompts;
-    let mut rows = Vec::new();
-    for (i, task) in heldout.iter().enumerate() {
-        let encoded = test_examples(&tok, task, limit)?;
-        let run = |l: Option<&LoraWeights>| score(&model, &tok, l, &encoded);
-        let dnd_batches = (0..setup.batches)
-            .map(|b| {
-                let prompts = dnd_batch(task, n, setup.seed, b)?;
-                run(Some(&lora(&generator.generate(&prompts)?.adapter, &dims)?))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        // The control: another task's prompts (the next held-out task, or the first
-        // training task when only one is held out).
-        let other: Task = match heldout.len() {
-            1 => tasks
-                .iter()
-                .find(|t| t.name == record.train_tasks[0])
-                .cloned()
-                .context("the first training task is not among the tasks given")?,
-            k => heldout[(i + 1) % k].clone(),
-        };
-        let shuffled_prompts = dnd_batch(&other, n, setup.seed, 0)?;
-        let shuffled = run(Some(&lora(
-            &generator.generate(&shuffled_prompts)?.adapter,
-            &dims,
-        )?))?;
-        let row = NllRow {
-            task: task.name.clone(),
-            examples: encoded.len(),
-            base: run(None)?,
-            averaged: averaged.as_ref().map(|a| run(Some(a))).transpose()?,
-            multitask: multitask
-                .iter()
-                .map(|m| run(Some(m)))
-                .collect::<Result<_>>()?,
-            own: match finals.contains_key(&task.name) {
-                true => Some(run(Some(&lora(&read(&task.name)?, &dims)?))?),
-                false => None,
-            },
-            dnd: mean_score(&dnd_batches),
-            dnd_batches,
-            shuffled,
-            shuffled_from: other.name.clone(),
-        };
-        eprintln!("{}", row_line(&row));
-        rows.push(row);
-    }
+    let rows = comparison.rows(
+        |i, adapter| {
+            let l = adapter.map(|a| lora(a, &model.dims)).transpose()?;
+            score(&model, &tok, l.as_ref(), &encoded[i])
+        },
+        |i| encoded[i].len(),
+    )?;
     Ok(NllReport {
         generator: setup.generator.clone(),
-        train_tasks: record.train_tasks.len(),
-        averaged_over: train.len(),
-        multitask: setup.multitask.iter().map(|p| adapter_name(p)).collect(),
+        train_tasks: comparison.train_tasks,
+        averaged_over: comparison.averaged_over,
+        multitask: comparison
+            .multitask
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect(),
         rows,
+        decoded: Vec::new(),
+        decode_limit: None,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
 
-fn cell(s: &NllScore) -> String {
-    format!("{:.3} ({:.1})", s.nll, 100.0 * s.greedy)
+/// The comparison decoded through the serving path (see [`super::evaluate`]): every
+/// adapter's greedy answers to the first `limit` test examples of each task (all without
+/// one), scored strictly and leniently; a task's adapters answer side by side.
+pub async fn decode_rows(
+    config: Config,
+    comparison: &Comparison,
+    limit: Option<usize>,
+) -> Result<Vec<Row<Accuracy>>> {
+    let columns = comparison.adapters(0).len() + 1;
+    let (server, _store) = EvalServer::start(config, columns).await?;
+    let mut scores = Vec::new();
+    for (i, case) in comparison.cases.iter().enumerate() {
+        let s = server
+            .score_side_by_side(&case.task, &comparison.adapters(i), limit)
+            .await?;
+        scores.push(s.iter().map(Score::accuracy).collect::<Vec<_>>());
+    }
+    let same = |a: Option<&LoraAdapter>, b: Option<&LoraAdapter>| match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => std::ptr::eq(a, b),
+        _ => false,
+    };
+    comparison.rows(
+        |i, adapter| {
+            let k = comparison
+                .adapters(i)
+                .iter()
+                .position(|(_, a)| same(*a, adapter))
+                .context("an adapter of the comparison")?;
+            Ok(scores[i][k])
+        },
+        |i| {
+            limit
+                .unwrap_or(usize::MAX)
+                .min(comparison.cases[i].task.test.len())
+        },
+    )
 }
 
-fn opt_cell(s: Option<NllScore>) -> String {
-    s.as_ref().map(cell).unwrap_or("-".into())
+/// A score that a table cell shows and a mean row averages.
+pub trait Cell: Copy {
+    fn cell(&self) -> String;
+    fn mean(v: &[Self]) -> Self;
+}
+
+impl Cell for NllScore {
+    /// NLL (greedy exact %).
+    fn cell(&self) -> String {
+        format!("{:.3} ({:.1})", self.nll, 100.0 * self.greedy)
+    }
+    fn mean(v: &[Self]) -> Self {
+        let n = v.len().max(1) as f64;
+        NllScore {
+            nll: v.iter().map(|s| s.nll).sum::<f64>() / n,
+            greedy: v.iter().map(|s| s.greedy).sum::<f64>() / n,
+        }
+    }
+}
+
+impl Cell for Accuracy {
+    /// Strict % (lenient %).
+    fn cell(&self) -> String {
+        format!("{:.1} ({:.1})", 100.0 * self.strict, 100.0 * self.lenient)
+    }
+    fn mean(v: &[Self]) -> Self {
+        let n = v.len().max(1) as f64;
+        Accuracy {
+            strict: v.iter().map(|s| s.strict).sum::<f64>() / n,
+            lenient: v.iter().map(|s| s.lenient).sum::<f64>() / n,
+        }
+    }
+}
+
+fn opt_cell<S: Cell>(s: Option<S>) -> String {
+    s.as_ref().map(Cell::cell).unwrap_or("-".into())
 }
 
 /// A checkpoint's name in a table: its folder, or the folder above a `step-N` folder
@@ -291,52 +461,125 @@ pub fn adapter_name(path: &Path) -> String {
     }
 }
 
-fn row_line(r: &NllRow) -> String {
-    let multitask: String = r.multitask.iter().map(|s| cell(s) + " | ").collect();
+fn row_line<S: Cell>(r: &Row<S>) -> String {
+    let multitask: String = r.multitask.iter().map(|s| s.cell() + " | ").collect();
     format!(
         "| {} | {} | {} | {multitask}{} | {} | {} | {} |",
         r.task,
-        cell(&r.base),
+        r.base.cell(),
         opt_cell(r.averaged),
         opt_cell(r.own),
-        cell(&r.dnd),
-        cell(&r.shuffled),
+        r.dnd.cell(),
+        r.shuffled.cell(),
         r.shuffled_from
     )
 }
 
-/// The table: NLL per answer token (greedy exact %) per adapter, and the mean row.
-pub fn nll_markdown(r: &NllReport) -> String {
-    let multitask: String = r.multitask.iter().map(|n| format!(" {n} |")).collect();
+/// One table: a row per task (see [`row_line`]) and the mean row.
+fn table<S: Cell>(rows: &[Row<S>], multitask: &[String]) -> String {
+    let names: String = multitask.iter().map(|n| format!(" {n} |")).collect();
     let mut out = format!(
-        "| task | base | averaged LoRAs |{multitask} own LoRA | DnD | DnD shuffled | shuffled from |\n|{}\n",
-        "---|".repeat(7 + r.multitask.len())
+        "| task | base | averaged LoRAs |{names} own LoRA | DnD | DnD shuffled | shuffled from |\n|{}\n",
+        "---|".repeat(7 + multitask.len())
     );
-    for row in &r.rows {
+    for row in rows {
         out.push_str(&row_line(row));
         out.push('\n');
     }
-    let col = |f: &dyn Fn(&NllRow) -> Option<NllScore>| -> String {
-        let v: Vec<NllScore> = r.rows.iter().filter_map(f).collect();
+    let col = |f: &dyn Fn(&Row<S>) -> Option<S>| -> String {
+        let v: Vec<S> = rows.iter().filter_map(f).collect();
         match v.is_empty() {
             true => "-".into(),
-            false => format!("**{}**", cell(&mean_score(&v))),
+            false => format!("**{}**", S::mean(&v).cell()),
         }
     };
-    let multitask: String = (0..r.multitask.len())
+    let means: String = (0..multitask.len())
         .map(|i| col(&|x| x.multitask.get(i).copied()) + " | ")
         .collect();
     out.push_str(&format!(
-        "| mean | {} | {} | {multitask}{} | {} | {} | |\n",
+        "| mean | {} | {} | {means}{} | {} | {} | |\n",
         col(&|x| Some(x.base)),
         col(&|x| x.averaged),
         col(&|x| x.own),
         col(&|x| Some(x.dnd)),
         col(&|x| Some(x.shuffled)),
     ));
+    out
+}
+
+/// The teacher-forced table (NLL per answer token, greedy exact %), and with `--decode`
+/// the decoded one (strict %, lenient %) with the bars checked on it.
+pub fn nll_markdown(r: &NllReport) -> String {
+    let mut out = table(&r.rows, &r.multitask);
     out.push_str(&format!(
         "\nAveraged LoRAs: the mean of {} of the {} training tasks' final checkpoints.\n",
         r.averaged_over, r.train_tasks
+    ));
+    if !r.decoded.is_empty() {
+        let examples = match r.decode_limit {
+            Some(n) => format!("the first {n} test examples of each task"),
+            None => "every test example".into(),
+        };
+        out.push_str(&format!(
+            "\nDecoded through the serving path (greedy, {examples}), strict % (lenient %):\n\n"
+        ));
+        out.push_str(&table(&r.decoded, &r.multitask));
+        out.push('\n');
+        out.push_str(&bars_markdown(&r.decoded, &r.multitask));
+    }
+    out
+}
+
+/// Lenient points below the base that count as harm on a task.
+const HARM_POINTS: f64 = 10.0;
+
+/// The bars of a generator on decoded rows (strict accuracy; harm on lenient): DnD >=
+/// averaged + 5, >= every multi-task LoRA, >= base + 15, the shuffle control >= 3 points
+/// below DnD, and no task where DnD is 10 or more lenient points below the base.
+pub fn bars_markdown(rows: &[Row<Accuracy>], multitask: &[String]) -> String {
+    let mean = |f: &dyn Fn(&Row<Accuracy>) -> Option<Accuracy>| -> Option<f64> {
+        let v: Vec<Accuracy> = rows.iter().filter_map(f).collect();
+        (!v.is_empty()).then(|| 100.0 * Accuracy::mean(&v).strict)
+    };
+    let dnd = mean(&|r| Some(r.dnd)).unwrap_or(0.0);
+    let mut bars: Vec<(String, f64, f64)> = Vec::new();
+    if let Some(avg) = mean(&|r| r.averaged) {
+        bars.push(("DnD >= averaged LoRAs + 5".into(), dnd, avg + 5.0));
+    }
+    for (i, name) in multitask.iter().enumerate() {
+        let m = mean(&|r| r.multitask.get(i).copied()).unwrap_or(0.0);
+        bars.push((format!("DnD >= {name}"), dnd, m));
+    }
+    let base = mean(&|r| Some(r.base)).unwrap_or(0.0);
+    bars.push(("DnD >= base + 15".into(), dnd, base + 15.0));
+    let shuffled = mean(&|r| Some(r.shuffled)).unwrap_or(0.0);
+    bars.push(("shuffle control >= 3 below DnD".into(), dnd - shuffled, 3.0));
+    let mut out =
+        String::from("| bar (strict, mean over tasks) | value | needed | |\n|---|---|---|---|\n");
+    for (name, value, needed) in bars {
+        let met = if value >= needed { "met" } else { "**missed**" };
+        out.push_str(&format!("| {name} | {value:.1} | {needed:.1} | {met} |\n"));
+    }
+    let harmed: Vec<String> = rows
+        .iter()
+        // (with a margin for rounding: 0.9 - 0.8 is a hair under 0.1)
+        .filter(|r| 100.0 * (r.base.lenient - r.dnd.lenient) >= HARM_POINTS - 1e-9)
+        .map(|r| {
+            format!(
+                "{} ({:.1} -> {:.1})",
+                r.task,
+                100.0 * r.base.lenient,
+                100.0 * r.dnd.lenient
+            )
+        })
+        .collect();
+    out.push_str(&format!(
+        "| no harm: tasks with DnD >= {HARM_POINTS} lenient points below the base | {} | 0 | {} |\n",
+        match harmed.is_empty() {
+            true => "none".to_string(),
+            false => harmed.join(", "),
+        },
+        if harmed.is_empty() { "met" } else { "**missed**" }
     ));
     out
 }
@@ -418,9 +661,9 @@ pub fn evaluate_lora_nll(
 }
 
 fn lora_row_line(r: &LoraNllRow) -> String {
-    let mut line = format!("| {} | {} | {} |", r.family, r.task, cell(&r.base));
+    let mut line = format!("| {} | {} | {} |", r.family, r.task, r.base.cell());
     for a in &r.adapters {
-        line.push_str(&format!(" {} |", cell(a)));
+        line.push_str(&format!(" {} |", a.cell()));
     }
     line.push_str(&format!(
         " {} | {} |",
@@ -476,6 +719,57 @@ pub fn write_nll(r: &NllReport, out: &Path) -> Result<()> {
 mod tests {
     use super::*;
     use crate::testing::tiny_model_dir;
+
+    fn acc(strict: f64, lenient: f64) -> Accuracy {
+        Accuracy { strict, lenient }
+    }
+
+    fn decoded_row(task: &str, base: Accuracy, dnd: Accuracy, shuffled: Accuracy) -> Row<Accuracy> {
+        Row {
+            task: task.into(),
+            examples: 10,
+            base,
+            averaged: Some(acc(0.1, 0.1)),
+            multitask: vec![acc(0.3, 0.3)],
+            own: None,
+            dnd,
+            dnd_batches: vec![dnd],
+            shuffled,
+            shuffled_from: "other".into(),
+        }
+    }
+
+    /// Each bar is judged on the mean strict accuracy over tasks; harm is any one task's
+    /// lenient drop of 10 points or more below the base, named with its numbers.
+    #[test]
+    fn bars_are_judged_on_means_and_harm_on_any_task() {
+        let rows = vec![
+            decoded_row("a", acc(0.0, 0.2), acc(0.5, 0.5), acc(0.3, 0.3)),
+            decoded_row("b", acc(0.1, 0.9), acc(0.3, 0.8), acc(0.3, 0.8)),
+        ];
+        let md = bars_markdown(&rows, &["mt".into()]);
+        let line = |name: &str| md.lines().find(|l| l.contains(name)).unwrap().to_string();
+        // DnD 40.0 strict on average; averaged 10.0; mt 30.0; base 5.0; shuffle 30.0.
+        assert!(
+            line("averaged LoRAs + 5").contains("| 40.0 | 15.0 | met"),
+            "{md}"
+        );
+        assert!(line("DnD >= mt").contains("| 40.0 | 30.0 | met"), "{md}");
+        assert!(line("base + 15").contains("| 40.0 | 20.0 | met"), "{md}");
+        assert!(line("shuffle").contains("| 10.0 | 3.0 | met"), "{md}");
+        // b: 90 -> 80 lenient is a 10-point drop.
+        assert!(line("no harm").contains("b (90.0 -> 80.0)"), "{md}");
+        assert!(line("no harm").contains("**missed**"), "{md}");
+        let fine = vec![decoded_row(
+            "a",
+            acc(0.0, 0.2),
+            acc(0.5, 0.5),
+            acc(0.5, 0.5),
+        )];
+        let md = bars_markdown(&fine, &[]);
+        assert!(md.contains("| none | 0 | met |"), "{md}");
+        assert!(md.contains("| 0.0 | 3.0 | **missed** |"), "{md}");
+    }
 
     #[test]
     fn a_hit_needs_every_answer_token_on_top() {
