@@ -17,6 +17,9 @@
 //! test prompts; and the condition-shuffle control: DnD fed the prompts of the next
 //! held-out task (in suite order), scored on this one. If the shuffle scores as well as
 //! DnD, the generator ignores its input.
+//!
+//! [`decode_rows`] answers with the same adapters through the serving path (strict and
+//! lenient accuracy), and [`bars_markdown`] checks the generator's bars on those rows.
 
 use std::path::{Path, PathBuf};
 
