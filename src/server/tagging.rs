@@ -227,9 +227,9 @@ pub async fn tag_request(State(plugin): State<Arc<Plugin>>, req: Request, next: 
             // Keep the route (the adapter model) and the place until the (possibly
             // streamed) body is done.
             let (parts, body) = resp.into_parts();
-            let guarded = Body::from_stream(GuardedStream {
-                inner: body.into_data_stream(),
-                _guard: Some(guard),
+            let guarded = Body::new(GuardedBody {
+                inner: body,
+                guard: Some(guard),
             });
             Response::from_parts(parts, guarded)
         }
@@ -688,24 +688,37 @@ where
     }
 }
 
-/// A body stream that holds a value until the stream ends or is dropped, whichever comes
-/// first.
-struct GuardedStream<S, G> {
-    inner: S,
-    _guard: Option<G>,
+/// A response body that holds a value until the body ends or is dropped, whichever comes
+/// first, and is otherwise its inner body: the same frames and the same size hint, so that
+/// an answer of known length keeps its Content-Length. (Wrapped as a stream, every answer
+/// went out chunked: more bytes and writes per request than the stock router's, seen in
+/// `bench overhead`.)
+struct GuardedBody<G> {
+    inner: Body,
+    guard: Option<G>,
 }
 
-impl<S: futures::Stream + Unpin, G: Unpin> futures::Stream for GuardedStream<S, G> {
-    type Item = S::Item;
-    fn poll_next(
+impl<G: Unpin> http_body::Body for GuardedBody<G> {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_next(cx);
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
         if let std::task::Poll::Ready(None) = polled {
-            self._guard = None;
+            self.guard = None;
         }
         polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -1007,23 +1020,37 @@ mod tests {
         }
     }
 
+    /// The guard is held while the body is read and let go at its end; the body keeps its
+    /// inner body's size (a known length stays known: the answer keeps its Content-Length).
     #[tokio::test]
     async fn a_guarded_body_lets_go_of_its_guard_when_it_ends() {
+        use http_body::Body as _;
+        use http_body_util::BodyExt;
         let guard = Arc::new(());
-        let chunks: Vec<Result<Bytes, axum::Error>> = vec![Ok(Bytes::from("a"))];
-        let mut stream = GuardedStream {
-            inner: futures::stream::iter(chunks),
-            _guard: Some(guard.clone()),
+        let mut body = GuardedBody {
+            inner: Body::from("abc"),
+            guard: Some(guard.clone()),
         };
-        assert!(futures::StreamExt::next(&mut stream).await.is_some());
+        assert_eq!(body.size_hint().exact(), Some(3));
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), Bytes::from("abc"));
         assert_eq!(Arc::strong_count(&guard), 2, "held while the body is read");
-        assert!(futures::StreamExt::next(&mut stream).await.is_none());
+        assert!(body.frame().await.is_none());
         assert_eq!(
             Arc::strong_count(&guard),
             1,
             "let go at the end, not at drop"
         );
-        drop(stream);
+        let chunks: Vec<Result<Bytes, axum::Error>> = vec![Ok(Bytes::from("a"))];
+        let streamed = GuardedBody {
+            inner: Body::from_stream(futures::stream::iter(chunks)),
+            guard: Some(guard.clone()),
+        };
+        assert_eq!(
+            streamed.size_hint().exact(),
+            None,
+            "a stream stays a stream"
+        );
     }
 
     #[tokio::test]
