@@ -10,10 +10,10 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Result;
+use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
 
-use super::peft::{LlamaDims, Module};
+use super::peft::{tensor_name, LlamaDims, LoraAdapter, Module};
 use super::rng::Rng;
 
 /// The A matrices a fresh LoRA starts from, U(-1/sqrt(in), 1/sqrt(in)) per layer and module
@@ -59,4 +59,29 @@ pub fn frozen_a(
         &mut Rng::derive(seed, "lora-a"),
         device,
     )
+}
+
+/// Errors unless `adapter`'s A matrices are `frozen` (a collection's frozen A): B matrices
+/// drawn against another A mean something else.
+pub fn check_frozen_a(
+    adapter: &LoraAdapter,
+    frozen: &BTreeMap<(usize, Module), Tensor>,
+) -> Result<()> {
+    for (&(layer, m), a) in frozen {
+        let name = tensor_name(layer, m, false);
+        let t = adapter
+            .tensors
+            .get(&name)
+            .with_context(|| format!("no tensor {name}"))?;
+        let diff = (t.to_dtype(candle_core::DType::F32)? - a)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        ensure!(
+            diff <= 1e-6,
+            "{name} differs from the generator's frozen A by {diff}: the checkpoints were \
+             collected with another A (collect's --a-seed, or --train-a)"
+        );
+    }
+    Ok(())
 }

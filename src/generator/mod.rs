@@ -43,6 +43,7 @@ pub use encoder::PromptEncoder;
 pub use residual::Residual;
 pub use tokenizer::TokenLayout;
 
+use crate::format::frozen_a::check_frozen_a;
 use crate::format::peft::{tensor_name, LlamaDims, LoraAdapter};
 
 /// The trained generator for SmolLM2-135M-Instruct shipped with the project (decoder
@@ -266,8 +267,9 @@ pub fn write_random_generator(cfg: &DecoderConfig, seed: u64, dir: &Path) -> Res
 /// record, copied; sub-folders such as a resumable training state are not). `rebase.json`
 /// says where it came from.
 ///
-/// Why: a residual trained on top of a multi-task LoRA of some tasks learns what an
-/// adapter of tasks it has not seen lacks; served, it can sit on the LoRA of all of them.
+/// Why: to put a residual trained on one adapter (e.g. the multi-task LoRA of half the
+/// training tasks) on another (that of all of them); README has what that gave. `adapter`
+/// must have been trained with the generator's frozen A.
 pub fn rebase_generator(
     src: &Path,
     adapter: &LoraAdapter,
@@ -281,6 +283,17 @@ pub fn rebase_generator(
         src.display()
     );
     let layout = cfg.layout()?;
+    let seed = cfg
+        .frozen_a_seed
+        .context("a residual generator has a frozen A")?;
+    let frozen = crate::format::frozen_a::frozen_a(
+        &cfg.base,
+        cfg.rank,
+        &cfg.modules()?,
+        seed,
+        &Device::Cpu,
+    )?;
+    check_frozen_a(adapter, &frozen).with_context(|| format!("{}", adapter_dir.display()))?;
     let rebased = Residual::load(src, &layout)?.rebased(&layout, adapter)?;
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
     for entry in std::fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {

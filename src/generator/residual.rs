@@ -65,8 +65,7 @@ impl Residual {
         Ok(Self { base, gate })
     }
 
-    /// The same gates on another base: `adapter`'s B matrices (e.g. the multi-task LoRA of
-    /// all training tasks, where training sat on one of half of them).
+    /// The same gates on another base: `adapter`'s B matrices.
     pub fn rebased(&self, layout: &TokenLayout, adapter: &LoraAdapter) -> Result<Self> {
         let base = Self::mean_of(layout, std::slice::from_ref(adapter))?.base;
         for (s, b) in layout.slots.iter().zip(&base) {

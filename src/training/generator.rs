@@ -41,7 +41,7 @@ use super::optim::{
 use super::sft::SftData;
 use crate::format::frozen_a::frozen_a;
 use crate::format::fsio::write_folder_atomic;
-use crate::format::peft::{tensor_name, LoraAdapter};
+use crate::format::peft::LoraAdapter;
 use crate::format::rng::Rng;
 use crate::generator::decoder::{Decoder, DecoderConfig};
 use crate::generator::residual::RESIDUAL_FILE;
@@ -413,7 +413,7 @@ pub fn load_training_set(
                 for ck in spaced(&done.checkpoints, train.checkpoints_per_task) {
                     let adapter = LoraAdapter::read_peft(&dir.join(ck))?;
                     if let Some(frozen) = &frozen {
-                        check_frozen_a(&adapter, frozen)
+                        crate::format::frozen_a::check_frozen_a(&adapter, frozen)
                             .with_context(|| format!("checkpoint {}/{ck}", dir.display()))?;
                     }
                     tokens.push(layout.tokenize(&adapter).with_context(|| {
@@ -470,27 +470,6 @@ pub fn load_training_set(
         }
     }
     Ok(set)
-}
-
-/// Errors unless the checkpoint's A matrices are the generator's frozen A.
-pub(crate) fn check_frozen_a(
-    adapter: &LoraAdapter,
-    frozen: &BTreeMap<(usize, crate::format::peft::Module), Tensor>,
-) -> Result<()> {
-    for (&(layer, m), a) in frozen {
-        let name = tensor_name(layer, m, false);
-        let t = adapter
-            .tensors
-            .get(&name)
-            .with_context(|| format!("no tensor {name}"))?;
-        let diff = (t - a)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        ensure!(
-            diff <= 1e-6,
-            "{name} differs from the generator's frozen A by {diff}: the checkpoints were \
-             collected with another A (collect's --a-seed, or --train-a)"
-        );
-    }
-    Ok(())
 }
 
 /// The encoder's outputs for `prompts`, from the cache when the same prompts and L were

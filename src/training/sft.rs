@@ -18,10 +18,10 @@ use std::path::Path;
 use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
 
-use super::generator::{check_frozen_a, ResidualFold, TaskData, TrainDecoderConfig, TrainingSet};
+use super::generator::{ResidualFold, TaskData, TrainDecoderConfig, TrainingSet};
 use super::llama::{batch::Batch, chat::ChatTokenizer, chat::Encoded, Llama};
 use super::lora::{LoraConfig, LoraWeights};
-use crate::format::frozen_a::frozen_a;
+use crate::format::frozen_a::{check_frozen_a, frozen_a};
 use crate::format::peft::{LoraAdapter, Module};
 use crate::format::rng::Rng;
 use crate::generator::decoder::{Decoder, DecoderConfig};
