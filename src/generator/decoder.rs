@@ -38,6 +38,7 @@
 //!   [`DecoderConfig::param_count`] and [`DecoderConfig::flops`], printed by
 //!   `mistralrs-dnd bench generator`).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -202,6 +203,22 @@ impl DecoderConfig {
     }
 
     /// The checkpoint token layout the decoder's output follows.
+    /// The frozen A matrices its adapters are completed with (a B-only decoder's), by
+    /// layer and module; `None` without a frozen-A seed.
+    pub fn frozen_a(&self) -> Result<Option<BTreeMap<(usize, Module), Tensor>>> {
+        self.frozen_a_seed
+            .map(|seed| {
+                crate::format::frozen_a::frozen_a(
+                    &self.base,
+                    self.rank,
+                    &self.modules()?,
+                    seed,
+                    &Device::Cpu,
+                )
+            })
+            .transpose()
+    }
+
     pub fn layout(&self) -> Result<TokenLayout> {
         match self.frozen_a_seed {
             Some(_) => TokenLayout::b_only(&self.base, self.rank, &self.modules()?, self.chunk),

@@ -142,19 +142,12 @@ impl Generator {
             encoder.hidden_size()
         );
         let layout = cfg.layout()?;
-        let mut frozen_a = BTreeMap::new();
-        if let Some(seed) = cfg.frozen_a_seed {
-            let a = crate::format::frozen_a::frozen_a(
-                &cfg.base,
-                cfg.rank,
-                &cfg.modules()?,
-                seed,
-                &Device::Cpu,
-            )?;
-            for ((layer, m), t) in a {
-                frozen_a.insert(tensor_name(layer, m, false), t);
-            }
-        }
+        let frozen_a = cfg
+            .frozen_a()?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|((layer, m), t)| (tensor_name(layer, m, false), t))
+            .collect();
         Ok(Self {
             encoder,
             decoder,
@@ -283,16 +276,9 @@ pub fn rebase_generator(
         src.display()
     );
     let layout = cfg.layout()?;
-    let seed = cfg
-        .frozen_a_seed
+    let frozen = cfg
+        .frozen_a()?
         .context("a residual generator has a frozen A")?;
-    let frozen = crate::format::frozen_a::frozen_a(
-        &cfg.base,
-        cfg.rank,
-        &cfg.modules()?,
-        seed,
-        &Device::Cpu,
-    )?;
     check_frozen_a(adapter, &frozen).with_context(|| format!("{}", adapter_dir.display()))?;
     let rebased = Residual::load(src, &layout)?.rebased(&layout, adapter)?;
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
