@@ -297,44 +297,31 @@ impl Comparison {
         v
     }
 
-    /// Scores every case with `score(case index, adapter)` (`None`: the base model), in
-    /// table order; `examples(case index)`: how many test examples it was scored on.
-    fn rows<S: Cell>(
-        &self,
-        mut score: impl FnMut(usize, Option<&LoraAdapter>) -> Result<S>,
-        examples: impl Fn(usize) -> usize,
-    ) -> Result<Vec<Row<S>>> {
-        let mut rows = Vec::new();
-        for (i, case) in self.cases.iter().enumerate() {
-            let dnd_batches = case
-                .dnd
-                .iter()
-                .map(|a| score(i, Some(a)))
-                .collect::<Result<Vec<_>>>()?;
-            let row = Row {
-                task: case.task.name.clone(),
-                examples: examples(i),
-                base: score(i, None)?,
-                averaged: self
-                    .averaged
-                    .as_ref()
-                    .map(|a| score(i, Some(a)))
-                    .transpose()?,
-                multitask: self
-                    .multitask
-                    .iter()
-                    .map(|(_, a)| score(i, Some(a)))
-                    .collect::<Result<_>>()?,
-                own: case.own.as_ref().map(|a| score(i, Some(a))).transpose()?,
-                dnd: S::mean(&dnd_batches),
-                dnd_batches,
-                shuffled: score(i, Some(&case.shuffled))?,
-                shuffled_from: case.shuffled_from.clone(),
-            };
-            eprintln!("{}", row_line(&row));
-            rows.push(row);
-        }
-        Ok(rows)
+    /// Case `i`'s row from its scores, one per adapter in the order of
+    /// [`Comparison::adapters`]; `examples`: how many test examples they were scored on.
+    fn row<S: Cell>(&self, i: usize, examples: usize, scores: Vec<S>) -> Row<S> {
+        let case = &self.cases[i];
+        let mut it = scores.into_iter();
+        let mut next = || it.next().expect("one score per adapter");
+        let base = next();
+        let averaged = self.averaged.as_ref().map(|_| next());
+        let multitask = self.multitask.iter().map(|_| next()).collect();
+        let own = case.own.as_ref().map(|_| next());
+        let dnd_batches: Vec<S> = case.dnd.iter().map(|_| next()).collect();
+        let row = Row {
+            task: case.task.name.clone(),
+            examples,
+            base,
+            averaged,
+            multitask,
+            own,
+            dnd: S::mean(&dnd_batches),
+            dnd_batches,
+            shuffled: next(),
+            shuffled_from: case.shuffled_from.clone(),
+        };
+        eprintln!("{}", row_line(&row));
+        row
     }
 }
 
@@ -353,13 +340,18 @@ pub fn evaluate_nll(
         .iter()
         .map(|c| test_examples(&tok, &c.task, limit))
         .collect::<Result<Vec<_>>>()?;
-    let rows = comparison.rows(
-        |i, adapter| {
-            let l = adapter.map(|a| lora(a, &model.dims)).transpose()?;
-            score(&model, &tok, l.as_ref(), &encoded[i])
-        },
-        |i| encoded[i].len(),
-    )?;
+    let mut rows = Vec::new();
+    for (i, examples) in encoded.iter().enumerate() {
+        let scores = comparison
+            .adapters(i)
+            .into_iter()
+            .map(|(_, a)| {
+                let l = a.map(|a| lora(a, &model.dims)).transpose()?;
+                score(&model, &tok, l.as_ref(), examples)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        rows.push(comparison.row(i, examples.len(), scores));
+    }
     Ok(NllReport {
         generator: setup.generator.clone(),
         train_tasks: comparison.train_tasks,
@@ -384,35 +376,20 @@ pub async fn decode_rows(
     comparison: &Comparison,
     limit: Option<usize>,
 ) -> Result<Vec<Row<Accuracy>>> {
-    let columns = comparison.adapters(0).len() + 1;
+    let columns = (0..comparison.cases.len())
+        .map(|i| comparison.adapters(i).len())
+        .max()
+        .unwrap_or(1);
     let (server, _store) = EvalServer::start(config, columns).await?;
-    let mut scores = Vec::new();
+    let mut rows = Vec::new();
     for (i, case) in comparison.cases.iter().enumerate() {
-        let s = server
+        let scores = server
             .score_side_by_side(&case.task, &comparison.adapters(i), limit)
             .await?;
-        scores.push(s.iter().map(Score::accuracy).collect::<Vec<_>>());
+        let examples = scores.first().map_or(0, |s| s.n);
+        rows.push(comparison.row(i, examples, scores.iter().map(Score::accuracy).collect()));
     }
-    let same = |a: Option<&LoraAdapter>, b: Option<&LoraAdapter>| match (a, b) {
-        (None, None) => true,
-        (Some(a), Some(b)) => std::ptr::eq(a, b),
-        _ => false,
-    };
-    comparison.rows(
-        |i, adapter| {
-            let k = comparison
-                .adapters(i)
-                .iter()
-                .position(|(_, a)| same(*a, adapter))
-                .context("an adapter of the comparison")?;
-            Ok(scores[i][k])
-        },
-        |i| {
-            limit
-                .unwrap_or(usize::MAX)
-                .min(comparison.cases[i].task.test.len())
-        },
-    )
+    Ok(rows)
 }
 
 /// A score that a table cell shows and a mean row averages.

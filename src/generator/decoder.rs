@@ -202,7 +202,6 @@ impl DecoderConfig {
         Ok(out)
     }
 
-    /// The checkpoint token layout the decoder's output follows.
     /// The frozen A matrices its adapters are completed with (a B-only decoder's), by
     /// layer and module; `None` without a frozen-A seed.
     pub fn frozen_a(&self) -> Result<Option<BTreeMap<(usize, Module), Tensor>>> {
@@ -219,6 +218,7 @@ impl DecoderConfig {
             .transpose()
     }
 
+    /// The checkpoint token layout the decoder's output follows.
     pub fn layout(&self) -> Result<TokenLayout> {
         match self.frozen_a_seed {
             Some(_) => TokenLayout::b_only(&self.base, self.rank, &self.modules()?, self.chunk),

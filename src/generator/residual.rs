@@ -68,16 +68,7 @@ impl Residual {
     /// The same gates on another base: `adapter`'s B matrices.
     pub fn rebased(&self, layout: &TokenLayout, adapter: &LoraAdapter) -> Result<Self> {
         let base = Self::mean_of(layout, std::slice::from_ref(adapter))?.base;
-        for (s, b) in layout.slots.iter().zip(&base) {
-            ensure!(
-                b.dims() == [s.len, layout.rank],
-                "{} has shape {:?}, the generator's layout wants ({}, {})",
-                s.name(),
-                b.dims(),
-                s.len,
-                layout.rank
-            );
-        }
+        check_shapes(layout, &base).context("the new base")?;
         Ok(Self {
             base,
             gate: self.gate.clone(),
@@ -142,18 +133,9 @@ impl Residual {
         let base = layout
             .slots
             .iter()
-            .map(|s| {
-                let b = take(&format!("base.{}", s.name()))?;
-                ensure!(
-                    b.dims() == [s.len, layout.rank],
-                    "{}: base.{} has shape {:?}",
-                    path.display(),
-                    s.name(),
-                    b.dims()
-                );
-                Ok(b)
-            })
+            .map(|s| take(&format!("base.{}", s.name())))
             .collect::<Result<Vec<_>>>()?;
+        check_shapes(layout, &base).with_context(|| path.display().to_string())?;
         Ok(Self { base, gate })
     }
 
@@ -167,4 +149,19 @@ impl Residual {
         let views: Vec<(&str, &Tensor)> = t.iter().map(|(k, v)| (k.as_str(), v)).collect();
         Ok(safetensors::serialize(views, None)?)
     }
+}
+
+/// Errors unless every base matrix has its slot's shape (out, r).
+fn check_shapes(layout: &TokenLayout, base: &[Tensor]) -> Result<()> {
+    for (s, b) in layout.slots.iter().zip(base) {
+        ensure!(
+            b.dims() == [s.len, layout.rank],
+            "base.{} has shape {:?}, the layout wants ({}, {})",
+            s.name(),
+            b.dims(),
+            s.len,
+            layout.rank
+        );
+    }
+    Ok(())
 }

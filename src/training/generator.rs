@@ -39,7 +39,7 @@ use super::optim::{
     clip_grad_norm, print_above, progress_bar, AdamW, AdamWParams, StepBudget, WarmupCosine,
 };
 use super::sft::SftData;
-use crate::format::frozen_a::frozen_a;
+use crate::format::frozen_a::check_frozen_a;
 use crate::format::fsio::write_folder_atomic;
 use crate::format::peft::LoraAdapter;
 use crate::format::rng::Rng;
@@ -369,16 +369,7 @@ pub fn load_training_set(
 ) -> Result<TrainingSet> {
     let (prompt_pool, holdout) = (train.prompt_pool, &train.holdout);
     let layout = cfg.layout()?;
-    let frozen = match cfg.frozen_a_seed {
-        Some(seed) => Some(frozen_a(
-            &cfg.base,
-            cfg.rank,
-            &cfg.modules()?,
-            seed,
-            &Device::Cpu,
-        )?),
-        None => None,
-    };
+    let frozen = cfg.frozen_a()?;
     let collection = Collection::new(collect_dir);
     let tasks: Vec<Task> = match suite {
         Some(tasks) => tasks.to_vec(),
@@ -413,7 +404,7 @@ pub fn load_training_set(
                 for ck in spaced(&done.checkpoints, train.checkpoints_per_task) {
                     let adapter = LoraAdapter::read_peft(&dir.join(ck))?;
                     if let Some(frozen) = &frozen {
-                        crate::format::frozen_a::check_frozen_a(&adapter, frozen)
+                        check_frozen_a(&adapter, frozen)
                             .with_context(|| format!("checkpoint {}/{ck}", dir.display()))?;
                     }
                     tokens.push(layout.tokenize(&adapter).with_context(|| {

@@ -21,7 +21,7 @@ use candle_core::{Device, Tensor};
 use super::generator::{ResidualFold, TaskData, TrainDecoderConfig, TrainingSet};
 use super::llama::{batch::Batch, chat::ChatTokenizer, chat::Encoded, Llama};
 use super::lora::{LoraConfig, LoraWeights};
-use crate::format::frozen_a::{check_frozen_a, frozen_a};
+use crate::format::frozen_a::check_frozen_a;
 use crate::format::peft::{LoraAdapter, Module};
 use crate::format::rng::Rng;
 use crate::generator::decoder::{Decoder, DecoderConfig};
@@ -38,6 +38,9 @@ pub struct SftModel {
     pub residual: Residual,
     /// The folds' base matrices (gates unused), see [`TrainDecoderConfig::residual_folds`].
     folds: Vec<Residual>,
+    /// Squared norm of each base (the residual's, then the folds'): the residual penalty's
+    /// scale, fixed.
+    norms2: Vec<f64>,
 }
 
 /// A task's examples, tokenized with the chat template the server uses.
@@ -56,18 +59,14 @@ impl SftModel {
         residual_from: Option<&Path>,
         folds: &[ResidualFold],
     ) -> Result<Self> {
-        let seed = cfg.frozen_a_seed;
-        ensure!(
-            seed.is_some(),
-            "the end-to-end objective needs a collection with a frozen shared A"
-        );
+        let frozen_a = cfg
+            .frozen_a()?
+            .context("the end-to-end objective needs a collection with a frozen shared A")?;
         let layout = cfg.layout()?;
         let device = Device::Cpu;
         let llama = Llama::load(base_dir, &device)?;
         cfg.check_base(&llama.dims)?;
         let tokenizer = ChatTokenizer::load(base_dir)?;
-        let modules = cfg.modules()?;
-        let frozen_a = frozen_a(&cfg.base, cfg.rank, &modules, seed.unwrap_or(0), &device)?;
         let read = |dir: &Path| -> Result<LoraAdapter> {
             let adapter = LoraAdapter::read_peft(dir)?;
             check_frozen_a(&adapter, &frozen_a).with_context(|| format!("{}", dir.display()))?;
@@ -89,19 +88,28 @@ impl SftModel {
                 .collect::<Result<Vec<_>>>()?,
         };
         let residual = Residual::mean_of(&layout, &last)?;
+        let norms2 = std::iter::once(&residual)
+            .chain(&folds)
+            .map(|r| {
+                r.base.iter().try_fold(0f64, |acc, b| {
+                    Ok::<_, anyhow::Error>(acc + f64::from(b.sqr()?.sum_all()?.to_scalar::<f32>()?))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             llama,
             tokenizer,
             lora: LoraConfig {
                 rank: cfg.rank,
                 alpha: cfg.lora_alpha,
-                modules,
-                frozen_a_seed: seed,
+                modules: cfg.modules()?,
+                frozen_a_seed: cfg.frozen_a_seed,
             },
             frozen_a,
             layout,
             residual,
             folds,
+            norms2,
         })
     }
 
@@ -130,15 +138,19 @@ impl SftModel {
     }
 
     /// For one sample's decoder tokens (T, h, w): the cross-entropy of `batch` through the
-    /// adapter they give on `base` (the residual's, or a fold's), and the residual's squared
-    /// norm relative to the base's.
+    /// adapter they give on a base (`fold`'s, or with `None` the residual's), and the
+    /// residual's squared norm relative to that base's.
     pub fn loss(
         &self,
-        base: &Residual,
+        fold: Option<usize>,
         tokens: &Tensor,
         gate: &Tensor,
         batch: &Batch,
     ) -> Result<(Tensor, Tensor)> {
+        let (base, norm2) = match fold {
+            Some(k) => (&self.folds[k], self.norms2[k + 1]),
+            None => (&self.residual, self.norms2[0]),
+        };
         let decoded = self.layout.detokenize_tensors(tokens)?;
         let b = base.combine(gate, &decoded)?;
         let mut pairs = BTreeMap::new();
@@ -155,12 +167,7 @@ impl SftModel {
         }
         let lora = LoraWeights::from_tensors(self.lora.clone(), pairs);
         let ce = self.llama.loss(batch, Some(&lora))?;
-        // The penalty's scale: the squared norm of the base it sits on.
-        let mut base_norm2 = 0f64;
-        for b in &base.base {
-            base_norm2 += f64::from(b.sqr()?.sum_all()?.to_scalar::<f32>()?);
-        }
-        let rel = (res.expect("at least one matrix") / base_norm2.max(1e-12))?;
+        let rel = (res.expect("at least one matrix") / norm2.max(1e-12))?;
         Ok((ce, rel))
     }
 }
@@ -233,13 +240,12 @@ impl SftData {
         rng: &mut Rng,
     ) -> Result<Tensor> {
         let examples = SftModel::draw(&self.train[task].train, cfg.sft_examples, rng);
-        let base = match self.train_fold[task] {
-            Some(k) => &self.model.folds[k],
-            None => &self.model.residual,
-        };
-        let (ce, rel) = self
-            .model
-            .loss(base, tokens, gate, &self.model.batch(&examples)?)?;
+        let (ce, rel) = self.model.loss(
+            self.train_fold[task],
+            tokens,
+            gate,
+            &self.model.batch(&examples)?,
+        )?;
         Ok((ce + (rel * cfg.residual_l2)?)?)
     }
 
@@ -255,12 +261,9 @@ impl SftData {
             let cond = pool.narrow(0, 0, n.min(pool.dim(0)?))?;
             let pred = decoder.forward(&cond.unsqueeze(0)?)?;
             let items: Vec<&Encoded> = ex.test.iter().take(HELDOUT_EXAMPLES).collect();
-            let (ce, _) = self.model.loss(
-                &self.model.residual,
-                &pred.get(0)?,
-                gate,
-                &self.model.batch(&items)?,
-            )?;
+            let (ce, _) = self
+                .model
+                .loss(None, &pred.get(0)?, gate, &self.model.batch(&items)?)?;
             sum += ce.to_scalar::<f32>()?;
         }
         Ok(Some(sum / self.heldout.len() as f32))
