@@ -10,7 +10,7 @@ use mistralrs_dnd::tasks::Task;
 use mistralrs_dnd::training::collection::Collection;
 use mistralrs_dnd::training::generator::{
     decoder_config_for, load_training_set, train_decoder, Holdout, Objective, ResidualFold,
-    TrainDecoderConfig, TrainOptions, TrainOutcome,
+    ResidualInit, TrainDecoderConfig, TrainOptions, TrainOutcome,
 };
 use mistralrs_dnd::training::sft::SftData;
 
@@ -34,7 +34,7 @@ fn settings(objective: Objective) -> TrainDecoderConfig {
 }
 
 fn train(objective: Objective, out: &Path, stop: Option<usize>) -> TrainOutcome {
-    train_with(objective, out, stop, None, None, &[]).unwrap()
+    train_with(objective, out, stop, None, None, &[], ResidualInit::Gates).unwrap()
 }
 
 /// `train` on `suite`'s tasks (the collection lending the checkpoints it has), the residual
@@ -46,6 +46,7 @@ fn train_with(
     suite: Option<&[Task]>,
     residual_from: Option<&Path>,
     folds: &[ResidualFold],
+    init: ResidualInit,
 ) -> anyhow::Result<TrainOutcome> {
     let fixture = trained_tiny_generator();
     let mut decoder = decoder_config_for(
@@ -61,6 +62,7 @@ fn train_with(
     let cfg = TrainDecoderConfig {
         residual_from: residual_from.map(Path::to_path_buf),
         residual_folds: folds.to_vec(),
+        residual_init: init,
         ..settings(objective)
     };
     let encoder = mistralrs_dnd::generator::PromptEncoder::load(
@@ -184,6 +186,66 @@ fn sft_starts_at_the_mean_adapter_and_moves_from_it() {
     assert!(max_diff(&start_b, &mean) < 1e-6);
 }
 
+/// `--residual-init output` starts where `gates` starts (the base adapter: the same held-out
+/// NLL before the first step), its decoder's adapters then depend on the prompts, and a run
+/// killed and rerun ends with the same bytes (the zeroed layer is set before the resume
+/// state is read).
+#[test]
+fn output_init_starts_at_the_base_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, init, stop| {
+        train_with(
+            Objective::Sft,
+            &dir.path().join(name),
+            stop,
+            None,
+            None,
+            &[],
+            init,
+        )
+        .unwrap()
+    };
+    let gates = run("gates", ResidualInit::Gates, None);
+    let output = run("output", ResidualInit::Output, None);
+    let (g0, o0) = (
+        gates.record.heldout_nll_at_start.unwrap(),
+        output.record.heldout_nll_at_start.unwrap(),
+    );
+    assert!((g0 - o0).abs() < 1e-6, "{g0} vs {o0}");
+    assert!(output.record.log.iter().all(|l| l.heldout_nll != Some(o0)));
+
+    let out = dir.path().join("output");
+    let g = Generator::load(
+        &out,
+        &mistralrs_dnd::testing::real_assets().minilm(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let layout = g.layout().clone();
+    let adapter =
+        |prompts: Vec<String>| b_matrices(&g.generate(&prompts).unwrap().adapter, &layout);
+    let sums = adapter((0..4).map(|i| format!("What is {i} plus {i}?")).collect());
+    let words = adapter(
+        (0..4)
+            .map(|i| format!("Spell word number {i} backwards."))
+            .collect(),
+    );
+    assert!(
+        max_diff(&sums, &words) > 1e-6,
+        "the prompts move the adapter"
+    );
+
+    run("resumed", ResidualInit::Output, Some(5));
+    run("resumed", ResidualInit::Output, None);
+    for file in ["decoder.safetensors", "residual.safetensors"] {
+        assert_eq!(
+            std::fs::read(out.join(file)).unwrap(),
+            std::fs::read(dir.path().join("resumed").join(file)).unwrap(),
+            "{file}"
+        );
+    }
+}
+
 /// Killed after 5 steps and rerun, the end-to-end `mix` run ends with the same bytes as an
 /// uninterrupted one (the gates and their AdamW moments are in the resume state).
 #[test]
@@ -222,7 +284,16 @@ fn sft_trains_uncollected_tasks_from_a_given_base() {
     let from = collection.final_checkpoints().unwrap()[&suite[0].name].clone();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("sft");
-    let outcome = train_with(Objective::Sft, &out, None, Some(&suite), Some(&from), &[]).unwrap();
+    let outcome = train_with(
+        Objective::Sft,
+        &out,
+        None,
+        Some(&suite),
+        Some(&from),
+        &[],
+        ResidualInit::Gates,
+    )
+    .unwrap();
     assert!(outcome
         .record
         .train_tasks
@@ -248,6 +319,7 @@ fn sft_trains_uncollected_tasks_from_a_given_base() {
         Some(&suite),
         None,
         &[],
+        ResidualInit::Gates,
     )
     .expect_err("mix needs every task's checkpoints");
     assert!(format!("{err:#}").contains("never_collected"), "{err:#}");
@@ -274,8 +346,26 @@ fn folds_train_on_their_adapter_and_rebase_moves_the_base() {
         adapter: b.clone(),
         tasks: train_tasks.clone(),
     };
-    train_with(Objective::Sft, &folded, None, None, Some(&a), &[fold]).unwrap();
-    train_with(Objective::Sft, &plain, None, None, Some(&b), &[]).unwrap();
+    train_with(
+        Objective::Sft,
+        &folded,
+        None,
+        None,
+        Some(&a),
+        &[fold],
+        ResidualInit::Gates,
+    )
+    .unwrap();
+    train_with(
+        Objective::Sft,
+        &plain,
+        None,
+        None,
+        Some(&b),
+        &[],
+        ResidualInit::Gates,
+    )
+    .unwrap();
     let bytes = |d: &Path, f: &str| std::fs::read(d.join(f)).unwrap();
     assert!(
         bytes(&folded, "decoder.safetensors") == bytes(&plain, "decoder.safetensors"),
@@ -315,6 +405,7 @@ fn folds_train_on_their_adapter_and_rebase_moves_the_base() {
         None,
         Some(&a),
         &[stray],
+        ResidualInit::Gates,
     )
     .expect_err("a held-out task in a fold");
     assert!(format!("{err:#}").contains(HELD_OUT), "{err:#}");

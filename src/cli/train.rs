@@ -9,7 +9,7 @@ use crate::format::peft::LlamaDims;
 use crate::generator::PromptEncoder;
 use crate::training::generator::{
     decoder_config_for, load_training_set, train_decoder, Holdout, Objective, ResidualFold,
-    TrainDecoderConfig, TrainOptions, CACHE_DIR,
+    ResidualInit, TrainDecoderConfig, TrainOptions, CACHE_DIR,
 };
 use crate::training::sft::SftData;
 
@@ -88,6 +88,11 @@ pub struct Args {
     /// generator written sits on --residual-from.
     #[arg(long, requires = "residual_from")]
     pub residual_fold: Vec<ResidualFold>,
+    /// sft / mix: how the residual starts at zero: `gates` (gates at zero) or `output`
+    /// (gates at one, the decoder's last convolution at zero, so that decoder changes
+    /// count in full from the first step).
+    #[arg(long, default_value = "gates")]
+    pub residual_init: ResidualInit,
     /// Train on these tasks (`builtin`, or task files) instead of the collection's: the
     /// collection then only lends the checkpoints it has (sft needs none).
     #[arg(long, num_args = 1..)]
@@ -180,6 +185,7 @@ pub fn run(args: Args) -> Result<()> {
         init_from: args.init_from.clone(),
         residual_from: args.residual_from.clone(),
         residual_folds: args.residual_fold.clone(),
+        residual_init: args.residual_init,
         ..TrainDecoderConfig::default()
     };
     let device = candle_core::Device::Cpu;
