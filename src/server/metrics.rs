@@ -24,6 +24,10 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     pub generation_seconds: Histogram,
     pub registration_seconds: Histogram,
+    /// The tagging layer's own time on a chat or completion request, outside the stock
+    /// handler: reading, checking and routing the body before it (a wait for a place or
+    /// for an adapter load included), showing the public model name after it.
+    pub layer_seconds: Histogram,
     pub queue_depth: IntGauge,
     pub evictions: IntCounter,
     /// Adapter models loaded (uploads, generations, reloads of stored adapters).
@@ -67,6 +71,16 @@ impl Metrics {
                 "registration_seconds",
                 "Time to store, load, merge and register an adapter",
             ),
+            layer_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "layer_seconds",
+                    "Time the plugin's layer adds to a chat or completion request, outside the stock handler (waits for a place or an adapter load included)",
+                )
+                .buckets(vec![
+                    10e-6, 20e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 1e-2, 0.1, 1.0,
+                ]),
+            )
+            .expect("valid histogram"),
             queue_depth: IntGauge::new("generation_queue_depth", "Generation jobs waiting")
                 .expect("valid metric"),
             evictions: IntCounter::new("evictions_total", "Resident adapters evicted")
@@ -115,6 +129,7 @@ impl Metrics {
             Box::new(m.rejected.clone()),
             Box::new(m.generation_seconds.clone()),
             Box::new(m.registration_seconds.clone()),
+            Box::new(m.layer_seconds.clone()),
             Box::new(m.queue_depth.clone()),
             Box::new(m.evictions.clone()),
             Box::new(m.loads.clone()),

@@ -201,6 +201,7 @@ pub async fn tag_request(State(plugin): State<Arc<Plugin>>, req: Request, next: 
     {
         return next.run(req).await;
     }
+    let started = Instant::now();
     match route_request(&plugin, req, tenant.as_deref()).await {
         Ok((req, route)) => {
             let public = req.extensions().get::<PublicModel>().cloned();
@@ -214,13 +215,17 @@ pub async fn tag_request(State(plugin): State<Arc<Plugin>>, req: Request, next: 
                 Ok(slot) => slot,
                 Err(e) => return e.into_response(),
             };
+            let before = started.elapsed();
             // A client that goes away drops this future, the handler and its receiver: the
             // engine cancels the sequence at its next step (vendor patch 0004).
             let mut resp = next.run(req).await;
+            let after = Instant::now();
             let guard = (route, slot);
             if let Some(public) = public {
                 resp = show_public_model(resp, public.0).await;
             }
+            let layer = before + after.elapsed();
+            plugin.metrics.layer_seconds.observe(layer.as_secs_f64());
             if let Ok(v) = HeaderValue::from_str(&label) {
                 resp.headers_mut().insert(ADAPTER_HEADER, v);
             }
