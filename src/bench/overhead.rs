@@ -82,6 +82,8 @@ pub struct Setup {
     /// `max_tokens` of every chat.
     pub tokens: usize,
     pub assets: Option<PathBuf>,
+    /// The control run: the stock router in the plugin's place too.
+    pub stock_twice: bool,
 }
 
 /// Which router a request goes to.
@@ -141,7 +143,7 @@ pub async fn run(setup: &Setup) -> Result<()> {
     let (config, model, _dirs) = config_for(setup)?;
     let max_seqs = config.model.max_seqs;
     let t = Instant::now();
-    let (plugin, stock) = LocalServer::start_beside_stock(config).await?;
+    let (plugin, stock) = LocalServer::start_beside_stock(config, setup.stock_twice).await?;
     let load = t.elapsed();
     print_machine();
     println!(
@@ -157,6 +159,12 @@ pub async fn run(setup: &Setup) -> Result<()> {
         setup.rounds,
         setup.requests,
     );
+    if setup.stock_twice {
+        println!(
+            "control run (--stock-twice): the stock router serves in the plugin's place too; \
+             the rows named plugin are the stock router on a second port"
+        );
+    }
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(600))
         .build()?;
@@ -266,6 +274,12 @@ pub async fn run(setup: &Setup) -> Result<()> {
          p99 within +{:.0} %, no errors): met in {met} of {rows} rows",
         (MAX_P99_RATIO - 1.0) * 100.0
     );
+    for e in errors {
+        println!("first error: {e}");
+    }
+    if setup.stock_twice {
+        return Ok(());
+    }
     let layer = &plugin.plugin.metrics.layer_seconds;
     let mean_us = layer.get_sample_sum() / layer.get_sample_count().max(1) as f64 * 1e6;
     let lowest = *setup.levels.iter().min().expect("levels checked non-empty");
@@ -277,9 +291,6 @@ pub async fn run(setup: &Setup) -> Result<()> {
         layer.get_sample_count(),
         mean_us / p50_us * 100.0
     );
-    for e in errors {
-        println!("first error: {e}");
-    }
     Ok(())
 }
 

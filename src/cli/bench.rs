@@ -59,6 +59,10 @@ pub struct OverheadArgs {
     /// Asset folder for smollm2 (default: $DND_ASSETS or ./assets).
     #[arg(long)]
     pub assets: Option<PathBuf>,
+    /// A control run: the stock router on both ports, in the plugin's place too, so that
+    /// the spread of the ratios is the bench's own noise.
+    #[arg(long)]
+    pub stock_twice: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -214,6 +218,7 @@ pub fn run(args: Args) -> Result<()> {
                 requests: a.requests,
                 tokens: a.tokens,
                 assets: a.assets,
+                stock_twice: a.stock_twice,
             }),
         ),
         Bench::Tenants(a) => tokio::runtime::Runtime::new()?.block_on(crate::bench::tenants::run(

@@ -44,10 +44,15 @@ impl LocalServer {
 
     /// [`LocalServer::start`] plus the stock mistral.rs router alone, without the plugin's
     /// layer, on another loopback port and the same engine: what the plugin's cost is
-    /// measured against (`bench overhead`).
-    pub async fn start_beside_stock(config: Config) -> Result<(Self, StockServer)> {
+    /// measured against (`bench overhead`). `stock_twice`: the stock router in the plugin's
+    /// place too (a control run: the two ports then differ only by chance).
+    pub async fn start_beside_stock(
+        config: Config,
+        stock_twice: bool,
+    ) -> Result<(Self, StockServer)> {
         let Routers { stock, plugin } = assemble(config, None).await?;
         let (router, plugin) = plugin.context("the config disables the plugin")?;
+        let router = if stock_twice { stock.clone() } else { router };
         let (url, serving) = serve_on_loopback(stock).await?;
         Ok((
             Self::serve(router, plugin).await?,
