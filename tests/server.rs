@@ -1291,63 +1291,83 @@ async fn a_key_past_its_rate_gets_429_with_retry_after() {
     }
 }
 
-/// Issue 15, item 5: at most `plugin.max_in_flight_per_model` requests hold a place on one
-/// engine model; past it (after the admission wait, none here) the shared base model
-/// answers 503 and a task's adapter 429, both with `Retry-After`, in the OpenAI error
-/// shape, while the other models go on answering. A place is held until the answer has
+/// Issue 15, item 5: a request an adapter serves takes a place of its task (at most
+/// `plugin.max_in_flight_per_task`), then every request a place on the engine model that
+/// computes it (at most `plugin.max_in_flight_per_model`; with shared adapters the base
+/// runs every adapter too). Past them (after the admission wait, none here) a task over its
+/// share answers 429 while others are served, and a full base answers 503 to everyone, both
+/// with `Retry-After`, in the OpenAI error shape. A place is held until the answer has
 /// ended: a stream until it has been sent to its end, a non-streamed answer until it is
 /// answered or its client goes away (which cancels the engine sequence).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_past_a_models_in_flight_bound_are_refused_with_retry_after() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = tiny_config(dir.path());
-    c.plugin.max_in_flight_per_model = 1;
+    c.plugin.max_in_flight_per_model = 2;
+    c.plugin.max_in_flight_per_task = 1;
     c.plugin.admission_wait_ms = 0;
     let s = start(c).await;
     assert_eq!(s.upload("t", &adapter(1)).await.status, 201);
-    let adapter_model = s.plugin.table.resident_ids()[0].clone();
     let in_flight = |model: &str| s.plugin.admission.in_flight(model);
     let mut long = chat_body("go on", 400);
     long["stream"] = json!(true);
-    for (task, model, status, kind, code) in [
-        (None, "base", 503, "server_error", "server_overloaded"),
-        (
-            Some("t"),
-            adapter_model.as_str(),
-            429,
-            "rate_limit_error",
-            "rate_limit_exceeded",
-        ),
-    ] {
-        let open = s.chat_request(task).json(&long).send().await.unwrap();
-        assert_eq!(open.status(), 200);
-        let resp = s
-            .chat_request(task)
-            .json(&chat_body("hi", 2))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.headers()["retry-after"], "1", "{task:?}");
-        let r = reply(resp).await;
+    let refused = |r: &Reply, status: u16, kind: &str, code: &str| {
         assert_eq!(r.status, status, "{}", r.json);
         assert_eq!(r.json["error"]["type"], kind, "{}", r.json);
         assert_eq!(r.json["error"]["code"], code, "{}", r.json);
         assert!(r.json["error"]["message"].is_string(), "{}", r.json);
-        // The other engine model has places of its own.
-        let other = if task.is_some() { None } else { Some("t") };
-        let r = s.send_chat(other, &chat_body("hi", 2)).await.unwrap();
-        assert_eq!(r.status, 200, "{}", r.json);
-        // Once the stream has ended, its place is free.
+    };
+    let send = |task: Option<&'static str>| {
+        let rb = s.chat_request(task).json(&chat_body("hi", 2));
+        async move { rb.send().await.unwrap() }
+    };
+
+    // The task's share: its second request is the task's to wait for (429), while an
+    // untagged request takes the base's other place.
+    let t_stream = s.chat_request(Some("t")).json(&long).send().await.unwrap();
+    assert_eq!(t_stream.status(), 200);
+    assert_eq!(
+        (in_flight("base"), s.plugin.admission.task_in_flight("t")),
+        (1, 1)
+    );
+    let resp = send(Some("t")).await;
+    assert_eq!(resp.headers()["retry-after"], "1");
+    refused(
+        &reply(resp).await,
+        429,
+        "rate_limit_error",
+        "rate_limit_exceeded",
+    );
+    let r = s.send_chat(None, &chat_body("hi", 2)).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.json);
+
+    // The base full (the task's stream and an untagged one): 503 for everyone, a task
+    // with its own adapter too, since it runs in the base's batches.
+    let base_stream = s.chat_request(None).json(&long).send().await.unwrap();
+    assert_eq!(base_stream.status(), 200);
+    assert_eq!(in_flight("base"), 2);
+    assert_eq!(s.upload("u", &adapter(2)).await.status, 201);
+    for task in [None, Some("u")] {
+        let resp = send(task).await;
+        assert_eq!(resp.headers()["retry-after"], "1", "{task:?}");
+        refused(&reply(resp).await, 503, "server_error", "server_overloaded");
+    }
+
+    // Once the streams have ended, their places are free.
+    for open in [t_stream, base_stream] {
         let text = open.text().await.unwrap();
         assert!(text.contains("[DONE]"), "{text:.200}");
-        assert_eq!(in_flight(model), 0, "{model}");
+    }
+    assert_eq!(in_flight("base"), 0);
+    assert_eq!(s.plugin.admission.task_in_flight("t"), 0);
+    for task in [None, Some("t"), Some("u")] {
         let r = s.send_chat(task, &chat_body("hi", 2)).await.unwrap();
-        assert_eq!(r.status, 200, "{}", r.json);
+        assert_eq!(r.status, 200, "{task:?}: {}", r.json);
     }
     let m = metrics(&s).await;
     assert_eq!(
         metric(&m, "dnd_requests_rejected_total{status=\"503\"}"),
-        1.0
+        2.0
     );
     assert_eq!(
         metric(&m, "dnd_requests_rejected_total{status=\"429\"}"),

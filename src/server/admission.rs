@@ -1,20 +1,28 @@
-//! Admission: a bound on the chat and completion requests in flight per engine model (the
-//! base, or one adapter), so that no client can pile up requests, and their bodies, without
-//! limit. A routed request takes a place on its engine model, waiting at most
-//! `plugin.admission_wait_ms` for one; past that it is refused in the OpenAI error shape
-//! with `Retry-After`:
+//! Admission: a bound on the chat and completion requests in flight, so that no client can
+//! pile up requests, and their bodies, without limit, and no task can take the places of
+//! others. A routed request takes, waiting at most `plugin.admission_wait_ms` for each:
 //!
-//! - **503** (`server_overloaded`) on the base model: every untagged request and every task
-//!   without a resident adapter share it, so its being full is the server's saturation, not
-//!   the caller's doing;
-//! - **429** (`rate_limit_exceeded`) on an adapter model: only its task's requests reach it,
-//!   so that task alone is over its share, and other tasks are not held up.
+//! 1. when an adapter serves it, a place of its **task** (at most
+//!    `plugin.max_in_flight_per_task`): the task's share, so that one tenant cannot fill the
+//!    engine model it shares with the others;
+//! 2. a place on the **engine model** that computes it (at most
+//!    `plugin.max_in_flight_per_model`): the base for untagged requests, for tasks without
+//!    a resident adapter and, with `adapter_mode = "shared"`, for every adapter too (they
+//!    all run in the base's batches); an adapter's own model with `adapter_mode = "merged"`.
 //!
-//! OpenAI clients retry both after the `Retry-After` delay.
+//! Past the wait it is refused in the OpenAI error shape with `Retry-After`:
+//!
+//! - **503** (`server_overloaded`) when the base model is full: its being full is the
+//!   server's saturation, not the caller's doing;
+//! - **429** (`rate_limit_exceeded`) when the task's share (or its merged adapter model,
+//!   which only its requests reach) is full: that task alone is over its share.
+//!
+//! OpenAI clients retry both after the `Retry-After` delay. The task's place is taken first,
+//! so that a task over its share waits without holding a place on the engine model.
 //!
 //! A place is held until its answer has ended: a non-streamed one until the engine's handler
 //! returns it, a streamed one until the stream is read to its end or dropped (the tagging
-//! layer's `GuardedStream`). A client that goes away drops the handler, and with it the
+//! layer's `GuardedBody`). A client that goes away drops the handler, and with it the
 //! receiver of the engine's responses; the engine then cancels the sequence at its next
 //! step (vendor patch 0004), so the place is freed one decode step before the engine
 //! drops the sequence, instead of the engine generating on to `max_tokens` for nobody.
@@ -29,88 +37,159 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::error::ApiError;
 use super::Plugin;
 use crate::adapters::Route;
+use crate::engine::AdapterMode;
 
-/// A request's place on an engine model; dropping it frees the place.
-pub type Slot = OwnedSemaphorePermit;
-
-/// The places of every engine model with requests in flight or waiting.
-pub struct Admission {
-    limit: usize,
-    wait: Duration,
-    models: Mutex<HashMap<String, Arc<Semaphore>>>,
+/// A request's places; dropping it frees them.
+#[derive(Debug)]
+pub struct Slot {
+    _task: Option<OwnedSemaphorePermit>,
+    _model: OwnedSemaphorePermit,
 }
 
-impl Admission {
-    /// `limit` requests in flight per engine model; a request waits at most `wait` for a
-    /// place (zero: refused at once).
-    pub fn new(limit: usize, wait: Duration) -> Self {
+/// Places of one kind (engine models, or tasks), `limit` each, for every key with requests
+/// in flight or waiting.
+struct Places {
+    limit: usize,
+    keys: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl Places {
+    fn new(limit: usize) -> Self {
         Self {
             limit: limit.max(1),
-            wait,
-            models: Mutex::new(HashMap::new()),
+            keys: Mutex::new(HashMap::new()),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Semaphore>>> {
-        self.models.lock().unwrap_or_else(|p| p.into_inner())
+        self.keys.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The places of `model`. Models that nobody holds or waits for are dropped from the
-    /// map here (adapter models come and go with every load): a model's semaphore is shared
-    /// only by its places and waiters, and new shares are only made under this lock.
-    fn places(&self, model: &str) -> Arc<Semaphore> {
-        let mut models = self.lock();
-        models.retain(|m, s| m == model || Arc::strong_count(s) > 1);
-        models
-            .entry(model.to_string())
+    /// The places of `key`. Keys that nobody holds or waits for are dropped from the map
+    /// here (adapter models come and go with every load): a key's semaphore is shared only
+    /// by its places and waiters, and new shares are only made under this lock.
+    fn of(&self, key: &str) -> Arc<Semaphore> {
+        let mut keys = self.lock();
+        keys.retain(|k, s| k == key || Arc::strong_count(s) > 1);
+        keys.entry(key.to_string())
             .or_insert_with(|| Arc::new(Semaphore::new(self.limit)))
             .clone()
     }
 
-    /// Takes a place on engine model `model`, waiting for one at most the admission wait
-    /// (waiters are served first come, first served). `shared`: whether the model is the
-    /// base, which makes a refusal the server's (503) rather than the task's (429).
-    pub async fn admit(&self, model: &str, shared: bool) -> Result<Slot, ApiError> {
-        let places = self.places(model);
-        let slot = if self.wait.is_zero() {
+    /// Takes a place of `key`, waiting at most `wait` (waiters are served first come, first
+    /// served); `None` past it.
+    async fn take(&self, key: &str, wait: Duration) -> Option<OwnedSemaphorePermit> {
+        let places = self.of(key);
+        if wait.is_zero() {
             places.try_acquire_owned().ok()
         } else {
-            tokio::time::timeout(self.wait, places.acquire_owned())
+            tokio::time::timeout(wait, places.acquire_owned())
                 .await
                 .ok()
                 .and_then(Result::ok)
-        };
-        slot.ok_or_else(|| self.refusal(shared))
+        }
     }
 
-    /// Requests holding a place on `model` now.
-    pub fn in_flight(&self, model: &str) -> usize {
+    fn in_flight(&self, key: &str) -> usize {
         self.lock()
-            .get(model)
+            .get(key)
             .map_or(0, |s| self.limit - s.available_permits())
     }
+}
 
-    fn refusal(&self, shared: bool) -> ApiError {
+/// The places of every engine model and task with requests in flight or waiting.
+pub struct Admission {
+    wait: Duration,
+    models: Places,
+    tasks: Places,
+}
+
+/// Where a request runs: its engine model, whether that is the shared base (whose refusal
+/// is the server's), and the task whose share it takes, if an adapter serves it.
+pub struct Target<'a> {
+    pub model: &'a str,
+    pub base: bool,
+    pub task: Option<&'a str>,
+}
+
+impl Admission {
+    /// `per_model` requests in flight per engine model, `per_task` per task served by an
+    /// adapter; a request waits at most `wait` for each place (zero: refused at once).
+    pub fn new(per_model: usize, per_task: usize, wait: Duration) -> Self {
+        Self {
+            wait,
+            models: Places::new(per_model),
+            tasks: Places::new(per_task),
+        }
+    }
+
+    /// Takes the places of `target`: the task's first, then the engine model's.
+    pub async fn admit(&self, target: &Target<'_>) -> Result<Slot, ApiError> {
+        let task = match target.task {
+            Some(t) => Some(
+                self.tasks
+                    .take(t, self.wait)
+                    .await
+                    .ok_or_else(|| self.refusal(Full::Task))?,
+            ),
+            None => None,
+        };
+        let full = if target.base {
+            Full::Base
+        } else {
+            Full::Adapter
+        };
+        let model = self
+            .models
+            .take(target.model, self.wait)
+            .await
+            .ok_or_else(|| self.refusal(full))?;
+        Ok(Slot {
+            _task: task,
+            _model: model,
+        })
+    }
+
+    /// Requests holding a place on engine model `model` now.
+    pub fn in_flight(&self, model: &str) -> usize {
+        self.models.in_flight(model)
+    }
+
+    /// Requests holding a place of task `task` now.
+    pub fn task_in_flight(&self, task: &str) -> usize {
+        self.tasks.in_flight(task)
+    }
+
+    fn refusal(&self, full: Full) -> ApiError {
         let wait_ms = self.wait.as_millis();
         let secs = wait_ms.div_ceil(1000).max(1) as u64;
-        let (status, code, model) = if shared {
-            (
+        let (status, code, what, limit, key) = match full {
+            Full::Base => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server_overloaded",
                 "the server's base model",
-            )
-        } else {
-            (
+                self.models.limit,
+                "max_in_flight_per_model",
+            ),
+            Full::Adapter => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limit_exceeded",
                 "this task's adapter",
-            )
+                self.models.limit,
+                "max_in_flight_per_model",
+            ),
+            Full::Task => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_exceeded",
+                "this task",
+                self.tasks.limit,
+                "max_in_flight_per_task",
+            ),
         };
         ApiError::new(
             status,
             format!(
-                "{model} has {} requests in flight, its limit (plugin.max_in_flight_per_model), and no place came free within {wait_ms} ms; retry after {secs} s",
-                self.limit
+                "{what} has {limit} requests in flight, its limit (plugin.{key}), and no place came free within {wait_ms} ms; retry after {secs} s"
             ),
         )
         .with_code(code)
@@ -118,17 +197,38 @@ impl Admission {
     }
 }
 
-/// Admits a routed request on the engine model of its route, counting refusals in the
-/// metrics by status.
+/// Which places were full.
+#[derive(Clone, Copy)]
+enum Full {
+    Base,
+    Adapter,
+    Task,
+}
+
+/// Admits a routed request (see the module doc), counting refusals in the metrics by
+/// status.
 pub async fn admit(plugin: &Plugin, route: &Route) -> Result<Slot, ApiError> {
-    let admitted = match route {
-        Route::Base => {
-            let base = plugin.table.engine().base_id();
-            plugin.admission.admit(base, true).await
-        }
-        Route::Adapter(m) => plugin.admission.admit(&m.engine_id, false).await,
+    let base = plugin.table.engine().base_id();
+    let target = match route {
+        Route::Base => Target {
+            model: base,
+            base: true,
+            task: None,
+        },
+        Route::Adapter(m) => match plugin.config.model.adapter_mode {
+            AdapterMode::Shared => Target {
+                model: base,
+                base: true,
+                task: Some(&m.task),
+            },
+            AdapterMode::Merged => Target {
+                model: &m.engine_id,
+                base: false,
+                task: Some(&m.task),
+            },
+        },
     };
-    admitted.inspect_err(|e| {
+    plugin.admission.admit(&target).await.inspect_err(|e| {
         plugin
             .metrics
             .rejected
@@ -143,13 +243,29 @@ mod tests {
 
     use super::*;
 
+    fn base() -> Target<'static> {
+        Target {
+            model: "base",
+            base: true,
+            task: None,
+        }
+    }
+
+    fn on(model: &'static str, base: bool, task: &'static str) -> Target<'static> {
+        Target {
+            model,
+            base,
+            task: Some(task),
+        }
+    }
+
     #[tokio::test]
     async fn places_are_bounded_per_model_and_refused_with_retry_after() {
-        let a = Admission::new(2, Duration::ZERO);
-        let first = a.admit("base", true).await.unwrap();
-        let _second = a.admit("base", true).await.unwrap();
+        let a = Admission::new(2, 2, Duration::ZERO);
+        let first = a.admit(&base()).await.unwrap();
+        let _second = a.admit(&base()).await.unwrap();
         assert_eq!(a.in_flight("base"), 2);
-        let e = a.admit("base", true).await.unwrap_err();
+        let e = a.admit(&base()).await.unwrap_err();
         assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(
             (e.code, e.retry_after),
@@ -161,11 +277,16 @@ mod tests {
             "{}",
             e.message
         );
+        // A shared adapter runs on the base: the base being full refuses it too, as the
+        // server's saturation, and the task's place it took is given back.
+        let e = a.admit(&on("base", true, "t")).await.unwrap_err();
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(a.task_in_flight("t"), 0);
 
-        // An adapter model has places of its own, and its refusal is the task's.
-        let _a1 = a.admit("dnd:t:h:0", false).await.unwrap();
-        let _a2 = a.admit("dnd:t:h:0", false).await.unwrap();
-        let e = a.admit("dnd:t:h:0", false).await.unwrap_err();
+        // A merged adapter model has places of its own, and its refusal is the task's.
+        let _a1 = a.admit(&on("dnd:t:h:0", false, "t")).await.unwrap();
+        let _a2 = a.admit(&on("dnd:t:h:0", false, "u")).await.unwrap();
+        let e = a.admit(&on("dnd:t:h:0", false, "v")).await.unwrap_err();
         assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(
             (e.code, e.kind()),
@@ -174,16 +295,40 @@ mod tests {
 
         drop(first);
         assert_eq!(a.in_flight("base"), 1);
-        let _again = a.admit("base", true).await.unwrap();
+        let _again = a.admit(&base()).await.unwrap();
+    }
+
+    /// A task takes at most its share of a shared engine model: past it 429, naming the
+    /// task limit, while other tasks and untagged requests still get places.
+    #[tokio::test]
+    async fn a_task_takes_at_most_its_share_of_the_shared_base() {
+        let a = Admission::new(4, 2, Duration::ZERO);
+        let _t1 = a.admit(&on("base", true, "t")).await.unwrap();
+        let _t2 = a.admit(&on("base", true, "t")).await.unwrap();
+        let e = a.admit(&on("base", true, "t")).await.unwrap_err();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::TOO_MANY_REQUESTS, Some("rate_limit_exceeded"))
+        );
+        assert!(
+            e.message.contains("max_in_flight_per_task"),
+            "{}",
+            e.message
+        );
+        assert_eq!((a.in_flight("base"), a.task_in_flight("t")), (2, 2));
+        let _u = a.admit(&on("base", true, "u")).await.unwrap();
+        let _b = a.admit(&base()).await.unwrap();
+        assert_eq!(a.in_flight("base"), 4);
     }
 
     #[tokio::test]
     async fn a_request_waits_for_a_place_at_most_the_admission_wait() {
         let wait = Duration::from_millis(300);
-        let a = Arc::new(Admission::new(1, wait));
-        let held = a.admit("m", false).await.unwrap();
+        let a = Arc::new(Admission::new(1, 1, wait));
+        let m = || on("m", false, "t");
+        let held = a.admit(&m()).await.unwrap();
         let t = Instant::now();
-        let e = a.admit("m", false).await.unwrap_err();
+        let e = a.admit(&m()).await.unwrap_err();
         assert!(t.elapsed() >= wait, "{:?}", t.elapsed());
         assert_eq!(
             (e.status, e.retry_after),
@@ -193,7 +338,7 @@ mod tests {
         // A place that comes free during the wait goes to the waiter.
         let waiter = {
             let a = a.clone();
-            tokio::spawn(async move { a.admit("m", false).await.map(drop) })
+            tokio::spawn(async move { a.admit(&m()).await.map(drop) })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiter.is_finished());
@@ -202,13 +347,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn models_nobody_uses_are_forgotten() {
-        let a = Admission::new(1, Duration::ZERO);
+    async fn models_and_tasks_nobody_uses_are_forgotten() {
+        let a = Admission::new(1, 1, Duration::ZERO);
         for i in 0..100 {
-            drop(a.admit(&format!("dnd:t:h:{i}"), false).await.unwrap());
+            let model = format!("dnd:t:h:{i}");
+            let task = format!("t{i}");
+            drop(
+                a.admit(&Target {
+                    model: &model,
+                    base: false,
+                    task: Some(&task),
+                })
+                .await
+                .unwrap(),
+            );
         }
-        let _held = a.admit("base", true).await.unwrap();
-        assert_eq!(a.lock().len(), 1, "only the model in use is kept");
+        let _held = a.admit(&base()).await.unwrap();
+        assert_eq!(a.models.lock().len(), 1, "only the model in use is kept");
+        assert!(a.tasks.lock().len() <= 1, "at most the last task is kept");
         assert_eq!(a.in_flight("dnd:t:h:0"), 0);
     }
 }

@@ -169,9 +169,14 @@ pub struct PluginConfig {
     pub max_messages: usize,
     /// Text of a request's messages (or prompt) at most, in bytes.
     pub max_input_bytes: usize,
-    /// Chat and completion requests in flight at once per engine model (the base, or one
-    /// adapter), from admission until their answer has been sent or dropped.
+    /// Chat and completion requests in flight at once per engine model (the base, with
+    /// shared adapters every adapter's requests too; or a merged adapter's own model), from
+    /// admission until their answer has been sent or dropped.
     pub max_in_flight_per_model: usize,
+    /// Chat and completion requests in flight at once per task served by an adapter: its
+    /// share of the engine model it runs on (with shared adapters, the base that every
+    /// task and untagged request share), so that one task cannot take every place.
+    pub max_in_flight_per_task: usize,
     /// How long a request waits for a place on its model, in milliseconds, before it is
     /// refused (503 on the shared base model, 429 on a task's adapter; `Retry-After`).
     pub admission_wait_ms: u64,
@@ -218,6 +223,7 @@ impl Default for PluginConfig {
             max_messages: 256,
             max_input_bytes: 256 << 10,
             max_in_flight_per_model: 64,
+            max_in_flight_per_task: 16,
             admission_wait_ms: 5000,
             retire_ceiling_s: 3600,
         }
@@ -271,6 +277,7 @@ impl Config {
                 ("max_request_bytes", p.max_request_bytes),
                 ("default_key_rpm", p.default_key_rpm as usize),
                 ("max_in_flight_per_model", p.max_in_flight_per_model),
+                ("max_in_flight_per_task", p.max_in_flight_per_task),
                 ("max_tracked_tasks", p.max_tracked_tasks),
                 ("max_stored_tasks", p.max_stored_tasks),
                 ("max_store_mib", p.max_store_mib as usize),

@@ -241,6 +241,7 @@ pub async fn assemble(
     });
     let admission = admission::Admission::new(
         config.plugin.max_in_flight_per_model,
+        config.plugin.max_in_flight_per_task,
         std::time::Duration::from_millis(config.plugin.admission_wait_ms),
     );
     let admin_token = config.admin_token();
