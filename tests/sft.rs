@@ -94,6 +94,16 @@ fn train_with(
     )
 }
 
+/// The generator in `dir`, with the real MiniLM encoder.
+fn load_generator(dir: &Path) -> Generator {
+    Generator::load(
+        dir,
+        &mistralrs_dnd::testing::real_assets().minilm(),
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
 fn b_matrices(a: &LoraAdapter, layout: &TokenLayout) -> Vec<Tensor> {
     layout
         .slots
@@ -132,12 +142,7 @@ fn sft_starts_at_the_mean_adapter_and_moves_from_it() {
         assert!(nll.is_finite() && nll != start, "{line:?}");
     }
 
-    let g = Generator::load(
-        &out,
-        &mistralrs_dnd::testing::real_assets().minilm(),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let g = load_generator(&out);
     assert!(g.config().residual);
     let layout = g.layout().clone();
     let prompts: Vec<String> = (0..4).map(|i| format!("What is {i} plus {i}?")).collect();
@@ -215,12 +220,7 @@ fn output_init_starts_at_the_base_and_resumes_exactly() {
     assert!(output.record.log.iter().all(|l| l.heldout_nll != Some(o0)));
 
     let out = dir.path().join("output");
-    let g = Generator::load(
-        &out,
-        &mistralrs_dnd::testing::real_assets().minilm(),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let g = load_generator(&out);
     let layout = g.layout().clone();
     let adapter =
         |prompts: Vec<String>| b_matrices(&g.generate(&prompts).unwrap().adapter, &layout);
@@ -298,12 +298,7 @@ fn sft_trains_uncollected_tasks_from_a_given_base() {
         .record
         .train_tasks
         .contains(&"never_collected".to_string()));
-    let g = Generator::load(
-        &out,
-        &mistralrs_dnd::testing::real_assets().minilm(),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let g = load_generator(&out);
     let layout = g.layout().clone();
     let residual = mistralrs_dnd::generator::Residual::load(&out, &layout).unwrap();
     let given = b_matrices(&LoraAdapter::read_peft(&from).unwrap(), &layout);
@@ -371,14 +366,7 @@ fn folds_train_on_their_adapter_and_rebase_moves_the_base() {
         bytes(&folded, "decoder.safetensors") == bytes(&plain, "decoder.safetensors"),
         "the folded run trained as the run on B"
     );
-    let layout = Generator::load(
-        &folded,
-        &mistralrs_dnd::testing::real_assets().minilm(),
-        &Device::Cpu,
-    )
-    .unwrap()
-    .layout()
-    .clone();
+    let layout = load_generator(&folded).layout().clone();
     let written = mistralrs_dnd::generator::Residual::load(&folded, &layout).unwrap();
     let given = b_matrices(&LoraAdapter::read_peft(&a).unwrap(), &layout);
     assert!(max_diff(&written.base, &given) < 1e-6, "written on A");

@@ -151,10 +151,9 @@ pub struct TrainDecoderConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum ResidualInit {
-    /// Gates at zero, the decoder as initialised. A decoder change then moves the adapter
-    /// only as far as the gates have opened (about 0.03 in the shipped run): what is
-    /// learnt is mostly 60 scales of the decoder's initial, nearly prompt-independent
-    /// output, and the condition-shuffle control scored the same as DnD.
+    /// Gates at zero, the decoder as initialised (the first design). A decoder change then
+    /// moves the adapter only as far as the gates have opened (about 0.03 in the shipped
+    /// run).
     #[default]
     Gates,
     /// Gates at one, the decoder's last convolution (over the token axis, with its bias)
