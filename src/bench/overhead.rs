@@ -161,8 +161,8 @@ pub async fn run(setup: &Setup) -> Result<()> {
     );
     if setup.stock_twice {
         println!(
-            "control run (--stock-twice): the stock router serves in the plugin's place too; \
-             the rows named plugin are the stock router on a second port"
+            "control run (--stock-twice): the stock router serves in the plugin's place too, \
+             on a second port"
         );
     }
     let client = reqwest::Client::builder()
@@ -242,7 +242,10 @@ pub async fn run(setup: &Setup) -> Result<()> {
                 let is_plugin = served == Served::Plugin;
                 println!(
                     "| {label} | {c} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} |",
-                    served.name(),
+                    match (is_plugin, setup.stock_twice) {
+                        (true, true) => "stock (2nd port)",
+                        _ => served.name(),
+                    },
                     cell.per_second(),
                     quantile_ms(&cell.latencies, 0.5),
                     quantile_ms(&cell.latencies, 0.99),
