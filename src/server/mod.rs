@@ -4,9 +4,10 @@
 //! loopback port with a small client (eval, bench, tests).
 //!
 //! A request goes: HTTP -> [`error::openai_shape`] (errors in the OpenAI shape) ->
-//! [`tagging::tag_request`] (API key in keys mode, task id, route, `model` rewrite, a place
-//! on the engine model from [`admission`]) -> mistral.rs server-core handler -> the engine
-//! model of the base or of the task's adapter.
+//! [`tagging::tag_request`] (API key in keys mode, task id, route, `model` rewrite, places
+//! of the task and on the engine model from [`admission`]) -> mistral.rs server-core handler
+//! -> the engine model of the base (shared adapters included) or of the task's merged
+//! adapter.
 
 pub mod admin;
 pub mod admission;

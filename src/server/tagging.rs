@@ -209,8 +209,9 @@ pub async fn tag_request(State(plugin): State<Arc<Plugin>>, req: Request, next: 
                 Route::Base => "base".to_string(),
                 Route::Adapter(r) => format!("{}@{}", r.task, r.hash),
             };
-            // A place on the engine model (bounded wait, 503/429 past it), held with the
-            // route until the answer has ended or its client has gone (see `admission`).
+            // Places of the task and on the engine model (bounded waits, 429/503 past them),
+            // held with the route until the answer has ended or its client has gone (see
+            // `admission`).
             let slot = match super::admission::admit(&plugin, &route).await {
                 Ok(slot) => slot,
                 Err(e) => return e.into_response(),
