@@ -1308,6 +1308,7 @@ async fn requests_past_a_models_in_flight_bound_are_refused_with_retry_after() {
     c.plugin.admission_wait_ms = 0;
     let s = start(c).await;
     assert_eq!(s.upload("t", &adapter(1)).await.status, 201);
+    assert_eq!(s.upload("u", &adapter(2)).await.status, 201);
     let in_flight = |model: &str| s.plugin.admission.in_flight(model);
     let mut long = chat_body("go on", 400);
     long["stream"] = json!(true);
@@ -1346,7 +1347,6 @@ async fn requests_past_a_models_in_flight_bound_are_refused_with_retry_after() {
     let base_stream = s.chat_request(None).json(&long).send().await.unwrap();
     assert_eq!(base_stream.status(), 200);
     assert_eq!(in_flight("base"), 2);
-    assert_eq!(s.upload("u", &adapter(2)).await.status, 201);
     for task in [None, Some("u")] {
         let resp = send(task).await;
         assert_eq!(resp.headers()["retry-after"], "1", "{task:?}");
