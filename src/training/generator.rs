@@ -676,6 +676,12 @@ pub struct TrainOutcome {
 /// that its output is zero whatever the prompts ([`ResidualInit::Output`]).
 fn zero_last_convolution(varmap: &VarMap, cfg: &DecoderConfig) -> Result<()> {
     let last = cfg.shapes.len() - 2;
+    // A layer that keeps its shape adds its input to what it computes: zeroing its
+    // convolution would leave the output at that input, not at zero.
+    ensure!(
+        cfg.shapes[last] != cfg.shapes[last + 1],
+        "--residual-init output needs a last decoder layer that changes shape (no residual add)"
+    );
     let data = varmap.data().lock().unwrap();
     for name in ["nconv.weight", "nconv.bias"] {
         let key = format!("layers.{last}.{name}");
