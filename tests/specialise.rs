@@ -423,3 +423,117 @@ async fn the_dnd_generator_specialises_a_task_end_to_end() {
         "{err}"
     );
 }
+
+/// Waits (bounded) until `task`'s generation is in `state`; returns the task's JSON.
+async fn until_generation(s: &TestServer, task: &str, state: &str) -> Value {
+    for _ in 0..500 {
+        let v = task_json(s, task).await;
+        if v["generation"]["state"] == state {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "{task}'s generation never reached {state}: {}",
+        task_json(s, task).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adapter_that_answers_fewer_examples_than_the_base_is_not_routed() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Arc::new(TestGenerator::default());
+    let mut c = tiny_config(dir.path());
+    // The check answers as `chat` asks (6 tokens), so the base's answer is known here.
+    c.plugin.guard_max_tokens = 6;
+    let s = start_with(c, Some(g.clone())).await;
+    let base = s.chat("question 0", |rb, _| rb).await.content();
+    let first_line = base.lines().find(|l| !l.trim().is_empty()).unwrap().trim();
+    let examples = |answer: &str| json!({"examples": [{"prompt": "question 0", "answer": answer}]});
+
+    let put = |body: Value| {
+        s.admin(Method::PUT, "/adapters/qa/examples")
+            .json(&body)
+            .send()
+    };
+    for bad in [
+        json!({"examples": []}),
+        json!({"examples": [{"prompt": "q", "answer": " "}]}),
+        json!({"examples": [{"prompt": "q", "answer": "a", "extra": 1}]}),
+        json!([{"prompt": "q", "answer": "a"}]),
+    ] {
+        let r = reply(put(bad.clone()).await.unwrap()).await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.json);
+        assert!(r.json["error"]["message"].is_string());
+    }
+    let r = reply(put(examples(first_line)).await.unwrap()).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    let got: Value = s
+        .admin(Method::GET, "/adapters/qa/examples")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got, examples(first_line));
+
+    let m0 = metrics(&s).await;
+    for i in 0..3 {
+        s.chat_task(&format!("question {i}"), "qa").await;
+    }
+    // The base answers the example with its first line; the random adapter does not.
+    let v = until_generation(&s, "qa", "rejected").await;
+    assert_eq!(v["state"], "none", "nothing stored or routed: {v}");
+    assert_eq!(v["generation"]["base_hits"], 1);
+    assert_eq!(v["generation"]["adapter_hits"], 0);
+    let r = s.chat_task("question 0", "qa").await;
+    assert_eq!(r.adapter.as_deref(), Some("base"));
+    assert_eq!(r.content(), base);
+    let m1 = metrics(&s).await;
+    let d = |name: &str| metric(&m1, name) - metric(&m0, name);
+    assert_eq!(d("dnd_guard_checks_total{outcome=\"rejected\"}"), 1.0);
+    assert!(
+        !dir.path().join("store/.probes/qa").exists(),
+        "the probe adapter is removed"
+    );
+    // No new generation from the same prompts.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(g.calls.load(Ordering::SeqCst), 1);
+
+    // An example neither answers: a tie, and the adapter is routed.
+    let r = reply(put(examples("no model says this")).await.unwrap()).await;
+    assert_eq!(r.status, 200);
+    let r = s
+        .admin(Method::POST, "/adapters/qa/regenerate")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    s.wait_state("qa", "resident").await;
+    let v = until_generation(&s, "qa", "done").await;
+    assert_eq!(v["generation"]["last_check"]["accepted"], true, "{v}");
+    assert!(s
+        .chat_task("question 0", "qa")
+        .await
+        .adapter
+        .unwrap()
+        .starts_with("qa@"));
+
+    let r = s
+        .admin(Method::DELETE, "/adapters/qa/examples")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let got: Value = s
+        .admin(Method::GET, "/adapters/qa/examples")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got, json!({"examples": []}));
+}

@@ -67,6 +67,11 @@ pub struct Args {
     /// With --decode: test examples per task at most (default: all).
     #[arg(long, requires = "decode")]
     pub decode_limit: Option<usize>,
+    /// With --decode: also the server's no-harm check of every DnD adapter on the first N
+    /// training examples of its task, and the table and bars with rejected adapters
+    /// replaced by the base model.
+    #[arg(long, requires = "decode")]
+    pub guard: Option<usize>,
     /// With --nll: DnD prompt batches per task.
     #[arg(long, default_value_t = 3)]
     pub batches: usize,
@@ -111,12 +116,15 @@ pub fn run(args: Args) -> Result<()> {
         let comparison = Comparison::build(&tasks, &setup)?;
         let mut report = evaluate_nll(&comparison, &setup, args.limit)?;
         if args.decode {
-            let rows = tokio::runtime::Runtime::new()?.block_on(decode_rows(
+            let (rows, checks) = tokio::runtime::Runtime::new()?.block_on(decode_rows(
                 config,
                 &comparison,
                 args.decode_limit,
+                args.guard,
             ))?;
+            report.guarded = rows.iter().zip(&checks).map(|(r, c)| c.apply(r)).collect();
             report.decoded = rows;
+            report.checks = checks;
             report.decode_limit = args.decode_limit;
             report.seconds = started.elapsed().as_secs_f64();
         }

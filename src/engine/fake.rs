@@ -32,7 +32,11 @@ pub(crate) struct FakeEngine {
     fail: AtomicBool,
     /// `true` while loads may finish; a load started while it is `false` waits for it.
     gate: watch::Sender<bool>,
+    /// What [`AdapterEngine::answer`] says, from the model id and the prompt.
+    answerer: Mutex<Answerer>,
 }
+
+type Answerer = Box<dyn Fn(&str, &str) -> String + Send + Sync>;
 
 impl FakeEngine {
     pub(crate) fn new() -> Self {
@@ -44,7 +48,13 @@ impl FakeEngine {
             peak: AtomicUsize::new(0),
             fail: AtomicBool::new(false),
             gate: watch::Sender::new(true),
+            answerer: Mutex::new(Box::new(|_, _| String::new())),
         }
+    }
+
+    /// Makes `answer(model_id, prompt, _)` return `f(model_id, prompt)` (by default: "").
+    pub(crate) fn answer_with(&self, f: impl Fn(&str, &str) -> String + Send + Sync + 'static) {
+        *self.answerer.lock().unwrap_or_else(|p| p.into_inner()) = Box::new(f);
     }
 
     /// Loads started from now on wait until [`FakeEngine::open`].
@@ -151,6 +161,14 @@ impl AdapterEngine for FakeEngine {
         registered.remove(i);
         self.unloads.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+
+    async fn answer(&self, model_id: &str, prompt: &str, _max_tokens: usize) -> Result<String> {
+        if model_id != self.base_id() && !self.lock().iter().any(|(id, _)| id == model_id) {
+            bail!("fake engine: no model {model_id}");
+        }
+        let f = self.answerer.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(f(model_id, prompt))
     }
 }
 

@@ -69,6 +69,9 @@ pub trait AdapterEngine: Send + Sync {
     async fn register(&self, model_id: &str, adapter_dir: &Path) -> Result<Duration>;
     /// Removes a registered adapter model and frees its memory.
     async fn unregister(&self, model_id: &str) -> Result<()>;
+    /// `model_id`'s greedy answer to `prompt` as the one user message, at most
+    /// `max_tokens` tokens: what a client's chat request would get (the no-harm check).
+    async fn answer(&self, model_id: &str, prompt: &str, max_tokens: usize) -> Result<String>;
 }
 
 /// Numeric type the models are served in.
@@ -240,6 +243,41 @@ impl AdapterEngine for MistralRsEngine {
         })
         .await?;
         result.map_err(|e| anyhow!("removing {model_id}: {e}"))
+    }
+
+    async fn answer(&self, model_id: &str, prompt: &str, max_tokens: usize) -> Result<String> {
+        use mistralrs_server_core::chat_completion::parse_request;
+        use mistralrs_server_core::handler_core::{
+            create_response_channel, send_request_with_model,
+        };
+        // The request a client would send, through the stock handler's own parsing.
+        let request = serde_json::from_value(serde_json::json!({
+            "model": model_id,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens,
+            "temperature": 0.0,
+        }))?;
+        let (tx, mut rx) = create_response_channel(Some(1));
+        let (request, _) = parse_request(request, self.mistralrs.clone(), tx).await?;
+        send_request_with_model(&self.mistralrs, request, Some(model_id)).await?;
+        match rx.recv().await {
+            Some(mistralrs_core::Response::Done(r)) => Ok(r
+                .choices
+                .into_iter()
+                .next()
+                .and_then(|c| c.message.content)
+                .unwrap_or_default()),
+            Some(mistralrs_core::Response::ModelError(e, _))
+            | Some(mistralrs_core::Response::CompletionModelError(e, _)) => {
+                bail!("{model_id} failed to answer: {e}")
+            }
+            Some(mistralrs_core::Response::InternalError(e))
+            | Some(mistralrs_core::Response::ValidationError(e)) => {
+                bail!("{model_id} failed to answer: {e}")
+            }
+            Some(_) => bail!("{model_id} answered with an unexpected response kind"),
+            None => bail!("{model_id}: the engine dropped the request"),
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use crate::format::peft::CONFIG_FILE;
 use crate::format::LoraAdapter;
 use crate::server::local::{chat_body, LocalServer};
 use crate::server::{self, Config};
-use crate::tasks::{score_lenient, score_strict, Task};
+use crate::tasks::{score_lenient, score_strict, Example, Task};
 
 /// A model to evaluate: the base, or the base with an adapter.
 #[derive(Debug, Clone)]
@@ -173,35 +173,52 @@ impl EvalServer {
             .map(drop)
     }
 
-    /// Scores adapters (`None`: the base model) on a task's test split side by side: each
-    /// hot-loaded as a task, all answering at once, so that with shared-base adapters
-    /// their requests share the base model's decode batches. In the order given.
+    /// Scores adapters (`None`: the base model) on a task's test split side by side (see
+    /// [`EvalServer::answer_side_by_side`]), on its first `limit` examples. In the order given.
     pub async fn score_side_by_side(
         &self,
         task: &Task,
         adapters: &[(String, Option<&LoraAdapter>)],
         limit: Option<usize>,
     ) -> Result<Vec<Score>> {
+        let examples: Vec<&Example> = task.test.iter().take(limit.unwrap_or(usize::MAX)).collect();
+        let prompts: Vec<&str> = examples.iter().map(|e| e.prompt.as_str()).collect();
+        let outputs = self.answer_side_by_side(adapters, &prompts).await?;
+        let scores: Vec<Score> = adapters
+            .iter()
+            .zip(outputs)
+            .map(|((label, _), out)| score_outputs(label, task, &examples, out))
+            .collect();
+        scores.iter().for_each(log_score);
+        Ok(scores)
+    }
+
+    /// Every adapter's (`None`: the base model's) answers to `prompts`, side by side: each
+    /// hot-loaded as a task, all answering at once, so that with shared-base adapters their
+    /// requests share the base model's decode batches. In the order given.
+    pub async fn answer_side_by_side(
+        &self,
+        adapters: &[(String, Option<&LoraAdapter>)],
+        prompts: &[&str],
+    ) -> Result<Vec<Vec<String>>> {
         let ids: Vec<String> = (0..adapters.len()).map(|k| format!("side-{k}")).collect();
         for ((_, adapter), id) in adapters.iter().zip(&ids) {
             if let Some(a) = adapter {
                 self.install(id, a).await?;
             }
         }
-        let scores = futures::future::try_join_all(adapters.iter().zip(&ids).map(
-            |((label, adapter), id)| {
+        let outputs =
+            futures::future::try_join_all(adapters.iter().zip(&ids).map(|((_, adapter), id)| {
                 let tag = adapter.is_some().then_some(id.as_str());
-                score_task(&self.local, tag, task, limit, label)
-            },
-        ))
-        .await?;
+                answers(&self.local, tag, prompts)
+            }))
+            .await?;
         for ((_, adapter), id) in adapters.iter().zip(&ids) {
             if adapter.is_some() {
                 self.local.plugin.table.evict(id, true).await?;
             }
         }
-        scores.iter().for_each(log_score);
-        Ok(scores)
+        Ok(outputs)
     }
 }
 
@@ -223,16 +240,26 @@ async fn score_task(
     limit: Option<usize>,
     label: &str,
 ) -> Result<Score> {
-    let examples: Vec<_> = task.test.iter().take(limit.unwrap_or(usize::MAX)).collect();
+    let examples: Vec<&Example> = task.test.iter().take(limit.unwrap_or(usize::MAX)).collect();
+    let prompts: Vec<&str> = examples.iter().map(|e| e.prompt.as_str()).collect();
+    let outputs = answers(server, tag, &prompts).await?;
+    Ok(score_outputs(label, task, &examples, outputs))
+}
+
+/// Greedy answers to `prompts` through the server, tagged with `tag` (none: the base).
+async fn answers(server: &LocalServer, tag: Option<&str>, prompts: &[&str]) -> Result<Vec<String>> {
     // 8 in flight share the engine model's decode batches.
-    let outputs: Vec<Result<String>> =
-        futures::stream::iter(examples.iter().map(|ex| answer(server, tag, &ex.prompt)))
-            .buffered(8)
-            .collect()
-            .await;
+    futures::stream::iter(prompts.iter().map(|p| answer(server, tag, p)))
+        .buffered(8)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+fn score_outputs(label: &str, task: &Task, examples: &[&Example], outputs: Vec<String>) -> Score {
     let (mut strict, mut lenient, mut samples) = (0usize, 0usize, Vec::new());
     for (ex, out) in examples.iter().zip(outputs) {
-        let out = out?;
         strict += score_strict(task.scoring, ex, &out) as usize;
         lenient += score_lenient(task.scoring, ex, &out) as usize;
         if samples.len() < 3 {
@@ -240,14 +267,14 @@ async fn score_task(
         }
     }
     let n = examples.len().max(1) as f64;
-    Ok(Score {
+    Score {
         model: label.to_string(),
         task: task.name.clone(),
         n: examples.len(),
         strict: strict as f64 / n,
         lenient: lenient as f64 / n,
         samples,
-    })
+    }
 }
 
 async fn answer(server: &LocalServer, tag: Option<&str>, prompt: &str) -> Result<String> {

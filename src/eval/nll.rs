@@ -31,6 +31,7 @@ use super::heldout::{average_adapters, dnd_batch};
 use super::{Accuracy, EvalServer, Score};
 use crate::format::peft::{LlamaDims, LoraAdapter};
 use crate::generator::Generator;
+use crate::server::specialise::guard::{self, Verdict};
 use crate::server::Config;
 use crate::tasks::{Example, Task};
 use crate::training::collection::Collection;
@@ -173,7 +174,43 @@ pub struct NllReport {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub decoded: Vec<Row<Accuracy>>,
     pub decode_limit: Option<usize>,
+    /// With `--guard N`: the no-harm check of every DnD adapter and the shuffled one on
+    /// the first N training examples of its task, and the decoded rows with each rejected
+    /// adapter's scores replaced by the base model's (what a tenant who gave N examples
+    /// would get).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<TaskChecks>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub guarded: Vec<Row<Accuracy>>,
     pub seconds: f64,
+}
+
+/// The no-harm checks of one held-out task's adapters.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskChecks {
+    pub task: String,
+    /// One per DnD prompt batch.
+    pub dnd: Vec<Verdict>,
+    pub shuffled: Verdict,
+}
+
+impl TaskChecks {
+    /// `row` as the checks leave it: a rejected adapter's scores are the base model's.
+    pub fn apply(&self, row: &Row<Accuracy>) -> Row<Accuracy> {
+        let pick = |v: &Verdict, s: Accuracy| if v.accepted { s } else { row.base };
+        let dnd_batches: Vec<Accuracy> = self
+            .dnd
+            .iter()
+            .zip(&row.dnd_batches)
+            .map(|(v, s)| pick(v, *s))
+            .collect();
+        Row {
+            dnd: Accuracy::mean(&dnd_batches),
+            dnd_batches,
+            shuffled: pick(&self.shuffled, row.shuffled),
+            ..row.clone()
+        }
+    }
 }
 
 /// The adapters compared on one held-out task, besides those every task shares.
@@ -364,32 +401,77 @@ pub fn evaluate_nll(
         rows,
         decoded: Vec::new(),
         decode_limit: None,
+        checks: Vec::new(),
+        guarded: Vec::new(),
         seconds: started.elapsed().as_secs_f64(),
     })
 }
 
 /// The comparison decoded through the serving path (see [`super::evaluate`]): every
 /// adapter's greedy answers to the first `limit` test examples of each task (all without
-/// one), scored strictly and leniently; a task's adapters answer side by side.
+/// one), scored strictly and leniently; a task's adapters answer side by side. With
+/// `guard: Some(n)`, also the no-harm check of the DnD and shuffled adapters on the first
+/// `n` training examples of the task (the split the test examples share no content with).
 pub async fn decode_rows(
     config: Config,
     comparison: &Comparison,
     limit: Option<usize>,
-) -> Result<Vec<Row<Accuracy>>> {
+    guard: Option<usize>,
+) -> Result<(Vec<Row<Accuracy>>, Vec<TaskChecks>)> {
     let columns = (0..comparison.cases.len())
         .map(|i| comparison.adapters(i).len())
         .max()
         .unwrap_or(1);
     let (server, _store) = EvalServer::start(config, columns).await?;
-    let mut rows = Vec::new();
+    let (mut rows, mut checks) = (Vec::new(), Vec::new());
     for (i, case) in comparison.cases.iter().enumerate() {
         let scores = server
             .score_side_by_side(&case.task, &comparison.adapters(i), limit)
             .await?;
         let examples = scores.first().map_or(0, |s| s.n);
         rows.push(comparison.row(i, examples, scores.iter().map(Score::accuracy).collect()));
+        if let Some(n) = guard {
+            checks.push(check_case(&server, case, n).await?);
+        }
     }
-    Ok(rows)
+    Ok((rows, checks))
+}
+
+/// The product's no-harm check ([`guard::Verdict`]) of a case's DnD and shuffled adapters.
+async fn check_case(server: &EvalServer, case: &Case, n: usize) -> Result<TaskChecks> {
+    let examples: Vec<guard::Example> = case
+        .task
+        .train
+        .iter()
+        .take(n)
+        .map(|e| guard::Example {
+            prompt: e.prompt.clone(),
+            answer: e.answer.clone(),
+        })
+        .collect();
+    let prompts: Vec<&str> = examples.iter().map(|e| e.prompt.as_str()).collect();
+    let mut adapters = vec![("base".to_string(), None)];
+    adapters.extend(case.dnd.iter().map(|a| ("dnd".to_string(), Some(a))));
+    adapters.push(("shuffled".to_string(), Some(&case.shuffled)));
+    let outputs = server.answer_side_by_side(&adapters, &prompts).await?;
+    let mut verdicts: Vec<Verdict> = outputs[1..]
+        .iter()
+        .map(|out| Verdict::judge(&examples, &outputs[0], out))
+        .collect();
+    let shuffled = verdicts.pop().expect("the shuffled adapter was checked");
+    eprintln!(
+        "check {:<20} base {} of {}, DnD {:?}, shuffled {}",
+        case.task.name,
+        shuffled.base_hits,
+        shuffled.examples,
+        verdicts.iter().map(|v| v.adapter_hits).collect::<Vec<_>>(),
+        shuffled.adapter_hits
+    );
+    Ok(TaskChecks {
+        task: case.task.name.clone(),
+        dnd: verdicts,
+        shuffled,
+    })
 }
 
 /// A score that a table cell shows and a mean row averages.
@@ -506,6 +588,42 @@ pub fn nll_markdown(r: &NllReport) -> String {
         out.push_str(&table(&r.decoded, &r.multitask));
         out.push('\n');
         out.push_str(&bars_markdown(&r.decoded, &r.multitask));
+    }
+    if !r.guarded.is_empty() {
+        let n = r.checks.first().map_or(0, |c| c.shuffled.examples);
+        out.push_str(&format!(
+            "\nWith the no-harm check on the first {n} training examples of each task (an \
+             adapter that answers fewer of them than the base model is not routed: its row \
+             shows the base model's scores), strict % (lenient %):\n\n"
+        ));
+        out.push_str(&table(&r.guarded, &r.multitask));
+        out.push('\n');
+        out.push_str(&checks_markdown(&r.checks));
+        out.push('\n');
+        out.push_str(&bars_markdown(&r.guarded, &r.multitask));
+    }
+    out
+}
+
+/// The checks, one line per task: examples the base and each adapter answered.
+fn checks_markdown(checks: &[TaskChecks]) -> String {
+    let mut out = String::from(
+        "| task | base hits | DnD hits (per batch) | DnD routed | shuffled hits | shuffled routed |\n|---|---|---|---|---|---|\n",
+    );
+    let yes = |v: &Verdict| if v.accepted { "yes" } else { "**no**" };
+    for c in checks {
+        let hits: Vec<String> = c.dnd.iter().map(|v| v.adapter_hits.to_string()).collect();
+        let routed: Vec<&str> = c.dnd.iter().map(yes).collect();
+        out.push_str(&format!(
+            "| {} | {} of {} | {} | {} | {} | {} |\n",
+            c.task,
+            c.shuffled.base_hits,
+            c.shuffled.examples,
+            hits.join(", "),
+            routed.join(", "),
+            c.shuffled.adapter_hits,
+            yes(&c.shuffled)
+        ));
     }
     out
 }

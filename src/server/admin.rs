@@ -1,5 +1,5 @@
 //! The admin API under `/admin` (adapters: list, inspect, hot-load, evict, pin, unpin,
-//! regenerate; tenant API keys: create, list, revoke), `/metrics`, and who may call them.
+//! regenerate, labelled examples of the no-harm check; tenant API keys: create, list, revoke), `/metrics`, and who may call them.
 //!
 //! With an admin token, every route needs `Authorization: Bearer TOKEN` (`/metrics` too,
 //! unless `plugin.metrics_need_token` is off). Without one (loopback only, see
@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
+use super::specialise::guard::Example;
 use super::tagging::validate_task_id;
 use super::Plugin;
 use crate::adapters::{Source, StoreFull};
@@ -32,6 +33,7 @@ use crate::format::peft::{CONFIG_FILE, WEIGHTS_FILE};
 use crate::format::{LlamaDims, LoraAdapter, PeftConfig};
 
 const METRICS: &str = "/metrics";
+const EXAMPLES_BODY_BYTES: usize = 4 << 20;
 
 pub fn router(plugin: Arc<Plugin>) -> Router {
     Router::new()
@@ -43,6 +45,14 @@ pub fn router(plugin: Arc<Plugin>) -> Router {
         .route("/admin/adapters/{task}/pin", post(pin))
         .route("/admin/adapters/{task}/unpin", post(unpin))
         .route("/admin/adapters/{task}/regenerate", post(regenerate))
+        .route(
+            "/admin/adapters/{task}/examples",
+            get(get_examples)
+                .put(put_examples)
+                .delete(delete_examples)
+                // At most 64 examples of 2 x max_prompt_bytes: no upload-sized bodies.
+                .layer(DefaultBodyLimit::max(EXAMPLES_BODY_BYTES)),
+        )
         .route("/admin/keys", get(list_keys).post(create_key))
         .route("/admin/keys/{id}", delete(revoke_key))
         .route(METRICS, get(super::metrics::metrics))
@@ -220,12 +230,7 @@ async fn regenerate(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     task_param(&task)?;
-    let sp = p.specialiser.as_ref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::CONFLICT,
-            "no generator configured (plugin.generator)",
-        )
-    })?;
+    let sp = specialiser(&p)?;
     let body: RegenerateBody = if body.is_empty() {
         RegenerateBody::default()
     } else {
@@ -235,6 +240,64 @@ async fn regenerate(
     };
     let info = sp.regenerate(&task, body.prompts)?;
     Ok((StatusCode::ACCEPTED, Json(info)).into_response())
+}
+
+fn specialiser(p: &Plugin) -> Result<&Arc<super::specialise::Specialiser>, ApiError> {
+    p.specialiser.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "no generator configured (plugin.generator)",
+        )
+    })
+}
+
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct ExamplesBody {
+    examples: Vec<Example>,
+}
+
+/// `GET /admin/adapters/{task}/examples`: the labelled examples of the no-harm check.
+async fn get_examples(
+    State(p): State<Arc<Plugin>>,
+    Path(task): Path<String>,
+) -> Result<Response, ApiError> {
+    task_param(&task)?;
+    let examples = specialiser(&p)?
+        .examples(&task)
+        .await
+        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    Ok(Json(ExamplesBody { examples }).into_response())
+}
+
+/// `PUT /admin/adapters/{task}/examples` with `{"examples": [{"prompt", "answer"}, ...]}`:
+/// replaces them; the task's next generated adapter is routed only if it answers at least
+/// as many as the base model does.
+async fn put_examples(
+    State(p): State<Arc<Plugin>>,
+    Path(task): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    task_param(&task)?;
+    let sp = specialiser(&p)?;
+    let body: ExamplesBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "body must be {{\"examples\": [{{\"prompt\": ..., \"answer\": ...}}, ...]}}: {e}"
+        ))
+    })?;
+    let n = body.examples.len();
+    sp.set_examples(&task, Some(body.examples)).await?;
+    Ok(Json(serde_json::json!({ "task": task, "examples": n })).into_response())
+}
+
+/// `DELETE /admin/adapters/{task}/examples`: no more checks for the task.
+async fn delete_examples(
+    State(p): State<Arc<Plugin>>,
+    Path(task): Path<String>,
+) -> Result<Response, ApiError> {
+    task_param(&task)?;
+    specialiser(&p)?.set_examples(&task, None).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(Deserialize)]

@@ -148,6 +148,9 @@ pub struct PluginConfig {
     pub max_retries: u32,
     /// Regenerate a task's adapter after this many more of its prompts (unset: never).
     pub regenerate_after: Option<usize>,
+    /// Tokens the base model and a new adapter may answer each of a task's labelled
+    /// examples with in the no-harm check (`specialise::guard`).
+    pub guard_max_tokens: usize,
     /// Generations started per task (tenant) and hour at most, failed ones included (the
     /// count survives restarts).
     pub max_generations_per_hour: usize,
@@ -213,6 +216,7 @@ impl Default for PluginConfig {
             retry_base_s: 30,
             max_retries: 5,
             regenerate_after: None,
+            guard_max_tokens: 16,
             max_generations_per_hour: 6,
             max_versions: 5,
             encode_on_arrival: true,

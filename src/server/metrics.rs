@@ -39,6 +39,8 @@ pub struct Metrics {
     pub refused_tasks: IntCounter,
     /// Corrupt task records moved to the store's quarantine folder.
     pub quarantined: IntCounter,
+    /// No-harm checks of generated adapters, by outcome (`accepted`, `rejected`).
+    pub checks: IntCounterVec,
     tasks: IntGaugeVec,
     adapters: IntGaugeVec,
     adapter_bytes: IntGaugeVec,
@@ -110,6 +112,14 @@ impl Metrics {
                 "Corrupt task records moved to the store's quarantine folder",
             )
             .expect("valid metric"),
+            checks: IntCounterVec::new(
+                Opts::new(
+                    "guard_checks_total",
+                    "No-harm checks of generated adapters against the base model on their task's labelled examples, by outcome",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
             tasks: IntGaugeVec::new(Opts::new("tasks", "Tasks by adapter state"), &["state"])
                 .expect("valid metric"),
             adapters: IntGaugeVec::new(
@@ -137,6 +147,7 @@ impl Metrics {
             Box::new(m.dropped_tasks.clone()),
             Box::new(m.refused_tasks.clone()),
             Box::new(m.quarantined.clone()),
+            Box::new(m.checks.clone()),
             Box::new(m.tasks.clone()),
             Box::new(m.adapters.clone()),
             Box::new(m.adapter_bytes.clone()),

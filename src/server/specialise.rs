@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -42,6 +42,9 @@ use crate::adapters::store::now_secs;
 use crate::adapters::{AdapterTable, Source};
 use crate::format::fsio::{sync_dir, write_atomic};
 use crate::format::LoraAdapter;
+use guard::{Example, Verdict};
+
+pub mod guard;
 
 /// Turns a batch of a task's prompts into an adapter. The DnD generator implements it.
 pub trait AdapterGenerator: Send + Sync {
@@ -107,11 +110,23 @@ pub struct Settings {
     pub max_retries: u32,
     /// Regenerate after this many more prompts of a task that has an adapter.
     pub regenerate_after: Option<usize>,
+    /// Tokens per answer in the no-harm check ([`guard`]).
+    pub guard_max_tokens: usize,
     pub max_generations_per_hour: usize,
     /// Stored versions kept per task (older ones are deleted).
     pub max_versions: usize,
     /// Prepare each kept prompt as it arrives ([`AdapterGenerator::prepare`]).
     pub prepare_on_arrival: bool,
+}
+
+/// What became of a generated adapter.
+enum Outcome {
+    /// Installed and routed, with the time of each stage.
+    Installed(Vec<(String, Duration)>),
+    /// It lost the no-harm check.
+    Rejected(Verdict),
+    /// Not installed: the task was forgotten meanwhile.
+    Dropped,
 }
 
 /// Where a task's generation stands.
@@ -122,6 +137,13 @@ pub enum GenState {
     Queued,
     Generating,
     Done,
+    /// The last generated adapter lost to the base model on the task's labelled examples
+    /// ([`guard`]): it was dropped, and the model that answered the task before goes on.
+    Rejected {
+        examples: usize,
+        base_hits: usize,
+        adapter_hits: usize,
+    },
     Failed {
         error: String,
         attempts: u32,
@@ -147,6 +169,8 @@ struct TaskBuf {
     /// The task has an adapter (as of its last prompt or generation): never dropped to make
     /// room for another task.
     has_adapter: bool,
+    /// The no-harm check of the last generation, when the task had examples.
+    last_check: Option<Verdict>,
 }
 
 impl TaskBuf {
@@ -161,6 +185,7 @@ impl TaskBuf {
             last_timings: Vec::new(),
             job: 0,
             has_adapter: false,
+            last_check: None,
         }
     }
 
@@ -176,6 +201,9 @@ impl TaskBuf {
                 GenState::Failed { error, .. } => Some(error.clone()),
                 _ => None,
             },
+            rejected: matches!(self.state, GenState::Rejected { .. })
+                .then_some(self.last_check)
+                .flatten(),
         }
     }
 }
@@ -192,6 +220,9 @@ struct GenRecord {
     /// Why the last one failed; none when it was cut short.
     #[serde(default)]
     error: Option<String>,
+    /// The check that rejected the last generated adapter, if it was rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rejected: Option<Verdict>,
 }
 
 impl GenRecord {
@@ -215,10 +246,14 @@ pub struct GenInfo {
     pub prompts: usize,
     pub prompts_needed: usize,
     pub since_generation: usize,
-    /// Milliseconds per stage of the last generation (generator stages, then write,
-    /// load_merge, register, and total); empty before the first one.
+    /// Milliseconds per stage of the last generation (generator stages, then check when
+    /// the task has examples, write, load_merge, register, and total); empty before the
+    /// first one.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub last_timings_ms: Vec<(String, f64)>,
+    /// The no-harm check of the last generation ([`guard`]), when the task had examples.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_check: Option<Verdict>,
 }
 
 pub struct Specialiser {
@@ -247,6 +282,10 @@ const PREPARE_QUEUE: usize = 64;
 const TOO_MANY_TASKS_RETRY_S: u64 = 5;
 
 const PROMPTS_FILE: &str = "prompts.jsonl";
+const EXAMPLES_FILE: &str = "examples.json";
+/// Where probe adapters of the no-harm check are written, under the store root (a dot
+/// folder: not a task).
+const PROBE_DIR: &str = ".probes";
 const GENERATION_FILE: &str = "generation.json";
 const DROPPED_SHOWN: usize = 100;
 /// Tasks waiting for the prompt writer at most (or twice `max_tracked_tasks`, if more)
@@ -399,6 +438,14 @@ impl Specialiser {
             .collect();
         buf.attempts = record.attempts;
         if record.attempts == 0 {
+            if let Some(v) = record.rejected {
+                buf.state = GenState::Rejected {
+                    examples: v.examples,
+                    base_hits: v.base_hits,
+                    adapter_hits: v.adapter_hits,
+                };
+                buf.last_check = Some(v);
+            }
             return None;
         }
         let error = record
@@ -556,12 +603,16 @@ impl Specialiser {
                     return;
                 }
             }
+            let regenerate = self
+                .settings
+                .regenerate_after
+                .is_some_and(|m| buf.since_generation >= m && !buf.prompts.is_empty());
+            // A rejected adapter is not generated again from the same prompts, only after as
+            // many new ones as a regeneration takes (or when an operator asks).
             let due = if has_adapter {
-                generated
-                    && self
-                        .settings
-                        .regenerate_after
-                        .is_some_and(|m| buf.since_generation >= m && !buf.prompts.is_empty())
+                generated && regenerate
+            } else if matches!(buf.state, GenState::Rejected { .. }) {
+                regenerate
             } else {
                 buf.prompts.len() >= self.settings.k
             };
@@ -670,6 +721,7 @@ impl Specialiser {
                 return;
             }
             buf.state = GenState::Generating;
+            buf.last_check = None;
             buf.attempts += 1;
             buf.recent.push_back(now_secs());
             buf.job = self.last_job.fetch_add(1, Ordering::Relaxed) + 1;
@@ -694,37 +746,59 @@ impl Specialiser {
             .generation_seconds
             .observe(t.elapsed().as_secs_f64());
         let result = match result {
-            Ok((adapter, mut stages)) => {
-                let t_install = Instant::now();
-                let (me, task_s) = (self.clone(), task.to_string());
-                let r = self
-                    .table
-                    .install_if(task, &adapter, Source::Generated, move || {
-                        me.is_current(&task_s, job)
-                    })
-                    .await;
-                self.metrics
-                    .registration_seconds
-                    .observe(t_install.elapsed().as_secs_f64());
-                r.map(|installed| {
-                    installed.map(|(_, install)| {
-                        stages.extend(install);
-                        stages.push(("total".to_string(), t.elapsed()));
-                        stages
-                    })
-                })
-            }
+            Ok((adapter, stages)) => self.check_and_install(task, job, &adapter, stages, t).await,
             Err(e) => Err(e),
         };
         match result {
-            Ok(Some(stages)) => self.succeeded(task, job, stages, t).await,
+            Ok(Outcome::Installed(stages)) => self.succeeded(task, job, stages, t).await,
+            Ok(Outcome::Rejected(verdict)) => self.rejected(task, job, verdict).await,
             Err(e) if self.is_current(task, job) => self.failed(task, job, format!("{e:#}")).await,
-            // `Ok(None)`: the table did not install it, as the job is no longer the task's.
+            // The table did not install it, as the job is no longer the task's.
             _ => tracing::info!(
                 task,
                 "the task was forgotten during its generation: the result is dropped"
             ),
         }
+    }
+
+    /// The no-harm check of a generated adapter (when the task has examples), then its
+    /// installation if it passed; `stages` gains the time of each.
+    async fn check_and_install(
+        self: &Arc<Self>,
+        task: &str,
+        job: u64,
+        adapter: &LoraAdapter,
+        mut stages: Vec<(String, Duration)>,
+        started: Instant,
+    ) -> Result<Outcome> {
+        if let Some((verdict, took)) = self.check(task, adapter).await? {
+            if !verdict.accepted {
+                return Ok(Outcome::Rejected(verdict));
+            }
+            stages.push(("check".to_string(), took));
+            if let Some(b) = self.lock().get_mut(task).filter(|b| b.job == job) {
+                b.last_check = Some(verdict);
+            }
+        }
+        let t = Instant::now();
+        let (me, task_s) = (self.clone(), task.to_string());
+        let installed = self
+            .table
+            .install_if(task, adapter, Source::Generated, move || {
+                me.is_current(&task_s, job)
+            })
+            .await;
+        self.metrics
+            .registration_seconds
+            .observe(t.elapsed().as_secs_f64());
+        Ok(match installed? {
+            Some((_, install)) => {
+                stages.extend(install);
+                stages.push(("total".to_string(), started.elapsed()));
+                Outcome::Installed(stages)
+            }
+            None => Outcome::Dropped,
+        })
     }
 
     async fn succeeded(
@@ -764,6 +838,115 @@ impl Specialiser {
             secs = started.elapsed().as_secs_f64(),
             "adapter generated and routed"
         );
+    }
+
+    /// The no-harm check of a new adapter of `task` against the base model on the task's
+    /// examples, and how long it took; `None` when the task has none.
+    async fn check(
+        &self,
+        task: &str,
+        adapter: &LoraAdapter,
+    ) -> Result<Option<(Verdict, Duration)>> {
+        let examples = self.examples(task).await?;
+        if examples.is_empty() {
+            return Ok(None);
+        }
+        let t = Instant::now();
+        let probe_id = format!("dnd-probe:{task}");
+        let probe_dir = self.table.store_root().join(PROBE_DIR).join(task);
+        let engine = self.table.engine().clone();
+        let verdict = guard::check(
+            engine.as_ref(),
+            adapter,
+            &examples,
+            &probe_id,
+            &probe_dir,
+            self.settings.guard_max_tokens,
+        )
+        .await?;
+        let outcome = if verdict.accepted {
+            "accepted"
+        } else {
+            "rejected"
+        };
+        self.metrics.checks.with_label_values(&[outcome]).inc();
+        tracing::info!(
+            task,
+            examples = verdict.examples,
+            base_hits = verdict.base_hits,
+            adapter_hits = verdict.adapter_hits,
+            outcome,
+            "no-harm check"
+        );
+        Ok(Some((verdict, t.elapsed())))
+    }
+
+    /// A new adapter of `task` lost the no-harm check: nothing is installed.
+    async fn rejected(self: &Arc<Self>, task: &str, job: u64, verdict: Verdict) {
+        let history = {
+            let mut tasks = self.lock();
+            let Some(b) = tasks.get_mut(task).filter(|b| b.job == job) else {
+                return;
+            };
+            b.state = GenState::Rejected {
+                examples: verdict.examples,
+                base_hits: verdict.base_hits,
+                adapter_hits: verdict.adapter_hits,
+            };
+            b.last_check = Some(verdict);
+            b.attempts = 0;
+            b.since_generation = 0;
+            b.record()
+        };
+        tracing::warn!(
+            task,
+            "the generated adapter answered fewer examples than the base model: not routed"
+        );
+        if let Err(e) = self.save_history(task, history).await {
+            tracing::warn!(task, error = %e, "recording a rejected generation failed");
+        }
+    }
+
+    /// The task's labelled examples (none when it has no file).
+    pub async fn examples(&self, task: &str) -> Result<Vec<Example>> {
+        let path = self.table.store_root().join(task).join(EXAMPLES_FILE);
+        tokio::task::spawn_blocking(move || match std::fs::read(&path) {
+            Ok(bytes) => Ok(serde_json::from_slice(&bytes)
+                .with_context(|| format!("reading {}", path.display()))?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(anyhow::Error::from(e).context(format!("reading {}", path.display()))),
+        })
+        .await?
+    }
+
+    /// Replaces the task's labelled examples (checked first: 400 with the reason, nothing
+    /// changed), or removes them when `examples` is `None`.
+    pub async fn set_examples(
+        &self,
+        task: &str,
+        examples: Option<Vec<Example>>,
+    ) -> Result<(), ApiError> {
+        if let Some(ex) = &examples {
+            guard::validate(ex, self.settings.max_prompt_bytes)
+                .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+        }
+        let path = self.table.store_root().join(task).join(EXAMPLES_FILE);
+        tokio::task::spawn_blocking(move || match examples {
+            Some(ex) => write_atomic(&path, &serde_json::to_vec(&ex)?),
+            None => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+                _ => {
+                    if let Some(dir) = path.parent() {
+                        sync_dir(dir);
+                    }
+                    Ok(())
+                }
+            },
+        })
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r)
+        .map_err(|e| ApiError::internal(format!("storing the examples: {e:#}")))
     }
 
     /// A generation of `task` (its job `job`, counted as an attempt when it started) failed.
@@ -854,6 +1037,7 @@ impl Specialiser {
             prompts_needed: self.settings.k,
             since_generation: b.since_generation,
             last_timings_ms: b.last_timings.clone(),
+            last_check: b.last_check,
         }
     }
 
@@ -876,6 +1060,7 @@ fn state_name(s: &GenState) -> &'static str {
         GenState::Queued => "queued",
         GenState::Generating => "generating",
         GenState::Done => "done",
+        GenState::Rejected { .. } => "rejected",
         GenState::Failed { .. } => "failed",
     }
 }

@@ -1,7 +1,8 @@
 //! The specialiser's state machine with a fake generator and the fake engine: collecting to
 //! K, single flight, retries with backoff, manual and automatic regeneration, the hourly
 //! cap, the tracked-task limit against a flood of new ids, the store's limits, a full
-//! queue, forgetting, coalesced prompt writes, and restoring after a restart.
+//! queue, forgetting, coalesced prompt writes, restoring after a restart, and the no-harm
+//! check.
 //! `tests/specialise.rs` covers the same paths end to end through HTTP on a tiny model.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -87,6 +88,7 @@ fn settings() -> Settings {
         retry_base: Duration::from_secs(60),
         max_retries: 0,
         regenerate_after: None,
+        guard_max_tokens: 16,
         max_generations_per_hour: 100,
         max_versions: 5,
         prepare_on_arrival: true,
@@ -95,6 +97,7 @@ fn settings() -> Settings {
 
 struct Fixture {
     dir: tempfile::TempDir,
+    engine: Arc<FakeEngine>,
     table: Arc<AdapterTable>,
     metrics: Arc<Metrics>,
     generator: Arc<FakeGenerator>,
@@ -118,12 +121,13 @@ fn start_in(dir: tempfile::TempDir, settings: Settings) -> Fixture {
     };
     let store = Store::open(&dir.path().join("store")).unwrap();
     let engine = Arc::new(FakeEngine::new());
-    let table = AdapterTable::new(engine, store, tiny_dims(), limits).unwrap();
+    let table = AdapterTable::new(engine.clone(), store, tiny_dims(), limits).unwrap();
     let metrics = Arc::new(Metrics::new());
     let generator = Arc::new(FakeGenerator::default());
     let sp = Specialiser::start(generator.clone(), table.clone(), metrics.clone(), settings);
     Fixture {
         dir,
+        engine,
         table,
         metrics,
         generator,
@@ -979,4 +983,89 @@ fn keep_last_keeps_the_newest_in_order() {
     assert_eq!(q, [3, 4]);
     keep_last(&mut q, 0);
     assert!(q.is_empty());
+}
+
+/// The fake engine's base model answers every prompt right ("It is PROMPT."), adapters
+/// answer `adapter`.
+fn base_knows(f: &Fixture, adapter: &'static str) {
+    f.engine.answer_with(move |model, prompt| match model {
+        "base" => format!("It is {prompt}."),
+        _ => adapter.to_string(),
+    });
+}
+
+fn examples(prompts: &[&str]) -> Option<Vec<Example>> {
+    Some(
+        prompts
+            .iter()
+            .map(|p| Example {
+                prompt: p.to_string(),
+                answer: p.to_string(),
+            })
+            .collect(),
+    )
+}
+
+#[tokio::test]
+async fn a_rejected_adapter_is_not_installed_and_stays_rejected_after_a_restart() {
+    let f = start(settings());
+    base_knows(&f, "wrong");
+    f.sp.set_examples("t", examples(&["a", "b"])).await.unwrap();
+    for i in 0..3 {
+        f.observe("t", &format!("p{i}"));
+    }
+    let rejected = GenState::Rejected {
+        examples: 2,
+        base_hits: 2,
+        adapter_hits: 0,
+    };
+    f.until_gen("t", rejected.clone()).await;
+    assert_eq!(f.versions("t"), 0, "nothing stored");
+    assert!(f.engine.registered().is_empty(), "the probe is gone");
+    assert_eq!(f.metrics.checks.with_label_values(&["rejected"]).get(), 1);
+    f.observe("t", "p3");
+    assert_eq!(f.gen("t"), Some(rejected.clone()), "not generated again");
+
+    // Written after the state changes.
+    eventually("the rejection on disk", || {
+        f.history("t").is_some_and(|h| h.rejected.is_some())
+    })
+    .await;
+    let g = start_in(copy_of_store(&f), settings());
+    assert_eq!(g.gen("t"), Some(rejected));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(g.generator.calls(), 0, "no generation at the restart");
+}
+
+#[tokio::test]
+async fn an_adapter_as_good_as_the_base_is_installed_and_a_failed_check_is_retried() {
+    let f = start(Settings {
+        max_retries: 1,
+        retry_base: Duration::from_millis(300),
+        ..settings()
+    });
+    f.engine.answer_with(|_, prompt| prompt.to_string());
+    f.sp.set_examples("t", examples(&["a"])).await.unwrap();
+    // The probe cannot be loaded: the generation fails, and is retried.
+    f.engine.fail(true);
+    for i in 0..3 {
+        f.observe("t", &format!("p{i}"));
+    }
+    eventually("a failed check", || {
+        matches!(f.gen("t"), Some(GenState::Failed { .. }))
+    })
+    .await;
+    f.engine.fail(false);
+    f.until_gen("t", GenState::Done).await;
+    assert_eq!(f.versions("t"), 1);
+    let check = f.sp.info("t").unwrap().last_check.unwrap();
+    assert_eq!(
+        (check.base_hits, check.adapter_hits, check.accepted),
+        (1, 1, true)
+    );
+    assert_eq!(f.metrics.checks.with_label_values(&["accepted"]).get(), 1);
+
+    // Without examples there is no check.
+    f.sp.set_examples("t", None).await.unwrap();
+    assert!(f.sp.examples("t").await.unwrap().is_empty());
 }

@@ -1,0 +1,222 @@
+//! The no-harm check: a generated adapter is routed only if, on the task's labelled
+//! examples, it answers at least as many as the base model does.
+//!
+//! DnD sees a task's prompts, never its answers, so nothing in the generator can tell
+//! whether its adapter helps: on some unseen tasks it makes SmolLM2 answer tersely and
+//! wrongly where the base answered at length and rightly (README, Measured: the harm
+//! column). A tenant who gives a few examples (`PUT /admin/adapters/{task}/examples`) is
+//! protected from that:
+//!
+//! - An **example** is a prompt and its answer, `{"prompt": "...", "answer": "..."}`; a task
+//!   has at most [`MAX_EXAMPLES`], stored in `STORE/{task}/examples.json`.
+//! - Both the base model and the new adapter answer every example once, as a client's chat
+//!   request would be answered: the prompt as the one user message, greedy, at most
+//!   `plugin.guard_max_tokens` tokens.
+//! - An answer **hits** when the strict scorer accepts it (its first line is the answer,
+//!   case and final punctuation aside) or the lenient one does (the answer is a whole word
+//!   of its first sentence): the base model's long answers count when they are right.
+//! - The adapter is **accepted** when its hits are at least the base model's (ties go to the
+//!   adapter: it was generated for the task, and equal hits show no harm). A task without
+//!   examples is not checked.
+//! - A rejected adapter is neither stored nor routed; the model that answered the task
+//!   before (the base, or an earlier accepted adapter) goes on answering it.
+//!
+//! Before it is routed the adapter is served under a probe model id of its own
+//! (`dnd-probe:{task}`), which no client can name (the tagging layer answers 404 to any
+//! engine model id in `model`). With shared adapters the probe costs a few MB for the
+//! seconds of the check; with merged ones it is a whole base copy, outside
+//! `max_resident`'s count.
+
+use std::path::Path;
+
+use anyhow::{ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::AdapterEngine;
+use crate::format::LoraAdapter;
+use crate::tasks::{score_lenient, score_strict, Example as TaskExample, Scoring};
+
+/// Examples a task may have at most.
+pub const MAX_EXAMPLES: usize = 64;
+
+/// A labelled example of a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Example {
+    pub prompt: String,
+    pub answer: String,
+}
+
+/// Whether `output` answers `example` (see the module doc).
+pub fn hits(example: &Example, output: &str) -> bool {
+    let ex = TaskExample {
+        prompt: example.prompt.clone(),
+        answer: example.answer.clone(),
+        choices: vec![],
+    };
+    score_strict(Scoring::Exact, &ex, output) || score_lenient(Scoring::Exact, &ex, output)
+}
+
+/// The outcome of a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub examples: usize,
+    pub base_hits: usize,
+    pub adapter_hits: usize,
+    pub accepted: bool,
+}
+
+impl Verdict {
+    /// Judges the base model's and the adapter's outputs, one per example, in order.
+    pub fn judge(examples: &[Example], base: &[String], adapter: &[String]) -> Self {
+        assert_eq!(examples.len(), base.len(), "one base output per example");
+        assert_eq!(
+            examples.len(),
+            adapter.len(),
+            "one adapter output per example"
+        );
+        let count = |outs: &[String]| {
+            examples
+                .iter()
+                .zip(outs)
+                .filter(|(ex, out)| hits(ex, out))
+                .count()
+        };
+        let (base_hits, adapter_hits) = (count(base), count(adapter));
+        Self {
+            examples: examples.len(),
+            base_hits,
+            adapter_hits,
+            accepted: adapter_hits >= base_hits,
+        }
+    }
+}
+
+/// Checks `examples`, given by a client: some, at most [`MAX_EXAMPLES`], none with an
+/// empty prompt or answer or a prompt over `max_prompt_bytes`.
+pub fn validate(examples: &[Example], max_prompt_bytes: usize) -> Result<()> {
+    ensure!(!examples.is_empty(), "no examples given");
+    ensure!(
+        examples.len() <= MAX_EXAMPLES,
+        "{} examples given, at most {MAX_EXAMPLES} are kept",
+        examples.len()
+    );
+    for (i, ex) in examples.iter().enumerate() {
+        ensure!(
+            !ex.prompt.trim().is_empty() && !ex.answer.trim().is_empty(),
+            "example {i} has an empty prompt or answer"
+        );
+        ensure!(
+            ex.prompt.len() <= max_prompt_bytes && ex.answer.len() <= max_prompt_bytes,
+            "example {i} is over {max_prompt_bytes} bytes (plugin.max_prompt_bytes)"
+        );
+    }
+    Ok(())
+}
+
+/// Has the base model and `adapter` (registered as `probe_id` from `probe_dir`, a folder
+/// this function fills and removes) answer every example, and judges them.
+pub async fn check(
+    engine: &dyn AdapterEngine,
+    adapter: &LoraAdapter,
+    examples: &[Example],
+    probe_id: &str,
+    probe_dir: &Path,
+    max_tokens: usize,
+) -> Result<Verdict> {
+    let (a, dir) = (adapter.clone(), probe_dir.to_path_buf());
+    tokio::task::spawn_blocking(move || a.write_peft(&dir))
+        .await?
+        .context("writing the probe adapter")?;
+    let registered = engine.register(probe_id, probe_dir).await;
+    let verdict = match registered {
+        Ok(_) => {
+            let judged = judge_on_engine(engine, examples, probe_id, max_tokens).await;
+            if let Err(e) = engine.unregister(probe_id).await {
+                tracing::warn!(probe_id, error = %e, "removing a probe adapter failed");
+            }
+            judged
+        }
+        Err(e) => Err(e.context("loading the probe adapter")),
+    };
+    if let Err(e) = tokio::fs::remove_dir_all(probe_dir).await {
+        tracing::warn!(dir = %probe_dir.display(), error = %e, "removing a probe folder failed");
+    }
+    verdict
+}
+
+async fn judge_on_engine(
+    engine: &dyn AdapterEngine,
+    examples: &[Example],
+    probe_id: &str,
+    max_tokens: usize,
+) -> Result<Verdict> {
+    // Both at once: with shared adapters the base's and the probe's rows share batches.
+    let (base, adapter) = futures::future::try_join(
+        answers(engine, engine.base_id(), examples, max_tokens),
+        answers(engine, probe_id, examples, max_tokens),
+    )
+    .await?;
+    Ok(Verdict::judge(examples, &base, &adapter))
+}
+
+async fn answers(
+    engine: &dyn AdapterEngine,
+    model_id: &str,
+    examples: &[Example],
+    max_tokens: usize,
+) -> Result<Vec<String>> {
+    futures::future::try_join_all(
+        examples
+            .iter()
+            .map(|ex| engine.answer(model_id, &ex.prompt, max_tokens)),
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ex(prompt: &str, answer: &str) -> Example {
+        Example {
+            prompt: prompt.into(),
+            answer: answer.into(),
+        }
+    }
+
+    #[test]
+    fn long_right_answers_hit_and_terse_wrong_ones_do_not() {
+        let e = ex("What is the largest of 3, 87, 12?", "87");
+        assert!(hits(&e, "87"));
+        assert!(hits(&e, "The largest number is 87."));
+        assert!(!hits(&e, "12"));
+        assert!(!hits(&e, "It is 870."));
+        // Only the first sentence counts.
+        assert!(!hits(&e, "The numbers are 3 and 12. So 87."));
+    }
+
+    #[test]
+    fn the_adapter_needs_at_least_the_base_models_hits() {
+        let examples = [ex("a", "1"), ex("b", "2"), ex("c", "3")];
+        let out = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let base = out(&["It is 1.", "It is 2.", "no idea"]);
+        let v = Verdict::judge(&examples, &base, &out(&["1", "5", "3"]));
+        assert_eq!((v.base_hits, v.adapter_hits, v.accepted), (2, 2, true));
+        let v = Verdict::judge(&examples, &base, &out(&["1", "5", "6"]));
+        assert_eq!((v.base_hits, v.adapter_hits, v.accepted), (2, 1, false));
+        let v = Verdict::judge(&examples, &out(&["", "", ""]), &out(&["", "", ""]));
+        assert!(v.accepted, "no hits either way: no harm shown");
+    }
+
+    #[test]
+    fn examples_are_bounded_and_non_empty() {
+        assert!(validate(&[ex("a", "b")], 10).is_ok());
+        assert!(validate(&[], 10).is_err());
+        assert!(validate(&[ex(" ", "b")], 10).is_err());
+        assert!(validate(&[ex("a", "")], 10).is_err());
+        assert!(validate(&[ex("a".repeat(11).as_str(), "b")], 10).is_err());
+        let many = vec![ex("a", "b"); MAX_EXAMPLES + 1];
+        assert!(validate(&many, 10).is_err());
+    }
+}
