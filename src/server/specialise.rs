@@ -326,6 +326,8 @@ impl Specialiser {
                 let _ = tokio::task::spawn_blocking(move || g.prepare(&prompt)).await;
             }
         });
+        // Probe adapters of checks that a previous process did not finish.
+        let _ = std::fs::remove_dir_all(this.table.store_root().join(PROBE_DIR));
         let retries = this.restore();
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         for _ in 0..this.settings.concurrency.max(1) {
