@@ -48,14 +48,18 @@ impl AdapterGenerator for TestGenerator {
     }
 }
 
-async fn task_json(s: &TestServer, task: &str) -> Value {
-    s.admin(Method::GET, &format!("/adapters/{task}"))
+async fn admin_get(s: &TestServer, path: &str) -> Value {
+    s.admin(Method::GET, path)
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap()
+}
+
+async fn task_json(s: &TestServer, task: &str) -> Value {
+    admin_get(s, &format!("/adapters/{task}")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -468,15 +472,10 @@ async fn an_adapter_that_answers_fewer_examples_than_the_base_is_not_routed() {
     }
     let r = reply(put(examples(first_line)).await.unwrap()).await;
     assert_eq!(r.status, 200, "{}", r.json);
-    let got: Value = s
-        .admin(Method::GET, "/adapters/qa/examples")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(got, examples(first_line));
+    assert_eq!(
+        admin_get(&s, "/adapters/qa/examples").await,
+        examples(first_line)
+    );
 
     let m0 = metrics(&s).await;
     for i in 0..3 {
@@ -527,13 +526,8 @@ async fn an_adapter_that_answers_fewer_examples_than_the_base_is_not_routed() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    let got: Value = s
-        .admin(Method::GET, "/adapters/qa/examples")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(got, json!({"examples": []}));
+    assert_eq!(
+        admin_get(&s, "/adapters/qa/examples").await,
+        json!({"examples": []})
+    );
 }
