@@ -139,11 +139,7 @@ pub enum GenState {
     Done,
     /// The last generated adapter lost to the base model on the task's labelled examples
     /// ([`guard`]): it was dropped, and the model that answered the task before goes on.
-    Rejected {
-        examples: usize,
-        base_hits: usize,
-        adapter_hits: usize,
-    },
+    Rejected(Verdict),
     Failed {
         error: String,
         attempts: u32,
@@ -201,9 +197,10 @@ impl TaskBuf {
                 GenState::Failed { error, .. } => Some(error.clone()),
                 _ => None,
             },
-            rejected: matches!(self.state, GenState::Rejected { .. })
-                .then_some(self.last_check)
-                .flatten(),
+            rejected: match self.state {
+                GenState::Rejected(v) => Some(v),
+                _ => None,
+            },
         }
     }
 }
@@ -441,11 +438,7 @@ impl Specialiser {
         buf.attempts = record.attempts;
         if record.attempts == 0 {
             if let Some(v) = record.rejected {
-                buf.state = GenState::Rejected {
-                    examples: v.examples,
-                    base_hits: v.base_hits,
-                    adapter_hits: v.adapter_hits,
-                };
+                buf.state = GenState::Rejected(v);
                 buf.last_check = Some(v);
             }
             return None;
@@ -613,7 +606,7 @@ impl Specialiser {
             // many new ones as a regeneration takes (or when an operator asks).
             let due = if has_adapter {
                 generated && regenerate
-            } else if matches!(buf.state, GenState::Rejected { .. }) {
+            } else if matches!(buf.state, GenState::Rejected(_)) {
                 regenerate
             } else {
                 buf.prompts.len() >= self.settings.k
@@ -890,11 +883,7 @@ impl Specialiser {
             let Some(b) = tasks.get_mut(task).filter(|b| b.job == job) else {
                 return;
             };
-            b.state = GenState::Rejected {
-                examples: verdict.examples,
-                base_hits: verdict.base_hits,
-                adapter_hits: verdict.adapter_hits,
-            };
+            b.state = GenState::Rejected(verdict);
             b.last_check = Some(verdict);
             b.attempts = 0;
             b.since_generation = 0;
@@ -1062,7 +1051,7 @@ fn state_name(s: &GenState) -> &'static str {
         GenState::Queued => "queued",
         GenState::Generating => "generating",
         GenState::Done => "done",
-        GenState::Rejected { .. } => "rejected",
+        GenState::Rejected(_) => "rejected",
         GenState::Failed { .. } => "failed",
     }
 }

@@ -1014,11 +1014,12 @@ async fn a_rejected_adapter_is_not_installed_and_stays_rejected_after_a_restart(
     for i in 0..3 {
         f.observe("t", &format!("p{i}"));
     }
-    let rejected = GenState::Rejected {
+    let rejected = GenState::Rejected(Verdict {
         examples: 2,
         base_hits: 2,
         adapter_hits: 0,
-    };
+        accepted: false,
+    });
     f.until_gen("t", rejected.clone()).await;
     assert_eq!(f.versions("t"), 0, "nothing stored");
     assert!(f.engine.registered().is_empty(), "the probe is gone");
