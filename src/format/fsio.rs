@@ -142,6 +142,14 @@ fn leftover(name: &str) -> Option<(Leftover, &str)> {
     None
 }
 
+/// Removes a file; one that is not there is no error.
+pub fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Fsyncs a folder so that renames into it are durable; best effort (not every file system
 /// lets a folder be opened for sync).
 pub fn sync_dir(dir: &Path) {

@@ -40,7 +40,7 @@ use super::error::ApiError;
 use super::metrics::Metrics;
 use crate::adapters::store::now_secs;
 use crate::adapters::{AdapterTable, Source};
-use crate::format::fsio::{sync_dir, write_atomic};
+use crate::format::fsio::{remove_if_present, sync_dir, write_atomic};
 use crate::format::LoraAdapter;
 use guard::{Example, Verdict};
 
@@ -364,8 +364,13 @@ impl Specialiser {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// `file` in the task's store folder.
+    fn task_file(&self, task: &str, file: &str) -> PathBuf {
+        self.table.store_root().join(task).join(file)
+    }
+
     fn prompts_path(&self, task: &str) -> PathBuf {
-        self.table.store_root().join(task).join(PROMPTS_FILE)
+        self.task_file(task, PROMPTS_FILE)
     }
 
     /// Whether the table has an adapter stored for `task`.
@@ -849,9 +854,8 @@ impl Specialiser {
         let t = Instant::now();
         let probe_id = format!("dnd-probe:{task}");
         let probe_dir = self.table.store_root().join(PROBE_DIR).join(task);
-        let engine = self.table.engine().clone();
         let verdict = guard::check(
-            engine.as_ref(),
+            self.table.engine().as_ref(),
             adapter,
             &examples,
             &probe_id,
@@ -900,7 +904,7 @@ impl Specialiser {
 
     /// The task's labelled examples (none when it has no file).
     pub async fn examples(&self, task: &str) -> Result<Vec<Example>> {
-        let path = self.table.store_root().join(task).join(EXAMPLES_FILE);
+        let path = self.task_file(task, EXAMPLES_FILE);
         tokio::task::spawn_blocking(move || match std::fs::read(&path) {
             Ok(bytes) => Ok(serde_json::from_slice(&bytes)
                 .with_context(|| format!("reading {}", path.display()))?),
@@ -921,18 +925,16 @@ impl Specialiser {
             guard::validate(ex, self.settings.max_prompt_bytes)
                 .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
         }
-        let path = self.table.store_root().join(task).join(EXAMPLES_FILE);
+        let path = self.task_file(task, EXAMPLES_FILE);
         tokio::task::spawn_blocking(move || match examples {
             Some(ex) => write_atomic(&path, &serde_json::to_vec(&ex)?),
-            None => match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-                _ => {
-                    if let Some(dir) = path.parent() {
-                        sync_dir(dir);
-                    }
-                    Ok(())
+            None => {
+                remove_if_present(&path)?;
+                if let Some(dir) = path.parent() {
+                    sync_dir(dir);
                 }
-            },
+                Ok(())
+            }
         })
         .await
         .map_err(anyhow::Error::from)
@@ -1011,7 +1013,7 @@ impl Specialiser {
 
     /// Writes a task's generation history (atomically, durably) and waits for it.
     async fn save_history(&self, task: &str, record: GenRecord) -> Result<()> {
-        let path = self.table.store_root().join(task).join(GENERATION_FILE);
+        let path = self.task_file(task, GENERATION_FILE);
         tokio::task::spawn_blocking(move || write_atomic(&path, &serde_json::to_vec(&record)?))
             .await?
     }
@@ -1094,10 +1096,7 @@ async fn write_prompts(me: std::sync::Weak<Specialiser>, mut wake: mpsc::Receive
 fn remove_prompts(path: &Path) -> std::io::Result<()> {
     // The generation history goes with the buffer.
     for file in [PROMPTS_FILE, GENERATION_FILE] {
-        match std::fs::remove_file(path.with_file_name(file)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
+        remove_if_present(&path.with_file_name(file))?;
     }
     let Some(dir) = path.parent() else {
         return Ok(());
