@@ -513,12 +513,33 @@ async fn an_adapter_that_answers_fewer_examples_than_the_base_is_not_routed() {
     s.wait_state("qa", "resident").await;
     let v = until_generation(&s, "qa", "done").await;
     assert_eq!(v["generation"]["last_check"]["accepted"], true, "{v}");
+    assert_eq!(v["generation"]["last_check"]["current_hits"], Value::Null);
     assert!(s
         .chat_task("question 0", "qa")
         .await
         .adapter
         .unwrap()
         .starts_with("qa@"));
+
+    // A regeneration is checked against the adapter it would replace too: that one answers
+    // the examples through the engine beside the base and the probe.
+    let regenerate = s
+        .admin(Method::POST, "/adapters/qa/regenerate")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(regenerate.status(), 202);
+    let mut v = task_json(&s, "qa").await;
+    for _ in 0..500 {
+        if v["generation"]["last_check"]["current_hits"].is_number() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        v = task_json(&s, "qa").await;
+    }
+    assert_eq!(v["generation"]["last_check"]["current_hits"], 0, "{v}");
+    assert_eq!(v["generation"]["last_check"]["accepted"], true, "{v}");
 
     let r = s
         .admin(Method::DELETE, "/adapters/qa/examples")

@@ -549,6 +549,23 @@ impl AdapterTable {
         Ok(Some((info, stages)))
     }
 
+    /// The task's current version as a resident model, loaded first if it is only stored,
+    /// for a caller that answers with it as a request would (holding it keeps it from being
+    /// removed) without counting a hit; `None` when the task has no adapter, or lost it to
+    /// an eviction right after the load.
+    pub async fn current_model(self: &Arc<Self>, task: &str) -> Result<Option<Arc<ResidentModel>>> {
+        let stored = self
+            .lock()
+            .tasks
+            .get(task)
+            .is_some_and(|e| e.record.current.is_some());
+        if !stored {
+            return Ok(None);
+        }
+        self.ensure_resident(task).await?;
+        Ok(self.lock().tasks.get(task).and_then(|e| e.resident.clone()))
+    }
+
     /// Makes the task's current version resident (no-op if it already is).
     pub async fn ensure_resident(self: &Arc<Self>, task: &str) -> Result<()> {
         let (me, task) = (self.clone(), task.to_string());

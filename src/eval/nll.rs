@@ -456,7 +456,14 @@ async fn check_case(server: &EvalServer, case: &Case, n: usize) -> Result<TaskCh
     let outputs = server.answer_side_by_side(&adapters, &prompts).await?;
     let mut verdicts: Vec<Verdict> = outputs[1..]
         .iter()
-        .map(|out| Verdict::judge(&examples, &outputs[0], out))
+        .map(|out| {
+            let outputs = guard::Outputs {
+                base: &outputs[0],
+                current: None,
+                adapter: out,
+            };
+            Verdict::judge(&examples, outputs)
+        })
         .collect();
     let shuffled = verdicts.pop().expect("the shuffled adapter was checked");
     eprintln!(

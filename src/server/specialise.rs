@@ -852,11 +852,16 @@ impl Specialiser {
             return Ok(None);
         }
         let t = Instant::now();
+        let current = self.table.current_model(task).await.unwrap_or_else(|e| {
+            tracing::warn!(task, error = %e, "the task's adapter could not be loaded: the no-harm check compares with the base model only");
+            None
+        });
         let probe_id = format!("dnd-probe:{task}");
         let probe_dir = self.table.store_root().join(PROBE_DIR).join(task);
         let verdict = guard::check(
             self.table.engine().as_ref(),
             adapter,
+            current.as_ref().map(|m| m.engine_id.as_str()),
             &examples,
             &probe_id,
             &probe_dir,
@@ -873,6 +878,7 @@ impl Specialiser {
             task,
             examples = verdict.examples,
             base_hits = verdict.base_hits,
+            current_hits = verdict.current_hits,
             adapter_hits = verdict.adapter_hits,
             outcome,
             "no-harm check"
@@ -895,7 +901,7 @@ impl Specialiser {
         };
         tracing::warn!(
             task,
-            "the generated adapter answered fewer examples than the base model: not routed"
+            "the generated adapter answered fewer examples than the model answering the task: not routed"
         );
         if let Err(e) = self.save_history(task, history).await {
             tracing::warn!(task, error = %e, "recording a rejected generation failed");

@@ -15,11 +15,16 @@
 //! - An answer **hits** when the strict scorer accepts it (its first line is the answer,
 //!   case and final punctuation aside) or the lenient one does (the answer is a whole word
 //!   of its first sentence): the base model's long answers count when they are right.
-//! - The adapter is **accepted** when its hits are at least the base model's (ties go to the
-//!   adapter: it was generated for the task, and equal hits show no harm). A task without
-//!   examples is not checked.
+//! - When the task already has an adapter (a regeneration), that adapter answers every
+//!   example too: a new adapter must not take back what an earlier one gave. If it cannot
+//!   be made resident (no room within `load_queue_ms`, a failed load), the check compares
+//!   with the base model only, and logs it.
+//! - The adapter is **accepted** when its hits are at least the base model's and at least
+//!   the current adapter's (ties go to the new adapter: it was generated for the task from
+//!   its latest prompts, and equal hits show no harm). A task without examples is not
+//!   checked.
 //! - A rejected adapter is neither stored nor routed; the model that answered the task
-//!   before (the base, or an earlier accepted adapter) goes on answering it.
+//!   before (the base, or the current adapter) goes on answering it.
 //!
 //! Before it is routed the adapter is served under a probe model id of its own
 //! (`dnd-probe:{task}`), which no client can name (the tagging layer answers 404 to any
@@ -62,32 +67,42 @@ pub fn hits(example: &Example, output: &str) -> bool {
 pub struct Verdict {
     pub examples: usize,
     pub base_hits: usize,
+    /// The hits of the adapter the new one would replace; `None` when there was none (or
+    /// it could not be loaded for the check).
+    #[serde(default)]
+    pub current_hits: Option<usize>,
     pub adapter_hits: usize,
     pub accepted: bool,
 }
 
+/// The outputs of one check, one per example, in order.
+pub struct Outputs<'a> {
+    pub base: &'a [String],
+    /// The current adapter's, when the task has one.
+    pub current: Option<&'a [String]>,
+    pub adapter: &'a [String],
+}
+
 impl Verdict {
-    /// Judges the base model's and the adapter's outputs, one per example, in order.
-    pub fn judge(examples: &[Example], base: &[String], adapter: &[String]) -> Self {
-        assert_eq!(examples.len(), base.len(), "one base output per example");
-        assert_eq!(
-            examples.len(),
-            adapter.len(),
-            "one adapter output per example"
-        );
+    /// Judges the outputs of the base model, the current adapter and the new one.
+    pub fn judge(examples: &[Example], outputs: Outputs) -> Self {
         let count = |outs: &[String]| {
+            assert_eq!(examples.len(), outs.len(), "one output per example");
             examples
                 .iter()
                 .zip(outs)
                 .filter(|(ex, out)| hits(ex, out))
                 .count()
         };
-        let (base_hits, adapter_hits) = (count(base), count(adapter));
+        let base_hits = count(outputs.base);
+        let current_hits = outputs.current.map(count);
+        let adapter_hits = count(outputs.adapter);
         Self {
             examples: examples.len(),
             base_hits,
+            current_hits,
             adapter_hits,
-            accepted: adapter_hits >= base_hits,
+            accepted: adapter_hits >= base_hits.max(current_hits.unwrap_or(0)),
         }
     }
 }
@@ -114,11 +129,13 @@ pub fn validate(examples: &[Example], max_prompt_bytes: usize) -> Result<()> {
     Ok(())
 }
 
-/// Has the base model and `adapter` (registered as `probe_id` from `probe_dir`, a folder
-/// this function fills and removes) answer every example, and judges them.
+/// Has the base model, the current adapter's engine model `current` (if any) and
+/// `adapter` (registered as `probe_id` from `probe_dir`, a folder this function fills and
+/// removes) answer every example, and judges them.
 pub async fn check(
     engine: &dyn AdapterEngine,
     adapter: &LoraAdapter,
+    current: Option<&str>,
     examples: &[Example],
     probe_id: &str,
     probe_dir: &Path,
@@ -131,7 +148,7 @@ pub async fn check(
     let registered = engine.register(probe_id, probe_dir).await;
     let verdict = match registered {
         Ok(_) => {
-            let judged = judge_on_engine(engine, examples, probe_id, max_tokens).await;
+            let judged = judge_on_engine(engine, examples, current, probe_id, max_tokens).await;
             if let Err(e) = engine.unregister(probe_id).await {
                 tracing::warn!(probe_id, error = %e, "removing a probe adapter failed");
             }
@@ -148,16 +165,29 @@ pub async fn check(
 async fn judge_on_engine(
     engine: &dyn AdapterEngine,
     examples: &[Example],
+    current: Option<&str>,
     probe_id: &str,
     max_tokens: usize,
 ) -> Result<Verdict> {
-    // Both at once: with shared adapters the base's and the probe's rows share batches.
-    let (base, adapter) = futures::future::try_join(
+    // All at once: with shared adapters their rows share the base model's batches.
+    let current = async {
+        match current {
+            Some(id) => answers(engine, id, examples, max_tokens).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    let (base, current, adapter) = futures::future::try_join3(
         answers(engine, engine.base_id(), examples, max_tokens),
+        current,
         answers(engine, probe_id, examples, max_tokens),
     )
     .await?;
-    Ok(Verdict::judge(examples, &base, &adapter))
+    let outputs = Outputs {
+        base: &base,
+        current: current.as_deref(),
+        adapter: &adapter,
+    };
+    Ok(Verdict::judge(examples, outputs))
 }
 
 async fn answers(
@@ -201,12 +231,49 @@ mod tests {
         let examples = [ex("a", "1"), ex("b", "2"), ex("c", "3")];
         let out = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let base = out(&["It is 1.", "It is 2.", "no idea"]);
-        let v = Verdict::judge(&examples, &base, &out(&["1", "5", "3"]));
+        let judge = |base: &[String], adapter: &[String]| {
+            let outputs = Outputs {
+                base,
+                current: None,
+                adapter,
+            };
+            Verdict::judge(&examples, outputs)
+        };
+        let v = judge(&base, &out(&["1", "5", "3"]));
         assert_eq!((v.base_hits, v.adapter_hits, v.accepted), (2, 2, true));
-        let v = Verdict::judge(&examples, &base, &out(&["1", "5", "6"]));
+        assert_eq!(v.current_hits, None);
+        let v = judge(&base, &out(&["1", "5", "6"]));
         assert_eq!((v.base_hits, v.adapter_hits, v.accepted), (2, 1, false));
-        let v = Verdict::judge(&examples, &out(&["", "", ""]), &out(&["", "", ""]));
+        let v = judge(&out(&["", "", ""]), &out(&["", "", ""]));
         assert!(v.accepted, "no hits either way: no harm shown");
+    }
+
+    #[test]
+    fn a_regeneration_needs_at_least_the_current_adapters_hits_too() {
+        let examples = [ex("a", "1"), ex("b", "2"), ex("c", "3")];
+        let out = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (base, current) = (out(&["1", "", ""]), out(&["1", "2", "3"]));
+        let judge = |adapter: &[String]| {
+            let outputs = Outputs {
+                base: &base,
+                current: Some(&current),
+                adapter,
+            };
+            Verdict::judge(&examples, outputs)
+        };
+        let v = judge(&out(&["1", "2", ""]));
+        assert_eq!(
+            (v.base_hits, v.current_hits, v.adapter_hits),
+            (1, Some(3), 2)
+        );
+        assert!(
+            !v.accepted,
+            "above the base, below the adapter it would replace"
+        );
+        assert!(
+            judge(&out(&["1", "2", "3"])).accepted,
+            "a tie goes to the new one"
+        );
     }
 
     #[test]

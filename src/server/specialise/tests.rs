@@ -1017,6 +1017,7 @@ async fn a_rejected_adapter_is_not_installed_and_stays_rejected_after_a_restart(
     let rejected = GenState::Rejected(Verdict {
         examples: 2,
         base_hits: 2,
+        current_hits: None,
         adapter_hits: 0,
         accepted: false,
     });
@@ -1069,4 +1070,44 @@ async fn an_adapter_as_good_as_the_base_is_installed_and_a_failed_check_is_retri
     // Without examples there is no check.
     f.sp.set_examples("t", None).await.unwrap();
     assert!(f.sp.examples("t").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_regeneration_that_answers_fewer_examples_than_the_current_adapter_is_not_routed() {
+    let f = start(settings());
+    // The base answers nothing right, the routed adapter everything; the probe, while
+    // `probe_right` holds, everything too.
+    let probe_right = Arc::new(AtomicBool::new(true));
+    let right = probe_right.clone();
+    f.engine.answer_with(move |model, prompt| {
+        let probe = model.starts_with("dnd-probe:");
+        match model {
+            "base" => "no idea".to_string(),
+            _ if probe && !right.load(Ordering::Relaxed) => "wrong".to_string(),
+            _ => prompt.to_string(),
+        }
+    });
+    f.sp.set_examples("t", examples(&["a", "b"])).await.unwrap();
+    for i in 0..3 {
+        f.observe("t", &format!("p{i}"));
+    }
+    f.until_gen("t", GenState::Done).await;
+    let first = f.sp.info("t").unwrap().last_check.unwrap();
+    assert_eq!((first.base_hits, first.current_hits), (0, None));
+    let routed = f.table.info("t").unwrap().hash;
+
+    // Better than the base, worse than the adapter it would replace.
+    probe_right.store(false, Ordering::Relaxed);
+    f.sp.regenerate("t", None).unwrap();
+    let rejected = GenState::Rejected(Verdict {
+        examples: 2,
+        base_hits: 0,
+        current_hits: Some(2),
+        adapter_hits: 0,
+        accepted: false,
+    });
+    f.until_gen("t", rejected).await;
+    assert_eq!(f.versions("t"), 1, "nothing stored");
+    assert_eq!(f.table.info("t").unwrap().hash, routed, "still routed");
+    assert_eq!(f.metrics.checks.with_label_values(&["rejected"]).get(), 1);
 }
