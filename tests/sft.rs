@@ -5,6 +5,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use mistralrs_dnd::format::LoraAdapter;
+use mistralrs_dnd::generator::decoder::Condition;
 use mistralrs_dnd::generator::{Generator, TokenLayout};
 use mistralrs_dnd::tasks::Task;
 use mistralrs_dnd::training::collection::Collection;
@@ -397,4 +398,65 @@ fn folds_train_on_their_adapter_and_rebase_moves_the_base() {
     )
     .expect_err("a held-out task in a fold");
     assert!(format!("{err:#}").contains(HELD_OUT), "{err:#}");
+}
+
+#[test]
+fn an_examples_generator_reads_answers_and_is_not_scored_on_the_ones_it_read() {
+    let fixture = trained_tiny_generator();
+    let mut decoder = decoder_config_for(
+        &fixture.collection,
+        "tiny-llama",
+        &mistralrs_dnd::testing::tiny_dims(),
+        32,
+        4,
+        16,
+    )
+    .unwrap();
+    decoder.residual = true;
+    let encoder = mistralrs_dnd::generator::PromptEncoder::load(
+        &mistralrs_dnd::testing::real_assets().minilm(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let cfg = TrainDecoderConfig {
+        prompt_pool: 4,
+        ..settings(Objective::Sft)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let load = |decoder: &mistralrs_dnd::generator::DecoderConfig| {
+        let set = load_training_set(
+            &fixture.collection,
+            None,
+            decoder,
+            &encoder,
+            &cfg,
+            &dir.path().join("cache"),
+        )
+        .unwrap();
+        let sft = SftData::load(&tiny_model(), decoder, &set, None, &[]).unwrap();
+        (set, sft)
+    };
+    let (prompts_set, prompts_sft) = load(&decoder);
+    decoder.condition = Condition::Examples;
+    let (set, sft) = load(&decoder);
+    for (i, task) in set.train.iter().enumerate() {
+        let pool = task.pool.dim(0).unwrap();
+        assert_eq!(pool, cfg.prompt_pool.min(task.train.len()));
+        assert!(
+            task.train.len() > pool,
+            "the fixture leaves examples to score"
+        );
+        assert_eq!(prompts_sft.train[i].train.len(), task.train.len());
+        assert_eq!(sft.train[i].train.len(), task.train.len() - pool);
+        // The same prompts read with their answers encode to something else.
+        let diff = (&task.pool - &prompts_set.train[i].pool)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff > 1e-3, "{}: the pool ignores the answers", task.name);
+    }
 }

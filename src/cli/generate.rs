@@ -3,11 +3,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 
 use crate::assets::{given_or_default, Assets};
 use crate::format::peft::{LlamaDims, LoraAdapter, Module};
-use crate::generator::{self, decoder::DecoderConfig, prompts, Generator};
+use crate::generator::decoder::{Condition, DecoderConfig};
+use crate::generator::{self, prompts, Generator};
 
 #[derive(Debug, clap::Args)]
 #[command(about = "Generate a LoRA adapter from a task's prompts (or create a random generator)")]
@@ -99,6 +100,11 @@ pub fn run(args: Args) -> Result<()> {
     let device = generator::default_device()?;
     let encoder = given_or_default(args.encoder.as_deref(), Assets::minilm)?;
     let g = Generator::load(gen_dir, &encoder, &device)?;
+    ensure!(
+        g.config().condition == Condition::Prompts,
+        "{} reads labelled examples (trained with --condition examples); generate takes prompts only",
+        gen_dir.display()
+    );
     if let Some(path) = &args.base_config {
         g.check_base(&LlamaDims::from_config_file(path)?)?;
     }

@@ -6,6 +6,7 @@ use anyhow::{bail, ensure, Result};
 
 use crate::assets::{given_or_default, Assets};
 use crate::format::peft::LlamaDims;
+use crate::generator::decoder::Condition;
 use crate::generator::PromptEncoder;
 use crate::training::generator::{
     decoder_config_for, load_training_set, train_decoder, Holdout, Objective, ResidualFold,
@@ -67,6 +68,11 @@ pub struct Args {
     /// generated adapter's loss on the task's training answers) or mix (both).
     #[arg(long, default_value = "reconstruction")]
     pub objective: Objective,
+    /// What the generator reads of a task: prompts (the method's) or examples (each prompt
+    /// with its answer; the end-to-end loss then takes the training examples the pool does
+    /// not hold, and `eval` conditions on a held-out task's training examples).
+    #[arg(long, value_enum, default_value_t = Condition::Prompts)]
+    pub condition: Condition,
     /// sft / mix: training examples per (task, prompt batch) sample.
     #[arg(long, default_value_t = TrainDecoderConfig::default().sft_examples)]
     pub sft_examples: usize,
@@ -129,6 +135,7 @@ pub fn run(args: Args) -> Result<()> {
         args.shape.prompt_tokens,
     )?;
     decoder.residual = args.objective.end_to_end();
+    decoder.condition = args.condition;
     // The held-out split is taken on the whole suite, so that --except (tasks dropped by
     // a filter) does not move it.
     let (suite, every) = match args.suite.is_empty() {

@@ -23,6 +23,7 @@ use serde::Serialize;
 use super::{evaluate, write_report, Accuracy, Candidate, Report, Score};
 use crate::format::peft::{LoraAdapter, CONFIG_FILE};
 use crate::format::rng::Rng;
+use crate::generator::decoder::{Condition, DecoderConfig};
 use crate::generator::Generator;
 use crate::server::Config;
 use crate::tasks::Task;
@@ -121,7 +122,6 @@ pub async fn evaluate_heldout(
 
     // DnD adapters, generated before the server starts so that timings are not disturbed.
     let generator = Generator::load(&setup.generator, &setup.encoder, &Device::Cpu)?;
-    let n = generator.config().prompts;
     let scratch = tempfile::tempdir()?;
     let mut candidates = vec![Candidate {
         label: BASE.into(),
@@ -131,7 +131,7 @@ pub async fn evaluate_heldout(
     let mut gen_seconds: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for task in &heldout {
         for i in 0..setup.samples {
-            let batch = dnd_batch(task, n, setup.seed, i)?;
+            let batch = dnd_batch(task, generator.config(), setup.seed, i)?;
             let t0 = Instant::now();
             let generated = generator.generate(&batch)?;
             gen_seconds
@@ -289,22 +289,33 @@ pub async fn evaluate_heldout(
     })
 }
 
-/// The `i`-th random batch of `n` of a task's unlabelled test prompts (repeated when the
-/// split has fewer).
-pub(super) fn dnd_batch(task: &Task, n: usize, seed: u64, i: usize) -> Result<Vec<String>> {
+/// The `i`-th random batch of what generator `cfg` reads of a task, N of them (repeated
+/// when there are fewer): its unlabelled test prompts, or, for a generator that reads
+/// labelled examples, its training examples (a tenant's examples are not its test
+/// requests).
+pub(super) fn dnd_batch(
+    task: &Task,
+    cfg: &DecoderConfig,
+    seed: u64,
+    i: usize,
+) -> Result<Vec<String>> {
+    let source = match cfg.condition {
+        Condition::Prompts => &task.test,
+        Condition::Examples => &task.train,
+    };
     ensure!(
-        !task.test.is_empty(),
-        "task {} has no test prompts",
+        !source.is_empty(),
+        "task {} has no examples to generate from",
         task.name
     );
     let mut rng = Rng::derive(seed, &format!("{}/{i}", task.name));
-    let mut idx: Vec<usize> = (0..task.test.len()).collect();
+    let mut idx: Vec<usize> = (0..source.len()).collect();
     rng.shuffle(&mut idx);
     Ok(idx
         .iter()
         .cycle()
-        .take(n)
-        .map(|&j| task.test[j].prompt.clone())
+        .take(cfg.prompts)
+        .map(|&j| cfg.condition.text(&source[j].prompt, &source[j].answer))
         .collect())
 }
 
@@ -369,7 +380,6 @@ pub fn weight_space(tasks: &[Task], setup: &HeldoutSetup) -> Result<WeightReport
         .map(|(n, a)| Ok((n, b_vector(a)?)))
         .collect::<Result<_>>()?;
     let generator = Generator::load(&setup.generator, &setup.encoder, &Device::Cpu)?;
-    let n = generator.config().prompts;
     let mut rows = Vec::new();
     let mut dnd_means = Vec::new();
     let mut owns = Vec::new();
@@ -380,7 +390,7 @@ pub fn weight_space(tasks: &[Task], setup: &HeldoutSetup) -> Result<WeightReport
         let generated = (0..setup.samples.max(1))
             .map(|i| {
                 Ok(generator
-                    .generate(&dnd_batch(task, n, setup.seed, i)?)?
+                    .generate(&dnd_batch(task, generator.config(), setup.seed, i)?)?
                     .adapter)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -592,5 +602,40 @@ mod tests {
         assert!(cosine(&[1.0, 0.0], &[0.0, 3.0]).abs() < 1e-12);
         assert_eq!(mean_pairwise_cosine(std::slice::from_ref(&v)), 1.0);
         assert!((mean_pairwise_cosine(&[v, twice, neg]) - (-1.0 / 3.0)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_batch_is_test_prompts_or_labelled_training_examples() {
+        let ex = |p: &str, a: &str| crate::tasks::Example {
+            prompt: p.into(),
+            answer: a.into(),
+            choices: vec![],
+        };
+        let task = Task {
+            name: "t".into(),
+            family: "f".into(),
+            scoring: crate::tasks::Scoring::Exact,
+            train: vec![ex("train 1", "1"), ex("train 2", "2")],
+            test: vec![ex("test 1", "1"), ex("test 2", "2")],
+        };
+        let mut cfg = crate::generator::decoder::tests::tiny_config();
+        let sorted = |mut v: Vec<String>| {
+            v.sort();
+            v
+        };
+        // N = 4 from 2: each twice.
+        let prompts = dnd_batch(&task, &cfg, 0, 0).unwrap();
+        assert_eq!(sorted(prompts), ["test 1", "test 1", "test 2", "test 2"]);
+        cfg.condition = Condition::Examples;
+        let examples = dnd_batch(&task, &cfg, 0, 0).unwrap();
+        assert_eq!(
+            sorted(examples),
+            [
+                "train 1\nAnswer: 1",
+                "train 1\nAnswer: 1",
+                "train 2\nAnswer: 2",
+                "train 2\nAnswer: 2"
+            ]
+        );
     }
 }

@@ -277,10 +277,9 @@ impl Comparison {
             .map(|p| Ok((adapter_name(p), LoraAdapter::read_peft(p)?)))
             .collect::<Result<Vec<_>>>()?;
         let generator = Generator::load(&setup.generator, &setup.encoder, &Device::Cpu)?;
-        let n = generator.config().prompts;
         let generate = |task: &Task, b: usize| -> Result<LoraAdapter> {
             Ok(generator
-                .generate(&dnd_batch(task, n, setup.seed, b)?)?
+                .generate(&dnd_batch(task, generator.config(), setup.seed, b)?)?
                 .adapter)
         };
         let mut cases = Vec::new();

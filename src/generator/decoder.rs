@@ -93,6 +93,35 @@ pub struct DecoderConfig {
     /// matrix ([`crate::generator::residual`], `residual.safetensors` in the folder).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub residual: bool,
+    /// What the encoder reads of a task (absent: its prompts, as the method does).
+    #[serde(default, skip_serializing_if = "Condition::is_prompts")]
+    pub condition: Condition,
+}
+
+/// What a generator reads of a task: its prompts (the method's: unlabelled requests), or
+/// labelled examples, each read as its prompt and answer in one text. Answers say what
+/// prompts cannot (the format a task wants, which of two readings it means); the base
+/// model sees the prompt of every request anyway.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Condition {
+    #[default]
+    Prompts,
+    Examples,
+}
+
+impl Condition {
+    fn is_prompts(&self) -> bool {
+        *self == Self::Prompts
+    }
+
+    /// The text the encoder reads for one example of a task.
+    pub fn text(self, prompt: &str, answer: &str) -> String {
+        match self {
+            Self::Prompts => prompt.to_string(),
+            Self::Examples => format!("{prompt}\nAnswer: {answer}"),
+        }
+    }
 }
 
 impl DecoderConfig {
@@ -135,6 +164,7 @@ impl DecoderConfig {
             kernel,
             frozen_a_seed: None,
             residual: false,
+            condition: Condition::Prompts,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -673,6 +703,28 @@ pub(crate) mod tests {
         .unwrap();
         let diff = (ours - fused).unwrap().abs().unwrap().max_all().unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() < 1e-4);
+    }
+
+    #[test]
+    fn a_config_without_a_condition_reads_prompts() {
+        let cfg = tiny_config();
+        let json = serde_json::to_value(&cfg).unwrap();
+        assert!(
+            json.get("condition").is_none(),
+            "the method's default is not written"
+        );
+        let back: DecoderConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(back.condition, Condition::Prompts);
+        let examples = DecoderConfig {
+            condition: Condition::Examples,
+            ..cfg
+        };
+        let json = serde_json::to_value(&examples).unwrap();
+        assert_eq!(json["condition"], "examples");
+        assert_eq!(
+            serde_json::from_value::<DecoderConfig>(json).unwrap(),
+            examples
+        );
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //! `collect` output -> a trained generator folder (its decoder; the encoder is frozen).
 //!
 //! - **Data.** Every completed task of the collection gives its checkpoints, tokenized with
-//!   the decoder's layout, and a pool of its *training* prompts (never answers) encoded once
-//!   by the frozen MiniLM (cached in the collection's `.encoder-cache/`). A sample is one checkpoint of one task
-//!   and N prompts drawn at random, in random order, from that task's pool: fresh pairs at
-//!   every step.
+//!   the decoder's layout, and a pool of its first *training* prompts encoded once by the
+//!   frozen MiniLM (cached in the collection's `.encoder-cache/`; with `--condition
+//!   examples`, each prompt with its answer: [`crate::generator::decoder::Condition`]). A sample is one checkpoint of
+//!   one task and N prompts drawn at random, in random order, from that task's pool: fresh
+//!   pairs at every step.
 //! - **Loss.** Mean squared error over the non-NaN cells, each token weighted by how much it
 //!   varies across checkpoints: per task the elementwise std over its checkpoints divided by
 //!   that task's mean std, averaged inside the token, then averaged over tasks, normalised
@@ -460,7 +461,7 @@ pub fn load_training_set(
             .train
             .iter()
             .take(prompt_pool)
-            .map(|e| e.prompt.clone())
+            .map(|e| cfg.condition.text(&e.prompt, &e.answer))
             .collect();
         ensure!(!prompts.is_empty(), "task {name} has no training prompts");
         let pool = encode_cached(encoder, &prompts, cfg.prompt_tokens, &name, cache_dir)?;

@@ -24,7 +24,7 @@ use super::lora::{LoraConfig, LoraWeights};
 use crate::format::frozen_a::check_frozen_a;
 use crate::format::peft::{LoraAdapter, Module};
 use crate::format::rng::Rng;
-use crate::generator::decoder::{Decoder, DecoderConfig};
+use crate::generator::decoder::{Condition, Decoder, DecoderConfig};
 use crate::generator::{Residual, TokenLayout};
 
 /// The frozen model and everything fixed about the adapters it is trained through.
@@ -41,6 +41,7 @@ pub struct SftModel {
     /// Squared norm of each base (the residual's, then the folds'): the residual penalty's
     /// scale, fixed.
     norms2: Vec<f64>,
+    condition: Condition,
 }
 
 /// A task's examples, tokenized with the chat template the server uses.
@@ -110,14 +111,22 @@ impl SftModel {
             residual,
             folds,
             norms2,
+            condition: cfg.condition,
         })
     }
 
     /// Tokenizes a task's examples (its train and test splits, as `TaskData` keeps them).
+    /// A generator that reads labelled examples is trained on the training examples its
+    /// pool does not hold (all of them when none are left), so that no loss is taken on an
+    /// answer it was shown.
     pub fn examples(&self, task: &TaskData) -> Result<SftExamples> {
         let enc = |e: &crate::tasks::Example| self.tokenizer.encode_example(&e.prompt, &e.answer);
+        let shown = match self.condition {
+            Condition::Examples if task.train.len() > task.pool.dim(0)? => task.pool.dim(0)?,
+            _ => 0,
+        };
         Ok(SftExamples {
-            train: task.train.iter().map(enc).collect::<Result<_>>()?,
+            train: task.train[shown..].iter().map(enc).collect::<Result<_>>()?,
             test: task.test.iter().map(enc).collect::<Result<_>>()?,
         })
     }
