@@ -49,7 +49,7 @@ const PROMPTS: [&str; 8] = [
 ];
 
 /// The model both routers serve.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Model {
     /// The tests' tiny llama (2 layers, hidden size 64, seeded random weights,
     /// [`crate::testing::write_tiny_llama`]): the engine's share of a request is small, so
@@ -57,17 +57,6 @@ pub enum Model {
     Tiny,
     /// SmolLM2-135M-Instruct from the asset folder (fetched if missing).
     Smollm2,
-}
-
-impl std::str::FromStr for Model {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "tiny" => Self::Tiny,
-            "smollm2" => Self::Smollm2,
-            _ => bail!("model must be tiny or smollm2, got {s:?}"),
-        })
-    }
 }
 
 /// What to run.

@@ -149,7 +149,7 @@ pub struct TrainDecoderConfig {
 
 /// How an end-to-end run starts its residual `gate * decoded` at zero, so that training
 /// starts at the base adapter either way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum ResidualInit {
     /// Gates at zero, the decoder as initialised (the first design). A decoder change then
@@ -161,17 +161,6 @@ pub enum ResidualInit {
     /// at zero: the decoder's output is zero at the start, and every decoder change moves
     /// the adapter in full.
     Output,
-}
-
-impl std::str::FromStr for ResidualInit {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "gates" => Self::Gates,
-            "output" => Self::Output,
-            _ => bail!("residual init must be gates or output, got {s:?}"),
-        })
-    }
 }
 
 /// Training tasks whose residual sits on `adapter` while training (see
@@ -207,7 +196,7 @@ impl std::str::FromStr for ResidualFold {
 }
 
 /// The decoder's training objective.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Objective {
     /// The method's: weighted MSE between the decoder's tokens and a checkpoint's.
@@ -225,18 +214,6 @@ impl Objective {
     /// Whether the base model is needed (and the generator is a residual one).
     pub fn end_to_end(self) -> bool {
         self != Objective::Reconstruction
-    }
-}
-
-impl std::str::FromStr for Objective {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "reconstruction" => Self::Reconstruction,
-            "sft" => Self::Sft,
-            "mix" => Self::Mix,
-            _ => bail!("objective must be reconstruction, sft or mix, got {s:?}"),
-        })
     }
 }
 
