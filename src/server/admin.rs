@@ -559,8 +559,14 @@ async fn evict(
 ) -> Result<Response, ApiError> {
     task_param(&task)?;
     // The specialiser first: a generation of the task that ends after this is dropped
-    // (see `AdapterTable::install_if`).
-    let tracked = q.forget && p.specialiser.as_ref().is_some_and(|s| s.forget(&task));
+    // (see `AdapterTable::install_if`). Forgetting takes the task's examples too.
+    let tracked = match (&p.specialiser, q.forget) {
+        (Some(s), true) => {
+            s.set_examples(&task, None).await?;
+            s.forget(&task)
+        }
+        _ => false,
+    };
     match p.table.evict(&task, q.forget).await {
         Ok(found) if found || tracked => Ok(Json(
             serde_json::json!({ "task": task, "evicted": true, "forgotten": q.forget }),

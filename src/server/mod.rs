@@ -22,7 +22,7 @@ pub mod tagging;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result};
 use axum::Router;
 use mistralrs_server_core::mistralrs_server_router_builder::MistralRsServerRouterBuilder;
 
@@ -299,13 +299,7 @@ fn load_generator(
     let g = crate::generator::Generator::load(dir, &encoder, &device)?;
     g.check_base(dims)
         .with_context(|| format!("generator {} does not fit the base model", dir.display()))?;
-    // The specialiser feeds a generator the prompts of a task's requests.
-    ensure!(
-        g.config().condition == crate::generator::decoder::Condition::Prompts,
-        "generator {} reads labelled examples (trained with --condition examples); the server generates from prompts only",
-        dir.display()
-    );
-    tracing::info!(generator = %dir.display(), prompts = g.config().prompts, "automatic specialisation on");
+    tracing::info!(generator = %dir.display(), prompts = g.config().prompts, condition = ?g.config().condition, "automatic specialisation on");
     Ok(Some(Arc::new(g)))
 }
 

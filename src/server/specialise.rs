@@ -20,6 +20,11 @@
 //! can be dropped a new task is refused (503). A task without an adapter is only generated
 //! one while the store has room for it (`max_stored_tasks`, `max_store_mib`).
 //!
+//! A generator that reads labelled examples (`train --condition examples`) is fed the
+//! task's examples (`PUT /admin/adapters/{task}/examples`) instead of its prompts: a task
+//! is generated once it has K prompts *and* examples, or when examples come for a task
+//! that has its K prompts; a task without examples stays on the base model.
+//!
 //! A task forgotten (`DELETE ...?forget=true`) while its generation runs stays forgotten:
 //! the generation's adapter is installed only if the job is still the task's own, asked
 //! under the table's lock for the task (see [`AdapterTable::install_if`]).
@@ -42,6 +47,7 @@ use crate::adapters::store::now_secs;
 use crate::adapters::{AdapterTable, Source};
 use crate::format::fsio::{remove_if_present, sync_dir, write_atomic};
 use crate::format::LoraAdapter;
+use crate::generator::decoder::Condition;
 use guard::{Example, Verdict};
 
 pub mod guard;
@@ -61,6 +67,11 @@ pub trait AdapterGenerator: Send + Sync {
     /// Work on `prompt` ahead of a generation that may use it (the DnD generator encodes
     /// it); nothing by default. Called off the request path, one prompt at a time.
     fn prepare(&self, _prompt: &str) {}
+
+    /// What the generator reads of a task: its prompts, or its labelled examples.
+    fn condition(&self) -> Condition {
+        Condition::Prompts
+    }
 }
 
 impl AdapterGenerator for crate::generator::Generator {
@@ -70,6 +81,10 @@ impl AdapterGenerator for crate::generator::Generator {
 
     fn generate(&self, prompts: &[String]) -> Result<LoraAdapter> {
         Ok(self.generate_timed(prompts)?.0)
+    }
+
+    fn condition(&self) -> Condition {
+        self.config().condition
     }
 
     fn prepare(&self, prompt: &str) {
@@ -265,6 +280,8 @@ pub struct Specialiser {
     last_job: AtomicU64,
     /// Tasks whose prompt file is to be rewritten (or removed, when no longer tracked).
     unwritten: Mutex<HashSet<String>>,
+    /// Tasks with examples stored: the ones a generator that reads examples can generate.
+    with_examples: Mutex<HashSet<String>>,
     /// Wakes the prompt writer; one wake-up pending covers every task marked meanwhile.
     wake_writer: mpsc::Sender<()>,
     /// Prompt files written or removed so far.
@@ -311,6 +328,7 @@ impl Specialiser {
             jobs,
             last_job: AtomicU64::new(0),
             unwritten: Mutex::new(HashSet::new()),
+            with_examples: Mutex::new(HashSet::new()),
             wake_writer,
             prompt_writes: AtomicU64::new(0),
             to_prepare,
@@ -364,6 +382,17 @@ impl Specialiser {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Taken after [`Specialiser::lock`] when both are held.
+    fn examples_set(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.with_examples.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the generator has what it reads of `task`: its prompts always, its examples
+    /// only once they are given.
+    fn has_input(&self, task: &str) -> bool {
+        self.generator.condition() == Condition::Prompts || self.examples_set().contains(task)
+    }
+
     /// `file` in the task's store folder.
     fn task_file(&self, task: &str, file: &str) -> PathBuf {
         self.table.store_root().join(task).join(file)
@@ -390,6 +419,9 @@ impl Specialiser {
             let task = entry.file_name().to_string_lossy().to_string();
             if task.starts_with('.') {
                 continue;
+            }
+            if entry.path().join(EXAMPLES_FILE).is_file() {
+                self.examples_set().insert(task.clone());
             }
             let path = entry.path().join(PROMPTS_FILE);
             let Ok(text) = std::fs::read_to_string(&path) else {
@@ -491,7 +523,8 @@ impl Specialiser {
                     return Err(e);
                 }
             }
-            if self.settings.prepare_on_arrival {
+            if self.settings.prepare_on_arrival && self.generator.condition() == Condition::Prompts
+            {
                 let _ = self.to_prepare.try_send(prompt.clone());
             }
             let buf = tasks.entry(task.to_string()).or_insert_with(TaskBuf::new);
@@ -616,7 +649,7 @@ impl Specialiser {
             } else {
                 buf.prompts.len() >= self.settings.k
             };
-            if !due {
+            if !due || !self.has_input(task) {
                 return;
             }
             let hour_ago = now_secs().saturating_sub(3600);
@@ -735,10 +768,17 @@ impl Specialiser {
             self.failed(task, job, error).await;
             return;
         }
-        tracing::info!(task, prompts = prompts.len(), "generating adapter");
+        let inputs = match self.inputs(task, prompts).await {
+            Ok(inputs) => inputs,
+            Err(e) => {
+                self.failed(task, job, format!("{e:#}")).await;
+                return;
+            }
+        };
+        tracing::info!(task, inputs = inputs.len(), "generating adapter");
         let t = Instant::now();
         let generator = self.generator.clone();
-        let result = tokio::task::spawn_blocking(move || generator.generate_timed(&prompts))
+        let result = tokio::task::spawn_blocking(move || generator.generate_timed(&inputs))
             .await
             .map_err(anyhow::Error::from)
             .and_then(|r| r);
@@ -759,6 +799,24 @@ impl Specialiser {
                 "the task was forgotten during its generation: the result is dropped"
             ),
         }
+    }
+
+    /// What the generator reads of `task`: its kept `prompts`, or its examples, each read
+    /// as its prompt and answer ([`Condition::text`]).
+    async fn inputs(&self, task: &str, prompts: Vec<String>) -> Result<Vec<String>> {
+        let condition = self.generator.condition();
+        if condition == Condition::Prompts {
+            return Ok(prompts);
+        }
+        let examples = self.examples(task).await?;
+        anyhow::ensure!(
+            !examples.is_empty(),
+            "the generator reads labelled examples and the task has none (they were deleted)"
+        );
+        Ok(examples
+            .iter()
+            .map(|e| condition.text(&e.prompt, &e.answer))
+            .collect())
     }
 
     /// The no-harm check of a generated adapter (when the task has examples), then its
@@ -932,6 +990,7 @@ impl Specialiser {
                 .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
         }
         let path = self.task_file(task, EXAMPLES_FILE);
+        let given = examples.is_some();
         tokio::task::spawn_blocking(move || match examples {
             Some(ex) => write_atomic(&path, &serde_json::to_vec(&ex)?),
             None => {
@@ -945,7 +1004,14 @@ impl Specialiser {
         .await
         .map_err(anyhow::Error::from)
         .and_then(|r| r)
-        .map_err(|e| ApiError::internal(format!("storing the examples: {e:#}")))
+        .map_err(|e| ApiError::internal(format!("storing the examples: {e:#}")))?;
+        match given {
+            true => self.examples_set().insert(task.to_string()),
+            false => self.examples_set().remove(task),
+        };
+        // A task that waited for its examples is due now.
+        self.maybe_enqueue(task);
+        Ok(())
     }
 
     /// A generation of `task` (its job `job`, counted as an attempt when it started) failed.

@@ -23,6 +23,8 @@ use crate::testing::{random_adapter, tiny_dims};
 struct FakeGenerator {
     calls: Mutex<Vec<(Instant, Vec<String>)>>,
     fail: AtomicBool,
+    /// Reads a task's labelled examples instead of its prompts.
+    reads_examples: bool,
     held: Mutex<bool>,
     released: Condvar,
 }
@@ -53,6 +55,13 @@ impl FakeGenerator {
 impl AdapterGenerator for FakeGenerator {
     fn batch_size(&self) -> usize {
         3
+    }
+
+    fn condition(&self) -> Condition {
+        match self.reads_examples {
+            true => Condition::Examples,
+            false => Condition::Prompts,
+        }
     }
 
     fn generate(&self, prompts: &[String]) -> Result<LoraAdapter> {
@@ -112,6 +121,10 @@ impl Drop for Fixture {
 }
 
 fn start_in(dir: tempfile::TempDir, settings: Settings) -> Fixture {
+    start_with(dir, settings, FakeGenerator::default())
+}
+
+fn start_with(dir: tempfile::TempDir, settings: Settings, generator: FakeGenerator) -> Fixture {
     let limits = Limits {
         max_resident: 16,
         max_resident_bytes: u64::MAX,
@@ -123,7 +136,7 @@ fn start_in(dir: tempfile::TempDir, settings: Settings) -> Fixture {
     let engine = Arc::new(FakeEngine::new());
     let table = AdapterTable::new(engine.clone(), store, tiny_dims(), limits).unwrap();
     let metrics = Arc::new(Metrics::new());
-    let generator = Arc::new(FakeGenerator::default());
+    let generator = Arc::new(generator);
     let sp = Specialiser::start(generator.clone(), table.clone(), metrics.clone(), settings);
     Fixture {
         dir,
@@ -1110,4 +1123,45 @@ async fn a_regeneration_that_answers_fewer_examples_than_the_current_adapter_is_
     assert_eq!(f.versions("t"), 1, "nothing stored");
     assert_eq!(f.table.info("t").unwrap().hash, routed, "still routed");
     assert_eq!(f.metrics.checks.with_label_values(&["rejected"]).get(), 1);
+}
+
+#[tokio::test]
+async fn a_generator_that_reads_examples_waits_for_them_and_reads_them() {
+    let reader = || FakeGenerator {
+        reads_examples: true,
+        ..FakeGenerator::default()
+    };
+    let f = start_with(tempfile::tempdir().unwrap(), settings(), reader());
+    // Every model answers every example: the check ties and routes.
+    f.engine.answer_with(|_, prompt| prompt.to_string());
+    for i in 0..3 {
+        f.observe("t", &format!("p{i}"));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(f.generator.calls(), 0, "no examples, no generation");
+    assert_eq!(f.gen("t"), Some(GenState::Collecting));
+    f.sp.set_examples("t", examples(&["a", "b"])).await.unwrap();
+    f.until_gen("t", GenState::Done).await;
+    assert_eq!(
+        f.generator.prompts_of_call(0),
+        ["a\nAnswer: a", "b\nAnswer: b"]
+    );
+
+    // Examples found in the store at a start count as given.
+    for i in 0..3 {
+        f.observe("u", &format!("p{i}"));
+    }
+    eventually("u's prompts on disk", || {
+        f.persisted("u").is_some_and(|p| p.len() == 3)
+    })
+    .await;
+    std::fs::write(
+        f.store_dir("u").join(EXAMPLES_FILE),
+        serde_json::to_vec(&examples(&["c"])).unwrap(),
+    )
+    .unwrap();
+    let g = start_with(copy_of_store(&f), settings(), reader());
+    g.engine.answer_with(|_, prompt| prompt.to_string());
+    g.until_gen("u", GenState::Done).await;
+    assert_eq!(g.generator.prompts_of_call(0), ["c\nAnswer: c"]);
 }
