@@ -121,6 +121,9 @@ pub struct PluginConfig {
     pub load_queue_ms: u64,
     /// Generator folder (DnD decoder); unset: no automatic specialisation.
     pub generator: Option<PathBuf>,
+    /// A generator that reads labelled examples (`train --condition examples`), for the
+    /// tasks that have examples instead of `generator`.
+    pub examples_generator: Option<PathBuf>,
     /// Prompt encoder folder; default: MiniLM in the asset folder.
     pub encoder: Option<PathBuf>,
     /// Prompts of a task that trigger its generation; default: the generator's N.
@@ -205,6 +208,7 @@ impl Default for PluginConfig {
             load_wait_ms: 0,
             load_queue_ms: 60_000,
             generator: None,
+            examples_generator: None,
             encoder: None,
             prompts_k: None,
             max_prompt_bytes: 4096,

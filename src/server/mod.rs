@@ -22,7 +22,7 @@ pub mod tagging;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use axum::Router;
 use mistralrs_server_core::mistralrs_server_router_builder::MistralRsServerRouterBuilder;
 
@@ -33,6 +33,7 @@ use crate::adapters::{AdapterTable, Limits, Store, StoreLimits, StoreLock};
 
 use crate::engine::{parse_dtype, AdapterMode, MistralRsEngine};
 use crate::format::{peft, LlamaDims};
+use crate::generator::decoder::Condition;
 
 /// The plugin's shared state.
 pub struct Plugin {
@@ -204,10 +205,7 @@ pub async fn assemble(
         retire_ceiling: std::time::Duration::from_secs(config.plugin.retire_ceiling_s),
         load_queue: std::time::Duration::from_millis(config.plugin.load_queue_ms),
     };
-    let generator = match generator {
-        Some(g) => Some(g),
-        None => load_generator(&config, &dims)?,
-    };
+    let generators = load_generators(&config, &dims, generator)?;
     let store_lock = store_lock.context("the plugin is enabled, so its store is locked")?;
     let store = Store::open(&config.plugin.store)?;
     store.remove_leftovers(&store_lock)?;
@@ -223,10 +221,10 @@ pub async fn assemble(
     });
     table.load_pinned().await;
     let metrics = Arc::new(metrics::Metrics::new());
-    let specialiser = generator.map(|g| {
+    let specialiser = generators.map(|g| {
         let pc = &config.plugin;
         let settings = specialise::Settings {
-            k: pc.prompts_k.unwrap_or_else(|| g.batch_size()).max(1),
+            k: pc.prompts_k.unwrap_or_else(|| g.main.batch_size()).max(1),
             max_prompt_bytes: pc.max_prompt_bytes,
             max_tracked_tasks: pc.max_tracked_tasks.max(1),
             concurrency: pc.generation_concurrency,
@@ -283,14 +281,43 @@ pub async fn assemble(
     })
 }
 
-/// The generator the config names, checked against the base model.
+/// The generators the config names (`generator`, `examples_generator`), checked against
+/// the base model; `main` when given replaces the config's `generator`.
+fn load_generators(
+    config: &Config,
+    dims: &LlamaDims,
+    main: Option<Arc<dyn specialise::AdapterGenerator>>,
+) -> Result<Option<specialise::Generators>> {
+    let main = match (main, &config.plugin.generator) {
+        (Some(g), _) => Some(g),
+        (None, Some(dir)) => Some(load_generator(config, dims, dir)?),
+        (None, None) => None,
+    };
+    let examples = match &config.plugin.examples_generator {
+        Some(dir) => {
+            let g = load_generator(config, dims, dir)?;
+            ensure!(
+                g.condition() == Condition::Examples,
+                "plugin.examples_generator {} reads prompts: it is a plugin.generator",
+                dir.display()
+            );
+            Some(g)
+        }
+        None => None,
+    };
+    Ok(match (main, examples) {
+        (Some(main), examples) => Some(specialise::Generators { main, examples }),
+        (None, Some(g)) => Some(g.into()),
+        (None, None) => None,
+    })
+}
+
+/// The generator in `dir`, checked against the base model.
 fn load_generator(
     config: &Config,
     dims: &LlamaDims,
-) -> Result<Option<Arc<dyn specialise::AdapterGenerator>>> {
-    let Some(dir) = &config.plugin.generator else {
-        return Ok(None);
-    };
+    dir: &Path,
+) -> Result<Arc<dyn specialise::AdapterGenerator>> {
     let encoder = crate::assets::Assets::new(&config.model.assets).given_or(
         config.plugin.encoder.as_deref(),
         crate::assets::Assets::minilm,
@@ -300,7 +327,7 @@ fn load_generator(
     g.check_base(dims)
         .with_context(|| format!("generator {} does not fit the base model", dir.display()))?;
     tracing::info!(generator = %dir.display(), prompts = g.config().prompts, condition = ?g.config().condition, "automatic specialisation on");
-    Ok(Some(Arc::new(g)))
+    Ok(Arc::new(g))
 }
 
 /// Builds and serves until the process ends.

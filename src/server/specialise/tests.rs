@@ -110,6 +110,7 @@ struct Fixture {
     table: Arc<AdapterTable>,
     metrics: Arc<Metrics>,
     generator: Arc<FakeGenerator>,
+    examples_generator: Option<Arc<FakeGenerator>>,
     sp: Arc<Specialiser>,
 }
 
@@ -125,6 +126,17 @@ fn start_in(dir: tempfile::TempDir, settings: Settings) -> Fixture {
 }
 
 fn start_with(dir: tempfile::TempDir, settings: Settings, generator: FakeGenerator) -> Fixture {
+    start_with_both(dir, settings, generator, None)
+}
+
+/// A fixture whose specialiser has `examples` as its examples generator too
+/// ([`Fixture::examples_generator`]).
+fn start_with_both(
+    dir: tempfile::TempDir,
+    settings: Settings,
+    generator: FakeGenerator,
+    examples: Option<FakeGenerator>,
+) -> Fixture {
     let limits = Limits {
         max_resident: 16,
         max_resident_bytes: u64::MAX,
@@ -137,13 +149,21 @@ fn start_with(dir: tempfile::TempDir, settings: Settings, generator: FakeGenerat
     let table = AdapterTable::new(engine.clone(), store, tiny_dims(), limits).unwrap();
     let metrics = Arc::new(Metrics::new());
     let generator = Arc::new(generator);
-    let sp = Specialiser::start(generator.clone(), table.clone(), metrics.clone(), settings);
+    let examples_generator = examples.map(Arc::new);
+    let generators = Generators {
+        main: generator.clone(),
+        examples: examples_generator
+            .clone()
+            .map(|g| g as Arc<dyn AdapterGenerator>),
+    };
+    let sp = Specialiser::start(generators, table.clone(), metrics.clone(), settings);
     Fixture {
         dir,
         engine,
         table,
         metrics,
         generator,
+        examples_generator,
         sp,
     }
 }
@@ -1164,4 +1184,31 @@ async fn a_generator_that_reads_examples_waits_for_them_and_reads_them() {
     g.engine.answer_with(|_, prompt| prompt.to_string());
     g.until_gen("u", GenState::Done).await;
     assert_eq!(g.generator.prompts_of_call(0), ["c\nAnswer: c"]);
+}
+
+#[tokio::test]
+async fn the_examples_generator_makes_the_adapters_of_tasks_with_examples() {
+    let reader = FakeGenerator {
+        reads_examples: true,
+        ..FakeGenerator::default()
+    };
+    let f = start_with_both(
+        tempfile::tempdir().unwrap(),
+        settings(),
+        FakeGenerator::default(),
+        Some(reader),
+    );
+    f.engine.answer_with(|_, prompt| prompt.to_string());
+    let examples_generator = f.examples_generator.clone().unwrap();
+    f.sp.set_examples("with", examples(&["a"])).await.unwrap();
+    for task in ["with", "without"] {
+        for i in 0..3 {
+            f.observe(task, &format!("p{i}"));
+        }
+        f.until_gen(task, GenState::Done).await;
+    }
+    assert_eq!(examples_generator.calls(), 1);
+    assert_eq!(examples_generator.prompts_of_call(0), ["a\nAnswer: a"]);
+    assert_eq!(f.generator.calls(), 1);
+    assert_eq!(f.generator.prompts_of_call(0), ["p0", "p1", "p2"]);
 }
