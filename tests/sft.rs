@@ -50,27 +50,14 @@ fn train_with(
     init: ResidualInit,
 ) -> anyhow::Result<TrainOutcome> {
     let fixture = trained_tiny_generator();
-    let mut decoder = decoder_config_for(
-        &fixture.collection,
-        "tiny-llama",
-        &mistralrs_dnd::testing::tiny_dims(),
-        32,
-        4,
-        16,
-    )
-    .unwrap();
-    decoder.residual = true;
+    let decoder = residual_decoder(&fixture.collection);
     let cfg = TrainDecoderConfig {
         residual_from: residual_from.map(Path::to_path_buf),
         residual_folds: folds.to_vec(),
         residual_init: init,
         ..settings(objective)
     };
-    let encoder = mistralrs_dnd::generator::PromptEncoder::load(
-        &mistralrs_dnd::testing::real_assets().minilm(),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let encoder = real_encoder();
     let set = load_training_set(
         &fixture.collection,
         suite,
@@ -93,6 +80,29 @@ fn train_with(
         Some(&sft),
         &opts,
     )
+}
+
+/// A residual decoder for the tiny model and `collection`'s layout.
+fn residual_decoder(collection: &Path) -> mistralrs_dnd::generator::DecoderConfig {
+    let mut decoder = decoder_config_for(
+        collection,
+        "tiny-llama",
+        &mistralrs_dnd::testing::tiny_dims(),
+        32,
+        4,
+        16,
+    )
+    .unwrap();
+    decoder.residual = true;
+    decoder
+}
+
+fn real_encoder() -> mistralrs_dnd::generator::PromptEncoder {
+    mistralrs_dnd::generator::PromptEncoder::load(
+        &mistralrs_dnd::testing::real_assets().minilm(),
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 
 /// The generator in `dir`, with the real MiniLM encoder.
@@ -403,21 +413,8 @@ fn folds_train_on_their_adapter_and_rebase_moves_the_base() {
 #[test]
 fn an_examples_generator_reads_answers_and_is_not_scored_on_the_ones_it_read() {
     let fixture = trained_tiny_generator();
-    let mut decoder = decoder_config_for(
-        &fixture.collection,
-        "tiny-llama",
-        &mistralrs_dnd::testing::tiny_dims(),
-        32,
-        4,
-        16,
-    )
-    .unwrap();
-    decoder.residual = true;
-    let encoder = mistralrs_dnd::generator::PromptEncoder::load(
-        &mistralrs_dnd::testing::real_assets().minilm(),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let mut decoder = residual_decoder(&fixture.collection);
+    let encoder = real_encoder();
     let cfg = TrainDecoderConfig {
         prompt_pool: 4,
         ..settings(Objective::Sft)
@@ -449,14 +446,7 @@ fn an_examples_generator_reads_answers_and_is_not_scored_on_the_ones_it_read() {
         assert_eq!(prompts_sft.train[i].train.len(), task.train.len());
         assert_eq!(sft.train[i].train.len(), task.train.len() - pool);
         // The same prompts read with their answers encode to something else.
-        let diff = (&task.pool - &prompts_set.train[i].pool)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = mistralrs_dnd::testing::max_abs_diff(&task.pool, &prompts_set.train[i].pool);
         assert!(diff > 1e-3, "{}: the pool ignores the answers", task.name);
     }
 }
