@@ -226,6 +226,37 @@ fn the_shipped_generator_generates_for_smollm2() {
     assert!(b > 0.0 && b.is_finite(), "B sum {b}");
 }
 
+/// The shipped examples generator reads examples, fits the real SmolLM2 and makes
+/// different adapters from different tasks' examples.
+#[test]
+fn the_shipped_examples_generator_generates_from_examples() {
+    use mistralrs_dnd::generator::decoder::Condition;
+    use mistralrs_dnd::generator::{Generator, SHIPPED_SMOLLM2_EXAMPLES};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(SHIPPED_SMOLLM2_EXAMPLES);
+    let g = Generator::load(&dir, &assets().minilm(), &Device::Cpu).unwrap();
+    assert_eq!(g.config().condition, Condition::Examples);
+    let dims = LlamaDims::from_config_file(&assets().smollm2().join("config.json")).unwrap();
+    g.check_base(&dims).unwrap();
+    let generate = |f: &dyn Fn(usize) -> (String, String)| {
+        let texts: Vec<String> = (0..16)
+            .map(|i| {
+                let (p, a) = f(i);
+                Condition::Examples.text(&p, &a)
+            })
+            .collect();
+        let a = g.generate(&texts).unwrap().adapter;
+        a.validate(&dims).unwrap();
+        a.tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"].clone()
+    };
+    let sums = generate(&|i| (format!("What is {i} plus {}?", 2 * i), (3 * i).to_string()));
+    let initials = generate(&|i| {
+        let w = ["apple", "river", "stone", "cloud"][i % 4];
+        (format!("First letter of {w}?"), w[..1].to_string())
+    });
+    let diff = mistralrs_dnd::testing::max_abs_diff(&sums, &initials);
+    assert!(diff > 0.0 && diff.is_finite(), "{diff}");
+}
+
 /// Batched answers against solo ones. F32: identical. F16: the engine's F16 matmuls round
 /// differently at another batch size, so a near-tie between two tokens can flip (seen: the
 /// solo answer stops after "The opposite of cold is heat." where the batched one goes on,

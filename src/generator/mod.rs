@@ -51,6 +51,8 @@ use crate::format::peft::{tensor_name, LlamaDims, LoraAdapter};
 /// README), relative to the repository root. The default of `generate`, the benches and
 /// `configs/default.toml`.
 pub const SHIPPED_SMOLLM2: &str = "generators/smollm2-135m";
+/// The shipped generator that reads labelled examples (`plugin.examples_generator`).
+pub const SHIPPED_SMOLLM2_EXAMPLES: &str = "generators/smollm2-135m-examples";
 
 /// The device the generator runs on: the CPU, or with the `cuda` feature the first GPU if
 /// there is one.
