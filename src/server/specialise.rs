@@ -800,7 +800,12 @@ impl Specialiser {
             self.failed(task, job, error).await;
             return;
         }
-        let (generator, inputs) = match self.inputs(task, prompts).await {
+        // Read once: the generator (when it reads examples) and the check see the same ones.
+        let picked = match self.examples(task).await {
+            Ok(examples) => self.inputs(task, prompts, &examples).map(|p| (p, examples)),
+            Err(e) => Err(e),
+        };
+        let ((generator, inputs), examples) = match picked {
             Ok(picked) => picked,
             Err(e) => {
                 self.failed(task, job, format!("{e:#}")).await;
@@ -817,7 +822,10 @@ impl Specialiser {
             .generation_seconds
             .observe(t.elapsed().as_secs_f64());
         let result = match result {
-            Ok((adapter, stages)) => self.check_and_install(task, job, &adapter, stages, t).await,
+            Ok((adapter, stages)) => {
+                self.check_and_install(task, job, &adapter, &examples, stages, t)
+                    .await
+            }
             Err(e) => Err(e),
         };
         match result {
@@ -833,11 +841,12 @@ impl Specialiser {
     }
 
     /// The generator of `task` and what it reads: the kept `prompts`, or the task's
-    /// examples, each read as its prompt and answer ([`Condition::text`]).
-    async fn inputs(
+    /// `examples`, each read as its prompt and answer ([`Condition::text`]).
+    fn inputs(
         &self,
         task: &str,
         prompts: Vec<String>,
+        examples: &[Example],
     ) -> Result<(Arc<dyn AdapterGenerator>, Vec<String>)> {
         let generator = self
             .generator(task)
@@ -847,7 +856,6 @@ impl Specialiser {
         if condition == Condition::Prompts {
             return Ok((generator, prompts));
         }
-        let examples = self.examples(task).await?;
         anyhow::ensure!(
             !examples.is_empty(),
             "the generator reads labelled examples and the task has none (they were deleted)"
@@ -866,10 +874,11 @@ impl Specialiser {
         task: &str,
         job: u64,
         adapter: &LoraAdapter,
+        examples: &[Example],
         mut stages: Vec<(String, Duration)>,
         started: Instant,
     ) -> Result<Outcome> {
-        if let Some((verdict, took)) = self.check(task, adapter).await? {
+        if let Some((verdict, took)) = self.check(task, adapter, examples).await? {
             if !verdict.accepted {
                 return Ok(Outcome::Rejected(verdict));
             }
@@ -938,14 +947,15 @@ impl Specialiser {
         );
     }
 
-    /// The no-harm check of a new adapter of `task` against the base model on the task's
-    /// examples, and how long it took; `None` when the task has none.
+    /// The no-harm check of a new adapter of `task` against the base model (and the task's
+    /// current adapter) on the task's `examples`, and how long it took; `None` when it has
+    /// none.
     async fn check(
         &self,
         task: &str,
         adapter: &LoraAdapter,
+        examples: &[Example],
     ) -> Result<Option<(Verdict, Duration)>> {
-        let examples = self.examples(task).await?;
         if examples.is_empty() {
             return Ok(None);
         }
@@ -960,7 +970,7 @@ impl Specialiser {
             self.table.engine().as_ref(),
             adapter,
             current.as_ref().map(|m| m.engine_id.as_str()),
-            &examples,
+            examples,
             &probe_id,
             &probe_dir,
             self.settings.guard_max_tokens,

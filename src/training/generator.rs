@@ -4,9 +4,9 @@
 //! - **Data.** Every completed task of the collection gives its checkpoints, tokenized with
 //!   the decoder's layout, and a pool of its first *training* prompts encoded once by the
 //!   frozen MiniLM (cached in the collection's `.encoder-cache/`; with `--condition
-//!   examples`, each prompt with its answer: [`crate::generator::decoder::Condition`]). A sample is one checkpoint of
-//!   one task and N prompts drawn at random, in random order, from that task's pool: fresh
-//!   pairs at every step.
+//!   examples`, each prompt with its answer: [`crate::generator::decoder::Condition`]). A
+//!   sample is one checkpoint of one task and N prompts drawn at random, in random order,
+//!   from that task's pool: fresh pairs at every step.
 //! - **Loss.** Mean squared error over the non-NaN cells, each token weighted by how much it
 //!   varies across checkpoints: per task the elementwise std over its checkpoints divided by
 //!   that task's mean std, averaged inside the token, then averaged over tasks, normalised
