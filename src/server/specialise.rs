@@ -800,12 +800,13 @@ impl Specialiser {
             self.failed(task, job, error).await;
             return;
         }
-        // Read once: the generator (when it reads examples) and the check see the same ones.
+        // Read once: what the generator reads of them and what the check reads are parts
+        // of one list.
         let picked = match self.examples(task).await {
-            Ok(examples) => self.inputs(task, prompts, &examples).map(|p| (p, examples)),
+            Ok(examples) => self.inputs(task, prompts, examples),
             Err(e) => Err(e),
         };
-        let ((generator, inputs), examples) = match picked {
+        let (generator, inputs, examples) = match picked {
             Ok(picked) => picked,
             Err(e) => {
                 self.failed(task, job, format!("{e:#}")).await;
@@ -840,31 +841,36 @@ impl Specialiser {
         }
     }
 
-    /// The generator of `task` and what it reads: the kept `prompts`, or the task's
-    /// `examples`, each read as its prompt and answer ([`Condition::text`]).
+    /// The generator of `task`, what it reads and the examples the no-harm check reads:
+    /// the kept `prompts` and every one of `examples`, or, for a generator that reads
+    /// examples, the first N of them, each as its prompt and answer ([`Condition::text`]),
+    /// and those after them ([`guard::unseen`]).
     fn inputs(
         &self,
         task: &str,
         prompts: Vec<String>,
-        examples: &[Example],
-    ) -> Result<(Arc<dyn AdapterGenerator>, Vec<String>)> {
+        mut examples: Vec<Example>,
+    ) -> Result<(Arc<dyn AdapterGenerator>, Vec<String>, Vec<Example>)> {
         let generator = self
             .generator(task)
             .context("no generator reads this task: it has no examples (they were deleted)")?
             .clone();
         let condition = generator.condition();
         if condition == Condition::Prompts {
-            return Ok((generator, prompts));
+            return Ok((generator, prompts, examples));
         }
         anyhow::ensure!(
             !examples.is_empty(),
             "the generator reads labelled examples and the task has none (they were deleted)"
         );
-        let texts = examples
+        let read = generator.batch_size().min(examples.len());
+        let texts = examples[..read]
             .iter()
             .map(|e| condition.text(&e.prompt, &e.answer))
             .collect();
-        Ok((generator, texts))
+        let seen = examples.len() - guard::unseen(&examples, read).len();
+        examples.drain(..seen);
+        Ok((generator, texts, examples))
     }
 
     /// The no-harm check of a generated adapter (when the task has examples), then its

@@ -12,6 +12,10 @@
 //! - Both the base model and the new adapter answer every example once, as a client's chat
 //!   request would be answered: the prompt as the one user message, greedy, at most
 //!   `plugin.guard_max_tokens` tokens.
+//! - When the generator read the task's examples (an examples generator reads the first
+//!   N), the check reads **the examples after those N** if there are at least
+//!   [`MIN_UNSEEN`] of them: a test on examples the adapter was not made from. With fewer,
+//!   it reads all of them, those the generator read too.
 //! - An answer **hits** when the strict scorer accepts it (its first line is the answer,
 //!   case and final punctuation aside) or the lenient one does (the answer is a whole word
 //!   of its first sentence): the base model's long answers count when they are right.
@@ -43,6 +47,18 @@ use crate::tasks::{score_lenient, score_strict, Example as TaskExample, Scoring}
 
 /// Examples a task may have at most.
 pub const MAX_EXAMPLES: usize = 64;
+
+/// Examples beyond those a generator read that the check needs to read only them.
+pub const MIN_UNSEEN: usize = 8;
+
+/// The examples the check reads when the generator read the first `read` of `examples`
+/// (see the module doc).
+pub fn unseen(examples: &[Example], read: usize) -> &[Example] {
+    match examples.get(read..) {
+        Some(rest) if rest.len() >= MIN_UNSEEN => rest,
+        _ => examples,
+    }
+}
 
 /// A labelled example of a task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

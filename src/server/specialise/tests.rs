@@ -1212,3 +1212,55 @@ async fn the_examples_generator_makes_the_adapters_of_tasks_with_examples() {
     assert_eq!(f.generator.calls(), 1);
     assert_eq!(f.generator.prompts_of_call(0), ["p0", "p1", "p2"]);
 }
+
+#[tokio::test]
+async fn with_enough_examples_the_check_reads_only_those_the_generator_did_not() {
+    let reader = FakeGenerator {
+        reads_examples: true,
+        ..FakeGenerator::default()
+    };
+    let f = start_with(tempfile::tempdir().unwrap(), settings(), reader);
+    // The base answers every example; the adapter only those it was made from.
+    let read = ["r0", "r1", "r2"];
+    f.engine.answer_with(move |model, prompt| match model {
+        "base" => prompt.to_string(),
+        _ if read.contains(&prompt) => prompt.to_string(),
+        _ => "wrong".to_string(),
+    });
+    let names: Vec<String> = (0..guard::MIN_UNSEEN).map(|i| format!("u{i}")).collect();
+    let all: Vec<&str> = read
+        .iter()
+        .copied()
+        .chain(names.iter().map(String::as_str))
+        .collect();
+    f.sp.set_examples("t", examples(&all)).await.unwrap();
+    for i in 0..3 {
+        f.observe("t", &format!("p{i}"));
+    }
+    // Checked on all 11 it would lose 3 to 11; on the 8 it never read, 0 to 8.
+    let rejected = GenState::Rejected(Verdict {
+        examples: guard::MIN_UNSEEN,
+        base_hits: guard::MIN_UNSEEN,
+        current_hits: None,
+        adapter_hits: 0,
+        accepted: false,
+    });
+    f.until_gen("t", rejected).await;
+    assert_eq!(
+        f.generator.prompts_of_call(0),
+        ["r0\nAnswer: r0", "r1\nAnswer: r1", "r2\nAnswer: r2"]
+    );
+    // One example fewer: the check reads all of them, those the generator read too.
+    f.sp.set_examples("t", examples(&all[..all.len() - 1]))
+        .await
+        .unwrap();
+    f.sp.regenerate("t", None).unwrap();
+    let all_checked = GenState::Rejected(Verdict {
+        examples: all.len() - 1,
+        base_hits: all.len() - 1,
+        current_hits: None,
+        adapter_hits: read.len(),
+        accepted: false,
+    });
+    f.until_gen("t", all_checked).await;
+}
