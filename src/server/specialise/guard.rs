@@ -1,11 +1,11 @@
 //! The no-harm check: a generated adapter is routed only if, on the task's labelled
 //! examples, it answers at least as many as the base model does.
 //!
-//! DnD sees a task's prompts, never its answers, so nothing in the generator can tell
-//! whether its adapter helps: on some unseen tasks it makes SmolLM2 answer tersely and
-//! wrongly where the base answered at length and rightly (README, Measured: the harm
-//! column). A tenant who gives a few examples (`PUT /admin/adapters/{task}/examples`) is
-//! protected from that:
+//! Nothing in a generator tests whether its adapter helps (one that reads prompts never
+//! sees an answer; one that reads examples is not scored on them): on some unseen tasks
+//! the adapter makes SmolLM2 answer tersely and wrongly where the base answered at length
+//! and rightly (README, Measured: the harm column). A tenant who gives a few examples
+//! (`PUT /admin/adapters/{task}/examples`) is protected from that:
 //!
 //! - An **example** is a prompt and its answer, `{"prompt": "...", "answer": "..."}`; a task
 //!   has at most [`MAX_EXAMPLES`], stored in `STORE/{task}/examples.json`.
