@@ -31,7 +31,7 @@ pub mod tokenizer;
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
@@ -93,7 +93,8 @@ pub struct Generated {
 /// Encoder + decoder + detokeniser.
 #[derive(Debug)]
 pub struct Generator {
-    encoder: PromptEncoder,
+    /// Shared by the generators a server loads with one encoder ([`Generator::load_sharing`]).
+    encoder: Arc<PromptEncoder>,
     decoder: Decoder,
     layout: TokenLayout,
     /// PEFT name -> the frozen A matrix, for a decoder that outputs B only.
@@ -111,9 +112,19 @@ const ENCODINGS_KEPT: usize = 512;
 impl Generator {
     /// Loads a generator folder and the prompt encoder folder onto `device`.
     pub fn load(generator_dir: &Path, encoder_dir: &Path, device: &Device) -> Result<Self> {
+        let encoder = Arc::new(PromptEncoder::load(encoder_dir, device)?);
+        Self::load_sharing(generator_dir, encoder, device)
+    }
+
+    /// Loads a generator folder around an encoder already loaded, which it shares (a
+    /// server with two generators keeps one copy of MiniLM's 90 MB).
+    pub fn load_sharing(
+        generator_dir: &Path,
+        encoder: Arc<PromptEncoder>,
+        device: &Device,
+    ) -> Result<Self> {
         let (decoder, _) = Decoder::load(generator_dir, device)
             .with_context(|| format!("loading generator {}", generator_dir.display()))?;
-        let encoder = PromptEncoder::load(encoder_dir, device)?;
         let residual = match decoder.config().residual {
             true => Some(Residual::load(generator_dir, &decoder.config().layout()?)?),
             false => None,
@@ -134,7 +145,8 @@ impl Generator {
     }
 
     /// Puts together an encoder and a decoder built for it.
-    pub fn new(encoder: PromptEncoder, decoder: Decoder) -> Result<Self> {
+    pub fn new(encoder: impl Into<Arc<PromptEncoder>>, decoder: Decoder) -> Result<Self> {
+        let encoder = encoder.into();
         let cfg = decoder.config();
         ensure!(
             encoder.hidden_size() == cfg.encoder_hidden,

@@ -34,6 +34,7 @@ use crate::adapters::{AdapterTable, Limits, Store, StoreLimits, StoreLock};
 use crate::engine::{parse_dtype, AdapterMode, MistralRsEngine};
 use crate::format::{peft, LlamaDims};
 use crate::generator::decoder::Condition;
+use crate::generator::PromptEncoder;
 
 /// The plugin's shared state.
 pub struct Plugin {
@@ -288,14 +289,16 @@ fn load_generators(
     dims: &LlamaDims,
     main: Option<Arc<dyn specialise::AdapterGenerator>>,
 ) -> Result<Option<specialise::Generators>> {
+    // Loaded once, for both generators.
+    let mut encoder = None;
     let main = match (main, &config.plugin.generator) {
         (Some(g), _) => Some(g),
-        (None, Some(dir)) => Some(load_generator(config, dims, dir)?),
+        (None, Some(dir)) => Some(load_generator(config, dims, dir, &mut encoder)?),
         (None, None) => None,
     };
     let examples = match &config.plugin.examples_generator {
         Some(dir) => {
-            let g = load_generator(config, dims, dir)?;
+            let g = load_generator(config, dims, dir, &mut encoder)?;
             ensure!(
                 g.condition() == Condition::Examples,
                 "plugin.examples_generator {} reads prompts: it is a plugin.generator",
@@ -312,18 +315,28 @@ fn load_generators(
     })
 }
 
-/// The generator in `dir`, checked against the base model.
+/// The generator in `dir`, checked against the base model, around `encoder` (loaded into
+/// it first if empty).
 fn load_generator(
     config: &Config,
     dims: &LlamaDims,
     dir: &Path,
+    encoder: &mut Option<Arc<PromptEncoder>>,
 ) -> Result<Arc<dyn specialise::AdapterGenerator>> {
-    let encoder = crate::assets::Assets::new(&config.model.assets).given_or(
-        config.plugin.encoder.as_deref(),
-        crate::assets::Assets::minilm,
-    )?;
     let device = crate::generator::default_device()?;
-    let g = crate::generator::Generator::load(dir, &encoder, &device)?;
+    let encoder = match encoder {
+        Some(e) => e.clone(),
+        None => {
+            let folder = crate::assets::Assets::new(&config.model.assets).given_or(
+                config.plugin.encoder.as_deref(),
+                crate::assets::Assets::minilm,
+            )?;
+            encoder
+                .insert(Arc::new(PromptEncoder::load(&folder, &device)?))
+                .clone()
+        }
+    };
+    let g = crate::generator::Generator::load_sharing(dir, encoder, &device)?;
     g.check_base(dims)
         .with_context(|| format!("generator {} does not fit the base model", dir.display()))?;
     tracing::info!(generator = %dir.display(), prompts = g.config().prompts, condition = ?g.config().condition, "automatic specialisation on");

@@ -137,6 +137,14 @@ pub struct Settings {
     pub prepare_on_arrival: bool,
 }
 
+/// What one generation reads: its generator, the generator's inputs, and the examples
+/// the no-harm check reads (see [`Specialiser::inputs`]).
+struct JobInputs {
+    generator: Arc<dyn AdapterGenerator>,
+    inputs: Vec<String>,
+    checked: Vec<Example>,
+}
+
 /// What became of a generated adapter.
 enum Outcome {
     /// Installed and routed, with the time of each stage.
@@ -806,7 +814,11 @@ impl Specialiser {
             Ok(examples) => self.inputs(task, prompts, examples),
             Err(e) => Err(e),
         };
-        let (generator, inputs, examples) = match picked {
+        let JobInputs {
+            generator,
+            inputs,
+            checked: examples,
+        } = match picked {
             Ok(picked) => picked,
             Err(e) => {
                 self.failed(task, job, format!("{e:#}")).await;
@@ -850,14 +862,18 @@ impl Specialiser {
         task: &str,
         prompts: Vec<String>,
         mut examples: Vec<Example>,
-    ) -> Result<(Arc<dyn AdapterGenerator>, Vec<String>, Vec<Example>)> {
+    ) -> Result<JobInputs> {
         let generator = self
             .generator(task)
             .context("no generator reads this task: it has no examples (they were deleted)")?
             .clone();
         let condition = generator.condition();
         if condition == Condition::Prompts {
-            return Ok((generator, prompts, examples));
+            return Ok(JobInputs {
+                generator,
+                inputs: prompts,
+                checked: examples,
+            });
         }
         anyhow::ensure!(
             !examples.is_empty(),
@@ -870,7 +886,11 @@ impl Specialiser {
             .collect();
         let seen = examples.len() - guard::unseen(&examples, read).len();
         examples.drain(..seen);
-        Ok((generator, texts, examples))
+        Ok(JobInputs {
+            generator,
+            inputs: texts,
+            checked: examples,
+        })
     }
 
     /// The no-harm check of a generated adapter (when the task has examples), then its
