@@ -112,8 +112,9 @@ const ENCODINGS_KEPT: usize = 512;
 impl Generator {
     /// Loads a generator folder and the prompt encoder folder onto `device`.
     pub fn load(generator_dir: &Path, encoder_dir: &Path, device: &Device) -> Result<Self> {
-        let encoder = Arc::new(PromptEncoder::load(encoder_dir, device)?);
-        Self::load_sharing(generator_dir, encoder, device)
+        Self::load_with(generator_dir, device, || {
+            Ok(Arc::new(PromptEncoder::load(encoder_dir, device)?))
+        })
     }
 
     /// Loads a generator folder around an encoder already loaded, which it shares (a
@@ -123,13 +124,22 @@ impl Generator {
         encoder: Arc<PromptEncoder>,
         device: &Device,
     ) -> Result<Self> {
+        Self::load_with(generator_dir, device, || Ok(encoder))
+    }
+
+    /// The generator folder first, so that its errors come before the encoder's.
+    fn load_with(
+        generator_dir: &Path,
+        device: &Device,
+        encoder: impl FnOnce() -> Result<Arc<PromptEncoder>>,
+    ) -> Result<Self> {
         let (decoder, _) = Decoder::load(generator_dir, device)
             .with_context(|| format!("loading generator {}", generator_dir.display()))?;
         let residual = match decoder.config().residual {
             true => Some(Residual::load(generator_dir, &decoder.config().layout()?)?),
             false => None,
         };
-        Self::new(encoder, decoder)?.with_residual(residual)
+        Self::new(encoder()?, decoder)?.with_residual(residual)
     }
 
     /// Sets the base adapter and gates of a residual generator (see [`residual`]).
