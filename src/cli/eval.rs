@@ -12,7 +12,7 @@ use crate::eval::heldout::{
 };
 use crate::eval::nll::{
     decode_rows, evaluate_lora_nll, evaluate_nll, lora_nll_markdown, nll_markdown, write_lora_nll,
-    write_nll, Comparison, NllSetup,
+    write_nll, Comparison, Fallback, NllSetup, TaskChecks,
 };
 use crate::eval::{adapters_in, evaluate, write_report, Candidate};
 use crate::server::Config;
@@ -122,7 +122,17 @@ pub fn run(args: Args) -> Result<()> {
                 args.decode_limit,
                 args.guard,
             ))?;
-            report.guarded = rows.iter().zip(&checks).map(|(r, c)| c.apply(r)).collect();
+            let guarded = |fallback: Option<usize>| -> Vec<_> {
+                let apply = |(r, c): (_, &TaskChecks)| c.apply(r, fallback);
+                rows.iter().zip(&checks).map(apply).collect()
+            };
+            report.guarded = guarded(None);
+            if let (Some(i), true) = (comparison.fallback, !checks.is_empty()) {
+                report.fallback = Some(Fallback {
+                    adapter: comparison.multitask[i].0.clone(),
+                    rows: guarded(Some(i)),
+                });
+            }
             report.decoded = rows;
             report.checks = checks;
             report.decode_limit = args.decode_limit;

@@ -182,7 +182,20 @@ pub struct NllReport {
     pub checks: Vec<TaskChecks>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub guarded: Vec<Row<Accuracy>>,
+    /// With `--guard N` and a residual generator: the guarded rows with the generator's
+    /// base adapter routed where a DnD adapter is rejected and it passes the check itself
+    /// (what the server does, see [`guard`]); `None` otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Fallback>,
     pub seconds: f64,
+}
+
+/// The guarded rows with the generator's base adapter as the fallback.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fallback {
+    /// The multi-task column that is the generator's base adapter.
+    pub adapter: String,
+    pub rows: Vec<Row<Accuracy>>,
 }
 
 /// The no-harm checks of one held-out task's adapters.
@@ -192,12 +205,21 @@ pub struct TaskChecks {
     /// One per DnD prompt batch.
     pub dnd: Vec<Verdict>,
     pub shuffled: Verdict,
+    /// The generator's base adapter, for a residual generator.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Verdict>,
 }
 
 impl TaskChecks {
-    /// `row` as the checks leave it: a rejected adapter's scores are the base model's.
-    pub fn apply(&self, row: &Row<Accuracy>) -> Row<Accuracy> {
-        let pick = |v: &Verdict, s: Accuracy| if v.accepted { s } else { row.base };
+    /// `row` as the checks leave it: a rejected adapter's scores are the base model's, or,
+    /// given the multi-task column of the generator's base adapter, that adapter's when it
+    /// passed its own check.
+    pub fn apply(&self, row: &Row<Accuracy>, fallback: Option<usize>) -> Row<Accuracy> {
+        let instead = match (fallback, self.fallback) {
+            (Some(column), Some(v)) if v.accepted => row.multitask[column],
+            _ => row.base,
+        };
+        let pick = |v: &Verdict, s: Accuracy| if v.accepted { s } else { instead };
         let dnd_batches: Vec<Accuracy> = self
             .dnd
             .iter()
@@ -231,6 +253,9 @@ pub struct Comparison {
     pub averaged: Option<LoraAdapter>,
     pub averaged_over: usize,
     pub multitask: Vec<(String, LoraAdapter)>,
+    /// The entry of `multitask` that is a residual generator's base adapter (added to
+    /// them when none of those given is).
+    pub fallback: Option<usize>,
     pub cases: Vec<Case>,
 }
 
@@ -271,12 +296,22 @@ impl Comparison {
             true => None,
             false => Some(average_adapters(&train)?),
         };
-        let multitask = setup
+        let mut multitask = setup
             .multitask
             .iter()
             .map(|p| Ok((adapter_name(p), LoraAdapter::read_peft(p)?)))
             .collect::<Result<Vec<_>>>()?;
         let generator = Generator::load(&setup.generator, &setup.encoder, &Device::Cpu)?;
+        let fallback = match generator.base_adapter() {
+            Some(base) => Some(match position_of(&multitask, &base)? {
+                Some(i) => i,
+                None => {
+                    multitask.push(("generator base".to_string(), base));
+                    multitask.len() - 1
+                }
+            }),
+            None => None,
+        };
         let generate = |task: &Task, b: usize| -> Result<LoraAdapter> {
             Ok(generator
                 .generate(&dnd_batch(task, generator.config(), setup.seed, b)?)?
@@ -312,6 +347,7 @@ impl Comparison {
             averaged_over: train.len(),
             averaged,
             multitask,
+            fallback,
             cases,
         })
     }
@@ -402,6 +438,7 @@ pub fn evaluate_nll(
         decode_limit: None,
         checks: Vec::new(),
         guarded: Vec::new(),
+        fallback: None,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -430,14 +467,21 @@ pub async fn decode_rows(
         let examples = scores.first().map_or(0, |s| s.n);
         rows.push(comparison.row(i, examples, scores.iter().map(Score::accuracy).collect()));
         if let Some(n) = guard {
-            checks.push(check_case(&server, case, n).await?);
+            let fallback = comparison.fallback.map(|i| &comparison.multitask[i].1);
+            checks.push(check_case(&server, case, fallback, n).await?);
         }
     }
     Ok((rows, checks))
 }
 
-/// The product's no-harm check ([`guard::Verdict`]) of a case's DnD and shuffled adapters.
-async fn check_case(server: &EvalServer, case: &Case, n: usize) -> Result<TaskChecks> {
+/// The product's no-harm check ([`guard::Verdict`]) of a case's DnD and shuffled adapters,
+/// and of the generator's base adapter (`fallback`) when it has one.
+async fn check_case(
+    server: &EvalServer,
+    case: &Case,
+    fallback: Option<&LoraAdapter>,
+    n: usize,
+) -> Result<TaskChecks> {
     let examples: Vec<guard::Example> = case
         .task
         .train
@@ -452,6 +496,7 @@ async fn check_case(server: &EvalServer, case: &Case, n: usize) -> Result<TaskCh
     let mut adapters = vec![("base".to_string(), None)];
     adapters.extend(case.dnd.iter().map(|a| ("dnd".to_string(), Some(a))));
     adapters.push(("shuffled".to_string(), Some(&case.shuffled)));
+    adapters.extend(fallback.map(|a| ("fallback".to_string(), Some(a))));
     let outputs = server.answer_side_by_side(&adapters, &prompts).await?;
     let mut verdicts: Vec<Verdict> = outputs[1..]
         .iter()
@@ -464,19 +509,22 @@ async fn check_case(server: &EvalServer, case: &Case, n: usize) -> Result<TaskCh
             Verdict::judge(&examples, outputs)
         })
         .collect();
+    let fallback = fallback.and_then(|_| verdicts.pop());
     let shuffled = verdicts.pop().expect("the shuffled adapter was checked");
     eprintln!(
-        "check {:<20} base {} of {}, DnD {:?}, shuffled {}",
+        "check {:<20} base {} of {}, DnD {:?}, shuffled {}, base adapter {:?}",
         case.task.name,
         shuffled.base_hits,
         shuffled.examples,
         verdicts.iter().map(|v| v.adapter_hits).collect::<Vec<_>>(),
-        shuffled.adapter_hits
+        shuffled.adapter_hits,
+        fallback.map(|v| v.adapter_hits)
     );
     Ok(TaskChecks {
         task: case.task.name.clone(),
         dnd: verdicts,
         shuffled,
+        fallback,
     })
 }
 
@@ -520,6 +568,36 @@ fn opt_cell<S: Cell>(s: Option<S>) -> String {
 
 /// A checkpoint's name in a table: its folder, or the folder above a `step-N` folder
 /// (`data/multitask54/multitask54/step-000500` -> `multitask54`).
+/// Which of `adapters` has `want`'s tensors (in F32, to 1e-6): e.g. the multi-task LoRA
+/// given with `--multitask` that a residual generator sits on.
+fn position_of(adapters: &[(String, LoraAdapter)], want: &LoraAdapter) -> Result<Option<usize>> {
+    let same = |a: &LoraAdapter| -> Result<bool> {
+        for (name, w) in &want.tensors {
+            let Some(t) = a.tensors.get(name) else {
+                return Ok(false);
+            };
+            if t.dims() != w.dims() {
+                return Ok(false);
+            }
+            let diff = (t.to_dtype(candle_core::DType::F32)?
+                - w.to_dtype(candle_core::DType::F32)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+            if diff > 1e-6 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    for (i, (_, a)) in adapters.iter().enumerate() {
+        if same(a)? {
+            return Ok(Some(i));
+        }
+    }
+    Ok(None)
+}
+
 pub fn adapter_name(path: &Path) -> String {
     let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
     match name(path) {
@@ -608,20 +686,35 @@ pub fn nll_markdown(r: &NllReport) -> String {
         out.push('\n');
         out.push_str(&bars_markdown(&r.guarded, &r.multitask));
     }
+    if let Some(f) = &r.fallback {
+        out.push_str(&format!(
+            "\nWith the check, and where it rejects a DnD adapter the generator's base adapter \
+             ({}) instead when that passes the check itself (what the server routes), strict % \
+             (lenient %); the DnD columns are then not DnD alone:\n\n",
+            f.adapter
+        ));
+        out.push_str(&table(&f.rows, &r.multitask));
+        out.push('\n');
+        out.push_str(&bars_markdown(&f.rows, &r.multitask));
+    }
     out
 }
 
 /// The checks, one line per task: examples the base and each adapter answered.
 fn checks_markdown(checks: &[TaskChecks]) -> String {
     let mut out = String::from(
-        "| task | base hits | DnD hits (per batch) | DnD routed | shuffled hits | shuffled routed |\n|---|---|---|---|---|---|\n",
+        "| task | base hits | DnD hits (per batch) | DnD routed | shuffled hits | shuffled routed | base adapter hits | base adapter passes |\n|---|---|---|---|---|---|---|---|\n",
     );
     let yes = |v: &Verdict| if v.accepted { "yes" } else { "**no**" };
     for c in checks {
         let hits: Vec<String> = c.dnd.iter().map(|v| v.adapter_hits.to_string()).collect();
         let routed: Vec<&str> = c.dnd.iter().map(yes).collect();
+        let (fallback_hits, fallback_passes) = match &c.fallback {
+            Some(v) => (v.adapter_hits.to_string(), yes(v)),
+            None => ("-".to_string(), "-"),
+        };
         out.push_str(&format!(
-            "| {} | {} of {} | {} | {} | {} | {} |\n",
+            "| {} | {} of {} | {} | {} | {} | {} | {fallback_hits} | {fallback_passes} |\n",
             c.task,
             c.shuffled.base_hits,
             c.shuffled.examples,
@@ -873,6 +966,73 @@ mod tests {
         let md = bars_markdown(&fine, &[]);
         assert!(md.contains("| none | 0 | met |"), "{md}");
         assert!(md.contains("| 0.0 | 3.0 | **missed** |"), "{md}");
+    }
+
+    fn verdict(accepted: bool) -> Verdict {
+        Verdict {
+            examples: 4,
+            base_hits: 2,
+            current_hits: None,
+            adapter_hits: if accepted { 2 } else { 1 },
+            accepted,
+        }
+    }
+
+    /// A rejected adapter's cells become the base model's, or the fallback column's when
+    /// the generator's base adapter passed its own check.
+    #[test]
+    fn checks_replace_rejected_adapters_with_the_base_or_the_fallback() {
+        let row = decoded_row("a", acc(0.1, 0.2), acc(0.5, 0.5), acc(0.4, 0.4));
+        let checks = |fallback: Option<bool>| TaskChecks {
+            task: "a".into(),
+            dnd: vec![verdict(false)],
+            shuffled: verdict(true),
+            fallback: fallback.map(verdict),
+        };
+        let cells = |r: Row<Accuracy>| (r.dnd, r.dnd_batches[0], r.shuffled);
+        let (base, mt) = (acc(0.1, 0.2), acc(0.3, 0.3));
+        let shuffled = acc(0.4, 0.4);
+        assert_eq!(
+            cells(checks(None).apply(&row, None)),
+            (base, base, shuffled)
+        );
+        assert_eq!(
+            cells(checks(Some(true)).apply(&row, None)),
+            (base, base, shuffled)
+        );
+        assert_eq!(
+            cells(checks(Some(true)).apply(&row, Some(0))),
+            (mt, mt, shuffled)
+        );
+        assert_eq!(
+            cells(checks(Some(false)).apply(&row, Some(0))),
+            (base, base, shuffled)
+        );
+        // Accepted adapters keep their own cells; the other columns never change.
+        let mut all = checks(Some(true));
+        all.dnd = vec![verdict(true)];
+        let applied = all.apply(&row, Some(0));
+        assert_eq!(cells(applied.clone()), (row.dnd, row.dnd, shuffled));
+        assert_eq!((applied.base, applied.multitask), (row.base, row.multitask));
+    }
+
+    #[test]
+    fn the_fallback_column_is_the_given_adapter_with_the_same_tensors() {
+        let dims = crate::testing::tiny_dims();
+        let mods = [crate::format::Module::Q, crate::format::Module::V];
+        let adapter =
+            |seed| crate::testing::random_adapter(&dims, &mods, 4, seed, 0.5, 0.5).unwrap();
+        let given = vec![("x".to_string(), adapter(1)), ("y".to_string(), adapter(2))];
+        assert_eq!(position_of(&given, &adapter(2)).unwrap(), Some(1));
+        assert_eq!(position_of(&given, &adapter(3)).unwrap(), None);
+        // A subset of the tensors is not enough the other way round.
+        let mut fewer = adapter(1);
+        let first = fewer.tensors.keys().next().unwrap().clone();
+        fewer.tensors.remove(&first);
+        assert_eq!(
+            position_of(&[("z".to_string(), fewer)], &adapter(1)).unwrap(),
+            None
+        );
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub use residual::Residual;
 pub use tokenizer::TokenLayout;
 
 use crate::format::frozen_a::check_frozen_a;
-use crate::format::peft::{tensor_name, LlamaDims, LoraAdapter};
+use crate::format::peft::{tensor_name, LlamaDims, LoraAdapter, PeftConfig};
 
 /// The trained generator for SmolLM2-135M-Instruct shipped with the project (decoder
 /// weights, config and `train.json`; reproduced by the command in its `train.json` and the
@@ -194,6 +194,26 @@ impl Generator {
 
     pub fn encoder(&self) -> &PromptEncoder {
         &self.encoder
+    }
+
+    /// A residual generator's base adapter (e.g. the multi-task LoRA it was trained on):
+    /// what it generates with every gate at zero. `None` for other generators.
+    pub fn base_adapter(&self) -> Option<LoraAdapter> {
+        let residual = self.residual.as_ref()?;
+        let cfg = self.config();
+        let mut tensors = self.frozen_a.clone();
+        for (slot, b) in self.layout.slots.iter().zip(&residual.base) {
+            tensors.insert(slot.name(), b.clone());
+        }
+        Some(LoraAdapter {
+            config: PeftConfig::new(
+                self.layout.rank,
+                cfg.lora_alpha,
+                &self.layout.modules,
+                &cfg.base_model,
+            ),
+            tensors,
+        })
     }
 
     /// Errors with both sets of dims when this generator's adapters do not fit `dims`.
@@ -431,6 +451,49 @@ mod tests {
             .to_string();
         assert!(e.contains("generator was built for hidden 32"), "{e}");
         g.check_base(&tiny_dims()).unwrap();
+    }
+
+    #[test]
+    fn base_adapter_is_what_closed_gates_generate() {
+        let Some(enc) = minilm_dir() else {
+            return;
+        };
+        let mut cfg = tiny_config().with_frozen_a(Some(5)).unwrap();
+        cfg.residual = true;
+        let (decoder, _) = Decoder::seeded(&cfg, 2, &Device::Cpu).unwrap();
+        let encoder = PromptEncoder::load(&enc, &Device::Cpu).unwrap();
+        let plain = Generator::new(encoder, decoder).unwrap();
+        assert!(plain.base_adapter().is_none());
+        // A base unlike anything the decoder outputs.
+        let layout = plain.layout().clone();
+        let base: Vec<Tensor> = layout
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let v = (0..s.len * layout.rank)
+                    .map(|k| (k + i) as f32 * 0.01)
+                    .collect();
+                Tensor::from_vec(v, (s.len, layout.rank), &Device::Cpu).unwrap()
+            })
+            .collect();
+        let gate = Tensor::zeros(layout.slots.len(), DType::F32, &Device::Cpu).unwrap();
+        let residual = Residual {
+            base: base.clone(),
+            gate,
+        };
+        let g = plain.with_residual(Some(residual)).unwrap();
+        let got = g.base_adapter().unwrap();
+        // Gates start at zero: every generated adapter is the base adapter.
+        let generated = g.generate(&prompts(4)).unwrap().adapter;
+        assert_eq!(flat(&got), flat(&generated));
+        assert_eq!(got.config, generated.config);
+        got.validate(&tiny_dims()).unwrap();
+        // Its B matrices are the base's.
+        let vec = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (slot, want) in layout.slots.iter().zip(&base) {
+            assert_eq!(vec(&got.tensors[&slot.name()]), vec(want));
+        }
     }
 
     #[test]

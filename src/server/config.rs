@@ -154,6 +154,9 @@ pub struct PluginConfig {
     /// Tokens the base model and a new adapter may answer each of a task's labelled
     /// examples with in the no-harm check (`specialise::guard`).
     pub guard_max_tokens: usize,
+    /// When the check rejects a generated adapter, check the generator's base adapter (a
+    /// residual generator's, e.g. its multi-task LoRA) and route that if it passes.
+    pub guard_fallback: bool,
     /// Generations started per task (tenant) and hour at most, failed ones included (the
     /// count survives restarts).
     pub max_generations_per_hour: usize,
@@ -221,6 +224,7 @@ impl Default for PluginConfig {
             max_retries: 5,
             regenerate_after: None,
             guard_max_tokens: 16,
+            guard_fallback: true,
             max_generations_per_hour: 6,
             max_versions: 5,
             encode_on_arrival: true,

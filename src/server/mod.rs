@@ -234,6 +234,7 @@ pub async fn assemble(
             max_retries: pc.max_retries,
             regenerate_after: pc.regenerate_after,
             guard_max_tokens: pc.guard_max_tokens.max(1),
+            guard_fallback: pc.guard_fallback,
             max_generations_per_hour: pc.max_generations_per_hour,
             max_versions: pc.max_versions,
             prepare_on_arrival: pc.encode_on_arrival,

@@ -75,6 +75,12 @@ pub trait AdapterGenerator: Send + Sync {
     fn condition(&self) -> Condition {
         Condition::Prompts
     }
+
+    /// The adapter its outputs are a residual on, if any (a residual generator's base,
+    /// e.g. the multi-task LoRA of its training tasks): the no-harm check's second choice.
+    fn base_adapter(&self) -> Option<LoraAdapter> {
+        None
+    }
 }
 
 impl AdapterGenerator for crate::generator::Generator {
@@ -88,6 +94,10 @@ impl AdapterGenerator for crate::generator::Generator {
 
     fn condition(&self) -> Condition {
         self.config().condition
+    }
+
+    fn base_adapter(&self) -> Option<LoraAdapter> {
+        crate::generator::Generator::base_adapter(self)
     }
 
     fn prepare(&self, prompt: &str) {
@@ -130,6 +140,8 @@ pub struct Settings {
     pub regenerate_after: Option<usize>,
     /// Tokens per answer in the no-harm check ([`guard`]).
     pub guard_max_tokens: usize,
+    /// Check and route the generator's base adapter when a generated one is rejected.
+    pub guard_fallback: bool,
     pub max_generations_per_hour: usize,
     /// Stored versions kept per task (older ones are deleted).
     pub max_versions: usize,
@@ -144,6 +156,17 @@ struct JobInputs {
     inputs: Vec<String>,
     checked: Vec<Example>,
 }
+
+/// The adapters a generation may route: the generated one, else (if the no-harm check
+/// rejects it) the generator's base adapter.
+struct Candidates {
+    generated: LoraAdapter,
+    fallback: Option<LoraAdapter>,
+}
+
+/// The engine model id prefixes of the adapters under the no-harm check.
+const PROBE: &str = "dnd-probe";
+const PROBE_BASE: &str = "dnd-probe-base";
 
 /// What became of a generated adapter.
 enum Outcome {
@@ -193,6 +216,8 @@ struct TaskBuf {
     has_adapter: bool,
     /// The no-harm check of the last generation, when the task had examples.
     last_check: Option<Verdict>,
+    /// The check of the generator's base adapter, when the generated one was rejected.
+    last_fallback: Option<Verdict>,
 }
 
 impl TaskBuf {
@@ -208,6 +233,7 @@ impl TaskBuf {
             job: 0,
             has_adapter: false,
             last_check: None,
+            last_fallback: None,
         }
     }
 
@@ -277,6 +303,10 @@ pub struct GenInfo {
     /// The no-harm check of the last generation ([`guard`]), when the task had examples.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_check: Option<Verdict>,
+    /// When that check rejected the generated adapter: the check of the generator's base
+    /// adapter, which is routed instead when it passed (state `done`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback_check: Option<Verdict>,
 }
 
 /// The generators of a specialiser.
@@ -795,6 +825,7 @@ impl Specialiser {
             }
             buf.state = GenState::Generating;
             buf.last_check = None;
+            buf.last_fallback = None;
             buf.attempts += 1;
             buf.recent.push_back(now_secs());
             buf.job = self.last_job.fetch_add(1, Ordering::Relaxed) + 1;
@@ -825,6 +856,10 @@ impl Specialiser {
                 return;
             }
         };
+        let fallback = match self.settings.guard_fallback && !examples.is_empty() {
+            true => generator.base_adapter(),
+            false => None,
+        };
         tracing::info!(task, inputs = inputs.len(), condition = ?generator.condition(), "generating adapter");
         let t = Instant::now();
         let result = tokio::task::spawn_blocking(move || generator.generate_timed(&inputs))
@@ -836,7 +871,11 @@ impl Specialiser {
             .observe(t.elapsed().as_secs_f64());
         let result = match result {
             Ok((adapter, stages)) => {
-                self.check_and_install(task, job, &adapter, &examples, stages, t)
+                let candidates = Candidates {
+                    generated: adapter,
+                    fallback,
+                };
+                self.check_and_install(task, job, candidates, &examples, stages, t)
                     .await
             }
             Err(e) => Err(e),
@@ -893,31 +932,50 @@ impl Specialiser {
         })
     }
 
-    /// The no-harm check of a generated adapter (when the task has examples), then its
-    /// installation if it passed; `stages` gains the time of each.
+    /// The no-harm check of a generated adapter (when the task has examples), and of the
+    /// generator's base adapter if that one is rejected, then the installation of the one
+    /// that passed; `stages` gains the time of each.
     async fn check_and_install(
         self: &Arc<Self>,
         task: &str,
         job: u64,
-        adapter: &LoraAdapter,
+        candidates: Candidates,
         examples: &[Example],
         mut stages: Vec<(String, Duration)>,
         started: Instant,
     ) -> Result<Outcome> {
-        if let Some((verdict, took)) = self.check(task, adapter, examples).await? {
-            if !verdict.accepted {
-                return Ok(Outcome::Rejected(verdict));
-            }
+        let mut adapter = candidates.generated;
+        if let Some((verdict, took)) = self.check(task, &adapter, examples, PROBE).await? {
             stages.push(("check".to_string(), took));
+            let mut fallback_check = None;
+            if !verdict.accepted {
+                let Some(base) = candidates.fallback else {
+                    return Ok(Outcome::Rejected(verdict));
+                };
+                let Some((second, took)) = self.check(task, &base, examples, PROBE_BASE).await?
+                else {
+                    unreachable!("the same examples were checked");
+                };
+                if !second.accepted {
+                    return Ok(Outcome::Rejected(verdict));
+                }
+                tracing::info!(
+                    task,
+                    "the generator's base adapter passed the check: routed instead"
+                );
+                stages.push(("check_base_adapter".to_string(), took));
+                (adapter, fallback_check) = (base, Some(second));
+            }
             if let Some(b) = self.lock().get_mut(task).filter(|b| b.job == job) {
                 b.last_check = Some(verdict);
+                b.last_fallback = fallback_check;
             }
         }
         let t = Instant::now();
         let (me, task_s) = (self.clone(), task.to_string());
         let installed = self
             .table
-            .install_if(task, adapter, Source::Generated, move || {
+            .install_if(task, &adapter, Source::Generated, move || {
                 me.is_current(&task_s, job)
             })
             .await;
@@ -981,6 +1039,7 @@ impl Specialiser {
         task: &str,
         adapter: &LoraAdapter,
         examples: &[Example],
+        probe: &str,
     ) -> Result<Option<(Verdict, Duration)>> {
         if examples.is_empty() {
             return Ok(None);
@@ -990,7 +1049,7 @@ impl Specialiser {
             tracing::warn!(task, error = %e, "the task's adapter could not be loaded: the no-harm check compares with the base model only");
             None
         });
-        let probe_id = format!("dnd-probe:{task}");
+        let probe_id = format!("{probe}:{task}");
         let probe_dir = self.table.store_root().join(PROBE_DIR).join(task);
         let verdict = guard::check(
             self.table.engine().as_ref(),
@@ -1179,6 +1238,7 @@ impl Specialiser {
             since_generation: b.since_generation,
             last_timings_ms: b.last_timings.clone(),
             last_check: b.last_check,
+            fallback_check: b.last_fallback,
         }
     }
 

@@ -27,11 +27,15 @@
 //!   the current adapter's (ties go to the new adapter: it was generated for the task from
 //!   its latest prompts, and equal hits show no harm). A task without examples is not
 //!   checked.
-//! - A rejected adapter is neither stored nor routed; the model that answered the task
-//!   before (the base, or the current adapter) goes on answering it.
+//! - A rejected adapter is neither stored nor routed. If the generator has a base adapter
+//!   (a residual generator's: the multi-task LoRA its outputs are a residual on) and
+//!   `plugin.guard_fallback` is on, that adapter is checked the same way and, if it
+//!   passes, stored and routed instead: it is what the generator gives every task, and it
+//!   too must answer at least as many as the base and the current adapter. Otherwise the
+//!   model that answered the task before (the base, or the current adapter) goes on.
 //!
 //! Before it is routed the adapter is served under a probe model id of its own
-//! (`dnd-probe:{task}`), which no client can name (the tagging layer answers 404 to any
+//! (`dnd-probe:{task}`, the base adapter `dnd-probe-base:{task}`), which no client can name (the tagging layer answers 404 to any
 //! engine model id in `model`). With shared adapters the probe costs a few MB for the
 //! seconds of the check; with merged ones it is a whole base copy, outside
 //! `max_resident`'s count.

@@ -25,6 +25,8 @@ struct FakeGenerator {
     fail: AtomicBool,
     /// Reads a task's labelled examples instead of its prompts.
     reads_examples: bool,
+    /// A residual generator's base adapter.
+    base: Option<LoraAdapter>,
     held: Mutex<bool>,
     released: Condvar,
 }
@@ -64,6 +66,10 @@ impl AdapterGenerator for FakeGenerator {
         }
     }
 
+    fn base_adapter(&self) -> Option<LoraAdapter> {
+        self.base.clone()
+    }
+
     fn generate(&self, prompts: &[String]) -> Result<LoraAdapter> {
         self.calls
             .lock()
@@ -98,6 +104,7 @@ fn settings() -> Settings {
         max_retries: 0,
         regenerate_after: None,
         guard_max_tokens: 16,
+        guard_fallback: true,
         max_generations_per_hour: 100,
         max_versions: 5,
         prepare_on_arrival: true,
@@ -1143,6 +1150,84 @@ async fn a_regeneration_that_answers_fewer_examples_than_the_current_adapter_is_
     assert_eq!(f.versions("t"), 1, "nothing stored");
     assert_eq!(f.table.info("t").unwrap().hash, routed, "still routed");
     assert_eq!(f.metrics.checks.with_label_values(&["rejected"]).get(), 1);
+}
+
+#[tokio::test]
+async fn a_rejected_adapter_gives_way_to_the_generators_base_adapter_when_that_passes() {
+    let base = random_adapter(&tiny_dims(), &[Module::Q, Module::V], 4, 99, 0.5, 0.5).unwrap();
+    let generator = || FakeGenerator {
+        base: Some(base.clone()),
+        ..FakeGenerator::default()
+    };
+    // The base model answers one example, the generated adapter none, the generator's
+    // base adapter both while `base_right` holds, else none.
+    let answers = |f: &Fixture, base_right: bool| {
+        f.engine.answer_with(move |model, prompt| {
+            if model == "base" {
+                return if prompt == "a" { "a" } else { "?" }.to_string();
+            }
+            match model.starts_with("dnd-probe-base:") && base_right {
+                true => prompt.to_string(),
+                false => "wrong".to_string(),
+            }
+        });
+    };
+    let f = start_with(tempfile::tempdir().unwrap(), settings(), generator());
+    answers(&f, true);
+    f.sp.set_examples("t", examples(&["a", "b"])).await.unwrap();
+    for i in 0..3 {
+        f.observe("t", &format!("p{i}"));
+    }
+    f.until_gen("t", GenState::Done).await;
+    let info = f.sp.info("t").unwrap();
+    let (dnd, fallback) = (info.last_check.unwrap(), info.fallback_check.unwrap());
+    assert_eq!(
+        (dnd.base_hits, dnd.adapter_hits, dnd.accepted),
+        (1, 0, false)
+    );
+    assert_eq!((fallback.adapter_hits, fallback.accepted), (2, true));
+    assert_eq!(
+        f.table.info("t").unwrap().hash,
+        Some(base.content_hash().unwrap())
+    );
+    assert_eq!(f.versions("t"), 1);
+    assert!(f.engine.registered().iter().all(|id| !id.contains("probe")));
+
+    // When the base adapter does no better than the base model, nothing is routed.
+    let g = start_with(tempfile::tempdir().unwrap(), settings(), generator());
+    answers(&g, false);
+    g.sp.set_examples("t", examples(&["a", "b"])).await.unwrap();
+    for i in 0..3 {
+        g.observe("t", &format!("p{i}"));
+    }
+    let rejected = GenState::Rejected(Verdict {
+        examples: 2,
+        base_hits: 1,
+        current_hits: None,
+        adapter_hits: 0,
+        accepted: false,
+    });
+    g.until_gen("t", rejected).await;
+    assert_eq!(g.versions("t"), 0);
+    assert_eq!(g.metrics.checks.with_label_values(&["rejected"]).get(), 2);
+
+    // Switched off, the base adapter is not tried.
+    let off = Settings {
+        guard_fallback: false,
+        ..settings()
+    };
+    let h = start_with(tempfile::tempdir().unwrap(), off, generator());
+    answers(&h, true);
+    h.sp.set_examples("t", examples(&["a", "b"])).await.unwrap();
+    for i in 0..3 {
+        h.observe("t", &format!("p{i}"));
+    }
+    eventually("a rejection", || {
+        matches!(h.gen("t"), Some(GenState::Rejected(_)))
+    })
+    .await;
+    assert_eq!(h.versions("t"), 0);
+    assert_eq!(h.metrics.checks.with_label_values(&["rejected"]).get(), 1);
 }
 
 #[tokio::test]
