@@ -184,6 +184,15 @@ impl Fixture {
         self.sp.observe(task, Some(prompt.to_string())).unwrap();
     }
 
+    /// Gives `task` labelled examples (each answer its prompt), then the K prompts that
+    /// start its generation.
+    async fn examples_then_k(&self, task: &str, prompts: &[&str]) {
+        self.sp.set_examples(task, examples(prompts)).await.unwrap();
+        for i in 0..self.sp.settings.k {
+            self.observe(task, &format!("p{i}"));
+        }
+    }
+
     fn store_dir(&self, task: &str) -> PathBuf {
         self.dir.path().join("store").join(task)
     }
@@ -1050,10 +1059,7 @@ fn examples(prompts: &[&str]) -> Option<Vec<Example>> {
 async fn a_rejected_adapter_is_not_installed_and_stays_rejected_after_a_restart() {
     let f = start(settings());
     base_knows(&f, "wrong");
-    f.sp.set_examples("t", examples(&["a", "b"])).await.unwrap();
-    for i in 0..3 {
-        f.observe("t", &format!("p{i}"));
-    }
+    f.examples_then_k("t", &["a", "b"]).await;
     let rejected = GenState::Rejected(Verdict {
         examples: 2,
         base_hits: 2,
@@ -1127,10 +1133,7 @@ async fn a_regeneration_that_answers_fewer_examples_than_the_current_adapter_is_
             _ => prompt.to_string(),
         }
     });
-    f.sp.set_examples("t", examples(&["a", "b"])).await.unwrap();
-    for i in 0..3 {
-        f.observe("t", &format!("p{i}"));
-    }
+    f.examples_then_k("t", &["a", "b"]).await;
     f.until_gen("t", GenState::Done).await;
     let first = f.sp.info("t").unwrap().last_check.unwrap();
     assert_eq!((first.base_hits, first.current_hits), (0, None));
@@ -1174,10 +1177,7 @@ async fn a_rejected_adapter_gives_way_to_the_generators_base_adapter_when_that_p
     };
     let f = start_with(tempfile::tempdir().unwrap(), settings(), generator());
     answers(&f, true);
-    f.sp.set_examples("t", examples(&["a", "b"])).await.unwrap();
-    for i in 0..3 {
-        f.observe("t", &format!("p{i}"));
-    }
+    f.examples_then_k("t", &["a", "b"]).await;
     f.until_gen("t", GenState::Done).await;
     let info = f.sp.info("t").unwrap();
     let (dnd, fallback) = (info.last_check.unwrap(), info.fallback_check.unwrap());
@@ -1196,10 +1196,7 @@ async fn a_rejected_adapter_gives_way_to_the_generators_base_adapter_when_that_p
     // When the base adapter does no better than the base model, nothing is routed.
     let g = start_with(tempfile::tempdir().unwrap(), settings(), generator());
     answers(&g, false);
-    g.sp.set_examples("t", examples(&["a", "b"])).await.unwrap();
-    for i in 0..3 {
-        g.observe("t", &format!("p{i}"));
-    }
+    g.examples_then_k("t", &["a", "b"]).await;
     let rejected = GenState::Rejected(Verdict {
         examples: 2,
         base_hits: 1,
@@ -1218,10 +1215,7 @@ async fn a_rejected_adapter_gives_way_to_the_generators_base_adapter_when_that_p
     };
     let h = start_with(tempfile::tempdir().unwrap(), off, generator());
     answers(&h, true);
-    h.sp.set_examples("t", examples(&["a", "b"])).await.unwrap();
-    for i in 0..3 {
-        h.observe("t", &format!("p{i}"));
-    }
+    h.examples_then_k("t", &["a", "b"]).await;
     eventually("a rejection", || {
         matches!(h.gen("t"), Some(GenState::Rejected(_)))
     })
