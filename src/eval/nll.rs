@@ -566,8 +566,6 @@ fn opt_cell<S: Cell>(s: Option<S>) -> String {
     s.as_ref().map(Cell::cell).unwrap_or("-".into())
 }
 
-/// A checkpoint's name in a table: its folder, or the folder above a `step-N` folder
-/// (`data/multitask54/multitask54/step-000500` -> `multitask54`).
 /// Which of `adapters` has `want`'s tensors (in F32, to 1e-6): e.g. the multi-task LoRA
 /// given with `--multitask` that a residual generator sits on.
 fn position_of(adapters: &[(String, LoraAdapter)], want: &LoraAdapter) -> Result<Option<usize>> {
@@ -598,6 +596,8 @@ fn position_of(adapters: &[(String, LoraAdapter)], want: &LoraAdapter) -> Result
     Ok(None)
 }
 
+/// A checkpoint's name in a table: its folder, or the folder above a `step-N` folder
+/// (`data/multitask54/multitask54/step-000500` -> `multitask54`).
 pub fn adapter_name(path: &Path) -> String {
     let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
     match name(path) {

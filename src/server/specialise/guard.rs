@@ -35,8 +35,8 @@
 //!   model that answered the task before (the base, or the current adapter) goes on.
 //!
 //! Before it is routed the adapter is served under a probe model id of its own
-//! (`dnd-probe:{task}`, the base adapter `dnd-probe-base:{task}`), which no client can name (the tagging layer answers 404 to any
-//! engine model id in `model`). With shared adapters the probe costs a few MB for the
+//! (`dnd-probe:{task}`, the base adapter `dnd-probe-base:{task}`), which no client can
+//! name (the tagging layer answers 404 to any engine model id in `model`). With shared adapters the probe costs a few MB for the
 //! seconds of the check; with merged ones it is a whole base copy, outside
 //! `max_resident`'s count.
 
