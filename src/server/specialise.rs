@@ -944,33 +944,34 @@ impl Specialiser {
         mut stages: Vec<(String, Duration)>,
         started: Instant,
     ) -> Result<Outcome> {
-        let mut adapter = candidates.generated;
-        if let Some((verdict, took)) = self.check(task, &adapter, examples, PROBE).await? {
-            stages.push(("check".to_string(), took));
-            let mut fallback_check = None;
-            if !verdict.accepted {
-                let Some(base) = candidates.fallback else {
-                    return Ok(Outcome::Rejected(verdict));
+        let mut checked = [(PROBE, candidates.generated)]
+            .into_iter()
+            .chain(candidates.fallback.map(|a| (PROBE_BASE, a)))
+            .collect::<Vec<_>>();
+        let verdicts = self.check(task, &checked, examples).await?;
+        // Which candidate is routed: the generated one when the task has no examples.
+        let routed = match verdicts.first() {
+            None => 0,
+            Some(&(first, _)) => {
+                let Some(i) = verdicts.iter().position(|(v, _)| v.accepted) else {
+                    return Ok(Outcome::Rejected(first));
                 };
-                let Some((second, took)) = self.check(task, &base, examples, PROBE_BASE).await?
-                else {
-                    unreachable!("the same examples were checked");
-                };
-                if !second.accepted {
-                    return Ok(Outcome::Rejected(verdict));
+                let stage = ["check", "check_base_adapter"];
+                stages.extend((0..=i).map(|j| (stage[j].to_string(), verdicts[j].1)));
+                if i > 0 {
+                    tracing::info!(
+                        task,
+                        "the generator's base adapter passed the check: routed instead"
+                    );
                 }
-                tracing::info!(
-                    task,
-                    "the generator's base adapter passed the check: routed instead"
-                );
-                stages.push(("check_base_adapter".to_string(), took));
-                (adapter, fallback_check) = (base, Some(second));
+                if let Some(b) = self.lock().get_mut(task).filter(|b| b.job == job) {
+                    b.last_check = Some(first);
+                    b.last_fallback = verdicts.get(1).map(|&(v, _)| v);
+                }
+                i
             }
-            if let Some(b) = self.lock().get_mut(task).filter(|b| b.job == job) {
-                b.last_check = Some(verdict);
-                b.last_fallback = fallback_check;
-            }
-        }
+        };
+        let adapter = checked.swap_remove(routed).1;
         let t = Instant::now();
         let (me, task_s) = (self.clone(), task.to_string());
         let installed = self
@@ -1031,52 +1032,58 @@ impl Specialiser {
         );
     }
 
-    /// The no-harm check of a new adapter of `task` against the base model (and the task's
-    /// current adapter) on the task's `examples`, and how long it took; `None` when it has
-    /// none.
+    /// The no-harm check of `task`'s new adapters (each with its probe id prefix), in order
+    /// until one passes, against the base model (and the task's current adapter) on the
+    /// task's `examples`: the verdict of each one checked and how long it took; none when
+    /// the task has no examples.
     async fn check(
         &self,
         task: &str,
-        adapter: &LoraAdapter,
+        candidates: &[(&str, LoraAdapter)],
         examples: &[Example],
-        probe: &str,
-    ) -> Result<Option<(Verdict, Duration)>> {
+    ) -> Result<Vec<(Verdict, Duration)>> {
         if examples.is_empty() {
-            return Ok(None);
+            return Ok(vec![]);
         }
-        let t = Instant::now();
         let current = self.table.current_model(task).await.unwrap_or_else(|e| {
             tracing::warn!(task, error = %e, "the task's adapter could not be loaded: the no-harm check compares with the base model only");
             None
         });
-        let probe_id = format!("{probe}:{task}");
-        let probe_dir = self.table.store_root().join(PROBE_DIR).join(task);
-        let verdict = guard::check(
+        let candidates: Vec<_> = candidates
+            .iter()
+            .map(|(probe, adapter)| guard::Candidate {
+                adapter,
+                probe_id: format!("{probe}:{task}"),
+            })
+            .collect();
+        let verdicts = guard::check(
             self.table.engine().as_ref(),
-            adapter,
+            &candidates,
             current.as_ref().map(|m| m.engine_id.as_str()),
             examples,
-            &probe_id,
-            &probe_dir,
+            &self.table.store_root().join(PROBE_DIR).join(task),
             self.settings.guard_max_tokens,
         )
         .await?;
-        let outcome = if verdict.accepted {
-            "accepted"
-        } else {
-            "rejected"
-        };
-        self.metrics.checks.with_label_values(&[outcome]).inc();
-        tracing::info!(
-            task,
-            examples = verdict.examples,
-            base_hits = verdict.base_hits,
-            current_hits = verdict.current_hits,
-            adapter_hits = verdict.adapter_hits,
-            outcome,
-            "no-harm check"
-        );
-        Ok(Some((verdict, t.elapsed())))
+        for ((verdict, _), candidate) in verdicts.iter().zip(&candidates) {
+            let outcome = if verdict.accepted {
+                "accepted"
+            } else {
+                "rejected"
+            };
+            self.metrics.checks.with_label_values(&[outcome]).inc();
+            tracing::info!(
+                task,
+                probe = candidate.probe_id,
+                examples = verdict.examples,
+                base_hits = verdict.base_hits,
+                current_hits = verdict.current_hits,
+                adapter_hits = verdict.adapter_hits,
+                outcome,
+                "no-harm check"
+            );
+        }
+        Ok(verdicts)
     }
 
     /// A new adapter of `task` lost the no-harm check: nothing is installed.

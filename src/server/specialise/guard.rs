@@ -29,9 +29,10 @@
 //!   checked.
 //! - A rejected adapter is neither stored nor routed. If the generator has a base adapter
 //!   (a residual generator's: the multi-task LoRA its outputs are a residual on) and
-//!   `plugin.guard_fallback` is on, that adapter is checked the same way and, if it
-//!   passes, stored and routed instead: it is what the generator gives every task, and it
-//!   too must answer at least as many as the base and the current adapter. Otherwise the
+//!   `plugin.guard_fallback` is on, that adapter is checked the same way (against the
+//!   answers the base model and the current adapter already gave) and, if it passes,
+//!   stored and routed instead: it is what the generator gives every task, and it too
+//!   must answer at least as many as the base and the current adapter. Otherwise the
 //!   model that answered the task before (the base, or the current adapter) goes on.
 //!
 //! Before it is routed the adapter is served under a probe model id of its own
@@ -41,6 +42,7 @@
 //! `max_resident`'s count.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -149,65 +151,95 @@ pub fn validate(examples: &[Example], max_prompt_bytes: usize) -> Result<()> {
     Ok(())
 }
 
-/// Has the base model, the current adapter's engine model `current` (if any) and
-/// `adapter` (registered as `probe_id` from `probe_dir`, a folder this function fills and
-/// removes) answer every example, and judges them.
+/// An adapter to check and the probe model id it is served under while it is checked.
+pub struct Candidate<'a> {
+    pub adapter: &'a LoraAdapter,
+    pub probe_id: String,
+}
+
+/// Checks `candidates` in order until one is accepted, and returns the verdict of each
+/// one checked, with the time it took: the last is the accepted one, or all were
+/// rejected. The base model and the current adapter's engine model `current` (if any)
+/// answer the examples once, with the first candidate; each candidate is registered from
+/// `probe_dir` (a folder this function fills and removes) for its own answers only.
 pub async fn check(
     engine: &dyn AdapterEngine,
-    adapter: &LoraAdapter,
+    candidates: &[Candidate<'_>],
     current: Option<&str>,
     examples: &[Example],
-    probe_id: &str,
     probe_dir: &Path,
     max_tokens: usize,
-) -> Result<Verdict> {
-    let (a, dir) = (adapter.clone(), probe_dir.to_path_buf());
+) -> Result<Vec<(Verdict, Duration)>> {
+    let mut verdicts = Vec::new();
+    // The base model's and the current adapter's answers, once the first candidate had them.
+    let mut before: Option<(Vec<String>, Option<Vec<String>>)> = None;
+    for candidate in candidates {
+        let t = Instant::now();
+        let probed = with_probe(engine, candidate, probe_dir, async {
+            let adapter = answers(engine, &candidate.probe_id, examples, max_tokens);
+            match before.take() {
+                Some(before) => Ok((before, adapter.await?)),
+                // All at once: with shared adapters their rows share the base model's batches.
+                None => {
+                    let current = async {
+                        match current {
+                            Some(id) => answers(engine, id, examples, max_tokens).await.map(Some),
+                            None => Ok(None),
+                        }
+                    };
+                    let (base, current, adapter) = futures::future::try_join3(
+                        answers(engine, engine.base_id(), examples, max_tokens),
+                        current,
+                        adapter,
+                    )
+                    .await?;
+                    Ok(((base, current), adapter))
+                }
+            }
+        });
+        let ((base, current), adapter) = probed.await?;
+        let outputs = Outputs {
+            base: &base,
+            current: current.as_deref(),
+            adapter: &adapter,
+        };
+        let verdict = Verdict::judge(examples, outputs);
+        verdicts.push((verdict, t.elapsed()));
+        if verdict.accepted {
+            break;
+        }
+        before = Some((base, current));
+    }
+    Ok(verdicts)
+}
+
+/// Runs `answering` while `candidate` is registered as its probe model, and removes the
+/// probe after it, whatever the outcome.
+async fn with_probe<T>(
+    engine: &dyn AdapterEngine,
+    candidate: &Candidate<'_>,
+    probe_dir: &Path,
+    answering: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let (a, dir) = (candidate.adapter.clone(), probe_dir.to_path_buf());
     tokio::task::spawn_blocking(move || a.write_peft(&dir))
         .await?
         .context("writing the probe adapter")?;
-    let registered = engine.register(probe_id, probe_dir).await;
-    let verdict = match registered {
+    let probe_id = candidate.probe_id.as_str();
+    let result = match engine.register(probe_id, probe_dir).await {
         Ok(_) => {
-            let judged = judge_on_engine(engine, examples, current, probe_id, max_tokens).await;
+            let answered = answering.await;
             if let Err(e) = engine.unregister(probe_id).await {
                 tracing::warn!(probe_id, error = %e, "removing a probe adapter failed");
             }
-            judged
+            answered
         }
         Err(e) => Err(e.context("loading the probe adapter")),
     };
     if let Err(e) = tokio::fs::remove_dir_all(probe_dir).await {
         tracing::warn!(dir = %probe_dir.display(), error = %e, "removing a probe folder failed");
     }
-    verdict
-}
-
-async fn judge_on_engine(
-    engine: &dyn AdapterEngine,
-    examples: &[Example],
-    current: Option<&str>,
-    probe_id: &str,
-    max_tokens: usize,
-) -> Result<Verdict> {
-    // All at once: with shared adapters their rows share the base model's batches.
-    let current = async {
-        match current {
-            Some(id) => answers(engine, id, examples, max_tokens).await.map(Some),
-            None => Ok(None),
-        }
-    };
-    let (base, current, adapter) = futures::future::try_join3(
-        answers(engine, engine.base_id(), examples, max_tokens),
-        current,
-        answers(engine, probe_id, examples, max_tokens),
-    )
-    .await?;
-    let outputs = Outputs {
-        base: &base,
-        current: current.as_deref(),
-        adapter: &adapter,
-    };
-    Ok(Verdict::judge(examples, outputs))
+    result
 }
 
 async fn answers(

@@ -5,7 +5,7 @@
 //! check.
 //! `tests/specialise.rs` covers the same paths end to end through HTTP on a tiny model.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 
 use anyhow::bail;
@@ -1163,10 +1163,14 @@ async fn a_rejected_adapter_gives_way_to_the_generators_base_adapter_when_that_p
         ..FakeGenerator::default()
     };
     // The base model answers one example, the generated adapter none, the generator's
-    // base adapter both while `base_right` holds, else none.
+    // base adapter both while `base_right` holds, else none. `asked` counts the base
+    // model's answers.
+    let asked = Arc::new(AtomicUsize::new(0));
     let answers = |f: &Fixture, base_right: bool| {
+        let asked = asked.clone();
         f.engine.answer_with(move |model, prompt| {
             if model == "base" {
+                asked.fetch_add(1, Ordering::SeqCst);
                 return if prompt == "a" { "a" } else { "?" }.to_string();
             }
             match model.starts_with("dnd-probe-base:") && base_right {
@@ -1192,6 +1196,11 @@ async fn a_rejected_adapter_gives_way_to_the_generators_base_adapter_when_that_p
     );
     assert_eq!(f.versions("t"), 1);
     assert!(f.engine.registered().iter().all(|id| !id.contains("probe")));
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        2,
+        "the second check reuses the base model's answers to the two examples"
+    );
 
     // When the base adapter does no better than the base model, nothing is routed.
     let g = start_with(tempfile::tempdir().unwrap(), settings(), generator());
