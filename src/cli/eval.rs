@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 
 use super::collect::SuiteArgs;
 use crate::assets::{given_or_default, Assets};
@@ -12,7 +12,7 @@ use crate::eval::heldout::{
 };
 use crate::eval::nll::{
     decode_rows, evaluate_lora_nll, evaluate_nll, lora_nll_markdown, nll_markdown, write_lora_nll,
-    write_nll, Comparison, Fallback, NllSetup, TaskChecks,
+    write_nll, Comparison, Fallback, NllReport, NllSetup, TaskChecks,
 };
 use crate::eval::{adapters_in, evaluate, write_report, Candidate};
 use crate::server::Config;
@@ -27,6 +27,13 @@ pub struct Args {
     /// Only these tasks (comma-separated names).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Leave these tasks out (comma-separated names), e.g. those the suite filter drops.
+    #[arg(long, value_delimiter = ',')]
+    pub except: Vec<String>,
+    /// An earlier `eval --generator --nll` run's nll.json: write its tables again without
+    /// the `--except` tasks, to `--out`, running nothing.
+    #[arg(long, requires = "except", conflicts_with_all = ["generator", "adapter", "checkpoints"])]
+    pub report: Option<PathBuf>,
     /// An adapter (PEFT folder) or a folder of them, evaluated on every task; repeatable.
     #[arg(long)]
     pub adapter: Vec<PathBuf>,
@@ -97,7 +104,17 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if let Some(path) = &args.report {
+        let report: NllReport = serde_json::from_slice(&std::fs::read(path)?)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let report = report.without(&args.except)?;
+        write_nll(&report, &args.out)?;
+        println!("{}", nll_markdown(&report));
+        println!("wrote {}/nll.json and nll.md", args.out.display());
+        return Ok(());
+    }
     let tasks = suite(&args.tasks, &args.only, &args.suite_args.config())?;
+    let tasks = crate::tasks::without(tasks, &args.except)?;
     ensure!(!tasks.is_empty(), "no tasks to evaluate");
     let mut config = Config::default();
     config.model.base = args.base.clone();

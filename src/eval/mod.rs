@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::adapters::Source;
 use crate::format::peft::CONFIG_FILE;
@@ -55,7 +55,7 @@ impl Score {
 }
 
 /// Accuracy on a task's test split under both scorings, each in [0, 1].
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Accuracy {
     pub strict: f64,
     pub lenient: f64,

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
 use candle_core::{Device, D};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::heldout::{average_adapters, dnd_batch};
 use super::{Accuracy, EvalServer, Score};
@@ -63,7 +63,7 @@ pub struct NllSetup {
 }
 
 /// One adapter on one task's test examples.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct NllScore {
     /// Mean cross-entropy per answer token.
     pub nll: f64,
@@ -139,7 +139,7 @@ fn lora(adapter: &LoraAdapter, dims: &LlamaDims) -> Result<LoraWeights> {
 
 /// One held-out task under every adapter compared, one score each (`S`: [`NllScore`]
 /// teacher-forced, [`Accuracy`] decoded through the engine).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Row<S> {
     pub task: String,
     pub examples: usize,
@@ -160,7 +160,7 @@ pub struct Row<S> {
 
 pub type NllRow = Row<NllScore>;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NllReport {
     pub generator: PathBuf,
     pub train_tasks: usize,
@@ -171,27 +171,54 @@ pub struct NllReport {
     pub rows: Vec<NllRow>,
     /// With `--decode`: the same adapters answering through the serving path (greedy,
     /// strict and lenient accuracy), on the first `decode_limit` test examples.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub decoded: Vec<Row<Accuracy>>,
     pub decode_limit: Option<usize>,
     /// With `--guard N`: the no-harm check of every DnD adapter and the shuffled one on
     /// the first N training examples of its task, and the decoded rows with each rejected
     /// adapter's scores replaced by the base model's (what a tenant who gave N examples
     /// would get).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<TaskChecks>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub guarded: Vec<Row<Accuracy>>,
     /// With `--guard N` and a residual generator: the guarded rows with the generator's
     /// base adapter routed where a DnD adapter is rejected and it passes the check itself
     /// (what the server does, see [`guard`]); `None` otherwise.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<Fallback>,
+    /// Held-out tasks left out of this report ([`NllReport::without`]): its means and bars
+    /// are over the others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<String>,
     pub seconds: f64,
 }
 
+impl NllReport {
+    /// The report without the held-out tasks `names` (e.g. those the suite filter drops):
+    /// every table, mean and bar is then over the other tasks, with nothing run again.
+    pub fn without(mut self, names: &[String]) -> Result<Self> {
+        for name in names {
+            ensure!(
+                self.rows.iter().any(|r| &r.task == name),
+                "no held-out task {name:?} in the report"
+            );
+        }
+        let keep = |task: &String| !names.contains(task);
+        self.rows.retain(|r| keep(&r.task));
+        self.decoded.retain(|r| keep(&r.task));
+        self.guarded.retain(|r| keep(&r.task));
+        self.checks.retain(|c| keep(&c.task));
+        if let Some(f) = &mut self.fallback {
+            f.rows.retain(|r| keep(&r.task));
+        }
+        self.left_out.extend_from_slice(names);
+        Ok(self)
+    }
+}
+
 /// The guarded rows with the generator's base adapter as the fallback.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Fallback {
     /// The multi-task column that is the generator's base adapter.
     pub adapter: String,
@@ -199,14 +226,14 @@ pub struct Fallback {
 }
 
 /// The no-harm checks of one held-out task's adapters.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskChecks {
     pub task: String,
     /// One per DnD prompt batch.
     pub dnd: Vec<Verdict>,
     pub shuffled: Verdict,
     /// The generator's base adapter, for a residual generator.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<Verdict>,
 }
 
@@ -439,6 +466,7 @@ pub fn evaluate_nll(
         checks: Vec::new(),
         guarded: Vec::new(),
         fallback: None,
+        left_out: Vec::new(),
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -661,6 +689,13 @@ pub fn nll_markdown(r: &NllReport) -> String {
         "\nAveraged LoRAs: the mean of {} of the {} training tasks' final checkpoints.\n",
         r.averaged_over, r.train_tasks
     ));
+    if !r.left_out.is_empty() {
+        out.push_str(&format!(
+            "\nHeld-out tasks in this report: {}; left out of every table, mean and bar: {}.\n",
+            r.rows.len(),
+            r.left_out.join(", ")
+        ));
+    }
     if !r.decoded.is_empty() {
         let examples = match r.decode_limit {
             Some(n) => format!("the first {n} test examples of each task"),
@@ -1014,6 +1049,67 @@ mod tests {
         let applied = all.apply(&row, Some(0));
         assert_eq!(cells(applied.clone()), (row.dnd, row.dnd, shuffled));
         assert_eq!((applied.base, applied.multitask), (row.base, row.multitask));
+    }
+
+    /// A report read back from its JSON without some tasks: every table, mean and bar is
+    /// over the others, and the markdown says which were left out.
+    #[test]
+    fn a_report_without_some_tasks_is_judged_on_the_others() {
+        let nll = NllScore {
+            nll: 1.0,
+            greedy: 0.0,
+        };
+        let row = |task: &str| Row {
+            task: task.into(),
+            examples: 10,
+            base: nll,
+            averaged: None,
+            multitask: vec![nll],
+            own: None,
+            dnd: nll,
+            dnd_batches: vec![nll],
+            shuffled: nll,
+            shuffled_from: "other".into(),
+        };
+        let good = decoded_row("a", acc(0.0, 0.2), acc(0.5, 0.5), acc(0.1, 0.1));
+        let harmed = decoded_row("b", acc(0.0, 0.9), acc(0.0, 0.1), acc(0.0, 0.1));
+        let checks = |task: &str| TaskChecks {
+            task: task.into(),
+            dnd: vec![verdict(true)],
+            shuffled: verdict(true),
+            fallback: None,
+        };
+        let report = NllReport {
+            generator: "g".into(),
+            train_tasks: 3,
+            averaged_over: 0,
+            multitask: vec!["mt".into()],
+            rows: vec![row("a"), row("b")],
+            decoded: vec![good.clone(), harmed.clone()],
+            decode_limit: Some(10),
+            checks: vec![checks("a"), checks("b")],
+            guarded: vec![good, harmed],
+            fallback: None,
+            left_out: vec![],
+            seconds: 1.0,
+        };
+        let read: NllReport =
+            serde_json::from_slice(&serde_json::to_vec(&report).unwrap()).unwrap();
+        // Every "base + 15" line (decoded and checked) reads `value`.
+        let bar = |md: &str, value: &str| {
+            md.lines()
+                .filter(|l| l.contains("base + 15"))
+                .all(|l| l.contains(&format!("| {value} | 15.0 | met |")))
+        };
+        let md = nll_markdown(&read);
+        assert!(md.contains("b (90.0 -> 10.0)") && bar(&md, "25.0"), "{md}");
+        let without = read.without(&["b".to_string()]).unwrap();
+        assert_eq!(without.rows.len(), 1);
+        let md = nll_markdown(&without);
+        assert!(!md.contains("| b |") && bar(&md, "50.0"), "{md}");
+        assert!(md.contains("| none | 0 | met |"), "{md}");
+        assert!(md.contains("in this report: 1; left out of every table, mean and bar: b."));
+        assert!(report.without(&["c".to_string()]).is_err());
     }
 
     #[test]
