@@ -953,6 +953,10 @@ impl Specialiser {
         let routed = match verdicts.first() {
             None => 0,
             Some(&(first, _)) => {
+                if let Some(b) = self.lock().get_mut(task).filter(|b| b.job == job) {
+                    b.last_check = Some(first);
+                    b.last_fallback = verdicts.get(1).map(|&(v, _)| v);
+                }
                 let Some(i) = verdicts.iter().position(|(v, _)| v.accepted) else {
                     return Ok(Outcome::Rejected(first));
                 };
@@ -963,10 +967,6 @@ impl Specialiser {
                         task,
                         "the generator's base adapter passed the check: routed instead"
                     );
-                }
-                if let Some(b) = self.lock().get_mut(task).filter(|b| b.job == job) {
-                    b.last_check = Some(first);
-                    b.last_fallback = verdicts.get(1).map(|&(v, _)| v);
                 }
                 i
             }

@@ -1215,6 +1215,8 @@ async fn a_rejected_adapter_gives_way_to_the_generators_base_adapter_when_that_p
     });
     g.until_gen("t", rejected).await;
     assert_eq!(g.versions("t"), 0);
+    let fallback = g.sp.info("t").unwrap().fallback_check.unwrap();
+    assert_eq!((fallback.adapter_hits, fallback.accepted), (0, false));
     assert_eq!(g.metrics.checks.with_label_values(&["rejected"]).get(), 2);
 
     // Switched off, the base adapter is not tried.
