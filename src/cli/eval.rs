@@ -12,7 +12,7 @@ use crate::eval::heldout::{
 };
 use crate::eval::nll::{
     decode_rows, evaluate_lora_nll, evaluate_nll, lora_nll_markdown, nll_markdown, write_lora_nll,
-    write_nll, Comparison, Fallback, NllReport, NllSetup, TaskChecks,
+    write_nll, Comparison, NllReport, NllSetup,
 };
 use crate::eval::{adapters_in, evaluate, write_report, Candidate};
 use crate::server::Config;
@@ -30,9 +30,10 @@ pub struct Args {
     /// Leave these tasks out (comma-separated names), e.g. those the suite filter drops.
     #[arg(long, value_delimiter = ',')]
     pub except: Vec<String>,
-    /// An earlier `eval --generator --nll` run's nll.json: write its tables again without
-    /// the `--except` tasks, to `--out`, running nothing.
-    #[arg(long, requires = "except", conflicts_with_all = ["generator", "adapter", "checkpoints"])]
+    /// An earlier `eval --generator --nll` run's nll.json: write its tables again (without
+    /// the `--except` tasks, if any) to `--out`, running nothing (the checked tables judged by the
+    /// server's current rule).
+    #[arg(long, conflicts_with_all = ["generator", "adapter", "checkpoints"])]
     pub report: Option<PathBuf>,
     /// An adapter (PEFT folder) or a folder of them, evaluated on every task; repeatable.
     #[arg(long)]
@@ -107,7 +108,9 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(path) = &args.report {
         let report: NllReport = serde_json::from_slice(&std::fs::read(path)?)
             .with_context(|| format!("reading {}", path.display()))?;
-        let report = report.without(&args.except)?;
+        let mut report = report.without(&args.except)?;
+        // Judged again: the server's rule may have changed since the run.
+        report.apply_checks(report.fallback_column());
         write_nll(&report, &args.out)?;
         println!("{}", nll_markdown(&report));
         println!("wrote {}/nll.json and nll.md", args.out.display());
@@ -139,19 +142,9 @@ pub fn run(args: Args) -> Result<()> {
                 args.decode_limit,
                 args.guard,
             ))?;
-            let guarded = |fallback: Option<usize>| -> Vec<_> {
-                let apply = |(r, c): (_, &TaskChecks)| c.apply(r, fallback);
-                rows.iter().zip(&checks).map(apply).collect()
-            };
-            report.guarded = guarded(None);
-            if let (Some(i), true) = (comparison.fallback, !checks.is_empty()) {
-                report.fallback = Some(Fallback {
-                    adapter: comparison.multitask[i].0.clone(),
-                    rows: guarded(Some(i)),
-                });
-            }
             report.decoded = rows;
             report.checks = checks;
+            report.apply_checks(comparison.fallback);
             report.decode_limit = args.decode_limit;
             report.seconds = started.elapsed().as_secs_f64();
         }

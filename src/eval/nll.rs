@@ -195,6 +195,29 @@ pub struct NllReport {
 }
 
 impl NllReport {
+    /// Sets the checked rows (`guarded`, and `fallback` given the multi-task column of the
+    /// generator's base adapter) from `decoded` and `checks`, by the server's rule.
+    pub fn apply_checks(&mut self, fallback: Option<usize>) {
+        let rows = |column: Option<usize>| -> Vec<Row<Accuracy>> {
+            let apply = |(r, c): (_, &TaskChecks)| c.apply(r, column);
+            self.decoded.iter().zip(&self.checks).map(apply).collect()
+        };
+        self.guarded = rows(None);
+        self.fallback = match (fallback, self.checks.is_empty()) {
+            (Some(i), false) => Some(Fallback {
+                adapter: self.multitask[i].clone(),
+                rows: rows(Some(i)),
+            }),
+            _ => None,
+        };
+    }
+
+    /// The multi-task column of the generator's base adapter, when the checks have one.
+    pub fn fallback_column(&self) -> Option<usize> {
+        let name = &self.fallback.as_ref()?.adapter;
+        self.multitask.iter().position(|m| m == name)
+    }
+
     /// The report without the held-out tasks `names` (e.g. those the suite filter drops):
     /// every table, mean and bar is then over the other tasks, with nothing run again.
     pub fn without(mut self, names: &[String]) -> Result<Self> {
@@ -238,15 +261,21 @@ pub struct TaskChecks {
 }
 
 impl TaskChecks {
-    /// `row` as the checks leave it: a rejected adapter's scores are the base model's, or,
-    /// given the multi-task column of the generator's base adapter, that adapter's when it
-    /// passed its own check.
+    /// `row` as the checks leave it, by the server's rule ([`guard::routed`]): a rejected
+    /// adapter's scores are the base model's; given the multi-task column of the
+    /// generator's base adapter, that adapter's where the rule routes it (it passed and
+    /// answered more check examples than the DnD adapter, or that one was rejected).
     pub fn apply(&self, row: &Row<Accuracy>, fallback: Option<usize>) -> Row<Accuracy> {
-        let instead = match (fallback, self.fallback) {
-            (Some(column), Some(v)) if v.accepted => row.multitask[column],
-            _ => row.base,
+        let base_adapter = fallback.zip(self.fallback);
+        let pick = |v: &Verdict, s: Accuracy| {
+            let mut verdicts = vec![*v];
+            verdicts.extend(base_adapter.map(|(_, f)| f));
+            match (guard::routed(&verdicts), base_adapter) {
+                (Some(0), _) => s,
+                (Some(_), Some((column, _))) => row.multitask[column],
+                _ => row.base,
+            }
         };
-        let pick = |v: &Verdict, s: Accuracy| if v.accepted { s } else { instead };
         let dnd_batches: Vec<Accuracy> = self
             .dnd
             .iter()
@@ -723,9 +752,9 @@ pub fn nll_markdown(r: &NllReport) -> String {
     }
     if let Some(f) = &r.fallback {
         out.push_str(&format!(
-            "\nWith the check, and where it rejects a DnD adapter the generator's base adapter \
-             ({}) instead when that passes the check itself (what the server routes), strict % \
-             (lenient %); the DnD columns are then not DnD alone:\n\n",
+            "\nWith the check of DnD and of the generator's base adapter ({}) beside it, the \
+             one routed that passed and answered more check examples, DnD on a tie (what the \
+             server routes), strict % (lenient %); the DnD columns are then not DnD alone:\n\n",
             f.adapter
         ));
         out.push_str(&table(&f.rows, &r.multitask));
@@ -1014,7 +1043,8 @@ mod tests {
     }
 
     /// A rejected adapter's cells become the base model's, or the fallback column's when
-    /// the generator's base adapter passed its own check.
+    /// the generator's base adapter passed its own check; an accepted one's too when the
+    /// base adapter answered more check examples.
     #[test]
     fn checks_replace_rejected_adapters_with_the_base_or_the_fallback() {
         let row = decoded_row("a", acc(0.1, 0.2), acc(0.5, 0.5), acc(0.4, 0.4));
@@ -1048,7 +1078,17 @@ mod tests {
         all.dnd = vec![verdict(true)];
         let applied = all.apply(&row, Some(0));
         assert_eq!(cells(applied.clone()), (row.dnd, row.dnd, shuffled));
-        assert_eq!((applied.base, applied.multitask), (row.base, row.multitask));
+        assert_eq!(
+            (applied.base, applied.multitask),
+            (row.base, row.multitask.clone())
+        );
+        // Both passed: the base adapter answered more check examples, so it is routed.
+        all.fallback = Some(Verdict {
+            adapter_hits: 3,
+            ..verdict(true)
+        });
+        let more = all.apply(&row, Some(0));
+        assert_eq!((more.dnd, more.shuffled), (mt, mt));
     }
 
     /// A report read back from its JSON without some tasks: every table, mean and bar is

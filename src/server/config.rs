@@ -154,8 +154,9 @@ pub struct PluginConfig {
     /// Tokens the base model and a new adapter may answer each of a task's labelled
     /// examples with in the no-harm check (`specialise::guard`).
     pub guard_max_tokens: usize,
-    /// When the check rejects a generated adapter, check the generator's base adapter (a
-    /// residual generator's, e.g. its multi-task LoRA) and route that if it passes.
+    /// Check the generator's base adapter (a residual generator's, e.g. its multi-task
+    /// LoRA) beside each generated adapter, and route it instead when it answers more of
+    /// the task's examples (and passes the check itself).
     pub guard_fallback: bool,
     /// Generations started per task (tenant) and hour at most, failed ones included (the
     /// count survives restarts).

@@ -157,8 +157,8 @@ struct JobInputs {
     checked: Vec<Example>,
 }
 
-/// The adapters a generation may route: the generated one, else (if the no-harm check
-/// rejects it) the generator's base adapter.
+/// The adapters a generation may route: the generated one, or the generator's base
+/// adapter if the no-harm check prefers it ([`guard::routed`]).
 struct Candidates {
     generated: LoraAdapter,
     fallback: Option<LoraAdapter>,
@@ -216,8 +216,10 @@ struct TaskBuf {
     has_adapter: bool,
     /// The no-harm check of the last generation, when the task had examples.
     last_check: Option<Verdict>,
-    /// The check of the generator's base adapter, when the generated one was rejected.
+    /// The check of the generator's base adapter beside the generated one, and whether it
+    /// was routed.
     last_fallback: Option<Verdict>,
+    fallback_routed: bool,
 }
 
 impl TaskBuf {
@@ -234,6 +236,7 @@ impl TaskBuf {
             has_adapter: false,
             last_check: None,
             last_fallback: None,
+            fallback_routed: false,
         }
     }
 
@@ -303,10 +306,14 @@ pub struct GenInfo {
     /// The no-harm check of the last generation ([`guard`]), when the task had examples.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_check: Option<Verdict>,
-    /// When that check rejected the generated adapter: the check of the generator's base
-    /// adapter, which is routed instead when it passed (state `done`).
+    /// The check of the generator's base adapter beside the generated one
+    /// (`plugin.guard_fallback`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback_check: Option<Verdict>,
+    /// Whether the last check routed the generator's base adapter instead of the generated
+    /// one (it passed and answered more examples).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fallback_routed: bool,
 }
 
 /// The generators of a specialiser.
@@ -826,6 +833,7 @@ impl Specialiser {
             buf.state = GenState::Generating;
             buf.last_check = None;
             buf.last_fallback = None;
+            buf.fallback_routed = false;
             buf.attempts += 1;
             buf.recent.push_back(now_secs());
             buf.job = self.last_job.fetch_add(1, Ordering::Relaxed) + 1;
@@ -932,9 +940,9 @@ impl Specialiser {
         })
     }
 
-    /// The no-harm check of a generated adapter (when the task has examples), and of the
-    /// generator's base adapter if that one is rejected, then the installation of the one
-    /// that passed; `stages` gains the time of each.
+    /// The no-harm check of a generated adapter and of the generator's base adapter (when
+    /// the task has examples), then the installation of the one the check routes; `stages`
+    /// gains the time of each.
     async fn check_and_install(
         self: &Arc<Self>,
         task: &str,
@@ -948,24 +956,25 @@ impl Specialiser {
             .into_iter()
             .chain(candidates.fallback.map(|a| (PROBE_BASE, a)))
             .collect::<Vec<_>>();
-        let verdicts = self.check(task, &checked, examples).await?;
+        let checks = self.check(task, &checked, examples).await?;
         // Which candidate is routed: the generated one when the task has no examples.
-        let routed = match verdicts.first() {
+        let routed = match checks {
             None => 0,
-            Some(&(first, _)) => {
+            Some((verdicts, took)) => {
+                let (first, routed) = (verdicts[0], guard::routed(&verdicts));
                 if let Some(b) = self.lock().get_mut(task).filter(|b| b.job == job) {
                     b.last_check = Some(first);
-                    b.last_fallback = verdicts.get(1).map(|&(v, _)| v);
+                    b.last_fallback = verdicts.get(1).copied();
+                    b.fallback_routed = routed == Some(1);
                 }
-                let Some(i) = verdicts.iter().position(|(v, _)| v.accepted) else {
+                let Some(i) = routed else {
                     return Ok(Outcome::Rejected(first));
                 };
-                let stage = ["check", "check_base_adapter"];
-                stages.extend((0..=i).map(|j| (stage[j].to_string(), verdicts[j].1)));
+                stages.push(("check".to_string(), took));
                 if i > 0 {
                     tracing::info!(
                         task,
-                        "the generator's base adapter passed the check: routed instead"
+                        "the generator's base adapter answered more examples: routed instead"
                     );
                 }
                 i
@@ -1032,19 +1041,19 @@ impl Specialiser {
         );
     }
 
-    /// The no-harm check of `task`'s new adapters (each with its probe id prefix), in order
-    /// until one passes, against the base model (and the task's current adapter) on the
-    /// task's `examples`: the verdict of each one checked and how long it took; none when
-    /// the task has no examples.
+    /// The no-harm check of `task`'s new adapters (each with its probe id prefix) against
+    /// the base model (and the task's current adapter) on the task's `examples`: a verdict
+    /// per adapter, and how long the check took; `None` when the task has no examples.
     async fn check(
         &self,
         task: &str,
         candidates: &[(&str, LoraAdapter)],
         examples: &[Example],
-    ) -> Result<Vec<(Verdict, Duration)>> {
+    ) -> Result<Option<(Vec<Verdict>, Duration)>> {
         if examples.is_empty() {
-            return Ok(vec![]);
+            return Ok(None);
         }
+        let t = Instant::now();
         let current = self.table.current_model(task).await.unwrap_or_else(|e| {
             tracing::warn!(task, error = %e, "the task's adapter could not be loaded: the no-harm check compares with the base model only");
             None
@@ -1065,7 +1074,7 @@ impl Specialiser {
             self.settings.guard_max_tokens,
         )
         .await?;
-        for ((verdict, _), candidate) in verdicts.iter().zip(&candidates) {
+        for (verdict, candidate) in verdicts.iter().zip(&candidates) {
             let outcome = if verdict.accepted {
                 "accepted"
             } else {
@@ -1083,7 +1092,7 @@ impl Specialiser {
                 "no-harm check"
             );
         }
-        Ok(verdicts)
+        Ok(Some((verdicts, t.elapsed())))
     }
 
     /// A new adapter of `task` lost the no-harm check: nothing is installed.
@@ -1246,6 +1255,7 @@ impl Specialiser {
             last_timings_ms: b.last_timings.clone(),
             last_check: b.last_check,
             fallback_check: b.last_fallback,
+            fallback_routed: b.fallback_routed,
         }
     }
 

@@ -27,12 +27,13 @@
 //!   the current adapter's (ties go to the new adapter: it was generated for the task from
 //!   its latest prompts, and equal hits show no harm). A task without examples is not
 //!   checked.
-//! - A rejected adapter is neither stored nor routed. If the generator has a base adapter
-//!   (a residual generator's: the multi-task LoRA its outputs are a residual on) and
-//!   `plugin.guard_fallback` is on, that adapter is checked the same way (against the
-//!   answers the base model and the current adapter already gave) and, if it passes,
-//!   stored and routed instead: it is what the generator gives every task, and it too
-//!   must answer at least as many as the base and the current adapter. Otherwise the
+//! - If the generator has a base adapter (a residual generator's: the multi-task LoRA its
+//!   outputs are a residual on) and `plugin.guard_fallback` is on, that adapter is checked
+//!   beside the generated one, on the same answers of the base model and the current
+//!   adapter: it is what the generator gives every task, and it too must answer at least
+//!   as many as the base and the current adapter. Of the adapters accepted, the one that
+//!   answers the most examples is stored and routed, the generated one on a tie.
+//! - A rejected adapter is neither stored nor routed. When every one is rejected, the
 //!   model that answered the task before (the base, or the current adapter) goes on.
 //!
 //! Before it is routed the adapter is served under a probe model id of its own
@@ -42,7 +43,6 @@
 //! `max_resident`'s count.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -157,11 +157,23 @@ pub struct Candidate<'a> {
     pub probe_id: String,
 }
 
-/// Checks `candidates` in order until one is accepted, and returns the verdict of each
-/// one checked, with the time it took: the last is the accepted one, or all were
-/// rejected. The base model and the current adapter's engine model `current` (if any)
-/// answer the examples once, with the first candidate; each candidate is registered from
-/// `probe_dir` (a folder this function fills and removes) for its own answers only.
+/// Which of the checked candidates is routed (see the module doc): of those accepted, the
+/// one that answered the most examples, the earliest on a tie; `None` when all were
+/// rejected.
+pub fn routed(verdicts: &[Verdict]) -> Option<usize> {
+    let mut best: Option<(usize, usize)> = None;
+    for (i, v) in verdicts.iter().enumerate().filter(|(_, v)| v.accepted) {
+        if best.is_none_or(|(_, hits)| v.adapter_hits > hits) {
+            best = Some((i, v.adapter_hits));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+/// Has the base model, the current adapter's engine model `current` (if any) and every
+/// candidate (each registered as its probe from a folder under `probe_dir`, which this
+/// function fills and removes) answer every example, all at once, and judges each
+/// candidate: one verdict per candidate, in order.
 pub async fn check(
     engine: &dyn AdapterEngine,
     candidates: &[Candidate<'_>],
@@ -169,73 +181,76 @@ pub async fn check(
     examples: &[Example],
     probe_dir: &Path,
     max_tokens: usize,
-) -> Result<Vec<(Verdict, Duration)>> {
-    let mut verdicts = Vec::new();
-    // The base model's and the current adapter's answers, once the first candidate had them.
-    let mut before: Option<(Vec<String>, Option<Vec<String>>)> = None;
-    for candidate in candidates {
-        let t = Instant::now();
-        let probed = with_probe(engine, candidate, probe_dir, async {
-            let adapter = answers(engine, &candidate.probe_id, examples, max_tokens);
-            match before.take() {
-                Some(before) => Ok((before, adapter.await?)),
-                // All at once: with shared adapters their rows share the base model's batches.
-                None => {
-                    let current = async {
-                        match current {
-                            Some(id) => answers(engine, id, examples, max_tokens).await.map(Some),
-                            None => Ok(None),
-                        }
-                    };
-                    let (base, current, adapter) = futures::future::try_join3(
-                        answers(engine, engine.base_id(), examples, max_tokens),
-                        current,
-                        adapter,
-                    )
-                    .await?;
-                    Ok(((base, current), adapter))
-                }
+) -> Result<Vec<Verdict>> {
+    let answering = async {
+        // All at once: with shared adapters their rows share the base model's batches.
+        let current = async {
+            match current {
+                Some(id) => answers(engine, id, examples, max_tokens).await.map(Some),
+                None => Ok(None),
             }
-        });
-        let ((base, current), adapter) = probed.await?;
+        };
+        let each = candidates
+            .iter()
+            .map(|c| answers(engine, &c.probe_id, examples, max_tokens));
+        futures::future::try_join3(
+            answers(engine, engine.base_id(), examples, max_tokens),
+            current,
+            futures::future::try_join_all(each),
+        )
+        .await
+    };
+    let (base, current, adapters) = with_probes(engine, candidates, probe_dir, answering).await?;
+    let judge = |adapter: &Vec<String>| {
         let outputs = Outputs {
             base: &base,
             current: current.as_deref(),
-            adapter: &adapter,
+            adapter,
         };
-        let verdict = Verdict::judge(examples, outputs);
-        verdicts.push((verdict, t.elapsed()));
-        if verdict.accepted {
-            break;
-        }
-        before = Some((base, current));
-    }
-    Ok(verdicts)
+        Verdict::judge(examples, outputs)
+    };
+    Ok(adapters.iter().map(judge).collect())
 }
 
-/// Runs `answering` while `candidate` is registered as its probe model, and removes the
-/// probe after it, whatever the outcome.
-async fn with_probe<T>(
+/// Runs `answering` while every candidate is registered as its probe model, and removes
+/// the probes and their folder after it, whatever the outcome.
+async fn with_probes<T>(
     engine: &dyn AdapterEngine,
-    candidate: &Candidate<'_>,
+    candidates: &[Candidate<'_>],
     probe_dir: &Path,
     answering: impl std::future::Future<Output = Result<T>>,
 ) -> Result<T> {
-    let (a, dir) = (candidate.adapter.clone(), probe_dir.to_path_buf());
-    tokio::task::spawn_blocking(move || a.write_peft(&dir))
-        .await?
-        .context("writing the probe adapter")?;
-    let probe_id = candidate.probe_id.as_str();
-    let result = match engine.register(probe_id, probe_dir).await {
-        Ok(_) => {
-            let answered = answering.await;
-            if let Err(e) = engine.unregister(probe_id).await {
-                tracing::warn!(probe_id, error = %e, "removing a probe adapter failed");
+    let mut registered = Vec::new();
+    let mut ready = Ok(());
+    for (i, c) in candidates.iter().enumerate() {
+        let (a, dir) = (c.adapter.clone(), probe_dir.join(i.to_string()));
+        let loaded = async {
+            let d = dir.clone();
+            tokio::task::spawn_blocking(move || a.write_peft(&d))
+                .await?
+                .context("writing a probe adapter")?;
+            engine
+                .register(&c.probe_id, &dir)
+                .await
+                .context("loading a probe adapter")
+        };
+        match loaded.await {
+            Ok(_) => registered.push(c.probe_id.as_str()),
+            Err(e) => {
+                ready = Err(e);
+                break;
             }
-            answered
         }
-        Err(e) => Err(e.context("loading the probe adapter")),
+    }
+    let result = match ready {
+        Ok(()) => answering.await,
+        Err(e) => Err(e),
     };
+    for probe_id in registered {
+        if let Err(e) = engine.unregister(probe_id).await {
+            tracing::warn!(probe_id, error = %e, "removing a probe adapter failed");
+        }
+    }
     if let Err(e) = tokio::fs::remove_dir_all(probe_dir).await {
         tracing::warn!(dir = %probe_dir.display(), error = %e, "removing a probe folder failed");
     }
@@ -326,6 +341,28 @@ mod tests {
             judge(&out(&["1", "2", "3"])).accepted,
             "a tie goes to the new one"
         );
+    }
+
+    #[test]
+    fn the_accepted_adapter_with_the_most_hits_is_routed_the_earliest_on_a_tie() {
+        let v = |adapter_hits, accepted| Verdict {
+            examples: 8,
+            base_hits: 2,
+            current_hits: None,
+            adapter_hits,
+            accepted,
+        };
+        assert_eq!(routed(&[v(3, true), v(5, true)]), Some(1));
+        assert_eq!(
+            routed(&[v(5, true), v(5, true)]),
+            Some(0),
+            "a tie: the first"
+        );
+        assert_eq!(routed(&[v(1, false), v(2, true)]), Some(1));
+        // A rejected adapter is not routed however many it answered (below the current one).
+        assert_eq!(routed(&[v(3, true), v(6, false)]), Some(0));
+        assert_eq!(routed(&[v(1, false), v(0, false)]), None);
+        assert_eq!(routed(&[]), None);
     }
 
     #[test]

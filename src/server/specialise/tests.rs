@@ -1162,23 +1162,25 @@ async fn a_rejected_adapter_gives_way_to_the_generators_base_adapter_when_that_p
         base: Some(base.clone()),
         ..FakeGenerator::default()
     };
-    // The base model answers one example, the generated adapter none, the generator's
-    // base adapter both while `base_right` holds, else none. `asked` counts the base
-    // model's answers.
+    // The base model answers one example, the generated adapter none (or, with
+    // `generated_right`, the one the base answers), the generator's base adapter both while
+    // `base_right` holds, else none. `asked` counts the base model's answers.
     let asked = Arc::new(AtomicUsize::new(0));
-    let answers = |f: &Fixture, base_right: bool| {
+    let answers_with = |f: &Fixture, generated_right: bool, base_right: bool| {
         let asked = asked.clone();
         f.engine.answer_with(move |model, prompt| {
-            if model == "base" {
-                asked.fetch_add(1, Ordering::SeqCst);
-                return if prompt == "a" { "a" } else { "?" }.to_string();
-            }
-            match model.starts_with("dnd-probe-base:") && base_right {
-                true => prompt.to_string(),
-                false => "wrong".to_string(),
-            }
+            let right = match model {
+                "base" => {
+                    asked.fetch_add(1, Ordering::SeqCst);
+                    prompt == "a"
+                }
+                m if m.starts_with("dnd-probe-base:") => base_right,
+                _ => generated_right && prompt == "a",
+            };
+            if right { prompt } else { "?" }.to_string()
         });
     };
+    let answers = |f: &Fixture, base_right: bool| answers_with(f, false, base_right);
     let f = start_with(tempfile::tempdir().unwrap(), settings(), generator());
     answers(&f, true);
     f.examples_then_k("t", &["a", "b"]).await;
@@ -1196,11 +1198,26 @@ async fn a_rejected_adapter_gives_way_to_the_generators_base_adapter_when_that_p
     );
     assert_eq!(f.versions("t"), 1);
     assert!(f.engine.registered().iter().all(|id| !id.contains("probe")));
+    assert!(info.fallback_routed);
     assert_eq!(
         asked.load(Ordering::SeqCst),
         2,
-        "the second check reuses the base model's answers to the two examples"
+        "both adapters are judged on the base model's one answer to each of the two examples"
     );
+
+    // Both pass: the one that answers more is routed, the generated one on a tie.
+    let base_hash = base.content_hash().unwrap();
+    for base_right in [true, false] {
+        let e = start_with(tempfile::tempdir().unwrap(), settings(), generator());
+        answers_with(&e, true, base_right);
+        e.examples_then_k("t", &["a", "b"]).await;
+        e.until_gen("t", GenState::Done).await;
+        let info = e.sp.info("t").unwrap();
+        assert!(info.last_check.unwrap().accepted);
+        assert_eq!(info.fallback_routed, base_right);
+        let hash = e.table.info("t").unwrap().hash.unwrap();
+        assert_eq!(hash == base_hash, base_right, "{hash}");
+    }
 
     // When the base adapter does no better than the base model, nothing is routed.
     let g = start_with(tempfile::tempdir().unwrap(), settings(), generator());
