@@ -221,10 +221,9 @@ async fn with_probes<T>(
     answering: impl std::future::Future<Output = Result<T>>,
 ) -> Result<T> {
     let mut registered = Vec::new();
-    let mut ready = Ok(());
-    for (i, c) in candidates.iter().enumerate() {
-        let (a, dir) = (c.adapter.clone(), probe_dir.join(i.to_string()));
-        let loaded = async {
+    let ready: Result<()> = async {
+        for (i, c) in candidates.iter().enumerate() {
+            let (a, dir) = (c.adapter.clone(), probe_dir.join(i.to_string()));
             let d = dir.clone();
             tokio::task::spawn_blocking(move || a.write_peft(&d))
                 .await?
@@ -232,16 +231,12 @@ async fn with_probes<T>(
             engine
                 .register(&c.probe_id, &dir)
                 .await
-                .context("loading a probe adapter")
-        };
-        match loaded.await {
-            Ok(_) => registered.push(c.probe_id.as_str()),
-            Err(e) => {
-                ready = Err(e);
-                break;
-            }
+                .context("loading a probe adapter")?;
+            registered.push(c.probe_id.as_str());
         }
+        Ok(())
     }
+    .await;
     let result = match ready {
         Ok(()) => answering.await,
         Err(e) => Err(e),
