@@ -198,15 +198,15 @@ impl NllReport {
     /// Sets the checked rows (`guarded`, and `fallback` given the multi-task column of the
     /// generator's base adapter) from `decoded` and `checks`, by the server's rule.
     pub fn apply_checks(&mut self, fallback: Option<usize>) {
-        let rows = |column: Option<usize>| -> Vec<Row<Accuracy>> {
-            let apply = |(r, c): (_, &TaskChecks)| c.apply(r, column);
+        let rows = |with_fallback: bool| -> Vec<Row<Accuracy>> {
+            let apply = |(r, c): (_, &TaskChecks)| c.apply(r, fallback, with_fallback);
             self.decoded.iter().zip(&self.checks).map(apply).collect()
         };
-        self.guarded = rows(None);
+        self.guarded = rows(false);
         self.fallback = match (fallback, self.checks.is_empty()) {
             (Some(i), false) => Some(Fallback {
                 adapter: self.multitask[i].clone(),
-                rows: rows(Some(i)),
+                rows: rows(true),
             }),
             _ => None,
         };
@@ -262,20 +262,31 @@ pub struct TaskChecks {
 
 impl TaskChecks {
     /// `row` as the checks leave it, by the server's rule ([`guard::routed`]): a rejected
-    /// adapter's scores are the base model's; given the multi-task column of the
-    /// generator's base adapter, that adapter's where the rule routes it (it passed and
-    /// answered more check examples than the DnD adapter, or that one was rejected).
-    pub fn apply(&self, row: &Row<Accuracy>, fallback: Option<usize>) -> Row<Accuracy> {
-        let base_adapter = fallback.zip(self.fallback);
+    /// adapter's scores are the base model's. Given `base_adapter`, the multi-task column
+    /// of the generator's base adapter, that column is checked too (so that DnD is compared
+    /// with it checked), and with `fallback` the DnD cells are that adapter's where the
+    /// rule routes it (it passed and answered more check examples than the DnD adapter, or
+    /// that one was rejected).
+    pub fn apply(
+        &self,
+        row: &Row<Accuracy>,
+        base_adapter: Option<usize>,
+        fallback: bool,
+    ) -> Row<Accuracy> {
+        let base_adapter = base_adapter.zip(self.fallback);
         let pick = |v: &Verdict, s: Accuracy| {
             let mut verdicts = vec![*v];
-            verdicts.extend(base_adapter.map(|(_, f)| f));
+            verdicts.extend(base_adapter.filter(|_| fallback).map(|(_, f)| f));
             match (guard::routed(&verdicts), base_adapter) {
                 (Some(0), _) => s,
                 (Some(_), Some((column, _))) => row.multitask[column],
                 _ => row.base,
             }
         };
+        let mut multitask = row.multitask.clone();
+        if let Some((column, v)) = base_adapter {
+            multitask[column] = pick(&v, row.multitask[column]);
+        }
         let dnd_batches: Vec<Accuracy> = self
             .dnd
             .iter()
@@ -283,6 +294,7 @@ impl TaskChecks {
             .map(|(v, s)| pick(v, *s))
             .collect();
         Row {
+            multitask,
             dnd: Accuracy::mean(&dnd_batches),
             dnd_batches,
             shuffled: pick(&self.shuffled, row.shuffled),
@@ -741,8 +753,9 @@ pub fn nll_markdown(r: &NllReport) -> String {
         let n = r.checks.first().map_or(0, |c| c.shuffled.examples);
         out.push_str(&format!(
             "\nWith the no-harm check on the first {n} training examples of each task (an \
-             adapter that answers fewer of them than the base model is not routed: its row \
-             shows the base model's scores), strict % (lenient %):\n\n"
+             adapter that answers fewer of them than the base model is not routed: its cell \
+             shows the base model's scores; the generator's base adapter's column, if any, \
+             is checked too), strict % (lenient %):\n\n"
         ));
         out.push_str(&table(&r.guarded, &r.multitask));
         out.push('\n');
@@ -1042,9 +1055,9 @@ mod tests {
         }
     }
 
-    /// A rejected adapter's cells become the base model's, or the fallback column's when
-    /// the generator's base adapter passed its own check; an accepted one's too when the
-    /// base adapter answered more check examples.
+    /// A rejected adapter's cells become the base model's, or (with the fallback) the base
+    /// adapter's column's when that passed its own check; an accepted one's too when the
+    /// base adapter answered more check examples. That column is checked itself.
     #[test]
     fn checks_replace_rejected_adapters_with_the_base_or_the_fallback() {
         let row = decoded_row("a", acc(0.1, 0.2), acc(0.5, 0.5), acc(0.4, 0.4));
@@ -1058,25 +1071,32 @@ mod tests {
         let (base, mt) = (acc(0.1, 0.2), acc(0.3, 0.3));
         let shuffled = acc(0.4, 0.4);
         assert_eq!(
-            cells(checks(None).apply(&row, None)),
+            cells(checks(None).apply(&row, None, false)),
             (base, base, shuffled)
         );
         assert_eq!(
-            cells(checks(Some(true)).apply(&row, None)),
+            cells(checks(Some(true)).apply(&row, None, true)),
             (base, base, shuffled)
         );
         assert_eq!(
-            cells(checks(Some(true)).apply(&row, Some(0))),
+            cells(checks(Some(true)).apply(&row, Some(0), true)),
             (mt, mt, shuffled)
         );
         assert_eq!(
-            cells(checks(Some(false)).apply(&row, Some(0))),
+            cells(checks(Some(true)).apply(&row, Some(0), false)),
             (base, base, shuffled)
         );
+        assert_eq!(
+            cells(checks(Some(false)).apply(&row, Some(0), true)),
+            (base, base, shuffled)
+        );
+        // The base adapter's own column is checked: the base model's cells when it failed.
+        let failed = checks(Some(false)).apply(&row, Some(0), false);
+        assert_eq!(failed.multitask, vec![base]);
         // Accepted adapters keep their own cells; the other columns never change.
         let mut all = checks(Some(true));
         all.dnd = vec![verdict(true)];
-        let applied = all.apply(&row, Some(0));
+        let applied = all.apply(&row, Some(0), true);
         assert_eq!(cells(applied.clone()), (row.dnd, row.dnd, shuffled));
         assert_eq!(
             (applied.base, applied.multitask),
@@ -1087,7 +1107,7 @@ mod tests {
             adapter_hits: 3,
             ..verdict(true)
         });
-        let more = all.apply(&row, Some(0));
+        let more = all.apply(&row, Some(0), true);
         assert_eq!((more.dnd, more.shuffled), (mt, mt));
     }
 
