@@ -176,15 +176,15 @@ pub struct NllReport {
     pub decode_limit: Option<usize>,
     /// With `--guard N`: the no-harm check of every DnD adapter and the shuffled one on
     /// the first N training examples of its task, and the decoded rows with each rejected
-    /// adapter's scores replaced by the base model's (what a tenant who gave N examples
-    /// would get).
+    /// adapter's scores replaced by the base model's, the generator's base adapter's
+    /// column checked too (what a tenant who gave N examples would get).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<TaskChecks>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub guarded: Vec<Row<Accuracy>>,
     /// With `--guard N` and a residual generator: the guarded rows with the generator's
-    /// base adapter routed where a DnD adapter is rejected and it passes the check itself
-    /// (what the server does, see [`guard`]); `None` otherwise.
+    /// base adapter routed where the server's rule routes it ([`guard::routed`]); `None`
+    /// otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<Fallback>,
     /// Held-out tasks left out of this report ([`NllReport::without`]): its means and bars

@@ -216,10 +216,8 @@ struct TaskBuf {
     has_adapter: bool,
     /// The no-harm check of the last generation, when the task had examples.
     last_check: Option<Verdict>,
-    /// The check of the generator's base adapter beside the generated one, and whether it
-    /// was routed.
+    /// The check of the generator's base adapter beside the generated one.
     last_fallback: Option<Verdict>,
-    fallback_routed: bool,
 }
 
 impl TaskBuf {
@@ -236,7 +234,6 @@ impl TaskBuf {
             has_adapter: false,
             last_check: None,
             last_fallback: None,
-            fallback_routed: false,
         }
     }
 
@@ -833,7 +830,6 @@ impl Specialiser {
             buf.state = GenState::Generating;
             buf.last_check = None;
             buf.last_fallback = None;
-            buf.fallback_routed = false;
             buf.attempts += 1;
             buf.recent.push_back(now_secs());
             buf.job = self.last_job.fetch_add(1, Ordering::Relaxed) + 1;
@@ -961,13 +957,12 @@ impl Specialiser {
         let routed = match checks {
             None => 0,
             Some((verdicts, took)) => {
-                let (first, routed) = (verdicts[0], guard::routed(&verdicts));
+                let first = verdicts[0];
                 if let Some(b) = self.lock().get_mut(task).filter(|b| b.job == job) {
                     b.last_check = Some(first);
                     b.last_fallback = verdicts.get(1).copied();
-                    b.fallback_routed = routed == Some(1);
                 }
-                let Some(i) = routed else {
+                let Some(i) = guard::routed(&verdicts) else {
                     return Ok(Outcome::Rejected(first));
                 };
                 stages.push(("check".to_string(), took));
@@ -1255,7 +1250,10 @@ impl Specialiser {
             last_timings_ms: b.last_timings.clone(),
             last_check: b.last_check,
             fallback_check: b.last_fallback,
-            fallback_routed: b.fallback_routed,
+            fallback_routed: match (b.last_check, b.last_fallback) {
+                (Some(check), Some(fallback)) => guard::routed(&[check, fallback]) == Some(1),
+                _ => false,
+            },
         }
     }
 
