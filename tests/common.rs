@@ -215,6 +215,7 @@ pub fn trained_tiny_generator() -> &'static TrainedGenerator {
         let quiet = CollectOptions {
             stop_after_steps: None,
             quiet: true,
+            ..Default::default()
         };
         collect(&tiny_model(), &tasks, &collection, &cfg, &quiet).unwrap();
         let decoder = decoder_config_for(
@@ -261,6 +262,7 @@ pub fn trained_tiny_generator() -> &'static TrainedGenerator {
             &TrainOptions {
                 stop_after_steps: None,
                 quiet: true,
+                ..Default::default()
             },
         )
         .unwrap();

@@ -70,6 +70,7 @@ fn train_with(
     let opts = TrainOptions {
         stop_after_steps: stop,
         quiet: true,
+        command: Some(format!("train stop={stop:?}")),
     };
     train_decoder(
         &set,
@@ -268,6 +269,11 @@ fn mix_resumes_exactly() {
     assert_eq!(first.record.step, 5);
     let second = train(Objective::Mix, &b, None);
     assert_eq!(second.resumed_from, 4, "resumes from the last save");
+    assert_eq!(
+        second.record.made_by,
+        ["train stop=Some(5)", "train stop=None"],
+        "each call's command, in order"
+    );
     for file in ["decoder.safetensors", "residual.safetensors"] {
         assert_eq!(
             std::fs::read(a.join(file)).unwrap(),

@@ -144,6 +144,7 @@ pub fn run(args: CollectArgs) -> Result<()> {
         &CollectOptions {
             stop_after_steps: args.stop_after_steps,
             quiet: false,
+            command: Some(super::command_line()),
         },
     )?;
     println!(

@@ -43,6 +43,27 @@ pub enum Command {
     Eval(eval::Args),
 }
 
+/// This process's command line as `mistralrs-dnd ARGS`, whatever the binary's path: what a
+/// run records about how it was made.
+pub fn command_line() -> String {
+    shell_line(std::iter::once("mistralrs-dnd".into()).chain(std::env::args().skip(1)))
+}
+
+/// Arguments joined into one line a shell reads back as the same arguments: anything but
+/// plain characters single-quoted.
+fn shell_line(args: impl Iterator<Item = String>) -> String {
+    let quote = |a: String| {
+        let plain = a
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.,/=:+@%".contains(c));
+        match plain && !a.is_empty() {
+            true => a,
+            false => format!("'{}'", a.replace('\'', r"'\''")),
+        }
+    };
+    args.map(quote).collect::<Vec<_>>().join(" ")
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Assets(a) => assets::run(a),
@@ -53,5 +74,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Collect(a) => collect::run(a),
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shell_line_quotes_what_a_shell_would_split() {
+        let args = ["train", "--out", "data/g 1", "it's", "", "--except", "a,b"];
+        assert_eq!(
+            super::shell_line(args.iter().map(|a| a.to_string())),
+            r"train --out 'data/g 1' 'it'\''s' '' --except a,b"
+        );
     }
 }

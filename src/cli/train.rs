@@ -236,6 +236,7 @@ pub fn run(args: Args) -> Result<()> {
         &TrainOptions {
             stop_after_steps: args.stop_after_steps,
             quiet: false,
+            command: Some(super::command_line()),
         },
     )?;
     let last = outcome.record.log.last();

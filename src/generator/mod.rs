@@ -47,8 +47,8 @@ use crate::format::frozen_a::check_frozen_a;
 use crate::format::peft::{tensor_name, LlamaDims, LoraAdapter, PeftConfig};
 
 /// The trained generator for SmolLM2-135M-Instruct shipped with the project (decoder
-/// weights, config and `train.json`; reproduced by the command in its `train.json` and the
-/// README), relative to the repository root. The default of `generate`, the benches and
+/// weights, config and `train.json`; reproduced by the README's commands, which a newer
+/// `train.json` also records in `made_by`), relative to the repository root. The default of `generate`, the benches and
 /// `configs/default.toml`.
 pub const SHIPPED_SMOLLM2: &str = "generators/smollm2-135m";
 /// The shipped generator that reads labelled examples (`plugin.examples_generator`).

@@ -56,6 +56,8 @@ pub struct CollectOptions {
     pub stop_after_steps: Option<usize>,
     /// No progress bars or timing lines (tests).
     pub quiet: bool,
+    /// The command line of this call, recorded in each task's `done.json`.
+    pub command: Option<String>,
 }
 
 /// The seed of one task's run.
@@ -231,6 +233,7 @@ fn train_task(
         checkpoints,
         losses,
         seconds,
+        command: opts.command.clone(),
     };
     write_atomic(&partial.join(DONE_FILE), &serde_json::to_vec_pretty(&done)?)?;
     publish_dir(&partial, &final_dir)?;
@@ -289,6 +292,7 @@ mod tests {
         CollectOptions {
             stop_after_steps: stop,
             quiet: true,
+            ..Default::default()
         }
     }
 

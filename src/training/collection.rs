@@ -98,6 +98,10 @@ pub struct TaskDone {
     /// Training loss of every step.
     pub losses: Vec<f32>,
     pub seconds: f64,
+    /// The command line that trained it, when the caller gave one (a generator trained on
+    /// this checkpoint copies it into its `train.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
 }
 
 /// The folder name of the checkpoint after `step` (1-based).

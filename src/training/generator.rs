@@ -35,7 +35,7 @@ use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::collection::Collection;
+use super::collection::{Collection, TaskDone, DONE_FILE};
 use super::optim::{
     clip_grad_norm, print_above, progress_bar, AdamW, AdamWParams, StepBudget, WarmupCosine,
 };
@@ -303,6 +303,11 @@ pub struct TrainRecord {
     /// adapter, gates at zero), to read the log against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heldout_nll_at_start: Option<f32>,
+    /// How it was made, in order: the command that trained the adapter it sits on (from
+    /// that checkpoint's `done.json`, when recorded) and each call of `train` (a resumed
+    /// run has one line per call).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub made_by: Vec<String>,
 }
 
 impl TrainRecord {
@@ -639,6 +644,8 @@ pub struct TrainOptions {
     pub stop_after_steps: Option<usize>,
     /// No progress bar or log lines.
     pub quiet: bool,
+    /// The command line of this call, recorded in `train.json`'s `made_by`.
+    pub command: Option<String>,
 }
 
 /// What a call to [`train_decoder`] did.
@@ -648,6 +655,14 @@ pub struct TrainOutcome {
     pub resumed_from: usize,
     pub record: TrainRecord,
     pub seconds: f64,
+}
+
+/// The recorded command that trained the adapter at `residual_from` (a checkpoint folder
+/// inside a collection's task folder), if any.
+fn base_adapter_command(residual_from: Option<&Path>) -> Option<String> {
+    let done = residual_from?.parent()?.join(DONE_FILE);
+    let done: TaskDone = serde_json::from_slice(&std::fs::read(done).ok()?).ok()?;
+    done.command
 }
 
 /// Sets the decoder's last convolution over the token axis (weight and bias) to zero, so
@@ -724,6 +739,10 @@ pub fn train_decoder(
         step: 0,
         log: Vec::new(),
         heldout_nll_at_start: None,
+        made_by: base_adapter_command(cfg.residual_from.as_deref())
+            .into_iter()
+            .chain(opts.command.clone())
+            .collect(),
     };
     let (decoder, mut varmap) = Decoder::seeded(decoder_cfg, cfg.seed, &device)?;
     if let Some(dir) = &cfg.init_from {
@@ -760,6 +779,7 @@ pub fn train_decoder(
         let same = TrainRecord {
             step: saved.step,
             log: saved.log.clone(),
+            made_by: saved.made_by.clone(),
             ..record.clone()
         };
         if saved != same {
@@ -782,6 +802,7 @@ pub fn train_decoder(
         }
         adam.restore(saved.step, moments)?;
         record = saved;
+        record.made_by.extend(opts.command.clone());
     }
     let resumed_from = record.step;
 
@@ -1071,6 +1092,34 @@ mod tests {
         }
     }
 
+    /// A generator records the command that trained the checkpoint it sits on, read from
+    /// the `done.json` of that checkpoint's task folder; without one, nothing.
+    #[test]
+    fn base_adapter_command_comes_from_the_checkpoints_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let step = dir.path().join("pool").join("step-000010");
+        std::fs::create_dir_all(&step).unwrap();
+        assert_eq!(base_adapter_command(Some(&step)), None);
+        let done = TaskDone {
+            task: "pool".into(),
+            family: "pooled".into(),
+            train_hash: "0".into(),
+            seed: 0,
+            steps: 10,
+            checkpoints: vec!["step-000010".into()],
+            losses: vec![],
+            seconds: 0.0,
+            command: Some("mistralrs-dnd collect --pool pool".into()),
+        };
+        std::fs::write(
+            step.parent().unwrap().join(DONE_FILE),
+            serde_json::to_vec(&done).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(base_adapter_command(Some(&step)), done.command);
+        assert_eq!(base_adapter_command(None), None);
+    }
+
     fn settings(steps: usize) -> TrainDecoderConfig {
         TrainDecoderConfig {
             steps,
@@ -1087,6 +1136,7 @@ mod tests {
         TrainOptions {
             stop_after_steps: stop,
             quiet: true,
+            ..Default::default()
         }
     }
 
