@@ -190,6 +190,7 @@ pub fn trained_tiny_generator() -> &'static TrainedGenerator {
             seed: 5,
             train: 16,
             test: 6,
+            ..SuiteConfig::default()
         };
         let tasks: Vec<_> = ["add", "uppercase", HELD_OUT]
             .iter()

@@ -88,6 +88,10 @@ pub struct SuiteArgs {
     /// Test examples per built-in task.
     #[arg(long, default_value_t = SuiteConfig::default().test)]
     pub test_size: usize,
+    /// Version of the built-in suite: 1 is the 130 tasks of the runs README records before
+    /// 2026-12-03; each later version appends families (the newest is the default).
+    #[arg(long, env = "DND_SUITE_VERSION", default_value_t = SuiteConfig::default().version)]
+    pub suite_version: u32,
 }
 
 impl SuiteArgs {
@@ -96,6 +100,7 @@ impl SuiteArgs {
             seed: self.suite_seed,
             train: self.train_size,
             test: self.test_size,
+            version: self.suite_version,
         }
     }
 }

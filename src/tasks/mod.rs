@@ -16,6 +16,12 @@
 //! [`world`] (capitals, elements, ISO codes). [`taskfile`] reads and writes tasks as JSONL, so users can bring
 //! their own.
 //!
+//! Versions ([`SuiteConfig::version`]): a version only appends families, so every task of
+//! an older version keeps its questions, and an older version's commands (held-out splits
+//! by `holdout_every`, pools of "every task but ...") still select what they did when they
+//! name it. Version 1: the 130 tasks above (2026-12-01). Version 2 ([`LATEST_SUITE`]) adds
+//! [`money`] and [`encoding`], 16 tasks.
+//!
 //! Splits: each example has a *key* (its content without the phrasing, e.g. `(37, 48)` for
 //! an addition). Keys are unique inside a task and each key lands in exactly one split, so a
 //! test question is never a rephrased training question.
@@ -44,8 +50,10 @@ mod text;
 mod cipher;
 mod counting;
 mod dates;
+mod encoding;
 mod facts;
 mod logic;
+mod money;
 mod morphology;
 mod multiple_choice;
 mod numbers;
@@ -165,12 +173,17 @@ impl Task {
 // ---------------------------------------------------------------------------------------
 // The built-in suite
 
-/// Sizes and seed of the built-in suite.
+/// The newest version of the built-in suite (the module doc lists what each added).
+pub const LATEST_SUITE: u32 = 2;
+
+/// Sizes, seed and version of the built-in suite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SuiteConfig {
     pub seed: u64,
     pub train: usize,
     pub test: usize,
+    /// Which tasks: version 1 the first 130, each later one appends families.
+    pub version: u32,
 }
 
 impl Default for SuiteConfig {
@@ -179,6 +192,7 @@ impl Default for SuiteConfig {
             seed: 1234,
             train: 240,
             test: 60,
+            version: LATEST_SUITE,
         }
     }
 }
@@ -199,8 +213,13 @@ struct Spec {
     draw: Draw,
 }
 
-/// Every built-in task, in suite order: family by family.
-fn specs() -> impl Iterator<Item = &'static Spec> {
+/// Every built-in task of a suite version, in suite order: family by family, each version's
+/// families after the older ones'.
+fn specs(version: u32) -> impl Iterator<Item = &'static Spec> {
+    let version_2: &[&[Spec]] = match version >= 2 {
+        true => &[money::SPECS, encoding::SPECS],
+        false => &[],
+    };
     arithmetic::SPECS
         .iter()
         .chain(text::SPECS)
@@ -220,6 +239,7 @@ fn specs() -> impl Iterator<Item = &'static Spec> {
         .chain(morphology::SPECS)
         .chain(semantics::SPECS)
         .chain(world::SPECS)
+        .chain(version_2.iter().flat_map(|f| f.iter()))
 }
 
 const fn spec(name: &'static str, family: &'static str, scoring: Scoring, draw: Draw) -> Spec {
@@ -231,24 +251,28 @@ const fn spec(name: &'static str, family: &'static str, scoring: Scoring, draw: 
     }
 }
 
-/// Names of the built-in tasks, in suite order.
-pub fn builtin_names() -> Vec<&'static str> {
-    specs().map(|s| s.name).collect()
-}
-
 /// The whole built-in suite for a config. Each task draws from its own random stream
 /// (`seed`, task name), so adding a task does not change the others.
 pub fn builtin_suite(cfg: &SuiteConfig) -> Result<Vec<Task>> {
-    specs().map(|s| build(s, cfg)).collect()
+    ensure!(
+        (1..=LATEST_SUITE).contains(&cfg.version),
+        "suite version {} does not exist (1 to {LATEST_SUITE})",
+        cfg.version
+    );
+    specs(cfg.version).map(|s| build(s, cfg)).collect()
 }
 
 /// One built-in task by name.
 pub fn builtin_task(name: &str, cfg: &SuiteConfig) -> Result<Task> {
-    match specs().find(|s| s.name == name) {
+    match specs(cfg.version).find(|s| s.name == name) {
         Some(s) => build(s, cfg),
         None => bail!(
-            "no built-in task {name:?}; known: {}",
-            builtin_names().join(", ")
+            "no built-in task {name:?} in suite version {}; known: {}",
+            cfg.version,
+            specs(cfg.version)
+                .map(|s| s.name)
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
@@ -394,7 +418,43 @@ mod tests {
             seed: 5,
             train: 40,
             test: 10,
+            ..SuiteConfig::default()
         }
+    }
+
+    /// Version 1 is the 130 tasks its recorded runs used, with their held-out split; the
+    /// latest version starts with it, question for question, and holds out more.
+    #[test]
+    fn a_newer_suite_version_only_appends() {
+        let v1 = builtin_suite(&SuiteConfig {
+            version: 1,
+            ..small()
+        })
+        .unwrap();
+        let latest = builtin_suite(&small()).unwrap();
+        assert_eq!(v1.len(), 130);
+        assert_eq!(latest.len(), 146);
+        assert_eq!(v1[..], latest[..130]);
+        let held = holdout_every(&v1, 7).unwrap();
+        assert_eq!(held.len(), 22);
+        assert_eq!(held.first().map(String::as_str), Some("month_shift"));
+        let held_latest = holdout_every(&latest, 7).unwrap();
+        assert_eq!(held_latest[..22], held[..]);
+        assert_eq!(
+            held_latest[22..],
+            ["change_from", "sale_price", "decimal_to_binary"]
+        );
+        let v1_cfg = SuiteConfig {
+            version: 1,
+            ..small()
+        };
+        let err = builtin_task("total_cost", &v1_cfg).unwrap_err();
+        assert!(err.to_string().contains("suite version 1"), "{err}");
+        assert!(builtin_suite(&SuiteConfig {
+            version: 0,
+            ..small()
+        })
+        .is_err());
     }
 
     #[test]

@@ -171,6 +171,7 @@ mod tests {
             seed: 3,
             train: 8,
             test: 4,
+            ..SuiteConfig::default()
         };
         let suite = builtin_suite(&cfg).unwrap();
         let dir = tempfile::tempdir().unwrap();

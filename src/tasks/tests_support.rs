@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use super::{builtin_task, SuiteConfig, Task};
 
 /// The families added with the procedural tasks that these helpers' tests cover.
-pub(super) const FAMILIES: [&str; 9] = [
+pub(super) const FAMILIES: [&str; 11] = [
     "strings",
     "counting",
     "sequences",
@@ -15,13 +15,14 @@ pub(super) const FAMILIES: [&str; 9] = [
     "units",
     "numbers",
     "multiple_choice",
+    "money",
+    "encoding",
 ];
 
 pub(super) fn task(name: &str) -> Task {
     let cfg = SuiteConfig {
         seed: 7,
-        train: 240,
-        test: 60,
+        ..SuiteConfig::default()
     };
     builtin_task(name, &cfg).unwrap()
 }

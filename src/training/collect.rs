@@ -264,6 +264,7 @@ mod tests {
             seed: 9,
             train: 12,
             test: 4,
+            ..SuiteConfig::default()
         };
         let tasks = vec![
             builtin_task("add", &sc).unwrap(),
