@@ -98,8 +98,8 @@ pub struct Args {
     /// Serving dtype.
     #[arg(long, default_value = "f16")]
     pub dtype: String,
-    /// The built-in suite's seed and sizes: the same as in `collect`, since the test split
-    /// follows the training examples.
+    /// The built-in suite's seed, sizes and version: the same as in `collect`, since the
+    /// test split follows the training examples.
     #[command(flatten)]
     pub suite_args: SuiteArgs,
 }

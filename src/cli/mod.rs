@@ -43,10 +43,18 @@ pub enum Command {
     Eval(eval::Args),
 }
 
-/// This process's command line as `mistralrs-dnd ARGS`, whatever the binary's path: what a
+/// This process's command line as `mistralrs-dnd ARGS`, whatever the binary's path, after
+/// the environment variables that choose what it does (`DND_SUITE_VERSION=1 ...`): what a
 /// run records about how it was made.
 pub fn command_line() -> String {
-    shell_line(std::iter::once("mistralrs-dnd".into()).chain(std::env::args().skip(1)))
+    let env = ["DND_SUITE_VERSION"]
+        .into_iter()
+        .filter_map(|k| Some(format!("{k}={}", std::env::var(k).ok()?)));
+    let args = std::env::args_os().skip(1);
+    shell_line(
+        env.chain(std::iter::once("mistralrs-dnd".into()))
+            .chain(args.map(|a| a.to_string_lossy().into_owned())),
+    )
 }
 
 /// Arguments joined into one line a shell reads back as the same arguments: anything but

@@ -135,7 +135,7 @@ mod tests {
     /// Each answer read back: binary and hex parse to the question's number, digits spell it.
     #[test]
     fn answers_encode_the_question() {
-        // The binary number is the question's last number ("Add 1 to 101") and its first.
+        // The binary number is the question's last number ("Add 1 to 101").
         let binary = |p: &str| {
             let b = *numbers_in(p).last().unwrap();
             i64::from_str_radix(&b.to_string(), 2).unwrap()
@@ -152,7 +152,11 @@ mod tests {
                 .unwrap()
         };
         let parse = |a: &str, radix| i64::from_str_radix(a, radix).unwrap();
-        for ex in &task("binary_to_decimal").train {
+        let both = |name: &str| {
+            let t = task(name);
+            t.train.into_iter().chain(t.test).collect::<Vec<_>>()
+        };
+        for ex in both("binary_to_decimal").iter() {
             let first = numbers_in(&ex.prompt)[0];
             assert_eq!(
                 ex.answer,
@@ -161,7 +165,7 @@ mod tests {
                 ex.prompt
             );
         }
-        for ex in &task("decimal_to_binary").train {
+        for ex in both("decimal_to_binary").iter() {
             assert_eq!(
                 parse(&ex.answer, 2),
                 numbers_in(&ex.prompt)[0],
@@ -169,10 +173,10 @@ mod tests {
                 ex.prompt
             );
         }
-        for ex in &task("hex_to_decimal").train {
+        for ex in both("hex_to_decimal").iter() {
             assert_eq!(ex.answer, hex(&ex.prompt).to_string(), "{}", ex.prompt);
         }
-        for ex in &task("decimal_to_hex").train {
+        for ex in both("decimal_to_hex").iter() {
             assert_eq!(
                 parse(&ex.answer, 16),
                 numbers_in(&ex.prompt)[0],
@@ -181,12 +185,12 @@ mod tests {
             );
             assert_eq!(ex.answer, ex.answer.to_uppercase());
         }
-        for ex in &task("count_ones").train {
+        for ex in both("count_ones").iter() {
             let b = numbers_in(&ex.prompt).into_iter().find(|&n| n > 1).unwrap();
             let ones = b.to_string().chars().filter(|&c| c == '1').count();
             assert_eq!(ex.answer, ones.to_string(), "{}", ex.prompt);
         }
-        for ex in &task("next_binary").train {
+        for ex in both("next_binary").iter() {
             assert_eq!(
                 parse(&ex.answer, 2),
                 binary(&ex.prompt) + 1,
@@ -194,7 +198,7 @@ mod tests {
                 ex.prompt
             );
         }
-        for ex in &task("digits_to_words").train {
+        for ex in both("digits_to_words").iter() {
             let spelt: String = ex
                 .answer
                 .split(' ')

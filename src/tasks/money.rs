@@ -81,7 +81,7 @@ fn gen_unit_price(r: &mut Rng) -> Sample {
 
 fn gen_tip_amount(r: &mut Rng) -> Sample {
     let pct = *r.choose(&[10, 15, 20, 25, 50]);
-    let bill = 20 * r.range(1, 60);
+    let bill = 20 * r.range(1, 100);
     let q = match r.below(3) {
         0 => format!("What is a {pct}% tip on a ${bill} bill, in dollars?"),
         1 => format!("The bill is ${bill}. How many dollars is a {pct} percent tip?"),
@@ -126,10 +126,18 @@ fn gen_weeks_to_save(r: &mut Rng) -> Sample {
 
 fn gen_coins_value(r: &mut Rng) -> Sample {
     let (q, d, n) = (r.range(0, 9), r.range(0, 9), r.range(0, 9));
-    if q + d + n == 0 {
-        return gen_coins_value(r);
-    }
-    let coins = format!("{q} quarters, {d} dimes and {n} nickels");
+    // The coins there are, "1 quarter" in the singular: at least two kinds, so the
+    // question is never one multiplication.
+    let kinds: Vec<String> = [(q, "quarter"), (d, "dime"), (n, "nickel")]
+        .iter()
+        .filter(|(k, _)| *k > 0)
+        .map(|(k, name)| format!("{k} {name}{}", if *k == 1 { "" } else { "s" }))
+        .collect();
+    let coins = match kinds.as_slice() {
+        [a, b] => format!("{a} and {b}"),
+        [a, b, c] => format!("{a}, {b} and {c}"),
+        _ => return gen_coins_value(r),
+    };
     let p = match r.below(3) {
         0 => format!("How many cents are {coins} worth?"),
         1 => format!("What is the value in cents of {coins}?"),
@@ -155,41 +163,54 @@ fn gen_sale_price(r: &mut Rng) -> Sample {
 mod tests {
     use super::super::tests_support::{numbers_in, task};
 
-    /// Every answer is the sum its question asks for, from the question's numbers in either
-    /// order (the phrasings name them in different orders).
+    /// The number after each `$` in a question, in order.
+    fn dollars(p: &str) -> Vec<i64> {
+        p.split('$').skip(1).map(|s| numbers_in(s)[0]).collect()
+    }
+
+    /// Every answer is the sum its question asks for, read back from the question: the
+    /// dollar amounts, and the other numbers (counts, hours, percentages).
     #[test]
     fn answers_follow_from_the_questions() {
-        type Rule = fn(i64, i64, i64) -> bool;
+        type Rule = fn(&[i64], &[i64]) -> i64;
+        let others = |p: &str| {
+            let d = dollars(p);
+            let mut n = numbers_in(p);
+            for x in &d {
+                let i = n.iter().position(|y| y == x).unwrap();
+                n.remove(i);
+            }
+            n
+        };
         let rules: [(&str, Rule); 8] = [
-            ("total_cost", |a, b, x| x == a * b),
-            ("hourly_pay", |a, b, x| x == a * b),
-            ("change_from", |a, b, x| x == (a - b).abs()),
-            ("profit", |a, b, x| x == (a - b).abs()),
-            ("unit_price", |a, b, x| x * a.min(b) == a.max(b)),
-            ("weeks_to_save", |a, b, x| x * a.min(b) == a.max(b)),
-            ("tip_amount", |a, b, x| x * 100 == a * b),
-            // The percentage is a multiple of 5 below 100 and the price a multiple of 20,
-            // so either reading that fits names the same sum.
-            ("sale_price", |a, b, x| {
-                x * 100 == a * (100 - b) || x * 100 == b * (100 - a)
-            }),
+            ("total_cost", |d, n| d[0] * n[0]),
+            ("hourly_pay", |d, n| d[0] * n[0]),
+            ("change_from", |d, _| (d[0] - d[1]).abs()),
+            ("profit", |d, _| (d[0] - d[1]).abs()),
+            ("unit_price", |d, n| d[0] / n[0]),
+            ("weeks_to_save", |d, _| d[0].max(d[1]) / d[0].min(d[1])),
+            ("tip_amount", |d, n| d[0] * n[0] / 100),
+            ("sale_price", |d, n| d[0] * (100 - n[0]) / 100),
         ];
         for (name, rule) in rules {
             let t = task(name);
             for ex in t.train.iter().chain(&t.test) {
-                let n = numbers_in(&ex.prompt);
-                let x: i64 = ex.answer.parse().unwrap();
-                assert!(
-                    rule(n[0], n[1], x),
-                    "{name}: {} -> {}",
-                    ex.prompt,
-                    ex.answer
-                );
+                let (d, n) = (dollars(&ex.prompt), others(&ex.prompt));
+                assert_eq!(ex.answer, rule(&d, &n).to_string(), "{name}: {}", ex.prompt);
             }
         }
-        for ex in &task("coins_value").train {
-            let n = numbers_in(&ex.prompt);
-            assert_eq!(ex.answer, (25 * n[0] + 10 * n[1] + 5 * n[2]).to_string());
+        let t = task("coins_value");
+        for ex in t.train.iter().chain(&t.test) {
+            let value: i64 = ["quarter", "dime", "nickel"]
+                .iter()
+                .zip([25, 10, 5])
+                .filter_map(|(coin, cents)| {
+                    let at = ex.prompt.find(coin)?;
+                    Some(cents * numbers_in(&ex.prompt[..at]).last().unwrap())
+                })
+                .sum();
+            assert_eq!(ex.answer, value.to_string(), "{}", ex.prompt);
+            assert!(!ex.prompt.contains(" 1 dimes") && !ex.prompt.contains(" 0 "));
         }
     }
 }

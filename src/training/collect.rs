@@ -49,7 +49,7 @@ pub struct CollectReport {
     pub interrupted: Option<String>,
 }
 
-/// Knobs that do not change the result.
+/// Knobs that do not change the trained weights.
 #[derive(Debug, Clone, Default)]
 pub struct CollectOptions {
     /// Stop (as if killed) after this many optimiser steps in this call.

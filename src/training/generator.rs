@@ -305,7 +305,8 @@ pub struct TrainRecord {
     pub heldout_nll_at_start: Option<f32>,
     /// How it was made, in order: the command that trained the adapter it sits on (from
     /// that checkpoint's `done.json`, when recorded) and each call of `train` (a resumed
-    /// run has one line per call).
+    /// run has one line per call). Not recorded: the commands behind `--residual-fold`
+    /// adapters and `--init-from`, and anything before the field existed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub made_by: Vec<String>,
 }
@@ -637,7 +638,7 @@ fn safetensors_bytes(tensors: &BTreeMap<String, Tensor>) -> Result<Vec<u8>> {
     Ok(safetensors::serialize(views, None)?)
 }
 
-/// Options that do not change the result.
+/// Options that do not change the trained weights.
 #[derive(Debug, Clone, Default)]
 pub struct TrainOptions {
     /// Stop (as if killed) after this many steps in this call.
