@@ -76,7 +76,11 @@ pub struct CollectArgs {
     pub stop_after_steps: Option<usize>,
 }
 
-/// Seed and sizes of the built-in suite (the same flags wherever the suite is built).
+/// The environment variable that chooses the built-in suite's version where no
+/// `--suite-version` is given (README's earlier runs export it as 1).
+pub const SUITE_VERSION_ENV: &str = "DND_SUITE_VERSION";
+
+/// Seed, sizes and version of the built-in suite (the same flags wherever the suite is built).
 #[derive(Debug, Clone, clap::Args)]
 pub struct SuiteArgs {
     /// Seed of the built-in suite's questions.
@@ -90,7 +94,7 @@ pub struct SuiteArgs {
     pub test_size: usize,
     /// Version of the built-in suite: 1 is the 130 tasks of the runs README records before
     /// 2026-12-03; each later version appends families (the newest is the default).
-    #[arg(long, env = "DND_SUITE_VERSION", default_value_t = SuiteConfig::default().version)]
+    #[arg(long, env = SUITE_VERSION_ENV, default_value_t = SuiteConfig::default().version)]
     pub suite_version: u32,
 }
 

@@ -47,7 +47,7 @@ pub enum Command {
 /// the environment variables that choose what it does (`DND_SUITE_VERSION=1 ...`): what a
 /// run records about how it was made.
 pub fn command_line() -> String {
-    let env = ["DND_SUITE_VERSION"]
+    let env = [collect::SUITE_VERSION_ENV]
         .into_iter()
         .filter_map(|k| Some(format!("{k}={}", std::env::var(k).ok()?)));
     let args = std::env::args_os().skip(1);
