@@ -1,7 +1,7 @@
 //! The `multiple_choice` family: pick the one choice that fits (even, smallest, longest, an animal).
 
 use super::draw::*;
-use super::strings::distinct_words;
+use super::strings::words_of_distinct_lengths;
 use super::{spec, Draw::Plain, Scoring, Spec};
 use crate::format::rng::Rng;
 
@@ -63,7 +63,13 @@ pub(super) const SPECS: &[Spec] = &[
 ];
 
 /// A choice question from one right choice and wrong ones, in random order.
-fn shuffled(r: &mut Rng, key: &str, q: &str, right: String, wrong: Vec<String>) -> Sample {
+pub(super) fn shuffled(
+    r: &mut Rng,
+    key: &str,
+    q: &str,
+    right: String,
+    wrong: Vec<String>,
+) -> Sample {
     let mut choices = wrong;
     choices.push(right.clone());
     r.shuffle(&mut choices);
@@ -72,7 +78,7 @@ fn shuffled(r: &mut Rng, key: &str, q: &str, right: String, wrong: Vec<String>) 
 }
 
 /// One number `lo..=hi` that `good` accepts and `n - 1` distinct ones it rejects.
-fn one_good(
+pub(super) fn one_good(
     r: &mut Rng,
     n: usize,
     lo: i64,
@@ -135,15 +141,7 @@ fn gen_smallest_number(r: &mut Rng) -> Sample {
 
 fn gen_longest_word(r: &mut Rng) -> Sample {
     let n = 3;
-    let ws = loop {
-        let ws = distinct_words(r, n);
-        let mut lens: Vec<usize> = ws.iter().map(|w| w.len()).collect();
-        lens.sort();
-        lens.dedup();
-        if lens.len() == n {
-            break ws;
-        }
-    };
+    let ws = words_of_distinct_lengths(r, n);
     let right = (0..n).max_by_key(|&i| ws[i].len()).unwrap_or(0);
     let q = match r.below(3) {
         0 => "Which word is the longest?",

@@ -64,6 +64,19 @@ pub(super) fn distinct_words(r: &mut Rng, n: usize) -> Vec<&'static str> {
     out
 }
 
+/// `n` distinct words whose lengths all differ.
+pub(super) fn words_of_distinct_lengths(r: &mut Rng, n: usize) -> Vec<&'static str> {
+    loop {
+        let ws = distinct_words(r, n);
+        let mut lens: Vec<usize> = ws.iter().map(|w| w.len()).collect();
+        lens.sort();
+        lens.dedup();
+        if lens.len() == n {
+            return ws;
+        }
+    }
+}
+
 /// More everyday words (3 to 9 letters) for the single-word tasks of the procedural families:
 /// with the shared pool about 700, so each such task has room well beyond its 300 questions.
 const MORE_WORDS: &str =

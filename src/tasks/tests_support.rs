@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use super::{builtin_task, SuiteConfig, Task};
 
 /// The families added with the procedural tasks that these helpers' tests cover.
-pub(super) const FAMILIES: [&str; 11] = [
+pub(super) const FAMILIES: [&str; 13] = [
     "strings",
     "counting",
     "sequences",
@@ -17,6 +17,8 @@ pub(super) const FAMILIES: [&str; 11] = [
     "multiple_choice",
     "money",
     "encoding",
+    "phrases",
+    "picks",
 ];
 
 pub(super) fn task(name: &str) -> Task {
