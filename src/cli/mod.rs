@@ -44,15 +44,17 @@ pub enum Command {
 }
 
 /// This process's command line as `mistralrs-dnd ARGS`, whatever the binary's path, after
-/// the environment variables that choose what it does (`DND_SUITE_VERSION=1 ...`): what a
-/// run records about how it was made.
+/// the suite version it ran with (`DND_SUITE_VERSION=3 ...`, the default spelt out: a later
+/// version adds tasks to "every task but ..." pools): what a run records about how it was
+/// made. A `--suite-version` flag among the arguments still wins when the line is rerun.
 pub fn command_line() -> String {
-    let env = [collect::SUITE_VERSION_ENV]
-        .into_iter()
-        .filter_map(|k| Some(format!("{k}={}", std::env::var(k).ok()?)));
+    let version = std::env::var(collect::SUITE_VERSION_ENV)
+        .unwrap_or_else(|_| crate::tasks::LATEST_SUITE.to_string());
+    let env = format!("{}={version}", collect::SUITE_VERSION_ENV);
     let args = std::env::args_os().skip(1);
     shell_line(
-        env.chain(std::iter::once("mistralrs-dnd".into()))
+        std::iter::once(env)
+            .chain(std::iter::once("mistralrs-dnd".into()))
             .chain(args.map(|a| a.to_string_lossy().into_owned())),
     )
 }
