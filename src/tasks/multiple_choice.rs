@@ -127,14 +127,25 @@ fn gen_multiple_of_five(r: &mut Rng) -> Sample {
 }
 
 fn gen_smallest_number(r: &mut Rng) -> Sample {
+    let q = [
+        "Which number is the smallest?",
+        "Pick the lowest number.",
+        "Which of these numbers is the least?",
+    ];
+    extreme_number(r, q, |xs| (0..xs.len()).min_by_key(|&i| xs[i]))
+}
+
+/// 3 or 4 distinct numbers and one of the 3 phrasings; the right choice is the index `pick`
+/// returns (the smallest, the largest, ...).
+pub(super) fn extreme_number(
+    r: &mut Rng,
+    phrasings: [&str; 3],
+    pick: fn(&[i64]) -> Option<usize>,
+) -> Sample {
     let n = 3 + r.below(2);
     let xs = numbers(r, n, 1, 999);
-    let right = (0..n).min_by_key(|&i| xs[i]).unwrap_or(0);
-    let q = match r.below(3) {
-        0 => "Which number is the smallest?",
-        1 => "Pick the lowest number.",
-        _ => "Which of these numbers is the least?",
-    };
+    let right = pick(&xs).unwrap_or(0);
+    let q = phrasings[r.below(3)];
     let choices = xs.iter().map(ToString::to_string).collect();
     choice_sample(join(&xs), q, choices, right, r)
 }

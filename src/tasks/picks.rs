@@ -2,7 +2,7 @@
 //! (largest, odd, shortest, first in the alphabet, a double letter, a number word).
 
 use super::draw::*;
-use super::multiple_choice::{one_good, shuffled};
+use super::multiple_choice::{extreme_number, one_good, shuffled};
 use super::strings::{distinct_words, words_of_distinct_lengths};
 use super::{spec, Draw::Plain, Scoring, Spec};
 use crate::format::rng::Rng;
@@ -47,16 +47,12 @@ const NUMBER_WORDS: [&str; 12] = [
 ];
 
 fn gen_largest_number(r: &mut Rng) -> Sample {
-    let n = 3 + r.below(2);
-    let xs = numbers(r, n, 1, 999);
-    let right = (0..n).max_by_key(|&i| xs[i]).unwrap_or(0);
-    let q = match r.below(3) {
-        0 => "Which number is the largest?",
-        1 => "Pick the highest number.",
-        _ => "Which of these numbers is the greatest?",
-    };
-    let choices = xs.iter().map(ToString::to_string).collect();
-    choice_sample(join(&xs), q, choices, right, r)
+    let q = [
+        "Which number is the largest?",
+        "Pick the highest number.",
+        "Which of these numbers is the greatest?",
+    ];
+    extreme_number(r, q, |xs| (0..xs.len()).max_by_key(|&i| xs[i]))
 }
 
 fn gen_pick_odd(r: &mut Rng) -> Sample {
