@@ -111,6 +111,15 @@ pub(super) fn numbers(r: &mut Rng, n: usize, lo: i64, hi: i64) -> Vec<i64> {
     out
 }
 
+/// `s` with its first letter in upper case.
+pub(super) fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
 pub(super) fn join<T: ToString>(xs: &[T]) -> String {
     xs.iter()
         .map(ToString::to_string)

@@ -65,14 +65,6 @@ fn phrase(r: &mut Rng, n: usize) -> (String, Vec<&'static str>) {
     }
 }
 
-fn capitalised(w: &str) -> String {
-    let mut cs = w.chars();
-    match cs.next() {
-        Some(c) => c.to_uppercase().chain(cs).collect(),
-        None => String::new(),
-    }
-}
-
 fn gen_lowercase(r: &mut Rng) -> Sample {
     let (p, _) = phrase(r, 2);
     let loud = p.to_uppercase();
@@ -87,7 +79,7 @@ fn gen_lowercase(r: &mut Rng) -> Sample {
 fn gen_title_case(r: &mut Rng) -> Sample {
     let n = 2 + r.below(2);
     let (p, ws) = phrase(r, n);
-    let title: Vec<String> = ws.iter().map(|w| capitalised(w)).collect();
+    let title: Vec<String> = ws.iter().map(|w| capitalise(w)).collect();
     let q = match r.below(3) {
         0 => format!("Write '{p}' in title case."),
         1 => format!("Capitalise every word of \"{p}\"."),
@@ -195,7 +187,7 @@ mod tests {
             assert_ne!(ex.answer, ws.join(" "), "{}", ex.prompt);
         }
         for (ws, ex) in quoted_examples("title_case") {
-            let title: Vec<String> = ws.iter().map(|w| super::capitalised(w)).collect();
+            let title: Vec<String> = ws.iter().map(|w| super::capitalise(w)).collect();
             assert_eq!(ex.answer, title.join(" "), "{}", ex.prompt);
         }
         for (ws, ex) in quoted_examples("middle_word") {

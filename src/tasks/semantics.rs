@@ -166,14 +166,6 @@ fn gen_part_of(r: &mut Rng, lex: &Lexicon) -> Sample {
     choice_sample(part.clone(), &q, choices, right, r)
 }
 
-fn capitalise(s: &str) -> String {
-    let mut c = s.chars();
-    match c.next() {
-        Some(f) => f.to_uppercase().chain(c).collect(),
-        None => String::new(),
-    }
-}
-
 fn gen_category(r: &mut Rng, lex: &Lexicon) -> Sample {
     let (w, cat) = r.choose(&lex.rel.categories);
     let mut cats = vec![*cat];
