@@ -456,3 +456,64 @@ fn an_examples_generator_reads_answers_and_is_not_scored_on_the_ones_it_read() {
         assert!(diff > 1e-3, "{}: the pool ignores the answers", task.name);
     }
 }
+
+/// The condition-contrast term: `contrast` times how far the other condition's adapter
+/// falls short of the task's own plus the margin, zero once it is worse by more.
+#[test]
+fn the_contrast_term_pays_the_margin_until_the_other_condition_is_worse() {
+    use mistralrs_dnd::format::rng::Rng;
+    let fixture = trained_tiny_generator();
+    let decoder = residual_decoder(&fixture.collection);
+    // No residual penalty, so that a sample's loss is its cross-entropy alone.
+    let cfg = TrainDecoderConfig {
+        residual_l2: 0.0,
+        ..settings(Objective::Sft)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let set = load_training_set(
+        &fixture.collection,
+        None,
+        &decoder,
+        &real_encoder(),
+        &cfg,
+        &dir.path().join("cache"),
+    )
+    .unwrap();
+    let sft = SftData::load(&tiny_model(), &decoder, &set, None, &[]).unwrap();
+    let (t, h, w) = decoder.layout().unwrap().shape();
+    let tokens = |seed: u64| {
+        let mut rng = Rng::new(seed);
+        let v: Vec<f32> = (0..t * h * w).map(|_| 2.0 * rng.unit_f32() - 1.0).collect();
+        Tensor::from_vec(v, (t, h, w), &Device::Cpu).unwrap()
+    };
+    let (x, y) = (tokens(1), (tokens(2) * 30.0).unwrap());
+    let gate = sft.model.residual.gate.ones_like().unwrap();
+    let contrast = TrainDecoderConfig {
+        contrast: 0.5,
+        contrast_margin: 0.2,
+        ..cfg.clone()
+    };
+    // The same seed draws the same examples for every call.
+    let loss = |c: &TrainDecoderConfig, own: &Tensor, other: Option<&Tensor>| {
+        sft.task_loss(0, own, &gate, c, other, &mut Rng::new(7))
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let (ce_x, ce_y) = (loss(&cfg, &x, None), loss(&cfg, &y, None));
+    assert!(
+        (ce_x - ce_y).abs() > 0.2,
+        "the two adapters differ by more than the margin: {ce_x} {ce_y}"
+    );
+    let hinge = |own: f32, other: f32| own + 0.5 * (own + 0.2 - other).max(0.0);
+    for (own, other, ce_own, ce_other) in [(&x, &y, ce_x, ce_y), (&y, &x, ce_y, ce_x)] {
+        let got = loss(&contrast, own, Some(other));
+        let want = hinge(ce_own, ce_other);
+        assert!((got - want).abs() < 1e-3, "{got} against {want}");
+    }
+    let same = loss(&contrast, &x, Some(&x));
+    assert!(
+        (same - (ce_x + 0.1)).abs() < 1e-4,
+        "{same} against {ce_x} + 0.1"
+    );
+}

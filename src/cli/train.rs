@@ -99,6 +99,15 @@ pub struct Args {
     /// count in full from the first step).
     #[arg(long, default_value = "gates")]
     pub residual_init: ResidualInit,
+    /// sft / mix: weight of the condition-contrast term (0: off): each sample's examples
+    /// also go through the adapter generated from another training task, and the loss takes
+    /// how far it falls short of the task's own adapter by --contrast-margin nats (twice the
+    /// base model's work per step).
+    #[arg(long, default_value_t = 0.0)]
+    pub contrast: f64,
+    /// The contrast term's margin, in nats of answer cross-entropy.
+    #[arg(long, default_value_t = 0.1)]
+    pub contrast_margin: f64,
     /// Train on these tasks (`builtin`, or task files) instead of the collection's: the
     /// collection then only lends the checkpoints it has (sft needs none).
     #[arg(long, num_args = 1..)]
@@ -170,6 +179,10 @@ pub fn run(args: Args) -> Result<()> {
         args.residual_from.is_none() || args.objective.end_to_end(),
         "--residual-from is for the end-to-end objectives (sft, mix)"
     );
+    ensure!(
+        args.contrast == 0.0 || args.objective.end_to_end(),
+        "--contrast is for the end-to-end objectives (sft, mix)"
+    );
     let cfg = TrainDecoderConfig {
         steps: args.steps,
         batch_size: args.batch,
@@ -193,6 +206,11 @@ pub fn run(args: Args) -> Result<()> {
         residual_from: args.residual_from.clone(),
         residual_folds: args.residual_fold.clone(),
         residual_init: args.residual_init,
+        contrast: args.contrast,
+        contrast_margin: match args.contrast > 0.0 {
+            true => args.contrast_margin,
+            false => 0.0,
+        },
         ..TrainDecoderConfig::default()
     };
     let device = candle_core::Device::Cpu;

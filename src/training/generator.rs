@@ -145,6 +145,15 @@ pub struct TrainDecoderConfig {
     /// End-to-end objective: how the residual starts at zero (see [`ResidualInit`]).
     #[serde(default)]
     pub residual_init: ResidualInit,
+    /// End-to-end objective: weight of the condition-contrast term (0: off): each sample's
+    /// examples also go through the adapter generated from another training task's
+    /// condition, and the loss takes how far that falls short of the task's own adapter by
+    /// `contrast_margin` nats (see [`super::sft::SftData::task_loss`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub contrast: f64,
+    /// The contrast term's margin in nats of answer cross-entropy.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub contrast_margin: f64,
 }
 
 /// How an end-to-end run starts its residual `gate * decoded` at zero, so that training
@@ -221,6 +230,10 @@ fn yes() -> bool {
     true
 }
 
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
+
 fn four() -> usize {
     4
 }
@@ -251,6 +264,8 @@ impl Default for TrainDecoderConfig {
             residual_from: None,
             residual_folds: Vec::new(),
             residual_init: ResidualInit::Gates,
+            contrast: 0.0,
+            contrast_margin: 0.0,
         }
     }
 }
@@ -283,6 +298,10 @@ pub struct LogLine {
     /// test examples under the generated adapters, if any tasks are held out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heldout_nll: Option<f32>,
+    /// The same with every held-out task's adapter generated from the next held-out
+    /// task's condition (the condition-shuffle control), if two or more are held out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heldout_nll_shuffled: Option<f32>,
     pub lr: f64,
     pub grad_norm: f32,
     pub seconds: f64,
@@ -768,7 +787,7 @@ pub fn train_decoder(
     let mut vars = sorted_vars(&varmap);
     if let (Some(s), Some(gate)) = (sft, &gate) {
         vars.push((GATE_VAR.to_string(), gate.clone()));
-        record.heldout_nll_at_start = s.heldout_nll(&decoder, gate.as_tensor(), n)?;
+        record.heldout_nll_at_start = s.heldout_nll(&decoder, gate.as_tensor(), n, 0)?;
     }
     let plain: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
     let mut adam = AdamW::new(
@@ -833,7 +852,18 @@ pub fn train_decoder(
                     let cond = d.pool.index_select(&prompt_indices(d, n, &mut rng)?, 0)?;
                     let cond = (&cond + noise(cond.dims(), cfg.input_noise, &mut rng)?)?;
                     let pred = decoder.forward(&cond.unsqueeze(0)?)?;
-                    let mut l = s.task_loss(i, &pred.get(0)?, gate, cfg, &mut rng)?;
+                    let other = match cfg.contrast > 0.0 && set.train.len() > 1 {
+                        true => {
+                            let j = (i + 1 + rng.below(set.train.len() - 1)) % set.train.len();
+                            let o = &set.train[j];
+                            let c = o.pool.index_select(&prompt_indices(o, n, &mut rng)?, 0)?;
+                            let c = (&c + noise(c.dims(), cfg.input_noise, &mut rng)?)?;
+                            Some(decoder.forward(&c.unsqueeze(0)?)?.get(0)?)
+                        }
+                        false => None,
+                    };
+                    let mut l =
+                        s.task_loss(i, &pred.get(0)?, gate, cfg, other.as_ref(), &mut rng)?;
                     if cfg.objective == Objective::Mix {
                         let tokens = d.checkpoints()?;
                         let target = tokens.get(rng.below(tokens.dim(0)?))?.unsqueeze(0)?;
@@ -875,15 +905,22 @@ pub fn train_decoder(
                 ),
                 None => None,
             };
-            let heldout_nll = match (sft, &gate) {
-                (Some(s), Some(g)) => s.heldout_nll(&decoder, g.as_tensor(), n)?,
-                _ => None,
+            let (heldout_nll, heldout_nll_shuffled) = match (sft, &gate) {
+                (Some(s), Some(g)) => (
+                    s.heldout_nll(&decoder, g.as_tensor(), n, 0)?,
+                    match set.heldout.len() > 1 {
+                        true => s.heldout_nll(&decoder, g.as_tensor(), n, 1)?,
+                        false => None,
+                    },
+                ),
+                _ => (None, None),
             };
             let line = LogLine {
                 step: record.step,
                 loss: (loss_sum / loss_n as f64) as f32,
                 heldout_loss,
                 heldout_nll,
+                heldout_nll_shuffled,
                 lr,
                 grad_norm,
                 seconds: started.elapsed().as_secs_f64(),
@@ -899,6 +936,10 @@ pub fn train_decoder(
                         + &line
                             .heldout_nll
                             .map(|h| format!("  held-out nll {h:.4}"))
+                            .unwrap_or_default()
+                        + &line
+                            .heldout_nll_shuffled
+                            .map(|h| format!(" (shuffled {h:.4})"))
                             .unwrap_or_default(),
                     line.lr,
                     line.grad_norm

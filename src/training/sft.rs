@@ -239,34 +239,54 @@ impl SftData {
 
     /// One training sample's loss: `cfg.sft_examples` examples of training task `task`
     /// drawn from `rng`, their cross-entropy through the adapter of decoder tokens `tokens`,
-    /// plus the residual penalty.
+    /// plus the residual penalty. With `contrast`, the tokens generated from another task's
+    /// condition as well: `contrast.weight` times how far the task's cross-entropy through
+    /// that adapter falls short of its own plus `contrast.margin` (zero past it), so that
+    /// the generator is paid for reading its input, not only for a correction that helps
+    /// every task alike.
     pub fn task_loss(
         &self,
         task: usize,
         tokens: &Tensor,
         gate: &Tensor,
         cfg: &TrainDecoderConfig,
+        contrast: Option<&Tensor>,
         rng: &mut Rng,
     ) -> Result<Tensor> {
         let examples = SftModel::draw(&self.train[task].train, cfg.sft_examples, rng);
-        let (ce, rel) = self.model.loss(
-            self.train_fold[task],
-            tokens,
-            gate,
-            &self.model.batch(&examples)?,
-        )?;
-        Ok((ce + (rel * cfg.residual_l2)?)?)
+        let batch = self.model.batch(&examples)?;
+        let fold = self.train_fold[task];
+        let (ce, rel) = self.model.loss(fold, tokens, gate, &batch)?;
+        let own = (&ce + (rel * cfg.residual_l2)?)?;
+        match contrast {
+            None => Ok(own),
+            Some(other) => {
+                let (ce_other, _) = self.model.loss(fold, other, gate, &batch)?;
+                let short = ((ce + cfg.contrast_margin)? - ce_other)?.relu()?;
+                Ok((own + (short * cfg.contrast)?)?)
+            }
+        }
     }
 
     /// Mean answer cross-entropy over the held-out tasks (the first few test examples of
-    /// each, through the adapter generated from the first N prompts of its pool); `None`
-    /// without held-out tasks.
-    pub fn heldout_nll(&self, decoder: &Decoder, gate: &Tensor, n: usize) -> Result<Option<f32>> {
-        if self.heldout.is_empty() {
+    /// each, through the adapter generated from the first N prompts of a pool); `None`
+    /// without held-out tasks. `shift` 0 conditions each task on its own pool; `shift` k on
+    /// the pool k tasks further on (cyclically), the condition-shuffle control: if the
+    /// generator reads its input, the shifted NLL is higher.
+    pub fn heldout_nll(
+        &self,
+        decoder: &Decoder,
+        gate: &Tensor,
+        n: usize,
+        shift: usize,
+    ) -> Result<Option<f32>> {
+        let h = self.heldout.len();
+        if h == 0 {
             return Ok(None);
         }
         let mut sum = 0f32;
-        for (pool, ex) in self.heldout_pools.iter().zip(&self.heldout) {
+        for (k, ex) in self.heldout.iter().enumerate() {
+            let pool = &self.heldout_pools[(k + shift) % h];
             let cond = pool.narrow(0, 0, n.min(pool.dim(0)?))?;
             let pred = decoder.forward(&cond.unsqueeze(0)?)?;
             let items: Vec<&Encoded> = ex.test.iter().take(HELDOUT_EXAMPLES).collect();
@@ -275,6 +295,6 @@ impl SftData {
                 .loss(None, &pred.get(0)?, gate, &self.model.batch(&items)?)?;
             sum += ce.to_scalar::<f32>()?;
         }
-        Ok(Some(sum / self.heldout.len() as f32))
+        Ok(Some(sum / h as f32))
     }
 }
