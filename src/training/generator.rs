@@ -849,26 +849,26 @@ pub fn train_decoder(
                 for _ in 0..cfg.batch_size {
                     let i = rng.below(set.train.len());
                     let d = &set.train[i];
-                    let cond = d.pool.index_select(&prompt_indices(d, n, &mut rng)?, 0)?;
-                    let cond = (&cond + noise(cond.dims(), cfg.input_noise, &mut rng)?)?;
-                    let pred = decoder.forward(&cond.unsqueeze(0)?)?;
+                    // A noisy prompt batch of `d` through the decoder: (T, h, w) tokens.
+                    let generate = |d: &TaskData, rng: &mut Rng| -> Result<Tensor> {
+                        let cond = d.pool.index_select(&prompt_indices(d, n, rng)?, 0)?;
+                        let cond = (&cond + noise(cond.dims(), cfg.input_noise, rng)?)?;
+                        Ok(decoder.forward(&cond.unsqueeze(0)?)?.get(0)?)
+                    };
+                    let pred = generate(d, &mut rng)?;
                     let other = match cfg.contrast > 0.0 && set.train.len() > 1 {
                         true => {
                             let j = (i + 1 + rng.below(set.train.len() - 1)) % set.train.len();
-                            let o = &set.train[j];
-                            let c = o.pool.index_select(&prompt_indices(o, n, &mut rng)?, 0)?;
-                            let c = (&c + noise(c.dims(), cfg.input_noise, &mut rng)?)?;
-                            Some(decoder.forward(&c.unsqueeze(0)?)?.get(0)?)
+                            Some(generate(&set.train[j], &mut rng)?)
                         }
                         false => None,
                     };
-                    let mut l =
-                        s.task_loss(i, &pred.get(0)?, gate, cfg, other.as_ref(), &mut rng)?;
+                    let mut l = s.task_loss(i, &pred, gate, cfg, other.as_ref(), &mut rng)?;
                     if cfg.objective == Objective::Mix {
                         let tokens = d.checkpoints()?;
                         let target = tokens.get(rng.below(tokens.dim(0)?))?.unsqueeze(0)?;
                         let target = (&target + noise(target.dims(), cfg.target_noise, &mut rng)?)?;
-                        let rec = weighted_mse(&pred, &target, &cell_w, valid)?;
+                        let rec = weighted_mse(&pred.unsqueeze(0)?, &target, &cell_w, valid)?;
                         l = (l + (rec * cfg.mix_weight)?)?;
                     }
                     total = Some(match total {
