@@ -845,16 +845,16 @@ pub fn train_decoder(
         let mut rng = Rng::derive(cfg.seed, &format!("step-{step}"));
         let loss = match (sft, &gate) {
             (Some(s), Some(gate)) => {
+                // A noisy prompt batch of `d` through the decoder: (T, h, w) tokens.
+                let generate = |d: &TaskData, rng: &mut Rng| -> Result<Tensor> {
+                    let cond = d.pool.index_select(&prompt_indices(d, n, rng)?, 0)?;
+                    let cond = (&cond + noise(cond.dims(), cfg.input_noise, rng)?)?;
+                    Ok(decoder.forward(&cond.unsqueeze(0)?)?.get(0)?)
+                };
                 let mut total = None::<Tensor>;
                 for _ in 0..cfg.batch_size {
                     let i = rng.below(set.train.len());
                     let d = &set.train[i];
-                    // A noisy prompt batch of `d` through the decoder: (T, h, w) tokens.
-                    let generate = |d: &TaskData, rng: &mut Rng| -> Result<Tensor> {
-                        let cond = d.pool.index_select(&prompt_indices(d, n, rng)?, 0)?;
-                        let cond = (&cond + noise(cond.dims(), cfg.input_noise, rng)?)?;
-                        Ok(decoder.forward(&cond.unsqueeze(0)?)?.get(0)?)
-                    };
                     let pred = generate(d, &mut rng)?;
                     let other = match cfg.contrast > 0.0 && set.train.len() > 1 {
                         true => {

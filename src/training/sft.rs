@@ -240,8 +240,8 @@ impl SftData {
     /// One training sample's loss: `cfg.sft_examples` examples of training task `task`
     /// drawn from `rng`, their cross-entropy through the adapter of decoder tokens `tokens`,
     /// plus the residual penalty. With `contrast`, the tokens generated from another task's
-    /// condition as well: `contrast.weight` times how far the task's cross-entropy through
-    /// that adapter falls short of its own plus `contrast.margin` (zero past it), so that
+    /// condition as well: `cfg.contrast` times how far the task's cross-entropy through
+    /// that adapter falls short of its own plus `cfg.contrast_margin` (zero past it), so that
     /// the generator is paid for reading its input, not only for a correction that helps
     /// every task alike.
     pub fn task_loss(
