@@ -126,10 +126,10 @@ impl Cell {
 /// Bootstrap draws for [`paired_ratio_interval`].
 const DRAWS: usize = 2000;
 
-/// Requests/s over the given rounds (answers, wall seconds).
-fn rate(rounds: &[(usize, f64)], pick: impl Iterator<Item = usize> + Clone) -> f64 {
-    let answered: usize = pick.clone().map(|i| rounds[i].0).sum();
-    let wall: f64 = pick.map(|i| rounds[i].1).sum();
+/// Requests/s over the picked rounds (answers, wall seconds).
+fn rate(rounds: &[(usize, f64)], pick: &[usize]) -> f64 {
+    let answered: usize = pick.iter().map(|&i| rounds[i].0).sum();
+    let wall: f64 = pick.iter().map(|&i| rounds[i].1).sum();
     answered as f64 / wall
 }
 
@@ -152,7 +152,7 @@ fn paired_ratio_interval(
     let mut ratios: Vec<f64> = (0..draws)
         .map(|_| {
             let pick: Vec<usize> = (0..n).map(|_| rng.below(n)).collect();
-            rate(b, pick.iter().copied()) / rate(a, pick.iter().copied())
+            rate(b, &pick) / rate(a, &pick)
         })
         .collect();
     ratios.sort_by(f64::total_cmp);

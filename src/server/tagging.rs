@@ -400,23 +400,12 @@ const REQUEST_FIELDS: &[&str] = &[
 /// been tagged and routed.
 pub fn check_fields(path: &str, body: &serde_json::Map<String, Value>) -> Result<(), ApiError> {
     use mistralrs_server_core::openai::{ChatCompletionRequest, CompletionRequest};
-    use serde::Deserialize;
-    // The plain parse first: it is a third of the cost of one that tracks the path (0.6
-    // against 1.7 us here), and the path is only wanted for the error.
-    let plain = if path == "/v1/chat/completions" {
-        ChatCompletionRequest::deserialize(body).map(drop)
+    let error = if path == "/v1/chat/completions" {
+        first_error::<ChatCompletionRequest>(body)
     } else {
-        CompletionRequest::deserialize(body).map(drop)
+        first_error::<CompletionRequest>(body)
     };
-    if plain.is_ok() {
-        return Ok(());
-    }
-    let checked = if path == "/v1/chat/completions" {
-        serde_path_to_error::deserialize::<_, ChatCompletionRequest>(body).map(drop)
-    } else {
-        serde_path_to_error::deserialize::<_, CompletionRequest>(body).map(drop)
-    };
-    let Err(e) = checked else {
+    let Some(e) = error else {
         return Ok(());
     };
     let inner = e.inner().to_string();
@@ -434,6 +423,18 @@ pub fn check_fields(path: &str, body: &serde_json::Map<String, Value>) -> Result
         err = err.with_param(p);
     }
     Err(err)
+}
+
+/// Where `body` fails to parse as a `T`, if it does. The plain parse first: it is a third of
+/// the cost of one that tracks the path (0.6 against 1.7 us in a hot loop), which is only
+/// wanted for the error.
+fn first_error<T: serde::de::DeserializeOwned>(
+    body: &serde_json::Map<String, Value>,
+) -> Option<serde_path_to_error::Error<serde_json::Error>> {
+    if T::deserialize(body).is_ok() {
+        return None;
+    }
+    serde_path_to_error::deserialize::<_, T>(body).err()
 }
 
 /// Reads a chat or completion body, 413 past `limit` bytes (checked on the announced length
