@@ -95,8 +95,7 @@ impl Served {
 #[derive(Default)]
 struct Cell {
     latencies: Vec<Duration>,
-    wall: Duration,
-    /// Per round: answers and wall seconds (for the interval of the ratio).
+    /// Per round: answers and wall seconds.
     rounds: Vec<(usize, f64)>,
     errors: usize,
     first_error: Option<String>,
@@ -104,7 +103,6 @@ struct Cell {
 
 impl Cell {
     fn add(&mut self, wall: Duration, results: Vec<Result<Duration, String>>) {
-        self.wall += wall;
         let answered = results.iter().filter(|r| r.is_ok()).count();
         self.rounds.push((answered, wall.as_secs_f64()));
         for r in results {
@@ -119,17 +117,18 @@ impl Cell {
     }
 
     fn per_second(&self) -> f64 {
-        self.latencies.len() as f64 / self.wall.as_secs_f64()
+        rate(&self.rounds)
     }
 }
 
 /// Bootstrap draws for [`paired_ratio_interval`].
 const DRAWS: usize = 2000;
 
-/// Requests/s over the picked rounds (answers, wall seconds).
-fn rate(rounds: &[(usize, f64)], pick: &[usize]) -> f64 {
-    let answered: usize = pick.iter().map(|&i| rounds[i].0).sum();
-    let wall: f64 = pick.iter().map(|&i| rounds[i].1).sum();
+/// Requests/s over rounds (answers, wall seconds): all answers over all wall time.
+fn rate<'a>(rounds: impl IntoIterator<Item = &'a (usize, f64)>) -> f64 {
+    let (answered, wall) = rounds
+        .into_iter()
+        .fold((0, 0.0), |(n, w), &(rn, rw)| (n + rn, w + rw));
     answered as f64 / wall
 }
 
@@ -152,7 +151,7 @@ fn paired_ratio_interval(
     let mut ratios: Vec<f64> = (0..draws)
         .map(|_| {
             let pick: Vec<usize> = (0..n).map(|_| rng.below(n)).collect();
-            rate(b, &pick) / rate(a, &pick)
+            rate(pick.iter().map(|&i| &b[i])) / rate(pick.iter().map(|&i| &a[i]))
         })
         .collect();
     ratios.sort_by(f64::total_cmp);
