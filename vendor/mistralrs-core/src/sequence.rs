@@ -839,6 +839,11 @@ impl Sequence {
         self.seq_preallocated_cache.as_ref()
     }
 
+    /// Patch 0008: frees the preallocated cache once the first batch cache took its shape.
+    pub fn drop_preallocated_cache(&mut self) {
+        self.seq_preallocated_cache = None;
+    }
+
     pub fn normal_cache(&mut self) -> &mut Vec<Option<KvCache>> {
         &mut self.normal_cache
     }

@@ -1,6 +1,6 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor, D};
 
 use crate::{
     get_mut_arcmutex,
@@ -60,6 +60,21 @@ impl KvCache {
 
     pub fn new_shared(owner: usize) -> Self {
         Self::Shared { owner }
+    }
+
+    /// Patch 0008: drops the tensors and keeps the lengths (a template for the batch cache).
+    fn drop_tensors(&mut self) {
+        match self {
+            Self::Normal { k, v } => {
+                k.all_data = None;
+                v.all_data = None;
+            }
+            Self::Rotating { k, v } => {
+                k.all_data = None;
+                v.all_data = None;
+            }
+            Self::Shared { .. } => {}
+        }
     }
 
     pub fn k(&self) -> Result<Option<Tensor>> {
@@ -260,6 +275,27 @@ impl NormalCache {
 
 pub struct NormalCacheManager;
 
+/// Patch 0008: what `set_none_cache` needs of a sequence's preallocated layer cache.
+#[derive(Clone)]
+struct PreallocatedShape {
+    k: Vec<usize>,
+    v: Vec<usize>,
+    dtype: DType,
+    device: Device,
+}
+
+/// Patch 0008: the shape `Tensor::cat` along dim 0 gives these shapes; None if they do not fit.
+fn cat0_dims<'a>(mut shapes: impl Iterator<Item = &'a [usize]>) -> Option<Vec<usize>> {
+    let mut out = shapes.next()?.to_vec();
+    for dims in shapes {
+        if dims.len() != out.len() || dims[1..] != out[1..] {
+            return None;
+        }
+        out[0] += dims[0];
+    }
+    Some(out)
+}
+
 impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCacheManager {
     fn clone_in_cache(
         &self,
@@ -328,6 +364,24 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                 let offset = i * first_k.dims()[0];
                 batch_k.slice_set(&src_k, 0, offset).unwrap();
                 batch_v.slice_set(&src_v, 0, offset).unwrap();
+            }
+            // Patch 0008: the sequences' caches of this layer are views into the last batch's
+            // tensor, which the model's cache holds too; drop them all now that the layer is
+            // copied, so that the last batch is freed layer by layer instead of living on
+            // beside the new one until the step ends (the output step gives every sequence
+            // its view into the new batch).
+            for seq in seqs.iter_mut() {
+                let src_cache = if modify_draft_cache {
+                    seq.normal_draft_cache()
+                } else {
+                    seq.normal_cache()
+                };
+                if let Some(cache) = src_cache.get_mut(layer).and_then(Option::as_mut) {
+                    cache.drop_tensors();
+                }
+            }
+            if let Some(cache) = pipeline.cache().normal().0.get_mut(layer) {
+                cache.drop_tensors();
             }
             new_k_cache.push(Some(batch_k));
             new_v_cache.push(Some(batch_v));
@@ -523,7 +577,39 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
             layer_devices
         });
 
-        let old_caches = pipeline.cache().normal().0.clone();
+        // Patch 0008: a sequence's preallocated cache only gives the shape of its rows of the
+        // batch cache, which is fresh zeros: take the shapes and free the tensors first, so
+        // that the batch cache is not allocated beside them (nor a `cat` of them) and they
+        // do not live as long as the sequence.
+        let preallocated: Vec<Vec<Option<PreallocatedShape>>> = seqs
+            .iter_mut()
+            .map(|seq| {
+                let shapes = seq
+                    .preallocated_cache()
+                    .map(|layers| {
+                        layers
+                            .iter()
+                            .map(|layer| {
+                                layer.as_ref().map(|(k, v)| PreallocatedShape {
+                                    k: k.dims().to_vec(),
+                                    v: v.dims().to_vec(),
+                                    dtype: k.dtype(),
+                                    device: k.device().clone(),
+                                })
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if load_preallocated_cache {
+                    seq.drop_preallocated_cache();
+                }
+                shapes
+            })
+            .collect();
+
+        let mut old_caches = pipeline.cache().normal().0.clone();
+        // Patch 0008: only their lengths are read; each layer's tensors go when it is replaced.
+        old_caches.iter_mut().for_each(KvCache::drop_tensors);
 
         for (layer_idx, layer) in pipeline.cache().normal().0.iter_mut().enumerate() {
             if !load_preallocated_cache {
@@ -558,66 +644,49 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                 KvCache::Normal { .. } => {}
             }
 
-            let mut k_caches = Vec::new();
-            let mut v_caches = Vec::new();
-            let mut missing_preallocated = false;
-            for seq in seqs.iter_mut() {
-                let Some((mut k_preallocated_cache, mut v_preallocated_cache)) = seq
-                    .preallocated_cache()
-                    .and_then(|cache| cache.get(layer_idx))
-                    .cloned()
-                    .flatten()
-                else {
-                    missing_preallocated = true;
-                    break;
-                };
-                if let Some(layer_devices) = &layer_devices {
-                    let layer_dev = &layer_devices[layer_idx];
-                    k_preallocated_cache = k_preallocated_cache
-                        .to_device(layer_dev)
-                        .expect("Could not prepare cache");
-                    v_preallocated_cache = v_preallocated_cache
-                        .to_device(layer_dev)
-                        .expect("Could not prepare cache");
-                }
-                k_caches.push(k_preallocated_cache);
-                v_caches.push(v_preallocated_cache);
-            }
-            if missing_preallocated {
+            let Some(shapes) = preallocated
+                .iter()
+                .map(|seq| seq.get(layer_idx).cloned().flatten())
+                .collect::<Option<Vec<_>>>()
+            else {
                 layer.reset();
                 continue;
-            }
-            let k_cache = if k_caches.len() > 1 {
-                Tensor::cat(&k_caches, 0).unwrap()
-            } else {
-                k_caches[0].clone()
             };
-            let v_cache = if v_caches.len() > 1 {
-                Tensor::cat(&v_caches, 0).unwrap()
-            } else {
-                v_caches[0].clone()
+            let (Some(k_dims), Some(v_dims)) = (
+                cat0_dims(shapes.iter().map(|s| s.k.as_slice())),
+                cat0_dims(shapes.iter().map(|s| s.v.as_slice())),
+            ) else {
+                layer.reset();
+                continue;
             };
+            let device = match &layer_devices {
+                Some(layer_devices) => layer_devices[layer_idx].clone(),
+                None => shapes[0].device.clone(),
+            };
+            let k_cache = Tensor::zeros(k_dims, shapes[0].dtype, &device).unwrap();
+            let v_cache = Tensor::zeros(v_dims, shapes[0].dtype, &device).unwrap();
 
             // Use this for the various parameters. Assumes all seqs are from one model.
             match &old_caches[layer_idx] {
                 KvCache::Normal { k, .. } => {
                     let template_cache_dim = k.dim;
                     let template_cache_msl = k.max_seq_len;
+                    let capacity_seq_len = k_cache.dims()[template_cache_dim];
 
                     let cache = KvCache::Normal {
                         k: SingleCache {
-                            all_data: Some(k_cache.zeros_like().unwrap()),
+                            all_data: Some(k_cache),
                             dim: template_cache_dim,
                             current_seq_len: 0,
                             max_seq_len: template_cache_msl,
-                            capacity_seq_len: k_cache.dims()[template_cache_dim],
+                            capacity_seq_len,
                         },
                         v: SingleCache {
-                            all_data: Some(v_cache.zeros_like().unwrap()),
+                            all_data: Some(v_cache),
                             dim: template_cache_dim,
                             current_seq_len: 0,
                             max_seq_len: template_cache_msl,
-                            capacity_seq_len: k_cache.dims()[template_cache_dim],
+                            capacity_seq_len,
                         },
                     };
                     *layer = cache;
