@@ -3,14 +3,14 @@
 //! freed at its prompt step, so a batch holds about one copy of its cache.
 
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use mistralrs_core::{MistralRs, ModelDType, NormalRequest, Request, RequestMessage, Response};
+use mistralrs_core::{MistralRs, ModelDType, Response, SamplingParams};
 use mistralrs_dnd::engine::{AdapterMode, MistralRsEngine};
 use mistralrs_dnd::format::LlamaDims;
 
 use crate::common::heap;
 use crate::real_models::{assets, HEAVY};
+use crate::shared_base::send;
 
 /// How many tokens each of the batch's sequences generates: one finishes every 8 steps, so
 /// the batch changes 7 times after its prompt step.
@@ -19,27 +19,12 @@ const MAX_TOKENS: [usize; 8] = [16, 24, 32, 40, 48, 56, 64, 72];
 /// Marks the line the child prints: heap peak above the start, and the batch's KV cache.
 const REPORT: &str = "kv-cache-report";
 
-/// Greedy completion of `tokens`, `max_tokens` long.
+/// Greedy completion of `tokens` by the base model, `max_tokens` long.
 async fn complete(m: &MistralRs, tokens: Vec<u32>, max_tokens: usize) -> Response {
-    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
-    let mut params = mistralrs_core::SamplingParams::neutral();
+    let mut params = SamplingParams::neutral();
     params.temperature = Some(0.0);
     params.max_len = Some(max_tokens);
-    static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
-    let req = NormalRequest::new_simple(
-        RequestMessage::CompletionTokens(tokens),
-        params,
-        tx,
-        NEXT_ID.fetch_add(1, Ordering::Relaxed),
-        None,
-        None,
-    );
-    m.get_sender(None)
-        .unwrap()
-        .send(Request::Normal(Box::new(req)))
-        .await
-        .unwrap();
-    rx.recv().await.expect("a response")
+    send(m, "base", tokens, params, |_| {}).await
 }
 
 /// Run by [`a_changing_batch_holds_one_copy_of_its_kv_cache_on_smollm2`] in a process of its

@@ -27,12 +27,28 @@ const PROMPTS: [&str; 4] = [
 /// One completion request to `model`: the raw logits of every prompt position (`raw`), or
 /// 32 greedy tokens with the top 5 log-probabilities of each step.
 async fn ask(m: &MistralRs, model: &str, tokens: Vec<u32>, raw: bool) -> Response {
-    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
     let mut params = SamplingParams::neutral();
     // Greedy: the engine takes no temperature as 1.0 (sampling), 0 as argmax.
     params.temperature = Some(0.0);
     params.max_len = Some(32);
     params.top_n_logprobs = 5;
+    send(m, model, tokens, params, |req| {
+        req.return_logprobs = !raw;
+        req.return_raw_logits = raw;
+    })
+    .await
+}
+
+/// Sends a completion request for `tokens` to `model` (after `adjust` on it) and waits for
+/// its one response.
+pub async fn send(
+    m: &MistralRs,
+    model: &str,
+    tokens: Vec<u32>,
+    params: SamplingParams,
+    adjust: impl FnOnce(&mut NormalRequest),
+) -> Response {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
     static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
     let mut req = NormalRequest::new_simple(
         RequestMessage::CompletionTokens(tokens),
@@ -42,8 +58,7 @@ async fn ask(m: &MistralRs, model: &str, tokens: Vec<u32>, raw: bool) -> Respons
         None,
         None,
     );
-    req.return_logprobs = !raw;
-    req.return_raw_logits = raw;
+    adjust(&mut req);
     req.model_id = Some(model.to_string());
     m.get_sender(Some(model))
         .unwrap()
