@@ -1,12 +1,17 @@
 //! The engine's KV cache memory (vendor patch 0008): when a decode batch changes, the last
-//! batch's cache is freed as the new one is built, and a sequence's preallocated cache is
-//! freed at its prompt step, so a batch holds about one copy of its cache.
+//! batch's cache is freed as the new one is built, and a sequence waiting for its place
+//! holds no cache of its own, so the engine holds about one copy of its batch's cache.
+//!
+//! Each measurement runs in a child process that runs nothing else (the test binary's
+//! counting allocator, `common::heap`, sees the whole process) and prints one line: the
+//! heap's peak above its level before the requests, and the batch's KV cache.
 
 use std::process::Command;
 
 use mistralrs_core::{MistralRs, ModelDType, Response, SamplingParams};
 use mistralrs_dnd::engine::{AdapterMode, MistralRsEngine};
 use mistralrs_dnd::format::LlamaDims;
+use mistralrs_dnd::server::kv_cache_bytes;
 
 use crate::common::heap;
 use crate::real_models::{assets, HEAVY};
@@ -27,55 +32,74 @@ async fn complete(m: &MistralRs, tokens: Vec<u32>, max_tokens: usize) -> Respons
     send(m, "base", tokens, params, |_| {}).await
 }
 
-/// Run by [`a_changing_batch_holds_one_copy_of_its_kv_cache_on_smollm2`] in a process of its
-/// own, where the heap counts nothing but this: eight sequences of one prompt, prefilled
-/// together, finishing one by one. Prints the heap's peak above its level before them and
-/// the KV cache of all eight (512 positions each: one block, as none passes 512 tokens).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "run in a child process by a_changing_batch_holds_one_copy_of_its_kv_cache_on_smollm2"]
-async fn kv_cache_of_a_changing_batch() {
+/// SmolLM2 in F32 on the engine with room for `max_seqs` sequences in a batch, after one
+/// request (so that one-off allocations of a first step are not counted) and a moment for
+/// the idle engine to drop its cache (patch 0006); and a prompt.
+async fn warm_engine(max_seqs: usize) -> (MistralRsEngine, Vec<u32>) {
     let a = assets();
-    let engine = MistralRsEngine::start(&a.smollm2(), ModelDType::F32, 16, AdapterMode::Shared)
-        .await
-        .unwrap();
-    let m = engine.mistralrs();
+    let engine =
+        MistralRsEngine::start(&a.smollm2(), ModelDType::F32, max_seqs, AdapterMode::Shared)
+            .await
+            .unwrap();
     let tok = tokenizers::Tokenizer::from_file(a.smollm2().join("tokenizer.json")).unwrap();
     let prompt = tok
         .encode("Count from one to a hundred: one, two, three,", false)
         .unwrap()
         .get_ids()
         .to_vec();
-    // One request first, so that one-off allocations of a first step are not counted, and
-    // a moment for the idle engine to drop its cache (patch 0006).
     assert!(matches!(
-        complete(&m, prompt.clone(), 4).await,
+        complete(&engine.mistralrs(), prompt.clone(), 4).await,
         Response::CompletionDone(_)
     ));
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    (engine, prompt)
+}
 
+/// Sends `prompt` once for each of `max_tokens` at once and prints the report line: the
+/// heap's peak while they ran, and the KV cache of `batch` sequences (one 512-position block
+/// each here).
+async fn report_peak(engine: &MistralRsEngine, prompt: &[u32], max_tokens: &[usize], batch: usize) {
+    let m = engine.mistralrs();
     let before = heap::reset_peak();
     let answers =
-        futures::future::join_all(MAX_TOKENS.map(|n| complete(&m, prompt.clone(), n))).await;
+        futures::future::join_all(max_tokens.iter().map(|&n| complete(&m, prompt.to_vec(), n)))
+            .await;
     let peak = heap::peak() - before;
     for a in answers {
         assert!(matches!(a, Response::CompletionDone(_)), "a completion");
     }
-    let d = LlamaDims::from_config_file(&a.smollm2().join("config.json")).unwrap();
-    let per_sequence = d.num_hidden_layers * 2 * d.num_key_value_heads * d.head_dim() * 512 * 4;
-    println!("{REPORT} {peak} {}", per_sequence * MAX_TOKENS.len());
+    let d = LlamaDims::from_config_file(&assets().smollm2().join("config.json")).unwrap();
+    let longest = prompt.len() + max_tokens.iter().max().unwrap();
+    let per_sequence = kv_cache_bytes(&d, "f32", longest) as usize;
+    println!("{REPORT} {peak} {}", per_sequence * batch);
 }
 
-/// Before patch 0008 the prompt step held the sequences' preallocated caches, their `cat`
-/// and the zeroed batch cache (three copies), and every batch change the last batch beside
-/// the new one plus the preallocated caches (three again). Now: about one, plus the
-/// activations of a step.
-#[test]
-fn a_changing_batch_holds_one_copy_of_its_kv_cache_on_smollm2() {
+/// Run by [`a_changing_batch_holds_one_copy_of_its_kv_cache_on_smollm2`]: eight sequences
+/// of one prompt, prefilled together, finishing one by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run in a child process by a_changing_batch_holds_one_copy_of_its_kv_cache_on_smollm2"]
+async fn kv_cache_of_a_changing_batch() {
+    let (engine, prompt) = warm_engine(16).await;
+    report_peak(&engine, &prompt, &MAX_TOKENS, MAX_TOKENS.len()).await;
+}
+
+/// Run by [`waiting_sequences_hold_no_kv_cache_on_smollm2`]: sixteen sequences for a batch
+/// of two, so that fourteen wait at first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run in a child process by waiting_sequences_hold_no_kv_cache_on_smollm2"]
+async fn kv_cache_of_waiting_sequences() {
+    let (engine, prompt) = warm_engine(2).await;
+    report_peak(&engine, &prompt, &[8; 16], 2).await;
+}
+
+/// Runs the child test `name` in a process of its own; its report: (heap peak, batch KV
+/// cache) in bytes.
+fn child_report(name: &str) -> (usize, usize) {
     let _heavy = HEAVY.blocking_lock();
     assets();
     let out = Command::new(std::env::current_exe().unwrap())
         .args([
-            "kv_cache::kv_cache_of_a_changing_batch",
+            &format!("kv_cache::{name}"),
             "--exact",
             "--ignored",
             "--nocapture",
@@ -99,15 +123,43 @@ fn a_changing_batch_holds_one_copy_of_its_kv_cache_on_smollm2() {
         .collect::<Vec<_>>()
         .try_into()
         .unwrap();
-    let mib = |b: usize| b as f64 / (1 << 20) as f64;
     eprintln!(
-        "heap peak {:.0} MiB above the start for a batch KV cache of {:.0} MiB",
+        "{name}: heap peak {:.0} MiB above the start for a batch KV cache of {:.0} MiB",
         mib(peak),
         mib(cache)
     );
+    (peak, cache)
+}
+
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
+/// Before patch 0008 the prompt step held the sequences' preallocated caches, their `cat`
+/// and the zeroed batch cache (three copies), and every batch change the last batch beside
+/// the new one plus the preallocated caches (three again). Now: about one, plus the
+/// activations of a step.
+#[test]
+fn a_changing_batch_holds_one_copy_of_its_kv_cache_on_smollm2() {
+    let (peak, cache) = child_report("kv_cache_of_a_changing_batch");
     assert!(
         peak < cache * 3 / 2,
         "the batch held {:.0} MiB at its peak for {:.0} MiB of KV cache",
+        mib(peak),
+        mib(cache)
+    );
+}
+
+/// Before patch 0008 every sequence got a zeroed cache of its own when it was added (11
+/// MiB here), and kept it while it waited for a place in the batch: fourteen waiting
+/// sequences held three times the batch's cache. Now a waiting sequence holds none.
+#[test]
+fn waiting_sequences_hold_no_kv_cache_on_smollm2() {
+    let (peak, cache) = child_report("kv_cache_of_waiting_sequences");
+    assert!(
+        peak < cache * 3 / 2,
+        "a batch of two with fourteen waiting held {:.0} MiB at its peak for {:.0} MiB of \
+         batch KV cache",
         mib(peak),
         mib(cache)
     );

@@ -98,6 +98,18 @@ pub fn adapter_model_bytes(
     }
 }
 
+/// Bytes of one sequence's KV cache in the engine's batch cache for a context of `tokens`
+/// (prompt and answer): K and V of every layer, with room for a whole number of 512-position
+/// blocks (mistral.rs 0.8.1 grows a cache by `NormalCache::CACHE_GROW_SIZE`). The engine's
+/// batch holds at most `model.max_seqs` such sequences (vendor patch 0009) and, between
+/// steps, one copy of their cache (patch 0008).
+pub fn kv_cache_bytes(dims: &LlamaDims, dtype: &str, tokens: usize) -> u64 {
+    const BLOCK: usize = 512;
+    let positions = tokens.max(1).div_ceil(BLOCK) * BLOCK;
+    let per_position = dims.num_hidden_layers * 2 * dims.num_key_value_heads * dims.head_dim();
+    (per_position * positions) as u64 * dtype_width(dtype)
+}
+
 fn dtype_width(dtype: &str) -> u64 {
     if dtype.eq_ignore_ascii_case("f32") {
         4
@@ -354,4 +366,20 @@ pub async fn serve(config: Config) -> Result<()> {
     tracing::info!(%listen, "mistralrs-dnd serving");
     axum::serve(listener, router).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sequences_kv_cache_grows_in_blocks_of_512_positions() {
+        let d = crate::generator::tokenizer::smollm2_135m_dims();
+        // 30 layers x (K, V) x 3 heads x 64 x 512 positions x 4 bytes.
+        let block = 30 * 2 * 3 * 64 * 512 * 4;
+        assert_eq!(kv_cache_bytes(&d, "f32", 1), block);
+        assert_eq!(kv_cache_bytes(&d, "f32", 512), block);
+        assert_eq!(kv_cache_bytes(&d, "f32", 513), 2 * block);
+        assert_eq!(kv_cache_bytes(&d, "f16", 100), block / 2);
+    }
 }

@@ -509,7 +509,12 @@ impl Engine {
                         model_metadata.v_head_dim_for_layer(layer_idx),
                     );
 
-                    let k_seq_cache = match Tensor::zeros(k_shape, dtype, &device) {
+                    // Patch 0008: only the shape of this cache is read (at the prompt step,
+                    // which allocates the batch cache), so a waiting sequence holds one zero
+                    // broadcast to it, not a zeroed cache of its own.
+                    let k_seq_cache = match Tensor::zeros((1, 1, 1, 1), dtype, &device)
+                        .and_then(|z| z.broadcast_as(k_shape))
+                    {
                         Ok(x) => x,
                         Err(_) => {
                             request
@@ -527,7 +532,9 @@ impl Engine {
                     let v_seq_cache = if k_shape == v_shape {
                         k_seq_cache.clone()
                     } else {
-                        match Tensor::zeros(v_shape, dtype, &device) {
+                        match Tensor::zeros((1, 1, 1, 1), dtype, &device)
+                            .and_then(|z| z.broadcast_as(v_shape))
+                        {
                             Ok(x) => x,
                             Err(_) => {
                                 request

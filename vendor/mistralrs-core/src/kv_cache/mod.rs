@@ -557,7 +557,9 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
         _modify_draft_cache: bool,
         load_preallocated_cache: bool,
     ) {
-        if seqs.iter().any(|seq| seq.preallocated_cache().is_none()) {
+        // Patch 0008: without loading, the layers are only reset (as the loop below did).
+        if !load_preallocated_cache || seqs.iter().any(|seq| seq.preallocated_cache().is_none())
+        {
             for layer in pipeline.cache().normal().0.iter_mut() {
                 layer.reset();
             }
@@ -600,9 +602,7 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                             .collect()
                     })
                     .unwrap_or_default();
-                if load_preallocated_cache {
-                    seq.drop_preallocated_cache();
-                }
+                seq.drop_preallocated_cache();
                 shapes
             })
             .collect();
@@ -612,11 +612,6 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
         old_caches.iter_mut().for_each(KvCache::drop_tensors);
 
         for (layer_idx, layer) in pipeline.cache().normal().0.iter_mut().enumerate() {
-            if !load_preallocated_cache {
-                layer.reset();
-                continue;
-            }
-
             match &old_caches[layer_idx] {
                 KvCache::Rotating { k, .. } => {
                     *layer = KvCache::Rotating {

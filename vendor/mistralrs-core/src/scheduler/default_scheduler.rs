@@ -223,11 +223,19 @@ impl<Backer: FcfsBacker> DefaultScheduler<Backer> {
                 };
             }
             (_, 0) => {
+                // Patch 0009: an idle engine starts at most `max_seqs` of the waiting
+                // sequences (first come, first served), as a busy one admits them.
+                waiting.sort_ascending_ids();
+                let mut new_waiting = Backer::new();
                 for seq in waiting.into_iter() {
-                    seq.set_state(SequenceState::RunningPrompt);
-                    self.running.push(seq);
+                    if self.sequence_fits(&self.running, &seq) {
+                        seq.set_state(SequenceState::RunningPrompt);
+                        self.running.push(seq);
+                    } else {
+                        new_waiting.add(seq);
+                    }
                 }
-                self.waiting = Backer::new();
+                self.waiting = new_waiting;
                 let running = std::mem::take(&mut self.running);
                 self.running = self.bucket_and_waitlist_seqs(running);
                 logger.set_num_running(self.running.len());
