@@ -49,10 +49,15 @@ const DOCUMENTED: [(u16, &str); 3] = [
 const ADMIN_P99_MS: f64 = 100.0;
 /// RSS ceiling: the RSS before any adapter is loaded, plus this many times the memory
 /// budgeted per resident adapter (`server::adapter_model_bytes`: a merged copy measured
-/// 1.32x its weights in `bench hotload`), plus [`HEADROOM_MIB`] (requests, KV caches,
-/// generations, this load generator).
+/// 1.32x its weights in `bench hotload`), plus the KV cache of the largest batch the load
+/// makes (`--concurrency` sequences, at most the engine's `max_seqs`; one copy, vendor
+/// patches 0008 and 0009), plus [`HEADROOM_MIB`] (a step's activations, generations, the
+/// allocator's free memory, this load generator).
 const PER_MODEL: f64 = 1.5;
-const HEADROOM_MIB: u64 = 512;
+const HEADROOM_MIB: u64 = 256;
+/// Tokens of a chat's prompt at most: SmolLM2's chat template and the longest of
+/// [`PROMPTS`], rounded up.
+const PROMPT_TOKENS: usize = 64;
 
 const PROMPTS: [&str; 8] = [
     "Translate 'good morning' into French.",
@@ -113,12 +118,17 @@ pub async fn run(setup: &Setup) -> Result<()> {
         config.plugin.generator = Some(g.clone());
         config.plugin.encoder = Some(assets.minilm());
     }
+    let dims = LlamaDims::from_config_file(&assets.smollm2().join("config.json"))?;
     let model_bytes = crate::server::adapter_model_bytes(
         &assets.smollm2(),
-        &LlamaDims::from_config_file(&assets.smollm2().join("config.json"))?,
+        &dims,
         &setup.dtype,
         config.model.adapter_mode,
     )?;
+    let max_seqs = config.model.max_seqs;
+    let batch = setup.concurrency.min(max_seqs);
+    let kv_bytes = batch as u64
+        * crate::server::kv_cache_bytes(&dims, &setup.dtype, PROMPT_TOKENS + setup.tokens);
     let mode = config.model.adapter_mode;
     let picker = Zipf::new(setup.tenants, setup.zipf);
     print_machine();
@@ -177,7 +187,6 @@ pub async fn run(setup: &Setup) -> Result<()> {
         t.elapsed().as_secs_f64()
     );
     let t = Instant::now();
-    let dims = LlamaDims::from_config_file(&assets.smollm2().join("config.json"))?;
     for j in 0..setup.uploaded {
         let i = j * setup.tenants / setup.uploaded;
         let adapter = random_adapter(&dims, &[Module::Q, Module::V], 8, i as u64, 0.02, 0.02)?;
@@ -198,17 +207,20 @@ pub async fn run(setup: &Setup) -> Result<()> {
     );
     let ceiling = rss_start
         + (setup.resident as f64 * PER_MODEL * model_bytes as f64) as u64
+        + kv_bytes
         + (HEADROOM_MIB << 20);
     println!(
         "RSS ceiling: {} MiB = {} MiB before any adapter (base model, generator, one request) \
-         + {} resident x {PER_MODEL} x {} MiB (an adapter's budget, {:?} mode, {}) + \
-         {HEADROOM_MIB} MiB headroom",
+         + {} resident x {PER_MODEL} x {} MiB (an adapter's budget, {:?} mode, {}) + {} MiB \
+         (KV cache of a batch of {batch}: min(workers, max_seqs {max_seqs})) + {HEADROOM_MIB} MiB \
+         headroom",
         ceiling >> 20,
         rss_start >> 20,
         setup.resident,
         model_bytes >> 20,
         mode,
-        setup.dtype
+        setup.dtype,
+        kv_bytes >> 20,
     );
 
     let before = scrape_metrics(&server).await?;
