@@ -37,7 +37,7 @@ fn rebuilt_tokenizer_matches_the_gguf_vocabulary() {
         .map(|v| v.to_string().unwrap().clone())
         .collect();
     let id = |piece: &str| vocab.iter().position(|t| t == piece).unwrap() as u32;
-    let tok = tokenizers::Tokenizer::from_file(assets().smollm2().join("tokenizer.json")).unwrap();
+    let tok = smollm2_tokenizer();
     let enc = |s: &str| tok.encode(s, false).unwrap().get_ids().to_vec();
     // Byte-level pieces: a leading space is 'Ġ'; digits are split one by one.
     assert_eq!(enc("Hello world"), vec![id("Hello"), id("Ġworld")]);
@@ -55,6 +55,16 @@ fn rebuilt_tokenizer_matches_the_gguf_vocabulary() {
         assert!(ids.iter().all(|&i| (i as usize) < vocab.len()));
         assert_eq!(tok.decode(&ids, false).unwrap(), s, "round trip of {s:?}");
     }
+}
+
+pub fn smollm2_tokenizer() -> tokenizers::Tokenizer {
+    tokenizers::Tokenizer::from_file(assets().smollm2().join("tokenizer.json")).unwrap()
+}
+
+/// `text` in SmolLM2's tokens, without special tokens.
+pub fn smollm2_ids(text: &str) -> Vec<u32> {
+    let ids = smollm2_tokenizer().encode(text, false).unwrap();
+    ids.get_ids().to_vec()
 }
 
 fn greedy(mut step: impl FnMut(&[u32], usize) -> Tensor, prompt: &[u32], n: usize) -> Vec<u32> {
@@ -75,12 +85,7 @@ fn greedy(mut step: impl FnMut(&[u32], usize) -> Tensor, prompt: &[u32], n: usiz
 fn converted_model_continues_like_the_gguf() {
     let _heavy = HEAVY.blocking_lock();
     let a = assets();
-    let tok = tokenizers::Tokenizer::from_file(a.smollm2().join("tokenizer.json")).unwrap();
-    let prompt = tok
-        .encode("The capital of France is", false)
-        .unwrap()
-        .get_ids()
-        .to_vec();
+    let prompt = smollm2_ids("The capital of France is");
     let dev = Device::Cpu;
 
     // Candle's quantized matmul also quantizes the activations to 8 bits, which alone moves
@@ -125,6 +130,7 @@ fn converted_model_continues_like_the_gguf() {
         &prompt,
         8,
     );
+    let tok = smollm2_tokenizer();
     let text = tok.decode(&from_hf, true).unwrap();
     assert_eq!(from_hf, from_gguf, "converted: {text:?}");
     assert!(text.contains("Paris"), "{text:?}");

@@ -12,7 +12,7 @@ use mistralrs_dnd::engine::{AdapterMode, MistralRsEngine};
 use mistralrs_dnd::format::{LlamaDims, Module};
 
 use crate::common::*;
-use crate::real_models::{assets, HEAVY};
+use crate::real_models::{assets, smollm2_ids, HEAVY};
 
 /// Prompts of different lengths (7 to 60-odd tokens), sent at once so that they share
 /// batches.
@@ -113,11 +113,7 @@ async fn shared_adapters_compute_what_merged_ones_do_on_smollm2() {
     ] {
         engine.register_as(id, &adapter_dir, mode).await.unwrap();
     }
-    let tok = tokenizers::Tokenizer::from_file(a.smollm2().join("tokenizer.json")).unwrap();
-    let prompts: Vec<Vec<u32>> = PROMPTS
-        .iter()
-        .map(|p| tok.encode(*p, false).unwrap().get_ids().to_vec())
-        .collect();
+    let prompts: Vec<Vec<u32>> = PROMPTS.iter().map(|p| smollm2_ids(p)).collect();
     let m = engine.mistralrs();
     let all = |model: &'static str, raw: bool| {
         let m = m.clone();

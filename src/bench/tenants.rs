@@ -49,10 +49,10 @@ const DOCUMENTED: [(u16, &str); 3] = [
 const ADMIN_P99_MS: f64 = 100.0;
 /// RSS ceiling: the RSS before any adapter is loaded, plus this many times the memory
 /// budgeted per resident adapter (`server::adapter_model_bytes`: a merged copy measured
-/// 1.32x its weights in `bench hotload`), plus the KV cache of the largest batch the load
-/// makes (`--concurrency` sequences, at most the engine's `max_seqs`; one copy, vendor
-/// patches 0008 and 0009), plus [`HEADROOM_MIB`] (a step's activations, generations, the
-/// allocator's free memory, this load generator).
+/// 1.32x its weights in `bench hotload`), plus the most KV cache the load can make the
+/// engine hold (`server::kv_cache_bytes`: 2n - 1 sequences' caches for a batch of n, the
+/// workers or the engine's `max_seqs` if fewer), plus [`HEADROOM_MIB`] (a step's
+/// activations, generations, the allocator's free memory, this load generator).
 const PER_MODEL: f64 = 1.5;
 const HEADROOM_MIB: u64 = 256;
 /// Tokens of a chat's prompt at most: SmolLM2's chat template and the longest of
@@ -127,7 +127,7 @@ pub async fn run(setup: &Setup) -> Result<()> {
     )?;
     let max_seqs = config.model.max_seqs;
     let batch = setup.concurrency.min(max_seqs);
-    let kv_bytes = batch as u64
+    let kv_bytes = (2 * batch - 1) as u64
         * crate::server::kv_cache_bytes(&dims, &setup.dtype, PROMPT_TOKENS + setup.tokens);
     let mode = config.model.adapter_mode;
     let picker = Zipf::new(setup.tenants, setup.zipf);
@@ -212,7 +212,7 @@ pub async fn run(setup: &Setup) -> Result<()> {
     println!(
         "RSS ceiling: {} MiB = {} MiB before any adapter (base model, generator, one request) \
          + {} resident x {PER_MODEL} x {} MiB (an adapter's budget, {:?} mode, {}) + {} MiB \
-         (KV cache of a batch of {batch}: min(workers, max_seqs {max_seqs})) + {HEADROOM_MIB} MiB \
+         (KV cache: 2 x {batch} - 1 sequences for a batch of min(workers, max_seqs {max_seqs})) + {HEADROOM_MIB} MiB \
          headroom",
         ceiling >> 20,
         rss_start >> 20,

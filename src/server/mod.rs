@@ -100,9 +100,11 @@ pub fn adapter_model_bytes(
 
 /// Bytes of one sequence's KV cache in the engine's batch cache for a context of `tokens`
 /// (prompt and answer): K and V of every layer, with room for a whole number of 512-position
-/// blocks (mistral.rs 0.8.1 grows a cache by `NormalCache::CACHE_GROW_SIZE`). The engine's
-/// batch holds at most `model.max_seqs` such sequences (vendor patch 0009) and, between
-/// steps, one copy of their cache (patch 0008).
+/// blocks (mistral.rs 0.8.1 grows a cache by `NormalCache::CACHE_GROW_SIZE`). An engine
+/// model's KV cache is at most `2 max_seqs - 1` of these: a batch of at most `max_seqs`
+/// (vendor patch 0009) in one copy (patch 0008), and while sequences join it after others
+/// finished, their prompt steps' caches beside it, whose finished rows stay allocated until
+/// the next decode step.
 pub fn kv_cache_bytes(dims: &LlamaDims, dtype: &str, tokens: usize) -> u64 {
     const BLOCK: usize = 512;
     let positions = tokens.max(1).div_ceil(BLOCK) * BLOCK;
