@@ -57,6 +57,7 @@ fn rebuilt_tokenizer_matches_the_gguf_vocabulary() {
     }
 }
 
+/// SmolLM2's tokenizer, from the converted model's folder.
 pub fn smollm2_tokenizer() -> tokenizers::Tokenizer {
     tokenizers::Tokenizer::from_file(assets().smollm2().join("tokenizer.json")).unwrap()
 }

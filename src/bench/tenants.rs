@@ -212,8 +212,8 @@ pub async fn run(setup: &Setup) -> Result<()> {
     println!(
         "RSS ceiling: {} MiB = {} MiB before any adapter (base model, generator, one request) \
          + {} resident x {PER_MODEL} x {} MiB (an adapter's budget, {:?} mode, {}) + {} MiB \
-         (KV cache: 2 x {batch} - 1 sequences for a batch of min(workers, max_seqs {max_seqs})) + {HEADROOM_MIB} MiB \
-         headroom",
+         (KV cache: 2 x {batch} - 1 sequences for a batch of min(workers, max_seqs \
+         {max_seqs})) + {HEADROOM_MIB} MiB headroom",
         ceiling >> 20,
         rss_start >> 20,
         setup.resident,
