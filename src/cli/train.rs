@@ -108,6 +108,13 @@ pub struct Args {
     /// The contrast term's margin, in nats of answer cross-entropy.
     #[arg(long, default_value_t = 0.1)]
     pub contrast_margin: f64,
+    /// sft / mix: weight of the greedy-error term (0: off): on every answer token, how far
+    /// its logit falls short of beating the best other token's by --greedy-margin.
+    #[arg(long, default_value_t = 0.0)]
+    pub greedy: f64,
+    /// The greedy-error term's margin, in logits.
+    #[arg(long, default_value_t = 1.0)]
+    pub greedy_margin: f64,
     /// Train on these tasks (`builtin`, or task files) instead of the collection's: the
     /// collection then only lends the checkpoints it has (sft needs none).
     #[arg(long, num_args = 1..)]
@@ -180,8 +187,8 @@ pub fn run(args: Args) -> Result<()> {
         "--residual-from is for the end-to-end objectives (sft, mix)"
     );
     ensure!(
-        args.contrast == 0.0 || args.objective.end_to_end(),
-        "--contrast is for the end-to-end objectives (sft, mix)"
+        (args.contrast == 0.0 && args.greedy == 0.0) || args.objective.end_to_end(),
+        "--contrast and --greedy are for the end-to-end objectives (sft, mix)"
     );
     let cfg = TrainDecoderConfig {
         steps: args.steps,
@@ -209,6 +216,11 @@ pub fn run(args: Args) -> Result<()> {
         contrast: args.contrast,
         contrast_margin: match args.contrast > 0.0 {
             true => args.contrast_margin,
+            false => 0.0,
+        },
+        greedy: args.greedy,
+        greedy_margin: match args.greedy > 0.0 {
+            true => args.greedy_margin,
             false => 0.0,
         },
         ..TrainDecoderConfig::default()

@@ -154,6 +154,14 @@ pub struct TrainDecoderConfig {
     /// The contrast term's margin in nats of answer cross-entropy.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub contrast_margin: f64,
+    /// End-to-end objective: weight of the greedy-error term (0: off), a hinge on each
+    /// answer token's logit margin over the best other token (see
+    /// [`super::sft::greedy_hinge`]): the loss of a greedy answer, not of its likelihood.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub greedy: f64,
+    /// The greedy-error term's margin, in logits.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub greedy_margin: f64,
 }
 
 /// How an end-to-end run starts its residual `gate * decoded` at zero, so that training
@@ -266,6 +274,8 @@ impl Default for TrainDecoderConfig {
             residual_init: ResidualInit::Gates,
             contrast: 0.0,
             contrast_margin: 0.0,
+            greedy: 0.0,
+            greedy_margin: 0.0,
         }
     }
 }

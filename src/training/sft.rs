@@ -156,6 +156,19 @@ impl SftModel {
         gate: &Tensor,
         batch: &Batch,
     ) -> Result<(Tensor, Tensor)> {
+        let (logits, rel) = self.answer_logits(fold, tokens, gate, batch)?;
+        let ce = candle_nn::loss::cross_entropy(&logits, &batch.targets)?;
+        Ok((ce, rel))
+    }
+
+    /// As [`Self::loss`], the answer tokens' logits instead of their cross-entropy.
+    pub fn answer_logits(
+        &self,
+        fold: Option<usize>,
+        tokens: &Tensor,
+        gate: &Tensor,
+        batch: &Batch,
+    ) -> Result<(Tensor, Tensor)> {
         let (base, norm2) = match fold {
             Some(k) => (&self.folds[k], self.norms2[k + 1]),
             None => (&self.residual, self.norms2[0]),
@@ -175,10 +188,28 @@ impl SftModel {
             });
         }
         let lora = LoraWeights::from_tensors(self.lora.clone(), pairs);
-        let ce = self.llama.loss(batch, Some(&lora))?;
+        let logits = self.llama.answer_logits(batch, Some(&lora))?;
         let rel = (res.expect("at least one matrix") / norm2.max(1e-12))?;
-        Ok((ce, rel))
+        Ok((logits, rel))
     }
+}
+
+/// The greedy-error term: the mean over answer tokens of how far each token's logit falls
+/// short of beating every other token's by `margin`, `relu(margin - (z_target - max_other
+/// z))`. Zero on a token that greedy decoding gets right by the margin, so that, unlike the
+/// cross-entropy, it spends nothing on answers already right and everything on the tokens
+/// where a greedy answer goes wrong (teacher-forced).
+pub fn greedy_hinge(logits: &Tensor, targets: &Tensor, margin: f64) -> Result<Tensor> {
+    let (_, vocab) = logits.dims2()?;
+    let ids = Tensor::arange(0u32, vocab as u32, logits.device())?.unsqueeze(0)?;
+    let is_target = targets
+        .unsqueeze(1)?
+        .broadcast_eq(&ids)?
+        .to_dtype(logits.dtype())?;
+    let target = (logits * &is_target)?.sum_keepdim(1)?;
+    // The target's own logit pushed far below every other, so that the max is the best other.
+    let other = (logits - (is_target * 1e4)?)?.max_keepdim(1)?;
+    Ok(((other - target)? + margin)?.relu()?.mean_all()?)
 }
 
 /// Held-out test examples per task in the log's `heldout_nll`.
@@ -239,7 +270,7 @@ impl SftData {
 
     /// One training sample's loss: `cfg.sft_examples` examples of training task `task`
     /// drawn from `rng`, their cross-entropy through the adapter of decoder tokens `tokens`,
-    /// plus the residual penalty. With `contrast`, the tokens generated from another task's
+    /// plus the residual penalty (and `cfg.greedy` times [`greedy_hinge`]). With `contrast`, the tokens generated from another task's
     /// condition as well: `cfg.contrast` times how far the task's cross-entropy through
     /// that adapter falls short of its own plus `cfg.contrast_margin` (zero past it), so that
     /// the generator is paid for reading its input, not only for a correction that helps
@@ -256,8 +287,13 @@ impl SftData {
         let examples = SftModel::draw(&self.train[task].train, cfg.sft_examples, rng);
         let batch = self.model.batch(&examples)?;
         let fold = self.train_fold[task];
-        let (ce, rel) = self.model.loss(fold, tokens, gate, &batch)?;
-        let own = (&ce + (rel * cfg.residual_l2)?)?;
+        let (logits, rel) = self.model.answer_logits(fold, tokens, gate, &batch)?;
+        let ce = candle_nn::loss::cross_entropy(&logits, &batch.targets)?;
+        let mut own = (&ce + (rel * cfg.residual_l2)?)?;
+        if cfg.greedy > 0.0 {
+            let hinge = greedy_hinge(&logits, &batch.targets, cfg.greedy_margin)?;
+            own = (own + (hinge * cfg.greedy)?)?;
+        }
         match contrast {
             None => Ok(own),
             Some(other) => {
@@ -296,5 +332,39 @@ impl SftData {
             sum += ce.to_scalar::<f32>()?;
         }
         Ok(Some(sum / h as f32))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hinge by hand: zero where the target wins by the margin, the shortfall where it
+    /// does not, and a gradient only on the target and the best other token of those.
+    #[test]
+    fn the_greedy_hinge_counts_only_tokens_not_won_by_the_margin() {
+        let dev = Device::Cpu;
+        #[rustfmt::skip]
+        let logits = candle_core::Var::from_vec(
+            vec![
+                5.0f32, 1.0, 0.0, // target 0 wins by 4: nothing
+                1.0, 1.5, 0.0, // target 0 loses to 1.5: 1 + 0.5
+                0.0, 2.0, 2.5, // target 1 loses to 2.5: 1 + 0.5
+                0.2, 0.0, 0.5, // target 2 wins by 0.3: 1 - 0.3
+            ],
+            (4, 3),
+            &dev,
+        )
+        .unwrap();
+        let targets = Tensor::new(&[0u32, 0, 1, 2], &dev).unwrap();
+        let hinge = greedy_hinge(logits.as_tensor(), &targets, 1.0).unwrap();
+        let got = hinge.to_scalar::<f32>().unwrap();
+        assert!((got - (1.5 + 1.5 + 0.7) / 4.0).abs() < 1e-6, "{got}");
+        let grads = hinge.backward().unwrap();
+        let g = grads.get(&logits).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(g[0], [0.0, 0.0, 0.0]);
+        assert_eq!(g[1], [-0.25, 0.25, 0.0]);
+        assert_eq!(g[2], [0.0, -0.25, 0.25]);
+        assert_eq!(g[3], [0.25, 0.0, -0.25]);
     }
 }

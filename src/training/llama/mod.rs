@@ -237,10 +237,16 @@ impl Llama {
         frozen_linear(&hidden.index_select(rows, 0)?, &self.lm_head)
     }
 
+    /// Logits (answer tokens, vocab) at the rows that predict the batch's answer tokens
+    /// (`batch.targets`).
+    pub fn answer_logits(&self, batch: &Batch, lora: Option<&LoraWeights>) -> Result<Tensor> {
+        let hidden = self.forward(&batch.prefix, &batch.ids, lora)?;
+        self.logits_at(&hidden, &batch.rows)
+    }
+
     /// Mean cross-entropy of the batch's answer tokens.
     pub fn loss(&self, batch: &Batch, lora: Option<&LoraWeights>) -> Result<Tensor> {
-        let hidden = self.forward(&batch.prefix, &batch.ids, lora)?;
-        let logits = self.logits_at(&hidden, &batch.rows)?;
+        let logits = self.answer_logits(batch, lora)?;
         Ok(candle_nn::loss::cross_entropy(&logits, &batch.targets)?)
     }
 }
