@@ -128,8 +128,8 @@ pub async fn run(setup: &Setup) -> Result<()> {
     // The engine runs a `max_seqs` of 0 as 1 (`engine::scheduler`).
     let max_seqs = config.model.max_seqs.max(1);
     let batch = setup.concurrency.min(max_seqs);
-    let kv_bytes = (2 * batch - 1) as u64
-        * crate::server::kv_cache_bytes(&dims, &setup.dtype, PROMPT_TOKENS + setup.tokens);
+    let kv_bytes =
+        crate::server::kv_bound_bytes(&dims, &setup.dtype, batch, PROMPT_TOKENS + setup.tokens);
     let mode = config.model.adapter_mode;
     let picker = Zipf::new(setup.tenants, setup.zipf);
     print_machine();

@@ -112,6 +112,32 @@ pub fn kv_cache_bytes(dims: &LlamaDims, dtype: &str, tokens: usize) -> u64 {
     (per_position * positions) as u64 * dtype_width(dtype)
 }
 
+/// Bytes of KV cache an engine model holds at most when each of its sequences has a
+/// context of `tokens`: `2 batch - 1` sequences' caches ([`kv_cache_bytes`]) for batches of
+/// at most `batch` (`model.max_seqs`; the engine runs 0 as 1).
+pub fn kv_bound_bytes(dims: &LlamaDims, dtype: &str, batch: usize, tokens: usize) -> u64 {
+    (2 * batch.max(1) - 1) as u64 * kv_cache_bytes(dims, dtype, tokens)
+}
+
+/// Logs what the engine's KV cache can take per engine model (the base, which runs every
+/// shared adapter too, or a merged adapter's copy), from the configuration: for requests of
+/// one 512-position block, and for requests that fill the model's context.
+fn log_kv_bound(base: &Path, dims: &LlamaDims, model: &config::ModelConfig) {
+    let context = std::fs::read(base.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v.get("max_position_embeddings")?.as_u64())
+        .map_or(512, |n| n as usize);
+    let mib = |tokens| kv_bound_bytes(dims, &model.dtype, model.max_seqs, tokens) >> 20;
+    tracing::info!(
+        max_seqs = model.max_seqs,
+        context,
+        mib_at_512_positions = mib(512),
+        mib_at_full_context = mib(context),
+        "engine KV cache bound per engine model (model.max_seqs bounds it)"
+    );
+}
+
 fn dtype_width(dtype: &str) -> u64 {
     if dtype.eq_ignore_ascii_case("f32") {
         4
@@ -204,6 +230,7 @@ pub async fn assemble(
         });
     }
     let dims = LlamaDims::from_config_file(&base.join("config.json"))?;
+    log_kv_bound(&base, &dims, &config.model);
     let base_dirs = vec![
         base.display().to_string(),
         engine.base_dir().display().to_string(),
@@ -383,5 +410,7 @@ mod tests {
         assert_eq!(kv_cache_bytes(&d, "f32", 512), block);
         assert_eq!(kv_cache_bytes(&d, "f32", 513), 2 * block);
         assert_eq!(kv_cache_bytes(&d, "f16", 100), block / 2);
+        assert_eq!(kv_bound_bytes(&d, "f32", 16, 600), 31 * 2 * block);
+        assert_eq!(kv_bound_bytes(&d, "f32", 0, 1), block);
     }
 }
