@@ -106,7 +106,8 @@ const MAX_ERROR_BODY: usize = 64 << 10;
 /// past `DefaultBodyLimit`) and the stock handlers' `{"message": ...}`. The message is the
 /// one given, or the status's reason and the route when there is none.
 pub async fn openai_shape(req: Request, next: Next) -> Response {
-    let route = format!("{} {}", req.method(), req.uri().path());
+    // Cheap clones (the URI shares its bytes): the route is only written for an error.
+    let (method, uri) = (req.method().clone(), req.uri().clone());
     let resp = next.run(req).await;
     let status = resp.status();
     if !(status.is_client_error() || status.is_server_error()) {
@@ -128,7 +129,7 @@ pub async fn openai_shape(req: Request, next: Next) -> Response {
         .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_string());
     let message = if given.is_empty() {
         let reason = status.canonical_reason().unwrap_or("error");
-        format!("{reason}: {route}")
+        format!("{reason}: {method} {}", uri.path())
     } else {
         given
     };

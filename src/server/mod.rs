@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod keys;
 pub mod local;
+mod member;
 pub mod metrics;
 pub mod specialise;
 pub mod tagging;

@@ -172,9 +172,10 @@ const HIDDEN_PREFIXES: &[&str] = &["/v1/responses"];
 /// Whether the plugin hides `path` (404 with a reason).
 fn is_hidden(path: &str) -> bool {
     HIDDEN.contains(&path)
-        || HIDDEN_PREFIXES
-            .iter()
-            .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+        || HIDDEN_PREFIXES.iter().any(|p| {
+            path.strip_prefix(p)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
 }
 
 /// The layer: applied to the stock OpenAI router.
@@ -635,55 +636,9 @@ async fn show_public_model(resp: Response, name: String) -> Response {
 }
 
 /// `json` with its top-level `model` set to `name`; `None` when it is not an object with a
-/// `model`. Only the top level is parsed: every other member is copied byte for byte
-/// ([`TopLevel`]). Why: this runs on every answer, and parsing and writing the whole tree
-/// costs in proportion to the answer's size, for one member.
+/// `model` ([`super::member`], which leaves every other byte as it is).
 fn with_model(json: &[u8], name: &str) -> Option<Vec<u8>> {
-    let TopLevel(members) = serde_json::from_slice(json).ok()?;
-    if !members.iter().any(|(key, _)| key == "model") {
-        return None;
-    }
-    let mut out = Vec::with_capacity(json.len() + name.len());
-    out.push(b'{');
-    for (i, (key, value)) in members.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        serde_json::to_writer(&mut out, key).ok()?;
-        out.push(b':');
-        match key == "model" {
-            true => serde_json::to_writer(&mut out, name).ok()?,
-            false => out.extend_from_slice(value.get().as_bytes()),
-        }
-    }
-    out.push(b'}');
-    Some(out)
-}
-
-/// A JSON object's members in order, their values unparsed.
-struct TopLevel<'a>(Vec<(String, &'a serde_json::value::RawValue)>);
-
-impl<'de: 'a, 'a> serde::Deserialize<'de> for TopLevel<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Members<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Members<'a> {
-            type Value = TopLevel<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<M: serde::de::MapAccess<'de>>(
-                self,
-                mut map: M,
-            ) -> Result<Self::Value, M::Error> {
-                let mut members = Vec::new();
-                while let Some(member) = map.next_entry()? {
-                    members.push(member);
-                }
-                Ok(TopLevel(members))
-            }
-        }
-        d.deserialize_map(Members(std::marker::PhantomData))
-    }
+    super::member::with_member(json, "model", name)
 }
 
 /// One server-sent event (its lines, without the blank line that ends it) with the `model`
@@ -1114,36 +1069,6 @@ mod tests {
         );
     }
 
-    /// The top-level rewrite gives what parsing and writing the whole tree gave (the code it
-    /// replaced), and leaves nested `model` keys and strings alone.
-    #[test]
-    fn the_model_is_rewritten_at_the_top_level_only() {
-        let tree = |json: &[u8], name: &str| -> Option<Value> {
-            let mut v: serde_json::Map<String, Value> = serde_json::from_slice(json).ok()?;
-            *v.get_mut("model")? = Value::String(name.into());
-            Some(Value::Object(v))
-        };
-        for json in [
-            &br#"{"id":"x","model":"/models/base","choices":[{"message":{"content":"\"model\": 1","model":"inner"}}],"usage":null}"#[..],
-            br#" { "model" : 3 , "a\u0041" : [1, 2.50, {"model": "m"}] } "#,
-            br#"{"choices":[],"model":"dnd:t@1"}"#,
-        ] {
-            let got = with_model(json, "default \"quoted\"").unwrap();
-            let got: Value = serde_json::from_slice(&got).unwrap();
-            assert_eq!(Some(got), tree(json, "default \"quoted\""));
-        }
-        // Numbers keep their text (no round trip through f64).
-        let got = with_model(br#"{"model":"a","t":2.50}"#, "b").unwrap();
-        assert_eq!(got, br#"{"model":"b","t":2.50}"#);
-        for not in [&b"[1]"[..], b"{\"id\":1}", b"{bad", b"\"model\""] {
-            assert_eq!(
-                with_model(not, "b"),
-                None,
-                "{}",
-                String::from_utf8_lossy(not)
-            );
-        }
-    }
     #[tokio::test]
     async fn streamed_events_show_the_public_name_whatever_the_chunking() {
         let events = [
