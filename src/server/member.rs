@@ -4,7 +4,7 @@
 //! base folder's path, or `dnd:TASK@HASH`, another tenant's), which the plugin replaces
 //! with the client's public name ([`super::tagging`]). Parsing the answer for that, even
 //! one level deep with raw values, makes serde validate every nested byte: under callgrind
-//! that was the layer's largest single cost, 14.7 k of its 53 k instructions a request on
+//! that was the layer's largest single cost, 14.7 k of its 63 k instructions a request on
 //! `bench overhead`'s answers. This only tracks what it needs to find where each top-level
 //! member begins and ends: strings (with their escapes) and nesting. It trusts the text
 //! inside those bounds, which the engine's serializer wrote.
