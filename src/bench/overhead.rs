@@ -144,19 +144,9 @@ fn paired_ratio_interval(
     seed: u64,
 ) -> (f64, f64) {
     let n = a.len().min(b.len());
-    if n == 0 {
-        return (f64::NAN, f64::NAN);
-    }
-    let mut rng = crate::format::rng::Rng::new(seed);
-    let mut ratios: Vec<f64> = (0..draws)
-        .map(|_| {
-            let pick: Vec<usize> = (0..n).map(|_| rng.below(n)).collect();
-            rate(pick.iter().map(|&i| &b[i])) / rate(pick.iter().map(|&i| &a[i]))
-        })
-        .collect();
-    ratios.sort_by(f64::total_cmp);
-    let at = |q: f64| ratios[((draws - 1) as f64 * q).round() as usize];
-    (at(0.025), at(0.975))
+    crate::format::rng::bootstrap_95(n, draws, seed, |pick| {
+        rate(pick.iter().map(|&i| &b[i])) / rate(pick.iter().map(|&i| &a[i]))
+    })
 }
 
 /// Runs the bench and prints the table.

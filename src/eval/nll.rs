@@ -807,32 +807,62 @@ fn checks_markdown(checks: &[TaskChecks]) -> String {
 /// Lenient points below the base that count as harm on a task.
 const HARM_POINTS: f64 = 10.0;
 
+/// Bootstrap draws for the bars' intervals.
+const BAR_DRAWS: usize = 2000;
+
 /// The bars of a generator on decoded rows (strict accuracy; harm on lenient): DnD >=
 /// averaged + 5, >= every multi-task LoRA, >= base + 15, the shuffle control >= 3 points
-/// below DnD, and no task where DnD is 10 or more lenient points below the base.
+/// below DnD, and no task where DnD is 10 or more lenient points below the base. Each bar
+/// is judged on the means; beside it, DnD's margin over the bar with a 95 % interval from
+/// a bootstrap over the tasks (each task's DnD and comparison drawn together): whether a
+/// margin of a point or two would survive another draw of held-out tasks.
 pub fn bars_markdown(rows: &[Row<Accuracy>], multitask: &[String]) -> String {
     let mean = |f: &dyn Fn(&Row<Accuracy>) -> Option<Accuracy>| -> Option<f64> {
         let v: Vec<Accuracy> = rows.iter().filter_map(f).collect();
         (!v.is_empty()).then(|| 100.0 * Accuracy::mean(&v).strict)
     };
+    // The margin's interval: per task, DnD minus the comparison minus the bar's offset.
+    let interval = |f: &dyn Fn(&Row<Accuracy>) -> Option<Accuracy>, offset: f64| {
+        let d: Vec<f64> = rows
+            .iter()
+            .filter_map(|r| Some(100.0 * (r.dnd.strict - f(r)?.strict) - offset))
+            .collect();
+        crate::format::rng::bootstrap_95(d.len(), BAR_DRAWS, 14, |pick| {
+            pick.iter().map(|&i| d[i]).sum::<f64>() / pick.len() as f64
+        })
+    };
     let dnd = mean(&|r| Some(r.dnd)).unwrap_or(0.0);
-    let mut bars: Vec<(String, f64, f64)> = Vec::new();
+    let mut bars: Vec<(String, f64, f64, (f64, f64))> = Vec::new();
     if let Some(avg) = mean(&|r| r.averaged) {
-        bars.push(("DnD >= averaged LoRAs + 5".into(), dnd, avg + 5.0));
+        let ci = interval(&|r| r.averaged, 5.0);
+        bars.push(("DnD >= averaged LoRAs + 5".into(), dnd, avg + 5.0, ci));
     }
     for (i, name) in multitask.iter().enumerate() {
         let m = mean(&|r| r.multitask.get(i).copied()).unwrap_or(0.0);
-        bars.push((format!("DnD >= {name}"), dnd, m));
+        let ci = interval(&|r| r.multitask.get(i).copied(), 0.0);
+        bars.push((format!("DnD >= {name}"), dnd, m, ci));
     }
     let base = mean(&|r| Some(r.base)).unwrap_or(0.0);
-    bars.push(("DnD >= base + 15".into(), dnd, base + 15.0));
+    let ci = interval(&|r| Some(r.base), 15.0);
+    bars.push(("DnD >= base + 15".into(), dnd, base + 15.0, ci));
     let shuffled = mean(&|r| Some(r.shuffled)).unwrap_or(0.0);
-    bars.push(("shuffle control >= 3 below DnD".into(), dnd - shuffled, 3.0));
-    let mut out =
-        String::from("| bar (strict, mean over tasks) | value | needed | |\n|---|---|---|---|\n");
-    for (name, value, needed) in bars {
+    let ci = interval(&|r| Some(r.shuffled), 0.0);
+    // The shuffle bar's value is already a difference: its interval is shifted to match.
+    bars.push((
+        "shuffle control >= 3 below DnD".into(),
+        dnd - shuffled,
+        3.0,
+        (ci.0 - 3.0, ci.1 - 3.0),
+    ));
+    let mut out = String::from(
+        "| bar (strict, mean over tasks) | value | needed | | margin (95 % interval, tasks resampled) |\n|---|---|---|---|---|\n",
+    );
+    for (name, value, needed, (lo, hi)) in bars {
         let met = if value >= needed { "met" } else { "**missed**" };
-        out.push_str(&format!("| {name} | {value:.1} | {needed:.1} | {met} |\n"));
+        out.push_str(&format!(
+            "| {name} | {value:.1} | {needed:.1} | {met} | {:+.1} ({lo:+.1} to {hi:+.1}) |\n",
+            value - needed
+        ));
     }
     let harmed: Vec<String> = rows
         .iter()
@@ -848,7 +878,7 @@ pub fn bars_markdown(rows: &[Row<Accuracy>], multitask: &[String]) -> String {
         })
         .collect();
     out.push_str(&format!(
-        "| no harm: tasks with DnD >= {HARM_POINTS} lenient points below the base | {} | 0 | {} |\n",
+        "| no harm: tasks with DnD >= {HARM_POINTS} lenient points below the base | {} | 0 | {} | - |\n",
         match harmed.is_empty() {
             true => "none".to_string(),
             false => harmed.join(", "),
@@ -1031,6 +1061,14 @@ mod tests {
         assert!(line("DnD >= mt").contains("| 40.0 | 30.0 | met"), "{md}");
         assert!(line("base + 15").contains("| 40.0 | 20.0 | met"), "{md}");
         assert!(line("shuffle").contains("| 10.0 | 3.0 | met"), "{md}");
+        // Margins with their intervals over the two tasks: against base + 15 the tasks'
+        // margins are 35 and 5, so a resample's mean is 5, 20 or 35.
+        assert!(
+            line("base + 15").contains("| +20.0 (+5.0 to +35.0) |"),
+            "{md}"
+        );
+        // DnD - shuffle is 20 and 0 per task: 10 - 3 on the means, 0 - 3 to 20 - 3.
+        assert!(line("shuffle").contains("| +7.0 (-3.0 to +17.0) |"), "{md}");
         // b: 90 -> 80 lenient is a 10-point drop.
         assert!(line("no harm").contains("b (90.0 -> 80.0)"), "{md}");
         assert!(line("no harm").contains("**missed**"), "{md}");

@@ -1,10 +1,38 @@
 //! A small deterministic random number generator (SplitMix64) for everything that must be
 //! reproducible from a seed: task generation, example order, LoRA init, and the frozen LoRA
-//! A that collections and generators share ([`super::frozen_a`]).
+//! A that collections and generators share ([`super::frozen_a`]), and the bootstrap
+//! intervals of the benches and evaluations ([`bootstrap_95`]).
 //!
 //! It is written out here rather than taken from `rand` because `rand`'s `StdRng` makes no
 //! promise of giving the same stream across versions, and the task suite and the collected
 //! checkpoints must not change when a dependency is bumped.
+
+/// The 95 % interval (2.5th and 97.5th percentiles) of `statistic` over `draws` bootstrap
+/// resamples of `n` units: each draw passes `n` unit indices drawn with replacement. Units
+/// that belong together (a bench round of both routers, a task under several adapters) are
+/// drawn together, so that what they share cancels in a paired statistic. Deterministic
+/// from `seed`; `(NaN, NaN)` when there is nothing to draw.
+pub fn bootstrap_95(
+    n: usize,
+    draws: usize,
+    seed: u64,
+    statistic: impl Fn(&[usize]) -> f64,
+) -> (f64, f64) {
+    if n == 0 || draws == 0 {
+        return (f64::NAN, f64::NAN);
+    }
+    let mut rng = Rng::new(seed);
+    let mut pick = vec![0; n];
+    let mut values: Vec<f64> = (0..draws)
+        .map(|_| {
+            pick.iter_mut().for_each(|i| *i = rng.below(n));
+            statistic(&pick)
+        })
+        .collect();
+    values.sort_by(f64::total_cmp);
+    let at = |q: f64| values[((draws - 1) as f64 * q).round() as usize];
+    (at(0.025), at(0.975))
+}
 
 /// SplitMix64 (Steele, Lea, Flood 2014): 64 bits of state, passes BigCrush, trivially
 /// seedable.
@@ -72,6 +100,32 @@ impl Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The interval of a mean brackets the mean, narrows with more units, is a point when
+    /// every unit agrees, and is the same for the same seed.
+    #[test]
+    fn bootstrap_intervals_bracket_and_narrow() {
+        let mean = |v: &[f64]| {
+            let v = v.to_vec();
+            move |pick: &[usize]| pick.iter().map(|&i| v[i]).sum::<f64>() / pick.len() as f64
+        };
+        let few: Vec<f64> = (0..10).map(|i| (i % 2) as f64).collect();
+        let many: Vec<f64> = (0..1000).map(|i| (i % 2) as f64).collect();
+        let (lo, hi) = bootstrap_95(few.len(), 2000, 3, mean(&few));
+        assert!(lo < 0.5 && 0.5 < hi, "{lo} {hi}");
+        let (mlo, mhi) = bootstrap_95(many.len(), 2000, 3, mean(&many));
+        assert!(
+            lo < mlo && mlo < 0.5 && 0.5 < mhi && mhi < hi,
+            "{mlo} {mhi}"
+        );
+        assert!((mhi - mlo - 2.0 * 1.96 * (0.25f64 / 1000.0).sqrt()).abs() < 0.01);
+        assert_eq!(bootstrap_95(4, 100, 1, mean(&[2.0; 4])), (2.0, 2.0));
+        assert_eq!(
+            bootstrap_95(few.len(), 500, 9, mean(&few)),
+            bootstrap_95(few.len(), 500, 9, mean(&few))
+        );
+        assert!(bootstrap_95(0, 100, 1, |_| 1.0).0.is_nan());
+    }
 
     #[test]
     fn rng_is_deterministic_and_in_range() {
