@@ -161,8 +161,8 @@ mod tests {
     use super::*;
     use serde_json::{json, Value};
 
-    /// What this replaced: the object parsed one level deep (raw values) and written again,
-    /// the member's value replaced.
+    /// The meaning of the rewrite, as serde has it: the whole object parsed, the member's
+    /// value replaced (the reference the parse this replaced was tested against too).
     fn reference(json: &[u8], key: &str, value: &str) -> Option<Value> {
         let members: serde_json::Map<String, Value> = serde_json::from_slice(json).ok()?;
         let mut members = members;
