@@ -24,9 +24,17 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Result};
 use bytes::Bytes;
 
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
 use super::{print_machine, quantile_ms, smollm2_config};
 use crate::server::local::{chat_body, LocalServer};
-use crate::server::Config;
+use crate::server::member::with_member;
+use crate::server::{compose, Config, Plugin};
 
 /// The bar of issue 15: the plugin's throughput at least this fraction of the stock
 /// router's ...
@@ -71,8 +79,91 @@ pub struct Setup {
     /// `max_tokens` of every chat.
     pub tokens: usize,
     pub assets: Option<PathBuf>,
-    /// The control run: the stock router in the plugin's place too.
-    pub stock_twice: bool,
+    /// What serves on the plugin's port.
+    pub place: Place,
+}
+
+/// What serves on the plugin's port: the plugin, or a control or probe that tells its cost
+/// apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Place {
+    /// The plugin's router: the measurement.
+    Plugin,
+    /// The stock router again (`--stock-twice`): the control run, whose ratios are the
+    /// bench's own noise.
+    Stock,
+    /// The plugin's router with a layer that does nothing in the tagging layer's place:
+    /// what the router's structure (two middleware layers, the admin routes beside the
+    /// stock ones) costs.
+    Passthrough,
+    /// The same with a layer that does the tagging layer's JSON work and nothing else:
+    /// reads the request body, parses it, writes it back with the engine's base model id
+    /// in `model` as the plugin does, and rewrites the answer's `model`.
+    Json,
+}
+
+impl Place {
+    fn name(self) -> &'static str {
+        match self {
+            Place::Plugin => "plugin",
+            Place::Stock => "stock (2nd port)",
+            Place::Passthrough => "probe: passthrough",
+            Place::Json => "probe: json",
+        }
+    }
+
+    /// The router for the plugin's port, from the stock router, the plugin's and the plugin.
+    fn router(
+        self,
+        stock: axum::Router,
+        plugin_router: axum::Router,
+        plugin: &Arc<Plugin>,
+    ) -> axum::Router {
+        use axum::middleware::{from_fn, from_fn_with_state};
+        match self {
+            Place::Plugin => plugin_router,
+            Place::Stock => stock,
+            Place::Passthrough => compose(stock, plugin, |r| {
+                r.layer(from_fn(|req: Request, next: Next| next.run(req)))
+            }),
+            Place::Json => {
+                let base = plugin.table.engine().base_id().to_string();
+                compose(stock, plugin, |r| {
+                    r.layer(from_fn_with_state(Arc::new(base), json_probe))
+                })
+            }
+        }
+    }
+}
+
+/// [`Place::Json`]'s layer: the tagging layer's JSON work on a chat, without its checks,
+/// state or routing.
+async fn json_probe(State(model): State<Arc<String>>, req: Request, next: Next) -> Response {
+    let fail = |what: &str| (StatusCode::BAD_REQUEST, what.to_string()).into_response();
+    let (mut parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+        return fail("reading the body");
+    };
+    let Ok(mut json) = serde_json::from_slice::<serde_json::Map<String, Value>>(&bytes) else {
+        return fail("not a JSON object");
+    };
+    json.insert("model".into(), Value::String(model.to_string()));
+    let Ok(body) = serde_json::to_vec(&json) else {
+        return fail("writing the body");
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let resp = next.run(Request::from_parts(parts, Body::from(body))).await;
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return fail("reading the answer");
+    };
+    match with_member(&bytes, "model", "default") {
+        Some(rewritten) => {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, Body::from(rewritten))
+        }
+        None => Response::from_parts(parts, Body::from(bytes)),
+    }
 }
 
 /// Which router a request goes to.
@@ -162,7 +253,11 @@ pub async fn run(setup: &Setup) -> Result<()> {
     let (config, model, _dirs) = config_for(setup)?;
     let max_seqs = config.model.max_seqs;
     let t = Instant::now();
-    let (plugin, stock) = LocalServer::start_beside_stock(config, setup.stock_twice).await?;
+    let place = setup.place;
+    let (plugin, stock) = LocalServer::start_beside_stock(config, |stock, router, plugin| {
+        place.router(stock, router, plugin)
+    })
+    .await?;
     let load = t.elapsed();
     print_machine();
     println!(
@@ -178,11 +273,21 @@ pub async fn run(setup: &Setup) -> Result<()> {
         setup.rounds,
         setup.requests,
     );
-    if setup.stock_twice {
-        println!(
+    match place {
+        Place::Plugin => {}
+        Place::Stock => println!(
             "control run (--stock-twice): the stock router serves in the plugin's place too, \
              on a second port"
-        );
+        ),
+        Place::Passthrough | Place::Json => println!(
+            "probe run (--probe): the plugin's router with {} in the tagging layer's place",
+            match place {
+                Place::Json =>
+                    "a layer that only reads, parses and writes back the request \
+                     body and the answer's model",
+                _ => "a layer that does nothing",
+            }
+        ),
     }
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(600))
@@ -263,9 +368,10 @@ pub async fn run(setup: &Setup) -> Result<()> {
                 let is_plugin = served == Served::Plugin;
                 println!(
                     "| {label} | {c} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
-                    match (is_plugin, setup.stock_twice) {
-                        (true, true) => "stock (2nd port)",
-                        _ => served.name(),
+                    if is_plugin {
+                        place.name()
+                    } else {
+                        served.name()
                     },
                     cell.per_second(),
                     quantile_ms(&cell.latencies, 0.5),
@@ -309,7 +415,7 @@ pub async fn run(setup: &Setup) -> Result<()> {
     for e in errors {
         println!("first error: {e}");
     }
-    if setup.stock_twice {
+    if place == Place::Stock {
         return Ok(());
     }
     let layer = &plugin.plugin.metrics.layer_seconds;

@@ -63,6 +63,16 @@ pub struct OverheadArgs {
     /// the spread of the ratios is the bench's own noise.
     #[arg(long)]
     pub stock_twice: bool,
+    /// A probe run: the plugin's router with a layer in the tagging layer's place that
+    /// does nothing (passthrough) or only its JSON work (json), to tell where its cost is.
+    #[arg(long, conflicts_with = "stock_twice")]
+    pub probe: Option<Probe>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Probe {
+    Passthrough,
+    Json,
 }
 
 #[derive(Debug, clap::Args)]
@@ -218,7 +228,12 @@ pub fn run(args: Args) -> Result<()> {
                 requests: a.requests,
                 tokens: a.tokens,
                 assets: a.assets,
-                stock_twice: a.stock_twice,
+                place: match (a.stock_twice, a.probe) {
+                    (true, _) => crate::bench::overhead::Place::Stock,
+                    (false, Some(Probe::Passthrough)) => crate::bench::overhead::Place::Passthrough,
+                    (false, Some(Probe::Json)) => crate::bench::overhead::Place::Json,
+                    (false, None) => crate::bench::overhead::Place::Plugin,
+                },
             }),
         ),
         Bench::Tenants(a) => tokio::runtime::Runtime::new()?.block_on(crate::bench::tenants::run(

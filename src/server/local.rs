@@ -44,15 +44,17 @@ impl LocalServer {
 
     /// [`LocalServer::start`] plus the stock mistral.rs router alone, without the plugin's
     /// layer, on another loopback port and the same engine: what the plugin's cost is
-    /// measured against (`bench overhead`). `stock_twice`: the stock router in the plugin's
-    /// place too (a control run: the two ports then differ only by chance).
+    /// measured against (`bench overhead`). `in_plugins_place` chooses what serves on the
+    /// plugin's port, given the stock router, the plugin's router and the plugin: the
+    /// plugin's router for the measurement, the stock router for a control run (the two
+    /// ports then differ only by chance), or a probe.
     pub async fn start_beside_stock(
         config: Config,
-        stock_twice: bool,
+        in_plugins_place: impl FnOnce(axum::Router, axum::Router, &Arc<Plugin>) -> axum::Router,
     ) -> Result<(Self, StockServer)> {
         let Routers { stock, plugin } = assemble(config, None).await?;
         let (router, plugin) = plugin.context("the config disables the plugin")?;
-        let router = if stock_twice { stock.clone() } else { router };
+        let router = in_plugins_place(stock.clone(), router, &plugin);
         let (url, serving) = serve_on_loopback(stock).await?;
         Ok((
             Self::serve(router, plugin).await?,

@@ -15,7 +15,7 @@ pub mod config;
 pub mod error;
 pub mod keys;
 pub mod local;
-mod member;
+pub(crate) mod member;
 pub mod metrics;
 pub mod specialise;
 pub mod tagging;
@@ -309,20 +309,31 @@ pub async fn assemble(
         specialiser,
         store_lock: std::sync::Mutex::new(Some(store_lock)),
     });
-    let router = stock
-        .clone()
-        .layer(axum::middleware::from_fn_with_state(
+    let router = compose(stock.clone(), &plugin, |r| {
+        r.layer(axum::middleware::from_fn_with_state(
             plugin.clone(),
             tagging::tag_request,
         ))
-        .merge(admin::router(plugin.clone()))
-        .fallback(error::no_route)
-        // Last, so that it sees every answer: errors not yet in the OpenAI shape get it.
-        .layer(axum::middleware::from_fn(error::openai_shape));
+    });
     Ok(Routers {
         stock,
         plugin: Some((router, plugin)),
     })
+}
+
+/// The plugin's router: the stock routes under `tagging` (the tagging layer; `bench
+/// overhead` puts probes in its place to see what the rest of this structure costs), the
+/// admin API beside them, and the OpenAI error shape over all.
+pub(crate) fn compose(
+    stock: Router,
+    plugin: &Arc<Plugin>,
+    tagging: impl FnOnce(Router) -> Router,
+) -> Router {
+    tagging(stock)
+        .merge(admin::router(plugin.clone()))
+        .fallback(error::no_route)
+        // Last, so that it sees every answer: errors not yet in the OpenAI shape get it.
+        .layer(axum::middleware::from_fn(error::openai_shape))
 }
 
 /// The generators the config names (`generator`, `examples_generator`), checked against
