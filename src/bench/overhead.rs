@@ -85,30 +85,43 @@ pub struct Setup {
 
 /// What serves on the plugin's port: the plugin, or a control or probe that tells its cost
 /// apart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Place {
     /// The plugin's router: the measurement.
     Plugin,
     /// The stock router again (`--stock-twice`): the control run, whose ratios are the
     /// bench's own noise.
     Stock,
-    /// The plugin's router with a layer that does nothing in the tagging layer's place:
-    /// what the router's structure (two middleware layers, the admin routes beside the
-    /// stock ones) costs.
+    /// The plugin's router with a probe in the tagging layer's place (`--probe`).
+    Probe(Probe),
+}
+
+/// A layer in the tagging layer's place that does one part of its work and nothing else,
+/// so that runs with each tell where the plugin's cost is. Each keeps the stock answer
+/// right: the same model serves, and a rewritten `model` is the one the client sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Probe {
+    /// Nothing: what the router's structure costs (two middleware layers, the admin
+    /// routes beside the stock ones).
     Passthrough,
-    /// The same with a layer that does the tagging layer's JSON work and nothing else:
-    /// reads the request body, parses it, writes it back with the engine's base model id
-    /// in `model` as the plugin does, and rewrites the answer's `model`.
+    /// Reads the request body whole and hands the same bytes on.
+    Body,
+    /// Reads the request body, parses it, sets `model` to the engine's base model id (as
+    /// the plugin does) and writes it back.
+    Request,
+    /// Reads the answer whole and sets its `model` back to the client's (`default`).
+    Answer,
+    /// `request` and `answer` both: the tagging layer's JSON work without its checks,
+    /// state or routing.
     Json,
 }
 
 impl Place {
-    fn name(self) -> &'static str {
+    fn name(self) -> String {
         match self {
-            Place::Plugin => "plugin",
-            Place::Stock => "stock (2nd port)",
-            Place::Passthrough => "probe: passthrough",
-            Place::Json => "probe: json",
+            Place::Plugin => "plugin".into(),
+            Place::Stock => "stock (2nd port)".into(),
+            Place::Probe(p) => format!("probe: {p:?}").to_lowercase(),
         }
     }
 
@@ -119,40 +132,55 @@ impl Place {
         plugin_router: axum::Router,
         plugin: &Arc<Plugin>,
     ) -> axum::Router {
-        use axum::middleware::{from_fn, from_fn_with_state};
         match self {
             Place::Plugin => plugin_router,
             Place::Stock => stock,
-            Place::Passthrough => compose(stock, plugin, |r| {
-                r.layer(from_fn(|req: Request, next: Next| next.run(req)))
-            }),
-            Place::Json => {
-                let base = plugin.table.engine().base_id().to_string();
+            Place::Probe(probe) => {
+                let state = Arc::new((probe, plugin.table.engine().base_id().to_string()));
                 compose(stock, plugin, |r| {
-                    r.layer(from_fn_with_state(Arc::new(base), json_probe))
+                    r.layer(axum::middleware::from_fn_with_state(state, probe_layer))
                 })
             }
         }
     }
 }
 
-/// [`Place::Json`]'s layer: the tagging layer's JSON work on a chat, without its checks,
-/// state or routing.
-async fn json_probe(State(model): State<Arc<String>>, req: Request, next: Next) -> Response {
+/// The layer of a [`Probe`] (with the engine's base model id).
+async fn probe_layer(
+    State(state): State<Arc<(Probe, String)>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let (probe, model) = (state.0, &state.1);
     let fail = |what: &str| (StatusCode::BAD_REQUEST, what.to_string()).into_response();
-    let (mut parts, body) = req.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
-        return fail("reading the body");
+    let req = match probe {
+        Probe::Passthrough | Probe::Answer => req,
+        Probe::Body | Probe::Request | Probe::Json => {
+            let (mut parts, body) = req.into_parts();
+            let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+                return fail("reading the body");
+            };
+            let body = if probe == Probe::Body {
+                Body::from(bytes)
+            } else {
+                let Ok(mut json) = serde_json::from_slice::<serde_json::Map<String, Value>>(&bytes)
+                else {
+                    return fail("not a JSON object");
+                };
+                json.insert("model".into(), Value::String(model.clone()));
+                let Ok(body) = serde_json::to_vec(&json) else {
+                    return fail("writing the body");
+                };
+                Body::from(body)
+            };
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Request::from_parts(parts, body)
+        }
     };
-    let Ok(mut json) = serde_json::from_slice::<serde_json::Map<String, Value>>(&bytes) else {
-        return fail("not a JSON object");
-    };
-    json.insert("model".into(), Value::String(model.to_string()));
-    let Ok(body) = serde_json::to_vec(&json) else {
-        return fail("writing the body");
-    };
-    parts.headers.remove(header::CONTENT_LENGTH);
-    let resp = next.run(Request::from_parts(parts, Body::from(body))).await;
+    let resp = next.run(req).await;
+    if !matches!(probe, Probe::Answer | Probe::Json) {
+        return resp;
+    }
     let (mut parts, body) = resp.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
         return fail("reading the answer");
@@ -279,14 +307,10 @@ pub async fn run(setup: &Setup) -> Result<()> {
             "control run (--stock-twice): the stock router serves in the plugin's place too, \
              on a second port"
         ),
-        Place::Passthrough | Place::Json => println!(
-            "probe run (--probe): the plugin's router with {} in the tagging layer's place",
-            match place {
-                Place::Json =>
-                    "a layer that only reads, parses and writes back the request \
-                     body and the answer's model",
-                _ => "a layer that does nothing",
-            }
+        Place::Probe(p) => println!(
+            "probe run (--probe {}): the plugin's router with a layer in the tagging layer's \
+             place that does only this part of its work",
+            format!("{p:?}").to_lowercase()
         ),
     }
     let client = reqwest::Client::builder()
@@ -371,7 +395,7 @@ pub async fn run(setup: &Setup) -> Result<()> {
                     if is_plugin {
                         place.name()
                     } else {
-                        served.name()
+                        served.name().into()
                     },
                     cell.per_second(),
                     quantile_ms(&cell.latencies, 0.5),
@@ -415,7 +439,7 @@ pub async fn run(setup: &Setup) -> Result<()> {
     for e in errors {
         println!("first error: {e}");
     }
-    if place == Place::Stock {
+    if place != Place::Plugin {
         return Ok(());
     }
     let layer = &plugin.plugin.metrics.layer_seconds;

@@ -64,15 +64,9 @@ pub struct OverheadArgs {
     #[arg(long)]
     pub stock_twice: bool,
     /// A probe run: the plugin's router with a layer in the tagging layer's place that
-    /// does nothing (passthrough) or only its JSON work (json), to tell where its cost is.
+    /// does one part of its work (or nothing), to tell where its cost is.
     #[arg(long, conflicts_with = "stock_twice")]
-    pub probe: Option<Probe>,
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum Probe {
-    Passthrough,
-    Json,
+    pub probe: Option<crate::bench::overhead::Probe>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -230,8 +224,7 @@ pub fn run(args: Args) -> Result<()> {
                 assets: a.assets,
                 place: match (a.stock_twice, a.probe) {
                     (true, _) => crate::bench::overhead::Place::Stock,
-                    (false, Some(Probe::Passthrough)) => crate::bench::overhead::Place::Passthrough,
-                    (false, Some(Probe::Json)) => crate::bench::overhead::Place::Json,
+                    (false, Some(p)) => crate::bench::overhead::Place::Probe(p),
                     (false, None) => crate::bench::overhead::Place::Plugin,
                 },
             }),
