@@ -201,7 +201,7 @@ pub async fn assemble(
     generator: Option<Arc<dyn specialise::AdapterGenerator>>,
 ) -> Result<Routers> {
     config.check()?;
-    crate::engine::fix_mmap_threshold();
+    crate::engine::tune_allocator();
     // Before the engine loads, so that a second server on the same store fails at once.
     let store_lock = config
         .plugin
