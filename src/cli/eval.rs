@@ -32,9 +32,10 @@ pub struct Args {
     pub except: Vec<String>,
     /// An earlier `eval --generator --nll` run's nll.json: write its tables again (without
     /// the `--except` tasks, if any) to `--out`, running nothing (the checked tables judged by the
-    /// server's current rule).
-    #[arg(long, conflicts_with_all = ["generator", "adapter", "checkpoints"])]
-    pub report: Option<PathBuf>,
+    /// server's current rule). Several (the folds of `train --fold`): one report pooled over
+    /// their held-out tasks.
+    #[arg(long, num_args = 1.., conflicts_with_all = ["generator", "adapter", "checkpoints"])]
+    pub report: Vec<PathBuf>,
     /// An adapter (PEFT folder) or a folder of them, evaluated on every task; repeatable.
     #[arg(long)]
     pub adapter: Vec<PathBuf>,
@@ -105,9 +106,19 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if let Some(path) = &args.report {
-        let report: NllReport = serde_json::from_slice(&std::fs::read(path)?)
-            .with_context(|| format!("reading {}", path.display()))?;
+    if !args.report.is_empty() {
+        let reports = args
+            .report
+            .iter()
+            .map(|path| {
+                serde_json::from_slice(&std::fs::read(path)?)
+                    .with_context(|| format!("reading {}", path.display()))
+            })
+            .collect::<Result<Vec<NllReport>>>()?;
+        let report = match reports.len() {
+            1 => reports.into_iter().next().expect("one report"),
+            _ => NllReport::pooled(reports)?,
+        };
         let mut report = report.without(&args.except)?;
         // Judged again: the server's rule may have changed since the run.
         report.apply_checks(report.fallback_column());

@@ -7,8 +7,8 @@ use anyhow::Result;
 use clap::Args as ClapArgs;
 
 use super::collect::SuiteArgs;
-use crate::tasks::builtin_suite;
 use crate::tasks::taskfile::export_suite;
+use crate::tasks::{builtin_suite, holdout_every};
 
 #[derive(Debug, ClapArgs)]
 pub struct Args {
@@ -17,10 +17,37 @@ pub struct Args {
     pub export: Option<PathBuf>,
     #[command(flatten)]
     pub suite: SuiteArgs,
+    /// Instead of the table, print the split of `train --hold-out-every K --fold F` as
+    /// shell assignments: `H` the held-out tasks, `P` and `G` the 1st, 3rd, ... and the
+    /// 2nd, 4th, ... of the others in suite order (the two halves of README's split runs).
+    #[arg(long)]
+    pub hold_out_every: Option<usize>,
+    /// With --hold-out-every: the fold.
+    #[arg(long, default_value_t = 0, requires = "hold_out_every")]
+    pub fold: usize,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let suite = builtin_suite(&args.suite.config())?;
+    if let Some(k) = args.hold_out_every {
+        let held = holdout_every(&suite, k, args.fold)?;
+        let (p, g): (Vec<(usize, &str)>, Vec<(usize, &str)>) = suite
+            .iter()
+            .map(|t| t.name.as_str())
+            .filter(|n| !held.iter().any(|h| h == n))
+            .enumerate()
+            .partition(|(i, _)| i % 2 == 0);
+        let names = |half: Vec<(usize, &str)>| {
+            half.into_iter()
+                .map(|(_, n)| n)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        println!("H={}", held.join(","));
+        println!("P={}", names(p));
+        println!("G={}", names(g));
+        return Ok(());
+    }
     println!("| family | task | source | scoring | train / test | example |");
     println!("|---|---|---|---|---|---|");
     for t in &suite {

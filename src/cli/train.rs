@@ -128,6 +128,10 @@ pub struct Args {
     /// (suite order), see `tasks::holdout_every`.
     #[arg(long, requires = "suite", conflicts_with_all = ["hold_out", "hold_out_family"])]
     pub hold_out_every: Option<usize>,
+    /// With --hold-out-every K: which of the K folds (0 to K-1) to hold out; each task is
+    /// held out in exactly one (k-fold evaluation).
+    #[arg(long, default_value_t = 0, requires = "hold_out_every")]
+    pub fold: usize,
     #[command(flatten)]
     pub shape: super::generate::DecoderShapeArgs,
     /// Stop after this many steps, as if killed (for testing resumption).
@@ -159,7 +163,7 @@ pub fn run(args: Args) -> Result<()> {
         false => {
             let tasks = crate::tasks::suite(&args.suite, &[], &args.suite_args.config())?;
             let every = match args.hold_out_every {
-                Some(k) => Some(crate::tasks::holdout_every(&tasks, k)?),
+                Some(k) => Some(crate::tasks::holdout_every(&tasks, k, args.fold)?),
                 None => None,
             };
             let tasks = crate::tasks::without(tasks, &args.except)?;

@@ -23,7 +23,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use candle_core::{Device, D};
 use serde::{Deserialize, Serialize};
 
@@ -191,6 +191,10 @@ pub struct NllReport {
     /// are over the others.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub left_out: Vec<String>,
+    /// For a report pooled from several runs ([`NllReport::pooled`]), one line per run:
+    /// its generator, training tasks and averaged LoRAs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pooled_from: Vec<String>,
     pub seconds: f64,
 }
 
@@ -237,6 +241,98 @@ impl NllReport {
         }
         self.left_out.extend_from_slice(names);
         Ok(self)
+    }
+}
+
+impl NllReport {
+    /// One report of several runs' held-out tasks, e.g. the folds of a k-fold split
+    /// (`train --hold-out-every K --fold F`), so that the bars and their intervals are over
+    /// every task some run held out: the tables concatenated in the order given. The runs
+    /// must hold out different tasks, compare as many multi-task LoRAs (a column pools each
+    /// run's LoRA in that place, its name theirs joined with " + "), and decode and check
+    /// alike.
+    pub fn pooled(reports: Vec<NllReport>) -> Result<Self> {
+        let Some(first) = reports.first() else {
+            bail!("no report to pool");
+        };
+        let (columns, decode_limit) = (first.multitask.len(), first.decode_limit);
+        let fallback = first.fallback_column();
+        let mut seen = std::collections::BTreeSet::new();
+        for r in &reports {
+            ensure!(
+                r.multitask.len() == columns && r.fallback_column() == fallback,
+                "{}: the runs compare different multi-task LoRA columns",
+                r.generator.display()
+            );
+            ensure!(
+                r.decode_limit == decode_limit
+                    && r.decoded.is_empty() == first.decoded.is_empty()
+                    && r.checks.is_empty() == first.checks.is_empty(),
+                "{}: the runs decode or check differently",
+                r.generator.display()
+            );
+            for row in &r.rows {
+                ensure!(
+                    seen.insert(row.task.clone()),
+                    "task {} is held out by more than one run",
+                    row.task
+                );
+            }
+        }
+        let multitask: Vec<String> = (0..columns)
+            .map(|i| {
+                let mut names: Vec<&str> = Vec::new();
+                for r in &reports {
+                    if !names.contains(&r.multitask[i].as_str()) {
+                        names.push(&r.multitask[i]);
+                    }
+                }
+                names.join(" + ")
+            })
+            .collect();
+        let mut pooled = NllReport {
+            generator: reports
+                .iter()
+                .map(|r| r.generator.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+                .into(),
+            train_tasks: reports.iter().map(|r| r.train_tasks).max().unwrap_or(0),
+            averaged_over: reports.iter().map(|r| r.averaged_over).min().unwrap_or(0),
+            multitask,
+            rows: Vec::new(),
+            decoded: Vec::new(),
+            decode_limit,
+            checks: Vec::new(),
+            guarded: Vec::new(),
+            fallback: None,
+            left_out: Vec::new(),
+            pooled_from: Vec::new(),
+            seconds: 0.0,
+        };
+        for r in reports {
+            pooled.pooled_from.push(format!(
+                "{} ({} held-out tasks; {} training tasks, averaged LoRAs of {})",
+                r.generator.display(),
+                r.rows.len(),
+                r.train_tasks,
+                r.averaged_over
+            ));
+            pooled.rows.extend(r.rows);
+            pooled.decoded.extend(r.decoded);
+            pooled.checks.extend(r.checks);
+            pooled.left_out.extend(r.left_out);
+            pooled.seconds += r.seconds;
+        }
+        if let Some(i) = fallback {
+            // Names the pooled column, for `fallback_column`; `apply_checks` sets the rows.
+            pooled.fallback = Some(Fallback {
+                adapter: pooled.multitask[i].clone(),
+                rows: Vec::new(),
+            });
+        }
+        pooled.apply_checks(fallback);
+        Ok(pooled)
     }
 }
 
@@ -508,6 +604,7 @@ pub fn evaluate_nll(
         guarded: Vec::new(),
         fallback: None,
         left_out: Vec::new(),
+        pooled_from: Vec::new(),
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -726,10 +823,21 @@ fn table<S: Cell>(rows: &[Row<S>], multitask: &[String]) -> String {
 /// the decoded one (strict %, lenient %) with the issue's bars checked on it.
 pub fn nll_markdown(r: &NllReport) -> String {
     let mut out = table(&r.rows, &r.multitask);
-    out.push_str(&format!(
-        "\nAveraged LoRAs: the mean of {} of the {} training tasks' final checkpoints.\n",
-        r.averaged_over, r.train_tasks
-    ));
+    if r.pooled_from.is_empty() {
+        out.push_str(&format!(
+            "\nAveraged LoRAs: the mean of {} of the {} training tasks' final checkpoints.\n",
+            r.averaged_over, r.train_tasks
+        ));
+    } else {
+        out.push_str(&format!(
+            "\nPooled from {} runs, each with its own held-out tasks, multi-task LoRA and \
+             averaged LoRAs (the mean of its training tasks' final checkpoints):\n",
+            r.pooled_from.len()
+        ));
+        for line in &r.pooled_from {
+            out.push_str(&format!("- {line}\n"));
+        }
+    }
     if !r.left_out.is_empty() {
         out.push_str(&format!(
             "\nHeld-out tasks in this report: {}; left out of every table, mean and bar: {}.\n",
@@ -1189,6 +1297,7 @@ mod tests {
             guarded: vec![good, harmed],
             fallback: None,
             left_out: vec![],
+            pooled_from: vec![],
             seconds: 1.0,
         };
         let read: NllReport =
@@ -1207,7 +1316,27 @@ mod tests {
         assert!(!md.contains("| b |") && bar(&md, "50.0"), "{md}");
         assert!(md.contains("| none | 0 | met |"), "{md}");
         assert!(md.contains("in this report: 1; left out of every table, mean and bar: b."));
-        assert!(report.without(&["c".to_string()]).is_err());
+        assert!(report.clone().without(&["c".to_string()]).is_err());
+
+        // Two runs pooled: judged on both runs' tasks together, as the one report was.
+        let run = |task: &str, mt: &str| {
+            let mut r = report.clone().without(&[task.to_string()]).unwrap();
+            r.left_out.clear();
+            r.multitask = vec![mt.into()];
+            r
+        };
+        let pooled = NllReport::pooled(vec![run("b", "mt0"), run("a", "mt1")]).unwrap();
+        let md = nll_markdown(&pooled);
+        assert!(md.contains("b (90.0 -> 10.0)") && bar(&md, "25.0"), "{md}");
+        assert!(
+            md.contains("| mt0 + mt1 |") && md.contains("Pooled from 2 runs"),
+            "{md}"
+        );
+        // The same task held out twice, or different columns: refused.
+        assert!(NllReport::pooled(vec![run("b", "mt"), run("b", "mt")]).is_err());
+        let mut two = run("a", "mt");
+        two.multitask.push("other".into());
+        assert!(NllReport::pooled(vec![run("b", "mt"), two]).is_err());
     }
 
     #[test]

@@ -330,13 +330,17 @@ pub fn without(mut tasks: Vec<Task>, names: &[String]) -> Result<Vec<Task>> {
 /// family (tasks in suite order), the 2nd task and every `k`-th after it. `k = 7` holds
 /// out 22 of suite version 1's 130 tasks, 25 of version 2's 146 and 28 of version 3's 161,
 /// at least one of each family.
-pub fn holdout_every(tasks: &[Task], k: usize) -> Result<Vec<String>> {
+///
+/// `fold` (0 to `k - 1`) shifts the split by that many tasks per family, so that the `k`
+/// folds hold out every task exactly once (k-fold evaluation); fold 0 is the split above.
+pub fn holdout_every(tasks: &[Task], k: usize, fold: usize) -> Result<Vec<String>> {
     ensure!(k >= 2, "hold out every k-th task with k >= 2");
+    ensure!(fold < k, "fold {fold} of {k}: folds are 0 to {}", k - 1);
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     let mut out = Vec::new();
     for t in tasks {
         let i = seen.entry(t.family.as_str()).or_default();
-        if *i % k == 1 {
+        if *i % k == (1 + fold) % k {
             out.push(t.name.clone());
         }
         *i += 1;
@@ -454,10 +458,10 @@ mod tests {
         assert_eq!((v1.len(), v2.len(), latest.len()), (130, 146, 161));
         assert_eq!(v1[..], v2[..130]);
         assert_eq!(v2[..], latest[..146]);
-        let held = holdout_every(&v1, 7).unwrap();
+        let held = holdout_every(&v1, 7, 0).unwrap();
         assert_eq!(held.len(), 22);
         assert_eq!(held.first().map(String::as_str), Some("month_shift"));
-        let held_latest = holdout_every(&latest, 7).unwrap();
+        let held_latest = holdout_every(&latest, 7, 0).unwrap();
         assert_eq!(held_latest[..22], held[..]);
         assert_eq!(
             held_latest[22..],
@@ -515,16 +519,32 @@ mod tests {
         let mut tasks: Vec<Task> = (0..9).map(|i| task(&format!("a{i}"), "a")).collect();
         tasks.insert(3, task("b0", "b"));
         tasks.insert(4, task("b1", "b"));
-        assert_eq!(holdout_every(&tasks, 7).unwrap(), ["a1", "b1", "a8"]);
-        assert_eq!(holdout_every(&tasks, 3).unwrap(), ["a1", "b1", "a4", "a7"]);
-        assert!(holdout_every(&tasks, 1).is_err());
+        assert_eq!(holdout_every(&tasks, 7, 0).unwrap(), ["a1", "b1", "a8"]);
+        assert_eq!(
+            holdout_every(&tasks, 3, 0).unwrap(),
+            ["a1", "b1", "a4", "a7"]
+        );
+        assert!(holdout_every(&tasks, 1, 0).is_err());
+        assert!(holdout_every(&tasks, 3, 3).is_err());
+        // The folds hold out every task once.
+        let mut all: Vec<String> = (0..3)
+            .flat_map(|f| holdout_every(&tasks, 3, f).unwrap())
+            .collect();
+        all.sort();
+        let mut names: Vec<String> = tasks.iter().map(|t| t.name.clone()).collect();
+        names.sort();
+        assert_eq!(all, names);
+        assert_eq!(
+            holdout_every(&tasks, 3, 2).unwrap(),
+            ["a0", "b0", "a3", "a6"]
+        );
         let kept = without(tasks.clone(), &["a1".into(), "b0".into()]).unwrap();
         assert_eq!(kept.len(), tasks.len() - 2);
         assert!(kept.iter().all(|t| t.name != "a1" && t.name != "b0"));
         let err = without(tasks.clone(), &["nope".into()]).unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");
         let suite = builtin_suite(&small()).unwrap();
-        let held = holdout_every(&suite, 7).unwrap();
+        let held = holdout_every(&suite, 7, 0).unwrap();
         let families = |names: &mut dyn Iterator<Item = &Task>| {
             names.map(|t| t.family.clone()).collect::<BTreeSet<_>>()
         };
