@@ -31,21 +31,14 @@ pub fn run(args: Args) -> Result<()> {
     let suite = builtin_suite(&args.suite.config())?;
     if let Some(k) = args.hold_out_every {
         let held = holdout_every(&suite, k, args.fold)?;
-        let (p, g): (Vec<(usize, &str)>, Vec<(usize, &str)>) = suite
-            .iter()
-            .map(|t| t.name.as_str())
-            .filter(|n| !held.iter().any(|h| h == n))
-            .enumerate()
-            .partition(|(i, _)| i % 2 == 0);
-        let names = |half: Vec<(usize, &str)>| {
-            half.into_iter()
-                .map(|(_, n)| n)
-                .collect::<Vec<_>>()
-                .join(",")
-        };
+        let (mut p, mut g) = (Vec::new(), Vec::new());
+        let others = suite.iter().filter(|t| !held.contains(&t.name));
+        for (i, t) in others.enumerate() {
+            [&mut p, &mut g][i % 2].push(t.name.as_str());
+        }
         println!("H={}", held.join(","));
-        println!("P={}", names(p));
-        println!("G={}", names(g));
+        println!("P={}", p.join(","));
+        println!("G={}", g.join(","));
         return Ok(());
     }
     println!("| family | task | source | scoring | train / test | example |");
