@@ -14,6 +14,11 @@
 //! the rounds), latency p50 / p99 (every request of every round) and, for the plugin, the
 //! ratio to the stock router's row, with a 95 % interval from a bootstrap over the rounds
 //! ([`paired_ratio_interval`]). The bar (issue 15): throughput >= 0.99x and p99 within +5 %.
+//!
+//! What serves on the plugin's port ([`Place`]): the plugin's router; the stock router
+//! again (`--stock-twice`, the control run); or a [`Probe`] (`--probe`), the plugin's router
+//! with a layer in the tagging layer's place that does one part of its work, so that runs
+//! side by side tell where its cost is.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
