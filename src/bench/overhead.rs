@@ -22,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -130,18 +130,24 @@ impl Place {
         }
     }
 
-    /// The router for the plugin's port, from the stock router, the plugin's and the plugin.
+    /// The router for the plugin's port, from the stock router, the plugin's and the plugin;
+    /// a probe adds its own time to `time`.
     fn router(
         self,
         stock: axum::Router,
         plugin_router: axum::Router,
         plugin: &Arc<Plugin>,
+        time: Arc<ProbeTime>,
     ) -> axum::Router {
         match self {
             Place::Plugin => plugin_router,
             Place::Stock => stock,
             Place::Probe(probe) => {
-                let state = Arc::new((probe, plugin.table.engine().base_id().to_string()));
+                let state = Arc::new(ProbeState {
+                    probe,
+                    model: plugin.table.engine().base_id().to_string(),
+                    time,
+                });
                 compose(stock, plugin, |r| {
                     r.layer(axum::middleware::from_fn_with_state(state, probe_layer))
                 })
@@ -150,13 +156,43 @@ impl Place {
     }
 }
 
-/// The layer of a [`Probe`] (with the engine's base model id).
-async fn probe_layer(
-    State(state): State<Arc<(Probe, String)>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let (probe, model) = (state.0, &state.1);
+/// A probe layer's own time, summed over its requests: before the stock handler (its
+/// request part) and after it (its answer part), as the plugin's `dnd_layer_seconds`.
+#[derive(Default)]
+struct ProbeTime {
+    before_ns: AtomicU64,
+    after_ns: AtomicU64,
+    requests: AtomicU64,
+}
+
+impl ProbeTime {
+    fn add(&self, before: Duration, after: Duration) {
+        self.before_ns
+            .fetch_add(before.as_nanos() as u64, Ordering::Relaxed);
+        self.after_ns
+            .fetch_add(after.as_nanos() as u64, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Mean microseconds before and after the stock handler, and the requests.
+    fn means_us(&self) -> (f64, f64, u64) {
+        let n = self.requests.load(Ordering::Relaxed);
+        let mean = |ns: &AtomicU64| ns.load(Ordering::Relaxed) as f64 / n.max(1) as f64 / 1e3;
+        (mean(&self.before_ns), mean(&self.after_ns), n)
+    }
+}
+
+struct ProbeState {
+    probe: Probe,
+    /// The engine's base model id, which `request` and `json` put in the body.
+    model: String,
+    time: Arc<ProbeTime>,
+}
+
+/// The layer of a [`Probe`].
+async fn probe_layer(State(state): State<Arc<ProbeState>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let probe = state.probe;
     let fail = |what: &str| (StatusCode::BAD_REQUEST, what.to_string()).into_response();
     let req = match probe {
         Probe::Passthrough | Probe::Answer => req,
@@ -172,7 +208,7 @@ async fn probe_layer(
                 else {
                     return fail("not a JSON object");
                 };
-                json.insert("model".into(), Value::String(model.clone()));
+                json.insert("model".into(), Value::String(state.model.clone()));
                 let Ok(body) = serde_json::to_vec(&json) else {
                     return fail("writing the body");
                 };
@@ -182,13 +218,22 @@ async fn probe_layer(
             Request::from_parts(parts, body)
         }
     };
+    let before = started.elapsed();
     let resp = next.run(req).await;
-    if !matches!(probe, Probe::Answer | Probe::Json) {
-        return resp;
-    }
+    let answered = Instant::now();
+    let resp = match probe {
+        Probe::Answer | Probe::Json => client_model(resp).await,
+        _ => resp,
+    };
+    state.time.add(before, answered.elapsed());
+    resp
+}
+
+/// The answer read whole, its `model` set back to the client's (`default`).
+async fn client_model(resp: Response) -> Response {
     let (mut parts, body) = resp.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
-        return fail("reading the answer");
+        return (StatusCode::INTERNAL_SERVER_ERROR, "reading the answer").into_response();
     };
     match with_member(&bytes, "model", "default") {
         Some(rewritten) => {
@@ -287,8 +332,10 @@ pub async fn run(setup: &Setup) -> Result<()> {
     let max_seqs = config.model.max_seqs;
     let t = Instant::now();
     let place = setup.place;
+    let probe_time = Arc::new(ProbeTime::default());
+    let time = probe_time.clone();
     let (plugin, stock) = LocalServer::start_beside_stock(config, |stock, router, plugin| {
-        place.router(stock, router, plugin)
+        place.router(stock, router, plugin, time)
     })
     .await?;
     let load = t.elapsed();
@@ -443,6 +490,13 @@ pub async fn run(setup: &Setup) -> Result<()> {
     );
     for e in errors {
         println!("first error: {e}");
+    }
+    if let Place::Probe(_) = place {
+        let (before, after, n) = probe_time.means_us();
+        println!(
+            "the probe's own time (every request to its port, warm-up included): mean {before:.1} us \
+             before the stock handler and {after:.1} us after it, over {n} requests"
+        );
     }
     if place != Place::Plugin {
         return Ok(());
