@@ -242,9 +242,7 @@ impl NllReport {
         self.left_out.extend_from_slice(names);
         Ok(self)
     }
-}
 
-impl NllReport {
     /// One report of several runs' held-out tasks, e.g. the folds of a k-fold split
     /// (`train --hold-out-every K --fold F`), so that the bars and their intervals are over
     /// every task some run held out: the tables concatenated in the order given. The runs
@@ -324,13 +322,7 @@ impl NllReport {
             pooled.left_out.extend(r.left_out);
             pooled.seconds += r.seconds;
         }
-        if let Some(i) = fallback {
-            // Names the pooled column, for `fallback_column`; `apply_checks` sets the rows.
-            pooled.fallback = Some(Fallback {
-                adapter: pooled.multitask[i].clone(),
-                rows: Vec::new(),
-            });
-        }
+        // Also names the pooled column of the generator's base adapter.
         pooled.apply_checks(fallback);
         Ok(pooled)
     }

@@ -159,6 +159,7 @@ impl Scan<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::rng::Rng;
     use serde_json::{json, Value};
 
     /// The meaning of the rewrite, as serde has it: the whole object parsed, the member's
@@ -199,13 +200,13 @@ mod tests {
         }
         // Generated answers: nested objects and arrays, strings with quotes, backslashes,
         // braces and non-ASCII text, keys that contain "model", compact and pretty.
-        let mut seed = 7u64;
+        let mut rng = Rng::new(7);
         for _ in 0..300 {
-            let v = generated(&mut seed, 0);
+            let v = generated(&mut rng, 0);
             let mut top = json!({"id": "chatcmpl-1", "object": "chat.completion"});
             top["choices"] = v;
             top["model"] = json!("/abs/base path");
-            if next(&mut seed).is_multiple_of(2) {
+            if rng.below(2) == 0 {
                 top["usage"] = json!({"model": "nested", "n": 1.5e-3});
             }
             check(&serde_json::to_vec(&top).unwrap(), "default");
@@ -245,14 +246,7 @@ mod tests {
         }
     }
 
-    fn next(seed: &mut u64) -> u64 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        *seed >> 33
-    }
-
-    fn generated(seed: &mut u64, depth: usize) -> Value {
+    fn generated(rng: &mut Rng, depth: usize) -> Value {
         const STRINGS: [&str; 6] = [
             "plain",
             "\"model\": \"x\"",
@@ -261,22 +255,22 @@ mod tests {
             "line\nbreak\t\"",
             "",
         ];
-        let pick = next(seed) % if depth >= 3 { 4 } else { 6 };
+        let pick = rng.below(if depth >= 3 { 4 } else { 6 });
         match pick {
-            0 => Value::String(STRINGS[(next(seed) % 6) as usize].into()),
-            1 => json!(next(seed) as f64 / 7.0),
+            0 => Value::String(STRINGS[rng.below(6)].into()),
+            1 => json!(rng.below(1 << 31) as f64 / 7.0),
             2 => json!(null),
-            3 => json!(next(seed).is_multiple_of(2)),
+            3 => json!(rng.below(2) == 0),
             4 => Value::Array(
-                (0..next(seed) % 4)
-                    .map(|_| generated(seed, depth + 1))
+                (0..rng.below(4))
+                    .map(|_| generated(rng, depth + 1))
                     .collect(),
             ),
             _ => {
                 let mut o = serde_json::Map::new();
-                for k in 0..next(seed) % 4 {
-                    let key = ["model", "content", "x\"model\"", "role"][k as usize];
-                    o.insert(key.into(), generated(seed, depth + 1));
+                for k in 0..rng.below(4) {
+                    let key = ["model", "content", "x\"model\"", "role"][k];
+                    o.insert(key.into(), generated(rng, depth + 1));
                 }
                 Value::Object(o)
             }
