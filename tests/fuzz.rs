@@ -2,7 +2,7 @@
 //! send, each checked against the rules as written out again here. Task ids from a header,
 //! a body field and `user`, in every source order, in open and keys mode
 //! ([`find_task_id`], [`keyed_task_id`]); chat and completion bodies ([`check_body`]: the
-//! model, the bounds, the stock request type); adapters as an upload's two files, with one
+//! model, the bounds, the stock request type, the engine's text); adapters as an upload's two files, with one
 //! fault or none ([`parse_adapter`]). No input may panic; every refusal is a 4xx `ApiError`
 //! whose `param` or message names what is wrong; exactly the inputs the rules allow are
 //! accepted.
@@ -23,7 +23,8 @@ use mistralrs_dnd::format::Module;
 use mistralrs_dnd::server::admin::parse_adapter;
 use mistralrs_dnd::server::config::{PluginConfig, TaskSource};
 use mistralrs_dnd::server::error::ApiError;
-use mistralrs_dnd::server::tagging::{check_body, find_task_id, keyed_task_id};
+use mistralrs_dnd::server::request::{check_body, Fields};
+use mistralrs_dnd::server::tagging::{find_task_id, keyed_task_id};
 use mistralrs_dnd::testing::{random_adapter, tiny_dims};
 use serde_json::{json, Map, Value};
 
@@ -297,6 +298,8 @@ fn request_parts(t: &Tagging) -> (HeaderMap, Map<String, Value>) {
 fn task_ids_from_random_headers_and_bodies() {
     fuzz("task_ids", cases(1), random_tagging, |t| {
         let (headers, body) = request_parts(t);
+        let text = serde_json::to_vec(&body).unwrap();
+        let body = Fields::parse(&text).unwrap();
         check_against(
             want_open(t),
             find_task_id(&t.sources, HEADER, &headers, &body),
@@ -558,9 +561,12 @@ fn chat_and_completion_bodies_with_random_fields() {
     let pc = plugin_config();
     let dirs = vec![BASE_DIR.to_string()];
     fuzz("bodies", cases(1), random_body, |b| {
-        let mut body = b.body.clone();
-        match check_body(&pc, &dirs, b.path, &mut body) {
-            Ok(public) => {
+        let text = serde_json::to_vec(&b.body).unwrap();
+        match check_body(&pc, &dirs, b.path, &text) {
+            Ok(checked) => {
+                let public = checked.public;
+                let body: Map<String, Value> = serde_json::from_slice(checked.body.text())
+                    .expect("the engine's text is a JSON object");
                 assert!(b.bad.is_empty(), "accepted, with {:?} wrong", b.bad);
                 let asked = b
                     .body
@@ -574,6 +580,16 @@ fn chat_and_completion_bodies_with_random_fields() {
                     .any(|k| b.body.get(*k).is_some_and(|v| !v.is_null()));
                 if !named {
                     assert_eq!(body["max_tokens"], json!(pc.default_max_tokens), "{body:?}");
+                }
+                // The rest is the client's, less what the plugin takes out (the model and
+                // the default max_tokens are checked above).
+                let checked_above = |k: &str| k == "model" || (k == "max_tokens" && !named);
+                for (key, v) in b.body.iter().filter(|(k, _)| !checked_above(k)) {
+                    let taken = key == "task_id"
+                        || (v.is_null()
+                            && ["max_tokens", "max_completion_tokens", "n", "best_of"]
+                                .contains(&key.as_str()));
+                    assert_eq!(body.get(key), (!taken).then_some(v), "{key}: {body:?}");
                 }
             }
             Err(e) => {

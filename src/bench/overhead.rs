@@ -34,11 +34,12 @@ use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
 
 use super::{print_machine, quantile_ms, smollm2_config};
+use crate::server::config::PluginConfig;
 use crate::server::local::{chat_body, LocalServer};
 use crate::server::member::with_member;
+use crate::server::request::{EngineBody, Fields};
 use crate::server::{compose, Config, Plugin};
 
 /// The bar of issue 15: the plugin's throughput at least this fraction of the stock
@@ -111,8 +112,9 @@ pub enum Probe {
     Passthrough,
     /// Reads the request body whole and hands the same bytes on.
     Body,
-    /// Reads the request body, parses it, sets `model` to the engine's base model id (as
-    /// the plugin does) and writes it back.
+    /// Reads the request body as the plugin does, with none of its checks: the members it
+    /// reads in one typed pass, then the engine's text with `model` set to the engine's
+    /// base model id (`server::request`).
     Request,
     /// Reads the answer whole and sets its `model` back to the client's (`default`).
     Answer,
@@ -146,6 +148,7 @@ impl Place {
                 let state = Arc::new(ProbeState {
                     probe,
                     model: plugin.table.engine().base_id().to_string(),
+                    config: plugin.config.plugin.clone(),
                     time,
                 });
                 compose(stock, plugin, |r| {
@@ -186,6 +189,8 @@ struct ProbeState {
     probe: Probe,
     /// The engine's base model id, which `request` and `json` put in the body.
     model: String,
+    /// The plugin's config, for the default `max_tokens` that `request` adds.
+    config: PluginConfig,
     time: Arc<ProbeTime>,
 }
 
@@ -204,15 +209,12 @@ async fn probe_layer(State(state): State<Arc<ProbeState>>, req: Request, next: N
             let body = if probe == Probe::Body {
                 Body::from(bytes)
             } else {
-                let Ok(mut json) = serde_json::from_slice::<serde_json::Map<String, Value>>(&bytes)
-                else {
+                let engine = Fields::parse(&bytes)
+                    .and_then(|f| EngineBody::new(&state.config, &bytes, &f, &state.model));
+                let Ok(engine) = engine else {
                     return fail("not a JSON object");
                 };
-                json.insert("model".into(), Value::String(state.model.clone()));
-                let Ok(body) = serde_json::to_vec(&json) else {
-                    return fail("writing the body");
-                };
-                Body::from(body)
+                Body::from(engine.into_text())
             };
             parts.headers.remove(header::CONTENT_LENGTH);
             Request::from_parts(parts, body)

@@ -1,44 +1,56 @@
-//! One top-level member of a JSON object replaced, the rest of the text left as it is.
+//! Top-level members of a JSON object found in its text, and the text rewritten with some
+//! of them replaced or left out, every other byte as it was.
 //!
-//! Why it exists: every chat and completion answer carries the engine's own model id (the
-//! base folder's path, or `dnd:TASK@HASH`, another tenant's), which the plugin replaces
-//! with the client's public name ([`super::tagging`]). Parsing the answer for that, even
-//! one level deep with raw values, makes serde validate every nested byte: under callgrind
-//! that was the layer's largest single cost, 14.7 k of its 63 k instructions a request on
-//! `bench overhead`'s answers. This only tracks what it needs to find where each top-level
-//! member begins and ends: strings (with their escapes) and nesting. It trusts the text
-//! inside those bounds, which the engine's serializer wrote.
+//! Why it exists: the plugin edits a few top-level members of every chat and completion
+//! request (its `model`, `task_id`, bounds) and answer (the engine's model id, which is the
+//! base folder's path or `dnd:TASK@HASH`, another tenant's, replaced with the client's public
+//! name: [`super::tagging`]). Parsing a body for that, even one level deep with raw values,
+//! makes serde validate every nested byte: under callgrind the answer's parse was the
+//! layer's largest single cost, 14.7 k of its 63 k instructions a request on `bench
+//! overhead`'s answers. This only tracks what it needs to find where each top-level member
+//! begins and ends: strings (with their escapes) and nesting. It trusts the text inside
+//! those bounds, which a serializer wrote or a parse has already checked.
 //!
-//! The contract, [`with_member`]`(json, key, value)`:
+//! The contract:
 //! - `json` must be one object (whitespace around it allowed), each member a string key,
-//!   `:`, a value, members separated by `,`; anything else, or no member named `key`, is
-//!   `None`, and the caller sends the text unchanged.
-//! - Every top-level member named `key` (keys compared after unescaping) gets `value`,
-//!   written as a JSON string; nested members and strings that merely contain `"key"` are
-//!   not touched.
-//! - Every other byte is copied: numbers keep their text, whitespace stays where it was.
+//!   `:`, a value, members separated by `,`; anything else is `None`, and the caller sends
+//!   the text unchanged or refuses it.
+//! - Keys are compared after unescaping; nested members and strings that merely contain
+//!   `"key"` are never touched.
+//! - [`with_member`]`(json, key, value)`: every top-level member named `key` gets `value`,
+//!   written as a JSON string; every other byte is copied (numbers keep their text,
+//!   whitespace its place); no member named `key` is `None`.
+//! - [`copy_members`]`(json, keep, out)`: the text of each member (key to the end of its
+//!   value) for which `keep` holds, each followed by `,`, appended to `out`: the caller
+//!   opens the object before and closes it after with members of its own.
 //!
-//! Tested against the serde rewrite it replaced, on generated objects.
+//! Tested against serde's parse of generated objects.
 
-/// `json` with the value of every top-level member named `key` replaced by the string
-/// `value`; `None` when `json` is not an object or has no such member (module doc).
-pub fn with_member(json: &[u8], key: &str, value: &str) -> Option<Vec<u8>> {
+/// A top-level member as found in the text: its key (raw, between the quotes) and the
+/// spans of the whole member and of its value.
+struct Member {
+    start: usize,
+    key: (usize, usize),
+    value: (usize, usize),
+}
+
+/// Calls `each` on every top-level member of the object `json`, in order; `None` when
+/// `json` is not one object (module doc).
+fn for_members(json: &[u8], mut each: impl FnMut(Member)) -> Option<()> {
     let mut s = Scan { b: json, i: 0 };
     s.skip_ws();
     s.expect(b'{')?;
-    let mut spans = Vec::new();
     s.skip_ws();
     if s.peek()? != b'}' {
         loop {
             s.skip_ws();
-            let (ks, ke) = s.string()?;
+            let start = s.i;
+            let key = s.string()?;
             s.skip_ws();
             s.expect(b':')?;
             s.skip_ws();
-            let span = s.value()?;
-            if key_is(&json[ks..ke], key) {
-                spans.push(span);
-            }
+            let value = s.value()?;
+            each(Member { start, key, value });
             s.skip_ws();
             match s.peek()? {
                 b',' => s.i += 1,
@@ -49,7 +61,19 @@ pub fn with_member(json: &[u8], key: &str, value: &str) -> Option<Vec<u8>> {
     }
     s.i += 1;
     s.skip_ws();
-    if s.i != json.len() || spans.is_empty() {
+    (s.i == json.len()).then_some(())
+}
+
+/// `json` with the value of every top-level member named `key` replaced by the string
+/// `value`; `None` when `json` is not an object or has no such member (module doc).
+pub fn with_member(json: &[u8], key: &str, value: &str) -> Option<Vec<u8>> {
+    let mut spans = Vec::new();
+    for_members(json, |m| {
+        if key_is(&json[m.key.0..m.key.1], key) {
+            spans.push(m.value);
+        }
+    })?;
+    if spans.is_empty() {
         return None;
     }
     let new = serde_json::to_vec(value).ok()?;
@@ -62,6 +86,37 @@ pub fn with_member(json: &[u8], key: &str, value: &str) -> Option<Vec<u8>> {
     }
     out.extend_from_slice(&json[at..]);
     Some(out)
+}
+
+/// A member's key, as [`copy_members`] shows it to its caller.
+pub struct Key<'a>(&'a [u8]);
+
+impl Key<'_> {
+    /// Whether the key (unescaped) is `name`.
+    pub fn is(&self, name: &str) -> bool {
+        key_is(self.0, name)
+    }
+}
+
+/// Appends to `out` the text of each top-level member of `json` for which `keep(key,
+/// value text)` holds, each followed by `,`; `None` (and `out` as it was) when `json` is
+/// not one object (module doc).
+pub fn copy_members(
+    json: &[u8],
+    mut keep: impl FnMut(Key<'_>, &[u8]) -> bool,
+    out: &mut Vec<u8>,
+) -> Option<()> {
+    let len = out.len();
+    let scanned = for_members(json, |m| {
+        if keep(Key(&json[m.key.0..m.key.1]), &json[m.value.0..m.value.1]) {
+            out.extend_from_slice(&json[m.start..m.value.1]);
+            out.push(b',');
+        }
+    });
+    if scanned.is_none() {
+        out.truncate(len);
+    }
+    scanned
 }
 
 /// Whether a key's raw text (between its quotes) names `key`; unescaped only when it has
@@ -211,7 +266,53 @@ mod tests {
             }
             check(&serde_json::to_vec(&top).unwrap(), "default");
             check(&serde_json::to_vec_pretty(&top).unwrap(), "public \\ name");
+            check_copy(&serde_json::to_vec(&top).unwrap());
+            check_copy(&serde_json::to_vec_pretty(&top).unwrap());
         }
+    }
+
+    /// `copy_members` leaving out `model` and `usage`, then closed with a member of the
+    /// caller's, means what serde's map means with those removed and that one inserted.
+    fn check_copy(json: &[u8]) {
+        let mut out = b"{".to_vec();
+        copy_members(json, |k, _| !(k.is("model") || k.is("usage")), &mut out).unwrap();
+        out.extend_from_slice(br#""end":1}"#);
+        let got: Value = serde_json::from_slice(&out)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)));
+        let mut want: serde_json::Map<String, Value> = serde_json::from_slice(json).unwrap();
+        want.remove("model");
+        want.remove("usage");
+        want.insert("end".into(), json!(1));
+        assert_eq!(
+            got,
+            Value::Object(want),
+            "{}",
+            String::from_utf8_lossy(json)
+        );
+    }
+
+    #[test]
+    fn copied_members_keep_their_text_and_values_are_seen() {
+        let json = br#" {"task_id":"t", "n" : null,"mod\u0065l":"x","m":[1, {"n":null}]} "#;
+        let mut out = b"{".to_vec();
+        let mut seen = Vec::new();
+        copy_members(
+            json,
+            |k, v| {
+                seen.push(String::from_utf8_lossy(v).into_owned());
+                !(k.is("task_id") || k.is("model") || (k.is("n") && v == b"null"))
+            },
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out, br#"{"m":[1, {"n":null}],"#);
+        assert_eq!(seen, [r#""t""#, "null", r#""x""#, r#"[1, {"n":null}]"#]);
+        let mut out = b"{".to_vec();
+        assert!(copy_members(b"{\"a\":1", |_, _| true, &mut out).is_none());
+        assert_eq!(
+            out, b"{",
+            "nothing appended from a text that is not an object"
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The serving plugin: the server's [`config`], task [`tagging`] over the stock OpenAI
-//! routes, tenant API [`keys`], the [`admin`] API with `/metrics` and who may call them,
+//! routes (a chat or completion body read, checked and rewritten by [`request`]), tenant API [`keys`], the [`admin`] API with `/metrics` and who may call them,
 //! and [`build`]/[`serve`] that embed mistral.rs; [`local`] runs it in-process on a
 //! loopback port with a small client (eval, bench, tests).
 //!
@@ -17,6 +17,7 @@ pub mod keys;
 pub mod local;
 pub(crate) mod member;
 pub mod metrics;
+pub mod request;
 pub mod specialise;
 pub mod tagging;
 

@@ -1336,35 +1336,6 @@ fn remove_prompts(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The prompt text of an OpenAI request: the user turns of a chat, or the completion prompt.
-pub fn prompt_text(body: &serde_json::Map<String, Value>) -> Option<String> {
-    let text_of = |c: &Value| -> String {
-        match c {
-            Value::String(s) => s.clone(),
-            Value::Array(parts) => parts
-                .iter()
-                .filter_map(|p| p.get("text").and_then(Value::as_str))
-                .collect::<Vec<_>>()
-                .join("\n"),
-            _ => String::new(),
-        }
-    };
-    if let Some(Value::Array(msgs)) = body.get("messages") {
-        let users: Vec<String> = msgs
-            .iter()
-            .filter(|m| m.get("role").and_then(Value::as_str) == Some("user"))
-            .filter_map(|m| m.get("content").map(text_of))
-            .filter(|s| !s.is_empty())
-            .collect();
-        return (!users.is_empty()).then(|| users.join("\n"));
-    }
-    match body.get("prompt") {
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(Value::Array(a)) => a.first().and_then(Value::as_str).map(str::to_string),
-        _ => None,
-    }
-}
-
 /// Keeps the newest `n` items of a queue held oldest first. Prompt buffers keep their last
 /// K so that a generation sees the task as it is asked now; the dropped-task list keeps
 /// what the admin API shows.
