@@ -21,11 +21,15 @@
 //!    ([`EngineBody::set_model`]);
 //! 5. [`check_fields`]: that text parsed as the stock handler's request type, which it will
 //!    be parsed into: a field of the wrong type or a missing one is a 400 naming the field,
-//!    instead of the stock handler's plain-text 422 once the request has been routed.
+//!    instead of the stock handler's plain-text 422 once the request has been routed. The
+//!    parsed request is kept: the specialiser's prompt text is read from it
+//!    ([`StockRequest::prompt_text`]), not from the body a second time.
 
 use std::borrow::Cow;
 use std::fmt;
 
+use either::Either;
+use mistralrs_server_core::openai::{ChatCompletionRequest, CompletionRequest};
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
@@ -212,6 +216,8 @@ pub struct Checked<'a> {
     /// The client's model name, shown in the answer instead of the engine's.
     pub public: String,
     pub body: EngineBody,
+    /// The engine's text as the stock handler will read it.
+    pub stock: StockRequest,
 }
 
 /// Checks a chat (`path` `/v1/chat/completions`) or completion body and makes the engine's
@@ -226,11 +232,12 @@ pub fn check_body<'a>(
     let public = public_model_name(&fields, base_dirs)?;
     check_bounds(pc, &fields)?;
     let engine = EngineBody::new(pc, body, &fields, &public)?;
-    check_fields(path, engine.text())?;
+    let stock = check_fields(path, engine.text())?;
     Ok(Checked {
         fields,
         public,
         body: engine,
+        stock,
     })
 }
 
@@ -419,15 +426,15 @@ const REQUEST_FIELDS: &[&str] = &[
 
 /// Checks the engine's text of a chat (`path` `/v1/chat/completions`) or completion body
 /// against the stock handler's request type (module doc, step 5).
-pub fn check_fields(path: &str, text: &[u8]) -> Result<(), ApiError> {
-    use mistralrs_server_core::openai::{ChatCompletionRequest, CompletionRequest};
-    let error = if path == "/v1/chat/completions" {
-        first_error::<ChatCompletionRequest>(text)
+pub fn check_fields(path: &str, text: &[u8]) -> Result<StockRequest, ApiError> {
+    let parsed = if path == "/v1/chat/completions" {
+        parse(text).map(|r| StockRequest::Chat(Box::new(r)))
     } else {
-        first_error::<CompletionRequest>(text)
+        parse(text).map(|r| StockRequest::Completion(Box::new(r)))
     };
-    let Some(e) = error else {
-        return Ok(());
+    let e = match parsed {
+        Ok(request) => return Ok(request),
+        Err(e) => e,
     };
     // The place is in the engine's text, not the client's: left out.
     let inner = e.inner();
@@ -458,51 +465,52 @@ pub fn check_fields(path: &str, text: &[u8]) -> Result<(), ApiError> {
     Err(err)
 }
 
-/// Where `text` fails to parse as a `T`, if it does. The plain parse first: the one that
+/// `text` as a `T`, or where it fails to parse as one. The plain parse first: the one that
 /// tracks the path costs more and is only wanted for the error.
-fn first_error<T: serde::de::DeserializeOwned>(
+fn parse<T: serde::de::DeserializeOwned>(
     text: &[u8],
-) -> Option<serde_path_to_error::Error<serde_json::Error>> {
-    if serde_json::from_slice::<T>(text).is_ok() {
-        return None;
+) -> Result<T, serde_path_to_error::Error<serde_json::Error>> {
+    if let Ok(t) = serde_json::from_slice(text) {
+        return Ok(t);
     }
     let mut de = serde_json::Deserializer::from_slice(text);
-    serde_path_to_error::deserialize::<_, T>(&mut de).err()
+    serde_path_to_error::deserialize(&mut de)
 }
 
-/// The prompt text of a checked request body: the user turns of a chat, or the completion
-/// prompt (what the specialiser keeps of a task's requests).
-pub fn prompt_text(body: &[u8]) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Prompted {
-        messages: Option<Value>,
-        prompt: Option<Value>,
-    }
-    let Prompted { messages, prompt } = serde_json::from_slice(body).ok()?;
-    let text_of = |c: &Value| -> String {
-        match c {
-            Value::String(s) => s.clone(),
-            Value::Array(parts) => parts
-                .iter()
-                .filter_map(|p| p.get("text").and_then(Value::as_str))
-                .collect::<Vec<_>>()
-                .join("\n"),
-            _ => String::new(),
-        }
-    };
-    if let Some(Value::Array(msgs)) = messages {
-        let users: Vec<String> = msgs
+/// A request as the stock handler reads it.
+#[derive(Debug)]
+pub enum StockRequest {
+    Chat(Box<ChatCompletionRequest>),
+    Completion(Box<CompletionRequest>),
+}
+
+impl StockRequest {
+    /// The prompt text: the user turns of a chat (a string `messages` whole), or the
+    /// completion prompt; what the specialiser keeps of a task's requests.
+    pub fn prompt_text(&self) -> Option<String> {
+        let messages = match self {
+            StockRequest::Completion(r) => return Some(r.prompt.clone()),
+            StockRequest::Chat(r) => match &r.messages {
+                Either::Right(text) => return Some(text.clone()),
+                Either::Left(messages) => messages,
+            },
+        };
+        let users: Vec<String> = messages
             .iter()
-            .filter(|m| m.get("role").and_then(Value::as_str) == Some("user"))
-            .filter_map(|m| m.get("content").map(text_of))
+            .filter(|m| m.role == "user")
+            .filter_map(|m| m.content.as_ref())
+            .map(|c| match &**c {
+                Either::Left(text) => text.clone(),
+                Either::Right(parts) => parts
+                    .iter()
+                    .filter_map(|p| p.get("text").and_then(|t| t.as_ref().left()))
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            })
             .filter(|s| !s.is_empty())
             .collect();
-        return (!users.is_empty()).then(|| users.join("\n"));
-    }
-    match prompt {
-        Some(Value::String(s)) => Some(s),
-        Some(Value::Array(a)) => a.first().and_then(Value::as_str).map(str::to_string),
-        _ => None,
+        (!users.is_empty()).then(|| users.join("\n"))
     }
 }
 
@@ -745,16 +753,29 @@ mod tests {
 
     #[test]
     fn the_prompt_is_the_user_turns_or_the_completion_prompt() {
+        let prompt = |path: &str, v: Value| check_fields(path, &text(v)).unwrap().prompt_text();
         let chat = json!({"messages": [
             {"role": "system", "content": "be brief"},
             {"role": "user", "content": "one"},
-            {"role": "user", "content": [{"type": "text", "text": "two"}, {"type": "image_url"}]},
+            {"role": "assistant", "content": "no"},
+            {"role": "user", "content": null},
+            {"role": "user", "content": [
+                {"type": "text", "text": "two"},
+                {"type": "image_url", "image_url": {"url": "data:,"}},
+                {"type": "text", "text": "three"}
+            ]},
         ]});
-        assert_eq!(prompt_text(&text(chat)).as_deref(), Some("one\ntwo"));
+        assert_eq!(prompt(CHAT, chat).as_deref(), Some("one\ntwo\nthree"));
         assert_eq!(
-            prompt_text(&text(json!({"prompt": ["first", "second"]}))).as_deref(),
+            prompt(CHAT, json!({"messages": "raw"})).as_deref(),
+            Some("raw")
+        );
+        assert_eq!(prompt(CHAT, json!({"messages": []})), None);
+        let system_only = json!({"messages": [{"role": "system", "content": "s"}]});
+        assert_eq!(prompt(CHAT, system_only), None);
+        assert_eq!(
+            prompt(COMPLETION, json!({"prompt": "first"})).as_deref(),
             Some("first")
         );
-        assert_eq!(prompt_text(&text(json!({"messages": []}))), None);
     }
 }

@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use super::config::{TaskSource, TenantMode};
 use super::error::ApiError;
-use super::request::{check_body, prompt_text, Fields, Text};
+use super::request::{check_body, Fields, Text};
 use super::Plugin;
 use crate::adapters::{Route, ADAPTER_MODEL_PREFIX};
 
@@ -313,7 +313,7 @@ async fn route_request(
         )?,
     };
     if let (Some(t), Some(sp)) = (&task, &plugin.specialiser) {
-        sp.observe(t, prompt_text(&bytes))?;
+        sp.observe(t, checked.stock.prompt_text())?;
     }
     let route = match &task {
         None => Route::Base,
