@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# README "K-fold evaluation" as one command per fold, resumable (a finished step is skipped;
+# `collect` and `train` resume where they stopped):
+#   bash examples/kfold.sh F        # fold F of 7 (0..6): multi-task LoRA, generator, evaluation
+#   bash examples/kfold.sh report   # the folds finished so far pooled into data/eval-folds
+# DND: the command to run (default `cargo run -q --`; a prebuilt binary's path spares cargo's
+# start-up and keeps one build for a chain of folds). Outputs go under data/.
+set -euo pipefail
+DND=${DND:-cargo run -q --}
+FOLDS=7
+# The 27 suite tasks that fail the filter (README, suite version 3): never trained on or
+# evaluated.
+FAIL=remove_spaces,acronym,count_even,years_later,hour_later,time_12_to_24,shift_letters,numbers_to_letters,spell_with_dashes,letters_to_word,remove_vowels,number_to_roman,cents_to_dollars,iso_code,letters_to_numbers,roman_to_number,ordinal_number,chemical_element,change_from,hourly_pay,profit,coins_value,sale_price,binary_to_decimal,decimal_to_binary,hex_to_decimal,decimal_to_hex
+both() { comm -12 <(tr , '\n' <<<"$1" | sort) <(tr , '\n' <<<"$2" | sort) | paste -sd,; }
+
+# Fold 0 was run first as "A second seed" (README): its names and `--seed 1` are kept so
+# that this script gives exactly the numbers published for it.
+names() {
+  if [ "$1" = 0 ]; then MT=multitask-v3 GEN=data/gen-ex-v3-c1s1 EV=data/eval-ex-v3-c1s1 SEED=(--seed 1)
+  else MT=multitask-v3-f$1 GEN=data/gen-ex-v3-c1-f$1 EV=data/eval-ex-v3-c1-f$1 SEED=(); fi
+}
+
+if [ "${1:-}" = report ]; then
+  reports=()
+  for F in $(seq 0 $((FOLDS - 1))); do
+    names "$F"
+    [ -e "$EV/nll.json" ] && reports+=("$EV/nll.json")
+  done
+  [ ${#reports[@]} -gt 0 ] || { echo "no fold has finished" >&2; exit 1; }
+  echo "pooling ${#reports[@]} folds: ${reports[*]}"
+  $DND eval --report "${reports[@]}" --out data/eval-folds
+  exit
+fi
+
+F=${1:?usage: examples/kfold.sh FOLD (0..$((FOLDS - 1))) | report}
+names "$F"
+eval "$($DND tasks --hold-out-every $FOLDS --fold "$F")" # H: held out; P, G: the training halves
+echo "fold $F: $(date -u) H=$H"
+if [ ! -e "data/$MT/$MT/step-000500" ]; then
+  # The LoRA the residual sits on: one LoRA on the pooled examples of P.
+  $DND collect --except "$H,$G,$(both "$P" $FAIL)" --pool "$MT" --steps 500 \
+    --checkpoints 1 --warmup 20 --out "data/$MT"
+fi
+echo "multi-task LoRA done: $(date -u)"
+if ! python3 -c "import json,sys; sys.exit(json.load(open('$GEN/train.json'))['step'] < 200)" 2>/dev/null; then
+  # The residual that reads a task's examples, trained end to end on G.
+  $DND train --checkpoints "data/$MT" --suite builtin \
+    --except "$P,$(both "$G" $FAIL),$(both "$H" $FAIL)" --hold-out-every $FOLDS --fold "$F" \
+    --objective sft --condition examples --residual-from "data/$MT/$MT/step-000500" \
+    --steps 200 --batch 2 --lr 2e-3 --residual-l2 0.1 --save-every 25 \
+    --contrast 1 --contrast-margin 0.1 "${SEED[@]}" --out "$GEN"
+fi
+echo "training done: $(date -u)"
+# No fold collects the training tasks' own LoRAs: the averaged-LoRA column stays empty.
+mkdir -p data/train-loras-v3
+if [ ! -e "$EV/nll.json" ]; then
+  $DND eval --generator "$GEN" --nll --limit 20 --decode --decode-limit 30 \
+    --guard 16 --batches 1 --except $FAIL --checkpoints data/train-loras-v3 \
+    --multitask "data/$MT/$MT/step-000500" --dtype f32 --out "$EV"
+fi
+echo "evaluation done: $(date -u)"
