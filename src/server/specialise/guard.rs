@@ -5,7 +5,9 @@
 //! sees an answer; one that reads examples is not scored on them): on some unseen tasks
 //! the adapter makes SmolLM2 answer tersely and wrongly where the base answered at length
 //! and rightly (README, Measured: the harm column). A tenant who gives a few examples
-//! (`PUT /admin/adapters/{task}/examples`) is protected from that:
+//! (`PUT /admin/adapters/{task}/examples`) is protected from most of that; not from all of
+//! it: 16 examples cannot tell a 10-15 point difference, and on the k-fold's fold 1 two of
+//! 21 held-out tasks were still harmed as served (README, K-fold evaluation):
 //!
 //! - An **example** is a prompt and its answer, `{"prompt": "...", "answer": "..."}`; a task
 //!   has at most [`MAX_EXAMPLES`], stored in `STORE/{task}/examples.json`.
