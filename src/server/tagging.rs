@@ -315,6 +315,8 @@ async fn route_request(
     if let (Some(t), Some(sp)) = (&task, &plugin.specialiser) {
         sp.observe(t, checked.stock.prompt_text())?;
     }
+    // The parsed copy of the body is not held through a wait for the task's adapter.
+    drop(checked.stock);
     let route = match &task {
         None => Route::Base,
         Some(t) => {
