@@ -3,11 +3,18 @@
 # `collect` and `train` resume where they stopped):
 #   bash examples/kfold.sh F        # fold F of 7 (0..6): two multi-task LoRAs, generator, evaluation
 #   bash examples/kfold.sh report   # the folds finished so far pooled into data/eval-folds
+# RULES=1: the generator is trained with suite version 4's rule tasks beside G (their own
+# held-out tasks left out of training and evaluation), on the same multi-task LoRAs, and
+# evaluated on the same held-out tasks; outputs named v4, `report` into data/eval-folds-v4.
 # DND: the command to run (default `cargo run -q --`; a prebuilt binary's path spares cargo's
 # start-up and keeps one build for a chain of folds). Outputs go under data/.
 set -euo pipefail
 DND=${DND:-cargo run -q --}
 FOLDS=7
+# The folds' tasks, LoRAs and held-out sets are suite version 3's.
+export DND_SUITE_VERSION=3
+V=3
+[ "${RULES:-0}" = 1 ] && V=4
 # The 27 suite tasks that fail the filter (README, suite version 3): never trained on or
 # evaluated.
 FAIL=remove_spaces,acronym,count_even,years_later,hour_later,time_12_to_24,shift_letters,numbers_to_letters,spell_with_dashes,letters_to_word,remove_vowels,number_to_roman,cents_to_dollars,iso_code,letters_to_numbers,roman_to_number,ordinal_number,chemical_element,change_from,hourly_pay,profit,coins_value,sale_price,binary_to_decimal,decimal_to_binary,hex_to_decimal,decimal_to_hex
@@ -18,7 +25,8 @@ both() { comm -12 <(tr , '\n' <<<"$1" | sort) <(tr , '\n' <<<"$2" | sort) | past
 names() {
   if [ "$1" = 0 ]; then MT=multitask-v3 GEN=data/gen-ex-v3-c1s1 SEED=(--seed 1)
   else MT=multitask-v3-f$1 GEN=data/gen-ex-v3-c1-f$1 SEED=(); fi
-  ALL=multitask-all-v3-f$1 EV=data/eval-ex-v3-c1-all-f$1
+  ALL=multitask-all-v3-f$1 EV=data/eval-ex-v3-c1-all-f$1 OUT=data/eval-folds
+  if [ "$V" = 4 ]; then GEN=data/gen-ex-v4-c1-f$1 EV=data/eval-ex-v4-c1-all-f$1 OUT=data/eval-folds-v4; fi
 }
 
 if [ "${1:-}" = report ]; then
@@ -29,14 +37,17 @@ if [ "${1:-}" = report ]; then
   done
   [ ${#reports[@]} -gt 0 ] || { echo "no fold has finished" >&2; exit 1; }
   echo "pooling ${#reports[@]} folds: ${reports[*]}"
-  $DND eval --report "${reports[@]}" --out data/eval-folds
+  $DND eval --report "${reports[@]}" --out "$OUT"
   exit
 fi
 
-F=${1:?usage: examples/kfold.sh FOLD (0..$((FOLDS - 1))) | report}
+F=${1:?usage: [RULES=1] examples/kfold.sh FOLD (0..$((FOLDS - 1))) | report}
 names "$F"
 eval "$($DND tasks --hold-out-every $FOLDS --fold "$F")" # H: held out; P, G: the training halves
-echo "fold $F: $(date -u) H=$H"
+# Version 4's held-out rule tasks: neither trained on nor evaluated (the bars are on H).
+RULE_H=$(DND_SUITE_VERSION=$V $DND tasks --hold-out-every $FOLDS --fold "$F" | sed -n 's/^H=//p' |
+  tr , '\n' | { grep '^rule_' || true; } | paste -sd,)
+echo "fold $F (suite version $V for the generator): $(date -u) H=$H"
 if [ ! -e "data/$MT/$MT/step-000500" ]; then
   # The LoRA the residual sits on: one LoRA on the pooled examples of P.
   $DND collect --except "$H,$G,$(both "$P" $FAIL)" --pool "$MT" --steps 500 \
@@ -51,8 +62,9 @@ if [ ! -e "data/$ALL/$ALL/step-001000" ]; then
 fi
 echo "multi-task LoRA of all training tasks done: $(date -u)"
 if ! python3 -c "import json,sys; sys.exit(json.load(open('$GEN/train.json'))['step'] < 200)" 2>/dev/null; then
-  # The residual that reads a task's examples, trained end to end on G.
-  $DND train --checkpoints "data/$MT" --suite builtin \
+  # The residual that reads a task's examples, trained end to end on G (and with RULES=1
+  # the rule tasks not held out).
+  DND_SUITE_VERSION=$V $DND train --checkpoints "data/$MT" --suite builtin \
     --except "$P,$(both "$G" $FAIL),$(both "$H" $FAIL)" --hold-out-every $FOLDS --fold "$F" \
     --objective sft --condition examples --residual-from "data/$MT/$MT/step-000500" \
     --steps 200 --batch 2 --lr 2e-3 --residual-l2 0.1 --save-every 25 \
@@ -62,8 +74,8 @@ echo "training done: $(date -u)"
 # No fold collects the training tasks' own LoRAs: the averaged-LoRA column stays empty.
 mkdir -p data/train-loras-v3
 if [ ! -e "$EV/nll.json" ]; then
-  $DND eval --generator "$GEN" --nll --limit 20 --decode --decode-limit 30 \
-    --guard 16 --batches 1 --except $FAIL --checkpoints data/train-loras-v3 \
+  DND_SUITE_VERSION=$V $DND eval --generator "$GEN" --nll --limit 20 --decode --decode-limit 30 \
+    --guard 16 --batches 1 --except "$FAIL${RULE_H:+,$RULE_H}" --checkpoints data/train-loras-v3 \
     --multitask "data/$MT/$MT/step-000500" --multitask "data/$ALL/$ALL/step-001000" \
     --dtype f32 --out "$EV"
 fi

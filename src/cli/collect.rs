@@ -93,7 +93,7 @@ pub struct SuiteArgs {
     #[arg(long, default_value_t = SuiteConfig::default().test)]
     pub test_size: usize,
     /// Version of the built-in suite: 1 is the 130 tasks of the runs README records before
-    /// 2026-12-03; each later version appends families (the newest is the default).
+    /// 2026-12-03; each later version appends families (the default is 3; 4 adds the rule tasks).
     #[arg(long, env = SUITE_VERSION_ENV, default_value_t = SuiteConfig::default().version)]
     pub suite_version: u32,
 }

@@ -49,7 +49,7 @@ pub enum Command {
 /// made. A `--suite-version` flag among the arguments still wins when the line is rerun.
 pub fn command_line() -> String {
     let version = std::env::var(collect::SUITE_VERSION_ENV)
-        .unwrap_or_else(|_| crate::tasks::LATEST_SUITE.to_string());
+        .unwrap_or_else(|_| crate::tasks::DEFAULT_SUITE.to_string());
     let env = format!("{}={version}", collect::SUITE_VERSION_ENV);
     let args = std::env::args_os().skip(1);
     shell_line(

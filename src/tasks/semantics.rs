@@ -338,7 +338,7 @@ mod tests {
     #[test]
     fn semantics_tasks_build_with_short_answers() {
         for s in SPECS {
-            let t = builtin_task(s.name, &SuiteConfig::default()).unwrap();
+            let t = builtin_task(&s.name, &SuiteConfig::default()).unwrap();
             assert_eq!((t.train.len(), t.test.len()), (240, 60), "{}", s.name);
             for ex in t.train.iter().chain(&t.test) {
                 assert!(ex.answer.split_whitespace().count() <= 3, "{ex:?}");

@@ -1,0 +1,325 @@
+//! The `rule_*` families (suite version 4): tasks whose rule shows only in their examples.
+//!
+//! Every other task says what it wants ("What is 37 + 48?"), so a generator can answer
+//! an unseen one from the request's wording and what it learnt of similar wording; held out,
+//! that is what it did (README, k-fold: another task's examples do as well as the task's
+//! own). Here the prompt is only the input ("Input: 37"), and the task's parameter (add 4,
+//! wrap in brackets, answer "on"/"off" for even/odd, ...) is visible only in the answers of
+//! its examples. A family is one rule with a task per parameter value, so that held out
+//! (`holdout_every` takes tasks inside each family) a task is an unseen value of a rule the
+//! generator was trained on: an adapter can only get it right by reading the examples.
+//!
+//! Tasks are named `rule_<family>_<value>` (`rule_add_4`, `rule_wrap_square`); the prompt is
+//! the input alone or with a fixed, rule-free phrasing.
+
+use std::borrow::Cow;
+
+use super::draw::{sample, Sample};
+use super::strings::{distinct_words, pick_wide_word};
+use super::{Draw, Scoring, Spec};
+use crate::format::rng::Rng;
+
+/// One rule: a task per parameter value.
+struct Rule {
+    family: &'static str,
+    /// Each task's name suffix, in parameter order.
+    values: &'static [&'static str],
+    /// An input and its answer under the `i`-th parameter value.
+    apply: fn(&mut Rng, usize) -> (String, String),
+}
+
+const RULES: &[Rule] = &[
+    Rule {
+        family: "add",
+        values: &[
+            "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13",
+        ],
+        apply: |r, i| {
+            let n = r.range(1, 999);
+            (n.to_string(), (n + 2 + i as i64).to_string())
+        },
+    },
+    Rule {
+        family: "subtract",
+        values: &["2", "3", "4", "5", "6", "7", "8", "9"],
+        apply: |r, i| {
+            let n = r.range(20, 999);
+            (n.to_string(), (n - 2 - i as i64).to_string())
+        },
+    },
+    Rule {
+        family: "multiply",
+        values: &["2", "3", "4", "5", "6", "7", "8", "9"],
+        apply: |r, i| {
+            let n = r.range(2, 499);
+            (n.to_string(), (n * (2 + i as i64)).to_string())
+        },
+    },
+    Rule {
+        family: "remainder",
+        values: &["3", "4", "5", "6", "7", "8", "9"],
+        apply: |r, i| {
+            let n = r.range(10, 999);
+            (n.to_string(), (n % (3 + i as i64)).to_string())
+        },
+    },
+    Rule {
+        family: "above",
+        values: &["200", "300", "400", "500", "600", "700", "800"],
+        apply: |r, i| {
+            // Half the answers each way, whatever the threshold.
+            let t = 200 + 100 * i as i64;
+            let yes = r.below(2) == 0;
+            let n = if yes {
+                r.range(t + 1, 999)
+            } else {
+                r.range(1, t)
+            };
+            (n.to_string(), if yes { "yes" } else { "no" }.to_string())
+        },
+    },
+    Rule {
+        family: "parity",
+        values: &["yes_no", "true_false", "even_odd", "1_0", "on_off", "a_b"],
+        apply: |r, i| {
+            const LABELS: [(&str, &str); 6] = [
+                ("yes", "no"),
+                ("true", "false"),
+                ("even", "odd"),
+                ("1", "0"),
+                ("on", "off"),
+                ("A", "B"),
+            ];
+            let n = r.range(1, 999);
+            let (even, odd) = LABELS[i];
+            (
+                n.to_string(),
+                if n % 2 == 0 { even } else { odd }.to_string(),
+            )
+        },
+    },
+    Rule {
+        family: "word",
+        values: &["1", "2", "3", "4", "5"],
+        apply: |r, i| {
+            let ws = distinct_words(r, 5);
+            (ws.join(" "), ws[i].to_string())
+        },
+    },
+    Rule {
+        family: "letter",
+        values: &["1", "2", "3", "4"],
+        apply: |r, i| {
+            let w = longer_than(r, i + 1);
+            (w.to_string(), w[i..=i].to_string())
+        },
+    },
+    Rule {
+        family: "prefix",
+        values: &["2", "3", "4", "5"],
+        apply: |r, i| {
+            let w = longer_than(r, i + 2);
+            (w.to_string(), w[..i + 2].to_string())
+        },
+    },
+    Rule {
+        family: "suffix",
+        values: &["2", "3", "4", "5"],
+        apply: |r, i| {
+            let w = longer_than(r, i + 2);
+            (w.to_string(), w[w.len() - i - 2..].to_string())
+        },
+    },
+    Rule {
+        family: "wrap",
+        values: &[
+            "paren", "square", "angle", "curly", "hash", "plus", "tilde", "bar",
+        ],
+        apply: |r, i| {
+            // No quotes or stars: scoring's normalisation strips those.
+            const PAIRS: [(&str, &str); 8] = [
+                ("(", ")"),
+                ("[", "]"),
+                ("<", ">"),
+                ("{", "}"),
+                ("#", "#"),
+                ("+", "+"),
+                ("~", "~"),
+                ("|", "|"),
+            ];
+            let w = pick_wide_word(r);
+            let (open, close) = PAIRS[i];
+            (w.to_string(), format!("{open}{w}{close}"))
+        },
+    },
+    Rule {
+        family: "join",
+        values: &[
+            "dash",
+            "plus",
+            "slash",
+            "underscore",
+            "bar",
+            "tilde",
+            "equals",
+            "and",
+        ],
+        apply: |r, i| {
+            const SEPARATORS: [&str; 8] = ["-", "+", "/", "_", "|", "~", "=", "&"];
+            // Short words: three and two separators stay a short answer.
+            let ws = loop {
+                let ws = distinct_words(r, 3);
+                if ws.iter().all(|w| w.len() <= 6) {
+                    break ws;
+                }
+            };
+            (ws.join(" "), ws.join(SEPARATORS[i]))
+        },
+    },
+    Rule {
+        family: "append",
+        values: &SUFFIXES,
+        apply: |r, i| {
+            let w = pick_wide_word(r);
+            (w.to_string(), format!("{w}{}", SUFFIXES[i]))
+        },
+    },
+];
+
+/// What the `append` rule's tasks add to a word (also their names).
+const SUFFIXES: [&str; 8] = ["zy", "ox", "ette", "ish", "ly", "ful", "ster", "oo"];
+
+/// A word of the wide pool with more than `n` letters.
+fn longer_than(r: &mut Rng, n: usize) -> &'static str {
+    loop {
+        let w = pick_wide_word(r);
+        if w.len() > n {
+            return w;
+        }
+    }
+}
+
+/// The input as the user's whole message, or with a phrasing that names no rule.
+fn phrased(r: &mut Rng, input: &str) -> String {
+    match r.below(4) {
+        0 => input.to_string(),
+        1 => format!("Input: {input}"),
+        2 => format!("Apply the rule to: {input}"),
+        _ => format!("{input} ->"),
+    }
+}
+
+/// A question of rule `rule`'s `value`-th task (what [`Draw::Rule`] calls).
+pub(super) fn draw(r: &mut Rng, rule: usize, value: usize) -> Sample {
+    let (input, answer) = (RULES[rule].apply)(r, value);
+    let prompt = phrased(r, &input);
+    sample(input, prompt, answer)
+}
+
+/// Every task of the rule families, family by family.
+pub(super) fn specs() -> impl Iterator<Item = Spec> {
+    RULES.iter().enumerate().flat_map(|(rule, spec)| {
+        spec.values
+            .iter()
+            .enumerate()
+            .map(move |(value, suffix)| Spec {
+                name: Cow::Owned(format!("rule_{}_{suffix}", spec.family)),
+                family: spec.family,
+                scoring: Scoring::Exact,
+                draw: Draw::Rule(rule, value),
+            })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{builtin_task, SuiteConfig};
+
+    fn task(name: &str) -> super::super::Task {
+        let cfg = SuiteConfig {
+            seed: 7,
+            version: 4,
+            ..SuiteConfig::default()
+        };
+        builtin_task(name, &cfg).unwrap()
+    }
+
+    /// The answer follows from the input and the task's parameter alone, and the prompt
+    /// holds the input but no word of the rule.
+    #[test]
+    fn answers_follow_the_rule_and_prompts_do_not_name_it() {
+        let check = |name: &str, rule: &dyn Fn(&str) -> String| {
+            let t = task(name);
+            for ex in t.train.iter().chain(&t.test) {
+                let input = ["Input: ", "Apply the rule to: "]
+                    .iter()
+                    .find_map(|p| ex.prompt.strip_prefix(p))
+                    .or_else(|| ex.prompt.strip_suffix(" ->"))
+                    .unwrap_or(&ex.prompt);
+                assert_eq!(ex.answer, rule(input), "{name}: {ex:?}");
+            }
+        };
+        let n = |s: &str| s.parse::<i64>().unwrap();
+        check("rule_add_4", &|s| (n(s) + 4).to_string());
+        check("rule_subtract_9", &|s| (n(s) - 9).to_string());
+        check("rule_multiply_7", &|s| (n(s) * 7).to_string());
+        check("rule_remainder_5", &|s| (n(s) % 5).to_string());
+        check("rule_above_300", &|s| {
+            if n(s) > 300 { "yes" } else { "no" }.into()
+        });
+        check("rule_parity_on_off", &|s| {
+            if n(s) % 2 == 0 { "on" } else { "off" }.into()
+        });
+        check("rule_word_3", &|s| s.split(' ').nth(2).unwrap().into());
+        check("rule_letter_2", &|s| s[1..2].into());
+        check("rule_prefix_4", &|s| s[..4].into());
+        check("rule_suffix_3", &|s| s[s.len() - 3..].into());
+        check("rule_wrap_curly", &|s| format!("{{{s}}}"));
+        check("rule_join_slash", &|s| s.replace(' ', "/"));
+        check("rule_append_ish", &|s| format!("{s}ish"));
+    }
+
+    /// Every rule task has its 300 distinct questions, short answers, and answers that
+    /// score as right: scoring's normalisation keeps what tells one task from another.
+    #[test]
+    fn every_rule_task_builds_and_scores_its_own_answers() {
+        use super::super::{builtin_suite, score_lenient, score_strict, Scoring};
+        let cfg = SuiteConfig {
+            version: 4,
+            ..SuiteConfig::default()
+        };
+        let rules: Vec<_> = builtin_suite(&cfg)
+            .unwrap()
+            .into_iter()
+            .filter(|t| t.name.starts_with("rule_"))
+            .collect();
+        assert_eq!(rules.len(), 89);
+        for t in &rules {
+            assert_eq!((t.train.len(), t.test.len()), (240, 60), "{}", t.name);
+            for ex in t.train.iter().chain(&t.test) {
+                assert!(ex.answer.len() <= 24, "{}: {ex:?}", t.name);
+                assert!(
+                    score_strict(Scoring::Exact, ex, &ex.answer),
+                    "{}: {ex:?}",
+                    t.name
+                );
+                assert!(score_lenient(Scoring::Exact, ex, &ex.answer), "{}", t.name);
+            }
+        }
+        // The wrapped and the bare word are different answers.
+        let wrapped = &task("rule_wrap_hash").test[0];
+        let bare = wrapped.answer.trim_matches('#');
+        assert!(!score_strict(Scoring::Exact, wrapped, bare), "{wrapped:?}");
+    }
+
+    /// Thresholds and labels that could make one answer dominate are drawn half each way.
+    #[test]
+    fn label_answers_are_balanced() {
+        for name in ["rule_above_200", "rule_above_800", "rule_parity_a_b"] {
+            let t = task(name);
+            let first = t.train[0].answer.clone();
+            let same = t.train.iter().filter(|e| e.answer == first).count();
+            assert!((80..=160).contains(&same), "{name}: {same} of 240");
+        }
+    }
+}
