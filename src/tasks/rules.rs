@@ -9,8 +9,8 @@
 //! (`holdout_every` takes tasks inside each family) a task is an unseen value of a rule the
 //! generator was trained on: an adapter can only get it right by reading the examples.
 //!
-//! Tasks are named `rule_<family>_<value>` (`rule_add_4`, `rule_wrap_square`); the prompt is
-//! the input alone or with a fixed, rule-free phrasing.
+//! Families are named `rule_<rule>` and tasks `rule_<rule>_<value>` (`rule_add_4`,
+//! `rule_wrap_square`); the prompt is the input alone or with a fixed, rule-free phrasing.
 
 use std::borrow::Cow;
 
@@ -30,7 +30,7 @@ struct Rule {
 
 const RULES: &[Rule] = &[
     Rule {
-        family: "add",
+        family: "rule_add",
         values: &[
             "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13",
         ],
@@ -40,7 +40,7 @@ const RULES: &[Rule] = &[
         },
     },
     Rule {
-        family: "subtract",
+        family: "rule_subtract",
         values: &["2", "3", "4", "5", "6", "7", "8", "9"],
         apply: |r, i| {
             let n = r.range(20, 999);
@@ -48,7 +48,7 @@ const RULES: &[Rule] = &[
         },
     },
     Rule {
-        family: "multiply",
+        family: "rule_multiply",
         values: &["2", "3", "4", "5", "6", "7", "8", "9"],
         apply: |r, i| {
             let n = r.range(2, 499);
@@ -56,7 +56,7 @@ const RULES: &[Rule] = &[
         },
     },
     Rule {
-        family: "remainder",
+        family: "rule_remainder",
         values: &["3", "4", "5", "6", "7", "8", "9"],
         apply: |r, i| {
             let n = r.range(10, 999);
@@ -64,7 +64,7 @@ const RULES: &[Rule] = &[
         },
     },
     Rule {
-        family: "above",
+        family: "rule_above",
         values: &["200", "300", "400", "500", "600", "700", "800"],
         apply: |r, i| {
             // Half the answers each way, whatever the threshold.
@@ -79,7 +79,7 @@ const RULES: &[Rule] = &[
         },
     },
     Rule {
-        family: "parity",
+        family: "rule_parity",
         values: &["yes_no", "true_false", "even_odd", "1_0", "on_off", "a_b"],
         apply: |r, i| {
             const LABELS: [(&str, &str); 6] = [
@@ -99,7 +99,7 @@ const RULES: &[Rule] = &[
         },
     },
     Rule {
-        family: "word",
+        family: "rule_word",
         values: &["1", "2", "3", "4", "5"],
         apply: |r, i| {
             let ws = distinct_words(r, 5);
@@ -107,7 +107,7 @@ const RULES: &[Rule] = &[
         },
     },
     Rule {
-        family: "letter",
+        family: "rule_letter",
         values: &["1", "2", "3", "4"],
         apply: |r, i| {
             let w = longer_than(r, i + 1);
@@ -115,7 +115,7 @@ const RULES: &[Rule] = &[
         },
     },
     Rule {
-        family: "prefix",
+        family: "rule_prefix",
         values: &["2", "3", "4", "5"],
         apply: |r, i| {
             let w = longer_than(r, i + 2);
@@ -123,7 +123,7 @@ const RULES: &[Rule] = &[
         },
     },
     Rule {
-        family: "suffix",
+        family: "rule_suffix",
         values: &["2", "3", "4", "5"],
         apply: |r, i| {
             let w = longer_than(r, i + 2);
@@ -131,7 +131,7 @@ const RULES: &[Rule] = &[
         },
     },
     Rule {
-        family: "wrap",
+        family: "rule_wrap",
         values: &[
             "paren", "square", "angle", "curly", "hash", "plus", "tilde", "bar",
         ],
@@ -153,7 +153,7 @@ const RULES: &[Rule] = &[
         },
     },
     Rule {
-        family: "join",
+        family: "rule_join",
         values: &[
             "dash",
             "plus",
@@ -177,7 +177,7 @@ const RULES: &[Rule] = &[
         },
     },
     Rule {
-        family: "append",
+        family: "rule_append",
         values: &SUFFIXES,
         apply: |r, i| {
             let w = pick_wide_word(r);
@@ -218,15 +218,15 @@ pub(super) fn draw(r: &mut Rng, rule: usize, value: usize) -> Sample {
 
 /// Every task of the rule families, family by family.
 pub(super) fn specs() -> impl Iterator<Item = Spec> {
-    RULES.iter().enumerate().flat_map(|(rule, spec)| {
-        spec.values
+    RULES.iter().enumerate().flat_map(|(i, rule)| {
+        rule.values
             .iter()
             .enumerate()
             .map(move |(value, suffix)| Spec {
-                name: Cow::Owned(format!("rule_{}_{suffix}", spec.family)),
-                family: spec.family,
+                name: Cow::Owned(format!("{}_{suffix}", rule.family)),
+                family: rule.family,
                 scoring: Scoring::Exact,
-                draw: Draw::Rule(rule, value),
+                draw: Draw::Rule(i, value),
             })
     })
 }
