@@ -264,8 +264,12 @@ fn specs(version: u32) -> impl Iterator<Item = Spec> {
         .iter()
         .filter(move |(since, _)| *since <= version)
         .flat_map(|(_, family)| family.iter().cloned());
-    fixed.chain(rules::specs().filter(move |_| version >= 4))
+    fixed.chain(rules::specs().filter(move |_| version >= RULES_SINCE))
 }
+
+/// The suite version that added the [`rules`] families (built at run time, so not in
+/// [`FAMILIES`]).
+const RULES_SINCE: u32 = 4;
 
 const fn spec(name: &'static str, family: &'static str, scoring: Scoring, draw: Draw) -> Spec {
     Spec {
