@@ -45,8 +45,11 @@ F=${1:?usage: [RULES=1] examples/kfold.sh FOLD (0..$((FOLDS - 1))) | report}
 names "$F"
 eval "$($DND tasks --hold-out-every $FOLDS --fold "$F")" # H: held out; P, G: the training halves
 # Version 4's held-out rule tasks: neither trained on nor evaluated (the bars are on H).
-RULE_H=$(DND_SUITE_VERSION=$V $DND tasks --hold-out-every $FOLDS --fold "$F" | sed -n 's/^H=//p' |
-  tr , '\n' | { grep '^rule_' || true; } | paste -sd,)
+RULE_H=
+if [ "$V" = 4 ]; then
+  RULE_H=$(DND_SUITE_VERSION=4 $DND tasks --hold-out-every $FOLDS --fold "$F" | sed -n 's/^H=//p' |
+    tr , '\n' | grep '^rule_' | paste -sd,)
+fi
 echo "fold $F (suite version $V for the generator): $(date -u) H=$H"
 if [ ! -e "data/$MT/$MT/step-000500" ]; then
   # The LoRA the residual sits on: one LoRA on the pooled examples of P.
