@@ -5,12 +5,14 @@
 //! end (K-th request -> first token through the generated adapter); [`throughput`] measures
 //! decode throughput under 1 to 16 concurrent streams, on the base and over 4 adapters;
 //! [`overhead`] compares the plugin's router with the stock mistral.rs router on one engine
-//! (requests/s, p50/p99); [`tenants`] runs 1000 keyed tenants against a small resident
+//! (requests/s, p50/p99); [`condition`] scores how well candidate generator conditions tell
+//! tasks apart (no timing); [`tenants`] runs 1000 keyed tenants against a small resident
 //! capacity for 10 minutes (failures, RSS, evictions and reloads, admin API latency). The
 //! server benchmarks run it in-process on loopback ([`crate::server::local`]), on the real
 //! SmolLM2 unless they say otherwise; this module holds what they share: the machine line,
 //! memory from /proc, and the spread of timings.
 
+pub mod condition;
 pub mod generator;
 pub mod hotload;
 pub mod overhead;

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
+use crate::assets::{given_or_default, Assets};
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(subcommand)]
@@ -33,6 +35,25 @@ pub enum Bench {
     /// Zipf-drawn tenants for 10 minutes: failures other than documented 429/503, peak RSS
     /// against a stated ceiling, evictions and reloads, admin API p50/p99.
     Tenants(TenantsArgs),
+    /// How well each candidate condition of the generator (MiniLM on prompts, examples or
+    /// answers; SmolLM2's mid-way states read in context) tells the suite's tasks apart from
+    /// two batches of a few examples, rule tasks and the others apart. Nothing trained.
+    Condition(ConditionArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConditionArgs {
+    /// Examples per batch.
+    #[arg(long, default_value_t = 8)]
+    pub examples: usize,
+    /// SmolLM2 blocks after which its states are read (1-based).
+    #[arg(long, value_delimiter = ',', default_value = "8,15,22,30")]
+    pub layers: Vec<usize>,
+    /// Leave these tasks out (comma-separated names).
+    #[arg(long, value_delimiter = ',')]
+    pub except: Vec<String>,
+    #[command(flatten)]
+    pub suite: super::collect::SuiteArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -197,6 +218,17 @@ pub fn run(args: Args) -> Result<()> {
                 .collect::<Result<Vec<_>>>()?;
             tokio::runtime::Runtime::new()?
                 .block_on(crate::bench::hotload::run(a.n, &a.dtype, &modes, a.assets))
+        }
+        Bench::Condition(a) => {
+            let tasks = crate::tasks::builtin_suite(&a.suite.config())?;
+            let tasks = crate::tasks::without(tasks, &a.except)?;
+            crate::bench::condition::run(
+                &tasks,
+                a.examples,
+                &a.layers,
+                &given_or_default(None, Assets::minilm)?,
+                &given_or_default(None, Assets::smollm2)?,
+            )
         }
         Bench::Generator(a) => crate::bench::generator::run(
             a.generator.as_deref(),

@@ -232,6 +232,32 @@ impl Llama {
         rms_norm(&x, &self.norm, self.eps(), self.fused)
     }
 
+    /// The residual stream of one sequence after each block (no final norm) at `rows`: one
+    /// (rows, hidden) tensor per layer. What the model represents part-way through, for
+    /// probes (`bench condition`); no LoRA.
+    pub fn layer_states(&self, ids: &[u32], rows: &[u32]) -> Result<Vec<Tensor>> {
+        let pos = Positions::new(
+            &self.dims,
+            self.config.rope_theta,
+            0,
+            1,
+            ids.len(),
+            self.eps(),
+            self.fused,
+            &self.device,
+        )?;
+        let rows = Tensor::new(rows, &self.device)?;
+        let mut x = self
+            .embed
+            .index_select(&Tensor::new(ids, &self.device)?, 0)?;
+        let mut states = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            x = layer.forward(&x, &pos, None)?;
+            states.push(x.index_select(&rows, 0)?);
+        }
+        Ok(states)
+    }
+
     /// Logits (rows, vocab) of selected rows of [`Self::forward`].
     pub fn logits_at(&self, hidden: &Tensor, rows: &Tensor) -> Result<Tensor> {
         frozen_linear(&hidden.index_select(rows, 0)?, &self.lm_head)
@@ -384,6 +410,28 @@ pub(crate) mod tests {
         assert!(n1 < n2, "sharing computes fewer positions ({n1} vs {n2})");
         assert!((l1 - l2).abs() < 1e-4, "loss {l1} vs {l2}");
         assert_grads_close(&g1, &g2);
+    }
+
+    #[test]
+    fn last_layer_state_normed_is_the_hidden_state() {
+        let dir = tiny_model_dir();
+        let (base, tok) = load_tiny(dir.path());
+        let ids = tok.encode_example("what is 2 plus 3 ?", "5").unwrap().ids;
+        let rows = [1u32, (ids.len() - 1) as u32];
+        let states = base.layer_states(&ids, &rows).unwrap();
+        assert_eq!(states.len(), base.layers.len());
+        let t = Tensor::new(ids.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let full = base.hidden_states(&t, None).unwrap();
+        let full = full
+            .index_select(&Tensor::new(&rows, &Device::Cpu).unwrap(), 0)
+            .unwrap();
+        let last = rms_norm(states.last().unwrap(), &base.norm, base.eps(), true).unwrap();
+        assert!(max_diff(&last, &full) < 1e-5);
+        // Earlier layers are other states, not copies of the last.
+        assert!(max_diff(&states[0], states.last().unwrap()) > 1e-3);
     }
 
     #[test]
