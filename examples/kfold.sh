@@ -7,7 +7,8 @@
 # held-out tasks left out of training and evaluation), on the same multi-task LoRAs, and
 # evaluated on the same held-out tasks; outputs named v4, `report` into data/eval-folds-v4.
 # STEPS=N: the generator trained N steps instead of 200 (same LoRAs); outputs and `report`
-# suffixed -sN.
+# suffixed -sN. POOLED=1: the generator reads each example's MiniLM sentence vector, not its
+# token states (`--prompt-tokens 1`); suffixed -pooled.
 # DND: the command to run (default `cargo run -q --`; a prebuilt binary's path spares cargo's
 # start-up and keeps one build for a chain of folds). Outputs go under data/.
 set -euo pipefail
@@ -18,6 +19,8 @@ export DND_SUITE_VERSION=3
 V=3
 [ "${RULES:-0}" = 1 ] && V=4
 STEPS=${STEPS:-200}
+SHAPE=()
+[ "${POOLED:-0}" = 1 ] && SHAPE=(--prompt-tokens 1)
 # The 27 suite tasks that fail the filter (README, suite version 3): never trained on or
 # evaluated.
 FAIL=remove_spaces,acronym,count_even,years_later,hour_later,time_12_to_24,shift_letters,numbers_to_letters,spell_with_dashes,letters_to_word,remove_vowels,number_to_roman,cents_to_dollars,iso_code,letters_to_numbers,roman_to_number,ordinal_number,chemical_element,change_from,hourly_pay,profit,coins_value,sale_price,binary_to_decimal,decimal_to_binary,hex_to_decimal,decimal_to_hex
@@ -31,6 +34,7 @@ names() {
   ALL=multitask-all-v3-f$1 EV=data/eval-ex-v3-c1-all-f$1 OUT=data/eval-folds
   if [ "$V" = 4 ]; then GEN=data/gen-ex-v4-c1-f$1 EV=data/eval-ex-v4-c1-all-f$1 OUT=data/eval-folds-v4; fi
   if [ "$STEPS" != 200 ]; then GEN+=-s$STEPS EV+=-s$STEPS OUT+=-s$STEPS; fi
+  if [ ${#SHAPE[@]} -gt 0 ]; then GEN+=-pooled EV+=-pooled OUT+=-pooled; fi
 }
 
 if [ "${1:-}" = report ]; then
@@ -75,7 +79,7 @@ if ! python3 -c "import json,sys; sys.exit(json.load(open('$GEN/train.json'))['s
     --except "$P,$(both "$G" $FAIL),$(both "$H" $FAIL)" --hold-out-every $FOLDS --fold "$F" \
     --objective sft --condition examples --residual-from "data/$MT/$MT/step-000500" \
     --steps "$STEPS" --batch 2 --lr 2e-3 --residual-l2 0.1 --save-every 25 \
-    --contrast 1 --contrast-margin 0.1 "${SEED[@]}" --out "$GEN"
+    --contrast 1 --contrast-margin 0.1 "${SEED[@]}" "${SHAPE[@]}" --out "$GEN"
 fi
 echo "training done: $(date -u)"
 # No fold collects the training tasks' own LoRAs: the averaged-LoRA column stays empty.

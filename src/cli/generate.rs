@@ -67,7 +67,7 @@ pub struct DecoderShapeArgs {
     /// N, prompts per adapter.
     #[arg(long, default_value_t = 16)]
     pub n_prompts: usize,
-    /// L, tokens per prompt.
+    /// L, tokens per prompt (1: each prompt's sentence vector, the pooled condition).
     #[arg(long, default_value_t = 32)]
     pub prompt_tokens: usize,
 }

@@ -78,7 +78,7 @@ pub struct DecoderConfig {
     pub chunk: usize,
     /// N: prompts per adapter.
     pub prompts: usize,
-    /// L: tokens per prompt (padded or truncated).
+    /// L: tokens per prompt (padded or truncated); 1: each prompt's sentence vector (pooled).
     pub prompt_tokens: usize,
     /// Activation shapes (N, H, W), input first, weight tokens last.
     pub shapes: Vec<[usize; 3]>,
@@ -270,8 +270,8 @@ impl DecoderConfig {
             self.shapes
         );
         ensure!(
-            self.prompts >= 1 && self.prompt_tokens >= 2 && self.prompt_tokens <= 512,
-            "N must be >= 1 and L in 2..=512 (MiniLM has 512 positions), got N={} L={}",
+            self.prompts >= 1 && self.prompt_tokens >= 1 && self.prompt_tokens <= 512,
+            "N must be >= 1 and L in 1..=512 (MiniLM has 512 positions; 1: pooled), got N={} L={}",
             self.prompts,
             self.prompt_tokens
         );

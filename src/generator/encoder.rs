@@ -12,7 +12,12 @@
 //! padding and truncation itself for every call.
 //!
 //! [`PromptEncoder::sentence_embeddings`] gives the usual sentence vectors (masked mean
-//! pooling, L2 norm) for diagnostics: similar prompts should have a high cosine.
+//! pooling, L2 norm): similar prompts should have a high cosine. They are also the pooled
+//! condition, L = 1 (a token-state condition has at least `[CLS] [SEP]`, so L = 1 has no
+//! other meaning): (N, 1, 384), one vector per text. Why: `bench condition` found that
+//! these vectors tell tasks (and a rule's values) apart from a few examples, while the
+//! decoder reading token states learnt little from them; one vector per text is the
+//! smallest input that keeps what they tell.
 
 use std::path::Path;
 
@@ -141,12 +146,18 @@ impl PromptEncoder {
 
     /// The DnD condition: last hidden states of N prompts, each padded or truncated to `l`
     /// tokens, shape (N, l, 384), F32, padding positions included. Also returns the
-    /// attention mask (N, l) as F32 (1 = real token).
+    /// attention mask (N, l) as F32 (1 = real token). With `l` = 1 the pooled condition:
+    /// each prompt's sentence vector, (N, 1, 384), mask all ones.
     pub fn encode(&self, prompts: &[String], l: usize) -> Result<(Tensor, Tensor)> {
         ensure!(
-            (2..=MAX_TOKENS).contains(&l),
-            "prompt length L must be in 2..={MAX_TOKENS}, got {l}"
+            (1..=MAX_TOKENS).contains(&l),
+            "prompt length L must be in 1..={MAX_TOKENS}, got {l}"
         );
+        if l == 1 {
+            let v = self.sentence_embeddings(prompts)?.unsqueeze(1)?;
+            let mask = Tensor::ones((prompts.len(), 1), DType::F32, &self.device)?;
+            return Ok((v, mask));
+        }
         let (ids, mask) = self.tokenize(prompts, PaddingStrategy::Fixed(l), l)?;
         let h = self.hidden_states(&ids, &mask)?;
         Ok((h, mask.to_dtype(DType::F32)?))
@@ -219,7 +230,31 @@ mod tests {
         let b = h8.get(0).unwrap().narrow(0, 0, 5).unwrap();
         let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() < 1e-4);
-        assert!(enc.encode(&texts, 1).is_err());
+        assert!(enc.encode(&texts, 0).is_err());
         assert!(enc.encode(&[], 8).is_err());
+    }
+
+    #[test]
+    fn minilm_pooled_condition_is_the_sentence_vectors() {
+        let Some(enc) = minilm() else { return };
+        let texts = vec!["Input: 37\nAnswer: 41".to_string(), "37 -> 42".to_string()];
+        let (h, mask) = enc.encode(&texts, 1).unwrap();
+        assert_eq!(h.dims(), &[2, 1, 384]);
+        assert_eq!(mask.to_vec2::<f32>().unwrap(), vec![vec![1.0], vec![1.0]]);
+        let e = enc.sentence_embeddings(&texts).unwrap();
+        let diff = (h.squeeze(1).unwrap() - e)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-6);
+        // Each text alone gives its own vector (no batch effect through padding).
+        let (one, _) = enc.encode(&texts[1..], 1).unwrap();
+        let diff = (h.get(1).unwrap() - one.get(0).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap();
+        assert!(diff.max_all().unwrap().to_scalar::<f32>().unwrap() < 1e-4);
     }
 }
