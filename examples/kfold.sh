@@ -8,7 +8,8 @@
 # evaluated on the same held-out tasks; outputs named v4, `report` into data/eval-folds-v4.
 # STEPS=N: the generator trained N steps instead of 200 (same LoRAs); outputs and `report`
 # suffixed -sN. POOLED=1: the generator reads each example's MiniLM sentence vector, not its
-# token states (`--prompt-tokens 1`); suffixed -pooled.
+# token states (`--prompt-tokens 1`); suffixed -pooled. ON_ALL=1: the residual sits on the
+# LoRA of all training tasks and is trained on P and G (not G alone); suffixed -onall.
 # DND: the command to run (default `cargo run -q --`; a prebuilt binary's path spares cargo's
 # start-up and keeps one build for a chain of folds). Outputs go under data/.
 set -euo pipefail
@@ -35,6 +36,7 @@ names() {
   if [ "$V" = 4 ]; then GEN=data/gen-ex-v4-c1-f$1 EV=data/eval-ex-v4-c1-all-f$1 OUT=data/eval-folds-v4; fi
   if [ "$STEPS" != 200 ]; then GEN+=-s$STEPS EV+=-s$STEPS OUT+=-s$STEPS; fi
   if [ ${#SHAPE[@]} -gt 0 ]; then GEN+=-pooled EV+=-pooled OUT+=-pooled; fi
+  if [ "${ON_ALL:-0}" = 1 ]; then GEN+=-onall EV+=-onall OUT+=-onall; fi
 }
 
 if [ "${1:-}" = report ]; then
@@ -74,10 +76,13 @@ fi
 echo "multi-task LoRA of all training tasks done: $(date -u)"
 if ! python3 -c "import json,sys; sys.exit(json.load(open('$GEN/train.json'))['step'] < $STEPS)" 2>/dev/null; then
   # The residual that reads a task's examples, trained end to end on G (and with RULES=1
-  # the rule tasks not held out).
+  # the rule tasks not held out) on top of the LoRA of P; with ON_ALL=1 on P and G on top
+  # of the LoRA of all.
+  UNDER=data/$MT/$MT/step-000500 SKIP=$P
+  [ "${ON_ALL:-0}" = 1 ] && UNDER=data/$ALL/$ALL/step-001000 SKIP=$(both "$P" $FAIL)
   DND_SUITE_VERSION=$V $DND train --checkpoints "data/$MT" --suite builtin \
-    --except "$P,$(both "$G" $FAIL),$(both "$H" $FAIL)" --hold-out-every $FOLDS --fold "$F" \
-    --objective sft --condition examples --residual-from "data/$MT/$MT/step-000500" \
+    --except "$SKIP,$(both "$G" $FAIL),$(both "$H" $FAIL)" --hold-out-every $FOLDS --fold "$F" \
+    --objective sft --condition examples --residual-from "$UNDER" \
     --steps "$STEPS" --batch 2 --lr 2e-3 --residual-l2 0.1 --save-every 25 \
     --contrast 1 --contrast-margin 0.1 "${SEED[@]}" "${SHAPE[@]}" --out "$GEN"
 fi
