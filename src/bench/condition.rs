@@ -28,13 +28,12 @@ use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor, D};
-use tokenizers::Tokenizer;
 
 use super::print_machine;
 use crate::generator::decoder::Condition;
 use crate::generator::PromptEncoder;
 use crate::tasks::{Example, Task};
-use crate::training::llama::Llama;
+use crate::training::llama::{chat::ChatTokenizer, Llama};
 
 /// One vector per task and batch: `a[t]`, `b[t]`.
 struct Vectors {
@@ -60,15 +59,15 @@ pub fn run(
             t.train.len()
         );
     }
-    let batches = |t: &Task| (t.train[..k].to_vec(), t.train[k..2 * k].to_vec());
     let device = Device::Cpu;
     println!("== bench condition ==");
     print_machine();
     let rules = tasks.iter().filter(|t| is_rule(t)).count();
+    let fams = families(tasks);
     println!(
         "{} tasks ({rules} rule tasks), {} families; two batches of {k} training examples each",
         tasks.len(),
-        families(tasks).len()
+        fams.len()
     );
 
     let started = std::time::Instant::now();
@@ -92,9 +91,9 @@ pub fn run(
         };
         let (mut a, mut b) = (Vec::new(), Vec::new());
         for t in tasks {
-            let (x, y) = batches(t);
-            a.push(mean(&x)?);
-            b.push(mean(&y)?);
+            let (x, y) = halves(t, k);
+            a.push(mean(x)?);
+            b.push(mean(y)?);
         }
         rows.push(Vectors {
             name: name.to_string(),
@@ -106,8 +105,7 @@ pub fn run(
 
     let started = std::time::Instant::now();
     let model = Llama::load(smollm2, &device)?;
-    let tokenizer = Tokenizer::from_file(smollm2.join("tokenizer.json"))
-        .map_err(|e| anyhow::anyhow!("loading {}/tokenizer.json: {e}", smollm2.display()))?;
+    let tokenizer = ChatTokenizer::load(smollm2)?;
     let n_layers = model.dims.num_hidden_layers;
     for &l in layers {
         ensure!(
@@ -118,8 +116,8 @@ pub fn run(
     let mut a = vec![Vec::new(); layers.len()];
     let mut b = vec![Vec::new(); layers.len()];
     for t in tasks {
-        let (x, y) = batches(t);
-        for (batch, out) in [(&x, &mut a), (&y, &mut b)] {
+        let (x, y) = halves(t, k);
+        for (batch, out) in [(x, &mut a), (y, &mut b)] {
             let states = in_context_states(&model, &tokenizer, batch)?;
             for (i, &l) in layers.iter().enumerate() {
                 out[i].push(states[l - 1].mean(0)?.to_vec1::<f32>()?);
@@ -162,7 +160,6 @@ pub fn run(
         );
     }
     let chance = |want: bool| {
-        let fams = families(tasks);
         let (n, sum) = tasks
             .iter()
             .filter(|t| is_rule(t) == want)
@@ -178,6 +175,11 @@ pub fn run(
         chance(false)
     );
     Ok(())
+}
+
+/// A task's two batches: its first `k` training examples and the `k` after them.
+fn halves(t: &Task, k: usize) -> (&[Example], &[Example]) {
+    (&t.train[..k], &t.train[k..2 * k])
 }
 
 fn is_rule(t: &Task) -> bool {
@@ -196,23 +198,16 @@ fn families(tasks: &[Task]) -> std::collections::HashMap<String, usize> {
 /// batch written as one few-shot text: one (k - 1, hidden) tensor per layer.
 fn in_context_states(
     model: &Llama,
-    tokenizer: &Tokenizer,
+    tokenizer: &ChatTokenizer,
     batch: &[Example],
 ) -> Result<Vec<Tensor>> {
-    let encode = |s: &str| -> Result<Vec<u32>> {
-        Ok(tokenizer
-            .encode(s, false)
-            .map_err(|e| anyhow::anyhow!("tokenizing {s:?}: {e}"))?
-            .get_ids()
-            .to_vec())
-    };
     let (mut ids, mut rows) = (Vec::new(), Vec::new());
     for (i, e) in batch.iter().enumerate() {
-        ids.extend(encode(&format!("Q: {}\nA:", e.prompt))?);
+        ids.extend(tokenizer.encode(&format!("Q: {}\nA:", e.prompt))?);
         if i > 0 {
             rows.push(ids.len() as u32 - 1);
         }
-        ids.extend(encode(&format!(" {}\n\n", e.answer))?);
+        ids.extend(tokenizer.encode(&format!(" {}\n\n", e.answer))?);
     }
     model
         .layer_states(&ids, &rows)

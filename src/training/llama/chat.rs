@@ -121,7 +121,8 @@ impl ChatTokenizer {
         })
     }
 
-    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+    /// Raw text, tokenized as it stands (no chat template, no special tokens added).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         Ok(self
             .tokenizer
             .encode(text, false)

@@ -207,6 +207,33 @@ impl Llama {
         ids: &Tensor,
         lora: Option<&LoraWeights>,
     ) -> Result<Tensor> {
+        let x = self.blocks(prefix, ids, lora, |_| Ok(()))?;
+        rms_norm(&x, &self.norm, self.eps(), self.fused)
+    }
+
+    /// The residual stream of one sequence after each block (no final norm) at `rows`: one
+    /// (rows, hidden) tensor per layer. What the model represents part-way through, for
+    /// probes (`bench condition`); no LoRA.
+    pub fn layer_states(&self, ids: &[u32], rows: &[u32]) -> Result<Vec<Tensor>> {
+        let ids = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
+        let rows = Tensor::new(rows, &self.device)?;
+        let mut states = Vec::with_capacity(self.layers.len());
+        self.blocks(&[], &ids, None, |x| {
+            states.push(x.index_select(&rows, 0)?);
+            Ok(())
+        })?;
+        Ok(states)
+    }
+
+    /// The residual stream (rows of `prefix ++ ids[i]`, hidden) after the last block, before
+    /// the final norm; `each` sees it after every block.
+    fn blocks(
+        &self,
+        prefix: &[u32],
+        ids: &Tensor,
+        lora: Option<&LoraWeights>,
+        mut each: impl FnMut(&Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
         let p = prefix.len();
         let pos = Positions::new(
@@ -228,34 +255,9 @@ impl Llama {
         let mut x = self.embed.index_select(&all_ids, 0)?;
         for layer in &self.layers {
             x = layer.forward(&x, &pos, lora)?;
+            each(&x)?;
         }
-        rms_norm(&x, &self.norm, self.eps(), self.fused)
-    }
-
-    /// The residual stream of one sequence after each block (no final norm) at `rows`: one
-    /// (rows, hidden) tensor per layer. What the model represents part-way through, for
-    /// probes (`bench condition`); no LoRA.
-    pub fn layer_states(&self, ids: &[u32], rows: &[u32]) -> Result<Vec<Tensor>> {
-        let pos = Positions::new(
-            &self.dims,
-            self.config.rope_theta,
-            0,
-            1,
-            ids.len(),
-            self.eps(),
-            self.fused,
-            &self.device,
-        )?;
-        let rows = Tensor::new(rows, &self.device)?;
-        let mut x = self
-            .embed
-            .index_select(&Tensor::new(ids, &self.device)?, 0)?;
-        let mut states = Vec::with_capacity(self.layers.len());
-        for layer in &self.layers {
-            x = layer.forward(&x, &pos, None)?;
-            states.push(x.index_select(&rows, 0)?);
-        }
-        Ok(states)
+        Ok(x)
     }
 
     /// Logits (rows, vocab) of selected rows of [`Self::forward`].
