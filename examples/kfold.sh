@@ -10,6 +10,7 @@
 # suffixed -sN. POOLED=1: the generator reads each example's MiniLM sentence vector, not its
 # token states (`--prompt-tokens 1`); suffixed -pooled. ON_ALL=1: the residual sits on the
 # LoRA of all training tasks and is trained on P and G (not G alone); suffixed -onall.
+# MIX=K: the decoder is a mixture head of K directions (`train --mix K`); suffixed -mixK.
 # DND: the command to run (default `cargo run -q --`; a prebuilt binary's path spares cargo's
 # start-up and keeps one build for a chain of folds). Outputs go under data/.
 set -euo pipefail
@@ -22,6 +23,7 @@ V=3
 STEPS=${STEPS:-200}
 SHAPE=()
 [ "${POOLED:-0}" = 1 ] && SHAPE=(--prompt-tokens 1)
+[ -n "${MIX:-}" ] && SHAPE+=(--mix "$MIX")
 # The 27 suite tasks that fail the filter (README, suite version 3): never trained on or
 # evaluated.
 FAIL=remove_spaces,acronym,count_even,years_later,hour_later,time_12_to_24,shift_letters,numbers_to_letters,spell_with_dashes,letters_to_word,remove_vowels,number_to_roman,cents_to_dollars,iso_code,letters_to_numbers,roman_to_number,ordinal_number,chemical_element,change_from,hourly_pay,profit,coins_value,sale_price,binary_to_decimal,decimal_to_binary,hex_to_decimal,decimal_to_hex
@@ -35,7 +37,8 @@ names() {
   ALL=multitask-all-v3-f$1 EV=data/eval-ex-v3-c1-all-f$1 OUT=data/eval-folds
   if [ "$V" = 4 ]; then GEN=data/gen-ex-v4-c1-f$1 EV=data/eval-ex-v4-c1-all-f$1 OUT=data/eval-folds-v4; fi
   if [ "$STEPS" != 200 ]; then GEN+=-s$STEPS EV+=-s$STEPS OUT+=-s$STEPS; fi
-  if [ ${#SHAPE[@]} -gt 0 ]; then GEN+=-pooled EV+=-pooled OUT+=-pooled; fi
+  if [ "${POOLED:-0}" = 1 ]; then GEN+=-pooled EV+=-pooled OUT+=-pooled; fi
+  if [ -n "${MIX:-}" ]; then GEN+=-mix$MIX EV+=-mix$MIX OUT+=-mix$MIX; fi
   if [ "${ON_ALL:-0}" = 1 ]; then GEN+=-onall EV+=-onall OUT+=-onall; fi
 }
 

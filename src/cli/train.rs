@@ -99,6 +99,10 @@ pub struct Args {
     /// count in full from the first step).
     #[arg(long, default_value = "gates")]
     pub residual_init: ResidualInit,
+    /// A mixture head of K learned directions instead of the hyper-convolutions (module doc
+    /// of `generator::decoder`).
+    #[arg(long, value_name = "K")]
+    pub mix: Option<usize>,
     /// sft / mix: weight of the condition-contrast term (0: off): each sample's examples
     /// also go through the adapter generated from another training task, and the loss takes
     /// how far it falls short of the task's own adapter by --contrast-margin nats (twice the
@@ -156,6 +160,9 @@ pub fn run(args: Args) -> Result<()> {
     )?;
     decoder.residual = args.objective.end_to_end();
     decoder.condition = args.condition;
+    if let Some(k) = args.mix {
+        decoder = decoder.with_mix(k)?;
+    }
     // The held-out split is taken on the whole suite, so that --except (tasks dropped by
     // a filter) does not move it.
     let (suite, every) = match args.suite.is_empty() {

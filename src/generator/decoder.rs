@@ -37,6 +37,15 @@
 //! - 573,972 parameters and 0.58 GFLOP per adapter (forward, 579,230,208 FLOPs; see
 //!   [`DecoderConfig::param_count`] and [`DecoderConfig::flops`], printed by
 //!   `mistralrs-dnd bench generator`).
+//!
+//! A **mixture head** ([`MixHead`], `train --mix K`) replaces the hyper-convolutions: the
+//! mean of the input over prompts and positions, LayerNorm (affine), a tanh MLP to K
+//! weights, and the token stack as those weights times K learned directions, (B, K) x (K,
+//! T (r+2) (C+2)). Why: the convolutions treat the encoder's 384 dimensions as a spatial
+//! axis; the head maps a task's embedding to a point in a learned span of adapters
+//! (Text-to-LoRA's head reads an embedding the same way), so what it can say about a new
+//! task is a combination of what it learnt for the others. Its shapes are the input and
+//! the token stack only.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -96,6 +105,23 @@ pub struct DecoderConfig {
     /// What the encoder reads of a task (absent: its prompts, as the method does).
     #[serde(default, skip_serializing_if = "Condition::is_prompts")]
     pub condition: Condition,
+    /// Set for a mixture head instead of the hyper-convolutions (see the module doc).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mix: Option<MixHead>,
+}
+
+/// The mixture head's sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MixHead {
+    /// K: learned directions (adapters' token stacks) the head mixes.
+    pub directions: usize,
+    /// Width of the MLP's hidden layer.
+    pub hidden: usize,
+}
+
+impl MixHead {
+    /// The hidden width `train --mix K` uses.
+    pub const HIDDEN: usize = 256;
 }
 
 /// What a generator reads of a task: its prompts (the method's: unlabelled requests), or
@@ -165,6 +191,7 @@ impl DecoderConfig {
             frozen_a_seed: None,
             residual: false,
             condition: Condition::Prompts,
+            mix: None,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -176,6 +203,19 @@ impl DecoderConfig {
         self.frozen_a_seed = seed;
         let (t, h, w) = self.layout()?.shape();
         *self.shapes.last_mut().expect("validated") = [t, h, w];
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// The same input and token stack through a mixture head of `directions` directions
+    /// (the hidden shapes dropped).
+    pub fn with_mix(mut self, directions: usize) -> Result<Self> {
+        let last = *self.shapes.last().expect("validated");
+        self.shapes = vec![self.shapes[0], last];
+        self.mix = Some(MixHead {
+            directions,
+            hidden: MixHead::HIDDEN,
+        });
         self.validate()?;
         Ok(self)
     }
@@ -290,21 +330,55 @@ impl DecoderConfig {
             [t, h, w]
         );
         ensure!(self.lora_alpha > 0.0, "lora_alpha must be positive");
+        if let Some(m) = self.mix {
+            ensure!(
+                m.directions >= 1 && m.hidden >= 1 && self.shapes.len() == 2,
+                "a mixture head needs K >= 1, a hidden width >= 1 and shapes (input, tokens) only"
+            );
+        }
         Ok(())
+    }
+
+    /// Every parameter: its name in the [`VarMap`] and its spec, in one order.
+    fn params(&self) -> Vec<(String, ParamSpec)> {
+        match self.mix {
+            Some(m) => {
+                let [t, h, w] = self.shapes[1];
+                mix_params(self.encoder_hidden, m, t * h * w)
+                    .into_iter()
+                    .map(|p| (format!("mix.{}", p.name), p))
+                    .collect()
+            }
+            None => self
+                .shapes
+                .windows(2)
+                .enumerate()
+                .flat_map(|(i, p)| {
+                    layer_params(p[0], p[1], self.kernel)
+                        .into_iter()
+                        .map(move |p| (format!("layers.{i}.{}", p.name), p))
+                })
+                .collect(),
+        }
     }
 
     /// Number of trainable parameters.
     pub fn param_count(&self) -> usize {
-        self.shapes
-            .windows(2)
-            .flat_map(|p| layer_params(p[0], p[1], self.kernel))
-            .map(|p| p.shape.iter().product::<usize>())
+        self.params()
+            .iter()
+            .map(|(_, p)| p.shape.iter().product::<usize>())
             .sum()
     }
 
     /// Multiply-add FLOPs (2 per MAC) of one forward pass for one adapter: the five
-    /// convolutions of each layer (norm, tanh and adds are negligible).
+    /// convolutions of each layer, or the mixture head's three matrix products (norm, tanh,
+    /// means and adds are negligible).
     pub fn flops(&self) -> u64 {
+        if let Some(m) = self.mix {
+            let [t, h, w] = self.shapes[1];
+            let (k, hid) = (m.directions as u64, m.hidden as u64);
+            return 2 * (self.encoder_hidden as u64 * hid + hid * k + k * (t * h * w) as u64);
+        }
         let k2 = (self.kernel * self.kernel) as u64;
         self.shapes
             .windows(2)
@@ -416,6 +490,101 @@ fn layer_params(i: [usize; 3], o: [usize; 3], k: usize) -> Vec<ParamSpec> {
     ]
 }
 
+/// The mixture head's parameters for an encoder width `e` and a token stack of `cells`
+/// values; linear layers initialised as PyTorch's, directions U(-1/sqrt(K), 1/sqrt(K)) so
+/// that the stack starts at the scale of unit mixture weights.
+fn mix_params(e: usize, m: MixHead, cells: usize) -> Vec<ParamSpec> {
+    let uniform = |name, shape: Vec<usize>, fan_in: usize| {
+        let b = 1.0 / (fan_in as f64).sqrt();
+        ParamSpec {
+            name,
+            shape,
+            init: Init::Uniform { lo: -b, up: b },
+        }
+    };
+    let (k, h) = (m.directions, m.hidden);
+    vec![
+        ParamSpec {
+            name: "norm.weight",
+            shape: vec![e],
+            init: Init::Const(1.0),
+        },
+        ParamSpec {
+            name: "norm.bias",
+            shape: vec![e],
+            init: Init::Const(0.0),
+        },
+        uniform("in.weight", vec![h, e], e),
+        uniform("in.bias", vec![h], e),
+        uniform("out.weight", vec![k, h], h),
+        uniform("out.bias", vec![k], h),
+        uniform("directions", vec![k, cells], k),
+    ]
+}
+
+/// The mixture head (see the module doc).
+#[derive(Debug, Clone)]
+struct MixLayer {
+    norm_weight: Tensor,
+    norm_bias: Tensor,
+    in_weight: Tensor,
+    in_bias: Tensor,
+    out_weight: Tensor,
+    out_bias: Tensor,
+    directions: Tensor,
+    tokens: [usize; 3],
+}
+
+impl MixLayer {
+    fn new(vb: VarBuilder, cfg: &DecoderConfig, m: MixHead) -> Result<Self> {
+        let tokens = cfg.shapes[1];
+        let specs = mix_params(cfg.encoder_hidden, m, tokens.iter().product());
+        let get = |name: &str| -> Result<Tensor> {
+            let s = specs.iter().find(|s| s.name == name).expect("known name");
+            Ok(vb.get_with_hints(s.shape.clone(), name, s.init)?)
+        };
+        Ok(Self {
+            norm_weight: get("norm.weight")?,
+            norm_bias: get("norm.bias")?,
+            in_weight: get("in.weight")?,
+            in_bias: get("in.bias")?,
+            out_weight: get("out.weight")?,
+            out_bias: get("out.bias")?,
+            directions: get("directions")?,
+            tokens,
+        })
+    }
+
+    /// The K mixture weights of each sample, (B, N, L, E) -> (B, K).
+    fn weights(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, n, l, e) = x.dims4()?;
+        let x = x.reshape((b, n * l, e))?.mean(1)?;
+        // LayerNorm from differentiable ops (candle's fused one drops gradients).
+        let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let x = centred
+            .broadcast_div(&(var + LN_EPS)?.sqrt()?)?
+            .broadcast_mul(&self.norm_weight)?
+            .broadcast_add(&self.norm_bias)?;
+        let h = x
+            .matmul(&self.in_weight.t()?)?
+            .broadcast_add(&self.in_bias)?
+            .tanh()?;
+        Ok(h.matmul(&self.out_weight.t()?)?
+            .broadcast_add(&self.out_bias)?)
+    }
+
+    /// (B, N, L, E) -> (B, T, r + 2, C + 2).
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let b = x.dim(0)?;
+        let [t, h, w] = self.tokens;
+        Ok(self
+            .weights(x)?
+            .matmul(&self.directions)?
+            .reshape((b, t, h, w))?)
+    }
+}
+
 /// One step of the decoder, from (N, H, W) to (N', H', W').
 #[derive(Debug, Clone)]
 pub struct HyperConvLayer {
@@ -498,13 +667,22 @@ impl HyperConvLayer {
 /// The stacked decoder.
 #[derive(Debug, Clone)]
 pub struct Decoder {
+    /// The hyper-convolutions; empty with a mixture head.
     layers: Vec<HyperConvLayer>,
+    mix: Option<MixLayer>,
     cfg: DecoderConfig,
 }
 
 impl Decoder {
     pub fn new(vb: VarBuilder, cfg: &DecoderConfig) -> Result<Self> {
         cfg.validate()?;
+        if let Some(m) = cfg.mix {
+            return Ok(Self {
+                layers: Vec::new(),
+                mix: Some(MixLayer::new(vb.pp("mix"), cfg, m)?),
+                cfg: cfg.clone(),
+            });
+        }
         let layers = cfg
             .shapes
             .windows(2)
@@ -513,6 +691,7 @@ impl Decoder {
             .collect::<Result<_>>()?;
         Ok(Self {
             layers,
+            mix: None,
             cfg: cfg.clone(),
         })
     }
@@ -534,6 +713,9 @@ impl Decoder {
             (xn, xh, xw) == (n, h, w),
             "decoder input has shape ({xn}, {xh}, {xw}), expected ({n}, {h}, {w})"
         );
+        if let Some(mix) = &self.mix {
+            return mix.forward(&x);
+        }
         for layer in &self.layers {
             x = layer.forward(&x)?;
         }
@@ -548,19 +730,17 @@ impl Decoder {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         {
             let mut data = varmap.data().lock().unwrap();
-            for (i, p) in cfg.shapes.windows(2).enumerate() {
-                for spec in layer_params(p[0], p[1], cfg.kernel) {
-                    let n: usize = spec.shape.iter().product();
-                    let values: Vec<f32> = match spec.init {
-                        Init::Const(v) => vec![v as f32; n],
-                        Init::Uniform { lo, up } => (0..n)
-                            .map(|_| rng.random_range(lo as f32..up as f32))
-                            .collect(),
-                        other => bail!("unsupported init {other:?}"),
-                    };
-                    let t = Tensor::from_vec(values, spec.shape.clone(), device)?;
-                    data.insert(format!("layers.{i}.{}", spec.name), Var::from_tensor(&t)?);
-                }
+            for (name, spec) in cfg.params() {
+                let n: usize = spec.shape.iter().product();
+                let values: Vec<f32> = match spec.init {
+                    Init::Const(v) => vec![v as f32; n],
+                    Init::Uniform { lo, up } => (0..n)
+                        .map(|_| rng.random_range(lo as f32..up as f32))
+                        .collect(),
+                    other => bail!("unsupported init {other:?}"),
+                };
+                let t = Tensor::from_vec(values, spec.shape.clone(), device)?;
+                data.insert(name, Var::from_tensor(&t)?);
             }
         }
         let decoder = Self::new(VarBuilder::from_varmap(&varmap, DType::F32, device), cfg)?;
@@ -648,13 +828,12 @@ pub(crate) mod tests {
             .is_err());
     }
 
-    #[test]
-    fn every_parameter_gets_a_gradient() {
-        let cfg = tiny_config();
+    /// Every parameter of `cfg`'s decoder is counted by `param_count` and gets a gradient.
+    fn assert_every_parameter_gets_a_gradient(cfg: &DecoderConfig, vars_want: usize) {
         let varmap = VarMap::new();
         let dec = Decoder::new(
             VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-            &cfg,
+            cfg,
         )
         .unwrap();
         let vars = varmap.data().lock().unwrap().clone();
@@ -662,8 +841,8 @@ pub(crate) mod tests {
             vars.values().map(|v| v.elem_count()).sum::<usize>(),
             cfg.param_count()
         );
-        assert_eq!(vars.len(), 9 * (cfg.shapes.len() - 1));
-        let y = dec.forward(&input(&cfg, 2, 3)).unwrap();
+        assert_eq!(vars.len(), vars_want);
+        let y = dec.forward(&input(cfg, 2, 3)).unwrap();
         let loss = (y - 0.5).unwrap().sqr().unwrap().mean_all().unwrap();
         let grads = loss.backward().unwrap();
         for (name, var) in &vars {
@@ -682,6 +861,46 @@ pub(crate) mod tests {
                 "{name}: gradient norm {norm}"
             );
         }
+    }
+
+    #[test]
+    fn every_parameter_gets_a_gradient() {
+        let cfg = tiny_config();
+        assert_every_parameter_gets_a_gradient(&cfg, 9 * (cfg.shapes.len() - 1));
+    }
+
+    #[test]
+    fn mixture_head_is_its_weights_times_its_directions() {
+        let cfg = tiny_config().with_mix(3).unwrap();
+        assert_eq!(cfg.shapes, vec![[4, 8, 384], [14, 4, 18]]);
+        assert_every_parameter_gets_a_gradient(&cfg, 7);
+        let (dec, varmap) = Decoder::seeded(&cfg, 2, &Device::Cpu).unwrap();
+        let x = input(&cfg, 2, 6);
+        let y = dec.forward(&x).unwrap();
+        assert_eq!(y.dims(), &[2, 14, 4, 18]);
+        // Sample 1's stack, by hand: the weights of its mean input, times each direction.
+        let mix = dec.mix.as_ref().unwrap();
+        let w: Vec<f32> = mix.weights(&x).unwrap().get(1).unwrap().to_vec1().unwrap();
+        let dirs: Vec<Vec<f32>> = mix.directions.to_vec2().unwrap();
+        let want: Vec<f32> = (0..dirs[0].len())
+            .map(|c| (0..3).map(|k| w[k] * dirs[k][c]).sum())
+            .collect();
+        let got: Vec<f32> = y.get(1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert!(want.iter().zip(&got).all(|(a, b)| (a - b).abs() < 1e-5));
+        // Two inputs with one mean give one stack: the head reads the task, not an example.
+        let swapped =
+            Tensor::cat(&[x.narrow(1, 1, 3).unwrap(), x.narrow(1, 0, 1).unwrap()], 1).unwrap();
+        let y2 = dec.forward(&swapped).unwrap();
+        let diff = (y2 - &y).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+        // Saved and loaded, the same decoder.
+        let dir = tempfile::tempdir().unwrap();
+        dec.save(&varmap, dir.path()).unwrap();
+        let (back, _) = Decoder::load(dir.path(), &Device::Cpu).unwrap();
+        assert_eq!(back.config(), &cfg);
+        let diff = (back.forward(&x).unwrap() - &y).unwrap().abs().unwrap();
+        assert_eq!(diff.max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        assert!(tiny_config().with_mix(0).is_err());
     }
 
     #[test]

@@ -695,9 +695,22 @@ fn base_adapter_command(residual_from: Option<&Path>) -> Option<String> {
     done.command
 }
 
-/// Sets the decoder's last convolution over the token axis (weight and bias) to zero, so
-/// that its output is zero whatever the prompts ([`ResidualInit::Output`]).
+/// Sets the decoder's last convolution over the token axis (weight and bias), or a mixture
+/// head's last linear layer, to zero, so that its output is zero whatever the prompts
+/// ([`ResidualInit::Output`]).
 fn zero_last_convolution(varmap: &VarMap, cfg: &DecoderConfig) -> Result<()> {
+    let data = varmap.data().lock().unwrap();
+    let zero = |key: String| -> Result<()> {
+        let var = data
+            .get(&key)
+            .with_context(|| format!("decoder has no {key}"))?;
+        Ok(var.set(&var.zeros_like()?)?)
+    };
+    if cfg.mix.is_some() {
+        return ["mix.out.weight", "mix.out.bias"]
+            .into_iter()
+            .try_for_each(|k| zero(k.to_string()));
+    }
     let last = cfg.shapes.len() - 2;
     // A layer that keeps its shape adds its input to what it computes: zeroing its
     // convolution would leave the output at that input, not at zero.
@@ -705,15 +718,9 @@ fn zero_last_convolution(varmap: &VarMap, cfg: &DecoderConfig) -> Result<()> {
         cfg.shapes[last] != cfg.shapes[last + 1],
         "--residual-init output needs a last decoder layer that changes shape (no residual add)"
     );
-    let data = varmap.data().lock().unwrap();
-    for name in ["nconv.weight", "nconv.bias"] {
-        let key = format!("layers.{last}.{name}");
-        let var = data
-            .get(&key)
-            .with_context(|| format!("decoder has no {key}"))?;
-        var.set(&var.zeros_like()?)?;
-    }
-    Ok(())
+    ["nconv.weight", "nconv.bias"]
+        .into_iter()
+        .try_for_each(|name| zero(format!("layers.{last}.{name}")))
 }
 
 /// Trains (or resumes training) a decoder for `decoder_cfg` on `set`, writing the generator
@@ -778,7 +785,9 @@ pub fn train_decoder(
     if let Some(dir) = &cfg.init_from {
         let from = DecoderConfig::load(dir)?;
         ensure!(
-            from.shapes == decoder_cfg.shapes && from.kernel == decoder_cfg.kernel,
+            from.shapes == decoder_cfg.shapes
+                && from.kernel == decoder_cfg.kernel
+                && from.mix == decoder_cfg.mix,
             "--init-from {}: its decoder has other shapes",
             dir.display()
         );
