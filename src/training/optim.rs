@@ -79,6 +79,12 @@ impl AdamW {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
+            // A variable's gradient can still carry its backward graph (candle detaches
+            // only inner nodes' gradients): a variable used as it is by a matmul gets one
+            // that points at the step's activations. Kept in the moments, that graph and
+            // every earlier step's moments would stay alive, a leak as large as the
+            // variable every step.
+            let g = &g.detach();
             *m = ((&*m * b1)? + (g * (1.0 - b1))?)?;
             *v = ((&*v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
             let update = ((&*m / c1)? / ((&*v / c2)?.sqrt()? + eps)?)?;
@@ -224,7 +230,7 @@ impl StepBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
     use candle_nn::Optimizer;
 
     /// Three variables, a few steps of fixed pseudo-random gradients; the third variable
@@ -290,6 +296,26 @@ mod tests {
             let before = run(0, |_, _, _| {});
             assert_ne!(a, before, "the steps moved the variables");
         }
+    }
+
+    #[test]
+    fn moments_keep_no_graph() {
+        // w used as it is by a matmul: its gradient x^T g points at x's graph.
+        let dev = Device::Cpu;
+        let w = Var::from_tensor(&Tensor::ones((3, 2), DType::F32, &dev).unwrap()).unwrap();
+        let x = Var::from_tensor(&Tensor::ones((1, 3), DType::F32, &dev).unwrap()).unwrap();
+        let mut opt = AdamW::new(vec![w.clone()], AdamWParams::with_weight_decay(0.0)).unwrap();
+        for _ in 0..2 {
+            let y = (x.as_tensor() * 2.0)
+                .unwrap()
+                .matmul(w.as_tensor())
+                .unwrap();
+            let grads = y.sum_all().unwrap().backward().unwrap();
+            assert!(grads.get(w.as_tensor()).unwrap().track_op());
+            opt.step(&grads, 1e-2).unwrap();
+        }
+        let (m, v) = &opt.moments[0];
+        assert!(!m.track_op() && !v.track_op());
     }
 
     #[test]
