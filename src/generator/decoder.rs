@@ -447,6 +447,20 @@ pub struct ParamSpec {
     pub init: Init,
 }
 
+/// The parameter `name` of `specs`, from `vb` (created there as its spec says if new).
+fn param(vb: &VarBuilder, specs: &[ParamSpec], name: &str) -> Result<Tensor> {
+    let s = specs.iter().find(|s| s.name == name).expect("known name");
+    Ok(vb.get_with_hints(s.shape.clone(), name, s.init)?)
+}
+
+/// `x` standardised over its last axis (LayerNorm without the affine part), from
+/// differentiable ops: candle's fused `layer_norm` drops gradients.
+fn standardize(x: &Tensor) -> Result<Tensor> {
+    let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    Ok(centred.broadcast_div(&(var + LN_EPS)?.sqrt()?)?)
+}
+
 /// The parameters of one layer from `i` to `o` with kernel k: the one place that names them,
 /// shapes them and says how they start.
 fn layer_params(i: [usize; 3], o: [usize; 3], k: usize) -> Vec<ParamSpec> {
@@ -540,10 +554,7 @@ impl MixLayer {
     fn new(vb: VarBuilder, cfg: &DecoderConfig, m: MixHead) -> Result<Self> {
         let tokens = cfg.shapes[1];
         let specs = mix_params(cfg.encoder_hidden, m, tokens.iter().product());
-        let get = |name: &str| -> Result<Tensor> {
-            let s = specs.iter().find(|s| s.name == name).expect("known name");
-            Ok(vb.get_with_hints(s.shape.clone(), name, s.init)?)
-        };
+        let get = |name: &str| param(&vb, &specs, name);
         Ok(Self {
             norm_weight: get("norm.weight")?,
             norm_bias: get("norm.bias")?,
@@ -559,12 +570,7 @@ impl MixLayer {
     /// The K mixture weights of each sample, (B, N, L, E) -> (B, K).
     fn weights(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, l, e) = x.dims4()?;
-        let x = x.reshape((b, n * l, e))?.mean(1)?;
-        // LayerNorm from differentiable ops (candle's fused one drops gradients).
-        let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
-        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        let x = centred
-            .broadcast_div(&(var + LN_EPS)?.sqrt()?)?
+        let x = standardize(&x.reshape((b, n * l, e))?.mean(1)?)?
             .broadcast_mul(&self.norm_weight)?
             .broadcast_add(&self.norm_bias)?;
         let h = x
@@ -605,10 +611,7 @@ pub struct HyperConvLayer {
 impl HyperConvLayer {
     pub fn new(vb: VarBuilder, i: [usize; 3], o: [usize; 3], kernel: usize) -> Result<Self> {
         let specs = layer_params(i, o, kernel);
-        let get = |name: &str| -> Result<Tensor> {
-            let s = specs.iter().find(|s| s.name == name).expect("known name");
-            Ok(vb.get_with_hints(s.shape.clone(), name, s.init)?)
-        };
+        let get = |name: &str| param(&vb, &specs, name);
         Ok(Self {
             norm_weight: get("norm.weight")?,
             norm_bias: get("norm.bias")?,
@@ -631,12 +634,7 @@ impl HyperConvLayer {
     /// LayerNorm over the last two axes jointly, from differentiable ops.
     fn norm(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, h, w) = x.dims4()?;
-        let flat = x.reshape((b, n, h * w))?;
-        let mean = flat.mean_keepdim(D::Minus1)?;
-        let centred = flat.broadcast_sub(&mean)?;
-        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centred.broadcast_div(&(var + LN_EPS)?.sqrt()?)?;
-        Ok(normed
+        Ok(standardize(&x.reshape((b, n, h * w))?)?
             .reshape((b, n, h, w))?
             .broadcast_mul(&self.norm_weight)?
             .broadcast_add(&self.norm_bias)?)
