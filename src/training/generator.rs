@@ -698,7 +698,7 @@ fn base_adapter_command(residual_from: Option<&Path>) -> Option<String> {
 /// Sets the decoder's last convolution over the token axis (weight and bias), or a mixture
 /// head's last linear layer, to zero, so that its output is zero whatever the prompts
 /// ([`ResidualInit::Output`]).
-fn zero_last_convolution(varmap: &VarMap, cfg: &DecoderConfig) -> Result<()> {
+fn zero_output_layer(varmap: &VarMap, cfg: &DecoderConfig) -> Result<()> {
     let data = varmap.data().lock().unwrap();
     let zero = |key: String| -> Result<()> {
         let var = data
@@ -797,7 +797,7 @@ pub fn train_decoder(
         Some(s) => Some(match cfg.residual_init {
             ResidualInit::Gates => Var::from_tensor(&s.model.residual.gate)?,
             ResidualInit::Output => {
-                zero_last_convolution(&varmap, decoder_cfg)?;
+                zero_output_layer(&varmap, decoder_cfg)?;
                 Var::from_tensor(&s.model.residual.gate.ones_like()?)?
             }
         }),
@@ -1102,6 +1102,25 @@ mod tests {
                 mixed += usize::from(share > 0.0 && share < 1.0);
             }
             assert_eq!(mixed, want_mixed, "mixup {mixup}");
+        }
+    }
+
+    #[test]
+    fn a_zeroed_output_layer_outputs_zero_for_both_heads() {
+        let dev = Device::Cpu;
+        for cfg in [tiny_config(), tiny_config().with_mix(3).unwrap()] {
+            let (decoder, varmap) = Decoder::seeded(&cfg, 1, &dev).unwrap();
+            let [n, l, w] = cfg.shapes[0];
+            let x = Tensor::ones((1, n, l, w), DType::F32, &dev).unwrap();
+            let abs_max = |t: Tensor| t.abs().unwrap().max_all().unwrap().to_scalar::<f32>();
+            assert!(abs_max(decoder.forward(&x).unwrap()).unwrap() > 0.0);
+            zero_output_layer(&varmap, &cfg).unwrap();
+            assert_eq!(
+                abs_max(decoder.forward(&x).unwrap()).unwrap(),
+                0.0,
+                "{:?}",
+                cfg.mix
+            );
         }
     }
 
