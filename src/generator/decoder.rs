@@ -666,31 +666,34 @@ impl HyperConvLayer {
 /// The stacked decoder.
 #[derive(Debug, Clone)]
 pub struct Decoder {
-    /// The hyper-convolutions; empty with a mixture head.
-    layers: Vec<HyperConvLayer>,
-    mix: Option<MixLayer>,
+    head: Head,
     cfg: DecoderConfig,
+}
+
+/// What maps the input to the token stack.
+#[derive(Debug, Clone)]
+enum Head {
+    Convolutions(Vec<HyperConvLayer>),
+    Mix(MixLayer),
 }
 
 impl Decoder {
     pub fn new(vb: VarBuilder, cfg: &DecoderConfig) -> Result<Self> {
         cfg.validate()?;
-        if let Some(m) = cfg.mix {
-            return Ok(Self {
-                layers: Vec::new(),
-                mix: Some(MixLayer::new(vb.pp("mix"), cfg, m)?),
-                cfg: cfg.clone(),
-            });
-        }
-        let layers = cfg
-            .shapes
-            .windows(2)
-            .enumerate()
-            .map(|(i, p)| HyperConvLayer::new(vb.pp(format!("layers.{i}")), p[0], p[1], cfg.kernel))
-            .collect::<Result<_>>()?;
+        let head = match cfg.mix {
+            Some(m) => Head::Mix(MixLayer::new(vb.pp("mix"), cfg, m)?),
+            None => Head::Convolutions(
+                cfg.shapes
+                    .windows(2)
+                    .enumerate()
+                    .map(|(i, p)| {
+                        HyperConvLayer::new(vb.pp(format!("layers.{i}")), p[0], p[1], cfg.kernel)
+                    })
+                    .collect::<Result<_>>()?,
+            ),
+        };
         Ok(Self {
-            layers,
-            mix: None,
+            head,
             cfg: cfg.clone(),
         })
     }
@@ -701,7 +704,7 @@ impl Decoder {
 
     /// (B, N, L, 384) -> (B, T, r + 2, C + 2); a 3-D input is treated as one sample.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut x = if x.rank() == 3 {
+        let x = if x.rank() == 3 {
             x.unsqueeze(0)?
         } else {
             x.clone()
@@ -712,13 +715,19 @@ impl Decoder {
             (xn, xh, xw) == (n, h, w),
             "decoder input has shape ({xn}, {xh}, {xw}), expected ({n}, {h}, {w})"
         );
-        if let Some(mix) = &self.mix {
-            return mix.forward(&x);
+        match &self.head {
+            Head::Mix(mix) => mix.forward(&x),
+            Head::Convolutions(layers) => layers.iter().try_fold(x, |x, l| l.forward(&x)),
         }
-        for layer in &self.layers {
-            x = layer.forward(&x)?;
+    }
+
+    /// The hyper-convolution layers (none with a mixture head).
+    #[cfg(test)]
+    fn layers(&self) -> &[HyperConvLayer] {
+        match &self.head {
+            Head::Convolutions(layers) => layers,
+            Head::Mix(_) => &[],
         }
-        Ok(x)
     }
 
     /// A new decoder whose parameters are drawn from `seed` (same distributions as
@@ -815,11 +824,11 @@ pub(crate) mod tests {
         assert_eq!(cfg.shapes.last().unwrap(), &[14, 4, 18]);
         let (dec, _) = Decoder::seeded(&cfg, 0, &Device::Cpu).unwrap();
         let mut x = input(&cfg, 2, 1);
-        for (layer, want) in dec.layers.iter().zip(&cfg.shapes[1..]) {
+        for (layer, want) in dec.layers().iter().zip(&cfg.shapes[1..]) {
             x = layer.forward(&x).unwrap();
             assert_eq!(x.dims(), &[2, want[0], want[1], want[2]]);
         }
-        assert!(dec.layers[2].residual && !dec.layers[1].residual);
+        assert!(dec.layers()[2].residual && !dec.layers()[1].residual);
         let y = dec.forward(&input(&cfg, 1, 1).squeeze(0).unwrap()).unwrap();
         assert_eq!(y.dims(), &[1, 14, 4, 18]);
         assert!(dec
@@ -878,7 +887,9 @@ pub(crate) mod tests {
         let y = dec.forward(&x).unwrap();
         assert_eq!(y.dims(), &[2, 14, 4, 18]);
         // Sample 1's stack, by hand: the weights of its mean input, times each direction.
-        let mix = dec.mix.as_ref().unwrap();
+        let Head::Mix(mix) = &dec.head else {
+            panic!("a mixture head")
+        };
         let w: Vec<f32> = mix.weights(&x).unwrap().get(1).unwrap().to_vec1().unwrap();
         let dirs: Vec<Vec<f32>> = mix.directions.to_vec2().unwrap();
         let want: Vec<f32> = (0..dirs[0].len())
@@ -908,7 +919,7 @@ pub(crate) mod tests {
         let cfg = tiny_config();
         let (dec, _) = Decoder::seeded(&cfg, 5, &Device::Cpu).unwrap();
         let x = input(&cfg, 2, 4);
-        let ours = dec.layers[0].norm(&x).unwrap();
+        let ours = dec.layers()[0].norm(&x).unwrap();
         let (b, n, h, w) = x.dims4().unwrap();
         let fused = candle_nn::ops::layer_norm(
             &x.reshape((b, n, h * w)).unwrap(),
@@ -1039,7 +1050,7 @@ mod timing {
         let (dec, _) = Decoder::seeded(&cfg, 0, &Device::Cpu).unwrap();
         let [n, l, w] = cfg.shapes[0];
         let mut x = Tensor::randn(0f32, 1.0, (4, n, l, w), &Device::Cpu).unwrap();
-        for (i, layer) in dec.layers.iter().enumerate() {
+        for (i, layer) in dec.layers().iter().enumerate() {
             let xv = Var::from_tensor(&x).unwrap();
             let t = std::time::Instant::now();
             let y = layer.forward(xv.as_tensor()).unwrap();
