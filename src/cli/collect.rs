@@ -71,6 +71,10 @@ pub struct CollectArgs {
     /// about as many steps as the tasks' own runs have in all.
     #[arg(long)]
     pub pool: Option<String>,
+    /// Save a task's resume state every this many steps, so that a killed run continues
+    /// from there (0: a killed task starts again).
+    #[arg(long, default_value_t = 25)]
+    pub resume_every: usize,
     /// Stop after this many steps in total, as if killed (for testing resumption).
     #[arg(long, hide = true)]
     pub stop_after_steps: Option<usize>,
@@ -154,6 +158,7 @@ pub fn run(args: CollectArgs) -> Result<()> {
             stop_after_steps: args.stop_after_steps,
             quiet: false,
             command: Some(super::command_line()),
+            resume_every: args.resume_every,
         },
     )?;
     println!(

@@ -10,15 +10,18 @@
 //! OUT/TASK/task.jsonl              the task itself (taskfile format): the prompts the
 //!                                  generator is conditioned on, and the test split
 //! OUT/TASK/step-000051/            a PEFT folder (LoraAdapter::write_peft) + meta.json
-//! OUT/.partial-TASK/               a task being trained; never read, redone on resume
+//! OUT/.partial-TASK/               a task being trained; never read as a result
+//! OUT/.partial-TASK/resume/        its resume state (LoRA weights, AdamW moments, the step,
+//!                                  losses and checkpoints so far), replaced every few steps
 //! ```
 //!
-//! A task is trained into `.partial-TASK`, its `done.json` is written and synced, and only
-//! then is the folder renamed to `TASK`: a folder named after a task is always complete.
-//! A killed run leaves at most one partial folder; the next run deletes it and trains that
-//! task again from the start. Every task's randomness (LoRA init, example order) derives
-//! from `(seed, task name)` alone, so a resumed collection writes the same bytes as an
-//! uninterrupted one (a test checks this).
+//! A task is trained into `.partial-TASK`, its `done.json` is written and synced, its resume
+//! state removed, and only then is the folder renamed to `TASK`: a folder named after a task
+//! is always complete. A killed run leaves at most one partial folder; the next run
+//! continues it from its resume state (a multi-task LoRA of 1000 steps is hours here), or
+//! trains the task again from the start where there is none. Every task's randomness (LoRA
+//! init, example order) derives from `(seed, task name)` alone, so a resumed collection
+//! writes the same bytes as an uninterrupted one (a test checks this).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

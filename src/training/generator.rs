@@ -25,7 +25,6 @@
 //! `train.json` (settings, tasks used and held out, loss log), refreshed at every save, and
 //! the resume state in `checkpoint/` (weights and AdamW moments; not needed to generate).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -37,7 +36,8 @@ use sha2::{Digest, Sha256};
 
 use super::collection::{Collection, TaskDone, DONE_FILE};
 use super::optim::{
-    clip_grad_norm, print_above, progress_bar, AdamW, AdamWParams, StepBudget, WarmupCosine,
+    clip_grad_norm, print_above, progress_bar, restore_resume_state, resume_state,
+    safetensors_bytes, AdamW, AdamWParams, StepBudget, WarmupCosine,
 };
 use super::sft::SftData;
 use crate::format::frozen_a::check_frozen_a;
@@ -662,11 +662,6 @@ fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
     vars
 }
 
-fn safetensors_bytes(tensors: &BTreeMap<String, Tensor>) -> Result<Vec<u8>> {
-    let views: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    Ok(safetensors::serialize(views, None)?)
-}
-
 /// Options that do not change the trained weights.
 #[derive(Debug, Clone, Default)]
 pub struct TrainOptions {
@@ -827,19 +822,8 @@ pub fn train_decoder(
                 out.display()
             );
         }
-        let mut state =
-            candle_core::safetensors::load(state_dir.join("state.safetensors"), &device)?;
-        let mut moments = Vec::with_capacity(vars.len());
-        for (name, var) in &vars {
-            let mut take = |key: String| {
-                state
-                    .remove(&key)
-                    .with_context(|| format!("resume state has no {key}"))
-            };
-            var.set(&take(format!("w.{name}"))?)?;
-            moments.push((take(format!("m.{name}"))?, take(format!("v.{name}"))?));
-        }
-        adam.restore(saved.step, moments)?;
+        let state = candle_core::safetensors::load(state_dir.join("state.safetensors"), &device)?;
+        restore_resume_state(&vars, &mut adam, state, saved.step)?;
         record = saved;
         record.made_by.extend(opts.command.clone());
     }
@@ -1003,12 +987,7 @@ fn save(
     residual: Option<&Residual>,
     out: &Path,
 ) -> Result<()> {
-    let mut state = BTreeMap::new();
-    for ((name, var), (m, v)) in vars.iter().zip(adam.moments()) {
-        state.insert(format!("w.{name}"), var.as_tensor().clone());
-        state.insert(format!("m.{name}"), m.clone());
-        state.insert(format!("v.{name}"), v.clone());
-    }
+    let state = resume_state(vars, adam);
     let record_json = serde_json::to_vec_pretty(record)?;
     write_folder_atomic(
         &out.join(STATE_DIR),

@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use super::llama::batch::Batch;
 use super::llama::Llama;
-use super::optim::{clip_grad_norm, AdamW, AdamWParams, WarmupCosine};
+use super::optim::{
+    clip_grad_norm, restore_resume_state, resume_state, AdamW, AdamWParams, WarmupCosine,
+};
 use crate::format::frozen_a::{frozen_a, initial_a};
 use crate::format::peft::{tensor_name, LlamaDims, LoraAdapter, Module, PeftConfig};
 use crate::format::rng::Rng;
@@ -169,10 +171,20 @@ impl LoraWeights {
     /// Every trainable variable: per layer and module, A then B (only B when A is frozen);
     /// none for [`Self::from_tensors`].
     pub fn vars(&self) -> Vec<Var> {
+        self.trainable().into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// [`Self::vars`] with their PEFT tensor names.
+    pub fn trainable(&self) -> Vec<(String, Var)> {
         let frozen = self.a_frozen();
         self.vars
-            .values()
-            .flat_map(|(a, b)| [(!frozen).then(|| a.clone()), Some(b.clone())])
+            .iter()
+            .flat_map(|(&(l, m), (a, b))| {
+                [
+                    (!frozen).then(|| (tensor_name(l, m, false), a.clone())),
+                    Some((tensor_name(l, m, true), b.clone())),
+                ]
+            })
             .flatten()
             .collect()
     }
@@ -281,6 +293,8 @@ pub struct Trainer<'a> {
     pub lora: LoraWeights,
     pub config: TrainConfig,
     opt: AdamW,
+    /// The trainable variables, named, in the optimiser's order.
+    named: Vec<(String, Var)>,
     vars: Vec<Var>,
     step: usize,
 }
@@ -303,7 +317,8 @@ impl<'a> Trainer<'a> {
     }
 
     pub fn with_lora(base: &'a Llama, lora: LoraWeights, config: TrainConfig) -> Result<Self> {
-        let vars = lora.vars();
+        let named = lora.trainable();
+        let vars: Vec<Var> = named.iter().map(|(_, v)| v.clone()).collect();
         let opt = AdamW::new(
             vars.clone(),
             AdamWParams::with_weight_decay(config.weight_decay),
@@ -313,6 +328,7 @@ impl<'a> Trainer<'a> {
             lora,
             config,
             opt,
+            named,
             vars,
             step: 0,
         })
@@ -321,6 +337,22 @@ impl<'a> Trainer<'a> {
     /// Optimiser steps taken so far.
     pub fn steps_done(&self) -> usize {
         self.step
+    }
+
+    /// The weights and AdamW moments that [`Self::restore`] continues from exactly.
+    pub fn resume_state(&self) -> BTreeMap<String, Tensor> {
+        resume_state(&self.named, &self.opt)
+    }
+
+    /// Continues a run from its [`Self::resume_state`] after `steps_done` steps.
+    pub fn restore(
+        &mut self,
+        state: std::collections::HashMap<String, Tensor>,
+        steps_done: usize,
+    ) -> Result<()> {
+        restore_resume_state(&self.named, &mut self.opt, state, steps_done)?;
+        self.step = steps_done;
+        Ok(())
     }
 
     /// Gradients of the batch loss with respect to every LoRA variable (no update).

@@ -1,9 +1,12 @@
 //! What both trainers (the LoRA trainer, [`super::lora`], and the generator trainer,
 //! [`super::generator`]) optimise with, written once: AdamW with moments that can be saved
 //! and restored, the linear warm-up + cosine learning-rate schedule, global-norm gradient
-//! clipping, and the progress bar with its optional step budget.
+//! clipping, the resume state (variables and moments) and the progress bar with its
+//! optional step budget.
 
-use anyhow::{ensure, Result};
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::{ensure, Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -126,6 +129,45 @@ impl AdamW {
         self.steps = steps_done;
         Ok(())
     }
+}
+
+/// What continues a run exactly: each named variable's value (`w.NAME`) and its AdamW
+/// moments (`m.NAME`, `v.NAME`); `vars` in the order `adam` was given them.
+pub fn resume_state(vars: &[(String, Var)], adam: &AdamW) -> BTreeMap<String, Tensor> {
+    let mut state = BTreeMap::new();
+    for ((name, var), (m, v)) in vars.iter().zip(adam.moments()) {
+        state.insert(format!("w.{name}"), var.as_tensor().clone());
+        state.insert(format!("m.{name}"), m.clone());
+        state.insert(format!("v.{name}"), v.clone());
+    }
+    state
+}
+
+/// Puts a [`resume_state`] back after `steps_done` updates: the variables' values and the
+/// optimiser's moments.
+pub fn restore_resume_state(
+    vars: &[(String, Var)],
+    adam: &mut AdamW,
+    mut state: HashMap<String, Tensor>,
+    steps_done: usize,
+) -> Result<()> {
+    let mut moments = Vec::with_capacity(vars.len());
+    for (name, var) in vars {
+        let mut take = |key: String| {
+            state
+                .remove(&key)
+                .with_context(|| format!("resume state has no {key}"))
+        };
+        var.set(&take(format!("w.{name}"))?)?;
+        moments.push((take(format!("m.{name}"))?, take(format!("v.{name}"))?));
+    }
+    adam.restore(steps_done, moments)
+}
+
+/// The bytes of a safetensors file of these tensors.
+pub fn safetensors_bytes(tensors: &BTreeMap<String, Tensor>) -> Result<Vec<u8>> {
+    let views: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    Ok(safetensors::serialize(views, None)?)
 }
 
 /// Linear warm-up to `peak` over the first `warmup` steps, then cosine decay to

@@ -110,16 +110,25 @@ impl BatchStream {
     }
 
     pub fn next_batch(&mut self, device: &Device) -> Result<Batch> {
-        let mut picked = Vec::with_capacity(self.batch_size);
-        while picked.len() < self.batch_size {
-            if self.pos >= self.order.len() {
-                self.rng.shuffle(&mut self.order);
-                self.pos = 0;
-            }
-            picked.push(&self.items[self.order[self.pos]]);
-            self.pos += 1;
+        let picked: Vec<usize> = (0..self.batch_size).map(|_| self.next_index()).collect();
+        let items: Vec<&Encoded> = picked.iter().map(|&i| &self.items[i]).collect();
+        Batch::new(&items, self.pad, device)
+    }
+
+    /// Moves past `batches` batches without building them (a resumed run's position).
+    pub fn skip(&mut self, batches: usize) {
+        for _ in 0..batches * self.batch_size {
+            self.next_index();
         }
-        Batch::new(&picked, self.pad, device)
+    }
+
+    fn next_index(&mut self) -> usize {
+        if self.pos >= self.order.len() {
+            self.rng.shuffle(&mut self.order);
+            self.pos = 0;
+        }
+        self.pos += 1;
+        self.order[self.pos - 1]
     }
 }
 
