@@ -400,6 +400,22 @@ mod tests {
         out
     }
 
+    /// The uninterrupted run's folder and the resumed run's hold the same files and bytes.
+    fn assert_same_files(full: &Path, resumed: &Path) {
+        let a = snapshot(full);
+        let b = snapshot(resumed);
+        assert_eq!(
+            a.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
+            b.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>()
+        );
+        for ((p, x), (_, y)) in a.iter().zip(&b) {
+            assert!(
+                x == y,
+                "{p} differs between the resumed and the uninterrupted run"
+            );
+        }
+    }
+
     #[test]
     fn resumed_collection_equals_uninterrupted_one() {
         let model = tiny_model_dir();
@@ -424,18 +440,7 @@ mod tests {
         assert_eq!(r.trained, vec!["parity"]);
         assert!(!resumed.path().join(".partial-parity").exists());
 
-        let a = snapshot(full.path());
-        let b = snapshot(resumed.path());
-        assert_eq!(
-            a.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
-            b.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>()
-        );
-        for ((p, x), (_, y)) in a.iter().zip(&b) {
-            assert!(
-                x == y,
-                "{p} differs between the resumed and the uninterrupted run"
-            );
-        }
+        assert_same_files(full.path(), resumed.path());
 
         // Layout: the last three steps of five, each a valid PEFT folder with its meta.
         let done: TaskDone = read_json(&full.path().join("add").join(DONE_FILE)).unwrap();
@@ -509,18 +514,7 @@ mod tests {
         let r = collect(model.path(), &tasks, resumed.path(), &cfg, &every(None)).unwrap();
         assert_eq!(r.trained, vec!["parity"]);
 
-        let a = snapshot(full.path());
-        let b = snapshot(resumed.path());
-        assert_eq!(
-            a.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
-            b.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>()
-        );
-        for ((p, x), (_, y)) in a.iter().zip(&b) {
-            assert!(
-                x == y,
-                "{p} differs between the resumed and the uninterrupted run"
-            );
-        }
+        assert_same_files(full.path(), resumed.path());
     }
 
     #[test]
