@@ -186,3 +186,40 @@ async fn heldout_eval_reports_every_row_for_every_heldout_task() {
         .unwrap_err();
     assert!(format!("{err:#}").contains("held-out tasks"), "{err:#}");
 }
+
+/// `eval --generator G --nll --tasks FILE...`: a task file the generator did not train on (a
+/// tenant's own task, the external set) is compared like a held-out task, without an own
+/// LoRA; one named like a training task is not.
+#[test]
+fn task_files_it_did_not_train_on_are_compared_as_held_out_tasks() {
+    use mistralrs_dnd::eval::nll::{Comparison, NllSetup};
+    use mistralrs_dnd::tasks::{taskfile::EXTERNAL_FAMILY, Task};
+    let trained = trained_tiny_generator();
+    let setup = NllSetup {
+        generator: trained.generator.clone(),
+        encoder: mistralrs_dnd::testing::real_assets().minilm(),
+        base: tiny_model(),
+        checkpoints: Some(trained.collection.clone()),
+        multitask: Vec::new(),
+        batches: 1,
+        seed: 0,
+    };
+    let file = |name: &str| Task {
+        name: name.to_string(),
+        family: EXTERNAL_FAMILY.to_string(),
+        ..trained.tasks[0].clone()
+    };
+    let given = [
+        file("tenant_a"),
+        file(&trained.tasks[0].name),
+        file("tenant_b"),
+    ];
+    let c = Comparison::build(&given, &setup).unwrap();
+    let names: Vec<&str> = c.cases.iter().map(|c| c.task.name.as_str()).collect();
+    assert_eq!(names, ["tenant_a", "tenant_b"]);
+    assert!(c.cases.iter().all(|c| c.own.is_none() && c.dnd.len() == 1));
+    assert_eq!(c.cases[0].shuffled_from, "tenant_b");
+
+    let err = Comparison::build(&given[1..2], &setup).err().unwrap();
+    assert!(format!("{err:#}").contains("nor any task file"), "{err:#}");
+}

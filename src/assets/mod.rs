@@ -98,14 +98,27 @@ pub const WORDNET: DebPackage = DebPackage {
     dest: "wordnet",
 };
 
-/// The BSD `quiz` game's data files (capitals, chemical elements). `bsdgames` is built per
-/// architecture: this checksum is the amd64 package's.
+/// The BSD `quiz` game's data files: capitals and chemical elements for the suite, six
+/// more for the external evaluation set (`tasks --export-external`). `bsdgames` is built
+/// per architecture: this checksum is the amd64 package's.
 pub const BSD_QUIZ: DebPackage = DebPackage {
     spec: "bsdgames=2.17-29+b1",
     sha256: "cc92de974a1f66623a05ac0aed6dc790f682e5aac5205f0210294744d1532d10",
     source: "usr/share/games/bsdgames/quiz",
     files: &[
-        "africa", "america", "asia", "europe", "state", "province", "elements",
+        "africa",
+        "america",
+        "asia",
+        "europe",
+        "state",
+        "province",
+        "elements",
+        "collectives",
+        "babies",
+        "sexes",
+        "posneg",
+        "areas",
+        "pres",
     ],
     dest: "bsd-quiz",
 };

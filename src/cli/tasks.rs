@@ -1,5 +1,6 @@
 //! `mistralrs-dnd tasks`: the built-in suite as a markdown table, and its export to task
-//! files (the JSONL format every command that takes tasks reads).
+//! files (the JSONL format every command that takes tasks reads); the external evaluation
+//! set's export.
 
 use std::path::PathBuf;
 
@@ -7,6 +8,7 @@ use anyhow::Result;
 use clap::Args as ClapArgs;
 
 use super::collect::SuiteArgs;
+use crate::tasks::external::external_tasks;
 use crate::tasks::taskfile::export_suite;
 use crate::tasks::{builtin_suite, holdout_every};
 
@@ -25,9 +27,29 @@ pub struct Args {
     /// With --hold-out-every: the fold.
     #[arg(long, default_value_t = 0, requires = "hold_out_every")]
     pub fold: usize,
+    /// Instead, write the external evaluation set (six tasks from quiz files the suite does
+    /// not read, never trained on) as DIR/NAME.jsonl, for `eval --tasks DIR/*.jsonl`.
+    #[arg(long, conflicts_with_all = ["export", "hold_out_every"])]
+    pub export_external: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if let Some(dir) = args.export_external {
+        let tasks = external_tasks(args.suite.config().seed)?;
+        export_suite(&tasks, &dir)?;
+        for t in &tasks {
+            println!(
+                "{}: {} train / {} test, e.g. {:?} -> {:?}",
+                t.name,
+                t.train.len(),
+                t.test.len(),
+                t.test[0].prompt,
+                t.test[0].answer
+            );
+        }
+        println!("wrote {} task files to {}", tasks.len(), dir.display());
+        return Ok(());
+    }
     let suite = builtin_suite(&args.suite.config())?;
     if let Some(k) = args.hold_out_every {
         let held = holdout_every(&suite, k, args.fold)?;

@@ -416,17 +416,14 @@ pub struct Comparison {
 }
 
 impl Comparison {
-    /// Reads the baselines and generates the DnD and shuffled adapters of the generator's
-    /// held-out tasks among `tasks`.
+    /// Reads the baselines and generates the DnD and shuffled adapters of the tasks among
+    /// `tasks` that the generator is evaluated on ([`TrainRecord::evaluates`]).
     pub fn build(tasks: &[Task], setup: &NllSetup) -> Result<Self> {
         let record = TrainRecord::load(&setup.generator)?;
-        let heldout: Vec<&Task> = tasks
-            .iter()
-            .filter(|t| record.heldout_tasks.contains(&t.name))
-            .collect();
+        let heldout: Vec<&Task> = tasks.iter().filter(|t| record.evaluates(t)).collect();
         ensure!(
             !heldout.is_empty(),
-            "none of the generator's held-out tasks ({}) is among the tasks given",
+            "none of the generator's held-out tasks ({}) is among the tasks given, nor any task file it did not train on",
             record.heldout_tasks.join(", ")
         );
         ensure!(setup.batches >= 1, "at least one DnD prompt batch");

@@ -76,7 +76,7 @@ const REGION_TYPES: &[&str] = &[
 
 /// A name a question can hold: ASCII letters, spaces, `-`, `.`, `'`, at most 24
 /// characters, starting with a letter.
-fn tidy(s: &str) -> bool {
+pub(super) fn tidy(s: &str) -> bool {
     s.len() <= 24
         && s.starts_with(|c: char| c.is_ascii_alphabetic())
         && s.chars()
@@ -85,7 +85,7 @@ fn tidy(s: &str) -> bool {
 
 /// Every alternative of a quiz pattern, optional parts included, and inside `[...]` the
 /// first alternative spelt with letters, spaces and hyphens only.
-fn alternatives(pattern: &str) -> Vec<String> {
+pub(super) fn alternatives(pattern: &str) -> Vec<String> {
     fn expand(chars: &[char], i: &mut usize, close: Option<char>) -> Vec<String> {
         let mut alts = vec![String::new()];
         while *i < chars.len() {
@@ -121,7 +121,7 @@ fn alternatives(pattern: &str) -> Vec<String> {
 }
 
 /// The first spelling of a quiz pattern.
-fn canonical(pattern: &str) -> String {
+pub(super) fn canonical(pattern: &str) -> String {
     alternatives(pattern).swap_remove(0)
 }
 

@@ -56,6 +56,7 @@ mod cipher;
 mod counting;
 mod dates;
 mod encoding;
+pub mod external;
 mod facts;
 mod logic;
 mod money;

@@ -341,6 +341,14 @@ pub struct TrainRecord {
 }
 
 impl TrainRecord {
+    /// Whether held-out evaluation scores `task`: one of the generator's held-out tasks, or
+    /// a task read from a file (a tenant's own, the external set) that it did not train on.
+    pub fn evaluates(&self, task: &Task) -> bool {
+        self.heldout_tasks.contains(&task.name)
+            || (task.family == crate::tasks::taskfile::EXTERNAL_FAMILY
+                && !self.train_tasks.contains(&task.name))
+    }
+
     pub fn load(generator_dir: &Path) -> Result<Self> {
         let path = generator_dir.join(TRAIN_FILE);
         let text = std::fs::read_to_string(&path)
