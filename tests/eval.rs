@@ -222,4 +222,31 @@ fn task_files_it_did_not_train_on_are_compared_as_held_out_tasks() {
 
     let err = Comparison::build(&given[1..2], &setup).err().unwrap();
     assert!(format!("{err:#}").contains("nor any task file"), "{err:#}");
+
+    // A shipped generator away from its collection: no averaged column, the rest as above;
+    // a collection that is named must exist.
+    let moved = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(&trained.generator).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, moved.path().join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let record = moved.path().join("train.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    json["checkpoints"] = "not/on/this/machine".into();
+    std::fs::write(&record, json.to_string()).unwrap();
+    let away = NllSetup {
+        generator: moved.path().to_path_buf(),
+        checkpoints: None,
+        ..setup
+    };
+    let c = Comparison::build(&given, &away).unwrap();
+    assert!(c.averaged.is_none() && c.cases.len() == 2);
+    let named = NllSetup {
+        checkpoints: Some("not/here".into()),
+        ..away
+    };
+    assert!(Comparison::build(&given, &named).is_err());
 }

@@ -43,8 +43,9 @@ pub struct Args {
     #[arg(long)]
     pub checkpoints: Option<PathBuf>,
     /// A trained generator (`train --hold-out ...`): held-out evaluation of its held-out
-    /// tasks against the base, the other tasks' LoRAs, the own LoRA and 10 DnD adapters.
-    /// `--checkpoints` then names the collection (default: the one it was trained on).
+    /// tasks against the base, the other tasks' LoRAs, the own LoRA and 10 DnD adapters;
+    /// with `--nll`, also of task files it did not train on. `--checkpoints` then names the
+    /// collection (default: the one it was trained on, if it is on this machine).
     #[arg(long, conflicts_with = "adapter")]
     pub generator: Option<PathBuf>,
     /// Prompt encoder folder for --generator (default: all-MiniLM-L6-v2 in the asset root,

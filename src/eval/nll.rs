@@ -52,7 +52,7 @@ pub struct NllSetup {
     pub encoder: PathBuf,
     /// The base model folder (Hugging Face layout, as `collect` uses).
     pub base: PathBuf,
-    /// The collection (default: the one in `train.json`).
+    /// The collection (default: the one in `train.json`, when it is on this machine).
     pub checkpoints: Option<PathBuf>,
     /// Multi-task LoRAs (PEFT folders) to compare with, e.g. the one a residual generator
     /// sits on and the one of all training tasks.
@@ -431,7 +431,12 @@ impl Comparison {
             .checkpoints
             .clone()
             .unwrap_or_else(|| record.checkpoints.clone());
-        let finals = Collection::new(&collection).final_checkpoints()?;
+        // A shipped generator's collection is not on every machine: without one, no
+        // averaged-LoRA column. A folder that was named must exist.
+        let finals = match setup.checkpoints.is_none() && !collection.is_dir() {
+            true => std::collections::BTreeMap::new(),
+            false => Collection::new(&collection).final_checkpoints()?,
+        };
         let read = |name: &str| -> Result<LoraAdapter> {
             let path = finals.get(name).with_context(|| {
                 format!("{} has no final checkpoint of {name}", collection.display())
