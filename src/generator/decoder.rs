@@ -347,7 +347,7 @@ impl DecoderConfig {
                 let [t, h, w] = self.shapes[1];
                 mix_params(self.encoder_hidden, m, t * h * w)
                     .into_iter()
-                    .map(|p| (format!("mix.{}", p.name), p))
+                    .map(|p| (format!("{MIX_PREFIX}.{}", p.name), p))
                     .collect()
             }
             None => self
@@ -357,10 +357,32 @@ impl DecoderConfig {
                 .flat_map(|(i, p)| {
                     layer_params(p[0], p[1], self.kernel)
                         .into_iter()
-                        .map(move |p| (format!("layers.{i}.{}", p.name), p))
+                        .map(move |p| (format!("{}.{}", layer_prefix(i), p.name), p))
                 })
                 .collect(),
         }
+    }
+
+    /// The [`VarMap`] names of the parameters that make the output last: the last
+    /// convolution over the token axis (weight and bias), or the mixture head's last linear
+    /// layer. Set to zero, they make the output zero whatever the input; refused when the
+    /// last layer keeps its shape, since it then adds its input to what it computes.
+    pub fn output_params(&self) -> Result<Vec<String>> {
+        if self.mix.is_some() {
+            return Ok(vec![
+                format!("{MIX_PREFIX}.out.weight"),
+                format!("{MIX_PREFIX}.out.bias"),
+            ]);
+        }
+        let last = self.shapes.len() - 2;
+        ensure!(
+            self.shapes[last] != self.shapes[last + 1],
+            "the decoder's last layer keeps its shape (a residual add): zeroing it would not zero its output"
+        );
+        Ok(["nconv.weight", "nconv.bias"]
+            .iter()
+            .map(|n| format!("{}.{n}", layer_prefix(last)))
+            .collect())
     }
 
     /// Number of trainable parameters.
@@ -445,6 +467,14 @@ pub struct ParamSpec {
     pub name: &'static str,
     pub shape: Vec<usize>,
     pub init: Init,
+}
+
+/// Where the mixture head's parameters are in the [`VarMap`].
+const MIX_PREFIX: &str = "mix";
+
+/// Where hyper-convolution layer `i`'s parameters are in the [`VarMap`].
+fn layer_prefix(i: usize) -> String {
+    format!("layers.{i}")
 }
 
 /// The parameter `name` of `specs`, from `vb` (created there as its spec says if new).
@@ -681,13 +711,13 @@ impl Decoder {
     pub fn new(vb: VarBuilder, cfg: &DecoderConfig) -> Result<Self> {
         cfg.validate()?;
         let head = match cfg.mix {
-            Some(m) => Head::Mix(MixLayer::new(vb.pp("mix"), cfg, m)?),
+            Some(m) => Head::Mix(MixLayer::new(vb.pp(MIX_PREFIX), cfg, m)?),
             None => Head::Convolutions(
                 cfg.shapes
                     .windows(2)
                     .enumerate()
                     .map(|(i, p)| {
-                        HyperConvLayer::new(vb.pp(format!("layers.{i}")), p[0], p[1], cfg.kernel)
+                        HyperConvLayer::new(vb.pp(layer_prefix(i)), p[0], p[1], cfg.kernel)
                     })
                     .collect::<Result<_>>()?,
             ),

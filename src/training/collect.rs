@@ -35,7 +35,7 @@ use super::llama::batch::BatchStream;
 use super::llama::chat::ChatTokenizer;
 use super::llama::Llama;
 use super::lora::{TrainConfig, Trainer};
-use super::optim::{progress_bar, safetensors_bytes, StepBudget};
+use super::optim::{progress_bar, safetensors_bytes, StepBudget, RESUME_STATE_FILE};
 use crate::format::fsio::{publish_dir, write_atomic, write_folder_atomic};
 use crate::format::rng::Rng;
 use crate::tasks::Task;
@@ -80,7 +80,6 @@ struct ResumeRecord {
 
 const RESUME_DIR: &str = "resume";
 const RESUME_FILE: &str = "resume.json";
-const STATE_FILE: &str = "state.safetensors";
 
 /// The resume state in `partial`, if it is one of this run (same examples and seed).
 fn read_resume(
@@ -96,7 +95,7 @@ fn read_resume(
     if record.train_hash != hash || record.seed != seed {
         return Ok(None);
     }
-    let state = candle_core::safetensors::load(dir.join(STATE_FILE), &Device::Cpu)
+    let state = candle_core::safetensors::load(dir.join(RESUME_STATE_FILE), &Device::Cpu)
         .with_context(|| format!("reading {}", dir.display()))?;
     Ok(Some((record, state)))
 }
@@ -289,7 +288,10 @@ fn train_task(
             write_folder_atomic(
                 &partial.join(RESUME_DIR),
                 &[
-                    (STATE_FILE, &safetensors_bytes(&trainer.resume_state())?),
+                    (
+                        RESUME_STATE_FILE,
+                        &safetensors_bytes(&trainer.resume_state())?,
+                    ),
                     (RESUME_FILE, &serde_json::to_vec_pretty(&record)?),
                 ],
             )?;

@@ -37,7 +37,7 @@ use sha2::{Digest, Sha256};
 use super::collection::{Collection, TaskDone, DONE_FILE};
 use super::optim::{
     clip_grad_norm, print_above, progress_bar, restore_resume_state, resume_state,
-    safetensors_bytes, AdamW, AdamWParams, StepBudget, WarmupCosine,
+    safetensors_bytes, AdamW, AdamWParams, StepBudget, WarmupCosine, RESUME_STATE_FILE,
 };
 use super::sft::SftData;
 use crate::format::frozen_a::check_frozen_a;
@@ -698,32 +698,20 @@ fn base_adapter_command(residual_from: Option<&Path>) -> Option<String> {
     done.command
 }
 
-/// Sets the decoder's last convolution over the token axis (weight and bias), or a mixture
-/// head's last linear layer, to zero, so that its output is zero whatever the prompts
-/// ([`ResidualInit::Output`]).
+/// Sets the decoder's output layer ([`DecoderConfig::output_params`]) to zero, so that its
+/// output is zero whatever the prompts ([`ResidualInit::Output`]).
 fn zero_output_layer(varmap: &VarMap, cfg: &DecoderConfig) -> Result<()> {
+    let names = cfg
+        .output_params()
+        .context("--residual-init output needs a decoder whose output layer can be zeroed")?;
     let data = varmap.data().lock().unwrap();
-    let zero = |key: String| -> Result<()> {
+    for key in names {
         let var = data
             .get(&key)
             .with_context(|| format!("decoder has no {key}"))?;
-        Ok(var.set(&var.zeros_like()?)?)
-    };
-    if cfg.mix.is_some() {
-        return ["mix.out.weight", "mix.out.bias"]
-            .into_iter()
-            .try_for_each(|k| zero(k.to_string()));
+        var.set(&var.zeros_like()?)?;
     }
-    let last = cfg.shapes.len() - 2;
-    // A layer that keeps its shape adds its input to what it computes: zeroing its
-    // convolution would leave the output at that input, not at zero.
-    ensure!(
-        cfg.shapes[last] != cfg.shapes[last + 1],
-        "--residual-init output needs a last decoder layer that changes shape (no residual add)"
-    );
-    ["nconv.weight", "nconv.bias"]
-        .into_iter()
-        .try_for_each(|name| zero(format!("layers.{last}.{name}")))
+    Ok(())
 }
 
 /// Trains (or resumes training) a decoder for `decoder_cfg` on `set`, writing the generator
@@ -830,7 +818,7 @@ pub fn train_decoder(
                 out.display()
             );
         }
-        let state = candle_core::safetensors::load(state_dir.join("state.safetensors"), &device)?;
+        let state = candle_core::safetensors::load(state_dir.join(RESUME_STATE_FILE), &device)?;
         restore_resume_state(&vars, &mut adam, state, saved.step)?;
         record = saved;
         record.made_by.extend(opts.command.clone());
@@ -1000,7 +988,7 @@ fn save(
     write_folder_atomic(
         &out.join(STATE_DIR),
         &[
-            ("state.safetensors", &safetensors_bytes(&state)?),
+            (RESUME_STATE_FILE, &safetensors_bytes(&state)?),
             (TRAIN_FILE, &record_json),
         ],
     )?;

@@ -293,8 +293,6 @@ pub struct Trainer<'a> {
     pub lora: LoraWeights,
     pub config: TrainConfig,
     opt: AdamW,
-    /// The trainable variables, named, in the optimiser's order.
-    named: Vec<(String, Var)>,
     vars: Vec<Var>,
     step: usize,
 }
@@ -317,8 +315,7 @@ impl<'a> Trainer<'a> {
     }
 
     pub fn with_lora(base: &'a Llama, lora: LoraWeights, config: TrainConfig) -> Result<Self> {
-        let named = lora.trainable();
-        let vars: Vec<Var> = named.iter().map(|(_, v)| v.clone()).collect();
+        let vars = lora.vars();
         let opt = AdamW::new(
             vars.clone(),
             AdamWParams::with_weight_decay(config.weight_decay),
@@ -328,7 +325,6 @@ impl<'a> Trainer<'a> {
             lora,
             config,
             opt,
-            named,
             vars,
             step: 0,
         })
@@ -341,7 +337,8 @@ impl<'a> Trainer<'a> {
 
     /// The weights and AdamW moments that [`Self::restore`] continues from exactly.
     pub fn resume_state(&self) -> BTreeMap<String, Tensor> {
-        resume_state(&self.named, &self.opt)
+        // `trainable` names the variables in `vars`' order, the optimiser's.
+        resume_state(&self.lora.trainable(), &self.opt)
     }
 
     /// Continues a run from its [`Self::resume_state`] after `steps_done` steps.
@@ -350,7 +347,7 @@ impl<'a> Trainer<'a> {
         state: std::collections::HashMap<String, Tensor>,
         steps_done: usize,
     ) -> Result<()> {
-        restore_resume_state(&self.named, &mut self.opt, state, steps_done)?;
+        restore_resume_state(&self.lora.trainable(), &mut self.opt, state, steps_done)?;
         self.step = steps_done;
         Ok(())
     }

@@ -131,6 +131,9 @@ impl AdamW {
     }
 }
 
+/// The file a trainer's [`resume_state`] is saved in, inside its resume folder.
+pub const RESUME_STATE_FILE: &str = "state.safetensors";
+
 /// What continues a run exactly: each named variable's value (`w.NAME`) and its AdamW
 /// moments (`m.NAME`, `v.NAME`); `vars` in the order `adam` was given them.
 pub fn resume_state(vars: &[(String, Var)], adam: &AdamW) -> BTreeMap<String, Tensor> {
