@@ -11,6 +11,10 @@
 # token states (`--prompt-tokens 1`); suffixed -pooled. ON_ALL=1: the residual sits on the
 # LoRA of all training tasks and is trained on P and G (not G alone); suffixed -onall.
 # MIX=K: the decoder is a mixture head of K directions (`train --mix K`); suffixed -mixK.
+# SUBSET=K: a point of the curve over the number of training tasks: every K-th task of P and
+# of G (in suite order, after the filter) is kept, the rest dropped from both LoRAs (their
+# steps divided by K, so that the steps per task stay) and from the generator's training;
+# the same held-out tasks; suffixed -subK.
 # DND: the command to run (default `cargo run -q --`; a prebuilt binary's path spares cargo's
 # start-up and keeps one build for a chain of folds). Outputs go under data/.
 set -euo pipefail
@@ -28,6 +32,10 @@ SHAPE=()
 # evaluated.
 FAIL=remove_spaces,acronym,count_even,years_later,hour_later,time_12_to_24,shift_letters,numbers_to_letters,spell_with_dashes,letters_to_word,remove_vowels,number_to_roman,cents_to_dollars,iso_code,letters_to_numbers,roman_to_number,ordinal_number,chemical_element,change_from,hourly_pay,profit,coins_value,sale_price,binary_to_decimal,decimal_to_binary,hex_to_decimal,decimal_to_hex
 both() { comm -12 <(tr , '\n' <<<"$1" | sort) <(tr , '\n' <<<"$2" | sort) | paste -sd,; }
+# The tasks of list $1 that are not in list $2, in $1's order.
+minus() { tr , '\n' <<<"$1" | grep -vxF -f <(tr , '\n' <<<"$2") | paste -sd,; }
+# All but every $2-th task of list $1 (the 1st, (K+1)-th, ... are kept).
+dropped() { tr , '\n' <<<"$1" | awk -v k="$2" '(NR - 1) % k' | paste -sd,; }
 
 # Fold 0 was run first as "A second seed" (README): its names and `--seed 1` are kept so
 # that this script gives exactly the numbers published for it.
@@ -40,6 +48,7 @@ names() {
   if [ "${POOLED:-0}" = 1 ]; then GEN+=-pooled EV+=-pooled OUT+=-pooled; fi
   if [ -n "${MIX:-}" ]; then GEN+=-mix$MIX EV+=-mix$MIX OUT+=-mix$MIX; fi
   if [ "${ON_ALL:-0}" = 1 ]; then GEN+=-onall EV+=-onall OUT+=-onall; fi
+  if [ -n "${SUBSET:-}" ]; then MT+=-sub$SUBSET ALL+=-sub$SUBSET GEN+=-sub$SUBSET EV+=-sub$SUBSET OUT+=-sub$SUBSET; fi
 }
 
 if [ "${1:-}" = report ]; then
@@ -58,22 +67,34 @@ F=${1:?usage: [RULES=1] examples/kfold.sh FOLD (0..$((FOLDS - 1))) | report}
 names "$F"
 eval "$($DND tasks --hold-out-every $FOLDS --fold "$F")" # H: held out; P, G: the training halves
 # Version 4's held-out rule tasks: neither trained on nor evaluated (the bars are on H).
+# SUBSET=K: the dropped training tasks are added to every list that training leaves out
+# (the evaluation scores held-out tasks only, so it needs no change).
+DROP= LORA_P=500 LORA_ALL=1000
+if [ -n "${SUBSET:-}" ]; then
+  DROP=$(dropped "$(minus "$P" $FAIL)" "$SUBSET"),$(dropped "$(minus "$G" $FAIL)" "$SUBSET")
+  LORA_P=$((500 / SUBSET)) LORA_ALL=$((1000 / SUBSET))
+  FAIL_P=$(both "$P" $FAIL) FAIL_G=$(both "$G" $FAIL)
+  echo "SUBSET=$SUBSET: $(minus "$(minus "$P" "$FAIL_P")" "$DROP" | tr , '\n' | wc -l) of P and" \
+    "$(minus "$(minus "$G" "$FAIL_G")" "$DROP" | tr , '\n' | wc -l) of G kept"
+fi
 RULE_H=
 if [ "$V" = 4 ]; then
   RULE_H=$(DND_SUITE_VERSION=4 $DND tasks --hold-out-every $FOLDS --fold "$F" | sed -n 's/^H=//p' |
     tr , '\n' | grep '^rule_' | paste -sd,)
 fi
 echo "fold $F (suite version $V for the generator): $(date -u) H=$H"
-if [ ! -e "data/$MT/$MT/step-000500" ]; then
+UNDER_P=data/$MT/$MT/step-$(printf %06d $LORA_P) UNDER_ALL=data/$ALL/$ALL/step-$(printf %06d $LORA_ALL)
+if [ ! -e "$UNDER_P" ]; then
   # The LoRA the residual sits on: one LoRA on the pooled examples of P.
-  $DND collect --except "$H,$G,$(both "$P" $FAIL)" --pool "$MT" --steps 500 \
+  $DND collect --except "$H,$G,$(both "$P" $FAIL)${DROP:+,$DROP}" --pool "$MT" --steps $LORA_P \
     --checkpoints 1 --warmup 20 --out "data/$MT"
 fi
 echo "multi-task LoRA done: $(date -u)"
-if [ ! -e "data/$ALL/$ALL/step-001000" ]; then
+if [ ! -e "$UNDER_ALL" ]; then
   # The issue's baseline, to beat: one LoRA on the pooled examples of every training task
   # (P and G), with steps in proportion to the tasks as for multitask108.
-  $DND collect --except "$H,$(both "$P" $FAIL),$(both "$G" $FAIL)" --pool "$ALL" --steps 1000 \
+  $DND collect --except "$H,$(both "$P" $FAIL),$(both "$G" $FAIL)${DROP:+,$DROP}" --pool "$ALL" \
+    --steps $LORA_ALL \
     --checkpoints 1 --warmup 20 --out "data/$ALL"
 fi
 echo "multi-task LoRA of all training tasks done: $(date -u)"
@@ -81,10 +102,10 @@ if ! python3 -c "import json,sys; sys.exit(json.load(open('$GEN/train.json'))['s
   # The residual that reads a task's examples, trained end to end on G (and with RULES=1
   # the rule tasks not held out) on top of the LoRA of P; with ON_ALL=1 on P and G on top
   # of the LoRA of all.
-  UNDER=data/$MT/$MT/step-000500 SKIP=$P
-  [ "${ON_ALL:-0}" = 1 ] && UNDER=data/$ALL/$ALL/step-001000 SKIP=$(both "$P" $FAIL)
+  UNDER=$UNDER_P SKIP=$P
+  [ "${ON_ALL:-0}" = 1 ] && UNDER=$UNDER_ALL SKIP=$(both "$P" $FAIL)
   DND_SUITE_VERSION=$V $DND train --checkpoints "data/$MT" --suite builtin \
-    --except "$SKIP,$(both "$G" $FAIL),$(both "$H" $FAIL)" --hold-out-every $FOLDS --fold "$F" \
+    --except "$SKIP,$(both "$G" $FAIL),$(both "$H" $FAIL)${DROP:+,$DROP}" --hold-out-every $FOLDS --fold "$F" \
     --objective sft --condition examples --residual-from "$UNDER" \
     --steps "$STEPS" --batch 2 --lr 2e-3 --residual-l2 0.1 --save-every 25 \
     --contrast 1 --contrast-margin 0.1 "${SEED[@]}" "${SHAPE[@]}" --out "$GEN"
@@ -95,7 +116,7 @@ mkdir -p data/train-loras-v3
 if [ ! -e "$EV/nll.json" ]; then
   DND_SUITE_VERSION=$V $DND eval --generator "$GEN" --nll --limit 20 --decode --decode-limit 30 \
     --guard 16 --batches 1 --except "$FAIL${RULE_H:+,$RULE_H}" --checkpoints data/train-loras-v3 \
-    --multitask "data/$MT/$MT/step-000500" --multitask "data/$ALL/$ALL/step-001000" \
+    --multitask "$UNDER_P" --multitask "$UNDER_ALL" \
     --dtype f32 --out "$EV"
 fi
 echo "evaluation done: $(date -u)"
