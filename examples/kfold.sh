@@ -15,6 +15,11 @@
 # of G (in suite order, after the filter) is kept, the rest dropped from both LoRAs (their
 # steps divided by K, so that the steps per task stay) and from the generator's training;
 # the same held-out tasks; suffixed -subK.
+# MORE=1: suite version 5's 49 further tasks (formats, calendar, math, itemlists,
+# associations) join the training tasks, alternately P and G as version 5's fold split puts
+# them (the version-3 tasks keep their halves), both LoRAs' steps in proportion; the rule
+# tasks and the new families' held-out tasks are neither trained on nor evaluated, so the
+# bars are on the same held-out tasks; suffixed -more.
 # DND: the command to run (default `cargo run -q --`; a prebuilt binary's path spares cargo's
 # start-up and keeps one build for a chain of folds). Outputs go under data/.
 set -euo pipefail
@@ -22,7 +27,8 @@ DND=${DND:-cargo run -q --}
 FOLDS=7
 # The folds' tasks, LoRAs and held-out sets are suite version 3's.
 export DND_SUITE_VERSION=3
-V=3
+[ "${MORE:-0}" = 1 ] && export DND_SUITE_VERSION=5
+V=$DND_SUITE_VERSION
 [ "${RULES:-0}" = 1 ] && V=4
 STEPS=${STEPS:-200}
 SHAPE=()
@@ -48,6 +54,7 @@ names() {
   if [ "${POOLED:-0}" = 1 ]; then GEN+=-pooled EV+=-pooled OUT+=-pooled; fi
   if [ -n "${MIX:-}" ]; then GEN+=-mix$MIX EV+=-mix$MIX OUT+=-mix$MIX; fi
   if [ "${ON_ALL:-0}" = 1 ]; then GEN+=-onall EV+=-onall OUT+=-onall; fi
+  if [ "${MORE:-0}" = 1 ]; then MT+=-more ALL+=-more GEN+=-more EV+=-more OUT+=-more; fi
   if [ -n "${SUBSET:-}" ]; then MT+=-sub$SUBSET ALL+=-sub$SUBSET GEN+=-sub$SUBSET EV+=-sub$SUBSET OUT+=-sub$SUBSET; fi
 }
 
@@ -77,7 +84,20 @@ if [ -n "${SUBSET:-}" ]; then
   echo "SUBSET=$SUBSET: $(minus "$(minus "$P" "$FAIL_P")" "$DROP" | tr , '\n' | wc -l) of P and" \
     "$(minus "$(minus "$G" "$FAIL_G")" "$DROP" | tr , '\n' | wc -l) of G kept"
 fi
+if [ "${MORE:-0}" = 1 ]; then
+  # Version 5's split keeps version 3's halves (its tasks come first in suite order); the
+  # rule tasks leave training with DROP, the held-out tasks of other versions the evaluation.
+  H3=$(DND_SUITE_VERSION=3 $DND tasks --hold-out-every $FOLDS --fold "$F" | sed -n 's/^H=//p')
+  P3=$(DND_SUITE_VERSION=3 $DND tasks --hold-out-every $FOLDS --fold "$F" | sed -n 's/^P=//p')
+  G3=$(DND_SUITE_VERSION=3 $DND tasks --hold-out-every $FOLDS --fold "$F" | sed -n 's/^G=//p')
+  RULES_PG=$(tr , '\n' <<<"$P,$G" | grep '^rule_' | paste -sd,)
+  DROP=${DROP:+$DROP,}$RULES_PG
+  count() { minus "$(minus "$1" "$FAIL")" "$DROP" | tr , '\n' | grep -c .; }
+  LORA_P=$((500 * $(count "$P") / $(count "$P3"))) LORA_ALL=$((1000 * $(count "$P,$G") / $(count "$P3,$G3")))
+  echo "MORE=1: $(count "$P") tasks in P, $(count "$G") in G; LoRA steps $LORA_P and $LORA_ALL"
+fi
 RULE_H=
+[ "${MORE:-0}" = 1 ] && RULE_H=$(minus "$H" "$H3")
 if [ "$V" = 4 ]; then
   RULE_H=$(DND_SUITE_VERSION=4 $DND tasks --hold-out-every $FOLDS --fold "$F" | sed -n 's/^H=//p' |
     tr , '\n' | grep '^rule_' | paste -sd,)

@@ -67,7 +67,8 @@ pub fn run(args: Args) -> Result<()> {
     println!("|---|---|---|---|---|---|");
     for t in &suite {
         let source = match (t.family.as_str(), t.name.as_str()) {
-            ("lexical" | "morphology" | "semantics", _) | ("world", "instance_of") => "WordNet 3.0",
+            ("lexical" | "morphology" | "semantics" | "associations", _)
+            | ("world", "instance_of") => "WordNet 3.0",
             ("world", "capital" | "chemical_element") => "bsdgames quiz",
             ("world", _) => "iso-codes",
             _ => "procedural",

@@ -23,8 +23,11 @@
 //! [`encoding`], 16 tasks. Version 3 ([`DEFAULT_SUITE`]) adds [`phrases`] and [`picks`], 15
 //! word-level and letter-choice tasks (2026-12-03: most of version 2's new tasks fail the
 //! suite filter, which left the held-out split short of 20 tasks that pass it). Version 4
-//! ([`LATEST_SUITE`], 2026-12-04; opt-in) adds the [`rules`] families, 89 tasks whose rule
-//! shows only in their examples, 13 families of one rule each.
+//! (2026-12-04; opt-in) adds the [`rules`] families, 89 tasks whose rule
+//! shows only in their examples, 13 families of one rule each. Version 5 ([`LATEST_SUITE`],
+//! 2026-12-05; opt-in) adds [`formats`], [`calendar`], [`math`], [`itemlists`] and, from WordNet,
+//! [`associations`]: 49 tasks with the instruction in the prompt, more training tasks for
+//! the generator (issue 14's lever).
 //!
 //! Splits: each example has a *key* (its content without the phrasing, e.g. `(37, 48)` for
 //! an addition). Keys are unique inside a task and each key lands in exactly one split, so a
@@ -46,6 +49,8 @@ use draw::Sample;
 use wordnet::Lexicon;
 
 mod arithmetic;
+mod associations;
+mod calendar;
 mod comparison;
 mod draw;
 mod lexical;
@@ -58,7 +63,10 @@ mod dates;
 mod encoding;
 pub mod external;
 mod facts;
+mod formats;
+mod itemlists;
 mod logic;
+mod math;
 mod money;
 mod morphology;
 mod multiple_choice;
@@ -183,7 +191,7 @@ impl Task {
 // The built-in suite
 
 /// The newest version of the built-in suite (the module doc lists what each added).
-pub const LATEST_SUITE: u32 = 4;
+pub const LATEST_SUITE: u32 = 5;
 
 /// The version commands use when none is given: version 4's rule tasks are an experiment
 /// (README, k-fold) until they are shown to help held-out tasks, and every recorded run
@@ -256,6 +264,11 @@ const FAMILIES: &[(u32, &[Spec])] = &[
     (2, encoding::SPECS),
     (3, phrases::SPECS),
     (3, picks::SPECS),
+    (5, formats::SPECS),
+    (5, calendar::SPECS),
+    (5, math::SPECS),
+    (5, itemlists::SPECS),
+    (5, associations::SPECS),
 ];
 
 /// Every built-in task of a suite version, in suite order: family by family, version 4's

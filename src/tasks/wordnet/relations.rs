@@ -1,7 +1,10 @@
-//! The further WordNet lists of the `morphology`, `semantics` and `world` families: verb and
-//! adjective forms (the regular spelling rules, or `verb.exc` / `adj.exc`), derivationally
-//! related forms, adverb pertainyms, synonyms, hyponyms, parts and wholes, the
-//! lexicographer categories, gloss examples and named instances.
+//! The further WordNet lists of the `morphology`, `semantics`, `world` and `associations`
+//! families: verb and adjective forms (the regular spelling rules, or `verb.exc` /
+//! `adj.exc`), derivationally related forms, adverb pertainyms, synonyms, hyponyms, parts
+//! and wholes, the lexicographer categories, gloss examples and named instances; and the
+//! qualities adjectives describe, the fields words are terms of, general verbs, verb kinds
+//! and adjective clusters, whose tables and builder live in the child module
+//! [`associations`](mod@associations).
 //!
 //! The word asked about is common ([`super::MIN_COUNT`]) where the list is long enough;
 //! a word it is related to (an adverb, a part, a derived noun) need only be *known*: its
@@ -10,6 +13,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{noun_ancestors, Lexicon, Pos, Synset, SynsetId};
+
+mod associations;
+
+use associations::{associations, fits, NEAR_FIELDS, NEAR_QUALITIES};
 
 /// Tag count of a word's first sense from which it counts as known.
 pub const MIN_KNOWN: u32 = 1;
@@ -128,6 +135,41 @@ pub struct Relations {
     pub instances: Vec<(String, String)>,
     /// Every kind of `instances`, once.
     pub instance_kinds: Vec<String>,
+    /// (known adjective, the quality of [`QUALITIES`](associations::QUALITIES) its first
+    /// sense describes: "heavy", "weight"), leaving out pairs of one stem ("careful",
+    /// "carefulness").
+    pub qualities: Vec<(String, String)>,
+    /// The adjectives of `qualities` and every label of
+    /// [`QUALITIES`](associations::QUALITIES), once each.
+    pub quality_words: Vec<String>,
+    pub quality_names: Vec<String>,
+    /// (known word, the field of [`FIELDS`](associations::FIELDS) its first sense is a term
+    /// of: "baste", "cooking"), leaving out words that share the field's stem ("chemist").
+    pub fields: Vec<(String, String)>,
+    /// The words of `fields` and every label of [`FIELDS`](associations::FIELDS), once each.
+    pub field_words: Vec<String>,
+    pub field_names: Vec<String>,
+    /// (common verb, the common verb its first sense is a way of doing: "mumble", "talk").
+    pub manners: Vec<(String, String)>,
+    /// The verbs of `manners` and the general verbs they name, once each.
+    pub manner_verbs: Vec<String>,
+    pub general_verbs: Vec<String>,
+    /// (common verb, the kind of [`VERB_KINDS`](associations::VERB_KINDS) its first sense
+    /// belongs to), for verbs that leave at least three kinds for distractors.
+    pub verb_kinds: Vec<(String, String)>,
+    /// Every label of [`VERB_KINDS`](associations::VERB_KINDS), once.
+    pub verb_kind_names: Vec<String>,
+    /// (known adjective whose first sense is a satellite, the common head adjective of its
+    /// cluster: "enraged", "angry").
+    pub similar: Vec<(String, String)>,
+    /// Every head adjective of `similar`, once.
+    pub plain_adjectives: Vec<String>,
+    quality_sets: BTreeMap<String, BTreeSet<&'static str>>,
+    field_sets: BTreeMap<String, BTreeSet<&'static str>>,
+    verb_kind_sets: BTreeMap<String, BTreeSet<&'static str>>,
+    verb_ancestors: BTreeMap<String, BTreeSet<String>>,
+    verb_parents: BTreeMap<String, BTreeSet<String>>,
+    adjective_heads: BTreeMap<String, BTreeSet<String>>,
     related: BTreeMap<String, BTreeSet<String>>,
     part_links: BTreeSet<(String, String)>,
     senses: BTreeMap<(String, Pos), BTreeSet<u32>>,
@@ -160,6 +202,53 @@ impl Relations {
     /// instance) `word`.
     pub fn is_a(&self, word: &str, kind: &str) -> bool {
         self.ancestors.get(word).is_some_and(|a| a.contains(kind))
+    }
+
+    /// Whether some sense of the adjective `word` describes `quality` or a quality close to
+    /// it ([`NEAR_QUALITIES`]): then `quality` is no fair distractor for it.
+    pub fn describes(&self, word: &str, quality: &str) -> bool {
+        fits(self.quality_sets.get(word), quality, NEAR_QUALITIES)
+    }
+
+    /// Whether some sense of `word` is a term of `field` or a field close to it
+    /// ([`NEAR_FIELDS`]).
+    pub fn in_field(&self, word: &str, field: &str) -> bool {
+        fits(self.field_sets.get(word), field, NEAR_FIELDS)
+    }
+
+    /// Whether `general` is a hypernym, at any depth, of any sense of the verb `verb`.
+    pub fn verb_is_a(&self, verb: &str, general: &str) -> bool {
+        self.verb_ancestors
+            .get(verb)
+            .is_some_and(|a| a.contains(general))
+    }
+
+    /// Whether the common verbs `a` and `b` are too close for one to be a distractor where
+    /// the other is right: the same, synonyms, one a kind of the other, or two kinds of
+    /// one verb ("talk" and "utter", both ways to communicate).
+    pub fn verbs_close(&self, a: &str, b: &str) -> bool {
+        let parents = |x: &str| self.verb_parents.get(x);
+        a == b
+            || self.share_a_sense(a, b, Pos::Verb)
+            || self.verb_is_a(a, b)
+            || self.verb_is_a(b, a)
+            || parents(a)
+                .zip(parents(b))
+                .is_some_and(|(x, y)| !x.is_disjoint(y))
+    }
+
+    /// Whether some sense of the common verb `verb` is of the kind `kind`.
+    pub fn verb_kind_fits(&self, verb: &str, kind: &str) -> bool {
+        self.verb_kind_sets
+            .get(verb)
+            .is_some_and(|k| k.contains(kind))
+    }
+
+    /// Whether some sense of one of the adjectives `a` and `b` is in the other's cluster
+    /// (a satellite of it, or the same head).
+    pub fn similar_to(&self, a: &str, b: &str) -> bool {
+        let heads = |x: &str, y: &str| self.adjective_heads.get(x).is_some_and(|h| h.contains(y));
+        a == b || heads(a, b) || heads(b, a)
     }
 }
 
@@ -503,6 +592,7 @@ pub(super) fn build(db: &Db, lex: &Lexicon) -> Relations {
     }
     rel.instances.sort();
     rel.instance_kinds = kinds.into_iter().collect();
+    associations(db, &common, &mut rel);
     rel
 }
 
