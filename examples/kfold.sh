@@ -73,7 +73,6 @@ fi
 F=${1:?usage: [RULES=1] examples/kfold.sh FOLD (0..$((FOLDS - 1))) | report}
 names "$F"
 eval "$($DND tasks --hold-out-every $FOLDS --fold "$F")" # H: held out; P, G: the training halves
-# Version 4's held-out rule tasks: neither trained on nor evaluated (the bars are on H).
 # SUBSET=K: the dropped training tasks are added to every list that training leaves out
 # (the evaluation scores held-out tasks only, so it needs no change).
 DROP= LORA_P=500 LORA_ALL=1000
@@ -87,15 +86,15 @@ fi
 if [ "${MORE:-0}" = 1 ]; then
   # Version 5's split keeps version 3's halves (its tasks come first in suite order); the
   # rule tasks leave training with DROP, the held-out tasks of other versions the evaluation.
-  H3=$(DND_SUITE_VERSION=3 $DND tasks --hold-out-every $FOLDS --fold "$F" | sed -n 's/^H=//p')
-  P3=$(DND_SUITE_VERSION=3 $DND tasks --hold-out-every $FOLDS --fold "$F" | sed -n 's/^P=//p')
-  G3=$(DND_SUITE_VERSION=3 $DND tasks --hold-out-every $FOLDS --fold "$F" | sed -n 's/^G=//p')
+  eval "$(DND_SUITE_VERSION=3 $DND tasks --hold-out-every $FOLDS --fold "$F" | sed 's/=/3=/')"
   RULES_PG=$(tr , '\n' <<<"$P,$G" | grep '^rule_' | paste -sd,)
   DROP=${DROP:+$DROP,}$RULES_PG
   count() { minus "$(minus "$1" "$FAIL")" "$DROP" | tr , '\n' | grep -c .; }
   LORA_P=$((500 * $(count "$P") / $(count "$P3"))) LORA_ALL=$((1000 * $(count "$P,$G") / $(count "$P3,$G3")))
   echo "MORE=1: $(count "$P") tasks in P, $(count "$G") in G; LoRA steps $LORA_P and $LORA_ALL"
 fi
+# Version 4's held-out rule tasks (with MORE=1 every held-out task not of version 3):
+# neither trained on nor evaluated (the bars are on version 3's H).
 RULE_H=
 [ "${MORE:-0}" = 1 ] && RULE_H=$(minus "$H" "$H3")
 if [ "$V" = 4 ]; then

@@ -23,9 +23,9 @@
 //! [`encoding`], 16 tasks. Version 3 ([`DEFAULT_SUITE`]) adds [`phrases`] and [`picks`], 15
 //! word-level and letter-choice tasks (2026-12-03: most of version 2's new tasks fail the
 //! suite filter, which left the held-out split short of 20 tasks that pass it). Version 4
-//! (2026-12-04; opt-in) adds the [`rules`] families, 89 tasks whose rule
-//! shows only in their examples, 13 families of one rule each. Version 5 ([`LATEST_SUITE`],
-//! 2026-12-05; opt-in) adds [`formats`], [`calendar`], [`math`], [`itemlists`] and, from WordNet,
+//! (2026-12-04; opt-in) adds the [`rules`] families, 89 tasks whose rule shows only in
+//! their examples, 13 families of one rule each. Version 5 ([`LATEST_SUITE`], 2026-12-05;
+//! opt-in) adds [`formats`], [`calendar`], [`math`], [`itemlists`] and, from WordNet,
 //! [`associations`]: 49 tasks with the instruction in the prompt, more training tasks for
 //! the generator (issue 14's lever).
 //!
@@ -193,9 +193,9 @@ impl Task {
 /// The newest version of the built-in suite (the module doc lists what each added).
 pub const LATEST_SUITE: u32 = 5;
 
-/// The version commands use when none is given: version 4's rule tasks are an experiment
-/// (README, k-fold) until they are shown to help held-out tasks, and every recorded run
-/// since 2026-12-03 used version 3.
+/// The version commands use when none is given: versions 4 and 5 are experiments (README,
+/// k-fold) until their tasks are shown to help held-out tasks, and every recorded run since
+/// 2026-12-03 used version 3.
 pub const DEFAULT_SUITE: u32 = 3;
 
 /// Sizes, seed and version of the built-in suite.
