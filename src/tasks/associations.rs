@@ -172,8 +172,8 @@ fn gen_simpler_word(r: &mut Rng, lex: &Lexicon) -> Sample {
 mod tests {
     use std::collections::BTreeSet;
 
-    use super::super::tests_support::{quoted, task};
-    use super::super::{choice_index, wordnet::lexicon, Example, Task};
+    use super::super::tests_support::{examples, quoted, task};
+    use super::super::{choice_index, wordnet::lexicon, Example};
     use super::*;
 
     /// The choice an example's answer names, and the other three.
@@ -187,10 +187,6 @@ mod tests {
             .map(|(_, c)| c.as_str())
             .collect();
         (ex.choices[at].as_str(), wrong)
-    }
-
-    fn examples(t: &Task) -> impl Iterator<Item = &Example> {
-        t.train.iter().chain(&t.test)
     }
 
     fn pair<'a>(list: &'a [(String, String)], w: &str) -> Option<&'a str> {
@@ -220,7 +216,7 @@ mod tests {
             assert_eq!((t.train.len(), t.test.len()), (240, 60), "{}", s.name);
             let answers: BTreeSet<&str> = t.train.iter().map(|e| e.answer.as_str()).collect();
             assert!(answers.len() >= 2, "{}", s.name);
-            for ex in examples(&t) {
+            for ex in t.train.iter().chain(&t.test) {
                 assert!(ex.prompt.is_ascii(), "{ex:?}");
                 assert_eq!(ex.choices.len(), 4, "{ex:?}");
                 let distinct: BTreeSet<&String> = ex.choices.iter().collect();
@@ -267,13 +263,13 @@ mod tests {
     #[test]
     fn quality_answers_are_right() {
         let rel = &lexicon().unwrap().rel;
-        for ex in examples(&task("quality_of")) {
+        for ex in &examples("quality_of") {
             let w = quoted(&ex.prompt).unwrap();
             let (right, wrong) = right_and_wrong(ex);
             assert_eq!(pair(&rel.qualities, &w), Some(right), "{ex:?}");
             assert!(wrong.iter().all(|d| !rel.describes(&w, d)), "{ex:?}");
         }
-        for ex in examples(&task("describes_quality")) {
+        for ex in &examples("describes_quality") {
             let (right, wrong) = right_and_wrong(ex);
             let fair = |q: &str| {
                 rel.qualities.contains(&(right.to_string(), q.to_string()))
@@ -286,13 +282,13 @@ mod tests {
     #[test]
     fn field_answers_are_right() {
         let rel = &lexicon().unwrap().rel;
-        for ex in examples(&task("field_of")) {
+        for ex in &examples("field_of") {
             let w = quoted(&ex.prompt).unwrap();
             let (right, wrong) = right_and_wrong(ex);
             assert_eq!(pair(&rel.fields, &w), Some(right), "{ex:?}");
             assert!(wrong.iter().all(|d| !rel.in_field(&w, d)), "{ex:?}");
         }
-        for ex in examples(&task("field_term")) {
+        for ex in &examples("field_term") {
             let (right, wrong) = right_and_wrong(ex);
             let fair = |f: &str| {
                 rel.fields.contains(&(right.to_string(), f.to_string()))
@@ -305,7 +301,7 @@ mod tests {
     #[test]
     fn verb_answers_are_right() {
         let rel = &lexicon().unwrap().rel;
-        for ex in examples(&task("manner_of")) {
+        for ex in &examples("manner_of") {
             let v = quoted(&ex.prompt).unwrap();
             let (right, wrong) = right_and_wrong(ex);
             assert_eq!(pair(&rel.manners, &v), Some(right), "{ex:?}");
@@ -313,7 +309,7 @@ mod tests {
             let fair = |d: &&str| !rel.verb_is_a(&v, d) && !rel.verbs_close(right, d);
             assert!(wrong.iter().all(fair), "{ex:?}");
         }
-        for ex in examples(&task("way_to")) {
+        for ex in &examples("way_to") {
             let (right, wrong) = right_and_wrong(ex);
             let g = pair(&rel.manners, right).unwrap();
             let general = [g.to_string()];
@@ -321,7 +317,7 @@ mod tests {
             let fair = |d: &&str| !rel.verb_is_a(d, g) && !rel.verbs_close(g, d);
             assert!(wrong.iter().all(fair), "{ex:?}");
         }
-        for ex in examples(&task("verb_type")) {
+        for ex in &examples("verb_type") {
             let v = quoted(&ex.prompt).unwrap();
             let (right, wrong) = right_and_wrong(ex);
             assert_eq!(pair(&rel.verb_kinds, &v), Some(right), "{ex:?}");
@@ -332,7 +328,7 @@ mod tests {
     #[test]
     fn simpler_word_answers_are_right() {
         let rel = &lexicon().unwrap().rel;
-        for ex in examples(&task("simpler_word")) {
+        for ex in &examples("simpler_word") {
             let w = quoted(&ex.prompt).unwrap();
             let (right, wrong) = right_and_wrong(ex);
             assert_eq!(pair(&rel.similar, &w), Some(right), "{ex:?}");

@@ -4,8 +4,9 @@
 //! minutes, hours, days and weeks.
 
 use super::arithmetic::MONTHS;
-use super::dates::DAYS_IN_MONTH;
+use super::dates::{day_of_year, in_words, iso, DAYS_IN_MONTH};
 use super::draw::*;
+use super::logic::yes_no;
 use super::{spec, Draw::Plain, Scoring, Spec};
 use crate::format::rng::Rng;
 
@@ -101,18 +102,8 @@ fn count(n: usize, unit: &str) -> String {
 /// the 28th, so every date exists in every year.
 fn date(r: &mut Rng, lo: i64, hi: i64) -> (i64, usize, usize) {
     let y = r.range(lo, hi);
-    let m = r.below(12);
-    (y, m, 1 + r.below(DAYS_IN_MONTH[m]))
-}
-
-/// `2021-07-15`.
-fn iso(y: i64, m: usize, d: usize) -> String {
-    format!("{y}-{:02}-{d:02}", m + 1)
-}
-
-/// `July 15, 2021`.
-fn in_words(y: i64, m: usize, d: usize) -> String {
-    format!("{} {d}, {y}", MONTHS[m])
+    let (m, d) = day_of_year(r);
+    (y, m, d)
 }
 
 fn gen_weekday_shift(r: &mut Rng) -> Sample {
@@ -294,7 +285,7 @@ fn gen_leap_year(r: &mut Rng) -> Sample {
         1 => format!("Yes or no: {y} is a leap year."),
         _ => format!("Does the year {y} have a February 29? Yes or no?"),
     };
-    sample(y.to_string(), p, if leap { "yes" } else { "no" })
+    sample(y.to_string(), p, yes_no(leap))
 }
 
 fn gen_us_eu_date(r: &mut Rng) -> Sample {
@@ -325,14 +316,8 @@ fn gen_us_eu_date(r: &mut Rng) -> Sample {
 #[cfg(test)]
 mod tests {
     use super::super::arithmetic::MONTHS;
-    use super::super::tests_support::{numbers_in, task};
-    use super::super::Example;
+    use super::super::tests_support::{examples, numbers_in};
     use super::WEEKDAYS;
-
-    fn examples(name: &str) -> Vec<Example> {
-        let t = task(name);
-        t.train.into_iter().chain(t.test).collect()
-    }
 
     /// Thirty days hath September, April, June and November; February 28 or 29.
     fn days_in(month: usize, year: i64) -> i64 {

@@ -57,9 +57,19 @@ pub(super) const SPECS: &[Spec] = &[
 pub(super) const DAYS_IN_MONTH: [usize; 12] = [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
 
 /// A day of a common year: month index and day of the month (1-based).
-fn day_of_year(r: &mut Rng) -> (usize, usize) {
+pub(super) fn day_of_year(r: &mut Rng) -> (usize, usize) {
     let m = r.below(12);
     (m, 1 + r.below(DAYS_IN_MONTH[m]))
+}
+
+/// `2021-07-15` (month index `m`, 0-based).
+pub(super) fn iso(y: i64, m: usize, d: usize) -> String {
+    format!("{y}-{:02}-{d:02}", m + 1)
+}
+
+/// `July 15, 2021` (month index `m`, 0-based).
+pub(super) fn in_words(y: i64, m: usize, d: usize) -> String {
+    format!("{} {d}, {y}", MONTHS[m])
 }
 
 fn gen_next_date(r: &mut Rng) -> Sample {
@@ -198,24 +208,24 @@ fn gen_time_12_to_24(r: &mut Rng) -> Sample {
 
 fn gen_iso_date_to_words(r: &mut Rng) -> Sample {
     let (y, (m, d)) = (r.range(1950, 2049), day_of_year(r));
-    let iso = format!("{y}-{:02}-{d:02}", m + 1);
+    let iso = iso(y, m, d);
     let p = match r.below(3) {
         0 => format!("Write the date {iso} in words, like March 5, 2020."),
         1 => format!("What is {iso} written as month, day and year?"),
         _ => format!("Turn the date {iso} into the form Month Day, Year."),
     };
-    sample(iso, p, format!("{} {d}, {y}", MONTHS[m]))
+    sample(iso, p, in_words(y, m, d))
 }
 
 fn gen_words_to_iso_date(r: &mut Rng) -> Sample {
     let (y, (m, d)) = (r.range(1950, 2049), day_of_year(r));
-    let words = format!("{} {d}, {y}", MONTHS[m]);
+    let words = in_words(y, m, d);
     let p = match r.below(3) {
         0 => format!("Write {words} in the format YYYY-MM-DD."),
         1 => format!("What is {words} as an ISO date?"),
         _ => format!("Convert the date {words} to YYYY-MM-DD."),
     };
-    sample(words, p, format!("{y}-{:02}-{d:02}", m + 1))
+    sample(words, p, iso(y, m, d))
 }
 
 #[cfg(test)]

@@ -249,17 +249,11 @@ fn gen_initials(r: &mut Rng) -> Sample {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests_support::{numbers_in, quoted, task};
-    use super::super::Example;
+    use super::super::tests_support::{examples, numbers_in, quoted};
 
     /// The text a prompt works on: quoted, or else after its last colon.
     fn content(prompt: &str) -> String {
         quoted(prompt).unwrap_or_else(|| prompt.rsplit(": ").next().unwrap().to_string())
-    }
-
-    fn examples(name: &str) -> Vec<Example> {
-        let t = task(name);
-        t.train.into_iter().chain(t.test).collect()
     }
 
     /// `green apple tree` from `greenAppleTree`, read letter by letter.

@@ -40,7 +40,7 @@ pub(super) const SPECS: &[Spec] = &[
     ),
 ];
 
-fn yes_no(b: bool) -> &'static str {
+pub(super) fn yes_no(b: bool) -> &'static str {
     if b {
         "yes"
     } else {

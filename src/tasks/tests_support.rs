@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{builtin_task, SuiteConfig, Task, LATEST_SUITE};
+use super::{builtin_task, Example, SuiteConfig, Task, LATEST_SUITE};
 
 /// The families added with the procedural tasks that these helpers' tests cover.
 pub(super) const FAMILIES: [&str; 17] = [
@@ -37,6 +37,12 @@ fn newest() -> SuiteConfig {
 /// A task of the newest suite version.
 pub(super) fn task(name: &str) -> Task {
     builtin_task(name, &newest()).unwrap()
+}
+
+/// Every example of a task of the newest suite version, train then test.
+pub(super) fn examples(name: &str) -> Vec<Example> {
+    let t = task(name);
+    t.train.into_iter().chain(t.test).collect()
 }
 
 /// The first text in single or double quotes, if any.
