@@ -20,6 +20,9 @@
 # them (the version-3 tasks keep their halves), both LoRAs' steps in proportion; the rule
 # tasks and the new families' held-out tasks are neither trained on nor evaluated, so the
 # bars are on the same held-out tasks; suffixed -more.
+# FALLBACK_ALL=1: the evaluation's no-harm check weighs the LoRA of all training tasks against
+# each DnD adapter (`eval --fallback`, `plugin.fallback_adapter`) instead of the LoRA the
+# residual sits on; the same generator, the evaluation suffixed -fball.
 # DND: the command to run (default `cargo run -q --`; a prebuilt binary's path spares cargo's
 # start-up and keeps one build for a chain of folds). Outputs go under data/.
 set -euo pipefail
@@ -58,6 +61,7 @@ names() {
   if [ "${ON_ALL:-0}" = 1 ]; then GEN+=-onall EV+=-onall OUT+=-onall; fi
   if [ "${MORE:-0}" = 1 ]; then MT+=-more ALL+=-more GEN+=-more EV+=-more OUT+=-more; fi
   if [ -n "${SUBSET:-}" ]; then MT+=-sub$SUBSET ALL+=-sub$SUBSET GEN+=-sub$SUBSET EV+=-sub$SUBSET OUT+=-sub$SUBSET; fi
+  if [ "${FALLBACK_ALL:-0}" = 1 ]; then EV+=-fball OUT+=-fball; fi
 }
 
 if [ "${1:-}" = report ]; then
@@ -134,10 +138,12 @@ fi
 echo "training done: $(date -u)"
 # No fold collects the training tasks' own LoRAs: the averaged-LoRA column stays empty.
 mkdir -p data/train-loras-v3
+FALLBACK=()
+[ "${FALLBACK_ALL:-0}" = 1 ] && FALLBACK=(--fallback "$UNDER_ALL")
 if [ ! -e "$EV/nll.json" ]; then
   DND_SUITE_VERSION=$V $DND eval --generator "$GEN" --nll --limit 20 --decode --decode-limit 30 \
     --guard 16 --batches 1 --except "$FAIL${RULE_H:+,$RULE_H}" --checkpoints data/train-loras-v3 \
-    --multitask "$UNDER_P" --multitask "$UNDER_ALL" \
+    --multitask "$UNDER_P" --multitask "$UNDER_ALL" "${FALLBACK[@]}" \
     --dtype f32 --out "$EV"
 fi
 echo "evaluation done: $(date -u)"

@@ -203,6 +203,7 @@ fn task_files_it_did_not_train_on_are_compared_as_held_out_tasks() {
         multitask: Vec::new(),
         batches: 1,
         seed: 0,
+        fallback: None,
     };
     let file = |name: &str| Task {
         name: name.to_string(),
@@ -222,6 +223,28 @@ fn task_files_it_did_not_train_on_are_compared_as_held_out_tasks() {
 
     let err = Comparison::build(&given[1..2], &setup).err().unwrap();
     assert!(format!("{err:#}").contains("nor any task file"), "{err:#}");
+
+    // --fallback: the adapter named is the fallback column, added once, or found among the
+    // multi-task LoRAs given (by its weights, whatever the folder).
+    assert_eq!(c.fallback, None);
+    let finals = mistralrs_dnd::training::collection::Collection::new(&trained.collection)
+        .final_checkpoints()
+        .unwrap();
+    let [a, b] = [0, 1].map(|i| finals[&trained.tasks[i].name].clone());
+    let with = |fallback: &std::path::Path, multitask: Vec<std::path::PathBuf>| NllSetup {
+        generator: trained.generator.clone(),
+        encoder: mistralrs_dnd::testing::real_assets().minilm(),
+        base: tiny_model(),
+        checkpoints: Some(trained.collection.clone()),
+        multitask,
+        batches: 1,
+        seed: 0,
+        fallback: Some(fallback.to_path_buf()),
+    };
+    let c = Comparison::build(&given, &with(&a, vec![b.clone()])).unwrap();
+    assert_eq!((c.multitask.len(), c.fallback), (2, Some(1)));
+    let c = Comparison::build(&given, &with(&b, vec![a.clone(), b.clone()])).unwrap();
+    assert_eq!((c.multitask.len(), c.fallback), (2, Some(1)));
 
     // A shipped generator away from its collection: no averaged column, the rest as above;
     // a collection that is named must exist.

@@ -418,7 +418,7 @@ async fn the_dnd_generator_specialises_a_task_end_to_end() {
     c2.plugin.generator = Some(dir.path().join("other"));
     // Its own store: the running server holds the first one's lock.
     c2.plugin.store = dir.path().join("store-other");
-    let err = match mistralrs_dnd::server::build(c2).await {
+    let err = match mistralrs_dnd::server::build(c2.clone()).await {
         Ok(_) => panic!("a generator for another base model must be refused"),
         Err(e) => format!("{e:#}"),
     };
@@ -426,6 +426,22 @@ async fn the_dnd_generator_specialises_a_task_end_to_end() {
         err.contains("does not fit the base model") && err.contains("hidden"),
         "{err}"
     );
+
+    // So is a plugin.fallback_adapter for another base model.
+    let mut c3 = c2;
+    c3.plugin.generator = Some(trained.generator.clone());
+    c3.plugin.store = dir.path().join("store-fallback");
+    let fallback = dir.path().join("fallback-other");
+    random_adapter(&other, &[Module::Q, Module::V], 4, 5, 0.5, 0.5)
+        .unwrap()
+        .write_peft(&fallback)
+        .unwrap();
+    c3.plugin.fallback_adapter = Some(fallback);
+    let err = match mistralrs_dnd::server::build(c3).await {
+        Ok(_) => panic!("a fallback adapter for another base model must be refused"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("plugin.fallback_adapter"), "{err}");
 }
 
 /// Waits (bounded) until `task`'s generation is in `state`; returns the task's JSON.

@@ -82,6 +82,11 @@ pub struct Args {
     /// replaced by the base model.
     #[arg(long, requires = "decode")]
     pub guard: Option<usize>,
+    /// With --guard: the adapter (PEFT folder) checked beside each DnD adapter and routed
+    /// where it answers more check examples, as `plugin.fallback_adapter` does (default: a
+    /// residual generator's base adapter), e.g. the multi-task LoRA of all training tasks.
+    #[arg(long, requires = "guard")]
+    pub fallback: Option<PathBuf>,
     /// With --nll: DnD prompt batches per task.
     #[arg(long, default_value_t = 3)]
     pub batches: usize,
@@ -144,6 +149,7 @@ pub fn run(args: Args) -> Result<()> {
             multitask: args.multitask.clone(),
             batches: args.batches,
             seed: 0,
+            fallback: args.fallback.clone(),
         };
         let comparison = Comparison::build(&tasks, &setup)?;
         let mut report = evaluate_nll(&comparison, &setup, args.limit)?;

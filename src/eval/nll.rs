@@ -60,6 +60,10 @@ pub struct NllSetup {
     /// DnD prompt batches per task.
     pub batches: usize,
     pub seed: u64,
+    /// The adapter the no-harm check weighs against each DnD adapter and routes where it
+    /// answers more check examples (`plugin.fallback_adapter`); default: a residual
+    /// generator's base adapter. One of `multitask`, or added to them.
+    pub fallback: Option<PathBuf>,
 }
 
 /// One adapter on one task's test examples.
@@ -176,15 +180,15 @@ pub struct NllReport {
     pub decode_limit: Option<usize>,
     /// With `--guard N`: the no-harm check of every DnD adapter and the shuffled one on
     /// the first N training examples of its task, and the decoded rows with each rejected
-    /// adapter's scores replaced by the base model's, the generator's base adapter's
-    /// column checked too (what a tenant who gave N examples would get).
+    /// adapter's scores replaced by the base model's, the fallback adapter's column
+    /// checked too (what a tenant who gave N examples would get).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<TaskChecks>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub guarded: Vec<Row<Accuracy>>,
-    /// With `--guard N` and a residual generator: the guarded rows with the generator's
-    /// base adapter routed where the server's rule routes it ([`guard::routed`]); `None`
-    /// otherwise.
+    /// With `--guard N` and a fallback adapter (`--fallback`, or a residual generator's base
+    /// adapter): the guarded rows with it routed where the server's rule routes it
+    /// ([`guard::routed`]); `None` otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<Fallback>,
     /// Held-out tasks left out of this report ([`NllReport::without`]): its means and bars
@@ -200,7 +204,7 @@ pub struct NllReport {
 
 impl NllReport {
     /// Sets the checked rows (`guarded`, and `fallback` given the multi-task column of the
-    /// generator's base adapter) from `decoded` and `checks`, by the server's rule.
+    /// fallback adapter) from `decoded` and `checks`, by the server's rule.
     pub fn apply_checks(&mut self, fallback: Option<usize>) {
         let rows = |with_fallback: bool| -> Vec<Row<Accuracy>> {
             let apply = |(r, c): (_, &TaskChecks)| c.apply(r, fallback, with_fallback);
@@ -216,7 +220,7 @@ impl NllReport {
         };
     }
 
-    /// The multi-task column of the generator's base adapter, when the checks have one.
+    /// The multi-task column of the fallback adapter, when the checks have one.
     pub fn fallback_column(&self) -> Option<usize> {
         let name = &self.fallback.as_ref()?.adapter;
         self.multitask.iter().position(|m| m == name)
@@ -322,16 +326,16 @@ impl NllReport {
             pooled.left_out.extend(r.left_out);
             pooled.seconds += r.seconds;
         }
-        // Also names the pooled column of the generator's base adapter.
+        // Also names the pooled column of the fallback adapter.
         pooled.apply_checks(fallback);
         Ok(pooled)
     }
 }
 
-/// The guarded rows with the generator's base adapter as the fallback.
+/// The guarded rows with the fallback adapter ([`NllSetup::fallback`]) routed where it wins.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Fallback {
-    /// The multi-task column that is the generator's base adapter.
+    /// The multi-task column that is the fallback adapter.
     pub adapter: String,
     pub rows: Vec<Row<Accuracy>>,
 }
@@ -343,7 +347,7 @@ pub struct TaskChecks {
     /// One per DnD prompt batch.
     pub dnd: Vec<Verdict>,
     pub shuffled: Verdict,
-    /// The generator's base adapter, for a residual generator.
+    /// The fallback adapter ([`NllSetup::fallback`]), when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<Verdict>,
 }
@@ -351,7 +355,7 @@ pub struct TaskChecks {
 impl TaskChecks {
     /// `row` as the checks leave it, by the server's rule ([`guard::routed`]): a rejected
     /// adapter's scores are the base model's. Given `base_adapter`, the multi-task column
-    /// of the generator's base adapter, that column is checked too (so that DnD is compared
+    /// of the fallback adapter, that column is checked too (so that DnD is compared
     /// with it checked), and with `fallback` the DnD cells are that adapter's where the
     /// rule routes it (it passed and answered more check examples than the DnD adapter, or
     /// that one was rejected).
@@ -409,8 +413,8 @@ pub struct Comparison {
     pub averaged: Option<LoraAdapter>,
     pub averaged_over: usize,
     pub multitask: Vec<(String, LoraAdapter)>,
-    /// The entry of `multitask` that is a residual generator's base adapter (added to
-    /// them when none of those given is).
+    /// The entry of `multitask` that is the fallback adapter ([`NllSetup::fallback`]; added
+    /// to them when none of those given is).
     pub fallback: Option<usize>,
     pub cases: Vec<Case>,
 }
@@ -460,11 +464,17 @@ impl Comparison {
             .map(|p| Ok((adapter_name(p), LoraAdapter::read_peft(p)?)))
             .collect::<Result<Vec<_>>>()?;
         let generator = Generator::load(&setup.generator, &setup.encoder, &Device::Cpu)?;
-        let fallback = match generator.base_adapter() {
-            Some(base) => Some(match position_of(&multitask, &base)? {
+        let fallback = match &setup.fallback {
+            Some(path) => Some((adapter_name(path), LoraAdapter::read_peft(path)?)),
+            None => generator
+                .base_adapter()
+                .map(|base| ("generator base".to_string(), base)),
+        };
+        let fallback = match fallback {
+            Some((name, adapter)) => Some(match position_of(&multitask, &adapter)? {
                 Some(i) => i,
                 None => {
-                    multitask.push(("generator base".to_string(), base));
+                    multitask.push((name, adapter));
                     multitask.len() - 1
                 }
             }),
@@ -635,7 +645,7 @@ pub async fn decode_rows(
 }
 
 /// The product's no-harm check ([`guard::Verdict`]) of a case's DnD and shuffled adapters,
-/// and of the generator's base adapter (`fallback`) when it has one.
+/// and of the fallback adapter ([`NllSetup::fallback`]) when there is one.
 async fn check_case(
     server: &EvalServer,
     case: &Case,
@@ -856,8 +866,8 @@ pub fn nll_markdown(r: &NllReport) -> String {
         out.push_str(&format!(
             "\nWith the no-harm check on the first {n} training examples of each task (an \
              adapter that answers fewer of them than the base model is not routed: its cell \
-             shows the base model's scores; the generator's base adapter's column, if any, \
-             is checked too), strict % (lenient %):\n\n"
+             shows the base model's scores; the fallback adapter's column, if any, is \
+             checked too), strict % (lenient %):\n\n"
         ));
         out.push_str(&table(&r.guarded, &r.multitask));
         out.push('\n');
@@ -867,7 +877,7 @@ pub fn nll_markdown(r: &NllReport) -> String {
     }
     if let Some(f) = &r.fallback {
         out.push_str(&format!(
-            "\nWith the check of DnD and of the generator's base adapter ({}) beside it, the \
+            "\nWith the check of DnD and of the fallback adapter ({}) beside it, the \
              one routed that passed and answered more check examples, DnD on a tie (what the \
              server routes), strict % (lenient %); the DnD columns are then not DnD alone:\n\n",
             f.adapter
@@ -882,7 +892,7 @@ pub fn nll_markdown(r: &NllReport) -> String {
 /// The checks, one line per task: examples the base and each adapter answered.
 fn checks_markdown(checks: &[TaskChecks]) -> String {
     let mut out = String::from(
-        "| task | base hits | DnD hits (per batch) | DnD routed | shuffled hits | shuffled routed | base adapter hits | base adapter passes |\n|---|---|---|---|---|---|---|---|\n",
+        "| task | base hits | DnD hits (per batch) | DnD routed | shuffled hits | shuffled routed | fallback hits | fallback passes |\n|---|---|---|---|---|---|---|---|\n",
     );
     let yes = |v: &Verdict| if v.accepted { "yes" } else { "**no**" };
     for c in checks {

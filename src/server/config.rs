@@ -158,6 +158,10 @@ pub struct PluginConfig {
     /// LoRA) beside each generated adapter, and route it instead when it answers more of
     /// the task's examples (and passes the check itself).
     pub guard_fallback: bool,
+    /// The adapter (PEFT folder) `guard_fallback` checks and routes instead of the
+    /// generator's base adapter, e.g. a multi-task LoRA of more tasks than the one the
+    /// generator sits on; it also serves generators that have none.
+    pub fallback_adapter: Option<PathBuf>,
     /// Generations started per task (tenant) and hour at most, failed ones included (the
     /// count survives restarts).
     pub max_generations_per_hour: usize,
@@ -226,6 +230,7 @@ impl Default for PluginConfig {
             regenerate_after: None,
             guard_max_tokens: 16,
             guard_fallback: true,
+            fallback_adapter: None,
             max_generations_per_hour: 6,
             max_versions: 5,
             encode_on_arrival: true,

@@ -34,7 +34,7 @@ use config::TenantMode;
 use crate::adapters::{AdapterTable, Limits, Store, StoreLimits, StoreLock};
 
 use crate::engine::{parse_dtype, AdapterMode, MistralRsEngine};
-use crate::format::{peft, LlamaDims};
+use crate::format::{peft, LlamaDims, LoraAdapter};
 use crate::generator::decoder::Condition;
 use crate::generator::PromptEncoder;
 
@@ -250,6 +250,14 @@ pub async fn assemble(
         load_queue: std::time::Duration::from_millis(config.plugin.load_queue_ms),
     };
     let generators = load_generators(&config, &dims, generator)?;
+    let fallback_adapter = match &config.plugin.fallback_adapter {
+        Some(dir) => Some(
+            LoraAdapter::read_peft(dir)
+                .and_then(|a| a.validate(&dims).map(|()| a))
+                .with_context(|| format!("plugin.fallback_adapter {}", dir.display()))?,
+        ),
+        None => None,
+    };
     let store_lock = store_lock.context("the plugin is enabled, so its store is locked")?;
     let store = Store::open(&config.plugin.store)?;
     store.remove_leftovers(&store_lock)?;
@@ -278,6 +286,7 @@ pub async fn assemble(
             regenerate_after: pc.regenerate_after,
             guard_max_tokens: pc.guard_max_tokens.max(1),
             guard_fallback: pc.guard_fallback,
+            fallback_adapter: fallback_adapter.clone(),
             max_generations_per_hour: pc.max_generations_per_hour,
             max_versions: pc.max_versions,
             prepare_on_arrival: pc.encode_on_arrival,

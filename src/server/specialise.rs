@@ -142,6 +142,8 @@ pub struct Settings {
     pub guard_max_tokens: usize,
     /// Check and route the generator's base adapter when a generated one is rejected.
     pub guard_fallback: bool,
+    /// Checked and routed by `guard_fallback` instead of the generator's base adapter.
+    pub fallback_adapter: Option<LoraAdapter>,
     pub max_generations_per_hour: usize,
     /// Stored versions kept per task (older ones are deleted).
     pub max_versions: usize,
@@ -303,8 +305,8 @@ pub struct GenInfo {
     /// The no-harm check of the last generation ([`guard`]), when the task had examples.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_check: Option<Verdict>,
-    /// The check of the generator's base adapter beside the generated one
-    /// (`plugin.guard_fallback`).
+    /// The check of the generator's base adapter (or `plugin.fallback_adapter`) beside the
+    /// generated one (`plugin.guard_fallback`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback_check: Option<Verdict>,
     /// Whether the last check routed the generator's base adapter instead of the generated
@@ -861,7 +863,7 @@ impl Specialiser {
             }
         };
         let fallback = match self.settings.guard_fallback && !examples.is_empty() {
-            true => generator.base_adapter(),
+            true => (self.settings.fallback_adapter.clone()).or_else(|| generator.base_adapter()),
             false => None,
         };
         tracing::info!(task, inputs = inputs.len(), condition = ?generator.condition(), "generating adapter");

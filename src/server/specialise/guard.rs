@@ -30,8 +30,9 @@
 //!   its latest prompts, and equal hits show no harm). A task without examples is not
 //!   checked.
 //! - If the generator has a base adapter (a residual generator's: the multi-task LoRA its
-//!   outputs are a residual on) and `plugin.guard_fallback` is on, that adapter is checked
-//!   beside the generated one, on the same answers of the base model and the current
+//!   outputs are a residual on), or `plugin.fallback_adapter` names one (which then takes
+//!   its place), and `plugin.guard_fallback` is on, that adapter is checked beside the
+//!   generated one, on the same answers of the base model and the current
 //!   adapter: it is what the generator gives every task, and it too must answer at least
 //!   as many as the base and the current adapter. Of the adapters accepted, the one that
 //!   answers the most examples is stored and routed, the generated one on a tie.

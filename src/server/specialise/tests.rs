@@ -105,6 +105,7 @@ fn settings() -> Settings {
         regenerate_after: None,
         guard_max_tokens: 16,
         guard_fallback: true,
+        fallback_adapter: None,
         max_generations_per_hour: 100,
         max_versions: 5,
         prepare_on_arrival: true,
@@ -1235,6 +1236,26 @@ async fn a_rejected_adapter_gives_way_to_the_generators_base_adapter_when_that_p
     let fallback = g.sp.info("t").unwrap().fallback_check.unwrap();
     assert_eq!((fallback.adapter_hits, fallback.accepted), (0, false));
     assert_eq!(g.metrics.checks.with_label_values(&["rejected"]).get(), 2);
+
+    // `plugin.fallback_adapter` is checked and routed instead of the generator's base
+    // adapter, and for a generator that has none.
+    let configured =
+        random_adapter(&tiny_dims(), &[Module::Q, Module::V], 4, 98, 0.5, 0.5).unwrap();
+    for generator in [generator(), FakeGenerator::default()] {
+        let with = Settings {
+            fallback_adapter: Some(configured.clone()),
+            ..settings()
+        };
+        let c = start_with(tempfile::tempdir().unwrap(), with, generator);
+        answers(&c, true);
+        c.examples_then_k("t", &["a", "b"]).await;
+        c.until_gen("t", GenState::Done).await;
+        assert!(c.sp.info("t").unwrap().fallback_routed);
+        assert_eq!(
+            c.table.info("t").unwrap().hash,
+            Some(configured.content_hash().unwrap())
+        );
+    }
 
     // Switched off, the base adapter is not tried.
     let off = Settings {
