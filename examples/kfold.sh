@@ -16,8 +16,9 @@
 # steps divided by K, so that the steps per task stay) and from the generator's training;
 # the same held-out tasks; suffixed -subK.
 # MORE=1: suite version 5's 49 further tasks (formats, calendar, math, itemlists,
-# associations), less the 14 that fail the suite filter, join the training tasks, alternately P and G as version 5's fold split puts
-# them (the version-3 tasks keep their halves), both LoRAs' steps in proportion; the rule
+# associations), less the 14 that fail the suite filter, join the training tasks,
+# alternately P and G as version 5's fold split puts them (the version-3 tasks keep their
+# halves), both LoRAs' steps in proportion; the rule
 # tasks and the new families' held-out tasks are neither trained on nor evaluated, so the
 # bars are on the same held-out tasks; suffixed -more.
 # FALLBACK_ALL=1: the evaluation's no-harm check weighs the LoRA of all training tasks against

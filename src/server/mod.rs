@@ -286,7 +286,7 @@ pub async fn assemble(
             regenerate_after: pc.regenerate_after,
             guard_max_tokens: pc.guard_max_tokens.max(1),
             guard_fallback: pc.guard_fallback,
-            fallback_adapter: fallback_adapter.clone(),
+            fallback_adapter,
             max_generations_per_hour: pc.max_generations_per_hour,
             max_versions: pc.max_versions,
             prepare_on_arrival: pc.encode_on_arrival,

@@ -863,7 +863,11 @@ impl Specialiser {
             }
         };
         let fallback = match self.settings.guard_fallback && !examples.is_empty() {
-            true => (self.settings.fallback_adapter.clone()).or_else(|| generator.base_adapter()),
+            true => self
+                .settings
+                .fallback_adapter
+                .clone()
+                .or_else(|| generator.base_adapter()),
             false => None,
         };
         tracing::info!(task, inputs = inputs.len(), condition = ?generator.condition(), "generating adapter");
