@@ -100,6 +100,16 @@ pub(super) fn pick_word(r: &mut Rng) -> &'static str {
     WORDS_SORTED.with(|w| *r.choose(w))
 }
 
+/// Two different numbers in `lo..=hi` (as [`Rng::range`] draws them), in the order drawn.
+pub(super) fn two_numbers(r: &mut Rng, lo: i64, hi: i64) -> (i64, i64) {
+    loop {
+        let (a, b) = (r.range(lo, hi), r.range(lo, hi));
+        if a != b {
+            return (a, b);
+        }
+    }
+}
+
 pub(super) fn numbers(r: &mut Rng, n: usize, lo: i64, hi: i64) -> Vec<i64> {
     let mut out: Vec<i64> = Vec::with_capacity(n);
     while out.len() < n {

@@ -49,12 +49,7 @@ pub(super) fn yes_no(b: bool) -> &'static str {
 }
 
 fn gen_is_greater(r: &mut Rng) -> Sample {
-    let (a, b) = loop {
-        let (a, b) = (r.range(1, 999), r.range(1, 999));
-        if a != b {
-            break (a, b);
-        }
-    };
+    let (a, b) = two_numbers(r, 1, 999);
     let p = match r.below(3) {
         0 => format!("Is {a} greater than {b}? Answer yes or no."),
         1 => format!("Is {a} bigger than {b}? Yes or no?"),
@@ -82,12 +77,7 @@ fn gen_in_list(r: &mut Rng) -> Sample {
 }
 
 fn gen_compare_true_false(r: &mut Rng) -> Sample {
-    let (a, b) = loop {
-        let (a, b) = (r.range(1, 99), r.range(1, 99));
-        if a != b {
-            break (a, b);
-        }
-    };
+    let (a, b) = two_numbers(r, 1, 99);
     let less = r.below(2) == 0;
     let op = if less { "<" } else { ">" };
     let p = match r.below(3) {
@@ -104,12 +94,7 @@ fn gen_compare_true_false(r: &mut Rng) -> Sample {
 }
 
 fn gen_smaller_of_two(r: &mut Rng) -> Sample {
-    let (a, b) = loop {
-        let (a, b) = (r.range(1, 999), r.range(1, 999));
-        if a != b {
-            break (a, b);
-        }
-    };
+    let (a, b) = two_numbers(r, 1, 999);
     let p = match r.below(3) {
         0 => format!("Which is smaller, {a} or {b}?"),
         1 => format!("What is the minimum of {a} and {b}?"),

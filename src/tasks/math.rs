@@ -115,12 +115,7 @@ fn gen_average_of_two(r: &mut Rng) -> Sample {
 
 /// Two different two-digit numbers in either order; the answer is never negative.
 fn gen_difference_between(r: &mut Rng) -> Sample {
-    let (a, b) = loop {
-        let (a, b) = (r.range(10, 99), r.range(10, 99));
-        if a != b {
-            break (a, b);
-        }
-    };
+    let (a, b) = two_numbers(r, 10, 99);
     let p = match r.below(3) {
         0 => format!("What is the difference between {a} and {b}?"),
         1 => format!("How far apart are the numbers {a} and {b}?"),
