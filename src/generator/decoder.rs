@@ -995,40 +995,19 @@ pub(crate) mod tests {
         let (dec2, _) = Decoder::load(dir.path(), &Device::Cpu).unwrap();
         assert_eq!(dec2.config(), &cfg);
         let x = input(&cfg, 1, 2);
-        let a = dec
-            .forward(&x)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let b = dec2
-            .forward(&x)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        assert_eq!(a, b);
+        let out = |d: &Decoder| -> Vec<f32> {
+            d.forward(&x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        let a = out(&dec);
+        assert_eq!(a, out(&dec2));
         // Same seed, same decoder; another seed, another decoder.
-        let (dec3, _) = Decoder::seeded(&cfg, 9, &Device::Cpu).unwrap();
-        let c = dec3
-            .forward(&x)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        assert_eq!(a, c);
-        let (dec4, _) = Decoder::seeded(&cfg, 10, &Device::Cpu).unwrap();
-        let d = dec4
-            .forward(&x)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        assert_ne!(a, d);
+        assert_eq!(a, out(&Decoder::seeded(&cfg, 9, &Device::Cpu).unwrap().0));
+        assert_ne!(a, out(&Decoder::seeded(&cfg, 10, &Device::Cpu).unwrap().0));
     }
 
     #[test]
