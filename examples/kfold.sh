@@ -3,6 +3,7 @@
 # `collect` and `train` resume where they stopped):
 #   bash examples/kfold.sh F        # fold F of 7 (0..6): two multi-task LoRAs, generator, evaluation
 #   bash examples/kfold.sh report   # the folds finished so far pooled into data/eval-folds
+#   bash examples/kfold.sh own [F ...]  # the own LoRAs of folds' held-out tasks (default all)
 # RULES=1: the generator is trained with suite version 4's rule tasks beside G (their own
 # held-out tasks left out of training and evaluation), on the same multi-task LoRAs, and
 # evaluated on the same held-out tasks; outputs named v4, `report` into data/eval-folds-v4.
@@ -77,7 +78,24 @@ if [ "${1:-}" = report ]; then
   exit
 fi
 
-F=${1:?usage: [RULES=1] examples/kfold.sh FOLD (0..$((FOLDS - 1))) | report}
+if [ "${1:-}" = own ]; then
+  # Each task's own LoRA (the suite filter's recipe: 64 steps), for the held-out tasks of
+  # the folds named (default every fold: every task that passes the filter), into the folder
+  # every evaluation reads. A fold's evaluation then has the own-LoRA column (the oracle)
+  # and averages the LoRAs there of its training tasks (the other folds' held-out tasks).
+  shift
+  FS=("$@")
+  [ ${#FS[@]} -gt 0 ] || mapfile -t FS < <(seq 0 $((FOLDS - 1)))
+  for F in "${FS[@]}"; do
+    # Version 3's held-out tasks: the only ones any evaluation here scores.
+    eval "$(DND_SUITE_VERSION=3 $DND tasks --hold-out-every $FOLDS --fold "$F")"
+    DND_SUITE_VERSION=3 $DND collect --only "$(minus "$H" "$FAIL")" --checkpoints 1 \
+      --out data/train-loras-v3
+  done
+  exit
+fi
+
+F=${1:?usage: [RULES=1] examples/kfold.sh FOLD (0..$((FOLDS - 1))) | report | own [FOLD ...]}
 names "$F"
 eval "$($DND tasks --hold-out-every $FOLDS --fold "$F")" # H: held out; P, G: the training halves
 # SUBSET=K: the dropped training tasks are added to every list that training leaves out
@@ -137,7 +155,7 @@ if ! python3 -c "import json,sys; sys.exit(json.load(open('$GEN/train.json'))['s
     --contrast 1 --contrast-margin 0.1 "${SEED[@]}" "${SHAPE[@]}" --out "$GEN"
 fi
 echo "training done: $(date -u)"
-# No fold collects the training tasks' own LoRAs: the averaged-LoRA column stays empty.
+# The averaged-LoRA and own-LoRA columns read what `own` collected (empty until then).
 mkdir -p data/train-loras-v3
 FALLBACK=()
 [ "${FALLBACK_ALL:-0}" = 1 ] && FALLBACK=(--fallback "$UNDER_ALL")
