@@ -202,6 +202,7 @@ fn task_files_it_did_not_train_on_are_compared_as_held_out_tasks() {
         checkpoints: Some(trained.collection.clone()),
         multitask: Vec::new(),
         batches: 1,
+        nearest: 5,
         seed: 0,
         fallback: None,
     };
@@ -220,6 +221,12 @@ fn task_files_it_did_not_train_on_are_compared_as_held_out_tasks() {
     assert_eq!(names, ["tenant_a", "tenant_b"]);
     assert!(c.cases.iter().all(|c| c.own.is_none() && c.dnd.len() == 1));
     assert_eq!(c.cases[0].shuffled_from, "tenant_b");
+    // Retrieval's library: the training tasks among those given (here the one named like
+    // a training task), whatever k asks for.
+    let nearest = c.cases[0].nearest.as_ref().unwrap();
+    let names: Vec<&str> = nearest.neighbours.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, [trained.tasks[0].name.as_str()]);
+    assert!(c.cases[1].nearest_shuffled.is_some());
 
     let err = Comparison::build(&given[1..2], &setup).err().unwrap();
     assert!(format!("{err:#}").contains("nor any task file"), "{err:#}");
@@ -238,6 +245,7 @@ fn task_files_it_did_not_train_on_are_compared_as_held_out_tasks() {
         checkpoints: Some(trained.collection.clone()),
         multitask,
         batches: 1,
+        nearest: 5,
         seed: 0,
         fallback: Some(fallback.to_path_buf()),
     };

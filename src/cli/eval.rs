@@ -90,6 +90,12 @@ pub struct Args {
     /// With --nll: DnD prompt batches per task.
     #[arg(long, default_value_t = 3)]
     pub batches: usize,
+    /// With --nll: retrieval's neighbours, the columns of the baseline a generator that
+    /// reads its input should beat (the mean LoRA of the K training tasks whose examples
+    /// read most like the held-out task's, and its shuffle control; needs the training
+    /// tasks' checkpoints); 0: none.
+    #[arg(long, default_value_t = 5)]
+    pub nearest: usize,
     /// Steps of the own LoRA run also evaluated, for the overhead figure.
     #[arg(long, value_delimiter = ',', default_value = "25,45")]
     pub overhead_steps: Vec<usize>,
@@ -148,6 +154,7 @@ pub fn run(args: Args) -> Result<()> {
             checkpoints: args.checkpoints.clone(),
             multitask: args.multitask.clone(),
             batches: args.batches,
+            nearest: args.nearest,
             seed: 0,
             fallback: args.fallback.clone(),
         };

@@ -17,13 +17,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use serde::Serialize;
 
 use super::{evaluate, write_report, Accuracy, Candidate, Report, Score};
 use crate::format::peft::{LoraAdapter, CONFIG_FILE};
 use crate::format::rng::Rng;
 use crate::generator::decoder::{Condition, DecoderConfig};
+use crate::generator::retrieval::mean_adapter;
 use crate::generator::Generator;
 use crate::server::Config;
 use crate::tasks::Task;
@@ -161,7 +162,7 @@ pub async fn evaluate_heldout(
     }
     if record.decoder.frozen_a_seed.is_some() {
         let dir = scratch.path().join("averaged");
-        average_adapters(&train_loras)?.write_peft(&dir)?;
+        mean_adapter(&train_loras)?.write_peft(&dir)?;
         candidates.push(Candidate {
             label: OTHERS_AVERAGED.into(),
             adapter: Some(dir),
@@ -374,7 +375,7 @@ pub fn weight_space(tasks: &[Task], setup: &HeldoutSetup) -> Result<WeightReport
     let other_loras = (record.train_tasks.iter())
         .map(|n| read(n))
         .collect::<Result<Vec<_>>>()?;
-    let others_mean = b_vector(&average_adapters(&other_loras)?)?;
+    let others_mean = b_vector(&mean_adapter(&other_loras)?)?;
     let others: Vec<(&String, Vec<f32>)> = (record.train_tasks.iter())
         .zip(&other_loras)
         .map(|(n, a)| Ok((n, b_vector(a)?)))
@@ -394,7 +395,7 @@ pub fn weight_space(tasks: &[Task], setup: &HeldoutSetup) -> Result<WeightReport
                     .adapter)
             })
             .collect::<Result<Vec<_>>>()?;
-        let dnd = b_vector(&average_adapters(&generated)?)?;
+        let dnd = b_vector(&mean_adapter(&generated)?)?;
         let samples: Vec<Vec<f32>> = generated.iter().map(b_vector).collect::<Result<_>>()?;
         let own = b_vector(&read(&task.name)?)?;
         let nearest = others
@@ -449,27 +450,6 @@ pub fn weight_markdown(r: &WeightReport) -> String {
         r.dnd_across_tasks, r.own_across_tasks
     );
     out
-}
-
-/// The element-wise mean of adapters of one layout (the first one's config).
-pub(super) fn average_adapters(adapters: &[LoraAdapter]) -> Result<LoraAdapter> {
-    let first = adapters.first().context("no adapters to average")?;
-    let mut tensors = std::collections::BTreeMap::new();
-    for name in first.tensors.keys() {
-        let parts = adapters
-            .iter()
-            .map(|a| {
-                a.tensors
-                    .get(name)
-                    .with_context(|| format!("an adapter lacks {name}"))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        tensors.insert(name.clone(), (Tensor::stack(&parts, 0)?.mean(0))?);
-    }
-    Ok(LoraAdapter {
-        config: first.config.clone(),
-        tensors,
-    })
 }
 
 /// Every B matrix of an adapter, flattened in tensor-name order.

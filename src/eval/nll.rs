@@ -27,9 +27,10 @@ use anyhow::{bail, ensure, Context, Result};
 use candle_core::{Device, D};
 use serde::{Deserialize, Serialize};
 
-use super::heldout::{average_adapters, dnd_batch};
+use super::heldout::dnd_batch;
 use super::{Accuracy, EvalServer, Score};
 use crate::format::peft::{LlamaDims, LoraAdapter};
+use crate::generator::retrieval::{mean_adapter, Library, Retrieved};
 use crate::generator::Generator;
 use crate::server::specialise::guard::{self, Verdict};
 use crate::server::Config;
@@ -59,6 +60,8 @@ pub struct NllSetup {
     pub multitask: Vec<PathBuf>,
     /// DnD prompt batches per task.
     pub batches: usize,
+    /// Retrieval's neighbours ([`crate::generator::retrieval`]); 0: no retrieval columns.
+    pub nearest: usize,
     pub seed: u64,
     /// The adapter the no-harm check weighs against each DnD adapter and routes where it
     /// answers more check examples (`plugin.fallback_adapter`); default: a residual
@@ -160,6 +163,16 @@ pub struct Row<S> {
     /// DnD generated from `shuffled_from`'s prompts.
     pub shuffled: S,
     pub shuffled_from: String,
+    /// Retrieval from DnD's first prompt batch, and from `shuffled_from`'s (the same
+    /// control); `None` without a library (or before the columns existed).
+    // (`default = ...`: a plain `default` would ask `S: Default`)
+    #[serde(default = "Option::default", skip_serializing_if = "Option::is_none")]
+    pub nearest: Option<S>,
+    #[serde(default = "Option::default", skip_serializing_if = "Option::is_none")]
+    pub nearest_shuffled: Option<S>,
+    /// The tasks retrieval averaged, nearest first, with their cosine.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub neighbours: Vec<(String, f32)>,
 }
 
 pub type NllRow = Row<NllScore>;
@@ -404,12 +417,18 @@ pub struct Case {
     /// DnD from `shuffled_from`'s prompts: the condition-shuffle control.
     pub shuffled: LoraAdapter,
     pub shuffled_from: String,
+    /// Retrieval from the first DnD batch's texts, and from `shuffled_from`'s.
+    pub nearest: Option<Retrieved>,
+    pub nearest_shuffled: Option<LoraAdapter>,
 }
 
 /// Every adapter of the held-out comparison, generated once and scored both ways.
 pub struct Comparison {
     pub train_tasks: usize,
     /// The training tasks' final checkpoints averaged into one, and how many there were.
+    /// Training tasks: the generator's, and every task given that it neither holds out
+    /// nor is evaluated on (a residual generator's include those of the LoRA it sits on,
+    /// which its record does not list).
     pub averaged: Option<LoraAdapter>,
     pub averaged_over: usize,
     pub multitask: Vec<(String, LoraAdapter)>,
@@ -448,15 +467,19 @@ impl Comparison {
             LoraAdapter::read_peft(path)
         };
         // Training tasks trained end to end need no collection: average those that have one.
-        let train = record
-            .train_tasks
-            .iter()
-            .filter(|n| finals.contains_key(*n))
-            .map(|n| read(n))
-            .collect::<Result<Vec<_>>>()?;
-        let averaged = match train.is_empty() {
+        let mut train: Vec<&str> = record.train_tasks.iter().map(String::as_str).collect();
+        for t in tasks {
+            if !record.evaluates(t) && !record.heldout_tasks.contains(&t.name) {
+                train.push(&t.name);
+            }
+        }
+        train.sort_unstable();
+        train.dedup();
+        train.retain(|n| finals.contains_key(*n));
+        let train_loras = train.iter().map(|n| read(n)).collect::<Result<Vec<_>>>()?;
+        let averaged = match train_loras.is_empty() {
             true => None,
-            false => Some(average_adapters(&train)?),
+            false => Some(mean_adapter(&train_loras)?),
         };
         let mut multitask = setup
             .multitask
@@ -480,10 +503,27 @@ impl Comparison {
             }),
             None => None,
         };
+        let batch = |task: &Task, b: usize| dnd_batch(task, generator.config(), setup.seed, b);
         let generate = |task: &Task, b: usize| -> Result<LoraAdapter> {
-            Ok(generator
-                .generate(&dnd_batch(task, generator.config(), setup.seed, b)?)?
-                .adapter)
+            Ok(generator.generate(&batch(task, b)?)?.adapter)
+        };
+        // Retrieval's library: the LoRAs of the training tasks among those given (it needs
+        // their examples), each task read as DnD reads one.
+        let mut entries = Vec::new();
+        for (name, adapter) in train.iter().zip(&train_loras) {
+            if let Some(t) = tasks.iter().find(|t| t.name == *name) {
+                entries.push((t.name.clone(), batch(t, 0)?, adapter.clone()));
+            }
+        }
+        let library = match (setup.nearest, entries.is_empty()) {
+            (0, _) | (_, true) => None,
+            _ => Some(Library::new(generator.encoder(), entries)?),
+        };
+        let retrieve = |task: &Task| -> Result<Option<Retrieved>> {
+            library
+                .as_ref()
+                .map(|l| l.nearest(generator.encoder(), &batch(task, 0)?, setup.nearest))
+                .transpose()
         };
         let mut cases = Vec::new();
         for (i, task) in heldout.iter().enumerate() {
@@ -508,6 +548,8 @@ impl Comparison {
                     .collect::<Result<_>>()?,
                 shuffled: generate(&other, 0)?,
                 shuffled_from: other.name.clone(),
+                nearest: retrieve(task)?,
+                nearest_shuffled: retrieve(&other)?.map(|r| r.adapter),
             });
         }
         Ok(Self {
@@ -534,6 +576,16 @@ impl Comparison {
                 .map(|(b, a)| (format!("dnd-{b}"), Some(a))),
         );
         v.push(("shuffled".into(), Some(&case.shuffled)));
+        v.extend(
+            case.nearest
+                .iter()
+                .map(|r| ("nearest".into(), Some(&r.adapter))),
+        );
+        v.extend(
+            case.nearest_shuffled
+                .iter()
+                .map(|a| ("nearest shuffled".into(), Some(a))),
+        );
         v
     }
 
@@ -559,8 +611,14 @@ impl Comparison {
             dnd_batches,
             shuffled: next(),
             shuffled_from: case.shuffled_from.clone(),
+            nearest: case.nearest.as_ref().map(|_| next()),
+            nearest_shuffled: case.nearest_shuffled.as_ref().map(|_| next()),
+            neighbours: case
+                .nearest
+                .as_ref()
+                .map_or(Vec::new(), |r| r.neighbours.clone()),
         };
-        eprintln!("{}", row_line(&row));
+        eprintln!("{}", row_line(&row, row.nearest.is_some()));
         row
     }
 }
@@ -777,10 +835,18 @@ pub fn adapter_name(path: &Path) -> String {
     }
 }
 
-fn row_line<S: Cell>(r: &Row<S>) -> String {
+fn row_line<S: Cell>(r: &Row<S>, retrieval: bool) -> String {
     let multitask: String = r.multitask.iter().map(|s| s.cell() + " | ").collect();
+    let nearest = match retrieval {
+        true => format!(
+            " {} | {} |",
+            opt_cell(r.nearest),
+            opt_cell(r.nearest_shuffled)
+        ),
+        false => String::new(),
+    };
     format!(
-        "| {} | {} | {} | {multitask}{} | {} | {} | {} |",
+        "| {} | {} | {} | {multitask}{} | {} | {} | {} |{nearest}",
         r.task,
         r.base.cell(),
         opt_cell(r.averaged),
@@ -791,15 +857,25 @@ fn row_line<S: Cell>(r: &Row<S>) -> String {
     )
 }
 
+/// Whether the rows have the retrieval columns.
+fn has_retrieval<S>(rows: &[Row<S>]) -> bool {
+    rows.iter().any(|r| r.nearest.is_some())
+}
+
 /// One table: a row per task (see [`row_line`]) and the mean row.
 fn table<S: Cell>(rows: &[Row<S>], multitask: &[String]) -> String {
     let names: String = multitask.iter().map(|n| format!(" {n} |")).collect();
+    let retrieval = has_retrieval(rows);
+    let (nearest, columns) = match retrieval {
+        true => (" retrieval | retrieval shuffled |", 9),
+        false => ("", 7),
+    };
     let mut out = format!(
-        "| task | base | averaged LoRAs |{names} own LoRA | DnD | DnD shuffled | shuffled from |\n|{}\n",
-        "---|".repeat(7 + multitask.len())
+        "| task | base | averaged LoRAs |{names} own LoRA | DnD | DnD shuffled | shuffled from |{nearest}\n|{}\n",
+        "---|".repeat(columns + multitask.len())
     );
     for row in rows {
-        out.push_str(&row_line(row));
+        out.push_str(&row_line(row, retrieval));
         out.push('\n');
     }
     let col = |f: &dyn Fn(&Row<S>) -> Option<S>| -> String {
@@ -812,8 +888,16 @@ fn table<S: Cell>(rows: &[Row<S>], multitask: &[String]) -> String {
     let means: String = (0..multitask.len())
         .map(|i| col(&|x| x.multitask.get(i).copied()) + " | ")
         .collect();
+    let nearest = match retrieval {
+        true => format!(
+            " {} | {} |",
+            col(&|x| x.nearest),
+            col(&|x| x.nearest_shuffled)
+        ),
+        false => String::new(),
+    };
     out.push_str(&format!(
-        "| mean | {} | {} | {means}{} | {} | {} | |\n",
+        "| mean | {} | {} | {means}{} | {} | {} | |{nearest}\n",
         col(&|x| Some(x.base)),
         col(&|x| x.averaged),
         col(&|x| x.own),
@@ -842,6 +926,15 @@ pub fn nll_markdown(r: &NllReport) -> String {
             out.push_str(&format!("- {line}\n"));
         }
     }
+    if has_retrieval(&r.rows) {
+        out.push_str("\nRetrieval's neighbours (cosine of the tasks' mean MiniLM vectors):\n");
+        for row in &r.rows {
+            let n: Vec<String> = (row.neighbours.iter())
+                .map(|(t, c)| format!("{t} {c:.2}"))
+                .collect();
+            out.push_str(&format!("- {}: {}\n", row.task, n.join(", ")));
+        }
+    }
     if !r.left_out.is_empty() {
         out.push_str(&format!(
             "\nHeld-out tasks in this report: {}; left out of every table, mean and bar: {}.\n",
@@ -860,6 +953,14 @@ pub fn nll_markdown(r: &NllReport) -> String {
         out.push_str(&table(&r.decoded, &r.multitask));
         out.push('\n');
         out.push_str(&bars_markdown(&r.decoded, &r.multitask));
+        if has_retrieval(&r.decoded) {
+            out.push_str(
+                "\nRetrieval (the mean of the LoRAs of the training tasks whose examples read \
+                 most like the task's; its control: retrieval from the next task's) by the \
+                 same bars:\n\n",
+            );
+            out.push_str(&bars_of(&r.decoded, &r.multitask, Judged::Retrieval));
+        }
     }
     if !r.guarded.is_empty() {
         let n = r.checks.first().map_or(0, |c| c.shuffled.examples);
@@ -867,7 +968,7 @@ pub fn nll_markdown(r: &NllReport) -> String {
             "\nWith the no-harm check on the first {n} training examples of each task (an \
              adapter that answers fewer of them than the base model is not routed: its cell \
              shows the base model's scores; the fallback adapter's column, if any, is \
-             checked too), strict % (lenient %):\n\n"
+             checked too; the retrieval columns are not), strict % (lenient %):\n\n"
         ));
         out.push_str(&table(&r.guarded, &r.multitask));
         out.push('\n');
@@ -929,43 +1030,87 @@ const BAR_DRAWS: usize = 2000;
 /// a bootstrap over the tasks (each task's DnD and comparison drawn together): whether a
 /// margin of a point or two would survive another draw of held-out tasks.
 pub fn bars_markdown(rows: &[Row<Accuracy>], multitask: &[String]) -> String {
+    bars_of(rows, multitask, Judged::Dnd)
+}
+
+/// The adapter column that [`bars_of`] judges, with its condition-shuffle control.
+#[derive(Debug, Clone, Copy)]
+pub enum Judged {
+    Dnd,
+    /// Retrieval ([`crate::generator::retrieval`]): the same bars, as the baseline a
+    /// generator that reads its input should beat.
+    Retrieval,
+}
+
+impl Judged {
+    fn name(self) -> &'static str {
+        match self {
+            Judged::Dnd => "DnD",
+            Judged::Retrieval => "retrieval",
+        }
+    }
+
+    fn score(self, r: &Row<Accuracy>) -> Option<Accuracy> {
+        match self {
+            Judged::Dnd => Some(r.dnd),
+            Judged::Retrieval => r.nearest,
+        }
+    }
+
+    fn shuffled(self, r: &Row<Accuracy>) -> Option<Accuracy> {
+        match self {
+            Judged::Dnd => Some(r.shuffled),
+            Judged::Retrieval => r.nearest_shuffled,
+        }
+    }
+}
+
+/// [`bars_markdown`]'s bars for the column `judged`, on the rows that have it.
+pub fn bars_of(rows: &[Row<Accuracy>], multitask: &[String], judged: Judged) -> String {
+    let rows: Vec<(&Row<Accuracy>, Accuracy)> = rows
+        .iter()
+        .filter_map(|r| Some((r, judged.score(r)?)))
+        .collect();
+    let who = judged.name();
     let mean = |f: &dyn Fn(&Row<Accuracy>) -> Option<Accuracy>| -> Option<f64> {
-        let v: Vec<Accuracy> = rows.iter().filter_map(f).collect();
+        let v: Vec<Accuracy> = rows.iter().filter_map(|(r, _)| f(r)).collect();
         (!v.is_empty()).then(|| 100.0 * Accuracy::mean(&v).strict)
     };
-    // The margin's interval: per task, DnD minus the comparison minus the bar's offset.
+    // The margin's interval: per task, the judged column minus the comparison minus the
+    // bar's offset.
     let interval = |f: &dyn Fn(&Row<Accuracy>) -> Option<Accuracy>, offset: f64| {
         let d: Vec<f64> = rows
             .iter()
-            .filter_map(|r| Some(100.0 * (r.dnd.strict - f(r)?.strict) - offset))
+            .filter_map(|(r, s)| Some(100.0 * (s.strict - f(r)?.strict) - offset))
             .collect();
         crate::format::rng::bootstrap_95(d.len(), BAR_DRAWS, 14, |pick| {
             pick.iter().map(|&i| d[i]).sum::<f64>() / pick.len() as f64
         })
     };
-    let dnd = mean(&|r| Some(r.dnd)).unwrap_or(0.0);
+    let value = mean(&|r| judged.score(r)).unwrap_or(0.0);
     let mut bars: Vec<(String, f64, f64, (f64, f64))> = Vec::new();
     if let Some(avg) = mean(&|r| r.averaged) {
         let ci = interval(&|r| r.averaged, 5.0);
-        bars.push(("DnD >= averaged LoRAs + 5".into(), dnd, avg + 5.0, ci));
+        bars.push((format!("{who} >= averaged LoRAs + 5"), value, avg + 5.0, ci));
     }
     for (i, name) in multitask.iter().enumerate() {
         let m = mean(&|r| r.multitask.get(i).copied()).unwrap_or(0.0);
         let ci = interval(&|r| r.multitask.get(i).copied(), 0.0);
-        bars.push((format!("DnD >= {name}"), dnd, m, ci));
+        bars.push((format!("{who} >= {name}"), value, m, ci));
     }
     let base = mean(&|r| Some(r.base)).unwrap_or(0.0);
     let ci = interval(&|r| Some(r.base), 15.0);
-    bars.push(("DnD >= base + 15".into(), dnd, base + 15.0, ci));
-    let shuffled = mean(&|r| Some(r.shuffled)).unwrap_or(0.0);
-    let ci = interval(&|r| Some(r.shuffled), 0.0);
-    // The shuffle bar's value is already a difference: its interval is shifted to match.
-    bars.push((
-        "shuffle control >= 3 below DnD".into(),
-        dnd - shuffled,
-        3.0,
-        (ci.0 - 3.0, ci.1 - 3.0),
-    ));
+    bars.push((format!("{who} >= base + 15"), value, base + 15.0, ci));
+    if let Some(shuffled) = mean(&|r| judged.shuffled(r)) {
+        let ci = interval(&|r| judged.shuffled(r), 0.0);
+        // The shuffle bar's value is already a difference: its interval is shifted to match.
+        bars.push((
+            format!("shuffle control >= 3 below {who}"),
+            value - shuffled,
+            3.0,
+            (ci.0 - 3.0, ci.1 - 3.0),
+        ));
+    }
     let mut out = String::from(
         "| bar (strict, mean over tasks) | value | needed | | margin (95 % interval, tasks resampled) |\n|---|---|---|---|---|\n",
     );
@@ -979,18 +1124,18 @@ pub fn bars_markdown(rows: &[Row<Accuracy>], multitask: &[String]) -> String {
     let harmed: Vec<String> = rows
         .iter()
         // (with a margin for rounding: 0.9 - 0.8 is a hair under 0.1)
-        .filter(|r| 100.0 * (r.base.lenient - r.dnd.lenient) >= HARM_POINTS - 1e-9)
-        .map(|r| {
+        .filter(|(r, s)| 100.0 * (r.base.lenient - s.lenient) >= HARM_POINTS - 1e-9)
+        .map(|(r, s)| {
             format!(
                 "{} ({:.1} -> {:.1})",
                 r.task,
                 100.0 * r.base.lenient,
-                100.0 * r.dnd.lenient
+                100.0 * s.lenient
             )
         })
         .collect();
     out.push_str(&format!(
-        "| no harm: tasks with DnD >= {HARM_POINTS} lenient points below the base | {} | 0 | {} | - |\n",
+        "| no harm: tasks with {who} >= {HARM_POINTS} lenient points below the base | {} | 0 | {} | - |\n",
         match harmed.is_empty() {
             true => "none".to_string(),
             false => harmed.join(", "),
@@ -1152,6 +1297,9 @@ mod tests {
             dnd_batches: vec![dnd],
             shuffled,
             shuffled_from: "other".into(),
+            nearest: None,
+            nearest_shuffled: None,
+            neighbours: Vec::new(),
         }
     }
 
@@ -1193,6 +1341,45 @@ mod tests {
         let md = bars_markdown(&fine, &[]);
         assert!(md.contains("| none | 0 | met |"), "{md}");
         assert!(md.contains("| 0.0 | 3.0 | **missed** |"), "{md}");
+    }
+
+    /// Retrieval is judged by the same bars on its own column and control, over the rows
+    /// that have it; the tables show its columns only when some row has them.
+    #[test]
+    fn retrieval_gets_the_same_bars_on_its_own_columns() {
+        let mut rows = vec![
+            decoded_row("a", acc(0.0, 0.2), acc(0.5, 0.5), acc(0.3, 0.3)),
+            decoded_row("b", acc(0.1, 0.9), acc(0.3, 0.8), acc(0.3, 0.8)),
+        ];
+        assert!(!table(&rows, &[]).contains("retrieval"));
+        assert!(!bars_of(&rows, &[], Judged::Retrieval).contains("averaged"));
+        rows[1].nearest = Some(acc(0.6, 0.6));
+        rows[1].nearest_shuffled = Some(acc(0.2, 0.2));
+        let md = bars_of(&rows, &["mt".into()], Judged::Retrieval);
+        let line = |name: &str| md.lines().find(|l| l.contains(name)).unwrap().to_string();
+        // Task b alone: retrieval 60, averaged 10, mt 30, base 10, its control 20.
+        assert!(
+            line("retrieval >= averaged LoRAs + 5").contains("| 60.0 | 15.0 | met"),
+            "{md}"
+        );
+        assert!(
+            line("retrieval >= mt").contains("| 60.0 | 30.0 | met"),
+            "{md}"
+        );
+        assert!(line("base + 15").contains("| 60.0 | 25.0 | met"), "{md}");
+        assert!(
+            line("3 below retrieval").contains("| 40.0 | 3.0 | met"),
+            "{md}"
+        );
+        // Harm is on retrieval's lenient score: b's base answers 90 leniently.
+        assert!(line("no harm").contains("b (90.0 -> 60.0)"), "{md}");
+        let t = table(&rows, &[]);
+        assert!(t.contains("| retrieval | retrieval shuffled |"), "{t}");
+        assert!(t.contains("| 60.0 (60.0) | 20.0 (20.0) |"), "{t}");
+        assert!(
+            t.contains("| - | - |"),
+            "task a has no retrieval cells: {t}"
+        );
     }
 
     fn verdict(accepted: bool) -> Verdict {
@@ -1280,6 +1467,9 @@ mod tests {
             dnd_batches: vec![nll],
             shuffled: nll,
             shuffled_from: "other".into(),
+            nearest: None,
+            nearest_shuffled: None,
+            neighbours: Vec::new(),
         };
         let good = decoded_row("a", acc(0.0, 0.2), acc(0.5, 0.5), acc(0.1, 0.1));
         let harmed = decoded_row("b", acc(0.0, 0.9), acc(0.0, 0.1), acc(0.0, 0.1));

@@ -26,6 +26,7 @@ pub mod decoder;
 pub mod encoder;
 pub mod prompts;
 pub mod residual;
+pub mod retrieval;
 pub mod tokenizer;
 
 use std::collections::BTreeMap;

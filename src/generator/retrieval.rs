@@ -1,0 +1,225 @@
+//! Retrieval: a task's adapter as the mean of the stored LoRAs of the `k` tasks whose
+//! examples read most like its own, by MiniLM sentence vectors.
+//!
+//! It exists as the baseline a generator that reads its input must beat: DnD's held-out
+//! adapters score like the training LoRAs averaged into one whatever prompts they are fed
+//! (README, "The 144-task point across folds"), and retrieval is the simplest map from a
+//! task's text to weights that does use the text. No training, one parameter (`k`, fixed
+//! before any evaluation; not tuned on held-out tasks).
+//!
+//! A task is one vector: the mean of its texts' sentence vectors (each L2-normalised, as
+//! [`PromptEncoder::sentence_embeddings`] gives them); similarity is the cosine of two such
+//! vectors after subtracting the library's mean vector, as `bench condition` compares
+//! batches (MiniLM's vectors of one suite share a large common part). The `k` nearest library tasks' adapters are averaged with
+//! equal weights, tensor by tensor ([`mean_adapter`]). With the collection's shared frozen A
+//! (`format::frozen_a`) every A is the same, so that averages the B matrices and with them
+//! the weight updates; otherwise it averages A and B separately, which is not the mean
+//! update (the training LoRAs' average has the same caveat).
+
+use std::borrow::Borrow;
+
+use anyhow::{ensure, Context, Result};
+use candle_core::{Tensor, D};
+
+use super::PromptEncoder;
+use crate::format::peft::LoraAdapter;
+
+/// Stored tasks: names, one centred unit vector each (T, 384), the mean they are centred
+/// on, and their adapters.
+pub struct Library {
+    names: Vec<String>,
+    vectors: Tensor,
+    centre: Tensor,
+    adapters: Vec<LoraAdapter>,
+}
+
+/// What [`Library::nearest`] picked.
+pub struct Retrieved {
+    /// The mean of the neighbours' adapters.
+    pub adapter: LoraAdapter,
+    /// The neighbours, nearest first, with their cosine to the query.
+    pub neighbours: Vec<(String, f32)>,
+}
+
+impl Library {
+    /// `tasks`: per stored task its name, texts (in the form queries will come in, e.g.
+    /// the generator's condition text of its examples) and adapter.
+    pub fn new(
+        encoder: &PromptEncoder,
+        tasks: Vec<(String, Vec<String>, LoraAdapter)>,
+    ) -> Result<Self> {
+        ensure!(!tasks.is_empty(), "an empty library");
+        let mut names = Vec::new();
+        let mut vectors = Vec::new();
+        let mut adapters = Vec::new();
+        for (name, texts, adapter) in tasks {
+            vectors.push(
+                task_vector(encoder, &texts)
+                    .with_context(|| format!("task {name}"))?
+                    .squeeze(0)?,
+            );
+            names.push(name);
+            adapters.push(adapter);
+        }
+        let vectors = Tensor::stack(&vectors, 0)?;
+        let centre = vectors.mean_keepdim(0)?;
+        Ok(Self {
+            names,
+            vectors: unit(&vectors.broadcast_sub(&centre)?)?,
+            centre,
+            adapters,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// The mean adapter of the `k` stored tasks nearest to `texts` (all when fewer);
+    /// ties keep library order.
+    pub fn nearest(
+        &self,
+        encoder: &PromptEncoder,
+        texts: &[String],
+        k: usize,
+    ) -> Result<Retrieved> {
+        ensure!(k >= 1, "retrieval needs k >= 1");
+        let query = unit(&task_vector(encoder, texts)?.broadcast_sub(&self.centre)?)?;
+        let cos = self
+            .vectors
+            .matmul(&query.t()?)?
+            .squeeze(1)?
+            .to_vec1::<f32>()?;
+        let mut order: Vec<usize> = (0..cos.len()).collect();
+        order.sort_by(|&a, &b| cos[b].total_cmp(&cos[a]));
+        order.truncate(k);
+        let picked: Vec<&LoraAdapter> = order.iter().map(|&i| &self.adapters[i]).collect();
+        Ok(Retrieved {
+            adapter: mean_adapter(&picked)?,
+            neighbours: order
+                .iter()
+                .map(|&i| (self.names[i].clone(), cos[i]))
+                .collect(),
+        })
+    }
+}
+
+/// One task's vector (1, 384): the mean of its texts' sentence vectors.
+fn task_vector(encoder: &PromptEncoder, texts: &[String]) -> Result<Tensor> {
+    ensure!(!texts.is_empty(), "no texts to embed");
+    Ok(encoder.sentence_embeddings(texts)?.mean_keepdim(0)?)
+}
+
+/// Rows scaled to unit length (a zero row, e.g. a one-task library centred, stays zero).
+fn unit(rows: &Tensor) -> Result<Tensor> {
+    let norm = rows
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12, f32::MAX)?;
+    Ok(rows.broadcast_div(&norm)?)
+}
+
+/// The adapters' tensors averaged one by one (the first adapter's config).
+pub fn mean_adapter<A: Borrow<LoraAdapter>>(adapters: &[A]) -> Result<LoraAdapter> {
+    let first = adapters.first().context("no adapters to average")?.borrow();
+    let mut tensors = std::collections::BTreeMap::new();
+    for name in first.tensors.keys() {
+        let parts = adapters
+            .iter()
+            .map(|a| {
+                a.borrow()
+                    .tensors
+                    .get(name)
+                    .with_context(|| format!("an adapter lacks {name}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        tensors.insert(name.clone(), Tensor::stack(&parts, 0)?.mean(0)?);
+    }
+    Ok(LoraAdapter {
+        config: first.config.clone(),
+        tensors,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::peft::PeftConfig;
+    use candle_core::Device;
+
+    fn adapter(value: f32) -> LoraAdapter {
+        let t = Tensor::full(value, (2, 3), &Device::Cpu).unwrap();
+        LoraAdapter {
+            config: PeftConfig::new(1, 2.0, &[], "test"),
+            tensors: [("w".to_string(), t)].into(),
+        }
+    }
+
+    fn value(a: &LoraAdapter) -> f32 {
+        a.tensors["w"].mean_all().unwrap().to_scalar().unwrap()
+    }
+
+    #[test]
+    fn the_mean_adapter_averages_every_tensor() {
+        let (a, b) = (adapter(1.0), adapter(4.0));
+        assert_eq!(value(&mean_adapter(&[&a, &b]).unwrap()), 2.5);
+        let mut c = adapter(1.0);
+        c.tensors.clear();
+        assert!(
+            mean_adapter(&[&a, &c]).is_err(),
+            "a missing tensor is an error"
+        );
+    }
+
+    /// With the real MiniLM (fetched when missing): a query about capitals retrieves the capitals task first,
+    /// and the adapter returned is the mean of exactly the neighbours'.
+    #[test]
+    fn retrieval_picks_the_task_that_reads_alike() {
+        let dir = crate::testing::real_assets().minilm();
+        let encoder = PromptEncoder::load(&dir, &Device::Cpu).unwrap();
+        let texts = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let library = Library::new(
+            &encoder,
+            vec![
+                (
+                    "capitals".into(),
+                    texts(&["What is the capital of France?", "Capital of Peru?"]),
+                    adapter(1.0),
+                ),
+                (
+                    "reverse".into(),
+                    texts(&["Reverse the word: apple", "Reverse: stone"]),
+                    adapter(2.0),
+                ),
+                (
+                    "sums".into(),
+                    texts(&["What is 17 + 25?", "Add 3 and 9."]),
+                    adapter(4.0),
+                ),
+            ],
+        )
+        .unwrap();
+        let got = library
+            .nearest(&encoder, &texts(&["What is the capital of Japan?"]), 1)
+            .unwrap();
+        assert_eq!(got.neighbours[0].0, "capitals");
+        assert_eq!(value(&got.adapter), 1.0);
+        let two = library
+            .nearest(&encoder, &texts(&["Reverse the word: table"]), 2)
+            .unwrap();
+        assert_eq!(two.neighbours[0].0, "reverse");
+        assert!(two.neighbours[0].1 > two.neighbours[1].1);
+        let expect =
+            (2.0 + if two.neighbours[1].0 == "sums" {
+                4.0
+            } else {
+                1.0
+            }) / 2.0;
+        assert_eq!(value(&two.adapter), expect);
+    }
+}
