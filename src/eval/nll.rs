@@ -17,6 +17,11 @@
 //! test prompts; and the condition-shuffle control: DnD fed the prompts of the next
 //! held-out task (in suite order), scored on this one. If the shuffle scores as well as
 //! DnD, the generator ignores its input.
+//! With `nearest: k` and the training tasks' checkpoints, also retrieval
+//! ([`crate::generator::retrieval`]): the mean LoRA of the k training tasks whose text
+//! (DnD's first batch, read the same way for every task) is nearest the held-out task's,
+//! and its control, retrieval from the next held-out task's batch: the simplest adapter
+//! that reads its task, the baseline for any generator that claims to.
 //!
 //! [`decode_rows`] answers with the same adapters through the serving path (strict and
 //! lenient accuracy), and [`bars_markdown`] checks the generator's bars on those rows.
