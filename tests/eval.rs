@@ -106,6 +106,29 @@ async fn eval_scores_engine_outputs_for_base_and_adapters() {
     }
 }
 
+/// Side by side, every column's requests are in flight at once: the evaluation server
+/// makes room for them whatever the production bounds say (here one request, no wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn side_by_side_columns_are_not_refused_by_the_admission_bounds() {
+    use mistralrs_dnd::eval::EvalServer;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_config(dir.path());
+    config.plugin.max_in_flight_per_model = 1;
+    config.plugin.max_in_flight_per_task = 1;
+    config.plugin.admission_wait_ms = 1;
+    let adapter = random_adapter(&tiny_dims(), &[Module::Q, Module::V], 4, 9, 0.5, 0.5).unwrap();
+    let mut adapters = vec![("base".to_string(), None)];
+    adapters.extend((0..3).map(|i| (format!("lora-{i}"), Some(&adapter))));
+    let (server, _store) = EvalServer::start(config, adapters.len()).await.unwrap();
+    let prompts = ["one", "two", "three", "four", "five", "six"];
+    let out = server
+        .answer_side_by_side(&adapters, &prompts)
+        .await
+        .unwrap();
+    assert_eq!(out.len(), 4);
+    assert!(out.iter().all(|answers| answers.len() == prompts.len()));
+}
+
 /// `eval --generator`: one summary row per held-out task with every comparison, the spread
 /// and overhead table, and a clear refusal for a generator without held-out tasks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,6 +226,7 @@ fn task_files_it_did_not_train_on_are_compared_as_held_out_tasks() {
         multitask: Vec::new(),
         batches: 1,
         nearest: 5,
+        nearest_on: None,
         seed: 0,
         fallback: None,
     };
@@ -246,6 +270,7 @@ fn task_files_it_did_not_train_on_are_compared_as_held_out_tasks() {
         multitask,
         batches: 1,
         nearest: 5,
+        nearest_on: None,
         seed: 0,
         fallback: Some(fallback.to_path_buf()),
     };

@@ -142,6 +142,9 @@ pub async fn evaluate(
     })
 }
 
+/// Requests in flight per adapter column: they share the engine model's decode batches.
+const IN_FLIGHT: usize = 8;
+
 /// The in-process server evaluations answer through: the plugin on, a temporary store, no
 /// generator.
 pub struct EvalServer {
@@ -151,12 +154,20 @@ pub struct EvalServer {
 }
 
 impl EvalServer {
-    /// Starts it with room for `resident` adapters; the store lives as long as the guard.
+    /// Starts it with room for `resident` adapters, each answering side by side with the
+    /// base model; the store lives as long as the guard.
     pub async fn start(mut config: Config, resident: usize) -> Result<(Self, tempfile::TempDir)> {
         let store = tempfile::tempdir()?;
         config.plugin.enabled = true;
         config.plugin.store = store.path().join("store");
         config.plugin.max_resident = resident;
+        // Shared-base adapters all count against the base model's bound: room for every
+        // column's requests at once (the production default, 64, is 8 columns).
+        let bounds = &mut config.plugin;
+        bounds.max_in_flight_per_model = bounds
+            .max_in_flight_per_model
+            .max(IN_FLIGHT * (resident + 1));
+        bounds.max_in_flight_per_task = bounds.max_in_flight_per_task.max(IN_FLIGHT);
         config.plugin.generator = None;
         let base = server::resolve_base(&config)?;
         let dtype = config.model.dtype.clone();
@@ -248,9 +259,8 @@ async fn score_task(
 
 /// Greedy answers to `prompts` through the server, tagged with `tag` (none: the base).
 async fn answers(server: &LocalServer, tag: Option<&str>, prompts: &[&str]) -> Result<Vec<String>> {
-    // 8 in flight share the engine model's decode batches.
     futures::stream::iter(prompts.iter().map(|p| answer(server, tag, p)))
-        .buffered(8)
+        .buffered(IN_FLIGHT)
         .collect::<Vec<_>>()
         .await
         .into_iter()
