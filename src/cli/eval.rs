@@ -96,6 +96,11 @@ pub struct Args {
     /// tasks' checkpoints); 0: none.
     #[arg(long, default_value_t = 5)]
     pub nearest: usize,
+    /// With --nearest: retrieval as a move of this adapter (PEFT folder, sharing the
+    /// checkpoints' A), e.g. the multi-task LoRA of all training tasks: its B plus the
+    /// neighbours' mean B minus the training tasks' mean B.
+    #[arg(long)]
+    pub nearest_on: Option<PathBuf>,
     /// Steps of the own LoRA run also evaluated, for the overhead figure.
     #[arg(long, value_delimiter = ',', default_value = "25,45")]
     pub overhead_steps: Vec<usize>,
@@ -155,6 +160,7 @@ pub fn run(args: Args) -> Result<()> {
             multitask: args.multitask.clone(),
             batches: args.batches,
             nearest: args.nearest,
+            nearest_on: args.nearest_on.clone(),
             seed: 0,
             fallback: args.fallback.clone(),
         };

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use super::heldout::dnd_batch;
 use super::{Accuracy, EvalServer, Score};
 use crate::format::peft::{LlamaDims, LoraAdapter};
-use crate::generator::retrieval::{mean_adapter, Library, Retrieved};
+use crate::generator::retrieval::{mean_adapter, on_top, Library, Retrieved};
 use crate::generator::Generator;
 use crate::server::specialise::guard::{self, Verdict};
 use crate::server::Config;
@@ -67,6 +67,9 @@ pub struct NllSetup {
     pub batches: usize,
     /// Retrieval's neighbours ([`crate::generator::retrieval`]); 0: no retrieval columns.
     pub nearest: usize,
+    /// Retrieval as a move of this adapter ([`crate::generator::retrieval::on_top`]), e.g.
+    /// the multi-task LoRA of all training tasks; `None`: the neighbours' mean alone.
+    pub nearest_on: Option<PathBuf>,
     pub seed: u64,
     /// The adapter the no-harm check weighs against each DnD adapter and routes where it
     /// answers more check examples (`plugin.fallback_adapter`); default: a residual
@@ -524,11 +527,20 @@ impl Comparison {
             (0, _) | (_, true) => None,
             _ => Some(Library::new(generator.encoder(), entries)?),
         };
+        let on = setup
+            .nearest_on
+            .as_deref()
+            .map(LoraAdapter::read_peft)
+            .transpose()?;
         let retrieve = |task: &Task| -> Result<Option<Retrieved>> {
-            library
-                .as_ref()
-                .map(|l| l.nearest(generator.encoder(), &batch(task, 0)?, setup.nearest))
-                .transpose()
+            let Some(library) = &library else {
+                return Ok(None);
+            };
+            let mut r = library.nearest(generator.encoder(), &batch(task, 0)?, setup.nearest)?;
+            if let Some(on) = &on {
+                r.adapter = on_top(on, &r.adapter, library.mean())?;
+            }
+            Ok(Some(r))
         };
         let mut cases = Vec::new();
         for (i, task) in heldout.iter().enumerate() {

@@ -15,6 +15,11 @@
 //! (`format::frozen_a`) every A is the same, so that averages the B matrices and with them
 //! the weight updates; otherwise it averages A and B separately, which is not the mean
 //! update (the training LoRAs' average has the same caveat).
+//!
+//! [`on_top`] moves another adapter (e.g. the multi-task LoRA of the same tasks, which
+//! per-task LoRAs averaged do not reach) by what the neighbours have that the library as a
+//! whole has not: its B plus the neighbours' mean B minus the library's mean B (task
+//! arithmetic, at weight 1: nothing to tune). Every A must be the same.
 
 use std::borrow::Borrow;
 
@@ -25,12 +30,13 @@ use super::PromptEncoder;
 use crate::format::peft::LoraAdapter;
 
 /// Stored tasks: names, one centred unit vector each (T, 384), the mean they are centred
-/// on, and their adapters.
+/// on, their adapters and the mean of those.
 pub struct Library {
     names: Vec<String>,
     vectors: Tensor,
     centre: Tensor,
     adapters: Vec<LoraAdapter>,
+    mean: LoraAdapter,
 }
 
 /// What [`Library::nearest`] picked.
@@ -67,6 +73,7 @@ impl Library {
             names,
             vectors: unit(&vectors.broadcast_sub(&centre)?)?,
             centre,
+            mean: mean_adapter(&adapters)?,
             adapters,
         })
     }
@@ -77,6 +84,11 @@ impl Library {
 
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
+    }
+
+    /// The mean of every stored adapter.
+    pub fn mean(&self) -> &LoraAdapter {
+        &self.mean
     }
 
     /// The mean adapter of the `k` stored tasks nearest to `texts` (all when fewer);
@@ -106,6 +118,46 @@ impl Library {
                 .collect(),
         })
     }
+}
+
+/// `base` moved by what `retrieved` has that `mean` has not: every B is `base`'s plus
+/// `retrieved`'s minus `mean`'s; every A must be the same in all three (to 1e-6).
+pub fn on_top(
+    base: &LoraAdapter,
+    retrieved: &LoraAdapter,
+    mean: &LoraAdapter,
+) -> Result<LoraAdapter> {
+    ensure!(
+        base.config.r == retrieved.config.r
+            && base.config.lora_alpha == retrieved.config.lora_alpha,
+        "the adapters have different ranks or alphas"
+    );
+    let mut tensors = std::collections::BTreeMap::new();
+    for (name, b) in &base.tensors {
+        let get = |a: &LoraAdapter| -> Result<Tensor> {
+            let t = a.tensors.get(name);
+            Ok(t.with_context(|| format!("an adapter lacks {name}"))?
+                .clone())
+        };
+        let (r, m) = (get(retrieved)?, get(mean)?);
+        let t = if name.contains("lora_B") {
+            ((b + r)? - m)?
+        } else {
+            for other in [&r, &m] {
+                let diff = (other - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                ensure!(
+                    diff <= 1e-6,
+                    "{name} differs by {diff}: the adapters do not share A"
+                );
+            }
+            b.clone()
+        };
+        tensors.insert(name.clone(), t);
+    }
+    Ok(LoraAdapter {
+        config: base.config.clone(),
+        tensors,
+    })
 }
 
 /// One task's vector (1, 384): the mean of its texts' sentence vectors.
@@ -174,6 +226,38 @@ mod tests {
             mean_adapter(&[&a, &c]).is_err(),
             "a missing tensor is an error"
         );
+    }
+
+    #[test]
+    fn on_top_moves_b_and_keeps_a_shared() {
+        let with = |a: f32, b: f32| LoraAdapter {
+            config: PeftConfig::new(1, 2.0, &[], "test"),
+            tensors: [
+                (
+                    "x.lora_A.weight".to_string(),
+                    Tensor::full(a, (1, 2), &Device::Cpu).unwrap(),
+                ),
+                (
+                    "x.lora_B.weight".to_string(),
+                    Tensor::full(b, (2, 1), &Device::Cpu).unwrap(),
+                ),
+            ]
+            .into(),
+        };
+        let got = on_top(&with(1.0, 5.0), &with(1.0, 3.0), &with(1.0, 2.0)).unwrap();
+        let mean = |n: &str| {
+            got.tensors[n]
+                .mean_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert_eq!(
+            (mean("x.lora_A.weight"), mean("x.lora_B.weight")),
+            (1.0, 6.0)
+        );
+        let err = on_top(&with(1.0, 5.0), &with(0.5, 3.0), &with(1.0, 2.0)).unwrap_err();
+        assert!(err.to_string().contains("do not share A"), "{err}");
     }
 
     /// With the real MiniLM (fetched when missing): a query about capitals retrieves the capitals task first,
