@@ -25,6 +25,10 @@
 # FALLBACK_ALL=1: the evaluation's no-harm check weighs the LoRA of all training tasks against
 # each DnD adapter (`eval --fallback`, `plugin.fallback_adapter`) instead of the LoRA the
 # residual sits on; the same generator, the evaluation suffixed -fball.
+# The evaluation's retrieval columns (`eval --nearest 5`) read the own LoRAs that `own` collected.
+# RETRIEVAL_ON_ALL=1: retrieval as a move of the LoRA of all training tasks (`eval --nearest-on`);
+# the same generator, the evaluation suffixed -ronall. TF=1: the evaluation teacher-forced
+# only (no decoding, minutes instead of half an hour); suffixed -tf.
 # DND: the command to run (default `cargo run -q --`; a prebuilt binary's path spares cargo's
 # start-up and keeps one build for a chain of folds). Outputs go under data/.
 set -euo pipefail
@@ -64,6 +68,8 @@ names() {
   if [ "${MORE:-0}" = 1 ]; then MT+=-more ALL+=-more GEN+=-more EV+=-more OUT+=-more; fi
   if [ -n "${SUBSET:-}" ]; then MT+=-sub$SUBSET ALL+=-sub$SUBSET GEN+=-sub$SUBSET EV+=-sub$SUBSET OUT+=-sub$SUBSET; fi
   if [ "${FALLBACK_ALL:-0}" = 1 ]; then EV+=-fball OUT+=-fball; fi
+  if [ "${RETRIEVAL_ON_ALL:-0}" = 1 ]; then EV+=-ronall OUT+=-ronall; fi
+  if [ "${TF:-0}" = 1 ]; then EV+=-tf OUT+=-tf; fi
 }
 
 if [ "${1:-}" = report ]; then
@@ -157,12 +163,15 @@ fi
 echo "training done: $(date -u)"
 # The averaged-LoRA and own-LoRA columns read what `own` collected (empty until then).
 mkdir -p data/train-loras-v3
-FALLBACK=()
-[ "${FALLBACK_ALL:-0}" = 1 ] && FALLBACK=(--fallback "$UNDER_ALL")
+EXTRA=()
+[ "${FALLBACK_ALL:-0}" = 1 ] && EXTRA+=(--fallback "$UNDER_ALL")
+[ "${RETRIEVAL_ON_ALL:-0}" = 1 ] && EXTRA+=(--nearest-on "$UNDER_ALL")
+DECODE=(--decode --decode-limit 30 --guard 16)
+[ "${TF:-0}" = 1 ] && DECODE=()
 if [ ! -e "$EV/nll.json" ]; then
-  DND_SUITE_VERSION=$V $DND eval --generator "$GEN" --nll --limit 20 --decode --decode-limit 30 \
-    --guard 16 --batches 1 --except "$FAIL${RULE_H:+,$RULE_H}" --checkpoints data/train-loras-v3 \
-    --multitask "$UNDER_P" --multitask "$UNDER_ALL" "${FALLBACK[@]}" \
+  DND_SUITE_VERSION=$V $DND eval --generator "$GEN" --nll --limit 20 "${DECODE[@]}" \
+    --batches 1 --except "$FAIL${RULE_H:+,$RULE_H}" --checkpoints data/train-loras-v3 \
+    --multitask "$UNDER_P" --multitask "$UNDER_ALL" "${EXTRA[@]}" \
     --dtype f32 --out "$EV"
 fi
 echo "evaluation done: $(date -u)"
