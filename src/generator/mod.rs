@@ -20,6 +20,9 @@
 //! when there is one. [`Generator`] is `Send + Sync` and [`Generator::generate`] is a
 //! blocking, CPU-bound call (about half a second for the default config on 2 cores): an
 //! async server should run it with `spawn_blocking`.
+//!
+//! [`retrieval`] is the training-free baseline beside it: the mean of the stored LoRAs of
+//! the tasks whose text reads most like a task's.
 
 pub mod conv;
 pub mod decoder;

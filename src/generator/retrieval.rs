@@ -78,14 +78,6 @@ impl Library {
         })
     }
 
-    pub fn len(&self) -> usize {
-        self.names.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
-
     /// The mean of every stored adapter.
     pub fn mean(&self) -> &LoraAdapter {
         &self.mean
