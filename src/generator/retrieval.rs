@@ -10,11 +10,12 @@
 //! A task is one vector: the mean of its texts' sentence vectors (each L2-normalised, as
 //! [`PromptEncoder::sentence_embeddings`] gives them); similarity is the cosine of two such
 //! vectors after subtracting the library's mean vector, as `bench condition` compares
-//! batches (MiniLM's vectors of one suite share a large common part). The `k` nearest library tasks' adapters are averaged with
-//! equal weights, tensor by tensor ([`mean_adapter`]). With the collection's shared frozen A
-//! (`format::frozen_a`) every A is the same, so that averages the B matrices and with them
-//! the weight updates; otherwise it averages A and B separately, which is not the mean
-//! update (the training LoRAs' average has the same caveat).
+//! batches (MiniLM's vectors of one suite share a large common part). The `k` nearest
+//! library tasks' adapters are averaged with equal weights, tensor by tensor
+//! ([`mean_adapter`]). With the collection's shared frozen A (`format::frozen_a`) every A
+//! is the same, so that averages the B matrices and with them the weight updates;
+//! otherwise it averages A and B separately, which is not the mean update (the training
+//! LoRAs' average has the same caveat).
 //!
 //! [`on_top`] moves another adapter (e.g. the multi-task LoRA of the same tasks, which
 //! per-task LoRAs averaged do not reach) by what the neighbours have that the library as a
@@ -252,8 +253,8 @@ mod tests {
         assert!(err.to_string().contains("do not share A"), "{err}");
     }
 
-    /// With the real MiniLM (fetched when missing): a query about capitals retrieves the capitals task first,
-    /// and the adapter returned is the mean of exactly the neighbours'.
+    /// With the real MiniLM (fetched when missing): a query about capitals retrieves the
+    /// capitals task first, and the adapter returned is the mean of exactly the neighbours'.
     #[test]
     fn retrieval_picks_the_task_that_reads_alike() {
         let dir = crate::testing::real_assets().minilm();
