@@ -27,8 +27,9 @@
 # residual sits on; the same generator, the evaluation suffixed -fball.
 # The evaluation's retrieval columns (`eval --nearest 5`) read the own LoRAs that `own` collected.
 # RETRIEVAL_ON_ALL=1: retrieval as a move of the LoRA of all training tasks (`eval --nearest-on`);
-# the same generator, the evaluation suffixed -ronall. TF=1: the evaluation teacher-forced
-# only (no decoding, minutes instead of half an hour); suffixed -tf.
+# the same generator, the evaluation suffixed -ronall. NEAREST=K: retrieval's neighbours
+# (default 5), suffixed -kK. TF=1: the evaluation teacher-forced only (no decoding, minutes
+# instead of half an hour); suffixed -tf.
 # DND: the command to run (default `cargo run -q --`; a prebuilt binary's path spares cargo's
 # start-up and keeps one build for a chain of folds). Outputs go under data/.
 set -euo pipefail
@@ -69,6 +70,7 @@ names() {
   if [ -n "${SUBSET:-}" ]; then MT+=-sub$SUBSET ALL+=-sub$SUBSET GEN+=-sub$SUBSET EV+=-sub$SUBSET OUT+=-sub$SUBSET; fi
   if [ "${FALLBACK_ALL:-0}" = 1 ]; then EV+=-fball OUT+=-fball; fi
   if [ "${RETRIEVAL_ON_ALL:-0}" = 1 ]; then EV+=-ronall OUT+=-ronall; fi
+  if [ -n "${NEAREST:-}" ]; then EV+=-k$NEAREST OUT+=-k$NEAREST; fi
   if [ "${TF:-0}" = 1 ]; then EV+=-tf OUT+=-tf; fi
 }
 
@@ -166,6 +168,7 @@ mkdir -p data/train-loras-v3
 EXTRA=()
 [ "${FALLBACK_ALL:-0}" = 1 ] && EXTRA+=(--fallback "$UNDER_ALL")
 [ "${RETRIEVAL_ON_ALL:-0}" = 1 ] && EXTRA+=(--nearest-on "$UNDER_ALL")
+[ -n "${NEAREST:-}" ] && EXTRA+=(--nearest "$NEAREST")
 DECODE=(--decode --decode-limit 30 --guard 16)
 [ "${TF:-0}" = 1 ] && DECODE=()
 if [ ! -e "$EV/nll.json" ]; then
