@@ -10,9 +10,10 @@
 # generators do, so the objective is the only difference. Suite version 3 (the own LoRAs'
 # tasks). The evaluation is teacher-forced (DECODE=1: also decoded, 30 test examples a
 # task, as `kfold.sh`); its columns: base, the training tasks' own LoRAs averaged, the own
-# LoRA, retrieval from the training tasks' own LoRAs, the fold's LoRA of all training tasks
-# (`kfold.sh` with MORE=1 trains it), DnD and its shuffle control. Resumable; outputs go
-# under data/. DND: the command to run (default `cargo run -q --`).
+# LoRA, retrieval from the training tasks' own LoRAs and selection among them (`eval
+# --select`), the fold's LoRA of all training tasks (`kfold.sh` with MORE=1 trains it), DnD
+# and its shuffle control. Resumable; outputs go under data/. DND: the command to run
+# (default `cargo run -q --`).
 set -euo pipefail
 DND=${DND:-cargo run -q --}
 source "$(dirname "$0")/folds.sh" # FOLDS, FAIL, both, minus, dropped
@@ -38,7 +39,7 @@ for K in "$@"; do
   echo "training done: $(date -u)"
   if [ ! -e "$EV/nll.json" ]; then
     $DND eval --generator "$GEN" --nll --limit 20 "${DECODE[@]}" --batches 1 --except "$FAIL" \
-      --checkpoints data/train-loras-v3 --multitask "$ALL" --dtype f32 --out "$EV"
+      --checkpoints data/train-loras-v3 --select 16 --multitask "$ALL" --dtype f32 --out "$EV"
   fi
   echo "evaluation done: $(date -u)"
 done

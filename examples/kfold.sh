@@ -25,7 +25,8 @@
 # FALLBACK_ALL=1: the evaluation's no-harm check weighs the LoRA of all training tasks against
 # each DnD adapter (`eval --fallback`, `plugin.fallback_adapter`) instead of the LoRA the
 # residual sits on; the same generator, the evaluation suffixed -fball.
-# The evaluation's retrieval columns (`eval --nearest 5`) read the own LoRAs that `own` collected.
+# The evaluation's retrieval and selection columns (`eval --nearest 5 --select 16`) read the own
+# LoRAs that `own` collected.
 # RETRIEVAL_ON_ALL=1: retrieval as a move of the LoRA of all training tasks (`eval --nearest-on`);
 # the same generator, the evaluation suffixed -ronall. NEAREST=K: retrieval's neighbours
 # (default 5), suffixed -kK. TF=1: the evaluation teacher-forced only (no decoding, minutes
@@ -164,7 +165,7 @@ DECODE=(--decode --decode-limit 30 --guard 16)
 if [ ! -e "$EV/nll.json" ]; then
   DND_SUITE_VERSION=$V $DND eval --generator "$GEN" --nll --limit 20 "${DECODE[@]}" \
     --batches 1 --except "$FAIL${RULE_H:+,$RULE_H}" --checkpoints data/train-loras-v3 \
-    --multitask "$UNDER_P" --multitask "$UNDER_ALL" "${EXTRA[@]}" \
+    --select 16 --multitask "$UNDER_P" --multitask "$UNDER_ALL" "${EXTRA[@]}" \
     --dtype f32 --out "$EV"
 fi
 echo "evaluation done: $(date -u)"

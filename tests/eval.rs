@@ -227,6 +227,7 @@ fn task_files_it_did_not_train_on_are_compared_as_held_out_tasks() {
         batches: 1,
         nearest: 5,
         nearest_on: None,
+        select: 0,
         seed: 0,
         fallback: None,
     };
@@ -252,6 +253,59 @@ fn task_files_it_did_not_train_on_are_compared_as_held_out_tasks() {
     assert_eq!(names, [trained.tasks[0].name.as_str()]);
     assert!(c.cases[1].nearest_shuffled.is_some());
 
+    // Selection: of the neighbour and the multi-task LoRA given, the one with the lowest
+    // answer NLL on each task's first training examples; the next task's pick the control.
+    {
+        use mistralrs_dnd::eval::nll::{adapter_name, encode, score};
+        use mistralrs_dnd::training::llama::{chat::ChatTokenizer, Llama};
+        use mistralrs_dnd::training::lora::LoraWeights;
+        let finals = mistralrs_dnd::training::collection::Collection::new(&trained.collection)
+            .final_checkpoints()
+            .unwrap();
+        let other = finals[&trained.tasks[1].name].clone();
+        let selecting = NllSetup {
+            multitask: vec![other.clone()],
+            select: 4,
+            ..setup.clone()
+        };
+        let c = Comparison::build(&given, &selecting).unwrap();
+        let device = candle_core::Device::Cpu;
+        let model = Llama::load(&tiny_model(), &device).unwrap();
+        let tok = ChatTokenizer::load(&tiny_model()).unwrap();
+        let read = |p: &std::path::Path| mistralrs_dnd::format::peft::LoraAdapter::read_peft(p);
+        let candidates = [
+            read(&finals[&trained.tasks[0].name]).unwrap(),
+            read(&other).unwrap(),
+        ];
+        let nll = |a: &mistralrs_dnd::format::peft::LoraAdapter, task: &Task| {
+            let l = LoraWeights::from_adapter(a, &model.dims, &device).unwrap();
+            let examples = encode(&tok, &task.train[..4]).unwrap();
+            score(&model, &tok, Some(&l), &examples).unwrap().nll
+        };
+        for case in &c.cases {
+            let picked = case.selected.as_ref().expect("a selection");
+            let names = [&trained.tasks[0].name, &adapter_name(&other)];
+            assert!(names.contains(&&picked.name), "{}", picked.name);
+            let best = candidates
+                .iter()
+                .map(|a| nll(a, &case.task))
+                .fold(f64::INFINITY, f64::min);
+            assert_eq!(nll(&picked.adapter, &case.task), best, "{}", case.task.name);
+        }
+        let same = |a: &mistralrs_dnd::format::peft::LoraAdapter,
+                    b: &mistralrs_dnd::format::peft::LoraAdapter| {
+            a.tensors.iter().all(|(n, t)| {
+                let d = (t - &b.tensors[n]).unwrap().abs().unwrap();
+                d.max_all().unwrap().to_scalar::<f32>().unwrap() == 0.0
+            })
+        };
+        let control = c.cases[0].selected_shuffled.as_ref().unwrap();
+        assert!(same(
+            control,
+            &c.cases[1].selected.as_ref().unwrap().adapter
+        ));
+    }
+
     let err = Comparison::build(&given[1..2], &setup).err().unwrap();
     assert!(format!("{err:#}").contains("nor any task file"), "{err:#}");
 
@@ -271,6 +325,7 @@ fn task_files_it_did_not_train_on_are_compared_as_held_out_tasks() {
         batches: 1,
         nearest: 5,
         nearest_on: None,
+        select: 0,
         seed: 0,
         fallback: Some(fallback.to_path_buf()),
     };

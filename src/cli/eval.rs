@@ -101,6 +101,12 @@ pub struct Args {
     /// neighbours' mean B minus the training tasks' mean B.
     #[arg(long)]
     pub nearest_on: Option<PathBuf>,
+    /// With --nearest: selection's examples, the columns of the adapter that a task's
+    /// labelled examples pick (of retrieval's neighbours, each alone, and the multi-task
+    /// LoRAs: the lowest answer NLL on the task's first N training examples), and its
+    /// shuffle control; 0: none.
+    #[arg(long, default_value_t = 0)]
+    pub select: usize,
     /// Steps of the own LoRA run also evaluated, for the overhead figure.
     #[arg(long, value_delimiter = ',', default_value = "25,45")]
     pub overhead_steps: Vec<usize>,
@@ -161,6 +167,7 @@ pub fn run(args: Args) -> Result<()> {
             batches: args.batches,
             nearest: args.nearest,
             nearest_on: args.nearest_on.clone(),
+            select: args.select,
             seed: 0,
             fallback: args.fallback.clone(),
         };

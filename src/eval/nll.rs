@@ -22,6 +22,12 @@
 //! (DnD's first batch, read the same way for every task) is nearest the held-out task's,
 //! and its control, retrieval from the next held-out task's batch: the simplest adapter
 //! that reads its task, the baseline for any generator that claims to.
+//! With `select: n` as well, selection: of retrieval's k neighbours (each alone) and the
+//! multi-task LoRAs, the adapter with the lowest answer NLL on the task's first n training
+//! examples (the labelled examples a tenant gives the no-harm check; the test examples
+//! share no content with them), and its control, the next held-out task's selection.
+//! Where retrieval asks whether a task's text picks weights, selection asks whether its
+//! labelled examples do, among the same few candidates and the adapter to beat.
 //!
 //! [`decode_rows`] answers with the same adapters through the serving path (strict and
 //! lenient accuracy), and [`bars_markdown`] checks the generator's bars on those rows.
@@ -70,6 +76,8 @@ pub struct NllSetup {
     /// Retrieval as a move of this adapter ([`crate::generator::retrieval::on_top`]), e.g.
     /// the multi-task LoRA of all training tasks; `None`: the neighbours' mean alone.
     pub nearest_on: Option<PathBuf>,
+    /// Selection's examples (see the module doc); 0, or no retrieval: no selection columns.
+    pub select: usize,
     pub seed: u64,
     /// The adapter the no-harm check weighs against each DnD adapter and routes where it
     /// answers more check examples (`plugin.fallback_adapter`); default: a residual
@@ -135,6 +143,24 @@ pub fn score(
     })
 }
 
+/// Which of `candidates` has the lowest answer NLL on `examples` (the first on a tie).
+fn lowest_nll(
+    model: &Llama,
+    tok: &ChatTokenizer,
+    candidates: &[(&str, &LoraAdapter)],
+    examples: &[Encoded],
+) -> Result<usize> {
+    ensure!(!candidates.is_empty(), "no adapter to select from");
+    let mut best = (0, f64::INFINITY);
+    for (i, (_, adapter)) in candidates.iter().enumerate() {
+        let nll = score(model, tok, Some(&lora(adapter, &model.dims)?), examples)?.nll;
+        if nll < best.1 {
+            best = (i, nll);
+        }
+    }
+    Ok(best.0)
+}
+
 /// How many examples have every answer token as the top token: `top` and `targets` list
 /// the answer tokens of the examples one after the other, `lens` long each (the order
 /// [`Batch`] builds them in).
@@ -181,6 +207,15 @@ pub struct Row<S> {
     /// The tasks retrieval averaged, nearest first, with their cosine.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub neighbours: Vec<(String, f32)>,
+    /// Selection, and its control from `shuffled_from`'s examples; `None` without
+    /// (`NllSetup::select`).
+    #[serde(default = "Option::default", skip_serializing_if = "Option::is_none")]
+    pub selected: Option<S>,
+    #[serde(default = "Option::default", skip_serializing_if = "Option::is_none")]
+    pub selected_shuffled: Option<S>,
+    /// The adapter selection picked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selected_name: Option<String>,
 }
 
 pub type NllRow = Row<NllScore>;
@@ -428,6 +463,17 @@ pub struct Case {
     /// Retrieval from the first DnD batch's texts, and from `shuffled_from`'s.
     pub nearest: Option<Retrieved>,
     pub nearest_shuffled: Option<LoraAdapter>,
+    /// Selection from the task's examples, and from `shuffled_from`'s.
+    pub selected: Option<Selected>,
+    pub selected_shuffled: Option<LoraAdapter>,
+}
+
+/// What selection picked (see the module doc).
+#[derive(Clone)]
+pub struct Selected {
+    /// A neighbour's task name, or a multi-task LoRA's name.
+    pub name: String,
+    pub adapter: LoraAdapter,
 }
 
 /// Every adapter of the held-out comparison, generated once and scored both ways.
@@ -542,6 +588,43 @@ impl Comparison {
             }
             Ok(Some(r))
         };
+        // Selection scores its candidates with the trainer's forward pass, as the columns.
+        let selector = match (setup.select, &library) {
+            (0, _) | (_, None) => None,
+            (n, Some(library)) => Some((
+                library,
+                Llama::load(&setup.base, &Device::Cpu)?,
+                ChatTokenizer::load(&setup.base)?,
+                n,
+            )),
+        };
+        let select = |task: &Task| -> Result<Option<Selected>> {
+            let Some((library, model, tok, n)) = &selector else {
+                return Ok(None);
+            };
+            let Some(r) = retrieve(task)? else {
+                return Ok(None);
+            };
+            let mut candidates = Vec::new();
+            for (name, _) in &r.neighbours {
+                let adapter = library
+                    .adapter(name)
+                    .context("a neighbour not in the library")?;
+                candidates.push((name.as_str(), adapter));
+            }
+            candidates.extend(multitask.iter().map(|(n, a)| (n.as_str(), a)));
+            let examples = encode(tok, &task.train[..(*n).min(task.train.len())])?;
+            let (name, adapter) = candidates[lowest_nll(model, tok, &candidates, &examples)?];
+            Ok(Some(Selected {
+                name: name.to_string(),
+                adapter: adapter.clone(),
+            }))
+        };
+        // (Each held-out task's selection once: the next task's is its control.)
+        let selections = heldout
+            .iter()
+            .map(|t| select(t))
+            .collect::<Result<Vec<_>>>()?;
         let mut cases = Vec::new();
         for (i, task) in heldout.iter().enumerate() {
             // The control: another task's prompts (the next held-out task, or the first
@@ -553,6 +636,10 @@ impl Comparison {
                     .cloned()
                     .context("the first training task is not among the tasks given")?,
                 k => heldout[(i + 1) % k].clone(),
+            };
+            let selected_shuffled = match heldout.len() {
+                1 => select(&other)?,
+                k => selections[(i + 1) % k].clone(),
             };
             cases.push(Case {
                 task: (*task).clone(),
@@ -567,6 +654,8 @@ impl Comparison {
                 shuffled_from: other.name.clone(),
                 nearest: retrieve(task)?,
                 nearest_shuffled: retrieve(&other)?.map(|r| r.adapter),
+                selected: selections[i].clone(),
+                selected_shuffled: selected_shuffled.map(|s| s.adapter),
             });
         }
         Ok(Self {
@@ -603,6 +692,16 @@ impl Comparison {
                 .iter()
                 .map(|a| ("nearest shuffled".into(), Some(a))),
         );
+        v.extend(
+            case.selected
+                .iter()
+                .map(|s| ("selected".into(), Some(&s.adapter))),
+        );
+        v.extend(
+            case.selected_shuffled
+                .iter()
+                .map(|a| ("selected shuffled".into(), Some(a))),
+        );
         v
     }
 
@@ -634,8 +733,14 @@ impl Comparison {
                 .nearest
                 .as_ref()
                 .map_or(Vec::new(), |r| r.neighbours.clone()),
+            selected: case.selected.as_ref().map(|_| next()),
+            selected_shuffled: case.selected_shuffled.as_ref().map(|_| next()),
+            selected_name: case.selected.as_ref().map(|s| s.name.clone()),
         };
-        eprintln!("{}", row_line(&row, row.nearest.is_some()));
+        eprintln!(
+            "{}",
+            row_line(&row, &optional_columns(std::slice::from_ref(&row)))
+        );
         row
     }
 }
@@ -852,18 +957,46 @@ pub fn adapter_name(path: &Path) -> String {
     }
 }
 
-fn row_line<S: Cell>(r: &Row<S>, retrieval: bool) -> String {
+/// A column a table shows only when some row has it: its header and its cell.
+struct Optional<S> {
+    header: &'static str,
+    cell: fn(&Row<S>) -> Option<S>,
+}
+
+/// The optional columns (retrieval, selection, each with its control) that `rows` have.
+fn optional_columns<S: Cell>(rows: &[Row<S>]) -> Vec<Optional<S>> {
+    let mut v = Vec::new();
+    if rows.iter().any(|r| r.nearest.is_some()) {
+        v.push(Optional {
+            header: "retrieval",
+            cell: |r| r.nearest,
+        });
+        v.push(Optional {
+            header: "retrieval shuffled",
+            cell: |r| r.nearest_shuffled,
+        });
+    }
+    if rows.iter().any(|r| r.selected.is_some()) {
+        v.push(Optional {
+            header: "selection",
+            cell: |r| r.selected,
+        });
+        v.push(Optional {
+            header: "selection shuffled",
+            cell: |r| r.selected_shuffled,
+        });
+    }
+    v
+}
+
+fn row_line<S: Cell>(r: &Row<S>, optional: &[Optional<S>]) -> String {
     let multitask: String = r.multitask.iter().map(|s| s.cell() + " | ").collect();
-    let nearest = match retrieval {
-        true => format!(
-            " {} | {} |",
-            opt_cell(r.nearest),
-            opt_cell(r.nearest_shuffled)
-        ),
-        false => String::new(),
-    };
+    let extra: String = optional
+        .iter()
+        .map(|o| format!(" {} |", opt_cell((o.cell)(r))))
+        .collect();
     format!(
-        "| {} | {} | {} | {multitask}{} | {} | {} | {} |{nearest}",
+        "| {} | {} | {} | {multitask}{} | {} | {} | {} |{extra}",
         r.task,
         r.base.cell(),
         opt_cell(r.averaged),
@@ -882,17 +1015,17 @@ fn has_retrieval<S>(rows: &[Row<S>]) -> bool {
 /// One table: a row per task (see [`row_line`]) and the mean row.
 fn table<S: Cell>(rows: &[Row<S>], multitask: &[String]) -> String {
     let names: String = multitask.iter().map(|n| format!(" {n} |")).collect();
-    let retrieval = has_retrieval(rows);
-    let (nearest, columns) = match retrieval {
-        true => (" retrieval | retrieval shuffled |", 9),
-        false => ("", 7),
-    };
+    let optional = optional_columns(rows);
+    let headers: String = optional
+        .iter()
+        .map(|o| format!(" {} |", o.header))
+        .collect();
     let mut out = format!(
-        "| task | base | averaged LoRAs |{names} own LoRA | DnD | DnD shuffled | shuffled from |{nearest}\n|{}\n",
-        "---|".repeat(columns + multitask.len())
+        "| task | base | averaged LoRAs |{names} own LoRA | DnD | DnD shuffled | shuffled from |{headers}\n|{}\n",
+        "---|".repeat(7 + optional.len() + multitask.len())
     );
     for row in rows {
-        out.push_str(&row_line(row, retrieval));
+        out.push_str(&row_line(row, &optional));
         out.push('\n');
     }
     let col = |f: &dyn Fn(&Row<S>) -> Option<S>| -> String {
@@ -905,16 +1038,12 @@ fn table<S: Cell>(rows: &[Row<S>], multitask: &[String]) -> String {
     let means: String = (0..multitask.len())
         .map(|i| col(&|x| x.multitask.get(i).copied()) + " | ")
         .collect();
-    let nearest = match retrieval {
-        true => format!(
-            " {} | {} |",
-            col(&|x| x.nearest),
-            col(&|x| x.nearest_shuffled)
-        ),
-        false => String::new(),
-    };
+    let extra: String = optional
+        .iter()
+        .map(|o| format!(" {} |", col(&o.cell)))
+        .collect();
     out.push_str(&format!(
-        "| mean | {} | {} | {means}{} | {} | {} | |{nearest}\n",
+        "| mean | {} | {} | {means}{} | {} | {} | |{extra}\n",
         col(&|x| Some(x.base)),
         col(&|x| x.averaged),
         col(&|x| x.own),
@@ -952,6 +1081,15 @@ pub fn nll_markdown(r: &NllReport) -> String {
             out.push_str(&format!("- {}: {}\n", row.task, n.join(", ")));
         }
     }
+    if r.rows.iter().any(|row| row.selected_name.is_some()) {
+        out.push_str(
+            "\nSelection's picks (the lowest answer NLL on the task's first training examples):\n",
+        );
+        for row in &r.rows {
+            let name = row.selected_name.as_deref().unwrap_or("-");
+            out.push_str(&format!("- {}: {name}\n", row.task));
+        }
+    }
     if !r.left_out.is_empty() {
         out.push_str(&format!(
             "\nHeld-out tasks in this report: {}; left out of every table, mean and bar: {}.\n",
@@ -977,6 +1115,14 @@ pub fn nll_markdown(r: &NllReport) -> String {
                  same bars:\n\n",
             );
             out.push_str(&bars_of(&r.decoded, &r.multitask, Judged::Retrieval));
+        }
+        if r.decoded.iter().any(|row| row.selected.is_some()) {
+            out.push_str(
+                "\nSelection (of retrieval's neighbours and the multi-task LoRAs, the one that \
+                 answers the task's first training examples best; its control: the next \
+                 task's selection) by the same bars:\n\n",
+            );
+            out.push_str(&bars_of(&r.decoded, &r.multitask, Judged::Selection));
         }
     }
     if !r.guarded.is_empty() {
@@ -1057,6 +1203,8 @@ pub enum Judged {
     /// Retrieval ([`crate::generator::retrieval`]): the same bars, as the baseline a
     /// generator that reads its input should beat.
     Retrieval,
+    /// Selection (see the module doc): whether a task's labelled examples pick weights.
+    Selection,
 }
 
 impl Judged {
@@ -1064,6 +1212,7 @@ impl Judged {
         match self {
             Judged::Dnd => "DnD",
             Judged::Retrieval => "retrieval",
+            Judged::Selection => "selection",
         }
     }
 
@@ -1071,6 +1220,7 @@ impl Judged {
         match self {
             Judged::Dnd => Some(r.dnd),
             Judged::Retrieval => r.nearest,
+            Judged::Selection => r.selected,
         }
     }
 
@@ -1078,6 +1228,7 @@ impl Judged {
         match self {
             Judged::Dnd => Some(r.shuffled),
             Judged::Retrieval => r.nearest_shuffled,
+            Judged::Selection => r.selected_shuffled,
         }
     }
 }
@@ -1317,6 +1468,9 @@ mod tests {
             nearest: None,
             nearest_shuffled: None,
             neighbours: Vec::new(),
+            selected: None,
+            selected_shuffled: None,
+            selected_name: None,
         }
     }
 
@@ -1487,6 +1641,9 @@ mod tests {
             nearest: None,
             nearest_shuffled: None,
             neighbours: Vec::new(),
+            selected: None,
+            selected_shuffled: None,
+            selected_name: None,
         };
         let good = decoded_row("a", acc(0.0, 0.2), acc(0.5, 0.5), acc(0.1, 0.1));
         let harmed = decoded_row("b", acc(0.0, 0.9), acc(0.0, 0.1), acc(0.0, 0.1));

@@ -84,6 +84,12 @@ impl Library {
         &self.mean
     }
 
+    /// A stored task's adapter.
+    pub fn adapter(&self, name: &str) -> Option<&LoraAdapter> {
+        let i = self.names.iter().position(|n| n == name)?;
+        Some(&self.adapters[i])
+    }
+
     /// The mean adapter of the `k` stored tasks nearest to `texts` (all when fewer);
     /// ties keep library order.
     pub fn nearest(
