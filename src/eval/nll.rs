@@ -965,28 +965,16 @@ struct Optional<S> {
 
 /// The optional columns (retrieval, selection, each with its control) that `rows` have.
 fn optional_columns<S: Cell>(rows: &[Row<S>]) -> Vec<Optional<S>> {
-    let mut v = Vec::new();
-    if rows.iter().any(|r| r.nearest.is_some()) {
-        v.push(Optional {
-            header: "retrieval",
-            cell: |r| r.nearest,
-        });
-        v.push(Optional {
-            header: "retrieval shuffled",
-            cell: |r| r.nearest_shuffled,
-        });
-    }
-    if rows.iter().any(|r| r.selected.is_some()) {
-        v.push(Optional {
-            header: "selection",
-            cell: |r| r.selected,
-        });
-        v.push(Optional {
-            header: "selection shuffled",
-            cell: |r| r.selected_shuffled,
-        });
-    }
-    v
+    let column = |header, cell| Optional { header, cell };
+    [
+        column("retrieval", |r: &Row<S>| r.nearest),
+        column("retrieval shuffled", |r| r.nearest_shuffled),
+        column("selection", |r| r.selected),
+        column("selection shuffled", |r| r.selected_shuffled),
+    ]
+    .into_iter()
+    .filter(|o| rows.iter().any(|r| (o.cell)(r).is_some()))
+    .collect()
 }
 
 fn row_line<S: Cell>(r: &Row<S>, optional: &[Optional<S>]) -> String {
