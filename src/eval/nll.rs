@@ -1502,10 +1502,11 @@ mod tests {
         assert!(md.contains("| 0.0 | 3.0 | **missed** |"), "{md}");
     }
 
-    /// Retrieval is judged by the same bars on its own column and control, over the rows
-    /// that have it; the tables show its columns only when some row has them.
+    /// Retrieval and selection are judged by the same bars on their own columns and
+    /// controls, over the rows that have them; the tables show their columns only when
+    /// some row has them.
     #[test]
-    fn retrieval_gets_the_same_bars_on_its_own_columns() {
+    fn retrieval_and_selection_get_the_same_bars_on_their_own_columns() {
         let mut rows = vec![
             decoded_row("a", acc(0.0, 0.2), acc(0.5, 0.5), acc(0.3, 0.3)),
             decoded_row("b", acc(0.1, 0.9), acc(0.3, 0.8), acc(0.3, 0.8)),
@@ -1538,6 +1539,25 @@ mod tests {
         assert!(
             t.contains("| - | - |"),
             "task a has no retrieval cells: {t}"
+        );
+        // Selection likewise, after retrieval, on the rows that have it.
+        rows[0].selected = Some(acc(0.4, 0.4));
+        rows[0].selected_shuffled = Some(acc(0.1, 0.1));
+        let t = table(&rows, &[]);
+        assert!(
+            t.contains("| retrieval | retrieval shuffled | selection | selection shuffled |"),
+            "{t}"
+        );
+        assert!(t.contains("| - | - | 40.0 (40.0) | 10.0 (10.0) |"), "{t}");
+        let md = bars_of(&rows, &[], Judged::Selection);
+        let line = |name: &str| md.lines().find(|l| l.contains(name)).unwrap().to_string();
+        assert!(
+            line("selection >= base + 15").contains("| 40.0 | 15.0 | met"),
+            "{md}"
+        );
+        assert!(
+            line("3 below selection").contains("| 30.0 | 3.0 | met"),
+            "{md}"
         );
     }
 
