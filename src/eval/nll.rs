@@ -1119,7 +1119,7 @@ pub fn nll_markdown(r: &NllReport) -> String {
             "\nWith the no-harm check on the first {n} training examples of each task (an \
              adapter that answers fewer of them than the base model is not routed: its cell \
              shows the base model's scores; the fallback adapter's column, if any, is \
-             checked too; the retrieval columns are not), strict % (lenient %):\n\n"
+             checked too; the retrieval and selection columns are not), strict % (lenient %):\n\n"
         ));
         out.push_str(&table(&r.guarded, &r.multitask));
         out.push('\n');
