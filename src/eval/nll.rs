@@ -598,11 +598,9 @@ impl Comparison {
                 n,
             )),
         };
-        let select = |task: &Task| -> Result<Option<Selected>> {
-            let Some((library, model, tok, n)) = &selector else {
-                return Ok(None);
-            };
-            let Some(r) = retrieve(task)? else {
+        // Selection among `r`'s neighbours (retrieval for `task`).
+        let select = |task: &Task, r: Option<&Retrieved>| -> Result<Option<Selected>> {
+            let (Some((library, model, tok, n)), Some(r)) = (&selector, r) else {
                 return Ok(None);
             };
             let mut candidates = Vec::new();
@@ -620,10 +618,16 @@ impl Comparison {
                 adapter: adapter.clone(),
             }))
         };
-        // (Each held-out task's selection once: the next task's is its control.)
+        // Each held-out task's retrieval and selection once: the next task's are its
+        // controls.
+        let retrievals = heldout
+            .iter()
+            .map(|t| retrieve(t))
+            .collect::<Result<Vec<_>>>()?;
         let selections = heldout
             .iter()
-            .map(|t| select(t))
+            .zip(&retrievals)
+            .map(|(t, r)| select(t, r.as_ref()))
             .collect::<Result<Vec<_>>>()?;
         let mut cases = Vec::new();
         for (i, task) in heldout.iter().enumerate() {
@@ -637,9 +641,16 @@ impl Comparison {
                     .context("the first training task is not among the tasks given")?,
                 k => heldout[(i + 1) % k].clone(),
             };
-            let selected_shuffled = match heldout.len() {
-                1 => select(&other)?,
-                k => selections[(i + 1) % k].clone(),
+            let (nearest_shuffled, selected_shuffled) = match heldout.len() {
+                1 => {
+                    let r = retrieve(&other)?;
+                    let s = select(&other, r.as_ref())?;
+                    (r, s)
+                }
+                k => (
+                    retrievals[(i + 1) % k].clone(),
+                    selections[(i + 1) % k].clone(),
+                ),
             };
             cases.push(Case {
                 task: (*task).clone(),
@@ -652,8 +663,8 @@ impl Comparison {
                     .collect::<Result<_>>()?,
                 shuffled: generate(&other, 0)?,
                 shuffled_from: other.name.clone(),
-                nearest: retrieve(task)?,
-                nearest_shuffled: retrieve(&other)?.map(|r| r.adapter),
+                nearest: retrievals[i].clone(),
+                nearest_shuffled: nearest_shuffled.map(|r| r.adapter),
                 selected: selections[i].clone(),
                 selected_shuffled: selected_shuffled.map(|s| s.adapter),
             });

@@ -41,6 +41,7 @@ pub struct Library {
 }
 
 /// What [`Library::nearest`] picked.
+#[derive(Clone)]
 pub struct Retrieved {
     /// The mean of the neighbours' adapters.
     pub adapter: LoraAdapter,
