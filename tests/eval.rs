@@ -256,7 +256,8 @@ fn task_files_it_did_not_train_on_are_compared_as_held_out_tasks() {
     // Selection: of the neighbour and the multi-task LoRA given, the one with the lowest
     // answer NLL on each task's first training examples; the next task's pick the control.
     {
-        use mistralrs_dnd::eval::nll::{adapter_name, encode, score};
+        use mistralrs_dnd::eval::nll::adapter_name;
+        use mistralrs_dnd::training::llama::score::{encode, score};
         use mistralrs_dnd::training::llama::{chat::ChatTokenizer, Llama};
         use mistralrs_dnd::training::lora::LoraWeights;
         let finals = mistralrs_dnd::training::collection::Collection::new(&trained.collection)

@@ -444,6 +444,75 @@ async fn the_dnd_generator_specialises_a_task_end_to_end() {
     assert!(err.contains("plugin.fallback_adapter"), "{err}");
 }
 
+/// `plugin.library` end to end: the real selection (the tiny model scoring the LoRAs of a
+/// real collection, MiniLM retrieving them) picks a library adapter for a task with
+/// examples, and the no-harm check judges it beside the generated one. A folder that is not
+/// a collection is refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_library_selects_a_stored_adapter_for_a_task_with_examples() {
+    let trained = trained_tiny_generator();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = tiny_config(dir.path());
+    c.plugin.library = Some(trained.collection.clone());
+    c.plugin.library_nearest = 2;
+    c.plugin.encoder = Some(mistralrs_dnd::testing::real_assets().minilm());
+    let s = start_with(c.clone(), Some(Arc::new(TestGenerator::default()))).await;
+    let task = trained.tasks.iter().find(|t| t.name == "add").unwrap();
+    let examples: Vec<Value> = task.train[..4]
+        .iter()
+        .map(|e| json!({"prompt": e.prompt, "answer": e.answer}))
+        .collect();
+    let r = s
+        .admin(Method::PUT, "/adapters/sums/examples")
+        .json(&json!({ "examples": examples }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for ex in &task.test[..3] {
+        s.chat_task(&ex.prompt, "sums").await;
+    }
+    let mut v = task_json(&s, "sums").await;
+    for _ in 0..1500 {
+        if ["done", "rejected"].contains(&v["generation"]["state"].as_str().unwrap_or("")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        v = task_json(&s, "sums").await;
+    }
+    let generation = &v["generation"];
+    let names: Vec<&str> = trained.tasks.iter().map(|t| t.name.as_str()).collect();
+    let pick = generation["library_pick"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"));
+    assert!(names.contains(&pick), "{pick}");
+    assert_eq!(generation["library_check"]["examples"], 4, "{v}");
+    assert!(generation["last_check"].is_object(), "{v}");
+    assert!(!dir.path().join("store/.probes/sums").exists());
+
+    let refused = |config: mistralrs_dnd::server::Config| async move {
+        match mistralrs_dnd::server::build(config).await {
+            Ok(_) => panic!("must be refused"),
+            Err(e) => format!("{e:#}"),
+        }
+    };
+    let mut bad = c;
+    bad.plugin.store = dir.path().join("store-bad");
+    let err = refused(bad.clone()).await;
+    assert!(
+        err.contains("plugin.library") && err.contains("no generator"),
+        "{err}"
+    );
+    bad.plugin.generator = Some(trained.generator.clone());
+    bad.plugin.library = Some(dir.path().join("no-collection"));
+    std::fs::create_dir_all(dir.path().join("no-collection")).unwrap();
+    let err = refused(bad).await;
+    assert!(
+        err.contains("plugin.library") && err.contains("no completed task"),
+        "{err}"
+    );
+}
+
 /// Waits (bounded) until `task`'s generation is in `state`; returns the task's JSON.
 async fn until_generation(s: &TestServer, task: &str, state: &str) -> Value {
     for _ in 0..500 {

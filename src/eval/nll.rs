@@ -4,7 +4,7 @@
 //!
 //! For each held-out task and each adapter below, on every test example, the trainer's
 //! F32 forward pass of the base model (the one `collect` trains with; a test checks it
-//! gives the engine's logits) reads:
+//! gives the engine's logits) reads ([`crate::training::llama::score`]):
 //! - **NLL**: the mean cross-entropy per answer token, the end-of-turn token included;
 //! - **greedy exact**: whether every answer token, and the end-of-turn after it, is the
 //!   model's top token given the prompt and the answer so far, i.e. whether greedy
@@ -35,28 +35,24 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
-use candle_core::{Device, D};
+use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use super::heldout::dnd_batch;
 use super::{Accuracy, EvalServer, Score};
-use crate::format::peft::{LlamaDims, LoraAdapter};
+use crate::format::peft::LoraAdapter;
 use crate::generator::retrieval::{mean_adapter, on_top, Library, Retrieved};
 use crate::generator::Generator;
 use crate::server::specialise::guard::{self, Verdict};
 use crate::server::Config;
-use crate::tasks::{Example, Task};
+use crate::tasks::Task;
 use crate::training::collection::Collection;
 use crate::training::generator::TrainRecord;
-use crate::training::llama::{
-    batch::Batch,
-    chat::{ChatTokenizer, Encoded},
-    Llama,
-};
+use crate::training::llama::chat::{ChatTokenizer, Encoded};
+pub use crate::training::llama::score::NllScore;
+use crate::training::llama::score::{encode, lora, lowest_nll, score};
+use crate::training::llama::Llama;
 use crate::training::lora::LoraWeights;
-
-/// Examples per forward pass.
-const CHUNK: usize = 8;
 
 #[derive(Debug, Clone)]
 pub struct NllSetup {
@@ -85,23 +81,6 @@ pub struct NllSetup {
     pub fallback: Option<PathBuf>,
 }
 
-/// One adapter on one task's test examples.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
-pub struct NllScore {
-    /// Mean cross-entropy per answer token.
-    pub nll: f64,
-    /// Share of examples greedy decoding answers exactly, in [0, 1].
-    pub greedy: f64,
-}
-
-/// Examples tokenized with the chat template, once for every adapter they are scored with.
-pub fn encode(tok: &ChatTokenizer, examples: &[Example]) -> Result<Vec<Encoded>> {
-    examples
-        .iter()
-        .map(|e| tok.encode_example(&e.prompt, &e.answer))
-        .collect()
-}
-
 /// A task's first `limit` test examples (all without one), encoded once for every adapter
 /// they are scored with.
 fn test_examples(tok: &ChatTokenizer, task: &Task, limit: Option<usize>) -> Result<Vec<Encoded>> {
@@ -109,73 +88,6 @@ fn test_examples(tok: &ChatTokenizer, task: &Task, limit: Option<usize>) -> Resu
         tok,
         &task.test[..limit.unwrap_or(usize::MAX).min(task.test.len())],
     )
-}
-
-/// Scores an adapter (or the base model) on encoded examples: see the module doc.
-pub fn score(
-    model: &Llama,
-    tok: &ChatTokenizer,
-    lora: Option<&LoraWeights>,
-    examples: &[Encoded],
-) -> Result<NllScore> {
-    ensure!(!examples.is_empty(), "no examples to score");
-    let (mut nll_sum, mut tokens, mut exact) = (0f64, 0usize, 0usize);
-    for enc in examples.chunks(CHUNK) {
-        let refs: Vec<_> = enc.iter().collect();
-        let batch = Batch::new(&refs, tok.end_of_turn, model.device())?;
-        let hidden = model.forward(&batch.prefix, &batch.ids, lora)?;
-        let logits = model.logits_at(&hidden, &batch.rows)?;
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let target_logp = logp
-            .gather(&batch.targets.unsqueeze(1)?, 1)?
-            .squeeze(1)?
-            .to_vec1::<f32>()?;
-        let top = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
-        let targets = batch.targets.to_vec1::<u32>()?;
-        let lens: Vec<usize> = enc.iter().map(|e| e.ids.len() - e.prompt_len).collect();
-        nll_sum -= target_logp.iter().map(|&x| f64::from(x)).sum::<f64>();
-        tokens += target_logp.len();
-        exact += exact_hits(&top, &targets, &lens);
-    }
-    Ok(NllScore {
-        nll: nll_sum / tokens as f64,
-        greedy: exact as f64 / examples.len() as f64,
-    })
-}
-
-/// Which of `candidates` has the lowest answer NLL on `examples` (the first on a tie).
-fn lowest_nll(
-    model: &Llama,
-    tok: &ChatTokenizer,
-    candidates: &[(&str, &LoraAdapter)],
-    examples: &[Encoded],
-) -> Result<usize> {
-    ensure!(!candidates.is_empty(), "no adapter to select from");
-    let mut best = (0, f64::INFINITY);
-    for (i, (_, adapter)) in candidates.iter().enumerate() {
-        let nll = score(model, tok, Some(&lora(adapter, &model.dims)?), examples)?.nll;
-        if nll < best.1 {
-            best = (i, nll);
-        }
-    }
-    Ok(best.0)
-}
-
-/// How many examples have every answer token as the top token: `top` and `targets` list
-/// the answer tokens of the examples one after the other, `lens` long each (the order
-/// [`Batch`] builds them in).
-fn exact_hits(top: &[u32], targets: &[u32], lens: &[usize]) -> usize {
-    let mut at = 0;
-    let mut hits = 0;
-    for &n in lens {
-        hits += usize::from(top[at..at + n] == targets[at..at + n]);
-        at += n;
-    }
-    hits
-}
-
-fn lora(adapter: &LoraAdapter, dims: &LlamaDims) -> Result<LoraWeights> {
-    LoraWeights::from_adapter(adapter, dims, &Device::Cpu)
 }
 
 /// One held-out task under every adapter compared, one score each (`S`: [`NllScore`]
@@ -406,15 +318,19 @@ pub struct TaskChecks {
     /// The fallback adapter ([`NllSetup::fallback`]), when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<Verdict>,
+    /// The selection's adapter ([`NllSetup::select`]), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selected: Option<Verdict>,
 }
 
 impl TaskChecks {
     /// `row` as the checks leave it, by the server's rule ([`guard::routed`]): a rejected
     /// adapter's scores are the base model's. Given `base_adapter`, the multi-task column
     /// of the fallback adapter, that column is checked too (so that DnD is compared
-    /// with it checked), and with `fallback` the DnD cells are that adapter's where the
-    /// rule routes it (it passed and answered more check examples than the DnD adapter, or
-    /// that one was rejected).
+    /// with it checked), as is the selection's column; with `fallback` the DnD cells are
+    /// the fallback's or the selection's where the rule routes it (it passed and answered
+    /// more check examples than the DnD adapter, or that one was rejected), as the server
+    /// does with `plugin.fallback_adapter` and `plugin.library`.
     pub fn apply(
         &self,
         row: &Row<Accuracy>,
@@ -422,18 +338,22 @@ impl TaskChecks {
         fallback: bool,
     ) -> Row<Accuracy> {
         let base_adapter = base_adapter.zip(self.fallback);
-        let pick = |v: &Verdict, s: Accuracy| {
-            let mut verdicts = vec![*v];
-            verdicts.extend(base_adapter.filter(|_| fallback).map(|(_, f)| f));
-            match (guard::routed(&verdicts), base_adapter) {
-                (Some(0), _) => s,
-                (Some(_), Some((column, _))) => row.multitask[column],
-                _ => row.base,
+        let selected = self.selected.zip(row.selected);
+        let alone = |v: &Verdict, s: Accuracy| if v.accepted { s } else { row.base };
+        // The shuffle control is DnD's: the task's own selection is not its to route.
+        let routes = |v: &Verdict, s: Accuracy, with_selection: bool| {
+            let mut checked = vec![(*v, s)];
+            if fallback {
+                checked.extend(base_adapter.map(|(column, f)| (f, row.multitask[column])));
+                checked.extend(selected.filter(|_| with_selection));
             }
+            let verdicts: Vec<Verdict> = checked.iter().map(|(v, _)| *v).collect();
+            guard::routed(&verdicts).map_or(row.base, |i| checked[i].1)
         };
+        let pick = |v: &Verdict, s: Accuracy| routes(v, s, true);
         let mut multitask = row.multitask.clone();
         if let Some((column, v)) = base_adapter {
-            multitask[column] = pick(&v, row.multitask[column]);
+            multitask[column] = alone(&v, row.multitask[column]);
         }
         let dnd_batches: Vec<Accuracy> = self
             .dnd
@@ -445,7 +365,8 @@ impl TaskChecks {
             multitask,
             dnd: Accuracy::mean(&dnd_batches),
             dnd_batches,
-            shuffled: pick(&self.shuffled, row.shuffled),
+            shuffled: routes(&self.shuffled, row.shuffled, false),
+            selected: selected.map(|(v, s)| alone(&v, s)).or(row.selected),
             ..row.clone()
         }
     }
@@ -474,6 +395,8 @@ pub struct Selected {
     /// A neighbour's task name, or a multi-task LoRA's name.
     pub name: String,
     pub adapter: LoraAdapter,
+    /// The task's first training examples it read.
+    pub read: usize,
 }
 
 /// Every adapter of the held-out comparison, generated once and scored both ways.
@@ -611,9 +534,12 @@ impl Comparison {
                 candidates.push((name.as_str(), adapter));
             }
             candidates.extend(multitask.iter().map(|(n, a)| (n.as_str(), a)));
-            let examples = encode(tok, &task.train[..(*n).min(task.train.len())])?;
-            let (name, adapter) = candidates[lowest_nll(model, tok, &candidates, &examples)?];
+            let read = (*n).min(task.train.len());
+            let examples = encode(tok, &task.train[..read])?;
+            let adapters: Vec<&LoraAdapter> = candidates.iter().map(|(_, a)| *a).collect();
+            let (name, adapter) = candidates[lowest_nll(model, tok, &adapters, &examples)?];
             Ok(Some(Selected {
+                read,
                 name: name.to_string(),
                 adapter: adapter.clone(),
             }))
@@ -836,17 +762,25 @@ pub async fn decode_rows(
 }
 
 /// The product's no-harm check ([`guard::Verdict`]) of a case's DnD and shuffled adapters,
-/// and of the fallback adapter ([`NllSetup::fallback`]) when there is one.
+/// and of the fallback adapter ([`NllSetup::fallback`]) and the selection's when there are
+/// ones. With a selection, the check reads the `n` training examples after those it read
+/// when there are enough ([`guard::unseen`]), as the server does.
 async fn check_case(
     server: &EvalServer,
     case: &Case,
     fallback: Option<&LoraAdapter>,
     n: usize,
 ) -> Result<TaskChecks> {
+    let read = case.selected.as_ref().map_or(0, |s| s.read);
+    let skip = match case.task.train.len().saturating_sub(read) >= guard::MIN_UNSEEN {
+        true => read,
+        false => 0,
+    };
     let examples: Vec<guard::Example> = case
         .task
         .train
         .iter()
+        .skip(skip)
         .take(n)
         .map(|e| guard::Example {
             prompt: e.prompt.clone(),
@@ -858,6 +792,8 @@ async fn check_case(
     adapters.extend(case.dnd.iter().map(|a| ("dnd".to_string(), Some(a))));
     adapters.push(("shuffled".to_string(), Some(&case.shuffled)));
     adapters.extend(fallback.map(|a| ("fallback".to_string(), Some(a))));
+    let selected = case.selected.as_ref().map(|s| &s.adapter);
+    adapters.extend(selected.map(|a| ("selected".to_string(), Some(a))));
     let outputs = server.answer_side_by_side(&adapters, &prompts).await?;
     let mut verdicts: Vec<Verdict> = outputs[1..]
         .iter()
@@ -870,22 +806,25 @@ async fn check_case(
             Verdict::judge(&examples, outputs)
         })
         .collect();
+    let selected = selected.and_then(|_| verdicts.pop());
     let fallback = fallback.and_then(|_| verdicts.pop());
     let shuffled = verdicts.pop().expect("the shuffled adapter was checked");
     eprintln!(
-        "check {:<20} base {} of {}, DnD {:?}, shuffled {}, base adapter {:?}",
+        "check {:<20} base {} of {}, DnD {:?}, shuffled {}, base adapter {:?}, selection {:?}",
         case.task.name,
         shuffled.base_hits,
         shuffled.examples,
         verdicts.iter().map(|v| v.adapter_hits).collect::<Vec<_>>(),
         shuffled.adapter_hits,
-        fallback.map(|v| v.adapter_hits)
+        fallback.map(|v| v.adapter_hits),
+        selected.map(|v| v.adapter_hits)
     );
     Ok(TaskChecks {
         task: case.task.name.clone(),
         dnd: verdicts,
         shuffled,
         fallback,
+        selected,
     })
 }
 
@@ -1127,10 +1066,11 @@ pub fn nll_markdown(r: &NllReport) -> String {
     if !r.guarded.is_empty() {
         let n = r.checks.first().map_or(0, |c| c.shuffled.examples);
         out.push_str(&format!(
-            "\nWith the no-harm check on the first {n} training examples of each task (an \
-             adapter that answers fewer of them than the base model is not routed: its cell \
-             shows the base model's scores; the fallback adapter's column, if any, is \
-             checked too; the retrieval and selection columns are not), strict % (lenient %):\n\n"
+            "\nWith the no-harm check on {n} training examples of each task (the first, or \
+             with a selection those after the ones it read; an adapter that answers fewer of \
+             them than the base model is not routed: its cell shows the base model's scores; \
+             the fallback adapter's and the selection's columns, if any, are checked too; \
+             the retrieval columns are not), strict % (lenient %):\n\n"
         ));
         out.push_str(&table(&r.guarded, &r.multitask));
         out.push('\n');
@@ -1140,10 +1080,15 @@ pub fn nll_markdown(r: &NllReport) -> String {
     }
     if let Some(f) = &r.fallback {
         out.push_str(&format!(
-            "\nWith the check of DnD and of the fallback adapter ({}) beside it, the \
-             one routed that passed and answered more check examples, DnD on a tie (what the \
-             server routes), strict % (lenient %); the DnD columns are then not DnD alone:\n\n",
-            f.adapter
+            "\nWith the check of DnD and of the fallback adapter ({}){} beside it, the \
+             one routed that passed and answered the most check examples, DnD on a tie (what \
+             the server routes), strict % (lenient %); the DnD columns are then not DnD \
+             alone:\n\n",
+            f.adapter,
+            match r.checks.iter().any(|c| c.selected.is_some()) {
+                true => " and of the selection (`plugin.library`; not for the DnD shuffled column)",
+                false => "",
+            }
         ));
         out.push_str(&table(&f.rows, &r.multitask));
         out.push('\n');
@@ -1155,18 +1100,20 @@ pub fn nll_markdown(r: &NllReport) -> String {
 /// The checks, one line per task: examples the base and each adapter answered.
 fn checks_markdown(checks: &[TaskChecks]) -> String {
     let mut out = String::from(
-        "| task | base hits | DnD hits (per batch) | DnD routed | shuffled hits | shuffled routed | fallback hits | fallback passes |\n|---|---|---|---|---|---|---|---|\n",
+        "| task | base hits | DnD hits (per batch) | DnD routed | shuffled hits | shuffled routed | fallback hits | fallback passes | selection hits | selection passes |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let yes = |v: &Verdict| if v.accepted { "yes" } else { "**no**" };
     for c in checks {
         let hits: Vec<String> = c.dnd.iter().map(|v| v.adapter_hits.to_string()).collect();
         let routed: Vec<&str> = c.dnd.iter().map(yes).collect();
-        let (fallback_hits, fallback_passes) = match &c.fallback {
+        let check = |v: &Option<Verdict>| match v {
             Some(v) => (v.adapter_hits.to_string(), yes(v)),
             None => ("-".to_string(), "-"),
         };
+        let (fallback_hits, fallback_passes) = check(&c.fallback);
+        let (selection_hits, selection_passes) = check(&c.selected);
         out.push_str(&format!(
-            "| {} | {} of {} | {} | {} | {} | {} | {fallback_hits} | {fallback_passes} |\n",
+            "| {} | {} of {} | {} | {} | {} | {} | {fallback_hits} | {fallback_passes} | {selection_hits} | {selection_passes} |\n",
             c.task,
             c.shuffled.base_hits,
             c.shuffled.examples,
@@ -1446,7 +1393,6 @@ pub fn write_nll(r: &NllReport, out: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::tiny_model_dir;
 
     fn acc(strict: f64, lenient: f64) -> Accuracy {
         Accuracy { strict, lenient }
@@ -1593,6 +1539,7 @@ mod tests {
             dnd: vec![verdict(false)],
             shuffled: verdict(true),
             fallback: fallback.map(verdict),
+            selected: None,
         };
         let cells = |r: Row<Accuracy>| (r.dnd, r.dnd_batches[0], r.shuffled);
         let (base, mt) = (acc(0.1, 0.2), acc(0.3, 0.3));
@@ -1636,6 +1583,26 @@ mod tests {
         });
         let more = all.apply(&row, Some(0), true);
         assert_eq!((more.dnd, more.shuffled), (mt, mt));
+
+        // A selection that passed and answered the most is routed for DnD, not for its
+        // shuffle control (DnD's control); its own column is checked.
+        let mut row = row.clone();
+        let picked = acc(0.6, 0.6);
+        row.selected = Some(picked);
+        all.fallback = Some(verdict(true));
+        all.selected = Some(Verdict {
+            adapter_hits: 4,
+            ..verdict(true)
+        });
+        let routed = all.apply(&row, Some(0), true);
+        assert_eq!(
+            (routed.dnd, routed.shuffled, routed.selected),
+            (picked, shuffled, Some(picked))
+        );
+        assert_eq!(all.apply(&row, Some(0), false).dnd, row.dnd);
+        all.selected = Some(verdict(false));
+        let rejected = all.apply(&row, Some(0), true);
+        assert_eq!((rejected.dnd, rejected.selected), (row.dnd, Some(base)));
     }
 
     /// A report read back from its JSON without some tasks: every table, mean and bar is
@@ -1671,6 +1638,7 @@ mod tests {
             dnd: vec![verdict(true)],
             shuffled: verdict(true),
             fallback: None,
+            selected: None,
         };
         let report = NllReport {
             generator: "g".into(),
@@ -1743,48 +1711,5 @@ mod tests {
             position_of(&[("z".to_string(), fewer)], &adapter(1)).unwrap(),
             None
         );
-    }
-
-    #[test]
-    fn a_hit_needs_every_answer_token_on_top() {
-        let targets = [5, 6, 9, 7, 9, 1];
-        // Example 1: 5 6 9 (hit); example 2: 7 9 (miss at its end); example 3: 1 (hit).
-        assert_eq!(exact_hits(&[5, 6, 9, 7, 2, 1], &targets, &[3, 2, 1]), 2);
-        assert_eq!(exact_hits(&targets, &targets, &[3, 2, 1]), 3);
-        assert_eq!(exact_hits(&[0, 6, 9, 7, 9, 0], &targets, &[3, 2, 1]), 1);
-    }
-
-    /// The score's NLL is the trainer's loss (the same answer tokens, the same mean), and
-    /// an answer the model would not produce is no greedy hit.
-    #[test]
-    fn nll_is_the_training_loss() {
-        let dir = tiny_model_dir();
-        let model = Llama::load(dir.path(), &Device::Cpu).unwrap();
-        let tok = ChatTokenizer::load(dir.path()).unwrap();
-        let ex = |p: &str, a: &str| Example {
-            prompt: p.into(),
-            answer: a.into(),
-            choices: vec![],
-        };
-        let examples: Vec<Example> = (0..11)
-            .map(|i| ex(&format!("what is {i} plus 3 ?"), &format!("{}", i + 3)))
-            .collect();
-        let enc = encode(&tok, &examples).unwrap();
-        let s = score(&model, &tok, None, &enc).unwrap();
-        let refs: Vec<_> = enc.iter().collect();
-        let batch = Batch::new(&refs, tok.end_of_turn, &Device::Cpu).unwrap();
-        let loss = model
-            .loss(&batch, None)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(
-            (s.nll - f64::from(loss)).abs() < 1e-4,
-            "{} vs {loss}",
-            s.nll
-        );
-        let wrong = encode(&tok, &[ex("what is 2 plus 3 ?", "zzzz qqqq")]).unwrap();
-        let wrong = score(&model, &tok, None, &wrong).unwrap();
-        assert_eq!(wrong.greedy, 0.0);
     }
 }

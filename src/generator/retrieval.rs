@@ -80,6 +80,11 @@ impl Library {
         })
     }
 
+    /// The stored tasks' names.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
     /// The mean of every stored adapter.
     pub fn mean(&self) -> &LoraAdapter {
         &self.mean

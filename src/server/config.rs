@@ -162,6 +162,15 @@ pub struct PluginConfig {
     /// generator's base adapter, e.g. a multi-task LoRA of more tasks than the one the
     /// generator sits on; it also serves generators that have none.
     pub fallback_adapter: Option<PathBuf>,
+    /// An adapter library (a `collect` output folder, e.g. the LoRAs the generator was
+    /// trained from): for a task with labelled examples, the stored adapter that predicts
+    /// them best is checked and routed beside the generated one
+    /// (`server::specialise::library`). Unset: none. Costs the base model once more in
+    /// memory (F32) and seconds per generation.
+    pub library: Option<PathBuf>,
+    /// The library's adapters a selection weighs: those of the tasks whose examples read
+    /// most like the task's.
+    pub library_nearest: usize,
     /// Generations started per task (tenant) and hour at most, failed ones included (the
     /// count survives restarts).
     pub max_generations_per_hour: usize,
@@ -231,6 +240,8 @@ impl Default for PluginConfig {
             guard_max_tokens: 16,
             guard_fallback: true,
             fallback_adapter: None,
+            library: None,
+            library_nearest: 5,
             max_generations_per_hour: 6,
             max_versions: 5,
             encode_on_arrival: true,
@@ -299,6 +310,7 @@ impl Config {
                 ("max_tracked_tasks", p.max_tracked_tasks),
                 ("max_stored_tasks", p.max_stored_tasks),
                 ("max_store_mib", p.max_store_mib as usize),
+                ("library_nearest", p.library_nearest),
             ] {
                 if v == 0 {
                     bail!("plugin.{key} must be at least 1");

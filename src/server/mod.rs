@@ -24,7 +24,7 @@ pub mod tagging;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use axum::Router;
 use mistralrs_server_core::mistralrs_server_router_builder::MistralRsServerRouterBuilder;
 
@@ -249,7 +249,15 @@ pub async fn assemble(
         retire_ceiling: std::time::Duration::from_secs(config.plugin.retire_ceiling_s),
         load_queue: std::time::Duration::from_millis(config.plugin.load_queue_ms),
     };
-    let generators = load_generators(&config, &dims, generator)?;
+    let mut encoder = None;
+    let generators = load_generators(&config, &dims, generator, &mut encoder)?;
+    let library = match (&config.plugin.library, &generators) {
+        (Some(dir), Some(g)) => Some(load_library(&config, &base, &dims, dir, g, &mut encoder)?),
+        (Some(_), None) => bail!(
+            "plugin.library is set but no generator is: the library serves generations (set plugin.generator or plugin.examples_generator)"
+        ),
+        (None, _) => None,
+    };
     let fallback_adapter = match &config.plugin.fallback_adapter {
         Some(dir) => Some(
             LoraAdapter::read_peft(dir)
@@ -290,6 +298,7 @@ pub async fn assemble(
             max_generations_per_hour: pc.max_generations_per_hour,
             max_versions: pc.max_versions,
             prepare_on_arrival: pc.encode_on_arrival,
+            library,
         };
         specialise::Specialiser::start(g, table.clone(), metrics.clone(), settings)
     });
@@ -348,21 +357,22 @@ pub(crate) fn compose(
 
 /// The generators the config names (`generator`, `examples_generator`), checked against
 /// the base model; `main` when given replaces the config's `generator`.
+/// The generators, around `encoder` (loaded into it first if empty: once for both
+/// generators and the library).
 fn load_generators(
     config: &Config,
     dims: &LlamaDims,
     main: Option<Arc<dyn specialise::AdapterGenerator>>,
+    encoder: &mut Option<Arc<PromptEncoder>>,
 ) -> Result<Option<specialise::Generators>> {
-    // Loaded once, for both generators.
-    let mut encoder = None;
     let main = match (main, &config.plugin.generator) {
         (Some(g), _) => Some(g),
-        (None, Some(dir)) => Some(load_generator(config, dims, dir, &mut encoder)?),
+        (None, Some(dir)) => Some(load_generator(config, dims, dir, encoder)?),
         (None, None) => None,
     };
     let examples = match &config.plugin.examples_generator {
         Some(dir) => {
-            let g = load_generator(config, dims, dir, &mut encoder)?;
+            let g = load_generator(config, dims, dir, encoder)?;
             ensure!(
                 g.condition() == Condition::Examples,
                 "plugin.examples_generator {} reads prompts: it is a plugin.generator",
@@ -388,23 +398,61 @@ fn load_generator(
     encoder: &mut Option<Arc<PromptEncoder>>,
 ) -> Result<Arc<dyn specialise::AdapterGenerator>> {
     let device = crate::generator::default_device()?;
-    let encoder = match encoder {
-        Some(e) => e.clone(),
-        None => {
-            let folder = crate::assets::Assets::new(&config.model.assets).given_or(
-                config.plugin.encoder.as_deref(),
-                crate::assets::Assets::minilm,
-            )?;
-            encoder
-                .insert(Arc::new(PromptEncoder::load(&folder, &device)?))
-                .clone()
-        }
-    };
+    let encoder = shared_encoder(config, encoder, &device)?;
     let g = crate::generator::Generator::load_sharing(dir, encoder, &device)?;
     g.check_base(dims)
         .with_context(|| format!("generator {} does not fit the base model", dir.display()))?;
     tracing::info!(generator = %dir.display(), prompts = g.config().prompts, condition = ?g.config().condition, "automatic specialisation on");
     Ok(Arc::new(g))
+}
+
+/// The prompt encoder in `encoder`, loaded into it first if empty.
+fn shared_encoder(
+    config: &Config,
+    encoder: &mut Option<Arc<PromptEncoder>>,
+    device: &candle_core::Device,
+) -> Result<Arc<PromptEncoder>> {
+    if let Some(e) = encoder {
+        return Ok(e.clone());
+    }
+    let folder = crate::assets::Assets::new(&config.model.assets).given_or(
+        config.plugin.encoder.as_deref(),
+        crate::assets::Assets::minilm,
+    )?;
+    Ok(encoder
+        .insert(Arc::new(PromptEncoder::load(&folder, device)?))
+        .clone())
+}
+
+/// The adapter library in `dir` (`plugin.library`), each stored task read by as many of
+/// its examples as the generators' N.
+fn load_library(
+    config: &Config,
+    base: &Path,
+    dims: &LlamaDims,
+    dir: &Path,
+    generators: &specialise::Generators,
+    encoder: &mut Option<Arc<PromptEncoder>>,
+) -> Result<Arc<dyn specialise::AdapterSelector>> {
+    let t = std::time::Instant::now();
+    let device = crate::generator::default_device()?;
+    let encoder = shared_encoder(config, encoder, &device)?;
+    let texts = generators
+        .examples
+        .as_ref()
+        .unwrap_or(&generators.main)
+        .batch_size();
+    let library = specialise::library::AdapterLibrary::load(
+        dir,
+        base,
+        dims,
+        encoder,
+        texts,
+        config.plugin.library_nearest,
+    )
+    .with_context(|| format!("plugin.library {}", dir.display()))?;
+    tracing::info!(library = %dir.display(), tasks = library.tasks(), nearest = config.plugin.library_nearest, secs = t.elapsed().as_secs_f64(), "adapter library loaded");
+    Ok(Arc::new(library))
 }
 
 /// Builds and serves until the process ends.

@@ -54,6 +54,7 @@ use crate::generator::decoder::Condition;
 use guard::{Example, Verdict};
 
 pub mod guard;
+pub mod library;
 
 /// Turns a batch of a task's prompts into an adapter. The DnD generator implements it.
 pub trait AdapterGenerator: Send + Sync {
@@ -125,6 +126,18 @@ impl AdapterGenerator for crate::generator::Generator {
     }
 }
 
+/// Picks, by a task's labelled examples, a stored adapter that may serve it better than
+/// its generated one: the adapter library ([`library`], `plugin.library`).
+pub trait AdapterSelector: Send + Sync + std::fmt::Debug {
+    /// Of the stored adapters for `examples` and `fallback`, the one that predicts the
+    /// examples' answers best: its name and weights, or `None` when that is `fallback`.
+    fn select(
+        &self,
+        examples: &[Example],
+        fallback: Option<&LoraAdapter>,
+    ) -> Result<Option<(String, LoraAdapter)>>;
+}
+
 /// Limits and switches of automatic specialisation (the `[plugin]` keys).
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -149,26 +162,45 @@ pub struct Settings {
     pub max_versions: usize,
     /// Prepare each kept prompt as it arrives ([`AdapterGenerator::prepare`]).
     pub prepare_on_arrival: bool,
+    /// The adapter library (`plugin.library`): for a task with examples, the stored
+    /// adapter it selects is checked and routed like the fallback.
+    pub library: Option<Arc<dyn AdapterSelector>>,
 }
 
-/// What one generation reads: its generator, the generator's inputs, and the examples
-/// the no-harm check reads (see [`Specialiser::inputs`]).
+/// What one generation reads: its generator, the generator's inputs, the examples the
+/// library's selection reads and those the no-harm check reads (see
+/// [`Specialiser::inputs`]).
 struct JobInputs {
     generator: Arc<dyn AdapterGenerator>,
     inputs: Vec<String>,
+    selection: Vec<Example>,
     checked: Vec<Example>,
 }
 
-/// The adapters a generation may route: the generated one, or the generator's base
-/// adapter if the no-harm check prefers it ([`guard::routed`]).
-struct Candidates {
-    generated: LoraAdapter,
-    fallback: Option<LoraAdapter>,
+/// The adapters a generation may route, each under the no-harm check with its probe id
+/// prefix: the generated one, or another where the check prefers it ([`guard::routed`]).
+struct Candidates(Vec<(Route, LoraAdapter)>);
+
+/// Which candidate of a generation an adapter is.
+#[derive(Debug, Clone, PartialEq)]
+enum Route {
+    Generated,
+    /// The generator's base adapter, or `plugin.fallback_adapter`.
+    Fallback,
+    /// The library adapter of this name that the selection picked.
+    Library(String),
 }
 
-/// The engine model id prefixes of the adapters under the no-harm check.
-const PROBE: &str = "dnd-probe";
-const PROBE_BASE: &str = "dnd-probe-base";
+impl Route {
+    /// The engine model id prefix of its probe.
+    fn probe(&self) -> &'static str {
+        match self {
+            Self::Generated => "dnd-probe",
+            Self::Fallback => "dnd-probe-base",
+            Self::Library(_) => "dnd-probe-library",
+        }
+    }
+}
 
 /// What became of a generated adapter.
 enum Outcome {
@@ -220,6 +252,8 @@ struct TaskBuf {
     last_check: Option<Verdict>,
     /// The check of the generator's base adapter beside the generated one.
     last_fallback: Option<Verdict>,
+    /// The library adapter selected beside the generated one, and its check.
+    last_library: Option<(String, Option<Verdict>)>,
 }
 
 impl TaskBuf {
@@ -236,7 +270,19 @@ impl TaskBuf {
             has_adapter: false,
             last_check: None,
             last_fallback: None,
+            last_library: None,
         }
+    }
+
+    /// Which candidate the last check routed, when it routed one.
+    fn last_routed(&self) -> Option<Route> {
+        let mut checked = vec![(Route::Generated, self.last_check?)];
+        checked.extend(self.last_fallback.map(|v| (Route::Fallback, v)));
+        if let Some((name, Some(v))) = &self.last_library {
+            checked.push((Route::Library(name.clone()), *v));
+        }
+        let verdicts: Vec<Verdict> = checked.iter().map(|(_, v)| *v).collect();
+        Some(checked.swap_remove(guard::routed(&verdicts)?).0)
     }
 
     fn busy(&self) -> bool {
@@ -313,6 +359,16 @@ pub struct GenInfo {
     /// one (it passed and answered more examples).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub fallback_routed: bool,
+    /// The library adapter the last generation's selection picked (`plugin.library`),
+    /// when it was not the fallback.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub library_pick: Option<String>,
+    /// Its no-harm check beside the generated one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub library_check: Option<Verdict>,
+    /// Whether the last check routed the library adapter.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub library_routed: bool,
 }
 
 /// The generators of a specialiser.
@@ -832,6 +888,7 @@ impl Specialiser {
             buf.state = GenState::Generating;
             buf.last_check = None;
             buf.last_fallback = None;
+            buf.last_library = None;
             buf.attempts += 1;
             buf.recent.push_back(now_secs());
             buf.job = self.last_job.fetch_add(1, Ordering::Relaxed) + 1;
@@ -854,6 +911,7 @@ impl Specialiser {
         let JobInputs {
             generator,
             inputs,
+            selection,
             checked: examples,
         } = match picked {
             Ok(picked) => picked,
@@ -880,11 +938,15 @@ impl Specialiser {
             .generation_seconds
             .observe(t.elapsed().as_secs_f64());
         let result = match result {
-            Ok((adapter, stages)) => {
-                let candidates = Candidates {
-                    generated: adapter,
-                    fallback,
-                };
+            Ok((adapter, mut stages)) => {
+                let mut candidates = vec![(Route::Generated, adapter)];
+                let selected = self.select(task, job, selection, fallback.clone()).await;
+                candidates.extend(fallback.map(|a| (Route::Fallback, a)));
+                if let Some((name, adapter, took)) = selected {
+                    stages.push(("select".to_string(), took));
+                    candidates.push((Route::Library(name), adapter));
+                }
+                let candidates = Candidates(candidates);
                 self.check_and_install(task, job, candidates, &examples, stages, t)
                     .await
             }
@@ -917,47 +979,95 @@ impl Specialiser {
             .context("no generator reads this task: it has no examples (they were deleted)")?
             .clone();
         let condition = generator.condition();
-        if condition == Condition::Prompts {
-            return Ok(JobInputs {
-                generator,
-                inputs: prompts,
-                checked: examples,
-            });
-        }
         anyhow::ensure!(
-            !examples.is_empty(),
+            condition == Condition::Prompts || !examples.is_empty(),
             "the generator reads labelled examples and the task has none (they were deleted)"
         );
+        // The first N examples are the generator's (one that reads examples) and the
+        // library selection's; the check reads those after them when there are enough.
         let read = generator.batch_size().min(examples.len());
-        let texts = examples[..read]
-            .iter()
-            .map(|e| condition.text(&e.prompt, &e.answer))
-            .collect();
-        let seen = examples.len() - guard::unseen(&examples, read).len();
-        examples.drain(..seen);
+        let first = examples[..read].to_vec();
+        let inputs = match condition {
+            Condition::Prompts => prompts,
+            Condition::Examples => first
+                .iter()
+                .map(|e| condition.text(&e.prompt, &e.answer))
+                .collect(),
+        };
+        let selection = match self.settings.library {
+            Some(_) => first,
+            None => Vec::new(),
+        };
+        if condition == Condition::Examples || !selection.is_empty() {
+            let seen = examples.len() - guard::unseen(&examples, read).len();
+            examples.drain(..seen);
+        }
         Ok(JobInputs {
             generator,
-            inputs: texts,
+            inputs,
+            selection,
             checked: examples,
         })
     }
 
-    /// The no-harm check of a generated adapter and of the generator's base adapter (when
-    /// the task has examples), then the installation of the one the check routes; `stages`
-    /// gains the time of each.
+    /// The library adapter the selection picks from `examples` beside `fallback`
+    /// ([`AdapterSelector`]), with its name and how long the selection took; `None` without
+    /// a library or examples, when it picks the fallback, or when it fails (logged: the
+    /// generation goes on without it).
+    async fn select(
+        &self,
+        task: &str,
+        job: u64,
+        examples: Vec<Example>,
+        fallback: Option<LoraAdapter>,
+    ) -> Option<(String, LoraAdapter, Duration)> {
+        let library = self.settings.library.clone()?;
+        if examples.is_empty() {
+            return None;
+        }
+        let t = Instant::now();
+        let picked =
+            tokio::task::spawn_blocking(move || library.select(&examples, fallback.as_ref()))
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|r| r);
+        let took = t.elapsed();
+        match picked {
+            Ok(Some((name, adapter))) => {
+                tracing::info!(
+                    task,
+                    adapter = name,
+                    ms = took.as_millis() as u64,
+                    "library adapter selected"
+                );
+                if let Some(b) = self.lock().get_mut(task).filter(|b| b.job == job) {
+                    b.last_library = Some((name.clone(), None));
+                }
+                Some((name, adapter, took))
+            }
+            Ok(None) => {
+                tracing::info!(task, "the selection picked the fallback adapter");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(task, error = %format!("{e:#}"), "selecting a library adapter failed: checked without one");
+                None
+            }
+        }
+    }
+
+    /// The no-harm check of a generated adapter and of the other candidates (when the task
+    /// has examples), then the installation of the one the check routes; `stages` gains
+    /// the time of each.
     async fn check_and_install(
         self: &Arc<Self>,
         task: &str,
         job: u64,
-        candidates: Candidates,
+        Candidates(mut checked): Candidates,
         examples: &[Example],
         mut stages: Vec<(String, Duration)>,
         started: Instant,
     ) -> Result<Outcome> {
-        let mut checked = [(PROBE, candidates.generated)]
-            .into_iter()
-            .chain(candidates.fallback.map(|a| (PROBE_BASE, a)))
-            .collect::<Vec<_>>();
         let checks = self.check(task, &checked, examples).await?;
         // Which candidate is routed: the generated one when the task has no examples.
         let routed = match checks {
@@ -966,17 +1076,20 @@ impl Specialiser {
                 let first = verdicts[0];
                 if let Some(b) = self.lock().get_mut(task).filter(|b| b.job == job) {
                     b.last_check = Some(first);
-                    b.last_fallback = verdicts.get(1).copied();
+                    for ((route, _), v) in checked.iter().zip(&verdicts).skip(1) {
+                        match route {
+                            Route::Fallback => b.last_fallback = Some(*v),
+                            Route::Library(name) => b.last_library = Some((name.clone(), Some(*v))),
+                            Route::Generated => {}
+                        }
+                    }
                 }
                 let Some(i) = guard::routed(&verdicts) else {
                     return Ok(Outcome::Rejected(first));
                 };
                 stages.push(("check".to_string(), took));
                 if i > 0 {
-                    tracing::info!(
-                        task,
-                        "the generator's base adapter answered more examples: routed instead"
-                    );
+                    tracing::info!(task, routed = ?checked[i].0, "another candidate answered more examples: routed instead");
                 }
                 i
             }
@@ -1042,13 +1155,13 @@ impl Specialiser {
         );
     }
 
-    /// The no-harm check of `task`'s new adapters (each with its probe id prefix) against
-    /// the base model (and the task's current adapter) on the task's `examples`: a verdict
-    /// per adapter, and how long the check took; `None` when the task has no examples.
+    /// The no-harm check of `task`'s new adapters against the base model (and the task's
+    /// current adapter) on the task's `examples`: a verdict per adapter, and how long the
+    /// check took; `None` when the task has no examples.
     async fn check(
         &self,
         task: &str,
-        candidates: &[(&str, LoraAdapter)],
+        candidates: &[(Route, LoraAdapter)],
         examples: &[Example],
     ) -> Result<Option<(Vec<Verdict>, Duration)>> {
         if examples.is_empty() {
@@ -1061,9 +1174,9 @@ impl Specialiser {
         });
         let candidates: Vec<_> = candidates
             .iter()
-            .map(|(probe, adapter)| guard::Candidate {
+            .map(|(route, adapter)| guard::Candidate {
                 adapter,
-                probe_id: format!("{probe}:{task}"),
+                probe_id: format!("{}:{task}", route.probe()),
             })
             .collect();
         let verdicts = guard::check(
@@ -1256,10 +1369,10 @@ impl Specialiser {
             last_timings_ms: b.last_timings.clone(),
             last_check: b.last_check,
             fallback_check: b.last_fallback,
-            fallback_routed: match (b.last_check, b.last_fallback) {
-                (Some(check), Some(fallback)) => guard::routed(&[check, fallback]) == Some(1),
-                _ => false,
-            },
+            fallback_routed: b.last_routed() == Some(Route::Fallback),
+            library_pick: b.last_library.as_ref().map(|(name, _)| name.clone()),
+            library_check: b.last_library.as_ref().and_then(|(_, v)| *v),
+            library_routed: matches!(b.last_routed(), Some(Route::Library(_))),
         }
     }
 

@@ -109,6 +109,7 @@ fn settings() -> Settings {
         max_generations_per_hour: 100,
         max_versions: 5,
         prepare_on_arrival: true,
+        library: None,
     }
 }
 
@@ -1391,4 +1392,169 @@ async fn with_enough_examples_the_check_reads_only_those_the_generator_did_not()
         accepted: false,
     });
     f.until_gen("t", all_checked).await;
+}
+
+/// A stand-in for the adapter library: picks `pick` (or, with none, the fallback), or
+/// fails; records the prompts of the examples it read and whether it had a fallback.
+#[derive(Debug, Default)]
+struct FakeSelector {
+    pick: Option<LoraAdapter>,
+    fail: bool,
+    seen: Mutex<Vec<(Vec<String>, bool)>>,
+}
+
+impl AdapterSelector for FakeSelector {
+    fn select(
+        &self,
+        examples: &[Example],
+        fallback: Option<&LoraAdapter>,
+    ) -> Result<Option<(String, LoraAdapter)>> {
+        let prompts = examples.iter().map(|e| e.prompt.clone()).collect();
+        self.seen
+            .lock()
+            .unwrap()
+            .push((prompts, fallback.is_some()));
+        if self.fail {
+            bail!("selection failed (test)");
+        }
+        Ok(self.pick.clone().map(|a| ("stored-task".to_string(), a)))
+    }
+}
+
+fn with_library(selector: &Arc<FakeSelector>) -> Settings {
+    Settings {
+        library: Some(selector.clone()),
+        ..settings()
+    }
+}
+
+#[tokio::test]
+async fn the_library_adapter_is_checked_on_examples_it_did_not_read_and_routed_where_it_answers_most(
+) {
+    let stored = random_adapter(&tiny_dims(), &[Module::Q, Module::V], 4, 55, 0.5, 0.5).unwrap();
+    let selector = Arc::new(FakeSelector {
+        pick: Some(stored.clone()),
+        ..FakeSelector::default()
+    });
+    let f = start_with(
+        tempfile::tempdir().unwrap(),
+        with_library(&selector),
+        FakeGenerator::default(),
+    );
+    // The base model answers one example, the generated adapter none, the library's all.
+    f.engine.answer_with(move |model, prompt| {
+        let right = match model {
+            "base" => prompt == "u0",
+            m => m.starts_with("dnd-probe-library:"),
+        };
+        if right { prompt } else { "?" }.to_string()
+    });
+    let names: Vec<String> = (0..guard::MIN_UNSEEN).map(|i| format!("u{i}")).collect();
+    let all: Vec<&str> = ["r0", "r1", "r2"]
+        .into_iter()
+        .chain(names.iter().map(String::as_str))
+        .collect();
+    f.examples_then_k("t", &all).await;
+    f.until_gen("t", GenState::Done).await;
+    // The selection read the generator's N (3) first examples, the check the 8 after them.
+    assert_eq!(
+        *selector.seen.lock().unwrap(),
+        [(strings(&["r0", "r1", "r2"]), false)]
+    );
+    let info = f.sp.info("t").unwrap();
+    let (generated, library) = (info.last_check.unwrap(), info.library_check.unwrap());
+    assert_eq!(generated.examples, guard::MIN_UNSEEN);
+    assert_eq!(
+        (
+            generated.base_hits,
+            generated.adapter_hits,
+            generated.accepted
+        ),
+        (1, 0, false)
+    );
+    assert_eq!(
+        (library.adapter_hits, library.accepted),
+        (guard::MIN_UNSEEN, true)
+    );
+    assert_eq!(info.library_pick.as_deref(), Some("stored-task"));
+    assert!(info.library_routed && !info.fallback_routed);
+    assert_eq!(
+        f.table.info("t").unwrap().hash,
+        Some(stored.content_hash().unwrap())
+    );
+    assert!(info
+        .last_timings_ms
+        .iter()
+        .any(|(stage, _)| stage == "select"));
+    assert!(f.engine.registered().iter().all(|id| !id.contains("probe")));
+
+    // Beside a fallback: the selection weighs it too, and each of the three is checked;
+    // where the generated one answers as many as the library's, it is routed (a tie).
+    let base = random_adapter(&tiny_dims(), &[Module::Q, Module::V], 4, 99, 0.5, 0.5).unwrap();
+    let generator = FakeGenerator {
+        base: Some(base),
+        ..FakeGenerator::default()
+    };
+    let selector = Arc::new(FakeSelector {
+        pick: Some(stored),
+        ..FakeSelector::default()
+    });
+    let g = start_with(
+        tempfile::tempdir().unwrap(),
+        with_library(&selector),
+        generator,
+    );
+    g.engine.answer_with(|_, prompt| prompt.to_string());
+    g.examples_then_k("t", &["a", "b"]).await;
+    g.until_gen("t", GenState::Done).await;
+    assert!(
+        selector.seen.lock().unwrap()[0].1,
+        "the fallback was weighed"
+    );
+    let info = g.sp.info("t").unwrap();
+    assert_eq!(
+        info.last_check.unwrap().examples,
+        2,
+        "too few to leave the read ones out"
+    );
+    assert!(info.fallback_check.is_some() && info.library_check.is_some());
+    assert!(!info.library_routed && !info.fallback_routed);
+}
+
+#[tokio::test]
+async fn a_selection_that_fails_or_picks_the_fallback_leaves_the_generated_adapter_checked_alone() {
+    for selector in [
+        FakeSelector {
+            fail: true,
+            ..FakeSelector::default()
+        },
+        FakeSelector::default(),
+    ] {
+        let selector = Arc::new(selector);
+        let f = start_with(
+            tempfile::tempdir().unwrap(),
+            with_library(&selector),
+            FakeGenerator::default(),
+        );
+        f.engine.answer_with(|_, prompt| prompt.to_string());
+        f.examples_then_k("t", &["a", "b"]).await;
+        f.until_gen("t", GenState::Done).await;
+        assert_eq!(selector.seen.lock().unwrap().len(), 1);
+        let info = f.sp.info("t").unwrap();
+        assert!(info.last_check.unwrap().accepted);
+        assert!(info.library_pick.is_none() && info.library_check.is_none());
+        assert!(!info.library_routed);
+    }
+    // Without examples there is nothing to select by.
+    let selector = Arc::new(FakeSelector::default());
+    let f = start_with(
+        tempfile::tempdir().unwrap(),
+        with_library(&selector),
+        FakeGenerator::default(),
+    );
+    for i in 0..3 {
+        f.observe("t", &format!("p{i}"));
+    }
+    f.until_gen("t", GenState::Done).await;
+    assert!(selector.seen.lock().unwrap().is_empty());
 }

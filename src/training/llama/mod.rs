@@ -34,6 +34,7 @@ pub mod chat;
 pub mod linear;
 pub mod mlp;
 pub mod ops;
+pub mod score;
 
 use std::path::Path;
 

@@ -1,0 +1,162 @@
+//! Answer scoring with the trainer's forward pass: how well the base model, or the base
+//! model with a LoRA, predicts the answers of labelled examples, teacher-forced.
+//!
+//! On each example (tokenised with the chat template, [`encode`]) it reads:
+//! - **NLL**: the mean cross-entropy per answer token, the end-of-turn token included (the
+//!   trainer's loss on the same examples);
+//! - **greedy exact**: whether every answer token, and the end-of-turn after it, is the
+//!   model's top token given the prompt and the answer so far, i.e. whether greedy
+//!   decoding would produce exactly the answer and stop.
+//!
+//! It is shared by the held-out evaluation (`eval --nll`) and the server's adapter library
+//! (`plugin.library`), which picks the stored adapter that predicts a task's examples best
+//! ([`lowest_nll`]): the same number in both, so what the evaluation measures is what is
+//! served.
+
+use anyhow::{ensure, Result};
+use candle_core::{Device, D};
+use serde::{Deserialize, Serialize};
+
+use super::batch::Batch;
+use super::chat::{ChatTokenizer, Encoded};
+use super::Llama;
+use crate::format::peft::{LlamaDims, LoraAdapter};
+use crate::tasks::Example;
+use crate::training::lora::LoraWeights;
+
+/// Examples per forward pass.
+const CHUNK: usize = 8;
+
+/// One adapter on a set of examples.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct NllScore {
+    /// Mean cross-entropy per answer token.
+    pub nll: f64,
+    /// Share of examples greedy decoding answers exactly, in [0, 1].
+    pub greedy: f64,
+}
+
+/// Examples tokenized with the chat template, once for every adapter they are scored with.
+pub fn encode(tok: &ChatTokenizer, examples: &[Example]) -> Result<Vec<Encoded>> {
+    examples
+        .iter()
+        .map(|e| tok.encode_example(&e.prompt, &e.answer))
+        .collect()
+}
+
+/// Scores an adapter (or the base model) on encoded examples: see the module doc.
+pub fn score(
+    model: &Llama,
+    tok: &ChatTokenizer,
+    lora: Option<&LoraWeights>,
+    examples: &[Encoded],
+) -> Result<NllScore> {
+    ensure!(!examples.is_empty(), "no examples to score");
+    let (mut nll_sum, mut tokens, mut exact) = (0f64, 0usize, 0usize);
+    for enc in examples.chunks(CHUNK) {
+        let refs: Vec<_> = enc.iter().collect();
+        let batch = Batch::new(&refs, tok.end_of_turn, model.device())?;
+        let hidden = model.forward(&batch.prefix, &batch.ids, lora)?;
+        let logits = model.logits_at(&hidden, &batch.rows)?;
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let target_logp = logp
+            .gather(&batch.targets.unsqueeze(1)?, 1)?
+            .squeeze(1)?
+            .to_vec1::<f32>()?;
+        let top = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        let targets = batch.targets.to_vec1::<u32>()?;
+        let lens: Vec<usize> = enc.iter().map(|e| e.ids.len() - e.prompt_len).collect();
+        nll_sum -= target_logp.iter().map(|&x| f64::from(x)).sum::<f64>();
+        tokens += target_logp.len();
+        exact += exact_hits(&top, &targets, &lens);
+    }
+    Ok(NllScore {
+        nll: nll_sum / tokens as f64,
+        greedy: exact as f64 / examples.len() as f64,
+    })
+}
+
+/// Which of `candidates` has the lowest answer NLL on `examples` (the first on a tie).
+pub fn lowest_nll(
+    model: &Llama,
+    tok: &ChatTokenizer,
+    candidates: &[&LoraAdapter],
+    examples: &[Encoded],
+) -> Result<usize> {
+    ensure!(!candidates.is_empty(), "no adapter to select from");
+    let mut best = (0, f64::INFINITY);
+    for (i, adapter) in candidates.iter().enumerate() {
+        let nll = score(model, tok, Some(&lora(adapter, &model.dims)?), examples)?.nll;
+        if nll < best.1 {
+            best = (i, nll);
+        }
+    }
+    Ok(best.0)
+}
+
+/// How many examples have every answer token as the top token: `top` and `targets` list
+/// the answer tokens of the examples one after the other, `lens` long each (the order
+/// [`Batch`] builds them in).
+fn exact_hits(top: &[u32], targets: &[u32], lens: &[usize]) -> usize {
+    let mut at = 0;
+    let mut hits = 0;
+    for &n in lens {
+        hits += usize::from(top[at..at + n] == targets[at..at + n]);
+        at += n;
+    }
+    hits
+}
+
+/// `adapter` as the forward pass's LoRA weights, on the CPU.
+pub fn lora(adapter: &LoraAdapter, dims: &LlamaDims) -> Result<LoraWeights> {
+    LoraWeights::from_adapter(adapter, dims, &Device::Cpu)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::tiny_model_dir;
+
+    #[test]
+    fn a_hit_needs_every_answer_token_on_top() {
+        let targets = [5, 6, 9, 7, 9, 1];
+        // Example 1: 5 6 9 (hit); example 2: 7 9 (miss at its end); example 3: 1 (hit).
+        assert_eq!(exact_hits(&[5, 6, 9, 7, 2, 1], &targets, &[3, 2, 1]), 2);
+        assert_eq!(exact_hits(&targets, &targets, &[3, 2, 1]), 3);
+        assert_eq!(exact_hits(&[0, 6, 9, 7, 9, 0], &targets, &[3, 2, 1]), 1);
+    }
+
+    /// The score's NLL is the trainer's loss (the same answer tokens, the same mean), and
+    /// an answer the model would not produce is no greedy hit.
+    #[test]
+    fn nll_is_the_training_loss() {
+        let dir = tiny_model_dir();
+        let model = Llama::load(dir.path(), &Device::Cpu).unwrap();
+        let tok = ChatTokenizer::load(dir.path()).unwrap();
+        let ex = |p: &str, a: &str| Example {
+            prompt: p.into(),
+            answer: a.into(),
+            choices: vec![],
+        };
+        let examples: Vec<Example> = (0..11)
+            .map(|i| ex(&format!("what is {i} plus 3 ?"), &format!("{}", i + 3)))
+            .collect();
+        let enc = encode(&tok, &examples).unwrap();
+        let s = score(&model, &tok, None, &enc).unwrap();
+        let refs: Vec<_> = enc.iter().collect();
+        let batch = Batch::new(&refs, tok.end_of_turn, &Device::Cpu).unwrap();
+        let loss = model
+            .loss(&batch, None)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            (s.nll - f64::from(loss)).abs() < 1e-4,
+            "{} vs {loss}",
+            s.nll
+        );
+        let wrong = encode(&tok, &[ex("what is 2 plus 3 ?", "zzzz qqqq")]).unwrap();
+        let wrong = score(&model, &tok, None, &wrong).unwrap();
+        assert_eq!(wrong.greedy, 0.0);
+    }
+}
