@@ -1,7 +1,10 @@
 //! `bench time-to-adapter`: automatic specialisation on SmolLM2 timed end to end. Each task
 //! gets K tagged requests (max_tokens 1); the clock starts when the K-th is sent and stops at
-//! the first streamed token through the generated adapter, and the generator's stage timings
-//! (from the admin API) give its parts.
+//! the first streamed token through the routed adapter, and the generator's stage timings
+//! (from the admin API) give its parts. With `examples`, each task is first given that many
+//! of its training examples, so the no-harm check runs (stage `check`), and with a
+//! `library` (`plugin.library`) the selection too (stage `select`); a task whose candidates
+//! all lose the check has no adapter, and its row says so.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -12,14 +15,24 @@ use super::{print_machine, smollm2_config, spread};
 use crate::server::local::{chat_body, LocalServer};
 
 /// The generator's stages, as the admin API reports their timings.
-const STAGES: [&str; 6] = [
+const STAGES: [&str; 8] = [
     "encode",
     "decode",
     "detokenise",
+    "select",
+    "check",
     "write",
     "load_merge",
     "register",
 ];
+
+/// What a run specialises with, beside the generator.
+pub struct Options {
+    /// Training examples given to each task first (0: none, no check).
+    pub examples: usize,
+    /// `plugin.library`.
+    pub library: Option<PathBuf>,
+}
 
 /// Specialises SmolLM2 served in `dtype` (assets under `assets`, or the default root) with
 /// the generator in `generator` to each of `tasks` (built-in suite tasks, their test
@@ -29,21 +42,29 @@ pub async fn run(
     generator: &Path,
     dtype: &str,
     assets: Option<PathBuf>,
+    options: Options,
 ) -> Result<()> {
     const TOKEN: &str = "bench";
     let (assets, _store, mut config) = smollm2_config(assets, dtype, tasks.len() + 1)?;
     config.plugin.generator = Some(generator.to_path_buf());
     config.plugin.encoder = Some(assets.minilm());
     config.plugin.admin_token = Some(TOKEN.into());
+    config.plugin.library = options.library.clone();
     let k = crate::generator::decoder::DecoderConfig::load(generator)?.prompts;
     print_machine();
     println!(
         "setup: SmolLM2-135M-Instruct {} on the engine, generator {} (K = N = {k} prompts), \
-         tasks {} in turn; each task gets K tagged requests (max_tokens 1), the clock starts \
-         when the K-th is sent and stops at the first streamed token through the adapter",
+         tasks {} in turn; each given {} training examples first, library {}; each task gets \
+         K tagged requests (max_tokens 1), the clock starts when the K-th is sent and stops \
+         at the first streamed token through the routed adapter",
         dtype,
         generator.display(),
-        tasks.join(", ")
+        tasks.join(", "),
+        options.examples,
+        options
+            .library
+            .as_ref()
+            .map_or("none".to_string(), |d| d.display().to_string())
     );
     let server = LocalServer::start(config).await?;
     server.first_token(None).await?;
@@ -68,6 +89,23 @@ pub async fn run(
             prompts.len() == k,
             "task {name} has fewer than {k} test prompts"
         );
+        if options.examples > 0 {
+            let examples: Vec<serde_json::Value> = task.train
+                [..options.examples.min(task.train.len())]
+                .iter()
+                .map(|e| serde_json::json!({"prompt": e.prompt, "answer": e.answer}))
+                .collect();
+            let put = server
+                .admin(reqwest::Method::PUT, &format!("/adapters/{name}/examples"))
+                .json(&serde_json::json!({ "examples": examples }))
+                .send()
+                .await?;
+            ensure!(
+                put.status().is_success(),
+                "giving examples: {}",
+                put.status()
+            );
+        }
         let ask = |prompt: &str| {
             let (server, body) = (&server, chat_body(prompt, 1));
             async move { server.send_chat(Some(name), &body).await }
@@ -85,12 +123,25 @@ pub async fn run(
             if v["generation"]["state"] == "failed" {
                 anyhow::bail!("generation failed: {}", v["generation"]);
             }
+            if v["generation"]["state"] == "rejected" {
+                break v;
+            }
             ensure!(
                 t0.elapsed() < Duration::from_secs(120),
                 "no adapter after 120 s: {v}"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
+        let routed = match &info["generation"] {
+            g if g["state"] == "rejected" => "none: every candidate lost the check",
+            g if g["library_routed"] == true => "library",
+            g if g["fallback_routed"] == true => "fallback",
+            _ => "generated",
+        };
+        if info["generation"]["state"] == "rejected" {
+            println!("{name:<14} {routed} ({})", info["generation"]);
+            continue;
+        }
         let t1 = Instant::now();
         let label = server.first_token(Some(name)).await?;
         let total = t0.elapsed();
@@ -107,13 +158,16 @@ pub async fn run(
             .map(|s| timings.get(*s).copied().unwrap_or(f64::NAN))
             .collect();
         println!(
-            "{:<14} {} {:>10.0}ms {:>10.0}ms",
+            "{:<14} {} {:>10.0}ms {:>10.0}ms  {routed}{}",
             name,
             row.iter()
                 .map(|ms| format!("{ms:>9.0}ms"))
                 .collect::<String>(),
             t1.elapsed().as_secs_f64() * 1e3,
-            total.as_secs_f64() * 1e3
+            total.as_secs_f64() * 1e3,
+            info["generation"]["library_pick"]
+                .as_str()
+                .map_or(String::new(), |p| format!(" (library pick {p})"))
         );
         for (p, v) in parts.iter_mut().zip(row) {
             p.push(v);

@@ -173,6 +173,13 @@ pub struct TimeToAdapterArgs {
     /// Asset folder (default: $DND_ASSETS or ./assets).
     #[arg(long)]
     pub assets: Option<PathBuf>,
+    /// Give each task this many of its training examples first, so that the no-harm
+    /// check runs (and an examples generator reads them).
+    #[arg(long, default_value_t = 0)]
+    pub examples: usize,
+    /// An adapter library (`plugin.library`, a `collect` folder) for the selection.
+    #[arg(long)]
+    pub library: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -278,8 +285,17 @@ pub fn run(args: Args) -> Result<()> {
                 assets: a.assets,
             },
         )),
-        Bench::TimeToAdapter(a) => tokio::runtime::Runtime::new()?.block_on(
-            crate::bench::time_to_adapter::run(&a.tasks, &a.generator, &a.dtype, a.assets),
-        ),
+        Bench::TimeToAdapter(a) => {
+            tokio::runtime::Runtime::new()?.block_on(crate::bench::time_to_adapter::run(
+                &a.tasks,
+                &a.generator,
+                &a.dtype,
+                a.assets,
+                crate::bench::time_to_adapter::Options {
+                    examples: a.examples,
+                    library: a.library,
+                },
+            ))
+        }
     }
 }
