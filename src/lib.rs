@@ -7,7 +7,8 @@
 //! - specialisation: prompts -> [`generator`] (encoder, decoder, detokeniser) -> adapter
 //!   store -> engine.
 //!
-//! [`training`] builds the generator's training data and trains it, [`eval`] measures it,
+//! [`training`] builds the generator's training data and trains it (its forward pass also
+//! scores the server's adapter library, `server::specialise::library`), [`eval`] measures it,
 //! [`bench`] times serving and generation, [`assets`] fetches the real models offline,
 //! [`cli`] is the command line over all of it.
 
