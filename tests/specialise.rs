@@ -334,6 +334,9 @@ async fn restart_mid_generation_keeps_the_prompts_and_requeues() {
     let hung = Arc::new(TestGenerator::default());
     hung.hold.store(true, Ordering::SeqCst);
     hung.fail.store(true, Ordering::SeqCst);
+    // Released however the test ends: a failed assertion must fail the test, not leave the
+    // runtime's shutdown waiting for this generation forever.
+    let _release = Release(hung.clone());
     {
         let s = start_with(c.clone(), Some(hung.clone())).await;
         for i in 0..3 {
@@ -349,7 +352,15 @@ async fn restart_mid_generation_keeps_the_prompts_and_requeues() {
             task_json(&s, "survivor").await["generation"]["state"],
             "generating"
         );
-        assert!(dir.path().join("store/survivor/prompts.jsonl").exists());
+        // The prompt writer runs beside the generation: the file comes soon after.
+        let prompts = dir.path().join("store/survivor/prompts.jsonl");
+        for _ in 0..250 {
+            if prompts.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(prompts.exists());
         // The attempt is on disk before the generator is called.
         for _ in 0..250 {
             if hung.calls.load(Ordering::SeqCst) == 1 {
@@ -369,7 +380,15 @@ async fn restart_mid_generation_keeps_the_prompts_and_requeues() {
         "the restarted server requeued the job"
     );
     assert_eq!(task_json(&s, "survivor").await["generation"]["prompts"], 3);
-    hung.hold.store(false, Ordering::SeqCst);
+}
+
+/// Lets a held [`TestGenerator`] return when dropped.
+struct Release(Arc<TestGenerator>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.0.hold.store(false, Ordering::SeqCst);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
