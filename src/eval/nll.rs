@@ -1093,8 +1093,60 @@ pub fn nll_markdown(r: &NllReport) -> String {
         out.push_str(&table(&f.rows, &r.multitask));
         out.push('\n');
         out.push_str(&bars_markdown(&f.rows, &r.multitask));
+        out.push_str(&library_effect(r, &f.rows).unwrap_or_default());
     }
     out
+}
+
+/// What the selection adds as served (`plugin.library`): the server's rule with it
+/// (`with`, the fallback rows) against the rule without it, DnD and the fallback only, on
+/// the same checks; `None` when no check had a selection.
+fn library_effect(r: &NllReport, with: &[Row<Accuracy>]) -> Option<String> {
+    if !r.checks.iter().any(|c| c.selected.is_some()) {
+        return None;
+    }
+    let column = r.fallback_column();
+    let without: Vec<Row<Accuracy>> = r
+        .decoded
+        .iter()
+        .zip(&r.checks)
+        .map(|(row, c)| {
+            let c = TaskChecks {
+                selected: None,
+                ..c.clone()
+            };
+            c.apply(row, column, true)
+        })
+        .collect();
+    let strict = |rows: &[Row<Accuracy>]| -> Vec<f64> {
+        rows.iter().map(|row| 100.0 * row.dnd.strict).collect()
+    };
+    let (a, b) = (strict(with), strict(&without));
+    let d: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x - y).collect();
+    let (lo, hi) = crate::format::rng::bootstrap_95(d.len(), BAR_DRAWS, 14, |pick| {
+        pick.iter().map(|&i| d[i]).sum::<f64>() / pick.len() as f64
+    });
+    let harmed = |rows: &[Row<Accuracy>]| {
+        rows.iter()
+            .filter(|row| 100.0 * (row.base.lenient - row.dnd.lenient) >= HARM_POINTS - 1e-9)
+            .count()
+    };
+    let mean = |rows: &[Row<Accuracy>]| {
+        Accuracy::mean(&rows.iter().map(|row| row.dnd).collect::<Vec<_>>())
+    };
+    let (m, n) = (mean(with), mean(&without));
+    Some(format!(
+        "\nWithout the selection (DnD and the fallback only, the same checks): {:.1} % strict \
+         ({:.1} lenient), {} tasks harmed; with it {:.1} ({:.1}), {} harmed: the library adds \
+         {:+.1} strict points ({lo:+.1} to {hi:+.1}, tasks resampled).\n",
+        100.0 * n.strict,
+        100.0 * n.lenient,
+        harmed(&without),
+        100.0 * m.strict,
+        100.0 * m.lenient,
+        harmed(with),
+        a.iter().sum::<f64>() / a.len() as f64 - b.iter().sum::<f64>() / b.len() as f64,
+    ))
 }
 
 /// The checks, one line per task: examples the base and each adapter answered.
@@ -1692,6 +1744,50 @@ mod tests {
         let mut two = run("a", "mt");
         two.multitask.push("other".into());
         assert!(NllReport::pooled(vec![run("b", "mt"), two]).is_err());
+    }
+
+    /// With a selection in the checks, the report says what it adds as served: the
+    /// server's rule with it against the rule without it, on the same checks.
+    #[test]
+    fn the_report_says_what_the_library_adds_as_served() {
+        // Task a: DnD passes with 2 hits, the fallback with 2, the selection with 3 (routed:
+        // 60 % strict instead of DnD's 50); task b: the selection fails (DnD stays).
+        let mut a = decoded_row("a", acc(0.0, 0.2), acc(0.5, 0.5), acc(0.1, 0.1));
+        a.selected = Some(acc(0.6, 0.6));
+        let mut b = decoded_row("b", acc(0.0, 0.2), acc(0.4, 0.4), acc(0.1, 0.1));
+        b.selected = Some(acc(0.9, 0.9));
+        let checks = |selected: Verdict| TaskChecks {
+            task: "t".into(),
+            dnd: vec![verdict(true)],
+            shuffled: verdict(true),
+            fallback: Some(verdict(true)),
+            selected: Some(selected),
+        };
+        let three = Verdict {
+            adapter_hits: 3,
+            ..verdict(true)
+        };
+        let mut report = NllReport {
+            generator: "g".into(),
+            train_tasks: 3,
+            averaged_over: 0,
+            multitask: vec!["mt".into()],
+            rows: Vec::new(),
+            decoded: vec![a, b],
+            decode_limit: Some(10),
+            checks: vec![checks(three), checks(verdict(false))],
+            guarded: Vec::new(),
+            fallback: None,
+            left_out: vec![],
+            pooled_from: vec![],
+            seconds: 1.0,
+        };
+        report.apply_checks(Some(0));
+        let md = nll_markdown(&report);
+        assert!(
+            md.contains("Without the selection (DnD and the fallback only, the same checks): 45.0 % strict (45.0 lenient), 0 tasks harmed; with it 50.0 (50.0), 0 harmed: the library adds +5.0 strict points"),
+            "{md}"
+        );
     }
 
     #[test]

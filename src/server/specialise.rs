@@ -940,12 +940,10 @@ impl Specialiser {
         let result = match result {
             Ok((adapter, mut stages)) => {
                 let mut candidates = vec![(Route::Generated, adapter)];
-                let selected = self.select(task, job, selection, fallback.clone()).await;
+                let (selected, took) = self.select(task, job, selection, fallback.clone()).await;
+                stages.extend(took.map(|t| ("select".to_string(), t)));
                 candidates.extend(fallback.map(|a| (Route::Fallback, a)));
-                if let Some((name, adapter, took)) = selected {
-                    stages.push(("select".to_string(), took));
-                    candidates.push((Route::Library(name), adapter));
-                }
+                candidates.extend(selected.map(|(name, a)| (Route::Library(name), a)));
                 let candidates = Candidates(candidates);
                 self.check_and_install(task, job, candidates, &examples, stages, t)
                     .await
@@ -1011,19 +1009,21 @@ impl Specialiser {
     }
 
     /// The library adapter the selection picks from `examples` beside `fallback`
-    /// ([`AdapterSelector`]), with its name and how long the selection took; `None` without
-    /// a library or examples, when it picks the fallback, or when it fails (logged: the
-    /// generation goes on without it).
+    /// ([`AdapterSelector`]) with its name, or `None` when it picks the fallback or fails
+    /// (logged: the generation goes on without it); and how long the selection took, `None`
+    /// when there was none (no library or no examples).
     async fn select(
         &self,
         task: &str,
         job: u64,
         examples: Vec<Example>,
         fallback: Option<LoraAdapter>,
-    ) -> Option<(String, LoraAdapter, Duration)> {
-        let library = self.settings.library.clone()?;
+    ) -> (Option<(String, LoraAdapter)>, Option<Duration>) {
+        let Some(library) = self.settings.library.clone() else {
+            return (None, None);
+        };
         if examples.is_empty() {
-            return None;
+            return (None, None);
         }
         let t = Instant::now();
         let picked =
@@ -1032,7 +1032,7 @@ impl Specialiser {
                 .map_err(anyhow::Error::from)
                 .and_then(|r| r);
         let took = t.elapsed();
-        match picked {
+        let picked = match picked {
             Ok(Some((name, adapter))) => {
                 tracing::info!(
                     task,
@@ -1043,7 +1043,7 @@ impl Specialiser {
                 if let Some(b) = self.lock().get_mut(task).filter(|b| b.job == job) {
                     b.last_library = Some((name.clone(), None));
                 }
-                Some((name, adapter, took))
+                Some((name, adapter))
             }
             Ok(None) => {
                 tracing::info!(task, "the selection picked the fallback adapter");
@@ -1053,7 +1053,8 @@ impl Specialiser {
                 tracing::warn!(task, error = %format!("{e:#}"), "selecting a library adapter failed: checked without one");
                 None
             }
-        }
+        };
+        (picked, Some(took))
     }
 
     /// The no-harm check of a generated adapter and of the other candidates (when the task

@@ -1544,6 +1544,11 @@ async fn a_selection_that_fails_or_picks_the_fallback_leaves_the_generated_adapt
         assert!(info.last_check.unwrap().accepted);
         assert!(info.library_pick.is_none() && info.library_check.is_none());
         assert!(!info.library_routed);
+        // It ran: its time is a stage all the same.
+        assert!(info
+            .last_timings_ms
+            .iter()
+            .any(|(stage, _)| stage == "select"));
     }
     // Without examples there is nothing to select by.
     let selector = Arc::new(FakeSelector::default());
@@ -1557,4 +1562,9 @@ async fn a_selection_that_fails_or_picks_the_fallback_leaves_the_generated_adapt
     }
     f.until_gen("t", GenState::Done).await;
     assert!(selector.seen.lock().unwrap().is_empty());
+    let info = f.sp.info("t").unwrap();
+    assert!(!info
+        .last_timings_ms
+        .iter()
+        .any(|(stage, _)| stage == "select"));
 }
