@@ -1118,19 +1118,13 @@ fn library_effect(r: &NllReport, with: &[Row<Accuracy>]) -> Option<String> {
             c.apply(row, column, true)
         })
         .collect();
-    let strict = |rows: &[Row<Accuracy>]| -> Vec<f64> {
-        rows.iter().map(|row| 100.0 * row.dnd.strict).collect()
-    };
-    let (a, b) = (strict(with), strict(&without));
-    let d: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x - y).collect();
-    let (lo, hi) = crate::format::rng::bootstrap_95(d.len(), BAR_DRAWS, 14, |pick| {
-        pick.iter().map(|&i| d[i]).sum::<f64>() / pick.len() as f64
-    });
-    let harmed = |rows: &[Row<Accuracy>]| {
-        rows.iter()
-            .filter(|row| 100.0 * (row.base.lenient - row.dnd.lenient) >= HARM_POINTS - 1e-9)
-            .count()
-    };
+    let d: Vec<f64> = with
+        .iter()
+        .zip(&without)
+        .map(|(a, b)| 100.0 * (a.dnd.strict - b.dnd.strict))
+        .collect();
+    let (lo, hi) = mean_interval(&d);
+    let harmed = |rows: &[Row<Accuracy>]| rows.iter().filter(|r| harms(r.base, r.dnd)).count();
     let mean = |rows: &[Row<Accuracy>]| {
         Accuracy::mean(&rows.iter().map(|row| row.dnd).collect::<Vec<_>>())
     };
@@ -1145,8 +1139,21 @@ fn library_effect(r: &NllReport, with: &[Row<Accuracy>]) -> Option<String> {
         100.0 * m.strict,
         100.0 * m.lenient,
         harmed(with),
-        a.iter().sum::<f64>() / a.len() as f64 - b.iter().sum::<f64>() / b.len() as f64,
+        d.iter().sum::<f64>() / d.len() as f64,
     ))
+}
+
+/// Whether `score` is 10 or more lenient points below the base model's `base` (with a
+/// margin for rounding: 0.9 - 0.8 is a hair under 0.1).
+fn harms(base: Accuracy, score: Accuracy) -> bool {
+    100.0 * (base.lenient - score.lenient) >= HARM_POINTS - 1e-9
+}
+
+/// The 95 % interval of the mean of `d`, over tasks resampled.
+fn mean_interval(d: &[f64]) -> (f64, f64) {
+    crate::format::rng::bootstrap_95(d.len(), BAR_DRAWS, 14, |pick| {
+        pick.iter().map(|&i| d[i]).sum::<f64>() / pick.len() as f64
+    })
 }
 
 /// The checks, one line per task: examples the base and each adapter answered.
@@ -1249,9 +1256,7 @@ pub fn bars_of(rows: &[Row<Accuracy>], multitask: &[String], judged: Judged) -> 
             .iter()
             .filter_map(|(r, s)| Some(100.0 * (s.strict - f(r)?.strict) - offset))
             .collect();
-        crate::format::rng::bootstrap_95(d.len(), BAR_DRAWS, 14, |pick| {
-            pick.iter().map(|&i| d[i]).sum::<f64>() / pick.len() as f64
-        })
+        mean_interval(&d)
     };
     let value = mean(&|r| judged.score(r)).unwrap_or(0.0);
     let mut bars: Vec<(String, f64, f64, (f64, f64))> = Vec::new();
@@ -1289,8 +1294,7 @@ pub fn bars_of(rows: &[Row<Accuracy>], multitask: &[String], judged: Judged) -> 
     }
     let harmed: Vec<String> = rows
         .iter()
-        // (with a margin for rounding: 0.9 - 0.8 is a hair under 0.1)
-        .filter(|(r, s)| 100.0 * (r.base.lenient - s.lenient) >= HARM_POINTS - 1e-9)
+        .filter(|(r, s)| harms(r.base, *s))
         .map(|(r, s)| {
             format!(
                 "{} ({:.1} -> {:.1})",

@@ -1362,6 +1362,7 @@ impl Specialiser {
     }
 
     fn info_of(&self, b: &TaskBuf) -> GenInfo {
+        let routed = b.last_routed();
         GenInfo {
             state: b.state.clone(),
             prompts: b.prompts.len(),
@@ -1370,10 +1371,10 @@ impl Specialiser {
             last_timings_ms: b.last_timings.clone(),
             last_check: b.last_check,
             fallback_check: b.last_fallback,
-            fallback_routed: b.last_routed() == Some(Route::Fallback),
+            fallback_routed: routed == Some(Route::Fallback),
             library_pick: b.last_library.as_ref().map(|(name, _)| name.clone()),
             library_check: b.last_library.as_ref().and_then(|(_, v)| *v),
-            library_routed: matches!(b.last_routed(), Some(Route::Library(_))),
+            library_routed: matches!(routed, Some(Route::Library(_))),
         }
     }
 
