@@ -810,14 +810,18 @@ async fn check_case(
     let fallback = fallback.and_then(|_| verdicts.pop());
     let shuffled = verdicts.pop().expect("the shuffled adapter was checked");
     eprintln!(
-        "check {:<20} base {} of {}, DnD {:?}, shuffled {}, base adapter {:?}, selection {:?}",
+        "check {:<20} base {:?} of {}, DnD {:?}, shuffled {:?}, base adapter {:?}, selection {:?} \
+         (hits, strict hits)",
         case.task.name,
-        shuffled.base_hits,
+        (shuffled.base_hits, shuffled.base_strict),
         shuffled.examples,
-        verdicts.iter().map(|v| v.adapter_hits).collect::<Vec<_>>(),
-        shuffled.adapter_hits,
-        fallback.map(|v| v.adapter_hits),
-        selected.map(|v| v.adapter_hits)
+        verdicts
+            .iter()
+            .map(|v| (v.adapter_hits, v.adapter_strict))
+            .collect::<Vec<_>>(),
+        (shuffled.adapter_hits, shuffled.adapter_strict),
+        fallback.map(|v| (v.adapter_hits, v.adapter_strict)),
+        selected.map(|v| (v.adapter_hits, v.adapter_strict))
     );
     Ok(TaskChecks {
         task: case.task.name.clone(),
@@ -1156,29 +1160,32 @@ fn mean_interval(d: &[f64]) -> (f64, f64) {
     })
 }
 
-/// The checks, one line per task: examples the base and each adapter answered.
+/// The checks, one line per task: examples the base and each adapter answered (of them,
+/// in brackets, those answered strictly).
 fn checks_markdown(checks: &[TaskChecks]) -> String {
     let mut out = String::from(
         "| task | base hits | DnD hits (per batch) | DnD routed | shuffled hits | shuffled routed | fallback hits | fallback passes | selection hits | selection passes |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let yes = |v: &Verdict| if v.accepted { "yes" } else { "**no**" };
+    let hits = |v: &Verdict| format!("{} ({})", v.adapter_hits, v.adapter_strict);
     for c in checks {
-        let hits: Vec<String> = c.dnd.iter().map(|v| v.adapter_hits.to_string()).collect();
+        let dnd: Vec<String> = c.dnd.iter().map(hits).collect();
         let routed: Vec<&str> = c.dnd.iter().map(yes).collect();
         let check = |v: &Option<Verdict>| match v {
-            Some(v) => (v.adapter_hits.to_string(), yes(v)),
+            Some(v) => (hits(v), yes(v)),
             None => ("-".to_string(), "-"),
         };
         let (fallback_hits, fallback_passes) = check(&c.fallback);
         let (selection_hits, selection_passes) = check(&c.selected);
         out.push_str(&format!(
-            "| {} | {} of {} | {} | {} | {} | {} | {fallback_hits} | {fallback_passes} | {selection_hits} | {selection_passes} |\n",
+            "| {} | {} ({}) of {} | {} | {} | {} | {} | {fallback_hits} | {fallback_passes} | {selection_hits} | {selection_passes} |\n",
             c.task,
             c.shuffled.base_hits,
+            c.shuffled.base_strict,
             c.shuffled.examples,
-            hits.join(", "),
+            dnd.join(", "),
             routed.join(", "),
-            c.shuffled.adapter_hits,
+            hits(&c.shuffled),
             yes(&c.shuffled)
         ));
     }
@@ -1581,6 +1588,7 @@ mod tests {
             current_hits: None,
             adapter_hits: if accepted { 2 } else { 1 },
             accepted,
+            ..Verdict::default()
         }
     }
 

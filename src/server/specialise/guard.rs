@@ -79,24 +79,42 @@ pub struct Example {
 
 /// Whether `output` answers `example` (see the module doc).
 pub fn hits(example: &Example, output: &str) -> bool {
-    let ex = TaskExample {
-        prompt: example.prompt.clone(),
-        answer: example.answer.clone(),
-        choices: vec![],
-    };
+    let ex = example.scored();
     score_strict(Scoring::Exact, &ex, output) || score_lenient(Scoring::Exact, &ex, output)
 }
 
+/// Whether `output` answers `example` in its format: the strict scorer alone.
+pub fn hits_strictly(example: &Example, output: &str) -> bool {
+    score_strict(Scoring::Exact, &example.scored(), output)
+}
+
+impl Example {
+    fn scored(&self) -> TaskExample {
+        TaskExample {
+            prompt: self.prompt.clone(),
+            answer: self.answer.clone(),
+            choices: vec![],
+        }
+    }
+}
+
 /// The outcome of a check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verdict {
     pub examples: usize,
     pub base_hits: usize,
+    /// Of `base_hits`, those the strict scorer accepts (0 in checks recorded before it was
+    /// counted).
+    #[serde(default)]
+    pub base_strict: usize,
     /// The hits of the adapter the new one would replace; `None` when there was none (or
     /// it could not be loaded for the check).
     #[serde(default)]
     pub current_hits: Option<usize>,
     pub adapter_hits: usize,
+    /// Of `adapter_hits`, those the strict scorer accepts.
+    #[serde(default)]
+    pub adapter_strict: usize,
     pub accepted: bool,
 }
 
@@ -111,22 +129,24 @@ pub struct Outputs<'a> {
 impl Verdict {
     /// Judges the outputs of the base model, the current adapter and the new one.
     pub fn judge(examples: &[Example], outputs: Outputs) -> Self {
-        let count = |outs: &[String]| {
+        let count = |outs: &[String], hit: &dyn Fn(&Example, &str) -> bool| {
             assert_eq!(examples.len(), outs.len(), "one output per example");
             examples
                 .iter()
                 .zip(outs)
-                .filter(|(ex, out)| hits(ex, out))
+                .filter(|(ex, out)| hit(ex, out))
                 .count()
         };
-        let base_hits = count(outputs.base);
-        let current_hits = outputs.current.map(count);
-        let adapter_hits = count(outputs.adapter);
+        let base_hits = count(outputs.base, &hits);
+        let current_hits = outputs.current.map(|c| count(c, &hits));
+        let adapter_hits = count(outputs.adapter, &hits);
         Self {
             examples: examples.len(),
             base_hits,
+            base_strict: count(outputs.base, &hits_strictly),
             current_hits,
             adapter_hits,
+            adapter_strict: count(outputs.adapter, &hits_strictly),
             accepted: adapter_hits >= base_hits.max(current_hits.unwrap_or(0)),
         }
     }
@@ -306,6 +326,11 @@ mod tests {
         };
         let v = judge(&base, &out(&["1", "5", "3"]));
         assert_eq!((v.base_hits, v.adapter_hits, v.accepted), (2, 2, true));
+        assert_eq!(
+            (v.base_strict, v.adapter_strict),
+            (0, 2),
+            "long answers are not strict"
+        );
         assert_eq!(v.current_hits, None);
         let v = judge(&base, &out(&["1", "5", "6"]));
         assert_eq!((v.base_hits, v.adapter_hits, v.accepted), (2, 1, false));
@@ -346,9 +371,9 @@ mod tests {
         let v = |adapter_hits, accepted| Verdict {
             examples: 8,
             base_hits: 2,
-            current_hits: None,
             adapter_hits,
             accepted,
+            ..Verdict::default()
         };
         assert_eq!(routed(&[v(3, true), v(5, true)]), Some(1));
         assert_eq!(

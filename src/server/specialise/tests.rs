@@ -1065,8 +1065,10 @@ async fn a_rejected_adapter_is_not_installed_and_stays_rejected_after_a_restart(
     let rejected = GenState::Rejected(Verdict {
         examples: 2,
         base_hits: 2,
+        base_strict: 0, // "It is a.": right, not in the examples' format
         current_hits: None,
         adapter_hits: 0,
+        adapter_strict: 0,
         accepted: false,
     });
     f.until_gen("t", rejected.clone()).await;
@@ -1147,8 +1149,10 @@ async fn a_regeneration_that_answers_fewer_examples_than_the_current_adapter_is_
     let rejected = GenState::Rejected(Verdict {
         examples: 2,
         base_hits: 0,
+        base_strict: 0,
         current_hits: Some(2),
         adapter_hits: 0,
+        adapter_strict: 0,
         accepted: false,
     });
     f.until_gen("t", rejected).await;
@@ -1228,8 +1232,10 @@ async fn a_rejected_adapter_gives_way_to_the_generators_base_adapter_when_that_p
     let rejected = GenState::Rejected(Verdict {
         examples: 2,
         base_hits: 1,
+        base_strict: 1,
         current_hits: None,
         adapter_hits: 0,
+        adapter_strict: 0,
         accepted: false,
     });
     g.until_gen("t", rejected).await;
@@ -1370,8 +1376,10 @@ async fn with_enough_examples_the_check_reads_only_those_the_generator_did_not()
     let rejected = GenState::Rejected(Verdict {
         examples: guard::MIN_UNSEEN,
         base_hits: guard::MIN_UNSEEN,
+        base_strict: guard::MIN_UNSEEN,
         current_hits: None,
         adapter_hits: 0,
+        adapter_strict: 0,
         accepted: false,
     });
     f.until_gen("t", rejected).await;
@@ -1387,8 +1395,10 @@ async fn with_enough_examples_the_check_reads_only_those_the_generator_did_not()
     let all_checked = GenState::Rejected(Verdict {
         examples: all.len() - 1,
         base_hits: all.len() - 1,
+        base_strict: all.len() - 1,
         current_hits: None,
         adapter_hits: read.len(),
+        adapter_strict: read.len(),
         accepted: false,
     });
     f.until_gen("t", all_checked).await;
