@@ -83,7 +83,7 @@ pub struct Args {
     #[arg(long, requires = "decode")]
     pub guard: Option<usize>,
     /// With --guard: the adapter (PEFT folder) checked beside each DnD adapter and routed
-    /// where it answers more check examples, as `plugin.fallback_adapter` does (default: a
+    /// where it ranks above it in the check, as `plugin.fallback_adapter` is (default: a
     /// residual generator's base adapter), e.g. the multi-task LoRA of all training tasks.
     #[arg(long, requires = "guard")]
     pub fallback: Option<PathBuf>,

@@ -76,7 +76,7 @@ pub struct NllSetup {
     pub select: usize,
     pub seed: u64,
     /// The adapter the no-harm check weighs against each DnD adapter and routes where it
-    /// answers more check examples (`plugin.fallback_adapter`); default: a residual
+    /// ranks above it in the check ([`guard::routed`]) (`plugin.fallback_adapter`); default: a residual
     /// generator's base adapter. One of `multitask`, or added to them.
     pub fallback: Option<PathBuf>,
 }
@@ -328,8 +328,8 @@ impl TaskChecks {
     /// adapter's scores are the base model's. Given `base_adapter`, the multi-task column
     /// of the fallback adapter, that column is checked too (so that DnD is compared
     /// with it checked), as is the selection's column; with `fallback` the DnD cells are
-    /// the fallback's or the selection's where the rule routes it (it passed and answered
-    /// more check examples than the DnD adapter, or that one was rejected), as the server
+    /// the fallback's or the selection's where the rule routes it (it passed and ranked
+    /// above the DnD adapter, or that one was rejected), as the server
     /// does with `plugin.fallback_adapter` and `plugin.library`.
     pub fn apply(
         &self,

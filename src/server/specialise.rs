@@ -356,7 +356,7 @@ pub struct GenInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback_check: Option<Verdict>,
     /// Whether the last check routed the generator's base adapter instead of the generated
-    /// one (it passed and answered more examples).
+    /// one (it passed and ranked first: [`guard::routed`]).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub fallback_routed: bool,
     /// The library adapter the last generation's selection picked (`plugin.library`),
@@ -1090,7 +1090,7 @@ impl Specialiser {
                 };
                 stages.push(("check".to_string(), took));
                 if i > 0 {
-                    tracing::info!(task, routed = ?checked[i].0, "another candidate answered more examples: routed instead");
+                    tracing::info!(task, routed = ?checked[i].0, "another candidate ranked first in the check: routed instead");
                 }
                 i
             }

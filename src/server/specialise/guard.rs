@@ -34,8 +34,13 @@
 //!   its place), and `plugin.guard_fallback` is on, that adapter is checked beside the
 //!   generated one, on the same answers of the base model and the current
 //!   adapter: it is what the generator gives every task, and it too must answer at least
-//!   as many as the base and the current adapter. Of the adapters accepted, the one that
-//!   answers the most examples is stored and routed, the generated one on a tie.
+//!   as many as the base and the current adapter.
+//! - Of the adapters accepted, the one that answers the most examples **strictly** (in the
+//!   examples' own format) is stored and routed; on a tie the one with the most hits, then
+//!   the generated one. Every accepted adapter has shown no harm, so among them the rule
+//!   prefers what the tenant's examples ask for: by hits alone, a candidate that answers
+//!   at length and rightly beat one that answers in the format (README, "As served, with
+//!   the library": the check traded strict points for lenient ones).
 //! - A rejected adapter is neither stored nor routed. When every one is rejected, the
 //!   model that answered the task before (the base, or the current adapter) goes on.
 //!
@@ -181,13 +186,14 @@ pub struct Candidate<'a> {
 }
 
 /// Which of the checked candidates is routed (see the module doc): of those accepted, the
-/// one that answered the most examples, the earliest on a tie; `None` when all were
-/// rejected.
+/// one that answered the most examples strictly, then the most examples, the earliest on a
+/// tie; `None` when all were rejected.
 pub fn routed(verdicts: &[Verdict]) -> Option<usize> {
-    let mut best: Option<(usize, usize)> = None;
+    let mut best: Option<(usize, (usize, usize))> = None;
     for (i, v) in verdicts.iter().enumerate().filter(|(_, v)| v.accepted) {
-        if best.is_none_or(|(_, hits)| v.adapter_hits > hits) {
-            best = Some((i, v.adapter_hits));
+        let rank = (v.adapter_strict, v.adapter_hits);
+        if best.is_none_or(|(_, best)| rank > best) {
+            best = Some((i, rank));
         }
     }
     best.map(|(i, _)| i)
@@ -367,11 +373,12 @@ mod tests {
     }
 
     #[test]
-    fn the_accepted_adapter_with_the_most_hits_is_routed_the_earliest_on_a_tie() {
+    fn the_accepted_adapter_with_the_most_strict_then_all_hits_is_routed_the_earliest_on_a_tie() {
         let v = |adapter_hits, accepted| Verdict {
             examples: 8,
             base_hits: 2,
             adapter_hits,
+            adapter_strict: adapter_hits,
             accepted,
             ..Verdict::default()
         };
@@ -386,6 +393,13 @@ mod tests {
         assert_eq!(routed(&[v(3, true), v(6, false)]), Some(0));
         assert_eq!(routed(&[v(1, false), v(0, false)]), None);
         assert_eq!(routed(&[]), None);
+        // Strict hits first: 4 in the format beat 7 hits of which 2 are.
+        let long = Verdict {
+            adapter_strict: 2,
+            ..v(7, true)
+        };
+        assert_eq!(routed(&[long, v(4, true)]), Some(1));
+        assert_eq!(routed(&[v(2, true), long]), Some(1), "then all hits");
     }
 
     #[test]

@@ -20,7 +20,7 @@
 //! - What it picks is only a candidate: the no-harm check ([`super::guard`]) judges it
 //!   beside the generated adapter and the fallback, on the examples it did not read when
 //!   there are enough ([`super::guard::unseen`]), and routes it only where it passes and
-//!   answers the most.
+//!   wins by the check's rule ([`super::guard::routed`]).
 //!
 //! Cost: the base model once more in memory as F32 (about 540 MB for SmolLM2-135M), every
 //! library adapter (about 1.8 MB each at rank 8 on q and v), and per generation
