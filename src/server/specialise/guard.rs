@@ -58,6 +58,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::AdapterEngine;
 use crate::format::LoraAdapter;
 use crate::tasks::{score_lenient, score_strict, Example as TaskExample, Scoring};
+use crate::training::llama::score::Labelled;
 
 /// Examples a task may have at most.
 pub const MAX_EXAMPLES: usize = 64;
@@ -91,6 +92,15 @@ pub fn hits(example: &Example, output: &str) -> bool {
 /// Whether `output` answers `example` in its format: the strict scorer alone.
 pub fn hits_strictly(example: &Example, output: &str) -> bool {
     score_strict(Scoring::Exact, &example.scored(), output)
+}
+
+impl Labelled for Example {
+    fn prompt(&self) -> &str {
+        &self.prompt
+    }
+    fn answer(&self) -> &str {
+        &self.answer
+    }
 }
 
 impl Example {

@@ -39,8 +39,8 @@ use crate::generator::decoder::Condition;
 use crate::generator::retrieval::Library;
 use crate::generator::PromptEncoder;
 use crate::training::collection::Collection;
-use crate::training::llama::chat::{ChatTokenizer, Encoded};
-use crate::training::llama::score::lowest_nll;
+use crate::training::llama::chat::ChatTokenizer;
+use crate::training::llama::score::{encode, lowest_nll, Labelled};
 use crate::training::llama::Llama;
 
 /// The library's adapters, their vectors, and the model that scores them.
@@ -84,12 +84,7 @@ impl AdapterLibrary {
         let mut entries = Vec::new();
         for (name, checkpoint) in finals {
             let task = collection.task(&name)?;
-            let read: Vec<String> = task
-                .train
-                .iter()
-                .take(texts.max(1))
-                .map(|e| Condition::Examples.text(&e.prompt, &e.answer))
-                .collect();
+            let read = condition_texts(&task.train[..texts.max(1).min(task.train.len())]);
             ensure!(
                 !read.is_empty(),
                 "library task {name} has no training examples"
@@ -115,11 +110,8 @@ impl AdapterLibrary {
 
     /// The candidates for `examples`: the nearest tasks' adapters, nearest first, by name.
     fn neighbours(&self, examples: &[Example]) -> Result<Vec<(String, &LoraAdapter)>> {
-        let texts: Vec<String> = examples
-            .iter()
-            .map(|e| Condition::Examples.text(&e.prompt, &e.answer))
-            .collect();
-        let found = self.library.nearest(&self.encoder, &texts, self.nearest)?;
+        let found =
+            (self.library).nearest(&self.encoder, &condition_texts(examples), self.nearest)?;
         found
             .neighbours
             .into_iter()
@@ -129,13 +121,14 @@ impl AdapterLibrary {
             })
             .collect()
     }
+}
 
-    fn encode(&self, examples: &[Example]) -> Result<Vec<Encoded>> {
-        examples
-            .iter()
-            .map(|e| self.tok.encode_example(&e.prompt, &e.answer))
-            .collect()
-    }
+/// Examples as an examples generator reads them, the texts a library vector is made of.
+fn condition_texts(examples: &[impl Labelled]) -> Vec<String> {
+    examples
+        .iter()
+        .map(|e| Condition::Examples.text(e.prompt(), e.answer()))
+        .collect()
 }
 
 impl AdapterSelector for AdapterLibrary {
@@ -148,7 +141,7 @@ impl AdapterSelector for AdapterLibrary {
         let neighbours = self.neighbours(examples)?;
         let mut candidates: Vec<&LoraAdapter> = neighbours.iter().map(|(_, a)| *a).collect();
         candidates.extend(fallback);
-        let encoded = self.encode(examples)?;
+        let encoded = encode(&self.tok, examples)?;
         let best = lowest_nll(&self.model, &self.tok, &candidates, &encoded)?;
         Ok(neighbours
             .get(best)
@@ -233,7 +226,7 @@ mod tests {
         let neighbours = library.neighbours(&examples).unwrap();
         assert_eq!(neighbours.len(), 2);
         // Each candidate scored on its own, as the selection must have.
-        let encoded = library.encode(&examples).unwrap();
+        let encoded = encode(&library.tok, &examples).unwrap();
         let nll = |a: &LoraAdapter| {
             let l = lora(a, &library.model.dims).unwrap();
             score(&library.model, &library.tok, Some(&l), &encoded)

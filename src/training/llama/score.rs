@@ -36,11 +36,26 @@ pub struct NllScore {
     pub greedy: f64,
 }
 
+/// A prompt and its answer: a suite task's example, or a tenant's (the server's check).
+pub trait Labelled {
+    fn prompt(&self) -> &str;
+    fn answer(&self) -> &str;
+}
+
+impl Labelled for Example {
+    fn prompt(&self) -> &str {
+        &self.prompt
+    }
+    fn answer(&self) -> &str {
+        &self.answer
+    }
+}
+
 /// Examples tokenized with the chat template, once for every adapter they are scored with.
-pub fn encode(tok: &ChatTokenizer, examples: &[Example]) -> Result<Vec<Encoded>> {
+pub fn encode(tok: &ChatTokenizer, examples: &[impl Labelled]) -> Result<Vec<Encoded>> {
     examples
         .iter()
-        .map(|e| tok.encode_example(&e.prompt, &e.answer))
+        .map(|e| tok.encode_example(e.prompt(), e.answer()))
         .collect()
 }
 
