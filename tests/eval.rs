@@ -228,6 +228,7 @@ fn task_files_it_did_not_train_on_are_compared_as_held_out_tasks() {
         nearest: 5,
         nearest_on: None,
         select: 0,
+        select_by: Default::default(),
         seed: 0,
         fallback: None,
     };
@@ -327,6 +328,7 @@ fn task_files_it_did_not_train_on_are_compared_as_held_out_tasks() {
         nearest: 5,
         nearest_on: None,
         select: 0,
+        select_by: Default::default(),
         seed: 0,
         fallback: Some(fallback.to_path_buf()),
     };

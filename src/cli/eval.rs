@@ -18,6 +18,7 @@ use crate::eval::{adapters_in, evaluate, write_report, Candidate};
 use crate::server::Config;
 use crate::tasks::suite;
 use crate::training::collection::Collection;
+use crate::training::llama::score::Rank;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -107,6 +108,10 @@ pub struct Args {
     /// shuffle control; 0: none.
     #[arg(long, default_value_t = 0)]
     pub select: usize,
+    /// How selection ranks its candidates on those examples: nll (the lowest answer NLL)
+    /// or greedy (the most answered exactly by greedy decoding, teacher-forced; then NLL).
+    #[arg(long, value_enum, default_value_t = Rank::Nll)]
+    pub select_by: Rank,
     /// Steps of the own LoRA run also evaluated, for the overhead figure.
     #[arg(long, value_delimiter = ',', default_value = "25,45")]
     pub overhead_steps: Vec<usize>,
@@ -168,6 +173,7 @@ pub fn run(args: Args) -> Result<()> {
             nearest: args.nearest,
             nearest_on: args.nearest_on.clone(),
             select: args.select,
+            select_by: args.select_by,
             seed: 0,
             fallback: args.fallback.clone(),
         };

@@ -23,8 +23,8 @@
 //! and its control, retrieval from the next held-out task's batch: the simplest adapter
 //! that reads its task, the baseline for any generator that claims to.
 //! With `select: n` as well, selection: of retrieval's k neighbours (each alone) and the
-//! multi-task LoRAs, the adapter with the lowest answer NLL on the task's first n training
-//! examples (the labelled examples a tenant gives the no-harm check; the test examples
+//! multi-task LoRAs, the adapter that ranks first on the task's first n training examples
+//! (`select_by`: the lowest answer NLL, or the most greedy exact answers; the labelled examples a tenant gives the no-harm check; the test examples
 //! share no content with them), and its control, the next held-out task's selection.
 //! Where retrieval asks whether a task's text picks weights, selection asks whether its
 //! labelled examples do, among the same few candidates and the adapter to beat.
@@ -50,7 +50,7 @@ use crate::training::collection::Collection;
 use crate::training::generator::TrainRecord;
 use crate::training::llama::chat::{ChatTokenizer, Encoded};
 pub use crate::training::llama::score::NllScore;
-use crate::training::llama::score::{encode, lora, lowest_nll, score};
+use crate::training::llama::score::{best, encode, lora, score, Rank};
 use crate::training::llama::Llama;
 use crate::training::lora::LoraWeights;
 
@@ -74,10 +74,12 @@ pub struct NllSetup {
     pub nearest_on: Option<PathBuf>,
     /// Selection's examples (see the module doc); 0, or no retrieval: no selection columns.
     pub select: usize,
+    /// How selection ranks its candidates.
+    pub select_by: Rank,
     pub seed: u64,
     /// The adapter the no-harm check weighs against each DnD adapter and routes where it
-    /// ranks above it in the check ([`guard::routed`]) (`plugin.fallback_adapter`); default: a residual
-    /// generator's base adapter. One of `multitask`, or added to them.
+    /// ranks above it in the check ([`guard::routed`]), as `plugin.fallback_adapter` is;
+    /// default: a residual generator's base adapter. One of `multitask`, or added to them.
     pub fallback: Option<PathBuf>,
 }
 
@@ -537,7 +539,8 @@ impl Comparison {
             let read = (*n).min(task.train.len());
             let examples = encode(tok, &task.train[..read])?;
             let adapters: Vec<&LoraAdapter> = candidates.iter().map(|(_, a)| *a).collect();
-            let (name, adapter) = candidates[lowest_nll(model, tok, &adapters, &examples)?];
+            let pick = best(model, tok, &adapters, &examples, setup.select_by)?;
+            let (name, adapter) = candidates[pick];
             Ok(Some(Selected {
                 read,
                 name: name.to_string(),

@@ -40,7 +40,7 @@ use crate::generator::retrieval::Library;
 use crate::generator::PromptEncoder;
 use crate::training::collection::Collection;
 use crate::training::llama::chat::ChatTokenizer;
-use crate::training::llama::score::{encode, lowest_nll, Labelled};
+use crate::training::llama::score::{best, encode, Labelled, Rank};
 use crate::training::llama::Llama;
 
 /// The library's adapters, their vectors, and the model that scores them.
@@ -142,7 +142,7 @@ impl AdapterSelector for AdapterLibrary {
         let mut candidates: Vec<&LoraAdapter> = neighbours.iter().map(|(_, a)| *a).collect();
         candidates.extend(fallback);
         let encoded = encode(&self.tok, examples)?;
-        let best = lowest_nll(&self.model, &self.tok, &candidates, &encoded)?;
+        let best = best(&self.model, &self.tok, &candidates, &encoded, Rank::Nll)?;
         Ok(neighbours
             .get(best)
             .map(|(name, adapter)| (name.clone(), (*adapter).clone())))

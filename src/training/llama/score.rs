@@ -10,7 +10,7 @@
 //!
 //! It is shared by the held-out evaluation (`eval --nll`) and the server's adapter library
 //! (`plugin.library`), which picks the stored adapter that predicts a task's examples best
-//! ([`lowest_nll`]): the same number in both, so what the evaluation measures is what is
+//! ([`best`]): the same number in both, so what the evaluation measures is what is
 //! served.
 
 use anyhow::{ensure, Result};
@@ -91,22 +91,47 @@ pub fn score(
     })
 }
 
-/// Which of `candidates` has the lowest answer NLL on `examples` (the first on a tie).
-pub fn lowest_nll(
+/// How [`best`] ranks candidates on a task's examples.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Rank {
+    /// The lowest answer NLL.
+    #[default]
+    Nll,
+    /// The most examples greedy decoding answers exactly, then the lowest NLL: what a
+    /// served (greedy) answer gets, with the NLL to break the ties of a few examples.
+    Greedy,
+}
+
+/// Which of `candidates` ranks first on `examples` by `rank` (the first on a tie).
+pub fn best(
     model: &Llama,
     tok: &ChatTokenizer,
     candidates: &[&LoraAdapter],
     examples: &[Encoded],
+    rank: Rank,
 ) -> Result<usize> {
     ensure!(!candidates.is_empty(), "no adapter to select from");
-    let mut best = (0, f64::INFINITY);
-    for (i, adapter) in candidates.iter().enumerate() {
-        let nll = score(model, tok, Some(&lora(adapter, &model.dims)?), examples)?.nll;
-        if nll < best.1 {
-            best = (i, nll);
+    let scores = candidates
+        .iter()
+        .map(|a| score(model, tok, Some(&lora(a, &model.dims)?), examples))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(first_by(&scores, rank))
+}
+
+/// The index of the score that ranks first by `rank`, the first on a tie.
+fn first_by(scores: &[NllScore], rank: Rank) -> usize {
+    let key = |s: &NllScore| match rank {
+        Rank::Nll => (0.0, s.nll),
+        Rank::Greedy => (-s.greedy, s.nll),
+    };
+    let mut best = 0;
+    for (i, s) in scores.iter().enumerate() {
+        if key(s) < key(&scores[best]) {
+            best = i;
         }
     }
-    Ok(best.0)
+    best
 }
 
 /// How many examples have every answer token as the top token: `top` and `targets` list
@@ -131,6 +156,15 @@ pub fn lora(adapter: &LoraAdapter, dims: &LlamaDims) -> Result<LoraWeights> {
 mod tests {
     use super::*;
     use crate::testing::tiny_model_dir;
+
+    #[test]
+    fn greedy_ranks_by_exact_answers_then_nll() {
+        let s = |nll, greedy| NllScore { nll, greedy };
+        let scores = [s(1.0, 0.25), s(0.5, 0.25), s(0.2, 0.0), s(0.5, 0.25)];
+        assert_eq!(first_by(&scores, Rank::Nll), 2);
+        assert_eq!(first_by(&scores, Rank::Greedy), 1, "the first on a tie");
+        assert_eq!(first_by(&scores[..1], Rank::Greedy), 0);
+    }
 
     #[test]
     fn a_hit_needs_every_answer_token_on_top() {
