@@ -174,8 +174,12 @@ pub struct NllReport {
 
 impl NllReport {
     /// Sets the checked rows (`guarded`, and `fallback` given the multi-task column of the
-    /// fallback adapter) from `decoded` and `checks`, by the server's rule.
+    /// fallback adapter) from `decoded` and `checks`, by the server's rule (the checks'
+    /// verdicts judged again by it: a run's counts outlive its rule).
     pub fn apply_checks(&mut self, fallback: Option<usize>) {
+        for c in &mut self.checks {
+            c.rejudge();
+        }
         let rows = |with_fallback: bool| -> Vec<Row<Accuracy>> {
             let apply = |(r, c): (_, &TaskChecks)| c.apply(r, fallback, with_fallback);
             self.decoded.iter().zip(&self.checks).map(apply).collect()
@@ -326,6 +330,17 @@ pub struct TaskChecks {
 }
 
 impl TaskChecks {
+    /// Every verdict judged again by the current rule ([`Verdict::rejudged`]).
+    fn rejudge(&mut self) {
+        let verdicts = (self.dnd.iter_mut())
+            .chain([&mut self.shuffled])
+            .chain(self.fallback.as_mut())
+            .chain(self.selected.as_mut());
+        for v in verdicts {
+            *v = v.rejudged();
+        }
+    }
+
     /// `row` as the checks leave it, by the server's rule ([`guard::routed`]): a rejected
     /// adapter's scores are the base model's. Given `base_adapter`, the multi-task column
     /// of the fallback adapter, that column is checked too (so that DnD is compared

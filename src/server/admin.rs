@@ -271,8 +271,8 @@ async fn get_examples(
 }
 
 /// `PUT /admin/adapters/{task}/examples` with `{"examples": [{"prompt", "answer"}, ...]}`:
-/// replaces them; the task's next generated adapter is routed only if it answers at least
-/// as many as the base model does.
+/// replaces them; the task's next generated adapter is routed only if it answers about as
+/// many as the base model does, or more ([`crate::server::specialise::guard`]).
 async fn put_examples(
     State(p): State<Arc<Plugin>>,
     Path(task): Path<String>,

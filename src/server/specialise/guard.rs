@@ -1,5 +1,5 @@
 //! The no-harm check: a generated adapter is routed only if, on the task's labelled
-//! examples, it answers at least as many as the base model does.
+//! examples, it answers about as many as the base model does, or more.
 //!
 //! Nothing in a generator tests whether its adapter helps (one that reads prompts never
 //! sees an answer; one that reads examples is not scored on them): on some unseen tasks
@@ -25,16 +25,21 @@
 //!   example too: a new adapter must not take back what an earlier one gave. If it cannot
 //!   be made resident (no room within `load_queue_ms`, a failed load), the check compares
 //!   with the base model only, and logs it.
-//! - The adapter is **accepted** when its hits are at least the base model's and at least
-//!   the current adapter's (ties go to the new adapter: it was generated for the task from
-//!   its latest prompts, and equal hits show no harm). A task without examples is not
-//!   checked.
+//! - The adapter is **accepted** when its hits are at least the base model's less the
+//!   [`tolerance`], a tenth of the examples rounded down (1 of 16), and at least the
+//!   current adapter's (ties go to the new adapter: it was generated for the task from its
+//!   latest prompts, and equal hits show no harm). A task without examples is not checked.
+//!   The tolerance is the no-harm bar's own: it forbids 10 lenient points below the base,
+//!   and by demanding every hit of the base the check turned away adapters one example
+//!   short that answered far more in the examples' format (README, "The check's rule"). A
+//!   regeneration gets none against the current adapter, so that accepted adapters cannot
+//!   drift down one example at a time.
 //! - If the generator has a base adapter (a residual generator's: the multi-task LoRA its
 //!   outputs are a residual on), or `plugin.fallback_adapter` names one (which then takes
 //!   its place), and `plugin.guard_fallback` is on, that adapter is checked beside the
 //!   generated one, on the same answers of the base model and the current
-//!   adapter: it is what the generator gives every task, and it too must answer at least
-//!   as many as the base and the current adapter.
+//!   adapter: it is what the generator gives every task, and it is accepted or not by the
+//!   same rule.
 //! - Of the adapters accepted, the one that answers the most examples **strictly** (in the
 //!   examples' own format) is stored and routed; on a tie the one with the most hits, then
 //!   the generated one. Every accepted adapter has shown no harm, so among them the rule
@@ -141,7 +146,28 @@ pub struct Outputs<'a> {
     pub adapter: &'a [String],
 }
 
+/// Hits an adapter may fall short of the base model's on `examples` examples and still be
+/// accepted (see the module doc).
+pub fn tolerance(examples: usize) -> usize {
+    examples / 10
+}
+
 impl Verdict {
+    /// Whether counts like these are accepted (see the module doc).
+    fn passes(&self) -> bool {
+        self.adapter_hits + tolerance(self.examples) >= self.base_hits
+            && self.adapter_hits >= self.current_hits.unwrap_or(0)
+    }
+
+    /// The verdict on the same counts by the current rule (checks recorded under an
+    /// earlier one, such as an evaluation's, judged again).
+    pub fn rejudged(self) -> Self {
+        Self {
+            accepted: self.passes(),
+            ..self
+        }
+    }
+
     /// Judges the outputs of the base model, the current adapter and the new one.
     pub fn judge(examples: &[Example], outputs: Outputs) -> Self {
         let count = |outs: &[String], hit: &dyn Fn(&Example, &str) -> bool| {
@@ -154,16 +180,16 @@ impl Verdict {
         };
         let base_hits = count(outputs.base, &hits);
         let current_hits = outputs.current.map(|c| count(c, &hits));
-        let adapter_hits = count(outputs.adapter, &hits);
         Self {
             examples: examples.len(),
             base_hits,
             base_strict: count(outputs.base, &hits_strictly),
             current_hits,
-            adapter_hits,
+            adapter_hits: count(outputs.adapter, &hits),
             adapter_strict: count(outputs.adapter, &hits_strictly),
-            accepted: adapter_hits >= base_hits.max(current_hits.unwrap_or(0)),
+            accepted: false,
         }
+        .rejudged()
     }
 }
 
@@ -352,6 +378,28 @@ mod tests {
         assert_eq!((v.base_hits, v.adapter_hits, v.accepted), (2, 1, false));
         let v = judge(&out(&["", "", ""]), &out(&["", "", ""]));
         assert!(v.accepted, "no hits either way: no harm shown");
+    }
+
+    #[test]
+    fn a_tenth_of_the_examples_short_of_the_base_is_accepted_not_more() {
+        let v = |examples, base_hits, current_hits, adapter_hits| {
+            Verdict {
+                examples,
+                base_hits,
+                current_hits,
+                adapter_hits,
+                ..Verdict::default()
+            }
+            .rejudged()
+            .accepted
+        };
+        assert_eq!((tolerance(9), tolerance(16), tolerance(64)), (0, 1, 6));
+        assert!(v(16, 11, None, 10), "one of 16 short");
+        assert!(!v(16, 11, None, 9), "two short");
+        assert!(!v(9, 5, None, 4), "under 10 examples, none");
+        assert!(v(32, 10, None, 7));
+        assert!(!v(16, 5, Some(8), 7), "none against the current adapter");
+        assert!(v(16, 5, Some(7), 7));
     }
 
     #[test]
