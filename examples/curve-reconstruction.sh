@@ -39,7 +39,7 @@ for K in "$@"; do
   echo "training done: $(date -u)"
   if [ ! -e "$EV/nll.json" ]; then
     $DND eval --generator "$GEN" --nll --limit 20 "${DECODE[@]}" --batches 1 --except "$EXCEPT" \
-      --checkpoints data/train-loras-v3 --select 16 --multitask "$ALL" --dtype f32 --out "$EV"
+      --checkpoints data/train-loras-v3 --select 16 --select-by nll --multitask "$ALL" --dtype f32 --out "$EV"
   fi
   echo "evaluation done: $(date -u)"
 done

@@ -26,7 +26,8 @@
 # each DnD adapter (`eval --fallback`, `plugin.fallback_adapter`) instead of the LoRA the
 # residual sits on; the same generator, the evaluation suffixed -fball.
 # The evaluation's retrieval and selection columns (`eval --nearest 5 --select 16`) read the own
-# LoRAs that `own` collected.
+# LoRAs that `own` collected; selection ranks by NLL (`--select-by nll`, as in every published
+# run of this script; SELECT_BY=greedy: by greedy answers, the evaluation suffixed -greedy).
 # RETRIEVAL_ON_ALL=1: retrieval as a move of the LoRA of all training tasks (`eval --nearest-on`);
 # the same generator, the evaluation suffixed -ronall. NEAREST=K: retrieval's neighbours
 # (default 5), suffixed -kK. TF=1: the evaluation teacher-forced only (no decoding, minutes
@@ -63,6 +64,7 @@ names() {
   if [ "${RETRIEVAL_ON_ALL:-0}" = 1 ]; then EV+=-ronall OUT+=-ronall; fi
   if [ -n "${NEAREST:-}" ]; then EV+=-k$NEAREST OUT+=-k$NEAREST; fi
   if [ "${TF:-0}" = 1 ]; then EV+=-tf OUT+=-tf; fi
+  if [ "${SELECT_BY:-nll}" != nll ]; then EV+=-$SELECT_BY OUT+=-$SELECT_BY; fi
 }
 
 if [ "${1:-}" = report ]; then
@@ -165,7 +167,7 @@ DECODE=(--decode --decode-limit 30 --guard 16)
 if [ ! -e "$EV/nll.json" ]; then
   DND_SUITE_VERSION=$V $DND eval --generator "$GEN" --nll --limit 20 "${DECODE[@]}" \
     --batches 1 --except "$FAIL${RULE_H:+,$RULE_H}" --checkpoints data/train-loras-v3 \
-    --select 16 --multitask "$UNDER_P" --multitask "$UNDER_ALL" "${EXTRA[@]}" \
+    --select 16 --select-by "${SELECT_BY:-nll}" --multitask "$UNDER_P" --multitask "$UNDER_ALL" "${EXTRA[@]}" \
     --dtype f32 --out "$EV"
 fi
 echo "evaluation done: $(date -u)"

@@ -108,9 +108,10 @@ pub struct Args {
     /// shuffle control; 0: none.
     #[arg(long, default_value_t = 0)]
     pub select: usize,
-    /// How selection ranks its candidates on those examples: nll (the lowest answer NLL)
-    /// or greedy (the most answered exactly by greedy decoding, teacher-forced; then NLL).
-    #[arg(long, value_enum, default_value_t = Rank::Nll)]
+    /// How selection ranks its candidates on those examples: greedy (the most answered
+    /// exactly by greedy decoding, teacher-forced, then the lowest NLL: what the server's
+    /// library does) or nll (the lowest answer NLL alone, as before 2026-12-06).
+    #[arg(long, value_enum, default_value_t = crate::server::specialise::library::RANK)]
     pub select_by: Rank,
     /// Steps of the own LoRA run also evaluated, for the overhead figure.
     #[arg(long, value_delimiter = ',', default_value = "25,45")]
