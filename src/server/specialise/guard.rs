@@ -44,8 +44,8 @@
 //!   examples' own format) is stored and routed; on a tie the one with the most hits, then
 //!   the generated one. Every accepted adapter has shown no harm, so among them the rule
 //!   prefers what the tenant's examples ask for: by hits alone, a candidate that answers
-//!   at length and rightly beat one that answers in the format (README, "As served, with
-//!   the library": the check traded strict points for lenient ones).
+//!   at length and rightly would beat one that answers in the format (in the runs measured
+//!   so far it changed no route: README, "The check's rule").
 //! - A rejected adapter is neither stored nor routed. When every one is rejected, the
 //!   model that answered the task before (the base, or the current adapter) goes on.
 //!
