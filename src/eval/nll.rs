@@ -24,8 +24,10 @@
 //! that reads its task, the baseline for any generator that claims to.
 //! With `select: n` as well, selection: of retrieval's k neighbours (each alone) and the
 //! multi-task LoRAs, the adapter that ranks first on the task's first n training examples
-//! (`select_by`: the lowest answer NLL, or the most greedy exact answers; the labelled examples a tenant gives the no-harm check; the test examples
-//! share no content with them), and its control, the next held-out task's selection.
+//! (by `select_by`: the most greedy exact answers then the lowest NLL, as the server's
+//! library, or the lowest NLL alone), which are the labelled examples a tenant gives the
+//! no-harm check (the test examples share no content with them); and its control, the
+//! next held-out task's selection.
 //! Where retrieval asks whether a task's text picks weights, selection asks whether its
 //! labelled examples do, among the same few candidates and the adapter to beat.
 //!

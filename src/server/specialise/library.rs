@@ -117,7 +117,8 @@ impl AdapterLibrary {
     /// The candidates for `examples`: the nearest tasks' adapters, nearest first, by name.
     fn neighbours(&self, examples: &[Example]) -> Result<Vec<(String, &LoraAdapter)>> {
         let found =
-            (self.library).nearest(&self.encoder, &condition_texts(examples), self.nearest)?;
+            self.library
+                .nearest(&self.encoder, &condition_texts(examples), self.nearest)?;
         found
             .neighbours
             .into_iter()
