@@ -160,6 +160,19 @@ impl Content for Reply {
 
 pub use mistralrs_dnd::bench::rss_bytes;
 
+/// Polls `cond` every millisecond until it holds; panics naming `what` after `within`.
+/// For state that the server changes in the background (files, counters).
+pub async fn wait_for(what: &str, within: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {what} within {within:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
 /// A collection of three small tasks on the tiny model (shared frozen A, as `collect`
 /// does by default) and a generator trained on two of them, `first_letter` held out: built
 /// once per test process by the real `collect` and `train` code, with the real MiniLM.

@@ -23,7 +23,7 @@ use mistralrs_dnd::testing::{random_adapter, tiny_dims};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::common::{chat_body, tiny_model, Reply, TOKEN};
+use crate::common::{chat_body, tiny_model, wait_for, Reply, TOKEN};
 
 /// Prompts of a task that start its generation (the generator's N).
 const K: usize = 4;
@@ -279,15 +279,6 @@ fn kept_prompts(store: &Path) -> BTreeMap<String, Vec<String>> {
     kept
 }
 
-/// Polls `cond` every millisecond, at most 30 s.
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < deadline, "no {what} within 30 s");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_generation_an_upload_and_an_eviction_loses_nothing_completed() {
     let dir = tempfile::tempdir().unwrap();
@@ -310,7 +301,7 @@ async fn kill_9_during_a_generation_an_upload_and_an_eviction_loses_nothing_comp
             .await;
         assert_eq!(r.status, 200, "{}", r.json);
     }
-    wait_for("collected prompts on disk", || {
+    wait_for("collected prompts on disk", Duration::from_secs(30), || {
         kept_prompts(&store).get("collect").map(Vec::len) == Some(2)
     })
     .await;

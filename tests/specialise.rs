@@ -354,21 +354,13 @@ async fn restart_mid_generation_keeps_the_prompts_and_requeues() {
         );
         // The prompt writer runs beside the generation: the file comes soon after.
         let prompts = dir.path().join("store/survivor/prompts.jsonl");
-        for _ in 0..250 {
-            if prompts.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(prompts.exists());
+        let soon = Duration::from_secs(5);
+        wait_for("prompt file", soon, || prompts.exists()).await;
         // The attempt is on disk before the generator is called.
-        for _ in 0..250 {
-            if hung.calls.load(Ordering::SeqCst) == 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(hung.calls.load(Ordering::SeqCst), 1);
+        wait_for("generator call", soon, || {
+            hung.calls.load(Ordering::SeqCst) == 1
+        })
+        .await;
         assert!(dir.path().join("store/survivor/generation.json").exists());
     }
     let g = Arc::new(TestGenerator::default());
