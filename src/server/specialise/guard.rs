@@ -90,13 +90,19 @@ pub struct Example {
 
 /// Whether `output` answers `example` (see the module doc).
 pub fn hits(example: &Example, output: &str) -> bool {
-    let ex = example.scored();
-    score_strict(Scoring::Exact, &ex, output) || score_lenient(Scoring::Exact, &ex, output)
+    scored(example, output).0
 }
 
-/// Whether `output` answers `example` in its format: the strict scorer alone.
-pub fn hits_strictly(example: &Example, output: &str) -> bool {
-    score_strict(Scoring::Exact, &example.scored(), output)
+/// Whether `output` answers `example`, and whether it does so in the examples' format
+/// (the strict scorer alone).
+fn scored(example: &Example, output: &str) -> (bool, bool) {
+    let ex = TaskExample {
+        prompt: example.prompt.clone(),
+        answer: example.answer.clone(),
+        choices: vec![],
+    };
+    let strict = score_strict(Scoring::Exact, &ex, output);
+    (strict || score_lenient(Scoring::Exact, &ex, output), strict)
 }
 
 impl Labelled for Example {
@@ -105,16 +111,6 @@ impl Labelled for Example {
     }
     fn answer(&self) -> &str {
         &self.answer
-    }
-}
-
-impl Example {
-    fn scored(&self) -> TaskExample {
-        TaskExample {
-            prompt: self.prompt.clone(),
-            answer: self.answer.clone(),
-            choices: vec![],
-        }
     }
 }
 
@@ -170,23 +166,23 @@ impl Verdict {
 
     /// Judges the outputs of the base model, the current adapter and the new one.
     pub fn judge(examples: &[Example], outputs: Outputs) -> Self {
-        let count = |outs: &[String], hit: &dyn Fn(&Example, &str) -> bool| {
+        // (hits, strict hits) of one model's outputs.
+        let count = |outs: &[String]| {
             assert_eq!(examples.len(), outs.len(), "one output per example");
-            examples
-                .iter()
-                .zip(outs)
-                .filter(|(ex, out)| hit(ex, out))
-                .count()
+            let each = examples.iter().zip(outs).map(|(ex, out)| scored(ex, out));
+            each.fold((0, 0), |(h, s), (hit, strict)| {
+                (h + usize::from(hit), s + usize::from(strict))
+            })
         };
-        let base_hits = count(outputs.base, &hits);
-        let current_hits = outputs.current.map(|c| count(c, &hits));
+        let (base_hits, base_strict) = count(outputs.base);
+        let (adapter_hits, adapter_strict) = count(outputs.adapter);
         Self {
             examples: examples.len(),
             base_hits,
-            base_strict: count(outputs.base, &hits_strictly),
-            current_hits,
-            adapter_hits: count(outputs.adapter, &hits),
-            adapter_strict: count(outputs.adapter, &hits_strictly),
+            base_strict,
+            current_hits: outputs.current.map(|c| count(c).0),
+            adapter_hits,
+            adapter_strict,
             accepted: false,
         }
         .rejudged()
