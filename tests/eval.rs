@@ -229,6 +229,7 @@ fn task_files_it_did_not_train_on_are_compared_as_held_out_tasks() {
         nearest_on: None,
         select: 0,
         select_by: Default::default(),
+        soup: false,
         seed: 0,
         fallback: None,
     };
@@ -329,6 +330,7 @@ fn task_files_it_did_not_train_on_are_compared_as_held_out_tasks() {
         nearest_on: None,
         select: 0,
         select_by: Default::default(),
+        soup: false,
         seed: 0,
         fallback: Some(fallback.to_path_buf()),
     };

@@ -113,6 +113,10 @@ pub struct Args {
     /// library does) or nll (the lowest answer NLL alone, as before 2026-12-06).
     #[arg(long, value_enum, default_value_t = crate::server::specialise::library::RANK)]
     pub select_by: Rank,
+    /// With --select: selection's pick grown into a greedy soup, the mean of the candidates
+    /// that each make the mean rank higher on those examples (in rank order).
+    #[arg(long)]
+    pub select_soup: bool,
     /// Steps of the own LoRA run also evaluated, for the overhead figure.
     #[arg(long, value_delimiter = ',', default_value = "25,45")]
     pub overhead_steps: Vec<usize>,
@@ -175,6 +179,7 @@ pub fn run(args: Args) -> Result<()> {
             nearest_on: args.nearest_on.clone(),
             select: args.select,
             select_by: args.select_by,
+            soup: args.select_soup,
             seed: 0,
             fallback: args.fallback.clone(),
         };

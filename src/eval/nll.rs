@@ -27,7 +27,8 @@
 //! (by `select_by`: the most greedy exact answers then the lowest NLL, as the server's
 //! library, or the lowest NLL alone), which are the labelled examples a tenant gives the
 //! no-harm check (the test examples share no content with them); and its control, the
-//! next held-out task's selection.
+//! next held-out task's selection. With `soup`, the pick grown into a greedy soup of the
+//! same candidates on the same examples ([`crate::training::llama::score::soup`]).
 //! Where retrieval asks whether a task's text picks weights, selection asks whether its
 //! labelled examples do, among the same few candidates and the adapter to beat.
 //!
@@ -52,7 +53,7 @@ use crate::training::collection::Collection;
 use crate::training::generator::TrainRecord;
 use crate::training::llama::chat::{ChatTokenizer, Encoded};
 pub use crate::training::llama::score::NllScore;
-use crate::training::llama::score::{best, encode, lora, score, Rank};
+use crate::training::llama::score::{best, encode, lora, score, soup, Rank};
 use crate::training::llama::Llama;
 use crate::training::lora::LoraWeights;
 
@@ -78,6 +79,9 @@ pub struct NllSetup {
     pub select: usize,
     /// How selection ranks its candidates.
     pub select_by: Rank,
+    /// Selection grows its pick into a greedy soup of the candidates
+    /// ([`crate::training::llama::score::soup`]).
+    pub soup: bool,
     pub seed: u64,
     /// The adapter the no-harm check weighs against each DnD adapter and routes where it
     /// ranks above it in the check ([`guard::routed`]), as `plugin.fallback_adapter` is;
@@ -556,12 +560,23 @@ impl Comparison {
             let read = (*n).min(task.train.len());
             let examples = encode(tok, &task.train[..read])?;
             let adapters: Vec<&LoraAdapter> = candidates.iter().map(|(_, a)| *a).collect();
-            let pick = best(model, tok, &adapters, &examples, setup.select_by)?;
-            let (name, adapter) = candidates[pick];
+            let (name, adapter) = match setup.soup {
+                false => {
+                    let (name, adapter) =
+                        candidates[best(model, tok, &adapters, &examples, setup.select_by)?];
+                    (name.to_string(), adapter.clone())
+                }
+                true => {
+                    let (members, adapter) =
+                        soup(model, tok, &adapters, &examples, setup.select_by)?;
+                    let names: Vec<&str> = members.iter().map(|&i| candidates[i].0).collect();
+                    (names.join("+"), adapter)
+                }
+            };
             Ok(Some(Selected {
                 read,
-                name: name.to_string(),
-                adapter: adapter.clone(),
+                name,
+                adapter,
             }))
         };
         // Each held-out task's retrieval and selection once: the next task's are its

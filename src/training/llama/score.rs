@@ -21,6 +21,7 @@ use super::batch::Batch;
 use super::chat::{ChatTokenizer, Encoded};
 use super::Llama;
 use crate::format::peft::{LlamaDims, LoraAdapter};
+use crate::generator::retrieval::mean_adapter;
 use crate::tasks::Example;
 use crate::training::lora::LoraWeights;
 
@@ -112,22 +113,80 @@ pub fn best(
     rank: Rank,
 ) -> Result<usize> {
     ensure!(!candidates.is_empty(), "no adapter to select from");
-    let scores = candidates
+    let scores = score_each(model, tok, candidates, examples)?;
+    Ok(first_by(&scores, rank))
+}
+
+/// Each candidate's score on `examples`, in order.
+fn score_each(
+    model: &Llama,
+    tok: &ChatTokenizer,
+    candidates: &[&LoraAdapter],
+    examples: &[Encoded],
+) -> Result<Vec<NllScore>> {
+    candidates
         .iter()
         .map(|a| score(model, tok, Some(&lora(a, &model.dims)?), examples))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(first_by(&scores, rank))
+        .collect()
+}
+
+/// A greedy soup of `candidates` on `examples` (Wortsman et al. 2022, "Model soups"): the
+/// candidate that ranks first by `rank`, then each of the others in their rank's order
+/// added to the mean if the mean with it ranks above the mean without it. Returns the
+/// members (the best single candidate first) and their mean adapter.
+///
+/// Why: one picked adapter is the best of a few whole tasks; a task may sit between two of
+/// them. The candidates must share their A matrices (a LoRA-FA collection's, whose
+/// adapters then average exactly: the mean of their B matrices is the mean of their
+/// weight deltas). `candidates.len() - 1` more scorings than [`best`].
+pub fn soup(
+    model: &Llama,
+    tok: &ChatTokenizer,
+    candidates: &[&LoraAdapter],
+    examples: &[Encoded],
+    rank: Rank,
+) -> Result<(Vec<usize>, LoraAdapter)> {
+    ensure!(!candidates.is_empty(), "no adapter to select from");
+    let scores = score_each(model, tok, candidates, examples)?;
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    // Stable: the first on a tie, as `first_by`.
+    order.sort_by(|&a, &b| {
+        let (ka, kb) = (rank.key(&scores[a]), rank.key(&scores[b]));
+        ka.partial_cmp(&kb).unwrap_or(std::cmp::Ordering::Equal)
+    });
+    let mut members = vec![order[0]];
+    let mut current = (scores[order[0]], candidates[order[0]].clone());
+    for &next in &order[1..] {
+        let trial: Vec<&LoraAdapter> = members
+            .iter()
+            .chain([&next])
+            .map(|&i| candidates[i])
+            .collect();
+        let mixed = mean_adapter(&trial)?;
+        let s = score(model, tok, Some(&lora(&mixed, &model.dims)?), examples)?;
+        if first_by(&[current.0, s], rank) == 1 {
+            members.push(next);
+            current = (s, mixed);
+        }
+    }
+    Ok((members, current.1))
+}
+
+impl Rank {
+    /// What ranks first is the smallest key.
+    fn key(self, s: &NllScore) -> (f64, f64) {
+        match self {
+            Rank::Nll => (0.0, s.nll),
+            Rank::Greedy => (-s.greedy, s.nll),
+        }
+    }
 }
 
 /// The index of the score that ranks first by `rank`, the first on a tie.
 fn first_by(scores: &[NllScore], rank: Rank) -> usize {
-    let key = |s: &NllScore| match rank {
-        Rank::Nll => (0.0, s.nll),
-        Rank::Greedy => (-s.greedy, s.nll),
-    };
     let mut best = 0;
     for (i, s) in scores.iter().enumerate() {
-        if key(s) < key(&scores[best]) {
+        if rank.key(s) < rank.key(&scores[best]) {
             best = i;
         }
     }
@@ -207,5 +266,55 @@ mod tests {
         let wrong = encode(&tok, &[ex("what is 2 plus 3 ?", "zzzz qqqq")]).unwrap();
         let wrong = score(&model, &tok, None, &wrong).unwrap();
         assert_eq!(wrong.greedy, 0.0);
+    }
+
+    /// A soup starts at the pick of [`best`], is the mean of its members, and ranks no
+    /// lower than that pick; one candidate is its own soup.
+    #[test]
+    fn a_soup_grows_from_the_pick_and_ranks_no_lower() {
+        use crate::format::peft::{random_adapter, tensor_name, Module};
+        use crate::testing::tiny_dims;
+        let dir = tiny_model_dir();
+        let model = Llama::load(dir.path(), &Device::Cpu).unwrap();
+        let tok = ChatTokenizer::load(dir.path()).unwrap();
+        let examples: Vec<Example> = (0..6)
+            .map(|i| Example {
+                prompt: format!("what is {i} plus 3 ?"),
+                answer: format!("{}", i + 3),
+                choices: vec![],
+            })
+            .collect();
+        let enc = encode(&tok, &examples).unwrap();
+        let adapters: Vec<LoraAdapter> = (0..4)
+            .map(|seed| random_adapter(&tiny_dims(), &[Module::Q, Module::V], 4, seed, 0.5, 0.5))
+            .collect::<Result<_>>()
+            .unwrap();
+        let refs: Vec<&LoraAdapter> = adapters.iter().collect();
+        let nll = |a: &LoraAdapter| {
+            let l = lora(a, &model.dims).unwrap();
+            score(&model, &tok, Some(&l), &enc).unwrap()
+        };
+        for rank in [Rank::Nll, Rank::Greedy] {
+            let pick = best(&model, &tok, &refs, &enc, rank).unwrap();
+            let (members, mixed) = soup(&model, &tok, &refs, &enc, rank).unwrap();
+            assert_eq!(members[0], pick);
+            let mut distinct = members.clone();
+            distinct.sort();
+            distinct.dedup();
+            assert_eq!(distinct.len(), members.len());
+            let mean = mean_adapter(&members.iter().map(|&i| refs[i]).collect::<Vec<_>>()).unwrap();
+            for (name, t) in &mean.tensors {
+                assert!(crate::testing::max_abs_diff(t, &mixed.tensors[name]) < 1e-6);
+            }
+            assert!(rank.key(&nll(&mixed)) <= rank.key(&nll(refs[pick])));
+        }
+        let (members, alone) = soup(&model, &tok, &refs[2..3], &enc, Rank::Nll).unwrap();
+        assert_eq!(members, [0]);
+        assert!(
+            crate::testing::max_abs_diff(
+                &alone.tensors[&tensor_name(0, Module::Q, true)],
+                &adapters[2].tensors[&tensor_name(0, Module::Q, true)]
+            ) == 0.0
+        );
     }
 }
