@@ -101,18 +101,37 @@ impl TestServer {
         v["state"].as_str().unwrap_or("").to_string()
     }
 
-    /// Waits (bounded) until `task` reaches `state`.
-    pub async fn wait_state(&self, task: &str, state: &str) {
-        for _ in 0..500 {
-            if self.state(task).await == state {
-                return;
+    /// `task`'s admin entry.
+    pub async fn entry(&self, task: &str) -> Value {
+        self.adapter_info(task).await.unwrap()
+    }
+
+    /// `task`'s admin entry once `cond` holds of it, polled every 20 ms; fails the test
+    /// with the last entry if it does not within `within`.
+    pub async fn entry_when(
+        &self,
+        task: &str,
+        within: std::time::Duration,
+        cond: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let v = self.entry(task).await;
+            if cond(&v) {
+                return v;
             }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{task} not there within {within:?}: {v}"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        panic!(
-            "task {task} never reached state {state}, is {}",
-            self.state(task).await
-        );
+    }
+
+    /// Waits (bounded) until `task` reaches `state`.
+    pub async fn wait_state(&self, task: &str, state: &str) {
+        let within = std::time::Duration::from_secs(10);
+        self.entry_when(task, within, |v| v["state"] == state).await;
     }
 }
 

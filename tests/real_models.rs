@@ -177,12 +177,10 @@ async fn chat_through_a_hot_loaded_adapter_on_smollm2() {
             .status(),
         200
     );
-    for _ in 0..200 {
-        if s.plugin.table.resident_ids().is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_for("the eviction", std::time::Duration::from_secs(10), || {
+        s.plugin.table.resident_ids().is_empty()
+    })
+    .await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     mistralrs_dnd::engine::trim_heap();
     let rss_after = rss_bytes();

@@ -587,13 +587,10 @@ async fn replacing_an_adapter_swaps_versions() {
         .unwrap();
     assert_eq!(v["versions"].as_array().unwrap().len(), 2);
     // The old engine model is removed once drained.
-    for _ in 0..200 {
-        if s.plugin.table.resident_ids().len() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(s.plugin.table.resident_ids().len(), 1);
+    wait_for("the old model removed", Duration::from_secs(4), || {
+        s.plugin.table.resident_ids().len() == 1
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1398,13 +1395,10 @@ async fn requests_past_a_models_in_flight_bound_are_refused_with_retry_after() {
         let rb = s.chat_request(None).json(&body);
         tokio::spawn(async move { rb.send().await })
     };
-    for _ in 0..500 {
-        if in_flight("base") == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    assert_eq!(in_flight("base"), 1, "admitted");
+    wait_for("the request admitted", Duration::from_secs(1), || {
+        in_flight("base") == 1
+    })
+    .await;
     let aborted = std::time::Instant::now();
     gone.abort();
     while in_flight("base") != 0 && aborted.elapsed() < Duration::from_secs(10) {
@@ -1593,13 +1587,10 @@ async fn bad_inputs_get_a_4xx_in_the_openai_shape_and_change_nothing() {
     }
     create_key(&s, "keep", None).await;
     let prompts_file = store.join("collecting/prompts.jsonl");
-    for _ in 0..500 {
-        let lines = std::fs::read_to_string(&prompts_file).map_or(0, |t| t.lines().count());
-        if lines == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("both prompts kept", Duration::from_secs(10), || {
+        std::fs::read_to_string(&prompts_file).map_or(0, |t| t.lines().count()) == 2
+    })
+    .await;
     let before = settled_state(&s, &store).await;
     assert_eq!(
         before.0["adapters"].as_array().unwrap().len(),

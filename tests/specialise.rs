@@ -58,10 +58,6 @@ async fn admin_get(s: &TestServer, path: &str) -> Value {
         .unwrap()
 }
 
-async fn task_json(s: &TestServer, task: &str) -> Value {
-    admin_get(s, &format!("/adapters/{task}")).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k_requests_make_an_adapter_that_later_requests_use() {
     let dir = tempfile::tempdir().unwrap();
@@ -89,7 +85,7 @@ async fn k_requests_make_an_adapter_that_later_requests_use() {
         base,
         "the generated adapter changes the output"
     );
-    let v = task_json(&s, "qa").await;
+    let v = s.entry("qa").await;
     assert_eq!(v["source"], "generated");
     assert_eq!(v["generation"]["state"], "done");
     assert_eq!(g.calls.load(Ordering::SeqCst), 1);
@@ -145,7 +141,7 @@ async fn tenant_mode_gives_each_tenant_its_own_adapter() {
     }
     s.wait_state("alice", "resident").await;
     s.wait_state("bob", "resident").await;
-    let (a, b) = (task_json(&s, "alice").await, task_json(&s, "bob").await);
+    let (a, b) = (s.entry("alice").await, s.entry("bob").await);
     assert_ne!(a["hash"], b["hash"]);
     let r = s
         .chat("hi", |rb, b| {
@@ -171,7 +167,7 @@ async fn a_failed_generation_keeps_the_base_and_can_be_retried() {
         assert_eq!(s.chat_task(&format!("q{i}"), "flaky").await.status, 200);
     }
     s.wait_state("flaky", "failed").await;
-    let v = task_json(&s, "flaky").await;
+    let v = s.entry("flaky").await;
     assert!(v["error"].as_str().unwrap().contains("unreadable"), "{v}");
     assert_eq!(v["generation"]["state"], "failed");
     let r = s.chat_task("q", "flaky").await;
@@ -193,7 +189,7 @@ async fn a_failed_generation_keeps_the_base_and_can_be_retried() {
     s.wait_state("flaky", "resident").await;
 
     // Regenerating from given prompts makes a new version.
-    let h1 = task_json(&s, "flaky").await["hash"].clone();
+    let h1 = s.entry("flaky").await["hash"].clone();
     let r = s
         .admin(Method::POST, "/adapters/flaky/regenerate")
         .json(&json!({"prompts": ["other a", "other b", "other c"]}))
@@ -201,14 +197,9 @@ async fn a_failed_generation_keeps_the_base_and_can_be_retried() {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    for _ in 0..250 {
-        if task_json(&s, "flaky").await["hash"] != h1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let v = task_json(&s, "flaky").await;
-    assert_ne!(v["hash"], h1);
+    let v = s
+        .entry_when("flaky", Duration::from_secs(5), |v| v["hash"] != h1)
+        .await;
     assert_eq!(v["versions"].as_array().unwrap().len(), 2);
 }
 
@@ -223,23 +214,12 @@ async fn automatic_regeneration_after_m_more_prompts() {
         s.chat_task(&format!("p{i}"), "t").await;
     }
     s.wait_state("t", "resident").await;
-    let h1 = task_json(&s, "t").await["hash"].clone();
+    let h1 = s.entry("t").await["hash"].clone();
     for i in 3..5 {
         s.chat_task(&format!("p{i}"), "t").await;
     }
-    for _ in 0..250 {
-        if task_json(&s, "t").await["versions"]
-            .as_array()
-            .unwrap()
-            .len()
-            == 2
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let v = task_json(&s, "t").await;
-    assert_eq!(v["versions"].as_array().unwrap().len(), 2, "{v}");
+    let two = |v: &Value| v["versions"].as_array().unwrap().len() == 2;
+    let v = s.entry_when("t", Duration::from_secs(5), two).await;
     assert_ne!(v["hash"], h1);
     assert_eq!(g.calls.load(Ordering::SeqCst), 2);
 
@@ -256,7 +236,7 @@ async fn automatic_regeneration_after_m_more_prompts() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(g.calls.load(Ordering::SeqCst), 2);
-    assert_eq!(task_json(&s, "manual").await["source"], "upload");
+    assert_eq!(s.entry("manual").await["source"], "upload");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,16 +322,7 @@ async fn restart_mid_generation_keeps_the_prompts_and_requeues() {
         for i in 0..3 {
             s.chat_task(&format!("kept {i}"), "survivor").await;
         }
-        for _ in 0..250 {
-            if task_json(&s, "survivor").await["generation"]["state"] == "generating" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(
-            task_json(&s, "survivor").await["generation"]["state"],
-            "generating"
-        );
+        until_generation(&s, "survivor", "generating").await;
         // The prompt writer runs beside the generation: the file comes soon after.
         let prompts = dir.path().join("store/survivor/prompts.jsonl");
         let soon = Duration::from_secs(5);
@@ -371,7 +342,7 @@ async fn restart_mid_generation_keeps_the_prompts_and_requeues() {
         1,
         "the restarted server requeued the job"
     );
-    assert_eq!(task_json(&s, "survivor").await["generation"]["prompts"], 3);
+    assert_eq!(s.entry("survivor").await["generation"]["prompts"], 3);
 }
 
 /// Lets a held [`TestGenerator`] return when dropped.
@@ -404,7 +375,7 @@ async fn the_dnd_generator_specialises_a_task_end_to_end() {
         assert_eq!(r.adapter.as_deref(), Some("base"));
     }
     s.wait_state("dnd", "resident").await;
-    let v = task_json(&s, "dnd").await;
+    let v = s.entry("dnd").await;
     assert_eq!(v["source"], "generated");
     assert_eq!(v["target_modules"], json!(["q_proj", "v_proj"]));
     let after = s.chat_task(probe, "dnd").await;
@@ -483,14 +454,9 @@ async fn the_library_selects_a_stored_adapter_for_a_task_with_examples() {
     for ex in &task.test[..3] {
         s.chat_task(&ex.prompt, "sums").await;
     }
-    let mut v = task_json(&s, "sums").await;
-    for _ in 0..1500 {
-        if ["done", "rejected"].contains(&v["generation"]["state"].as_str().unwrap_or("")) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        v = task_json(&s, "sums").await;
-    }
+    let ended =
+        |v: &Value| ["done", "rejected"].contains(&v["generation"]["state"].as_str().unwrap_or(""));
+    let v = s.entry_when("sums", Duration::from_secs(30), ended).await;
     let generation = &v["generation"];
     let names: Vec<&str> = trained.tasks.iter().map(|t| t.name.as_str()).collect();
     let pick = generation["library_pick"]
@@ -526,17 +492,10 @@ async fn the_library_selects_a_stored_adapter_for_a_task_with_examples() {
 
 /// Waits (bounded) until `task`'s generation is in `state`; returns the task's JSON.
 async fn until_generation(s: &TestServer, task: &str, state: &str) -> Value {
-    for _ in 0..500 {
-        let v = task_json(s, task).await;
-        if v["generation"]["state"] == state {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!(
-        "{task}'s generation never reached {state}: {}",
-        task_json(s, task).await
-    );
+    s.entry_when(task, Duration::from_secs(10), |v| {
+        v["generation"]["state"] == state
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -626,14 +585,8 @@ async fn an_adapter_that_answers_fewer_examples_than_the_base_is_not_routed() {
         .await
         .unwrap();
     assert_eq!(regenerate.status(), 202);
-    let mut v = task_json(&s, "qa").await;
-    for _ in 0..500 {
-        if v["generation"]["last_check"]["current_hits"].is_number() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        v = task_json(&s, "qa").await;
-    }
+    let checked = |v: &Value| v["generation"]["last_check"]["current_hits"].is_number();
+    let v = s.entry_when("qa", Duration::from_secs(10), checked).await;
     assert_eq!(v["generation"]["last_check"]["current_hits"], 0, "{v}");
     assert_eq!(v["generation"]["last_check"]["accepted"], true, "{v}");
 
