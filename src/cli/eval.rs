@@ -104,8 +104,8 @@ pub struct Args {
     pub nearest_on: Option<PathBuf>,
     /// With --nearest: selection's examples, the columns of the adapter that a task's
     /// labelled examples pick (of retrieval's neighbours, each alone, and the multi-task
-    /// LoRAs: the lowest answer NLL on the task's first N training examples), and its
-    /// shuffle control; 0: none.
+    /// LoRAs: what ranks first by --select-by on the task's first N training examples), and
+    /// its shuffle control; 0: none.
     #[arg(long, default_value_t = 0)]
     pub select: usize,
     /// How selection ranks its candidates on those examples: greedy (the most answered

@@ -1060,7 +1060,8 @@ pub fn nll_markdown(r: &NllReport) -> String {
     }
     if r.rows.iter().any(|row| row.selected_name.is_some()) {
         out.push_str(
-            "\nSelection's picks (the lowest answer NLL on the task's first training examples):\n",
+            "\nSelection's picks (what ranked first on the task's first training examples; a \
+             soup's members joined by +):\n",
         );
         for row in &r.rows {
             let name = row.selected_name.as_deref().unwrap_or("-");
