@@ -498,6 +498,50 @@ async fn until_generation(s: &TestServer, task: &str, state: &str) -> Value {
     .await
 }
 
+/// `plugin.check_tolerance` forgives that share of the examples, rounded down: half of two
+/// routes an adapter one hit short of the base model; the default tenth of two forgives none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_check_forgives_its_tolerance_of_the_examples() {
+    for (tolerance, state) in [(0.5, "done"), (0.1, "rejected")] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = tiny_config(dir.path());
+        c.plugin.guard_max_tokens = 6;
+        c.plugin.check_tolerance = tolerance;
+        let s = start_with(c, Some(Arc::new(TestGenerator::default()))).await;
+        let base = s.chat("question 0", |rb, _| rb).await.content();
+        let first_line = base.lines().find(|l| !l.trim().is_empty()).unwrap().trim();
+        let examples = json!({"examples": [
+            {"prompt": "question 0", "answer": first_line},
+            {"prompt": "question 1", "answer": "no model says this"},
+        ]});
+        let r = s
+            .admin(Method::PUT, "/adapters/qa/examples")
+            .json(&examples)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        for i in 0..3 {
+            s.chat_task(&format!("question {i}"), "qa").await;
+        }
+        let v = until_generation(&s, "qa", state).await;
+        let routed = s.chat_task("question 0", "qa").await.adapter;
+        assert_eq!(
+            routed.as_deref() == Some("base"),
+            state == "rejected",
+            "{v}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = tiny_config(dir.path());
+    c.plugin.check_tolerance = 1.0;
+    let err = match mistralrs_dnd::server::build(c).await {
+        Ok(_) => panic!("a tolerance of every example must be refused"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("plugin.check_tolerance"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_adapter_that_answers_fewer_examples_than_the_base_is_not_routed() {
     let dir = tempfile::tempdir().unwrap();

@@ -15,6 +15,7 @@ use crate::eval::nll::{
     write_nll, Comparison, NllReport, NllSetup,
 };
 use crate::eval::{adapters_in, evaluate, write_report, Candidate};
+use crate::server::specialise::guard::Tolerance;
 use crate::server::Config;
 use crate::tasks::suite;
 use crate::training::collection::Collection;
@@ -88,6 +89,11 @@ pub struct Args {
     /// residual generator's base adapter), e.g. the multi-task LoRA of all training tasks.
     #[arg(long, requires = "guard")]
     pub fallback: Option<PathBuf>,
+    /// The no-harm check's tolerance, as `plugin.check_tolerance`: the share of the
+    /// examples an adapter may answer fewer of than the base model and still be routed;
+    /// with --report, the recorded checks are judged again by it.
+    #[arg(long, default_value_t = 0.1)]
+    pub check_tolerance: f64,
     /// With --nll: DnD prompt batches per task.
     #[arg(long, default_value_t = 3)]
     pub batches: usize,
@@ -139,6 +145,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let check_tolerance = Tolerance::new(args.check_tolerance)?;
     if !args.report.is_empty() {
         let reports = args
             .report
@@ -154,7 +161,7 @@ pub fn run(args: Args) -> Result<()> {
         };
         let mut report = report.without(&args.except)?;
         // Judged again: the server's rule may have changed since the run.
-        report.apply_checks(report.fallback_column());
+        report.apply_checks(report.fallback_column(), check_tolerance);
         write_nll(&report, &args.out)?;
         println!("{}", nll_markdown(&report));
         println!("wrote {}/nll.json and nll.md", args.out.display());
@@ -194,7 +201,7 @@ pub fn run(args: Args) -> Result<()> {
             ))?;
             report.decoded = rows;
             report.checks = checks;
-            report.apply_checks(comparison.fallback);
+            report.apply_checks(comparison.fallback, check_tolerance);
             report.decode_limit = args.decode_limit;
             report.seconds = started.elapsed().as_secs_f64();
         }

@@ -46,7 +46,7 @@ use super::{Accuracy, EvalServer, Score};
 use crate::format::peft::LoraAdapter;
 use crate::generator::retrieval::{mean_adapter, on_top, Library, Retrieved};
 use crate::generator::Generator;
-use crate::server::specialise::guard::{self, Verdict};
+use crate::server::specialise::guard::{self, Tolerance, Verdict};
 use crate::server::Config;
 use crate::tasks::Task;
 use crate::training::collection::Collection;
@@ -160,6 +160,9 @@ pub struct NllReport {
     /// checked too (what a tenant who gave N examples would get).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<TaskChecks>,
+    /// The check's tolerance the `checks` were last judged by ([`NllReport::apply_checks`]).
+    #[serde(default)]
+    pub check_tolerance: Tolerance,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub guarded: Vec<Row<Accuracy>>,
     /// With `--guard N` and a fallback adapter (`--fallback`, or a residual generator's base
@@ -180,11 +183,12 @@ pub struct NllReport {
 
 impl NllReport {
     /// Sets the checked rows (`guarded`, and `fallback` given the multi-task column of the
-    /// fallback adapter) from `decoded` and `checks`, by the server's rule (the checks'
-    /// verdicts judged again by it: a run's counts outlive its rule).
-    pub fn apply_checks(&mut self, fallback: Option<usize>) {
+    /// fallback adapter) from `decoded` and `checks`, by the server's rule with `tolerance`
+    /// (the checks' verdicts judged again by it: a run's counts outlive its rule).
+    pub fn apply_checks(&mut self, fallback: Option<usize>, tolerance: Tolerance) {
+        self.check_tolerance = tolerance;
         for c in &mut self.checks {
-            c.rejudge();
+            c.rejudge(tolerance);
         }
         let rows = |with_fallback: bool| -> Vec<Row<Accuracy>> {
             let apply = |(r, c): (_, &TaskChecks)| c.apply(r, fallback, with_fallback);
@@ -286,6 +290,7 @@ impl NllReport {
             decoded: Vec::new(),
             decode_limit,
             checks: Vec::new(),
+            check_tolerance: Tolerance::default(),
             guarded: Vec::new(),
             fallback: None,
             left_out: Vec::new(),
@@ -307,7 +312,7 @@ impl NllReport {
             pooled.seconds += r.seconds;
         }
         // Also names the pooled column of the fallback adapter.
-        pooled.apply_checks(fallback);
+        pooled.apply_checks(fallback, Tolerance::default());
         Ok(pooled)
     }
 }
@@ -336,14 +341,14 @@ pub struct TaskChecks {
 }
 
 impl TaskChecks {
-    /// Every verdict judged again by the current rule ([`Verdict::rejudged`]).
-    fn rejudge(&mut self) {
+    /// Every verdict judged again by the rule with `tolerance` ([`Verdict::rejudged`]).
+    fn rejudge(&mut self, tolerance: Tolerance) {
         let verdicts = (self.dnd.iter_mut())
             .chain([&mut self.shuffled])
             .chain(self.fallback.as_mut())
             .chain(self.selected.as_mut());
         for v in verdicts {
-            *v = v.rejudged();
+            *v = v.rejudged(tolerance);
         }
     }
 
@@ -757,6 +762,7 @@ pub fn evaluate_nll(
         decoded: Vec::new(),
         decode_limit: None,
         checks: Vec::new(),
+        check_tolerance: Tolerance::default(),
         guarded: Vec::new(),
         fallback: None,
         left_out: Vec::new(),
@@ -838,7 +844,8 @@ async fn check_case(
                 current: None,
                 adapter: out,
             };
-            Verdict::judge(&examples, outputs)
+            // Judged again by the report's tolerance (`NllReport::apply_checks`).
+            Verdict::judge(&examples, outputs, Tolerance::default())
         })
         .collect();
     let selected = selected.and_then(|_| verdicts.pop());
@@ -1108,9 +1115,12 @@ pub fn nll_markdown(r: &NllReport) -> String {
         out.push_str(&format!(
             "\nWith the no-harm check on {n} training examples of each task (the first, or \
              with a selection those after the ones it read; an adapter that answers fewer of \
-             them than the base model is not routed: its cell shows the base model's scores; \
-             the fallback adapter's and the selection's columns, if any, are checked too; \
-             the retrieval columns are not), strict % (lenient %):\n\n"
+             them than the base model less {} ({} of the examples, rounded down) is not \
+             routed: its cell shows the base model's scores; the fallback adapter's and the \
+             selection's columns, if any, are checked too; the retrieval columns are not), \
+             strict % (lenient %):\n\n",
+            r.check_tolerance.hits(n),
+            r.check_tolerance.share()
         ));
         out.push_str(&table(&r.guarded, &r.multitask));
         out.push('\n');
@@ -1749,6 +1759,7 @@ mod tests {
             decoded: vec![good.clone(), harmed.clone()],
             decode_limit: Some(10),
             checks: vec![checks("a"), checks("b")],
+            check_tolerance: Tolerance::default(),
             guarded: vec![good, harmed],
             fallback: None,
             left_out: vec![],
@@ -1824,13 +1835,14 @@ mod tests {
             decoded: vec![a, b],
             decode_limit: Some(10),
             checks: vec![checks(three), checks(verdict(false))],
+            check_tolerance: Tolerance::default(),
             guarded: Vec::new(),
             fallback: None,
             left_out: vec![],
             pooled_from: vec![],
             seconds: 1.0,
         };
-        report.apply_checks(Some(0));
+        report.apply_checks(Some(0), Tolerance::default());
         let md = nll_markdown(&report);
         assert!(
             md.contains("Without the selection (DnD and the fallback only, the same checks): 45.0 % strict (45.0 lenient), 0 tasks harmed; with it 50.0 (50.0), 0 harmed: the library adds +5.0 strict points"),

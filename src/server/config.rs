@@ -154,6 +154,10 @@ pub struct PluginConfig {
     /// Tokens the base model and a new adapter may answer each of a task's labelled
     /// examples with in the no-harm check (`specialise::guard`).
     pub guard_max_tokens: usize,
+    /// The share of a task's examples a new adapter's hits may fall short of the base
+    /// model's in the no-harm check and still be routed, rounded down, in [0, 1)
+    /// (`specialise::guard::Tolerance`).
+    pub check_tolerance: f64,
     /// Check the generator's base adapter (a residual generator's, e.g. its multi-task
     /// LoRA) beside each generated adapter, and route it instead when it answers more of
     /// the task's examples (and passes the check itself).
@@ -238,6 +242,7 @@ impl Default for PluginConfig {
             max_retries: 5,
             regenerate_after: None,
             guard_max_tokens: 16,
+            check_tolerance: 0.1,
             guard_fallback: true,
             fallback_adapter: None,
             library: None,

@@ -258,6 +258,8 @@ pub async fn assemble(
         ),
         (None, _) => None,
     };
+    let check_tolerance = specialise::guard::Tolerance::new(config.plugin.check_tolerance)
+        .context("plugin.check_tolerance")?;
     let fallback_adapter = match &config.plugin.fallback_adapter {
         Some(dir) => Some(
             LoraAdapter::read_peft(dir)
@@ -293,6 +295,7 @@ pub async fn assemble(
             max_retries: pc.max_retries,
             regenerate_after: pc.regenerate_after,
             guard_max_tokens: pc.guard_max_tokens.max(1),
+            check_tolerance,
             guard_fallback: pc.guard_fallback,
             fallback_adapter,
             max_generations_per_hour: pc.max_generations_per_hour,

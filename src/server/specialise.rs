@@ -153,6 +153,8 @@ pub struct Settings {
     pub regenerate_after: Option<usize>,
     /// Tokens per answer in the no-harm check ([`guard`]).
     pub guard_max_tokens: usize,
+    /// Hits short of the base model's that the no-harm check forgives ([`guard::Tolerance`]).
+    pub check_tolerance: guard::Tolerance,
     /// Check and route the generator's base adapter when a generated one is rejected.
     pub guard_fallback: bool,
     /// Checked and routed by `guard_fallback` instead of the generator's base adapter.
@@ -1187,6 +1189,7 @@ impl Specialiser {
             examples,
             &self.table.store_root().join(PROBE_DIR).join(task),
             self.settings.guard_max_tokens,
+            self.settings.check_tolerance,
         )
         .await?;
         for (verdict, candidate) in verdicts.iter().zip(&candidates) {

@@ -26,9 +26,10 @@
 //!   be made resident (no room within `load_queue_ms`, a failed load), the check compares
 //!   with the base model only, and logs it.
 //! - The adapter is **accepted** when its hits are at least the base model's less the
-//!   [`tolerance`], a tenth of the examples rounded down (1 of 16), and at least the
-//!   current adapter's (ties go to the new adapter: it was generated for the task from its
-//!   latest prompts, and equal hits show no harm). A task without examples is not checked.
+//!   [`Tolerance`] (a tenth of the examples rounded down, 1 of 16, unless
+//!   `plugin.check_tolerance` gives another share), and at least the current adapter's
+//!   (ties go to the new adapter: it was generated for the task from its latest prompts,
+//!   and equal hits show no harm). A task without examples is not checked.
 //!   The tolerance is the no-harm bar's own: it forbids 10 lenient points below the base,
 //!   and by demanding every hit of the base the check turned away adapters one example
 //!   short that answered far more in the examples' format (README, "The check's rule"). A
@@ -142,30 +143,58 @@ pub struct Outputs<'a> {
     pub adapter: &'a [String],
 }
 
-/// Hits an adapter may fall short of the base model's on `examples` examples and still be
-/// accepted (see the module doc).
-pub fn tolerance(examples: usize) -> usize {
-    examples / 10
+/// The share of the examples an adapter's hits may fall short of the base model's and still
+/// be accepted, rounded down (`plugin.check_tolerance`; see the module doc). A tenth by
+/// default: 1 of 16, none under 10.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Tolerance(f64);
+
+impl Default for Tolerance {
+    fn default() -> Self {
+        Self(0.1)
+    }
+}
+
+impl Tolerance {
+    /// A share in [0, 1).
+    pub fn new(share: f64) -> Result<Self> {
+        ensure!(
+            (0.0..1.0).contains(&share),
+            "the check's tolerance is a share of the examples in [0, 1), not {share}"
+        );
+        Ok(Self(share))
+    }
+
+    pub fn share(self) -> f64 {
+        self.0
+    }
+
+    /// Hits an adapter may fall short of the base model's on `examples` examples.
+    pub fn hits(self, examples: usize) -> usize {
+        // The epsilon keeps shares such as 0.1 * 30 from rounding down to one hit fewer.
+        (examples as f64 * self.0 + 1e-9).floor() as usize
+    }
 }
 
 impl Verdict {
     /// Whether counts like these are accepted (see the module doc).
-    fn passes(&self) -> bool {
-        self.adapter_hits + tolerance(self.examples) >= self.base_hits
+    fn passes(&self, tolerance: Tolerance) -> bool {
+        self.adapter_hits + tolerance.hits(self.examples) >= self.base_hits
             && self.adapter_hits >= self.current_hits.unwrap_or(0)
     }
 
-    /// The verdict on the same counts by the current rule (checks recorded under an
-    /// earlier one, such as an evaluation's, judged again).
-    pub fn rejudged(self) -> Self {
+    /// The verdict on the same counts by the rule with `tolerance` (checks recorded under
+    /// another, such as an evaluation's, judged again).
+    pub fn rejudged(self, tolerance: Tolerance) -> Self {
         Self {
-            accepted: self.passes(),
+            accepted: self.passes(tolerance),
             ..self
         }
     }
 
     /// Judges the outputs of the base model, the current adapter and the new one.
-    pub fn judge(examples: &[Example], outputs: Outputs) -> Self {
+    pub fn judge(examples: &[Example], outputs: Outputs, tolerance: Tolerance) -> Self {
         // (hits, strict hits) of one model's outputs.
         let count = |outs: &[String]| {
             assert_eq!(examples.len(), outs.len(), "one output per example");
@@ -185,7 +214,7 @@ impl Verdict {
             adapter_strict,
             accepted: false,
         }
-        .rejudged()
+        .rejudged(tolerance)
     }
 }
 
@@ -242,6 +271,7 @@ pub async fn check(
     examples: &[Example],
     probe_dir: &Path,
     max_tokens: usize,
+    tolerance: Tolerance,
 ) -> Result<Vec<Verdict>> {
     let answering = async {
         // All at once: with shared adapters their rows share the base model's batches.
@@ -268,7 +298,7 @@ pub async fn check(
             current: current.as_deref(),
             adapter,
         };
-        Verdict::judge(examples, outputs)
+        Verdict::judge(examples, outputs, tolerance)
     };
     Ok(adapters.iter().map(judge).collect())
 }
@@ -360,7 +390,7 @@ mod tests {
                 current: None,
                 adapter,
             };
-            Verdict::judge(&examples, outputs)
+            Verdict::judge(&examples, outputs, Tolerance::default())
         };
         let v = judge(&base, &out(&["1", "5", "3"]));
         assert_eq!((v.base_hits, v.adapter_hits, v.accepted), (2, 2, true));
@@ -386,10 +416,27 @@ mod tests {
                 adapter_hits,
                 ..Verdict::default()
             }
-            .rejudged()
+            .rejudged(Tolerance::default())
             .accepted
         };
-        assert_eq!((tolerance(9), tolerance(16), tolerance(64)), (0, 1, 6));
+        let tenth = Tolerance::default();
+        assert_eq!((tenth.hits(9), tenth.hits(16), tenth.hits(30)), (0, 1, 3));
+        let fifth = Tolerance::new(0.2).unwrap();
+        assert_eq!((fifth.hits(4), fifth.hits(16)), (0, 3));
+        let strict = Tolerance::new(0.0).unwrap();
+        assert!(
+            !Verdict {
+                examples: 16,
+                base_hits: 11,
+                adapter_hits: 10,
+                ..Verdict::default()
+            }
+            .rejudged(strict)
+            .accepted
+        );
+        for bad in [1.0, -0.1, f64::NAN] {
+            assert!(Tolerance::new(bad).is_err(), "{bad}");
+        }
         assert!(v(16, 11, None, 10), "one of 16 short");
         assert!(!v(16, 11, None, 9), "two short");
         assert!(!v(9, 5, None, 4), "under 10 examples, none");
@@ -409,7 +456,7 @@ mod tests {
                 current: Some(&current),
                 adapter,
             };
-            Verdict::judge(&examples, outputs)
+            Verdict::judge(&examples, outputs, Tolerance::default())
         };
         let v = judge(&out(&["1", "2", ""]));
         assert_eq!(

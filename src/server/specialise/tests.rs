@@ -104,6 +104,7 @@ fn settings() -> Settings {
         max_retries: 0,
         regenerate_after: None,
         guard_max_tokens: 16,
+        check_tolerance: Default::default(),
         guard_fallback: true,
         fallback_adapter: None,
         max_generations_per_hour: 100,
