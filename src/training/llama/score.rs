@@ -11,7 +11,8 @@
 //! It is shared by the held-out evaluation (`eval --nll`) and the server's adapter library
 //! (`plugin.library`), which picks the stored adapter that predicts a task's examples best
 //! ([`best`]): the same number in both, so what the evaluation measures is what is
-//! served.
+//! served. [`soup`], a mean of several candidates, is the evaluation's alone (README, "A
+//! soup of the candidates": it answered no more examples exactly).
 
 use anyhow::{ensure, Result};
 use candle_core::{Device, D};
