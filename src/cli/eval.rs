@@ -92,7 +92,7 @@ pub struct Args {
     /// The no-harm check's tolerance, as `plugin.check_tolerance`: the share of the
     /// examples an adapter may answer fewer of than the base model and still be routed;
     /// with --report, the recorded checks are judged again by it.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = Tolerance::default().share())]
     pub check_tolerance: f64,
     /// With --nll: DnD prompt batches per task.
     #[arg(long, default_value_t = 3)]

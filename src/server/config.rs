@@ -242,7 +242,7 @@ impl Default for PluginConfig {
             max_retries: 5,
             regenerate_after: None,
             guard_max_tokens: 16,
-            check_tolerance: 0.1,
+            check_tolerance: super::specialise::guard::Tolerance::default().share(),
             guard_fallback: true,
             fallback_adapter: None,
             library: None,
