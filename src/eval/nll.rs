@@ -1132,8 +1132,8 @@ pub fn nll_markdown(r: &NllReport) -> String {
         out.push_str(&format!(
             "\nWith the check of DnD and of the fallback adapter ({}){} beside it, the \
              one routed that passed and answered the most check examples strictly, then the \
-             most, DnD on a tie (what the server routes), strict % (lenient %); the DnD columns are then not DnD \
-             alone:\n\n",
+             most, DnD on a tie (what the server routes), strict % (lenient %); the DnD \
+             columns are then not DnD alone:\n\n",
             f.adapter,
             match r.checks.iter().any(|c| c.selected.is_some()) {
                 true => " and of the selection (`plugin.library`; not for the DnD shuffled column)",
