@@ -14,7 +14,7 @@ use crate::eval::nll::{
     decode_rows, evaluate_lora_nll, evaluate_nll, lora_nll_markdown, nll_markdown, write_lora_nll,
     write_nll, Comparison, NllReport, NllSetup,
 };
-use crate::eval::{adapters_in, evaluate, write_report, Candidate};
+use crate::eval::{adapters_in, evaluate, with_demonstrations, write_report, Candidate};
 use crate::server::specialise::guard::Tolerance;
 use crate::server::Config;
 use crate::tasks::suite;
@@ -32,6 +32,11 @@ pub struct Args {
     /// Leave these tasks out (comma-separated names), e.g. those the suite filter drops.
     #[arg(long, value_delimiter = ',')]
     pub except: Vec<String>,
+    /// Each task's first K training examples as earlier chat turns of every test prompt: the
+    /// in-context baseline, for the base model and `--adapter`s (decoded, or with --nll
+    /// teacher-forced). Not with --generator, whose inputs it would change.
+    #[arg(long, default_value_t = 0, conflicts_with_all = ["generator", "report"])]
+    pub demonstrations: usize,
     /// An earlier `eval --generator --nll` run's nll.json: write its tables again (without
     /// the `--except` tasks, if any) to `--out`, running nothing (the checked tables judged by the
     /// server's current rule). Several (the folds of `train --fold`): one report pooled over
@@ -170,6 +175,10 @@ pub fn run(args: Args) -> Result<()> {
     let tasks = suite(&args.tasks, &args.only, &args.suite_args.config())?;
     let tasks = crate::tasks::without(tasks, &args.except)?;
     ensure!(!tasks.is_empty(), "no tasks to evaluate");
+    let tasks = tasks
+        .iter()
+        .map(|t| with_demonstrations(t, args.demonstrations))
+        .collect::<Result<Vec<_>>>()?;
     let mut config = Config::default();
     config.model.base = args.base.clone();
     config.model.dtype = args.dtype.clone();

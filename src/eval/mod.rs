@@ -23,6 +23,38 @@ use crate::format::LoraAdapter;
 use crate::server::local::{chat_body, LocalServer};
 use crate::server::{self, Config};
 use crate::tasks::{score_lenient, score_strict, Example, Task};
+use crate::training::llama::chat::earlier_turns;
+
+/// `task` with its first `k` training examples as earlier chat turns of every test prompt
+/// ([`earlier_turns`]): the in-context baseline, what a tenant's labelled examples give a
+/// model without any generated adapter. The same `k` examples for every test prompt, as a
+/// server prepending a task's examples would; the training split is left as it is.
+pub fn with_demonstrations(task: &Task, k: usize) -> Result<Task> {
+    if task.train.len() < k {
+        bail!(
+            "task {}: {} training examples, {k} demonstrations wanted",
+            task.name,
+            task.train.len()
+        );
+    }
+    let turns = earlier_turns(
+        task.train[..k]
+            .iter()
+            .map(|e| (e.prompt.as_str(), e.answer.as_str())),
+    );
+    let test = task
+        .test
+        .iter()
+        .map(|e| Example {
+            prompt: format!("{turns}{}", e.prompt),
+            ..e.clone()
+        })
+        .collect();
+    Ok(Task {
+        test,
+        ..task.clone()
+    })
+}
 
 /// A model to evaluate: the base, or the base with an adapter.
 #[derive(Debug, Clone)]
@@ -461,4 +493,43 @@ pub fn write_report(report: &Report, out: &Path) -> Result<()> {
     );
     std::fs::write(out.join("eval.md"), md)?;
     chart(report, &out.join("eval.png"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ex(prompt: &str, answer: &str) -> Example {
+        Example {
+            prompt: prompt.into(),
+            answer: answer.into(),
+            choices: vec![],
+        }
+    }
+
+    #[test]
+    fn demonstrations_are_the_first_training_examples_before_every_test_prompt() {
+        let task = Task {
+            name: "add".into(),
+            family: "arithmetic".into(),
+            scoring: crate::tasks::Scoring::Exact,
+            train: vec![ex("1 + 1?", "2"), ex("2 + 2?", "4"), ex("3 + 3?", "6")],
+            test: vec![ex("4 + 4?", "8"), ex("5 + 5?", "10")],
+        };
+        let shown = with_demonstrations(&task, 2).unwrap();
+        let turns = earlier_turns([("1 + 1?", "2"), ("2 + 2?", "4")]);
+        let prompts: Vec<&str> = shown.test.iter().map(|e| e.prompt.as_str()).collect();
+        assert_eq!(
+            prompts,
+            [format!("{turns}4 + 4?"), format!("{turns}5 + 5?")]
+        );
+        assert_eq!(shown.test[1].answer, "10");
+        assert_eq!(shown.train, task.train);
+        assert_eq!(with_demonstrations(&task, 0).unwrap(), task);
+        let err = with_demonstrations(&task, 4).unwrap_err().to_string();
+        assert!(
+            err.contains("3 training examples, 4 demonstrations"),
+            "{err}"
+        );
+    }
 }

@@ -73,6 +73,21 @@ impl ChatTemplate {
     }
 }
 
+/// The text that, put before a user message's content, renders as these earlier
+/// (user, assistant) turns: it closes the user turn early, so that the model reads each
+/// pair as a turn of its own and the message as the last user turn. ChatML, as
+/// [`ChatTemplate`]; the tokenizer reads the markers as its special tokens. This is how
+/// the evaluation gives a prompt in-context examples through the serving path, whose
+/// requests carry a single user message.
+pub fn earlier_turns<'a>(turns: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    turns
+        .into_iter()
+        .map(|(user, assistant)| {
+            format!("{user}<|im_end|>\n<|im_start|>assistant\n{assistant}<|im_end|>\n<|im_start|>user\n")
+        })
+        .collect()
+}
+
 /// A tokenized example: `ids` = prompt tokens then answer tokens (ending with the
 /// end-of-turn token); the loss covers `ids[prompt_len..]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,6 +178,30 @@ mod tests {
     }
 
     #[test]
+    fn earlier_turns_render_as_the_conversation_would() {
+        let t = ChatTemplate::parse(SMOLLM2_TEMPLATE).unwrap();
+        let prompt = earlier_turns([("2 + 2?", "4"), ("3 + 3?", "6")]) + "1 + 1?";
+        // The Jinja template's rendering of the five messages.
+        let conversation = [
+            ("user", "2 + 2?"),
+            ("assistant", "4"),
+            ("user", "3 + 3?"),
+            ("assistant", "6"),
+            ("user", "1 + 1?"),
+        ];
+        let mut want = format!(
+            "<|im_start|>system\n{}<|im_end|>\n",
+            t.default_system.as_deref().unwrap()
+        );
+        for (role, content) in conversation {
+            want.push_str(&format!("<|im_start|>{role}\n{content}<|im_end|>\n"));
+        }
+        want.push_str("<|im_start|>assistant\n");
+        assert_eq!(t.render_user(&prompt), want);
+        assert_eq!(earlier_turns([]), "");
+    }
+
+    #[test]
     fn real_model_template_when_present() {
         // The converted SmolLM2 folder appears once the asset step has run.
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/smollm2");
@@ -178,5 +217,10 @@ mod tests {
         let e = tok.encode_example("What is 2 + 3?", "5").unwrap();
         assert_eq!(e.ids[0], 1, "starts with <|im_start|>");
         assert_eq!(*e.ids.last().unwrap(), 2);
+        // The markers of earlier turns are read as the special tokens, not as text.
+        let two_turns = earlier_turns([("Hi", "Hello")]) + "What is 2 + 3?";
+        let ids = tok.encode_prompt(&two_turns).unwrap();
+        let ends = ids.iter().filter(|&&id| id == tok.end_of_turn).count();
+        assert_eq!(ends, 4, "the system turn, the earlier two and the last user turn");
     }
 }
