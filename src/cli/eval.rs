@@ -306,12 +306,13 @@ pub fn run(args: Args) -> Result<()> {
             }
         }
     }
-    let report = tokio::runtime::Runtime::new()?.block_on(evaluate(
+    let mut report = tokio::runtime::Runtime::new()?.block_on(evaluate(
         config,
         &tasks,
         &candidates,
         args.limit,
     ))?;
+    report.demonstrations = args.demonstrations;
     write_report(&report, &args.out)?;
     println!("{}", crate::eval::markdown(&report));
     println!("wrote {}/eval.json and eval.md", args.out.display());

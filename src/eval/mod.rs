@@ -107,6 +107,8 @@ pub struct Report {
     pub base: String,
     pub dtype: String,
     pub limit: Option<usize>,
+    /// Training examples shown before every test prompt ([`with_demonstrations`]).
+    pub demonstrations: usize,
     pub scores: Vec<Score>,
 }
 
@@ -170,6 +172,7 @@ pub async fn evaluate(
         base: server.base.display().to_string(),
         dtype: server.dtype.clone(),
         limit,
+        demonstrations: 0,
         scores,
     })
 }

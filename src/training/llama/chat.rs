@@ -221,6 +221,9 @@ mod tests {
         let two_turns = earlier_turns([("Hi", "Hello")]) + "What is 2 + 3?";
         let ids = tok.encode_prompt(&two_turns).unwrap();
         let ends = ids.iter().filter(|&&id| id == tok.end_of_turn).count();
-        assert_eq!(ends, 4, "the system turn, the earlier two and the last user turn");
+        assert_eq!(
+            ends, 4,
+            "the system turn, the earlier two and the last user turn"
+        );
     }
 }
