@@ -1470,6 +1470,17 @@ pub fn lora_nll_markdown(r: &LoraNllReport) -> String {
         out.push_str(&lora_row_line(row));
         out.push('\n');
     }
+    // The mean of each column over the tasks (the own LoRA's over those that have one).
+    let mean = |v: Vec<NllScore>| (!v.is_empty()).then(|| NllScore::mean(&v));
+    if let Some(base) = mean(r.rows.iter().map(|x| x.base).collect()) {
+        out.push_str(&format!("| | **mean** | {} |", base.cell()));
+        for i in 0..r.adapters.len() {
+            let column = r.rows.iter().filter_map(|x| x.adapters.get(i).copied());
+            out.push_str(&format!(" {} |", opt_cell(mean(column.collect()))));
+        }
+        let own = mean(r.rows.iter().filter_map(|x| x.own).collect());
+        out.push_str(&format!(" {} | |\n", opt_cell(own)));
+    }
     let dropped: Vec<&str> = r
         .rows
         .iter()
@@ -1505,6 +1516,34 @@ mod tests {
 
     fn acc(strict: f64, lenient: f64) -> Accuracy {
         Accuracy { strict, lenient }
+    }
+
+    #[test]
+    fn the_lora_table_ends_with_each_columns_mean() {
+        let nll = |nll: f64, greedy: f64| NllScore { nll, greedy };
+        let row = |task: &str, base, adapter, own| LoraNllRow {
+            task: task.into(),
+            family: "f".into(),
+            examples: 60,
+            base,
+            adapters: vec![adapter],
+            own,
+            beats_base: true,
+        };
+        let report = LoraNllReport {
+            adapters: vec![("all".into(), PathBuf::from("all"))],
+            rows: vec![
+                row("a", nll(2.0, 0.0), nll(1.0, 0.5), Some(nll(0.5, 0.75))),
+                row("b", nll(4.0, 0.5), nll(2.0, 0.25), None),
+            ],
+            seconds: 0.0,
+        };
+        let md = lora_nll_markdown(&report);
+        let mean = md.lines().find(|l| l.contains("**mean**")).unwrap();
+        assert_eq!(
+            mean,
+            "| | **mean** | 3.000 (25.0) | 1.500 (37.5) | 0.500 (75.0) | |"
+        );
     }
 
     fn decoded_row(task: &str, base: Accuracy, dnd: Accuracy, shuffled: Accuracy) -> Row<Accuracy> {
