@@ -146,9 +146,23 @@ pub struct Outputs<'a> {
 /// The share of the examples an adapter's hits may fall short of the base model's and still
 /// be accepted, rounded down (`plugin.check_tolerance`; see the module doc). A tenth by
 /// default: 1 of 16, none under 10.
+/// Read back (a report's record of it) through [`Tolerance::new`], so out of range is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(try_from = "f64", into = "f64")]
 pub struct Tolerance(f64);
+
+impl TryFrom<f64> for Tolerance {
+    type Error = anyhow::Error;
+    fn try_from(share: f64) -> Result<Self> {
+        Self::new(share)
+    }
+}
+
+impl From<Tolerance> for f64 {
+    fn from(t: Tolerance) -> f64 {
+        t.0
+    }
+}
 
 impl Default for Tolerance {
     fn default() -> Self {
@@ -501,6 +515,17 @@ mod tests {
         };
         assert_eq!(routed(&[long, v(4, true)]), Some(1));
         assert_eq!(routed(&[v(2, true), long]), Some(1), "then all hits");
+    }
+
+    #[test]
+    fn a_recorded_tolerance_is_read_back_only_in_range() {
+        let t: Tolerance = serde_json::from_str("0.25").unwrap();
+        assert_eq!(t.share(), 0.25);
+        assert_eq!(serde_json::to_string(&t).unwrap(), "0.25");
+        let err = serde_json::from_str::<Tolerance>("1.5")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[0, 1)"), "{err}");
     }
 
     #[test]
