@@ -29,7 +29,7 @@ def served_rows(path):
     return out
 
 
-def demo_rows(path, tasks):
+def demo_rows(path, tasks, ks):
     r = json.load(open(path))
     out = {}
     for s in r["scores"]:
@@ -37,7 +37,8 @@ def demo_rows(path, tasks):
         # Task files written with their demonstrations in the prompts: NAME-kK.
         if task not in tasks and "-k" in task:
             task, k = task.rsplit("-k", 1)
-        out.setdefault(task, {})[f"{s['model']}, {k} demonstrations"] = s
+        ks.add(f"{path}: {'not recorded' if k is None else k}")
+        out.setdefault(task, {})[f"{s['model']} + demonstrations"] = s
     return out
 
 
@@ -54,13 +55,16 @@ def main(argv):
     rows = {}
     for p in argv[:cut]:
         rows.update(served_rows(p))
+    ks = set()
     for p in argv[cut + 1 :]:
-        for task, cols in demo_rows(p, rows).items():
+        for task, cols in demo_rows(p, rows, ks).items():
             if task in rows:
                 rows[task].update(cols)
     tasks = sorted(t for t in rows if len(rows[t]) > 3)
-    columns = [c for c in rows[tasks[0]]]
+    # The columns every task has (the runs may differ in their adapters).
+    columns = [c for c in rows[tasks[0]] if all(c in rows[t] for t in tasks)]
     print(f"{len(tasks)} tasks, strict % (lenient %); harm: 10+ lenient points below the base")
+    print("demonstrations: " + "; ".join(sorted(ks)))
     for c in columns:
         s = [100 * rows[t][c]["strict"] for t in tasks]
         l = [100 * rows[t][c]["lenient"] for t in tasks]
