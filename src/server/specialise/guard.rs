@@ -145,8 +145,8 @@ pub struct Outputs<'a> {
 
 /// The share of the examples an adapter's hits may fall short of the base model's and still
 /// be accepted, rounded down (`plugin.check_tolerance`; see the module doc). A tenth by
-/// default: 1 of 16, none under 10.
-/// Read back (a report's record of it) through [`Tolerance::new`], so out of range is refused.
+/// default: 1 of 16, none under 10. Read back (a report's record of it) through
+/// [`Tolerance::new`], so that out of range is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "f64", into = "f64")]
 pub struct Tolerance(f64);
