@@ -498,6 +498,69 @@ async fn until_generation(s: &TestServer, task: &str, state: &str) -> Value {
     .await
 }
 
+/// `plugin.demonstrations`: where the base model shown a task's first examples answers the
+/// check's examples best, the task's chat requests are answered so: the examples inserted
+/// as earlier turns (the answer a client that sends them itself gets), `base+examples`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_routed_to_its_examples_is_answered_with_them_inserted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = tiny_config(dir.path());
+    c.plugin.guard_max_tokens = 6;
+    c.plugin.demonstrations = 2;
+    let s = start_with(c, Some(Arc::new(TestGenerator::default()))).await;
+    let shown = [("question 0", "zero"), ("question 1", "one")];
+    let with_shown = |prompt: &str| {
+        let mut messages: Vec<Value> = shown
+            .iter()
+            .flat_map(|(u, a)| {
+                [
+                    json!({"role": "user", "content": u}),
+                    json!({"role": "assistant", "content": a}),
+                ]
+            })
+            .collect();
+        messages.push(json!({"role": "user", "content": prompt}));
+        json!({"model": "default", "messages": messages, "max_tokens": 6, "temperature": 0.0})
+    };
+    // The checked examples' answers are what the base model answers when shown the first
+    // two, so that it answers them all in their format and ranks first.
+    let mut examples: Vec<Value> = shown
+        .iter()
+        .map(|(p, a)| json!({"prompt": p, "answer": a}))
+        .collect();
+    for i in 2..10 {
+        let prompt = format!("question {i}");
+        let answer = s.post_chat(&with_shown(&prompt)).await.content();
+        let first_line = answer.lines().find(|l| !l.trim().is_empty()).unwrap();
+        examples.push(json!({"prompt": prompt, "answer": first_line.trim()}));
+    }
+    let r = s
+        .admin(Method::PUT, "/adapters/qa/examples")
+        .json(&json!({ "examples": examples }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for i in 0..3 {
+        s.chat_task(&format!("question {i}"), "qa").await;
+    }
+    let v = until_generation(&s, "qa", "done").await;
+    let g = &v["generation"];
+    assert_eq!(g["demonstrations_routed"], true, "{v}");
+    assert_eq!(
+        (
+            &g["demonstrations_check"]["examples"],
+            &g["demonstrations_check"]["adapter_strict"]
+        ),
+        (&json!(8), &json!(8)),
+        "the examples after the two shown, all answered: {v}"
+    );
+    let served = s.chat_task("question 7", "qa").await;
+    assert_eq!(served.adapter.as_deref(), Some("base+examples"));
+    let direct = s.post_chat(&with_shown("question 7")).await;
+    assert_eq!(served.content(), direct.content());
+}
+
 /// `plugin.check_tolerance` forgives that share of the examples, rounded down: half of two
 /// routes an adapter one hit short of the base model; the default tenth of two forgives none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,6 +16,7 @@ pub mod condition;
 pub mod generator;
 pub mod hotload;
 pub mod overhead;
+pub mod served;
 pub mod tenants;
 pub mod throughput;
 pub mod time_to_adapter;

@@ -39,6 +39,45 @@ pub enum Bench {
     /// answers; SmolLM2's mid-way states read in context) tells the suite's tasks apart from
     /// two batches of a few examples, rule tasks and the others apart. Nothing trained.
     Condition(ConditionArgs),
+    /// Tasks answered as a tenant's requests are, through the whole product: examples
+    /// given, K tagged requests, the generation and its check, then the test prompts
+    /// tagged; on two servers, without and with plugin.demonstrations, side by side.
+    Served(ServedArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServedArgs {
+    /// Tasks (built-in suite tasks), one after the other.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub tasks: Vec<String>,
+    /// Generator folder (default: the shipped SmolLM2 generator).
+    #[arg(long, default_value = crate::generator::SHIPPED_SMOLLM2)]
+    pub generator: PathBuf,
+    /// Examples generator folder (plugin.examples_generator; default: the shipped one).
+    #[arg(long, default_value = crate::generator::SHIPPED_SMOLLM2_EXAMPLES)]
+    pub examples_generator: PathBuf,
+    /// Serve without an examples generator: the generator makes every adapter.
+    #[arg(long)]
+    pub no_examples_generator: bool,
+    /// Training examples given to each task (the check reads those after the first N
+    /// when there are at least 8 more).
+    #[arg(long, default_value_t = 32)]
+    pub examples: usize,
+    /// plugin.demonstrations of the second server.
+    #[arg(long, default_value_t = 4)]
+    pub demonstrations: usize,
+    /// Test prompts answered per task.
+    #[arg(long, default_value_t = 30)]
+    pub limit: usize,
+    /// Serving dtype.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Asset folder (default: $DND_ASSETS or ./assets).
+    #[arg(long)]
+    pub assets: Option<PathBuf>,
+    /// Folder for served.json and served.md.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -283,6 +322,19 @@ pub fn run(args: Args) -> Result<()> {
                 dtype: a.dtype,
                 admin_every: std::time::Duration::from_millis(a.admin_every_ms),
                 assets: a.assets,
+            },
+        )),
+        Bench::Served(a) => tokio::runtime::Runtime::new()?.block_on(crate::bench::served::run(
+            &a.tasks,
+            &a.generator,
+            &a.dtype,
+            a.assets,
+            crate::bench::served::Options {
+                examples_generator: (!a.no_examples_generator).then_some(a.examples_generator),
+                examples: a.examples,
+                demonstrations: a.demonstrations,
+                limit: a.limit,
+                out: a.out,
             },
         )),
         Bench::TimeToAdapter(a) => {

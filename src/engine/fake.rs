@@ -32,7 +32,8 @@ pub(crate) struct FakeEngine {
     fail: AtomicBool,
     /// `true` while loads may finish; a load started while it is `false` waits for it.
     gate: watch::Sender<bool>,
-    /// What [`AdapterEngine::answer`] says, from the model id and the prompt.
+    /// What [`AdapterEngine::answer`] says, from the model id and the prompt (the shown
+    /// turns written before it, one `USER => ASSISTANT` line each).
     answerer: Mutex<Answerer>,
 }
 
@@ -52,7 +53,8 @@ impl FakeEngine {
         }
     }
 
-    /// Makes `answer(model_id, prompt, _)` return `f(model_id, prompt)` (by default: "").
+    /// Makes `answer(model_id, shown, prompt, _)` return `f(model_id, text)`, `text` the
+    /// prompt after the shown turns' lines (by default: "").
     pub(crate) fn answer_with(&self, f: impl Fn(&str, &str) -> String + Send + Sync + 'static) {
         *self.answerer.lock().unwrap_or_else(|p| p.into_inner()) = Box::new(f);
     }
@@ -163,12 +165,20 @@ impl AdapterEngine for FakeEngine {
         Ok(())
     }
 
-    async fn answer(&self, model_id: &str, prompt: &str, _max_tokens: usize) -> Result<String> {
+    async fn answer(
+        &self,
+        model_id: &str,
+        shown: &[(String, String)],
+        prompt: &str,
+        _max_tokens: usize,
+    ) -> Result<String> {
         if model_id != self.base_id() && !self.lock().iter().any(|(id, _)| id == model_id) {
             bail!("fake engine: no model {model_id}");
         }
+        let mut text: String = shown.iter().map(|(u, a)| format!("{u} => {a}\n")).collect();
+        text.push_str(prompt);
         let f = self.answerer.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(f(model_id, prompt))
+        Ok(f(model_id, &text))
     }
 }
 

@@ -69,9 +69,17 @@ pub trait AdapterEngine: Send + Sync {
     async fn register(&self, model_id: &str, adapter_dir: &Path) -> Result<Duration>;
     /// Removes a registered adapter model and frees its memory.
     async fn unregister(&self, model_id: &str) -> Result<()>;
-    /// `model_id`'s greedy answer to `prompt` as the one user message, at most
+    /// `model_id`'s greedy answer to `prompt` as the last user message, at most
     /// `max_tokens` tokens: what a client's chat request would get (the no-harm check).
-    async fn answer(&self, model_id: &str, prompt: &str, max_tokens: usize) -> Result<String>;
+    /// `shown`: (user, assistant) turns before it, as the plugin inserts a task's examples
+    /// into its chat requests; usually none.
+    async fn answer(
+        &self,
+        model_id: &str,
+        shown: &[(String, String)],
+        prompt: &str,
+        max_tokens: usize,
+    ) -> Result<String>;
 }
 
 /// Numeric type the models are served in.
@@ -245,15 +253,31 @@ impl AdapterEngine for MistralRsEngine {
         result.map_err(|e| anyhow!("removing {model_id}: {e}"))
     }
 
-    async fn answer(&self, model_id: &str, prompt: &str, max_tokens: usize) -> Result<String> {
+    async fn answer(
+        &self,
+        model_id: &str,
+        shown: &[(String, String)],
+        prompt: &str,
+        max_tokens: usize,
+    ) -> Result<String> {
         use mistralrs_server_core::chat_completion::parse_request;
         use mistralrs_server_core::handler_core::{
             create_response_channel, send_request_with_model,
         };
+        let mut messages: Vec<_> = shown
+            .iter()
+            .flat_map(|(user, assistant)| {
+                [
+                    serde_json::json!({"role": "user", "content": user}),
+                    serde_json::json!({"role": "assistant", "content": assistant}),
+                ]
+            })
+            .collect();
+        messages.push(serde_json::json!({"role": "user", "content": prompt}));
         // The request a client would send, through the stock handler's own parsing.
         let request = serde_json::from_value(serde_json::json!({
             "model": model_id,
-            "messages": [{"role": "user", "content": prompt}],
+            "messages": messages,
             "max_tokens": max_tokens,
             "temperature": 0.0,
         }))?;

@@ -279,7 +279,9 @@ fn log_score(s: &Score) {
     );
 }
 
-async fn score_task(
+/// `task`'s first `limit` test examples answered through `server`, tagged with `tag` (none:
+/// the base model), scored as `label`.
+pub(crate) async fn score_task(
     server: &LocalServer,
     tag: Option<&str>,
     task: &Task,

@@ -1195,7 +1195,7 @@ fn library_effect(r: &NllReport, with: &[Row<Accuracy>]) -> Option<String> {
 
 /// Whether `score` is 10 or more lenient points below the base model's `base` (with a
 /// margin for rounding: 0.9 - 0.8 is a hair under 0.1).
-fn harms(base: Accuracy, score: Accuracy) -> bool {
+pub(crate) fn harms(base: Accuracy, score: Accuracy) -> bool {
     100.0 * (base.lenient - score.lenient) >= HARM_POINTS - 1e-9
 }
 

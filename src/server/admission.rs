@@ -206,14 +206,15 @@ enum Full {
 }
 
 /// Admits a routed request (see the module doc), counting refusals in the metrics by
-/// status.
-pub async fn admit(plugin: &Plugin, route: &Route) -> Result<Slot, ApiError> {
+/// status; `shown`: the task of a request the base model answers with the task's examples
+/// shown, which counts against the task's share as its adapter's requests do.
+pub async fn admit(plugin: &Plugin, route: &Route, shown: Option<&str>) -> Result<Slot, ApiError> {
     let base = plugin.table.engine().base_id();
     let target = match route {
         Route::Base => Target {
             model: base,
             base: true,
-            task: None,
+            task: shown,
         },
         Route::Adapter(m) => match plugin.config.model.adapter_mode {
             AdapterMode::Shared => Target {

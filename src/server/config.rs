@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+use super::specialise::guard;
 use crate::engine::AdapterMode;
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -172,6 +173,10 @@ pub struct PluginConfig {
     /// (`server::specialise::library`). Unset: none. Costs the base model once more in
     /// memory (F32) and seconds per generation.
     pub library: Option<PathBuf>,
+    /// Examples shown (`PUT /admin/adapters/{task}/examples`, the first K) before a task's
+    /// chat requests, as earlier turns: one more candidate of the no-harm check, the base
+    /// model with them, routed like the others (`specialise::guard`). 0: none.
+    pub demonstrations: usize,
     /// The library's adapters a selection weighs: those of the tasks whose examples read
     /// most like the task's.
     pub library_nearest: usize,
@@ -247,6 +252,7 @@ impl Default for PluginConfig {
             fallback_adapter: None,
             library: None,
             library_nearest: 5,
+            demonstrations: 0,
             max_generations_per_hour: 6,
             max_versions: 5,
             encode_on_arrival: true,
@@ -302,6 +308,15 @@ impl Config {
                     "plugin.default_max_tokens ({}) must be between 1 and plugin.max_tokens_limit ({})",
                     p.default_max_tokens,
                     p.max_tokens_limit
+                );
+            }
+            let most_shown = guard::MAX_EXAMPLES - guard::MIN_UNSEEN;
+            if p.demonstrations > most_shown {
+                bail!(
+                    "plugin.demonstrations ({}) must be at most {most_shown}: the no-harm check reads at least {} examples after those shown, of at most {}",
+                    p.demonstrations,
+                    guard::MIN_UNSEEN,
+                    guard::MAX_EXAMPLES
                 );
             }
             for (key, v) in [

@@ -302,6 +302,7 @@ pub async fn assemble(
             max_versions: pc.max_versions,
             prepare_on_arrival: pc.encode_on_arrival,
             library,
+            demonstrations: pc.demonstrations,
         };
         specialise::Specialiser::start(g, table.clone(), metrics.clone(), settings)
     });

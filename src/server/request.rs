@@ -376,6 +376,37 @@ impl EngineBody {
         self.text.push(b'}');
     }
 
+    /// Inserts `turns`, (user, assistant) pairs, as messages after the leading system
+    /// messages of a chat body's `messages` array (a task's examples shown, where the
+    /// no-harm check routed them); `false`, changing nothing, when `messages` is not an
+    /// array. Parses the body: only for the tasks that are shown examples.
+    pub fn show<'t>(&mut self, turns: impl IntoIterator<Item = (&'t str, &'t str)>) -> bool {
+        let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(&self.text) else {
+            return false;
+        };
+        let model = body.remove("model");
+        let Some(Value::Array(messages)) = body.get_mut("messages") else {
+            return false;
+        };
+        let system = |m: &Value| m.get("role").and_then(Value::as_str) == Some("system");
+        let at = messages.iter().take_while(|m| system(m)).count();
+        let shown = turns.into_iter().flat_map(|(user, assistant)| {
+            [
+                serde_json::json!({"role": "user", "content": user}),
+                serde_json::json!({"role": "assistant", "content": assistant}),
+            ]
+        });
+        messages.splice(at..at, shown);
+        let mut text = serde_json::to_vec(&body).expect("writing to a Vec cannot fail");
+        // `{...}` less its `}`, and `model` last again (`messages` is a member before it).
+        text.pop();
+        text.push(b',');
+        self.model_at = text.len();
+        self.text = text;
+        self.set_model(model.as_ref().and_then(Value::as_str).unwrap_or_default());
+        true
+    }
+
     pub fn text(&self) -> &[u8] {
         &self.text
     }
@@ -535,6 +566,53 @@ mod tests {
         check_bounds(&pc, &fields)?;
         let engine = EngineBody::new(&pc, &body, &fields, "m")?;
         Ok(serde_json::from_slice(engine.text()).unwrap())
+    }
+
+    #[test]
+    fn shown_turns_go_after_the_system_messages_and_model_stays_settable() {
+        let pc = PluginConfig::default();
+        let engine = |v: Value| {
+            let body = text(v);
+            let fields = Fields::parse(&body).unwrap();
+            EngineBody::new(&pc, &body, &fields, "m").unwrap()
+        };
+        let msg = |role: &str, content: &str| json!({"role": role, "content": content});
+        let mut body = engine(json!({
+            "messages": [msg("system", "Be brief."), msg("user", "3 + 3?")],
+            "temperature": 0.5,
+        }));
+        assert!(body.show([("1 + 1?", "2"), ("2 + 2?", "4")]));
+        body.set_model("dnd:x");
+        let v: Value = serde_json::from_slice(body.text()).unwrap();
+        let expected = [
+            msg("system", "Be brief."),
+            msg("user", "1 + 1?"),
+            msg("assistant", "2"),
+            msg("user", "2 + 2?"),
+            msg("assistant", "4"),
+            msg("user", "3 + 3?"),
+        ];
+        assert_eq!(v["messages"], json!(expected));
+        assert_eq!(
+            (&v["model"], &v["temperature"]),
+            (&json!("dnd:x"), &json!(0.5))
+        );
+        assert!(body.text().ends_with(br#""model":"dnd:x"}"#), "model last");
+        assert!(
+            check_fields(CHAT, body.text()).is_ok(),
+            "still a stock request"
+        );
+
+        // Without system messages they come first; a string `messages` is left alone.
+        let mut body = engine(json!({"messages": [msg("user", "3 + 3?")]}));
+        assert!(body.show([("1 + 1?", "2")]));
+        let v: Value = serde_json::from_slice(body.text()).unwrap();
+        assert_eq!(v["messages"][0], msg("user", "1 + 1?"));
+        assert_eq!(v["messages"][2], msg("user", "3 + 3?"));
+        let mut body = engine(json!({"messages": "3 + 3?"}));
+        let before = body.text().to_vec();
+        assert!(!body.show([("1 + 1?", "2")]));
+        assert_eq!(body.text(), before);
     }
 
     #[test]

@@ -28,6 +28,13 @@
 //! it has K prompts *and* examples, or when examples come for a task that has its K
 //! prompts; a task that no generator can read stays on the base model.
 //!
+//! With `plugin.demonstrations`, a generation's no-harm check may route the base model with
+//! the task's first examples shown instead of an adapter ([`guard`]): nothing is installed,
+//! and [`Specialiser::shown`] gives the tagging layer the examples to insert into the
+//! task's chat requests, kept in `generation.json` across restarts, until an adapter is
+//! routed or uploaded or the task's examples change. Such a task is routed: it is never
+//! dropped, and is regenerated only as a task with an adapter is.
+//!
 //! A task forgotten (`DELETE ...?forget=true`) while its generation runs stays forgotten:
 //! the generation's adapter is installed only if the job is still the task's own, asked
 //! under the table's lock for the task (see [`AdapterTable::install_if`]).
@@ -167,6 +174,10 @@ pub struct Settings {
     /// The adapter library (`plugin.library`): for a task with examples, the stored
     /// adapter it selects is checked and routed like the fallback.
     pub library: Option<Arc<dyn AdapterSelector>>,
+    /// Examples shown to the base model in the check's candidate of
+    /// `plugin.demonstrations` and, where it is routed, before the task's chat requests
+    /// (0: no such candidate; see [`guard`]).
+    pub demonstrations: usize,
 }
 
 /// What one generation reads: its generator, the generator's inputs, the examples the
@@ -176,6 +187,9 @@ struct JobInputs {
     generator: Arc<dyn AdapterGenerator>,
     inputs: Vec<String>,
     selection: Vec<Example>,
+    /// The examples shown to the base model in the check's candidate of
+    /// `plugin.demonstrations` (none when it has none).
+    shown: Vec<Example>,
     checked: Vec<Example>,
 }
 
@@ -191,6 +205,8 @@ enum Route {
     Fallback,
     /// The library adapter of this name that the selection picked.
     Library(String),
+    /// The base model with the task's first examples shown (`plugin.demonstrations`).
+    Shown,
 }
 
 impl Route {
@@ -200,6 +216,8 @@ impl Route {
             Self::Generated => "dnd-probe",
             Self::Fallback => "dnd-probe-base",
             Self::Library(_) => "dnd-probe-library",
+            // Never registered: the base model answers.
+            Self::Shown => "dnd-probe-shown",
         }
     }
 }
@@ -208,6 +226,8 @@ impl Route {
 enum Outcome {
     /// Installed and routed, with the time of each stage.
     Installed(Vec<(String, Duration)>),
+    /// The examples shown ranked first: they route the task (these), nothing is installed.
+    Shown((Vec<(String, Duration)>, Arc<[Example]>)),
     /// It lost the no-harm check.
     Rejected(Verdict),
     /// Not installed: the task was forgotten meanwhile.
@@ -256,6 +276,31 @@ struct TaskBuf {
     last_fallback: Option<Verdict>,
     /// The library adapter selected beside the generated one, and its check.
     last_library: Option<(String, Option<Verdict>)>,
+    /// The check of the examples shown (`plugin.demonstrations`) beside the generated one.
+    last_shown: Option<Verdict>,
+    /// The examples the task's chat requests are shown, where the check routed them.
+    shown: Option<Shown>,
+    /// Counts the changes of the task's examples, so that a generation can tell whether
+    /// those it checked are still the task's.
+    examples_epoch: u64,
+}
+
+/// The examples a task's chat requests are shown before their messages, as the no-harm
+/// check routed them, while the task's stored adapter is still the one it was routed over:
+/// an adapter installed or uploaded since takes their place.
+#[derive(Debug, Clone)]
+struct Shown {
+    examples: Arc<[Example]>,
+    /// The hash of the task's stored adapter when they were routed, if it had one.
+    over: Option<String>,
+}
+
+/// What `generation.json` keeps of [`Shown`]: the examples themselves, so that a restart
+/// shows those that were checked whatever became of the task's stored ones meanwhile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct ShownRecord {
+    examples: Vec<Example>,
+    over: Option<String>,
 }
 
 impl TaskBuf {
@@ -273,6 +318,9 @@ impl TaskBuf {
             last_check: None,
             last_fallback: None,
             last_library: None,
+            last_shown: None,
+            shown: None,
+            examples_epoch: 0,
         }
     }
 
@@ -283,6 +331,7 @@ impl TaskBuf {
         if let Some((name, Some(v))) = &self.last_library {
             checked.push((Route::Library(name.clone()), *v));
         }
+        checked.extend(self.last_shown.map(|v| (Route::Shown, v)));
         let verdicts: Vec<Verdict> = checked.iter().map(|(_, v)| *v).collect();
         Some(checked.swap_remove(guard::routed(&verdicts)?).0)
     }
@@ -303,6 +352,10 @@ impl TaskBuf {
                 GenState::Rejected(v) => Some(v),
                 _ => None,
             },
+            shown: self.shown.as_ref().map(|s| ShownRecord {
+                examples: s.examples.to_vec(),
+                over: s.over.clone(),
+            }),
         }
     }
 }
@@ -322,6 +375,9 @@ struct GenRecord {
     /// The check that rejected the last generated adapter, if it was rejected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     rejected: Option<Verdict>,
+    /// The task's chat requests are shown its first examples (see [`Shown`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shown: Option<ShownRecord>,
 }
 
 impl GenRecord {
@@ -371,6 +427,14 @@ pub struct GenInfo {
     /// Whether the last check routed the library adapter.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub library_routed: bool,
+    /// The check of the base model with the task's first examples shown
+    /// (`plugin.demonstrations`) beside the generated one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub demonstrations_check: Option<Verdict>,
+    /// Whether the task's chat requests are shown its first examples (the base model
+    /// answers them).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub demonstrations_routed: bool,
 }
 
 /// The generators of a specialiser.
@@ -606,6 +670,10 @@ impl Specialiser {
             .filter(|&t| t > hour_ago)
             .collect();
         buf.attempts = record.attempts;
+        buf.shown = record.shown.map(|r| Shown {
+            examples: r.examples.into(),
+            over: r.over,
+        });
         if record.attempts == 0 {
             if let Some(v) = record.rejected {
                 buf.state = GenState::Rejected(v);
@@ -706,7 +774,7 @@ impl Specialiser {
         loop {
             let victim = tasks
                 .iter()
-                .filter(|(_, b)| !b.busy() && !b.has_adapter)
+                .filter(|(_, b)| !b.busy() && !b.has_adapter && b.shown.is_none())
                 .min_by_key(|(_, b)| b.last_seen)
                 .map(|(t, _)| t.clone());
             let Some(v) = victim else {
@@ -776,7 +844,9 @@ impl Specialiser {
                 .is_some_and(|m| buf.since_generation >= m && !buf.prompts.is_empty());
             // A rejected adapter is not generated again from the same prompts, only after as
             // many new ones as a regeneration takes (or when an operator asks).
-            let due = if has_adapter {
+            let due = if self.shown_of(task, buf).is_some() {
+                regenerate
+            } else if has_adapter {
                 generated && regenerate
             } else if matches!(buf.state, GenState::Rejected(_)) {
                 regenerate
@@ -878,7 +948,7 @@ impl Specialiser {
     }
 
     async fn run_job(self: &Arc<Self>, task: &str) {
-        let (prompts, job, history) = {
+        let (prompts, job, history, examples_epoch) = {
             let mut tasks = self.lock();
             let Some(buf) = tasks.get_mut(task) else {
                 return;
@@ -891,11 +961,12 @@ impl Specialiser {
             buf.last_check = None;
             buf.last_fallback = None;
             buf.last_library = None;
+            buf.last_shown = None;
             buf.attempts += 1;
             buf.recent.push_back(now_secs());
             buf.job = self.last_job.fetch_add(1, Ordering::Relaxed) + 1;
             let prompts: Vec<String> = buf.prompts.iter().cloned().collect();
-            (prompts, buf.job, buf.record())
+            (prompts, buf.job, buf.record(), buf.examples_epoch)
         };
         // On disk before the generator runs: if this generation ends the process, the next
         // start counts it as a failed attempt instead of starting it again and again.
@@ -914,6 +985,7 @@ impl Specialiser {
             generator,
             inputs,
             selection,
+            shown,
             checked: examples,
         } = match picked {
             Ok(picked) => picked,
@@ -947,13 +1019,17 @@ impl Specialiser {
                 candidates.extend(fallback.map(|a| (Route::Fallback, a)));
                 candidates.extend(selected.map(|(name, a)| (Route::Library(name), a)));
                 let candidates = Candidates(candidates);
-                self.check_and_install(task, job, candidates, &examples, stages, t)
+                self.check_and_install(task, job, candidates, shown, &examples, stages, t)
                     .await
             }
             Err(e) => Err(e),
         };
         match result {
-            Ok(Outcome::Installed(stages)) => self.succeeded(task, job, stages, t).await,
+            Ok(Outcome::Installed(stages)) => self.succeeded(task, job, stages, t, None).await,
+            Ok(Outcome::Shown((stages, shown))) => {
+                let shown = Some((shown, examples_epoch));
+                self.succeeded(task, job, stages, t, shown).await
+            }
             Ok(Outcome::Rejected(verdict)) => self.rejected(task, job, verdict).await,
             Err(e) if self.is_current(task, job) => self.failed(task, job, format!("{e:#}")).await,
             // The table did not install it, as the job is no longer the task's.
@@ -998,14 +1074,23 @@ impl Specialiser {
             Some(_) => first,
             None => Vec::new(),
         };
-        if condition == Condition::Examples || !selection.is_empty() {
-            let seen = examples.len() - guard::unseen(&examples, read).len();
-            examples.drain(..seen);
-        }
+        // The examples shown (`plugin.demonstrations`) are never the check's: only with
+        // enough after them.
+        let k = self.settings.demonstrations;
+        let shown = match k > 0 && examples.len() >= k + guard::MIN_UNSEEN {
+            true => examples[..k].to_vec(),
+            false => Vec::new(),
+        };
+        let seen = match condition == Condition::Examples || !selection.is_empty() {
+            true => examples.len() - guard::unseen(&examples, read.max(shown.len())).len(),
+            false => 0,
+        };
+        examples.drain(..seen.max(shown.len()));
         Ok(JobInputs {
             generator,
             inputs,
             selection,
+            shown,
             checked: examples,
         })
     }
@@ -1059,19 +1144,21 @@ impl Specialiser {
         (picked, Some(took))
     }
 
-    /// The no-harm check of a generated adapter and of the other candidates (when the task
-    /// has examples), then the installation of the one the check routes; `stages` gains
-    /// the time of each.
+    /// The no-harm check of a generated adapter and of the other candidates, the examples
+    /// `shown` last (when the task has examples), then the installation of the one the
+    /// check routes; `stages` gains the time of each.
+    #[allow(clippy::too_many_arguments)]
     async fn check_and_install(
         self: &Arc<Self>,
         task: &str,
         job: u64,
         Candidates(mut checked): Candidates,
+        shown: Vec<Example>,
         examples: &[Example],
         mut stages: Vec<(String, Duration)>,
         started: Instant,
     ) -> Result<Outcome> {
-        let checks = self.check(task, &checked, examples).await?;
+        let checks = self.check(task, &checked, &shown, examples).await?;
         // Which candidate is routed: the generated one when the task has no examples.
         let routed = match checks {
             None => 0,
@@ -1083,14 +1170,20 @@ impl Specialiser {
                         match route {
                             Route::Fallback => b.last_fallback = Some(*v),
                             Route::Library(name) => b.last_library = Some((name.clone(), Some(*v))),
-                            Route::Generated => {}
+                            Route::Generated | Route::Shown => {}
                         }
                     }
+                    b.last_shown = verdicts.get(checked.len()).copied();
                 }
                 let Some(i) = guard::routed(&verdicts) else {
                     return Ok(Outcome::Rejected(first));
                 };
                 stages.push(("check".to_string(), took));
+                if i == checked.len() {
+                    tracing::info!(task, "the examples shown ranked first in the check: routed");
+                    stages.push(("total".to_string(), started.elapsed()));
+                    return Ok(Outcome::Shown((stages, shown.into())));
+                }
                 if i > 0 {
                     tracing::info!(task, routed = ?checked[i].0, "another candidate ranked first in the check: routed instead");
                 }
@@ -1119,13 +1212,19 @@ impl Specialiser {
         })
     }
 
+    /// A generation of `task` routed an adapter (installed), or the examples `shown`, read
+    /// when the task's examples were at the given epoch: if they have changed since, they
+    /// are not shown (they were not checked), and the model that answered the task goes on.
     async fn succeeded(
         self: &Arc<Self>,
         task: &str,
         job: u64,
         stages: Vec<(String, Duration)>,
         started: Instant,
+        shown: Option<(Arc<[Example]>, u64)>,
     ) {
+        let over = self.table.info(task).and_then(|i| i.hash);
+        let installed = shown.is_none();
         let history = {
             let mut tasks = self.lock();
             let Some(b) = tasks.get_mut(task).filter(|b| b.job == job) else {
@@ -1138,11 +1237,28 @@ impl Specialiser {
             b.state = GenState::Done;
             b.attempts = 0;
             b.since_generation = 0;
-            b.has_adapter = true;
+            b.has_adapter |= installed;
+            match shown {
+                Some((examples, epoch)) if epoch == b.examples_epoch => {
+                    b.shown = Some(Shown { examples, over });
+                }
+                Some(_) => tracing::info!(
+                    task,
+                    "the task's examples changed during its generation: they are not shown"
+                ),
+                None => b.shown = None,
+            }
             b.record()
         };
         if let Err(e) = self.save_history(task, history).await {
             tracing::warn!(task, error = %e, "recording a generation's success failed; a restart counts it as failed");
+        }
+        if !installed {
+            tracing::info!(
+                task,
+                "the task's first examples are shown before its chat requests"
+            );
+            return;
         }
         if let Err(e) = self
             .table
@@ -1165,16 +1281,30 @@ impl Specialiser {
         &self,
         task: &str,
         candidates: &[(Route, LoraAdapter)],
+        shown: &[Example],
         examples: &[Example],
     ) -> Result<Option<(Vec<Verdict>, Duration)>> {
         if examples.is_empty() {
             return Ok(None);
         }
         let t = Instant::now();
-        let current = self.table.current_model(task).await.unwrap_or_else(|e| {
-            tracing::warn!(task, error = %e, "the task's adapter could not be loaded: the no-harm check compares with the base model only");
-            None
-        });
+        // What answers the task now: the examples it is shown, or its adapter.
+        let shown_now = self.shown(task);
+        let current = match shown_now {
+            Some(_) => None,
+            None => self.table.current_model(task).await.unwrap_or_else(|e| {
+                tracing::warn!(task, error = %e, "the task's adapter could not be loaded: the no-harm check compares with the base model only");
+                None
+            }),
+        };
+        let current_answerer = match (&shown_now, &current) {
+            (Some(ex), _) => Some(guard::Answerer {
+                model_id: self.table.engine().base_id(),
+                shown: ex,
+            }),
+            (None, Some(m)) => Some(guard::Answerer::model(&m.engine_id)),
+            (None, None) => None,
+        };
         let candidates: Vec<_> = candidates
             .iter()
             .map(|(route, adapter)| guard::Candidate {
@@ -1185,14 +1315,16 @@ impl Specialiser {
         let verdicts = guard::check(
             self.table.engine().as_ref(),
             &candidates,
-            current.as_ref().map(|m| m.engine_id.as_str()),
+            shown,
+            current_answerer,
             examples,
             &self.table.store_root().join(PROBE_DIR).join(task),
             self.settings.guard_max_tokens,
             self.settings.check_tolerance,
         )
         .await?;
-        for (verdict, candidate) in verdicts.iter().zip(&candidates) {
+        let names = candidates.iter().map(|c| c.probe_id.as_str());
+        for (verdict, candidate) in verdicts.iter().zip(names.chain(["examples shown"])) {
             let outcome = if verdict.accepted {
                 "accepted"
             } else {
@@ -1201,7 +1333,7 @@ impl Specialiser {
             self.metrics.checks.with_label_values(&[outcome]).inc();
             tracing::info!(
                 task,
-                probe = candidate.probe_id,
+                candidate,
                 examples = verdict.examples,
                 base_hits = verdict.base_hits,
                 current_hits = verdict.current_hits,
@@ -1248,7 +1380,8 @@ impl Specialiser {
     }
 
     /// Replaces the task's labelled examples (checked first: 400 with the reason, nothing
-    /// changed), or removes them when `examples` is `None`.
+    /// changed), or removes them when `examples` is `None`. Examples the task was shown
+    /// are no longer (the new ones have not been checked).
     pub async fn set_examples(
         &self,
         task: &str,
@@ -1278,6 +1411,19 @@ impl Specialiser {
             true => self.examples_set().insert(task.to_string()),
             false => self.examples_set().remove(task),
         };
+        let history = {
+            let mut tasks = self.lock();
+            let buf = tasks.get_mut(task);
+            buf.and_then(|b| {
+                b.examples_epoch += 1;
+                b.shown.take().map(|_| b.record())
+            })
+        };
+        if let Some(history) = history {
+            if let Err(e) = self.save_history(task, history).await {
+                tracing::warn!(task, error = %e, "recording that the task's examples are no longer shown failed");
+            }
+        }
         // A task that waited for its examples is due now.
         self.maybe_enqueue(task);
         Ok(())
@@ -1361,10 +1507,24 @@ impl Specialiser {
 
     pub fn info(&self, task: &str) -> Option<GenInfo> {
         let tasks = self.lock();
-        tasks.get(task).map(|b| self.info_of(b))
+        tasks.get(task).map(|b| self.info_of(task, b))
     }
 
-    fn info_of(&self, b: &TaskBuf) -> GenInfo {
+    /// The examples to show before the messages of `task`'s chat requests, where the
+    /// no-harm check routed them (see [`Shown`]). Called for every tagged request: one
+    /// lookup under the task lock, and the table's when the task has them.
+    pub fn shown(&self, task: &str) -> Option<Arc<[Example]>> {
+        let tasks = self.lock();
+        self.shown_of(task, tasks.get(task)?)
+    }
+
+    fn shown_of(&self, task: &str, b: &TaskBuf) -> Option<Arc<[Example]>> {
+        let shown = b.shown.as_ref()?;
+        let hash = self.table.info(task).and_then(|i| i.hash);
+        (hash == shown.over).then(|| shown.examples.clone())
+    }
+
+    fn info_of(&self, task: &str, b: &TaskBuf) -> GenInfo {
         let routed = b.last_routed();
         GenInfo {
             state: b.state.clone(),
@@ -1378,6 +1538,8 @@ impl Specialiser {
             library_pick: b.last_library.as_ref().map(|(name, _)| name.clone()),
             library_check: b.last_library.as_ref().and_then(|(_, v)| *v),
             library_routed: matches!(routed, Some(Route::Library(_))),
+            demonstrations_check: b.last_shown,
+            demonstrations_routed: self.shown_of(task, b).is_some(),
         }
     }
 
@@ -1386,7 +1548,7 @@ impl Specialiser {
         let tasks = self.lock();
         let mut v: Vec<_> = tasks
             .iter()
-            .map(|(t, b)| (t.clone(), self.info_of(b)))
+            .map(|(t, b)| (t.clone(), self.info_of(t, b)))
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         let dropped = self.dropped.lock().unwrap_or_else(|p| p.into_inner());

@@ -205,16 +205,18 @@ pub async fn tag_request(State(plugin): State<Arc<Plugin>>, req: Request, next: 
     }
     let started = Instant::now();
     match route_request(&plugin, req, tenant.as_deref()).await {
-        Ok((req, route)) => {
+        Ok((req, route, shown)) => {
+            let shown = shown.as_deref();
             let public = req.extensions().get::<PublicModel>().cloned();
             let label = match &route {
+                Route::Base if shown.is_some() => "base+examples".to_string(),
                 Route::Base => "base".to_string(),
                 Route::Adapter(r) => format!("{}@{}", r.task, r.hash),
             };
             // Places of the task and on the engine model (bounded waits, 429/503 past them),
             // held with the route until the answer has ended or its client has gone (see
             // `admission`).
-            let slot = match super::admission::admit(&plugin, &route).await {
+            let slot = match super::admission::admit(&plugin, &route, shown).await {
                 Ok(slot) => slot,
                 Err(e) => return e.into_response(),
             };
@@ -284,13 +286,14 @@ async fn hide_adapter_models(resp: Response) -> Response {
     )
 }
 
-/// The request rewritten for its engine model, and the route; `tenant`: the tenant of the
-/// request's key (keys mode).
+/// The request rewritten for its engine model, the route, and the task when its examples
+/// were shown (inserted before its messages: the base model answers); `tenant`: the tenant
+/// of the request's key (keys mode).
 async fn route_request(
     plugin: &Arc<Plugin>,
     req: Request,
     tenant: Option<&str>,
-) -> Result<(Request, Route), ApiError> {
+) -> Result<(Request, Route, Option<String>), ApiError> {
     let (mut parts, body) = req.into_parts();
     let pc = &plugin.config.plugin;
     require_json(&parts.headers)?;
@@ -317,16 +320,25 @@ async fn route_request(
     }
     // The parsed copy of the body is not held through a wait for the task's adapter.
     drop(checked.stock);
+    let mut body = checked.body;
+    // A chat request of a task the no-harm check routed to its examples shown.
+    let shown = match (&task, &plugin.specialiser) {
+        (Some(t), Some(sp)) if parts.uri.path() == "/v1/chat/completions" => sp
+            .shown(t)
+            .is_some_and(|ex| body.show(ex.iter().map(|e| (&*e.prompt, &*e.answer)))),
+        _ => false,
+    };
     let route = match &task {
-        None => Route::Base,
-        Some(t) => {
+        Some(t) if !shown => {
             plugin
                 .table
                 .route(t, Duration::from_millis(pc.load_wait_ms))
                 .await
         }
+        _ => Route::Base,
     };
     let (model, served_by) = match &route {
+        Route::Base if shown => (plugin.table.engine().base_id(), "examples"),
         Route::Base => (plugin.table.engine().base_id(), "base"),
         Route::Adapter(r) => (r.engine_id.as_str(), "adapter"),
     };
@@ -335,13 +347,13 @@ async fn route_request(
         .requests
         .with_label_values(&[served_by])
         .inc();
-    let mut body = checked.body;
     body.set_model(model);
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);
     parts.extensions.insert(PublicModel(checked.public));
     Ok((
         Request::from_parts(parts, Body::from(body.into_text())),
         route,
+        task.filter(|_| shown),
     ))
 }
 

@@ -41,14 +41,22 @@
 //!   generated one, on the same answers of the base model and the current
 //!   adapter: it is what the generator gives every task, and it is accepted or not by the
 //!   same rule.
-//! - Of the adapters accepted, the one that answers the most examples **strictly** (in the
-//!   examples' own format) is stored and routed; on a tie the one with the most hits, then
-//!   the generated one. Every accepted adapter has shown no harm, so among them the rule
-//!   prefers what the tenant's examples ask for: by hits alone, a candidate that answers
-//!   at length and rightly would beat one that answers in the format (in the runs measured
-//!   so far it changed no route: README, "The check's rule").
-//! - A rejected adapter is neither stored nor routed. When every one is rejected, the
-//!   model that answered the task before (the base, or the current adapter) goes on.
+//! - With `plugin.demonstrations` = K (and at least K + [`MIN_UNSEEN`] examples), one more
+//!   candidate is checked: **the base model with the task's first K examples shown** before
+//!   each prompt as earlier chat turns (one user and one assistant message each), as the
+//!   tagging layer then inserts them into the task's chat requests. The check reads the
+//!   examples after the first K (and after those a generator read). Where it is the task's
+//!   route, it stands in for the current adapter in a regeneration's check.
+//! - Of the candidates accepted, the one that answers the most examples **strictly** (in the
+//!   examples' own format) is routed (an adapter stored); on a tie the one with the most
+//!   hits, then the generated one, the shown examples last. Every accepted one has shown no
+//!   harm, so among them the rule prefers what the tenant's examples ask for: by hits
+//!   alone, a candidate that answers at length and rightly would beat one that answers in
+//!   the format (in the runs measured so far it changed no route: README, "The check's
+//!   rule").
+//! - A rejected adapter is neither stored nor routed. When every candidate is rejected, the
+//!   model that answered the task before (the base, the current adapter, or the base with
+//!   the examples shown) goes on.
 //!
 //! Before it is routed the adapter is served under a probe model id of its own
 //! (`dnd-probe:{task}`, the base adapter `dnd-probe-base:{task}`), which no client can
@@ -274,14 +282,36 @@ pub fn routed(verdicts: &[Verdict]) -> Option<usize> {
     best.map(|(i, _)| i)
 }
 
-/// Has the base model, the current adapter's engine model `current` (if any) and every
+/// Who answers the examples: an engine model, with `shown` examples before each prompt as
+/// earlier chat turns (none for an adapter; a task's first examples for the candidate of
+/// `plugin.demonstrations`).
+#[derive(Debug, Clone, Copy)]
+pub struct Answerer<'a> {
+    pub model_id: &'a str,
+    pub shown: &'a [Example],
+}
+
+impl<'a> Answerer<'a> {
+    /// `model_id` with nothing shown.
+    pub fn model(model_id: &'a str) -> Self {
+        Self {
+            model_id,
+            shown: &[],
+        }
+    }
+}
+
+/// Has the base model, the model answering the task now (`current`, if any), every
 /// candidate (each registered as its probe from a folder under `probe_dir`, which this
-/// function fills and removes) answer every example, all at once, and judges each
-/// candidate: one verdict per candidate, in order.
+/// function fills and removes) and, when `shown` is not empty, the base model with `shown`
+/// before each prompt answer every example, all at once, and judges each candidate: one
+/// verdict per candidate, in order, then one for `shown`.
+#[allow(clippy::too_many_arguments)]
 pub async fn check(
     engine: &dyn AdapterEngine,
     candidates: &[Candidate<'_>],
-    current: Option<&str>,
+    shown: &[Example],
+    current: Option<Answerer<'_>>,
     examples: &[Example],
     probe_dir: &Path,
     max_tokens: usize,
@@ -291,15 +321,21 @@ pub async fn check(
         // All at once: with shared adapters their rows share the base model's batches.
         let current = async {
             match current {
-                Some(id) => answers(engine, id, examples, max_tokens).await.map(Some),
+                Some(who) => answers(engine, who, examples, max_tokens).await.map(Some),
                 None => Ok(None),
             }
         };
+        let base = engine.base_id();
         let each = candidates
             .iter()
-            .map(|c| answers(engine, &c.probe_id, examples, max_tokens));
+            .map(|c| Answerer::model(&c.probe_id))
+            .chain((!shown.is_empty()).then_some(Answerer {
+                model_id: base,
+                shown,
+            }))
+            .map(|who| answers(engine, who, examples, max_tokens));
         futures::future::try_join3(
-            answers(engine, engine.base_id(), examples, max_tokens),
+            answers(engine, Answerer::model(base), examples, max_tokens),
             current,
             futures::future::try_join_all(each),
         )
@@ -359,14 +395,19 @@ async fn with_probes<T>(
 
 async fn answers(
     engine: &dyn AdapterEngine,
-    model_id: &str,
+    who: Answerer<'_>,
     examples: &[Example],
     max_tokens: usize,
 ) -> Result<Vec<String>> {
+    let shown: Vec<(String, String)> = who
+        .shown
+        .iter()
+        .map(|e| (e.prompt.clone(), e.answer.clone()))
+        .collect();
     futures::future::try_join_all(
         examples
             .iter()
-            .map(|ex| engine.answer(model_id, &ex.prompt, max_tokens)),
+            .map(|ex| engine.answer(who.model_id, &shown, &ex.prompt, max_tokens)),
     )
     .await
 }

@@ -111,6 +111,7 @@ fn settings() -> Settings {
         max_versions: 5,
         prepare_on_arrival: true,
         library: None,
+        demonstrations: 0,
     }
 }
 
@@ -1578,4 +1579,159 @@ async fn a_selection_that_fails_or_picks_the_fallback_leaves_the_generated_adapt
         .last_timings_ms
         .iter()
         .any(|(stage, _)| stage == "select"));
+}
+
+/// The fake base model answers right only when it is shown examples (a line per shown
+/// turn before the prompt); adapters never do.
+fn base_learns_from_examples(f: &Fixture) {
+    f.engine
+        .answer_with(|model, text| match (model, text.lines().count() > 1) {
+            ("base", true) => text.lines().last().unwrap_or_default().to_string(),
+            _ => "?".to_string(),
+        });
+}
+
+#[tokio::test]
+async fn the_examples_shown_are_routed_where_they_rank_first_and_survive_a_restart() {
+    let shown_settings = || Settings {
+        demonstrations: 2,
+        ..settings()
+    };
+    let f = start(shown_settings());
+    base_learns_from_examples(&f);
+    let qs: Vec<String> = (0..10).map(|i| format!("q{i}")).collect();
+    let qs: Vec<&str> = qs.iter().map(String::as_str).collect();
+    f.examples_then_k("t", &qs).await;
+    f.until_gen("t", GenState::Done).await;
+    assert_eq!(f.versions("t"), 0, "no adapter stored");
+    let info = f.sp.info("t").unwrap();
+    assert!(info.demonstrations_routed);
+    let shown = info.demonstrations_check.unwrap();
+    assert_eq!(
+        (shown.examples, shown.base_hits, shown.adapter_strict),
+        (8, 0, 8),
+        "checked on the examples after the two shown"
+    );
+    let generated = info.last_check.unwrap();
+    assert!(generated.accepted, "no harm either, but it ranks below");
+    let first_two = examples(&qs[..2]).unwrap();
+    assert_eq!(f.sp.shown("t").as_deref(), Some(&first_two[..]));
+    // Routed: its next prompts do not start another generation.
+    f.observe("t", "p9");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(f.generator.calls(), 1);
+
+    eventually("the route on disk", || {
+        f.history("t").is_some_and(|h| h.shown.is_some())
+    })
+    .await;
+    let g = start_in(copy_of_store(&f), shown_settings());
+    assert_eq!(g.sp.shown("t").as_deref(), Some(&first_two[..]));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(g.generator.calls(), 0, "no generation at the restart");
+
+    // An uploaded adapter takes their place.
+    let upload = random_adapter(&tiny_dims(), &[Module::Q, Module::V], 4, 5, 0.5, 0.5).unwrap();
+    g.table.install("t", &upload, Source::Upload).await.unwrap();
+    assert_eq!(g.sp.shown("t"), None);
+    assert!(!g.sp.info("t").unwrap().demonstrations_routed);
+    // New examples have not been checked: the first ones are shown no more.
+    assert!(f.sp.shown("t").is_some());
+    f.sp.set_examples("t", examples(&qs[1..])).await.unwrap();
+    assert_eq!(f.sp.shown("t"), None);
+    eventually("that on disk", || {
+        f.history("t").is_some_and(|h| h.shown.is_none())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_examples_are_not_a_candidate_without_enough_after_them_nor_when_they_lose() {
+    // 2 shown + 8 checked needed: 9 examples are too few.
+    let f = start(Settings {
+        demonstrations: 2,
+        ..settings()
+    });
+    base_learns_from_examples(&f);
+    let qs: Vec<String> = (0..9).map(|i| format!("q{i}")).collect();
+    let qs: Vec<&str> = qs.iter().map(String::as_str).collect();
+    f.examples_then_k("t", &qs).await;
+    f.until_gen("t", GenState::Done).await;
+    let info = f.sp.info("t").unwrap();
+    assert_eq!(info.demonstrations_check, None);
+    assert_eq!(info.last_check.unwrap().examples, 9, "all examples checked");
+    assert_eq!((f.versions("t"), f.sp.shown("t")), (1, None));
+
+    // Enough examples, but the generated adapter answers as well in the format: a tie
+    // goes to the adapter.
+    let f = start(Settings {
+        demonstrations: 2,
+        ..settings()
+    });
+    f.engine
+        .answer_with(|_, text| text.lines().last().unwrap_or_default().to_string());
+    let qs: Vec<String> = (0..10).map(|i| format!("q{i}")).collect();
+    let qs: Vec<&str> = qs.iter().map(String::as_str).collect();
+    f.examples_then_k("t", &qs).await;
+    f.until_gen("t", GenState::Done).await;
+    let info = f.sp.info("t").unwrap();
+    assert_eq!(info.demonstrations_check.unwrap().adapter_strict, 8);
+    assert!(!info.demonstrations_routed);
+    assert_eq!((f.versions("t"), f.sp.shown("t")), (1, None));
+}
+
+#[tokio::test]
+async fn a_regeneration_is_checked_against_the_examples_shown_and_replaces_them_if_first() {
+    let f = start(Settings {
+        demonstrations: 2,
+        ..settings()
+    });
+    base_learns_from_examples(&f);
+    let qs: Vec<String> = (0..10).map(|i| format!("q{i}")).collect();
+    let qs: Vec<&str> = qs.iter().map(String::as_str).collect();
+    f.examples_then_k("t", &qs).await;
+    f.until_gen("t", GenState::Done).await;
+    assert!(f.sp.shown("t").is_some());
+    // Now adapters answer right too; the base model alone still does not.
+    f.engine
+        .answer_with(|model, text| match (model, text.lines().count()) {
+            ("base", 1) => "?".to_string(),
+            _ => text.lines().last().unwrap_or_default().to_string(),
+        });
+    f.sp.regenerate("t", None).unwrap();
+    f.until_gen("t", GenState::Done).await;
+    let check = f.sp.info("t").unwrap().last_check.unwrap();
+    assert_eq!(
+        (check.current_hits, check.adapter_hits),
+        (Some(8), 8),
+        "the examples shown answer the task now"
+    );
+    assert_eq!((f.versions("t"), f.sp.shown("t")), (1, None));
+    eventually("the route on disk", || {
+        f.history("t").is_some_and(|h| h.shown.is_none())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn examples_that_change_during_the_generation_are_not_shown() {
+    let f = start(Settings {
+        demonstrations: 2,
+        ..settings()
+    });
+    base_learns_from_examples(&f);
+    let qs: Vec<String> = (0..10).map(|i| format!("q{i}")).collect();
+    let qs: Vec<&str> = qs.iter().map(String::as_str).collect();
+    f.generator.hold();
+    f.examples_then_k("t", &qs).await;
+    eventually("the generation to start", || f.generator.calls() == 1).await;
+    f.sp.set_examples("t", examples(&qs[1..])).await.unwrap();
+    f.generator.release();
+    f.until_gen("t", GenState::Done).await;
+    assert!(f.sp.info("t").unwrap().demonstrations_check.is_some());
+    assert_eq!(
+        f.sp.shown("t"),
+        None,
+        "the examples it checked are not the task's"
+    );
 }

@@ -1,0 +1,303 @@
+//! `bench served`: tasks answered as a tenant's requests are, through the whole product on
+//! SmolLM2, with and without `plugin.demonstrations`. For each task in turn: its first
+//! `examples` training examples are given (`PUT .../examples`), K tagged requests start its
+//! generation (max_tokens 1), and once the generation has ended (a candidate routed, or
+//! all rejected) its first `limit` test prompts are answered tagged, greedy, at most 16
+//! tokens, and scored strictly and leniently as `eval` scores them; the base model answers
+//! them untagged. The whole run is made twice in one command, on two servers alike but for
+//! `plugin.demonstrations` (0, then the K given), so that the examples shown are measured
+//! as the candidate of the check they are, beside what the check routes without them.
+//! Nothing here is tuned to a task: the route is the server's own.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Result};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{print_machine, smollm2_config};
+use crate::eval::nll::harms;
+use crate::eval::{score_task, Accuracy};
+use crate::server::local::{chat_body, LocalServer};
+
+/// What a run specialises with.
+pub struct Options {
+    /// `plugin.examples_generator`, for the tasks with examples (all of them here).
+    pub examples_generator: Option<PathBuf>,
+    /// Training examples given to each task.
+    pub examples: usize,
+    /// `plugin.demonstrations` of the second server.
+    pub demonstrations: usize,
+    /// Test prompts answered per task.
+    pub limit: usize,
+    /// Where the rows are written as JSON, if anywhere.
+    pub out: Option<PathBuf>,
+}
+
+/// One task's result on one server.
+#[derive(Debug, Clone, Serialize)]
+pub struct Served {
+    /// What the check routed: `generated`, `fallback`, `library`, `examples`, or `base`
+    /// when every candidate was rejected.
+    pub route: String,
+    pub accuracy: Accuracy,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub task: String,
+    pub base: Accuracy,
+    pub without: Served,
+    pub with: Served,
+}
+
+/// Generation ends in one of these states; anything else is waited for.
+const ENDED: [&str; 3] = ["done", "rejected", "failed"];
+/// A generation and its check take seconds to a minute on 2 cores; past this, something
+/// is wrong.
+const GENERATION_LIMIT: Duration = Duration::from_secs(900);
+
+/// Runs `tasks` (built-in suite tasks) on SmolLM2 in `dtype` with `generator`, prints a row
+/// per task and the means, and writes the rows to `options.out`.
+pub async fn run(
+    tasks: &[String],
+    generator: &Path,
+    dtype: &str,
+    assets: Option<PathBuf>,
+    options: Options,
+) -> Result<()> {
+    const TOKEN: &str = "bench";
+    let k = crate::generator::decoder::DecoderConfig::load(generator)?.prompts;
+    print_machine();
+    println!(
+        "setup: SmolLM2-135M-Instruct {dtype} on the engine, generator {}, examples generator \
+         {}, K = {k} tagged requests (max_tokens 1) per task after its first {} training \
+         examples, then its first {} test prompts tagged (greedy, 16 tokens); two servers \
+         alike but for plugin.demonstrations = 0 and {}; tasks in turn: {}",
+        generator.display(),
+        options
+            .examples_generator
+            .as_ref()
+            .map_or("none".into(), |g| g.display().to_string()),
+        options.examples,
+        options.limit,
+        options.demonstrations,
+        tasks.join(", ")
+    );
+    let mut base = Vec::new();
+    let mut arms: Vec<Vec<Served>> = Vec::new();
+    for shown in [0, options.demonstrations] {
+        let (assets, _store, mut config) = smollm2_config(assets.clone(), dtype, 8)?;
+        config.plugin.enabled = true;
+        config.plugin.generator = Some(generator.to_path_buf());
+        config.plugin.examples_generator = options.examples_generator.clone();
+        config.plugin.encoder = Some(assets.minilm());
+        config.plugin.admin_token = Some(TOKEN.into());
+        config.plugin.demonstrations = shown;
+        let server = LocalServer::start(config).await?;
+        let mut arm = Vec::new();
+        for name in tasks {
+            let task = crate::tasks::builtin_task(name, &Default::default())?;
+            let t = Instant::now();
+            let route = specialise(&server, &task, options.examples, k).await?;
+            let took = t.elapsed().as_secs_f64();
+            let score = score_task(&server, Some(name), &task, Some(options.limit), name).await?;
+            if shown == 0 {
+                let b = score_task(&server, None, &task, Some(options.limit), "base").await?;
+                base.push(b.accuracy());
+            }
+            println!(
+                "demonstrations {shown}: {name:<22} routed {route:<9} {} ({took:.0} s to the route)",
+                cell(score.accuracy())
+            );
+            arm.push(Served {
+                route,
+                accuracy: score.accuracy(),
+            });
+        }
+        arms.push(arm);
+    }
+    let with = arms.pop().expect("two arms");
+    let without = arms.pop().expect("two arms");
+    let rows: Vec<Row> = tasks
+        .iter()
+        .zip(base)
+        .zip(without.into_iter().zip(with))
+        .map(|((task, base), (without, with))| Row {
+            task: task.clone(),
+            base,
+            without,
+            with,
+        })
+        .collect();
+    println!("{}", markdown(&rows, options.demonstrations));
+    if let Some(out) = &options.out {
+        std::fs::create_dir_all(out)?;
+        std::fs::write(out.join("served.json"), serde_json::to_vec_pretty(&rows)?)?;
+        std::fs::write(
+            out.join("served.md"),
+            markdown(&rows, options.demonstrations),
+        )?;
+    }
+    Ok(())
+}
+
+/// Gives `task` its examples and K tagged prompts, waits for its generation to end and
+/// returns what the check routed.
+async fn specialise(
+    server: &LocalServer,
+    task: &crate::tasks::Task,
+    examples: usize,
+    k: usize,
+) -> Result<String> {
+    let name = task.name.as_str();
+    ensure!(
+        task.train.len() >= examples && task.test.len() >= k,
+        "task {name} has {} training examples and {} test prompts: {examples} and {k} wanted",
+        task.train.len(),
+        task.test.len()
+    );
+    let given: Vec<Value> = task.train[..examples]
+        .iter()
+        .map(|e| serde_json::json!({"prompt": e.prompt, "answer": e.answer}))
+        .collect();
+    let put = server
+        .admin(reqwest::Method::PUT, &format!("/adapters/{name}/examples"))
+        .json(&serde_json::json!({ "examples": given }))
+        .send()
+        .await?;
+    ensure!(
+        put.status().is_success(),
+        "giving examples: {}",
+        put.status()
+    );
+    for e in &task.test[..k] {
+        let r = server
+            .send_chat(Some(name), &chat_body(&e.prompt, 1))
+            .await?;
+        ensure!(r.is_success(), "request failed ({}): {}", r.status, r.json);
+    }
+    let t = Instant::now();
+    loop {
+        let v = server.adapter_info(name).await?;
+        let g = &v["generation"];
+        let state = g["state"].as_str().unwrap_or_default();
+        if ENDED.contains(&state) {
+            return Ok(match g {
+                _ if state == "failed" => bail!("generation of {name} failed: {g}"),
+                _ if state == "rejected" => "base".into(),
+                _ if g["demonstrations_routed"] == true => "examples".into(),
+                _ if g["library_routed"] == true => "library".into(),
+                _ if g["fallback_routed"] == true => "fallback".into(),
+                _ => "generated".into(),
+            });
+        }
+        ensure!(
+            t.elapsed() < GENERATION_LIMIT,
+            "generation of {name} not ended after {GENERATION_LIMIT:?}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn cell(a: Accuracy) -> String {
+    format!("{:.1} ({:.1})", 100.0 * a.strict, 100.0 * a.lenient)
+}
+
+/// The rows as a markdown table (strict % (lenient %), the route), the means, and the
+/// tasks harmed.
+pub fn markdown(rows: &[Row], demonstrations: usize) -> String {
+    let mut s = format!(
+        "| task | base | as served | route | with demonstrations = {demonstrations} | route |\n\
+         |---|---|---|---|---|---|\n"
+    );
+    for r in rows {
+        s += &format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            r.task,
+            cell(r.base),
+            cell(r.without.accuracy),
+            r.without.route,
+            cell(r.with.accuracy),
+            r.with.route
+        );
+    }
+    let mean = |f: &dyn Fn(&Row) -> Accuracy| {
+        let n = rows.len().max(1) as f64;
+        Accuracy {
+            strict: rows.iter().map(|r| f(r).strict).sum::<f64>() / n,
+            lenient: rows.iter().map(|r| f(r).lenient).sum::<f64>() / n,
+        }
+    };
+    let harmed = |f: &dyn Fn(&Row) -> Accuracy| {
+        let names: Vec<&str> = rows
+            .iter()
+            .filter(|r| harms(r.base, f(r)))
+            .map(|r| r.task.as_str())
+            .collect();
+        format!("{} ({})", names.len(), names.join(", "))
+    };
+    let routed = |with: bool| {
+        rows.iter()
+            .filter(|r| (if with { &r.with } else { &r.without }).route == "examples")
+            .count()
+    };
+    s += &format!(
+        "| mean | **{}** | **{}** | | **{}** | {} tasks shown examples |\n\n",
+        cell(mean(&|r| r.base)),
+        cell(mean(&|r| r.without.accuracy)),
+        cell(mean(&|r| r.with.accuracy)),
+        routed(true)
+    );
+    s += &format!(
+        "Tasks harmed (10 or more lenient points below the base): as served {}; with \
+         demonstrations {}. {} tasks.\n",
+        harmed(&|r| r.without.accuracy),
+        harmed(&|r| r.with.accuracy),
+        rows.len()
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acc(strict: f64, lenient: f64) -> Accuracy {
+        Accuracy { strict, lenient }
+    }
+
+    #[test]
+    fn the_table_has_the_means_and_names_the_harmed_tasks() {
+        let served = |route: &str, a| Served {
+            route: route.into(),
+            accuracy: a,
+        };
+        let rows = [
+            Row {
+                task: "a".into(),
+                base: acc(0.0, 0.5),
+                without: served("generated", acc(0.2, 0.4)),
+                with: served("examples", acc(0.6, 0.6)),
+            },
+            Row {
+                task: "b".into(),
+                base: acc(0.2, 0.2),
+                without: served("base", acc(0.2, 0.2)),
+                with: served("fallback", acc(0.4, 0.4)),
+            },
+        ];
+        let md = markdown(&rows, 4);
+        assert!(
+            md.contains("| a | 0.0 (50.0) | 20.0 (40.0) | generated | 60.0 (60.0) | examples |")
+        );
+        assert!(
+            md.contains("| mean | **10.0 (35.0)** | **20.0 (30.0)** | | **50.0 (50.0)** | 1 tasks")
+        );
+        assert!(
+            md.contains("as served 1 (a); with demonstrations 0 ()"),
+            "{md}"
+        );
+    }
+}
