@@ -1,7 +1,8 @@
 //! `bench served`: tasks answered as a tenant's requests are, through the whole product on
 //! SmolLM2, with and without `plugin.demonstrations`. For each task in turn: its first
 //! `examples` training examples are given (`PUT .../examples`), K tagged requests start its
-//! generation (max_tokens 1), and once the generation has ended (a candidate routed, or
+//! generation (max_tokens 1; its last K test prompts, none of those scored), and once the
+//! generation has ended (a candidate routed, or
 //! all rejected) its first `limit` test prompts are answered tagged, greedy, at most 16
 //! tokens, and scored strictly and leniently as `eval` scores them; the base model answers
 //! them untagged. The whole run is made twice in one command, on two servers alike but for
@@ -69,6 +70,12 @@ pub async fn run(
 ) -> Result<()> {
     const TOKEN: &str = "bench";
     let k = crate::generator::decoder::DecoderConfig::load(generator)?.prompts;
+    ensure!(
+        options.examples >= options.demonstrations + crate::server::specialise::guard::MIN_UNSEEN,
+        "{} examples: the examples shown are a candidate only with at least {} after them",
+        options.examples,
+        crate::server::specialise::guard::MIN_UNSEEN
+    );
     print_machine();
     println!(
         "setup: SmolLM2-135M-Instruct {dtype} on the engine, generator {}, examples generator \
@@ -100,7 +107,7 @@ pub async fn run(
         for name in tasks {
             let task = crate::tasks::builtin_task(name, &Default::default())?;
             let t = Instant::now();
-            let route = specialise(&server, &task, options.examples, k).await?;
+            let route = specialise(&server, &task, options.examples, options.limit, k).await?;
             let took = t.elapsed().as_secs_f64();
             let score = score_task(&server, Some(name), &task, Some(options.limit), name).await?;
             if shown == 0 {
@@ -143,18 +150,20 @@ pub async fn run(
     Ok(())
 }
 
-/// Gives `task` its examples and K tagged prompts, waits for its generation to end and
-/// returns what the check routed.
+/// Gives `task` its examples and K tagged prompts (its last, none of the first `limit`),
+/// waits for its generation to end and returns what the check routed.
 async fn specialise(
     server: &LocalServer,
     task: &crate::tasks::Task,
     examples: usize,
+    limit: usize,
     k: usize,
 ) -> Result<String> {
     let name = task.name.as_str();
     ensure!(
-        task.train.len() >= examples && task.test.len() >= k,
-        "task {name} has {} training examples and {} test prompts: {examples} and {k} wanted",
+        task.train.len() >= examples && task.test.len() >= limit + k,
+        "task {name} has {} training examples and {} test prompts: {examples} and {limit} + \
+         {k} wanted",
         task.train.len(),
         task.test.len()
     );
@@ -172,7 +181,7 @@ async fn specialise(
         "giving examples: {}",
         put.status()
     );
-    for e in &task.test[..k] {
+    for e in &task.test[task.test.len() - k..] {
         let r = server
             .send_chat(Some(name), &chat_body(&e.prompt, 1))
             .await?;

@@ -168,7 +168,7 @@ impl AdapterEngine for FakeEngine {
     async fn answer(
         &self,
         model_id: &str,
-        shown: &[(String, String)],
+        shown: &[(&str, &str)],
         prompt: &str,
         _max_tokens: usize,
     ) -> Result<String> {

@@ -76,10 +76,22 @@ pub trait AdapterEngine: Send + Sync {
     async fn answer(
         &self,
         model_id: &str,
-        shown: &[(String, String)],
+        shown: &[(&str, &str)],
         prompt: &str,
         max_tokens: usize,
     ) -> Result<String>;
+}
+
+/// The chat messages of (user, assistant) `turns`, two each, in order: how a task's examples
+/// are shown before a conversation.
+pub fn turn_messages<'t>(
+    turns: impl IntoIterator<Item = (&'t str, &'t str)>,
+) -> Vec<serde_json::Value> {
+    let message = |role, content| serde_json::json!({"role": role, "content": content});
+    turns
+        .into_iter()
+        .flat_map(|(user, assistant)| [message("user", user), message("assistant", assistant)])
+        .collect()
 }
 
 /// Numeric type the models are served in.
@@ -256,7 +268,7 @@ impl AdapterEngine for MistralRsEngine {
     async fn answer(
         &self,
         model_id: &str,
-        shown: &[(String, String)],
+        shown: &[(&str, &str)],
         prompt: &str,
         max_tokens: usize,
     ) -> Result<String> {
@@ -264,15 +276,7 @@ impl AdapterEngine for MistralRsEngine {
         use mistralrs_server_core::handler_core::{
             create_response_channel, send_request_with_model,
         };
-        let mut messages: Vec<_> = shown
-            .iter()
-            .flat_map(|(user, assistant)| {
-                [
-                    serde_json::json!({"role": "user", "content": user}),
-                    serde_json::json!({"role": "assistant", "content": assistant}),
-                ]
-            })
-            .collect();
+        let mut messages = turn_messages(shown.iter().copied());
         messages.push(serde_json::json!({"role": "user", "content": prompt}));
         // The request a client would send, through the stock handler's own parsing.
         let request = serde_json::from_value(serde_json::json!({

@@ -2,9 +2,9 @@
 //! pile up requests, and their bodies, without limit, and no task can take the places of
 //! others. A routed request takes, waiting at most `plugin.admission_wait_ms` for each:
 //!
-//! 1. when an adapter serves it, a place of its **task** (at most
-//!    `plugin.max_in_flight_per_task`): the task's share, so that one tenant cannot fill the
-//!    engine model it shares with the others;
+//! 1. when an adapter serves it (or the base model shown the task's examples), a place of
+//!    its **task** (at most `plugin.max_in_flight_per_task`): the task's share, so that one
+//!    tenant cannot fill the engine model it shares with the others;
 //! 2. a place on the **engine model** that computes it (at most
 //!    `plugin.max_in_flight_per_model`): the base for untagged requests, for tasks without
 //!    a resident adapter and, with `adapter_mode = "shared"`, for every adapter too (they

@@ -376,10 +376,12 @@ impl EngineBody {
         self.text.push(b'}');
     }
 
-    /// Inserts `turns`, (user, assistant) pairs, as messages after the leading system
-    /// messages of a chat body's `messages` array (a task's examples shown, where the
-    /// no-harm check routed them); `false`, changing nothing, when `messages` is not an
-    /// array. Parses the body: only for the tasks that are shown examples.
+    /// Inserts `turns`, (user, assistant) pairs, as messages after the leading system (or
+    /// developer) messages of a chat body's `messages` array (a task's examples shown,
+    /// where the no-harm check routed them); `false`, changing nothing, when `messages` is
+    /// not an array or has no other message to come after them. Parses the body: only for
+    /// the tasks that are shown examples. The turns are not counted against
+    /// `max_messages` and `max_input_bytes`, which bound what clients send.
     pub fn show<'t>(&mut self, turns: impl IntoIterator<Item = (&'t str, &'t str)>) -> bool {
         let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(&self.text) else {
             return false;
@@ -388,15 +390,13 @@ impl EngineBody {
         let Some(Value::Array(messages)) = body.get_mut("messages") else {
             return false;
         };
-        let system = |m: &Value| m.get("role").and_then(Value::as_str) == Some("system");
-        let at = messages.iter().take_while(|m| system(m)).count();
-        let shown = turns.into_iter().flat_map(|(user, assistant)| {
-            [
-                serde_json::json!({"role": "user", "content": user}),
-                serde_json::json!({"role": "assistant", "content": assistant}),
-            ]
-        });
-        messages.splice(at..at, shown);
+        let role = |m: &Value| m.get("role").and_then(Value::as_str).map(str::to_owned);
+        let leading = |m: &&Value| matches!(role(m).as_deref(), Some("system" | "developer"));
+        let at = messages.iter().take_while(leading).count();
+        if at == messages.len() {
+            return false;
+        }
+        messages.splice(at..at, crate::engine::turn_messages(turns));
         let mut text = serde_json::to_vec(&body).expect("writing to a Vec cannot fail");
         // `{...}` less its `}`, and `model` last again (`messages` is a member before it).
         text.pop();
@@ -603,16 +603,19 @@ mod tests {
             "still a stock request"
         );
 
-        // Without system messages they come first; a string `messages` is left alone.
+        // Without system messages they come first; a string `messages`, or one with nothing
+        // after its system messages, is left alone.
         let mut body = engine(json!({"messages": [msg("user", "3 + 3?")]}));
         assert!(body.show([("1 + 1?", "2")]));
         let v: Value = serde_json::from_slice(body.text()).unwrap();
         assert_eq!(v["messages"][0], msg("user", "1 + 1?"));
         assert_eq!(v["messages"][2], msg("user", "3 + 3?"));
-        let mut body = engine(json!({"messages": "3 + 3?"}));
-        let before = body.text().to_vec();
-        assert!(!body.show([("1 + 1?", "2")]));
-        assert_eq!(body.text(), before);
+        for messages in [json!("3 + 3?"), json!([msg("system", "Be brief.")])] {
+            let mut body = engine(json!({ "messages": messages }));
+            let before = body.text().to_vec();
+            assert!(!body.show([("1 + 1?", "2")]), "{messages}");
+            assert_eq!(body.text(), before);
+        }
     }
 
     #[test]

@@ -226,8 +226,11 @@ impl Route {
 enum Outcome {
     /// Installed and routed, with the time of each stage.
     Installed(Vec<(String, Duration)>),
-    /// The examples shown ranked first: they route the task (these), nothing is installed.
-    Shown((Vec<(String, Duration)>, Arc<[Example]>)),
+    /// The examples shown ranked first: they route the task, nothing is installed.
+    Shown {
+        stages: Vec<(String, Duration)>,
+        shown: Shown,
+    },
     /// It lost the no-harm check.
     Rejected(Verdict),
     /// Not installed: the task was forgotten meanwhile.
@@ -283,6 +286,9 @@ struct TaskBuf {
     /// Counts the changes of the task's examples, so that a generation can tell whether
     /// those it checked are still the task's.
     examples_epoch: u64,
+    /// The examples changed since the task's route was checked (they ended the examples
+    /// shown, or came during a generation): its next generation is due.
+    recheck: bool,
 }
 
 /// The examples a task's chat requests are shown before their messages, as the no-harm
@@ -321,6 +327,7 @@ impl TaskBuf {
             last_shown: None,
             shown: None,
             examples_epoch: 0,
+            recheck: false,
         }
     }
 
@@ -486,6 +493,8 @@ pub struct Specialiser {
     prompt_writes: AtomicU64,
     /// Prompts for the worker that prepares them ahead (full: a prompt is not prepared).
     to_prepare: mpsc::Sender<String>,
+    /// Taken by each write of a `generation.json` (see [`Specialiser::save_history`]).
+    history_writes: tokio::sync::Mutex<()>,
 }
 
 /// Prompts waiting to be prepared at most; past it new ones are left to their generation.
@@ -530,6 +539,7 @@ impl Specialiser {
             wake_writer,
             prompt_writes: AtomicU64::new(0),
             to_prepare,
+            history_writes: tokio::sync::Mutex::new(()),
         });
         // One prompt at a time on a blocking thread: at most one core goes to it.
         let generator = this.generators.main.clone();
@@ -670,10 +680,23 @@ impl Specialiser {
             .filter(|&t| t > hour_ago)
             .collect();
         buf.attempts = record.attempts;
-        buf.shown = record.shown.map(|r| Shown {
-            examples: r.examples.into(),
-            over: r.over,
-        });
+        // Only with the configured K: turned off or changed, the check of other K examples
+        // would read some of those shown.
+        let k = self.settings.demonstrations;
+        buf.shown = match record.shown {
+            Some(r) if k > 0 && r.examples.len() == k => Some(Shown {
+                examples: r.examples.into(),
+                over: r.over,
+            }),
+            Some(_) => {
+                tracing::warn!(
+                    task,
+                    "the task was shown other than plugin.demonstrations examples: no longer"
+                );
+                None
+            }
+            None => None,
+        };
         if record.attempts == 0 {
             if let Some(v) = record.rejected {
                 buf.state = GenState::Rejected(v);
@@ -844,7 +867,10 @@ impl Specialiser {
                 .is_some_and(|m| buf.since_generation >= m && !buf.prompts.is_empty());
             // A rejected adapter is not generated again from the same prompts, only after as
             // many new ones as a regeneration takes (or when an operator asks).
-            let due = if self.shown_of(task, buf).is_some() {
+            // An operator's adapter is never replaced automatically, new examples or not.
+            let due = if buf.recheck && (generated || !has_adapter) {
+                buf.prompts.len() >= self.settings.k
+            } else if self.shown_of(task, buf).is_some() {
                 regenerate
             } else if has_adapter {
                 generated && regenerate
@@ -948,7 +974,7 @@ impl Specialiser {
     }
 
     async fn run_job(self: &Arc<Self>, task: &str) {
-        let (prompts, job, history, examples_epoch) = {
+        let (prompts, job, examples_epoch) = {
             let mut tasks = self.lock();
             let Some(buf) = tasks.get_mut(task) else {
                 return;
@@ -962,15 +988,16 @@ impl Specialiser {
             buf.last_fallback = None;
             buf.last_library = None;
             buf.last_shown = None;
+            buf.recheck = false;
             buf.attempts += 1;
             buf.recent.push_back(now_secs());
             buf.job = self.last_job.fetch_add(1, Ordering::Relaxed) + 1;
             let prompts: Vec<String> = buf.prompts.iter().cloned().collect();
-            (prompts, buf.job, buf.record(), buf.examples_epoch)
+            (prompts, buf.job, buf.examples_epoch)
         };
         // On disk before the generator runs: if this generation ends the process, the next
         // start counts it as a failed attempt instead of starting it again and again.
-        if let Err(e) = self.save_history(task, history).await {
+        if let Err(e) = self.save_history(task).await {
             let error = format!("recording the generation attempt: {e:#}");
             self.failed(task, job, error).await;
             return;
@@ -1026,7 +1053,7 @@ impl Specialiser {
         };
         match result {
             Ok(Outcome::Installed(stages)) => self.succeeded(task, job, stages, t, None).await,
-            Ok(Outcome::Shown((stages, shown))) => {
+            Ok(Outcome::Shown { stages, shown }) => {
                 let shown = Some((shown, examples_epoch));
                 self.succeeded(task, job, stages, t, shown).await
             }
@@ -1158,6 +1185,9 @@ impl Specialiser {
         mut stages: Vec<(String, Duration)>,
         started: Instant,
     ) -> Result<Outcome> {
+        // The stored adapter the examples shown would be routed over, as the check sees it:
+        // one uploaded during the check takes their place.
+        let over = self.table.info(task).and_then(|i| i.hash);
         let checks = self.check(task, &checked, &shown, examples).await?;
         // Which candidate is routed: the generated one when the task has no examples.
         let routed = match checks {
@@ -1182,7 +1212,11 @@ impl Specialiser {
                 if i == checked.len() {
                     tracing::info!(task, "the examples shown ranked first in the check: routed");
                     stages.push(("total".to_string(), started.elapsed()));
-                    return Ok(Outcome::Shown((stages, shown.into())));
+                    let shown = Shown {
+                        examples: shown.into(),
+                        over,
+                    };
+                    return Ok(Outcome::Shown { stages, shown });
                 }
                 if i > 0 {
                     tracing::info!(task, routed = ?checked[i].0, "another candidate ranked first in the check: routed instead");
@@ -1214,18 +1248,18 @@ impl Specialiser {
 
     /// A generation of `task` routed an adapter (installed), or the examples `shown`, read
     /// when the task's examples were at the given epoch: if they have changed since, they
-    /// are not shown (they were not checked), and the model that answered the task goes on.
+    /// are not shown (they were not checked), the model that answered the task goes on, and
+    /// the task is due for a generation that checks the new ones.
     async fn succeeded(
         self: &Arc<Self>,
         task: &str,
         job: u64,
         stages: Vec<(String, Duration)>,
         started: Instant,
-        shown: Option<(Arc<[Example]>, u64)>,
+        shown: Option<(Shown, u64)>,
     ) {
-        let over = self.table.info(task).and_then(|i| i.hash);
         let installed = shown.is_none();
-        let history = {
+        {
             let mut tasks = self.lock();
             let Some(b) = tasks.get_mut(task).filter(|b| b.job == job) else {
                 return;
@@ -1239,25 +1273,19 @@ impl Specialiser {
             b.since_generation = 0;
             b.has_adapter |= installed;
             match shown {
-                Some((examples, epoch)) if epoch == b.examples_epoch => {
-                    b.shown = Some(Shown { examples, over });
-                }
+                Some((shown, epoch)) if epoch == b.examples_epoch => b.shown = Some(shown),
                 Some(_) => tracing::info!(
                     task,
                     "the task's examples changed during its generation: they are not shown"
                 ),
                 None => b.shown = None,
             }
-            b.record()
-        };
-        if let Err(e) = self.save_history(task, history).await {
+        }
+        if let Err(e) = self.save_history(task).await {
             tracing::warn!(task, error = %e, "recording a generation's success failed; a restart counts it as failed");
         }
         if !installed {
-            tracing::info!(
-                task,
-                "the task's first examples are shown before its chat requests"
-            );
+            self.recheck_if_due(task);
             return;
         }
         if let Err(e) = self
@@ -1347,7 +1375,7 @@ impl Specialiser {
 
     /// A new adapter of `task` lost the no-harm check: nothing is installed.
     async fn rejected(self: &Arc<Self>, task: &str, job: u64, verdict: Verdict) {
-        let history = {
+        {
             let mut tasks = self.lock();
             let Some(b) = tasks.get_mut(task).filter(|b| b.job == job) else {
                 return;
@@ -1356,15 +1384,15 @@ impl Specialiser {
             b.last_check = Some(verdict);
             b.attempts = 0;
             b.since_generation = 0;
-            b.record()
-        };
+        }
         tracing::warn!(
             task,
             "the generated adapter answered fewer examples than the model answering the task: not routed"
         );
-        if let Err(e) = self.save_history(task, history).await {
+        if let Err(e) = self.save_history(task).await {
             tracing::warn!(task, error = %e, "recording a rejected generation failed");
         }
+        self.recheck_if_due(task);
     }
 
     /// The task's labelled examples (none when it has no file).
@@ -1411,16 +1439,18 @@ impl Specialiser {
             true => self.examples_set().insert(task.to_string()),
             false => self.examples_set().remove(task),
         };
-        let history = {
+        let was_shown = {
             let mut tasks = self.lock();
             let buf = tasks.get_mut(task);
-            buf.and_then(|b| {
+            buf.is_some_and(|b| {
                 b.examples_epoch += 1;
-                b.shown.take().map(|_| b.record())
+                let was_shown = b.shown.take().is_some();
+                b.recheck |= was_shown || b.busy();
+                was_shown
             })
         };
-        if let Some(history) = history {
-            if let Err(e) = self.save_history(task, history).await {
+        if was_shown {
+            if let Err(e) = self.save_history(task).await {
                 tracing::warn!(task, error = %e, "recording that the task's examples are no longer shown failed");
             }
         }
@@ -1429,9 +1459,17 @@ impl Specialiser {
         Ok(())
     }
 
+    /// Queues the generation of `task` when its examples changed since its route was checked
+    /// (see [`TaskBuf::recheck`]).
+    fn recheck_if_due(&self, task: &str) {
+        if self.lock().get(task).is_some_and(|b| b.recheck) {
+            self.maybe_enqueue(task);
+        }
+    }
+
     /// A generation of `task` (its job `job`, counted as an attempt when it started) failed.
     async fn failed(self: &Arc<Self>, task: &str, job: u64, error: String) {
-        let (retry, history) = {
+        let retry = {
             let mut tasks = self.lock();
             let Some(b) = tasks.get_mut(task).filter(|b| b.job == job) else {
                 return;
@@ -1442,7 +1480,7 @@ impl Specialiser {
                 attempts: b.attempts,
                 retry_at: retry.map(|d| now_secs() + d.as_secs()),
             };
-            (retry, b.record())
+            retry
         };
         self.metrics
             .failures
@@ -1455,7 +1493,7 @@ impl Specialiser {
         );
         self.table
             .mark_failed(task, format!("generation failed: {error}"));
-        if let Err(e) = self.save_history(task, history).await {
+        if let Err(e) = self.save_history(task).await {
             tracing::warn!(task, error = %e, "recording a generation's failure failed");
         }
         if let Some(delay) = retry {
@@ -1498,8 +1536,15 @@ impl Specialiser {
         self.lock().get(task).is_some_and(|b| b.job == job)
     }
 
-    /// Writes a task's generation history (atomically, durably) and waits for it.
-    async fn save_history(&self, task: &str, record: GenRecord) -> Result<()> {
+    /// Writes a task's generation history as it is now (atomically, durably) and waits for
+    /// it; nothing when the task is no longer tracked. One write at a time, each of the
+    /// state when it starts: the last write is of the latest state, whichever of a
+    /// generation and an examples update changed it last.
+    async fn save_history(&self, task: &str) -> Result<()> {
+        let _one_at_a_time = self.history_writes.lock().await;
+        let Some(record) = self.lock().get(task).map(TaskBuf::record) else {
+            return Ok(());
+        };
         let path = self.task_file(task, GENERATION_FILE);
         tokio::task::spawn_blocking(move || write_atomic(&path, &serde_json::to_vec(&record)?))
             .await?

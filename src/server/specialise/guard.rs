@@ -305,7 +305,9 @@ impl<'a> Answerer<'a> {
 /// candidate (each registered as its probe from a folder under `probe_dir`, which this
 /// function fills and removes) and, when `shown` is not empty, the base model with `shown`
 /// before each prompt answer every example, all at once, and judges each candidate: one
-/// verdict per candidate, in order, then one for `shown`.
+/// verdict per candidate, in order, then one for `shown` unless it failed to answer (e.g.
+/// past the model's context: logged, and it is no candidate; any other failure fails the
+/// check).
 #[allow(clippy::too_many_arguments)]
 pub async fn check(
     engine: &dyn AdapterEngine,
@@ -328,18 +330,33 @@ pub async fn check(
         let base = engine.base_id();
         let each = candidates
             .iter()
-            .map(|c| Answerer::model(&c.probe_id))
-            .chain((!shown.is_empty()).then_some(Answerer {
+            .map(|c| answers(engine, Answerer::model(&c.probe_id), examples, max_tokens));
+        let with_shown = async {
+            if shown.is_empty() {
+                return None;
+            }
+            let who = Answerer {
                 model_id: base,
                 shown,
-            }))
-            .map(|who| answers(engine, who, examples, max_tokens));
-        futures::future::try_join3(
-            answers(engine, Answerer::model(base), examples, max_tokens),
-            current,
-            futures::future::try_join_all(each),
+            };
+            answers(engine, who, examples, max_tokens)
+                .await
+                .inspect_err(|e| tracing::warn!(error = %format!("{e:#}"), "the base model shown the examples failed to answer: not a candidate"))
+                .ok()
+        };
+        let (all, with_shown) = futures::future::join(
+            futures::future::try_join3(
+                answers(engine, Answerer::model(base), examples, max_tokens),
+                current,
+                futures::future::try_join_all(each),
+            ),
+            with_shown,
         )
-        .await
+        .await;
+        all.map(|(base, current, mut adapters)| {
+            adapters.extend(with_shown);
+            (base, current, adapters)
+        })
     };
     let (base, current, adapters) = with_probes(engine, candidates, probe_dir, answering).await?;
     let judge = |adapter: &Vec<String>| {
@@ -399,11 +416,7 @@ async fn answers(
     examples: &[Example],
     max_tokens: usize,
 ) -> Result<Vec<String>> {
-    let shown: Vec<(String, String)> = who
-        .shown
-        .iter()
-        .map(|e| (e.prompt.clone(), e.answer.clone()))
-        .collect();
+    let shown: Vec<(&str, &str)> = who.shown.iter().map(|e| (&*e.prompt, &*e.answer)).collect();
     futures::future::try_join_all(
         examples
             .iter()

@@ -1639,6 +1639,10 @@ async fn the_examples_shown_are_routed_where_they_rank_first_and_survive_a_resta
     assert!(f.sp.shown("t").is_some());
     f.sp.set_examples("t", examples(&qs[1..])).await.unwrap();
     assert_eq!(f.sp.shown("t"), None);
+    eventually("the new examples checked at once", || {
+        f.generator.calls() == 2
+    })
+    .await;
     eventually("that on disk", || {
         f.history("t").is_some_and(|h| h.shown.is_none())
     })
@@ -1725,13 +1729,17 @@ async fn examples_that_change_during_the_generation_are_not_shown() {
     f.generator.hold();
     f.examples_then_k("t", &qs).await;
     eventually("the generation to start", || f.generator.calls() == 1).await;
-    f.sp.set_examples("t", examples(&qs[1..])).await.unwrap();
+    let new: Vec<String> = (0..10).map(|i| format!("r{i}")).collect();
+    let new: Vec<&str> = new.iter().map(String::as_str).collect();
+    f.sp.set_examples("t", examples(&new)).await.unwrap();
     f.generator.release();
+    // The first generation routes nothing: what it checked is not the task's. The task is
+    // due at once for one that checks the new examples, which are shown.
+    eventually("a second generation", || f.generator.calls() == 2).await;
     f.until_gen("t", GenState::Done).await;
-    assert!(f.sp.info("t").unwrap().demonstrations_check.is_some());
+    assert_eq!(f.versions("t"), 0);
     assert_eq!(
-        f.sp.shown("t"),
-        None,
-        "the examples it checked are not the task's"
+        f.sp.shown("t").as_deref(),
+        Some(&examples(&new[..2]).unwrap()[..])
     );
 }
