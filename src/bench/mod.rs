@@ -70,6 +70,33 @@ pub fn print_machine() {
     );
 }
 
+/// Gives `task` its first `n` training examples (`PUT /admin/adapters/{task}/examples`), the
+/// labelled examples of the no-harm check (and of an examples generator).
+async fn give_examples(
+    server: &crate::server::local::LocalServer,
+    task: &crate::tasks::Task,
+    n: usize,
+) -> Result<()> {
+    let examples: Vec<serde_json::Value> = task.train[..n.min(task.train.len())]
+        .iter()
+        .map(|e| serde_json::json!({"prompt": e.prompt, "answer": e.answer}))
+        .collect();
+    let put = server
+        .admin(
+            reqwest::Method::PUT,
+            &format!("/adapters/{}/examples", task.name),
+        )
+        .json(&serde_json::json!({ "examples": examples }))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        put.status().is_success(),
+        "giving examples: {}",
+        put.status()
+    );
+    Ok(())
+}
+
 /// The `p` quantile (0 to 1, nearest rank) of `v` in ms; NaN when `v` is empty.
 fn quantile_ms(v: &[Duration], p: f64) -> f64 {
     let mut ms: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1e3).collect();

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Result};
 use serde::Serialize;
-use serde_json::Value;
 
 use super::{print_machine, smollm2_config};
 use crate::eval::nll::harms;
@@ -167,20 +166,7 @@ async fn specialise(
         task.train.len(),
         task.test.len()
     );
-    let given: Vec<Value> = task.train[..examples]
-        .iter()
-        .map(|e| serde_json::json!({"prompt": e.prompt, "answer": e.answer}))
-        .collect();
-    let put = server
-        .admin(reqwest::Method::PUT, &format!("/adapters/{name}/examples"))
-        .json(&serde_json::json!({ "examples": given }))
-        .send()
-        .await?;
-    ensure!(
-        put.status().is_success(),
-        "giving examples: {}",
-        put.status()
-    );
+    super::give_examples(server, task, examples).await?;
     for e in &task.test[task.test.len() - k..] {
         let r = server
             .send_chat(Some(name), &chat_body(&e.prompt, 1))

@@ -90,21 +90,7 @@ pub async fn run(
             "task {name} has fewer than {k} test prompts"
         );
         if options.examples > 0 {
-            let examples: Vec<serde_json::Value> = task.train
-                [..options.examples.min(task.train.len())]
-                .iter()
-                .map(|e| serde_json::json!({"prompt": e.prompt, "answer": e.answer}))
-                .collect();
-            let put = server
-                .admin(reqwest::Method::PUT, &format!("/adapters/{name}/examples"))
-                .json(&serde_json::json!({ "examples": examples }))
-                .send()
-                .await?;
-            ensure!(
-                put.status().is_success(),
-                "giving examples: {}",
-                put.status()
-            );
+            super::give_examples(&server, &task, options.examples).await?;
         }
         let ask = |prompt: &str| {
             let (server, body) = (&server, chat_body(prompt, 1));

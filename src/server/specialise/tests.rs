@@ -190,7 +190,7 @@ impl Fixture {
 
     /// Gives `task` labelled examples (each answer its prompt), then the K prompts that
     /// start its generation.
-    async fn examples_then_k(&self, task: &str, prompts: &[&str]) {
+    async fn examples_then_k<S: AsRef<str>>(&self, task: &str, prompts: &[S]) {
         self.sp.set_examples(task, examples(prompts)).await.unwrap();
         for i in 0..self.sp.settings.k {
             self.observe(task, &format!("p{i}"));
@@ -1047,13 +1047,13 @@ fn base_knows(f: &Fixture, adapter: &'static str) {
     });
 }
 
-fn examples(prompts: &[&str]) -> Option<Vec<Example>> {
+fn examples<S: AsRef<str>>(prompts: &[S]) -> Option<Vec<Example>> {
     Some(
         prompts
             .iter()
             .map(|p| Example {
-                prompt: p.to_string(),
-                answer: p.to_string(),
+                prompt: p.as_ref().to_string(),
+                answer: p.as_ref().to_string(),
             })
             .collect(),
     )
@@ -1581,6 +1581,31 @@ async fn a_selection_that_fails_or_picks_the_fallback_leaves_the_generated_adapt
         .any(|(stage, _)| stage == "select"));
 }
 
+/// Settings that check the base model shown a task's first 2 examples
+/// (`plugin.demonstrations`).
+fn showing() -> Settings {
+    Settings {
+        demonstrations: 2,
+        ..settings()
+    }
+}
+
+/// `n` prompts, `PREFIX0` on.
+fn numbered(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+/// A specialiser that shows 2 examples, whose base model answers right only when shown
+/// them, and a task "t" given `n` examples (`q0` on) and its K prompts, generated.
+async fn shown_task(n: usize) -> (Fixture, Vec<String>) {
+    let f = start(showing());
+    base_learns_from_examples(&f);
+    let qs = numbered("q", n);
+    f.examples_then_k("t", &qs).await;
+    f.until_gen("t", GenState::Done).await;
+    (f, qs)
+}
+
 /// The fake base model answers right only when it is shown examples (a line per shown
 /// turn before the prompt); adapters never do.
 fn base_learns_from_examples(f: &Fixture) {
@@ -1593,16 +1618,7 @@ fn base_learns_from_examples(f: &Fixture) {
 
 #[tokio::test]
 async fn the_examples_shown_are_routed_where_they_rank_first_and_survive_a_restart() {
-    let shown_settings = || Settings {
-        demonstrations: 2,
-        ..settings()
-    };
-    let f = start(shown_settings());
-    base_learns_from_examples(&f);
-    let qs: Vec<String> = (0..10).map(|i| format!("q{i}")).collect();
-    let qs: Vec<&str> = qs.iter().map(String::as_str).collect();
-    f.examples_then_k("t", &qs).await;
-    f.until_gen("t", GenState::Done).await;
+    let (f, qs) = shown_task(10).await;
     assert_eq!(f.versions("t"), 0, "no adapter stored");
     let info = f.sp.info("t").unwrap();
     assert!(info.demonstrations_routed);
@@ -1625,7 +1641,7 @@ async fn the_examples_shown_are_routed_where_they_rank_first_and_survive_a_resta
         f.history("t").is_some_and(|h| h.shown.is_some())
     })
     .await;
-    let g = start_in(copy_of_store(&f), shown_settings());
+    let g = start_in(copy_of_store(&f), showing());
     assert_eq!(g.sp.shown("t").as_deref(), Some(&first_two[..]));
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(g.generator.calls(), 0, "no generation at the restart");
@@ -1652,15 +1668,7 @@ async fn the_examples_shown_are_routed_where_they_rank_first_and_survive_a_resta
 #[tokio::test]
 async fn the_examples_are_not_a_candidate_without_enough_after_them_nor_when_they_lose() {
     // 2 shown + 8 checked needed: 9 examples are too few.
-    let f = start(Settings {
-        demonstrations: 2,
-        ..settings()
-    });
-    base_learns_from_examples(&f);
-    let qs: Vec<String> = (0..9).map(|i| format!("q{i}")).collect();
-    let qs: Vec<&str> = qs.iter().map(String::as_str).collect();
-    f.examples_then_k("t", &qs).await;
-    f.until_gen("t", GenState::Done).await;
+    let (f, _) = shown_task(9).await;
     let info = f.sp.info("t").unwrap();
     assert_eq!(info.demonstrations_check, None);
     assert_eq!(info.last_check.unwrap().examples, 9, "all examples checked");
@@ -1668,15 +1676,10 @@ async fn the_examples_are_not_a_candidate_without_enough_after_them_nor_when_the
 
     // Enough examples, but the generated adapter answers as well in the format: a tie
     // goes to the adapter.
-    let f = start(Settings {
-        demonstrations: 2,
-        ..settings()
-    });
+    let f = start(showing());
     f.engine
         .answer_with(|_, text| text.lines().last().unwrap_or_default().to_string());
-    let qs: Vec<String> = (0..10).map(|i| format!("q{i}")).collect();
-    let qs: Vec<&str> = qs.iter().map(String::as_str).collect();
-    f.examples_then_k("t", &qs).await;
+    f.examples_then_k("t", &numbered("q", 10)).await;
     f.until_gen("t", GenState::Done).await;
     let info = f.sp.info("t").unwrap();
     assert_eq!(info.demonstrations_check.unwrap().adapter_strict, 8);
@@ -1686,15 +1689,7 @@ async fn the_examples_are_not_a_candidate_without_enough_after_them_nor_when_the
 
 #[tokio::test]
 async fn a_regeneration_is_checked_against_the_examples_shown_and_replaces_them_if_first() {
-    let f = start(Settings {
-        demonstrations: 2,
-        ..settings()
-    });
-    base_learns_from_examples(&f);
-    let qs: Vec<String> = (0..10).map(|i| format!("q{i}")).collect();
-    let qs: Vec<&str> = qs.iter().map(String::as_str).collect();
-    f.examples_then_k("t", &qs).await;
-    f.until_gen("t", GenState::Done).await;
+    let (f, _) = shown_task(10).await;
     assert!(f.sp.shown("t").is_some());
     // Now adapters answer right too; the base model alone still does not.
     f.engine
@@ -1719,18 +1714,12 @@ async fn a_regeneration_is_checked_against_the_examples_shown_and_replaces_them_
 
 #[tokio::test]
 async fn examples_that_change_during_the_generation_are_not_shown() {
-    let f = start(Settings {
-        demonstrations: 2,
-        ..settings()
-    });
+    let f = start(showing());
     base_learns_from_examples(&f);
-    let qs: Vec<String> = (0..10).map(|i| format!("q{i}")).collect();
-    let qs: Vec<&str> = qs.iter().map(String::as_str).collect();
     f.generator.hold();
-    f.examples_then_k("t", &qs).await;
+    f.examples_then_k("t", &numbered("q", 10)).await;
     eventually("the generation to start", || f.generator.calls() == 1).await;
-    let new: Vec<String> = (0..10).map(|i| format!("r{i}")).collect();
-    let new: Vec<&str> = new.iter().map(String::as_str).collect();
+    let new = numbered("r", 10);
     f.sp.set_examples("t", examples(&new)).await.unwrap();
     f.generator.release();
     // The first generation routes nothing: what it checked is not the task's. The task is
