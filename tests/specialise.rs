@@ -559,6 +559,12 @@ async fn a_task_routed_to_its_examples_is_answered_with_them_inserted() {
     assert_eq!(served.adapter.as_deref(), Some("base+examples"));
     let direct = s.post_chat(&with_shown("question 7")).await;
     assert_eq!(served.content(), direct.content());
+    let m = metrics(&s).await;
+    assert_eq!(metric(&m, "dnd_tasks_shown_examples"), 1.0);
+    assert_eq!(
+        metric(&m, "dnd_requests_total{served_by=\"examples\"}"),
+        1.0
+    );
 }
 
 /// `plugin.check_tolerance` forgives that share of the examples, rounded down: half of two

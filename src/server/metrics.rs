@@ -18,7 +18,8 @@ use crate::adapters::State as AdapterState;
 
 pub struct Metrics {
     registry: Registry,
-    /// Requests by what served them (`base` or `adapter`).
+    /// Requests by what served them (`base`, `adapter`, or `examples`: the base model shown
+    /// the task's examples).
     pub requests: IntCounterVec,
     /// Requests refused past their engine model's in-flight bound, by status (503, 429).
     pub rejected: IntCounterVec,
@@ -42,6 +43,8 @@ pub struct Metrics {
     /// No-harm checks of generated adapters, by outcome (`accepted`, `rejected`).
     pub checks: IntCounterVec,
     tasks: IntGaugeVec,
+    /// Tasks answered by the base model shown their examples (`plugin.demonstrations`).
+    shown_tasks: IntGauge,
     adapters: IntGaugeVec,
     adapter_bytes: IntGaugeVec,
 }
@@ -122,6 +125,11 @@ impl Metrics {
             .expect("valid metric"),
             tasks: IntGaugeVec::new(Opts::new("tasks", "Tasks by adapter state"), &["state"])
                 .expect("valid metric"),
+            shown_tasks: IntGauge::new(
+                "tasks_shown_examples",
+                "Tasks answered by the base model shown their first labelled examples",
+            )
+            .expect("valid metric"),
             adapters: IntGaugeVec::new(
                 Opts::new("adapters", "Adapters by where they are"),
                 &["where"],
@@ -149,6 +157,7 @@ impl Metrics {
             Box::new(m.quarantined.clone()),
             Box::new(m.checks.clone()),
             Box::new(m.tasks.clone()),
+            Box::new(m.shown_tasks.clone()),
             Box::new(m.adapters.clone()),
             Box::new(m.adapter_bytes.clone()),
         ] {
@@ -197,6 +206,9 @@ pub async fn metrics(State(p): State<Arc<Plugin>>) -> impl IntoResponse {
             resident += 1;
             resident_bytes += t.resident_bytes as i64;
         }
+    }
+    if let Some(sp) = &p.specialiser {
+        m.shown_tasks.set(sp.shown_tasks() as i64);
     }
     m.adapters.with_label_values(&["resident"]).set(resident);
     m.adapters.with_label_values(&["stored"]).set(stored);

@@ -1563,6 +1563,15 @@ impl Specialiser {
         self.shown_of(task, tasks.get(task)?)
     }
 
+    /// Tasks answered with their examples shown now (`/metrics`).
+    pub fn shown_tasks(&self) -> usize {
+        let tasks = self.lock();
+        tasks
+            .iter()
+            .filter(|(t, b)| self.shown_of(t, b).is_some())
+            .count()
+    }
+
     fn shown_of(&self, task: &str, b: &TaskBuf) -> Option<Arc<[Example]>> {
         let shown = b.shown.as_ref()?;
         let hash = self.table.info(task).and_then(|i| i.hash);
