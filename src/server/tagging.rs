@@ -1,7 +1,9 @@
 //! Task tagging: a layer over the OpenAI routes that, in keys mode, admits a request by its
 //! API key ([`super::keys`]), bounds its body's size, checks the body ([`super::request`]:
 //! `max_tokens`, `n`, messages, input bytes, the stock request type), finds its task id,
-//! picks the model that serves it (base or the task's adapter), sets the body's `model`
+//! picks the model that serves it (base or the task's adapter; or, where the no-harm check
+//! routed them, the base model with the task's examples inserted as earlier chat turns:
+//! [`super::specialise::guard`]), sets the body's `model`
 //! to that engine model, names it in the `x-dnd-adapter` response header and shows the
 //! client's public model name in the response instead of the engine's.
 //!
