@@ -70,6 +70,21 @@ pub fn print_machine() {
     );
 }
 
+/// [`smollm2_config`] with automatic specialisation on: `generator`, the assets' MiniLM as
+/// its encoder, and an admin token for the admin API the benches read.
+fn specialising_config(
+    root: Option<PathBuf>,
+    dtype: &str,
+    resident: usize,
+    generator: &std::path::Path,
+) -> Result<(tempfile::TempDir, Config)> {
+    let (assets, store, mut config) = smollm2_config(root, dtype, resident)?;
+    config.plugin.generator = Some(generator.to_path_buf());
+    config.plugin.encoder = Some(assets.minilm());
+    config.plugin.admin_token = Some("bench".into());
+    Ok((store, config))
+}
+
 /// Gives `task` its first `n` training examples (`PUT /admin/adapters/{task}/examples`), the
 /// labelled examples of the no-harm check (and of an examples generator).
 async fn give_examples(

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Result};
 use serde::Serialize;
 
-use super::{print_machine, smollm2_config};
+use super::{print_machine, specialising_config};
 use crate::eval::nll::harms;
 use crate::eval::{score_task, Accuracy};
 use crate::server::local::{chat_body, LocalServer};
@@ -67,7 +67,6 @@ pub async fn run(
     assets: Option<PathBuf>,
     options: Options,
 ) -> Result<()> {
-    const TOKEN: &str = "bench";
     let k = crate::generator::decoder::DecoderConfig::load(generator)?.prompts;
     ensure!(
         options.examples >= options.demonstrations + crate::server::specialise::guard::MIN_UNSEEN,
@@ -94,12 +93,8 @@ pub async fn run(
     let mut base = Vec::new();
     let mut arms: Vec<Vec<Served>> = Vec::new();
     for shown in [0, options.demonstrations] {
-        let (assets, _store, mut config) = smollm2_config(assets.clone(), dtype, 8)?;
-        config.plugin.enabled = true;
-        config.plugin.generator = Some(generator.to_path_buf());
+        let (_store, mut config) = specialising_config(assets.clone(), dtype, 8, generator)?;
         config.plugin.examples_generator = options.examples_generator.clone();
-        config.plugin.encoder = Some(assets.minilm());
-        config.plugin.admin_token = Some(TOKEN.into());
         config.plugin.demonstrations = shown;
         let server = LocalServer::start(config).await?;
         let mut arm = Vec::new();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 
-use super::{print_machine, smollm2_config, spread};
+use super::{print_machine, specialising_config, spread};
 use crate::server::local::{chat_body, LocalServer};
 
 /// The generator's stages, as the admin API reports their timings.
@@ -44,11 +44,7 @@ pub async fn run(
     assets: Option<PathBuf>,
     options: Options,
 ) -> Result<()> {
-    const TOKEN: &str = "bench";
-    let (assets, _store, mut config) = smollm2_config(assets, dtype, tasks.len() + 1)?;
-    config.plugin.generator = Some(generator.to_path_buf());
-    config.plugin.encoder = Some(assets.minilm());
-    config.plugin.admin_token = Some(TOKEN.into());
+    let (_store, mut config) = specialising_config(assets, dtype, tasks.len() + 1, generator)?;
     config.plugin.library = options.library.clone();
     let k = crate::generator::decoder::DecoderConfig::load(generator)?.prompts;
     print_machine();
