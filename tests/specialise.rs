@@ -565,6 +565,33 @@ async fn a_task_routed_to_its_examples_is_answered_with_them_inserted() {
         metric(&m, "dnd_requests_total{served_by=\"examples\"}"),
         1.0
     );
+
+    // A request that might not fit the model's context with them (the tiny model's 512
+    // tokens, counted as bytes) is answered without them.
+    let long = format!("question 7 {}", "and so on ".repeat(45));
+    let r = s.chat_task(&long, "qa").await;
+    assert_eq!((r.status, r.adapter.as_deref()), (200, Some("base")));
+
+    // An operator's upload takes their place, even the very adapter they were routed over:
+    // uploaded, the examples routed over it by a regeneration, uploaded again.
+    let a = random_adapter(&tiny_dims(), &[Module::Q, Module::V], 4, 7, 0.5, 0.5).unwrap();
+    let routed = |r: Reply| r.adapter.as_deref() == Some("base+examples");
+    assert_eq!(s.upload("qa", &a).await.status, 201);
+    assert!(!routed(s.chat_task("question 7", "qa").await));
+    let r = s
+        .admin(Method::POST, "/adapters/qa/regenerate")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    s.entry_when("qa", Duration::from_secs(10), |v| {
+        v["generation"]["demonstrations_routed"] == true
+    })
+    .await;
+    assert!(routed(s.chat_task("question 7", "qa").await));
+    assert_eq!(s.upload("qa", &a).await.status, 201);
+    assert!(!routed(s.chat_task("question 7", "qa").await));
 }
 
 /// `plugin.check_tolerance` forgives that share of the examples, rounded down: half of two

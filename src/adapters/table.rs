@@ -117,6 +117,8 @@ struct Entry {
     /// Requests in [`AdapterTable::route`] waiting for this task's load: its model is not
     /// evicted to make room for another load before they have taken it.
     waiting: usize,
+    /// [`Inner::installs`] at this task's last install (0: none since the start).
+    installed: u64,
 }
 
 /// A stored adapter whose engine load failed (a transient fault: memory, a file briefly
@@ -189,6 +191,9 @@ struct Inner {
     queued: usize,
     /// Models out of the LRU (evicted, replaced) that the engine has not removed yet.
     retiring: usize,
+    /// Installs since the start, of every task: tells a generation whether an adapter was
+    /// installed for its task while it ran ([`AdapterTable::installs`]).
+    installs: u64,
 }
 
 impl Inner {
@@ -318,6 +323,7 @@ impl AdapterTable {
                 loading: 0,
                 queued: 0,
                 retiring: 0,
+                installs: 0,
             }),
             ops: DashMap::new(),
             serial: AtomicU64::new(0),
@@ -529,10 +535,13 @@ impl AdapterTable {
         let write = t.elapsed();
         {
             let mut inner = self.lock();
+            inner.installs += 1;
+            let installs = inner.installs;
             let entry = inner.tasks.entry(task.to_string()).or_default();
             let pinned = entry.record.pinned;
             entry.record = record;
             entry.record.pinned = pinned;
+            entry.installed = installs;
         }
         drop(room);
         let t = Instant::now();
@@ -964,6 +973,19 @@ impl AdapterTable {
             Ok(())
         })
         .await?
+    }
+
+    /// Adapters installed since the start, of every task: a reading of it tells whether
+    /// a task's adapter was installed after it ([`AdapterTable::installed_at`]).
+    pub fn installs(&self) -> u64 {
+        self.lock().installs
+    }
+
+    /// [`AdapterTable::installs`] at `task`'s last install (0: none since the start). It
+    /// moves under the task's operation lock: an [`AdapterTable::install_if`] condition sees
+    /// every install of the task before its own.
+    pub fn installed_at(&self, task: &str) -> u64 {
+        self.lock().tasks.get(task).map_or(0, |e| e.installed)
     }
 
     pub fn info(&self, task: &str) -> Option<TaskInfo> {

@@ -344,7 +344,14 @@ async fn put_adapter(
             ))
         }
     };
-    match p.table.install(&task, &adapter, source).await {
+    let before = p.table.installs();
+    let installed = p.table.install(&task, &adapter, source).await;
+    // Stored as current (even if the engine then failed to load it): the operator's adapter
+    // takes the place of whatever automatic specialisation routed or is about to.
+    if let (Some(sp), true) = (&p.specialiser, p.table.installed_at(&task) > before) {
+        sp.adapter_uploaded(&task).await;
+    }
+    match installed {
         Ok(info) => Ok((StatusCode::CREATED, Json(info)).into_response()),
         Err(e) if e.downcast_ref::<StoreFull>().is_some() => Err(ApiError::new(
             StatusCode::INSUFFICIENT_STORAGE,

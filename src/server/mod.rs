@@ -53,6 +53,8 @@ pub struct Plugin {
     pub metrics: Arc<metrics::Metrics>,
     /// Automatic specialisation, when a generator is configured.
     pub specialiser: Option<Arc<specialise::Specialiser>>,
+    /// The base model's context in tokens (its `max_position_embeddings`).
+    pub context_tokens: usize,
     /// The store's lock, held while the plugin lives (see [`Plugin::release_store`]).
     store_lock: std::sync::Mutex<Option<StoreLock>>,
 }
@@ -124,12 +126,7 @@ pub fn kv_bound_bytes(dims: &LlamaDims, dtype: &str, batch: usize, tokens: usize
 /// Logs what the engine's KV cache can take per engine model (the base, which runs every
 /// shared adapter too, or a merged adapter's copy), from the configuration: for requests of
 /// one 512-position block, and for requests that fill the model's context.
-fn log_kv_bound(base: &Path, dims: &LlamaDims, model: &config::ModelConfig) {
-    let context = std::fs::read(base.join("config.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v.get("max_position_embeddings")?.as_u64())
-        .map_or(512, |n| n as usize);
+fn log_kv_bound(context: usize, dims: &LlamaDims, model: &config::ModelConfig) {
     let mib = |tokens| kv_bound_bytes(dims, &model.dtype, model.max_seqs, tokens) >> 20;
     tracing::info!(
         max_seqs = model.max_seqs,
@@ -138,6 +135,16 @@ fn log_kv_bound(base: &Path, dims: &LlamaDims, model: &config::ModelConfig) {
         mib_at_full_context = mib(context),
         "engine KV cache bound per engine model (model.max_seqs bounds it)"
     );
+}
+
+/// The context of the base model in folder `base`, in tokens: its config's
+/// `max_position_embeddings`, 512 where it does not say.
+fn context_tokens(base: &Path) -> usize {
+    std::fs::read(base.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v.get("max_position_embeddings")?.as_u64())
+        .map_or(512, |n| n as usize)
 }
 
 fn dtype_width(dtype: &str) -> u64 {
@@ -232,7 +239,8 @@ pub async fn assemble(
         });
     }
     let dims = LlamaDims::from_config_file(&base.join("config.json"))?;
-    log_kv_bound(&base, &dims, &config.model);
+    let context = context_tokens(&base);
+    log_kv_bound(context, &dims, &config.model);
     let base_dirs = vec![
         base.display().to_string(),
         engine.base_dir().display().to_string(),
@@ -330,6 +338,7 @@ pub async fn assemble(
         admission,
         metrics,
         specialiser,
+        context_tokens: context,
         store_lock: std::sync::Mutex::new(Some(store_lock)),
     });
     let router = compose(stock.clone(), &plugin, |r| {

@@ -379,10 +379,15 @@ impl EngineBody {
     /// Inserts `turns`, (user, assistant) pairs, as messages after the leading system (or
     /// developer) messages of a chat body's `messages` array (a task's examples shown,
     /// where the no-harm check routed them); `false`, changing nothing, when `messages` is
-    /// not an array or has no other message to come after them. Parses the body: only for
-    /// the tasks that are shown examples. The turns are not counted against
-    /// `max_messages` and `max_input_bytes`, which bound what clients send.
-    pub fn show<'t>(&mut self, turns: impl IntoIterator<Item = (&'t str, &'t str)>) -> bool {
+    /// not an array, has no other message to come after them, or the body with them would
+    /// be longer than `max_bytes`. Parses the body: only for the tasks that are shown
+    /// examples. The turns are not counted against `max_messages` and `max_input_bytes`,
+    /// which bound what clients send.
+    pub fn show<'t>(
+        &mut self,
+        turns: impl IntoIterator<Item = (&'t str, &'t str)>,
+        max_bytes: usize,
+    ) -> bool {
         let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(&self.text) else {
             return false;
         };
@@ -398,6 +403,9 @@ impl EngineBody {
         }
         messages.splice(at..at, crate::engine::turn_messages(turns));
         let mut text = serde_json::to_vec(&body).expect("writing to a Vec cannot fail");
+        if text.len() > max_bytes {
+            return false;
+        }
         // `{...}` less its `}`, and `model` last again (`messages` is a member before it).
         text.pop();
         text.push(b',');
@@ -581,7 +589,7 @@ mod tests {
             "messages": [msg("system", "Be brief."), msg("user", "3 + 3?")],
             "temperature": 0.5,
         }));
-        assert!(body.show([("1 + 1?", "2"), ("2 + 2?", "4")]));
+        assert!(body.show([("1 + 1?", "2"), ("2 + 2?", "4")], usize::MAX));
         body.set_model("dnd:x");
         let v: Value = serde_json::from_slice(body.text()).unwrap();
         let expected = [
@@ -606,16 +614,24 @@ mod tests {
         // Without system messages they come first; a string `messages`, or one with nothing
         // after its system messages, is left alone.
         let mut body = engine(json!({"messages": [msg("user", "3 + 3?")]}));
-        assert!(body.show([("1 + 1?", "2")]));
+        assert!(body.show([("1 + 1?", "2")], usize::MAX));
         let v: Value = serde_json::from_slice(body.text()).unwrap();
         assert_eq!(v["messages"][0], msg("user", "1 + 1?"));
         assert_eq!(v["messages"][2], msg("user", "3 + 3?"));
         for messages in [json!("3 + 3?"), json!([msg("system", "Be brief.")])] {
             let mut body = engine(json!({ "messages": messages }));
             let before = body.text().to_vec();
-            assert!(!body.show([("1 + 1?", "2")]), "{messages}");
+            assert!(!body.show([("1 + 1?", "2")], usize::MAX), "{messages}");
             assert_eq!(body.text(), before);
         }
+
+        // Nor a body that would be longer than the bound with them.
+        let mut body = engine(json!({"messages": [msg("user", "3 + 3?")]}));
+        let before = body.text().to_vec();
+        let with = before.len() + serde_json::to_vec(&msg("user", "1 + 1?")).unwrap().len() + 40;
+        assert!(!body.show([("1 + 1?", "2")], before.len() + 10));
+        assert_eq!(body.text(), before);
+        assert!(body.show([("1 + 1?", "2")], with));
     }
 
     #[test]

@@ -35,9 +35,11 @@
 //! routed or uploaded or the task's examples change. Such a task is routed: it is never
 //! dropped, and is regenerated only as a task with an adapter is.
 //!
-//! A task forgotten (`DELETE ...?forget=true`) while its generation runs stays forgotten:
-//! the generation's adapter is installed only if the job is still the task's own, asked
-//! under the table's lock for the task (see [`AdapterTable::install_if`]).
+//! A task forgotten (`DELETE ...?forget=true`) while its generation runs stays forgotten,
+//! and an adapter an operator installs meanwhile stays installed: the generation's adapter
+//! is installed only if the job is still the task's own and no adapter was installed for
+//! the task since it started, asked under the table's lock for the task (see
+//! [`AdapterTable::install_if`], [`Specialiser::adapter_uploaded`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -233,7 +235,7 @@ enum Outcome {
     },
     /// It lost the no-harm check.
     Rejected(Verdict),
-    /// Not installed: the task was forgotten meanwhile.
+    /// Not installed: the task was forgotten meanwhile, or an adapter uploaded.
     Dropped,
 }
 
@@ -270,6 +272,9 @@ struct TaskBuf {
     last_timings: Vec<(String, f64)>,
     /// The generation job running or last run for this buffer (0: none).
     job: u64,
+    /// The table's [`AdapterTable::installs`] when that job started: an adapter installed
+    /// for the task after it (an operator's upload) is not replaced by its result.
+    job_installs: u64,
     /// The task has an adapter (as of its last prompt or generation): never dropped to make
     /// room for another task.
     has_adapter: bool,
@@ -283,9 +288,9 @@ struct TaskBuf {
     last_shown: Option<Verdict>,
     /// The examples the task's chat requests are shown, where the check routed them.
     shown: Option<Shown>,
-    /// Counts the changes of the task's examples, so that a generation can tell whether
-    /// those it checked are still the task's.
-    examples_epoch: u64,
+    /// Counts what ends the examples shown (new examples, an uploaded adapter), so that a
+    /// generation can tell whether the route it checked still holds.
+    shown_epoch: u64,
     /// The examples changed since the task's route was checked (they ended the examples
     /// shown, or came during a generation): its next generation is due.
     recheck: bool,
@@ -320,13 +325,14 @@ impl TaskBuf {
             recent: VecDeque::new(),
             last_timings: Vec::new(),
             job: 0,
+            job_installs: 0,
             has_adapter: false,
             last_check: None,
             last_fallback: None,
             last_library: None,
             last_shown: None,
             shown: None,
-            examples_epoch: 0,
+            shown_epoch: 0,
             recheck: false,
         }
     }
@@ -974,7 +980,7 @@ impl Specialiser {
     }
 
     async fn run_job(self: &Arc<Self>, task: &str) {
-        let (prompts, job, examples_epoch) = {
+        let (prompts, job, shown_epoch) = {
             let mut tasks = self.lock();
             let Some(buf) = tasks.get_mut(task) else {
                 return;
@@ -992,8 +998,9 @@ impl Specialiser {
             buf.attempts += 1;
             buf.recent.push_back(now_secs());
             buf.job = self.last_job.fetch_add(1, Ordering::Relaxed) + 1;
+            buf.job_installs = self.table.installs();
             let prompts: Vec<String> = buf.prompts.iter().cloned().collect();
-            (prompts, buf.job, buf.examples_epoch)
+            (prompts, buf.job, buf.shown_epoch)
         };
         // On disk before the generator runs: if this generation ends the process, the next
         // start counts it as a failed attempt instead of starting it again and again.
@@ -1054,10 +1061,11 @@ impl Specialiser {
         match result {
             Ok(Outcome::Installed(stages)) => self.succeeded(task, job, stages, t, None).await,
             Ok(Outcome::Shown { stages, shown }) => {
-                let shown = Some((shown, examples_epoch));
+                let shown = Some((shown, shown_epoch));
                 self.succeeded(task, job, stages, t, shown).await
             }
             Ok(Outcome::Rejected(verdict)) => self.rejected(task, job, verdict).await,
+            Ok(Outcome::Dropped) if self.is_current(task, job) => self.superseded(task, job).await,
             Err(e) if self.is_current(task, job) => self.failed(task, job, format!("{e:#}")).await,
             // The table did not install it, as the job is no longer the task's.
             _ => tracing::info!(
@@ -1230,7 +1238,7 @@ impl Specialiser {
         let installed = self
             .table
             .install_if(task, &adapter, Source::Generated, move || {
-                me.is_current(&task_s, job)
+                me.may_install(&task_s, job)
             })
             .await;
         self.metrics
@@ -1247,9 +1255,10 @@ impl Specialiser {
     }
 
     /// A generation of `task` routed an adapter (installed), or the examples `shown`, read
-    /// when the task's examples were at the given epoch: if they have changed since, they
-    /// are not shown (they were not checked), the model that answered the task goes on, and
-    /// the task is due for a generation that checks the new ones.
+    /// at the given [`TaskBuf::shown_epoch`]: if the task's examples have changed since,
+    /// they are not shown (they were not checked), the model that answered the task goes
+    /// on, and the task is due for a generation that checks the new ones; if an adapter was
+    /// uploaded since, that adapter answers.
     async fn succeeded(
         self: &Arc<Self>,
         task: &str,
@@ -1273,10 +1282,10 @@ impl Specialiser {
             b.since_generation = 0;
             b.has_adapter |= installed;
             match shown {
-                Some((shown, epoch)) if epoch == b.examples_epoch => b.shown = Some(shown),
+                Some((shown, epoch)) if epoch == b.shown_epoch => b.shown = Some(shown),
                 Some(_) => tracing::info!(
                     task,
-                    "the task's examples changed during its generation: they are not shown"
+                    "the task's examples changed or an adapter was uploaded during its generation: the examples are not shown"
                 ),
                 None => b.shown = None,
             }
@@ -1373,6 +1382,27 @@ impl Specialiser {
         Ok(Some((verdicts, t.elapsed())))
     }
 
+    /// An adapter was installed for `task` while its generation `job` ran (an operator's
+    /// upload): that adapter answers, the generation's result is dropped, the task is done.
+    async fn superseded(self: &Arc<Self>, task: &str, job: u64) {
+        {
+            let mut tasks = self.lock();
+            let Some(b) = tasks.get_mut(task).filter(|b| b.job == job) else {
+                return;
+            };
+            b.state = GenState::Done;
+            b.attempts = 0;
+            b.since_generation = 0;
+        }
+        tracing::info!(
+            task,
+            "an adapter was uploaded during the generation: its result is dropped"
+        );
+        if let Err(e) = self.save_history(task).await {
+            tracing::warn!(task, error = %e, "recording the end of a generation failed");
+        }
+    }
+
     /// A new adapter of `task` lost the no-harm check: nothing is installed.
     async fn rejected(self: &Arc<Self>, task: &str, job: u64, verdict: Verdict) {
         {
@@ -1439,13 +1469,37 @@ impl Specialiser {
             true => self.examples_set().insert(task.to_string()),
             false => self.examples_set().remove(task),
         };
+        // The new examples have not been checked: the task is due for a generation that
+        // checks them if it was shown the old ones or is generating now.
+        self.end_shown(task, |b, was_shown| b.recheck |= was_shown || b.busy())
+            .await;
+        // A task that waited for its examples is due now.
+        self.maybe_enqueue(task);
+        Ok(())
+    }
+
+    /// An operator installed an adapter for `task` (an upload or a path import): it takes
+    /// the place of the examples shown, even when it is the very adapter they were routed
+    /// over, and of those a generation running now would route; a generation queued before
+    /// it does not run (one running does not install: [`Specialiser::may_install`]).
+    pub async fn adapter_uploaded(&self, task: &str) {
+        self.end_shown(task, |b, _| {
+            if b.state == GenState::Queued {
+                b.state = GenState::Done;
+            }
+        })
+        .await;
+    }
+
+    /// Ends the examples shown to `task`'s requests, now and from any generation running
+    /// (its epoch moves on); `then` sees the task and whether they were shown.
+    async fn end_shown(&self, task: &str, then: impl FnOnce(&mut TaskBuf, bool)) {
         let was_shown = {
             let mut tasks = self.lock();
-            let buf = tasks.get_mut(task);
-            buf.is_some_and(|b| {
-                b.examples_epoch += 1;
+            tasks.get_mut(task).is_some_and(|b| {
+                b.shown_epoch += 1;
                 let was_shown = b.shown.take().is_some();
-                b.recheck |= was_shown || b.busy();
+                then(b, was_shown);
                 was_shown
             })
         };
@@ -1454,9 +1508,6 @@ impl Specialiser {
                 tracing::warn!(task, error = %e, "recording that the task's examples are no longer shown failed");
             }
         }
-        // A task that waited for its examples is due now.
-        self.maybe_enqueue(task);
-        Ok(())
     }
 
     /// Queues the generation of `task` when its examples changed since its route was checked
@@ -1534,6 +1585,17 @@ impl Specialiser {
     /// Whether `job` is still the generation of `task`'s buffer (not forgotten since).
     fn is_current(&self, task: &str, job: u64) -> bool {
         self.lock().get(task).is_some_and(|b| b.job == job)
+    }
+
+    /// Whether generation `job` may install its adapter for `task`: it is still the task's,
+    /// and no adapter was installed for the task since it started (asked under the task's
+    /// operation lock in the table, so no upload slips in between).
+    fn may_install(&self, task: &str, job: u64) -> bool {
+        let tasks = self.lock();
+        tasks
+            .get(task)
+            .filter(|b| b.job == job)
+            .is_some_and(|b| self.table.installed_at(task) <= b.job_installs)
     }
 
     /// Writes a task's generation history as it is now (atomically, durably) and waits for

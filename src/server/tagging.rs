@@ -34,6 +34,11 @@ use crate::adapters::{Route, ADAPTER_MODEL_PREFIX};
 pub const ADAPTER_HEADER: &str = "x-dnd-adapter";
 const MAX_TASK_ID: usize = 128;
 
+/// Tokens a chat template adds beyond what a body's bytes account for: a default system
+/// message and the assistant's header (SmolLM2's: about 25). Each message's own markers
+/// take fewer tokens than the bytes of its JSON braces, keys and role.
+const TEMPLATE_TOKENS: usize = 64;
+
 /// Checks a task id: `[A-Za-z0-9._-]`, 1 to 128 characters.
 pub fn validate_task_id(id: &str) -> Result<(), ApiError> {
     if id.is_empty() {
@@ -323,11 +328,16 @@ async fn route_request(
     // The parsed copy of the body is not held through a wait for the task's adapter.
     drop(checked.stock);
     let mut body = checked.body;
-    // A chat request of a task the no-harm check routed to its examples shown.
+    // A chat request of a task the no-harm check routed to its examples shown. A
+    // byte-level BPE token is a byte at least, so a body within the context in bytes (less
+    // room for the chat template's own tokens) fits it in tokens; a longer one is answered
+    // without the examples, by the task's adapter or the base, rather than refused by the
+    // engine for a length its client did not send.
+    let room = plugin.context_tokens.saturating_sub(TEMPLATE_TOKENS);
     let shown = match (&task, &plugin.specialiser) {
         (Some(t), Some(sp)) if parts.uri.path() == "/v1/chat/completions" => sp
             .shown(t)
-            .is_some_and(|ex| body.show(ex.iter().map(|e| (&*e.prompt, &*e.answer)))),
+            .is_some_and(|ex| body.show(ex.iter().map(|e| (&*e.prompt, &*e.answer)), room)),
         _ => false,
     };
     let route = match &task {

@@ -521,6 +521,42 @@ async fn generated_adapters_are_regenerated_after_m_more_prompts_uploaded_ones_n
 }
 
 #[tokio::test]
+async fn an_adapter_uploaded_during_a_generation_is_not_replaced_by_its_result() {
+    let f = start(settings());
+    f.generator.hold();
+    for i in 0..3 {
+        f.observe("t", &format!("p{i}"));
+    }
+    eventually("the generation to start", || f.generator.calls() == 1).await;
+    let uploaded = random_adapter(&tiny_dims(), &[Module::Q], 4, 5, 0.5, 0.5).unwrap();
+    let info = f
+        .table
+        .install("t", &uploaded, Source::Upload)
+        .await
+        .unwrap();
+    f.generator.release();
+    f.until_gen("t", GenState::Done).await;
+    let now = f.table.info("t").unwrap();
+    assert_eq!((now.hash, now.source), (info.hash, Some(Source::Upload)));
+    assert_eq!(f.versions("t"), 1, "the generated adapter is not stored");
+
+    // A generation queued before an upload does not run.
+    f.generator.hold();
+    f.sp.regenerate("t", None).unwrap();
+    f.observe("u", "q0");
+    f.sp.regenerate("u", Some(strings(&["q0"]))).unwrap();
+    f.table
+        .install("u", &uploaded, Source::Upload)
+        .await
+        .unwrap();
+    f.sp.adapter_uploaded("u").await;
+    f.generator.release();
+    f.until_gen("t", GenState::Done).await;
+    f.until_gen("u", GenState::Done).await;
+    assert_eq!(f.generator.calls(), 2, "only t's");
+}
+
+#[tokio::test]
 async fn the_hourly_cap_defers_regeneration() {
     let f = start(Settings {
         regenerate_after: Some(1),
@@ -1731,4 +1767,27 @@ async fn examples_that_change_during_the_generation_are_not_shown() {
         f.sp.shown("t").as_deref(),
         Some(&examples(&new[..2]).unwrap()[..])
     );
+}
+
+#[tokio::test]
+async fn an_upload_ends_the_examples_shown_even_over_the_same_adapter() {
+    let f = start(showing());
+    base_learns_from_examples(&f);
+    let upload = random_adapter(&tiny_dims(), &[Module::Q, Module::V], 4, 5, 0.5, 0.5).unwrap();
+    f.table.install("t", &upload, Source::Upload).await.unwrap();
+    f.examples_then_k("t", &numbered("q", 10)).await;
+    f.sp.regenerate("t", None).unwrap();
+    f.until_gen("t", GenState::Done).await;
+    assert!(
+        f.sp.shown("t").is_some(),
+        "routed over the uploaded adapter"
+    );
+    // The same adapter uploaded again: its hash is the one they were routed over.
+    f.table.install("t", &upload, Source::Upload).await.unwrap();
+    f.sp.adapter_uploaded("t").await;
+    assert_eq!(f.sp.shown("t"), None);
+    eventually("that on disk", || {
+        f.history("t").is_some_and(|h| h.shown.is_none())
+    })
+    .await;
 }
