@@ -272,8 +272,8 @@ struct TaskBuf {
     last_timings: Vec<(String, f64)>,
     /// The generation job running or last run for this buffer (0: none).
     job: u64,
-    /// The table's [`AdapterTable::installs`] when that job started: an adapter installed
-    /// for the task after it (an operator's upload) is not replaced by its result.
+    /// The table's [`AdapterTable::installs`] when that job was queued: an adapter
+    /// installed for the task after it (an operator's upload) is not replaced by its result.
     job_installs: u64,
     /// The task has an adapter (as of its last prompt or generation): never dropped to make
     /// room for another task.
@@ -298,7 +298,8 @@ struct TaskBuf {
 
 /// The examples a task's chat requests are shown before their messages, as the no-harm
 /// check routed them, while the task's stored adapter is still the one it was routed over:
-/// an adapter installed or uploaded since takes their place.
+/// an adapter installed since takes their place (an upload ends them in any case:
+/// [`Specialiser::adapter_uploaded`]).
 #[derive(Debug, Clone)]
 struct Shown {
     examples: Arc<[Example]>,
@@ -850,6 +851,8 @@ impl Specialiser {
     }
 
     fn maybe_enqueue(&self, task: &str) {
+        // Before the table is read: an install after this is one the job must not replace.
+        let installs = self.table.installs();
         let info = self.table.info(task);
         let has_adapter = info.as_ref().is_some_and(|i| i.hash.is_some());
         // Automatic refreshes replace generated adapters only, never one an operator loaded.
@@ -899,6 +902,7 @@ impl Specialiser {
                 return;
             }
             buf.state = GenState::Queued;
+            buf.job_installs = installs;
         }
         self.send_job(task);
     }
@@ -929,6 +933,7 @@ impl Specialiser {
             ApiError::new(StatusCode::INSUFFICIENT_STORAGE, format!("{e:#}"))
                 .with_code("store_full")
         })?;
+        let installs = self.table.installs();
         let has_adapter = self.has_adapter(task);
         // The given prompts as the buffer would keep them; nothing changes until every
         // check has passed (a refused call must not empty a task's buffer or track a task).
@@ -972,6 +977,7 @@ impl Specialiser {
             }
             buf.attempts = 0;
             buf.state = GenState::Queued;
+            buf.job_installs = installs;
         }
         self.persist(task);
         self.send_job(task);
@@ -998,7 +1004,6 @@ impl Specialiser {
             buf.attempts += 1;
             buf.recent.push_back(now_secs());
             buf.job = self.last_job.fetch_add(1, Ordering::Relaxed) + 1;
-            buf.job_installs = self.table.installs();
             let prompts: Vec<String> = buf.prompts.iter().cloned().collect();
             (prompts, buf.job, buf.shown_epoch)
         };
@@ -1268,18 +1273,11 @@ impl Specialiser {
         shown: Option<(Shown, u64)>,
     ) {
         let installed = shown.is_none();
-        {
-            let mut tasks = self.lock();
-            let Some(b) = tasks.get_mut(task).filter(|b| b.job == job) else {
-                return;
-            };
+        let ended = self.finish(task, job, GenState::Done, |b| {
             b.last_timings = stages
                 .into_iter()
                 .map(|(k, d)| (k, d.as_secs_f64() * 1e3))
                 .collect();
-            b.state = GenState::Done;
-            b.attempts = 0;
-            b.since_generation = 0;
             b.has_adapter |= installed;
             match shown {
                 Some((shown, epoch)) if epoch == b.shown_epoch => b.shown = Some(shown),
@@ -1289,9 +1287,9 @@ impl Specialiser {
                 ),
                 None => b.shown = None,
             }
-        }
-        if let Err(e) = self.save_history(task).await {
-            tracing::warn!(task, error = %e, "recording a generation's success failed; a restart counts it as failed");
+        });
+        if !ended.await {
+            return;
         }
         if !installed {
             self.recheck_if_due(task);
@@ -1385,44 +1383,60 @@ impl Specialiser {
     /// An adapter was installed for `task` while its generation `job` ran (an operator's
     /// upload): that adapter answers, the generation's result is dropped, the task is done.
     async fn superseded(self: &Arc<Self>, task: &str, job: u64) {
-        {
-            let mut tasks = self.lock();
-            let Some(b) = tasks.get_mut(task).filter(|b| b.job == job) else {
-                return;
-            };
-            b.state = GenState::Done;
-            b.attempts = 0;
-            b.since_generation = 0;
-        }
-        tracing::info!(
-            task,
-            "an adapter was uploaded during the generation: its result is dropped"
-        );
-        if let Err(e) = self.save_history(task).await {
-            tracing::warn!(task, error = %e, "recording the end of a generation failed");
+        // Its check ranked candidates that are not routed: none is shown as routed.
+        let ended = self.finish(task, job, GenState::Done, |b| {
+            b.last_check = None;
+            b.last_fallback = None;
+            b.last_library = None;
+            b.last_shown = None;
+        });
+        if ended.await {
+            tracing::info!(
+                task,
+                "an adapter was uploaded during the generation: its result is dropped"
+            );
         }
     }
 
     /// A new adapter of `task` lost the no-harm check: nothing is installed.
     async fn rejected(self: &Arc<Self>, task: &str, job: u64, verdict: Verdict) {
-        {
-            let mut tasks = self.lock();
-            let Some(b) = tasks.get_mut(task).filter(|b| b.job == job) else {
-                return;
-            };
-            b.state = GenState::Rejected(verdict);
-            b.last_check = Some(verdict);
-            b.attempts = 0;
-            b.since_generation = 0;
+        let ended = self.finish(task, job, GenState::Rejected(verdict), |b| {
+            b.last_check = Some(verdict)
+        });
+        if !ended.await {
+            return;
         }
         tracing::warn!(
             task,
             "the generated adapter answered fewer examples than the model answering the task: not routed"
         );
-        if let Err(e) = self.save_history(task).await {
-            tracing::warn!(task, error = %e, "recording a rejected generation failed");
-        }
         self.recheck_if_due(task);
+    }
+
+    /// Ends generation `job` of `task` in `state`, its attempts and the prompts since it
+    /// counted anew and `then` for the rest, and records that; `false`, changing nothing,
+    /// when the job is no longer the task's.
+    async fn finish(
+        &self,
+        task: &str,
+        job: u64,
+        state: GenState,
+        then: impl FnOnce(&mut TaskBuf),
+    ) -> bool {
+        {
+            let mut tasks = self.lock();
+            let Some(b) = tasks.get_mut(task).filter(|b| b.job == job) else {
+                return false;
+            };
+            b.state = state;
+            b.attempts = 0;
+            b.since_generation = 0;
+            then(b);
+        }
+        if let Err(e) = self.save_history(task).await {
+            tracing::warn!(task, error = %e, "recording the end of a generation failed; a restart counts it as failed");
+        }
+        true
     }
 
     /// The task's labelled examples (none when it has no file).
@@ -1471,8 +1485,11 @@ impl Specialiser {
         };
         // The new examples have not been checked: the task is due for a generation that
         // checks them if it was shown the old ones or is generating now.
-        self.end_shown(task, |b, was_shown| b.recheck |= was_shown || b.busy())
-            .await;
+        self.end_shown(task, |b, was_shown| {
+            b.recheck |= was_shown || b.busy();
+            false
+        })
+        .await;
         // A task that waited for its examples is due now.
         self.maybe_enqueue(task);
         Ok(())
@@ -1484,28 +1501,32 @@ impl Specialiser {
     /// it does not run (one running does not install: [`Specialiser::may_install`]).
     pub async fn adapter_uploaded(&self, task: &str) {
         self.end_shown(task, |b, _| {
-            if b.state == GenState::Queued {
+            let queued = b.state == GenState::Queued;
+            if queued {
+                // Its attempts too: a retry that is not needed any more.
                 b.state = GenState::Done;
+                b.attempts = 0;
             }
+            queued
         })
         .await;
     }
 
     /// Ends the examples shown to `task`'s requests, now and from any generation running
-    /// (its epoch moves on); `then` sees the task and whether they were shown.
-    async fn end_shown(&self, task: &str, then: impl FnOnce(&mut TaskBuf, bool)) {
-        let was_shown = {
+    /// (its epoch moves on); `then` sees the task and whether they were shown, and says
+    /// whether it changed what `generation.json` keeps too.
+    async fn end_shown(&self, task: &str, then: impl FnOnce(&mut TaskBuf, bool) -> bool) {
+        let changed = {
             let mut tasks = self.lock();
             tasks.get_mut(task).is_some_and(|b| {
                 b.shown_epoch += 1;
                 let was_shown = b.shown.take().is_some();
-                then(b, was_shown);
-                was_shown
+                then(b, was_shown) || was_shown
             })
         };
-        if was_shown {
+        if changed {
             if let Err(e) = self.save_history(task).await {
-                tracing::warn!(task, error = %e, "recording that the task's examples are no longer shown failed");
+                tracing::warn!(task, error = %e, "recording the task's generation history failed");
             }
         }
     }
@@ -1588,8 +1609,8 @@ impl Specialiser {
     }
 
     /// Whether generation `job` may install its adapter for `task`: it is still the task's,
-    /// and no adapter was installed for the task since it started (asked under the task's
-    /// operation lock in the table, so no upload slips in between).
+    /// and no adapter was installed for the task since it was queued (asked under the
+    /// task's operation lock in the table, under which installs are counted too).
     fn may_install(&self, task: &str, job: u64) -> bool {
         let tasks = self.lock();
         tasks

@@ -540,20 +540,29 @@ async fn an_adapter_uploaded_during_a_generation_is_not_replaced_by_its_result()
     assert_eq!((now.hash, now.source), (info.hash, Some(Source::Upload)));
     assert_eq!(f.versions("t"), 1, "the generated adapter is not stored");
 
-    // A generation queued before an upload does not run.
+    // Generations queued before an upload: one the admin API has ended does not run; one
+    // that starts before it could (the upload stored, the API not yet back) runs but does
+    // not install.
     f.generator.hold();
     f.sp.regenerate("t", None).unwrap();
-    f.observe("u", "q0");
-    f.sp.regenerate("u", Some(strings(&["q0"]))).unwrap();
-    f.table
-        .install("u", &uploaded, Source::Upload)
-        .await
-        .unwrap();
-    f.sp.adapter_uploaded("u").await;
+    for task in ["u", "v"] {
+        f.observe(task, "q0");
+        f.sp.regenerate(task, Some(strings(&["q0"]))).unwrap();
+        f.table
+            .install(task, &uploaded, Source::Upload)
+            .await
+            .unwrap();
+    }
+    f.sp.adapter_uploaded("v").await;
     f.generator.release();
-    f.until_gen("t", GenState::Done).await;
-    f.until_gen("u", GenState::Done).await;
-    assert_eq!(f.generator.calls(), 2, "only t's");
+    for task in ["t", "u", "v"] {
+        f.until_gen(task, GenState::Done).await;
+    }
+    assert_eq!(f.generator.calls(), 3, "t's and u's");
+    for task in ["u", "v"] {
+        let now = f.table.info(task).unwrap();
+        assert_eq!((now.source, f.versions(task)), (Some(Source::Upload), 1));
+    }
 }
 
 #[tokio::test]
