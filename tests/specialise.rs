@@ -491,6 +491,17 @@ async fn the_library_selects_a_stored_adapter_for_a_task_with_examples() {
 }
 
 /// Waits (bounded) until `task`'s generation is in `state`; returns the task's JSON.
+/// `POST /admin/adapters/{task}/regenerate` from the task's kept prompts: accepted.
+async fn regenerate(s: &TestServer, task: &str) {
+    let r = s
+        .admin(Method::POST, &format!("/adapters/{task}/regenerate"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+}
+
 async fn until_generation(s: &TestServer, task: &str, state: &str) -> Value {
     s.entry_when(task, Duration::from_secs(10), |v| {
         v["generation"]["state"] == state
@@ -579,13 +590,7 @@ async fn a_task_routed_to_its_examples_is_answered_with_them_inserted() {
     let routed = |r: Reply| r.adapter.as_deref() == Some("base+examples");
     assert_eq!(s.upload("qa", &a).await.status, 201);
     assert!(!routed(s.chat_task("question 7", "qa").await));
-    let r = s
-        .admin(Method::POST, "/adapters/qa/regenerate")
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    regenerate(&s, "qa").await;
     s.entry_when("qa", Duration::from_secs(10), |v| {
         v["generation"]["demonstrations_routed"] == true
     })
@@ -699,13 +704,7 @@ async fn an_adapter_that_answers_fewer_examples_than_the_base_is_not_routed() {
     // An example neither answers: a tie, and the adapter is routed.
     let r = reply(put(examples("no model says this")).await.unwrap()).await;
     assert_eq!(r.status, 200);
-    let r = s
-        .admin(Method::POST, "/adapters/qa/regenerate")
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    regenerate(&s, "qa").await;
     s.wait_state("qa", "resident").await;
     let v = until_generation(&s, "qa", "done").await;
     assert_eq!(v["generation"]["last_check"]["accepted"], true, "{v}");
@@ -719,13 +718,7 @@ async fn an_adapter_that_answers_fewer_examples_than_the_base_is_not_routed() {
 
     // A regeneration is checked against the adapter it would replace too: that one answers
     // the examples through the engine beside the base and the probe.
-    let regenerate = s
-        .admin(Method::POST, "/adapters/qa/regenerate")
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(regenerate.status(), 202);
+    regenerate(&s, "qa").await;
     let checked = |v: &Value| v["generation"]["last_check"]["current_hits"].is_number();
     let v = s.entry_when("qa", Duration::from_secs(10), checked).await;
     assert_eq!(v["generation"]["last_check"]["current_hits"], 0, "{v}");
