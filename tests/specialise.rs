@@ -570,6 +570,13 @@ async fn a_task_routed_to_its_examples_is_answered_with_them_inserted() {
     assert_eq!(served.adapter.as_deref(), Some("base+examples"));
     let direct = s.post_chat(&with_shown("question 7")).await;
     assert_eq!(served.content(), direct.content());
+    let prompt_tokens = |r: &Reply| r.json["usage"]["prompt_tokens"].as_u64();
+    assert!(prompt_tokens(&served).is_some());
+    assert_eq!(
+        prompt_tokens(&served),
+        prompt_tokens(&direct),
+        "the turns counted"
+    );
     let m = metrics(&s).await;
     assert_eq!(metric(&m, "dnd_tasks_shown_examples"), 1.0);
     assert_eq!(
