@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{print_machine, specialising_config};
-use crate::eval::nll::harms;
+use crate::eval::nll::{harms, mean_interval};
 use crate::eval::{score_task, Accuracy};
 use crate::server::local::{chat_body, LocalServer};
 
@@ -36,7 +36,7 @@ pub struct Options {
 }
 
 /// One task's result on one server.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Served {
     /// What the check routed: `generated`, `fallback`, `library`, `examples`, or `base`
     /// when every candidate was rejected.
@@ -44,7 +44,7 @@ pub struct Served {
     pub accuracy: Accuracy,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Row {
     pub task: String,
     pub base: Accuracy,
@@ -195,8 +195,9 @@ fn cell(a: Accuracy) -> String {
     format!("{:.1} ({:.1})", 100.0 * a.strict, 100.0 * a.lenient)
 }
 
-/// The rows as a markdown table (strict % (lenient %), the route), the means, and the
-/// tasks harmed.
+/// The rows as a markdown table (strict % (lenient %), the route), the means, what the
+/// examples shown add (with its 95 % interval over tasks resampled), the bar base + 15,
+/// and the tasks harmed.
 pub fn markdown(rows: &[Row], demonstrations: usize) -> String {
     let mut s = format!(
         "| task | base | as served | route | with demonstrations = {demonstrations} | route |\n\
@@ -240,6 +241,23 @@ pub fn markdown(rows: &[Row], demonstrations: usize) -> String {
         cell(mean(&|r| r.with.accuracy)),
         routed(true)
     );
+    let points = |f: fn(Accuracy) -> f64| -> Vec<f64> {
+        let d = |r: &Row| 100.0 * (f(r.with.accuracy) - f(r.without.accuracy));
+        rows.iter().map(d).collect()
+    };
+    let (strict, lenient) = (points(|a| a.strict), points(|a| a.lenient));
+    let (lo, hi) = mean_interval(&strict);
+    let n = rows.len().max(1) as f64;
+    let bar = 100.0 * mean(&|r| r.base).strict + 15.0;
+    s += &format!(
+        "With demonstrations = {demonstrations} against as served: {:+.1} strict points \
+         ({lo:+.1} to {hi:+.1}, 95 % over tasks resampled), {:+.1} lenient. Base + 15 = \
+         {bar:.1} strict: as served {:+.1}, with demonstrations {:+.1}.\n",
+        strict.iter().sum::<f64>() / n,
+        lenient.iter().sum::<f64>() / n,
+        100.0 * mean(&|r| r.without.accuracy).strict - bar,
+        100.0 * mean(&|r| r.with.accuracy).strict - bar,
+    );
     s += &format!(
         "Tasks harmed (10 or more lenient points below the base): as served {}; with \
          demonstrations {}. {} tasks.\n",
@@ -248,6 +266,13 @@ pub fn markdown(rows: &[Row], demonstrations: usize) -> String {
         rows.len()
     );
     s
+}
+
+/// The table of an earlier run's `served.json`, written again (nothing is run).
+pub fn report(path: &Path, demonstrations: usize) -> Result<()> {
+    let rows: Vec<Row> = serde_json::from_slice(&std::fs::read(path)?)?;
+    println!("{}", markdown(&rows, demonstrations));
+    Ok(())
 }
 
 #[cfg(test)]
@@ -289,5 +314,10 @@ mod tests {
             md.contains("as served 1 (a); with demonstrations 0 ()"),
             "{md}"
         );
+        assert!(
+            md.contains("against as served: +30.0 strict points"),
+            "{md}"
+        );
+        assert!(md.contains("+20.0 lenient. Base + 15 = 25.0 strict: as served -5.0, with demonstrations +25.0."), "{md}");
     }
 }

@@ -48,8 +48,11 @@ pub enum Bench {
 #[derive(Debug, clap::Args)]
 pub struct ServedArgs {
     /// Tasks (built-in suite tasks), one after the other.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required_unless_present = "report")]
     pub tasks: Vec<String>,
+    /// An earlier run's served.json: its table written again, nothing run.
+    #[arg(long, conflicts_with = "tasks")]
+    pub report: Option<PathBuf>,
     /// Generator folder (default: the shipped SmolLM2 generator).
     #[arg(long, default_value = crate::generator::SHIPPED_SMOLLM2)]
     pub generator: PathBuf,
@@ -324,6 +327,11 @@ pub fn run(args: Args) -> Result<()> {
                 assets: a.assets,
             },
         )),
+        Bench::Served(ServedArgs {
+            report: Some(path),
+            demonstrations,
+            ..
+        }) => crate::bench::served::report(&path, demonstrations),
         Bench::Served(a) => tokio::runtime::Runtime::new()?.block_on(crate::bench::served::run(
             &a.tasks,
             &a.generator,

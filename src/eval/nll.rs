@@ -1200,7 +1200,7 @@ pub(crate) fn harms(base: Accuracy, score: Accuracy) -> bool {
 }
 
 /// The 95 % interval of the mean of `d`, over tasks resampled.
-fn mean_interval(d: &[f64]) -> (f64, f64) {
+pub(crate) fn mean_interval(d: &[f64]) -> (f64, f64) {
     crate::format::rng::bootstrap_95(d.len(), BAR_DRAWS, 14, |pick| {
         pick.iter().map(|&i| d[i]).sum::<f64>() / pick.len() as f64
     })
