@@ -38,7 +38,7 @@
 //! A task forgotten (`DELETE ...?forget=true`) while its generation runs stays forgotten,
 //! and an adapter an operator installs meanwhile stays installed: the generation's adapter
 //! is installed only if the job is still the task's own and no adapter was installed for
-//! the task since it started, asked under the table's lock for the task (see
+//! the task since it was queued, asked under the table's lock for the task (see
 //! [`AdapterTable::install_if`], [`Specialiser::adapter_uploaded`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -1380,8 +1380,9 @@ impl Specialiser {
         Ok(Some((verdicts, t.elapsed())))
     }
 
-    /// An adapter was installed for `task` while its generation `job` ran (an operator's
-    /// upload): that adapter answers, the generation's result is dropped, the task is done.
+    /// An adapter was installed for `task` since its generation `job` was queued (an
+    /// operator's upload): that adapter answers, the generation's result is dropped, the
+    /// task is done.
     async fn superseded(self: &Arc<Self>, task: &str, job: u64) {
         // Its check ranked candidates that are not routed: none is shown as routed.
         let ended = self.finish(task, job, GenState::Done, |b| {
