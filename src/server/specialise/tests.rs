@@ -197,6 +197,20 @@ impl Fixture {
         }
     }
 
+    /// Holds the generator, sends `task` its K prompts (`PREFIX0` on) and waits until its
+    /// generation has started, held.
+    async fn held_generation(&self, task: &str, prefix: &str) {
+        self.generator.hold();
+        let calls = self.generator.calls();
+        for i in 0..self.sp.settings.k {
+            self.observe(task, &format!("{prefix}{i}"));
+        }
+        eventually("the generation to start", || {
+            self.generator.calls() == calls + 1
+        })
+        .await;
+    }
+
     fn store_dir(&self, task: &str) -> PathBuf {
         self.dir.path().join("store").join(task)
     }
@@ -318,11 +332,7 @@ async fn k_prompts_start_one_generation_from_those_prompts() {
 #[tokio::test]
 async fn prompts_during_a_generation_start_no_second_one_and_keep_the_last_k() {
     let f = start(settings());
-    f.generator.hold();
-    for i in 0..3 {
-        f.observe("t", &format!("p{i}"));
-    }
-    eventually("the generation to start", || f.generator.calls() == 1).await;
+    f.held_generation("t", "p").await;
     assert_eq!(f.gen("t"), Some(GenState::Generating));
     for i in 3..23 {
         f.observe("t", &format!("p{i}"));
@@ -523,11 +533,7 @@ async fn generated_adapters_are_regenerated_after_m_more_prompts_uploaded_ones_n
 #[tokio::test]
 async fn an_adapter_uploaded_during_a_generation_is_not_replaced_by_its_result() {
     let f = start(settings());
-    f.generator.hold();
-    for i in 0..3 {
-        f.observe("t", &format!("p{i}"));
-    }
-    eventually("the generation to start", || f.generator.calls() == 1).await;
+    f.held_generation("t", "p").await;
     let uploaded = random_adapter(&tiny_dims(), &[Module::Q], 4, 5, 0.5, 0.5).unwrap();
     let info = f
         .table
@@ -845,11 +851,7 @@ async fn a_generation_that_kills_the_process_is_not_started_again_at_every_start
         ..settings()
     };
     let first = start(s.clone());
-    first.generator.hold();
-    for i in 0..3 {
-        first.observe("t", &format!("q{i}"));
-    }
-    eventually("the generation to start", || first.generator.calls() == 1).await;
+    first.held_generation("t", "q").await;
     eventually("the prompts to be written", || {
         first.persisted("t").is_some_and(|p| p.len() == 3)
     })
@@ -991,15 +993,7 @@ async fn forgetting_a_task_during_its_generation_is_not_undone_when_it_ends() {
     let f = start(settings());
     for (task, fail) in [("made", false), ("failing", true)] {
         f.generator.fail.store(fail, Ordering::SeqCst);
-        f.generator.hold();
-        let calls = f.generator.calls();
-        for i in 0..3 {
-            f.observe(task, &format!("{task} {i}"));
-        }
-        eventually("the generation to start", || {
-            f.generator.calls() == calls + 1
-        })
-        .await;
+        f.held_generation(task, &format!("{task} ")).await;
         eventually("the prompts to be written", || {
             f.persisted(task).is_some_and(|p| p.len() == 3)
         })
