@@ -34,9 +34,20 @@ pub struct Args {
     pub except: Vec<String>,
     /// Each task's first K training examples as earlier chat turns of every test prompt: the
     /// in-context baseline, for the base model and `--adapter`s (decoded, or with --nll
-    /// teacher-forced). Not with --generator, whose inputs it would change.
-    #[arg(long, default_value_t = 0, conflicts_with_all = ["generator", "report"])]
+    /// teacher-forced). With --generator (and --decode): one more decoded column, the base
+    /// model so shown, and with --guard its check as the server's candidate of
+    /// `plugin.demonstrations` (routed in the fallback table where the server would).
+    #[arg(long, default_value_t = 0, conflicts_with = "report")]
     pub demonstrations: usize,
+    /// With --demonstrations K: each test prompt's K nearest (lexically,
+    /// `tasks::nearest`) of the task's first N training examples instead of the first K.
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "demonstrations",
+        conflicts_with = "generator"
+    )]
+    pub demonstrations_pool: Option<usize>,
     /// An earlier `eval --generator --nll` run's nll.json: write its tables again (without
     /// the `--except` tasks, if any) to `--out`, running nothing (the checked tables judged by the
     /// server's current rule). Several (the folds of `train --fold`): one report pooled over
@@ -84,8 +95,9 @@ pub struct Args {
     /// With --decode: test examples per task at most (default: all).
     #[arg(long, requires = "decode")]
     pub decode_limit: Option<usize>,
-    /// With --decode: also the server's no-harm check of every DnD adapter on the first N
-    /// training examples of its task, and the table and bars with rejected adapters
+    /// With --decode: also the server's no-harm check of every DnD adapter on N training
+    /// examples of its task (the first, or those after the --demonstrations shown and a
+    /// selection's, as the server's), and the table and bars with rejected adapters
     /// replaced by the base model.
     #[arg(long, requires = "decode")]
     pub guard: Option<usize>,
@@ -172,12 +184,28 @@ pub fn run(args: Args) -> Result<()> {
         println!("wrote {}/nll.json and nll.md", args.out.display());
         return Ok(());
     }
+    ensure!(
+        args.generator.is_none() || args.demonstrations == 0 || (args.nll && args.decode),
+        "--demonstrations with --generator is a decoded column: add --nll --decode"
+    );
     let tasks = suite(&args.tasks, &args.only, &args.suite_args.config())?;
+    let pool = args.demonstrations_pool.unwrap_or(0);
+    ensure!(
+        pool == 0 || pool >= args.demonstrations,
+        "--demonstrations-pool must hold at least the --demonstrations shown"
+    );
     let tasks = crate::tasks::without(tasks, &args.except)?;
     ensure!(!tasks.is_empty(), "no tasks to evaluate");
     let tasks = tasks
         .iter()
-        .map(|t| with_demonstrations(t, args.demonstrations))
+        .map(|t| {
+            let shown = with_demonstrations(t, args.demonstrations, pool)?;
+            // A generator's comparison shows them in a column of its own.
+            Ok(match &args.generator {
+                Some(_) => t.clone(),
+                None => shown,
+            })
+        })
         .collect::<Result<Vec<_>>>()?;
     let mut config = Config::default();
     config.model.base = args.base.clone();
@@ -200,6 +228,11 @@ pub fn run(args: Args) -> Result<()> {
             fallback: args.fallback.clone(),
         };
         let comparison = Comparison::build(&tasks, &setup)?;
+        ensure!(
+            args.demonstrations == 0 || args.guard.is_none() || comparison.fallback.is_some(),
+            "--demonstrations with --guard routes the examples shown in the fallback table: \
+             the generator has no base adapter, give one with --fallback"
+        );
         let mut report = evaluate_nll(&comparison, &setup, args.limit)?;
         if args.decode {
             let (rows, checks) = tokio::runtime::Runtime::new()?.block_on(decode_rows(
@@ -207,7 +240,9 @@ pub fn run(args: Args) -> Result<()> {
                 &comparison,
                 args.decode_limit,
                 args.guard,
+                args.demonstrations,
             ))?;
+            report.demonstrations = args.demonstrations;
             report.decoded = rows;
             report.checks = checks;
             report.apply_checks(comparison.fallback, check_tolerance);

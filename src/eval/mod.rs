@@ -22,38 +22,59 @@ use crate::format::peft::CONFIG_FILE;
 use crate::format::LoraAdapter;
 use crate::server::local::{chat_body, LocalServer};
 use crate::server::{self, Config};
+use crate::tasks::nearest::Nearest;
 use crate::tasks::{score_lenient, score_strict, Example, Task};
 use crate::training::llama::chat::earlier_turns;
 
-/// `task` with its first `k` training examples as earlier chat turns of every test prompt
+/// `task` with `k` training examples as earlier chat turns of every test prompt
 /// ([`earlier_turns`]): the in-context baseline, what a tenant's labelled examples give a
-/// model without any generated adapter. The same `k` examples for every test prompt, as a
-/// server prepending a task's examples would; the training split is left as it is.
-pub fn with_demonstrations(task: &Task, k: usize) -> Result<Task> {
-    if task.train.len() < k {
+/// model without any generated adapter. With `pool` 0, the first `k` for every test
+/// prompt, as a server prepending a task's examples would; else each test prompt's `k`
+/// nearest of the first `pool` ([`Nearest`]). The training split is left as it is.
+pub fn with_demonstrations(task: &Task, k: usize, pool: usize) -> Result<Task> {
+    let size = pool.max(k);
+    if task.train.len() < size {
         bail!(
-            "task {}: {} training examples, {k} demonstrations wanted",
+            "task {}: {} training examples, {k} demonstrations{} wanted",
             task.name,
-            task.train.len()
+            task.train.len(),
+            if size > k {
+                format!(" of the first {size}")
+            } else {
+                String::new()
+            }
         );
     }
-    let turns = earlier_turns(
-        task.train[..k]
-            .iter()
-            .map(|e| (e.prompt.as_str(), e.answer.as_str())),
-    );
+    let shown = &task.train[..size];
+    let nearest = (pool > 0).then(|| Nearest::new(shown.iter().map(|e| e.prompt.as_str())));
+    let first = demonstration_turns(&shown[..k]);
     let test = task
         .test
         .iter()
-        .map(|e| Example {
-            prompt: format!("{turns}{}", e.prompt),
-            ..e.clone()
+        .map(|e| {
+            let turns = match &nearest {
+                Some(n) => &demonstration_turns(n.pick(&e.prompt, k).iter().map(|&i| &shown[i])),
+                None => &first,
+            };
+            Example {
+                prompt: format!("{turns}{}", e.prompt),
+                ..e.clone()
+            }
         })
         .collect();
     Ok(Task {
         test,
         ..task.clone()
     })
+}
+
+/// `examples` as earlier chat turns before a prompt ([`earlier_turns`]).
+pub fn demonstration_turns<'a>(examples: impl IntoIterator<Item = &'a Example>) -> String {
+    earlier_turns(
+        examples
+            .into_iter()
+            .map(|e| (e.prompt.as_str(), e.answer.as_str())),
+    )
 }
 
 /// A model to evaluate: the base, or the base with an adapter.
@@ -521,7 +542,7 @@ mod tests {
             train: vec![ex("1 + 1?", "2"), ex("2 + 2?", "4"), ex("3 + 3?", "6")],
             test: vec![ex("4 + 4?", "8"), ex("5 + 5?", "10")],
         };
-        let shown = with_demonstrations(&task, 2).unwrap();
+        let shown = with_demonstrations(&task, 2, 0).unwrap();
         let turns = earlier_turns([("1 + 1?", "2"), ("2 + 2?", "4")]);
         let prompts: Vec<&str> = shown.test.iter().map(|e| e.prompt.as_str()).collect();
         assert_eq!(
@@ -530,11 +551,43 @@ mod tests {
         );
         assert_eq!(shown.test[1].answer, "10");
         assert_eq!(shown.train, task.train);
-        assert_eq!(with_demonstrations(&task, 0).unwrap(), task);
-        let err = with_demonstrations(&task, 4).unwrap_err().to_string();
+        assert_eq!(with_demonstrations(&task, 0, 0).unwrap(), task);
+        let err = with_demonstrations(&task, 4, 0).unwrap_err().to_string();
         assert!(
             err.contains("3 training examples, 4 demonstrations"),
             "{err}"
+        );
+        let err = with_demonstrations(&task, 1, 4).unwrap_err().to_string();
+        assert!(
+            err.contains("3 training examples, 1 demonstrations of the first 4"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn demonstrations_from_a_pool_are_each_test_prompts_nearest() {
+        let task = Task {
+            name: "mixed".into(),
+            family: "arithmetic".into(),
+            scoring: crate::tasks::Scoring::Exact,
+            train: vec![
+                ex("What is 1 + 1?", "2"),
+                ex("Double 3.", "6"),
+                ex("What is 2 + 5?", "7"),
+                ex("Double 7.", "14"),
+            ],
+            test: vec![ex("Double 9.", "18"), ex("What is 4 + 4?", "8")],
+        };
+        let shown = with_demonstrations(&task, 2, 4).unwrap();
+        let doubles = earlier_turns([("Double 7.", "14"), ("Double 3.", "6")]);
+        let sums = earlier_turns([("What is 2 + 5?", "7"), ("What is 1 + 1?", "2")]);
+        let prompts: Vec<&str> = shown.test.iter().map(|e| e.prompt.as_str()).collect();
+        assert_eq!(
+            prompts,
+            [
+                format!("{doubles}Double 9."),
+                format!("{sums}What is 4 + 4?")
+            ]
         );
     }
 }

@@ -136,6 +136,10 @@ pub struct Row<S> {
     /// The adapter selection picked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selected_name: Option<String>,
+    /// The base model with the task's first `demonstrations` training examples shown before
+    /// each test prompt (`plugin.demonstrations`); decoded rows only, `None` without.
+    #[serde(default = "Option::default", skip_serializing_if = "Option::is_none")]
+    pub shown: Option<S>,
 }
 
 pub type NllRow = Row<NllScore>;
@@ -154,8 +158,14 @@ pub struct NllReport {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub decoded: Vec<Row<Accuracy>>,
     pub decode_limit: Option<usize>,
+    /// With `--decode`: the training examples shown to the base model in the decoded
+    /// `shown` column and, with `--guard`, checked as the server's candidate of
+    /// `plugin.demonstrations` (0: none).
+    #[serde(default)]
+    pub demonstrations: usize,
     /// With `--guard N`: the no-harm check of every DnD adapter and the shuffled one on
-    /// the first N training examples of its task, and the decoded rows with each rejected
+    /// N training examples of its task (the first, or after those shown or selection read),
+    /// and the decoded rows with each rejected
     /// adapter's scores replaced by the base model's, the fallback adapter's column
     /// checked too (what a tenant who gave N examples would get).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -252,6 +262,7 @@ impl NllReport {
             );
             ensure!(
                 r.decode_limit == decode_limit
+                    && r.demonstrations == first.demonstrations
                     && r.decoded.is_empty() == first.decoded.is_empty()
                     && r.checks.is_empty() == first.checks.is_empty(),
                 "{}: the runs decode or check differently",
@@ -289,6 +300,7 @@ impl NllReport {
             rows: Vec::new(),
             decoded: Vec::new(),
             decode_limit,
+            demonstrations: first.demonstrations,
             checks: Vec::new(),
             check_tolerance: Tolerance::default(),
             guarded: Vec::new(),
@@ -338,6 +350,9 @@ pub struct TaskChecks {
     /// The selection's adapter ([`NllSetup::select`]), when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selected: Option<Verdict>,
+    /// The base model shown the task's first examples ([`NllReport::demonstrations`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shown: Option<Verdict>,
 }
 
 impl TaskChecks {
@@ -346,7 +361,8 @@ impl TaskChecks {
         let verdicts = (self.dnd.iter_mut())
             .chain([&mut self.shuffled])
             .chain(self.fallback.as_mut())
-            .chain(self.selected.as_mut());
+            .chain(self.selected.as_mut())
+            .chain(self.shown.as_mut());
         for v in verdicts {
             *v = v.rejudged(tolerance);
         }
@@ -355,10 +371,11 @@ impl TaskChecks {
     /// `row` as the checks leave it, by the server's rule ([`guard::routed`]): a rejected
     /// adapter's scores are the base model's. Given `base_adapter`, the multi-task column
     /// of the fallback adapter, that column is checked too (so that DnD is compared
-    /// with it checked), as is the selection's column; with `fallback` the DnD cells are
-    /// the fallback's or the selection's where the rule routes it (it passed and ranked
-    /// above the DnD adapter, or that one was rejected), as the server
-    /// does with `plugin.fallback_adapter` and `plugin.library`.
+    /// with it checked), as are the selection's and the examples shown; with `fallback` the
+    /// DnD cells are those of the fallback, the selection or the examples shown where the rule
+    /// routes it (it passed and ranked above the DnD adapter, or that one was rejected), as
+    /// the server does with `plugin.fallback_adapter`, `plugin.library` and
+    /// `plugin.demonstrations` (ranked in that order on a tie, the examples shown last).
     pub fn apply(
         &self,
         row: &Row<Accuracy>,
@@ -367,13 +384,16 @@ impl TaskChecks {
     ) -> Row<Accuracy> {
         let base_adapter = base_adapter.zip(self.fallback);
         let selected = self.selected.zip(row.selected);
+        let shown = self.shown.zip(row.shown);
         let alone = |v: &Verdict, s: Accuracy| if v.accepted { s } else { row.base };
-        // The shuffle control is DnD's: the task's own selection is not its to route.
-        let routes = |v: &Verdict, s: Accuracy, with_selection: bool| {
+        // The shuffle control is DnD's: the task's own selection and examples are not its
+        // to route.
+        let routes = |v: &Verdict, s: Accuracy, own: bool| {
             let mut checked = vec![(*v, s)];
             if fallback {
                 checked.extend(base_adapter.map(|(column, f)| (f, row.multitask[column])));
-                checked.extend(selected.filter(|_| with_selection));
+                checked.extend(selected.filter(|_| own));
+                checked.extend(shown.filter(|_| own));
             }
             let verdicts: Vec<Verdict> = checked.iter().map(|(v, _)| *v).collect();
             guard::routed(&verdicts).map_or(row.base, |i| checked[i].1)
@@ -395,6 +415,7 @@ impl TaskChecks {
             dnd_batches,
             shuffled: routes(&self.shuffled, row.shuffled, false),
             selected: selected.map(|(v, s)| alone(&v, s)).or(row.selected),
+            shown: shown.map(|(v, s)| alone(&v, s)).or(row.shown),
             ..row.clone()
         }
     }
@@ -713,6 +734,7 @@ impl Comparison {
             selected: case.selected.as_ref().map(|_| next()),
             selected_shuffled: case.selected_shuffled.as_ref().map(|_| next()),
             selected_name: case.selected.as_ref().map(|s| s.name.clone()),
+            shown: None,
         };
         eprintln!(
             "{}",
@@ -761,6 +783,7 @@ pub fn evaluate_nll(
         rows,
         decoded: Vec::new(),
         decode_limit: None,
+        demonstrations: 0,
         checks: Vec::new(),
         check_tolerance: Tolerance::default(),
         guarded: Vec::new(),
@@ -774,13 +797,18 @@ pub fn evaluate_nll(
 /// The comparison decoded through the serving path (see [`super::evaluate`]): every
 /// adapter's greedy answers to the first `limit` test examples of each task (all without
 /// one), scored strictly and leniently; a task's adapters answer side by side. With
-/// `guard: Some(n)`, also the no-harm check of the DnD and shuffled adapters on the first
-/// `n` training examples of the task (the split the test examples share no content with).
+/// `guard: Some(n)`, also the no-harm check of the DnD and shuffled adapters on `n`
+/// training examples of the task (the split the test examples share no content with; see
+/// [`check_case`]).
+/// With `demonstrations` K > 0, also the base model with the task's first K training
+/// examples shown before each prompt, answering after the others (its prompts differ), and
+/// checked beside them as the server's candidate of `plugin.demonstrations`.
 pub async fn decode_rows(
     config: Config,
     comparison: &Comparison,
     limit: Option<usize>,
     guard: Option<usize>,
+    demonstrations: usize,
 ) -> Result<(Vec<Row<Accuracy>>, Vec<TaskChecks>)> {
     let columns = (0..comparison.cases.len())
         .map(|i| comparison.adapters(i).len())
@@ -793,35 +821,43 @@ pub async fn decode_rows(
             .score_side_by_side(&case.task, &comparison.adapters(i), limit)
             .await?;
         let examples = scores.first().map_or(0, |s| s.n);
-        rows.push(comparison.row(i, examples, scores.iter().map(Score::accuracy).collect()));
+        let mut row = comparison.row(i, examples, scores.iter().map(Score::accuracy).collect());
+        if demonstrations > 0 {
+            let shown = super::with_demonstrations(&case.task, demonstrations, 0)?;
+            let base = [(SHOWN.to_string(), None)];
+            let scores = server.score_side_by_side(&shown, &base, limit).await?;
+            row.shown = Some(scores[0].accuracy());
+        }
+        rows.push(row);
         if let Some(n) = guard {
             let fallback = comparison.fallback.map(|i| &comparison.multitask[i].1);
-            checks.push(check_case(&server, case, fallback, n).await?);
+            checks.push(check_case(&server, case, fallback, n, demonstrations).await?);
         }
     }
     Ok((rows, checks))
 }
 
+/// The label of the base model shown a task's examples, in the log.
+const SHOWN: &str = "base+examples";
+
 /// The product's no-harm check ([`guard::Verdict`]) of a case's DnD and shuffled adapters,
-/// and of the fallback adapter ([`NllSetup::fallback`]) and the selection's when there are
-/// ones. With a selection, the check reads the `n` training examples after those it read
-/// when there are enough ([`guard::unseen`]), as the server does.
+/// and of the fallback adapter ([`NllSetup::fallback`]), the selection's and the base
+/// model shown the task's first `demonstrations` examples when there are ones. The check
+/// reads `n` training examples from where the server's would ([`guard::Split`]).
 async fn check_case(
     server: &EvalServer,
     case: &Case,
     fallback: Option<&LoraAdapter>,
     n: usize,
+    demonstrations: usize,
 ) -> Result<TaskChecks> {
-    let read = case.selected.as_ref().map_or(0, |s| s.read);
-    let skip = match case.task.train.len().saturating_sub(read) >= guard::MIN_UNSEEN {
-        true => read,
-        false => 0,
-    };
-    let examples: Vec<guard::Example> = case
-        .task
-        .train
+    let train = &case.task.train;
+    let read = case.selected.as_ref().map(|s| s.read);
+    let split = guard::Split::new(train.len(), demonstrations, read);
+    let shown = &train[..split.shown];
+    let examples: Vec<guard::Example> = train
         .iter()
-        .skip(skip)
+        .skip(split.checked_from)
         .take(n)
         .map(|e| guard::Example {
             prompt: e.prompt.clone(),
@@ -835,7 +871,14 @@ async fn check_case(
     adapters.extend(fallback.map(|a| ("fallback".to_string(), Some(a))));
     let selected = case.selected.as_ref().map(|s| &s.adapter);
     adapters.extend(selected.map(|a| ("selected".to_string(), Some(a))));
-    let outputs = server.answer_side_by_side(&adapters, &prompts).await?;
+    let mut outputs = server.answer_side_by_side(&adapters, &prompts).await?;
+    if !shown.is_empty() {
+        let turns = super::demonstration_turns(shown);
+        let prompts: Vec<String> = prompts.iter().map(|p| format!("{turns}{p}")).collect();
+        let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        let base = [(SHOWN.to_string(), None)];
+        outputs.extend(server.answer_side_by_side(&base, &prompts).await?);
+    }
     let mut verdicts: Vec<Verdict> = outputs[1..]
         .iter()
         .map(|out| {
@@ -848,12 +891,13 @@ async fn check_case(
             Verdict::judge(&examples, outputs, Tolerance::default())
         })
         .collect();
+    let shown = (!shown.is_empty()).then(|| verdicts.pop()).flatten();
     let selected = selected.and_then(|_| verdicts.pop());
     let fallback = fallback.and_then(|_| verdicts.pop());
     let shuffled = verdicts.pop().expect("the shuffled adapter was checked");
     eprintln!(
-        "check {:<20} base {:?} of {}, DnD {:?}, shuffled {:?}, base adapter {:?}, selection {:?} \
-         (hits, strict hits)",
+        "check {:<20} base {:?} of {}, DnD {:?}, shuffled {:?}, base adapter {:?}, selection {:?}, \
+         examples shown {:?} (hits, strict hits)",
         case.task.name,
         (shuffled.base_hits, shuffled.base_strict),
         shuffled.examples,
@@ -863,7 +907,8 @@ async fn check_case(
             .collect::<Vec<_>>(),
         (shuffled.adapter_hits, shuffled.adapter_strict),
         fallback.map(|v| (v.adapter_hits, v.adapter_strict)),
-        selected.map(|v| (v.adapter_hits, v.adapter_strict))
+        selected.map(|v| (v.adapter_hits, v.adapter_strict)),
+        shown.map(|v| (v.adapter_hits, v.adapter_strict))
     );
     Ok(TaskChecks {
         task: case.task.name.clone(),
@@ -871,6 +916,7 @@ async fn check_case(
         shuffled,
         fallback,
         selected,
+        shown,
     })
 }
 
@@ -967,6 +1013,7 @@ fn optional_columns<S: Cell>(rows: &[Row<S>]) -> Vec<Optional<S>> {
         column("retrieval shuffled", |r| r.nearest_shuffled),
         column("selection", |r| r.selected),
         column("selection shuffled", |r| r.selected_shuffled),
+        column("examples shown", |r| r.shown),
     ]
     .into_iter()
     .filter(|o| rows.iter().any(|r| (o.cell)(r).is_some()))
@@ -1114,11 +1161,11 @@ pub fn nll_markdown(r: &NllReport) -> String {
         let n = r.checks.first().map_or(0, |c| c.shuffled.examples);
         out.push_str(&format!(
             "\nWith the no-harm check on {n} training examples of each task (the first, or \
-             with a selection those after the ones it read; an adapter that answers fewer of \
-             them than the base model less {} ({} of the examples, rounded down) is not \
-             routed: its cell shows the base model's scores; the fallback adapter's and the \
-             selection's columns, if any, are checked too; the retrieval columns are not), \
-             strict % (lenient %):\n\n",
+             with a selection or examples shown those after the ones they read; an adapter \
+             that answers fewer of them than the base model less {} ({} of the examples, \
+             rounded down) is not routed: its cell shows the base model's scores; the \
+             columns of the fallback adapter, the selection and the examples shown, if any, \
+             are checked too; the retrieval columns are not), strict % (lenient %):\n\n",
             r.check_tolerance.hits(n),
             r.check_tolerance.share()
         ));
@@ -1135,24 +1182,45 @@ pub fn nll_markdown(r: &NllReport) -> String {
              most, DnD on a tie (what the server routes), strict % (lenient %); the DnD \
              columns are then not DnD alone:\n\n",
             f.adapter,
-            match r.checks.iter().any(|c| c.selected.is_some()) {
-                true => " and of the selection (`plugin.library`; not for the DnD shuffled column)",
-                false => "",
-            }
+            [
+                (r.checks.iter().any(|c| c.selected.is_some()))
+                    .then_some(" and of the selection (`plugin.library`)"),
+                (r.checks.iter().any(|c| c.shown.is_some()))
+                    .then_some(" and of the examples shown (`plugin.demonstrations`)"),
+                (r.checks
+                    .iter()
+                    .any(|c| c.selected.is_some() || c.shown.is_some()))
+                .then_some(" (not for the DnD shuffled column)"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<String>()
         ));
         out.push_str(&table(&f.rows, &r.multitask));
         out.push('\n');
         out.push_str(&bars_markdown(&f.rows, &r.multitask));
-        out.push_str(&library_effect(r, &f.rows).unwrap_or_default());
+        let library = |c: &TaskChecks| c.selected.is_some();
+        let shown = |c: &TaskChecks| c.shown.is_some();
+        let effects = [
+            effect(r, &f.rows, "the selection", library, |c| c.selected = None),
+            effect(r, &f.rows, "the examples shown", shown, |c| c.shown = None),
+        ];
+        out.extend(effects.into_iter().flatten());
     }
     out
 }
 
-/// What the selection adds as served (`plugin.library`): the server's rule with it
-/// (`with`, the fallback rows) against the rule without it, DnD and the fallback only, on
-/// the same checks; `None` when no check had a selection.
-fn library_effect(r: &NllReport, with: &[Row<Accuracy>]) -> Option<String> {
-    if !r.checks.iter().any(|c| c.selected.is_some()) {
+/// What a candidate adds as served: the server's rule with it (`with`, the fallback rows)
+/// against the rule without it (`take_out` takes its verdict out; every other candidate as it
+/// is), on the same checks; `None` when no check had it (`has`).
+fn effect(
+    r: &NllReport,
+    with: &[Row<Accuracy>],
+    what: &str,
+    has: fn(&TaskChecks) -> bool,
+    take_out: fn(&mut TaskChecks),
+) -> Option<String> {
+    if !r.checks.iter().any(has) {
         return None;
     }
     let column = r.fallback_column();
@@ -1161,10 +1229,8 @@ fn library_effect(r: &NllReport, with: &[Row<Accuracy>]) -> Option<String> {
         .iter()
         .zip(&r.checks)
         .map(|(row, c)| {
-            let c = TaskChecks {
-                selected: None,
-                ..c.clone()
-            };
+            let mut c = c.clone();
+            take_out(&mut c);
             c.apply(row, column, true)
         })
         .collect();
@@ -1180,9 +1246,9 @@ fn library_effect(r: &NllReport, with: &[Row<Accuracy>]) -> Option<String> {
     };
     let (m, n) = (mean(with), mean(&without));
     Some(format!(
-        "\nWithout the selection (DnD and the fallback only, the same checks): {:.1} % strict \
-         ({:.1} lenient), {} tasks harmed; with it {:.1} ({:.1}), {} harmed: the library adds \
-         {:+.1} strict points ({lo:+.1} to {hi:+.1}, tasks resampled).\n",
+        "\nWithout {what} (the same checks, the other candidates as they are): {:.1} % strict \
+         ({:.1} lenient), {} tasks harmed; with it {:.1} ({:.1}), {} harmed: {:+.1} strict \
+         points with {what} ({lo:+.1} to {hi:+.1}, tasks resampled).\n",
         100.0 * n.strict,
         100.0 * n.lenient,
         harmed(&without),
@@ -1210,7 +1276,7 @@ pub(crate) fn mean_interval(d: &[f64]) -> (f64, f64) {
 /// in brackets, those answered strictly).
 fn checks_markdown(checks: &[TaskChecks]) -> String {
     let mut out = String::from(
-        "| task | base hits | DnD hits (per batch) | DnD routed | shuffled hits | shuffled routed | fallback hits | fallback passes | selection hits | selection passes |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "| task | base hits | DnD hits (per batch) | DnD routed | shuffled hits | shuffled routed | fallback hits | fallback passes | selection hits | selection passes | examples shown hits | examples shown passes |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let yes = |v: &Verdict| if v.accepted { "yes" } else { "**no**" };
     let hits = |v: &Verdict| format!("{} ({})", v.adapter_hits, v.adapter_strict);
@@ -1223,8 +1289,9 @@ fn checks_markdown(checks: &[TaskChecks]) -> String {
         };
         let (fallback_hits, fallback_passes) = check(&c.fallback);
         let (selection_hits, selection_passes) = check(&c.selected);
+        let (shown_hits, shown_passes) = check(&c.shown);
         out.push_str(&format!(
-            "| {} | {} ({}) of {} | {} | {} | {} | {} | {fallback_hits} | {fallback_passes} | {selection_hits} | {selection_passes} |\n",
+            "| {} | {} ({}) of {} | {} | {} | {} | {} | {fallback_hits} | {fallback_passes} | {selection_hits} | {selection_passes} | {shown_hits} | {shown_passes} |\n",
             c.task,
             c.shuffled.base_hits,
             c.shuffled.base_strict,
@@ -1564,6 +1631,7 @@ mod tests {
             selected: None,
             selected_shuffled: None,
             selected_name: None,
+            shown: None,
         }
     }
 
@@ -1689,6 +1757,7 @@ mod tests {
             shuffled: verdict(true),
             fallback: fallback.map(verdict),
             selected: None,
+            shown: None,
         };
         let cells = |r: Row<Accuracy>| (r.dnd, r.dnd_batches[0], r.shuffled);
         let (base, mt) = (acc(0.1, 0.2), acc(0.3, 0.3));
@@ -1777,6 +1846,7 @@ mod tests {
             nearest_shuffled: None,
             neighbours: Vec::new(),
             selected: None,
+            shown: None,
             selected_shuffled: None,
             selected_name: None,
         };
@@ -1788,6 +1858,7 @@ mod tests {
             shuffled: verdict(true),
             fallback: None,
             selected: None,
+            shown: None,
         };
         let report = NllReport {
             generator: "g".into(),
@@ -1797,6 +1868,7 @@ mod tests {
             rows: vec![row("a"), row("b")],
             decoded: vec![good.clone(), harmed.clone()],
             decode_limit: Some(10),
+            demonstrations: 0,
             checks: vec![checks("a"), checks("b")],
             check_tolerance: Tolerance::default(),
             guarded: vec![good, harmed],
@@ -1860,6 +1932,7 @@ mod tests {
             shuffled: verdict(true),
             fallback: Some(verdict(true)),
             selected: Some(selected),
+            shown: None,
         };
         let three = Verdict {
             adapter_hits: 3,
@@ -1873,6 +1946,7 @@ mod tests {
             rows: Vec::new(),
             decoded: vec![a, b],
             decode_limit: Some(10),
+            demonstrations: 0,
             checks: vec![checks(three), checks(verdict(false))],
             check_tolerance: Tolerance::default(),
             guarded: Vec::new(),
@@ -1884,9 +1958,66 @@ mod tests {
         report.apply_checks(Some(0), Tolerance::default());
         let md = nll_markdown(&report);
         assert!(
-            md.contains("Without the selection (DnD and the fallback only, the same checks): 45.0 % strict (45.0 lenient), 0 tasks harmed; with it 50.0 (50.0), 0 harmed: the library adds +5.0 strict points"),
+            md.contains("Without the selection (the same checks, the other candidates as they are): 45.0 % strict (45.0 lenient), 0 tasks harmed; with it 50.0 (50.0), 0 harmed: +5.0 strict points with the selection"),
             "{md}"
         );
+    }
+
+    /// The examples shown are checked and routed as the server's candidate: last on a tie,
+    /// never for the shuffle control, and the report says what they add as served.
+    #[test]
+    fn the_examples_shown_are_routed_as_the_server_routes_them() {
+        // Task a: the examples shown tie with DnD (2 hits each): DnD stays. Task b: they
+        // answer 3 of 4: routed, 80 % strict instead of DnD's 40.
+        let mut a = decoded_row("a", acc(0.0, 0.2), acc(0.5, 0.5), acc(0.1, 0.1));
+        a.shown = Some(acc(0.9, 0.9));
+        let mut b = decoded_row("b", acc(0.0, 0.2), acc(0.4, 0.4), acc(0.1, 0.1));
+        b.shown = Some(acc(0.8, 0.8));
+        let checks = |shown: Verdict| TaskChecks {
+            task: "t".into(),
+            dnd: vec![verdict(true)],
+            shuffled: verdict(false),
+            fallback: Some(verdict(false)),
+            selected: None,
+            shown: Some(shown),
+        };
+        let three = Verdict {
+            adapter_hits: 3,
+            ..verdict(true)
+        };
+        let mut report = NllReport {
+            generator: "g".into(),
+            train_tasks: 3,
+            averaged_over: 0,
+            multitask: vec!["mt".into()],
+            rows: Vec::new(),
+            decoded: vec![a, b],
+            decode_limit: Some(10),
+            demonstrations: 4,
+            checks: vec![checks(verdict(true)), checks(three)],
+            check_tolerance: Tolerance::default(),
+            guarded: Vec::new(),
+            fallback: None,
+            left_out: vec![],
+            pooled_from: vec![],
+            seconds: 1.0,
+        };
+        report.apply_checks(Some(0), Tolerance::default());
+        let routed = &report.fallback.as_ref().unwrap().rows;
+        assert_eq!(
+            (routed[0].dnd, routed[1].dnd),
+            (acc(0.5, 0.5), acc(0.8, 0.8))
+        );
+        // The shuffled adapter was rejected: the base, not the task's examples.
+        assert_eq!(routed[1].shuffled, acc(0.0, 0.2));
+        // Checked alone, a passing column keeps its scores.
+        assert_eq!(report.guarded[1].shown, Some(acc(0.8, 0.8)));
+        let md = nll_markdown(&report);
+        assert!(
+            md.contains("Without the examples shown (the same checks, the other candidates as they are): 45.0 % strict (45.0 lenient), 0 tasks harmed; with it 65.0 (65.0), 0 harmed: +20.0 strict points with the examples shown"),
+            "{md}"
+        );
+        assert!(md.contains("| examples shown |"), "{md}");
     }
 
     #[test]

@@ -1083,7 +1083,7 @@ impl Specialiser {
     /// The generator of `task`, what it reads and the examples the no-harm check reads:
     /// the kept `prompts` and every one of `examples`, or, for a generator that reads
     /// examples, the first N of them, each as its prompt and answer ([`Condition::text`]),
-    /// and those after them ([`guard::unseen`]).
+    /// and those after them ([`guard::Split`]).
     fn inputs(
         &self,
         task: &str,
@@ -1114,18 +1114,11 @@ impl Specialiser {
             Some(_) => first,
             None => Vec::new(),
         };
-        // The examples shown (`plugin.demonstrations`) are never the check's: only with
-        // enough after them.
-        let k = self.settings.demonstrations;
-        let shown = match k > 0 && examples.len() >= k + guard::MIN_UNSEEN {
-            true => examples[..k].to_vec(),
-            false => Vec::new(),
-        };
-        let seen = match condition == Condition::Examples || !selection.is_empty() {
-            true => examples.len() - guard::unseen(&examples, read.max(shown.len())).len(),
-            false => 0,
-        };
-        examples.drain(..seen.max(shown.len()));
+        // The examples shown (`plugin.demonstrations`) are never the check's.
+        let read = (condition == Condition::Examples || !selection.is_empty()).then_some(read);
+        let split = guard::Split::new(examples.len(), self.settings.demonstrations, read);
+        let shown = examples[..split.shown].to_vec();
+        examples.drain(..split.checked_from);
         Ok(JobInputs {
             generator,
             inputs,

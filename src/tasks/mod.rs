@@ -70,6 +70,7 @@ mod math;
 mod money;
 mod morphology;
 mod multiple_choice;
+pub mod nearest;
 mod numbers;
 mod phrases;
 mod picks;

@@ -80,12 +80,31 @@ pub const MAX_EXAMPLES: usize = 64;
 /// Examples beyond those a generator read that the check needs to read only them.
 pub const MIN_UNSEEN: usize = 8;
 
-/// The examples the check reads when the generator read the first `read` of `examples`
-/// (see the module doc).
-pub fn unseen(examples: &[Example], read: usize) -> &[Example] {
-    match examples.get(read..) {
-        Some(rest) if rest.len() >= MIN_UNSEEN => rest,
-        _ => examples,
+/// How a task's `len` examples divide for a generation: the first `shown` are the
+/// candidate of `plugin.demonstrations` (K wanted, `shown` 0 unless at least
+/// [`MIN_UNSEEN`] come after them), and the check reads from `checked_from` on: after those
+/// shown, and after the first `read` (a generator's or a selection's, `None` when nothing
+/// read any) when at least [`MIN_UNSEEN`] come after those.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Split {
+    pub shown: usize,
+    pub checked_from: usize,
+}
+
+impl Split {
+    pub fn new(len: usize, demonstrations: usize, read: Option<usize>) -> Self {
+        let shown = match demonstrations > 0 && len >= demonstrations + MIN_UNSEEN {
+            true => demonstrations,
+            false => 0,
+        };
+        let seen = match read {
+            Some(read) if len.saturating_sub(read.max(shown)) >= MIN_UNSEEN => read.max(shown),
+            _ => 0,
+        };
+        Self {
+            shown,
+            checked_from: seen.max(shown),
+        }
     }
 }
 
@@ -434,6 +453,24 @@ mod tests {
             prompt: prompt.into(),
             answer: answer.into(),
         }
+    }
+
+    #[test]
+    fn the_check_reads_after_the_examples_shown_and_read() {
+        let split = |shown, checked_from| Split {
+            shown,
+            checked_from,
+        };
+        assert_eq!(Split::new(32, 0, None), split(0, 0));
+        assert_eq!(Split::new(32, 4, None), split(4, 4));
+        // Too few after them: none shown.
+        assert_eq!(Split::new(11, 4, None), split(0, 0));
+        assert_eq!(Split::new(12, 4, None), split(4, 4));
+        assert_eq!(Split::new(32, 4, Some(16)), split(4, 16));
+        assert_eq!(Split::new(32, 4, Some(2)), split(4, 4));
+        // Too few after those read: the check reads them too, but never those shown.
+        assert_eq!(Split::new(20, 4, Some(16)), split(4, 4));
+        assert_eq!(Split::new(20, 0, Some(16)), split(0, 0));
     }
 
     #[test]

@@ -22,7 +22,7 @@
 //!   (README, "Selection ranked by greedy answers").
 //! - What it picks is only a candidate: the no-harm check ([`super::guard`]) judges it
 //!   beside the generated adapter and the fallback, on the examples it did not read when
-//!   there are enough ([`super::guard::unseen`]), and routes it only where it passes and
+//!   there are enough ([`super::guard::Split`]), and routes it only where it passes and
 //!   wins by the check's rule ([`super::guard::routed`]).
 //!
 //! Cost: the base model once more in memory as F32 (about 540 MB for SmolLM2-135M), every
