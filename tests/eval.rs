@@ -108,6 +108,7 @@ async fn eval_scores_engine_outputs_for_base_and_adapters() {
 
 /// Side by side, every column's requests are in flight at once: the evaluation server
 /// makes room for them whatever the production bounds say (here one request, no wait).
+/// The column of examples shown is the base model's answers to the prompts after them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn side_by_side_columns_are_not_refused_by_the_admission_bounds() {
     use mistralrs_dnd::eval::EvalServer;
@@ -119,14 +120,22 @@ async fn side_by_side_columns_are_not_refused_by_the_admission_bounds() {
     let adapter = random_adapter(&tiny_dims(), &[Module::Q, Module::V], 4, 9, 0.5, 0.5).unwrap();
     let mut adapters = vec![("base".to_string(), None)];
     adapters.extend((0..3).map(|i| (format!("lora-{i}"), Some(&adapter))));
-    let (server, _store) = EvalServer::start(config, adapters.len()).await.unwrap();
+    let (server, _store) = EvalServer::start(config, adapters.len() + 1).await.unwrap();
     let prompts = ["one", "two", "three", "four", "five", "six"];
+    let turns = "seven<|im_end|>\n<|im_start|>assistant\neight<|im_end|>\n<|im_start|>user\n";
     let out = server
-        .answer_side_by_side(&adapters, &prompts)
+        .answer_side_by_side(&adapters, &prompts, Some(turns))
         .await
         .unwrap();
-    assert_eq!(out.len(), 4);
+    assert_eq!(out.len(), 5);
     assert!(out.iter().all(|answers| answers.len() == prompts.len()));
+    let after: Vec<String> = prompts.iter().map(|p| format!("{turns}{p}")).collect();
+    let after: Vec<&str> = after.iter().map(String::as_str).collect();
+    let base = server
+        .answer_side_by_side(&adapters[..1], &after, None)
+        .await
+        .unwrap();
+    assert_eq!(out[4], base[0]);
 }
 
 /// `eval --generator`: one summary row per held-out task with every comparison, the spread

@@ -68,6 +68,9 @@ pub fn with_demonstrations(task: &Task, k: usize, pool: usize) -> Result<Task> {
     })
 }
 
+/// The label of the base model shown a task's examples ([`EvalServer::answer_side_by_side`]).
+pub const SHOWN_LABEL: &str = "base+examples";
+
 /// `examples` as earlier chat turns before a prompt ([`earlier_turns`]).
 pub fn demonstration_turns<'a>(examples: impl IntoIterator<Item = &'a Example>) -> String {
     earlier_turns(
@@ -241,20 +244,23 @@ impl EvalServer {
     }
 
     /// Scores adapters (`None`: the base model) on a task's test split side by side (see
-    /// [`EvalServer::answer_side_by_side`]), on its first `limit` examples. In the order given.
+    /// [`EvalServer::answer_side_by_side`], `shown` too), on its first `limit` examples. In
+    /// the order given.
     pub async fn score_side_by_side(
         &self,
         task: &Task,
         adapters: &[(String, Option<&LoraAdapter>)],
         limit: Option<usize>,
+        shown: Option<&str>,
     ) -> Result<Vec<Score>> {
         let examples: Vec<&Example> = task.test.iter().take(limit.unwrap_or(usize::MAX)).collect();
         let prompts: Vec<&str> = examples.iter().map(|e| e.prompt.as_str()).collect();
-        let outputs = self.answer_side_by_side(adapters, &prompts).await?;
-        let scores: Vec<Score> = adapters
-            .iter()
+        let outputs = self.answer_side_by_side(adapters, &prompts, shown).await?;
+        let labels =
+            (adapters.iter().map(|(label, _)| label.as_str())).chain(shown.map(|_| SHOWN_LABEL));
+        let scores: Vec<Score> = labels
             .zip(outputs)
-            .map(|((label, _), out)| score_outputs(label, task, &examples, out))
+            .map(|(label, out)| score_outputs(label, task, &examples, out))
             .collect();
         scores.iter().for_each(log_score);
         Ok(scores)
@@ -262,11 +268,14 @@ impl EvalServer {
 
     /// Every adapter's (`None`: the base model's) answers to `prompts`, side by side: each
     /// hot-loaded as a task, all answering at once, so that with shared-base adapters their
-    /// requests share the base model's decode batches. In the order given.
+    /// requests share the base model's decode batches. In the order given, then with
+    /// `shown` (earlier chat turns, [`demonstration_turns`]) one more column: the base
+    /// model with them before each prompt, as the server shows a task's examples.
     pub async fn answer_side_by_side(
         &self,
         adapters: &[(String, Option<&LoraAdapter>)],
         prompts: &[&str],
+        shown: Option<&str>,
     ) -> Result<Vec<Vec<String>>> {
         let ids: Vec<String> = (0..adapters.len()).map(|k| format!("side-{k}")).collect();
         for ((_, adapter), id) in adapters.iter().zip(&ids) {
@@ -274,12 +283,18 @@ impl EvalServer {
                 self.install(id, a).await?;
             }
         }
-        let outputs =
-            futures::future::try_join_all(adapters.iter().zip(&ids).map(|((_, adapter), id)| {
-                let tag = adapter.is_some().then_some(id.as_str());
-                answers(&self.local, tag, prompts)
-            }))
-            .await?;
+        let after_turns: Vec<String> = match shown {
+            Some(turns) => prompts.iter().map(|p| format!("{turns}{p}")).collect(),
+            None => Vec::new(),
+        };
+        let after_turns: Vec<&str> = after_turns.iter().map(String::as_str).collect();
+        let columns = (adapters.iter().zip(&ids))
+            .map(|((_, adapter), id)| (adapter.is_some().then_some(id.as_str()), prompts))
+            .chain(shown.map(|_| (None, &after_turns[..])));
+        let outputs = futures::future::try_join_all(
+            columns.map(|(tag, prompts)| answers(&self.local, tag, prompts)),
+        )
+        .await?;
         for ((_, adapter), id) in adapters.iter().zip(&ids) {
             if adapter.is_some() {
                 self.local.plugin.table.evict(id, true).await?;

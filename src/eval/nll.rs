@@ -801,8 +801,8 @@ pub fn evaluate_nll(
 /// training examples of the task (the split the test examples share no content with; see
 /// [`check_case`]).
 /// With `demonstrations` K > 0, also the base model with the task's first K training
-/// examples shown before each prompt, answering after the others (its prompts differ), and
-/// checked beside them as the server's candidate of `plugin.demonstrations`.
+/// examples shown before each prompt, answering beside the others, and checked beside
+/// them as the server's candidate of `plugin.demonstrations`.
 pub async fn decode_rows(
     config: Config,
     comparison: &Comparison,
@@ -813,21 +813,26 @@ pub async fn decode_rows(
     let columns = (0..comparison.cases.len())
         .map(|i| comparison.adapters(i).len())
         .max()
-        .unwrap_or(1);
+        .unwrap_or(1)
+        + usize::from(demonstrations > 0);
     let (server, _store) = EvalServer::start(config, columns).await?;
     let (mut rows, mut checks) = (Vec::new(), Vec::new());
     for (i, case) in comparison.cases.iter().enumerate() {
-        let scores = server
-            .score_side_by_side(&case.task, &comparison.adapters(i), limit)
+        let train = &case.task.train;
+        ensure!(
+            train.len() >= demonstrations,
+            "task {}: fewer than {demonstrations} training examples to show",
+            case.task.name
+        );
+        let shown =
+            (demonstrations > 0).then(|| super::demonstration_turns(&train[..demonstrations]));
+        let mut scores = server
+            .score_side_by_side(&case.task, &comparison.adapters(i), limit, shown.as_deref())
             .await?;
+        let shown = shown.and_then(|_| scores.pop()).map(|s| s.accuracy());
         let examples = scores.first().map_or(0, |s| s.n);
         let mut row = comparison.row(i, examples, scores.iter().map(Score::accuracy).collect());
-        if demonstrations > 0 {
-            let shown = super::with_demonstrations(&case.task, demonstrations, 0)?;
-            let base = [(SHOWN.to_string(), None)];
-            let scores = server.score_side_by_side(&shown, &base, limit).await?;
-            row.shown = Some(scores[0].accuracy());
-        }
+        row.shown = shown;
         rows.push(row);
         if let Some(n) = guard {
             let fallback = comparison.fallback.map(|i| &comparison.multitask[i].1);
@@ -836,9 +841,6 @@ pub async fn decode_rows(
     }
     Ok((rows, checks))
 }
-
-/// The label of the base model shown a task's examples, in the log.
-const SHOWN: &str = "base+examples";
 
 /// The product's no-harm check ([`guard::Verdict`]) of a case's DnD and shuffled adapters,
 /// and of the fallback adapter ([`NllSetup::fallback`]), the selection's and the base
@@ -871,14 +873,10 @@ async fn check_case(
     adapters.extend(fallback.map(|a| ("fallback".to_string(), Some(a))));
     let selected = case.selected.as_ref().map(|s| &s.adapter);
     adapters.extend(selected.map(|a| ("selected".to_string(), Some(a))));
-    let mut outputs = server.answer_side_by_side(&adapters, &prompts).await?;
-    if !shown.is_empty() {
-        let turns = super::demonstration_turns(shown);
-        let prompts: Vec<String> = prompts.iter().map(|p| format!("{turns}{p}")).collect();
-        let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
-        let base = [(SHOWN.to_string(), None)];
-        outputs.extend(server.answer_side_by_side(&base, &prompts).await?);
-    }
+    let turns = (!shown.is_empty()).then(|| super::demonstration_turns(shown));
+    let outputs = server
+        .answer_side_by_side(&adapters, &prompts, turns.as_deref())
+        .await?;
     let mut verdicts: Vec<Verdict> = outputs[1..]
         .iter()
         .map(|out| {
@@ -1916,6 +1914,38 @@ mod tests {
         assert!(NllReport::pooled(vec![run("b", "mt"), two]).is_err());
     }
 
+    /// An accepted verdict of 3 hits in 4 (one more than [`verdict`]'s).
+    fn three_hits() -> Verdict {
+        Verdict {
+            adapter_hits: 3,
+            ..verdict(true)
+        }
+    }
+
+    /// A report of `decoded` rows and their `checks`, the multi-task column "mt" the
+    /// fallback, judged by the default rule.
+    fn checked_report(decoded: Vec<Row<Accuracy>>, checks: Vec<TaskChecks>) -> NllReport {
+        let mut report = NllReport {
+            generator: "g".into(),
+            train_tasks: 3,
+            averaged_over: 0,
+            multitask: vec!["mt".into()],
+            rows: Vec::new(),
+            decoded,
+            decode_limit: Some(10),
+            demonstrations: 0,
+            checks,
+            check_tolerance: Tolerance::default(),
+            guarded: Vec::new(),
+            fallback: None,
+            left_out: vec![],
+            pooled_from: vec![],
+            seconds: 1.0,
+        };
+        report.apply_checks(Some(0), Tolerance::default());
+        report
+    }
+
     /// With a selection in the checks, the report says what it adds as served: the
     /// server's rule with it against the rule without it, on the same checks.
     #[test]
@@ -1934,28 +1964,10 @@ mod tests {
             selected: Some(selected),
             shown: None,
         };
-        let three = Verdict {
-            adapter_hits: 3,
-            ..verdict(true)
-        };
-        let mut report = NllReport {
-            generator: "g".into(),
-            train_tasks: 3,
-            averaged_over: 0,
-            multitask: vec!["mt".into()],
-            rows: Vec::new(),
-            decoded: vec![a, b],
-            decode_limit: Some(10),
-            demonstrations: 0,
-            checks: vec![checks(three), checks(verdict(false))],
-            check_tolerance: Tolerance::default(),
-            guarded: Vec::new(),
-            fallback: None,
-            left_out: vec![],
-            pooled_from: vec![],
-            seconds: 1.0,
-        };
-        report.apply_checks(Some(0), Tolerance::default());
+        let report = checked_report(
+            vec![a, b],
+            vec![checks(three_hits()), checks(verdict(false))],
+        );
         let md = nll_markdown(&report);
         assert!(
             md.contains("Without the selection (the same checks, the other candidates as they are): 45.0 % strict (45.0 lenient), 0 tasks harmed; with it 50.0 (50.0), 0 harmed: +5.0 strict points with the selection"),
@@ -1981,28 +1993,10 @@ mod tests {
             selected: None,
             shown: Some(shown),
         };
-        let three = Verdict {
-            adapter_hits: 3,
-            ..verdict(true)
-        };
-        let mut report = NllReport {
-            generator: "g".into(),
-            train_tasks: 3,
-            averaged_over: 0,
-            multitask: vec!["mt".into()],
-            rows: Vec::new(),
-            decoded: vec![a, b],
-            decode_limit: Some(10),
-            demonstrations: 4,
-            checks: vec![checks(verdict(true)), checks(three)],
-            check_tolerance: Tolerance::default(),
-            guarded: Vec::new(),
-            fallback: None,
-            left_out: vec![],
-            pooled_from: vec![],
-            seconds: 1.0,
-        };
-        report.apply_checks(Some(0), Tolerance::default());
+        let report = checked_report(
+            vec![a, b],
+            vec![checks(verdict(true)), checks(three_hits())],
+        );
         let routed = &report.fallback.as_ref().unwrap().rows;
         assert_eq!(
             (routed[0].dnd, routed[1].dnd),
