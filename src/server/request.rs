@@ -380,9 +380,9 @@ impl EngineBody {
     /// developer) messages of a chat body's `messages` array (a task's examples shown,
     /// where the no-harm check routed them); `false`, changing nothing, when `messages` is
     /// not an array, has no other message to come after them, or the body with them would
-    /// be longer than `max_bytes` (not counting its `model` member). Parses the body: only for the tasks that are shown
-    /// examples. The turns are not counted against `max_messages` and `max_input_bytes`,
-    /// which bound what clients send.
+    /// be longer than `max_bytes` (not counting its `model` member). Parses the body: only
+    /// for the tasks that are shown examples. The turns are not counted against
+    /// `max_messages` and `max_input_bytes`, which bound what clients send.
     pub fn show<'t>(
         &mut self,
         turns: impl IntoIterator<Item = (&'t str, &'t str)>,
