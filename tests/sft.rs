@@ -324,6 +324,36 @@ fn sft_trains_uncollected_tasks_from_a_given_base() {
         "base is the given adapter"
     );
 
+    // That generator's folder gives the same base to a new run, without the LoRA's folder;
+    // a generator without a base adapter is refused.
+    let again = dir.path().join("again");
+    train_with(
+        Objective::Sft,
+        &again,
+        Some(4),
+        Some(&suite),
+        Some(&out),
+        &[],
+        ResidualInit::Gates,
+    )
+    .unwrap();
+    let residual = mistralrs_dnd::generator::Residual::load(&again, &layout).unwrap();
+    assert!(
+        max_diff(&residual.base, &given) == 0.0,
+        "base is the generator's"
+    );
+    let err = train_with(
+        Objective::Sft,
+        &dir.path().join("plain"),
+        Some(4),
+        Some(&suite),
+        Some(&fixture.generator),
+        &[],
+        ResidualInit::Gates,
+    )
+    .expect_err("a reconstruction generator has no base adapter");
+    assert!(format!("{err:#}").contains("not residual"), "{err:#}");
+
     let err = train_with(
         Objective::Mix,
         &dir.path().join("mix"),
@@ -516,4 +546,91 @@ fn the_contrast_term_pays_the_margin_until_the_other_condition_is_worse() {
         (same - (ce_x + 0.1)).abs() < 1e-4,
         "{same} against {ce_x} + 0.1"
     );
+}
+
+/// The distillation teacher reads each training example after the task's first examples
+/// (which an examples generator's loss never takes; a prompts generator's would, so it is
+/// refused), answers with the same tokens, and its term is a non-negative addition to the
+/// loss in proportion to its weight; an adapter trained beside the examples reads them too.
+#[test]
+fn the_distillation_teacher_is_shown_examples_the_loss_never_takes() {
+    use mistralrs_dnd::format::rng::Rng;
+    let fixture = trained_tiny_generator();
+    let mut decoder = residual_decoder(&fixture.collection);
+    let cfg = TrainDecoderConfig {
+        prompt_pool: 4,
+        residual_l2: 0.0,
+        ..settings(Objective::Sft)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let encoder = real_encoder();
+    let load = |decoder: &mistralrs_dnd::generator::DecoderConfig| {
+        let set = load_training_set(
+            &fixture.collection,
+            None,
+            decoder,
+            &encoder,
+            &cfg,
+            &dir.path().join("cache"),
+        )
+        .unwrap();
+        let sft = SftData::load(&tiny_model(), decoder, &set, None, &[]).unwrap();
+        (set, sft)
+    };
+    let (set, sft) = load(&decoder);
+    let err = sft
+        .with_shown(&set, 2)
+        .err()
+        .expect("a prompts generator");
+    assert!(
+        format!("{err:#}").contains("would be trained on"),
+        "{err:#}"
+    );
+
+    decoder.condition = Condition::Examples;
+    let (set, sft) = load(&decoder);
+    let sft = sft.with_shown(&set, 2).unwrap();
+    for ex in &sft.train {
+        assert_eq!(ex.shown.len(), ex.train.len());
+        for (t, s) in ex.shown.iter().zip(&ex.train) {
+            assert!(
+                t.prompt_len > s.prompt_len,
+                "the teacher's prompt holds more turns"
+            );
+            assert_eq!(
+                t.ids[t.prompt_len..],
+                s.ids[s.prompt_len..],
+                "the same answer"
+            );
+        }
+    }
+    let (t, h, w) = decoder.layout().unwrap().shape();
+    let mut rng = Rng::new(3);
+    let v: Vec<f32> = (0..t * h * w).map(|_| 2.0 * rng.unit_f32() - 1.0).collect();
+    let tokens = Tensor::from_vec(v, (t, h, w), &Device::Cpu).unwrap();
+    let gate = sft.model.residual.gate.ones_like().unwrap();
+    let loss = |distill: f64, adapter_sees_shown: bool| {
+        let c = TrainDecoderConfig {
+            distill,
+            adapter_sees_shown,
+            shown: 2,
+            ..cfg.clone()
+        };
+        sft.task_loss(0, &tokens, &gate, &c, None, &mut Rng::new(7))
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let (plain, one, two) = (loss(0.0, false), loss(1.0, false), loss(2.0, false));
+    assert!(
+        one - plain > 1e-4,
+        "the adapter is not the teacher: {plain} {one}"
+    );
+    assert!(
+        ((two - plain) - 2.0 * (one - plain)).abs() < 1e-4,
+        "{plain} {one} {two}"
+    );
+    // Shown the examples too, the adapter answers otherwise.
+    let beside = loss(0.0, true);
+    assert!((beside - plain).abs() > 1e-4, "{plain} {beside}");
 }

@@ -48,6 +48,11 @@ pub struct Args {
         conflicts_with = "generator"
     )]
     pub demonstrations_pool: Option<usize>,
+    /// With --generator --nll --demonstrations K (teacher-forced, no --decode): every
+    /// column, the adapters too, is shown the examples before each test prompt: what an
+    /// adapter adds to the examples shown, were a server to send both.
+    #[arg(long, requires = "demonstrations", conflicts_with = "decode")]
+    pub shown_to_all: bool,
     /// An earlier `eval --generator --nll` run's nll.json: write its tables again (without
     /// the `--except` tasks, if any) to `--out`, running nothing (the checked tables judged by the
     /// server's current rule). Several (the folds of `train --fold`): one report pooled over
@@ -185,8 +190,11 @@ pub fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     ensure!(
-        args.generator.is_none() || args.demonstrations == 0 || (args.nll && args.decode),
-        "--demonstrations with --generator is a decoded column: add --nll --decode"
+        args.generator.is_none()
+            || args.demonstrations == 0
+            || (args.nll && (args.decode || args.shown_to_all)),
+        "--demonstrations with --generator is a decoded column (add --nll --decode) or \
+         shown to every column (--nll --shown-to-all)"
     );
     let tasks = suite(&args.tasks, &args.only, &args.suite_args.config())?;
     let pool = args.demonstrations_pool.unwrap_or(0);
@@ -200,10 +208,10 @@ pub fn run(args: Args) -> Result<()> {
         .iter()
         .map(|t| {
             let shown = with_demonstrations(t, args.demonstrations, pool)?;
-            // A generator's comparison shows them in a column of its own.
-            Ok(match &args.generator {
-                Some(_) => t.clone(),
-                None => shown,
+            // A generator's comparison shows them in a column of its own, unless to all.
+            Ok(match args.generator.is_some() && !args.shown_to_all {
+                true => t.clone(),
+                false => shown,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -234,6 +242,10 @@ pub fn run(args: Args) -> Result<()> {
              the generator has no base adapter, give one with --fallback"
         );
         let mut report = evaluate_nll(&comparison, &setup, args.limit)?;
+        if args.shown_to_all {
+            report.demonstrations = args.demonstrations;
+            report.shown_to_all = true;
+        }
         if args.decode {
             let (rows, checks) = tokio::runtime::Runtime::new()?.block_on(decode_rows(
                 config,

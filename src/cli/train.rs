@@ -86,7 +86,8 @@ pub struct Args {
     #[arg(long)]
     pub init_from: Option<PathBuf>,
     /// sft: the adapter (PEFT folder, e.g. `collect --pool`'s multi-task LoRA) the
-    /// generated residual is added to (default: the mean of the training checkpoints).
+    /// generated residual is added to (default: the mean of the training checkpoints); a
+    /// residual generator's folder gives the adapter it sits on.
     #[arg(long)]
     pub residual_from: Option<PathBuf>,
     /// sft: `ADAPTER=task,task,...`: while training, these tasks' residual sits on ADAPTER
@@ -119,6 +120,21 @@ pub struct Args {
     /// The greedy-error term's margin, in logits.
     #[arg(long, default_value_t = 1.0)]
     pub greedy_margin: f64,
+    /// sft / mix with --condition examples: weight of the distillation term (0: off): on
+    /// each training example, the KL divergence from the base model shown the task's first
+    /// --shown examples (the in-context teacher, which no adapter here matches) to the
+    /// generated adapter, over the answer tokens.
+    #[arg(long, default_value_t = 0.0)]
+    pub distill: f64,
+    /// sft / mix with --condition examples: the adapter is trained with the task's first
+    /// --shown examples before every prompt, as a residual on in-context learning (served
+    /// beside `plugin.demonstrations`).
+    #[arg(long, conflicts_with = "distill")]
+    pub adapter_sees_shown: bool,
+    /// The examples shown to the distillation teacher or the adapter (the server's
+    /// `plugin.demonstrations`).
+    #[arg(long, default_value_t = 4)]
+    pub shown: usize,
     /// Train on these tasks (`builtin`, or task files) instead of the collection's: the
     /// collection then only lends the checkpoints it has (sft needs none).
     #[arg(long, num_args = 1..)]
@@ -198,8 +214,13 @@ pub fn run(args: Args) -> Result<()> {
         "--residual-from is for the end-to-end objectives (sft, mix)"
     );
     ensure!(
-        (args.contrast == 0.0 && args.greedy == 0.0) || args.objective.end_to_end(),
-        "--contrast and --greedy are for the end-to-end objectives (sft, mix)"
+        (args.contrast == 0.0
+            && args.greedy == 0.0
+            && args.distill == 0.0
+            && !args.adapter_sees_shown)
+            || args.objective.end_to_end(),
+        "--contrast, --greedy, --distill and --adapter-sees-shown are for the end-to-end \
+         objectives (sft, mix)"
     );
     let cfg = TrainDecoderConfig {
         steps: args.steps,
@@ -234,6 +255,12 @@ pub fn run(args: Args) -> Result<()> {
             true => args.greedy_margin,
             false => 0.0,
         },
+        shown: match args.distill > 0.0 || args.adapter_sees_shown {
+            true => args.shown,
+            false => 0,
+        },
+        distill: args.distill,
+        adapter_sees_shown: args.adapter_sees_shown,
         ..TrainDecoderConfig::default()
     };
     let device = candle_core::Device::Cpu;
@@ -249,13 +276,16 @@ pub fn run(args: Args) -> Result<()> {
         &args.checkpoints.join(CACHE_DIR),
     )?;
     let sft = match args.objective.end_to_end() {
-        true => Some(SftData::load(
-            &base,
-            &decoder,
-            &set,
-            args.residual_from.as_deref(),
-            &cfg.residual_folds,
-        )?),
+        true => Some(
+            SftData::load(
+                &base,
+                &decoder,
+                &set,
+                args.residual_from.as_deref(),
+                &cfg.residual_folds,
+            )?
+            .with_shown(&set, cfg.shown)?,
+        ),
         false => None,
     };
     println!(

@@ -163,6 +163,10 @@ pub struct NllReport {
     /// `plugin.demonstrations` (0: none).
     #[serde(default)]
     pub demonstrations: usize,
+    /// `eval --shown-to-all`: every teacher-forced column was shown the task's first
+    /// `demonstrations` training examples before each test prompt.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shown_to_all: bool,
     /// With `--guard N`: the no-harm check of every DnD adapter and the shuffled one on
     /// N training examples of its task (the first, or after those shown or selection read),
     /// and the decoded rows with each rejected
@@ -263,6 +267,7 @@ impl NllReport {
             ensure!(
                 r.decode_limit == decode_limit
                     && r.demonstrations == first.demonstrations
+                    && r.shown_to_all == first.shown_to_all
                     && r.decoded.is_empty() == first.decoded.is_empty()
                     && r.checks.is_empty() == first.checks.is_empty(),
                 "{}: the runs decode or check differently",
@@ -301,6 +306,7 @@ impl NllReport {
             decoded: Vec::new(),
             decode_limit,
             demonstrations: first.demonstrations,
+            shown_to_all: first.shown_to_all,
             checks: Vec::new(),
             check_tolerance: Tolerance::default(),
             guarded: Vec::new(),
@@ -784,6 +790,7 @@ pub fn evaluate_nll(
         decoded: Vec::new(),
         decode_limit: None,
         demonstrations: 0,
+        shown_to_all: false,
         checks: Vec::new(),
         check_tolerance: Tolerance::default(),
         guarded: Vec::new(),
@@ -1086,6 +1093,13 @@ fn table<S: Cell>(rows: &[Row<S>], multitask: &[String]) -> String {
 /// the decoded one (strict %, lenient %) with the issue's bars checked on it.
 pub fn nll_markdown(r: &NllReport) -> String {
     let mut out = table(&r.rows, &r.multitask);
+    if r.shown_to_all {
+        out.push_str(&format!(
+            "\nEvery column was shown the task's first {} training examples before each \
+             test prompt.\n",
+            r.demonstrations
+        ));
+    }
     if r.pooled_from.is_empty() {
         out.push_str(&format!(
             "\nAveraged LoRAs: the mean of {} of the {} training tasks' final checkpoints.\n",
@@ -1867,6 +1881,7 @@ mod tests {
             decoded: vec![good.clone(), harmed.clone()],
             decode_limit: Some(10),
             demonstrations: 0,
+            shown_to_all: false,
             checks: vec![checks("a"), checks("b")],
             check_tolerance: Tolerance::default(),
             guarded: vec![good, harmed],
@@ -1934,6 +1949,7 @@ mod tests {
             decoded,
             decode_limit: Some(10),
             demonstrations: 0,
+            shown_to_all: false,
             checks,
             check_tolerance: Tolerance::default(),
             guarded: Vec::new(),

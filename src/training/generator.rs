@@ -162,6 +162,21 @@ pub struct TrainDecoderConfig {
     /// The greedy-error term's margin, in logits.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub greedy_margin: f64,
+    /// End-to-end objective: the task's first `shown` training examples as earlier chat
+    /// turns before each training example's prompt, for the distillation teacher or the
+    /// adapter ([`super::sft::SftData::with_shown`]; 0: none).
+    #[serde(default, skip_serializing_if = "is_zero_count")]
+    pub shown: usize,
+    /// End-to-end objective: weight of the distillation term (0: off): how far the adapter's
+    /// answer distribution is from the base model's shown the examples, the in-context
+    /// teacher (see [`super::sft::distill_kl`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub distill: f64,
+    /// End-to-end objective: the adapter is trained with the examples shown before every
+    /// prompt, a residual on in-context learning (what it adds to the examples a server
+    /// shows, `plugin.demonstrations`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adapter_sees_shown: bool,
 }
 
 /// How an end-to-end run starts its residual `gate * decoded` at zero, so that training
@@ -242,6 +257,10 @@ fn is_zero(x: &f64) -> bool {
     *x == 0.0
 }
 
+fn is_zero_count(x: &usize) -> bool {
+    *x == 0
+}
+
 fn four() -> usize {
     4
 }
@@ -276,6 +295,9 @@ impl Default for TrainDecoderConfig {
             contrast_margin: 0.0,
             greedy: 0.0,
             greedy_margin: 0.0,
+            shown: 0,
+            distill: 0.0,
+            adapter_sees_shown: false,
         }
     }
 }

@@ -19,7 +19,9 @@ use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
 
 use super::generator::{ResidualFold, TaskData, TrainDecoderConfig, TrainingSet};
-use super::llama::{batch::Batch, chat::ChatTokenizer, chat::Encoded, Llama};
+use super::llama::batch::Batch;
+use super::llama::chat::{earlier_turns, ChatTokenizer, Encoded};
+use super::llama::Llama;
 use super::lora::{LoraConfig, LoraWeights};
 use crate::format::frozen_a::check_frozen_a;
 use crate::format::peft::{LoraAdapter, Module};
@@ -48,6 +50,10 @@ pub struct SftModel {
 pub struct SftExamples {
     pub train: Vec<Encoded>,
     pub test: Vec<Encoded>,
+    /// `train` after the task's first examples as earlier turns ([`SftData::with_shown`]),
+    /// as the distillation teacher or an adapter trained beside them reads them; empty
+    /// without.
+    pub shown: Vec<Encoded>,
 }
 
 impl SftModel {
@@ -77,18 +83,23 @@ impl SftModel {
             .iter()
             .map(|f| Residual::mean_of(&layout, &[read(&f.adapter)?]))
             .collect::<Result<Vec<_>>>()?;
-        let last = match residual_from {
-            Some(dir) => vec![read(dir).context("--residual-from")?],
-            None => train
-                .iter()
-                .map(|d| {
-                    let tokens = d.checkpoints()?;
-                    let k = tokens.dim(0)?;
-                    layout.detokenize(&tokens.get(k - 1)?, cfg.lora_alpha, &cfg.base_model)
-                })
-                .collect::<Result<Vec<_>>>()?,
+        let residual = match residual_from {
+            Some(dir) if dir.join(crate::generator::decoder::CONFIG_FILE).is_file() => {
+                generator_base(dir, cfg, &layout).context("--residual-from")?
+            }
+            Some(dir) => Residual::mean_of(&layout, &[read(dir).context("--residual-from")?])?,
+            None => {
+                let last = train
+                    .iter()
+                    .map(|d| {
+                        let tokens = d.checkpoints()?;
+                        let k = tokens.dim(0)?;
+                        layout.detokenize(&tokens.get(k - 1)?, cfg.lora_alpha, &cfg.base_model)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Residual::mean_of(&layout, &last)?
+            }
         };
-        let residual = Residual::mean_of(&layout, &last)?;
         let norms2 = std::iter::once(&residual)
             .chain(&folds)
             .map(|r| {
@@ -128,18 +139,20 @@ impl SftModel {
         Ok(SftExamples {
             train: task.train[shown..].iter().map(enc).collect::<Result<_>>()?,
             test: task.test.iter().map(enc).collect::<Result<_>>()?,
+            shown: Vec::new(),
         })
     }
 
-    /// `n` examples of `pool` drawn without replacement (all when there are fewer).
-    fn draw<'a>(pool: &'a [Encoded], n: usize, rng: &mut Rng) -> Vec<&'a Encoded> {
-        let mut idx: Vec<usize> = (0..pool.len()).collect();
-        let n = n.min(pool.len());
+    /// `n` indices of a pool of `len` drawn without replacement (all when there are fewer).
+    fn draw(len: usize, n: usize, rng: &mut Rng) -> Vec<usize> {
+        let mut idx: Vec<usize> = (0..len).collect();
+        let n = n.min(len);
         for i in 0..n {
-            let j = i + rng.below(pool.len() - i);
+            let j = i + rng.below(len - i);
             idx.swap(i, j);
         }
-        idx[..n].iter().map(|&i| &pool[i]).collect()
+        idx.truncate(n);
+        idx
     }
 
     pub fn batch(&self, items: &[&Encoded]) -> Result<Batch> {
@@ -194,6 +207,29 @@ impl SftModel {
     }
 }
 
+/// A residual generator's base adapter, gates at zero: retraining on the base a shipped
+/// generator sits on needs neither its collection nor that LoRA's folder.
+fn generator_base(dir: &Path, cfg: &DecoderConfig, layout: &TokenLayout) -> Result<Residual> {
+    let theirs = DecoderConfig::load(dir)?;
+    ensure!(
+        theirs.residual,
+        "{} is a generator without a base adapter (not residual)",
+        dir.display()
+    );
+    ensure!(
+        theirs.frozen_a_seed == cfg.frozen_a_seed
+            && theirs.lora_alpha == cfg.lora_alpha
+            && theirs.layout()? == *layout,
+        "{}: its adapters have another layout, alpha or frozen A than this generator's",
+        dir.display()
+    );
+    let loaded = Residual::load(dir, layout)?;
+    Ok(Residual {
+        gate: loaded.gate.zeros_like()?,
+        base: loaded.base,
+    })
+}
+
 /// The greedy-error term: the mean over answer tokens of how far each token's logit falls
 /// short of beating every other token's by `margin`, `relu(margin - (z_target - max_other
 /// z))`. Zero on a token that greedy decoding gets right by the margin, so that, unlike the
@@ -210,6 +246,16 @@ pub fn greedy_hinge(logits: &Tensor, targets: &Tensor, margin: f64) -> Result<Te
     // The target's own logit pushed far below every other, so that the max is the best other.
     let other = (logits - (is_target * 1e4)?)?.max_keepdim(1)?;
     Ok(((other - target)? + margin)?.relu()?.mean_all()?)
+}
+
+/// The distillation term: the mean over answer tokens of KL(teacher || student), the
+/// teacher's distribution (its logits, no gradient) against the adapter's. Where the
+/// cross-entropy pays only for the one right token, this pays for every token the in-context
+/// teacher finds likely, what a task's examples imply beyond its answers.
+pub fn distill_kl(teacher: &Tensor, student: &Tensor) -> Result<Tensor> {
+    let t = candle_nn::ops::log_softmax(&teacher.detach(), 1)?;
+    let s = candle_nn::ops::log_softmax(student, 1)?;
+    Ok((t.exp()? * (t - s)?)?.sum(1)?.mean_all()?)
 }
 
 /// Held-out test examples per task in the log's `heldout_nll`.
@@ -268,6 +314,39 @@ impl SftData {
         })
     }
 
+    /// Encodes every training task's examples after its first `shown` training examples as
+    /// earlier chat turns (the server's `plugin.demonstrations`), for the distillation
+    /// teacher or an adapter trained beside the examples. Those examples must be ones the
+    /// loss never takes (a generator reading examples is trained on those after its pool);
+    /// `shown` 0: none.
+    pub fn with_shown(mut self, set: &TrainingSet, shown: usize) -> Result<Self> {
+        if shown == 0 {
+            return Ok(self);
+        }
+        for (task, ex) in set.train.iter().zip(&mut self.train) {
+            let skipped = task.train.len() - ex.train.len();
+            ensure!(
+                skipped >= shown,
+                "task {}: the {shown} examples shown would be trained on (it needs \
+                 --condition examples and a pool of at least {shown})",
+                task.name
+            );
+            let turns = earlier_turns(
+                task.train[..shown]
+                    .iter()
+                    .map(|e| (e.prompt.as_str(), e.answer.as_str())),
+            );
+            ex.shown = task.train[skipped..]
+                .iter()
+                .map(|e| {
+                    let prompt = format!("{turns}{}", e.prompt);
+                    self.model.tokenizer.encode_example(&prompt, &e.answer)
+                })
+                .collect::<Result<_>>()?;
+        }
+        Ok(self)
+    }
+
     /// One training sample's loss: `cfg.sft_examples` examples of training task `task`
     /// drawn from `rng`, their cross-entropy through the adapter of decoder tokens `tokens`,
     /// plus the residual penalty (and `cfg.greedy` times [`greedy_hinge`]). With `contrast`, the tokens generated from another task's
@@ -284,8 +363,23 @@ impl SftData {
         contrast: Option<&Tensor>,
         rng: &mut Rng,
     ) -> Result<Tensor> {
-        let examples = SftModel::draw(&self.train[task].train, cfg.sft_examples, rng);
-        let batch = self.model.batch(&examples)?;
+        let data = &self.train[task];
+        let drawn = SftModel::draw(data.train.len(), cfg.sft_examples, rng);
+        let shown = |what: &str| -> Result<Batch> {
+            ensure!(
+                !data.shown.is_empty(),
+                "{what} needs the examples shown (SftData::with_shown)"
+            );
+            let items: Vec<&Encoded> = drawn.iter().map(|&i| &data.shown[i]).collect();
+            self.model.batch(&items)
+        };
+        let batch = match cfg.adapter_sees_shown {
+            true => shown("--adapter-sees-shown")?,
+            false => {
+                let items: Vec<&Encoded> = drawn.iter().map(|&i| &data.train[i]).collect();
+                self.model.batch(&items)?
+            }
+        };
         let fold = self.train_fold[task];
         let (logits, rel) = self.model.answer_logits(fold, tokens, gate, &batch)?;
         let ce = candle_nn::loss::cross_entropy(&logits, &batch.targets)?;
@@ -293,6 +387,16 @@ impl SftData {
         if cfg.greedy > 0.0 {
             let hinge = greedy_hinge(&logits, &batch.targets, cfg.greedy_margin)?;
             own = (own + (hinge * cfg.greedy)?)?;
+        }
+        if cfg.distill > 0.0 {
+            let shown = shown("the distillation term")?;
+            // The same answer tokens after the examples: the rows line up one to one.
+            ensure!(
+                shown.targets.to_vec1::<u32>()? == batch.targets.to_vec1::<u32>()?,
+                "the teacher's answer tokens differ from the adapter's"
+            );
+            let teacher = self.model.llama.answer_logits(&shown, None)?;
+            own = (own + (distill_kl(&teacher, &logits)? * cfg.distill)?)?;
         }
         match contrast {
             None => Ok(own),
@@ -338,6 +442,50 @@ impl SftData {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The distillation term by hand: KL(softmax(t) || softmax(s)) per row, averaged; zero
+    /// where the adapter already answers as the teacher does; a gradient of
+    /// (softmax(s) - softmax(t)) / rows on the adapter's logits and none on the teacher's.
+    #[test]
+    fn the_distillation_term_is_the_teachers_kl_divergence_per_answer_token() {
+        let dev = Device::Cpu;
+        let teacher =
+            candle_core::Var::from_vec(vec![2.0f32, 0.0, 0.0, 1.0, 1.0, 1.0], (2, 3), &dev)
+                .unwrap();
+        let student =
+            candle_core::Var::from_vec(vec![2.0f32, 0.0, 0.0, 0.0, 3.0, 0.0], (2, 3), &dev)
+                .unwrap();
+        let kl = distill_kl(teacher.as_tensor(), student.as_tensor()).unwrap();
+        let softmax = |z: [f64; 3]| {
+            let e: Vec<f64> = z.iter().map(|x| x.exp()).collect();
+            let sum: f64 = e.iter().sum();
+            e.iter().map(|x| x / sum).collect::<Vec<_>>()
+        };
+        let (p, q) = (softmax([1.0, 1.0, 1.0]), softmax([0.0, 3.0, 0.0]));
+        let row2: f64 = p.iter().zip(&q).map(|(p, q)| p * (p / q).ln()).sum();
+        let got = f64::from(kl.to_scalar::<f32>().unwrap());
+        assert!(
+            (got - row2 / 2.0).abs() < 1e-5,
+            "{got} against {}",
+            row2 / 2.0
+        );
+        let grads = kl.backward().unwrap();
+        assert!(
+            grads.get(&teacher).is_none(),
+            "the teacher is a fixed target"
+        );
+        let g = grads.get(&student).unwrap().to_vec2::<f32>().unwrap();
+        for x in &g[0] {
+            assert!(
+                x.abs() < 1e-6,
+                "row 1 already answers as the teacher: {g:?}"
+            );
+        }
+        for k in 0..3 {
+            let want = (q[k] - p[k]) / 2.0;
+            assert!((f64::from(g[1][k]) - want).abs() < 1e-5, "{g:?}");
+        }
+    }
 
     /// The hinge by hand: zero where the target wins by the margin, the shortfall where it
     /// does not, and a gradient only on the target and the best other token of those.
