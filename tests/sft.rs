@@ -579,7 +579,7 @@ fn the_distillation_teacher_is_shown_examples_the_loss_never_takes() {
     };
     let (set, sft) = load(&decoder);
     let err = sft
-        .with_shown(&set, 2)
+        .with_shown(&set, 2, false)
         .err()
         .expect("a prompts generator");
     assert!(
@@ -589,10 +589,18 @@ fn the_distillation_teacher_is_shown_examples_the_loss_never_takes() {
 
     decoder.condition = Condition::Examples;
     let (set, sft) = load(&decoder);
-    let sft = sft.with_shown(&set, 2).unwrap();
-    for ex in &sft.train {
-        assert_eq!(ex.shown.len(), ex.train.len());
-        for (t, s) in ex.shown.iter().zip(&ex.train) {
+    let sft = sft.with_shown(&set, 2, true).unwrap();
+    assert!(!sft.heldout.is_empty());
+    // Beside the adapter, the held-out tasks' test examples are read after them too.
+    let heldout = sft.heldout.iter().map(|ex| (&ex.shown, &ex.test));
+    for (shown, plain) in sft
+        .train
+        .iter()
+        .map(|ex| (&ex.shown, &ex.train))
+        .chain(heldout)
+    {
+        assert_eq!(shown.len(), plain.len());
+        for (t, s) in shown.iter().zip(plain) {
             assert!(
                 t.prompt_len > s.prompt_len,
                 "the teacher's prompt holds more turns"

@@ -284,7 +284,7 @@ pub fn run(args: Args) -> Result<()> {
                 args.residual_from.as_deref(),
                 &cfg.residual_folds,
             )?
-            .with_shown(&set, cfg.shown)?,
+            .with_shown(&set, cfg.shown, cfg.adapter_sees_shown)?,
         ),
         false => None,
     };

@@ -51,8 +51,8 @@ pub struct SftExamples {
     pub train: Vec<Encoded>,
     pub test: Vec<Encoded>,
     /// `train` after the task's first examples as earlier turns ([`SftData::with_shown`]),
-    /// as the distillation teacher or an adapter trained beside them reads them; empty
-    /// without.
+    /// as the distillation teacher or an adapter trained beside them reads them (for a
+    /// held-out task, `test` so); empty without.
     pub shown: Vec<Encoded>,
 }
 
@@ -318,11 +318,25 @@ impl SftData {
     /// earlier chat turns (the server's `plugin.demonstrations`), for the distillation
     /// teacher or an adapter trained beside the examples. Those examples must be ones the
     /// loss never takes (a generator reading examples is trained on those after its pool);
-    /// `shown` 0: none.
-    pub fn with_shown(mut self, set: &TrainingSet, shown: usize) -> Result<Self> {
+    /// `shown` 0: none. With `beside` (an adapter trained beside them), the held-out tasks'
+    /// test examples too, which the log's held-out NLL then reads, as a server showing them
+    /// would answer.
+    pub fn with_shown(mut self, set: &TrainingSet, shown: usize, beside: bool) -> Result<Self> {
         if shown == 0 {
             return Ok(self);
         }
+        let tokenizer = &self.model.tokenizer;
+        let after = |task: &TaskData, examples: &[crate::tasks::Example]| {
+            let turns = earlier_turns(
+                task.train[..shown]
+                    .iter()
+                    .map(|e| (e.prompt.as_str(), e.answer.as_str())),
+            );
+            examples
+                .iter()
+                .map(|e| tokenizer.encode_example(&format!("{turns}{}", e.prompt), &e.answer))
+                .collect::<Result<Vec<_>>>()
+        };
         for (task, ex) in set.train.iter().zip(&mut self.train) {
             let skipped = task.train.len() - ex.train.len();
             ensure!(
@@ -331,18 +345,17 @@ impl SftData {
                  --condition examples and a pool of at least {shown})",
                 task.name
             );
-            let turns = earlier_turns(
-                task.train[..shown]
-                    .iter()
-                    .map(|e| (e.prompt.as_str(), e.answer.as_str())),
-            );
-            ex.shown = task.train[skipped..]
-                .iter()
-                .map(|e| {
-                    let prompt = format!("{turns}{}", e.prompt);
-                    self.model.tokenizer.encode_example(&prompt, &e.answer)
-                })
-                .collect::<Result<_>>()?;
+            ex.shown = after(task, &task.train[skipped..])?;
+        }
+        if beside {
+            for (task, ex) in set.heldout.iter().zip(&mut self.heldout) {
+                ensure!(
+                    task.train.len() >= shown,
+                    "held-out task {}: fewer than {shown} examples to show",
+                    task.name
+                );
+                ex.shown = after(task, &task.test)?;
+            }
         }
         Ok(self)
     }
@@ -412,7 +425,8 @@ impl SftData {
     /// each, through the adapter generated from the first N prompts of a pool); `None`
     /// without held-out tasks. `shift` 0 conditions each task on its own pool; `shift` k on
     /// the pool k tasks further on (cyclically), the condition-shuffle control: if the
-    /// generator reads its input, the shifted NLL is higher.
+    /// generator reads its input, the shifted NLL is higher. The test examples are read
+    /// after the examples shown where [`Self::with_shown`] encoded them so.
     pub fn heldout_nll(
         &self,
         decoder: &Decoder,
@@ -429,7 +443,11 @@ impl SftData {
             let pool = &self.heldout_pools[(k + shift) % h];
             let cond = pool.narrow(0, 0, n.min(pool.dim(0)?))?;
             let pred = decoder.forward(&cond.unsqueeze(0)?)?;
-            let items: Vec<&Encoded> = ex.test.iter().take(HELDOUT_EXAMPLES).collect();
+            let test = match ex.shown.is_empty() {
+                true => &ex.test,
+                false => &ex.shown,
+            };
+            let items: Vec<&Encoded> = test.iter().take(HELDOUT_EXAMPLES).collect();
             let (ce, _) = self
                 .model
                 .loss(None, &pred.get(0)?, gate, &self.model.batch(&items)?)?;
