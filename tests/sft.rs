@@ -107,6 +107,21 @@ fn real_encoder() -> mistralrs_dnd::generator::PromptEncoder {
 }
 
 /// The generator in `dir`, with the real MiniLM encoder.
+/// The fixture collection's training set for `decoder` and `cfg` (encodings cached under
+/// `dir`) and its end-to-end data on the tiny model.
+fn fixture_sft(
+    decoder: &mistralrs_dnd::generator::DecoderConfig,
+    encoder: &mistralrs_dnd::generator::PromptEncoder,
+    cfg: &TrainDecoderConfig,
+    dir: &Path,
+) -> (mistralrs_dnd::training::generator::TrainingSet, SftData) {
+    let collection = &trained_tiny_generator().collection;
+    let set =
+        load_training_set(collection, None, decoder, encoder, cfg, &dir.join("cache")).unwrap();
+    let sft = SftData::load(&tiny_model(), decoder, &set, None, &[]).unwrap();
+    (set, sft)
+}
+
 fn load_generator(dir: &Path) -> Generator {
     Generator::load(
         dir,
@@ -457,17 +472,7 @@ fn an_examples_generator_reads_answers_and_is_not_scored_on_the_ones_it_read() {
     };
     let dir = tempfile::tempdir().unwrap();
     let load = |decoder: &mistralrs_dnd::generator::DecoderConfig| {
-        let set = load_training_set(
-            &fixture.collection,
-            None,
-            decoder,
-            &encoder,
-            &cfg,
-            &dir.path().join("cache"),
-        )
-        .unwrap();
-        let sft = SftData::load(&tiny_model(), decoder, &set, None, &[]).unwrap();
-        (set, sft)
+        fixture_sft(decoder, &encoder, &cfg, dir.path())
     };
     let (prompts_set, prompts_sft) = load(&decoder);
     decoder.condition = Condition::Examples;
@@ -500,16 +505,7 @@ fn the_contrast_term_pays_the_margin_until_the_other_condition_is_worse() {
         ..settings(Objective::Sft)
     };
     let dir = tempfile::tempdir().unwrap();
-    let set = load_training_set(
-        &fixture.collection,
-        None,
-        &decoder,
-        &real_encoder(),
-        &cfg,
-        &dir.path().join("cache"),
-    )
-    .unwrap();
-    let sft = SftData::load(&tiny_model(), &decoder, &set, None, &[]).unwrap();
+    let (_, sft) = fixture_sft(&decoder, &real_encoder(), &cfg, dir.path());
     let (t, h, w) = decoder.layout().unwrap().shape();
     let tokens = |seed: u64| {
         let mut rng = Rng::new(seed);
@@ -565,17 +561,7 @@ fn the_distillation_teacher_is_shown_examples_the_loss_never_takes() {
     let dir = tempfile::tempdir().unwrap();
     let encoder = real_encoder();
     let load = |decoder: &mistralrs_dnd::generator::DecoderConfig| {
-        let set = load_training_set(
-            &fixture.collection,
-            None,
-            decoder,
-            &encoder,
-            &cfg,
-            &dir.path().join("cache"),
-        )
-        .unwrap();
-        let sft = SftData::load(&tiny_model(), decoder, &set, None, &[]).unwrap();
-        (set, sft)
+        fixture_sft(decoder, &encoder, &cfg, dir.path())
     };
     let (set, sft) = load(&decoder);
     let err = sft
