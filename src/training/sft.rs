@@ -10,7 +10,9 @@
 //! answer tokens (and the end-of-turn token, so the model learns to stop), plus
 //! `residual_l2` times the residual's squared norm relative to the base's. The gradients
 //! flow through the LoRA matrices (plain tensors, [`LoraWeights::from_tensors`]) into the
-//! gates and the decoder. SmolLM2 stays frozen.
+//! gates and the decoder. SmolLM2 stays frozen. A generator that reads examples can also
+//! be trained with the task's first examples shown ([`SftData::with_shown`]): to the base
+//! model as a distillation teacher ([`distill_kl`]), or to the adapter itself.
 
 use std::collections::BTreeMap;
 use std::path::Path;
