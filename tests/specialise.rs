@@ -509,6 +509,38 @@ async fn until_generation(s: &TestServer, task: &str, state: &str) -> Value {
     .await
 }
 
+/// A chat request (greedy, 6 tokens) of `prompt` after `turns` as earlier user and
+/// assistant messages: what a client showing those examples itself sends.
+fn chat_after<'a>(turns: impl IntoIterator<Item = (&'a str, &'a str)>, prompt: &str) -> Value {
+    let mut messages: Vec<Value> = turns
+        .into_iter()
+        .flat_map(|(u, a)| {
+            [
+                json!({"role": "user", "content": u}),
+                json!({"role": "assistant", "content": a}),
+            ]
+        })
+        .collect();
+    messages.push(json!({"role": "user", "content": prompt}));
+    json!({"model": "default", "messages": messages, "max_tokens": 6, "temperature": 0.0})
+}
+
+/// Gives `task` its `examples` and its 3 prompts, and waits for its generation to be done:
+/// its entry.
+async fn examples_then_generation(s: &TestServer, task: &str, examples: Vec<Value>) -> Value {
+    let r = s
+        .admin(Method::PUT, &format!("/adapters/{task}/examples"))
+        .json(&json!({ "examples": examples }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for i in 0..3 {
+        s.chat_task(&format!("question {i}"), task).await;
+    }
+    until_generation(s, task, "done").await
+}
+
 /// `plugin.demonstrations`: where the base model shown a task's first examples answers the
 /// check's examples best, the task's chat requests are answered so: the examples inserted
 /// as earlier turns (the answer a client that sends them itself gets), `base+examples`.
@@ -520,19 +552,7 @@ async fn a_task_routed_to_its_examples_is_answered_with_them_inserted() {
     c.plugin.demonstrations = 2;
     let s = start_with(c, Some(Arc::new(TestGenerator::default()))).await;
     let shown = [("question 0", "zero"), ("question 1", "one")];
-    let with_shown = |prompt: &str| {
-        let mut messages: Vec<Value> = shown
-            .iter()
-            .flat_map(|(u, a)| {
-                [
-                    json!({"role": "user", "content": u}),
-                    json!({"role": "assistant", "content": a}),
-                ]
-            })
-            .collect();
-        messages.push(json!({"role": "user", "content": prompt}));
-        json!({"model": "default", "messages": messages, "max_tokens": 6, "temperature": 0.0})
-    };
+    let with_shown = |prompt: &str| chat_after(shown.iter().copied(), prompt);
     // The checked examples' answers are what the base model answers when shown the first
     // two, so that it answers them all in their format and ranks first.
     let mut examples: Vec<Value> = shown
@@ -545,17 +565,7 @@ async fn a_task_routed_to_its_examples_is_answered_with_them_inserted() {
         let first_line = answer.lines().find(|l| !l.trim().is_empty()).unwrap();
         examples.push(json!({"prompt": prompt, "answer": first_line.trim()}));
     }
-    let r = s
-        .admin(Method::PUT, "/adapters/qa/examples")
-        .json(&json!({ "examples": examples }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    for i in 0..3 {
-        s.chat_task(&format!("question {i}"), "qa").await;
-    }
-    let v = until_generation(&s, "qa", "done").await;
+    let v = examples_then_generation(&s, "qa", examples).await;
     let g = &v["generation"];
     assert_eq!(g["demonstrations_routed"], true, "{v}");
     assert_eq!(
@@ -605,6 +615,58 @@ async fn a_task_routed_to_its_examples_is_answered_with_them_inserted() {
     assert!(routed(s.chat_task("question 7", "qa").await));
     assert_eq!(s.upload("qa", &a).await.status, 201);
     assert!(!routed(s.chat_task("question 7", "qa").await));
+}
+
+/// `plugin.demonstrations_pool`: each request of a task routed to its examples is shown its
+/// own nearest of the pool (the answer a client sending those gets), as the check was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_pool_each_request_is_shown_its_nearest_examples() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = tiny_config(dir.path());
+    c.plugin.guard_max_tokens = 6;
+    (c.plugin.demonstrations, c.plugin.demonstrations_pool) = (2, 4);
+    let s = start_with(c, Some(Arc::new(TestGenerator::default()))).await;
+    let kind = |i: usize| ["alpha", "beta"][i % 2];
+    let pool: Vec<(String, String)> = (0..4)
+        .map(|i| {
+            (
+                format!("{} question {i}", kind(i)),
+                format!("{} {i}", kind(i)),
+            )
+        })
+        .collect();
+    // The pool's two of the prompt's kind, least alike first (a tie: the later first).
+    let with_nearest = |i: usize, prompt: &str| {
+        let turns = [i % 2 + 2, i % 2].map(|j| (&*pool[j].0, &*pool[j].1));
+        chat_after(turns, prompt)
+    };
+    let mut examples: Vec<Value> = pool
+        .iter()
+        .map(|(p, a)| json!({"prompt": p, "answer": a}))
+        .collect();
+    for i in 4..12 {
+        let prompt = format!("{} question {i}", kind(i));
+        let answer = s.post_chat(&with_nearest(i, &prompt)).await.content();
+        let first_line = answer.lines().find(|l| !l.trim().is_empty()).unwrap();
+        examples.push(json!({"prompt": prompt, "answer": first_line.trim()}));
+    }
+    let v = examples_then_generation(&s, "qa", examples).await;
+    let g = &v["generation"];
+    assert_eq!(g["demonstrations_routed"], true, "{v}");
+    assert_eq!(
+        g["demonstrations_check"]["adapter_strict"],
+        json!(8),
+        "each check example answered as shown its nearest: {v}"
+    );
+    for i in [8, 9] {
+        let prompt = format!("{} question {i}", kind(i));
+        let served = s.chat_task(&prompt, "qa").await;
+        assert_eq!(served.adapter.as_deref(), Some("base+examples"));
+        let direct = s.post_chat(&with_nearest(i, &prompt)).await;
+        assert_eq!(served.content(), direct.content(), "{prompt}");
+        let tokens = |r: &Reply| r.json["usage"]["prompt_tokens"].as_u64();
+        assert_eq!(tokens(&served), tokens(&direct), "{prompt}: the same turns");
+    }
 }
 
 /// `plugin.check_tolerance` forgives that share of the examples, rounded down: half of two

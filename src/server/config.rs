@@ -177,6 +177,10 @@ pub struct PluginConfig {
     /// chat requests, as earlier turns: one more candidate of the no-harm check, the base
     /// model with them, routed like the others (`specialise::guard`). 0: none.
     pub demonstrations: usize,
+    /// More than `demonstrations`: the first this many examples are a pool, and each
+    /// prompt (the check's and the requests') is shown its `demonstrations` nearest of them
+    /// (`tasks::nearest`). 0: the first `demonstrations` for every prompt.
+    pub demonstrations_pool: usize,
     /// The library's adapters a selection weighs: those of the tasks whose examples read
     /// most like the task's.
     pub library_nearest: usize,
@@ -253,6 +257,7 @@ impl Default for PluginConfig {
             library: None,
             library_nearest: 5,
             demonstrations: 0,
+            demonstrations_pool: 0,
             max_generations_per_hour: 6,
             max_versions: 5,
             encode_on_arrival: true,
@@ -311,12 +316,22 @@ impl Config {
                 );
             }
             let most_shown = guard::MAX_EXAMPLES - guard::MIN_UNSEEN;
-            if p.demonstrations > most_shown {
+            if p.demonstrations > most_shown || p.demonstrations_pool > most_shown {
                 bail!(
-                    "plugin.demonstrations ({}) must be at most {most_shown}: the no-harm check reads at least {} examples after those shown, of at most {}",
+                    "plugin.demonstrations ({}) and plugin.demonstrations_pool ({}) must be at most {most_shown}: the no-harm check reads at least {} examples after those shown, of at most {}",
                     p.demonstrations,
+                    p.demonstrations_pool,
                     guard::MIN_UNSEEN,
                     guard::MAX_EXAMPLES
+                );
+            }
+            if p.demonstrations_pool > 0
+                && (p.demonstrations == 0 || p.demonstrations_pool <= p.demonstrations)
+            {
+                bail!(
+                    "plugin.demonstrations_pool ({}) must be more than plugin.demonstrations ({}, set) to choose from, or 0",
+                    p.demonstrations_pool,
+                    p.demonstrations
                 );
             }
             for (key, v) in [
@@ -364,6 +379,24 @@ mod tests {
         let mut bad = cfg.clone();
         bad.plugin.max_n = 0;
         assert!(bad.check().unwrap_err().to_string().contains("max_n"));
+        // A pool must hold more than the examples shown, and leave the check room.
+        let mut pooled = cfg.clone();
+        (
+            pooled.plugin.demonstrations,
+            pooled.plugin.demonstrations_pool,
+        ) = (4, 32);
+        pooled.check().unwrap();
+        for (k, pool) in [(4, 4), (4, 2), (4, 57), (0, 8)] {
+            (
+                pooled.plugin.demonstrations,
+                pooled.plugin.demonstrations_pool,
+            ) = (k, pool);
+            let err = pooled.check().unwrap_err().to_string();
+            assert!(
+                err.contains("plugin.demonstrations_pool"),
+                "{k} {pool}: {err}"
+            );
+        }
         let mut bad = cfg;
         bad.plugin.max_stored_tasks = 0;
         assert!(bad

@@ -311,6 +311,7 @@ pub async fn assemble(
             prepare_on_arrival: pc.encode_on_arrival,
             library,
             demonstrations: pc.demonstrations,
+            demonstrations_pool: pc.demonstrations_pool,
         };
         specialise::Specialiser::start(g, table.clone(), metrics.clone(), settings)
     });

@@ -180,6 +180,19 @@ pub struct Settings {
     /// `plugin.demonstrations` and, where it is routed, before the task's chat requests
     /// (0: no such candidate; see [`guard`]).
     pub demonstrations: usize,
+    /// `plugin.demonstrations_pool`: more than `demonstrations`, the first this many
+    /// examples are the pool each prompt is shown its nearest `demonstrations` of.
+    pub demonstrations_pool: usize,
+}
+
+impl Settings {
+    /// The examples a task shows from: its first `demonstrations`, or the pool's.
+    fn shown_pool(&self) -> usize {
+        match self.demonstrations {
+            0 => 0,
+            k => self.demonstrations_pool.max(k),
+        }
+    }
 }
 
 /// What one generation reads: its generator, the generator's inputs, the examples the
@@ -689,7 +702,7 @@ impl Specialiser {
         buf.attempts = record.attempts;
         // Only with the configured K: turned off or changed, the check of other K examples
         // would read some of those shown.
-        let k = self.settings.demonstrations;
+        let k = self.settings.shown_pool();
         buf.shown = match record.shown {
             Some(r) if k > 0 && r.examples.len() == k => Some(Shown {
                 examples: r.examples.into(),
@@ -1116,7 +1129,7 @@ impl Specialiser {
         };
         // The examples shown (`plugin.demonstrations`) are never the check's.
         let read = (condition == Condition::Examples || !selection.is_empty()).then_some(read);
-        let split = guard::Split::new(examples.len(), self.settings.demonstrations, read);
+        let split = guard::Split::new(examples.len(), self.settings.shown_pool(), read);
         let shown = examples[..split.shown].to_vec();
         examples.drain(..split.checked_from);
         Ok(JobInputs {
@@ -1328,7 +1341,7 @@ impl Specialiser {
         let current_answerer = match (&shown_now, &current) {
             (Some(ex), _) => Some(guard::Answerer {
                 model_id: self.table.engine().base_id(),
-                shown: ex,
+                shown: self.demonstrations(ex),
             }),
             (None, Some(m)) => Some(guard::Answerer::model(&m.engine_id)),
             (None, None) => None,
@@ -1343,7 +1356,7 @@ impl Specialiser {
         let verdicts = guard::check(
             self.table.engine().as_ref(),
             &candidates,
-            shown,
+            self.demonstrations(shown),
             current_answerer,
             examples,
             &self.table.store_root().join(PROBE_DIR).join(task),
@@ -1632,9 +1645,18 @@ impl Specialiser {
         tasks.get(task).map(|b| self.info_of(task, b))
     }
 
-    /// The examples to show before the messages of `task`'s chat requests, where the
-    /// no-harm check routed them (see [`Shown`]). Called for every tagged request: one
-    /// lookup under the task lock, and the table's when the task has them.
+    /// A task's examples shown ([`Self::shown`]) as each prompt is shown them.
+    pub fn demonstrations<'a>(&self, pool: &'a [Example]) -> guard::Demonstrations<'a> {
+        guard::Demonstrations {
+            pool,
+            each: self.settings.demonstrations,
+        }
+    }
+
+    /// The examples to show before the messages of `task`'s chat requests (the pool each
+    /// picks from, [`Self::demonstrations`]), where the no-harm check routed them (see
+    /// [`Shown`]). Called for every tagged request: one lookup under the task lock, and the
+    /// table's when the task has them.
     pub fn shown(&self, task: &str) -> Option<Arc<[Example]>> {
         let tasks = self.lock();
         self.shown_of(task, tasks.get(task)?)

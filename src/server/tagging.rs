@@ -325,8 +325,6 @@ async fn route_request(
     if let (Some(t), Some(sp)) = (&task, &plugin.specialiser) {
         sp.observe(t, checked.stock.prompt_text())?;
     }
-    // The parsed copy of the body is not held through a wait for the task's adapter.
-    drop(checked.stock);
     let mut body = checked.body;
     // A chat request of a task the no-harm check routed to its examples shown. A
     // byte-level BPE token is a byte at least, so a body within the context in bytes (less
@@ -335,11 +333,17 @@ async fn route_request(
     // engine for a length its client did not send.
     let room = plugin.context_tokens.saturating_sub(TEMPLATE_TOKENS);
     let shown = match (&task, &plugin.specialiser) {
-        (Some(t), Some(sp)) if parts.uri.path() == "/v1/chat/completions" => sp
-            .shown(t)
-            .is_some_and(|ex| body.show(ex.iter().map(|e| (&*e.prompt, &*e.answer)), room)),
+        (Some(t), Some(sp)) if parts.uri.path() == "/v1/chat/completions" => {
+            sp.shown(t).is_some_and(|pool| {
+                let prompt = checked.stock.prompt_text().unwrap_or_default();
+                let shown = sp.demonstrations(&pool).pick(&prompt);
+                body.show(shown.iter().map(|e| (&*e.prompt, &*e.answer)), room)
+            })
+        }
         _ => false,
     };
+    // The parsed copy of the body is not held through a wait for the task's adapter.
+    drop(checked.stock);
     let route = match &task {
         Some(t) if !shown => {
             plugin

@@ -46,7 +46,10 @@
 //!   each prompt as earlier chat turns (one user and one assistant message each), as the
 //!   tagging layer then inserts them into the task's chat requests. The check reads the
 //!   examples after the first K (and after those a generator read). Where it is the task's
-//!   route, it stands in for the current adapter in a regeneration's check.
+//!   route, it stands in for the current adapter in a regeneration's check. With
+//!   `plugin.demonstrations_pool` = N > K, the first N are the pool and each prompt, the
+//!   check's and the requests', is shown its K nearest of them ([`Demonstrations`]); the
+//!   check reads the examples after the first N.
 //! - Of the candidates accepted, the one that answers the most examples **strictly** (in the
 //!   examples' own format) is routed (an adapter stored); on a tie the one with the most
 //!   hits, then the generated one, the shown examples last. Every accepted one has shown no
@@ -71,6 +74,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::AdapterEngine;
 use crate::format::LoraAdapter;
+use crate::tasks::nearest::Nearest;
 use crate::tasks::{score_lenient, score_strict, Example as TaskExample, Scoring};
 use crate::training::llama::score::Labelled;
 
@@ -301,13 +305,44 @@ pub fn routed(verdicts: &[Verdict]) -> Option<usize> {
     best.map(|(i, _)| i)
 }
 
-/// Who answers the examples: an engine model, with `shown` examples before each prompt as
+/// The examples shown before a prompt as earlier chat turns: `each` of `pool`, the prompt's
+/// nearest ([`Nearest`]) when the pool holds more, else the whole pool in its order.
+#[derive(Debug, Clone, Copy)]
+pub struct Demonstrations<'a> {
+    pub pool: &'a [Example],
+    pub each: usize,
+}
+
+impl<'a> Demonstrations<'a> {
+    pub const NONE: Self = Self { pool: &[], each: 0 };
+
+    pub fn is_empty(&self) -> bool {
+        self.pool.is_empty() || self.each == 0
+    }
+
+    /// The examples shown before `prompt`, least alike first. The pool's features are
+    /// computed again a call: at most [`MAX_EXAMPLES`] short prompts, microseconds.
+    pub fn pick(&self, prompt: &str) -> Vec<&'a Example> {
+        if self.each >= self.pool.len() {
+            return self.pool.iter().collect();
+        }
+        let nearest = Nearest::new(self.pool.iter().map(|e| &*e.prompt));
+        let pool = self.pool;
+        nearest
+            .pick(prompt, self.each)
+            .into_iter()
+            .map(|i| &pool[i])
+            .collect()
+    }
+}
+
+/// Who answers the examples: an engine model, with examples shown before each prompt as
 /// earlier chat turns (none for an adapter; a task's first examples for the candidate of
 /// `plugin.demonstrations`).
 #[derive(Debug, Clone, Copy)]
 pub struct Answerer<'a> {
     pub model_id: &'a str,
-    pub shown: &'a [Example],
+    pub shown: Demonstrations<'a>,
 }
 
 impl<'a> Answerer<'a> {
@@ -315,7 +350,7 @@ impl<'a> Answerer<'a> {
     pub fn model(model_id: &'a str) -> Self {
         Self {
             model_id,
-            shown: &[],
+            shown: Demonstrations::NONE,
         }
     }
 }
@@ -331,7 +366,7 @@ impl<'a> Answerer<'a> {
 pub async fn check(
     engine: &dyn AdapterEngine,
     candidates: &[Candidate<'_>],
-    shown: &[Example],
+    shown: Demonstrations<'_>,
     current: Option<Answerer<'_>>,
     examples: &[Example],
     probe_dir: &Path,
@@ -435,11 +470,19 @@ async fn answers(
     examples: &[Example],
     max_tokens: usize,
 ) -> Result<Vec<String>> {
-    let shown: Vec<(&str, &str)> = who.shown.iter().map(|e| (&*e.prompt, &*e.answer)).collect();
+    let shown: Vec<Vec<(&str, &str)>> = examples
+        .iter()
+        .map(|ex| {
+            (who.shown.pick(&ex.prompt).into_iter())
+                .map(|e| (&*e.prompt, &*e.answer))
+                .collect()
+        })
+        .collect();
     futures::future::try_join_all(
         examples
             .iter()
-            .map(|ex| engine.answer(who.model_id, &shown, &ex.prompt, max_tokens)),
+            .zip(&shown)
+            .map(|(ex, turns)| engine.answer(who.model_id, turns, &ex.prompt, max_tokens)),
     )
     .await
 }

@@ -112,6 +112,7 @@ fn settings() -> Settings {
         prepare_on_arrival: true,
         library: None,
         demonstrations: 0,
+        demonstrations_pool: 0,
     }
 }
 
@@ -1702,6 +1703,58 @@ async fn the_examples_shown_are_routed_where_they_rank_first_and_survive_a_resta
         f.history("t").is_some_and(|h| h.shown.is_none())
     })
     .await;
+}
+
+/// With a pool (`plugin.demonstrations_pool`), each prompt is shown its nearest of the pool:
+/// here the base model answers right only when every example shown is of the prompt's own
+/// kind, which the first 2 never are and the nearest 2 of 4 always are. The pool is the
+/// route, and kept at a restart only with the same pool size.
+#[tokio::test]
+async fn with_a_pool_each_prompt_is_shown_its_nearest_examples() {
+    let pooled = Settings {
+        demonstrations_pool: 4,
+        ..showing()
+    };
+    let f = start(pooled.clone());
+    f.engine.answer_with(|model, text| {
+        let prompt = text.lines().last().unwrap_or_default();
+        let kind = |line: &str| line.split(' ').next().unwrap_or_default().to_string();
+        let shown: Vec<&str> = text.lines().rev().skip(1).collect();
+        match model == "base" && !shown.is_empty() && shown.iter().all(|l| kind(l) == kind(prompt))
+        {
+            true => prompt.to_string(),
+            false => "?".to_string(),
+        }
+    });
+    let qs: Vec<String> = (0..12)
+        .map(|i| format!("{} {i}", ["alpha", "beta"][i % 2]))
+        .collect();
+    f.examples_then_k("t", &qs).await;
+    f.until_gen("t", GenState::Done).await;
+    let info = f.sp.info("t").unwrap();
+    let shown = info.demonstrations_check.unwrap();
+    assert_eq!(
+        (shown.examples, shown.adapter_strict),
+        (8, 8),
+        "checked on the 8 after the pool, each shown its own kind"
+    );
+    assert!(info.demonstrations_routed);
+    let pool = f.sp.shown("t").unwrap();
+    assert_eq!(&pool[..], &examples(&qs[..4]).unwrap()[..]);
+    let picked: Vec<&str> = (f.sp.demonstrations(&pool).pick("beta 9").iter())
+        .map(|e| &*e.prompt)
+        .collect();
+    // Least alike first, so the nearest sits next to the prompt (a tie: the earlier).
+    assert_eq!(picked, ["beta 3", "beta 1"]);
+
+    eventually("the route on disk", || {
+        f.history("t").is_some_and(|h| h.shown.is_some())
+    })
+    .await;
+    let g = start_in(copy_of_store(&f), pooled);
+    assert_eq!(g.sp.shown("t").as_deref(), Some(&pool[..]));
+    let h = start_in(copy_of_store(&f), showing());
+    assert_eq!(h.sp.shown("t"), None, "another pool size: no longer shown");
 }
 
 #[tokio::test]
