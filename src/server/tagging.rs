@@ -335,8 +335,13 @@ async fn route_request(
     let shown = match (&task, &plugin.specialiser) {
         (Some(t), Some(sp)) if parts.uri.path() == "/v1/chat/completions" => {
             sp.shown(t).is_some_and(|pool| {
-                let prompt = checked.stock.prompt_text().unwrap_or_default();
-                let shown = sp.demonstrations(&pool).pick(&prompt);
+                let demonstrations = sp.demonstrations(&pool);
+                // The request's text is gathered only where it picks the examples.
+                let prompt = match demonstrations.chooses() {
+                    true => checked.stock.prompt_text().unwrap_or_default(),
+                    false => String::new(),
+                };
+                let shown = demonstrations.pick(&prompt);
                 body.show(shown.iter().map(|e| (&*e.prompt, &*e.answer)), room)
             })
         }

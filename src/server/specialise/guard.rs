@@ -320,10 +320,16 @@ impl<'a> Demonstrations<'a> {
         self.pool.is_empty() || self.each == 0
     }
 
+    /// Whether the examples shown depend on the prompt (the pool holds more than `each`);
+    /// if not, [`Self::pick`] does not read it.
+    pub fn chooses(&self) -> bool {
+        self.each < self.pool.len()
+    }
+
     /// The examples shown before `prompt`, least alike first. The pool's features are
     /// computed again a call: at most [`MAX_EXAMPLES`] short prompts, microseconds.
     pub fn pick(&self, prompt: &str) -> Vec<&'a Example> {
-        if self.each >= self.pool.len() {
+        if !self.chooses() {
             return self.pool.iter().collect();
         }
         let nearest = Nearest::new(self.pool.iter().map(|e| &*e.prompt));
