@@ -525,6 +525,18 @@ fn chat_after<'a>(turns: impl IntoIterator<Item = (&'a str, &'a str)>, prompt: &
     json!({"model": "default", "messages": messages, "max_tokens": 6, "temperature": 0.0})
 }
 
+/// Examples whose answers are the first line the server answers each (request, prompt):
+/// what the model asked so answers, in the examples' format.
+async fn answered(s: &TestServer, asked: impl Iterator<Item = (Value, String)>) -> Vec<Value> {
+    let mut examples = Vec::new();
+    for (request, prompt) in asked {
+        let answer = s.post_chat(&request).await.content();
+        let first_line = answer.lines().find(|l| !l.trim().is_empty()).unwrap();
+        examples.push(json!({"prompt": prompt, "answer": first_line.trim()}));
+    }
+    examples
+}
+
 /// Gives `task` its `examples` and its 3 prompts, and waits for its generation to be done:
 /// its entry.
 async fn examples_then_generation(s: &TestServer, task: &str, examples: Vec<Value>) -> Value {
@@ -559,12 +571,8 @@ async fn a_task_routed_to_its_examples_is_answered_with_them_inserted() {
         .iter()
         .map(|(p, a)| json!({"prompt": p, "answer": a}))
         .collect();
-    for i in 2..10 {
-        let prompt = format!("question {i}");
-        let answer = s.post_chat(&with_shown(&prompt)).await.content();
-        let first_line = answer.lines().find(|l| !l.trim().is_empty()).unwrap();
-        examples.push(json!({"prompt": prompt, "answer": first_line.trim()}));
-    }
+    let prompts = (2..10).map(|i| format!("question {i}"));
+    examples.extend(answered(&s, prompts.map(|p| (with_shown(&p), p))).await);
     let v = examples_then_generation(&s, "qa", examples).await;
     let g = &v["generation"];
     assert_eq!(g["demonstrations_routed"], true, "{v}");
@@ -644,12 +652,8 @@ async fn with_a_pool_each_request_is_shown_its_nearest_examples() {
         .iter()
         .map(|(p, a)| json!({"prompt": p, "answer": a}))
         .collect();
-    for i in 4..12 {
-        let prompt = format!("{} question {i}", kind(i));
-        let answer = s.post_chat(&with_nearest(i, &prompt)).await.content();
-        let first_line = answer.lines().find(|l| !l.trim().is_empty()).unwrap();
-        examples.push(json!({"prompt": prompt, "answer": first_line.trim()}));
-    }
+    let prompts = (4..12).map(|i| (i, format!("{} question {i}", kind(i))));
+    examples.extend(answered(&s, prompts.map(|(i, p)| (with_nearest(i, &p), p))).await);
     let v = examples_then_generation(&s, "qa", examples).await;
     let g = &v["generation"];
     assert_eq!(g["demonstrations_routed"], true, "{v}");

@@ -24,10 +24,10 @@ use crate::server::local::{chat_body, LocalServer};
 use crate::server::{self, Config};
 use crate::tasks::nearest::Nearest;
 use crate::tasks::{score_lenient, score_strict, Example, Task};
-use crate::training::llama::chat::earlier_turns;
+pub use crate::training::llama::chat::demonstration_turns;
 
 /// `task` with `k` training examples as earlier chat turns of every test prompt
-/// ([`earlier_turns`]): the in-context baseline, what a tenant's labelled examples give a
+/// ([`demonstration_turns`]): the in-context baseline, what a tenant's labelled examples give a
 /// model without any generated adapter. With `pool` 0, the first `k` for every test
 /// prompt, as a server prepending a task's examples would; else each test prompt's `k`
 /// nearest of the first `pool` ([`Nearest`]). The training split is left as it is.
@@ -70,15 +70,6 @@ pub fn with_demonstrations(task: &Task, k: usize, pool: usize) -> Result<Task> {
 
 /// The label of the base model shown a task's examples ([`EvalServer::answer_side_by_side`]).
 pub const SHOWN_LABEL: &str = "base+examples";
-
-/// `examples` as earlier chat turns before a prompt ([`earlier_turns`]).
-pub fn demonstration_turns<'a>(examples: impl IntoIterator<Item = &'a Example>) -> String {
-    earlier_turns(
-        examples
-            .into_iter()
-            .map(|e| (e.prompt.as_str(), e.answer.as_str())),
-    )
-}
 
 /// A model to evaluate: the base, or the base with an adapter.
 #[derive(Debug, Clone)]
@@ -539,6 +530,7 @@ pub fn write_report(report: &Report, out: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::training::llama::chat::earlier_turns;
 
     fn ex(prompt: &str, answer: &str) -> Example {
         Example {

@@ -22,7 +22,7 @@ use candle_core::{Device, Tensor};
 
 use super::generator::{ResidualFold, TaskData, TrainDecoderConfig, TrainingSet};
 use super::llama::batch::Batch;
-use super::llama::chat::{earlier_turns, ChatTokenizer, Encoded};
+use super::llama::chat::{demonstration_turns, ChatTokenizer, Encoded};
 use super::llama::Llama;
 use super::lora::{LoraConfig, LoraWeights};
 use crate::format::frozen_a::check_frozen_a;
@@ -329,11 +329,7 @@ impl SftData {
         }
         let tokenizer = &self.model.tokenizer;
         let after = |task: &TaskData, examples: &[crate::tasks::Example]| {
-            let turns = earlier_turns(
-                task.train[..shown]
-                    .iter()
-                    .map(|e| (e.prompt.as_str(), e.answer.as_str())),
-            );
+            let turns = demonstration_turns(&task.train[..shown]);
             examples
                 .iter()
                 .map(|e| tokenizer.encode_example(&format!("{turns}{}", e.prompt), &e.answer))
@@ -380,20 +376,21 @@ impl SftData {
     ) -> Result<Tensor> {
         let data = &self.train[task];
         let drawn = SftModel::draw(data.train.len(), cfg.sft_examples, rng);
+        // The drawn examples of `train`, or as the examples shown before them encode them.
+        let batch_of = |pool: &[Encoded]| -> Result<Batch> {
+            self.model
+                .batch(&drawn.iter().map(|&i| &pool[i]).collect::<Vec<_>>())
+        };
         let shown = |what: &str| -> Result<Batch> {
             ensure!(
                 !data.shown.is_empty(),
                 "{what} needs the examples shown (SftData::with_shown)"
             );
-            let items: Vec<&Encoded> = drawn.iter().map(|&i| &data.shown[i]).collect();
-            self.model.batch(&items)
+            batch_of(&data.shown)
         };
         let batch = match cfg.adapter_sees_shown {
             true => shown("--adapter-sees-shown")?,
-            false => {
-                let items: Vec<&Encoded> = drawn.iter().map(|&i| &data.train[i]).collect();
-                self.model.batch(&items)?
-            }
+            false => batch_of(&data.train)?,
         };
         let fold = self.train_fold[task];
         let (logits, rel) = self.model.answer_logits(fold, tokens, gate, &batch)?;

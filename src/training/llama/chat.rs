@@ -88,6 +88,18 @@ pub fn earlier_turns<'a>(turns: impl IntoIterator<Item = (&'a str, &'a str)>) ->
         .collect()
 }
 
+/// Labelled `examples` as earlier chat turns before a prompt ([`earlier_turns`]): how the
+/// evaluation and the trainer show a task's examples.
+pub fn demonstration_turns<'a>(
+    examples: impl IntoIterator<Item = &'a crate::tasks::Example>,
+) -> String {
+    earlier_turns(
+        examples
+            .into_iter()
+            .map(|e| (e.prompt.as_str(), e.answer.as_str())),
+    )
+}
+
 /// A tokenized example: `ids` = prompt tokens then answer tokens (ending with the
 /// end-of-turn token); the loss covers `ids[prompt_len..]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
