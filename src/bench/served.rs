@@ -7,7 +7,9 @@
 //! tokens, and scored strictly and leniently as `eval` scores them; the base model answers
 //! them untagged. The whole run is made twice in one command, on two servers alike but for
 //! `plugin.demonstrations` (0, then the K given), so that the examples shown are measured
-//! as the candidate of the check they are, beside what the check routes without them.
+//! as the candidate of the check they are, beside what the check routes without them. With
+//! a pool N (`--pool`), the two servers both show K examples: the first K, then each
+//! prompt's nearest K of the first N (`plugin.demonstrations_pool`).
 //! Nothing here is tuned to a task: the route is the server's own.
 
 use std::path::{Path, PathBuf};
@@ -27,12 +29,49 @@ pub struct Options {
     pub examples_generator: Option<PathBuf>,
     /// Training examples given to each task.
     pub examples: usize,
-    /// `plugin.demonstrations` of the second server.
-    pub demonstrations: usize,
+    /// What the two servers show.
+    pub arms: Arms,
     /// Test prompts answered per task.
     pub limit: usize,
     /// Where the rows are written as JSON, if anywhere.
     pub out: Option<PathBuf>,
+}
+
+/// The two servers of a run, alike but for the examples they show: none, then the first
+/// `demonstrations`; or, with a `pool`, the first `demonstrations`, then each prompt's
+/// nearest `demonstrations` of the first `pool`.
+#[derive(Debug, Clone, Copy)]
+pub struct Arms {
+    pub demonstrations: usize,
+    pub pool: usize,
+}
+
+impl Arms {
+    /// `plugin.demonstrations` and `plugin.demonstrations_pool` of each server.
+    fn settings(self) -> [(usize, usize); 2] {
+        let k = self.demonstrations;
+        match self.pool {
+            0 => [(0, 0), (k, 0)],
+            n => [(k, 0), (k, n)],
+        }
+    }
+
+    /// Each server's column header.
+    fn labels(self) -> [String; 2] {
+        let k = self.demonstrations;
+        match self.pool {
+            0 => ["as served".into(), format!("with demonstrations = {k}")],
+            n => [
+                format!("first {k} shown"),
+                format!("nearest {k} of {n} shown"),
+            ],
+        }
+    }
+
+    /// The examples the check needs: those shown and at least MIN_UNSEEN after them.
+    fn examples_needed(self) -> usize {
+        self.demonstrations.max(self.pool) + crate::server::specialise::guard::MIN_UNSEEN
+    }
 }
 
 /// One task's result on one server.
@@ -68,18 +107,22 @@ pub async fn run(
     options: Options,
 ) -> Result<()> {
     let k = crate::generator::decoder::DecoderConfig::load(generator)?.prompts;
+    let arms = options.arms;
     ensure!(
-        options.examples >= options.demonstrations + crate::server::specialise::guard::MIN_UNSEEN,
-        "{} examples: the examples shown are a candidate only with at least {} after them",
+        options.examples >= arms.examples_needed(),
+        "{} examples: the examples shown are a candidate only with at least {} after them \
+         (at least {} wanted)",
         options.examples,
-        crate::server::specialise::guard::MIN_UNSEEN
+        crate::server::specialise::guard::MIN_UNSEEN,
+        arms.examples_needed()
     );
+    let labels = arms.labels();
     print_machine();
     println!(
         "setup: SmolLM2-135M-Instruct {dtype} on the engine, generator {}, examples generator \
          {}, K = {k} tagged requests (max_tokens 1) per task after its first {} training \
          examples, then its first {} test prompts tagged (greedy, 16 tokens); two servers \
-         alike but for plugin.demonstrations = 0 and {}; tasks in turn: {}",
+         alike but for the examples shown, {} and {}; tasks in turn: {}",
         generator.display(),
         options
             .examples_generator
@@ -87,15 +130,18 @@ pub async fn run(
             .map_or("none".into(), |g| g.display().to_string()),
         options.examples,
         options.limit,
-        options.demonstrations,
+        labels[0],
+        labels[1],
         tasks.join(", ")
     );
     let mut base = Vec::new();
-    let mut arms: Vec<Vec<Served>> = Vec::new();
-    for shown in [0, options.demonstrations] {
+    let mut results: Vec<Vec<Served>> = Vec::new();
+    for (arm_index, (shown, pool)) in arms.settings().into_iter().enumerate() {
         let (_store, mut config) = specialising_config(assets.clone(), dtype, 8, generator)?;
         config.plugin.examples_generator = options.examples_generator.clone();
         config.plugin.demonstrations = shown;
+        config.plugin.demonstrations_pool = pool;
+        config.check()?;
         let server = LocalServer::start(config).await?;
         let mut arm = Vec::new();
         for name in tasks {
@@ -104,12 +150,13 @@ pub async fn run(
             let route = specialise(&server, &task, options.examples, options.limit, k).await?;
             let took = t.elapsed().as_secs_f64();
             let score = score_task(&server, Some(name), &task, Some(options.limit), name).await?;
-            if shown == 0 {
+            if arm_index == 0 {
                 let b = score_task(&server, None, &task, Some(options.limit), "base").await?;
                 base.push(b.accuracy());
             }
             println!(
-                "demonstrations {shown}: {name:<22} routed {route:<9} {} ({took:.0} s to the route)",
+                "{}: {name:<22} routed {route:<9} {} ({took:.0} s to the route)",
+                labels[arm_index],
                 cell(score.accuracy())
             );
             arm.push(Served {
@@ -117,10 +164,10 @@ pub async fn run(
                 accuracy: score.accuracy(),
             });
         }
-        arms.push(arm);
+        results.push(arm);
     }
-    let with = arms.pop().expect("two arms");
-    let without = arms.pop().expect("two arms");
+    let with = results.pop().expect("two arms");
+    let without = results.pop().expect("two arms");
     let rows: Vec<Row> = tasks
         .iter()
         .zip(base)
@@ -132,14 +179,12 @@ pub async fn run(
             with,
         })
         .collect();
-    println!("{}", markdown(&rows, options.demonstrations));
+    let md = markdown(&rows, arms);
+    println!("{md}");
     if let Some(out) = &options.out {
         std::fs::create_dir_all(out)?;
         std::fs::write(out.join("served.json"), serde_json::to_vec_pretty(&rows)?)?;
-        std::fs::write(
-            out.join("served.md"),
-            markdown(&rows, options.demonstrations),
-        )?;
+        std::fs::write(out.join("served.md"), md)?;
     }
     Ok(())
 }
@@ -196,11 +241,12 @@ fn cell(a: Accuracy) -> String {
 }
 
 /// The rows as a markdown table (strict % (lenient %), the route), the means, what the
-/// examples shown add (with its 95 % interval over tasks resampled), the bar base + 15,
-/// and the tasks harmed.
-pub fn markdown(rows: &[Row], demonstrations: usize) -> String {
+/// second server adds to the first (with its 95 % interval over tasks resampled), the bar
+/// base + 15, and the tasks harmed.
+pub fn markdown(rows: &[Row], arms: Arms) -> String {
+    let [first, second] = arms.labels();
     let mut s = format!(
-        "| task | base | as served | route | with demonstrations = {demonstrations} | route |\n\
+        "| task | base | {first} | route | {second} | route |\n\
          |---|---|---|---|---|---|\n"
     );
     for r in rows {
@@ -229,17 +275,21 @@ pub fn markdown(rows: &[Row], demonstrations: usize) -> String {
             .collect();
         format!("{} ({})", names.len(), names.join(", "))
     };
-    let routed = |with: bool| {
-        rows.iter()
-            .filter(|r| (if with { &r.with } else { &r.without }).route == "examples")
-            .count()
+    let routed = |f: &dyn Fn(&Row) -> &Served| match rows
+        .iter()
+        .filter(|r| f(r).route == "examples")
+        .count()
+    {
+        0 => String::new(),
+        n => format!("{n} tasks shown examples"),
     };
     s += &format!(
-        "| mean | **{}** | **{}** | | **{}** | {} tasks shown examples |\n\n",
+        "| mean | **{}** | **{}** | {} | **{}** | {} |\n\n",
         cell(mean(&|r| r.base)),
         cell(mean(&|r| r.without.accuracy)),
+        routed(&|r| &r.without),
         cell(mean(&|r| r.with.accuracy)),
-        routed(true)
+        routed(&|r| &r.with)
     );
     let points = |f: fn(Accuracy) -> f64| -> Vec<f64> {
         let d = |r: &Row| 100.0 * (f(r.with.accuracy) - f(r.without.accuracy));
@@ -250,17 +300,17 @@ pub fn markdown(rows: &[Row], demonstrations: usize) -> String {
     let n = rows.len().max(1) as f64;
     let bar = 100.0 * mean(&|r| r.base).strict + 15.0;
     s += &format!(
-        "With demonstrations = {demonstrations} against as served: {:+.1} strict points \
-         ({lo:+.1} to {hi:+.1}, 95 % over tasks resampled), {:+.1} lenient. Base + 15 = \
-         {bar:.1} strict: as served {:+.1}, with demonstrations {:+.1}.\n",
+        "{second} against {first}: {:+.1} strict points ({lo:+.1} to {hi:+.1}, 95 % over \
+         tasks resampled), {:+.1} lenient. Base + 15 = {bar:.1} strict: {first} {:+.1}, \
+         {second} {:+.1}.\n",
         strict.iter().sum::<f64>() / n,
         lenient.iter().sum::<f64>() / n,
         100.0 * mean(&|r| r.without.accuracy).strict - bar,
         100.0 * mean(&|r| r.with.accuracy).strict - bar,
     );
     s += &format!(
-        "Tasks harmed (10 or more lenient points below the base): as served {}; with \
-         demonstrations {}. {} tasks.\n",
+        "Tasks harmed (10 or more lenient points below the base): {first} {}; {second} {}. \
+         {} tasks.\n",
         harmed(&|r| r.without.accuracy),
         harmed(&|r| r.with.accuracy),
         rows.len()
@@ -269,9 +319,9 @@ pub fn markdown(rows: &[Row], demonstrations: usize) -> String {
 }
 
 /// The table of an earlier run's `served.json`, written again (nothing is run).
-pub fn report(path: &Path, demonstrations: usize) -> Result<()> {
+pub fn report(path: &Path, arms: Arms) -> Result<()> {
     let rows: Vec<Row> = serde_json::from_slice(&std::fs::read(path)?)?;
-    println!("{}", markdown(&rows, demonstrations));
+    println!("{}", markdown(&rows, arms));
     Ok(())
 }
 
@@ -303,21 +353,33 @@ mod tests {
                 with: served("fallback", acc(0.4, 0.4)),
             },
         ];
-        let md = markdown(&rows, 4);
+        let arms = Arms {
+            demonstrations: 4,
+            pool: 0,
+        };
+        let md = markdown(&rows, arms);
         assert!(
             md.contains("| a | 0.0 (50.0) | 20.0 (40.0) | generated | 60.0 (60.0) | examples |")
         );
+        assert!(md.contains(
+            "| mean | **10.0 (35.0)** | **20.0 (30.0)** |  | **50.0 (50.0)** | 1 tasks shown"
+        ));
         assert!(
-            md.contains("| mean | **10.0 (35.0)** | **20.0 (30.0)** | | **50.0 (50.0)** | 1 tasks")
-        );
-        assert!(
-            md.contains("as served 1 (a); with demonstrations 0 ()"),
+            md.contains("as served 1 (a); with demonstrations = 4 0 ()"),
             "{md}"
         );
         assert!(
-            md.contains("against as served: +30.0 strict points"),
+            md.contains("with demonstrations = 4 against as served: +30.0 strict points"),
             "{md}"
         );
-        assert!(md.contains("+20.0 lenient. Base + 15 = 25.0 strict: as served -5.0, with demonstrations +25.0."), "{md}");
+        assert!(md.contains("+20.0 lenient. Base + 15 = 25.0 strict: as served -5.0, with demonstrations = 4 +25.0."), "{md}");
+        // With a pool both servers show examples, and the headers say which.
+        let pooled = markdown(&rows, Arms { pool: 32, ..arms });
+        assert!(
+            pooled.contains("| task | base | first 4 shown | route | nearest 4 of 32 shown |"),
+            "{pooled}"
+        );
+        assert_eq!(Arms { pool: 32, ..arms }.settings(), [(4, 0), (4, 32)]);
+        assert_eq!(arms.settings(), [(0, 0), (4, 0)]);
     }
 }

@@ -69,6 +69,10 @@ pub struct ServedArgs {
     /// plugin.demonstrations of the second server.
     #[arg(long, default_value_t = 4)]
     pub demonstrations: usize,
+    /// Both servers show --demonstrations examples: the first server a task's first, the
+    /// second each prompt's nearest of the first this many (plugin.demonstrations_pool).
+    #[arg(long, default_value_t = 0)]
+    pub pool: usize,
     /// Test prompts answered per task.
     #[arg(long, default_value_t = 30)]
     pub limit: usize,
@@ -330,8 +334,15 @@ pub fn run(args: Args) -> Result<()> {
         Bench::Served(ServedArgs {
             report: Some(path),
             demonstrations,
+            pool,
             ..
-        }) => crate::bench::served::report(&path, demonstrations),
+        }) => crate::bench::served::report(
+            &path,
+            crate::bench::served::Arms {
+                demonstrations,
+                pool,
+            },
+        ),
         Bench::Served(a) => tokio::runtime::Runtime::new()?.block_on(crate::bench::served::run(
             &a.tasks,
             &a.generator,
@@ -340,7 +351,10 @@ pub fn run(args: Args) -> Result<()> {
             crate::bench::served::Options {
                 examples_generator: (!a.no_examples_generator).then_some(a.examples_generator),
                 examples: a.examples,
-                demonstrations: a.demonstrations,
+                arms: crate::bench::served::Arms {
+                    demonstrations: a.demonstrations,
+                    pool: a.pool,
+                },
                 limit: a.limit,
                 out: a.out,
             },
