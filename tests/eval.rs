@@ -108,10 +108,11 @@ async fn eval_scores_engine_outputs_for_base_and_adapters() {
 
 /// Side by side, every column's requests are in flight at once: the evaluation server
 /// makes room for them whatever the production bounds say (here one request, no wait).
-/// The column of examples shown is the base model's answers to the prompts after them.
+/// The column of examples shown is the base model's answers to the prompts after them:
+/// each prompt's nearest of a pool (here 1 of 2), as `plugin.demonstrations_pool` shows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn side_by_side_columns_are_not_refused_by_the_admission_bounds() {
-    use mistralrs_dnd::eval::EvalServer;
+    use mistralrs_dnd::eval::{EvalServer, Shown};
     let dir = tempfile::tempdir().unwrap();
     let mut config = tiny_config(dir.path());
     config.plugin.max_in_flight_per_model = 1;
@@ -122,14 +123,30 @@ async fn side_by_side_columns_are_not_refused_by_the_admission_bounds() {
     adapters.extend((0..3).map(|i| (format!("lora-{i}"), Some(&adapter))));
     let (server, _store) = EvalServer::start(config, adapters.len() + 1).await.unwrap();
     let prompts = ["one", "two", "three", "four", "five", "six"];
-    let turns = "seven<|im_end|>\n<|im_start|>assistant\neight<|im_end|>\n<|im_start|>user\n";
+    let pool = task("pool", &[("one more", "1"), ("two more", "2")]).test;
+    let shown = Shown::new(&pool, 1);
+    let turn = |user: &str, assistant: &str| {
+        format!(
+            "{user}<|im_end|>\n<|im_start|>assistant\n{assistant}<|im_end|>\n<|im_start|>user\n"
+        )
+    };
+    assert_eq!(shown.turns("one"), turn("one more", "1"));
+    assert_eq!(shown.turns("two"), turn("two more", "2"));
+    assert_eq!(
+        Shown::new(&pool, 2).turns("two"),
+        pool.iter()
+            .map(|e| turn(&e.prompt, &e.answer))
+            .collect::<String>()
+    );
     let out = server
-        .answer_side_by_side(&adapters, &prompts, Some(turns))
+        .answer_side_by_side(&adapters, &prompts, Some(&shown))
         .await
         .unwrap();
     assert_eq!(out.len(), 5);
     assert!(out.iter().all(|answers| answers.len() == prompts.len()));
-    let after: Vec<String> = prompts.iter().map(|p| format!("{turns}{p}")).collect();
+    let after: Vec<String> = (prompts.iter())
+        .map(|p| format!("{}{p}", shown.turns(p)))
+        .collect();
     let after: Vec<&str> = after.iter().map(String::as_str).collect();
     let base = server
         .answer_side_by_side(&adapters[..1], &after, None)

@@ -40,13 +40,10 @@ pub struct Args {
     #[arg(long, default_value_t = 0, conflicts_with = "report")]
     pub demonstrations: usize,
     /// With --demonstrations K: each test prompt's K nearest (lexically,
-    /// `tasks::nearest`) of the task's first N training examples instead of the first K.
-    #[arg(
-        long,
-        value_name = "N",
-        requires = "demonstrations",
-        conflicts_with = "generator"
-    )]
+    /// `tasks::nearest`) of the task's first N training examples instead of the first K
+    /// (with --generator --guard: checked on the examples after the first N, as
+    /// `plugin.demonstrations_pool` = N).
+    #[arg(long, value_name = "N", requires = "demonstrations")]
     pub demonstrations_pool: Option<usize>,
     /// With --generator --nll --demonstrations K (teacher-forced, no --decode): every
     /// column, the adapters too, is shown the examples before each test prompt: what an
@@ -244,6 +241,7 @@ pub fn run(args: Args) -> Result<()> {
         let mut report = evaluate_nll(&comparison, &setup, args.limit)?;
         if args.shown_to_all {
             report.demonstrations = args.demonstrations;
+            report.demonstrations_pool = pool;
             report.shown_to_all = true;
         }
         if args.decode {
@@ -253,8 +251,10 @@ pub fn run(args: Args) -> Result<()> {
                 args.decode_limit,
                 args.guard,
                 args.demonstrations,
+                pool,
             ))?;
             report.demonstrations = args.demonstrations;
+            report.demonstrations_pool = pool;
             report.decoded = rows;
             report.checks = checks;
             report.apply_checks(comparison.fallback, check_tolerance);

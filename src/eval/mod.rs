@@ -26,11 +26,36 @@ use crate::tasks::nearest::Nearest;
 use crate::tasks::{score_lenient, score_strict, Example, Task};
 pub use crate::training::llama::chat::demonstration_turns;
 
+/// The examples shown before each prompt as earlier chat turns ([`demonstration_turns`]):
+/// all of `pool` when it holds `k` or fewer, else each prompt's `k` nearest of it
+/// ([`Nearest`]), as the server's `plugin.demonstrations_pool` picks them.
+pub struct Shown<'a> {
+    pool: &'a [Example],
+    k: usize,
+    nearest: Option<Nearest>,
+}
+
+impl<'a> Shown<'a> {
+    pub fn new(pool: &'a [Example], k: usize) -> Self {
+        let nearest =
+            (pool.len() > k).then(|| Nearest::new(pool.iter().map(|e| e.prompt.as_str())));
+        Self { pool, k, nearest }
+    }
+
+    /// The turns before `prompt`, least alike first.
+    pub fn turns(&self, prompt: &str) -> String {
+        match &self.nearest {
+            Some(n) => demonstration_turns(n.pick(prompt, self.k).iter().map(|&i| &self.pool[i])),
+            None => demonstration_turns(self.pool),
+        }
+    }
+}
+
 /// `task` with `k` training examples as earlier chat turns of every test prompt
-/// ([`demonstration_turns`]): the in-context baseline, what a tenant's labelled examples give a
+/// ([`Shown`]): the in-context baseline, what a tenant's labelled examples give a
 /// model without any generated adapter. With `pool` 0, the first `k` for every test
 /// prompt, as a server prepending a task's examples would; else each test prompt's `k`
-/// nearest of the first `pool` ([`Nearest`]). The training split is left as it is.
+/// nearest of the first `pool`. The training split is left as it is.
 pub fn with_demonstrations(task: &Task, k: usize, pool: usize) -> Result<Task> {
     let size = pool.max(k);
     if task.train.len() < size {
@@ -45,21 +70,13 @@ pub fn with_demonstrations(task: &Task, k: usize, pool: usize) -> Result<Task> {
             }
         );
     }
-    let shown = &task.train[..size];
-    let nearest = (pool > 0).then(|| Nearest::new(shown.iter().map(|e| e.prompt.as_str())));
-    let first = demonstration_turns(&shown[..k]);
+    let shown = Shown::new(&task.train[..size], k);
     let test = task
         .test
         .iter()
-        .map(|e| {
-            let turns = match &nearest {
-                Some(n) => &demonstration_turns(n.pick(&e.prompt, k).iter().map(|&i| &shown[i])),
-                None => &first,
-            };
-            Example {
-                prompt: format!("{turns}{}", e.prompt),
-                ..e.clone()
-            }
+        .map(|e| Example {
+            prompt: format!("{}{}", shown.turns(&e.prompt), e.prompt),
+            ..e.clone()
         })
         .collect();
     Ok(Task {
@@ -242,7 +259,7 @@ impl EvalServer {
         task: &Task,
         adapters: &[(String, Option<&LoraAdapter>)],
         limit: Option<usize>,
-        shown: Option<&str>,
+        shown: Option<&Shown<'_>>,
     ) -> Result<Vec<Score>> {
         let examples: Vec<&Example> = task.test.iter().take(limit.unwrap_or(usize::MAX)).collect();
         let prompts: Vec<&str> = examples.iter().map(|e| e.prompt.as_str()).collect();
@@ -260,13 +277,13 @@ impl EvalServer {
     /// Every adapter's (`None`: the base model's) answers to `prompts`, side by side: each
     /// hot-loaded as a task, all answering at once, so that with shared-base adapters their
     /// requests share the base model's decode batches. In the order given, then with
-    /// `shown` (earlier chat turns, [`demonstration_turns`]) one more column: the base
-    /// model with them before each prompt, as the server shows a task's examples.
+    /// `shown` one more column: the base model with them before each prompt, as the
+    /// server shows a task's examples.
     pub async fn answer_side_by_side(
         &self,
         adapters: &[(String, Option<&LoraAdapter>)],
         prompts: &[&str],
-        shown: Option<&str>,
+        shown: Option<&Shown<'_>>,
     ) -> Result<Vec<Vec<String>>> {
         let ids: Vec<String> = (0..adapters.len()).map(|k| format!("side-{k}")).collect();
         for ((_, adapter), id) in adapters.iter().zip(&ids) {
@@ -275,7 +292,9 @@ impl EvalServer {
             }
         }
         let after_turns: Vec<String> = match shown {
-            Some(turns) => prompts.iter().map(|p| format!("{turns}{p}")).collect(),
+            Some(shown) => (prompts.iter())
+                .map(|p| format!("{}{p}", shown.turns(p)))
+                .collect(),
             None => Vec::new(),
         };
         let after_turns: Vec<&str> = after_turns.iter().map(String::as_str).collect();

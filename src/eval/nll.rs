@@ -42,7 +42,7 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use super::heldout::dnd_batch;
-use super::{Accuracy, EvalServer, Score};
+use super::{Accuracy, EvalServer, Score, Shown};
 use crate::format::peft::LoraAdapter;
 use crate::generator::retrieval::{mean_adapter, on_top, Library, Retrieved};
 use crate::generator::Generator;
@@ -163,6 +163,10 @@ pub struct NllReport {
     /// `plugin.demonstrations` (0: none).
     #[serde(default)]
     pub demonstrations: usize,
+    /// With `demonstrations`: more than it, each prompt was shown its nearest
+    /// `demonstrations` of the task's first this many (0: the first `demonstrations`).
+    #[serde(default)]
+    pub demonstrations_pool: usize,
     /// `eval --shown-to-all`: every teacher-forced column was shown the task's first
     /// `demonstrations` training examples before each test prompt.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -267,6 +271,7 @@ impl NllReport {
             ensure!(
                 r.decode_limit == decode_limit
                     && r.demonstrations == first.demonstrations
+                    && r.demonstrations_pool == first.demonstrations_pool
                     && r.shown_to_all == first.shown_to_all
                     && r.decoded.is_empty() == first.decoded.is_empty()
                     && r.checks.is_empty() == first.checks.is_empty(),
@@ -306,6 +311,7 @@ impl NllReport {
             decoded: Vec::new(),
             decode_limit,
             demonstrations: first.demonstrations,
+            demonstrations_pool: first.demonstrations_pool,
             shown_to_all: first.shown_to_all,
             checks: Vec::new(),
             check_tolerance: Tolerance::default(),
@@ -790,6 +796,7 @@ pub fn evaluate_nll(
         decoded: Vec::new(),
         decode_limit: None,
         demonstrations: 0,
+        demonstrations_pool: 0,
         shown_to_all: false,
         checks: Vec::new(),
         check_tolerance: Tolerance::default(),
@@ -808,14 +815,16 @@ pub fn evaluate_nll(
 /// training examples of the task (the split the test examples share no content with; see
 /// [`check_case`]).
 /// With `demonstrations` K > 0, also the base model with the task's first K training
-/// examples shown before each prompt, answering beside the others, and checked beside
-/// them as the server's candidate of `plugin.demonstrations`.
+/// examples shown before each prompt (with `pool` N > K, each prompt's nearest K of the
+/// first N), answering beside the others, and checked beside them as the server's
+/// candidate of `plugin.demonstrations` (and `plugin.demonstrations_pool`).
 pub async fn decode_rows(
     config: Config,
     comparison: &Comparison,
     limit: Option<usize>,
     guard: Option<usize>,
     demonstrations: usize,
+    pool: usize,
 ) -> Result<(Vec<Row<Accuracy>>, Vec<TaskChecks>)> {
     let columns = (0..comparison.cases.len())
         .map(|i| comparison.adapters(i).len())
@@ -824,17 +833,21 @@ pub async fn decode_rows(
         + usize::from(demonstrations > 0);
     let (server, _store) = EvalServer::start(config, columns).await?;
     let (mut rows, mut checks) = (Vec::new(), Vec::new());
+    // The examples a task shows from: its first K, or the pool's N.
+    let shown_from = match demonstrations {
+        0 => 0,
+        k => pool.max(k),
+    };
     for (i, case) in comparison.cases.iter().enumerate() {
         let train = &case.task.train;
         ensure!(
-            train.len() >= demonstrations,
-            "task {}: fewer than {demonstrations} training examples to show",
+            train.len() >= shown_from,
+            "task {}: fewer than {shown_from} training examples to show from",
             case.task.name
         );
-        let shown =
-            (demonstrations > 0).then(|| super::demonstration_turns(&train[..demonstrations]));
+        let shown = (demonstrations > 0).then(|| Shown::new(&train[..shown_from], demonstrations));
         let mut scores = server
-            .score_side_by_side(&case.task, &comparison.adapters(i), limit, shown.as_deref())
+            .score_side_by_side(&case.task, &comparison.adapters(i), limit, shown.as_ref())
             .await?;
         let shown = shown.and_then(|_| scores.pop()).map(|s| s.accuracy());
         let examples = scores.first().map_or(0, |s| s.n);
@@ -843,7 +856,8 @@ pub async fn decode_rows(
         rows.push(row);
         if let Some(n) = guard {
             let fallback = comparison.fallback.map(|i| &comparison.multitask[i].1);
-            checks.push(check_case(&server, case, fallback, n, demonstrations).await?);
+            let shown = (demonstrations, shown_from);
+            checks.push(check_case(&server, case, fallback, n, shown).await?);
         }
     }
     Ok((rows, checks))
@@ -851,18 +865,19 @@ pub async fn decode_rows(
 
 /// The product's no-harm check ([`guard::Verdict`]) of a case's DnD and shuffled adapters,
 /// and of the fallback adapter ([`NllSetup::fallback`]), the selection's and the base
-/// model shown the task's first `demonstrations` examples when there are ones. The check
-/// reads `n` training examples from where the server's would ([`guard::Split`]).
+/// model shown `shown.0` of the task's first `shown.1` examples ([`Shown`]) when there are
+/// ones. The check reads `n` training examples from where the server's would
+/// ([`guard::Split`]).
 async fn check_case(
     server: &EvalServer,
     case: &Case,
     fallback: Option<&LoraAdapter>,
     n: usize,
-    demonstrations: usize,
+    (demonstrations, shown_from): (usize, usize),
 ) -> Result<TaskChecks> {
     let train = &case.task.train;
     let read = case.selected.as_ref().map(|s| s.read);
-    let split = guard::Split::new(train.len(), demonstrations, read);
+    let split = guard::Split::new(train.len(), shown_from, read);
     let shown = &train[..split.shown];
     let examples: Vec<guard::Example> = train
         .iter()
@@ -880,9 +895,9 @@ async fn check_case(
     adapters.extend(fallback.map(|a| ("fallback".to_string(), Some(a))));
     let selected = case.selected.as_ref().map(|s| &s.adapter);
     adapters.extend(selected.map(|a| ("selected".to_string(), Some(a))));
-    let turns = (!shown.is_empty()).then(|| super::demonstration_turns(shown));
+    let turns = (!shown.is_empty()).then(|| Shown::new(shown, demonstrations));
     let outputs = server
-        .answer_side_by_side(&adapters, &prompts, turns.as_deref())
+        .answer_side_by_side(&adapters, &prompts, turns.as_ref())
         .await?;
     let mut verdicts: Vec<Verdict> = outputs[1..]
         .iter()
@@ -1089,15 +1104,27 @@ fn table<S: Cell>(rows: &[Row<S>], multitask: &[String]) -> String {
     out
 }
 
+impl NllReport {
+    /// Which training examples the examples shown were, in words.
+    fn shown_examples(&self) -> String {
+        match self.demonstrations_pool {
+            0 => format!("the task's first {} training examples", self.demonstrations),
+            n => format!(
+                "its nearest {} of the task's first {n} training examples",
+                self.demonstrations
+            ),
+        }
+    }
+}
+
 /// The teacher-forced table (NLL per answer token, greedy exact %), and with `--decode`
 /// the decoded one (strict %, lenient %) with the issue's bars checked on it.
 pub fn nll_markdown(r: &NllReport) -> String {
     let mut out = table(&r.rows, &r.multitask);
     if r.shown_to_all {
         out.push_str(&format!(
-            "\nEvery column was shown the task's first {} training examples before each \
-             test prompt.\n",
-            r.demonstrations
+            "\nEvery column was shown {} before each test prompt.\n",
+            r.shown_examples()
         ));
     }
     if r.pooled_from.is_empty() {
@@ -1150,6 +1177,12 @@ pub fn nll_markdown(r: &NllReport) -> String {
             "\nDecoded through the serving path (greedy, {examples}), strict % (lenient %):\n\n"
         ));
         out.push_str(&table(&r.decoded, &r.multitask));
+        if r.demonstrations > 0 {
+            out.push_str(&format!(
+                "\nThe examples shown: before each prompt, {}.\n",
+                r.shown_examples()
+            ));
+        }
         out.push('\n');
         out.push_str(&bars_markdown(&r.decoded, &r.multitask));
         if has_retrieval(&r.decoded) {
@@ -1881,6 +1914,7 @@ mod tests {
             decoded: vec![good.clone(), harmed.clone()],
             decode_limit: Some(10),
             demonstrations: 0,
+            demonstrations_pool: 0,
             shown_to_all: false,
             checks: vec![checks("a"), checks("b")],
             check_tolerance: Tolerance::default(),
@@ -1949,6 +1983,7 @@ mod tests {
             decoded,
             decode_limit: Some(10),
             demonstrations: 0,
+            demonstrations_pool: 0,
             shown_to_all: false,
             checks,
             check_tolerance: Tolerance::default(),
