@@ -652,14 +652,15 @@ async fn with_a_pool_each_request_is_shown_its_nearest_examples() {
         .iter()
         .map(|(p, a)| json!({"prompt": p, "answer": a}))
         .collect();
-    let prompts = (4..12).map(|i| (i, format!("{} question {i}", kind(i))));
+    // The pool leaves the check 16 examples (guard::POOL_LEAVES).
+    let prompts = (4..20).map(|i| (i, format!("{} question {i}", kind(i))));
     examples.extend(answered(&s, prompts.map(|(i, p)| (with_nearest(i, &p), p))).await);
     let v = examples_then_generation(&s, "qa", examples).await;
     let g = &v["generation"];
     assert_eq!(g["demonstrations_routed"], true, "{v}");
     assert_eq!(
         g["demonstrations_check"]["adapter_strict"],
-        json!(8),
+        json!(16),
         "each check example answered as shown its nearest: {v}"
     );
     for i in [8, 9] {

@@ -856,7 +856,7 @@ pub async fn decode_rows(
         rows.push(row);
         if let Some(n) = guard {
             let fallback = comparison.fallback.map(|i| &comparison.multitask[i].1);
-            let shown = (demonstrations, shown_from);
+            let shown = (demonstrations, pool);
             checks.push(check_case(&server, case, fallback, n, shown).await?);
         }
     }
@@ -865,19 +865,19 @@ pub async fn decode_rows(
 
 /// The product's no-harm check ([`guard::Verdict`]) of a case's DnD and shuffled adapters,
 /// and of the fallback adapter ([`NllSetup::fallback`]), the selection's and the base
-/// model shown `shown.0` of the task's first `shown.1` examples ([`Shown`]) when there are
-/// ones. The check reads `n` training examples from where the server's would
-/// ([`guard::Split`]).
+/// model shown `shown.0` examples (each prompt's nearest of a pool of up to `shown.1`,
+/// [`Shown`]) when there are ones. The check reads `n` training examples from where the
+/// server's would ([`guard::Split`]).
 async fn check_case(
     server: &EvalServer,
     case: &Case,
     fallback: Option<&LoraAdapter>,
     n: usize,
-    (demonstrations, shown_from): (usize, usize),
+    (demonstrations, pool): (usize, usize),
 ) -> Result<TaskChecks> {
     let train = &case.task.train;
     let read = case.selected.as_ref().map(|s| s.read);
-    let split = guard::Split::new(train.len(), shown_from, read);
+    let split = guard::Split::new(train.len(), demonstrations, pool, read);
     let shown = &train[..split.shown];
     let examples: Vec<guard::Example> = train
         .iter()

@@ -177,8 +177,9 @@ pub struct PluginConfig {
     /// chat requests, as earlier turns: one more candidate of the no-harm check, the base
     /// model with them, routed like the others (`specialise::guard`). 0: none.
     pub demonstrations: usize,
-    /// More than `demonstrations`: the first this many examples are a pool, and each
-    /// prompt (the check's and the requests') is shown its `demonstrations` nearest of them
+    /// More than `demonstrations`: up to this many of a task's first examples are a pool
+    /// (as many as leave the check 16 after them, `guard::Split`), and each prompt (the
+    /// check's and the requests') is shown its `demonstrations` nearest of them
     /// (`tasks::nearest`). 0: the first `demonstrations` for every prompt.
     pub demonstrations_pool: usize,
     /// The library's adapters a selection weighs: those of the tasks whose examples read

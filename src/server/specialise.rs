@@ -186,12 +186,11 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// The examples a task shows from: its first `demonstrations`, or the pool's.
-    fn shown_pool(&self) -> usize {
-        match self.demonstrations {
-            0 => 0,
-            k => self.demonstrations_pool.max(k),
-        }
+    /// How many examples a task may show from: its first `demonstrations`, or up to the
+    /// pool's ([`guard::Split`] sizes it by the task's examples).
+    fn shown_range(&self) -> std::ops::RangeInclusive<usize> {
+        let k = self.demonstrations;
+        k..=self.demonstrations_pool.max(k)
     }
 }
 
@@ -700,14 +699,16 @@ impl Specialiser {
             .filter(|&t| t > hour_ago)
             .collect();
         buf.attempts = record.attempts;
-        // Only with the configured K: turned off or changed, the check of other K examples
-        // would read some of those shown.
-        let k = self.settings.shown_pool();
+        // Only with the configured K and a pool that fits the settings: turned off or
+        // changed, the check of other examples would read some of those shown.
+        let range = self.settings.shown_range();
         buf.shown = match record.shown {
-            Some(r) if k > 0 && r.examples.len() == k => Some(Shown {
-                examples: r.examples.into(),
-                over: r.over,
-            }),
+            Some(r) if self.settings.demonstrations > 0 && range.contains(&r.examples.len()) => {
+                Some(Shown {
+                    examples: r.examples.into(),
+                    over: r.over,
+                })
+            }
             Some(_) => {
                 tracing::warn!(
                     task,
@@ -1129,7 +1130,11 @@ impl Specialiser {
         };
         // The examples shown (`plugin.demonstrations`) are never the check's.
         let read = (condition == Condition::Examples || !selection.is_empty()).then_some(read);
-        let split = guard::Split::new(examples.len(), self.settings.shown_pool(), read);
+        let (k, pool) = (
+            self.settings.demonstrations,
+            self.settings.demonstrations_pool,
+        );
+        let split = guard::Split::new(examples.len(), k, pool, read);
         let shown = examples[..split.shown].to_vec();
         examples.drain(..split.checked_from);
         Ok(JobInputs {

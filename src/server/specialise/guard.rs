@@ -47,9 +47,9 @@
 //!   tagging layer then inserts them into the task's chat requests. The check reads the
 //!   examples after the first K (and after those a generator read). Where it is the task's
 //!   route, it stands in for the current adapter in a regeneration's check. With
-//!   `plugin.demonstrations_pool` = N > K, the first N are the pool and each prompt, the
-//!   check's and the requests', is shown its K nearest of them ([`Demonstrations`]); the
-//!   check reads the examples after the first N.
+//!   `plugin.demonstrations_pool` = N > K, up to the first N are the pool ([`Split`]) and
+//!   each prompt, the check's and the requests', is shown its K nearest of them
+//!   ([`Demonstrations`]); the check reads the examples after the pool.
 //! - Of the candidates accepted, the one that answers the most examples **strictly** (in the
 //!   examples' own format) is routed (an adapter stored); on a tie the one with the most
 //!   hits, then the generated one, the shown examples last. Every accepted one has shown no
@@ -84,11 +84,18 @@ pub const MAX_EXAMPLES: usize = 64;
 /// Examples beyond those a generator read that the check needs to read only them.
 pub const MIN_UNSEEN: usize = 8;
 
+/// Examples after a pool that a pool leaves the check before it grows: a pool takes a
+/// task's examples only beyond these, so that a tenant with few examples is still checked
+/// on as many (README, "The examples shown").
+pub const POOL_LEAVES: usize = 16;
+
 /// How a task's `len` examples divide for a generation: the first `shown` are the
-/// candidate of `plugin.demonstrations` (K wanted, `shown` 0 unless at least
-/// [`MIN_UNSEEN`] come after them), and the check reads from `checked_from` on: after those
-/// shown, and after the first `read` (a generator's or a selection's, `None` when nothing
-/// read any) when at least [`MIN_UNSEEN`] come after those.
+/// candidate of `plugin.demonstrations` (K wanted; 0 unless at least [`MIN_UNSEEN`] come
+/// after them), and the check reads from `checked_from` on: after those shown, and after
+/// the first `read` (a generator's or a selection's, `None` when nothing read any) when at
+/// least [`MIN_UNSEEN`] come after those. With `plugin.demonstrations_pool` N > K the
+/// first `shown` are the pool each prompt is shown its K nearest of: as many as leave
+/// [`POOL_LEAVES`] after them, at least K and at most N.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Split {
     pub shown: usize,
@@ -96,9 +103,11 @@ pub struct Split {
 }
 
 impl Split {
-    pub fn new(len: usize, demonstrations: usize, read: Option<usize>) -> Self {
+    pub fn new(len: usize, demonstrations: usize, pool: usize, read: Option<usize>) -> Self {
         let shown = match demonstrations > 0 && len >= demonstrations + MIN_UNSEEN {
-            true => demonstrations,
+            true => len
+                .saturating_sub(POOL_LEAVES)
+                .clamp(demonstrations, pool.max(demonstrations)),
             false => 0,
         };
         let seen = match read {
@@ -510,16 +519,33 @@ mod tests {
             shown,
             checked_from,
         };
-        assert_eq!(Split::new(32, 0, None), split(0, 0));
-        assert_eq!(Split::new(32, 4, None), split(4, 4));
+        assert_eq!(Split::new(32, 0, 0, None), split(0, 0));
+        assert_eq!(Split::new(32, 4, 0, None), split(4, 4));
         // Too few after them: none shown.
-        assert_eq!(Split::new(11, 4, None), split(0, 0));
-        assert_eq!(Split::new(12, 4, None), split(4, 4));
-        assert_eq!(Split::new(32, 4, Some(16)), split(4, 16));
-        assert_eq!(Split::new(32, 4, Some(2)), split(4, 4));
+        assert_eq!(Split::new(11, 4, 0, None), split(0, 0));
+        assert_eq!(Split::new(12, 4, 0, None), split(4, 4));
+        assert_eq!(Split::new(32, 4, 0, Some(16)), split(4, 16));
+        assert_eq!(Split::new(32, 4, 0, Some(2)), split(4, 4));
         // Too few after those read: the check reads them too, but never those shown.
-        assert_eq!(Split::new(20, 4, Some(16)), split(4, 4));
-        assert_eq!(Split::new(20, 0, Some(16)), split(0, 0));
+        assert_eq!(Split::new(20, 4, 0, Some(16)), split(4, 4));
+        assert_eq!(Split::new(20, 0, 0, Some(16)), split(0, 0));
+    }
+
+    #[test]
+    fn a_pool_grows_only_while_it_leaves_the_check_its_examples() {
+        let split = |shown, checked_from| Split {
+            shown,
+            checked_from,
+        };
+        // Enough examples: the whole pool, the check after it.
+        assert_eq!(Split::new(48, 4, 32, Some(16)), split(32, 32));
+        assert_eq!(Split::new(64, 4, 32, None), split(32, 32));
+        // Fewer: the pool leaves POOL_LEAVES, as a tenant without a pool is checked on.
+        assert_eq!(Split::new(32, 4, 32, Some(16)), split(16, 16));
+        assert_eq!(Split::new(24, 4, 32, None), split(8, 8));
+        // Never fewer than those shown: as without a pool.
+        assert_eq!(Split::new(16, 4, 32, None), split(4, 4));
+        assert_eq!(Split::new(11, 4, 32, None), split(0, 0));
     }
 
     #[test]

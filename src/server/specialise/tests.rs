@@ -1708,7 +1708,7 @@ async fn the_examples_shown_are_routed_where_they_rank_first_and_survive_a_resta
 /// With a pool (`plugin.demonstrations_pool`), each prompt is shown its nearest of the pool:
 /// here the base model answers right only when every example shown is of the prompt's own
 /// kind, which the first 2 never are and the nearest 2 of 4 always are. The pool is the
-/// route, and kept at a restart only with the same pool size.
+/// route, and kept at a restart only while the settings allow a pool of its size.
 #[tokio::test]
 async fn with_a_pool_each_prompt_is_shown_its_nearest_examples() {
     let pooled = Settings {
@@ -1726,7 +1726,8 @@ async fn with_a_pool_each_prompt_is_shown_its_nearest_examples() {
             false => "?".to_string(),
         }
     });
-    let qs: Vec<String> = (0..12)
+    // The pool leaves the check guard::POOL_LEAVES (16) examples.
+    let qs: Vec<String> = (0..20)
         .map(|i| format!("{} {i}", ["alpha", "beta"][i % 2]))
         .collect();
     f.examples_then_k("t", &qs).await;
@@ -1735,8 +1736,8 @@ async fn with_a_pool_each_prompt_is_shown_its_nearest_examples() {
     let shown = info.demonstrations_check.unwrap();
     assert_eq!(
         (shown.examples, shown.adapter_strict),
-        (8, 8),
-        "checked on the 8 after the pool, each shown its own kind"
+        (16, 16),
+        "checked on the 16 after the pool, each shown its own kind"
     );
     assert!(info.demonstrations_routed);
     let pool = f.sp.shown("t").unwrap();
@@ -1753,8 +1754,38 @@ async fn with_a_pool_each_prompt_is_shown_its_nearest_examples() {
     .await;
     let g = start_in(copy_of_store(&f), pooled);
     assert_eq!(g.sp.shown("t").as_deref(), Some(&pool[..]));
+    let larger = Settings {
+        demonstrations_pool: 8,
+        ..showing()
+    };
+    let g = start_in(copy_of_store(&f), larger);
+    assert_eq!(
+        g.sp.shown("t").as_deref(),
+        Some(&pool[..]),
+        "a pool up to 8"
+    );
     let h = start_in(copy_of_store(&f), showing());
-    assert_eq!(h.sp.shown("t"), None, "another pool size: no longer shown");
+    assert_eq!(h.sp.shown("t"), None, "no pool: no longer shown");
+}
+
+/// With fewer examples than a pool and the check need, the pool shrinks to leave the check
+/// its examples, down to the examples shown alone.
+#[tokio::test]
+async fn a_pool_leaves_the_check_its_examples() {
+    let f = start(Settings {
+        demonstrations_pool: 8,
+        ..showing()
+    });
+    base_learns_from_examples(&f);
+    f.examples_then_k("t", &numbered("q", 12)).await;
+    f.until_gen("t", GenState::Done).await;
+    let info = f.sp.info("t").unwrap();
+    assert_eq!(
+        info.demonstrations_check.unwrap().examples,
+        10,
+        "2 shown, 10 checked"
+    );
+    assert_eq!(f.sp.shown("t").unwrap().len(), 2);
 }
 
 #[tokio::test]
