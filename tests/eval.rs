@@ -112,7 +112,7 @@ async fn eval_scores_engine_outputs_for_base_and_adapters() {
 /// each prompt's nearest of a pool (here 1 of 2), as `plugin.demonstrations_pool` shows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn side_by_side_columns_are_not_refused_by_the_admission_bounds() {
-    use mistralrs_dnd::eval::{EvalServer, Shown};
+    use mistralrs_dnd::eval::{turns, EvalServer, Shown};
     let dir = tempfile::tempdir().unwrap();
     let mut config = tiny_config(dir.path());
     config.plugin.max_in_flight_per_model = 1;
@@ -124,28 +124,31 @@ async fn side_by_side_columns_are_not_refused_by_the_admission_bounds() {
     let (server, _store) = EvalServer::start(config, adapters.len() + 1).await.unwrap();
     let prompts = ["one", "two", "three", "four", "five", "six"];
     let pool = task("pool", &[("one more", "1"), ("two more", "2")]).test;
-    let shown = Shown::new(&pool, 1);
+    let shown = Shown {
+        pool: &pool,
+        each: 1,
+    };
     let turn = |user: &str, assistant: &str| {
         format!(
             "{user}<|im_end|>\n<|im_start|>assistant\n{assistant}<|im_end|>\n<|im_start|>user\n"
         )
     };
-    assert_eq!(shown.turns("one"), turn("one more", "1"));
-    assert_eq!(shown.turns("two"), turn("two more", "2"));
+    assert_eq!(turns(shown, "one"), turn("one more", "1"));
+    assert_eq!(turns(shown, "two"), turn("two more", "2"));
     assert_eq!(
-        Shown::new(&pool, 2).turns("two"),
+        turns(Shown { each: 2, ..shown }, "two"),
         pool.iter()
             .map(|e| turn(&e.prompt, &e.answer))
             .collect::<String>()
     );
     let out = server
-        .answer_side_by_side(&adapters, &prompts, Some(&shown))
+        .answer_side_by_side(&adapters, &prompts, Some(shown))
         .await
         .unwrap();
     assert_eq!(out.len(), 5);
     assert!(out.iter().all(|answers| answers.len() == prompts.len()));
     let after: Vec<String> = (prompts.iter())
-        .map(|p| format!("{}{p}", shown.turns(p)))
+        .map(|p| format!("{}{p}", turns(shown, p)))
         .collect();
     let after: Vec<&str> = after.iter().map(String::as_str).collect();
     let base = server

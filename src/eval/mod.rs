@@ -21,34 +21,18 @@ use crate::adapters::Source;
 use crate::format::peft::CONFIG_FILE;
 use crate::format::LoraAdapter;
 use crate::server::local::{chat_body, LocalServer};
+use crate::server::specialise::guard::Demonstrations;
 use crate::server::{self, Config};
-use crate::tasks::nearest::Nearest;
 use crate::tasks::{score_lenient, score_strict, Example, Task};
 pub use crate::training::llama::chat::demonstration_turns;
 
-/// The examples shown before each prompt as earlier chat turns ([`demonstration_turns`]):
-/// all of `pool` when it holds `k` or fewer, else each prompt's `k` nearest of it
-/// ([`Nearest`]), as the server's `plugin.demonstrations_pool` picks them.
-pub struct Shown<'a> {
-    pool: &'a [Example],
-    k: usize,
-    nearest: Option<Nearest>,
-}
+/// A task's training examples shown before each prompt: the server's rule
+/// ([`Demonstrations`]: all of the pool, or each prompt's nearest of it).
+pub type Shown<'a> = Demonstrations<'a, Example>;
 
-impl<'a> Shown<'a> {
-    pub fn new(pool: &'a [Example], k: usize) -> Self {
-        let nearest =
-            (pool.len() > k).then(|| Nearest::new(pool.iter().map(|e| e.prompt.as_str())));
-        Self { pool, k, nearest }
-    }
-
-    /// The turns before `prompt`, least alike first.
-    pub fn turns(&self, prompt: &str) -> String {
-        match &self.nearest {
-            Some(n) => demonstration_turns(n.pick(prompt, self.k).iter().map(|&i| &self.pool[i])),
-            None => demonstration_turns(self.pool),
-        }
-    }
+/// The earlier chat turns ([`demonstration_turns`]) that `shown` puts before `prompt`.
+pub fn turns(shown: Shown<'_>, prompt: &str) -> String {
+    demonstration_turns(shown.pick(prompt))
 }
 
 /// `task` with `k` training examples as earlier chat turns of every test prompt
@@ -70,12 +54,15 @@ pub fn with_demonstrations(task: &Task, k: usize, pool: usize) -> Result<Task> {
             }
         );
     }
-    let shown = Shown::new(&task.train[..size], k);
+    let shown = Shown {
+        pool: &task.train[..size],
+        each: k,
+    };
     let test = task
         .test
         .iter()
         .map(|e| Example {
-            prompt: format!("{}{}", shown.turns(&e.prompt), e.prompt),
+            prompt: format!("{}{}", turns(shown, &e.prompt), e.prompt),
             ..e.clone()
         })
         .collect();
@@ -259,7 +246,7 @@ impl EvalServer {
         task: &Task,
         adapters: &[(String, Option<&LoraAdapter>)],
         limit: Option<usize>,
-        shown: Option<&Shown<'_>>,
+        shown: Option<Shown<'_>>,
     ) -> Result<Vec<Score>> {
         let examples: Vec<&Example> = task.test.iter().take(limit.unwrap_or(usize::MAX)).collect();
         let prompts: Vec<&str> = examples.iter().map(|e| e.prompt.as_str()).collect();
@@ -283,7 +270,7 @@ impl EvalServer {
         &self,
         adapters: &[(String, Option<&LoraAdapter>)],
         prompts: &[&str],
-        shown: Option<&Shown<'_>>,
+        shown: Option<Shown<'_>>,
     ) -> Result<Vec<Vec<String>>> {
         let ids: Vec<String> = (0..adapters.len()).map(|k| format!("side-{k}")).collect();
         for ((_, adapter), id) in adapters.iter().zip(&ids) {
@@ -293,7 +280,7 @@ impl EvalServer {
         }
         let after_turns: Vec<String> = match shown {
             Some(shown) => (prompts.iter())
-                .map(|p| format!("{}{p}", shown.turns(p)))
+                .map(|p| format!("{}{p}", turns(shown, p)))
                 .collect(),
             None => Vec::new(),
         };

@@ -845,9 +845,12 @@ pub async fn decode_rows(
             "task {}: fewer than {shown_from} training examples to show from",
             case.task.name
         );
-        let shown = (demonstrations > 0).then(|| Shown::new(&train[..shown_from], demonstrations));
+        let shown = (demonstrations > 0).then_some(Shown {
+            pool: &train[..shown_from],
+            each: demonstrations,
+        });
         let mut scores = server
-            .score_side_by_side(&case.task, &comparison.adapters(i), limit, shown.as_ref())
+            .score_side_by_side(&case.task, &comparison.adapters(i), limit, shown)
             .await?;
         let shown = shown.and_then(|_| scores.pop()).map(|s| s.accuracy());
         let examples = scores.first().map_or(0, |s| s.n);
@@ -895,9 +898,12 @@ async fn check_case(
     adapters.extend(fallback.map(|a| ("fallback".to_string(), Some(a))));
     let selected = case.selected.as_ref().map(|s| &s.adapter);
     adapters.extend(selected.map(|a| ("selected".to_string(), Some(a))));
-    let turns = (!shown.is_empty()).then(|| Shown::new(shown, demonstrations));
+    let turns = (!shown.is_empty()).then_some(Shown {
+        pool: shown,
+        each: demonstrations,
+    });
     let outputs = server
-        .answer_side_by_side(&adapters, &prompts, turns.as_ref())
+        .answer_side_by_side(&adapters, &prompts, turns)
         .await?;
     let mut verdicts: Vec<Verdict> = outputs[1..]
         .iter()

@@ -315,14 +315,23 @@ pub fn routed(verdicts: &[Verdict]) -> Option<usize> {
 }
 
 /// The examples shown before a prompt as earlier chat turns: `each` of `pool`, the prompt's
-/// nearest ([`Nearest`]) when the pool holds more, else the whole pool in its order.
-#[derive(Debug, Clone, Copy)]
-pub struct Demonstrations<'a> {
-    pub pool: &'a [Example],
+/// nearest ([`Nearest`]) when the pool holds more, else the whole pool in its order. Of the
+/// check's examples here, of a task's training examples in the evaluation.
+#[derive(Debug)]
+pub struct Demonstrations<'a, E = Example> {
+    pub pool: &'a [E],
     pub each: usize,
 }
 
-impl<'a> Demonstrations<'a> {
+// Not derived: the derives would ask `E: Clone`, and only the slice is copied.
+impl<E> Clone for Demonstrations<'_, E> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<E> Copy for Demonstrations<'_, E> {}
+
+impl<'a, E: Labelled> Demonstrations<'a, E> {
     pub const NONE: Self = Self { pool: &[], each: 0 };
 
     pub fn is_empty(&self) -> bool {
@@ -337,11 +346,11 @@ impl<'a> Demonstrations<'a> {
 
     /// The examples shown before `prompt`, least alike first. The pool's features are
     /// computed again a call: at most [`MAX_EXAMPLES`] short prompts, microseconds.
-    pub fn pick(&self, prompt: &str) -> Vec<&'a Example> {
+    pub fn pick(&self, prompt: &str) -> Vec<&'a E> {
         if !self.chooses() {
             return self.pool.iter().collect();
         }
-        let nearest = Nearest::new(self.pool.iter().map(|e| &*e.prompt));
+        let nearest = Nearest::new(self.pool.iter().map(|e| e.prompt()));
         let pool = self.pool;
         nearest
             .pick(prompt, self.each)
