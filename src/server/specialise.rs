@@ -315,6 +315,8 @@ struct TaskBuf {
 #[derive(Debug, Clone)]
 struct Shown {
     examples: Arc<[Example]>,
+    /// How many of `examples` each prompt was shown in the check (`plugin.demonstrations`).
+    each: usize,
     /// The hash of the task's stored adapter when they were routed, if it had one.
     over: Option<String>,
 }
@@ -324,6 +326,9 @@ struct Shown {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct ShownRecord {
     examples: Vec<Example>,
+    /// 0 in records from before pools: each prompt was shown all of `examples`.
+    #[serde(default)]
+    each: usize,
     over: Option<String>,
 }
 
@@ -380,6 +385,7 @@ impl TaskBuf {
             },
             shown: self.shown.as_ref().map(|s| ShownRecord {
                 examples: s.examples.to_vec(),
+                each: s.each,
                 over: s.over.clone(),
             }),
         }
@@ -699,13 +705,19 @@ impl Specialiser {
             .filter(|&t| t > hour_ago)
             .collect();
         buf.attempts = record.attempts;
-        // Only with the configured K and a pool that fits the settings: turned off or
-        // changed, the check of other examples would read some of those shown.
+        // Only as checked: with the configured K, from a pool the settings allow. Turned off
+        // or changed, the requests would be shown other than what the check read.
+        let k = self.settings.demonstrations;
         let range = self.settings.shown_range();
         buf.shown = match record.shown {
-            Some(r) if self.settings.demonstrations > 0 && range.contains(&r.examples.len()) => {
+            Some(r)
+                if k > 0
+                    && range.contains(&r.examples.len())
+                    && (r.each == k || r.each == 0 && r.examples.len() == k) =>
+            {
                 Some(Shown {
                     examples: r.examples.into(),
+                    each: k,
                     over: r.over,
                 })
             }
@@ -1238,6 +1250,7 @@ impl Specialiser {
                     stages.push(("total".to_string(), started.elapsed()));
                     let shown = Shown {
                         examples: shown.into(),
+                        each: self.settings.demonstrations,
                         over,
                     };
                     return Ok(Outcome::Shown { stages, shown });

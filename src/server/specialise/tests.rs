@@ -1758,7 +1758,7 @@ async fn with_a_pool_each_prompt_is_shown_its_nearest_examples() {
         demonstrations_pool: 8,
         ..showing()
     };
-    let g = start_in(copy_of_store(&f), larger);
+    let g = start_in(copy_of_store(&f), larger.clone());
     assert_eq!(
         g.sp.shown("t").as_deref(),
         Some(&pool[..]),
@@ -1766,6 +1766,16 @@ async fn with_a_pool_each_prompt_is_shown_its_nearest_examples() {
     );
     let h = start_in(copy_of_store(&f), showing());
     assert_eq!(h.sp.shown("t"), None, "no pool: no longer shown");
+    let fewer_each = Settings {
+        demonstrations: 1,
+        ..larger
+    };
+    let h = start_in(copy_of_store(&f), fewer_each);
+    assert_eq!(
+        h.sp.shown("t"),
+        None,
+        "1 each, not the 2 checked: no longer shown"
+    );
 }
 
 /// With fewer examples than a pool and the check need, the pool shrinks to leave the check
