@@ -22,6 +22,7 @@ use super::{print_machine, specialising_config};
 use crate::eval::nll::{harms, mean_interval};
 use crate::eval::{score_task, Accuracy};
 use crate::server::local::{chat_body, LocalServer};
+use crate::server::specialise::guard::{Split, MIN_UNSEEN};
 
 /// What a run specialises with.
 pub struct Options {
@@ -68,9 +69,14 @@ impl Arms {
         }
     }
 
-    /// The examples the check needs: those shown and at least MIN_UNSEEN after them.
-    fn examples_needed(self) -> usize {
-        self.demonstrations.max(self.pool) + crate::server::specialise::guard::MIN_UNSEEN
+    /// The arms as a task with `examples` examples is shown them: the pool as large as the
+    /// server makes it for so many ([`Split`]).
+    fn with(self, examples: usize) -> Self {
+        let pool = match self.pool {
+            0 => 0,
+            n => Split::new(examples, self.demonstrations, n, None).shown,
+        };
+        Self { pool, ..self }
     }
 }
 
@@ -109,14 +115,14 @@ pub async fn run(
     let k = crate::generator::decoder::DecoderConfig::load(generator)?.prompts;
     let arms = options.arms;
     ensure!(
-        options.examples >= arms.examples_needed(),
-        "{} examples: the examples shown are a candidate only with at least {} after them \
-         (at least {} wanted)",
+        options.examples >= arms.demonstrations + MIN_UNSEEN,
+        "{} examples: the examples shown are a candidate only with at least {MIN_UNSEEN} \
+         after them",
         options.examples,
-        crate::server::specialise::guard::MIN_UNSEEN,
-        arms.examples_needed()
     );
-    let labels = arms.labels();
+    // Every task gets as many examples, so one pool size names the second server's column.
+    let shown = arms.with(options.examples);
+    let labels = shown.labels();
     print_machine();
     println!(
         "setup: SmolLM2-135M-Instruct {dtype} on the engine, generator {}, examples generator \
@@ -179,7 +185,7 @@ pub async fn run(
             with,
         })
         .collect();
-    let md = markdown(&rows, arms);
+    let md = markdown(&rows, shown);
     println!("{md}");
     if let Some(out) = &options.out {
         std::fs::create_dir_all(out)?;
@@ -381,5 +387,8 @@ mod tests {
         );
         assert_eq!(Arms { pool: 32, ..arms }.settings(), [(4, 0), (4, 32)]);
         assert_eq!(arms.settings(), [(0, 0), (4, 0)]);
+        // The column names the pool the server makes of a task's examples.
+        assert_eq!(Arms { pool: 32, ..arms }.with(32).pool, 16);
+        assert_eq!(Arms { pool: 32, ..arms }.with(48).pool, 32);
     }
 }
