@@ -142,10 +142,10 @@ pub async fn run(
     );
     let mut base = Vec::new();
     let mut results: Vec<Vec<Served>> = Vec::new();
-    for (arm_index, (shown, pool)) in arms.settings().into_iter().enumerate() {
+    for (arm_index, (demonstrations, pool)) in arms.settings().into_iter().enumerate() {
         let (_store, mut config) = specialising_config(assets.clone(), dtype, 8, generator)?;
         config.plugin.examples_generator = options.examples_generator.clone();
-        config.plugin.demonstrations = shown;
+        config.plugin.demonstrations = demonstrations;
         config.plugin.demonstrations_pool = pool;
         config.check()?;
         let server = LocalServer::start(config).await?;
