@@ -261,6 +261,7 @@ fn task_files_it_did_not_train_on_are_compared_as_held_out_tasks() {
         soup: false,
         seed: 0,
         fallback: None,
+        generated_library: Vec::new(),
     };
     let file = |name: &str| Task {
         name: name.to_string(),
@@ -362,6 +363,7 @@ fn task_files_it_did_not_train_on_are_compared_as_held_out_tasks() {
         soup: false,
         seed: 0,
         fallback: Some(fallback.to_path_buf()),
+        generated_library: Vec::new(),
     };
     let c = Comparison::build(&given, &with(&a, vec![b.clone()])).unwrap();
     assert_eq!((c.multitask.len(), c.fallback), (2, Some(1)));
@@ -389,6 +391,24 @@ fn task_files_it_did_not_train_on_are_compared_as_held_out_tasks() {
     };
     let c = Comparison::build(&given, &away).unwrap();
     assert!(c.averaged.is_none() && c.cases.len() == 2);
+    // A generated library needs no collection: its adapter of a task is DnD's of that task
+    // (from the same first batch), here of the first task given.
+    let generated = NllSetup {
+        generated_library: vec![given[0].clone()],
+        ..away.clone()
+    };
+    let c = Comparison::build(&given, &generated).unwrap();
+    let nearest = c.cases[0].nearest.as_ref().expect("retrieval");
+    let names: Vec<&str> = nearest.neighbours.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["tenant_a"]);
+    for (name, t) in &c.cases[0].dnd[0].tensors {
+        let d = (t - &nearest.adapter.tensors[name]).unwrap().abs().unwrap();
+        assert_eq!(
+            d.max_all().unwrap().to_scalar::<f32>().unwrap(),
+            0.0,
+            "{name}"
+        );
+    }
     let named = NllSetup {
         checkpoints: Some("not/here".into()),
         ..away

@@ -19,6 +19,7 @@ use crate::server::specialise::guard::Tolerance;
 use crate::server::Config;
 use crate::tasks::suite;
 use crate::training::collection::Collection;
+use crate::training::generator::TrainRecord;
 use crate::training::llama::score::Rank;
 
 #[derive(Debug, clap::Args)]
@@ -138,6 +139,11 @@ pub struct Args {
     /// library does) or nll (the lowest answer NLL alone, as before 2026-12-06).
     #[arg(long, value_enum, default_value_t = crate::server::specialise::library::RANK)]
     pub select_by: Rank,
+    /// With --nearest: retrieval's and selection's library made by the generator, its
+    /// adapter of each of its training tasks (from the task's first batch), instead of the
+    /// collection's LoRAs: what it learnt, as a library that needs no stored LoRAs.
+    #[arg(long, requires = "generator")]
+    pub generated_library: bool,
     /// With --select: selection's pick grown into a greedy soup, the mean of the candidates
     /// that each make the mean rank higher on those examples (in rank order).
     #[arg(long)]
@@ -231,6 +237,13 @@ pub fn run(args: Args) -> Result<()> {
             soup: args.select_soup,
             seed: 0,
             fallback: args.fallback.clone(),
+            generated_library: match args.generated_library {
+                true => {
+                    let record = TrainRecord::load(generator)?;
+                    suite(&args.tasks, &record.train_tasks, &args.suite_args.config())?
+                }
+                false => Vec::new(),
+            },
         };
         let comparison = Comparison::build(&tasks, &setup)?;
         ensure!(

@@ -87,6 +87,10 @@ pub struct NllSetup {
     /// ranks above it in the check ([`guard::routed`]), as `plugin.fallback_adapter` is;
     /// default: a residual generator's base adapter. One of `multitask`, or added to them.
     pub fallback: Option<PathBuf>,
+    /// Tasks whose DnD adapters (each from its first batch) are retrieval's and selection's
+    /// library instead of the collection's LoRAs: the generator's training tasks, so that
+    /// the library is what the generator makes of tasks it learnt; empty: the collection's.
+    pub generated_library: Vec<Task>,
 }
 
 /// A task's first `limit` test examples (all without one), encoded once for every adapter
@@ -546,11 +550,17 @@ impl Comparison {
             Ok(generator.generate(&batch(task, b)?)?.adapter)
         };
         // Retrieval's library: the LoRAs of the training tasks among those given (it needs
-        // their examples), each task read as DnD reads one.
+        // their examples), each task read as DnD reads one; or DnD's adapters of the tasks
+        // given for it, read the same way.
         let mut entries = Vec::new();
-        for (name, adapter) in train.iter().zip(&train_loras) {
-            if let Some(t) = tasks.iter().find(|t| t.name == *name) {
-                entries.push((t.name.clone(), batch(t, 0)?, adapter.clone()));
+        for t in &setup.generated_library {
+            entries.push((t.name.clone(), batch(t, 0)?, generate(t, 0)?));
+        }
+        if setup.generated_library.is_empty() {
+            for (name, adapter) in train.iter().zip(&train_loras) {
+                if let Some(t) = tasks.iter().find(|t| t.name == *name) {
+                    entries.push((t.name.clone(), batch(t, 0)?, adapter.clone()));
+                }
             }
         }
         let library = match (setup.nearest, entries.is_empty()) {
