@@ -315,8 +315,6 @@ struct TaskBuf {
 #[derive(Debug, Clone)]
 struct Shown {
     examples: Arc<[Example]>,
-    /// How many of `examples` each prompt was shown in the check (`plugin.demonstrations`).
-    each: usize,
     /// The hash of the task's stored adapter when they were routed, if it had one.
     over: Option<String>,
 }
@@ -371,7 +369,9 @@ impl TaskBuf {
         matches!(self.state, GenState::Queued | GenState::Generating)
     }
 
-    fn record(&self) -> GenRecord {
+    /// `each`: how many examples each prompt is shown (`plugin.demonstrations`, the K the
+    /// examples shown were checked with: a restart keeps them only with the same).
+    fn record(&self, each: usize) -> GenRecord {
         GenRecord {
             attempts: self.attempts,
             recent: self.recent.iter().copied().collect(),
@@ -385,7 +385,7 @@ impl TaskBuf {
             },
             shown: self.shown.as_ref().map(|s| ShownRecord {
                 examples: s.examples.to_vec(),
-                each: s.each,
+                each,
                 over: s.over.clone(),
             }),
         }
@@ -717,7 +717,6 @@ impl Specialiser {
             {
                 Some(Shown {
                     examples: r.examples.into(),
-                    each: k,
                     over: r.over,
                 })
             }
@@ -1250,7 +1249,6 @@ impl Specialiser {
                     stages.push(("total".to_string(), started.elapsed()));
                     let shown = Shown {
                         examples: shown.into(),
-                        each: self.settings.demonstrations,
                         over,
                     };
                     return Ok(Outcome::Shown { stages, shown });
@@ -1650,7 +1648,11 @@ impl Specialiser {
     /// generation and an examples update changed it last.
     async fn save_history(&self, task: &str) -> Result<()> {
         let _one_at_a_time = self.history_writes.lock().await;
-        let Some(record) = self.lock().get(task).map(TaskBuf::record) else {
+        let Some(record) = self
+            .lock()
+            .get(task)
+            .map(|b| b.record(self.settings.demonstrations))
+        else {
             return Ok(());
         };
         let path = self.task_file(task, GENERATION_FILE);
