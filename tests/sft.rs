@@ -628,3 +628,48 @@ fn the_distillation_teacher_is_shown_examples_the_loss_never_takes() {
     let beside = loss(0.0, true);
     assert!((beside - plain).abs() > 1e-4, "{plain} {beside}");
 }
+
+/// `task_mixup` end to end: mixed samples (a batch partly another task's rows, scored on
+/// both tasks' examples in the same proportion) change the run, which still trains; at 0
+/// the run draws nothing more, so it is the plain one.
+#[test]
+fn task_mixup_mixes_conditions_and_losses_end_to_end() {
+    let fixture = trained_tiny_generator();
+    let decoder = residual_decoder(&fixture.collection);
+    let encoder = real_encoder();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |mixup: f64, name: &str| {
+        let cfg = TrainDecoderConfig {
+            task_mixup: mixup,
+            ..settings(Objective::Sft)
+        };
+        let (set, sft) = fixture_sft(&decoder, &encoder, &cfg, dir.path());
+        let opts = TrainOptions {
+            stop_after_steps: None,
+            quiet: true,
+            command: None,
+        };
+        let out = dir.path().join(name);
+        let outcome = train_decoder(
+            &set,
+            &decoder,
+            &cfg,
+            &fixture.collection,
+            &out,
+            Some(&sft),
+            &opts,
+        )
+        .unwrap();
+        let losses: Vec<f32> = outcome.record.log.iter().map(|l| l.loss).collect();
+        assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+        assert_eq!(outcome.record.config.task_mixup, mixup);
+        losses
+    };
+    let plain = run(0.0, "plain");
+    assert_eq!(plain, run(0.0, "plain-again"));
+    let mixed = run(1.0, "mixed");
+    assert_ne!(plain, mixed);
+    let plain_gen = train(Objective::Sft, &dir.path().join("train"), None);
+    let logged: Vec<f32> = plain_gen.record.log.iter().map(|l| l.loss).collect();
+    assert_eq!(plain, logged, "task_mixup 0 is the plain run");
+}

@@ -61,7 +61,8 @@ pub struct Args {
     #[arg(long)]
     pub checkpoints_per_task: Option<usize>,
     /// Share of training pairs whose prompt batch mixes two tasks, with the blended
-    /// checkpoint as target (not in the method; 0 = off).
+    /// checkpoint as target, or end to end both tasks' losses in the same proportion (not
+    /// in the method; 0 = off).
     #[arg(long, default_value_t = 0.0)]
     pub task_mixup: f64,
     /// reconstruction (the method's), sft (end to end through the base model: the
@@ -205,10 +206,6 @@ pub fn run(args: Args) -> Result<()> {
         (None, true, Some(names)) => Holdout::Tasks(names),
         (None, true, None) => Holdout::None,
     };
-    ensure!(
-        args.objective != Objective::Sft || args.task_mixup == 0.0,
-        "--task-mixup blends checkpoints: it has no meaning for --objective sft"
-    );
     ensure!(
         args.residual_from.is_none() || args.objective.end_to_end(),
         "--residual-from is for the end-to-end objectives (sft, mix)"

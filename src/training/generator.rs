@@ -109,8 +109,9 @@ pub struct TrainDecoderConfig {
     #[serde(default)]
     pub checkpoints_per_task: Option<usize>,
     /// Share of training pairs whose prompt batch mixes two tasks, paired with the blend
-    /// of their checkpoints in the same proportion (not in the method: a way to make the
-    /// map from prompts to weights smooth between the few tasks there are). 0: off.
+    /// of their checkpoints in the same proportion, and end to end with the two tasks'
+    /// losses so weighted (not in the method: a way to make the map from prompts to
+    /// weights smooth between the few tasks there are). 0: off.
     #[serde(default)]
     pub task_mixup: f64,
     /// What the decoder is trained to minimise (see [`Objective`]).
@@ -638,24 +639,35 @@ fn sample_batch(
             let e = &tasks[(i + 1 + rng.below(tasks.len() - 1)) % tasks.len()];
             let ke = rng.below(e.checkpoints()?.dim(0)?);
             let other = e.pool.index_select(&prompt_indices(e, n, rng)?, 0)?;
-            let m = 1 + rng.below(n - 1);
-            let mut positions: Vec<usize> = (0..n).collect();
-            rng.shuffle(&mut positions);
-            let from_other = &positions[..m];
-            let rows = (0..n)
-                .map(|p| match from_other.contains(&p) {
-                    true => other.get(p),
-                    false => cond.get(p),
-                })
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            cond = Tensor::stack(&rows, 0)?;
-            let lambda = m as f64 / n as f64;
+            let lambda;
+            (cond, lambda) = mix_rows(&cond, &other, rng)?;
             target = ((target * (1.0 - lambda))? + (e.checkpoints()?.get(ke)? * lambda)?)?;
         }
         conds.push(cond);
         targets.push(target);
     }
     Ok((Tensor::stack(&conds, 0)?, Tensor::stack(&targets, 0)?))
+}
+
+/// Two tasks' prompt batches (n, L, 384) mixed: m of the n rows, 1 <= m < n at random
+/// positions, taken from `other`; returns the mix and m / n, the share of `other`.
+fn mix_rows(cond: &Tensor, other: &Tensor, rng: &mut Rng) -> Result<(Tensor, f64)> {
+    let n = cond.dim(0)?;
+    ensure!(
+        n > 1 && other.dim(0)? == n,
+        "mixing needs two batches of n > 1 rows"
+    );
+    let m = 1 + rng.below(n - 1);
+    let mut positions: Vec<usize> = (0..n).collect();
+    rng.shuffle(&mut positions);
+    let from_other = &positions[..m];
+    let rows = (0..n)
+        .map(|p| match from_other.contains(&p) {
+            true => other.get(p),
+            false => cond.get(p),
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok((Tensor::stack(&rows, 0)?, m as f64 / n as f64))
 }
 
 /// Indices of n prompts of a task's pool: n distinct ones in random order when the pool
@@ -866,28 +878,61 @@ pub fn train_decoder(
         let mut rng = Rng::derive(cfg.seed, &format!("step-{step}"));
         let loss = match (sft, &gate) {
             (Some(s), Some(gate)) => {
-                // A noisy prompt batch of `d` through the decoder: (T, h, w) tokens.
-                let generate = |d: &TaskData, rng: &mut Rng| -> Result<Tensor> {
-                    let cond = d.pool.index_select(&prompt_indices(d, n, rng)?, 0)?;
+                let batch_of = |d: &TaskData, rng: &mut Rng| -> Result<Tensor> {
+                    Ok(d.pool.index_select(&prompt_indices(d, n, rng)?, 0)?)
+                };
+                // A noisy prompt batch through the decoder: (T, h, w) tokens.
+                let through = |cond: Tensor, rng: &mut Rng| -> Result<Tensor> {
                     let cond = (&cond + noise(cond.dims(), cfg.input_noise, rng)?)?;
                     Ok(decoder.forward(&cond.unsqueeze(0)?)?.get(0)?)
                 };
+                let tasks = set.train.len();
                 let mut total = None::<Tensor>;
                 for _ in 0..cfg.batch_size {
-                    let i = rng.below(set.train.len());
+                    let i = rng.below(tasks);
                     let d = &set.train[i];
-                    let pred = generate(d, &mut rng)?;
-                    let other = match cfg.contrast > 0.0 && set.train.len() > 1 {
+                    let mut cond = batch_of(d, &mut rng)?;
+                    // Mixed: the batch's rows partly another task's, the loss both tasks'
+                    // in the same proportion, as the reconstruction's blended targets.
+                    // Only a mixing run draws the extra numbers.
+                    let mixed = match cfg.task_mixup > 0.0
+                        && tasks > 1
+                        && n > 1
+                        && f64::from(rng.unit_f32()) < cfg.task_mixup
+                    {
                         true => {
-                            let j = (i + 1 + rng.below(set.train.len() - 1)) % set.train.len();
-                            Some(generate(&set.train[j], &mut rng)?)
+                            let j = (i + 1 + rng.below(tasks - 1)) % tasks;
+                            let lambda;
+                            (cond, lambda) =
+                                mix_rows(&cond, &batch_of(&set.train[j], &mut rng)?, &mut rng)?;
+                            Some((j, lambda))
+                        }
+                        false => None,
+                    };
+                    let pred = through(cond, &mut rng)?;
+                    let other = match cfg.contrast > 0.0 && tasks > 1 && mixed.is_none() {
+                        true => {
+                            let j = (i + 1 + rng.below(tasks - 1)) % tasks;
+                            Some(through(batch_of(&set.train[j], &mut rng)?, &mut rng)?)
                         }
                         false => None,
                     };
                     let mut l = s.task_loss(i, &pred, gate, cfg, other.as_ref(), &mut rng)?;
+                    if let Some((j, lambda)) = mixed {
+                        let lj = s.task_loss(j, &pred, gate, cfg, None, &mut rng)?;
+                        l = ((l * (1.0 - lambda))? + (lj * lambda)?)?;
+                    }
                     if cfg.objective == Objective::Mix {
-                        let tokens = d.checkpoints()?;
-                        let target = tokens.get(rng.below(tokens.dim(0)?))?.unsqueeze(0)?;
+                        let pick = |d: &TaskData, rng: &mut Rng| -> Result<Tensor> {
+                            let tokens = d.checkpoints()?;
+                            Ok(tokens.get(rng.below(tokens.dim(0)?))?)
+                        };
+                        let mut target = pick(d, &mut rng)?;
+                        if let Some((j, lambda)) = mixed {
+                            let other = pick(&set.train[j], &mut rng)?;
+                            target = ((target * (1.0 - lambda))? + (other * lambda)?)?;
+                        }
+                        let target = target.unsqueeze(0)?;
                         let target = (&target + noise(target.dims(), cfg.target_noise, &mut rng)?)?;
                         let rec = weighted_mse(&pred.unsqueeze(0)?, &target, &cell_w, valid)?;
                         l = (l + (rec * cfg.mix_weight)?)?;
