@@ -636,7 +636,7 @@ fn sample_batch(
         if mixup > 0.0 && tasks.len() > 1 && n > 1 && f64::from(rng.unit_f32()) < mixup {
             // m of the n prompts come from another task, and the target is the blend of
             // the two checkpoints in that proportion.
-            let e = &tasks[(i + 1 + rng.below(tasks.len() - 1)) % tasks.len()];
+            let e = &tasks[another_task(i, tasks.len(), rng)];
             let ke = rng.below(e.checkpoints()?.dim(0)?);
             let other = e.pool.index_select(&prompt_indices(e, n, rng)?, 0)?;
             let lambda;
@@ -647,6 +647,12 @@ fn sample_batch(
         targets.push(target);
     }
     Ok((Tensor::stack(&conds, 0)?, Tensor::stack(&targets, 0)?))
+}
+
+/// A task index other than `i` of `len` (> 1), uniformly: the partner of a mixed sample or
+/// a contrast.
+fn another_task(i: usize, len: usize, rng: &mut Rng) -> usize {
+    (i + 1 + rng.below(len - 1)) % len
 }
 
 /// Two tasks' prompt batches (n, L, 384) mixed: m of the n rows, 1 <= m < n at random
@@ -901,7 +907,7 @@ pub fn train_decoder(
                         && f64::from(rng.unit_f32()) < cfg.task_mixup
                     {
                         true => {
-                            let j = (i + 1 + rng.below(tasks - 1)) % tasks;
+                            let j = another_task(i, tasks, &mut rng);
                             let lambda;
                             (cond, lambda) =
                                 mix_rows(&cond, &batch_of(&set.train[j], &mut rng)?, &mut rng)?;
@@ -912,7 +918,7 @@ pub fn train_decoder(
                     let pred = through(cond, &mut rng)?;
                     let other = match cfg.contrast > 0.0 && tasks > 1 && mixed.is_none() {
                         true => {
-                            let j = (i + 1 + rng.below(tasks - 1)) % tasks;
+                            let j = another_task(i, tasks, &mut rng);
                             Some(through(batch_of(&set.train[j], &mut rng)?, &mut rng)?)
                         }
                         false => None,
