@@ -262,6 +262,7 @@ fn task_files_it_did_not_train_on_are_compared_as_held_out_tasks() {
         seed: 0,
         fallback: None,
         generated_library: Vec::new(),
+        ensemble: Vec::new(),
     };
     let file = |name: &str| Task {
         name: name.to_string(),
@@ -364,6 +365,7 @@ fn task_files_it_did_not_train_on_are_compared_as_held_out_tasks() {
         seed: 0,
         fallback: Some(fallback.to_path_buf()),
         generated_library: Vec::new(),
+        ensemble: Vec::new(),
     };
     let c = Comparison::build(&given, &with(&a, vec![b.clone()])).unwrap();
     assert_eq!((c.multitask.len(), c.fallback), (2, Some(1)));
@@ -409,6 +411,50 @@ fn task_files_it_did_not_train_on_are_compared_as_held_out_tasks() {
             "{name}"
         );
     }
+    // An ensemble: DnD's adapter is the mean of each generator's of the same batch (the
+    // second here the first with every decoder weight scaled, so that they differ).
+    let scaled = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(moved.path()).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, scaled.path().join(p.file_name().unwrap())).unwrap();
+    }
+    let weights = scaled.path().join("decoder.safetensors");
+    let tensors = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu).unwrap();
+    let tensors: std::collections::HashMap<String, candle_core::Tensor> = tensors
+        .into_iter()
+        .map(|(k, t)| (k, (t * 1.5).unwrap()))
+        .collect();
+    candle_core::safetensors::save(&tensors, &weights).unwrap();
+    let alone = |generator: &std::path::Path| {
+        let setup = NllSetup {
+            generator: generator.to_path_buf(),
+            nearest: 0,
+            ..away.clone()
+        };
+        Comparison::build(&given, &setup).unwrap().cases[0].dnd[0].clone()
+    };
+    let (first, second) = (alone(moved.path()), alone(scaled.path()));
+    let both = NllSetup {
+        ensemble: vec![scaled.path().to_path_buf()],
+        nearest: 0,
+        ..away.clone()
+    };
+    let c = Comparison::build(&given, &both).unwrap();
+    let mut moved_by = 0f32;
+    for (name, t) in &c.cases[0].dnd[0].tensors {
+        let mean = ((&first.tensors[name] + &second.tensors[name]).unwrap() * 0.5).unwrap();
+        let d = (t - &mean).unwrap().abs().unwrap();
+        assert!(
+            d.max_all().unwrap().to_scalar::<f32>().unwrap() < 1e-6,
+            "{name}"
+        );
+        let apart = (&first.tensors[name] - &second.tensors[name])
+            .unwrap()
+            .abs()
+            .unwrap();
+        moved_by = moved_by.max(apart.max_all().unwrap().to_scalar::<f32>().unwrap());
+    }
+    assert!(moved_by > 1e-4, "the two generators gave the same adapter");
     let named = NllSetup {
         checkpoints: Some("not/here".into()),
         ..away

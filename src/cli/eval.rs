@@ -69,6 +69,11 @@ pub struct Args {
     /// collection (default: the one it was trained on, if it is on this machine).
     #[arg(long, conflicts_with = "adapter")]
     pub generator: Option<PathBuf>,
+    /// With --generator --nll: more generators of the same decoder shape and condition (e.g.
+    /// other seeds of its recipe); DnD's adapter of a batch is the mean of every
+    /// generator's, the ensemble, in every column that generates (the shuffle control too)
+    #[arg(long, num_args = 1.., requires_all = ["generator", "nll"])]
+    pub ensemble: Vec<PathBuf>,
     /// Prompt encoder folder for --generator (default: all-MiniLM-L6-v2 in the asset root,
     /// fetched if missing).
     #[arg(long)]
@@ -225,6 +230,7 @@ pub fn run(args: Args) -> Result<()> {
         let started = std::time::Instant::now();
         let setup = NllSetup {
             generator: generator.clone(),
+            ensemble: args.ensemble.clone(),
             encoder: given_or_default(args.encoder.as_deref(), Assets::minilm)?,
             base: given_or_default(args.base.as_deref(), Assets::smollm2)?,
             checkpoints: args.checkpoints.clone(),

@@ -60,6 +60,10 @@ use crate::training::lora::LoraWeights;
 #[derive(Debug, Clone)]
 pub struct NllSetup {
     pub generator: PathBuf,
+    /// More generators of the same decoder shape and condition (e.g. other seeds of one
+    /// recipe): DnD's adapter of a batch is then the mean of every generator's, the
+    /// ensemble; empty: `generator` alone.
+    pub ensemble: Vec<PathBuf>,
     pub encoder: PathBuf,
     /// The base model folder (Hugging Face layout, as `collect` uses).
     pub base: PathBuf,
@@ -151,6 +155,9 @@ pub type NllRow = Row<NllScore>;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NllReport {
     pub generator: PathBuf,
+    /// [`NllSetup::ensemble`]: the generators whose adapters DnD's were the mean with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ensemble: Vec<PathBuf>,
     pub train_tasks: usize,
     /// How many training tasks' final checkpoints the averaged LoRA is the mean of.
     pub averaged_over: usize,
@@ -308,6 +315,7 @@ impl NllReport {
                 .collect::<Vec<_>>()
                 .join(", ")
                 .into(),
+            ensemble: reports.iter().flat_map(|r| r.ensemble.clone()).collect(),
             train_tasks: reports.iter().map(|r| r.train_tasks).max().unwrap_or(0),
             averaged_over: reports.iter().map(|r| r.averaged_over).min().unwrap_or(0),
             multitask,
@@ -545,9 +553,35 @@ impl Comparison {
             }),
             None => None,
         };
+        let ensemble = setup
+            .ensemble
+            .iter()
+            .map(|dir| {
+                let other = Generator::load(dir, &setup.encoder, &Device::Cpu)?;
+                let (a, b) = (generator.config(), other.config());
+                ensure!(
+                    (a.prompts, a.prompt_tokens, a.condition)
+                        == (b.prompts, b.prompt_tokens, b.condition),
+                    "{} reads another batch than {} (prompts, tokens or condition differ): \
+                     an ensemble's generators must read the same one",
+                    dir.display(),
+                    setup.generator.display()
+                );
+                Ok(other)
+            })
+            .collect::<Result<Vec<_>>>()?;
         let batch = |task: &Task, b: usize| dnd_batch(task, generator.config(), setup.seed, b);
         let generate = |task: &Task, b: usize| -> Result<LoraAdapter> {
-            Ok(generator.generate(&batch(task, b)?)?.adapter)
+            let prompts = batch(task, b)?;
+            let first = generator.generate(&prompts)?.adapter;
+            if ensemble.is_empty() {
+                return Ok(first);
+            }
+            let mut all = vec![first];
+            for other in &ensemble {
+                all.push(other.generate(&prompts)?.adapter);
+            }
+            mean_adapter(&all)
         };
         // Retrieval's library: the LoRAs of the training tasks among those given (it needs
         // their examples), each task read as DnD reads one; or DnD's adapters of the tasks
@@ -795,6 +829,7 @@ pub fn evaluate_nll(
     }
     Ok(NllReport {
         generator: setup.generator.clone(),
+        ensemble: setup.ensemble.clone(),
         train_tasks: comparison.train_tasks,
         averaged_over: comparison.averaged_over,
         multitask: comparison
@@ -1923,6 +1958,7 @@ mod tests {
         };
         let report = NllReport {
             generator: "g".into(),
+            ensemble: Vec::new(),
             train_tasks: 3,
             averaged_over: 0,
             multitask: vec!["mt".into()],
@@ -1992,6 +2028,7 @@ mod tests {
     fn checked_report(decoded: Vec<Row<Accuracy>>, checks: Vec<TaskChecks>) -> NllReport {
         let mut report = NllReport {
             generator: "g".into(),
+            ensemble: Vec::new(),
             train_tasks: 3,
             averaged_over: 0,
             multitask: vec!["mt".into()],
