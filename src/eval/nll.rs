@@ -559,11 +559,12 @@ impl Comparison {
             .map(|dir| {
                 let other = Generator::load(dir, &setup.encoder, &Device::Cpu)?;
                 let (a, b) = (generator.config(), other.config());
+                // The mean of B matrices is the mean of the weight deltas only on one A.
                 ensure!(
-                    (a.prompts, a.prompt_tokens, a.condition)
-                        == (b.prompts, b.prompt_tokens, b.condition),
-                    "{} reads another batch than {} (prompts, tokens or condition differ): \
-                     an ensemble's generators must read the same one",
+                    (a.prompts, a.prompt_tokens, a.condition, a.frozen_a_seed)
+                        == (b.prompts, b.prompt_tokens, b.condition, b.frozen_a_seed),
+                    "{} reads another batch or has another frozen A than {} (prompts, tokens, \
+                     condition or frozen_a_seed differ): an ensemble's generators must share both",
                     dir.display(),
                     setup.generator.display()
                 );
