@@ -3,7 +3,7 @@
 use mistralrs_dnd::eval::{evaluate, markdown, write_report, Candidate};
 use mistralrs_dnd::format::Module;
 use mistralrs_dnd::tasks::{Example, Scoring, Task};
-use mistralrs_dnd::testing::{random_adapter, tiny_dims};
+use mistralrs_dnd::testing::{max_abs_diff, random_adapter, tiny_dims};
 
 use crate::common::*;
 
@@ -374,13 +374,18 @@ fn task_files_it_did_not_train_on_are_compared_as_held_out_tasks() {
 
     // A shipped generator away from its collection: no averaged column, the rest as above;
     // a collection that is named must exist.
-    let moved = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(&trained.generator).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_file() {
-            std::fs::copy(&p, moved.path().join(p.file_name().unwrap())).unwrap();
+    // A generator folder's files copied into a new folder.
+    let copy = |from: &std::path::Path| {
+        let to = tempfile::tempdir().unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_file() {
+                std::fs::copy(&p, to.path().join(p.file_name().unwrap())).unwrap();
+            }
         }
-    }
+        to
+    };
+    let moved = copy(&trained.generator);
     let record = moved.path().join("train.json");
     let mut json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
@@ -404,20 +409,15 @@ fn task_files_it_did_not_train_on_are_compared_as_held_out_tasks() {
     let names: Vec<&str> = nearest.neighbours.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["tenant_a"]);
     for (name, t) in &c.cases[0].dnd[0].tensors {
-        let d = (t - &nearest.adapter.tensors[name]).unwrap().abs().unwrap();
         assert_eq!(
-            d.max_all().unwrap().to_scalar::<f32>().unwrap(),
+            max_abs_diff(t, &nearest.adapter.tensors[name]),
             0.0,
             "{name}"
         );
     }
     // An ensemble: DnD's adapter is the mean of each generator's of the same batch (the
     // second here the first with every decoder weight scaled, so that they differ).
-    let scaled = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(moved.path()).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, scaled.path().join(p.file_name().unwrap())).unwrap();
-    }
+    let scaled = copy(moved.path());
     let weights = scaled.path().join("decoder.safetensors");
     let tensors = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu).unwrap();
     let tensors: std::collections::HashMap<String, candle_core::Tensor> = tensors
@@ -443,16 +443,8 @@ fn task_files_it_did_not_train_on_are_compared_as_held_out_tasks() {
     let mut moved_by = 0f32;
     for (name, t) in &c.cases[0].dnd[0].tensors {
         let mean = ((&first.tensors[name] + &second.tensors[name]).unwrap() * 0.5).unwrap();
-        let d = (t - &mean).unwrap().abs().unwrap();
-        assert!(
-            d.max_all().unwrap().to_scalar::<f32>().unwrap() < 1e-6,
-            "{name}"
-        );
-        let apart = (&first.tensors[name] - &second.tensors[name])
-            .unwrap()
-            .abs()
-            .unwrap();
-        moved_by = moved_by.max(apart.max_all().unwrap().to_scalar::<f32>().unwrap());
+        assert!(max_abs_diff(t, &mean) < 1e-6, "{name}");
+        moved_by = moved_by.max(max_abs_diff(&first.tensors[name], &second.tensors[name]));
     }
     assert!(moved_by > 1e-4, "the two generators gave the same adapter");
     let named = NllSetup {
