@@ -105,6 +105,10 @@ pub struct Args {
     /// of `generator::decoder`).
     #[arg(long, value_name = "K")]
     pub mix: Option<usize>,
+    /// A neighbour head instead of the hyper-convolutions: one direction per training task,
+    /// trained leave-one-out (module doc of `generator::decoder`).
+    #[arg(long, conflicts_with = "mix")]
+    pub neighbours: bool,
     /// sft / mix: weight of the condition-contrast term (0: off): each sample's examples
     /// also go through the adapter generated from another training task, and the loss takes
     /// how far it falls short of the task's own adapter by --contrast-margin nats (twice the
@@ -272,6 +276,10 @@ pub fn run(args: Args) -> Result<()> {
         &cfg,
         &args.checkpoints.join(CACHE_DIR),
     )?;
+    // The neighbour head's size is the number of training tasks, known only now.
+    if args.neighbours {
+        decoder = decoder.with_neighbours(set.train.len())?;
+    }
     let sft = match args.objective.end_to_end() {
         true => Some(
             SftData::load(

@@ -47,6 +47,20 @@
 //! task is a combination of what it learnt for the others. Its shapes are the input and
 //! the token stack only. Measured behind the hyper-convolutions on held-out tasks (README,
 //! "A mixture head"): kept as an option, not the default.
+//!
+//! A **neighbour head** (`MixHead::neighbours`, `train --neighbours`) is a mixture head
+//! with one direction per training task and no MLP, plus a shared direction every input
+//! gets whole: the weights are a softmax over the cosine similarity of the input's
+//! standardised mean to each task's key (the same mean of that task's encoded pool, minus a
+//! learned centre), times a learned scale. Training masks the sample's own task out of the
+//! softmax ([`Decoder::forward_excluding`]), so every task's direction is trained only by
+//! what it does for the *other* tasks whose examples read like its own: leave-one-out, the
+//! situation of a held-out task, instead of a per-task adapter that the task's own key
+//! would select (why the convolutions and the mixture head learn the training tasks, not a
+//! map between them). The shared direction takes what helps every task (what a shuffled
+//! task's examples would give too), so that the directions hold only what depends on the
+//! input. Measured inside the hyper-convolutions' spread over seeds on held-out tasks
+//! (README, "A neighbour head"): kept as an option, not the default.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -116,8 +130,12 @@ pub struct DecoderConfig {
 pub struct MixHead {
     /// K: learned directions (adapters' token stacks) the head mixes.
     pub directions: usize,
-    /// Width of the MLP's hidden layer.
+    /// Width of the MLP's hidden layer (0 for a neighbour head).
     pub hidden: usize,
+    /// A neighbour head: one direction per training task, weighted by the input's
+    /// similarity to each task's key (see the module doc).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub neighbours: bool,
 }
 
 impl MixHead {
@@ -210,13 +228,28 @@ impl DecoderConfig {
 
     /// The same input and token stack through a mixture head of `directions` directions
     /// (the hidden shapes dropped).
-    pub fn with_mix(mut self, directions: usize) -> Result<Self> {
-        let last = *self.shapes.last().expect("validated");
-        self.shapes = vec![self.shapes[0], last];
-        self.mix = Some(MixHead {
+    pub fn with_mix(self, directions: usize) -> Result<Self> {
+        self.with_head(MixHead {
             directions,
             hidden: MixHead::HIDDEN,
-        });
+            neighbours: false,
+        })
+    }
+
+    /// The same input and token stack through a neighbour head over `tasks` training tasks
+    /// (the hidden shapes dropped; see the module doc).
+    pub fn with_neighbours(self, tasks: usize) -> Result<Self> {
+        self.with_head(MixHead {
+            directions: tasks,
+            hidden: 0,
+            neighbours: true,
+        })
+    }
+
+    fn with_head(mut self, head: MixHead) -> Result<Self> {
+        let last = *self.shapes.last().expect("validated");
+        self.shapes = vec![self.shapes[0], last];
+        self.mix = Some(head);
         self.validate()?;
         Ok(self)
     }
@@ -333,8 +366,9 @@ impl DecoderConfig {
         ensure!(self.lora_alpha > 0.0, "lora_alpha must be positive");
         if let Some(m) = self.mix {
             ensure!(
-                m.directions >= 1 && m.hidden >= 1 && self.shapes.len() == 2,
-                "a mixture head needs K >= 1, a hidden width >= 1 and shapes (input, tokens) only"
+                m.directions >= 1 && (m.hidden >= 1) != m.neighbours && self.shapes.len() == 2,
+                "a mixture head needs K >= 1, a hidden width >= 1 (0 for a neighbour head) and \
+                 shapes (input, tokens) only"
             );
         }
         Ok(())
@@ -368,11 +402,20 @@ impl DecoderConfig {
     /// layer. Set to zero, they make the output zero whatever the input; refused when the
     /// last layer keeps its shape, since it then adds its input to what it computes.
     pub fn output_params(&self) -> Result<Vec<String>> {
-        if self.mix.is_some() {
-            return Ok(vec![
-                format!("{MIX_PREFIX}.out.weight"),
-                format!("{MIX_PREFIX}.out.bias"),
-            ]);
+        match self.mix {
+            Some(m) if m.neighbours => {
+                return Ok(["directions", "shared"]
+                    .iter()
+                    .map(|n| format!("{MIX_PREFIX}.{n}"))
+                    .collect())
+            }
+            Some(_) => {
+                return Ok(vec![
+                    format!("{MIX_PREFIX}.out.weight"),
+                    format!("{MIX_PREFIX}.out.bias"),
+                ])
+            }
+            None => {}
         }
         let last = self.shapes.len() - 2;
         ensure!(
@@ -399,8 +442,16 @@ impl DecoderConfig {
     pub fn flops(&self) -> u64 {
         if let Some(m) = self.mix {
             let [t, h, w] = self.shapes[1];
-            let (k, hid) = (m.directions as u64, m.hidden as u64);
-            return 2 * (self.encoder_hidden as u64 * hid + hid * k + k * (t * h * w) as u64);
+            let (k, hid, e) = (
+                m.directions as u64,
+                m.hidden as u64,
+                self.encoder_hidden as u64,
+            );
+            let weights = match m.neighbours {
+                true => e * k,
+                false => e * hid + hid * k,
+            };
+            return 2 * (weights + k * (t * h * w) as u64);
         }
         let k2 = (self.kernel * self.kernel) as u64;
         self.shapes
@@ -548,6 +599,27 @@ fn mix_params(e: usize, m: MixHead, cells: usize) -> Vec<ParamSpec> {
         }
     };
     let (k, h) = (m.directions, m.hidden);
+    if m.neighbours {
+        // Keys and centre start at zero: training sets them from its tasks' pools
+        // (`set_neighbour_keys`); the scale starts at 10, so that a task's closest
+        // neighbours carry most of the weight.
+        let zero = |name, shape| ParamSpec {
+            name,
+            shape,
+            init: Init::Const(0.0),
+        };
+        return vec![
+            zero("keys", vec![k, e]),
+            zero("centre", vec![e]),
+            ParamSpec {
+                name: "log_scale",
+                shape: vec![1],
+                init: Init::Const(10f64.ln()),
+            },
+            uniform("directions", vec![k, cells], k),
+            uniform("shared", vec![cells], k),
+        ];
+    }
     vec![
         ParamSpec {
             name: "norm.weight",
@@ -570,14 +642,31 @@ fn mix_params(e: usize, m: MixHead, cells: usize) -> Vec<ParamSpec> {
 /// The mixture head (see the module doc).
 #[derive(Debug, Clone)]
 struct MixLayer {
-    norm_weight: Tensor,
-    norm_bias: Tensor,
-    in_weight: Tensor,
-    in_bias: Tensor,
-    out_weight: Tensor,
-    out_bias: Tensor,
+    weighting: Weighting,
     directions: Tensor,
     tokens: [usize; 3],
+}
+
+/// How a mixture head weighs its directions.
+#[derive(Debug, Clone)]
+enum Weighting {
+    /// LayerNorm, then a tanh MLP.
+    Mlp {
+        norm_weight: Tensor,
+        norm_bias: Tensor,
+        in_weight: Tensor,
+        in_bias: Tensor,
+        out_weight: Tensor,
+        out_bias: Tensor,
+    },
+    /// A softmax over the similarity to each training task's key; the shared direction
+    /// added whole.
+    Neighbours {
+        keys: Tensor,
+        centre: Tensor,
+        log_scale: Tensor,
+        shared: Tensor,
+    },
 }
 
 impl MixLayer {
@@ -585,41 +674,92 @@ impl MixLayer {
         let tokens = cfg.shapes[1];
         let specs = mix_params(cfg.encoder_hidden, m, tokens.iter().product());
         let get = |name: &str| param(&vb, &specs, name);
+        let weighting = match m.neighbours {
+            true => Weighting::Neighbours {
+                keys: get("keys")?,
+                centre: get("centre")?,
+                log_scale: get("log_scale")?,
+                shared: get("shared")?,
+            },
+            false => Weighting::Mlp {
+                norm_weight: get("norm.weight")?,
+                norm_bias: get("norm.bias")?,
+                in_weight: get("in.weight")?,
+                in_bias: get("in.bias")?,
+                out_weight: get("out.weight")?,
+                out_bias: get("out.bias")?,
+            },
+        };
         Ok(Self {
-            norm_weight: get("norm.weight")?,
-            norm_bias: get("norm.bias")?,
-            in_weight: get("in.weight")?,
-            in_bias: get("in.bias")?,
-            out_weight: get("out.weight")?,
-            out_bias: get("out.bias")?,
+            weighting,
             directions: get("directions")?,
             tokens,
         })
     }
 
-    /// The K mixture weights of each sample, (B, N, L, E) -> (B, K).
-    fn weights(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, l, e) = x.dims4()?;
-        let x = standardize(&x.reshape((b, n * l, e))?.mean(1)?)?
-            .broadcast_mul(&self.norm_weight)?
-            .broadcast_add(&self.norm_bias)?;
-        let h = x
-            .matmul(&self.in_weight.t()?)?
-            .broadcast_add(&self.in_bias)?
-            .tanh()?;
-        Ok(h.matmul(&self.out_weight.t()?)?
-            .broadcast_add(&self.out_bias)?)
+    /// The K mixture weights of each sample, (B, N, L, E) -> (B, K); a neighbour head
+    /// gives direction `exclude` none.
+    fn weights(&self, x: &Tensor, exclude: Option<usize>) -> Result<Tensor> {
+        let x = pooled(x)?;
+        match &self.weighting {
+            Weighting::Mlp {
+                norm_weight,
+                norm_bias,
+                in_weight,
+                in_bias,
+                out_weight,
+                out_bias,
+            } => {
+                let x = x.broadcast_mul(norm_weight)?.broadcast_add(norm_bias)?;
+                let h = x.matmul(&in_weight.t()?)?.broadcast_add(in_bias)?.tanh()?;
+                Ok(h.matmul(&out_weight.t()?)?.broadcast_add(out_bias)?)
+            }
+            Weighting::Neighbours {
+                keys,
+                centre,
+                log_scale,
+                ..
+            } => {
+                let unit = |v: Tensor| -> Result<Tensor> {
+                    let v = v.broadcast_sub(centre)?;
+                    let norm = (v.sqr()?.sum_keepdim(D::Minus1)? + 1e-12)?.sqrt()?;
+                    Ok(v.broadcast_div(&norm)?)
+                };
+                let mut logits = unit(x)?
+                    .matmul(&unit(keys.clone())?.t()?)?
+                    .broadcast_mul(&log_scale.exp()?)?;
+                if let Some(i) = exclude {
+                    let k = keys.dim(0)?;
+                    ensure!(i < k, "excluded direction {i} of {k}");
+                    let mask: Vec<f32> = (0..k).map(|j| if j == i { -1e9 } else { 0.0 }).collect();
+                    logits = logits.broadcast_add(&Tensor::new(mask, keys.device())?)?;
+                }
+                // Softmax from differentiable ops (candle's fused one drops gradients).
+                let e = logits
+                    .broadcast_sub(&logits.max_keepdim(D::Minus1)?.detach())?
+                    .exp()?;
+                Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+            }
+        }
     }
 
     /// (B, N, L, E) -> (B, T, r + 2, C + 2).
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, exclude: Option<usize>) -> Result<Tensor> {
         let b = x.dim(0)?;
         let [t, h, w] = self.tokens;
-        Ok(self
-            .weights(x)?
-            .matmul(&self.directions)?
-            .reshape((b, t, h, w))?)
+        let mut stack = self.weights(x, exclude)?.matmul(&self.directions)?;
+        if let Weighting::Neighbours { shared, .. } = &self.weighting {
+            stack = stack.broadcast_add(shared)?;
+        }
+        Ok(stack.reshape((b, t, h, w))?)
     }
+}
+
+/// A task's key, or a mixture head's reading of its input: the mean over prompts (or
+/// examples) and positions, standardised; (B, N, L, E) -> (B, E).
+fn pooled(x: &Tensor) -> Result<Tensor> {
+    let (b, n, l, e) = x.dims4()?;
+    standardize(&x.reshape((b, n * l, e))?.mean(1)?)
 }
 
 /// One step of the decoder, from (N, H, W) to (N', H', W').
@@ -734,6 +874,17 @@ impl Decoder {
 
     /// (B, N, L, 384) -> (B, T, r + 2, C + 2); a 3-D input is treated as one sample.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_excluding(x, None)
+    }
+
+    /// [`Decoder::forward`] with a neighbour head's direction `exclude` (a training task's
+    /// own) out of its softmax: leave-one-out training. Other heads have no such direction
+    /// and refuse one.
+    pub fn forward_excluding(&self, x: &Tensor, exclude: Option<usize>) -> Result<Tensor> {
+        ensure!(
+            exclude.is_none() || self.cfg.mix.is_some_and(|m| m.neighbours),
+            "only a neighbour head leaves a direction out"
+        );
         let x = if x.rank() == 3 {
             x.unsqueeze(0)?
         } else {
@@ -746,7 +897,7 @@ impl Decoder {
             "decoder input has shape ({xn}, {xh}, {xw}), expected ({n}, {h}, {w})"
         );
         match &self.head {
-            Head::Mix(mix) => mix.forward(&x),
+            Head::Mix(mix) => mix.forward(&x, exclude),
             Head::Convolutions(layers) => layers.iter().try_fold(x, |x, l| l.forward(&x)),
         }
     }
@@ -796,6 +947,29 @@ impl Decoder {
             .load(&weights)
             .with_context(|| format!("loading decoder weights {}", weights.display()))?;
         Ok((decoder, varmap))
+    }
+
+    /// A neighbour head's keys, one per training task from its encoded pool (P, L, E), in
+    /// the head's direction order, and its centre the mean key.
+    pub fn set_neighbour_keys(&self, varmap: &VarMap, pools: &[&Tensor]) -> Result<()> {
+        let k = match self.cfg.mix {
+            Some(m) if m.neighbours => m.directions,
+            _ => bail!("only a neighbour head has keys"),
+        };
+        ensure!(pools.len() == k, "{} pools for {k} keys", pools.len());
+        let keys = pools
+            .iter()
+            .map(|p| pooled(&p.unsqueeze(0)?))
+            .collect::<Result<Vec<_>>>()?;
+        let keys = Tensor::cat(&keys, 0)?;
+        let data = varmap.data().lock().unwrap();
+        for (name, value) in [("keys", keys.clone()), ("centre", keys.mean(0)?)] {
+            let key = format!("{MIX_PREFIX}.{name}");
+            data.get(&key)
+                .with_context(|| format!("decoder has no {key}"))?
+                .set(&value)?;
+        }
+        Ok(())
     }
 
     /// Writes `decoder.json` and `decoder.safetensors` into `dir` (created if needed).
@@ -880,7 +1054,14 @@ pub(crate) mod tests {
             cfg.param_count()
         );
         assert_eq!(vars.len(), vars_want);
-        let y = dec.forward(&input(cfg, 2, 3)).unwrap();
+        assert_gradients(&dec, &varmap, &input(cfg, 2, 3), None);
+    }
+
+    /// Every variable of `varmap` gets a finite, non-zero gradient from a loss on `x`'s
+    /// output.
+    fn assert_gradients(dec: &Decoder, varmap: &VarMap, x: &Tensor, exclude: Option<usize>) {
+        let vars = varmap.data().lock().unwrap().clone();
+        let y = dec.forward_excluding(x, exclude).unwrap();
         let loss = (y - 0.5).unwrap().sqr().unwrap().mean_all().unwrap();
         let grads = loss.backward().unwrap();
         for (name, var) in &vars {
@@ -907,6 +1088,16 @@ pub(crate) mod tests {
         assert_every_parameter_gets_a_gradient(&cfg, 9 * (cfg.shapes.len() - 1));
     }
 
+    /// Row `i` of a mixture head's weights of `x`.
+    fn weights_row(mix: &MixLayer, x: &Tensor, exclude: Option<usize>, i: usize) -> Vec<f32> {
+        mix.weights(x, exclude)
+            .unwrap()
+            .get(i)
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
     #[test]
     fn mixture_head_is_its_weights_times_its_directions() {
         let cfg = tiny_config().with_mix(3).unwrap();
@@ -920,7 +1111,7 @@ pub(crate) mod tests {
         let Head::Mix(mix) = &dec.head else {
             panic!("a mixture head")
         };
-        let w: Vec<f32> = mix.weights(&x).unwrap().get(1).unwrap().to_vec1().unwrap();
+        let w = weights_row(mix, &x, None, 1);
         let dirs: Vec<Vec<f32>> = mix.directions.to_vec2().unwrap();
         let want: Vec<f32> = (0..dirs[0].len())
             .map(|c| (0..3).map(|k| w[k] * dirs[k][c]).sum())
@@ -941,6 +1132,51 @@ pub(crate) mod tests {
         let diff = (back.forward(&x).unwrap() - &y).unwrap().abs().unwrap();
         assert_eq!(diff.max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
         assert!(tiny_config().with_mix(0).is_err());
+    }
+
+    #[test]
+    fn neighbour_head_weighs_other_tasks_by_similarity() {
+        let cfg = tiny_config().with_neighbours(3).unwrap();
+        assert_eq!(cfg.mix.unwrap().hidden, 0);
+        let (dec, varmap) = Decoder::seeded(&cfg, 2, &Device::Cpu).unwrap();
+        // Three tasks' pools, each one decoder input: a task's own input is its key.
+        let pools: Vec<Tensor> = (0..3)
+            .map(|i| input(&cfg, 1, 10 + i).get(0).unwrap())
+            .collect();
+        dec.set_neighbour_keys(&varmap, &pools.iter().collect::<Vec<_>>())
+            .unwrap();
+        let x = pools[1].unsqueeze(0).unwrap();
+        let Head::Mix(mix) = &dec.head else {
+            panic!("a mixture head")
+        };
+        let w = weights_row(mix, &x, None, 0);
+        assert!(w[1] > w[0] && w[1] > w[2], "{w:?}");
+        assert!((w.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        // Left out, task 1 gets nothing and the others keep their ratio.
+        let wo = weights_row(mix, &x, Some(1), 0);
+        assert_eq!(wo[1], 0.0);
+        assert!((wo[0] / wo[2] - w[0] / w[2]).abs() < 1e-4 * w[0] / w[2]);
+        // The stack is those weights times the directions, plus the shared direction.
+        let y = dec.forward_excluding(&x, Some(1)).unwrap();
+        let dirs: Vec<Vec<f32>> = mix.directions.to_vec2().unwrap();
+        let Weighting::Neighbours { shared, .. } = &mix.weighting else {
+            panic!("a neighbour head")
+        };
+        let shared: Vec<f32> = shared.to_vec1().unwrap();
+        let got: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        let want = (0..dirs[0].len()).map(|c| wo[0] * dirs[0][c] + wo[2] * dirs[2][c] + shared[c]);
+        assert!(want.zip(&got).all(|(a, b)| (a - b).abs() < 1e-5));
+        assert_gradients(&dec, &varmap, &input(&cfg, 2, 3), Some(0));
+        // Saved and loaded (keys included), the same decoder; other heads refuse exclusion.
+        let dir = tempfile::tempdir().unwrap();
+        dec.save(&varmap, dir.path()).unwrap();
+        let (back, _) = Decoder::load(dir.path(), &Device::Cpu).unwrap();
+        assert_eq!(back.config(), &cfg);
+        let (a, b) = (back.forward(&x).unwrap(), dec.forward(&x).unwrap());
+        assert_eq!(crate::testing::max_abs_diff(&a, &b), 0.0);
+        let (conv, _) = Decoder::seeded(&tiny_config(), 2, &Device::Cpu).unwrap();
+        assert!(conv.forward_excluding(&x, Some(0)).is_err());
+        assert!(dec.forward_excluding(&x, Some(3)).is_err());
     }
 
     #[test]

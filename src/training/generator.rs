@@ -823,6 +823,9 @@ pub fn train_decoder(
             dir.display()
         );
         varmap.load(dir.join(crate::generator::decoder::WEIGHTS_FILE))?;
+    } else if decoder_cfg.mix.is_some_and(|m| m.neighbours) {
+        let pools: Vec<&Tensor> = set.train.iter().map(|d| &d.pool).collect();
+        decoder.set_neighbour_keys(&varmap, &pools)?;
     }
     let gate = match sft {
         Some(s) => Some(match cfg.residual_init {
@@ -887,10 +890,15 @@ pub fn train_decoder(
                 let batch_of = |d: &TaskData, rng: &mut Rng| -> Result<Tensor> {
                     Ok(d.pool.index_select(&prompt_indices(d, n, rng)?, 0)?)
                 };
-                // A noisy prompt batch through the decoder: (T, h, w) tokens.
-                let through = |cond: Tensor, rng: &mut Rng| -> Result<Tensor> {
+                // A noisy prompt batch of training task `own` through the decoder: (T, h,
+                // w) tokens; a neighbour head leaves that task's direction out.
+                let leave_out = decoder_cfg.mix.is_some_and(|m| m.neighbours);
+                let through = |cond: Tensor, own: usize, rng: &mut Rng| -> Result<Tensor> {
                     let cond = (&cond + noise(cond.dims(), cfg.input_noise, rng)?)?;
-                    Ok(decoder.forward(&cond.unsqueeze(0)?)?.get(0)?)
+                    let own = leave_out.then_some(own);
+                    Ok(decoder
+                        .forward_excluding(&cond.unsqueeze(0)?, own)?
+                        .get(0)?)
                 };
                 let tasks = set.train.len();
                 let mut total = None::<Tensor>;
@@ -915,11 +923,11 @@ pub fn train_decoder(
                         }
                         false => None,
                     };
-                    let pred = through(cond, &mut rng)?;
+                    let pred = through(cond, i, &mut rng)?;
                     let other = match cfg.contrast > 0.0 && tasks > 1 && mixed.is_none() {
                         true => {
                             let j = another_task(i, tasks, &mut rng);
-                            Some(through(batch_of(&set.train[j], &mut rng)?, &mut rng)?)
+                            Some(through(batch_of(&set.train[j], &mut rng)?, j, &mut rng)?)
                         }
                         false => None,
                     };
@@ -1154,9 +1162,13 @@ mod tests {
     }
 
     #[test]
-    fn a_zeroed_output_layer_outputs_zero_for_both_heads() {
+    fn a_zeroed_output_layer_outputs_zero_for_every_head() {
         let dev = Device::Cpu;
-        for cfg in [tiny_config(), tiny_config().with_mix(3).unwrap()] {
+        for cfg in [
+            tiny_config(),
+            tiny_config().with_mix(3).unwrap(),
+            tiny_config().with_neighbours(3).unwrap(),
+        ] {
             let (decoder, varmap) = Decoder::seeded(&cfg, 1, &dev).unwrap();
             let [n, l, w] = cfg.shapes[0];
             let x = Tensor::ones((1, n, l, w), DType::F32, &dev).unwrap();
