@@ -246,6 +246,11 @@ impl DecoderConfig {
         })
     }
 
+    /// Whether the head is a neighbour head (see the module doc).
+    pub fn is_neighbour_head(&self) -> bool {
+        self.mix.is_some_and(|m| m.neighbours)
+    }
+
     fn with_head(mut self, head: MixHead) -> Result<Self> {
         let last = *self.shapes.last().expect("validated");
         self.shapes = vec![self.shapes[0], last];
@@ -720,13 +725,13 @@ impl MixLayer {
                 log_scale,
                 ..
             } => {
-                let unit = |v: Tensor| -> Result<Tensor> {
+                let unit = |v: &Tensor| -> Result<Tensor> {
                     let v = v.broadcast_sub(centre)?;
                     let norm = (v.sqr()?.sum_keepdim(D::Minus1)? + 1e-12)?.sqrt()?;
                     Ok(v.broadcast_div(&norm)?)
                 };
-                let mut logits = unit(x)?
-                    .matmul(&unit(keys.clone())?.t()?)?
+                let mut logits = unit(&x)?
+                    .matmul(&unit(keys)?.t()?)?
                     .broadcast_mul(&log_scale.exp()?)?;
                 if let Some(i) = exclude {
                     let k = keys.dim(0)?;
@@ -734,11 +739,8 @@ impl MixLayer {
                     let mask: Vec<f32> = (0..k).map(|j| if j == i { -1e9 } else { 0.0 }).collect();
                     logits = logits.broadcast_add(&Tensor::new(mask, keys.device())?)?;
                 }
-                // Softmax from differentiable ops (candle's fused one drops gradients).
-                let e = logits
-                    .broadcast_sub(&logits.max_keepdim(D::Minus1)?.detach())?
-                    .exp()?;
-                Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+                // The composite softmax: candle's fused one drops gradients.
+                Ok(candle_nn::ops::softmax(&logits, D::Minus1)?)
             }
         }
     }
@@ -882,7 +884,7 @@ impl Decoder {
     /// and refuse one.
     pub fn forward_excluding(&self, x: &Tensor, exclude: Option<usize>) -> Result<Tensor> {
         ensure!(
-            exclude.is_none() || self.cfg.mix.is_some_and(|m| m.neighbours),
+            exclude.is_none() || self.cfg.is_neighbour_head(),
             "only a neighbour head leaves a direction out"
         );
         let x = if x.rank() == 3 {

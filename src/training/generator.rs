@@ -823,7 +823,7 @@ pub fn train_decoder(
             dir.display()
         );
         varmap.load(dir.join(crate::generator::decoder::WEIGHTS_FILE))?;
-    } else if decoder_cfg.mix.is_some_and(|m| m.neighbours) {
+    } else if decoder_cfg.is_neighbour_head() {
         let pools: Vec<&Tensor> = set.train.iter().map(|d| &d.pool).collect();
         decoder.set_neighbour_keys(&varmap, &pools)?;
     }
@@ -892,7 +892,7 @@ pub fn train_decoder(
                 };
                 // A noisy prompt batch of training task `own` through the decoder: (T, h,
                 // w) tokens; a neighbour head leaves that task's direction out.
-                let leave_out = decoder_cfg.mix.is_some_and(|m| m.neighbours);
+                let leave_out = decoder_cfg.is_neighbour_head();
                 let through = |cond: Tensor, own: usize, rng: &mut Rng| -> Result<Tensor> {
                     let cond = (&cond + noise(cond.dims(), cfg.input_noise, rng)?)?;
                     let own = leave_out.then_some(own);
