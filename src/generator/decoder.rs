@@ -739,8 +739,14 @@ impl MixLayer {
                     let mask: Vec<f32> = (0..k).map(|j| if j == i { -1e9 } else { 0.0 }).collect();
                     logits = logits.broadcast_add(&Tensor::new(mask, keys.device())?)?;
                 }
-                // The composite softmax: candle's fused one drops gradients.
-                Ok(candle_nn::ops::softmax(&logits, D::Minus1)?)
+                // Softmax from differentiable ops (candle's fused one drops gradients), the
+                // max detached: candle's composite softmax differentiates it too, which
+                // cancels exactly but not in rounding (its trained weights differ after 4
+                // steps, so README's runs would not rerun to the digit).
+                let e = logits
+                    .broadcast_sub(&logits.max_keepdim(D::Minus1)?.detach())?
+                    .exp()?;
+                Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
             }
         }
     }
