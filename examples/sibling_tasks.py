@@ -75,6 +75,7 @@ def report(nll_json):
         print(f"| {name} | " + " | ".join(cell(s) for s in scores) + " |")
     mean = lambda c, k: sum(s[k] for s in c) / len(c)
     print("| mean | " + " | ".join(cell({k: mean(c, k) for k in ("nll", "greedy")}) for c in cols) + " |")
+    print()
     for k, scale in (("greedy", 100), ("nll", 1)):
         m, lo, hi = interval([scale * (a[k] - b[k]) for a, b in zip(cols[1], cols[2])])
         print(f"own - sibling, {k}: {m:+.3f} ({lo:+.3f} to {hi:+.3f})")
