@@ -56,6 +56,7 @@ def write(path, name, scoring, examples):
 
 
 def interval(d):
+    """Mean and 95 % bootstrap interval over tasks, as `compare_columns.py` draws them."""
     random.seed(14)
     m = sorted(sum(random.choice(d) for _ in d) / len(d) for _ in range(2000))
     return sum(d) / len(d), m[50], m[1949]
@@ -67,7 +68,8 @@ def report(nll_json):
     print("| task | base adapter | DnD, own examples | DnD, sibling's | DnD, the next task's |")
     print("|---|---|---|---|---|")
     cols = [[], [], [], []]
-    for name, by in sorted((n.split("_by_")[0], r) for n, r in rows.items() if "_by_" in n):
+    pairs = [(n.split("_by_")[0], r) for n, r in rows.items() if "_by_" in n]
+    for name, by in sorted(pairs, key=lambda p: p[0]):
         own = rows.get(name) or rows[name + "_own"]
         scores = [own["multitask"][0], own["dnd"], by["dnd"], own["shuffled"]]
         for c, s in zip(cols, scores):
@@ -89,11 +91,14 @@ def main():
     args = args[trained:]
     if len(args) != 4:
         sys.exit(__doc__)
-    export_dir, table, held_out, out = args
+    export_dir, table, tasks, out = args
     rows = suite_order(table)
     os.makedirs(out, exist_ok=True)
-    for x in held_out.split(","):
-        i = next(i for i, (_, t) in enumerate(rows) if t == x)
+    names = [t for _, t in rows]
+    for x in tasks.split(","):
+        if x not in names:
+            sys.exit(f"{x} is not in {table}")
+        i = names.index(x)
         if i == 0 or rows[i - 1][0] != rows[i][0]:
             sys.exit(f"{x} is the first task of its family: no sibling before it")
         y = rows[i - 1][1]
