@@ -25,11 +25,17 @@ def interval(d):
     return sum(d) / len(d), m[50], m[1949]
 
 
-a, b = rows(sys.argv[1]), rows(sys.argv[2])
-ca, cb = sys.argv[3], sys.argv[4]
-greedy = [100 * (column(b[t], cb)["greedy"] - column(a[t], ca)["greedy"]) for t in a]
-nll = [column(b[t], cb)["nll"] - column(a[t], ca)["nll"] for t in a]
-print("greedy %+.1f (%+.1f to %+.1f)" % interval(greedy),
-      " nll %+.3f (%+.3f to %+.3f)" % interval(nll),
-      f" better/worse/level {sum(x > 0 for x in greedy)}/{sum(x < 0 for x in greedy)}"
-      f"/{sum(x == 0 for x in greedy)}")
+def main():
+    a, b = rows(sys.argv[1]), rows(sys.argv[2])
+    ca, cb = sys.argv[3], sys.argv[4]
+    greedy = [100 * (column(b[t], cb)["greedy"] - column(a[t], ca)["greedy"]) for t in a]
+    nll = [column(b[t], cb)["nll"] - column(a[t], ca)["nll"] for t in a]
+    print("greedy %+.1f (%+.1f to %+.1f)" % interval(greedy),
+          " nll %+.3f (%+.3f to %+.3f)" % interval(nll),
+          f" better/worse/level {sum(x > 0 for x in greedy)}/{sum(x < 0 for x in greedy)}"
+          f"/{sum(x == 0 for x in greedy)}")
+
+
+# `interval` serves the other examples' scripts too.
+if __name__ == "__main__":
+    main()

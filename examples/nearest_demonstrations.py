@@ -7,18 +7,13 @@ points, resampling tasks for the interval.
 reads data/demos-fF-k4-tf and data/demos-fF-k4-n32-tf (`eval --demonstrations 4
 [--demonstrations-pool 32] --nll`, the README's loop) for each fold F given."""
 import json
-import random
 import sys
+
+from compare_columns import interval
 
 
 def rows(path):
     return {r["task"]: r["base"] for r in json.load(open(path))["rows"]}
-
-
-def interval(d):
-    random.seed(14)
-    m = sorted(sum(random.choice(d) for _ in d) / len(d) for _ in range(2000))
-    return sum(d) / len(d), m[50], m[1949]
 
 
 def mean(r, key):

@@ -27,8 +27,9 @@ usage: sibling_tasks.py [--trained] EXPORT_DIR SUITE_TABLE TASKS OUT_DIR
 """
 import json
 import os
-import random
 import sys
+
+from compare_columns import interval
 
 
 def suite_order(table_path):
@@ -53,13 +54,6 @@ def write(path, name, scoring, examples):
         f.write(json.dumps({"task": name, "scoring": scoring}) + "\n")
         for e in examples:
             f.write(json.dumps(e) + "\n")
-
-
-def interval(d):
-    """Mean and 95 % bootstrap interval over tasks, as `compare_columns.py` draws them."""
-    random.seed(14)
-    m = sorted(sum(random.choice(d) for _ in d) / len(d) for _ in range(2000))
-    return sum(d) / len(d), m[50], m[1949]
 
 
 def report(nll_json):
