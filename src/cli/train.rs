@@ -109,6 +109,11 @@ pub struct Args {
     /// trained leave-one-out (module doc of `generator::decoder`).
     #[arg(long, conflicts_with = "mix")]
     pub neighbours: bool,
+    /// Standardise the decoder's input cell by cell (each of its L x 384 cells centred and
+    /// scaled by the training tasks' statistics, stored with the generator), so that what
+    /// tells tasks apart is not drowned by what every input shares.
+    #[arg(long)]
+    pub input_norm: bool,
     /// sft / mix: weight of the condition-contrast term (0: off): each sample's examples
     /// also go through the adapter generated from another training task, and the loss takes
     /// how far it falls short of the task's own adapter by --contrast-margin nats (twice the
@@ -181,6 +186,7 @@ pub fn run(args: Args) -> Result<()> {
     )?;
     decoder.residual = args.objective.end_to_end();
     decoder.condition = args.condition;
+    decoder.input_norm = args.input_norm;
     if let Some(k) = args.mix {
         decoder = decoder.with_mix(k)?;
     }

@@ -38,6 +38,15 @@
 //!   [`DecoderConfig::param_count`] and [`DecoderConfig::flops`], printed by
 //!   `mistralrs-dnd bench generator`).
 //!
+//! **Input standardisation** (`input_norm` in `decoder.json`, `train --input-norm`): the
+//! input, before any layer, centred and scaled cell by cell, `(x - centre) / scale` with
+//! (L, 384) statistics of the training tasks' encoded pools ([`Decoder::set_input_norm`],
+//! stored in the weights file as `input.centre` and `input.scale`, never trained). Why: the
+//! first LayerNorm centres each prompt's plane on its own mean only, so the encoder's
+//! states, much the same for every task (MiniLM's large constant features, `[CLS]`,
+//! padding), dominate the plane, and what tells two tasks apart (a rule's value) reaches
+//! the layers as a small part of it.
+//!
 //! A **mixture head** ([`MixHead`], `train --mix K`) replaces the hyper-convolutions: the
 //! mean of the input over prompts and positions, LayerNorm (affine), a tanh MLP to K
 //! weights, and the token stack as those weights times K learned directions, (B, K) x (K,
@@ -123,6 +132,10 @@ pub struct DecoderConfig {
     /// Set for a mixture head instead of the hyper-convolutions (see the module doc).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mix: Option<MixHead>,
+    /// Set when the decoder standardises its input cell by cell with fixed statistics of
+    /// its training tasks (see the module doc).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub input_norm: bool,
 }
 
 /// The mixture head's sizes.
@@ -211,6 +224,7 @@ impl DecoderConfig {
             residual: false,
             condition: Condition::Prompts,
             mix: None,
+            input_norm: false,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -402,6 +416,33 @@ impl DecoderConfig {
         }
     }
 
+    /// The input standardisation's statistics ([`DecoderConfig::input_norm`]): in the
+    /// [`VarMap`] beside the parameters, set from the training tasks
+    /// ([`Decoder::set_input_norm`]) and never trained.
+    fn statistics(&self) -> Vec<(String, ParamSpec)> {
+        if !self.input_norm {
+            return Vec::new();
+        }
+        let [_, l, e] = self.shapes[0];
+        [("centre", 0.0), ("scale", 1.0)]
+            .into_iter()
+            .map(|(name, v)| {
+                let spec = ParamSpec {
+                    name,
+                    shape: vec![l, e],
+                    init: Init::Const(v),
+                };
+                (format!("{INPUT_PREFIX}.{name}"), spec)
+            })
+            .collect()
+    }
+
+    /// Whether the [`VarMap`] entry `name` is a statistic, set once and not trained.
+    pub fn is_statistic(name: &str) -> bool {
+        name.strip_prefix(INPUT_PREFIX)
+            .is_some_and(|rest| rest.starts_with('.'))
+    }
+
     /// The [`VarMap`] names of the parameters that make the output last: the last
     /// convolution over the token axis (weight and bias), or the mixture head's last linear
     /// layer. Set to zero, they make the output zero whatever the input; refused when the
@@ -527,6 +568,11 @@ pub struct ParamSpec {
 
 /// Where the mixture head's parameters are in the [`VarMap`].
 const MIX_PREFIX: &str = "mix";
+/// Where the input standardisation's statistics are in the [`VarMap`].
+const INPUT_PREFIX: &str = "input";
+/// Floor of a statistic's variance: a cell that hardly varies over the training tasks
+/// (padding, `[CLS]`) is scaled by at most 1/sqrt of it, not blown up.
+const INPUT_VAR_FLOOR: f64 = 1e-4;
 
 /// Where hyper-convolution layer `i`'s parameters are in the [`VarMap`].
 fn layer_prefix(i: usize) -> String {
@@ -845,6 +891,8 @@ impl HyperConvLayer {
 #[derive(Debug, Clone)]
 pub struct Decoder {
     head: Head,
+    /// The input standardisation's (centre, scale), each (L, E).
+    input_norm: Option<(Tensor, Tensor)>,
     cfg: DecoderConfig,
 }
 
@@ -870,10 +918,28 @@ impl Decoder {
                     .collect::<Result<_>>()?,
             ),
         };
+        let input_norm = match cfg.input_norm {
+            true => {
+                let specs: Vec<ParamSpec> = cfg.statistics().into_iter().map(|(_, p)| p).collect();
+                let vb = vb.pp(INPUT_PREFIX);
+                Some((param(&vb, &specs, "centre")?, param(&vb, &specs, "scale")?))
+            }
+            false => None,
+        };
         Ok(Self {
             head,
+            input_norm,
             cfg: cfg.clone(),
         })
+    }
+
+    /// `x` (B, N, L, E) as the head reads it: standardised cell by cell where the decoder
+    /// does so, else unchanged.
+    fn normalised(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.input_norm {
+            Some((centre, scale)) => Ok(x.broadcast_sub(centre)?.broadcast_div(scale)?),
+            None => Ok(x.clone()),
+        }
     }
 
     pub fn config(&self) -> &DecoderConfig {
@@ -904,6 +970,7 @@ impl Decoder {
             (xn, xh, xw) == (n, h, w),
             "decoder input has shape ({xn}, {xh}, {xw}), expected ({n}, {h}, {w})"
         );
+        let x = self.normalised(&x)?;
         match &self.head {
             Head::Mix(mix) => mix.forward(&x, exclude),
             Head::Convolutions(layers) => layers.iter().try_fold(x, |x, l| l.forward(&x)),
@@ -927,7 +994,7 @@ impl Decoder {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         {
             let mut data = varmap.data().lock().unwrap();
-            for (name, spec) in cfg.params() {
+            for (name, spec) in cfg.params().into_iter().chain(cfg.statistics()) {
                 let n: usize = spec.shape.iter().product();
                 let values: Vec<f32> = match spec.init {
                     Init::Const(v) => vec![v as f32; n],
@@ -967,12 +1034,42 @@ impl Decoder {
         ensure!(pools.len() == k, "{} pools for {k} keys", pools.len());
         let keys = pools
             .iter()
-            .map(|p| pooled(&p.unsqueeze(0)?))
+            .map(|p| pooled(&self.normalised(&p.unsqueeze(0)?)?))
             .collect::<Result<Vec<_>>>()?;
         let keys = Tensor::cat(&keys, 0)?;
         let data = varmap.data().lock().unwrap();
         for (name, value) in [("keys", keys.clone()), ("centre", keys.mean(0)?)] {
             let key = format!("{MIX_PREFIX}.{name}");
+            data.get(&key)
+                .with_context(|| format!("decoder has no {key}"))?
+                .set(&value)?;
+        }
+        Ok(())
+    }
+
+    /// The input standardisation's statistics from the training tasks' encoded pools (each
+    /// (P, L, E)), every task weighing the same: the centre is the mean of the tasks' mean
+    /// inputs, the scale the root of the mean squared distance from it (floored at
+    /// [`INPUT_VAR_FLOOR`]), cell by cell.
+    pub fn set_input_norm(&self, varmap: &VarMap, pools: &[&Tensor]) -> Result<()> {
+        ensure!(
+            self.cfg.input_norm,
+            "the decoder does not standardise its input"
+        );
+        ensure!(!pools.is_empty(), "input statistics of no tasks");
+        let mean_over_tasks = |f: &dyn Fn(&Tensor) -> Result<Tensor>| -> Result<Tensor> {
+            let each = pools
+                .iter()
+                .map(|p| f(p)?.mean(0).map_err(Into::into))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Tensor::stack(&each, 0)?.mean(0)?)
+        };
+        let centre = mean_over_tasks(&|p| Ok(p.clone()))?;
+        let var = mean_over_tasks(&|p| Ok(p.broadcast_sub(&centre)?.sqr()?))?;
+        let scale = var.maximum(INPUT_VAR_FLOOR)?.sqrt()?;
+        let data = varmap.data().lock().unwrap();
+        for (name, value) in [("centre", centre), ("scale", scale)] {
+            let key = format!("{INPUT_PREFIX}.{name}");
             data.get(&key)
                 .with_context(|| format!("decoder has no {key}"))?
                 .set(&value)?;
@@ -1252,6 +1349,91 @@ pub(crate) mod tests {
         // Same seed, same decoder; another seed, another decoder.
         assert_eq!(a, out(&Decoder::seeded(&cfg, 9, &Device::Cpu).unwrap().0));
         assert_ne!(a, out(&Decoder::seeded(&cfg, 10, &Device::Cpu).unwrap().0));
+    }
+
+    #[test]
+    fn input_norm_is_the_plain_decoder_on_the_standardised_input() {
+        let plain = tiny_config();
+        let cfg = DecoderConfig {
+            input_norm: true,
+            ..plain.clone()
+        };
+        let (dec, vm) = Decoder::seeded(&cfg, 9, &Device::Cpu).unwrap();
+        // The statistics take no draws: the layers are the plain decoder's of the same seed.
+        let (reference, _) = Decoder::seeded(&plain, 9, &Device::Cpu).unwrap();
+        assert_eq!(dec.config().param_count(), plain.param_count());
+        // Two tasks' pools (P, L, E): unit noise around different offsets, and the first
+        // cell constant (as `[CLS]` nearly is).
+        let [_, l, e] = cfg.shapes[0];
+        let pool = |p: usize, seed: u64, offset: f64| {
+            let x = input(&cfg, p, seed)
+                .get(0)
+                .unwrap()
+                .affine(2.0, offset)
+                .unwrap();
+            let keep = Tensor::ones((l, e), DType::F32, &Device::Cpu).unwrap();
+            let keep = keep
+                .slice_assign(
+                    &[0..1, 0..1],
+                    &Tensor::zeros((1, 1), DType::F32, &Device::Cpu).unwrap(),
+                )
+                .unwrap();
+            x.broadcast_mul(&keep).unwrap()
+        };
+        let (a, b) = (pool(5, 1, 3.0), pool(7, 2, -1.0));
+        dec.set_input_norm(&vm, &[&a, &b]).unwrap();
+        let cell = |t: &Tensor, i: usize, j: usize| -> Vec<f32> {
+            t.narrow(1, i, 1)
+                .unwrap()
+                .narrow(2, j, 1)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        // Each task weighs the same: centre 1 = (3 + -1) / 2, whatever the pools' sizes;
+        // the constant cell is left at 0 instead of divided by zero.
+        let (na, nb) = (dec.normalised(&a).unwrap(), dec.normalised(&b).unwrap());
+        let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
+        for (i, j) in [(0, 5), (3, 1), (l - 1, e - 1)] {
+            let (ca, cb) = (cell(&na, i, j), cell(&nb, i, j));
+            let m = (mean(&ca) + mean(&cb)) / 2.0;
+            let ms = (mean(&ca.iter().map(|v| v * v).collect::<Vec<_>>())
+                + mean(&cb.iter().map(|v| v * v).collect::<Vec<_>>()))
+                / 2.0;
+            assert!(
+                m.abs() < 1e-4 && (ms - 1.0).abs() < 1e-3,
+                "cell ({i}, {j}): {m} {ms}"
+            );
+        }
+        assert!(cell(&na, 0, 0)
+            .iter()
+            .chain(&cell(&nb, 0, 0))
+            .all(|v| *v == 0.0));
+        // The decoder is the plain one on the standardised input, and keeps its
+        // statistics through save and load.
+        let x = a.narrow(0, 0, cfg.prompts).unwrap().unsqueeze(0).unwrap();
+        let out = |d: &Decoder, x: &Tensor| -> Vec<f32> {
+            d.forward(x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        let got = out(&dec, &x);
+        assert_eq!(got, out(&reference, &dec.normalised(&x).unwrap()));
+        let dir = tempfile::tempdir().unwrap();
+        dec.save(&vm, dir.path()).unwrap();
+        let (loaded, _) = Decoder::load(dir.path(), &Device::Cpu).unwrap();
+        assert_eq!(got, out(&loaded, &x));
+        assert_ne!(got, out(&reference, &x));
+        assert!(DecoderConfig::is_statistic("input.centre"));
+        assert!(
+            !DecoderConfig::is_statistic("inputs.x")
+                && !DecoderConfig::is_statistic("layers.0.bias")
+        );
     }
 
     #[test]

@@ -705,7 +705,11 @@ fn weighted_mse(pred: &Tensor, target: &Tensor, cell_w: &Tensor, valid: f64) -> 
 
 fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
     let data = varmap.data().lock().expect("varmap lock");
-    let mut vars: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut vars: Vec<(String, Var)> = data
+        .iter()
+        .filter(|(k, _)| !DecoderConfig::is_statistic(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     vars
 }
@@ -818,14 +822,20 @@ pub fn train_decoder(
         ensure!(
             from.shapes == decoder_cfg.shapes
                 && from.kernel == decoder_cfg.kernel
-                && from.mix == decoder_cfg.mix,
+                && from.mix == decoder_cfg.mix
+                && from.input_norm == decoder_cfg.input_norm,
             "--init-from {}: its decoder has other shapes",
             dir.display()
         );
         varmap.load(dir.join(crate::generator::decoder::WEIGHTS_FILE))?;
-    } else if decoder_cfg.is_neighbour_head() {
+    } else {
         let pools: Vec<&Tensor> = set.train.iter().map(|d| &d.pool).collect();
-        decoder.set_neighbour_keys(&varmap, &pools)?;
+        if decoder_cfg.input_norm {
+            decoder.set_input_norm(&varmap, &pools)?;
+        }
+        if decoder_cfg.is_neighbour_head() {
+            decoder.set_neighbour_keys(&varmap, &pools)?;
+        }
     }
     let gate = match sft {
         Some(s) => Some(match cfg.residual_init {
@@ -1313,11 +1323,54 @@ mod tests {
     #[test]
     fn a_resumed_run_equals_an_uninterrupted_one() {
         let cfg = tiny_config();
+        resumed_equals_uninterrupted(&cfg, &synthetic_set(&cfg));
+    }
+
+    /// With the input standardised: the statistics are the training tasks' (not the
+    /// held-out one's), stay as set while the layers train, and survive a resume.
+    #[test]
+    fn input_statistics_come_from_the_training_tasks_and_are_not_trained() {
+        let cfg = DecoderConfig {
+            input_norm: true,
+            ..tiny_config()
+        };
         let set = synthetic_set(&cfg);
+        let out = resumed_equals_uninterrupted(&cfg, &set);
+        let (fresh, vm) = Decoder::seeded(&cfg, 0, &Device::Cpu).unwrap();
+        fresh
+            .set_input_norm(&vm, &[&set.train[0].pool, &set.train[1].pool])
+            .unwrap();
+        let saved = candle_core::safetensors::load(
+            out.path().join(crate::generator::decoder::WEIGHTS_FILE),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let data = vm.data().lock().unwrap();
+        for name in ["input.centre", "input.scale"] {
+            let want: Vec<f32> = data[name].flatten_all().unwrap().to_vec1().unwrap();
+            let got: Vec<f32> = saved[name].flatten_all().unwrap().to_vec1().unwrap();
+            assert!(got == want, "{name} is not the training tasks' statistic");
+        }
+        let layer: Vec<f32> = saved["layers.0.bias"]
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let start: Vec<f32> = data["layers.0.bias"]
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_ne!(layer, start, "the layers did not train");
+    }
+
+    /// Trains `cfg` 8 steps whole and in two calls (killed after step 5): the same weights
+    /// and log; another setting on the same folder is refused. Returns the folder.
+    fn resumed_equals_uninterrupted(cfg: &DecoderConfig, set: &TrainingSet) -> tempfile::TempDir {
         let whole = tempfile::tempdir().unwrap();
         train_decoder(
-            &set,
-            &cfg,
+            set,
+            cfg,
             &settings(8),
             Path::new("c"),
             whole.path(),
@@ -1327,8 +1380,8 @@ mod tests {
         .unwrap();
         let parts = tempfile::tempdir().unwrap();
         let first = train_decoder(
-            &set,
-            &cfg,
+            set,
+            cfg,
             &settings(8),
             Path::new("c"),
             parts.path(),
@@ -1339,8 +1392,8 @@ mod tests {
         assert_eq!(first.record.step, 5);
         // Killed after step 5: the state on disk is the one saved at step 4.
         let second = train_decoder(
-            &set,
-            &cfg,
+            set,
+            cfg,
             &settings(8),
             Path::new("c"),
             parts.path(),
@@ -1367,8 +1420,8 @@ mod tests {
 
         // Other settings on the same folder are refused rather than mixed.
         let err = train_decoder(
-            &set,
-            &cfg,
+            set,
+            cfg,
             &settings(9),
             Path::new("c"),
             parts.path(),
@@ -1377,5 +1430,6 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{err:#}").contains("other settings"), "{err:#}");
+        parts
     }
 }
