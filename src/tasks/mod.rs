@@ -24,10 +24,11 @@
 //! word-level and letter-choice tasks (2026-12-03: most of version 2's new tasks fail the
 //! suite filter, which left the held-out split short of 20 tasks that pass it). Version 4
 //! (2026-12-04; opt-in) adds the [`rules`] families, 89 tasks whose rule shows only in
-//! their examples, 13 families of one rule each. Version 5 ([`LATEST_SUITE`], 2026-12-05;
+//! their examples, 13 families of one rule each. Version 5 (2026-12-05;
 //! opt-in) adds [`formats`], [`calendar`], [`math`], [`itemlists`] and, from WordNet,
 //! [`associations`]: 49 tasks with the instruction in the prompt, more training tasks for
-//! the generator (issue 14's lever).
+//! the generator (issue 14's lever). Version 6 ([`LATEST_SUITE`], 2026-12-07; opt-in) adds
+//! one rule family of 40 values, `rule_ending` (see [`rules`]).
 //!
 //! Splits: each example has a *key* (its content without the phrasing, e.g. `(37, 48)` for
 //! an addition). Keys are unique inside a task and each key lands in exactly one split, so a
@@ -192,7 +193,7 @@ impl Task {
 // The built-in suite
 
 /// The newest version of the built-in suite (the module doc lists what each added).
-pub const LATEST_SUITE: u32 = 5;
+pub const LATEST_SUITE: u32 = 6;
 
 /// The version commands use when none is given: versions 4 and 5 are experiments (README,
 /// k-fold) until their tasks are shown to help held-out tasks, and every recorded run since
@@ -279,7 +280,7 @@ fn specs(version: u32) -> impl Iterator<Item = Spec> {
         .iter()
         .filter(move |(since, _)| *since <= version)
         .flat_map(|(_, family)| family.iter().cloned());
-    let rules = (version >= RULES_SINCE).then(rules::specs);
+    let rules = (version >= RULES_SINCE).then(|| rules::specs(version));
     fixed.chain(rules.into_iter().flatten())
 }
 
@@ -509,6 +510,11 @@ mod tests {
             "the 3rd of each rule family, and add's 10th: {rule:?}"
         );
         assert!(rule.contains(&"rule_add_4".to_string()), "{rule:?}");
+        // Version 6 appends one rule family of 40 values to version 5.
+        let (v5, v6) = (version(5), version(6));
+        assert_eq!(v6.len(), v5.len() + 40);
+        assert_eq!(v6[..v5.len()], v5[..]);
+        assert!(v6[v5.len()..].iter().all(|t| t.family == "rule_ending"));
         let held = holdout_every(&v1, 7, 0).unwrap();
         assert_eq!(held.len(), 22);
         assert_eq!(held.first().map(String::as_str), Some("month_shift"));

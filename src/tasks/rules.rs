@@ -11,6 +11,11 @@
 //!
 //! Families are named `rule_<rule>` and tasks `rule_<rule>_<value>` (`rule_add_4`,
 //! `rule_wrap_square`); the prompt is the input alone or with a fixed, rule-free phrasing.
+//!
+//! Version 6 adds one family of many values, `rule_ending` (a word with one of 40 made-up
+//! endings): a generator trained on 7 values of a rule learns those 7 and reads none it has
+//! not seen (README, "More values of one rule"); this family asks whether 34 values teach
+//! it to read a new one.
 
 use std::borrow::Cow;
 
@@ -22,6 +27,8 @@ use crate::format::rng::Rng;
 /// One rule: a task per parameter value.
 struct Rule {
     family: &'static str,
+    /// The suite version that added it.
+    since: u32,
     /// Each task's name suffix, in parameter order: for a numeric rule the number itself,
     /// so that a task's name and what it does cannot drift apart.
     values: &'static [&'static str],
@@ -53,6 +60,7 @@ impl Value {
 
 const RULES: &[Rule] = &[
     Rule {
+        since: 4,
         family: "rule_add",
         values: &[
             "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13",
@@ -63,6 +71,7 @@ const RULES: &[Rule] = &[
         },
     },
     Rule {
+        since: 4,
         family: "rule_subtract",
         values: &["2", "3", "4", "5", "6", "7", "8", "9"],
         apply: |r, v| {
@@ -71,6 +80,7 @@ const RULES: &[Rule] = &[
         },
     },
     Rule {
+        since: 4,
         family: "rule_multiply",
         values: &["2", "3", "4", "5", "6", "7", "8", "9"],
         apply: |r, v| {
@@ -79,6 +89,7 @@ const RULES: &[Rule] = &[
         },
     },
     Rule {
+        since: 4,
         family: "rule_remainder",
         values: &["3", "4", "5", "6", "7", "8", "9"],
         apply: |r, v| {
@@ -87,6 +98,7 @@ const RULES: &[Rule] = &[
         },
     },
     Rule {
+        since: 4,
         family: "rule_above",
         values: &["200", "300", "400", "500", "600", "700", "800"],
         apply: |r, v| {
@@ -102,6 +114,7 @@ const RULES: &[Rule] = &[
         },
     },
     Rule {
+        since: 4,
         family: "rule_parity",
         values: &["yes_no", "true_false", "even_odd", "1_0", "on_off", "a_b"],
         apply: |r, v| {
@@ -122,6 +135,7 @@ const RULES: &[Rule] = &[
         },
     },
     Rule {
+        since: 4,
         family: "rule_word",
         values: &["1", "2", "3", "4", "5"],
         apply: |r, v| {
@@ -130,6 +144,7 @@ const RULES: &[Rule] = &[
         },
     },
     Rule {
+        since: 4,
         family: "rule_letter",
         values: &["1", "2", "3", "4"],
         apply: |r, v| {
@@ -139,6 +154,7 @@ const RULES: &[Rule] = &[
         },
     },
     Rule {
+        since: 4,
         family: "rule_prefix",
         values: &["2", "3", "4", "5"],
         apply: |r, v| {
@@ -148,6 +164,7 @@ const RULES: &[Rule] = &[
         },
     },
     Rule {
+        since: 4,
         family: "rule_suffix",
         values: &["2", "3", "4", "5"],
         apply: |r, v| {
@@ -157,6 +174,7 @@ const RULES: &[Rule] = &[
         },
     },
     Rule {
+        since: 4,
         family: "rule_wrap",
         values: &[
             "paren", "square", "angle", "curly", "hash", "plus", "tilde", "bar",
@@ -179,6 +197,7 @@ const RULES: &[Rule] = &[
         },
     },
     Rule {
+        since: 4,
         family: "rule_join",
         values: &[
             "dash",
@@ -203,6 +222,7 @@ const RULES: &[Rule] = &[
         },
     },
     Rule {
+        since: 4,
         family: "rule_append",
         values: &SUFFIXES,
         apply: |r, v| {
@@ -210,6 +230,23 @@ const RULES: &[Rule] = &[
             (w.to_string(), format!("{w}{}", v.name))
         },
     },
+    Rule {
+        since: 6,
+        family: "rule_ending",
+        values: &ENDINGS,
+        apply: |r, v| {
+            let w = pick_wide_word(r);
+            (w.to_string(), format!("{w}{}", v.name))
+        },
+    },
+];
+
+/// What the `ending` rule's tasks add to a word (their names): 40 made-up endings, 20 of
+/// two letters and 20 of three, none of them `append`'s.
+const ENDINGS: [&str; 40] = [
+    "ab", "ek", "ot", "ul", "im", "az", "ep", "og", "uv", "ix", "ar", "en", "os", "ud", "if", "ak",
+    "em", "ow", "un", "ib", "ata", "elo", "iru", "oka", "umi", "ane", "esh", "ilk", "orp", "ust",
+    "arb", "eng", "ind", "olt", "umb", "ave", "eta", "ito", "ova", "uze",
 ];
 
 /// What the `append` rule's tasks add to a word (their names).
@@ -247,19 +284,22 @@ pub(super) fn draw(r: &mut Rng, rule: usize, value: usize) -> Sample {
     sample(input, prompt, answer)
 }
 
-/// Every task of the rule families, family by family.
-pub(super) fn specs() -> impl Iterator<Item = Spec> {
-    RULES.iter().enumerate().flat_map(|(i, rule)| {
-        rule.values
-            .iter()
-            .enumerate()
-            .map(move |(value, suffix)| Spec {
-                name: Cow::Owned(format!("{}_{suffix}", rule.family)),
-                family: rule.family,
-                scoring: Scoring::Exact,
-                draw: Draw::Rule(i, value),
-            })
-    })
+/// Every task of the rule families of suite `version`, family by family.
+pub(super) fn specs(version: u32) -> impl Iterator<Item = Spec> {
+    let rules = RULES.iter().enumerate();
+    rules
+        .filter(move |(_, rule)| rule.since <= version)
+        .flat_map(|(i, rule)| {
+            rule.values
+                .iter()
+                .enumerate()
+                .map(move |(value, suffix)| Spec {
+                    name: Cow::Owned(format!("{}_{suffix}", rule.family)),
+                    family: rule.family,
+                    scoring: Scoring::Exact,
+                    draw: Draw::Rule(i, value),
+                })
+        })
 }
 
 #[cfg(test)]
@@ -300,6 +340,7 @@ mod tests {
         check("rule_wrap_curly", &|s| format!("{{{s}}}"));
         check("rule_join_slash", &|s| s.replace(' ', "/"));
         check("rule_append_ish", &|s| format!("{s}ish"));
+        check("rule_ending_orp", &|s| format!("{s}orp"));
     }
 
     /// Scoring's normalisation keeps what tells one rule task from another (that every
