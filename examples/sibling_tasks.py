@@ -23,7 +23,8 @@ usage: sibling_tasks.py [--trained] EXPORT_DIR SUITE_TABLE TASKS OUT_DIR
                of the generator's base adapter, DnD from X's examples, from Y's, and from
                the next task's (the eval's shuffle control: another family when the tasks
                are of several), then the means and the own-minus-sibling difference with a
-               95 % interval over tasks.
+               95 % interval over tasks (and of the held-out and the --trained tasks apart
+               when there are both).
 """
 import json
 import os
@@ -61,20 +62,29 @@ def report(nll_json):
     cell = lambda s: f"{s['nll']:.3f} ({100 * s['greedy']:.1f})"
     print("| task | base adapter | DnD, own examples | DnD, sibling's | DnD, the next task's |")
     print("|---|---|---|---|---|")
-    cols = [[], [], [], []]
+    tasks = []  # (trained, the four scores)
     pairs = [(n.split("_by_")[0], r) for n, r in rows.items() if "_by_" in n]
     for name, by in sorted(pairs, key=lambda p: p[0]):
-        own = rows.get(name) or rows[name + "_own"]
+        trained = name not in rows
+        own = rows[name + "_own"] if trained else rows[name]
         scores = [own["multitask"][0], own["dnd"], by["dnd"], own["shuffled"]]
-        for c, s in zip(cols, scores):
-            c.append(s)
+        tasks.append((trained, scores))
         print(f"| {name} | " + " | ".join(cell(s) for s in scores) + " |")
+    # Held-out and training tasks apart as well when the files hold both.
+    groups = [("", tasks)]
+    if len({t for t, _ in tasks}) == 2:
+        for label, trained in ((", held out", False), (", trained", True)):
+            groups.append((label, [t for t in tasks if t[0] == trained]))
     mean = lambda c, k: sum(s[k] for s in c) / len(c)
-    print("| mean | " + " | ".join(cell({k: mean(c, k) for k in ("nll", "greedy")}) for c in cols) + " |")
+    for label, group in groups:
+        cols = list(zip(*(scores for _, scores in group)))
+        print(f"| mean{label} | " + " | ".join(cell({k: mean(c, k) for k in ("nll", "greedy")}) for c in cols) + " |")
     print()
-    for k, scale in (("greedy", 100), ("nll", 1)):
-        m, lo, hi = interval([scale * (a[k] - b[k]) for a, b in zip(cols[1], cols[2])])
-        print(f"own - sibling, {k}: {m:+.3f} ({lo:+.3f} to {hi:+.3f})")
+    for label, group in groups:
+        cols = list(zip(*(scores for _, scores in group)))
+        for k, scale in (("greedy", 100), ("nll", 1)):
+            m, lo, hi = interval([scale * (a[k] - b[k]) for a, b in zip(cols[1], cols[2])])
+            print(f"own - sibling{label}, {k}: {m:+.3f} ({lo:+.3f} to {hi:+.3f})")
 
 
 def main():
