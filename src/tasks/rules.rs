@@ -225,21 +225,21 @@ const RULES: &[Rule] = &[
         since: 4,
         family: "rule_append",
         values: &SUFFIXES,
-        apply: |r, v| {
-            let w = pick_wide_word(r);
-            (w.to_string(), format!("{w}{}", v.name))
-        },
+        apply: appended,
     },
     Rule {
         since: 6,
         family: "rule_ending",
         values: &ENDINGS,
-        apply: |r, v| {
-            let w = pick_wide_word(r);
-            (w.to_string(), format!("{w}{}", v.name))
-        },
+        apply: appended,
     },
 ];
+
+/// A word and the word with the value's name after it (`append` and `ending`).
+fn appended(r: &mut Rng, v: Value) -> (String, String) {
+    let w = pick_wide_word(r);
+    (w.to_string(), format!("{w}{}", v.name))
+}
 
 /// What the `ending` rule's tasks add to a word (their names): 40 made-up endings, 20 of
 /// two letters and 20 of three, none of them `append`'s.
