@@ -1367,7 +1367,9 @@ pub(crate) mod tests {
         let [_, l, e] = cfg.shapes[0];
         let pool = |p: usize, seed: u64, offset: f64| {
             let x = input(&cfg, p, seed)
-                .get(0)
+                .narrow(1, 0, 1)
+                .unwrap()
+                .squeeze(1)
                 .unwrap()
                 .affine(2.0, offset)
                 .unwrap();
