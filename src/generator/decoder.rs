@@ -585,6 +585,23 @@ fn param(vb: &VarBuilder, specs: &[ParamSpec], name: &str) -> Result<Tensor> {
     Ok(vb.get_with_hints(s.shape.clone(), name, s.init)?)
 }
 
+/// Sets the [`VarMap`] entries `{prefix}.{name}` to their values (values computed from
+/// data rather than drawn: a neighbour head's keys, the input statistics).
+fn set_vars<const K: usize>(
+    varmap: &VarMap,
+    prefix: &str,
+    values: [(&str, Tensor); K],
+) -> Result<()> {
+    let data = varmap.data().lock().unwrap();
+    for (name, value) in values {
+        let key = format!("{prefix}.{name}");
+        data.get(&key)
+            .with_context(|| format!("decoder has no {key}"))?
+            .set(&value)?;
+    }
+    Ok(())
+}
+
 /// `x` standardised over its last axis (LayerNorm without the affine part), from
 /// differentiable ops: candle's fused `layer_norm` drops gradients.
 fn standardize(x: &Tensor) -> Result<Tensor> {
@@ -1037,14 +1054,8 @@ impl Decoder {
             .map(|p| pooled(&self.normalised(&p.unsqueeze(0)?)?))
             .collect::<Result<Vec<_>>>()?;
         let keys = Tensor::cat(&keys, 0)?;
-        let data = varmap.data().lock().unwrap();
-        for (name, value) in [("keys", keys.clone()), ("centre", keys.mean(0)?)] {
-            let key = format!("{MIX_PREFIX}.{name}");
-            data.get(&key)
-                .with_context(|| format!("decoder has no {key}"))?
-                .set(&value)?;
-        }
-        Ok(())
+        let centre = keys.mean(0)?;
+        set_vars(varmap, MIX_PREFIX, [("keys", keys), ("centre", centre)])
     }
 
     /// The input standardisation's statistics from the training tasks' encoded pools (each
@@ -1067,14 +1078,7 @@ impl Decoder {
         let centre = mean_over_tasks(&|p| Ok(p.clone()))?;
         let var = mean_over_tasks(&|p| Ok(p.broadcast_sub(&centre)?.sqr()?))?;
         let scale = var.maximum(INPUT_VAR_FLOOR)?.sqrt()?;
-        let data = varmap.data().lock().unwrap();
-        for (name, value) in [("centre", centre), ("scale", scale)] {
-            let key = format!("{INPUT_PREFIX}.{name}");
-            data.get(&key)
-                .with_context(|| format!("decoder has no {key}"))?
-                .set(&value)?;
-        }
-        Ok(())
+        set_vars(varmap, INPUT_PREFIX, [("centre", centre), ("scale", scale)])
     }
 
     /// Writes `decoder.json` and `decoder.safetensors` into `dir` (created if needed).

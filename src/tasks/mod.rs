@@ -280,13 +280,9 @@ fn specs(version: u32) -> impl Iterator<Item = Spec> {
         .iter()
         .filter(move |(since, _)| *since <= version)
         .flat_map(|(_, family)| family.iter().cloned());
-    let rules = (version >= RULES_SINCE).then(|| rules::specs(version));
-    fixed.chain(rules.into_iter().flatten())
+    // Each rule family says which version added it (from 4 on).
+    fixed.chain(rules::specs(version))
 }
-
-/// The suite version that added the [`rules`] families (built at run time, so not in
-/// [`FAMILIES`]).
-const RULES_SINCE: u32 = 4;
 
 const fn spec(name: &'static str, family: &'static str, scoring: Scoring, draw: Draw) -> Spec {
     Spec {
