@@ -27,8 +27,9 @@
 //! their examples, 13 families of one rule each. Version 5 (2026-12-05;
 //! opt-in) adds [`formats`], [`calendar`], [`math`], [`itemlists`] and, from WordNet,
 //! [`associations`]: 49 tasks with the instruction in the prompt, more training tasks for
-//! the generator (issue 14's lever). Version 6 ([`LATEST_SUITE`], 2026-12-07; opt-in) adds
-//! one rule family of 40 values, `rule_ending` (see [`rules`]).
+//! the generator (issue 14's lever). Version 6 (2026-12-07; opt-in) adds one rule family of
+//! 40 values, `rule_ending`, and version 7 ([`LATEST_SUITE`], 2026-12-07; opt-in) one of 400,
+//! `rule_coda` (see [`rules`]).
 //!
 //! Splits: each example has a *key* (its content without the phrasing, e.g. `(37, 48)` for
 //! an addition). Keys are unique inside a task and each key lands in exactly one split, so a
@@ -193,7 +194,7 @@ impl Task {
 // The built-in suite
 
 /// The newest version of the built-in suite (the module doc lists what each added).
-pub const LATEST_SUITE: u32 = 6;
+pub const LATEST_SUITE: u32 = 7;
 
 /// The version commands use when none is given: versions 4 and 5 are experiments (README,
 /// k-fold) until their tasks are shown to help held-out tasks, and every recorded run since
@@ -511,6 +512,11 @@ mod tests {
         assert_eq!(v6.len(), v5.len() + 40);
         assert_eq!(v6[..v5.len()], v5[..]);
         assert!(v6[v5.len()..].iter().all(|t| t.family == "rule_ending"));
+        // Version 7 appends one of 400.
+        let v7 = version(7);
+        assert_eq!(v7.len(), v6.len() + 400);
+        assert_eq!(v7[..v6.len()], v6[..]);
+        assert!(v7[v6.len()..].iter().all(|t| t.family == "rule_coda"));
         let held = holdout_every(&v1, 7, 0).unwrap();
         assert_eq!(held.len(), 22);
         assert_eq!(held.first().map(String::as_str), Some("month_shift"));

@@ -15,7 +15,10 @@
 //! Version 6 adds one family of many values, `rule_ending` (a word with one of 40 made-up
 //! endings): a generator trained on 7 values of a rule learns those 7 and reads none it has
 //! not seen (README, "More values of one rule"); this family asks whether 34 values teach
-//! it to read a new one.
+//! it to read a new one. Version 7 adds `rule_coda`, the same rule with 400 made-up
+//! three-letter endings (consonant, vowel, consonant): with the end-to-end objective a task
+//! costs no collection, so this asks whether hundreds of values of one rule, each seen a few
+//! times, teach what 34 seen many times did not.
 
 use std::borrow::Cow;
 
@@ -233,6 +236,12 @@ const RULES: &[Rule] = &[
         values: &ENDINGS,
         apply: appended,
     },
+    Rule {
+        since: 7,
+        family: "rule_coda",
+        values: &CODAS,
+        apply: appended,
+    },
 ];
 
 /// A word and the word with the value's name after it (`append` and `ending`).
@@ -248,6 +257,46 @@ const ENDINGS: [&str; 40] = [
     "em", "ow", "un", "ib", "ata", "elo", "iru", "oka", "umi", "ane", "esh", "ilk", "orp", "ust",
     "arb", "eng", "ind", "olt", "umb", "ave", "eta", "ito", "ova", "uze",
 ];
+
+/// What the `coda` rule's tasks add to a word: every consonant, vowel, consonant ending of
+/// these letters, the final consonant varying fastest. Why 8 finals: `holdout_every(.., 7,
+/// ..)` takes every 7th task of a family, and 8 is prime to 7, so the held-out codas have
+/// every final, vowel and first letter (a count sharing a factor with 7 would hold out one
+/// final only).
+static CODAS: [&str; CODA_COUNT] = coda_names(&CODA_BYTES);
+const CODA_COUNT: usize = CODA_FIRST.len() * CODA_VOWEL.len() * CODA_LAST.len();
+const CODA_FIRST: [u8; 10] = *b"bdfgklmnpr";
+const CODA_VOWEL: [u8; 5] = *b"aeiou";
+const CODA_LAST: [u8; 8] = *b"bdgkmptx";
+static CODA_BYTES: [[u8; 3]; CODA_COUNT] = {
+    let mut out = [[0; 3]; CODA_COUNT];
+    let (v, l) = (CODA_VOWEL.len(), CODA_LAST.len());
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = [
+            CODA_FIRST[i / (v * l)],
+            CODA_VOWEL[i / l % v],
+            CODA_LAST[i % l],
+        ];
+        i += 1;
+    }
+    out
+};
+
+/// The codas' bytes as names (a `const fn`, so that `CODAS` is a plain static slice like
+/// every other rule's values).
+const fn coda_names<const N: usize>(bytes: &'static [[u8; 3]; N]) -> [&'static str; N] {
+    let mut out = [""; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = match std::str::from_utf8(&bytes[i]) {
+            Ok(s) => s,
+            Err(_) => panic!("codas are ASCII"),
+        };
+        i += 1;
+    }
+    out
+}
 
 /// What the `append` rule's tasks add to a word (their names).
 const SUFFIXES: [&str; 8] = ["zy", "ox", "ette", "ish", "ly", "ful", "ster", "oo"];
@@ -341,6 +390,8 @@ mod tests {
         check("rule_join_slash", &|s| s.replace(' ', "/"));
         check("rule_append_ish", &|s| format!("{s}ish"));
         check("rule_ending_orp", &|s| format!("{s}orp"));
+        check("rule_coda_bab", &|s| format!("{s}bab"));
+        check("rule_coda_rux", &|s| format!("{s}rux"));
     }
 
     /// Scoring's normalisation keeps what tells one rule task from another (that every
@@ -350,6 +401,41 @@ mod tests {
         let wrapped = &task("rule_wrap_hash").test[0];
         let bare = wrapped.answer.trim_matches('#');
         assert!(!score_strict(Scoring::Exact, wrapped, bare), "{wrapped:?}");
+    }
+
+    /// The codas are 400 distinct endings that no other rule adds, and the held-out split
+    /// takes codas of every final, vowel and first letter (see [`super::CODAS`]).
+    #[test]
+    fn codas_are_new_endings_and_every_kind_is_held_out() {
+        use super::super::{builtin_suite, holdout_every, SuiteConfig};
+        use super::{CODAS, ENDINGS, SUFFIXES};
+        use std::collections::BTreeSet;
+        let codas: BTreeSet<&str> = CODAS.iter().copied().collect();
+        assert_eq!((codas.len(), CODAS[0], CODAS[399]), (400, "bab", "rux"));
+        assert!(codas.iter().all(|c| c.len() == 3));
+        for other in ENDINGS.iter().chain(&SUFFIXES) {
+            assert!(!codas.contains(other), "{other}");
+        }
+        let cfg = SuiteConfig {
+            seed: 7,
+            train: 4,
+            test: 2,
+            version: 7,
+        };
+        let suite = builtin_suite(&cfg).unwrap();
+        let family: Vec<_> = suite
+            .into_iter()
+            .filter(|t| t.family == "rule_coda")
+            .collect();
+        let held = holdout_every(&family, 7, 0).unwrap();
+        assert_eq!(held.len(), 57);
+        for place in 0..3 {
+            let kinds: BTreeSet<u8> = held
+                .iter()
+                .map(|n| n.strip_prefix("rule_coda_").unwrap().as_bytes()[place])
+                .collect();
+            assert_eq!(kinds.len(), [10, 5, 8][place], "letter {place}: {kinds:?}");
+        }
     }
 
     /// Thresholds and labels that could make one answer dominate are drawn half each way.
