@@ -23,6 +23,21 @@
 //! family's own tasks, the nearest is the task: what telling `add 4` from `add 5` needs),
 //! over the rule tasks (family `rule_*`, whose prompts do not say the rule) and the others
 //! apart.
+//!
+//! Then, per rule family of at least 3 tasks, what a generator could know of an *unseen*
+//! value from the values it saw. A task's signal is what its two batches agree on: with u
+//! and v their deviations (batch A and B) from the other tasks' mean, the noise of the two
+//! batches is independent, so <u, v> estimates the signal's energy free of it. `span` is
+//! the share of that energy inside the span of the other tasks' deviations (batch A), leave
+//! one out, <P u, v> / <u, v> with P the projection, summed over the family's tasks before
+//! the ratio: a map linear in the condition, trained on the other values, can respond only
+//! to that part of an unseen value. Beside it `agree`, the mean squared cosine of u and v
+//! (how much of one batch is the task's signal at all), and the share a random direction
+//! would have, (tasks - 2) / dim, at most 1. Why: trained on 34 values of `rule_ending` the
+//! generator read none it had not seen (README, "More values of one rule"); if an unseen
+//! value's signal lies mostly outside the seen values' span, no training of a decoder on
+//! those values can read it, and more values are the lever. `--layers` may be empty (no
+//! SmolLM2 rows).
 
 use std::path::Path;
 
@@ -103,35 +118,38 @@ pub fn run(
     }
     println!("MiniLM: {:.1} s", started.elapsed().as_secs_f64());
 
-    let started = std::time::Instant::now();
-    let model = Llama::load(smollm2, &device)?;
-    let tokenizer = ChatTokenizer::load(smollm2)?;
-    let n_layers = model.dims.num_hidden_layers;
-    for &l in layers {
-        ensure!(
-            (1..=n_layers).contains(&l),
-            "layer {l} is not in 1..={n_layers}"
-        );
-    }
-    let mut a = vec![Vec::new(); layers.len()];
-    let mut b = vec![Vec::new(); layers.len()];
-    for t in tasks {
-        let (x, y) = halves(t, k);
-        for (batch, out) in [(x, &mut a), (y, &mut b)] {
-            let states = in_context_states(&model, &tokenizer, batch)?;
-            for (i, &l) in layers.iter().enumerate() {
-                out[i].push(states[l - 1].mean(0)?.to_vec1::<f32>()?);
+    // `--minilm-only`: no layers, no SmolLM2 run.
+    if !layers.is_empty() {
+        let started = std::time::Instant::now();
+        let model = Llama::load(smollm2, &device)?;
+        let tokenizer = ChatTokenizer::load(smollm2)?;
+        let n_layers = model.dims.num_hidden_layers;
+        for &l in layers {
+            ensure!(
+                (1..=n_layers).contains(&l),
+                "layer {l} is not in 1..={n_layers}"
+            );
+        }
+        let mut a = vec![Vec::new(); layers.len()];
+        let mut b = vec![Vec::new(); layers.len()];
+        for t in tasks {
+            let (x, y) = halves(t, k);
+            for (batch, out) in [(x, &mut a), (y, &mut b)] {
+                let states = in_context_states(&model, &tokenizer, batch)?;
+                for (i, &l) in layers.iter().enumerate() {
+                    out[i].push(states[l - 1].mean(0)?.to_vec1::<f32>()?);
+                }
             }
         }
+        for ((l, a), b) in layers.iter().zip(a).zip(b) {
+            rows.push(Vectors {
+                name: format!("smollm2 layer {l}/{n_layers}"),
+                a,
+                b,
+            });
+        }
+        println!("SmolLM2: {:.1} s", started.elapsed().as_secs_f64());
     }
-    for ((l, a), b) in layers.iter().zip(a).zip(b) {
-        rows.push(Vectors {
-            name: format!("smollm2 layer {l}/{n_layers}"),
-            a,
-            b,
-        });
-    }
-    println!("SmolLM2: {:.1} s", started.elapsed().as_secs_f64());
 
     let rule: Vec<bool> = tasks.iter().map(is_rule).collect();
     let family: Vec<&str> = tasks.iter().map(|t| t.family.as_str()).collect();
@@ -174,7 +192,99 @@ pub fn run(
         chance(true),
         chance(false)
     );
+
+    let mut rule_families: Vec<(&str, Vec<usize>)> = Vec::new();
+    for (i, t) in tasks.iter().enumerate().filter(|(_, t)| is_rule(t)) {
+        match rule_families.iter_mut().find(|(f, _)| *f == t.family) {
+            Some((_, members)) => members.push(i),
+            None => rule_families.push((&t.family, vec![i])),
+        }
+    }
+    rule_families.retain(|(_, m)| m.len() >= 3);
+    if !rule_families.is_empty() {
+        println!();
+        println!("An unseen value from the seen ones (leave one out; at most {SPAN_TASKS} tasks a family scored):");
+        println!("| condition | family (tasks) | agree | span | random direction |");
+        println!("|---|---|---|---|---|");
+        for v in &rows {
+            for (family, members) in &rule_families {
+                let (agree, span) = span_fractions(&v.a, &v.b, members);
+                let random = ((members.len() - 2) as f64 / v.a[0].len() as f64).min(1.0);
+                println!(
+                    "| {} | {family} ({}) | {agree:.3} | {span:.3} | {random:.3} |",
+                    v.name,
+                    members.len(),
+                );
+            }
+        }
+    }
     Ok(())
+}
+
+/// Families larger than this have this many of their tasks scored, evenly spaced (each
+/// score is a Gram-Schmidt over the other tasks: 400 of them 400 times is minutes).
+const SPAN_TASKS: usize = 40;
+
+/// `agree` and `span` of a family (`members`, at least 3; module doc).
+fn span_fractions(a: &[Vec<f32>], b: &[Vec<f32>], members: &[usize]) -> (f64, f64) {
+    let n = SPAN_TASKS.min(members.len());
+    let (agree, inside, signal) = (0..n)
+        .map(|i| {
+            let t = members[i * members.len() / n];
+            let others: Vec<usize> = members.iter().copied().filter(|&s| s != t).collect();
+            span_of(a, b, t, &others)
+        })
+        .fold((0.0, 0.0, 0.0), |(g, p, q), x| {
+            (g + x.agree, p + x.inside, q + x.signal)
+        });
+    (agree / n as f64, inside / signal)
+}
+
+/// One task's terms of [`span_fractions`].
+struct Span {
+    /// cos²(u, v).
+    agree: f64,
+    /// <P u, v>.
+    inside: f64,
+    /// <u, v>.
+    signal: f64,
+}
+
+/// Task `t`'s signal against `others` (module doc).
+fn span_of(a: &[Vec<f32>], b: &[Vec<f32>], t: usize, others: &[usize]) -> Span {
+    let dot = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(p, q)| p * q).sum::<f64>();
+    let dim = a[t].len();
+    let mean: Vec<f64> = (0..dim)
+        .map(|j| others.iter().map(|&s| f64::from(a[s][j])).sum::<f64>() / others.len() as f64)
+        .collect();
+    let deviation = |x: &[f32]| -> Vec<f64> {
+        x.iter()
+            .zip(&mean)
+            .map(|(&p, m)| f64::from(p) - m)
+            .collect()
+    };
+    let (u, v) = (deviation(&a[t]), deviation(&b[t]));
+    // Modified Gram-Schmidt over the others' deviations (they sum to zero, so one of them
+    // adds nothing: the tolerance drops it).
+    let mut basis: Vec<Vec<f64>> = Vec::new();
+    for &s in others {
+        let mut d = deviation(&a[s]);
+        let norm0 = dot(&d, &d).sqrt();
+        for e in &basis {
+            let c = dot(&d, e);
+            d.iter_mut().zip(e).for_each(|(x, y)| *x -= c * y);
+        }
+        let norm = dot(&d, &d).sqrt();
+        if norm > 1e-6 * norm0 {
+            basis.push(d.iter().map(|x| x / norm).collect());
+        }
+    }
+    let signal = dot(&u, &v);
+    Span {
+        agree: signal.powi(2) / (dot(&u, &u) * dot(&v, &v)),
+        inside: basis.iter().map(|e| dot(&u, e) * dot(&v, e)).sum(),
+        signal,
+    }
 }
 
 /// A task's two batches: its first `k` training examples and the `k` after them.
@@ -272,5 +382,41 @@ mod tests {
         // Task 1's batch B is nearest to task 2 overall, but within its family to itself.
         assert!(!s[1].top1 && !s[1].family && s[1].in_family);
         assert!(s[2].top1 && s[2].family && s[2].in_family);
+    }
+
+    /// A value that is a mix of the others lies wholly in their span, one along a direction
+    /// none of them has wholly outside it, and what only one batch shows (noise) counts
+    /// for neither.
+    #[test]
+    fn span_is_the_share_of_an_unseen_values_signal_that_the_seen_values_span() {
+        // Four tasks in the (x, y) plane around (5, 5), no three on a line: left out, each
+        // is in the plane the other three span.
+        let mut a = vec![
+            vec![6.0, 5.0, 5.0, 5.0],
+            vec![5.0, 6.0, 5.0, 5.0],
+            vec![4.0, 4.0, 5.0, 5.0],
+            vec![5.5, 6.5, 5.0, 5.0],
+        ];
+        let (agree, span) = span_fractions(&a, &a, &[0, 1, 2, 3]);
+        assert!(
+            (agree - 1.0).abs() < 1e-9 && (span - 1.0).abs() < 1e-9,
+            "{agree} {span}"
+        );
+        // A fifth along z alone: nothing of it in the others' (x, y) span.
+        a.push(vec![5.0, 5.0, 9.0, 5.0]);
+        let s = span_of(&a, &a, 4, &[0, 1, 2]);
+        assert!(
+            (s.agree - 1.0).abs() < 1e-9 && s.inside.abs() < 1e-9,
+            "{}",
+            s.inside
+        );
+        // As far along x as along z, and its batch B with noise along w that batch A does
+        // not have: half of the signal in the span, the noise in neither term.
+        a[4] = vec![6.0, 5.0, 6.0, 5.0];
+        let mut b = a.clone();
+        b[4] = vec![6.0, 5.0, 6.0, 6.0];
+        let s = span_of(&a, &b, 4, &[0, 1, 2]);
+        assert_eq!((s.inside, s.signal), (1.0, 2.0));
+        assert!((s.agree - 2.0 / 3.0).abs() < 1e-9, "{}", s.agree);
     }
 }

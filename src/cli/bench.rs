@@ -37,7 +37,8 @@ pub enum Bench {
     Tenants(TenantsArgs),
     /// How well each candidate condition of the generator (MiniLM on prompts, examples or
     /// answers; SmolLM2's mid-way states read in context) tells the suite's tasks apart from
-    /// two batches of a few examples, rule tasks and the others apart. Nothing trained.
+    /// two batches of a few examples, rule tasks and the others apart, and how much of an
+    /// unseen rule value the seen ones span. Nothing trained.
     Condition(ConditionArgs),
     /// Tasks answered as a tenant's requests are, through the whole product: examples
     /// given, K tagged requests, the generation and its check, then the test prompts
@@ -95,6 +96,9 @@ pub struct ConditionArgs {
     /// SmolLM2 blocks after which its states are read (1-based).
     #[arg(long, value_delimiter = ',', default_value = "8,15,22,30")]
     pub layers: Vec<usize>,
+    /// MiniLM's rows only: SmolLM2 not run (it takes most of the time).
+    #[arg(long)]
+    pub minilm_only: bool,
     /// Leave these tasks out (comma-separated names).
     #[arg(long, value_delimiter = ',')]
     pub except: Vec<String>,
@@ -278,7 +282,7 @@ pub fn run(args: Args) -> Result<()> {
             crate::bench::condition::run(
                 &tasks,
                 a.examples,
-                &a.layers,
+                if a.minilm_only { &[] } else { &a.layers },
                 &given_or_default(None, Assets::minilm)?,
                 &given_or_default(None, Assets::smollm2)?,
             )
