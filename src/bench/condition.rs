@@ -33,7 +33,8 @@
 //! the ratio: a map linear in the condition, trained on the other values, can respond only
 //! to that part of an unseen value. Beside it `agree`, the mean squared cosine of u and v
 //! (how much of one batch is the task's signal at all), and the share a random direction
-//! would have, (tasks - 2) / dim, at most 1. Why: trained on 34 values of `rule_ending` the
+//! would have, (tasks - 2) / dim, at most 1; `span` is left out where `agree` is under
+//! 0.1 (no signal to place). Why: trained on 34 values of `rule_ending` the
 //! generator read none it had not seen (README, "More values of one rule"); if an unseen
 //! value's signal lies mostly outside the seen values' span, no training of a decoder on
 //! those values can read it, and more values are the lever. `--layers` may be empty (no
@@ -210,8 +211,14 @@ pub fn run(
             for (family, members) in &rule_families {
                 let (agree, span) = span_fractions(&v.a, &v.b, members);
                 let random = ((members.len() - 2) as f64 / v.a[0].len() as f64).min(1.0);
+                // Where two batches barely agree there is no signal to place: the ratio
+                // of two sums near zero is noise (it came out at -1.1 and 10.0).
+                let span = match agree >= MIN_AGREE {
+                    true => format!("{span:.3}"),
+                    false => "-".to_string(),
+                };
                 println!(
-                    "| {} | {family} ({}) | {agree:.3} | {span:.3} | {random:.3} |",
+                    "| {} | {family} ({}) | {agree:.3} | {span} | {random:.3} |",
                     v.name,
                     members.len(),
                 );
@@ -220,6 +227,9 @@ pub fn run(
     }
     Ok(())
 }
+
+/// The least `agree` whose `span` is printed.
+const MIN_AGREE: f64 = 0.1;
 
 /// Families larger than this have this many of their tasks scored, evenly spaced (each
 /// score is a Gram-Schmidt over the other tasks: 400 of them 400 times is minutes).
