@@ -37,8 +37,8 @@
 //! 0.1 (no signal to place). Why: trained on 34 values of `rule_ending` the
 //! generator read none it had not seen (README, "More values of one rule"); if an unseen
 //! value's signal lies mostly outside the seen values' span, no training of a decoder on
-//! those values can read it, and more values are the lever. `--layers` may be empty (no
-//! SmolLM2 rows).
+//! those values can read it, and more values are the lever. `--minilm-only` leaves the
+//! SmolLM2 rows out (they take most of the time).
 
 use std::path::Path;
 
