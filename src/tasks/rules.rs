@@ -244,7 +244,7 @@ const RULES: &[Rule] = &[
     },
 ];
 
-/// A word and the word with the value's name after it (`append` and `ending`).
+/// A word and the word with the value's name after it (`append`, `ending` and `coda`).
 fn appended(r: &mut Rng, v: Value) -> (String, String) {
     let w = pick_wide_word(r);
     (w.to_string(), format!("{w}{}", v.name))
