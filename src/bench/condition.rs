@@ -34,12 +34,12 @@
 //! to that part of an unseen value. Beside it `agree`, the mean squared cosine of u and v
 //! (how much of one batch is the task's signal at all), and the share a random direction
 //! would have, (tasks - 2) / dim, at most 1; `span` is left out where `agree` is under
-//! 0.1 (no signal to place). Why: trained on 34 values of `rule_ending` the
-//! generator read none it had not seen (README, "More values of one rule"); if an unseen
-//! value's signal lies mostly outside the seen values' span, no training of a decoder
-//! linear in this condition on those values can read it (the generator reads token states
-//! through convolutions: for it a guide, not a proof), and more values are the lever. `--minilm-only` leaves the
-//! SmolLM2 rows out (they take most of the time).
+//! 0.1 (no signal to place). Why: trained on 34 values of `rule_ending` the generator read
+//! none it had not seen (README, "More values of one rule"); if an unseen value's signal
+//! lies mostly outside the seen values' span, no training of a decoder linear in this
+//! condition on those values can read it (the generator reads token states through
+//! convolutions: for it a guide, not a proof), and more values are the lever.
+//! `--minilm-only` leaves the SmolLM2 rows out (they take most of the time).
 
 use std::path::Path;
 
