@@ -7,12 +7,14 @@ use anyhow::{bail, ensure, Result};
 use crate::assets::{given_or_default, Assets};
 use crate::format::peft::LlamaDims;
 use crate::generator::decoder::Condition;
+use crate::generator::encoder::ConditionEncoder;
 use crate::generator::PromptEncoder;
 use crate::training::generator::{
     decoder_config_for, load_training_set, train_decoder, Holdout, Objective, ResidualFold,
     ResidualInit, TrainDecoderConfig, TrainOptions, CACHE_DIR,
 };
 use crate::training::sft::SftData;
+use crate::training::states::StateEncoder;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -114,6 +116,12 @@ pub struct Args {
     /// tells tasks apart is not drowned by what every input shares.
     #[arg(long)]
     pub input_norm: bool,
+    /// Read each example through the base model instead of MiniLM: its residual stream
+    /// entering block K, at the example's last --prompt-tokens tokens, right-aligned
+    /// (`training::states`). Not served yet: `eval` and the server cannot load such a
+    /// generator; the training log's held-out columns are its measure.
+    #[arg(long, value_name = "K", conflicts_with = "encoder")]
+    pub read_states: Option<usize>,
     /// sft / mix: weight of the condition-contrast term (0: off): each sample's examples
     /// also go through the adapter generated from another training task, and the loss takes
     /// how far it falls short of the task's own adapter by --contrast-margin nats (twice the
@@ -270,15 +278,27 @@ pub fn run(args: Args) -> Result<()> {
         adapter_sees_shown: args.adapter_sees_shown,
         ..TrainDecoderConfig::default()
     };
-    let device = candle_core::Device::Cpu;
-    let encoder = given_or_default(args.encoder.as_deref(), Assets::minilm)?;
-    let encoder = PromptEncoder::load(&encoder, &device)?;
+    ensure!(
+        args.read_states.is_none() || args.condition == Condition::Examples,
+        "--read-states reads labelled examples: it needs --condition examples"
+    );
+    let encoder: Box<dyn ConditionEncoder> = match args.read_states {
+        Some(k) => {
+            let states = StateEncoder::load(&base, k)?;
+            decoder = decoder.with_encoder(&states.name(), states.hidden_size())?;
+            Box::new(states)
+        }
+        None => {
+            let dir = given_or_default(args.encoder.as_deref(), Assets::minilm)?;
+            Box::new(PromptEncoder::load(&dir, &candle_core::Device::Cpu)?)
+        }
+    };
     let t0 = std::time::Instant::now();
     let set = load_training_set(
         &args.checkpoints,
         suite.as_deref(),
         &decoder,
-        &encoder,
+        encoder.as_ref(),
         &cfg,
         &args.checkpoints.join(CACHE_DIR),
     )?;

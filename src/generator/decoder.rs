@@ -240,6 +240,15 @@ impl DecoderConfig {
         Ok(self)
     }
 
+    /// The same decoder reading another encoder, of width `hidden` (the input shape's W).
+    pub fn with_encoder(mut self, name: &str, hidden: usize) -> Result<Self> {
+        self.encoder = name.to_string();
+        self.encoder_hidden = hidden;
+        self.shapes[0][2] = hidden;
+        self.validate()?;
+        Ok(self)
+    }
+
     /// The same input and token stack through a mixture head of `directions` directions
     /// (the hidden shapes dropped).
     pub fn with_mix(self, directions: usize) -> Result<Self> {

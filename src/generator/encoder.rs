@@ -31,6 +31,32 @@ use tokenizers::{
     TruncationParams, TruncationStrategy,
 };
 
+/// What a generator's decoder reads a task's texts through: N texts -> (N, L, width) and
+/// the mask (N, L) (1 = a real token). MiniLM is the method's; `train --read-states`
+/// reads the base model's own states instead (`crate::training::states`).
+pub trait ConditionEncoder {
+    fn encode(&self, texts: &[String], l: usize) -> Result<(Tensor, Tensor)>;
+    /// Width of a token's vector (W of the decoder's first shape).
+    fn hidden_size(&self) -> usize;
+    /// Said in the key of every cached encoding, so that two encoders never share one;
+    /// `None` for MiniLM (the keys its caches were written under).
+    fn cache_tag(&self) -> Option<String>;
+}
+
+impl ConditionEncoder for PromptEncoder {
+    fn encode(&self, texts: &[String], l: usize) -> Result<(Tensor, Tensor)> {
+        PromptEncoder::encode(self, texts, l)
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.hidden
+    }
+
+    fn cache_tag(&self) -> Option<String> {
+        None
+    }
+}
+
 /// MiniLM's position limit.
 pub const MAX_TOKENS: usize = 512;
 /// Truncation for sentence vectors (sentence-transformers' `max_seq_length`).

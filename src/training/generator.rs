@@ -45,8 +45,9 @@ use crate::format::fsio::write_folder_atomic;
 use crate::format::peft::LoraAdapter;
 use crate::format::rng::Rng;
 use crate::generator::decoder::{Decoder, DecoderConfig};
+use crate::generator::encoder::ConditionEncoder;
 use crate::generator::residual::RESIDUAL_FILE;
-use crate::generator::{PromptEncoder, Residual};
+use crate::generator::Residual;
 use crate::tasks::Task;
 
 pub const TRAIN_FILE: &str = "train.json";
@@ -438,7 +439,7 @@ pub fn load_training_set(
     collect_dir: &Path,
     suite: Option<&[Task]>,
     cfg: &DecoderConfig,
-    encoder: &PromptEncoder,
+    encoder: &dyn ConditionEncoder,
     train: &TrainDecoderConfig,
     cache_dir: &Path,
 ) -> Result<TrainingSet> {
@@ -541,7 +542,7 @@ pub fn load_training_set(
 /// The encoder's outputs for `prompts`, from the cache when the same prompts and L were
 /// encoded before.
 fn encode_cached(
-    encoder: &PromptEncoder,
+    encoder: &dyn ConditionEncoder,
     prompts: &[String],
     l: usize,
     task: &str,
@@ -549,6 +550,9 @@ fn encode_cached(
 ) -> Result<Tensor> {
     let mut h = Sha256::new();
     h.update(serde_json::to_vec(&(prompts, l))?);
+    if let Some(tag) = encoder.cache_tag() {
+        h.update(tag.as_bytes());
+    }
     let key = hex::encode(&h.finalize()[..8]);
     let path = cache_dir.join(format!("{task}-{key}.safetensors"));
     if let Ok(mut t) = candle_core::safetensors::load(&path, &Device::Cpu) {

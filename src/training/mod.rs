@@ -8,6 +8,8 @@
 //! - [`collection`]: the folder `collect` writes, and its reader [`collection::Collection`];
 //! - [`generator`]: the generator's decoder trained on those checkpoints (DnD section 4),
 //!   or end to end through the base model ([`sft`]);
+//! - [`states`]: the base model's own states of a task's examples, a condition the
+//!   generator can read instead of MiniLM's (`train --read-states`);
 //! - [`optim`]: what both trainers optimise with (AdamW, the warm-up + cosine schedule,
 //!   gradient clipping, progress bar and step budget).
 
@@ -18,3 +20,4 @@ pub mod llama;
 pub mod lora;
 pub mod optim;
 pub mod sft;
+pub mod states;

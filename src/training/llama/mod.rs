@@ -208,7 +208,7 @@ impl Llama {
         ids: &Tensor,
         lora: Option<&LoraWeights>,
     ) -> Result<Tensor> {
-        let x = self.blocks(prefix, ids, lora, |_| Ok(()))?;
+        let x = self.blocks(prefix, ids, lora, self.layers.len(), |_| Ok(()))?;
         rms_norm(&x, &self.norm, self.eps(), self.fused)
     }
 
@@ -219,20 +219,36 @@ impl Llama {
         let ids = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
         let rows = Tensor::new(rows, &self.device)?;
         let mut states = Vec::with_capacity(self.layers.len());
-        self.blocks(&[], &ids, None, |x| {
+        self.blocks(&[], &ids, None, self.layers.len(), |x| {
             states.push(x.index_select(&rows, 0)?);
             Ok(())
         })?;
         Ok(states)
     }
 
-    /// The residual stream (rows of `prefix ++ ids[i]`, hidden) after the last block, before
-    /// the final norm; `each` sees it after every block.
+    /// The residual stream entering block `layer` (0: the token embeddings) of each
+    /// sequence of `ids` (b, s), shape (b, s, hidden): what that block's norm and
+    /// projections read. Runs the first `layer` blocks only; no LoRA. Rows past a
+    /// sequence's end may hold padding: the causal mask keeps it out of earlier rows.
+    pub fn block_input(&self, ids: &Tensor, layer: usize) -> Result<Tensor> {
+        ensure!(
+            layer < self.layers.len(),
+            "block {layer} does not exist (the model has {})",
+            self.layers.len()
+        );
+        let (b, s) = ids.dims2()?;
+        let x = self.blocks(&[], ids, None, layer, |_| Ok(()))?;
+        Ok(x.reshape((b, s, self.dims.hidden_size))?)
+    }
+
+    /// The residual stream (rows of `prefix ++ ids[i]`, hidden) after the first `depth`
+    /// blocks, before the final norm; `each` sees it after every block.
     fn blocks(
         &self,
         prefix: &[u32],
         ids: &Tensor,
         lora: Option<&LoraWeights>,
+        depth: usize,
         mut each: impl FnMut(&Tensor) -> Result<()>,
     ) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
@@ -254,7 +270,7 @@ impl Llama {
             ids.flatten_all()?
         };
         let mut x = self.embed.index_select(&all_ids, 0)?;
-        for layer in &self.layers {
+        for layer in &self.layers[..depth] {
             x = layer.forward(&x, &pos, lora)?;
             each(&x)?;
         }
