@@ -111,6 +111,11 @@ pub struct Args {
     /// trained leave-one-out (module doc of `generator::decoder`).
     #[arg(long, conflicts_with = "mix")]
     pub neighbours: bool,
+    /// An attention head of bottleneck width K instead of the hyper-convolutions: r learned
+    /// queries pool the examples' token states, a linear map through K dimensions makes the
+    /// matrices (module doc of `generator::attend`).
+    #[arg(long, value_name = "K", conflicts_with_all = ["mix", "neighbours", "input_norm"])]
+    pub attend: Option<usize>,
     /// Standardise the decoder's input cell by cell (each of its L x 384 cells centred and
     /// scaled by the training tasks' statistics, stored with the generator), so that what
     /// tells tasks apart is not drowned by what every input shares.
@@ -197,6 +202,9 @@ pub fn run(args: Args) -> Result<()> {
     decoder.input_norm = args.input_norm;
     if let Some(k) = args.mix {
         decoder = decoder.with_mix(k)?;
+    }
+    if let Some(k) = args.attend {
+        decoder = decoder.with_attend(k)?;
     }
     // The held-out split is taken on the whole suite, so that --except (tasks dropped by
     // a filter) does not move it.

@@ -70,6 +70,11 @@
 //! task's examples would give too), so that the directions hold only what depends on the
 //! input. Measured inside the hyper-convolutions' spread over seeds on held-out tasks
 //! (README, "A neighbour head"): kept as an option, not the default.
+//!
+//! An **attention head** ([`AttendHead`], `train --attend K`, [`super::attend`]) replaces
+//! them too: r learned queries pool the input's token states, a linear map through K
+//! dimensions makes the matrices, which are then tokenised. Its shapes are the input and the
+//! token stack only.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -80,6 +85,7 @@ use candle_nn::{Init, VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use super::attend::{attend_flops, attend_params, AttendLayer};
 use super::conv::conv_same;
 use super::tokenizer::{smollm2_135m_dims, TokenLayout};
 use crate::format::peft::{LlamaDims, Module};
@@ -136,6 +142,9 @@ pub struct DecoderConfig {
     /// its training tasks (see the module doc).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub input_norm: bool,
+    /// Set for an attention head instead of the hyper-convolutions (see the module doc).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attend: Option<AttendHead>,
 }
 
 /// The mixture head's sizes.
@@ -154,6 +163,13 @@ pub struct MixHead {
 impl MixHead {
     /// The hidden width `train --mix K` uses.
     pub const HIDDEN: usize = 256;
+}
+
+/// The attention head's size ([`super::attend`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttendHead {
+    /// k: the width of the linear map's bottleneck, states (E) -> k -> weights.
+    pub width: usize,
 }
 
 /// What a generator reads of a task: its prompts (the method's: unlabelled requests), or
@@ -225,6 +241,7 @@ impl DecoderConfig {
             condition: Condition::Prompts,
             mix: None,
             input_norm: false,
+            attend: None,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -272,6 +289,16 @@ impl DecoderConfig {
     /// Whether the head is a neighbour head (see the module doc).
     pub fn is_neighbour_head(&self) -> bool {
         self.mix.is_some_and(|m| m.neighbours)
+    }
+
+    /// The same input and token stack through an attention head of bottleneck width
+    /// `width` (the hidden shapes dropped; [`super::attend`]).
+    pub fn with_attend(mut self, width: usize) -> Result<Self> {
+        let last = *self.shapes.last().expect("validated");
+        self.shapes = vec![self.shapes[0], last];
+        self.attend = Some(AttendHead { width });
+        self.validate()?;
+        Ok(self)
     }
 
     fn with_head(mut self, head: MixHead) -> Result<Self> {
@@ -399,11 +426,30 @@ impl DecoderConfig {
                  shapes (input, tokens) only"
             );
         }
+        if let Some(a) = self.attend {
+            ensure!(
+                a.width >= 1 && self.shapes.len() == 2 && self.mix.is_none(),
+                "an attention head needs a width >= 1, shapes (input, tokens) only and no \
+                 mixture head"
+            );
+            // Standardised cell by cell, padding rows would no longer read as padding.
+            ensure!(
+                !self.input_norm,
+                "an attention head reads its input as it is (no input standardisation)"
+            );
+        }
         Ok(())
     }
 
     /// Every parameter: its name in the [`VarMap`] and its spec, in one order.
     fn params(&self) -> Vec<(String, ParamSpec)> {
+        if let Some(a) = self.attend {
+            let len = self.matrix_columns().expect("validated");
+            return attend_params(self.rank, self.encoder_hidden, a.width, len)
+                .into_iter()
+                .map(|p| (format!("{ATTEND_PREFIX}.{}", p.name), p))
+                .collect();
+        }
         match self.mix {
             Some(m) => {
                 let [t, h, w] = self.shapes[1];
@@ -423,6 +469,11 @@ impl DecoderConfig {
                 })
                 .collect(),
         }
+    }
+
+    /// The columns of every matrix of the layout as the tokenizer stores them, in all.
+    fn matrix_columns(&self) -> Result<usize> {
+        Ok(self.layout()?.slots.iter().map(|s| s.len).sum())
     }
 
     /// The input standardisation's statistics ([`DecoderConfig::input_norm`]): in the
@@ -453,10 +504,14 @@ impl DecoderConfig {
     }
 
     /// The [`VarMap`] names of the parameters that make the output last: the last
-    /// convolution over the token axis (weight and bias), or the mixture head's last linear
-    /// layer. Set to zero, they make the output zero whatever the input; refused when the
+    /// convolution over the token axis (weight and bias), the mixture head's last linear
+    /// layer, or the attention head's V. Set to zero, they make the output zero whatever the
+    /// input (an attention head's: the tokens of zero matrices); refused when the
     /// last layer keeps its shape, since it then adds its input to what it computes.
     pub fn output_params(&self) -> Result<Vec<String>> {
+        if self.attend.is_some() {
+            return Ok(vec![format!("{ATTEND_PREFIX}.v")]);
+        }
         match self.mix {
             Some(m) if m.neighbours => {
                 return Ok(["directions", "shared"]
@@ -495,6 +550,11 @@ impl DecoderConfig {
     /// convolutions of each layer, or the mixture head's three matrix products (norm, tanh,
     /// means and adds are negligible).
     pub fn flops(&self) -> u64 {
+        if let Some(a) = self.attend {
+            let [n, l, e] = self.shapes[0];
+            let len = self.matrix_columns().expect("validated");
+            return attend_flops(self.rank, n * l, e, a.width, len);
+        }
         if let Some(m) = self.mix {
             let [t, h, w] = self.shapes[1];
             let (k, hid, e) = (
@@ -577,6 +637,8 @@ pub struct ParamSpec {
 
 /// Where the mixture head's parameters are in the [`VarMap`].
 const MIX_PREFIX: &str = "mix";
+/// Where the attention head's parameters are in the [`VarMap`].
+const ATTEND_PREFIX: &str = "attend";
 /// Where the input standardisation's statistics are in the [`VarMap`].
 const INPUT_PREFIX: &str = "input";
 /// Floor of a statistic's variance: a cell that hardly varies over the training tasks
@@ -589,7 +651,7 @@ fn layer_prefix(i: usize) -> String {
 }
 
 /// The parameter `name` of `specs`, from `vb` (created there as its spec says if new).
-fn param(vb: &VarBuilder, specs: &[ParamSpec], name: &str) -> Result<Tensor> {
+pub(super) fn param(vb: &VarBuilder, specs: &[ParamSpec], name: &str) -> Result<Tensor> {
     let s = specs.iter().find(|s| s.name == name).expect("known name");
     Ok(vb.get_with_hints(s.shape.clone(), name, s.init)?)
 }
@@ -613,7 +675,7 @@ fn set_vars<const K: usize>(
 
 /// `x` standardised over its last axis (LayerNorm without the affine part), from
 /// differentiable ops: candle's fused `layer_norm` drops gradients.
-fn standardize(x: &Tensor) -> Result<Tensor> {
+pub(super) fn standardize(x: &Tensor) -> Result<Tensor> {
     let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
     let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
     Ok(centred.broadcast_div(&(var + LN_EPS)?.sqrt()?)?)
@@ -663,18 +725,20 @@ fn layer_params(i: [usize; 3], o: [usize; 3], k: usize) -> Vec<ParamSpec> {
     ]
 }
 
+/// A parameter drawn as PyTorch draws a linear layer's: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+pub(super) fn uniform(name: &'static str, shape: Vec<usize>, fan_in: usize) -> ParamSpec {
+    let b = 1.0 / (fan_in as f64).sqrt();
+    ParamSpec {
+        name,
+        shape,
+        init: Init::Uniform { lo: -b, up: b },
+    }
+}
+
 /// The mixture head's parameters for an encoder width `e` and a token stack of `cells`
 /// values; linear layers initialised as PyTorch's, directions U(-1/sqrt(K), 1/sqrt(K)) so
 /// that the stack starts at the scale of unit mixture weights.
 fn mix_params(e: usize, m: MixHead, cells: usize) -> Vec<ParamSpec> {
-    let uniform = |name, shape: Vec<usize>, fan_in: usize| {
-        let b = 1.0 / (fan_in as f64).sqrt();
-        ParamSpec {
-            name,
-            shape,
-            init: Init::Uniform { lo: -b, up: b },
-        }
-    };
     let (k, h) = (m.directions, m.hidden);
     if m.neighbours {
         // Keys and centre start at zero: training sets them from its tasks' pools
@@ -927,14 +991,21 @@ pub struct Decoder {
 enum Head {
     Convolutions(Vec<HyperConvLayer>),
     Mix(MixLayer),
+    Attend(AttendLayer),
 }
 
 impl Decoder {
     pub fn new(vb: VarBuilder, cfg: &DecoderConfig) -> Result<Self> {
         cfg.validate()?;
-        let head = match cfg.mix {
-            Some(m) => Head::Mix(MixLayer::new(vb.pp(MIX_PREFIX), cfg, m)?),
-            None => Head::Convolutions(
+        let head = match (cfg.attend, cfg.mix) {
+            (Some(a), _) => Head::Attend(AttendLayer::new(
+                vb.pp(ATTEND_PREFIX),
+                cfg.layout()?,
+                cfg.encoder_hidden,
+                a.width,
+            )?),
+            (None, Some(m)) => Head::Mix(MixLayer::new(vb.pp(MIX_PREFIX), cfg, m)?),
+            (None, None) => Head::Convolutions(
                 cfg.shapes
                     .windows(2)
                     .enumerate()
@@ -999,6 +1070,7 @@ impl Decoder {
         let x = self.normalised(&x)?;
         match &self.head {
             Head::Mix(mix) => mix.forward(&x, exclude),
+            Head::Attend(attend) => attend.forward(&x),
             Head::Convolutions(layers) => layers.iter().try_fold(x, |x, l| l.forward(&x)),
         }
     }
@@ -1008,7 +1080,7 @@ impl Decoder {
     fn layers(&self) -> &[HyperConvLayer] {
         match &self.head {
             Head::Convolutions(layers) => layers,
-            Head::Mix(_) => &[],
+            Head::Mix(_) | Head::Attend(_) => &[],
         }
     }
 
@@ -1474,6 +1546,49 @@ pub(crate) mod tests {
                 && e.contains("base model has hidden 576"),
             "{e}"
         );
+    }
+
+    /// An attention head: its size by hand for SmolLM2 reading its own states, every
+    /// parameter counted and trained, the folder round trip, and what it refuses.
+    #[test]
+    fn attention_head_config() {
+        let cfg = DecoderConfig::smollm2_default()
+            .with_encoder("smollm2 block 6 input", 576)
+            .unwrap()
+            .with_attend(64)
+            .unwrap();
+        // Q 8 x 576, U 576 x 64, V 64 x 30 (576 + 192); FLOPs over 16 x 32 tokens.
+        let flops = 2 * (2 * 8 * 512 * 576 + 8 * 576 * 64 + 8 * 64 * 23_040);
+        assert_eq!((cfg.param_count(), cfg.flops()), (1_516_032, flops));
+        let cfg = tiny_config().with_attend(3).unwrap();
+        assert_eq!(cfg.shapes.len(), 2);
+        assert_every_parameter_gets_a_gradient(&cfg, 3);
+        let (dec, vm) = Decoder::seeded(&cfg, 9, &Device::Cpu).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        dec.save(&vm, dir.path()).unwrap();
+        let (dec2, _) = Decoder::load(dir.path(), &Device::Cpu).unwrap();
+        assert_eq!(dec2.config(), &cfg);
+        let x = input(&cfg, 1, 2);
+        let out = |d: &Decoder| d.forward(&x).unwrap().flatten_all().unwrap();
+        assert_eq!(
+            out(&dec).to_vec1::<f32>().unwrap(),
+            out(&dec2).to_vec1::<f32>().unwrap()
+        );
+        let e = |c: DecoderConfig| c.validate().unwrap_err().to_string();
+        let normed = DecoderConfig {
+            input_norm: true,
+            ..cfg.clone()
+        };
+        assert!(e(normed).contains("no input standardisation"));
+        let both = DecoderConfig {
+            mix: Some(MixHead {
+                directions: 2,
+                hidden: 4,
+                neighbours: false,
+            }),
+            ..cfg
+        };
+        assert!(e(both).contains("no mixture head"));
     }
 
     #[test]

@@ -24,6 +24,7 @@
 //! [`retrieval`] is the training-free baseline beside it: the mean of the stored LoRAs of
 //! the tasks whose text reads most like a task's.
 
+pub mod attend;
 pub mod conv;
 pub mod decoder;
 pub mod encoder;

@@ -365,6 +365,81 @@ impl TokenLayout {
     }
 }
 
+impl TokenLayout {
+    /// [`Self::tokenize`] as tensor operations, the inverse of
+    /// [`Self::detokenize_tensors`]: one matrix per slot, in slot order and PEFT
+    /// orientation -> the (T, r + 2, C + 2) stack, differentiable in the matrices, so that a
+    /// head that makes matrices (`generator::attend`) gives the token stack that every other
+    /// part reads. Empty cells are 0 instead of NaN: no reader looks at them, and a NaN
+    /// would poison the gradients (tested equal to [`Self::tokenize`] elsewhere).
+    pub fn tokenize_tensors(&self, mats: &[Tensor]) -> Result<Tensor> {
+        ensure!(
+            mats.len() == self.slots.len(),
+            "{} matrices for {} slots",
+            mats.len(),
+            self.slots.len()
+        );
+        let (r, c) = (self.rank, self.chunk);
+        let mut tokens = Vec::with_capacity(self.slots.len() * 2);
+        for (slot, mat) in self.slots.iter().zip(mats) {
+            let mat = match slot.is_b {
+                true => mat.t()?,
+                false => mat.clone(),
+            };
+            ensure!(
+                mat.dims() == [r, slot.len],
+                "{}: a ({r}, {}) matrix as the tokenizer stores it, got {:?}",
+                slot.name(),
+                slot.len,
+                mat.dims()
+            );
+            let full = slot.len / c;
+            if full > 0 {
+                let chunks = mat.narrow(1, 0, full * c)?.reshape((r, full, c))?;
+                tokens.push(self.tokens_of(&chunks.transpose(0, 1)?)?);
+            }
+            if slot.len > full * c {
+                let rest = mat.narrow(1, full * c, slot.len - full * c)?;
+                tokens.push(self.tokens_of(&rest.unsqueeze(0)?)?);
+            }
+        }
+        Ok(Tensor::cat(&tokens, 0)?)
+    }
+
+    /// (n, r, width) chunks -> (n, r + 2, C + 2) tokens as the module doc lays them out.
+    fn tokens_of(&self, chunks: &Tensor) -> Result<Tensor> {
+        let (n, r, width) = chunks.dims3()?;
+        let c = self.chunk;
+        let flat = chunks.reshape((n, r * width))?;
+        let mean = flat.mean_keepdim(1)?;
+        let std = match r * width {
+            1 => mean.ones_like()?,
+            k => {
+                let var = (flat.broadcast_sub(&mean)?.sqr()?.sum_keepdim(1)? / (k - 1) as f64)?;
+                // Floored before the root, whose gradient at zero is infinite.
+                let std = var.maximum(f32::MIN_POSITIVE)?.sqrt()?;
+                var.gt(0.0)?.where_cond(&std, &std.ones_like()?)?
+            }
+        };
+        let z = chunks
+            .broadcast_sub(&mean.unsqueeze(2)?)?
+            .broadcast_div(&std.unsqueeze(2)?)?
+            .pad_with_zeros(2, 0, c - width)?;
+        let mp = (&mean * MEAN_SCALE)?;
+        let sp = (((std * 0.9)? + 0.1)?.log()? + STD_BIAS)?;
+        let pair = Tensor::cat(&[&mp, &sp], 1)?.unsqueeze(1)?; // (n, 1, 2)
+        let column = pair.broadcast_as((n, r, 2))?;
+        let border = pair
+            .broadcast_as((n, (c + 2) / 2, 2))?
+            .reshape((n, 1, c + 2))?
+            .broadcast_as((n, 2, c + 2))?;
+        Ok(Tensor::cat(
+            &[&Tensor::cat(&[&z, &column], 2)?, &border],
+            1,
+        )?)
+    }
+}
+
 /// Mean and unbiased std of the (r, width) chunk starting at column `start` of a row-major
 /// (r, len) matrix; std 1 when undefined or zero.
 fn chunk_stats(mat: &[f32], len: usize, start: usize, width: usize, r: usize) -> (f64, f64) {
@@ -621,6 +696,70 @@ pub(crate) mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(g_abs > 0.0 && g_abs.is_finite());
+    }
+
+    #[test]
+    fn tensor_tokenize_equals_tokenize_and_inverts_detokenize() {
+        // tiny_dims' 48- and 80-wide matrices leave partial chunks at C = 32.
+        let layout = TokenLayout::new(&tiny_dims(), 4, &[Module::Q, Module::V], 32).unwrap();
+        let adapter = random_adapter(&layout, 0.02, 5);
+        let mats: Vec<Tensor> = layout
+            .slots
+            .iter()
+            .map(|s| adapter.tensors[&s.name()].clone())
+            .collect();
+        let vars: Vec<candle_core::Var> = mats
+            .iter()
+            .map(|m| candle_core::Var::from_tensor(m).unwrap())
+            .collect();
+        let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let got = layout.tokenize_tensors(&tensors).unwrap();
+        let want = layout.tokenize(&adapter).unwrap();
+        assert_eq!(got.dims(), want.dims());
+        let got_v = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let want_v = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (i, (g, w)) in got_v.iter().zip(&want_v).enumerate() {
+            match w.is_nan() {
+                true => assert_eq!(*g, 0.0, "empty cell {i}"),
+                false => assert!(
+                    (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                    "cell {i}: {g} {w}"
+                ),
+            }
+        }
+        let back = layout.detokenize_tensors(&got).unwrap();
+        let mut sum = None::<Tensor>;
+        for (m, b) in mats.iter().zip(&back) {
+            let err = (m - b).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(err.to_scalar::<f32>().unwrap() < 1e-6);
+            let s = (b * 1.5).unwrap().sum_all().unwrap();
+            sum = Some(match sum {
+                None => s,
+                Some(acc) => (acc + s).unwrap(),
+            });
+        }
+        // The round trip is the identity, so its gradient is too (1.5 everywhere).
+        let grads = sum.unwrap().backward().unwrap();
+        for v in &vars {
+            let g = grads
+                .get(v.as_tensor())
+                .expect("a gradient for every matrix");
+            let g = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(g.iter().all(|x| (x - 1.5).abs() < 1e-3), "{g:?}");
+        }
+        // A constant chunk (std 0) reads back as itself, its gradient finite.
+        let mut flat = mats.clone();
+        flat[0] = flat[0].ones_like().unwrap();
+        let back = layout
+            .detokenize_tensors(&layout.tokenize_tensors(&flat).unwrap())
+            .unwrap();
+        let err = (&back[0] - &flat[0])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(err.to_scalar::<f32>().unwrap() < 1e-6);
     }
 
     #[test]

@@ -827,6 +827,7 @@ pub fn train_decoder(
             from.shapes == decoder_cfg.shapes
                 && from.kernel == decoder_cfg.kernel
                 && from.mix == decoder_cfg.mix
+                && from.attend == decoder_cfg.attend
                 && from.input_norm == decoder_cfg.input_norm,
             "--init-from {}: its decoder has other shapes",
             dir.display()
