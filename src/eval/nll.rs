@@ -36,6 +36,7 @@
 //! lenient accuracy), and [`bars_markdown`] checks the generator's bars on those rows.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::Device;
@@ -56,6 +57,7 @@ pub use crate::training::llama::score::NllScore;
 use crate::training::llama::score::{best, encode, lora, score, soup, Rank};
 use crate::training::llama::Llama;
 use crate::training::lora::LoraWeights;
+use crate::training::states::StateEncoder;
 
 #[derive(Debug, Clone)]
 pub struct NllSetup {
@@ -536,7 +538,7 @@ impl Comparison {
             .iter()
             .map(|p| Ok((adapter_name(p), LoraAdapter::read_peft(p)?)))
             .collect::<Result<Vec<_>>>()?;
-        let generator = Generator::load(&setup.generator, &setup.encoder, &Device::Cpu)?;
+        let generator = load_generator(&setup.generator, setup)?;
         let fallback = match &setup.fallback {
             Some(path) => Some((adapter_name(path), LoraAdapter::read_peft(path)?)),
             None => generator
@@ -557,7 +559,7 @@ impl Comparison {
             .ensemble
             .iter()
             .map(|dir| {
-                let other = Generator::load(dir, &setup.encoder, &Device::Cpu)?;
+                let other = load_generator(dir, setup)?;
                 let (a, b) = (generator.config(), other.config());
                 // The mean of B matrices is the mean of the weight deltas only on one A.
                 ensure!(
@@ -1023,6 +1025,18 @@ impl Cell for Accuracy {
             strict: v.iter().map(|s| s.strict).sum::<f64>() / n,
             lenient: v.iter().map(|s| s.lenient).sum::<f64>() / n,
         }
+    }
+}
+
+/// A generator folder with what it reads: MiniLM, or the base model's states (a generator
+/// of `train --read-states`).
+fn load_generator(dir: &Path, setup: &NllSetup) -> Result<Generator> {
+    let cfg = crate::generator::DecoderConfig::load(dir)?;
+    match StateEncoder::for_generator(&cfg, &setup.base)? {
+        Some(states) => {
+            Generator::load_reading(dir, &setup.encoder, Arc::new(states), &Device::Cpu)
+        }
+        None => Generator::load(dir, &setup.encoder, &Device::Cpu),
     }
 }
 

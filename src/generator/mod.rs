@@ -44,7 +44,7 @@ use candle_core::{DType, Device, Tensor};
 use lru::LruCache;
 
 pub use decoder::{Decoder, DecoderConfig};
-pub use encoder::PromptEncoder;
+pub use encoder::{ConditionEncoder, PromptEncoder};
 pub use residual::Residual;
 pub use tokenizer::TokenLayout;
 
@@ -95,11 +95,16 @@ pub struct Generated {
     pub timings: Timings,
 }
 
+/// What a generator reads its condition with, when that is not MiniLM.
+pub type ConditionReader = Arc<dyn ConditionEncoder + Send + Sync>;
+
 /// Encoder + decoder + detokeniser.
-#[derive(Debug)]
 pub struct Generator {
     /// Shared by the generators a server loads with one encoder ([`Generator::load_sharing`]).
     encoder: Arc<PromptEncoder>,
+    /// What reads the condition: `encoder`, or what [`Generator::load_reading`] was given
+    /// (the base model's states, `training::states`).
+    condition: ConditionReader,
     decoder: Decoder,
     layout: TokenLayout,
     /// PEFT name -> the frozen A matrix, for a decoder that outputs B only.
@@ -109,6 +114,14 @@ pub struct Generator {
     /// Encodings of recent prompts, (1, L, hidden) each: a server encodes a task's prompts
     /// as they arrive ([`Generator::prepare`]), so that at the K-th only the K-th is left.
     encodings: Mutex<LruCache<String, Tensor>>,
+}
+
+impl std::fmt::Debug for Generator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generator")
+            .field("config", self.config())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Prompt encodings kept (49 KB each for L = 32 and MiniLM's 384: 25 MB).
@@ -132,19 +145,37 @@ impl Generator {
         Self::load_with(generator_dir, device, || Ok(encoder))
     }
 
+    /// Loads a generator folder whose decoder reads `condition` (a generator trained with
+    /// `train --read-states`), beside MiniLM for whatever else reads prompts (a library).
+    pub fn load_reading(
+        generator_dir: &Path,
+        encoder_dir: &Path,
+        condition: ConditionReader,
+        device: &Device,
+    ) -> Result<Self> {
+        let (decoder, residual) = Self::load_decoder(generator_dir, device)?;
+        let encoder = Arc::new(PromptEncoder::load(encoder_dir, device)?);
+        Self::reading(encoder, condition, decoder)?.with_residual(residual)
+    }
+
     /// The generator folder first, so that its errors come before the encoder's.
     fn load_with(
         generator_dir: &Path,
         device: &Device,
         encoder: impl FnOnce() -> Result<Arc<PromptEncoder>>,
     ) -> Result<Self> {
+        let (decoder, residual) = Self::load_decoder(generator_dir, device)?;
+        Self::new(encoder()?, decoder)?.with_residual(residual)
+    }
+
+    fn load_decoder(generator_dir: &Path, device: &Device) -> Result<(Decoder, Option<Residual>)> {
         let (decoder, _) = Decoder::load(generator_dir, device)
             .with_context(|| format!("loading generator {}", generator_dir.display()))?;
         let residual = match decoder.config().residual {
             true => Some(Residual::load(generator_dir, &decoder.config().layout()?)?),
             false => None,
         };
-        Self::new(encoder()?, decoder)?.with_residual(residual)
+        Ok((decoder, residual))
     }
 
     /// Sets the base adapter and gates of a residual generator (see [`residual`]).
@@ -162,13 +193,22 @@ impl Generator {
     /// Puts together an encoder and a decoder built for it.
     pub fn new(encoder: impl Into<Arc<PromptEncoder>>, decoder: Decoder) -> Result<Self> {
         let encoder = encoder.into();
+        Self::reading(encoder.clone(), encoder, decoder)
+    }
+
+    /// A decoder built for `condition`, beside MiniLM.
+    fn reading(
+        encoder: Arc<PromptEncoder>,
+        condition: ConditionReader,
+        decoder: Decoder,
+    ) -> Result<Self> {
         let cfg = decoder.config();
         ensure!(
-            encoder.hidden_size() == cfg.encoder_hidden,
+            condition.hidden_size() == cfg.encoder_hidden,
             "generator was built for an encoder of width {} ({}), the encoder has width {}",
             cfg.encoder_hidden,
             cfg.encoder,
-            encoder.hidden_size()
+            condition.hidden_size()
         );
         let layout = cfg.layout()?;
         let frozen_a = cfg
@@ -179,6 +219,7 @@ impl Generator {
             .collect();
         Ok(Self {
             encoder,
+            condition,
             decoder,
             layout,
             frozen_a,
@@ -240,7 +281,7 @@ impl Generator {
             return Ok(t.clone());
         }
         let (t, _mask) = self
-            .encoder
+            .condition
             .encode(&[prompt.to_string()], self.config().prompt_tokens)?;
         self.kept().put(prompt.to_string(), t.clone());
         Ok(t)

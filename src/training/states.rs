@@ -14,8 +14,9 @@
 //! tokens sit at the same rows for every example whatever the prompt's length. Unit RMS,
 //! because the residual stream's scale grows with depth and varies by token (the first
 //! token's is far larger); a zero row stays zero. Why here, not beside MiniLM in
-//! `generator`: it runs the trainer's llama, and a generator that reads states is not
-//! served yet (`Generator::load` refuses its encoder's width).
+//! `generator`: it runs the trainer's llama. `eval --nll` reads such a generator
+//! ([`StateEncoder::for_generator`], `Generator::load_reading`); the server does not yet
+//! (`Generator::load` refuses its encoder's width).
 
 use std::path::Path;
 
@@ -23,6 +24,7 @@ use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::generator::encoder::ConditionEncoder;
+use crate::generator::DecoderConfig;
 use crate::training::llama::{chat::ChatTokenizer, Llama};
 
 /// Texts run through the model at once.
@@ -54,6 +56,29 @@ impl StateEncoder {
     /// The name a generator's `decoder.json` records for this encoder.
     pub fn name(&self) -> String {
         format!("{} block {} input", self.model.name, self.layer)
+    }
+
+    /// What a generator of `cfg` reads its condition with, when it reads the states of the
+    /// base model in `base_dir` (`None`: it reads MiniLM). Errors when it reads another
+    /// model's states.
+    pub fn for_generator(cfg: &DecoderConfig, base_dir: &Path) -> Result<Option<Self>> {
+        let Some(layer) = cfg
+            .encoder
+            .strip_suffix(" input")
+            .and_then(|s| s.rsplit_once(" block "))
+            .and_then(|(_, k)| k.parse::<usize>().ok())
+        else {
+            return Ok(None);
+        };
+        let states = Self::load(base_dir, layer)?;
+        ensure!(
+            states.name() == cfg.encoder,
+            "the generator reads {:?}, the base model {} gives {:?}",
+            cfg.encoder,
+            base_dir.display(),
+            states.name()
+        );
+        Ok(Some(states))
     }
 
     fn encode_batch(&self, texts: &[String], l: usize) -> Result<(Tensor, Tensor)> {
@@ -191,6 +216,63 @@ mod tests {
             let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
             assert!(diff.to_scalar::<f32>().unwrap() < 1e-4, "layer {layer}");
         }
+    }
+
+    /// A generator that reads the states generates from them as its decoder does on the
+    /// encoder's output; a generator of another model's states is refused.
+    #[test]
+    fn a_generator_reads_the_states_it_was_trained_on() {
+        use crate::generator::decoder::tests::tiny_config;
+        use crate::generator::{Decoder, Generator};
+        let dir = tiny_model_dir();
+        let enc = StateEncoder::load(dir.path(), 1).unwrap();
+        let cfg = tiny_config()
+            .with_encoder(&enc.name(), enc.hidden_size())
+            .unwrap();
+        let gen_dir = tempfile::tempdir().unwrap();
+        crate::generator::write_random_generator(&cfg, 3, gen_dir.path()).unwrap();
+        let states = StateEncoder::for_generator(&cfg, dir.path())
+            .unwrap()
+            .unwrap();
+        let minilm = crate::testing::real_assets().minilm();
+        let g = Generator::load_reading(
+            gen_dir.path(),
+            &minilm,
+            std::sync::Arc::new(states),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let texts: Vec<String> = [
+            "a\nAnswer: b",
+            "longer text\nAnswer: c d",
+            "x\nAnswer: y",
+            "z",
+        ]
+        .map(String::from)
+        .to_vec();
+        let got = g.generate(&texts).unwrap().adapter;
+        let (cond, _) = enc.encode(&texts, cfg.prompt_tokens).unwrap();
+        let (dec, _) = Decoder::load(gen_dir.path(), &Device::Cpu).unwrap();
+        let want = cfg
+            .layout()
+            .unwrap()
+            .detokenize(&dec.forward(&cond).unwrap(), cfg.lora_alpha, "tiny")
+            .unwrap();
+        for (name, t) in &want.tensors {
+            let diff = crate::testing::max_abs_diff(t, &got.tensors[name]);
+            assert!(diff < 1e-5, "{name}: {diff}");
+        }
+        // MiniLM's generators read MiniLM; another model's states are refused.
+        assert!(StateEncoder::for_generator(&tiny_config(), dir.path())
+            .unwrap()
+            .is_none());
+        let other = tiny_config()
+            .with_encoder("other block 1 input", 64)
+            .unwrap();
+        let e = StateEncoder::for_generator(&other, dir.path())
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("the generator reads"), "{e}");
     }
 
     /// A text over L tokens keeps its last L (the answer's end).
