@@ -33,6 +33,15 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .expect("tensors of one shape")
 }
 
+/// The sum of a tensor's absolute values (as F32): is a gradient there, and finite?
+pub fn abs_sum(t: &Tensor) -> f32 {
+    t.abs()
+        .and_then(|d| d.sum_all())
+        .and_then(|d| d.to_dtype(candle_core::DType::F32))
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("a tensor")
+}
+
 /// A fresh temporary folder holding the tiny model ([`write_tiny_llama`], seed 7) with
 /// SmolLM2's chat template, for the trainer's tests.
 pub fn tiny_model_dir() -> tempfile::TempDir {

@@ -253,14 +253,7 @@ mod tests {
             .unwrap();
         let grads = loss.backward().unwrap();
         for (name, var) in varmap.data().lock().unwrap().iter() {
-            let g = grads.get(var.as_tensor()).expect(name);
-            let g = g
-                .abs()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let g = crate::testing::abs_sum(grads.get(var.as_tensor()).expect(name));
             assert!(g > 0.0 && g.is_finite(), "{name}: {g}");
         }
     }

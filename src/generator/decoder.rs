@@ -1412,28 +1412,36 @@ pub(crate) mod tests {
         );
     }
 
-    #[test]
-    fn save_load_gives_identical_outputs() {
-        let cfg = tiny_config();
-        let (dec, vm) = Decoder::seeded(&cfg, 9, &Device::Cpu).unwrap();
+    /// `cfg`'s decoder of seed 9 saved and loaded: the same config and outputs; returns the
+    /// output.
+    fn assert_save_load_round_trip(cfg: &DecoderConfig) -> Vec<f32> {
+        let (dec, vm) = Decoder::seeded(cfg, 9, &Device::Cpu).unwrap();
         let dir = tempfile::tempdir().unwrap();
         dec.save(&vm, dir.path()).unwrap();
         let (dec2, _) = Decoder::load(dir.path(), &Device::Cpu).unwrap();
-        assert_eq!(dec2.config(), &cfg);
-        let x = input(&cfg, 1, 2);
-        let out = |d: &Decoder| -> Vec<f32> {
-            d.forward(&x)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap()
-        };
-        let a = out(&dec);
-        assert_eq!(a, out(&dec2));
+        assert_eq!(dec2.config(), cfg);
+        let a = out(&dec, cfg);
+        assert_eq!(a, out(&dec2, cfg));
+        a
+    }
+
+    fn out(d: &Decoder, cfg: &DecoderConfig) -> Vec<f32> {
+        d.forward(&input(cfg, 1, 2))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    #[test]
+    fn save_load_gives_identical_outputs() {
+        let cfg = tiny_config();
+        let a = assert_save_load_round_trip(&cfg);
         // Same seed, same decoder; another seed, another decoder.
-        assert_eq!(a, out(&Decoder::seeded(&cfg, 9, &Device::Cpu).unwrap().0));
-        assert_ne!(a, out(&Decoder::seeded(&cfg, 10, &Device::Cpu).unwrap().0));
+        let seeded = |seed| out(&Decoder::seeded(&cfg, seed, &Device::Cpu).unwrap().0, &cfg);
+        assert_eq!(a, seeded(9));
+        assert_ne!(a, seeded(10));
     }
 
     #[test]
@@ -1563,17 +1571,7 @@ pub(crate) mod tests {
         let cfg = tiny_config().with_attend(3).unwrap();
         assert_eq!(cfg.shapes.len(), 2);
         assert_every_parameter_gets_a_gradient(&cfg, 3);
-        let (dec, vm) = Decoder::seeded(&cfg, 9, &Device::Cpu).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        dec.save(&vm, dir.path()).unwrap();
-        let (dec2, _) = Decoder::load(dir.path(), &Device::Cpu).unwrap();
-        assert_eq!(dec2.config(), &cfg);
-        let x = input(&cfg, 1, 2);
-        let out = |d: &Decoder| d.forward(&x).unwrap().flatten_all().unwrap();
-        assert_eq!(
-            out(&dec).to_vec1::<f32>().unwrap(),
-            out(&dec2).to_vec1::<f32>().unwrap()
-        );
+        assert_save_load_round_trip(&cfg);
         let e = |c: DecoderConfig| c.validate().unwrap_err().to_string();
         let normed = DecoderConfig {
             input_norm: true,

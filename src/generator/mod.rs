@@ -95,7 +95,7 @@ pub struct Generated {
     pub timings: Timings,
 }
 
-/// What a generator reads its condition with, when that is not MiniLM.
+/// What reads a generator's condition: MiniLM, or the base model's states.
 pub type ConditionReader = Arc<dyn ConditionEncoder + Send + Sync>;
 
 /// Encoder + decoder + detokeniser.
