@@ -67,8 +67,7 @@ pub struct AttendLayer {
 
 impl AttendLayer {
     pub fn new(vb: VarBuilder, layout: TokenLayout, e: usize, k: usize) -> Result<Self> {
-        let len = layout.slots.iter().map(|s| s.len).sum();
-        let specs = attend_params(layout.rank, e, k, len);
+        let specs = attend_params(layout.rank, e, k, layout.columns());
         let get = |name: &str| param(&vb, &specs, name);
         Ok(Self {
             queries: get("queries")?,
@@ -114,21 +113,9 @@ impl AttendLayer {
     /// (B, N, L, E) -> (B, T, r + 2, C + 2).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let rows = self.rows(x)?;
-        let mut out = Vec::with_capacity(rows.dim(0)?);
-        for i in 0..rows.dim(0)? {
-            let rows = rows.get(i)?;
-            let mut start = 0;
-            let mut mats = Vec::with_capacity(self.layout.slots.len());
-            for slot in &self.layout.slots {
-                let m = rows.narrow(1, start, slot.len)?;
-                start += slot.len;
-                mats.push(match slot.is_b {
-                    true => m.t()?,
-                    false => m,
-                });
-            }
-            out.push(self.layout.tokenize_tensors(&mats)?);
-        }
+        let out = (0..rows.dim(0)?)
+            .map(|i| self.layout.tokenize_rows(&rows.get(i)?))
+            .collect::<Result<Vec<_>>>()?;
         ensure!(!out.is_empty(), "an empty batch");
         Ok(Tensor::stack(&out, 0)?)
     }
@@ -174,7 +161,7 @@ mod tests {
             "u",
             Tensor::new(&[[1f32], [0.0]], &Device::Cpu).unwrap(),
         );
-        let len: usize = head.layout.slots.iter().map(|s| s.len).sum();
+        let len = head.layout.columns();
         let v: Vec<f32> = (0..len).map(|i| i as f32 / len as f32).collect();
         set(
             &varmap,
@@ -193,13 +180,10 @@ mod tests {
         }
         assert!(got[1].iter().all(|g| (g - 0.5).abs() < 1e-6), "{got:?}");
         // Z U is h's first coordinate weighted: w0 - w1 for query 0, 0 for query 1.
-        let rows = head
-            .rows(&two)
-            .unwrap()
-            .get(0)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
+        let rows_of = |x: &Tensor| -> Vec<Vec<f32>> {
+            head.rows(x).unwrap().get(0).unwrap().to_vec2().unwrap()
+        };
+        let rows = rows_of(&two);
         let y0 = want0[0] - want0[1];
         for (j, want) in v.iter().enumerate() {
             assert!((rows[0][j] - y0 * want).abs() < 1e-4);
@@ -211,13 +195,7 @@ mod tests {
             &Device::Cpu,
         )
         .unwrap();
-        let same = head
-            .rows(&padded)
-            .unwrap()
-            .get(0)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
+        let same = rows_of(&padded);
         for (a, b) in same.iter().flatten().zip(rows.iter().flatten()) {
             assert!((a - b).abs() < 1e-5);
         }
@@ -233,16 +211,8 @@ mod tests {
         let (t, h, w) = head.layout.shape();
         assert_eq!(y.dims(), [2, t, h, w]);
         let alone = head.forward(&x.narrow(0, 1, 1).unwrap()).unwrap();
-        let diff = (y.get(1).unwrap() - alone.get(0).unwrap()).unwrap();
-        assert!(
-            diff.abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-                < 1e-6
-        );
+        let diff = crate::testing::max_abs_diff(&y.get(1).unwrap(), &alone.get(0).unwrap());
+        assert!(diff < 1e-6);
         let loss = head
             .layout
             .detokenize_tensors(&y.get(0).unwrap())

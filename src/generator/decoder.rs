@@ -294,17 +294,19 @@ impl DecoderConfig {
     /// The same input and token stack through an attention head of bottleneck width
     /// `width` (the hidden shapes dropped; [`super::attend`]).
     pub fn with_attend(mut self, width: usize) -> Result<Self> {
-        let last = *self.shapes.last().expect("validated");
-        self.shapes = vec![self.shapes[0], last];
         self.attend = Some(AttendHead { width });
-        self.validate()?;
-        Ok(self)
+        self.input_and_tokens_only()
     }
 
     fn with_head(mut self, head: MixHead) -> Result<Self> {
+        self.mix = Some(head);
+        self.input_and_tokens_only()
+    }
+
+    /// The hidden shapes dropped, as a head that maps the input to the tokens directly has.
+    fn input_and_tokens_only(mut self) -> Result<Self> {
         let last = *self.shapes.last().expect("validated");
         self.shapes = vec![self.shapes[0], last];
-        self.mix = Some(head);
         self.validate()?;
         Ok(self)
     }
@@ -444,7 +446,7 @@ impl DecoderConfig {
     /// Every parameter: its name in the [`VarMap`] and its spec, in one order.
     fn params(&self) -> Vec<(String, ParamSpec)> {
         if let Some(a) = self.attend {
-            let len = self.matrix_columns().expect("validated");
+            let len = self.layout().expect("validated").columns();
             return attend_params(self.rank, self.encoder_hidden, a.width, len)
                 .into_iter()
                 .map(|p| (format!("{ATTEND_PREFIX}.{}", p.name), p))
@@ -469,11 +471,6 @@ impl DecoderConfig {
                 })
                 .collect(),
         }
-    }
-
-    /// The columns of every matrix of the layout as the tokenizer stores them, in all.
-    fn matrix_columns(&self) -> Result<usize> {
-        Ok(self.layout()?.slots.iter().map(|s| s.len).sum())
     }
 
     /// The input standardisation's statistics ([`DecoderConfig::input_norm`]): in the
@@ -552,7 +549,7 @@ impl DecoderConfig {
     pub fn flops(&self) -> u64 {
         if let Some(a) = self.attend {
             let [n, l, e] = self.shapes[0];
-            let len = self.matrix_columns().expect("validated");
+            let len = self.layout().expect("validated").columns();
             return attend_flops(self.rank, n * l, e, a.width, len);
         }
         if let Some(m) = self.mix {

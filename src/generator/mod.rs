@@ -130,7 +130,7 @@ const ENCODINGS_KEPT: usize = 512;
 impl Generator {
     /// Loads a generator folder and the prompt encoder folder onto `device`.
     pub fn load(generator_dir: &Path, encoder_dir: &Path, device: &Device) -> Result<Self> {
-        Self::load_with(generator_dir, device, || {
+        Self::load_with(generator_dir, device, None, || {
             Ok(Arc::new(PromptEncoder::load(encoder_dir, device)?))
         })
     }
@@ -142,7 +142,7 @@ impl Generator {
         encoder: Arc<PromptEncoder>,
         device: &Device,
     ) -> Result<Self> {
-        Self::load_with(generator_dir, device, || Ok(encoder))
+        Self::load_with(generator_dir, device, None, || Ok(encoder))
     }
 
     /// Loads a generator folder whose decoder reads `condition` (a generator trained with
@@ -153,29 +153,28 @@ impl Generator {
         condition: ConditionReader,
         device: &Device,
     ) -> Result<Self> {
-        let (decoder, residual) = Self::load_decoder(generator_dir, device)?;
-        let encoder = Arc::new(PromptEncoder::load(encoder_dir, device)?);
-        Self::reading(encoder, condition, decoder)?.with_residual(residual)
+        Self::load_with(generator_dir, device, Some(condition), || {
+            Ok(Arc::new(PromptEncoder::load(encoder_dir, device)?))
+        })
     }
 
-    /// The generator folder first, so that its errors come before the encoder's.
+    /// The generator folder first, so that its errors come before the encoder's; the
+    /// condition read by `condition`, or by MiniLM without one.
     fn load_with(
         generator_dir: &Path,
         device: &Device,
+        condition: Option<ConditionReader>,
         encoder: impl FnOnce() -> Result<Arc<PromptEncoder>>,
     ) -> Result<Self> {
-        let (decoder, residual) = Self::load_decoder(generator_dir, device)?;
-        Self::new(encoder()?, decoder)?.with_residual(residual)
-    }
-
-    fn load_decoder(generator_dir: &Path, device: &Device) -> Result<(Decoder, Option<Residual>)> {
         let (decoder, _) = Decoder::load(generator_dir, device)
             .with_context(|| format!("loading generator {}", generator_dir.display()))?;
         let residual = match decoder.config().residual {
             true => Some(Residual::load(generator_dir, &decoder.config().layout()?)?),
             false => None,
         };
-        Ok((decoder, residual))
+        let encoder = encoder()?;
+        let condition = condition.unwrap_or_else(|| encoder.clone());
+        Self::reading(encoder, condition, decoder)?.with_residual(residual)
     }
 
     /// Sets the base adapter and gates of a residual generator (see [`residual`]).

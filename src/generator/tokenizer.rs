@@ -159,7 +159,12 @@ impl TokenLayout {
 
     /// Number of LoRA weights the tokens carry.
     pub fn n_weights(&self) -> usize {
-        self.slots.iter().map(|s| s.len * self.rank).sum()
+        self.columns() * self.rank
+    }
+
+    /// Columns of every matrix as the tokenizer stores it ((r, len), B transposed), in all.
+    pub fn columns(&self) -> usize {
+        self.slots.iter().map(|s| s.len).sum()
     }
 
     /// The matrices as (r, len) row-major f32 data, in slot order, taken from an adapter whose
@@ -379,20 +384,44 @@ impl TokenLayout {
             mats.len(),
             self.slots.len()
         );
+        let r = self.rank;
+        let stored = self
+            .slots
+            .iter()
+            .zip(mats)
+            .map(|(slot, mat)| {
+                let mat = match slot.is_b {
+                    true => mat.t()?,
+                    false => mat.clone(),
+                };
+                ensure!(
+                    mat.dims() == [r, slot.len],
+                    "{}: a ({r}, {}) matrix as the tokenizer stores it, got {:?}",
+                    slot.name(),
+                    slot.len,
+                    mat.dims()
+                );
+                Ok(mat)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.tokenize_rows(&Tensor::cat(&stored, 1)?)
+    }
+
+    /// [`Self::tokenize_tensors`] of the matrices as the tokenizer stores them, side by side
+    /// in slot order: (r, [`Self::columns`]) -> (T, r + 2, C + 2).
+    pub fn tokenize_rows(&self, rows: &Tensor) -> Result<Tensor> {
         let (r, c) = (self.rank, self.chunk);
+        ensure!(
+            rows.dims() == [r, self.columns()],
+            "matrices side by side must be ({r}, {}), got {:?}",
+            self.columns(),
+            rows.dims()
+        );
         let mut tokens = Vec::with_capacity(self.slots.len() * 2);
-        for (slot, mat) in self.slots.iter().zip(mats) {
-            let mat = match slot.is_b {
-                true => mat.t()?,
-                false => mat.clone(),
-            };
-            ensure!(
-                mat.dims() == [r, slot.len],
-                "{}: a ({r}, {}) matrix as the tokenizer stores it, got {:?}",
-                slot.name(),
-                slot.len,
-                mat.dims()
-            );
+        let mut start = 0;
+        for slot in &self.slots {
+            let mat = rows.narrow(1, start, slot.len)?;
+            start += slot.len;
             let full = slot.len / c;
             if full > 0 {
                 let chunks = mat.narrow(1, 0, full * c)?.reshape((r, full, c))?;
@@ -722,18 +751,16 @@ pub(crate) mod tests {
             }
         }
         let back = layout.detokenize_tensors(&got).unwrap();
-        let mut sum = None::<Tensor>;
         for (m, b) in mats.iter().zip(&back) {
-            let err = (m - b).unwrap().abs().unwrap().max_all().unwrap();
-            assert!(err.to_scalar::<f32>().unwrap() < 1e-6);
-            let s = (b * 1.5).unwrap().sum_all().unwrap();
-            sum = Some(match sum {
-                None => s,
-                Some(acc) => (acc + s).unwrap(),
-            });
+            assert!(crate::testing::max_abs_diff(m, b) < 1e-6);
         }
         // The round trip is the identity, so its gradient is too (1.5 everywhere).
-        let grads = sum.unwrap().backward().unwrap();
+        let sum = back
+            .iter()
+            .map(|b| (b * 1.5).unwrap().sum_all().unwrap())
+            .reduce(|a, b| (a + b).unwrap())
+            .unwrap();
+        let grads = sum.backward().unwrap();
         for v in &vars {
             let g = grads
                 .get(v.as_tensor())
@@ -747,13 +774,7 @@ pub(crate) mod tests {
         let back = layout
             .detokenize_tensors(&layout.tokenize_tensors(&flat).unwrap())
             .unwrap();
-        let err = (&back[0] - &flat[0])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap();
-        assert!(err.to_scalar::<f32>().unwrap() < 1e-6);
+        assert!(crate::testing::max_abs_diff(&back[0], &flat[0]) < 1e-6);
     }
 
     #[test]

@@ -213,8 +213,8 @@ mod tests {
                 )
                 .unwrap();
             let got = alone.narrow(0, 3, n).unwrap();
-            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
-            assert!(diff.to_scalar::<f32>().unwrap() < 1e-4, "layer {layer}");
+            let diff = crate::testing::max_abs_diff(&got, &want);
+            assert!(diff < 1e-4, "layer {layer}");
         }
     }
 
