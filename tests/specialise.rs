@@ -426,6 +426,71 @@ async fn the_dnd_generator_specialises_a_task_end_to_end() {
     assert!(err.contains("plugin.fallback_adapter"), "{err}");
 }
 
+/// A generator of the base model's states (`train --read-states`) as the examples
+/// generator: the server reads a task's examples through the base model's first block and
+/// generates from them (checked, so done or rejected, never failed); one that reads
+/// another model's states is refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generator_of_the_base_models_states_serves_tasks_with_examples() {
+    use mistralrs_dnd::generator::decoder::Condition;
+    use mistralrs_dnd::generator::{write_random_generator, ConditionEncoder, DecoderConfig};
+    use mistralrs_dnd::training::states::StateEncoder;
+    let dir = tempfile::tempdir().unwrap();
+    let states = StateEncoder::load(&tiny_model(), 1).unwrap();
+    let write = |encoder: &str, folder: &str| {
+        let mut cfg = DecoderConfig::for_model_default_shapes(
+            "tiny",
+            &tiny_dims(),
+            4,
+            8.0,
+            &[Module::Q, Module::V],
+            32,
+            3,
+            16,
+        )
+        .unwrap()
+        .with_encoder(encoder, states.hidden_size())
+        .unwrap();
+        cfg.condition = Condition::Examples;
+        write_random_generator(&cfg, 1, &dir.path().join(folder)).unwrap();
+        dir.path().join(folder)
+    };
+    let mut c = tiny_config(dir.path());
+    c.plugin.examples_generator = Some(write(&states.name(), "states"));
+    c.plugin.encoder = Some(mistralrs_dnd::testing::real_assets().minilm());
+    c.plugin.guard_max_tokens = 6;
+    let s = start(c.clone()).await;
+    let examples: Vec<Value> = (0..8)
+        .map(|i| json!({"prompt": format!("question {i}"), "answer": format!("answer {i}")}))
+        .collect();
+    let r = s
+        .admin(Method::PUT, "/adapters/st/examples")
+        .json(&json!({ "examples": examples }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for i in 0..3 {
+        s.chat_task(&format!("question {i}"), "st").await;
+    }
+    let v = s
+        .entry_when("st", Duration::from_secs(20), |v| {
+            ["done", "rejected", "failed"]
+                .contains(&v["generation"]["state"].as_str().unwrap_or(""))
+        })
+        .await;
+    assert_ne!(v["generation"]["state"], "failed", "{v}");
+
+    let mut c2 = c;
+    c2.plugin.examples_generator = Some(write("other block 1 input", "other"));
+    c2.plugin.store = dir.path().join("store-other");
+    let err = match mistralrs_dnd::server::build(c2).await {
+        Ok(_) => panic!("a generator of another model's states must be refused"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("the generator reads"), "{err}");
+}
+
 /// `plugin.library` end to end: the real selection (the tiny model scoring the LoRAs of a
 /// real collection, MiniLM retrieving them) picks a library adapter for a task with
 /// examples, and the no-harm check judges it beside the generated one. A folder that is not

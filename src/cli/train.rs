@@ -123,8 +123,8 @@ pub struct Args {
     pub input_norm: bool,
     /// Read each example through the base model instead of MiniLM: its residual stream
     /// entering block K, at the example's last --prompt-tokens tokens, right-aligned
-    /// (`training::states`). `eval --nll` reads such a generator; the server and `eval`
-    /// without `--nll` do not yet.
+    /// (`training::states`). `eval --nll` and the server read such a generator (as
+    /// `plugin.examples_generator`); `eval` without `--nll` does not yet.
     #[arg(long, value_name = "K", conflicts_with = "encoder")]
     pub read_states: Option<usize>,
     /// sft / mix: weight of the condition-contrast term (0: off): each sample's examples

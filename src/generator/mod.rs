@@ -136,13 +136,15 @@ impl Generator {
     }
 
     /// Loads a generator folder around an encoder already loaded, which it shares (a
-    /// server with two generators keeps one copy of MiniLM's 90 MB).
+    /// server with two generators keeps one copy of MiniLM's 90 MB); its condition read by
+    /// `condition` when given (see [`Generator::load_reading`]), else by that encoder.
     pub fn load_sharing(
         generator_dir: &Path,
         encoder: Arc<PromptEncoder>,
+        condition: Option<ConditionReader>,
         device: &Device,
     ) -> Result<Self> {
-        Self::load_with(generator_dir, device, None, || Ok(encoder))
+        Self::load_with(generator_dir, device, condition, || Ok(encoder))
     }
 
     /// Loads a generator folder whose decoder reads `condition` (a generator trained with
@@ -282,6 +284,8 @@ impl Generator {
         let (t, _mask) = self
             .condition
             .encode(&[prompt.to_string()], self.config().prompt_tokens)?;
+        // The base model's states are read on the CPU; the decoder sits with MiniLM.
+        let t = t.to_device(self.encoder.device())?;
         self.kept().put(prompt.to_string(), t.clone());
         Ok(t)
     }

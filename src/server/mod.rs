@@ -37,6 +37,7 @@ use crate::engine::{parse_dtype, AdapterMode, MistralRsEngine};
 use crate::format::{peft, LlamaDims, LoraAdapter};
 use crate::generator::decoder::Condition;
 use crate::generator::PromptEncoder;
+use crate::training::states::StateEncoder;
 
 /// The plugin's shared state.
 pub struct Plugin {
@@ -258,7 +259,7 @@ pub async fn assemble(
         load_queue: std::time::Duration::from_millis(config.plugin.load_queue_ms),
     };
     let mut encoder = None;
-    let generators = load_generators(&config, &dims, generator, &mut encoder)?;
+    let generators = load_generators(&config, &dims, &base, generator, &mut encoder)?;
     let library = match (&config.plugin.library, &generators) {
         (Some(dir), Some(g)) => Some(load_library(&config, &base, &dims, dir, g, &mut encoder)?),
         (Some(_), None) => bail!(
@@ -376,17 +377,18 @@ pub(crate) fn compose(
 fn load_generators(
     config: &Config,
     dims: &LlamaDims,
+    base: &Path,
     main: Option<Arc<dyn specialise::AdapterGenerator>>,
     encoder: &mut Option<Arc<PromptEncoder>>,
 ) -> Result<Option<specialise::Generators>> {
     let main = match (main, &config.plugin.generator) {
         (Some(g), _) => Some(g),
-        (None, Some(dir)) => Some(load_generator(config, dims, dir, encoder)?),
+        (None, Some(dir)) => Some(load_generator(config, dims, base, dir, encoder)?),
         (None, None) => None,
     };
     let examples = match &config.plugin.examples_generator {
         Some(dir) => {
-            let g = load_generator(config, dims, dir, encoder)?;
+            let g = load_generator(config, dims, base, dir, encoder)?;
             ensure!(
                 g.condition() == Condition::Examples,
                 "plugin.examples_generator {} reads prompts: it is a plugin.generator",
@@ -404,16 +406,23 @@ fn load_generators(
 }
 
 /// The generator in `dir`, checked against the base model, around `encoder` (loaded into
-/// it first if empty).
+/// it first if empty). A generator of the base model's states (`train --read-states`)
+/// reads them from `base`, in a copy of the model of its own on the CPU.
 fn load_generator(
     config: &Config,
     dims: &LlamaDims,
+    base: &Path,
     dir: &Path,
     encoder: &mut Option<Arc<PromptEncoder>>,
 ) -> Result<Arc<dyn specialise::AdapterGenerator>> {
     let device = crate::generator::default_device()?;
     let encoder = shared_encoder(config, encoder, &device)?;
-    let g = crate::generator::Generator::load_sharing(dir, encoder, &device)?;
+    let cfg = crate::generator::DecoderConfig::load(dir)
+        .with_context(|| format!("loading generator {}", dir.display()))?;
+    let states = StateEncoder::for_generator(&cfg, base)
+        .with_context(|| format!("generator {} reads the base model's states", dir.display()))?
+        .map(|s| Arc::new(s) as crate::generator::ConditionReader);
+    let g = crate::generator::Generator::load_sharing(dir, encoder, states, &device)?;
     g.check_base(dims)
         .with_context(|| format!("generator {} does not fit the base model", dir.display()))?;
     tracing::info!(generator = %dir.display(), prompts = g.config().prompts, condition = ?g.config().condition, "automatic specialisation on");

@@ -14,9 +14,9 @@
 //! tokens sit at the same rows for every example whatever the prompt's length. Unit RMS,
 //! because the residual stream's scale grows with depth and varies by token (the first
 //! token's is far larger); a zero row stays zero. Why here, not beside MiniLM in
-//! `generator`: it runs the trainer's llama. `eval --nll` reads such a generator
-//! ([`StateEncoder::for_generator`], `Generator::load_reading`); the server does not yet
-//! (`Generator::load` refuses its encoder's width).
+//! `generator`: it runs the trainer's llama. `eval --nll` and the server read such a
+//! generator ([`StateEncoder::for_generator`], `Generator::load_reading` and
+//! `load_sharing`); `Generator::load` refuses its encoder's width.
 
 use std::path::Path;
 
