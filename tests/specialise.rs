@@ -463,16 +463,7 @@ async fn a_generator_of_the_base_models_states_serves_tasks_with_examples() {
     let examples: Vec<Value> = (0..8)
         .map(|i| json!({"prompt": format!("question {i}"), "answer": format!("answer {i}")}))
         .collect();
-    let r = s
-        .admin(Method::PUT, "/adapters/st/examples")
-        .json(&json!({ "examples": examples }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    for i in 0..3 {
-        s.chat_task(&format!("question {i}"), "st").await;
-    }
+    examples_then_prompts(&s, "st", examples).await;
     let v = s
         .entry_when("st", Duration::from_secs(20), |v| {
             ["done", "rejected", "failed"]
@@ -509,13 +500,7 @@ async fn the_library_selects_a_stored_adapter_for_a_task_with_examples() {
         .iter()
         .map(|e| json!({"prompt": e.prompt, "answer": e.answer}))
         .collect();
-    let r = s
-        .admin(Method::PUT, "/adapters/sums/examples")
-        .json(&json!({ "examples": examples }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    put_examples(&s, "sums", examples).await;
     for ex in &task.test[..3] {
         s.chat_task(&ex.prompt, "sums").await;
     }
@@ -602,9 +587,8 @@ async fn answered(s: &TestServer, asked: impl Iterator<Item = (Value, String)>) 
     examples
 }
 
-/// Gives `task` its `examples` and its 3 prompts, and waits for its generation to be done:
-/// its entry.
-async fn examples_then_generation(s: &TestServer, task: &str, examples: Vec<Value>) -> Value {
+/// Gives `task` its `examples` through the admin API (accepted).
+async fn put_examples(s: &TestServer, task: &str, examples: Vec<Value>) {
     let r = s
         .admin(Method::PUT, &format!("/adapters/{task}/examples"))
         .json(&json!({ "examples": examples }))
@@ -612,9 +596,19 @@ async fn examples_then_generation(s: &TestServer, task: &str, examples: Vec<Valu
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+}
+
+/// Gives `task` its `examples` and its 3 prompts: what starts its generation.
+async fn examples_then_prompts(s: &TestServer, task: &str, examples: Vec<Value>) {
+    put_examples(s, task, examples).await;
     for i in 0..3 {
         s.chat_task(&format!("question {i}"), task).await;
     }
+}
+
+/// [`examples_then_prompts`], then waits for its generation to be done: its entry.
+async fn examples_then_generation(s: &TestServer, task: &str, examples: Vec<Value>) -> Value {
+    examples_then_prompts(s, task, examples).await;
     until_generation(s, task, "done").await
 }
 
@@ -751,20 +745,11 @@ async fn the_check_forgives_its_tolerance_of_the_examples() {
         let s = start_with(c, Some(Arc::new(TestGenerator::default()))).await;
         let base = s.chat("question 0", |rb, _| rb).await.content();
         let first_line = base.lines().find(|l| !l.trim().is_empty()).unwrap().trim();
-        let examples = json!({"examples": [
-            {"prompt": "question 0", "answer": first_line},
-            {"prompt": "question 1", "answer": "no model says this"},
-        ]});
-        let r = s
-            .admin(Method::PUT, "/adapters/qa/examples")
-            .json(&examples)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        for i in 0..3 {
-            s.chat_task(&format!("question {i}"), "qa").await;
-        }
+        let examples = vec![
+            json!({"prompt": "question 0", "answer": first_line}),
+            json!({"prompt": "question 1", "answer": "no model says this"}),
+        ];
+        examples_then_prompts(&s, "qa", examples).await;
         let v = until_generation(&s, "qa", state).await;
         let routed = s.chat_task("question 0", "qa").await.adapter;
         assert_eq!(
