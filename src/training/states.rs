@@ -23,6 +23,7 @@ use std::path::Path;
 use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Tensor, D};
 
+use crate::format::LlamaDims;
 use crate::generator::encoder::ConditionEncoder;
 use crate::generator::DecoderConfig;
 use crate::training::llama::{chat::ChatTokenizer, Llama};
@@ -38,14 +39,15 @@ pub struct StateEncoder {
 }
 
 impl StateEncoder {
-    /// Loads the base model folder and reads the input of block `layer`.
+    /// Loads the base model folder's first `layer` + 1 blocks and reads the input of the
+    /// last.
     pub fn load(base_dir: &Path, layer: usize) -> Result<Self> {
-        let model = Llama::load(base_dir, &Device::Cpu)?;
+        let blocks = LlamaDims::from_config_file(&base_dir.join("config.json"))?.num_hidden_layers;
         ensure!(
-            layer < model.dims.num_hidden_layers,
-            "--read-states {layer}: the base model has blocks 0..{}",
-            model.dims.num_hidden_layers
+            layer < blocks,
+            "--read-states {layer}: the base model has blocks 0..{blocks}"
         );
+        let model = Llama::load_first(base_dir, layer + 1, &Device::Cpu)?;
         Ok(Self {
             tokenizer: ChatTokenizer::load(base_dir)?,
             model,
@@ -166,6 +168,7 @@ mod tests {
         let tok = ChatTokenizer::load(dir.path()).unwrap();
         for layer in [0, 1] {
             let enc = StateEncoder::load(dir.path(), layer).unwrap();
+            assert_eq!(enc.model.dims.num_hidden_layers, layer + 1, "blocks kept");
             let short = "reverse cat\nAnswer: tac".to_string();
             let long = "reverse the long word elephant please\nAnswer: tnahpele".to_string();
             let n = tok.encode(&short).unwrap().len();

@@ -79,13 +79,22 @@ impl std::fmt::Debug for Llama {
 impl Llama {
     /// Loads `config.json` and `model.safetensors` (any float dtype, converted to F32).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        Self::load_first(dir, usize::MAX, device)
+    }
+
+    /// [`Llama::load`] cut after its first `blocks` blocks (its `dims` say so, so it is a
+    /// shallower model, not the base): a reader of the states entering block K needs K + 1
+    /// of them, not the memory of the rest (the server's states reader keeps 7 of
+    /// SmolLM2-135M's 30 blocks).
+    pub fn load_first(dir: &Path, blocks: usize, device: &Device) -> Result<Self> {
         let cfg_path = dir.join("config.json");
         let text = std::fs::read_to_string(&cfg_path)
             .with_context(|| format!("reading {}", cfg_path.display()))?;
         let config: LlamaConfig = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a llama config", cfg_path.display()))?;
-        let dims: LlamaDims = serde_json::from_str(&text)
+        let mut dims: LlamaDims = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a llama config", cfg_path.display()))?;
+        dims.num_hidden_layers = dims.num_hidden_layers.min(blocks);
         let weights_path = dir.join("model.safetensors");
         let tensors = candle_core::safetensors::load(&weights_path, device)
             .with_context(|| format!("reading {}", weights_path.display()))?;
