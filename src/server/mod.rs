@@ -407,7 +407,7 @@ fn load_generators(
 
 /// The generator in `dir`, checked against the base model, around `encoder` (loaded into
 /// it first if empty). A generator of the base model's states (`train --read-states`)
-/// reads them from `base`, in a copy of its first blocks of its own on the CPU.
+/// reads them from `base`, through its own CPU copy of the blocks it runs.
 fn load_generator(
     config: &Config,
     dims: &LlamaDims,
