@@ -36,7 +36,6 @@
 //! lenient accuracy), and [`bars_markdown`] checks the generator's bars on those rows.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::Device;
@@ -1031,13 +1030,8 @@ impl Cell for Accuracy {
 /// A generator folder with what it reads: MiniLM, or the base model's states (a generator
 /// of `train --read-states`).
 fn load_generator(dir: &Path, setup: &NllSetup) -> Result<Generator> {
-    let cfg = crate::generator::DecoderConfig::load(dir)?;
-    match StateEncoder::for_generator(&cfg, &setup.base)? {
-        Some(states) => {
-            Generator::load_reading(dir, &setup.encoder, Arc::new(states), &Device::Cpu)
-        }
-        None => Generator::load(dir, &setup.encoder, &Device::Cpu),
-    }
+    let states = StateEncoder::reader(dir, &setup.base)?;
+    Generator::load_reading(dir, &setup.encoder, states, &Device::Cpu)
 }
 
 fn opt_cell<S: Cell>(s: Option<S>) -> String {

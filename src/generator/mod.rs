@@ -147,15 +147,16 @@ impl Generator {
         Self::load_with(generator_dir, device, condition, || Ok(encoder))
     }
 
-    /// Loads a generator folder whose decoder reads `condition` (a generator trained with
-    /// `train --read-states`), beside MiniLM for whatever else reads prompts (a library).
+    /// Loads a generator folder whose decoder reads `condition` when given (a generator
+    /// trained with `train --read-states`), beside MiniLM for whatever else reads prompts (a
+    /// library); without one, [`Generator::load`].
     pub fn load_reading(
         generator_dir: &Path,
         encoder_dir: &Path,
-        condition: ConditionReader,
+        condition: Option<ConditionReader>,
         device: &Device,
     ) -> Result<Self> {
-        Self::load_with(generator_dir, device, Some(condition), || {
+        Self::load_with(generator_dir, device, condition, || {
             Ok(Arc::new(PromptEncoder::load(encoder_dir, device)?))
         })
     }

@@ -417,11 +417,7 @@ fn load_generator(
 ) -> Result<Arc<dyn specialise::AdapterGenerator>> {
     let device = crate::generator::default_device()?;
     let encoder = shared_encoder(config, encoder, &device)?;
-    let cfg = crate::generator::DecoderConfig::load(dir)
-        .with_context(|| format!("loading generator {}", dir.display()))?;
-    let states = StateEncoder::for_generator(&cfg, base)
-        .with_context(|| format!("generator {} reads the base model's states", dir.display()))?
-        .map(|s| Arc::new(s) as crate::generator::ConditionReader);
+    let states = StateEncoder::reader(dir, base)?;
     let g = crate::generator::Generator::load_sharing(dir, encoder, states, &device)?;
     g.check_base(dims)
         .with_context(|| format!("generator {} does not fit the base model", dir.display()))?;

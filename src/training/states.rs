@@ -15,17 +15,18 @@
 //! because the residual stream's scale grows with depth and varies by token (the first
 //! token's is far larger); a zero row stays zero. Why here, not beside MiniLM in
 //! `generator`: it runs the trainer's llama. `eval --nll` and the server read such a
-//! generator ([`StateEncoder::for_generator`], `Generator::load_reading` and
-//! `load_sharing`); `Generator::load` refuses its encoder's width.
+//! generator ([`StateEncoder::reader`], `Generator::load_reading` and `load_sharing`);
+//! `Generator::load` refuses its encoder's width.
 
 use std::path::Path;
+use std::sync::Arc;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::format::LlamaDims;
 use crate::generator::encoder::ConditionEncoder;
-use crate::generator::DecoderConfig;
+use crate::generator::{ConditionReader, DecoderConfig};
 use crate::training::llama::{chat::ChatTokenizer, Llama};
 
 /// Texts run through the model at once.
@@ -81,6 +82,22 @@ impl StateEncoder {
             states.name()
         );
         Ok(Some(states))
+    }
+
+    /// [`StateEncoder::for_generator`] of the generator folder `generator_dir`, as what a
+    /// [`Generator`](crate::generator::Generator) loads it with (`None`: MiniLM): the one
+    /// way `eval` and the server find out what a generator reads.
+    pub fn reader(generator_dir: &Path, base_dir: &Path) -> Result<Option<ConditionReader>> {
+        let cfg = DecoderConfig::load(generator_dir)
+            .with_context(|| format!("loading generator {}", generator_dir.display()))?;
+        Ok(Self::for_generator(&cfg, base_dir)
+            .with_context(|| {
+                format!(
+                    "generator {} reads the base model's states",
+                    generator_dir.display()
+                )
+            })?
+            .map(|s| Arc::new(s) as ConditionReader))
     }
 
     fn encode_batch(&self, texts: &[String], l: usize) -> Result<(Tensor, Tensor)> {
@@ -241,7 +258,7 @@ mod tests {
         let g = Generator::load_reading(
             gen_dir.path(),
             &minilm,
-            std::sync::Arc::new(states),
+            Some(Arc::new(states)),
             &Device::Cpu,
         )
         .unwrap();
